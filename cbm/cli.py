@@ -1,0 +1,71 @@
+"""The ``cbm`` command: a thin dispatcher over the subcommands each stage registers.
+
+Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands
+and sets ``func`` on them. No logic lives here beyond wiring and logging set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "build_parser"]
+
+_COMMAND_MODULES = (
+    "cbm.data.cli",
+    "cbm.demo.cli",
+    "cbm.encoders.cli",
+    "cbm.concepts.cli",
+    "cbm.run",
+    "cbm.explain.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cbm",
+        description="Concept-bottleneck medical image classifiers: concepts -> features -> sparse head -> explanations.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # TODO(first session): remove once every stage has landed
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cbm`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `cbm run ...` is a Hydra app that parses its own overrides (`key=value`, `-m`, `--cfg job`).
+    if argv and argv[0] == "run":
+        from cbm.run import hydra_main
+
+        return hydra_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors, stated plainly
+        logging.getLogger("cbm").debug("details", exc_info=True)
+        print(f"cbm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Small helpers shared by every stage: cache location, atomic writes, hashing, name lookup."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "cache_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "sha256_file",
+    "sha256_bytes",
+    "stable_hash",
+    "unknown_name_message",
+]
+
+
+def cache_dir(*parts: str) -> Path:
+    """Root of cbm's caches (``$CBM_CACHE_DIR``, default ``~/.cache/cbm``), joined with ``parts``.
+
+    The folder is created if missing.
+    """
+    root = Path(os.environ.get("CBM_CACHE_DIR") or Path.home() / ".cache" / "cbm")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
+
+    A reader sees either the old file or the complete new one, never a half-written file; if the
+    write fails (disk full, kill), the old file stays as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path`` (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+    """Atomically write ``obj`` as JSON (sorted keys off, UTF-8, trailing newline)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short hex hash of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
+    """Error text for an unknown registry name: the available names and the closest match."""
+    names = sorted(available)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}."

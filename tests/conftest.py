@@ -1,0 +1,18 @@
+"""Test-wide settings: offline, CPU, a private cache folder per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep every cache the tests write out of the user's ~/.cache/cbm."""
+    if "CBM_CACHE_DIR" not in os.environ:
+        os.environ["CBM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cbm-cache"))
+    yield
