@@ -1,0 +1,177 @@
+"""Metrics for classifiers: accuracy, balanced accuracy, macro-F1, macro AUROC with bootstrap 95%
+intervals, and the robustness view of a confounded dataset (in-domain / out-of-domain / gap / average,
+worst-group accuracy).
+
+Everything takes plain numpy arrays: ``y`` holds class indices ``0..K-1`` and ``proba`` the
+``(n, K)`` predicted probabilities, so any method (concept head, linear probe, zero-shot) is scored
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+__all__ = [
+    "METRIC_NAMES",
+    "Estimate",
+    "classification_metrics",
+    "worst_group_accuracy",
+    "robustness_summary",
+]
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric's value on the full sample and its bootstrap percentile interval."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or len(proba) != len(y):
+        raise ValueError(f"proba must be (n, K) with n = len(y) = {len(y)}; got shape {proba.shape}")
+    if len(y) == 0:
+        raise ValueError("cannot score an empty split: no samples were given")
+    if y.min() < 0 or y.max() >= proba.shape[1]:
+        raise ValueError(f"labels must lie in 0..{proba.shape[1] - 1}; got {y.min()}..{y.max()}")
+    return y.astype(np.int64), proba
+
+
+def _auroc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC of each row of ``scores`` (B, n) against boolean ``positive`` (B, n).
+
+    Ties get average ranks; a row with no positive or no negative gives NaN.
+    """
+    ranks = rankdata(scores, axis=1)
+    n_pos = positive.sum(1)
+    n_neg = positive.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * positive).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def _metrics_rows(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Every metric for each row of ``y`` (B, n) and ``proba`` (B, n, K); NaN where undefined."""
+    pred = proba.argmax(2)
+    correct = pred == y
+    out = {"accuracy": correct.mean(1)}
+    recalls, f1s, aucs = [], [], []
+    for k in range(n_classes):
+        is_k, pred_k = y == k, pred == k
+        tp = (is_k & pred_k).sum(1)
+        support, predicted = is_k.sum(1), pred_k.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(support > 0, tp / support, np.nan))
+            denom = support + predicted
+            f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        aucs.append(_auroc_rows(proba[:, :, k], is_k))
+    recalls_a, aucs_a = np.stack(recalls, 1), np.stack(aucs, 1)
+    present = ~np.isnan(recalls_a)
+    n_present = present.sum(1)
+    with np.errstate(invalid="ignore"):
+        # balanced accuracy: mean recall over the classes present (sklearn's definition);
+        # undefined with a single class present.
+        out["balanced_accuracy"] = np.where(n_present > 1, np.nanmean(recalls_a, 1), np.nan)
+        # macro-F1 over all K classes (absent and never-predicted classes count as 0, as sklearn
+        # does with labels=range(K), zero_division=0)
+        out["macro_f1"] = np.stack(f1s, 1).mean(1)
+        if n_classes == 2:
+            out["macro_auroc"] = aucs_a[:, 1]
+        else:
+            # one-vs-rest AUROC averaged over the classes present
+            out["macro_auroc"] = np.where(n_present > 1, np.nanmean(aucs_a, 1), np.nan)
+    return out
+
+
+def classification_metrics(
+    y: np.ndarray,
+    proba: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """Accuracy, balanced accuracy, macro-F1 and macro AUROC, each with a bootstrap 95% interval.
+
+    Args:
+        y: true class indices, shape ``(n,)``.
+        proba: predicted class probabilities, shape ``(n, K)``.
+        n_bootstrap: resamples for the percentile interval (0 disables the intervals).
+        seed: seed of the resampling, so intervals are reproducible.
+
+    Returns:
+        ``{metric name: Estimate}`` for the names in :data:`METRIC_NAMES`. A metric that is not
+        defined on the sample (AUROC with one class present) has ``value=None``.
+    """
+    y, proba = _check(y, proba)
+    n_classes = proba.shape[1]
+    point = {k: float(v[0]) for k, v in _metrics_rows(y[None], proba[None], n_classes).items()}
+    boot: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_NAMES}
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    # resample in chunks so memory stays at ~chunk * n * K floats
+    chunk = max(1, min(n_bootstrap, 2_000_000 // max(1, n * n_classes)))
+    for start in range(0, max(0, n_bootstrap), chunk):
+        idx = rng.integers(0, n, (min(chunk, n_bootstrap - start), n))
+        for k, v in _metrics_rows(y[idx], proba[idx], n_classes).items():
+            boot[k].append(v)
+    out = {}
+    for k in METRIC_NAMES:
+        value = None if np.isnan(point[k]) else point[k]
+        vals = np.concatenate(boot[k]) if boot[k] else np.empty(0)
+        vals = vals[~np.isnan(vals)]
+        if value is None or len(vals) < max(10, n_bootstrap // 2):
+            out[k] = Estimate(value)
+        else:
+            lo, hi = np.percentile(vals, [2.5, 97.5])
+            out[k] = Estimate(value, float(lo), float(hi))
+    return out
+
+
+def worst_group_accuracy(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> tuple[float, str]:
+    """The lowest accuracy over the (class, group) cells that hold at least one sample.
+
+    Returns:
+        ``(accuracy, "class=<k>,group=<g>")`` of the worst cell.
+    """
+    y = np.asarray(y)
+    pred = np.asarray(pred)
+    groups = np.asarray(groups).astype(str)
+    worst = (float("inf"), "")
+    for k in np.unique(y):
+        for g in np.unique(groups):
+            cell = (y == k) & (groups == g)
+            if cell.any():
+                acc = float((pred[cell] == k).mean())
+                if acc < worst[0]:
+                    worst = (acc, f"class={k},group={g}")
+    if not worst[1]:
+        raise ValueError("worst_group_accuracy needs at least one sample")
+    return worst
+
+
+def robustness_summary(id_accuracy: float, ood_accuracy: float | None) -> dict[str, float | None]:
+    """In-domain / out-of-domain accuracy, their gap (ID - OOD) and average, as the papers report them."""
+    if ood_accuracy is None:
+        return {"id_accuracy": id_accuracy, "ood_accuracy": None, "gap": None, "average": None}
+    return {
+        "id_accuracy": id_accuracy,
+        "ood_accuracy": ood_accuracy,
+        "gap": id_accuracy - ood_accuracy,
+        "average": (id_accuracy + ood_accuracy) / 2,
+    }
