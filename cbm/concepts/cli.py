@@ -1,0 +1,92 @@
+"""``cbm concepts CARD [--llm PRESET] [--refresh]``: show a card's concepts, asking an LLM only when told to.
+
+    cbm concepts ham10000                       # the store as it is; no server needed
+    cbm concepts ham10000 --llm vllm            # ask for what the store lacks (or what changed)
+    cbm concepts ham10000 --llm openai --refresh --replace-curated
+    cbm concepts ham10000 --llm vllm --encoder biomedclip --max-per-class 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from cbm.concepts.llm import list_llm_presets, load_llm_config
+
+__all__ = ["register", "run_concepts"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``concepts`` to the ``cbm`` command."""
+    presets = ", ".join(list_llm_presets()) or "none found"
+    parser = subparsers.add_parser(
+        "concepts",
+        help="show or generate a card's clinical concepts (LLM, cached in concepts.json)",
+        description=(
+            "Show the concepts of a data card's classes from its concept store (concepts.json beside "
+            "card.yaml), or ask an OpenAI-compatible LLM server for the classes the store lacks."
+        ),
+    )
+    parser.add_argument("card", help="card name (see `cbm cards`) or card folder / card.yaml path")
+    parser.add_argument("--llm", metavar="PRESET", help=f"LLM preset ({presets}) or a YAML file with the same keys")
+    parser.add_argument("--model", help="override the preset's model")
+    parser.add_argument("--base-url", help="override the preset's base_url")
+    parser.add_argument("--refresh", action="store_true", help="ask again even for classes the store has answers for")
+    parser.add_argument("--replace-curated", action="store_true", help="ask for curated classes too, replacing them")
+    parser.add_argument("--encoder", help="filter near-duplicates and leakage with this encoder's text tower")
+    parser.add_argument("--max-per-class", type=int, help="keep at most N concepts per class")
+    parser.add_argument("--n-concepts", type=int, default=20, help="concepts to ask for per class (default 20)")
+    parser.add_argument("--store", metavar="PATH", help="use this concepts.json instead of the one beside the card")
+    parser.add_argument("--removed", action="store_true", help="also list the removed concepts and why")
+    parser.set_defaults(func=run_concepts)
+
+
+def _encoder(name: str) -> Any:
+    try:
+        from cbm.encoders import create_encoder
+    except ImportError as exc:
+        raise RuntimeError(f"--encoder {name}: the encoders are not available here ({exc})") from None
+    return create_encoder(name)
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    """Run ``cbm concepts``; prints the store's path, where the lists came from, and the concepts."""
+    from cbm.concepts.generate import generate_concepts
+    from cbm.concepts.store import load_concepts
+
+    if args.llm is None and (args.refresh or args.replace_curated or args.model or args.base_url):
+        raise ValueError("--refresh, --replace-curated, --model and --base-url need --llm PRESET")
+    filtering = args.encoder is not None or args.max_per_class is not None
+    if args.llm is None and not filtering:
+        concepts = load_concepts(args.card, store_path=args.store)
+        print(f"no --llm given: using the concept store {concepts.path} (no request sent)")
+    else:
+        config = load_llm_config(args.llm).replace(model=args.model, base_url=args.base_url)
+        filter_config = {"max_per_class": args.max_per_class} if args.max_per_class is not None else None
+        concepts = generate_concepts(
+            args.card,
+            config,
+            refresh=args.refresh,
+            embed=_encoder(args.encoder) if args.encoder else None,
+            filter_config=filter_config,
+            n_concepts=args.n_concepts,
+            replace_curated=args.replace_curated,
+            store_path=args.store,
+        )
+        if not config.has_server:
+            print(f"no LLM server in {config.label}: using the concept store {concepts.path} (no request sent)")
+        else:
+            print(f"concept store {concepts.path} ({config.model} at {config.server_host})")
+    for name in concepts.classes:
+        listed = concepts.by_class[name]
+        print(f"\n{name} ({len(listed)} concepts, {concepts.sources.get(name, '?')}):")
+        for phrase in listed:
+            print(f"  - {phrase}")
+        if args.removed:
+            for item in concepts.removed.get(name, []):
+                print(f"  x {item['concept']}  [{item['rule']}: {item['reason']}]")
+    print(f"\n{len(concepts.concepts)} distinct concepts over {len(concepts.classes)} classes")
+    return 0

@@ -1,0 +1,309 @@
+"""``generate_concepts``: fill a card's concept store from an LLM, only where something changed.
+
+For every class the request (prompt version and rendered messages, model, temperature, seed) is
+hashed; a class whose stored answer has the same key is not asked again, so a re-run with the
+same inputs sends no request (``refresh=True`` asks anyway). Curated lists are never replaced
+unless ``replace_curated=True``. Classes are asked concurrently (``max_concurrency``), each
+finished class is written to the store at once (an interrupted run keeps its progress), and the
+whole run holds the store's lock, so a second process waits and then finds the answers cached.
+
+After the requests all lists are filtered again (cheap, no requests) whenever the proposals, the
+filter settings or the text embedder changed. Settings stick: ``filter_config=None`` reuses the
+store's, and ``embed=None`` keeps an earlier embedding-based filtering while its inputs stand.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cbm.concepts.filtering import FilterConfig, filter_concepts
+from cbm.concepts.llm import AnswerError, ConceptLLM, LLMConfig, LLMError, list_llm_presets, load_llm_config
+from cbm.concepts.prompts import DEFAULT_PROMPT_VERSION, render_messages
+from cbm.concepts.store import (
+    CardInfo,
+    ConceptSet,
+    _now,
+    card_info,
+    concept_set_from_store,
+    new_store,
+    read_store,
+    store_lock,
+    write_store,
+)
+from cbm.utils import stable_hash
+
+__all__ = ["generate_concepts", "ConceptGenerationError", "request_key", "embedder_from"]
+
+log = logging.getLogger(__name__)
+
+
+class ConceptGenerationError(RuntimeError):
+    """Some classes got no usable answer; the others were saved, and a re-run asks only for the missing."""
+
+    def __init__(self, message: str, failures: dict[str, str]) -> None:
+        super().__init__(message)
+        self.failures = failures  # class -> why
+
+
+def request_key(messages: list[dict[str, str]], config: LLMConfig, prompt_version: str) -> str:
+    """Content key of one class's request: what, if unchanged, makes the stored answer reusable.
+
+    The server's address, time-outs and retry settings are left out (they do not change the answer).
+    """
+    return stable_hash(
+        {
+            "prompt_version": prompt_version,
+            "messages": messages,
+            "model": config.model,
+            "temperature": config.temperature,
+            "seed": config.seed,
+        }
+    )
+
+
+def embedder_from(embed: Any) -> tuple[Callable[[list[str]], np.ndarray] | None, str | None]:
+    """``(function, id)`` from a text embedder: a callable, or an encoder with ``encode_text``."""
+    if embed is None:
+        return None, None
+    if hasattr(embed, "encode_text"):
+        ident = getattr(embed, "cache_key", None) or getattr(embed, "name", None) or type(embed).__name__
+
+        def encode(texts: list[str]) -> np.ndarray:
+            out = embed.encode_text(texts)
+            return out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
+
+        return encode, str(ident)
+    if not callable(embed):
+        raise TypeError(f"embed must be a callable texts -> (N, D) array or an encoder with encode_text, got {embed!r}")
+    ident = getattr(embed, "cache_key", None) or getattr(embed, "__qualname__", None) or type(embed).__name__
+    return embed, str(ident)
+
+
+def _needs_request(entry: dict | None, key: str, refresh: bool, replace_curated: bool) -> bool:
+    if entry is None:
+        return True
+    if entry["source"] == "curated":
+        return replace_curated
+    return refresh or entry.get("llm", {}).get("request_key") != key
+
+
+def _ask_all(
+    llm: ConceptLLM,
+    todo: dict[str, list[dict[str, str]]],
+    on_answer: Callable[[str, Any], None],
+    progress: bool,
+) -> dict[str, str]:
+    """Ask for every class in ``todo`` with bounded concurrency; returns class -> failure reason."""
+    failures: dict[str, str] = {}
+    fatal: LLMError | None = None
+    workers = min(llm.config.max_concurrency, len(todo))
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbm-llm") as pool, tqdm(
+        total=len(todo), desc="concepts", unit="class", disable=not progress
+    ) as bar:
+        futures = {pool.submit(llm.ask, messages, name): name for name, messages in todo.items()}
+        for future in cf.as_completed(futures):
+            name = futures[future]
+            bar.update(1)
+            if future.cancelled():
+                continue
+            try:
+                on_answer(name, future.result())
+            except AnswerError as exc:
+                failures[name] = str(exc)
+                log.error("class %r: %s", name, exc)
+                if exc.raw:
+                    log.debug("class %r raw answer: %s", name, exc.raw)
+            except LLMError as exc:
+                failures[name] = str(exc)
+                if fatal is None:
+                    fatal = exc
+                    for other in futures:
+                        other.cancel()  # those not yet sent; running ones finish
+    for future, name in futures.items():
+        if future.cancelled():
+            failures[name] = "not asked: the run stopped after a server error"
+    if fatal is not None:
+        raise fatal
+    return failures
+
+
+def _refilter(
+    doc: dict,
+    classes: list[str],
+    embed: Callable[[list[str]], np.ndarray] | None,
+    embed_id: str | None,
+    filter_config: FilterConfig | Mapping[str, Any] | None,
+) -> None:
+    """Filter the LLM lists again if their inputs, the settings or the embedder changed."""
+    by_class = doc["by_class"]
+    proposals = {c: by_class[c]["proposed"] for c in classes if c in by_class and by_class[c]["source"] == "llm"}
+    curated = {c: by_class[c]["concepts"] for c in classes if c in by_class and by_class[c]["source"] == "curated"}
+    stored = doc.get("filter") or {}
+    stored_config = FilterConfig.from_dict(stored["config"]) if stored.get("config") else None
+    if isinstance(filter_config, Mapping):  # overrides of the stored (or default) settings
+        config = (stored_config or FilterConfig()).updated(filter_config)
+    else:
+        config = filter_config or stored_config or FilterConfig()
+    inputs = stable_hash({"classes": classes, "proposals": proposals, "curated": curated})
+    if embed is None and stored.get("embedder"):
+        if stored.get("inputs") == inputs and config == stored_config:
+            return  # an embedding-based filtering that still applies: keep it
+        log.warning(
+            "refiltering without a text embedder (string rules only); the earlier filtering by %s is not "
+            "redone: pass the encoder (--encoder) to filter with it again",
+            stored["embedder"],
+        )
+        embed_id = None
+    key = stable_hash({"inputs": inputs, "config": config.to_dict(), "embedder": embed_id})
+    if stored.get("key") == key or not proposals:
+        return
+    results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config)
+    for name in proposals:
+        by_class[name]["concepts"] = results[name].kept
+        by_class[name]["removed"] = results[name].removed
+    doc["filter"] = {"config": config.to_dict(), "embedder": embed_id, "key": key, "inputs": inputs}
+
+
+def generate_concepts(
+    card: Any,
+    llm_config: LLMConfig | str | os.PathLike | dict | None = None,
+    *,
+    refresh: bool = False,
+    embed: Any = None,
+    filter_config: FilterConfig | Mapping[str, Any] | None = None,
+    n_concepts: int = 20,
+    prompt_version: str = DEFAULT_PROMPT_VERSION,
+    replace_curated: bool = False,
+    store_path: str | os.PathLike | None = None,
+    client: Any = None,
+    progress: bool = True,
+) -> ConceptSet:
+    """The concepts of a card: from its store, asking the LLM only for what is missing or changed.
+
+    Args:
+        card: a ``cbm.data.DataCard``, a card name, or a card folder / ``card.yaml`` path.
+        llm_config: an :class:`LLMConfig`, a preset name (``"vllm"``), a YAML path or a mapping;
+            ``None`` (or the ``none`` preset) = no server: only the store is used.
+        refresh: ask again even where the store has an answer for the same request.
+        embed: text embedder for the filter: ``texts -> (N, D)`` L2-normalised array, or an encoder
+            with ``encode_text`` (e.g. ``cbm.encoders.create_encoder(name)``); ``None`` = string
+            rules, or the store's earlier embedding-based filtering while it still applies.
+        filter_config: filter settings; a mapping changes only the keys it names; ``None`` = the
+            store's settings (the defaults for a new store).
+        n_concepts: how many concepts to ask for per class.
+        prompt_version: the prompt template (``cbm.concepts.prompts.PROMPTS``).
+        replace_curated: ask for curated classes too and replace their lists.
+        store_path: write here instead of ``concepts.json`` beside the card.
+        client: an ``openai.OpenAI`` client to use instead of one built from ``llm_config``.
+        progress: show a progress bar while asking.
+
+    Raises:
+        RuntimeError: classes lack a list and there is no server to ask.
+        cbm.concepts.LLMError: the server cannot be used (bad key, unknown model, down).
+        ConceptGenerationError: some classes got no usable answer (the rest is saved).
+    """
+    info: CardInfo = card_info(card)
+    config = load_llm_config(llm_config)
+    path = Path(store_path) if store_path is not None else info.store_path
+    classes = info.class_names
+    embed_fn, embed_id = embedder_from(embed)
+    class_pairs = list(info.classes)
+
+    with store_lock(path):
+        doc = read_store(path) or new_store(info)
+        before = copy.deepcopy(doc)
+        doc.update(card=info.name, modality=info.modality, classes=classes)
+        by_class = doc["by_class"]
+
+        todo: dict[str, list[dict[str, str]]] = {}
+        keys: dict[str, str] = {}
+        for name in classes:
+            entry = by_class.get(name)
+            if not config.has_server:
+                if entry is None:
+                    todo[name] = []
+                continue
+            messages = render_messages(info.modality, class_pairs, name, n_concepts=n_concepts, version=prompt_version)
+            keys[name] = request_key(messages, config, prompt_version)
+            if _needs_request(entry, keys[name], refresh, replace_curated):
+                todo[name] = messages
+            elif entry["source"] == "curated" and refresh:
+                log.info("class %r: curated list kept (replace_curated=True to ask the LLM instead)", name)
+
+        if todo and not config.has_server:
+            raise RuntimeError(
+                f"card {info.name!r} has no concept list for classes {list(todo)} in {str(path)!r}, and no LLM "
+                f"server to ask: pass an LLM preset ({', '.join(p for p in list_llm_presets() if p != 'none')}) "
+                "or a YAML file, e.g. `cbm concepts "
+                f"{info.name} --llm vllm`, or write the lists by hand (cbm.concepts.save_curated)"
+            )
+        failures: dict[str, str] = {}
+        if todo:
+            llm = ConceptLLM(config, client=client)
+            log.info(
+                "asking %s at %s for the concepts of %d of %d classes", config.model, config.server_host, len(todo), len(classes)
+            )
+
+            def on_answer(name: str, answer: Any) -> None:
+                by_class[name] = {
+                    "source": "llm",
+                    "concepts": [],
+                    "removed": [],
+                    "proposed": answer.concepts,
+                    "llm": {
+                        "prompt_version": prompt_version,
+                        "model": config.model,
+                        "response_model": answer.response_model,
+                        "server_host": config.server_host,
+                        "temperature": config.temperature,
+                        "seed": config.seed,
+                        "n_concepts": n_concepts,
+                        "structured_output": answer.structured_output,
+                        "date": _now(),
+                        "request_key": keys[name],
+                        "attempts": answer.attempts,
+                        "finish_reason": answer.finish_reason,
+                        "usage": answer.usage,
+                        "raw_response": answer.raw,
+                    },
+                }
+                # a first, string-only filtering so the file is usable even if the run stops here
+                kept = filter_concepts({name: answer.concepts}, classes)[name]
+                by_class[name]["concepts"], by_class[name]["removed"] = kept.kept, kept.removed
+                doc["updated"] = _now()
+                if doc.get("filter"):  # its settings stay; the full filtering runs again at the end
+                    doc["filter"].update(key=None, inputs=None)
+                write_store(path, doc)
+
+            try:
+                failures = _ask_all(llm, todo, on_answer, progress)
+            except LLMError:
+                if doc != before:
+                    _refilter(doc, classes, embed_fn, embed_id, filter_config)
+                    write_store(path, doc)
+                raise
+        else:
+            log.info("all %d classes of card %r come from the store %s; no request sent", len(classes), info.name, path)
+
+        _refilter(doc, classes, embed_fn, embed_id, filter_config)
+        if doc != before:
+            doc["updated"] = _now()
+            write_store(path, doc)
+
+    if failures:
+        lines = "\n".join(f"  - {name}: {why}" for name, why in failures.items())
+        raise ConceptGenerationError(
+            f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n"
+            f"The other classes are saved in {path}; run again to ask only for the missing ones.",
+            failures,
+        )
+    return concept_set_from_store(doc, classes, path)

@@ -1,0 +1,106 @@
+"""Prompt templates and answer parsing (cbm.concepts.prompts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cbm.concepts.prompts import (
+    DEFAULT_PROMPT_VERSION,
+    PROMPTS,
+    ClassConcepts,
+    InvalidAnswer,
+    parse_answer,
+    render_messages,
+    specialist_for,
+)
+
+CLASSES = [("melanoma", "malignant melanocytic tumour"), ("melanocytic_nevus", "benign mole"), ("other", None)]
+
+
+@pytest.mark.parametrize(
+    ("modality", "specialist"),
+    [
+        ("dermoscopy", "dermatologist"),
+        ("chest x-ray", "radiologist"),
+        ("Chest X-ray (PA/AP)", "radiologist"),
+        ("retinal fundus photograph", "ophthalmologist"),
+        ("histopathology (H&E)", "pathologist"),
+        ("doctor's notes", "clinician who reads doctor's notes images"),  # "oct" inside a word is not OCT
+    ],
+)
+def test_the_prompt_casts_a_specialist_of_the_modality(modality, specialist):
+    assert specialist_for(modality) == specialist
+    system, user = render_messages(modality, CLASSES, "melanoma")
+    assert specialist in system["content"] and specialist in user["content"]
+
+
+def test_the_prompt_names_every_class_asks_about_one_and_forbids_class_names():
+    system, user = render_messages("dermoscopy", CLASSES, "melanocytic_nevus", n_concepts=12)
+    assert system["role"] == "system" and user["role"] == "user"
+    text = user["content"]
+    # every class with its description, identifiers shown as words
+    assert "- melanoma: malignant melanocytic tumour" in text
+    assert "- melanocytic nevus: benign mole" in text
+    assert "- other\n" in text
+    assert 'recognise the class "melanocytic nevus"' in text
+    assert "Never use the name of a class" in text and '"melanoma", "melanocytic nevus", "other"' in text
+    assert "up to 12 distinct features" in text
+    assert '{"class_name": "melanocytic nevus", "concepts": ["feature", ...]}' in text
+
+
+def test_rendering_is_deterministic_and_versioned():
+    a = render_messages("dermoscopy", CLASSES, "melanoma")
+    assert a == render_messages("dermoscopy", CLASSES, "melanoma")
+    assert a != render_messages("dermoscopy", CLASSES, "other")
+    assert DEFAULT_PROMPT_VERSION in PROMPTS
+    with pytest.raises(ValueError, match="Unknown prompt version 'v0'.*Available: v1"):
+        render_messages("dermoscopy", CLASSES, "melanoma", version="v0")
+    with pytest.raises(ValueError, match="'nevus' is not one of the card's classes"):
+        render_messages("dermoscopy", CLASSES, "nevus")
+
+
+def test_the_schema_is_strict_and_requires_both_fields():
+    schema = ClassConcepts.model_json_schema()
+    assert set(schema["required"]) == {"class_name", "concepts"}
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"class_name": "melanocytic nevus", "concepts": ["regular network", "  ", "globules"]}',
+        '```json\n{"class_name": "Melanocytic_Nevus", "concepts": ["regular network", "globules"]}\n```',
+        'Here you go: {"concepts": ["regular network", "globules"]} Hope it helps.',
+        '{"melanocytic nevus": ["regular network", "globules"]}',
+    ],
+)
+def test_answers_in_the_usual_shapes_parse(text):
+    assert parse_answer(text, "melanocytic_nevus") == ["regular network", "globules"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ('{"class_name": "melanoma", "concepts": ["a b c"', "not valid JSON"),
+        ('["regular network"]', "not an object"),
+        ('{"class_name": "melanoma", "concepts": ["irregular border"]}', "about class 'melanoma'"),
+        ('{"class_name": "melanocytic nevus"}', "no concepts for class"),
+        ('{"other": ["x"]}', "no concepts for class"),
+        ('{"class_name": "melanocytic nevus", "concepts": "regular network"}', "must be a list of strings"),
+        ('{"class_name": "melanocytic nevus", "concepts": [1, 2]}', "must be a list of strings"),
+        ('{"class_name": "melanocytic nevus", "concepts": []}', "lists no concepts"),
+    ],
+)
+def test_unusable_answers_say_why(text, message):
+    with pytest.raises(InvalidAnswer, match=message):
+        parse_answer(text, "melanocytic_nevus")
+
+
+def test_the_json_error_quotes_the_start_of_the_answer():
+    with pytest.raises(InvalidAnswer) as info:
+        parse_answer("Sure! The features are: irregular border, blue-white veil", "melanoma")
+    assert "Sure! The features are" in str(info.value)
+    json.dumps(str(info.value))  # one line, printable
