@@ -26,7 +26,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cbm.concepts.filtering import FilterConfig, filter_concepts
-from cbm.concepts.llm import AnswerError, ConceptLLM, LLMConfig, LLMError, list_llm_presets, load_llm_config
+from cbm.concepts.llm import (
+    AnswerError,
+    ConceptLLM,
+    LLMConfig,
+    LLMError,
+    NotSent,
+    list_llm_presets,
+    load_llm_config,
+)
 from cbm.concepts.prompts import DEFAULT_PROMPT_VERSION, render_messages
 from cbm.concepts.store import (
     CardInfo,
@@ -122,12 +130,14 @@ def _ask_all(
                 log.error("class %r: %s", name, exc)
                 if exc.raw:
                     log.debug("class %r raw answer: %s", name, exc.raw)
+            except NotSent:
+                failures[name] = "not asked: the run stopped after a server error"
             except LLMError as exc:
                 failures[name] = str(exc)
                 if fatal is None:
                     fatal = exc
                     for other in futures:
-                        other.cancel()  # those not yet sent; running ones finish
+                        other.cancel()  # those not started yet; running ones finish
     for future, name in futures.items():
         if future.cancelled():
             failures[name] = "not asked: the run stopped after a server error"

@@ -176,6 +176,10 @@ class LLMError(RuntimeError):
     """The server could not be used (bad key, unknown model, down, retries exhausted): stops the run."""
 
 
+class NotSent(LLMError):
+    """A request not sent because an earlier one showed the server cannot be used."""
+
+
 class AnswerError(RuntimeError):
     """The server answered, but the answer for one class cannot be used (refused, truncated, invalid)."""
 
@@ -213,6 +217,7 @@ class ConceptLLM:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._mode = "json_mode" if config.structured_output == "json_mode" else "json_schema"
+        self._fatal: LLMError | None = None  # once the server is unusable, nothing more is sent
         if client is None:
             import openai
 
@@ -235,8 +240,16 @@ class ConceptLLM:
         """
         sent = [0]  # requests sent for this class, every retry included
         for invalid_left in range(_INVALID_ANSWER_RETRIES, -1, -1):
+            if self._fatal is not None:
+                raise NotSent(f"class {class_name!r} not asked after the earlier error: {self._fatal}")
             try:
                 answer = self._ask_with_retries(messages, class_name, sent)
+            except NotSent:
+                raise
+            except LLMError as exc:
+                with self._lock:
+                    self._fatal = self._fatal or exc
+                raise
             except InvalidAnswer as exc:
                 if invalid_left == 0:
                     raise AnswerError(f"unusable answer: {exc}", raw=exc.raw) from None

@@ -1,0 +1,230 @@
+"""The content-addressed concept run (cbm.concepts.generate) against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cbm.concepts import (
+    ConceptGenerationError,
+    LLMConfig,
+    LLMError,
+    generate_concepts,
+    load_concepts,
+    save_curated,
+)
+from cbm.concepts.store import CardInfo
+from cbm.concepts.testing import Reply, ScriptedLLMServer, char_ngram_embed, class_asked
+
+ANSWERS = {
+    "melanoma": ["irregular border", "blue-white veil", "atypical pigment network", "melanoma-like pattern"],
+    "nevus": ["regular pigment network", "symmetric shape", "Blue-white veils"],
+    "seborrheic keratosis": ["milia-like cysts", "comedo-like openings", "cerebriform pattern"],
+}
+
+
+@pytest.fixture
+def card(tmp_path):
+    classes = (("melanoma", "malignant"), ("nevus", "benign mole"), ("seborrheic keratosis", "benign, warty"))
+    return CardInfo("toy-derm", "dermoscopy", classes, tmp_path)
+
+
+def config_for(server, **changes):
+    return LLMConfig(base_url=server.base_url, model="test-model", backoff_s=0.01, max_retries=2, **changes)
+
+
+def stored(card):
+    return json.loads(card.store_path.read_text())
+
+
+def test_a_first_run_asks_once_per_class_and_a_second_run_sends_nothing(card):
+    with ScriptedLLMServer(ANSWERS) as server:
+        first = generate_concepts(card, config_for(server), progress=False)
+        assert len(server.requests) == 3
+        assert sorted(class_asked(r) for r in server.requests) == sorted(ANSWERS)
+        again = generate_concepts(card, config_for(server), progress=False)
+        assert len(server.requests) == 3  # cache hit: zero requests
+    assert again.by_class == first.by_class == load_concepts(card).by_class
+    assert first.classes == ["melanoma", "nevus", "seborrheic keratosis"]
+    assert first.by_class["melanoma"] == ["irregular border", "blue-white veil", "atypical pigment network"]
+    # "Blue-white veils" for nevus is the melanoma concept: one concept, both classes in the prior
+    assert first.by_class["nevus"] == ["regular pigment network", "symmetric shape", "blue-white veil"]
+    assert first.concepts.count("blue-white veil") == 1
+    prior = first.prior()
+    assert prior.shape == (3, len(first.concepts)) and prior.dtype == np.float32
+    veil = first.concepts.index("blue-white veil")
+    assert prior[:, veil].tolist() == [1.0, 1.0, 0.0]
+    assert prior.sum() == sum(len(v) for v in first.by_class.values())
+
+    doc = stored(card)
+    entry = doc["by_class"]["melanoma"]
+    assert entry["source"] == "llm" and entry["proposed"] == ANSWERS["melanoma"]
+    assert {"concept": "melanoma-like pattern", "rule": "leakage", "reason": "names the class 'melanoma'"} in entry["removed"]
+    llm = entry["llm"]
+    assert llm["model"] == "test-model" and llm["prompt_version"] == "v1"
+    assert llm["server_host"].startswith("127.0.0.1:") and llm["temperature"] == 0.0 and llm["seed"] == 0
+    assert llm["date"] and json.loads(llm["raw_response"])["concepts"] == ANSWERS["melanoma"]
+
+
+def test_what_is_in_the_request_key_and_what_is_not(card):
+    with ScriptedLLMServer(ANSWERS) as server:
+        generate_concepts(card, config_for(server), progress=False)
+        generate_concepts(card, config_for(server, timeout_s=5, max_concurrency=1), progress=False)
+        assert len(server.requests) == 3  # transport settings do not change an answer
+        generate_concepts(card, config_for(server, temperature=0.7), progress=False)
+        assert len(server.requests) == 6  # sampling does
+        changed = CardInfo(card.name, card.modality, (("melanoma", "malignant melanocytic tumour"),) + card.classes[1:],
+                           card.folder)
+        generate_concepts(changed, config_for(server, temperature=0.7), progress=False)
+        assert len(server.requests) == 9  # a class description is in every class's prompt
+        generate_concepts(card, config_for(server, temperature=0.7), refresh=True, progress=False)
+        assert len(server.requests) == 12
+    with ScriptedLLMServer(ANSWERS) as other_host:  # same model and prompt on another address
+        generate_concepts(card, config_for(other_host, temperature=0.7), progress=False)
+        assert other_host.requests == []
+
+
+def test_curated_and_hand_edited_lists_are_never_replaced_silently(card, caplog):
+    save_curated(card.folder, {"melanoma": ["asymmetry", "irregular border", "multiple colours"]}, note="ABCD rule")
+    with ScriptedLLMServer(ANSWERS) as server:
+        concepts = generate_concepts(card, config_for(server), progress=False)
+        assert sorted(class_asked(r) for r in server.requests) == ["nevus", "seborrheic keratosis"]
+        assert concepts.by_class["melanoma"] == ["asymmetry", "irregular border", "multiple colours"]
+        assert concepts.sources == {"melanoma": "curated", "nevus": "llm", "seborrheic keratosis": "llm"}
+
+        doc = stored(card)  # a person edits a generated list in the file
+        doc["by_class"]["nevus"]["concepts"] = ["regular pigment network", "comma vessels"]
+        card.store_path.write_text(json.dumps(doc))
+        caplog.clear()
+        concepts = generate_concepts(card, config_for(server), refresh=True, progress=False)
+        assert "edited by hand" in caplog.text
+        assert [class_asked(r) for r in server.requests[2:]] == ["seborrheic keratosis"]
+        assert concepts.by_class["nevus"] == ["regular pigment network", "comma vessels"]
+        assert concepts.by_class["melanoma"] == ["asymmetry", "irregular border", "multiple colours"]
+        assert stored(card)["by_class"]["nevus"]["source"] == "curated"
+
+        concepts = generate_concepts(card, config_for(server), refresh=True, replace_curated=True, progress=False)
+        assert len(server.requests) == 6  # now asked for, because told to
+        assert concepts.by_class["melanoma"][0] == "irregular border"
+
+
+def test_a_class_missing_from_the_answers_keeps_the_rest_and_is_asked_alone_next_time(card):
+    def responder(request, n):
+        if class_asked(request) == "nevus":
+            return Reply.concepts("melanoma", ["irregular border"])  # the answer is about another class
+        return None
+
+    with ScriptedLLMServer(ANSWERS, responder) as server:
+        with pytest.raises(ConceptGenerationError, match=r"(?s)1 of 3 classes.*- nevus: unusable answer: .*about class 'melanoma'") as info:
+            generate_concepts(card, config_for(server), progress=False)
+    assert list(info.value.failures) == ["nevus"]
+    assert sorted(stored(card)["by_class"]) == ["melanoma", "seborrheic keratosis"]
+    with pytest.raises(ValueError, match=r"no concept list for classes \['nevus'\]"):
+        load_concepts(card)
+    with ScriptedLLMServer(ANSWERS) as fixed:
+        concepts = generate_concepts(card, config_for(fixed), progress=False)
+        assert [class_asked(r) for r in fixed.requests] == ["nevus"]
+    assert concepts.by_class["nevus"][0] == "regular pigment network"
+
+
+def test_a_fatal_server_error_stops_the_run_and_keeps_what_was_answered(card):
+    def responder(request, n):
+        return Reply(status=401, error="bad key") if class_asked(request) != "melanoma" else None
+
+    with ScriptedLLMServer(ANSWERS, responder) as server:
+        with pytest.raises(LLMError, match="refused the API key"):
+            generate_concepts(card, config_for(server, max_concurrency=1), progress=False)
+        assert len(server.requests) == 2  # melanoma, then the first 401: nothing more is sent
+    assert list(stored(card)["by_class"]) == ["melanoma"]
+
+
+def test_without_a_server_the_store_is_used_or_the_missing_classes_are_named(card):
+    with pytest.raises(RuntimeError, match=r"no concept list for classes \['melanoma', 'nevus', 'seborrheic keratosis'\].*--llm vllm"):
+        generate_concepts(card, None, progress=False)
+    with pytest.raises(FileNotFoundError, match="cbm concepts toy-derm --llm PRESET"):
+        load_concepts(card)
+    with ScriptedLLMServer(ANSWERS) as server:
+        made = generate_concepts(card, config_for(server), progress=False)
+    before = card.store_path.read_bytes()
+    offline = generate_concepts(card, {"base_url": None, "model": None}, progress=False)  # conf/llm/none.yaml
+    assert offline.by_class == made.by_class
+    assert card.store_path.read_bytes() == before  # nothing to do, nothing written
+
+
+def test_filter_settings_and_embedding_filtering_stick_until_changed(card):
+    answers = {**ANSWERS, "nevus": ["regular pigment network", "bluish-white veil", "symmetric shape"]}
+    with ScriptedLLMServer(answers) as server:
+        config = config_for(server)
+        plain = generate_concepts(card, config, progress=False)
+        assert "bluish-white veil" in plain.by_class["nevus"]
+
+        embedded = generate_concepts(
+            card, config, embed=char_ngram_embed, filter_config={"duplicate_threshold": 0.7}, progress=False
+        )
+        assert embedded.by_class["nevus"] == ["regular pigment network", "blue-white veil", "symmetric shape"]
+        assert stored(card)["filter"]["embedder"].endswith("char_ngram_embed")
+
+        kept = generate_concepts(card, config, progress=False)  # no embedder given: the earlier filtering stands
+        assert kept.by_class == embedded.by_class
+
+        capped = generate_concepts(card, config, filter_config={"max_per_class": 2}, progress=False)
+        assert all(len(v) <= 2 for v in capped.by_class.values())
+        assert stored(card)["filter"]["config"]["duplicate_threshold"] == 0.7  # the other settings stay
+        assert generate_concepts(card, config, progress=False).by_class == capped.by_class
+        assert len(server.requests) == 3
+
+
+def test_an_encoder_with_encode_text_can_filter(card):
+    class TextTower:
+        cache_key = "tower-v1"
+
+        def encode_text(self, texts):
+            return char_ngram_embed(texts)
+
+    with ScriptedLLMServer({**ANSWERS, "nevus": ["bluish-white veil"]}) as server:
+        concepts = generate_concepts(
+            card, config_for(server), embed=TextTower(), filter_config={"duplicate_threshold": 0.7}, progress=False
+        )
+    assert concepts.by_class["nevus"] == ["blue-white veil"]
+    assert stored(card)["filter"]["embedder"] == "tower-v1"
+
+
+def test_two_concurrent_processes_leave_one_valid_store(card):
+    def slow(request, n):
+        return Reply.concepts(class_asked(request), ANSWERS[class_asked(request)], delay_s=0.3)
+
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from cbm.concepts import LLMConfig, generate_concepts
+        from cbm.concepts.store import CardInfo
+        classes = (("melanoma", "malignant"), ("nevus", "benign mole"), ("seborrheic keratosis", "benign, warty"))
+        card = CardInfo("toy-derm", "dermoscopy", classes, Path(sys.argv[1]))
+        config = LLMConfig(base_url=sys.argv[2], model="test-model", backoff_s=0.01, max_concurrency=1)
+        concepts = generate_concepts(card, config, progress=False)
+        print(len(concepts.concepts))
+        """
+    )
+    with ScriptedLLMServer(responder=slow) as server:
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(card.folder), server.base_url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert len(server.requests) == 3  # the second process waited for the lock, then found every answer
+    concepts = load_concepts(card)
+    assert [out.strip() for out, _ in outputs] == [str(len(concepts.concepts))] * 2
+    assert sorted(concepts.by_class) == sorted(ANSWERS)
+    assert not list(card.folder.glob(".concepts.json.*.tmp"))  # no temp file left behind

@@ -1,0 +1,127 @@
+"""The concept store and ConceptSet (cbm.concepts.store)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbm.concepts import ConceptSet, load_concepts, save_curated
+from cbm.concepts.store import CardInfo, read_store
+
+
+@pytest.fixture
+def card(tmp_path):
+    return CardInfo("toy-cxr", "chest x-ray", (("normal", None), ("pneumonia", None), ("effusion", None)), tmp_path)
+
+
+def test_concept_set_orders_concepts_and_builds_a_multi_hot_prior():
+    concepts = ConceptSet(
+        classes=["normal", "pneumonia", "effusion"],
+        by_class={
+            "pneumonia": ["consolidation", "air bronchograms", "blunted costophrenic angle"],
+            "normal": ["clear lung fields", "sharp costophrenic angles"],
+            "effusion": ["blunted costophrenic angle", "meniscus sign"],
+        },
+    )
+    assert concepts.concepts == [
+        "clear lung fields", "sharp costophrenic angles", "consolidation", "air bronchograms",
+        "blunted costophrenic angle", "meniscus sign",
+    ]
+    assert len(concepts) == 6
+    prior = concepts.prior()
+    expected = np.array(
+        [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]], dtype=np.float32
+    )
+    np.testing.assert_array_equal(prior, expected)  # the shared concept is in both rows, not only the first
+    other = ConceptSet(classes=concepts.classes, by_class={**concepts.by_class, "effusion": ["meniscus sign"]})
+    assert other.key != concepts.key
+    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\]"):
+        ConceptSet(classes=["normal", "effusion"], by_class={"normal": ["x"]})
+
+
+def test_save_curated_then_load_in_card_order(card):
+    path = save_curated(card, {"pneumonia": ["lobar consolidation", " air  bronchograms "], "normal": ["clear lungs"]},
+                        note="radiology teaching")
+    assert path == card.folder / "concepts.json"
+    save_curated(card, {"effusion": ["meniscus sign"]})  # other classes stay
+    concepts = load_concepts(card)
+    assert concepts.classes == ["normal", "pneumonia", "effusion"]
+    assert concepts.by_class == {
+        "normal": ["clear lungs"], "pneumonia": ["lobar consolidation", "air bronchograms"], "effusion": ["meniscus sign"]
+    }
+    assert set(concepts.sources.values()) == {"curated"}
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "cbm-concepts/1" and doc["card"] == "toy-cxr"
+    assert doc["by_class"]["pneumonia"]["note"] == "radiology teaching"
+    assert list(doc["by_class"]) == ["normal", "pneumonia", "effusion"]
+
+
+def test_save_curated_refuses_bad_lists(card, tmp_path):
+    with pytest.raises(ValueError, match=r"lists 'Air bronchogram' twice \(as 'air bronchograms' too\)"):
+        save_curated(card, {"pneumonia": ["air bronchograms", "Air bronchogram"]})
+    with pytest.raises(ValueError, match="needs a non-empty list"):
+        save_curated(card, {"pneumonia": []})
+    with pytest.raises(ValueError, match="needs a non-empty list"):
+        save_curated(card, {"pneumonia": "consolidation"})
+    with pytest.raises(ValueError, match="empty concept phrase"):
+        save_curated(card, {"pneumonia": ["consolidation", "  "]})
+    with pytest.raises(ValueError, match=r"classes \['covid'\] are not in card 'toy-cxr'"):
+        save_curated(card, {"covid": ["ground-glass opacities"]})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_curated(tmp_path / "missing" / "folder", {"a": ["b c"]})
+    assert not (card.folder / "concepts.json").exists()
+
+
+def test_save_curated_into_a_bare_folder_keeps_the_given_order(tmp_path):
+    path = save_curated(tmp_path, {"b_class": ["dark ring"], "a_class": ["bright spot"]}, note="demo world")
+    concepts = load_concepts(path)
+    assert concepts.classes == ["b_class", "a_class"] and concepts.path == path
+
+
+def test_a_plain_class_to_concepts_file_is_read_as_curated(card):
+    card.store_path.write_text(json.dumps({"normal": ["clear lungs"], "pneumonia": ["consolidation"],
+                                           "effusion": ["meniscus sign"]}))
+    concepts = load_concepts(card)
+    assert concepts.by_class["pneumonia"] == ["consolidation"]
+    assert set(concepts.sources.values()) == {"curated"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"format": "cbm-concepts/1", "by_class": {', r"not valid JSON \(line 1, column \d+"),
+        ('["x"]', "must hold a JSON object"),
+        ('{"format": "cbm-concepts/9", "by_class": {}}', "has format 'cbm-concepts/9'"),
+        ('{"format": "cbm-concepts/1"}', "no 'by_class' object"),
+        ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": "clear"}}}', "'concepts' must be a list"),
+        ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": [], "source": "gpt"}}}', "use 'curated' or 'llm'"),
+        ('{"normal": "clear lungs"}', "class 'normal' must be a list of strings"),
+    ],
+)
+def test_a_malformed_store_names_the_file_and_the_problem(card, content, message):
+    card.store_path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_concepts(card)
+    assert str(card.store_path) in str(info.value)
+
+
+def test_a_store_that_lacks_a_class_says_how_to_fill_it(card, caplog):
+    save_curated(card.folder / "concepts.json", {"normal": ["clear lungs"], "pneumonia": ["consolidation"]})
+    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\].*cbm concepts toy-cxr --llm"):
+        load_concepts(card)
+    save_curated(card.folder / "concepts.json", {"effusion": ["meniscus sign"], "old_class": ["x y"]})
+    assert load_concepts(card).classes == ["normal", "pneumonia", "effusion"]
+    assert "ignored: ['old_class']" in caplog.text
+
+
+def test_a_hand_edit_of_a_generated_list_reads_as_curated(card, caplog):
+    doc = {
+        "format": "cbm-concepts/1",
+        "by_class": {"normal": {"source": "llm", "concepts": ["clear lungs", "sharp angles"], "digest": "0" * 16,
+                                "llm": {"model": "m"}}},
+    }
+    card.store_path.write_text(json.dumps(doc))
+    assert read_store(card.store_path)["by_class"]["normal"]["source"] == "curated"
+    assert "edited by hand" in caplog.text
