@@ -194,6 +194,24 @@ def test_an_encoder_with_encode_text_can_filter(card):
     assert stored(card)["filter"]["embedder"] == "tower-v1"
 
 
+def test_an_unnamed_embedder_is_applied_every_run_and_a_named_one_is_trusted(card):
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return char_ngram_embed(texts)
+
+    with ScriptedLLMServer(ANSWERS) as server:
+        config = config_for(server)
+        generate_concepts(card, config, embed=lambda t: counting(t), progress=False)
+        generate_concepts(card, config, embed=lambda t: counting(t), progress=False)
+        assert len(calls) == 2 and stored(card)["filter"]["embedder"] == "anonymous"
+        generate_concepts(card, config, embed=lambda t: counting(t), embed_id="tower-v2", progress=False)
+        generate_concepts(card, config, embed=lambda t: counting(t), embed_id="tower-v2", progress=False)
+        assert len(calls) == 3 and stored(card)["filter"]["embedder"] == "tower-v2"
+        assert len(server.requests) == 3
+
+
 def test_two_concurrent_processes_leave_one_valid_store(card):
     def slow(request, n):
         return Reply.concepts(class_asked(request), ANSWERS[class_asked(request)], delay_s=0.3)

@@ -125,3 +125,31 @@ def test_a_hand_edit_of_a_generated_list_reads_as_curated(card, caplog):
     card.store_path.write_text(json.dumps(doc))
     assert read_store(card.store_path)["by_class"]["normal"]["source"] == "curated"
     assert "edited by hand" in caplog.text
+
+
+def test_a_set_built_in_code_and_the_provenance_summary(card):
+    given = ConceptSet.from_mapping(["normal", "pneumonia"], {"normal": [" clear  lungs", "clear lungs"], "pneumonia": ["consolidation"]})
+    assert given.by_class["normal"] == ["clear lungs"] and given.sources == {"normal": "given", "pneumonia": "given"}
+    assert given.provenance["store"] is None and given.provenance["classes"]["pneumonia"] == {"source": "given"}
+    with pytest.raises(ValueError, match=r"classes \['covid'\] that are not among"):
+        ConceptSet.from_mapping(["normal"], {"normal": ["x"], "covid": ["y"]})
+
+    doc = {
+        "format": "cbm-concepts/1",
+        "by_class": {
+            "normal": {"source": "curated", "concepts": ["clear lungs"]},
+            "pneumonia": {"source": "llm", "concepts": ["consolidation"], "llm": {
+                "model": "m", "server_host": "h:1", "prompt_version": "v1", "temperature": 0.0, "seed": 0,
+                "date": "2025-01-01", "raw_response": "{...}", "usage": {"total_tokens": 5}}},
+            "effusion": {"source": "curated", "concepts": ["meniscus sign"]},
+        },
+    }
+    card.store_path.write_text(json.dumps(doc))
+    provenance = load_concepts(card).provenance
+    assert provenance["store"] == str(card.store_path)
+    assert provenance["classes"]["normal"] == {"source": "curated"}
+    assert provenance["classes"]["pneumonia"] == {
+        "source": "llm", "model": "m", "server_host": "h:1", "prompt_version": "v1", "temperature": 0.0, "seed": 0,
+        "date": "2025-01-01",
+    }  # the raw answer stays in the file
+    json.dumps(provenance)

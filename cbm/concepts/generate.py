@@ -78,12 +78,17 @@ def request_key(messages: list[dict[str, str]], config: LLMConfig, prompt_versio
     )
 
 
-def embedder_from(embed: Any) -> tuple[Callable[[list[str]], np.ndarray] | None, str | None]:
-    """``(function, id)`` from a text embedder: a callable, or an encoder with ``encode_text``."""
+def embedder_from(embed: Any, embed_id: str | None = None) -> tuple[Callable[[list[str]], np.ndarray] | None, str | None]:
+    """``(function, id)`` from a text embedder: a callable, or an encoder with ``encode_text``.
+
+    The id names the embedder in the store (an encoder's ``cache_key``, a function's name, or
+    ``embed_id``); an anonymous function (a lambda, a closure) gets ``"anonymous"``, and its
+    filtering is then redone on every run rather than trusted from the store.
+    """
     if embed is None:
         return None, None
     if hasattr(embed, "encode_text"):
-        ident = getattr(embed, "cache_key", None) or getattr(embed, "name", None) or type(embed).__name__
+        ident = embed_id or getattr(embed, "cache_key", None) or getattr(embed, "name", None) or type(embed).__name__
 
         def encode(texts: list[str]) -> np.ndarray:
             out = embed.encode_text(texts)
@@ -92,7 +97,10 @@ def embedder_from(embed: Any) -> tuple[Callable[[list[str]], np.ndarray] | None,
         return encode, str(ident)
     if not callable(embed):
         raise TypeError(f"embed must be a callable texts -> (N, D) array or an encoder with encode_text, got {embed!r}")
-    ident = getattr(embed, "cache_key", None) or getattr(embed, "__qualname__", None) or type(embed).__name__
+    ident = embed_id or getattr(embed, "cache_key", None)
+    if ident is None:
+        name = f"{getattr(embed, '__module__', '')}.{getattr(embed, '__qualname__', '')}"
+        ident = "anonymous" if ("<" in name or name == ".") else name
     return embed, str(ident)
 
 
@@ -174,7 +182,7 @@ def _refilter(
         )
         embed_id = None
     key = stable_hash({"inputs": inputs, "config": config.to_dict(), "embedder": embed_id})
-    if stored.get("key") == key or not proposals:
+    if not proposals or (stored.get("key") == key and embed_id != "anonymous"):
         return
     results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config)
     for name in proposals:
@@ -189,6 +197,7 @@ def generate_concepts(
     *,
     refresh: bool = False,
     embed: Any = None,
+    embed_id: str | None = None,
     filter_config: FilterConfig | Mapping[str, Any] | None = None,
     n_concepts: int = 20,
     prompt_version: str = DEFAULT_PROMPT_VERSION,
@@ -207,6 +216,8 @@ def generate_concepts(
         embed: text embedder for the filter: ``texts -> (N, D)`` L2-normalised array, or an encoder
             with ``encode_text`` (e.g. ``cbm.encoders.create_encoder(name)``); ``None`` = string
             rules, or the store's earlier embedding-based filtering while it still applies.
+        embed_id: the embedder's name in the store (e.g. the encoder's cache key), when ``embed``
+            is a plain function; an unnamed function's filtering is redone every run.
         filter_config: filter settings; a mapping changes only the keys it names; ``None`` = the
             store's settings (the defaults for a new store).
         n_concepts: how many concepts to ask for per class.
@@ -225,7 +236,7 @@ def generate_concepts(
     config = load_llm_config(llm_config)
     path = Path(store_path) if store_path is not None else info.store_path
     classes = info.class_names
-    embed_fn, embed_id = embedder_from(embed)
+    embed_fn, embed_id = embedder_from(embed, embed_id)
     class_pairs = list(info.classes)
 
     with store_lock(path):

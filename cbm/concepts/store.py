@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = "cbm-concepts/1"
 STORE_FILENAME = "concepts.json"
+# what ConceptSet.llm carries from a class's "llm" record (the raw answer and usage stay in the file)
+_PROVENANCE = ("model", "response_model", "server_host", "prompt_version", "temperature", "seed", "date")
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,10 @@ class ConceptSet:
         classes: class names in card order (the head's label order).
         by_class: class -> its kept concepts (a concept may belong to several classes).
         concepts: every kept concept once, in order of first appearance (class order, then rank).
-        sources: class -> ``"curated"`` or ``"llm"``.
+        sources: class -> ``"curated"``, ``"llm"`` or ``"given"`` (built in code, no store).
         removed: class -> concepts the filter removed, each ``{"concept", "rule", "reason"}``.
+        llm: class -> how its list was generated (model, server host, prompt version, temperature,
+            seed, date), for LLM lists; the raw answers stay in the store.
         path: the store file, if read from or written to one.
     """
 
@@ -130,6 +134,7 @@ class ConceptSet:
     by_class: dict[str, list[str]]
     sources: dict[str, str] = field(default_factory=dict)
     removed: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    llm: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
     concepts: list[str] = field(init=False)
 
@@ -140,12 +145,35 @@ class ConceptSet:
         self.by_class = {c: list(self.by_class[c]) for c in self.classes}
         self.concepts = list(dict.fromkeys(c for name in self.classes for c in self.by_class[name]))
 
+    @classmethod
+    def from_mapping(cls, classes: Sequence[str], by_class: Mapping[str, Sequence[str]]) -> ConceptSet:
+        """A set built in code: ``{class: [concepts]}`` for every class in ``classes`` (phrases trimmed)."""
+        if isinstance(by_class, Mapping):
+            unknown = [c for c in by_class if c not in classes]
+            if unknown:
+                raise ValueError(f"concepts given for classes {unknown} that are not among {list(classes)}")
+        tidy = {
+            str(name): list(dict.fromkeys(" ".join(str(p).split()) for p in phrases if str(p).strip()))
+            for name, phrases in by_class.items()
+        }
+        return cls(classes=list(classes), by_class=tidy, sources={c: "given" for c in classes})
+
     def __len__(self) -> int:
         return len(self.concepts)
 
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
         return f"ConceptSet({len(self.classes)} classes, {len(self.concepts)} concepts{where})"
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where the lists come from, JSON-ready: store path, content key, and per class its source
+        (and for LLM lists the model, server host, prompt version, temperature, seed and date)."""
+        return {
+            "store": str(self.path) if self.path else None,
+            "key": self.key,
+            "classes": {c: {"source": self.sources.get(c, "given"), **self.llm.get(c, {})} for c in self.classes},
+        }
 
     @property
     def key(self) -> str:
@@ -297,6 +325,7 @@ def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path 
         by_class={c: by_class[c]["concepts"] for c in classes},
         sources={c: by_class[c]["source"] for c in classes},
         removed={c: list(by_class[c].get("removed", [])) for c in classes},
+        llm={c: {k: v for k, v in by_class[c]["llm"].items() if k in _PROVENANCE} for c in classes if "llm" in by_class[c]},
         path=path,
     )
 
