@@ -261,7 +261,13 @@ def write_store(path: str | os.PathLike, doc: dict) -> Path:
             entry["digest"] = stable_hash(entry["concepts"])
     out = {"format": STORE_FORMAT, **{k: v for k, v in doc.items() if k not in ("format", "by_class")}}
     out["by_class"] = {c: by_class[c] for c in order}
-    return atomic_write_json(path, out)
+    try:
+        return atomic_write_json(path, out)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot write the concept store {str(path)!r} ({exc.strerror or exc}); make the folder writable "
+            "or write the store elsewhere (store_path=..., `cbm concepts --store PATH`)"
+        ) from None
 
 
 @contextlib.contextmanager
