@@ -82,7 +82,8 @@ def run_concepts(args: argparse.Namespace) -> int:
             print(f"concept store {concepts.path} ({config.model} at {config.server_host})")
     for name in concepts.classes:
         listed = concepts.by_class[name]
-        print(f"\n{name} ({len(listed)} concepts, {concepts.sources.get(name, '?')}):")
+        count = f"{len(listed)} concept" + ("" if len(listed) == 1 else "s")
+        print(f"\n{name} ({count}, {concepts.sources.get(name, '?')}):")
         for phrase in listed:
             print(f"  - {phrase}")
         if args.removed:
