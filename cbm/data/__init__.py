@@ -1,0 +1,78 @@
+"""The data layer: data cards, manifests, image reading (PNG/JPEG/DICOM), transforms, Datasets.
+
+    >>> from cbm.data import load_card, read_image
+    >>> card = load_card("ham10000")                      # or a path to a card.yaml / its folder
+    >>> card.class_names                                  # label order used everywhere downstream
+    >>> train = card.dataset("train", transform=encoder.transform)
+    >>> image = read_image("chest.dcm")                   # LoadedImage: pixels (H, W, C) in [0, 1] + meta
+
+Command line: ``cbm cards``, ``cbm validate CARD``, ``cbm make-splits CARD --metadata CSV``,
+``cbm index-dicom DIR --out manifest.csv``.
+"""
+
+from __future__ import annotations
+
+from cbm.data._card import (
+    BUILTIN_CARDS_DIR,
+    CardError,
+    ClassInfo,
+    Confounder,
+    DataCard,
+    card_dirs,
+    list_cards,
+    load_card,
+)
+from cbm.data._dataset import ManifestDataset, SkippedItem, SkippedReport, skipping_collate
+from cbm.data._image import (
+    ImageReadError,
+    LoadedImage,
+    MissingCodecError,
+    is_dicom_file,
+    read_dicom,
+    read_image,
+    read_pil,
+)
+from cbm.data._manifest import (
+    KNOWN_SPLITS,
+    Manifest,
+    ManifestError,
+    ManifestProblem,
+    ManifestReport,
+    ManifestRow,
+    read_manifest,
+    write_manifest,
+)
+
+__all__ = [
+    # cards
+    "DataCard",
+    "ClassInfo",
+    "Confounder",
+    "CardError",
+    "load_card",
+    "list_cards",
+    "card_dirs",
+    "BUILTIN_CARDS_DIR",
+    # manifests
+    "Manifest",
+    "ManifestRow",
+    "ManifestReport",
+    "ManifestProblem",
+    "ManifestError",
+    "read_manifest",
+    "write_manifest",
+    "KNOWN_SPLITS",
+    # images
+    "LoadedImage",
+    "read_image",
+    "read_dicom",
+    "read_pil",
+    "is_dicom_file",
+    "ImageReadError",
+    "MissingCodecError",
+    # datasets
+    "ManifestDataset",
+    "SkippedItem",
+    "SkippedReport",
+    "skipping_collate",
+]

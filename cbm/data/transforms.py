@@ -1,0 +1,148 @@
+"""MONAI preprocessing that reproduces a CLIP-style encoder's expected input.
+
+``encoder_transform(size, mean, std)`` turns a :class:`~cbm.data.LoadedImage`, an ``(H, W[, C])``
+array or an image path into a ``(3, size, size)`` float32 tensor: resize the shortest side to
+``size`` (torch's antialiased bicubic, the same filter torchvision applies, so the result follows
+open_clip's PIL pipeline to within about 0.004 in normalised units), centre crop, grey to three
+channels, normalise with the encoder's mean and std.
+
+Orientation: our readers return ``(H, W, C)`` with row 0 at the top; the first transform moves
+channels first, ``(C, H, W)``, and nothing transposes the spatial axes. (MONAI's own ``LoadImage``
+with its PIL reader returns ``(W, H)`` arrays, which is why we do not load through it: a PNG and a
+DICOM of the same pixels must give the same tensor.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import CenterSpatialCrop, Compose, NormalizeIntensity, Transform
+
+from cbm.data._image import LoadedImage, read_image
+
+__all__ = ["encoder_transform", "ToChannelFirst", "ResizeShortestSide", "GreyToRGB", "INTERPOLATIONS"]
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+
+
+class ToChannelFirst(Transform):
+    """LoadedImage / path / ``(H, W)`` or ``(H, W, C)`` array -> float32 ``(C, H, W)`` tensor in [0, 1].
+
+    Integer arrays are scaled by their dtype's maximum; an alpha channel is dropped. A torch tensor
+    is taken as already channel-first.
+    """
+
+    def __call__(self, data: Any) -> torch.Tensor:
+        if isinstance(data, (str, os.PathLike)):
+            data = read_image(data)
+        if isinstance(data, LoadedImage):
+            data = data.pixels
+        if isinstance(data, torch.Tensor):
+            t = data.float()
+            return t[None] if t.ndim == 2 else t
+        arr = np.asarray(data)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"expected an image array of shape (H, W) or (H, W, C) with C in 1..4, got {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer):
+            arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        if arr.shape[2] in (2, 4):  # grey+alpha, RGBA: drop alpha as PIL's convert does
+            arr = arr[..., : arr.shape[2] - 1]
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+class ResizeShortestSide(Transform):
+    """Resize ``(C, H, W)`` so the shorter side is ``size`` (torchvision's rule for an int size).
+
+    Uses ``torch.nn.functional.interpolate`` with ``antialias=True`` for bicubic/bilinear, which
+    is the filter torchvision and PIL use when shrinking; values are clamped back to [0, 1].
+    """
+
+    def __init__(self, size: int, interpolation: str = "bicubic") -> None:
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        self.size = int(size)
+        self.interpolation = interpolation
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        short, long = (h, w) if h <= w else (w, h)
+        new_short, new_long = self.size, int(self.size * long / short)
+        new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+        if (new_h, new_w) == (h, w):
+            return img
+        kwargs: dict[str, Any] = {}
+        if self.interpolation in ("bicubic", "bilinear"):
+            kwargs = {"align_corners": False, "antialias": True}
+        out = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode=self.interpolation, **kwargs)[0]
+        return out.clamp_(0.0, 1.0)
+
+
+class GreyToRGB(Transform):
+    """Repeat a one-channel ``(1, H, W)`` image to three channels; three channels pass through."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if img.shape[0] == 1:
+            return img.expand(3, *img.shape[1:]).contiguous()
+        if img.shape[0] != 3:
+            raise ValueError(f"expected 1 or 3 channels, got {img.shape[0]}")
+        return img
+
+
+class _AsTensor(Transform):
+    """Plain float32 torch tensor (drops MONAI's MetaTensor wrapper)."""
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        img = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
+        return img.to(torch.float32).contiguous()
+
+
+def encoder_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+) -> Compose:
+    """The MONAI pipeline an encoder expects: image -> ``(3, size, size)`` float32 tensor.
+
+    Args:
+        size: the encoder's input side in pixels (e.g. 224).
+        mean: per-channel mean to subtract (1 or 3 values), e.g. OpenAI CLIP's
+            ``(0.48145466, 0.4578275, 0.40821073)``.
+        std: per-channel standard deviation to divide by (1 or 3 values).
+        interpolation: ``"bicubic"`` (CLIP's), ``"bilinear"``, ``"nearest"`` or ``"area"``.
+
+    Returns:
+        A callable ``monai.transforms.Compose`` accepting a LoadedImage, an ``(H, W[, C])`` array
+        (floats in [0, 1] or integers) or an image path.
+    """
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    mean3 = _per_channel(mean, "mean")
+    std3 = _per_channel(std, "std")
+    if any(s <= 0 for s in std3):
+        raise ValueError(f"std must be positive, got {tuple(std)}")
+    return Compose(
+        [
+            ToChannelFirst(),
+            ResizeShortestSide(size, interpolation),
+            CenterSpatialCrop(int(size)),
+            GreyToRGB(),
+            NormalizeIntensity(subtrahend=mean3, divisor=std3, channel_wise=True),
+            _AsTensor(),
+        ]
+    )
+
+
+def _per_channel(values: Sequence[float], name: str) -> list[float]:
+    vals = [float(v) for v in (values if isinstance(values, Sequence) else [values])]
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise ValueError(f"{name} needs 1 or 3 values (one per channel), got {len(vals)}: {tuple(values)}")
+    return vals

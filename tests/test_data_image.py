@@ -1,0 +1,388 @@
+"""cbm.data._image: PNG/JPEG/TIFF through PIL, DICOM through pydicom, and every bad input's error."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+
+from cbm.data import ImageReadError, LoadedImage, MissingCodecError, read_image
+
+PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyInstanceUID")
+
+
+def asymmetric(h: int = 24, w: int = 36) -> np.ndarray:
+    """uint8 grey pattern whose rows and columns all differ: any flip or transpose changes it."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = (x * 5 + y * 2) % 200 + 20
+    img[:4, :6] = 255  # bright block in the top-left corner
+    return img.astype(np.uint8)
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    syntax: str | None = None,
+    **attributes: object,
+) -> Path:
+    """Write ``pixels`` (rows, cols[, 3]) or (frames, rows, cols) as a DICOM file with pydicom."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "SECRET-123"
+    ds.PatientBirthDate = "19700101"
+    ds.AccessionNumber = "ACC999"
+    ds.InstitutionName = "General Hospital"
+    ds.StudyInstanceUID = generate_uid()
+    bits = bits_stored or (8 if pixels.dtype == np.uint8 else 16)
+    ds.set_pixel_data(pixels, photometric, bits)
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    if syntax:
+        ds.compress(syntax)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- PIL formats
+def test_grey_png_reads_exactly(tmp_path):
+    img = asymmetric()
+    Image.fromarray(img).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert isinstance(out, LoadedImage)
+    assert out.pixels.dtype == np.float32 and out.pixels.shape == (24, 36, 1)
+    np.testing.assert_array_equal(out.pixels[..., 0], img / np.float32(255))
+    assert out.meta["format"] == "png" and out.meta["bits"] == 8
+
+
+def test_16bit_png_uses_full_range(tmp_path):
+    img = (asymmetric().astype(np.uint16) * 257)
+    Image.fromarray(img).save(tmp_path / "a16.png")
+    out = read_image(tmp_path / "a16.png")
+    assert out.meta["bits"] == 16
+    np.testing.assert_allclose(out.pixels[..., 0], img / 65535.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1"])
+def test_colour_modes(tmp_path, mode):
+    rgb = np.stack([asymmetric(), asymmetric()[::-1], np.full((24, 36), 90, np.uint8)], -1)
+    im = Image.fromarray(rgb)
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+        im.putalpha(128)
+    elif mode == "P":
+        im = im.quantize(64)
+    elif mode == "1":
+        im = Image.fromarray(asymmetric() > 128)
+    im.save(tmp_path / "c.png")
+    out = read_image(tmp_path / "c.png")
+    if mode == "1":
+        assert out.pixels.shape == (24, 36, 1)
+        np.testing.assert_array_equal(out.pixels[..., 0], (asymmetric() > 128).astype(np.float32))
+        return
+    assert out.pixels.shape == (24, 36, 3)
+    expected = np.asarray(im.convert("RGB"), np.float32) / 255  # palette colours / alpha dropped
+    np.testing.assert_allclose(out.pixels, expected, atol=1e-6)
+
+
+def test_jpeg_keeps_orientation(tmp_path):
+    img = np.zeros((60, 90, 3), np.uint8)
+    img[:20, :30] = 250  # top-left bright
+    Image.fromarray(img).save(tmp_path / "a.jpg", quality=95)
+    p = read_image(tmp_path / "a.jpg").pixels
+    assert p[:20, :30].mean() > 0.9 and p[30:, 45:].mean() < 0.1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:10, :15] = 255
+    im = Image.fromarray(img)
+    exif = im.getexif()
+    exif[0x0112] = 3  # "rotate 180" when displayed
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = read_image(tmp_path / "rot.jpg")
+    assert out.meta["exif_transposed"] is True
+    assert out.pixels[-10:, -15:].mean() > 0.9  # the block is bottom-right as displayed
+    assert out.pixels[:10, :15].mean() < 0.1
+
+
+def test_multiframe_tiff_frame_policy(tmp_path):
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8) + np.eye(8, dtype=np.uint8)) for v in (10, 100, 200)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    level = lambda f: round(float(read_image(tmp_path / "stack.tif", frame=f).pixels.min()) * 255)  # noqa: E731
+    assert [level("first"), level("middle"), level("last"), level(1), level(-1)] == [10, 100, 200, 100, 200]
+    with pytest.raises(ImageReadError, match="3 frame"):
+        read_image(tmp_path / "stack.tif", frame=5)
+    with pytest.raises(ValueError, match="frame policy"):
+        read_image(tmp_path / "stack.tif", frame="centre")
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_truncated_png(tmp_path):
+    Image.fromarray(asymmetric(200, 200)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError) as err:
+        read_image(tmp_path / "t.png")
+    assert str(tmp_path / "t.png") in str(err.value)
+    assert "truncated" in str(err.value) and "again" in str(err.value)
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "z.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty \(0 bytes\).*again"):
+        read_image(tmp_path / "z.png")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image file not found.*nope.png"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_text_file_named_png(tmp_path):
+    (tmp_path / "page.png").write_text("<html>404 Not Found</html>")
+    with pytest.raises(ImageReadError, match="not an image file"):
+        read_image(tmp_path / "page.png")
+
+
+def test_constant_image_rejected(tmp_path):
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "flat.png")
+    with pytest.raises(ImageReadError, match="constant image"):
+        read_image(tmp_path / "flat.png")
+
+
+def test_non_dicom_named_dcm(tmp_path):
+    Image.fromarray(asymmetric()).save(tmp_path / "x.png")
+    os.replace(tmp_path / "x.png", tmp_path / "x.dcm")
+    with pytest.raises(ImageReadError, match="is not a DICOM file") as err:
+        read_image(tmp_path / "x.dcm")
+    assert str(tmp_path / "x.dcm") in str(err.value)
+    (tmp_path / "y.dcm").write_bytes(os.urandom(4096))
+    with pytest.raises(ImageReadError, match="is not a DICOM file"):
+        read_image(tmp_path / "y.dcm")
+
+
+def test_dicom_without_pixel_data():
+    with pytest.raises(ImageReadError, match="without pixel data.*SR.*Remove it from the manifest"):
+        read_image(get_testdata_file("reportsi.dcm"))
+
+
+def test_compressed_dicom_without_codec_names_the_install_command(monkeypatch):
+    from pydicom.pixels import get_decoder
+
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("requires pylibjpeg-openjpeg",)})
+    with pytest.raises(MissingCodecError) as err:
+        read_image(get_testdata_file("MR_small_jp2klossless.dcm"))
+    message = str(err.value)
+    assert "MR_small_jp2klossless.dcm" in message
+    assert "JPEG 2000" in message
+    assert 'pip install "cbm[dicom]"' in message and "pylibjpeg-openjpeg" in message
+    assert isinstance(err.value, RuntimeError)
+
+
+def test_truncated_dicom_pixel_data():
+    with pytest.raises(ImageReadError, match="MR_truncated.dcm.*could not be decoded"):
+        read_image(get_testdata_file("MR_truncated.dcm"))
+
+
+# ---------------------------------------------------------------------------- DICOM pipeline
+def test_dicom_and_png_of_the_same_pixels_read_identically(tmp_path):
+    img = asymmetric()
+    Image.fromarray(img).save(tmp_path / "a.png")
+    write_dicom(tmp_path / "a.dcm", img)
+    png, dcm = read_image(tmp_path / "a.png"), read_image(tmp_path / "a.dcm")
+    np.testing.assert_array_equal(png.pixels, dcm.pixels)
+    rgb = np.stack([img, img[::-1], 255 - img], -1)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    write_dicom(tmp_path / "c.dcm", rgb, photometric="RGB")
+    np.testing.assert_array_equal(read_image(tmp_path / "c.png").pixels, read_image(tmp_path / "c.dcm").pixels)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_dicom_decodes_to_the_same_pixels(tmp_path, syntax):
+    img = asymmetric(64, 96)  # JPEG 2000's default 6 resolution levels need sides >= 32
+    write_dicom(tmp_path / "raw.dcm", img)
+    write_dicom(tmp_path / "packed.dcm", img, syntax=syntax)
+    packed = read_image(tmp_path / "packed.dcm")
+    assert packed.meta["transfer_syntax"] == syntax.name
+    np.testing.assert_array_equal(read_image(tmp_path / "raw.dcm").pixels, packed.pixels)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    img = asymmetric()
+    write_dicom(tmp_path / "m2.dcm", img)
+    write_dicom(tmp_path / "m1.dcm", img, photometric="MONOCHROME1")
+    m1 = read_image(tmp_path / "m1.dcm")
+    assert m1.meta["inverted"] is True
+    np.testing.assert_allclose(m1.pixels, 1.0 - read_image(tmp_path / "m2.dcm").pixels, atol=1e-6)
+
+
+def test_rescale_then_window(tmp_path):
+    # stored 0..1000 -> HU -1000..0 through the rescale; window 40/400 (PS3.3 LINEAR).
+    stored = np.linspace(0, 1000, 24 * 36).reshape(24, 36).astype(np.uint16)
+    write_dicom(tmp_path / "ct.dcm", stored, bits_stored=12, rescale=(1.0, -1000.0), window=(-500.0, 400.0), Modality="CT")
+    out = read_image(tmp_path / "ct.dcm")
+    hu = stored.astype(np.float64) - 1000.0
+    expected = np.clip((hu - (-500 - 0.5)) / (400 - 1) + 0.5, 0, 1)
+    np.testing.assert_allclose(out.pixels[..., 0], expected, atol=1e-6)
+    assert out.meta["voi"] == "window" and out.meta["rescale"] == [1.0, -1000.0]
+
+
+def test_deep_data_without_window_is_stretched(tmp_path):
+    stored = (asymmetric().astype(np.uint16) * 3 + 500)
+    write_dicom(tmp_path / "mr.dcm", stored, bits_stored=12)
+    out = read_image(tmp_path / "mr.dcm")
+    assert out.meta["voi"] == "min_max"
+    assert out.pixels.min() == 0.0 and out.pixels.max() == 1.0
+
+
+def test_multiframe_dicom_frame_policy(tmp_path):
+    frames = np.stack([asymmetric() // 4 + 10 * k for k in range(5)])
+    write_dicom(tmp_path / "mf.dcm", frames)
+    for policy, k in [("first", 0), ("middle", 2), ("last", 4), (3, 3)]:
+        out = read_image(tmp_path / "mf.dcm", frame=policy)
+        np.testing.assert_array_equal(out.pixels[..., 0], frames[k] / np.float32(255))
+        assert out.meta["frames"] == 5 and out.meta["frame"] == k
+
+
+def test_constant_dicom_rejected(tmp_path):
+    write_dicom(tmp_path / "flat.dcm", np.full((8, 8), 3, np.uint8))
+    with pytest.raises(ImageReadError, match="flat.dcm.*constant image"):
+        read_image(tmp_path / "flat.dcm")
+
+
+def test_dicom_meta_carries_no_phi(tmp_path):
+    write_dicom(tmp_path / "p.dcm", asymmetric())
+    meta = read_image(tmp_path / "p.dcm").meta
+    text = repr(meta)
+    for secret in ("Doe", "SECRET-123", "19700101", "ACC999", "General Hospital"):
+        assert secret not in text
+    assert meta["format"] == "dicom" and meta["photometric"] == "MONOCHROME2"
+
+
+def test_ybr_jpeg_matches_its_rgb_original():
+    """pydicom ships the same picture as uncompressed RGB and as YBR JPEG: both must read alike."""
+    ref = read_image(get_testdata_file("SC_rgb.dcm")).pixels
+    for name in ("SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_dcmtk_ebcr_dcmd.dcm", "SC_rgb_rle.dcm", "SC_ybr_full_uncompressed.dcm"):
+        path = get_testdata_file(name)
+        if path is None:
+            continue
+        out = read_image(path)
+        assert out.pixels.shape == ref.shape
+        assert np.abs(out.pixels - ref).mean() < 0.02, name
+
+
+def test_monochrome1_chest_radiograph_reads_as_displayed():
+    """pydicom-data's RG1_UNCI.dcm: PA chest, MONOCHROME1. Displayed right, bone is white, lungs dark,
+    the apices at the top and the heart on the image's right (the patient's left)."""
+    out = read_image(get_testdata_file("RG1_UNCI.dcm"))
+    assert out.meta["photometric"] == "MONOCHROME1" and out.meta["inverted"] is True
+    p = out.pixels[..., 0]
+    h, w = p.shape
+
+    def region(r0: float, r1: float, c0: float, c1: float) -> float:
+        return float(p[int(r0 * h) : int(r1 * h), int(c0 * w) : int(c1 * w)].mean())
+
+    mediastinum, lungs = region(0.3, 0.6, 0.45, 0.55), (region(0.3, 0.6, 0.2, 0.3) + region(0.3, 0.6, 0.7, 0.8)) / 2
+    assert mediastinum > lungs + 0.15  # not inverted the wrong way
+    assert region(0.85, 0.95, 0.2, 0.8) > region(0.25, 0.4, 0.2, 0.8) + 0.15  # abdomen below, lungs above
+    assert region(0.6, 0.75, 0.6, 0.7) > region(0.6, 0.75, 0.3, 0.4) + 0.03  # heart on the image's right
+
+
+@functools.lru_cache(maxsize=None)
+def _pydicom_decodes(path: str) -> bool:
+    from pydicom.pixels import pixel_array
+
+    try:
+        ds = pydicom.dcmread(path)
+        return "PixelData" in ds and pixel_array(ds, index=0).size > 0  # one frame is enough to know
+    except Exception:
+        return False
+
+
+_DICOM_FILES = sorted(
+    f for f in set(get_testdata_files()) if os.path.isfile(f) and open(f, "rb").read(132)[128:132] == b"DICM"
+)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", _DICOM_FILES, ids=os.path.basename)
+def test_every_decodable_pydicom_test_file_reads(path):
+    """Every DICOM test file that pydicom itself decodes reads with its own rows/columns, in [0, 1];
+    the others fail with ImageReadError (never another exception)."""
+    try:
+        out = read_image(path)
+    except ImageReadError as exc:
+        assert not _pydicom_decodes(path) or "constant" in str(exc), str(exc)
+        return
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    p = out.pixels
+    assert p.dtype == np.float32 and p.ndim == 3 and p.shape[2] in (1, 3)
+    assert p.shape[:2] == (int(ds.Rows), int(ds.Columns))
+    assert np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0 and p.max() > p.min()
+    for keyword in PHI_KEYWORDS:
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            assert str(value) not in map(str, out.meta.values())
+
+
+def _plain_windowed(path: str) -> bool:
+    """Single-frame grey with a window of width >= 2 and neither VOI nor modality LUT sequences.
+
+    Compressed files are left out: the windowing is the same after any codec, and decoding large
+    JPEG 2000 radiographs twice costs seconds."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if ds.file_meta.get("TransferSyntaxUID") is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return False
+    if ds.get("PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2") or "WindowWidth" not in ds:
+        return False
+    if "VOILUTSequence" in ds or "ModalityLUTSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return False
+    width = ds.WindowWidth if ds["WindowWidth"].VM == 1 else ds.WindowWidth[0]
+    return float(width) >= 2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", [p for p in _DICOM_FILES if _plain_windowed(p)], ids=os.path.basename)
+def test_windowed_grey_matches_pydicom_reference(path):
+    """Where a file has a plain window, our [0, 1] output equals pydicom's own modality LUT +
+    windowing, rescaled from pydicom's output range to [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if not _pydicom_decodes(path):
+        pytest.skip("pydicom cannot decode it")
+    ds = pydicom.dcmread(path)
+    out = read_image(path)
+    if out.meta.get("voi") != "window":
+        assert out.meta.get("voi") == "min_max"  # the window saturates every pixel: stretched instead
+        return
+    bits, signed = int(ds.BitsStored), int(ds.PixelRepresentation) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    y_min, y_max = sorted((lo * slope + intercept, hi * slope + intercept))
+    ref = (apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds) - y_min) / (y_max - y_min)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        ref = 1.0 - ref
+    np.testing.assert_allclose(out.pixels[..., 0], ref, atol=1e-5)
