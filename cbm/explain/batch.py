@@ -1,0 +1,195 @@
+"""Batch reports: explain many images into a folder with an index page and a class card.
+
+Inputs are image files (PNG, JPEG, DICOM), folders (searched recursively; DICOM files without an
+extension are recognised by their ``DICM`` marker), manifest CSVs (``path,label,split``, paths
+relative to the CSV's folder) or data cards (``card.yaml``); a manifest's label is shown as the
+known label beside the prediction. The output folder::
+
+    index.html       one row per input: prediction, top concept, known label, link
+    classes.html     the class card (concepts and weights per class, sparsity, metrics, data)
+    index.json       the same facts for programs
+    cases/*.html     one self-contained report per image
+
+An input that cannot be read is listed in the index with the reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cbm.explain.case import explain_image
+from cbm.explain.render import IndexRow, render_case_html, render_class_card_html, render_index_html
+from cbm.model import ConceptBottleneckModel
+from cbm.utils import atomic_write_json, atomic_write_text
+
+__all__ = ["CaseInput", "BatchResult", "collect_inputs", "explain_batch", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One image to explain, with its known label if a manifest gave one."""
+
+    path: Path
+    truth: str | None = None
+    label: str | None = None  # how the index names it (default: the file name)
+
+
+@dataclass
+class BatchResult:
+    """What :func:`explain_batch` wrote."""
+
+    out_dir: Path
+    index: Path
+    class_card: Path
+    reports: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    from cbm.data import is_dicom_file
+
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            p = Path(root) / name
+            if name.startswith("."):
+                continue
+            if p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)):
+                found.append(p)
+    return found
+
+
+def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInput]:
+    if split is not None:
+        manifest = manifest.split(split)
+        if not len(manifest):
+            raise ValueError(f"{source} has no rows in split {split!r}")
+    return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
+
+
+def collect_inputs(
+    items: Iterable[str | os.PathLike], *, class_names: Sequence[str], split: str | None = None
+) -> list[CaseInput]:
+    """Expand files, folders, manifest CSVs and data cards into the images to explain, in order.
+
+    Args:
+        items: image files; folders (searched recursively); manifest CSVs (``path,label,split``,
+            paths relative to the CSV's folder); data cards (``card.yaml``: its manifest and image root).
+        class_names: the model's classes; manifest rows with another label are left out (with a warning).
+        split: keep only this split of manifests and cards (e.g. ``"test"``).
+
+    Raises:
+        FileNotFoundError: an item does not exist.
+        ValueError: a manifest is malformed, or nothing to explain was found.
+    """
+    from cbm.data import load_card, read_manifest
+
+    out: list[CaseInput] = []
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist: give image files (PNG, JPEG, DICOM), folders, manifest CSVs or card.yaml files"
+            )
+        if p.is_dir():
+            found = _folder_images(p)
+            if not found:
+                log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
+            out += [CaseInput(f) for f in found]
+        elif p.suffix.lower() == ".csv":
+            manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False)
+            out += _manifest_inputs(manifest, split, p)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            out += _manifest_inputs(load_card(p).manifest(check_files=False), split, p)
+        else:
+            out.append(CaseInput(p))
+    if not out:
+        raise ValueError(f"nothing to explain in {[os.fspath(i) for i in items]}: no PNG, JPEG or DICOM images found")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "case"
+
+
+def explain_batch(
+    model: ConceptBottleneckModel,
+    inputs: Sequence[CaseInput | str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    top_k: int = 5,
+    maps: bool = True,
+    hide_names: bool = False,
+    max_side: int = 512,
+    progress: bool = True,
+) -> BatchResult:
+    """Write a report per image, an index page, ``index.json`` and the class card into ``out_dir``.
+
+    Args:
+        model: the trained model.
+        inputs: :class:`CaseInput` items (from :func:`collect_inputs`) or image paths.
+        out_dir: created if missing; existing reports of the same names are replaced.
+        top_k: contributions listed (and mapped) for the predicted class and the runner-up.
+        maps: compute concept maps.
+        hide_names: name cases ``case 1``, ``case 2``... instead of by file name (file names can
+            carry patient names); ``index.json`` then omits the input paths too.
+        max_side: longest side of the displayed image.
+        progress: show a progress bar.
+    """
+    out = Path(out_dir)
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    cases = [i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs]
+    nav = {"All cases": "../index.html", "Model card": "../classes.html"}
+    result = BatchResult(out, out / "index.html", out / "classes.html")
+    rows: list[IndexRow] = []
+    records = []
+    used_names: set[str] = set()
+    for n, item in enumerate(tqdm(cases, desc="explaining", unit="image", disable=not progress), start=1):
+        label = f"case {n}" if hide_names else (item.label or item.path.name)
+        stem = f"case-{n:04d}" if hide_names else _slug(item.path.stem)
+        name, k = f"{stem}.html", 2
+        while name in used_names:
+            name, k = f"{stem}-{k}.html", k + 1
+        used_names.add(name)
+        record: dict = {"case": label, "truth": item.truth}
+        if not hide_names:
+            record["input"] = os.fspath(item.path)
+        try:
+            case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps, max_side=max_side)
+        except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
+            reason = str(exc) or type(exc).__name__
+            log.warning("%s: not explained: %s", label, reason)
+            log.debug("details", exc_info=True)
+            result.failures.append((label, reason))
+            rows.append(IndexRow(label, error=reason, truth=item.truth))
+            records.append({**record, "error": reason})
+            continue
+        path = atomic_write_text(out / "cases" / name, render_case_html(case, model, top_k=top_k, nav=nav))
+        result.reports.append(path)
+        rows.append(IndexRow(label, href=f"cases/{name}", case=case, truth=item.truth))
+        expl = case.explanation
+        records.append({
+            **record,
+            "report": f"cases/{name}",
+            "predicted": expl.predicted,
+            "probabilities": expl.probabilities,
+            "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
+                             for c in expl.top_concepts(k=top_k)],
+        })
+    atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
+    atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
+    atomic_write_json(out / "index.json", {"model": model.encoder_name, "classes": model.classes, "cases": records})
+    log.info("wrote %d reports, index and class card to %s (%d inputs failed)", len(result.reports), out, len(result.failures))
+    return result

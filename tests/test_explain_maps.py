@@ -1,0 +1,102 @@
+"""Concept maps (cbm.explain.maps) and their overlay on the image (cbm.explain.render.heat_overlay)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_explain import TinyEncoder, make_image
+
+from cbm.explain import encode_spatial, heat_overlay
+from cbm.explain.maps import normalise_maps
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("configs")
+    archs = ("cbmtest-vit", "cbmtest-timmvit", "cbmtest-timmvit-avg", "cbmtest-timmvit-map", "cbmtest-rn")
+    return {arch: TinyEncoder(arch, folder) for arch in archs}
+
+
+@pytest.mark.parametrize("arch, method", [
+    ("cbmtest-vit", "patch-tokens"),
+    ("cbmtest-timmvit", "patch-tokens"),
+    ("cbmtest-timmvit-avg", "patch-tokens"),
+    ("cbmtest-timmvit-map", "grad-cam"),  # attention-pooled: tokens are not in the joint space
+    ("cbmtest-rn", "grad-cam"),
+])
+def test_feature_from_the_maps_pass_equals_encode_image(encoders, arch, method):
+    enc = encoders[arch]
+    x = enc.transform(make_image(7, (enc.size, enc.size + 10)))
+    spatial = encode_spatial(enc, x)
+    assert spatial.method == method
+    assert np.allclose(spatial.feature, enc.encode_image(x[None])[0].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, cell", [("cbmtest-vit", (1, 3)), ("cbmtest-timmvit", (3, 8)), ("cbmtest-timmvit-avg", (6, 2))])
+def test_token_map_is_laid_out_row_by_row(encoders, arch, cell):
+    """A concept equal to one patch's projected token peaks at exactly that patch (not its transpose)."""
+    enc = encoders[arch]
+    spatial = encode_spatial(enc, enc.transform(make_image(8, (enc.size, enc.size))))
+    h, w = spatial.grid
+    target = spatial.tokens[cell[0] * w + cell[1]].numpy()
+    maps = spatial.concept_maps(["that patch"], target[None])
+    assert maps.raw.shape == (1, h, w)
+    assert np.unravel_index(maps.raw[0].argmax(), (h, w)) == cell
+    assert maps.raw[0][cell] == pytest.approx(1.0, abs=1e-5)  # cosine with itself
+
+
+def test_grad_cam_follows_the_sign_of_the_concept(encoders):
+    """Grad-CAM of e and of -e have opposite gradients, so after the ReLU their supports do not overlap."""
+    enc = encoders["cbmtest-rn"]
+    spatial = encode_spatial(enc, enc.transform(make_image(9, (128, 128))))
+    e = F.normalize(torch.randn(1, 32, generator=torch.Generator().manual_seed(3)), dim=-1).numpy()
+    maps = spatial.concept_maps(["c", "not c"], np.concatenate([e, -e]))
+    a, b = maps.raw
+    assert maps.raw.shape == (2, *spatial.grid) and spatial.grid == (2, 2)  # 64 px / 32
+    assert (a >= 0).all() and (b >= 0).all() and (a.max() > 0 or b.max() > 0)
+    assert not np.any((a > 0) & (b > 0))
+    # asking twice gives the same maps (the graph is kept for the case's lifetime)
+    assert np.array_equal(spatial.concept_maps(["c"], e).raw[0], a)
+
+
+def test_method_choice_and_errors(encoders):
+    vit, rn = encoders["cbmtest-vit"], encoders["cbmtest-rn"]
+    x = vit.transform(make_image(10, (64, 64)))
+    forced = encode_spatial(vit, x, method="grad-cam")
+    assert forced.method == "grad-cam" and forced.grid == (4, 4)  # the patch embedding is the last spatial layer
+    with pytest.raises(ValueError, match="grad-cam"):
+        encode_spatial(rn, x, method="patch-tokens")
+    with pytest.raises(ValueError, match="unknown concept-map method"):
+        encode_spatial(vit, x, method="attention")
+
+    class NoTower:
+        name = "api-only"
+
+    with pytest.raises(RuntimeError, match="no-maps"):
+        encode_spatial(NoTower(), x)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        encode_spatial(rn, x)
+
+
+def test_normalise_maps_scales_each_map_and_zeroes_flat_ones():
+    raw = np.stack([np.arange(4.0).reshape(2, 2), np.full((2, 2), 0.3)])
+    out = normalise_maps(raw)
+    assert out[0].min() == 0 and out[0].max() == 1 and out[0][1, 1] == 1
+    assert np.all(out[1] == 0)
+
+
+def test_overlay_puts_the_hot_cell_where_the_map_says_and_dims_outside_the_crop():
+    image = np.full((60, 100, 3), 128, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[1, 3] = 1.0
+    crop = (20, 0, 60)  # centred 60 px square of a 100 px wide image
+    out = heat_overlay(image, heat, crop)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    change = np.abs(out.astype(int) - image).sum(-1)
+    y, x = np.unravel_index(change[:, 20:80].argmax(), (60, 60))
+    assert (y // 15, x // 15) == (1, 3)
+    assert out[y, 20 + x, 0] > out[y, 20 + x, 2]  # hot end of the colour map is red, not blue
+    assert np.all(out[:, :20] == 64) and np.all(out[:, 80:] == 64)  # outside the crop: dimmed to half
+    assert np.all(out[50:, 20:35] == 128)  # cold cells leave the image as it was

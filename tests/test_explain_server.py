@@ -1,0 +1,204 @@
+"""``cbm serve`` (cbm.explain.server): pages, uploads, bad uploads, PHI, and the upload flow in Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_explain import (  # noqa: F401 - fixtures
+    CLASSES,
+    PageLog,
+    assert_no_phi,
+    browser,
+    make_image,
+    tiny_encoder,
+    tiny_model,
+    write_phi_dicom,
+)
+
+import cbm.explain.server as server_module
+from cbm.explain import ExplainApp, explain_image, make_server
+
+LIMIT = 256 * 1024
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((image * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (a decompression-bomb shape)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    srv = make_server(tiny_model, "127.0.0.1", 0, max_upload_bytes=LIMIT, top_k=3)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def _request(server, method: str, path: str, body: bytes | None = None,
+             headers: dict | None = None) -> tuple[int, dict, str]:
+    """One request on a fresh connection; ``body=None`` sends no body (and no length unless given)."""
+    conn = http.client.HTTPConnection(*server.server_address, timeout=30)
+    try:
+        headers = dict(headers or {})
+        conn.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        if body is not None and "Content-Length" not in headers:
+            headers["Content-Length"] = str(len(body))
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if body:
+            conn.send(body)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def _healthy(server) -> bool:
+    status, _, text = _request(server, "GET", "/health")
+    return status == 200 and json.loads(text) == {"status": "ok"}
+
+
+def _multipart(data: bytes, field: str = "file", filename: str = "scan.png") -> tuple[bytes, str]:
+    boundary = "----cbmtestboundary7MA4YWxk"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_pages_and_no_files_from_disk(server):
+    status, headers, page = _request(server, "GET", "/")
+    assert status == 200 and 'action="/explain"' in page and 'enctype="multipart/form-data"' in page
+    assert "default-src 'none'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
+    status, _, card = _request(server, "GET", "/classes")
+    assert status == 200 and all(f'data-class="{c}"' in card for c in CLASSES)
+    assert _healthy(server)
+    for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/classes/../model.json", "/model.json",
+                 "//etc/passwd", "/explain"):
+        status, _, text = _request(server, "GET", path)
+        assert status == 404, path
+        assert "root:" not in text
+    status, _, _ = _request(server, "GET", "/", headers={"Host": "attacker.example:80"})
+    assert status == 421  # DNS-rebinding guard: a loopback server answers only to loopback names
+
+
+def test_upload_raw_and_multipart_give_the_report(server, tiny_model):
+    image = make_image(41, (90, 120))
+    data = _png_bytes(image)
+    expected = explain_image(tiny_model, np.asarray(Image.open(io.BytesIO(data)), np.float32) / 255.0, maps=False)
+    status, headers, page = _request(server, "POST", "/explain", data, {"Content-Type": "image/png"})
+    assert status == 200, page
+    assert f'data-predicted="{expected.predicted}"' in page
+    assert "script-src 'sha256-" in headers["Content-Security-Policy"]
+    assert "Case report: uploaded image" in page and 'class="concept-map"' in page
+    body, ctype = _multipart(data, filename="DOE_JOHN_mrn123.png")
+    status, _, page2 = _request(server, "POST", "/explain", body, {"Content-Type": ctype})
+    assert status == 200 and f'data-predicted="{expected.predicted}"' in page2
+    assert "DOE_JOHN" not in page2  # the client's file name is never used
+
+
+_BAD_UPLOADS = [
+    ("empty", b"", {}, 400),
+    ("truncated png", None, {}, 422),
+    ("not an image", b"%PDF-1.4 this is a document, not an image\n" * 20, {}, 415),
+    ("garbage after a jpeg marker", b"\xff\xd8\xff" + bytes(range(256)) * 8, {}, 422),
+    ("garbage after a dicom marker", b"\0" * 128 + b"DICM" + b"\x02\x00" * 300, {}, 422),
+    ("declares a gigapixel", _png_declaring(40000, 40000), {}, 413),
+    ("declares 120 megapixels", _png_declaring(12000, 10000), {}, 413),
+    ("over the size limit", None, {"Content-Length": str(LIMIT + 1)}, 413),  # refused before the body is sent
+    ("no length", None, {}, 411),
+    ("bad length", None, {"Content-Length": "-5"}, 400),
+    ("form without a file field", None, {"form-field": "comment"}, 400),
+]
+
+
+@pytest.mark.parametrize("name, body, headers, status", _BAD_UPLOADS, ids=[b[0] for b in _BAD_UPLOADS])
+def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, name, body, headers, status):
+    headers = dict(headers)
+    if name == "truncated png":
+        full = _png_bytes(make_image(42))
+        body = full[: len(full) * 3 // 5]
+    if "form-field" in headers:
+        body, ctype = _multipart(_png_bytes(make_image(43)), field=headers.pop("form-field"))
+        headers["Content-Type"] = ctype
+    code, _, text = _request(server, "POST", "/explain", body, headers)
+    assert code == status, (name, text)
+    assert 'id="error"' in text and "Upload another image" in text
+    assert _healthy(server)
+
+
+def test_dicom_upload_shows_no_phi(server, tmp_path, caplog):
+    path = tmp_path / "upload.dcm"
+    write_phi_dicom(path, seed=5)
+    with caplog.at_level("DEBUG", logger="cbm"):
+        status, _, page = _request(server, "POST", "/explain", path.read_bytes(), {"Content-Type": "application/dicom"})
+    assert status == 200 and "data-predicted=" in page
+    assert_no_phi(page)
+    assert_no_phi(caplog.text)
+
+
+def test_a_failing_case_is_a_500_and_the_server_survives(server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(server_module, "explain_image", broken)
+    status, _, text = _request(server, "POST", "/explain", _png_bytes(make_image(44)))
+    assert status == 500 and "server error" in text
+    monkeypatch.undo()
+    assert _healthy(server)
+    status, _, _ = _request(server, "POST", "/explain", _png_bytes(make_image(44)))
+    assert status == 200
+
+
+def test_concurrent_uploads_are_all_answered(server):
+    uploads = [_png_bytes(make_image(50 + i)) for i in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda d: _request(server, "POST", "/explain", d), uploads))
+    assert [r[0] for r in results] == [200, 200, 200]
+
+
+def test_app_settings_are_checked(tiny_model):
+    with pytest.raises(ValueError, match="max_upload_bytes"):
+        ExplainApp(tiny_model, max_upload_bytes=0)
+
+
+def test_upload_in_chromium(browser, server, tmp_path):
+    png = tmp_path / "lesion.png"
+    png.write_bytes(_png_bytes(make_image(45, (100, 140))))
+    base = "http://%s:%d" % server.server_address
+    log = PageLog(browser)
+    page = log.page
+    page.goto(base + "/")
+    page.set_input_files("#file", str(png))
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    predicted = page.get_attribute("#prediction", "data-predicted")
+    assert predicted in CLASSES
+    assert min(log.images_loaded()) > 0
+    page.locator("tr[data-concept-row] input[value=present]").first.check()
+    assert page.get_attribute("#after-summary", "data-changes") == "1"  # the script ran under the server's CSP
+    page.screenshot(path=str(tmp_path / "served-report.png"), full_page=True)
+    assert not log.errors, log.errors
+    assert all(u.startswith(base + "/") or u.startswith(("data:", "about:")) for u in log.requests), log.requests
