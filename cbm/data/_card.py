@@ -145,7 +145,7 @@ class DataCard:
         """The image folder: ``$<image_root_env>`` when set, else ``image_root`` from the card."""
         env = os.environ.get(self.image_root_env) if self.image_root_env else None
         root = Path(os.path.expanduser(env or self.image_root_setting))
-        return root if root.is_absolute() else (self.folder / root)
+        return root if root.is_absolute() else Path(os.path.normpath(self.folder / root))
 
     def where_to_get_images(self) -> str:
         """One paragraph: where the images go and how to obtain them."""
