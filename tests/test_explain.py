@@ -1,7 +1,7 @@
 """Per-case explanations (cbm.explain.case), and the small models the other test_explain_* files share.
 
-The model here is real in every part but the encoder's weights: a tiny random-init open_clip
-ViT (64 px), concepts embedded by its text tower, the bottleneck fitted on its features of a few
+The model here is real in every part but the encoder's weights: a tiny open_clip ViT (64 px)
+created by ``cbm.encoders.create_encoder("CONFIG.json@random")``, concepts embedded by its text tower, the bottleneck fitted on its features of a few
 generated images, and a sparse head with a few non-zero weights per class, saved and loaded.
 """
 
@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.model import ConceptBottleneckModel
@@ -40,45 +39,13 @@ for _suffix, _timm in (("", "test_vit"), ("-avg", "test_vit2"), ("-map", "test_v
 _TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 
 
-class TinyEncoder:
-    """An Encoder-shaped wrapper (``cbm.encoders`` contract) around a random-init open_clip model."""
+def tiny_encoder(arch: str, folder):
+    """The real ``cbm.encoders`` Encoder of a tiny random-init open_clip config (``CONFIG.json@random``)."""
+    from cbm.encoders import create_encoder
 
-    def __init__(self, arch: str, tmp_dir) -> None:
-        import open_clip
-
-        cfg = {**_CONFIGS[arch], "text_cfg": _TEXT}
-        (tmp_dir / f"{arch}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(tmp_dir / f"{arch}.json")
-        torch.manual_seed(0)
-        self.model = open_clip.create_model(arch, pretrained=None).eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        self.name = self.cache_key = arch
-        size = self.model.visual.image_size
-        self.size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        self.embed_dim = cfg["embed_dim"]
-
-    def transform(self, image) -> torch.Tensor:
-        """Resize the shortest side, centre-crop, grey -> RGB, CLIP normalisation."""
-        pixels = np.asarray(getattr(image, "pixels", image), np.float32)
-        x = torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None]).permute(2, 0, 1)
-        x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
-        h, w = x.shape[1:]
-        scale = self.size / min(h, w)
-        x = F.interpolate(x[None], size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                          mode="bilinear", antialias=True, align_corners=False)[0]
-        top, left = (x.shape[1] - self.size) // 2, (x.shape[2] - self.size) // 2
-        x = x[:, top : top + self.size, left : left + self.size]
-        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
-        std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
-        return (x - mean) / std
-
-    @torch.inference_mode()
-    def encode_image(self, batch: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(batch).float(), dim=-1)
-
-    @torch.inference_mode()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(texts)).float(), dim=-1)
+    path = folder / f"{arch}.json"
+    path.write_text(json.dumps({**_CONFIGS[arch], "text_cfg": _TEXT}))
+    return create_encoder(f"{path}@random")
 
 
 def make_image(seed: int, size: tuple[int, int] = (80, 96)) -> np.ndarray:
@@ -93,7 +60,7 @@ def make_image(seed: int, size: tuple[int, int] = (80, 96)) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def build_model(encoder: TinyEncoder, folder) -> ConceptBottleneckModel:
+def build_model(encoder, folder) -> ConceptBottleneckModel:
     """Fit the bottleneck on the encoder's features of 16 generated images; sparse head; save; load."""
     text = encoder.encode_text(CONCEPTS).numpy()
     train = encoder.encode_image(torch.stack([encoder.transform(make_image(100 + i)) for i in range(16)])).numpy()
@@ -117,13 +84,13 @@ def build_model(encoder: TinyEncoder, folder) -> ConceptBottleneckModel:
 
 
 @pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory) -> TinyEncoder:
-    return TinyEncoder("cbmtest-vit", tmp_path_factory.mktemp("configs"))
+def vit_encoder(tmp_path_factory):
+    return tiny_encoder("cbmtest-vit", tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_encoder, tmp_path_factory) -> ConceptBottleneckModel:
-    return build_model(tiny_encoder, tmp_path_factory.mktemp("model"))
+def tiny_model(vit_encoder, tmp_path_factory) -> ConceptBottleneckModel:
+    return build_model(vit_encoder, tmp_path_factory.mktemp("model"))
 
 
 # ---------------------------------------------------------------------------- tests of cbm.explain.case

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_explain import TinyEncoder, make_image
+from test_explain import make_image, tiny_encoder
 
 from cbm.explain import encode_spatial, heat_overlay
 from cbm.explain.maps import normalise_maps
@@ -16,7 +16,7 @@ from cbm.explain.maps import normalise_maps
 def encoders(tmp_path_factory):
     folder = tmp_path_factory.mktemp("configs")
     archs = ("cbmtest-vit", "cbmtest-timmvit", "cbmtest-timmvit-avg", "cbmtest-timmvit-map", "cbmtest-rn")
-    return {arch: TinyEncoder(arch, folder) for arch in archs}
+    return {arch: tiny_encoder(arch, folder) for arch in archs}
 
 
 @pytest.mark.parametrize("arch, method", [
@@ -28,7 +28,7 @@ def encoders(tmp_path_factory):
 ])
 def test_feature_from_the_maps_pass_equals_encode_image(encoders, arch, method):
     enc = encoders[arch]
-    x = enc.transform(make_image(7, (enc.size, enc.size + 10)))
+    x = enc.transform(make_image(7, (enc.transform.config["size"], enc.transform.config["size"] + 10)))
     spatial = encode_spatial(enc, x)
     assert spatial.method == method
     assert np.allclose(spatial.feature, enc.encode_image(x[None])[0].numpy(), atol=1e-5)
@@ -38,7 +38,7 @@ def test_feature_from_the_maps_pass_equals_encode_image(encoders, arch, method):
 def test_token_map_is_laid_out_row_by_row(encoders, arch, cell):
     """A concept equal to one patch's projected token peaks at exactly that patch (not its transpose)."""
     enc = encoders[arch]
-    spatial = encode_spatial(enc, enc.transform(make_image(8, (enc.size, enc.size))))
+    spatial = encode_spatial(enc, enc.transform(make_image(8, (enc.transform.config["size"],) * 2)))
     h, w = spatial.grid
     target = spatial.tokens[cell[0] * w + cell[1]].numpy()
     maps = spatial.concept_maps(["that patch"], target[None])

@@ -18,7 +18,7 @@ from test_explain import (  # noqa: F401 - fixtures
     assert_no_phi,
     browser,
     make_image,
-    tiny_encoder,
+    vit_encoder,
     tiny_model,
     write_phi_dicom,
 )
@@ -103,7 +103,7 @@ def test_embedded_head_reproduces_the_interventions(case, tiny_model):
         assert p / p.sum() == pytest.approx(list(case.intervene({concept: state}).values()), abs=1e-5)
 
 
-def test_names_from_the_model_are_escaped(tiny_model, tiny_encoder):
+def test_names_from_the_model_are_escaped(tiny_model, vit_encoder):
     """A concept or class name with markup shows as text and cannot break out of the JSON block."""
     evil = "</script><script>alert(1)</script>"
     bn = tiny_model.bottleneck
@@ -111,7 +111,7 @@ def test_names_from_the_model_are_escaped(tiny_model, tiny_encoder):
     hostile = ConceptBottleneckModel(
         "cbmtest-vit", ["<b>mel</b>", *CLASSES[1:]], ConceptBottleneck(names, bn.concept_embeddings, bn.mean_, bn.std_),
         tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores)
-    hostile.set_encoder(tiny_encoder)
+    hostile.set_encoder(vit_encoder)
     html = render_case_html(explain_image(hostile, make_image(13)))
     assert "<script>alert" not in html and "<b>mel</b>" not in html
     assert html.count("<script") == 2

@@ -19,7 +19,7 @@ from test_explain import (  # noqa: F401 - fixtures
     assert_no_phi,
     browser,
     make_image,
-    tiny_encoder,
+    vit_encoder,
     tiny_model,
     write_phi_dicom,
 )

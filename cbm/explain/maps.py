@@ -18,6 +18,7 @@ not *how present* it is: that is the concept score).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -235,6 +236,9 @@ def encode_spatial(encoder: Any, image: torch.Tensor, *, method: str = "auto") -
             "(encoder.model.visual), so concept maps cannot be computed; run without maps (--no-maps)"
         )
     x = _input(visual, image)
+    # the encoder's own autocast (bf16/fp16 on CUDA), so the feature matches its encode_image
+    autocast = getattr(encoder, "autocast", None)
+    precision = autocast() if callable(autocast) else contextlib.nullcontext()
     trunk = _timm_vit(visual)
     tokens_ok = _openclip_vit_ok(visual) or trunk is not None
     if method == "patch-tokens" and not tokens_ok:
@@ -242,13 +246,16 @@ def encode_spatial(encoder: Any, image: torch.Tensor, *, method: str = "auto") -
             f"vision tower {type(visual).__name__} has no patch tokens in the joint space "
             "(not a ViT, or attention-pooled); use method='grad-cam' or 'auto'"
         )
+    log.debug("concept maps for vision tower %s: %s", type(visual).__name__,
+              "patch-tokens" if tokens_ok and method != "grad-cam" else "grad-cam")
     if tokens_ok and method != "grad-cam":
-        with torch.inference_mode():
+        with torch.inference_mode(), precision:
             pooled, tokens, grid = _timm_tokens(visual, trunk, x) if trunk is not None else _openclip_tokens(visual, x)
             feature = F.normalize(pooled.float(), dim=-1)[0].cpu().numpy()
             return _TokenEncoding(feature, tokens.cpu(), grid)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("Grad-CAM concept maps need gradients: call encode_spatial outside torch.inference_mode()")
-    pooled, activation = _last_spatial_activation(visual, x)
+    with precision:
+        pooled, activation = _last_spatial_activation(visual, x)
     feature = F.normalize(pooled.detach().float(), dim=-1)[0].cpu().numpy()
     return _GradCamEncoding(feature, pooled, activation)

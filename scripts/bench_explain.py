@@ -1,0 +1,131 @@
+"""Benchmark: explaining one image for a report, concept maps included (prints JSON).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_explain.py                     # ViT-B-16, 224 px
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_explain.py --encoder ViT-B-32@random --repeats 10
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_explain.py --image-size 1024 768 --report-out /tmp/report.html
+
+The encoder has random weights (``ARCH@random``): the timing of a forward pass does not depend on
+the weights. The model is a 3-class head over 36 concepts with 5 non-zero weights per class. Timed
+per case, after ``--warmup`` untimed cases ("warm"): ``read`` (decode the PNG), ``encode``
+(preprocessing and the one forward pass that yields the image feature and the patch tokens),
+``maps`` (explanation, and the top concepts' maps from the patch tokens), ``render`` (overlays,
+JPEG data URIs, SVG charts, the HTML); ``total`` is their sum. ``no_maps_total`` is the same case
+without concept maps, for comparison. Medians over ``--repeats`` cases, in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cbm.bottleneck import ConceptBottleneck
+from cbm.data import read_image
+from cbm.encoders import create_encoder
+from cbm.explain import explain_image, render_case_html
+from cbm.model import ConceptBottleneckModel
+
+CLASSES = ["melanoma", "benign nevus", "seborrhoeic keratosis"]
+
+
+def _image(width: int, height: int, seed: int) -> np.ndarray:
+    """A smooth synthetic dermoscopy-like RGB image, uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    blob = np.exp(-((yy - 0.5 * height / max(height, width)) ** 2 + (xx - 0.5 * width / max(height, width)) ** 2) / 0.05)
+    img = np.stack([0.8 - 0.2 * yy, 0.6 + 0.1 * xx, 0.5 + 0 * xx], -1) * (1 - 0.6 * blob[..., None])
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _model(encoder, n_concepts: int, seed: int) -> ConceptBottleneckModel:
+    rng = np.random.default_rng(seed)
+    names = [f"finding {i}" for i in range(n_concepts)]
+    text = encoder.encode_text(names).numpy()
+    train = encoder.encode_image(torch.stack([encoder.transform(_image(224, 224, 100 + i).astype(np.float32) / 255)
+                                              for i in range(8)])).numpy()
+    bottleneck = ConceptBottleneck(names, text).fit(train)
+    coef = np.zeros((len(CLASSES), n_concepts), np.float32)
+    for k in range(len(CLASSES)):
+        coef[k, rng.choice(n_concepts, 5, replace=False)] = rng.normal(0, 1, 5)
+    model = ConceptBottleneckModel(encoder.name, CLASSES, bottleneck, coef, np.zeros(len(CLASSES), np.float32),
+                                   encoder_key=encoder.cache_key, train_raw_scores=bottleneck.raw_scores(train))
+    model.set_encoder(encoder)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", default="ViT-B-16@random")
+    ap.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("W", "H"))
+    ap.add_argument("--concepts", type=int, default=36)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--report-out", type=Path, default=None, help="also write the last report here")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    encoder = create_encoder(args.encoder)
+    model = _model(encoder, args.concepts, seed=0)
+    setup_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "case.png"
+        Image.fromarray(_image(*args.image_size, seed=1)).save(png)
+        rows, no_maps, html = [], [], ""
+        for i in range(args.warmup + args.repeats):
+            t = time.perf_counter()
+            image = read_image(png)
+            t_read = time.perf_counter() - t
+            case = explain_image(model, image, top_k=args.top_k, label="case")
+            t = time.perf_counter()
+            html = render_case_html(case, top_k=args.top_k)
+            t_render = time.perf_counter() - t
+            t = time.perf_counter()
+            plain = explain_image(model, image, top_k=args.top_k, maps=False, label="case")
+            render_case_html(plain, top_k=args.top_k)
+            t_plain = time.perf_counter() - t + t_read
+            if i >= args.warmup:
+                row = {"read": t_read, "encode": case.timings["encode"], "maps": case.timings["maps"], "render": t_render}
+                row["total"] = sum(row.values())
+                rows.append(row)
+                no_maps.append(t_plain)
+        if args.report_out:
+            args.report_out.write_text(html, encoding="utf-8")
+
+    median = {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]}
+    result = {
+        "benchmark": "explain_one_image",
+        "encoder": args.encoder,
+        "map_method": case.maps.method,
+        "maps": len(case.maps.concepts),
+        "image_size": list(args.image_size),
+        "concepts": args.concepts,
+        "warm_seconds_median": median,
+        "warm_seconds_max_total": round(max(r["total"] for r in rows), 4),
+        "no_maps_total_median": round(statistics.median(no_maps), 4),
+        "report_bytes": len(html.encode("utf-8")),
+        "limits": {"total_seconds": 1.5, "report_bytes": 1_000_000},
+        "within_limits": median["total"] <= 1.5 and len(html.encode("utf-8")) <= 1_000_000,
+        "setup_seconds": round(setup_s, 2),
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

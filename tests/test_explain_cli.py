@@ -1,0 +1,94 @@
+"""``cbm explain`` and ``cbm serve`` from the command line, on a saved model folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_explain import assert_no_phi, make_image, tiny_model, vit_encoder, write_phi_dicom  # noqa: F401 - fixtures
+
+from cbm.cli import main
+from cbm.explain import explain_image
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tmp_path_factory):
+    """The tiny model saved; its encoder name (``CONFIG.json@random``) recreates the same weights in any process."""
+    return tiny_model.save(tmp_path_factory.mktemp("saved") / "model")
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    png = tmp_path / "lesion.png"
+    Image.fromarray((make_image(61, (90, 110)) * 255).astype(np.uint8)).save(png)
+    dcm = tmp_path / "ct.dcm"
+    write_phi_dicom(dcm, seed=3)
+    return png, dcm
+
+
+def test_cbm_explain_writes_reports_from_the_saved_model(model_dir, tiny_model, inputs, tmp_path, capsys):
+    png, dcm = inputs
+    out = tmp_path / "reports"
+    assert main(["explain", str(model_dir), str(png), str(dcm), "--out", str(out), "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 report(s)" in printed and str(out / "index.html") in printed
+    summary = json.loads((out / "index.json").read_text())
+    # a fresh process-level load of the folder predicts what the in-memory model predicts
+    expected = explain_image(tiny_model, png).explanation
+    assert summary["cases"][0]["predicted"] == expected.predicted
+    assert summary["cases"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    assert len(summary["cases"][0]["top_concepts"]) == 2
+    assert (out / "classes.html").is_file() and (out / "cases" / "ct.html").is_file()
+    assert_no_phi((out / "cases" / "ct.html").read_text())
+
+
+def test_cbm_explain_reports_bad_inputs(model_dir, inputs, tmp_path, capsys):
+    png, _ = inputs
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png.read_bytes()[:60])
+    assert main(["explain", str(model_dir), str(png), str(broken), "--out", str(tmp_path / "o")]) == 1
+    assert "not explained: broken.png" in capsys.readouterr().out
+    assert main(["explain", str(model_dir), str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path), str(png), "--out", str(tmp_path / "o")]) == 2
+    assert "model.json" in capsys.readouterr().err
+
+
+def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, inputs):
+    png, _ = inputs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cbm.cli", "serve", str(model_dir), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url, lines, deadline = None, [], time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+            url = found.group(1) if found else None
+        assert url, "server did not start:\n" + "".join(lines)
+        with urllib.request.urlopen(url + "health", timeout=30) as resp:
+            assert json.load(resp) == {"status": "ok"}
+        req = urllib.request.Request(url + "explain", data=png.read_bytes(), headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            page = resp.read().decode()
+        predicted = re.search(r'data-predicted="([^"]+)"', page).group(1)
+        assert predicted == explain_image(tiny_model, png, maps=False).predicted
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
