@@ -23,6 +23,7 @@ from cbm.data._card import (
     load_card,
 )
 from cbm.data._dataset import ManifestDataset, SkippedItem, SkippedReport, skipping_collate
+from cbm.data._index import IndexResult, index_dicom
 from cbm.data._image import (
     ImageReadError,
     LoadedImage,
@@ -42,6 +43,7 @@ from cbm.data._manifest import (
     read_manifest,
     write_manifest,
 )
+from cbm.data._splits import SplitResult, make_splits, parse_split_spec
 
 __all__ = [
     # cards
@@ -62,6 +64,12 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "KNOWN_SPLITS",
+    # building manifests
+    "make_splits",
+    "parse_split_spec",
+    "SplitResult",
+    "index_dicom",
+    "IndexResult",
     # images
     "LoadedImage",
     "read_image",

@@ -1,0 +1,121 @@
+"""Data commands of ``cbm``: ``cards``, ``validate``, ``make-splits``, ``index-dicom``.
+
+    cbm cards                                          # built-in and $CBM_CARDS_PATH cards
+    cbm validate ham10000 [--strict] [--no-files]      # every manifest problem, reported together
+    cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR] [--out CSV] [--seed N]
+    cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the data subcommands to the ``cbm`` parser."""
+    p = subparsers.add_parser("cards", help="list the data cards (built-in and $CBM_CARDS_PATH)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cards)
+
+    p = subparsers.add_parser("validate", help="check a card's manifest and report every problem")
+    p.add_argument("card", help="card name, card folder or card.yaml path")
+    p.add_argument("--strict", action="store_true", help="fail (exit 2) on any problem")
+    p.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    p.set_defaults(func=_validate)
+
+    p = subparsers.add_parser("make-splits", help="build a card's manifest from the source's metadata")
+    p.add_argument("card", help="card name, card folder or card.yaml path")
+    p.add_argument("--metadata", action="append", required=True, metavar="PATH",
+                   help="the source's metadata file (repeat for several), or its image folder for folder-based sources")
+    p.add_argument("--out", help="manifest to write (default: the card's manifest path)")
+    p.add_argument("--images", metavar="DIR", help="image folder to check paths against (default: the card's image root, if it exists)")
+    p.add_argument("--seed", type=int, help="random seed (default: the card's)")
+    p.add_argument("--dry-run", action="store_true", help="report the counts without writing")
+    p.set_defaults(func=_make_splits)
+
+    p = subparsers.add_parser("index-dicom", help="write a manifest from DICOM headers (no pixel decoding)")
+    p.add_argument("folder", help="folder to scan recursively")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--label-from", metavar="folder|tag:KEYWORD", help="label from the parent folder name or a header attribute")
+    p.add_argument("--split", metavar="TRAIN,VAL,TEST", help="assign splits at random, grouped by patient, e.g. 0.8,0.1,0.1")
+    p.add_argument("--seed", type=int, default=0, help="random seed of --split (default 0)")
+    p.add_argument("--patient-key", action="store_true", help="add a salted-hash patient_key column (never the ID itself)")
+    p.add_argument("--salt", help="salt for --patient-key (default: random, not stored)")
+    p.set_defaults(func=_index_dicom)
+
+
+def _cards(args: argparse.Namespace) -> int:
+    from cbm.data import list_cards, load_card
+
+    rows = []
+    for name in list_cards():
+        try:
+            card = load_card(name)
+        except (ValueError, FileNotFoundError) as exc:
+            rows.append({"name": name, "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "name": card.name,
+                "task": card.task,
+                "classes": len(card.classes),
+                "modality": card.modality,
+                "manifest": card.manifest_path.is_file(),
+                "images": card.image_root.is_dir(),
+                "confounder": card.confounder.column if card.confounder else None,
+                "title": card.title,
+                "path": str(card.path),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<15} {'task':<10} {'cls':>3}  {'modality':<36} {'manifest':<8} {'images':<6}  title")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<15} invalid: {r['error']}")
+            continue
+        print(
+            f"{r['name']:<15} {r['task']:<10} {r['classes']:>3}  {r['modality'][:36]:<36} "
+            f"{'yes' if r['manifest'] else 'no':<8} {'yes' if r['images'] else 'no':<6}  {r['title']}"
+        )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cbm.data import load_card
+
+    card = load_card(args.card)
+    manifest = card.manifest(strict=args.strict, check_files=not args.no_files)
+    report = manifest.report
+    print(f"card {card.name} ({card.path})")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _make_splits(args: argparse.Namespace) -> int:
+    from cbm.data._splits import make_splits
+
+    result = make_splits(args.card, args.metadata, out=args.out, seed=args.seed, images=args.images, write=not args.dry_run)
+    print(result.summary())
+    return 0
+
+
+def _index_dicom(args: argparse.Namespace) -> int:
+    from cbm.data._index import index_dicom
+
+    result = index_dicom(
+        args.folder, args.out, label_from=args.label_from, split=args.split, seed=args.seed,
+        patient_key=args.patient_key, salt=args.salt,
+    )
+    print(result.summary())
+    if not result.rows:
+        log.warning("no DICOM image found under %s", args.folder)
+        return 1
+    return 0

@@ -1,0 +1,106 @@
+"""The data commands of ``cbm``: cards, validate, make-splits, index-dicom (run in-process)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from cbm.cli import main
+
+HAM_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset\n"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("CBM_") and key.endswith("_ROOT"):
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("CBM_CARDS_PATH", raising=False)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_the_data_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("cards", "validate", "make-splits", "index-dicom"):
+        assert command in out
+
+
+def test_cards_table_and_json(capsys):
+    code, out, _ = run(capsys, "cards")
+    assert code == 0 and "ham10000" in out and "vindr-cxr" in out and "nih-sex" in out
+    code, out, _ = run(capsys, "cards", "--json")
+    cards = {c["name"]: c for c in json.loads(out)}
+    assert cards["isic-age"]["confounder"] == "age_group" and cards["ham10000"]["classes"] == 7
+    assert cards["ham10000"]["manifest"] is False
+
+
+def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
+    # a private copy of the ham10000 card, so the manifest is written next to it and not in the repo
+    card = tmp_path / "ham10000"
+    card.mkdir()
+    shutil.copy(get_card_yaml("ham10000"), card / "card.yaml")
+    meta = tmp_path / "HAM10000_metadata.csv"
+    dx = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    meta.write_text(HAM_HEADER + "".join(f"HAM_{i},ISIC_{i:07d},{dx[i % 7]},histo,50,male,back,x\n" for i in range(70)))
+
+    code, out, _ = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--dry-run")
+    assert code == 0 and "70 images from 70 metadata rows" in out and not (card / "manifest.csv").exists()
+
+    code, out, _ = run(capsys, "make-splits", str(card), "--metadata", str(meta))
+    assert code == 0 and f"written to {card / 'manifest.csv'}" in out
+    rows = list(csv.DictReader(open(card / "manifest.csv")))
+    assert len(rows) == 70 and {r["split"] for r in rows} == {"train", "val", "test"}
+
+    # no images yet: validate says where to put them (exit 2, a clear error)
+    code, _, err = run(capsys, "validate", str(card))
+    assert code == 2 and "does not exist" in err and "CBM_HAM10000_ROOT" in err
+
+    # with images for all but two rows: a report with the problem, exit 1; --strict fails with exit 2
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for r in rows[2:]:
+        (images / r["path"]).write_bytes(b"x")
+    monkeypatch.setenv("CBM_HAM10000_ROOT", str(images))
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 1 and "2 rows whose image file does not exist" in out and "train:" in out
+    code, _, err = run(capsys, "validate", str(card), "--strict")
+    assert code == 2 and "2 rows whose image file does not exist" in err
+    code, out, _ = run(capsys, "validate", str(card), "--no-files")
+    assert code == 0 and "no problems found" in out
+
+
+def test_make_splits_errors_are_reported_plainly(tmp_path, capsys):
+    code, _, err = run(capsys, "make-splits", "ham10000", "--metadata", str(tmp_path / "missing.csv"))
+    assert code == 2 and "metadata not found" in err
+    code, _, err = run(capsys, "make-splits", "ham1000", "--metadata", "x.csv")
+    assert code == 2 and "Did you mean 'ham10000'" in err
+
+
+def test_index_dicom_command(tmp_path, capsys):
+    (tmp_path / "dcm" / "ct").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "dcm" / "ct" / "a.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "dcm" / "ct" / "b.dcm")
+    code, out, _ = run(capsys, "index-dicom", str(tmp_path / "dcm"), "--out", str(tmp_path / "m.csv"), "--label-from", "folder")
+    assert code == 0 and "2 DICOM images indexed" in out
+    assert [r["label"] for r in csv.DictReader(open(tmp_path / "m.csv"))] == ["ct", "ct"]
+    (tmp_path / "empty").mkdir()
+    code, _, _ = run(capsys, "index-dicom", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv"))
+    assert code == 1
+
+
+def get_card_yaml(name: str):
+    from cbm.data import load_card
+
+    return load_card(name).path

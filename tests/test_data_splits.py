@@ -1,0 +1,405 @@
+"""cbm make-splits on small metadata files written in each source's real format, and the
+built-in cards themselves."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from cbm.data import (
+    BUILTIN_CARDS_DIR,
+    list_cards,
+    load_card,
+    make_splits,
+    parse_split_spec,
+    read_manifest,
+)
+
+BUILTIN = [
+    "ham10000", "bcn20000", "pad-ufes-20", "isic-sex", "isic-age", "isic-site", "isic-hospital",
+    "nih-cxr14", "nih-sex", "nih-age", "nih-pos", "chexpert", "pneumonia", "covid-qu-ex", "openi", "vindr-cxr",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_image_roots(monkeypatch):
+    """Built-in cards must behave the same on a machine that has some datasets downloaded."""
+    for key in list(os.environ):
+        if key.startswith("CBM_") and key.endswith("_ROOT"):
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("CBM_CARDS_PATH", raising=False)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_valid_manifest(card_name: str, out: Path) -> list[dict[str, str]]:
+    """The manifest passes strict validation for its card (files not checked: no images here)."""
+    card = load_card(card_name)
+    read_manifest(out, class_names=card.class_names, image_root=out.parent, split_column=card.split_column,
+                  group_column=card.group_column, check_files=False, strict=True)
+    return read_rows(out)
+
+
+def patients_are_disjoint(rows: list[dict[str, str]], key: str = "patient") -> None:
+    splits = defaultdict(set)
+    for r in rows:
+        splits[r[key]].add(r["split"])
+    shared = {p: s for p, s in splits.items() if len(s) > 1}
+    assert not shared, f"patients in several splits: {shared}"
+
+
+# ---------------------------------------------------------------------------- built-in cards
+def test_every_builtin_card_is_there_and_complete():
+    assert set(BUILTIN) <= set(list_cards())
+    for name in BUILTIN:
+        card = load_card(name)
+        assert card.path.parent == (BUILTIN_CARDS_DIR / name).resolve()
+        assert card.name == name
+        for field in ("title", "modality", "source", "licence", "obtain", "split_rule"):
+            assert getattr(card, field).strip(), f"{name}: {field} is empty"
+        assert all(c.description for c in card.classes), f"{name}: a class lacks its description"
+        assert card.image_root_env and card.image_root_env.startswith("CBM_")
+        spec = parse_split_spec(card.make_splits, card.class_names)
+        if card.confounder:
+            assert card.task == "binary"
+            assert spec.split["method"] == "confounded"
+            assert spec.split["group"]["name"] == card.group_column == card.confounder.column
+            assert spec.split["id"] == card.confounder.id_groups and spec.split["ood"] == card.confounder.ood_groups
+        else:
+            assert spec.split["method"] != "confounded"
+
+
+def test_builtin_card_without_manifest_says_how_to_build_it():
+    card = load_card("ham10000")
+    assert not card.manifest_path.exists()
+    with pytest.raises(FileNotFoundError) as err:
+        card.manifest()
+    message = str(err.value)
+    assert "cbm make-splits ham10000 --metadata" in message and "HAM10000_metadata.csv" in message
+    assert "CBM_HAM10000_ROOT" in message and "DBW86T" in message
+
+
+# ---------------------------------------------------------------------------- HAM10000
+def ham_metadata(path: Path, n_lesions: int = 70) -> Path:
+    dx = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    rows, k = [], 0
+    for i in range(n_lesions):
+        for _ in range(1 + i % 3):  # 1-3 images per lesion
+            rows.append([f"HAM_{i:07d}", f"ISIC_{k:07d}", dx[i % 7], "histo", 40 + i % 30, "male" if i % 2 else "female", "back", "vidir_modern"])
+            k += 1
+    return write_csv(path, ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"], rows)
+
+
+def test_ham10000_split_by_lesion_stratified_and_deterministic(tmp_path):
+    meta = ham_metadata(tmp_path / "HAM10000_metadata.csv")
+    result = make_splits("ham10000", [meta], out=tmp_path / "m.csv")
+    rows = assert_valid_manifest("ham10000", tmp_path / "m.csv")
+    assert len(rows) == result.n_source_rows == sum(1 + i % 3 for i in range(70))
+    assert rows[0].keys() >= {"path", "label", "split", "patient", "age", "sex", "localization"}
+    by_id = {r["path"]: r for r in rows}
+    assert by_id["ISIC_0000000.jpg"]["label"] == "actinic keratosis"  # HAM_0000000 is akiec
+    patients_are_disjoint(rows)
+    counts = Counter(r["split"] for r in rows)
+    assert 0.7 < counts["train"] / len(rows) < 0.9 and counts["val"] and counts["test"]
+    assert {r["label"] for r in rows if r["split"] == "train"} == set(load_card("ham10000").class_names)
+
+    again = make_splits("ham10000", [meta], out=tmp_path / "again.csv")
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "m.csv").read_bytes()
+    other = make_splits("ham10000", [meta], out=tmp_path / "other.csv", seed=1)
+    assert [r["split"] for r in other.rows] != [r["split"] for r in again.rows]
+
+
+def test_metadata_row_order_does_not_change_the_split(tmp_path):
+    meta = ham_metadata(tmp_path / "a.csv")
+    lines = meta.read_text().splitlines()
+    (tmp_path / "b.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    a = make_splits("ham10000", [meta], write=False)
+    b = make_splits("ham10000", [tmp_path / "b.csv"], write=False)
+    assert a.rows == b.rows
+
+
+def test_images_are_found_by_name_and_missing_ones_dropped(tmp_path):
+    meta = ham_metadata(tmp_path / "meta.csv", n_lesions=14)
+    images = tmp_path / "imgs"
+    for part, k in (("HAM10000_images_part_1", range(0, 10)), ("HAM10000_images_part_2", range(10, 27))):
+        (images / part).mkdir(parents=True, exist_ok=True)
+        for i in k:
+            (images / part / f"ISIC_{i:07d}.jpg").write_bytes(b"x")
+    result = make_splits("ham10000", [meta], out=tmp_path / "m.csv", images=images)
+    paths = {r["path"] for r in result.rows}
+    assert "HAM10000_images_part_1/ISIC_0000003.jpg" in paths and "HAM10000_images_part_2/ISIC_0000020.jpg" in paths
+    assert len(result.rows) == 27
+    assert sum(n for why, n in result.dropped.items() if "not under" in why) == result.n_source_rows - 27
+    assert "27 images" in result.summary()
+
+
+# ---------------------------------------------------------------------------- NIH
+NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+              "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+
+
+def nih_row(i: int, findings: str, patient: int, age: int, sex: str, view: str) -> list[object]:
+    return [f"{patient:08d}_{i:03d}.png", findings, i, patient, age, sex, view, 2500, 2048, 0.143, 0.143]
+
+
+def test_nih_cxr14_keeps_single_findings_of_the_six(tmp_path):
+    rows = []
+    findings = ["Atelectasis", "Cardiomegaly", "Effusion", "Consolidation", "Edema", "Pneumonia"]
+    for p in range(60):
+        rows.append(nih_row(0, findings[p % 6], p, 50, "M", "PA"))
+        rows.append(nih_row(1, findings[p % 6], p, 51, "M", "PA"))
+    rows += [nih_row(2, "Effusion|Mass", 1, 50, "M", "PA"), nih_row(3, "No Finding", 2, 50, "F", "PA"),
+             nih_row(4, "Hernia", 3, 50, "F", "AP"), nih_row(5, "Atelectasis|Effusion", 4, 50, "F", "AP")]
+    meta = write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
+    result = make_splits("nih-cxr14", [meta], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("nih-cxr14", tmp_path / "m.csv")
+    assert len(out) == 120
+    assert result.dropped == {"rows with another finding": 1, "rows with no class": 2, "rows with several classes": 1}
+    assert {r["label"] for r in out} == {"atelectasis", "cardiomegaly", "pleural effusion", "consolidation", "edema", "pneumonia"}
+    patients_are_disjoint(out)
+    assert out[0]["Patient Age"] and out[0]["View Position"] == "PA"
+
+
+def confounded_nih(tmp_path: Path) -> Path:
+    """No Finding / Effusion across both sexes, ages and views; some patients have both findings."""
+    rows, i = [], 0
+    for p in range(400):
+        sex, view = ("M", "F")[p % 2], ("PA", "AP")[(p // 2) % 2]
+        age = (22, 45, 66, 414)[(p // 4) % 4]
+        for finding in (("No Finding",), ("Effusion",), ("No Finding", "Effusion"))[p % 3]:
+            rows.append(nih_row(i, finding, p, age, sex, view))
+            i += 1
+    return write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
+
+
+@pytest.mark.parametrize("name, column, id_groups", [
+    ("nih-sex", "sex", {"no finding": "female", "pleural effusion": "male"}),
+    ("nih-age", "age_group", {"no finding": "young", "pleural effusion": "old"}),
+    ("nih-pos", "view", {"no finding": "PA", "pleural effusion": "AP"}),
+])
+def test_nih_confounded_variants(tmp_path, name, column, id_groups):
+    meta = confounded_nih(tmp_path)
+    make_splits(name, [meta], out=tmp_path / "m.csv")
+    rows = assert_valid_manifest(name, tmp_path / "m.csv")
+    ood_groups = {"no finding": id_groups["pleural effusion"], "pleural effusion": id_groups["no finding"]}
+    for r in rows:
+        expected = ood_groups if r["split"] == "test" else id_groups
+        assert r[column] == expected[r["label"]], r
+    assert {r["split"] for r in rows} == {"train", "val", "test_id", "test"}
+    for split in ("val", "test_id", "test"):
+        c = Counter(r["label"] for r in rows if r["split"] == split)
+        assert c["no finding"] == c["pleural effusion"] > 0, (split, c)
+    patients_are_disjoint(rows)  # also across the in-domain and out-of-domain sides
+    if name == "nih-age":
+        ages = {int(r["Patient Age"]) for r in rows}
+        assert ages <= {22, 66}  # 45 is in neither group, 414 is a data error outside [60, 120]
+
+
+# ---------------------------------------------------------------------------- ISIC archive
+ISIC_HEADER = ["isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general",
+               "diagnosis_1", "image_type", "lesion_id", "patient_id", "sex"]
+
+
+def test_isic_hospital_and_site_from_new_style_metadata(tmp_path):
+    rows = []
+    hospitals = ["Hospital Clínic de Barcelona", "ViDIR Group, Department of Dermatology, Medical University of Vienna", "MSK"]
+    sites = ["head/neck", "upper extremity", "lower extremity", "anterior torso"]
+    for i in range(600):
+        rows.append([f"ISIC_{i:07d}", hospitals[i % 3], "CC-BY", 50, sites[(i // 3) % 4], ("Benign", "Malignant", "Indeterminate")[(i // 12) % 3],
+                     "dermoscopic" if i % 10 else "clinical: close-up", f"IL_{i // 2}", f"IP_{i // 4}" if i % 7 else "", ("male", "female")[i % 2]])
+    meta = write_csv(tmp_path / "isic_metadata.csv", ISIC_HEADER, rows)
+    for name, column, groups in (("isic-hospital", "hospital", {"barcelona", "vienna"}), ("isic-site", "site", {"head_neck", "extremity"})):
+        make_splits(name, [meta], out=tmp_path / f"{name}.csv")
+        out = assert_valid_manifest(name, tmp_path / f"{name}.csv")
+        card = load_card(name)
+        assert {r[column] for r in out} == groups
+        for r in out:
+            table = card.confounder.ood_groups if r["split"] == "test" else card.confounder.id_groups
+            assert r[column] == table[r["label"]]
+        assert all(int(r["path"][5:12]) % 10 for r in out)  # clinical close-ups filtered out
+        patients_are_disjoint(out)
+
+
+# ---------------------------------------------------------------------------- other sources
+def test_bcn20000_joins_the_isic2019_files_and_keeps_bcn_only(tmp_path):
+    meta_rows, truth_rows = [], []
+    classes = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    for i in range(160):
+        image = f"ISIC_{i:07d}"
+        meta_rows.append([image, 55, "anterior torso", f"BCN_{i // 2:07d}" if i % 5 else f"HAM_{i:07d}", "male"])
+        truth_rows.append([image] + [1.0 if classes[i % 8] == c else 0.0 for c in classes] + [0.0])
+    meta = write_csv(tmp_path / "ISIC_2019_Training_Metadata.csv", ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"], meta_rows)
+    truth = write_csv(tmp_path / "ISIC_2019_Training_GroundTruth.csv", ["image", *classes, "UNK"], truth_rows)
+    result = make_splits("bcn20000", [meta, truth], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("bcn20000", tmp_path / "m.csv")
+    assert all(r["patient"].startswith("BCN_") for r in out)
+    assert Counter(r["label"] for r in out) == {"melanoma": 16, "melanocytic nevus": 16, "basal cell carcinoma": 16, "benign keratosis": 16}
+    assert result.dropped == {"rows filtered out": 32, "rows with no class": 64}  # HAM images; AK, DF, VASC, SCC
+    patients_are_disjoint(out)
+
+
+def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
+    obs = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
+           "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *obs]
+    keep = ["No Finding", "Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion"]
+
+    def row(split: str, patient: int, study: int, view: str, positives: dict[str, str]) -> list[object]:
+        path = f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study{study}/view1_{view.lower()}.jpg"
+        return [path, "Female", 60, view, "AP" if view == "Frontal" else "", *[positives.get(o, "") for o in obs]]
+
+    train_rows, valid_rows = [], []
+    for p in range(120):
+        label = keep[p % 6]
+        train_rows.append(row("train", p, 1, "Frontal", {label: "1.0", "Support Devices": "1.0"}))
+        train_rows.append(row("train", p, 1, "Lateral", {label: "1.0"}))
+        train_rows.append(row("train", p, 2, "Frontal", {label: "1.0", "Lung Opacity": "1.0"}))  # another finding
+        train_rows.append(row("train", p, 3, "Frontal", {label: "-1.0"}))  # uncertain only
+    for p in range(900, 912):
+        valid_rows.append(row("valid", p, 1, "Frontal", {keep[p % 6]: "1.0", keep[(p + 1) % 6]: "1.0"}))  # two classes
+        valid_rows.append(row("valid", p, 2, "Frontal", {keep[p % 6]: "1.0"}))
+    train = write_csv(tmp_path / "train.csv", header, train_rows)
+    valid = write_csv(tmp_path / "valid.csv", header, valid_rows)
+    result = make_splits("chexpert", [train, valid], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("chexpert", tmp_path / "m.csv")
+    assert len(out) == 132
+    assert all("study1" in r["path"] or "valid" in r["path"] for r in out)
+    assert {r["patient"] for r in out} >= {"patient00000", "patient00911"}
+    assert result.dropped == {"rows filtered out": 120, "rows with another finding": 120, "rows with no class": 120, "rows without exactly one class": 12}
+    patients_are_disjoint(out)
+
+
+def test_pneumonia_from_its_folder_layout(tmp_path):
+    root = tmp_path / "chest_xray"
+    counts = {"train": 40, "val": 4, "test": 10}
+    for split, n in counts.items():
+        for finding in ("NORMAL", "PNEUMONIA"):
+            for base in (root, root / "chest_xray", root / "__MACOSX"):  # Kaggle's nested copy and macOS debris
+                folder = base / split / finding
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    (folder / f"{finding.lower()}_{i}.jpeg").write_bytes(b"x")
+    (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"x")
+    result = make_splits("pneumonia", [root], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("pneumonia", tmp_path / "m.csv")
+    assert Counter(r["split"] for r in out) == {"train": 80, "val": 8, "test": 20}
+    assert all(not r["path"].startswith("__MACOSX") for r in out)
+    assert all((root / r["path"]).is_file() for r in out)
+    assert result.n_source_rows == 108
+
+
+def test_covid_qu_ex_folder_layout(tmp_path):
+    root = tmp_path / "covidqu"
+    for split in ("Train", "Val", "Test"):
+        for finding in ("COVID-19", "Non-COVID", "Normal"):
+            folder = root / "Lung Segmentation Data" / "Lung Segmentation Data" / split / finding / "images"
+            folder.mkdir(parents=True)
+            masks = folder.parent / "lung masks"
+            masks.mkdir()
+            for i in range(3):
+                (folder / f"{finding}_{i}.png").write_bytes(b"x")
+                (masks / f"{finding}_{i}.png").write_bytes(b"x")
+    make_splits("covid-qu-ex", [root], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("covid-qu-ex", tmp_path / "m.csv")
+    assert len(out) == 27 and {r["label"] for r in out} == {"covid-19", "non-covid infection", "normal"}
+    assert all("/images/" in r["path"] for r in out)
+
+
+def test_openi_joins_reports_and_frontal_projections(tmp_path):
+    problems = ["normal", "Cardiomegaly;Pulmonary Artery", "Opacity;Lung", "Cardiomegaly;Opacity", "Calcified Granuloma"]
+    reports = [[uid, "", problems[uid % 5], f"img{uid}", "", "", "", ""] for uid in range(1, 101)]
+    projections = [[uid, f"{uid}_IM-{uid:04d}-100{k}.dcm.png", view] for uid in range(1, 101) for k, view in ((1, "Frontal"), (2, "Lateral"))]
+    rep = write_csv(tmp_path / "indiana_reports.csv", ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"], reports)
+    proj = write_csv(tmp_path / "indiana_projections.csv", ["uid", "filename", "projection"], projections)
+    result = make_splits("openi", [rep, proj], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("openi", tmp_path / "m.csv")
+    assert len(out) == 60 and all(r["projection"] == "Frontal" for r in out)
+    assert Counter(r["label"] for r in out) == {"normal": 20, "cardiomegaly": 20, "lung opacity": 20}
+    assert result.dropped == {"rows filtered out": 100, "rows with several classes": 20, "rows with no class": 20}
+
+
+def test_vindr_merges_radiologists_and_caps_classes(tmp_path):
+    names = ["No finding", "Aortic enlargement", "Cardiomegaly", "Pleural thickening", "Pulmonary fibrosis", "Lung Opacity", "Pleural effusion"]
+    rows = []
+    for i in range(7 * 300):
+        image = f"{i:032x}"
+        name = names[i % 7]
+        for rad in ("R8", "R9", "R10"):
+            rows.append([image, name, names.index(name), rad, "", "", "", ""])
+        if i % 50 == 0:
+            rows.append([image, "Nodule/Mass", 8, "R11", 1, 2, 3, 4])  # a fourth reading disagrees
+    meta = write_csv(tmp_path / "train.csv", ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"], rows)
+    result = make_splits("vindr-cxr", [meta], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("vindr-cxr", tmp_path / "m.csv")
+    assert Counter(r["split"] for r in out) == {"train": 1400, "val": 175, "test": 175}
+    assert set(Counter(r["label"] for r in out).values()) == {250}
+    assert result.dropped["rows with another finding"] == 42
+    assert all(r["path"].endswith(".dicom") for r in out)
+
+
+def test_pad_ufes_groups_by_patient(tmp_path):
+    header = ["patient_id", "lesion_id", "age", "gender", "region", "fitspatrick", "diagnostic", "img_id", "biopsed"]
+    dx = ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+    rows = [[f"PAT_{i // 3}", i, 40, "MALE", "FACE", 2, dx[(i // 3) % 6], f"PAT_{i // 3}_{i}_1.png", "True"] for i in range(180)]
+    meta = write_csv(tmp_path / "metadata.csv", header, rows)
+    make_splits("pad-ufes-20", [meta], out=tmp_path / "m.csv")
+    out = assert_valid_manifest("pad-ufes-20", tmp_path / "m.csv")
+    patients_are_disjoint(out)
+    assert {r["label"] for r in out if r["diagnostic"] in ("BCC", "MEL", "SCC")} == {"skin cancer"}
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_metadata_missing_columns_names_them(tmp_path):
+    meta = write_csv(tmp_path / "HAM10000_metadata.csv", ["image_id", "diagnosis"], [["ISIC_1", "mel"]])
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) .*dx.*lesion_id.*columns found: diagnosis, image_id.*HAM10000_metadata.csv"):
+        make_splits("ham10000", [meta], write=False)
+
+
+def test_metadata_not_found_and_malformed(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metadata not found.*expected HAM10000_metadata.csv"):
+        make_splits("ham10000", [tmp_path / "nope.csv"], write=False)
+    (tmp_path / "bad.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_1,mel,extra,fields\n")
+    with pytest.raises(ValueError, match="bad.csv line 2"):
+        make_splits("ham10000", [tmp_path / "bad.csv"], write=False)
+    with pytest.raises(ValueError, match="is a folder but"):
+        make_splits("ham10000", [tmp_path], write=False)
+
+
+def test_card_without_split_rule(tmp_path):
+    (tmp_path / "card.yaml").write_text(
+        "name: mine\nmodality: x\ntask: binary\nclasses: [{name: a}, {name: b}]\nmanifest: m.csv\n"
+    )
+    with pytest.raises(ValueError, match="has no make_splits rule"):
+        make_splits(tmp_path, [tmp_path / "card.yaml"], write=False)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"label": {"column": "dx", "map": {"mel": "melanoma"}}}, "never produces"),
+        ({"label": {"column": "dx", "map": {"mel": "cat", "nv": "dog"}}}, "not classes of the card"),
+        ({"split": {"method": "random", "fractions": {"train": 0.9, "val": 0.2}}}, "sum to 1"),
+        ({"split": {"method": "shuffle"}}, "random, column or confounded"),
+        ({"paths": "{x}"}, "make_splits.paths"),
+    ],
+)
+def test_bad_split_rules(change, fragment):
+    raw = {"metadata": "m.csv", "path": "{id}.png", "label": {"column": "dx", "map": {"mel": "melanoma", "nv": "nevus"}},
+           "split": {"method": "random"}, **change}
+    with pytest.raises(ValueError, match=fragment):
+        parse_split_spec(raw, ["melanoma", "nevus"])
