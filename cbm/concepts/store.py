@@ -27,7 +27,7 @@ a list that no longer matches its ``digest`` is taken as curated), and no later 
 without being told to (``replace_curated``). A plain ``{"class": ["concept", ...]}`` file, as
 LaBo ships, is read as a fully curated store.
 
-Writes are atomic (temp file + ``os.replace``) and made under a lock file beside the store, so
+Writes are atomic (temp file + ``os.replace``) and made under a lock on the store's folder, so
 concurrent runs leave a valid file and the later one finds the earlier one's answers.
 """
 
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from cbm.utils import atomic_write_json, cache_dir, stable_hash
+from cbm.utils import atomic_write_json, stable_hash
 
 __all__ = [
     "STORE_FORMAT",
@@ -259,7 +259,9 @@ def write_store(path: str | os.PathLike, doc: dict) -> Path:
     for entry in by_class.values():
         if entry.get("source") == "llm":
             entry["digest"] = stable_hash(entry["concepts"])
-    out = {"format": STORE_FORMAT, **{k: v for k, v in doc.items() if k not in ("format", "by_class")}}
+    head = ("card", "modality", "classes", "updated", "filter")
+    out = {"format": STORE_FORMAT, **{k: doc[k] for k in head if k in doc}}
+    out.update({k: v for k, v in doc.items() if k not in (*head, "format", "by_class")})
     out["by_class"] = {c: by_class[c] for c in order}
     try:
         return atomic_write_json(path, out)
@@ -272,34 +274,31 @@ def write_store(path: str | os.PathLike, doc: dict) -> Path:
 
 @contextlib.contextmanager
 def store_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock for the store at ``path`` (a ``.<name>.lock`` file beside it).
+    """Hold an exclusive lock for writing the store at ``path``: an ``flock`` on its folder.
 
-    Other cbm processes writing the same store wait; readers never need it (writes are atomic).
+    Locking the folder itself leaves no lock file behind in card folders. Other cbm processes
+    writing a store there wait; readers never need the lock (writes are atomic).
     """
     path = Path(path)
-    lock_path = path.parent / f".{path.name}.lock"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a+b")
-    except OSError:  # a read-only card folder: lock in the cache instead
-        handle = open(cache_dir("locks") / f"{stable_hash(str(path.resolve()))}.lock", "a+b")
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock, writes are still atomic
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock, writes are still atomic
-            yield
-            return
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("waiting for another cbm process that is writing %s", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        handle.close()
+        os.close(fd)
 
 
 def new_store(info: CardInfo) -> dict:
