@@ -57,6 +57,9 @@ def run_concepts(args: argparse.Namespace) -> int:
     from cbm.concepts.generate import generate_concepts
     from cbm.concepts.store import load_concepts
 
+    if not getattr(args, "verbose", False):  # one line per HTTP request would bury the progress bar
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.llm is None and (args.refresh or args.replace_curated or args.model or args.base_url):
         raise ValueError("--refresh, --replace-curated, --model and --base-url need --llm PRESET")
     filtering = args.encoder is not None or args.max_per_class is not None
