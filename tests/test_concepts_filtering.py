@@ -81,6 +81,11 @@ def test_a_concept_of_several_classes_is_one_concept_with_the_first_wording():
     assert results["melanocytic_nevus"].kept == ["blue-white veil", "regular network"]
     merged = results["melanocytic_nevus"].removed[0]
     assert merged["rule"] == "merged" and "'blue-white veil'" in merged["reason"] and "'melanoma'" in merged["reason"]
+    # classes without proposals (not answered yet) are simply not in the result
+    partial = filter_concepts({k: proposals[k] for k in ("melanocytic_nevus", "seborrheic keratosis")}, CLASSES)
+    assert sorted(partial) == ["melanocytic_nevus", "seborrheic keratosis"]
+    assert partial["seborrheic keratosis"].kept == ["blue-white veils", "milia-like cysts"]
+    assert "proposed for 'melanocytic_nevus'" in partial["seborrheic keratosis"].removed[0]["reason"]
     # the same words verbatim are simply shared, nothing to report
     assert results["seborrheic keratosis"].kept == ["blue-white veil", "milia-like cysts"]
     assert results["seborrheic keratosis"].removed == []

@@ -221,7 +221,7 @@ def filter_concepts(
             vectors = dict(zip(texts, matrix))
 
     def owner_of(concept: str, skip: str) -> str:
-        return next((n for n in class_names if n != skip and concept in results[n].kept), "another class")
+        return next((n for n in results if n != skip and concept in results[n].kept), "another class")
 
     for name, phrases in cleaned.items():
         result = results[name]
