@@ -1,0 +1,113 @@
+"""Just enough of ``torch.distributed`` for sharded feature extraction under ``torchrun``.
+
+``torchrun --nproc-per-node N`` (or a SLURM ``srun`` with the same environment variables) starts
+N processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT`` set.
+:func:`init_from_env` joins them into a process group (NCCL on GPUs, gloo on CPUs); the
+extraction then gives each rank a slice of the shards still to compute, and rank 0 merges.
+Without a process group every helper here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["rank_and_world", "init_from_env", "shutdown", "broadcast", "all_gather", "local_world_size"]
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = _dt.timedelta(hours=2)  # a rank may wait this long for the slowest one
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def local_world_size() -> int:
+    """Processes on this machine (``LOCAL_WORLD_SIZE`` from torchrun; 1 otherwise)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group torchrun describes in the environment, if there is one.
+
+    Returns ``True`` when this call created the group (the caller then calls :func:`shutdown`),
+    ``False`` for a single process or a group that already exists. On CUDA, each process uses
+    the GPU of its ``LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+    log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (after a last barrier, so no rank exits while others still talk)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` (JSON-serialisable) on every rank; the object itself for a single process."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return obj
+    device = _device()
+    payload = _encode(obj) if rank == 0 else torch.zeros(0, dtype=torch.uint8)
+    size = torch.tensor([payload.numel()], dtype=torch.long, device=device)
+    dist.broadcast(size, src=0)
+    buf = payload.to(device) if rank == 0 else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buf, src=0)
+    return _decode(buf)
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (JSON-serialisable), in rank order; ``[obj]`` for a single process. Also a barrier."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    device = _device()
+    payload = _encode(obj).to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    bufs = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    return [_decode(b[: int(s.item())]) for b, s in zip(bufs, sizes)]
+
+
+def _device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, the CPU otherwise."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encode(obj: Any) -> torch.Tensor:
+    # JSON rather than torch's object collectives, which pickle.
+    return torch.frombuffer(bytearray(json.dumps(obj).encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode(buf: torch.Tensor) -> Any:
+    return json.loads(bytes(buf.cpu().numpy().tobytes()).decode("utf-8"))

@@ -1,0 +1,156 @@
+"""``cbm fetch-models``: snapshot an encoder into a folder that loads with no network.
+
+On a connected machine, ``cbm fetch-models biomedclip --to DIR`` writes::
+
+    DIR/open_clip_config.json      the model and preprocessing config, plus a "cbm" provenance block
+    DIR/open_clip_model.safetensors (or open_clip_pytorch_model.bin)   the weights of both towers
+    DIR/text-tower/                the HF text tower's config.json and tokenizer files (BiomedCLIP's
+                                   PubMedBERT), referred to by a relative path in the config
+
+Copy ``DIR`` to the offline machine and use the encoder name ``local-dir:DIR``. Without ``--to``, a
+preset goes to ``cbm.utils.cache_dir("models", NAME)``, where ``create_encoder(NAME)`` finds it.
+The fetched model has the same feature-cache key as the hub original (same weights, and the text
+tower counts as its hub id), so features computed online stay valid offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cbm.encoders.hashing import file_sha256
+from cbm.encoders.registry import CONFIG_FILE, LOCAL_DIR_PREFIX, PRESETS, WEIGHT_FILES, fetched_dir, resolve_encoder
+from cbm.utils import atomic_write_json
+
+__all__ = ["fetch_model", "TEXT_TOWER_DIR", "TOKENIZER_DIR", "TEXT_TOWER_FILES", "hub_snapshot"]
+
+log = logging.getLogger(__name__)
+
+TEXT_TOWER_DIR = "text-tower"
+TOKENIZER_DIR = "text-tokenizer"
+TEXT_TOWER_FILES = (
+    "config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+"""What a text tower needs when its weights come with the CLIP checkpoint: config and tokenizer."""
+
+
+def hub_snapshot(repo_id: str, local_dir: Path, allow_patterns: list[str]) -> Path:
+    """Download the files of a hub repo that match ``allow_patterns`` into ``local_dir``."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=repo_id, local_dir=str(local_dir), allow_patterns=allow_patterns))
+
+
+def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:
+    """Snapshot encoder ``name`` into a folder that ``local-dir:FOLDER`` loads offline.
+
+    Args:
+        name: any encoder name with weights (a preset, ``hf-hub:...``, ``ARCH@TAG``, ``ARCH@FILE``).
+        to: the folder; ``None`` for a preset means ``cache_dir("models", NAME)``.
+        overwrite: replace a folder that already holds a fetched model.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: no folder given for a non-preset, a random-init name, or a non-empty folder.
+        RuntimeError: a download failed.
+    """
+    if to is None:
+        if name not in PRESETS:
+            raise ValueError(f"say where to put {name!r}: fetch_model(name, to=DIR) / cbm fetch-models NAME --to DIR")
+        dest = fetched_dir(name)
+    else:
+        dest = Path(to).expanduser()
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{dest} is not empty; pass overwrite=True (cbm fetch-models --overwrite) to replace what is there, "
+            "or choose an empty folder"
+        )
+    source = resolve_encoder(name)  # downloads the config and the weights (or finds them in the HF cache)
+    if source.weights is None:
+        raise ValueError(f"encoder {name!r} has no weights to fetch (random initialisation)")
+    dest.mkdir(parents=True, exist_ok=True)
+    # the config is written last and its presence marks a complete fetch: remove an old one first
+    (dest / CONFIG_FILE).unlink(missing_ok=True)
+
+    model_cfg = copy.deepcopy(source.model_cfg)
+    text = model_cfg["text_cfg"]
+    text_ids = dict(source.text_tower_ids or {})
+    model_id, tokenizer_id = text.get("hf_model_name"), text.get("hf_tokenizer_name")
+    if model_id:
+        text_ids.setdefault("hf_model_name", model_id)
+        text["hf_model_name"] = _copy_text_files(model_id, dest / TEXT_TOWER_DIR)
+    if tokenizer_id:
+        text_ids.setdefault("hf_tokenizer_name", tokenizer_id)
+        if tokenizer_id == model_id:
+            text["hf_tokenizer_name"] = TEXT_TOWER_DIR
+        else:
+            text["hf_tokenizer_name"] = _copy_text_files(tokenizer_id, dest / TOKENIZER_DIR)
+
+    weights_name = source.weights.name if source.weights.name in WEIGHT_FILES else (
+        WEIGHT_FILES[0] if source.weights.suffix == ".safetensors" else "open_clip_pytorch_model.bin"
+    )
+    for old in WEIGHT_FILES:  # one weights file per folder, or the loader's preference could pick a stale one
+        if old != weights_name:
+            (dest / old).unlink(missing_ok=True)
+    _copy_file(source.weights, dest / weights_name)
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": source.preprocess_cfg,
+        "cbm": {
+            "name": name,
+            "fetched_from": source.origin,
+            "fetched": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "weights_sha256": file_sha256(dest / weights_name),
+            "text_tower_ids": text_ids,
+        },
+    }
+    if source.tokenizer_name:
+        config["cbm"]["open_clip_architecture"] = source.tokenizer_name
+    atomic_write_json(dest / CONFIG_FILE, config)
+    log.info("fetched %s into %s; use the encoder name %s%s", name, dest, LOCAL_DIR_PREFIX, dest)
+    return dest
+
+
+def _copy_text_files(ref: str, folder: Path) -> str:
+    """Put a text tower's config and tokenizer files in ``folder`` (from the hub, or a local folder); its relative name."""
+    if Path(ref).is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in TEXT_TOWER_FILES:
+            if (Path(ref) / name).is_file():
+                _copy_file(Path(ref) / name, folder / name)
+    else:
+        try:
+            hub_snapshot(ref, folder, list(TEXT_TOWER_FILES))
+        except Exception as exc:  # noqa: BLE001 - the hub client raises many types
+            raise RuntimeError(f"could not download the text tower files of {ref!r} ({type(exc).__name__}: {exc})") from None
+    if not any((folder / n).is_file() for n in TEXT_TOWER_FILES):
+        raise RuntimeError(f"no config or tokenizer files found for text tower {ref!r} (looked for {', '.join(TEXT_TOWER_FILES)})")
+    return folder.name
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (a temp file in ``dst``'s folder, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

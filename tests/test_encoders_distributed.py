@@ -1,0 +1,50 @@
+"""Sharded extraction under torchrun: 2 CPU processes (gloo) give exactly the single-process features."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cbm.data import load_card
+from cbm.encoders import create_encoder, encode_images
+from cbm.encoders.testing import torch_threads, write_image_card, write_tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def test_two_ranks_split_the_shards_and_rank_zero_merges(tmp_path):
+    card_dir = write_image_card(tmp_path / "card", 50, unreadable=[12])
+    name = f"{write_tiny_config(tmp_path)}@random"
+    cache = tmp_path / "cache"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "cbm.cli", "features", str(card_dir), "--encoder", name, "--cache-dir", str(cache),
+        "--shard-size", "10", "--workers", "0", "--batch-size", "8", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "rank 0 of 2 (gloo)" in log and "rank 1 of 2 (gloo)" in log
+    assert "encoded 30 images" in log and "encoded 20 images" in log  # shards 0, 2, 4 and 1, 3
+    assert log.count("train: 49 images -> 64-d features, 1 skipped") == 1  # rank 0 reports
+
+    enc = create_encoder(name)
+    ds = load_card(card_dir).dataset("train", transform=enc.transform)
+    merged = encode_images(enc, ds, cache_dir=cache, shard_size=10, num_workers=0, progress=False)
+    assert merged.computed == 0  # everything came from the shards the two ranks wrote
+    manifest = json.loads((merged.cache_path / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 5
+    single = encode_images(enc, ds, cache=False, num_workers=0, progress=False)
+    assert np.array_equal(merged.indices, single.indices)
+    assert np.allclose(merged.features, single.features, atol=1e-6)
+    assert [s.index for s in merged.skipped] == [12]

@@ -1,0 +1,267 @@
+"""cbm.encoders.extract and .cache: cached extraction, resume, verification, faults."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from cbm.data import load_card, read_image
+from cbm.encoders import create_encoder, encode_images
+from cbm.encoders.testing import TINY_CONFIG, torch_threads, write_image_card, write_tiny_config
+
+N, SHARD, BAD = 50, 20, 7  # 50 images in shards of 20 (20, 20, 10); image 7 is not an image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("extract")
+    config = write_tiny_config(folder)
+    card_dir = write_image_card(folder / "card", N, unreadable=[BAD])
+    # the same weights with another normalisation: other features, so another cache
+    other = write_tiny_config(folder, "other", {**TINY_CONFIG, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    return {"folder": folder, "config": config, "name": f"{config}@random", "other": f"{other}@random", "card_dir": card_dir}
+
+
+@pytest.fixture
+def enc(world):
+    return create_encoder(world["name"])
+
+
+def dataset(world, enc, card_dir=None):
+    return load_card(card_dir or world["card_dir"]).dataset("train", transform=enc.transform)
+
+
+def counting(monkeypatch, enc):
+    """Record how many images each encode_image call gets."""
+    seen: list[int] = []
+    original = enc.encode_image
+
+    def wrapped(images):
+        seen.append(len(images))
+        return original(images)
+
+    monkeypatch.setattr(enc, "encode_image", wrapped)
+    return seen
+
+
+def run(enc, ds, cache, **kw):
+    return encode_images(enc, ds, batch_size=8, num_workers=0, cache_dir=cache, shard_size=SHARD, progress=False, **kw)
+
+
+def test_features_equal_direct_encoding_and_unreadable_files_are_skipped(world, enc, tmp_path):
+    ds = dataset(world, enc)
+    fs = run(enc, ds, tmp_path)
+    good = [i for i in range(N) if i != BAD]
+    assert fs.indices.tolist() == good
+    assert fs.features.shape == (N - 1, enc.embed_dim) and fs.features.dtype == np.float32
+    direct = enc.encode_image(torch.stack([enc.transform(read_image(ds.file(i))) for i in good])).numpy()
+    assert np.allclose(fs.features, direct, atol=1e-5)
+    assert [(s.index, s.path) for s in fs.skipped] == [(BAD, ds.rows[BAD].path)]
+    assert "ImageReadError" in fs.skipped[0].reason
+    assert fs.computed == N and fs.cache_path is not None
+
+
+def test_second_run_is_served_from_the_cache_without_encoding(world, enc, tmp_path, monkeypatch):
+    ds = dataset(world, enc)
+    first = run(enc, ds, tmp_path)
+    calls = counting(monkeypatch, enc)
+    again = run(enc, ds, tmp_path)
+    assert calls == [] and again.computed == 0
+    assert np.array_equal(again.features, first.features) and np.array_equal(again.indices, first.indices)
+    assert [(s.index, s.path, s.reason) for s in again.skipped] == [(s.index, s.path, s.reason) for s in first.skipped]
+
+
+def test_data_loader_workers_give_the_same_features(world, enc, tmp_path):
+    ds = dataset(world, enc)
+    single = run(enc, ds, tmp_path / "a")
+    workers = encode_images(enc, ds, batch_size=8, num_workers=2, cache_dir=tmp_path / "b", shard_size=SHARD, progress=False)
+    assert np.array_equal(workers.indices, single.indices)
+    assert np.allclose(workers.features, single.features, atol=1e-6)
+
+
+def test_manifest_records_the_key_parts_and_content_hashes_but_no_paths(world, enc, tmp_path):
+    ds = dataset(world, enc)
+    fs = run(enc, ds, tmp_path)
+    text = (fs.cache_path / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert manifest["complete"] and manifest["encoder"]["cache_key"] == enc.cache_key
+    assert manifest["encoder"]["preprocess"] == enc.transform.config and manifest["encoder"]["precision"] == "fp32"
+    assert manifest["dataset"]["item_sha256"] == [hashlib.sha256(ds.file(i).read_bytes()).hexdigest() for i in range(N)]
+    assert [s["n_items"] for s in manifest["shards"]] == [20, 20, 10]
+    assert "nevus_00000" not in text and str(world["card_dir"]) not in text
+    assert fs.cache_path.parent.name == enc.cache_key
+
+
+def test_corrupt_shard_is_reported_and_only_it_is_recomputed(world, enc, tmp_path, monkeypatch, caplog):
+    ds = dataset(world, enc)
+    first = run(enc, ds, tmp_path)
+    shards = sorted(first.cache_path.glob("shard-*.safetensors"))
+    data = bytearray(shards[1].read_bytes())
+    data[-8:] = b"\x7f" * 8  # flip the last feature values: still parses, but fails the checks
+    shards[1].write_bytes(bytes(data))
+    shards[2].write_bytes(shards[2].read_bytes()[:100])  # a truncated file
+    calls = counting(monkeypatch, enc)
+    with caplog.at_level(logging.WARNING, logger="cbm.encoders.cache"):
+        again = run(enc, ds, tmp_path)
+    corrupt = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert len(corrupt) == 2 and shards[1].name in corrupt[0] and shards[2].name in corrupt[1]
+    assert sum(calls) == 30 and again.computed == 30  # shards 1 and 2, not shard 0
+    assert np.array_equal(again.features, first.features)
+
+
+def test_a_cache_written_by_another_encoder_is_never_reused(world, tmp_path, monkeypatch, caplog):
+    a, b = create_encoder(world["name"]), create_encoder(world["other"])
+    fs_a = run(a, dataset(world, a), tmp_path)
+    foreign = tmp_path / b.cache_key / fs_a.cache_path.name
+    shutil.copytree(fs_a.cache_path, foreign)
+    for shard in foreign.glob("shard-*.safetensors"):  # even under the names b's shards would have
+        key = shard.name.split("-")[2]
+        shard.rename(shard.with_name(shard.name.replace(key, "x")))
+    calls = counting(monkeypatch, b)
+    with caplog.at_level(logging.WARNING, logger="cbm.encoders.cache"):
+        fs_b = run(b, dataset(world, b), tmp_path)
+    assert fs_b.cache_path == foreign
+    assert any("is not reused" in r.getMessage() for r in caplog.records)
+    assert sum(calls) == N - 1
+    fresh = encode_images(b, dataset(world, b), batch_size=8, num_workers=0, cache=False, progress=False)
+    assert np.array_equal(fs_b.features, fresh.features)
+
+
+def test_a_shard_renamed_into_place_is_rejected_by_its_metadata(world, enc, tmp_path, monkeypatch, caplog):
+    other = create_encoder(world["other"])
+    fs_other = run(other, dataset(world, other), tmp_path)
+    mine = run(enc, dataset(world, enc), tmp_path)
+    target = sorted(mine.cache_path.glob("shard-00000-*.safetensors"))[0]
+    shutil.copyfile(sorted(fs_other.cache_path.glob("shard-00000-*.safetensors"))[0], target)
+    (mine.cache_path / "manifest.json").unlink()  # no manifest hash to catch it: the metadata must
+    calls = counting(monkeypatch, enc)
+    with caplog.at_level(logging.WARNING, logger="cbm.encoders.cache"):
+        again = run(enc, dataset(world, enc), tmp_path)
+    assert any("encoder_key" in r.getMessage() for r in caplog.records)
+    assert sum(calls) == SHARD - 1  # shard 0 holds the unreadable image 7
+    assert np.array_equal(again.features, mine.features)
+
+
+def test_a_changed_image_recomputes_only_its_shard(world, enc, tmp_path, monkeypatch):
+    card_dir = tmp_path / "card"
+    shutil.copytree(world["card_dir"], card_dir)
+    ds = dataset(world, enc, card_dir)
+    first = run(enc, ds, tmp_path / "cache")
+    ds.file(30).write_bytes(ds.file(31).read_bytes())  # image 30 (shard 1) now shows image 31
+    calls = counting(monkeypatch, enc)
+    again = run(enc, dataset(world, enc, card_dir), tmp_path / "cache")
+    assert again.cache_path != first.cache_path  # other content, other dataset key
+    assert sum(calls) == SHARD  # shards 0 and 2 are copied from the first folder
+    row = {i: k for k, i in enumerate(again.indices.tolist())}
+    assert np.allclose(again.features[row[30]], first.features[row[31]], atol=1e-6)
+    same = [k for k, i in enumerate(again.indices.tolist()) if i != 30]
+    assert np.array_equal(again.features[same], first.features[same])
+
+
+def test_a_dataset_with_another_transform_is_refused(world, enc, tmp_path, caplog):
+    from cbm.data.transforms import encoder_transform
+
+    other = load_card(world["card_dir"]).dataset("train", transform=encoder_transform(64, [0.5], [0.5]))
+    with pytest.raises(ValueError, match=r"not encoder .* preprocessing.*transform=encoder.transform"):
+        run(enc, other, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        fs = encode_images(enc, other, num_workers=0, cache=False, progress=False)
+    assert len(fs) == N - 1 and "not cached" in caplog.text
+    assert not any(tmp_path.iterdir())
+
+
+def test_disk_full_keeps_the_old_cache_valid_and_a_rerun_resumes(world, enc, tmp_path, monkeypatch):
+    ds = dataset(world, enc)
+    first = run(enc, ds, tmp_path)
+    folder = first.cache_path
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    shards[1].unlink()  # one shard to write again
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        """A file whose writes stop half-way with ENOSPC, as on a full disk."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k)))
+    with pytest.raises(OSError) as err:
+        run(enc, ds, tmp_path)
+    assert err.value.errno == errno.ENOSPC and "free disk space" in str(err.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing half-written, nothing lost
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    calls = counting(monkeypatch, enc)
+    again = run(enc, ds, tmp_path)
+    assert sum(calls) == SHARD and np.array_equal(again.features, first.features)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cbm.data import ManifestDataset, load_card
+    from cbm.encoders import create_encoder, encode_images
+
+    name, card_dir, cache, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    class KilledMidShard(ManifestDataset):
+        def __getitem__(self, i):
+            if i == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__getitem__(i)
+
+    enc = create_encoder(name)
+    ds = KilledMidShard(load_card(card_dir).manifest().split("train"), transform=enc.transform)
+    encode_images(enc, ds, batch_size=8, num_workers=0, cache_dir=cache, shard_size=20, progress=False)
+    """
+)
+
+
+def test_a_run_killed_mid_shard_resumes_from_its_finished_shards(world, enc, tmp_path, monkeypatch):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    cache = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, str(script), world["name"], str(world["card_dir"]), str(cache), "45"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    (folder,) = list((cache / enc.cache_key).iterdir())
+    assert len(list(folder.glob("shard-*.safetensors"))) == 2 and not (folder / "manifest.json").exists()
+    (folder / ".shard-00002-half.safetensors.abc.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
+    calls = counting(monkeypatch, enc)
+    resumed = run(enc, dataset(world, enc), cache)
+    assert sum(calls) == 10 and resumed.computed == 10  # only the shard that was cut short
+    fresh = encode_images(enc, dataset(world, enc), num_workers=0, cache=False, progress=False)
+    assert np.array_equal(resumed.features, fresh.features)

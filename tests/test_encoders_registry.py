@@ -1,0 +1,175 @@
+"""cbm.encoders registry: names, presets, local folders, devices and precisions, the encoder's own preprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cbm.encoders import create_encoder, list_encoders, resolve_encoder
+from cbm.encoders.registry import PRESETS
+from cbm.encoders.testing import TINY_CONFIG, torch_threads, write_tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(config path, random-init encoder name, a checkpoint of different weights)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    config = write_tiny_config(folder)
+    enc = create_encoder(f"{config}@random")
+    state = {k: (v + 0.01 * torch.randn_like(v)).contiguous() for k, v in enc.model.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"))
+    return config, f"{config}@random", folder / "weights.safetensors"
+
+
+def _images(n=4, size=64, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_resolves_or_says_how_to_get_it(preset):
+    try:
+        spec = resolve_encoder(preset)
+    except RuntimeError as exc:  # hub presets, offline and not fetched
+        assert "fetch-models" in str(exc) and "local-dir:" in str(exc)
+    except FileNotFoundError as exc:  # demo-clip before its weights are trained
+        assert "pretrain_demo_clip.py" in str(exc)
+    else:
+        assert spec.name == preset
+        assert spec.weights is not None and spec.weights.is_file()
+
+
+def test_list_encoders_names_the_presets():
+    assert {"biomedclip", "clip-vit-b-16", "demo-clip"} <= set(list_encoders())
+
+
+def test_unknown_name_lists_presets_and_suggests_the_closest():
+    with pytest.raises(ValueError) as err:
+        create_encoder("biomedclp")
+    msg = str(err.value)
+    assert "Did you mean 'biomedclip'?" in msg
+    assert "demo-clip" in msg and "hf-hub:" in msg and "ARCH@WEIGHTS" in msg
+
+
+def test_architecture_without_weights_is_answered_with_the_forms_that_work():
+    with pytest.raises(ValueError, match=r"ViT-B-16@openai.*ViT-B-16@random"):
+        create_encoder("ViT-B-16")
+    with pytest.raises(ValueError, match="not a checkpoint file, 'random', or an open_clip pretrained tag"):
+        create_encoder("ViT-B-16@no-such-tag")
+    with pytest.raises(ValueError, match="Did you mean 'ViT-B-16'"):
+        create_encoder("ViT-B-61@random")
+
+
+def test_random_init_is_reproducible_so_processes_agree(tiny):
+    _, name, _ = tiny
+    a, b = create_encoder(name), create_encoder(name)
+    assert a.cache_key == b.cache_key
+    x = _images()
+    assert torch.equal(a.encode_image(x), b.encode_image(x))
+
+
+def test_features_are_unit_norm_float32_on_cpu(tiny):
+    _, name, _ = tiny
+    enc = create_encoder(name)
+    img, txt = enc.encode_image(_images(3)), enc.encode_text(["dots", "streaks"])
+    for t, n in ((img, 3), (txt, 2)):
+        assert t.shape == (n, TINY_CONFIG["embed_dim"]) == (n, enc.embed_dim)
+        assert t.dtype == torch.float32 and t.device.type == "cpu"
+        assert torch.allclose(t.norm(dim=1), torch.ones(n), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, 3, S, S\)"):
+        enc.encode_image(torch.zeros(3, 64, 64))
+    with pytest.raises(TypeError, match="list of strings"):
+        enc.encode_text("dots")
+
+
+def test_weights_change_the_features_and_the_cache_key(tiny):
+    config, name, weights = tiny
+    rand, loaded = create_encoder(name), create_encoder(f"{config}@{weights}")
+    assert loaded.cache_key != rand.cache_key
+    assert not torch.allclose(loaded.encode_image(_images()), rand.encode_image(_images()))
+    assert create_encoder(f"{config}@{weights}").cache_key == loaded.cache_key
+
+
+def test_encoder_carries_its_preprocessing_from_the_config(tmp_path, tiny):
+    _, name, _ = tiny
+    default = create_encoder(name)
+    assert default.transform.config["size"] == 64
+    assert default.transform.config["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    custom = dict(TINY_CONFIG, preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"})
+    enc = create_encoder(f"{write_tiny_config(tmp_path, 'custom', custom)}@random")
+    assert enc.transform.config == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    assert enc.cache_key != default.cache_key  # same weights, other preprocessing: other features
+    grey = np.full((100, 80), 0.75, dtype=np.float32)
+    out = enc.transform(grey)
+    assert out.shape == (3, 64, 64)
+    assert torch.allclose(out, torch.full_like(out, (0.75 - 0.5) / 0.25), atol=1e-4)
+
+
+def test_precision_choices(tiny):
+    _, name, _ = tiny
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        create_encoder(name, precision="fp16")
+    with pytest.raises(ValueError, match="not one of fp32, bf16, fp16"):
+        create_encoder(name, precision="int8")
+    fp32, bf16 = create_encoder(name), create_encoder(name, precision="bfloat16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    assert bf16.cache_key != fp32.cache_key
+    x = _images()
+    assert torch.allclose(bf16.encode_image(x), fp32.encode_image(x), atol=0.05)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            create_encoder(name, device="cuda")
+
+
+def test_demo_clip_preset_loads_through_the_checkpoint_path(tmp_path, monkeypatch, tiny):
+    import cbm.demo.encoder as demo
+
+    config, _, weights = tiny
+    monkeypatch.setattr(demo, "CONFIG_PATH", config)
+    monkeypatch.setattr(demo, "WEIGHTS_PATH", weights)
+    enc = create_encoder("demo-clip")
+    assert enc.name == "demo-clip" and enc.cache_key.startswith("demo-clip-")
+    direct = create_encoder(f"{config}@{weights}")
+    assert torch.equal(enc.encode_image(_images()), direct.encode_image(_images()))
+    monkeypatch.setattr(demo, "WEIGHTS_PATH", tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"absent\.safetensors.*scripts/pretrain_demo_clip\.py"):
+        create_encoder("demo-clip")
+
+
+def test_local_dir_loads_config_and_weights(tmp_path, tiny):
+    config, name, weights = tiny
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}}))
+    with pytest.raises(FileNotFoundError, match="no weights in .*open_clip_model.safetensors.*fetch-models"):
+        create_encoder(f"local-dir:{folder}")
+    assert create_encoder(f"local-dir:{folder}@random").cache_key.split("-")[-1] == create_encoder(name).cache_key.split("-")[-1]
+    (folder / "open_clip_model.safetensors").write_bytes(weights.read_bytes())
+    local, direct = create_encoder(f"local-dir:{folder}"), create_encoder(f"{config}@{weights}")
+    assert torch.equal(local.encode_image(_images()), direct.encode_image(_images()))
+    assert torch.equal(local.encode_text(["dots"]), direct.encode_text(["dots"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_encoder(f"local-dir:{tmp_path / 'nowhere'}")
+
+
+def test_a_fetched_preset_in_the_cache_is_used_offline(monkeypatch, tmp_path, tiny):
+    from cbm.encoders import registry
+
+    _, _, weights = tiny
+    folder = tmp_path / "models" / "biomedclip"
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    (folder / "open_clip_model.safetensors").write_bytes(weights.read_bytes())
+    monkeypatch.setattr(registry, "fetched_dir", lambda preset: tmp_path / "models" / preset)
+    spec = resolve_encoder("biomedclip")
+    assert spec.name == "biomedclip" and spec.weights == folder / "open_clip_model.safetensors"
+

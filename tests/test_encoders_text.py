@@ -1,0 +1,57 @@
+"""cbm.encoders.text: prompt ensembling over templates, modality defaults, template checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cbm.encoders import create_encoder, default_templates, encode_texts
+from cbm.encoders.testing import torch_threads, write_tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def enc(tmp_path_factory):
+    return create_encoder(f"{write_tiny_config(tmp_path_factory.mktemp('tiny-text'))}@random")
+
+
+def test_ensemble_is_the_renormalised_mean_of_the_template_embeddings(enc):
+    templates = ["a photo of {}", "an image showing {}", "{}"]
+    texts = ["irregular border", "blue-white veil"]
+    out = encode_texts(enc, texts, templates)
+    for i, text in enumerate(texts):
+        each = enc.encode_text([t.format(text) for t in templates])
+        assert torch.allclose(out[i], F.normalize(each.mean(0), dim=0), atol=1e-6)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-6)
+
+
+def test_single_plain_template_is_the_text_itself(enc):
+    assert torch.allclose(encode_texts(enc, ["dots"], ["{}"]), enc.encode_text(["dots"]), atol=1e-6)
+
+
+def test_modality_picks_the_default_templates(enc):
+    assert default_templates("dermoscopy")[0] == "a dermoscopy photo showing {}"
+    assert default_templates("Chest X-ray") == default_templates("cxr") == default_templates("chest x-ray")
+    assert default_templates("thermal imaging")[0] == "a thermal imaging image showing {}"
+    by_modality = encode_texts(enc, ["dots"], modality="dermoscopy")
+    explicit = encode_texts(enc, ["dots"], list(default_templates("dermoscopy")))
+    assert torch.equal(by_modality, explicit)
+    assert not torch.allclose(by_modality, encode_texts(enc, ["dots"], modality="chest x-ray"))
+
+
+def test_bad_templates_and_texts_are_refused(enc):
+    with pytest.raises(ValueError, match="exactly one '\\{\\}'"):
+        encode_texts(enc, ["dots"], ["a photo of", "{} and {}"])
+    with pytest.raises(ValueError, match="no prompt templates"):
+        encode_texts(enc, ["dots"], [])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        encode_texts(enc, ["dots", "  "])
+    with pytest.raises(TypeError, match="list of strings"):
+        encode_texts(enc, "dots")
+    assert encode_texts(enc, []).shape == (0, enc.embed_dim)
