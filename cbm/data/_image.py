@@ -425,7 +425,7 @@ def _dicom_pixels(ds: Any, path: Path, frame: FramePolicy) -> tuple[np.ndarray, 
                 "Only grey and 3-sample colour DICOM is supported; convert the file",
             )
         bits = int(ds.get("BitsStored", 8) or 8)
-        pixels = np.clip(arr.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+        pixels = np.clip(arr.astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
         if photometric.startswith("YBR"):
             meta["photometric"] = "RGB"  # pydicom converted it
             meta["source_photometric"] = photometric
@@ -486,7 +486,7 @@ def _first(value: Any) -> float | None:
 
 
 def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Grey pixels through modality LUT -> VOI -> inversion, as float64 in [0, 1], plus what was done."""
+    """Grey pixels through modality LUT -> VOI -> inversion, as float32 in [0, 1], plus what was done."""
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     info: dict[str, Any] = {}
@@ -496,7 +496,7 @@ def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.
 
     # 1. Modality LUT: a lookup table, or rescale slope/intercept (top level or functional groups).
     if "ModalityLUTSequence" in ds:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
+        values = apply_modality_lut(arr, ds).astype(np.float32)
         lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
         nominal = (0.0, float(2**lut_bits - 1))
         info["modality_lut"] = "lut"
@@ -505,58 +505,76 @@ def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.
         intercept = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
         slope = 1.0 if slope in (None, 0.0) else slope
         intercept = 0.0 if intercept is None else intercept
-        values = arr.astype(np.float64) * slope + intercept
+        values = arr.astype(np.float32)
+        if slope != 1.0:
+            values *= np.float32(slope)
+        if intercept != 0.0:
+            values += np.float32(intercept)
         ends = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
         nominal = (float(ends[0]), float(ends[1]))
         if (slope, intercept) != (1.0, 0.0):
             info["rescale"] = [slope, intercept]
+    vmin, vmax = float(values.min()), float(values.max())
 
-    # 2. VOI: a VOI LUT Sequence wins over a window (pydicom's prefer_lut), then min-max / nominal.
+    # 2. VOI: a VOI LUT Sequence wins over a window (pydicom's prefer_lut), then nominal / min-max.
     center = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
     width = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
     function = str(_frame_group_value(ds, index, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
+    has_window = center is not None and width is not None and width > 0
+    # the window functions are monotone, so the ends of the data tell whether it saturates them all
+    window_spreads = has_window and np.ptp(np.clip(_window(np.array([vmin, vmax]), center, width, function), 0, 1)) > 0
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) and "LUTData" in ds.VOILUTSequence[0]:
-        item = ds.VOILUTSequence[0]
-        out_bits = int(item.LUTDescriptor[2])
-        lut_values = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float64)
-        out = lut_values / float(2**out_bits - 1)
+        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        out = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float32)
+        out /= np.float32(2**out_bits - 1)
         info["voi"] = "voi_lut"
-    elif center is not None and width is not None and width > 0 and np.ptp(windowed := np.clip(_window(values, center, width, function), 0, 1)) > 0:
-        out = windowed
+    elif window_spreads:
+        out = _window(values, center, width, function)
         info["voi"] = "window"
         info["window"] = [center, width]
         if function != "LINEAR":
             info["voi_function"] = function
-    elif bits <= 8:
-        lo, hi = nominal
-        out = (values - lo) / (hi - lo)
-        info["voi"] = "nominal"
     else:
-        if center is not None and width is not None:
-            log.warning("%s: window %g/%g maps every pixel to one level; stretching min-max instead", path, center, width)
-        lo, hi = float(values.min()), float(values.max())
-        out = (values - lo) / (hi - lo)
-        info["voi"] = "min_max"
-    out = np.clip(out, 0.0, 1.0)
+        if bits <= 8:
+            lo, hi = nominal
+            info["voi"] = "nominal"
+        else:
+            if has_window:
+                log.warning("%s: window %g/%g maps every pixel to one level; stretching min-max instead", path, center, width)
+            lo, hi = vmin, vmax
+            info["voi"] = "min_max"
+        out = values
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)  # a division, as PIL-read PNGs get: identical floats for identical pixels
+    np.clip(out, 0.0, 1.0, out=out)
 
     # 3. MONOCHROME1 (or an INVERSE presentation LUT shape): low values display white.
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     if inverse:
-        out = 1.0 - out
+        np.subtract(np.float32(1.0), out, out=out)
     info["inverted"] = inverse
     return out, info
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """Window center/width to [0, 1] following PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID)."""
+    """Window center/width to [0, 1] (before clipping) following PS3.3 C.11.2.1.2: LINEAR,
+    LINEAR_EXACT or SIGMOID. A float input keeps its dtype."""
+    values = np.asarray(values)
+    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+        z = np.clip(-4.0 * (values.astype(np.float64) - center) / width, -80.0, 80.0)
+        return (1.0 / (1.0 + np.exp(z))).astype(dtype)
     if function == "LINEAR_EXACT":
-        return (values - center) / width + 0.5
-    if width <= 1.0:  # a one-level window is a threshold
-        return (values > center - 0.5).astype(np.float64)
-    return (values - (center - 0.5)) / (width - 1.0) + 0.5
+        lo, scale = center - width / 2.0, 1.0 / width
+    elif width <= 1.0:  # a one-level window is a threshold
+        return (values > center - 0.5).astype(dtype)
+    else:  # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5) = (x - lo) * scale
+        lo, scale = (center - 0.5) - (width - 1.0) / 2.0, 1.0 / (width - 1.0)
+    out = values.astype(dtype, copy=True)
+    out -= dtype.type(lo)
+    out *= dtype.type(scale)
+    return out
 
 
 def _palette_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
