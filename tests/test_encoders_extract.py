@@ -81,9 +81,11 @@ def test_features_equal_direct_encoding_and_unreadable_files_are_skipped(world, 
 def test_second_run_is_served_from_the_cache_without_encoding(world, enc, tmp_path, monkeypatch):
     ds = dataset(world, enc)
     first = run(enc, ds, tmp_path)
+    manifest = (first.cache_path / "manifest.json").read_bytes()
     calls = counting(monkeypatch, enc)
     again = run(enc, ds, tmp_path)
     assert calls == [] and again.computed == 0
+    assert (first.cache_path / "manifest.json").read_bytes() == manifest  # only read, not rewritten
     assert np.array_equal(again.features, first.features) and np.array_equal(again.indices, first.indices)
     assert [(s.index, s.path, s.reason) for s in again.skipped] == [(s.index, s.path, s.reason) for s in first.skipped]
 

@@ -194,10 +194,10 @@ class FeatureCache:
         return atomic_write_json(self.manifest_path, manifest, indent=1)
 
     # ------------------------------------------------------------------ shards
-    def scan(self) -> tuple[dict[int, ShardData], list[int]]:
-        """Verified shards on disk (or adopted from sibling folders), and the shards still to compute."""
-        manifest = self.read_manifest()
-        listed = {r["file"]: r.get("sha256") for r in (manifest or {}).get("shards", []) if isinstance(r, dict) and "file" in r}
+    def scan(self) -> tuple[dict[int, ShardData], list[int], bool]:
+        """Verified shards on disk (or adopted from sibling folders), the shards still to compute, and
+        whether the manifest already lists exactly the shards found (so it need not be rewritten)."""
+        listed = self._listed_hashes()
         valid: dict[int, ShardData] = {}
         todo: list[int] = []
         for s in range(self.n_shards):
@@ -206,7 +206,27 @@ class FeatureCache:
                 todo.append(s)
             else:
                 valid[s] = shard
-        return valid, todo
+        current = not todo and all(listed.get(d.file) == d.sha256 for d in valid.values())
+        return valid, todo, current
+
+    def load_all(self) -> dict[int, ShardData]:
+        """Every shard, each verified against the manifest (for ranks reading what rank 0 merged).
+
+        Raises:
+            RuntimeError: no valid manifest, or a shard is missing or fails verification.
+        """
+        listed = self._listed_hashes()
+        if not listed:
+            raise RuntimeError(f"feature cache {self.folder} has no valid manifest to read the shards by")
+        try:
+            return {s: self.load(s, listed.get(self.shard_file(s)) or "unlisted") for s in range(self.n_shards)}
+        except (FileNotFoundError, CorruptShard) as exc:
+            raise RuntimeError(f"feature cache {self.folder} is incomplete or damaged ({exc}); re-run to repair it") from None
+
+    def _listed_hashes(self) -> dict[str, str]:
+        """``shard file -> SHA-256`` from this folder's manifest (empty without a valid one)."""
+        manifest = self.read_manifest() or {}
+        return {r["file"]: r.get("sha256") for r in manifest.get("shards", []) if isinstance(r, dict) and "file" in r}
 
     def load(self, shard: int, expected_sha256: str | None = None) -> ShardData:
         """Read and verify one shard.

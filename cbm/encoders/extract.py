@@ -128,8 +128,9 @@ def encode_images(
     )
     valid: dict[int, ShardData] = {}
     todo: list[int] = []
+    current = False
     if rank == 0:
-        valid, todo = store.scan()
+        valid, todo, current = store.scan()
     todo = distributed.broadcast(todo)
     mine = todo[rank::world]
     if rank == 0:
@@ -156,13 +157,15 @@ def encode_images(
         shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
         if rank == 0:  # merge: every rank's shards, each checked against the hash its rank reported
             valid.update({s: store.load(s, shas[s]) for s in todo})
-            store.write_manifest(valid)
+            if not current:
+                store.write_manifest(valid)
         distributed.all_gather(None)  # every rank waits for the manifest
         if rank != 0:
-            valid = {s: store.load(s) for s in range(store.n_shards)}
+            valid = store.load_all()
     else:
         valid.update(written)
-        store.write_manifest(valid)
+        if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
+            store.write_manifest(valid)
     if rank == 0:
         store.remove_stale_temp_files()
     computed = sum(store.shard_size_of(s) for s in todo)
