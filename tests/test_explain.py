@@ -1,8 +1,9 @@
 """Per-case explanations (cbm.explain.case), and the small models the other test_explain_* files share.
 
 The model here is real in every part but the encoder's weights: a tiny open_clip ViT (64 px)
-created by ``cbm.encoders.create_encoder("CONFIG.json@random")``, concepts embedded by its text tower, the bottleneck fitted on its features of a few
-generated images, and a sparse head with a few non-zero weights per class, saved and loaded.
+created by ``cbm.encoders.create_encoder("CONFIG.json@random")``, concepts embedded by its text
+tower, the bottleneck fitted on its features of a few generated images, and a sparse head with a
+few non-zero weights per class, saved and loaded.
 """
 
 from __future__ import annotations

@@ -262,3 +262,24 @@ def test_report_reads_on_a_phone_and_prints(browser, case, tmp_path):
     assert page.eval_on_selector("nav", "e => getComputedStyle(e).display") == "none"
     assert page.eval_on_selector("#reset-interventions", "e => getComputedStyle(e).display") == "none"
     assert page.pdf(format="A4")[:5] == b"%PDF-"
+
+
+def test_batch_pages_in_chromium(browser, tiny_model, tmp_path):
+    """The index shows every case with its thumbnail, and its links lead to the reports and back."""
+    for i in range(3):
+        _save_png(tmp_path / f"case{i}.png", make_image(70 + i))
+    result = explain_batch(tiny_model, collect_inputs([tmp_path], class_names=CLASSES), tmp_path / "out", progress=False)
+    log = PageLog(browser)
+    page = log.page
+    page.goto(result.index.as_uri())
+    assert page.locator("#cases tbody tr").count() == 3
+    assert log.images_loaded() and min(log.images_loaded()) > 0
+    with page.expect_navigation():
+        page.click("text=case1.png")
+    assert page.url == (result.out_dir / "cases" / "case1.html").as_uri()
+    assert page.get_attribute("#prediction", "data-predicted") in CLASSES
+    with page.expect_navigation():
+        page.click("nav >> text=Model card")
+    assert page.locator(".class[data-class]").count() == len(CLASSES)
+    assert not log.errors, log.errors
+    assert all(u.startswith(("data:", "about:", result.out_dir.as_uri())) for u in log.requests), log.requests

@@ -179,9 +179,11 @@ def test_concurrent_uploads_are_all_answered(server):
     assert [r[0] for r in results] == [200, 200, 200]
 
 
-def test_app_settings_are_checked(tiny_model):
+def test_settings_and_a_busy_port_are_reported(tiny_model, server):
     with pytest.raises(ValueError, match="max_upload_bytes"):
         ExplainApp(tiny_model, max_upload_bytes=0)
+    with pytest.raises(RuntimeError, match="choose another --port"):
+        make_server(tiny_model, "127.0.0.1", server.server_address[1])
 
 
 def test_upload_in_chromium(browser, server, tmp_path):

@@ -161,7 +161,7 @@ def _pct(p: float) -> str:
     return f"{100.0 * p:.1f}%"
 
 
-def _ordinal_pct(p: float | None) -> str:
+def _percentile(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.0f}"
 
 
@@ -194,7 +194,7 @@ def _value_html(v: Any) -> str:
 def _contribution_table(rows: Sequence[ConceptContribution]) -> str:
     body = "".join(
         f"<tr><td>{escape(c.concept)}</td><td class=\"num opt\">{c.weight:+.3f}</td><td class=\"num opt\">{c.score:+.2f}</td>"
-        f"<td class=\"num\">{_ordinal_pct(c.percentile)}</td><td class=\"num\">{_signed(c.contribution)}</td></tr>"
+        f"<td class=\"num\">{_percentile(c.percentile)}</td><td class=\"num\">{_signed(c.contribution)}</td></tr>"
         for c in rows
     )
     return (
@@ -325,7 +325,7 @@ def _intervention_section(case: ExplainedCase, model: ConceptBottleneckModel, to
         )
         return (
             f'<tr data-concept-row="{escape(name)}"><td>{escape(name)}</td><td class="num opt">{data["scores"][i]:+.2f}</td>'
-            f'<td class="num">{_ordinal_pct(pct.get(name))}</td><td class="choices">{radios}</td></tr>'
+            f'<td class="num">{_percentile(pct.get(name))}</td><td class="choices">{radios}</td></tr>'
         )
 
     def table(names_: list[str]) -> str:

@@ -22,6 +22,7 @@ import email.policy
 import io
 import json
 import logging
+import socket
 import tempfile
 import threading
 import warnings
@@ -281,15 +282,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, page, csp=page_csp(script=True))
 
 
+class _Server(ThreadingHTTPServer):
+    """Daemon request threads; a connection that breaks (client gone, stalled) is logged, not printed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s failed", client_address[0] if client_address else "?", exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def make_server(model: ConceptBottleneckModel, host: str = "127.0.0.1", port: int = 8000, *,
                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, top_k: int = 5, maps: bool = True) -> ThreadingHTTPServer:
-    """A ready server (not yet serving): call ``serve_forever()``; ``port=0`` picks a free port."""
+    """A ready server (not yet serving): call ``serve_forever()``; ``port=0`` picks a free port.
+
+    Raises:
+        RuntimeError: the address cannot be bound (port in use, unknown host).
+    """
     app = ExplainApp(model, max_upload_bytes=max_upload_bytes, top_k=top_k, maps=maps)
     allowed = _LOOPBACK if host in _LOOPBACK else None
     handler = type("ExplainHandler", (_Handler,), {"app": app, "allowed_hosts": allowed})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    try:
+        return (_Server6 if ":" in host else _Server)((host, port), handler)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot listen on {host} port {port} ({exc}); choose another --port, or stop the program using it"
+        ) from exc
 
 
 def serve(model: ConceptBottleneckModel, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
