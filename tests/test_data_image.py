@@ -171,6 +171,13 @@ def test_constant_image_rejected(tmp_path):
         read_image(tmp_path / "flat.png")
 
 
+def test_image_over_pil_safety_limit(tmp_path, monkeypatch):
+    Image.fromarray(asymmetric(64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageReadError, match="big.png.*safety limit.*MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "big.png")
+
+
 def test_non_dicom_named_dcm(tmp_path):
     Image.fromarray(asymmetric()).save(tmp_path / "x.png")
     os.replace(tmp_path / "x.png", tmp_path / "x.dcm")

@@ -240,6 +240,11 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle") -> LoadedIm
             "Check that the file is an image (a download error page saved under an image name is common); "
             "fetch it again or remove it from the manifest",
         ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            path, f"is larger than PIL's safety limit ({exc})",
+            "If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS before reading it",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, (ImageReadError, FileNotFoundError)):
             raise
