@@ -10,7 +10,8 @@ per case, after ``--warmup`` untimed cases ("warm"): ``read`` (decode the PNG), 
 (preprocessing and the one forward pass that yields the image feature and the patch tokens),
 ``maps`` (explanation, and the top concepts' maps from the patch tokens), ``render`` (overlays,
 JPEG data URIs, SVG charts, the HTML); ``total`` is their sum. ``no_maps_total`` is the same case
-without concept maps, for comparison. Medians over ``--repeats`` cases, in seconds.
+without concept maps, for comparison. Medians over ``--repeats`` cases, in seconds. The machine's
+load average is printed too: on a shared machine, other processes stretch every wall time.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "case.png"
         Image.fromarray(_image(*args.image_size, seed=1)).save(png)
-        rows, no_maps, html = [], [], ""
+        rows, no_maps, cpu_seconds, html = [], [], [], ""
         for i in range(args.warmup + args.repeats):
+            cpu0 = time.process_time()
             t = time.perf_counter()
             image = read_image(png)
             t_read = time.perf_counter() - t
@@ -91,6 +93,7 @@ def main() -> None:
             t = time.perf_counter()
             html = render_case_html(case, top_k=args.top_k)
             t_render = time.perf_counter() - t
+            cpu = time.process_time() - cpu0
             t = time.perf_counter()
             plain = explain_image(model, image, top_k=args.top_k, maps=False, label="case")
             render_case_html(plain, top_k=args.top_k)
@@ -99,6 +102,7 @@ def main() -> None:
                 row = {"read": t_read, "encode": case.timings["encode"], "maps": case.timings["maps"], "render": t_render}
                 row["total"] = sum(row.values())
                 rows.append(row)
+                cpu_seconds.append(cpu)
                 no_maps.append(t_plain)
         if args.report_out:
             args.report_out.write_text(html, encoding="utf-8")
@@ -114,6 +118,10 @@ def main() -> None:
         "warm_seconds_median": median,
         "warm_seconds_max_total": round(max(r["total"] for r in rows), 4),
         "no_maps_total_median": round(statistics.median(no_maps), 4),
+        # CPU seconds of this process per case (all threads): with the machine to itself, the wall
+        # time is about this divided by torch_threads; a larger wall time means other load
+        "process_cpu_seconds_median": round(statistics.median(cpu_seconds), 4),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "report_bytes": len(html.encode("utf-8")),
         "limits": {"total_seconds": 1.5, "report_bytes": 1_000_000},
         "within_limits": median["total"] <= 1.5 and len(html.encode("utf-8")) <= 1_000_000,
