@@ -1,0 +1,26 @@
+"""Heads that turn concept scores (or raw features) into class decisions.
+
+- :class:`SparseConceptHead`: the method's head, multinomial elastic-net logistic regression fitted
+  along a regularisation path by a torch solver, the point chosen on the validation split.
+- :class:`DenseConceptHead`, :class:`LinearProbe`, :func:`zero_shot_logits`: the baselines.
+- :func:`make_planted_problem`: synthetic concept scores with a known sparse truth (tests, benchmarks).
+- :func:`elastic_net_objective`: the objective the sparse head minimises, for any weights.
+"""
+
+from __future__ import annotations
+
+from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
+from cbm.heads._solver import elastic_net_objective
+from cbm.heads._sparse import SparseConceptHead, select_path_point
+from cbm.heads._synthetic import PlantedProblem, make_planted_problem
+
+__all__ = [
+    "DenseConceptHead",
+    "LinearProbe",
+    "PlantedProblem",
+    "SparseConceptHead",
+    "elastic_net_objective",
+    "make_planted_problem",
+    "select_path_point",
+    "zero_shot_logits",
+]

@@ -1,0 +1,357 @@
+"""``SparseConceptHead``: the concept bottleneck's sparse linear head, as a scikit-learn estimator."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from cbm.heads._common import LinearHeadMixin, check_train_data, sample_weights, validation_data
+from cbm.heads._solver import PathPoint, solve_path
+
+__all__ = ["SparseConceptHead"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_SELECTIONS = ("accuracy", "concepts")
+# multiply-adds per pass over the data below which the solver runs on one CPU thread
+_SMALL_PROBLEM = 10_000_000
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run a block with ``n`` torch CPU threads (``None``: leave the setting alone)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression with an elastic-net penalty (mostly L1), fitted along a path.
+
+    The head maps concept scores (one column per concept, standardised upstream) to classes.
+    ``fit`` solves the penalised problem for a decreasing grid of lambdas, from the smallest
+    lambda that zeroes every weight down to ``lambda_min_ratio`` times it, each solution warm
+    starting the next, and keeps the point chosen on the validation split (``X_val, y_val``, or
+    an internal stratified holdout of the training data; never the test split). At a lambda it
+    minimises::
+
+        (1/n) sum_i s_i CE(softmax(W x_i + b), y_i) + lam * (l1_ratio * |W|_1 + (1 - l1_ratio)/2 * |W|^2)
+
+    which is scikit-learn's ``LogisticRegression(l1_ratio=l1_ratio, solver="saga", C=1/(lam*n))``
+    objective up to the constant factor ``C * n`` (``s_i`` are class weights; intercepts are not
+    penalised). The solver is FISTA in torch on ``device`` (see ``cbm.heads._solver``).
+
+    Selection (``selection="accuracy"``, the default): the highest validation accuracy, and among
+    points within ``accuracy_tolerance`` of it the sparsest (fewest non-zero weights per class,
+    then the larger lambda). ``accuracy_tolerance="se"`` is a one-standard-error rule: the
+    tolerance is the binomial standard error ``sqrt(a * (1 - a) / n_val)`` of the best accuracy
+    ``a``, so a denser model must beat a sparser one by more than noise. With
+    ``max_concepts_per_class`` set, only points with at most that many non-zero weights per class
+    (on average) compete. ``selection="concepts"`` instead takes the densest point within
+    ``max_concepts_per_class`` (the papers' "k concepts per class" setting).
+
+    Binary problems keep the multinomial form: ``coef_`` is ``(2, C)`` and, with any ridge share
+    (``l1_ratio < 1``), the rows converge to ``-w/2`` and ``+w/2``; ``decision_function`` returns
+    the margin ``(n,)`` of the second class over the first, as scikit-learn does. This equals a
+    binomial elastic net on ``w`` with strength ``lam * (1 + l1_ratio) / 2`` and L1 share
+    ``2 * l1_ratio / (1 + l1_ratio)``.
+
+    Class-concept prior (``prior``, ``(K, C)`` in [-1, 1], e.g. the concept store's multi-hot
+    ``ConceptSet.prior()``): with ``prior_strength`` mu > 0, a weight that agrees in sign with its
+    prior entry pays ``mu * |P|`` less L1 per unit and one that disagrees pays as much more: the
+    linearisation at zero of KnoBo's ``||tanh(W) - P||_1`` penalty, kept convex. Prior concepts
+    so enter the path earlier and with the expected sign. The problem is convex and each point is
+    solved to tolerance, so no initialisation could change the solution; the prior acts through
+    this penalty only.
+
+    Args:
+        l1_ratio: L1 share of the penalty (0.99: mostly L1, a little ridge for stability).
+        n_lambdas: number of log-spaced lambdas on the path (ignored when ``lambdas`` is given).
+        lambda_min_ratio: the smallest lambda as a fraction of the largest.
+        lambdas: an explicit grid instead (sorted largest first for warm starts).
+        selection: "accuracy" or "concepts" (see above).
+        max_concepts_per_class: sparsity budget (mean non-zero weights per class), or None.
+        accuracy_tolerance: "se" (one-standard-error rule) or a float (0 = strictly the best).
+        class_weight: None, "balanced" (weights inverse to class frequency) or {label: weight}.
+        prior: ``(n_classes, n_concepts)`` class-concept prior, rows in ``classes_`` order.
+        use_prior: the pipeline should fill ``prior`` from the concept store; fitting with
+            ``use_prior=True`` and no ``prior`` is an error.
+        prior_strength: mu, in the units of the loss gradient (0 disables the prior penalty).
+        validation_fraction: holdout share of the training data when no ``X_val`` is given.
+        tol: per-lambda stopping tolerance, relative to the largest loss gradient at ``W = 0``.
+        max_iter: iteration cap per lambda.
+        device: torch device of the solver ("cpu", "cuda", "cuda:1", ...).
+        n_threads: torch CPU threads during ``fit`` (restored afterwards). ``None``: one thread
+            for small problems (below ``1e7`` multiply-adds per pass over the data), where
+            threading only adds synchronisation (and on a busy machine a lot of it), else torch's
+            current setting.
+        dtype: solver precision, "float32" or "float64".
+        random_state: seed of the internal validation holdout.
+
+    Attributes:
+        classes_: class labels, in the order of ``coef_``'s rows.
+        coef_: ``(n_classes, n_features)`` weights of the selected point.
+        intercept_: ``(n_classes,)`` biases of the selected point.
+        lambda_: the selected lambda; selected_index_: its index on the path.
+        lambdas_: the grid, largest first.
+        path_: one dict per lambda: lambda, val_accuracy, train_loss, objective, nnz,
+            concepts_per_class, n_iter, converged.
+        path_coefs_: ``(n_lambdas, n_classes, n_features)``; path_intercepts_: ``(n_lambdas, n_classes)``.
+        validation_: where the selection split came from ("given" or "holdout") and its size.
+        n_iter_: solver iterations over the whole path.
+        n_features_in_: number of concepts seen in fit.
+    """
+
+    def __init__(
+        self,
+        *,
+        l1_ratio: float = 0.99,
+        n_lambdas: int = 50,
+        lambda_min_ratio: float = 1e-3,
+        lambdas: Sequence[float] | None = None,
+        selection: str = "accuracy",
+        max_concepts_per_class: float | None = None,
+        accuracy_tolerance: float | str = "se",
+        class_weight: dict | str | None = None,
+        prior: np.ndarray | None = None,
+        use_prior: bool = False,
+        prior_strength: float = 0.0,
+        validation_fraction: float = 0.2,
+        tol: float = 1e-4,
+        max_iter: int = 1000,
+        device: str = "cpu",
+        n_threads: int | None = None,
+        dtype: str = "float32",
+        random_state: int | None = None,
+    ) -> None:
+        self.l1_ratio = l1_ratio
+        self.n_lambdas = n_lambdas
+        self.lambda_min_ratio = lambda_min_ratio
+        self.lambdas = lambdas
+        self.selection = selection
+        self.max_concepts_per_class = max_concepts_per_class
+        self.accuracy_tolerance = accuracy_tolerance
+        self.class_weight = class_weight
+        self.prior = prior
+        self.use_prior = use_prior
+        self.prior_strength = prior_strength
+        self.validation_fraction = validation_fraction
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+        self.n_threads = n_threads
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> SparseConceptHead:
+        """Fit the regularisation path on ``X, y`` and select a point on the validation split.
+
+        Args:
+            X: ``(n, n_concepts)`` concept scores; y: ``(n,)`` class labels.
+            X_val, y_val: the validation split (never the test split). Without them an
+                internal stratified holdout of ``validation_fraction`` of ``X`` is used, and the
+                path is fitted on the rest.
+        """
+        self._check_params()
+        X, y_enc, classes = check_train_data(self, X, y)
+        self.classes_ = classes
+        n_classes, n_features = len(classes), X.shape[1]
+        X_fit, y_fit, X_v, y_v, source = validation_data(
+            self, X, y_enc, classes, X_val, y_val, self.validation_fraction, self.random_state
+        )
+        prior = self._check_prior(n_classes, n_features)
+        weights = sample_weights(self.class_weight, y_fit, classes)
+        device, dtype = self._torch_device(), _DTYPES[self.dtype]
+        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        Xt, yt = as_t(X_fit), torch.as_tensor(y_fit, dtype=torch.long, device=device)
+        Xv, yv = as_t(X_v), torch.as_tensor(y_v, dtype=torch.long, device=device)
+        grid = None if self.lambdas is None else sorted((float(v) for v in self.lambdas), reverse=True)
+
+        val_acc: list[float] = []
+
+        def score_val(_: int, point: PathPoint, W: torch.Tensor, b: torch.Tensor) -> None:
+            pred = torch.addmm(b, Xv, W.t()).argmax(1)
+            val_acc.append(float((pred == yv).to(torch.float64).mean()))
+
+        points = solve_path(
+            Xt, yt, n_classes, grid,
+            l1_ratio=float(self.l1_ratio), n_lambdas=int(self.n_lambdas),
+            lambda_min_ratio=float(self.lambda_min_ratio),
+            sample_weight=None if weights is None else as_t(weights),
+            prior=None if prior is None else as_t(prior), prior_strength=float(self.prior_strength),
+            tol=float(self.tol), max_iter=int(self.max_iter), on_point=score_val,
+        )
+        n_points = len(grid) if grid is not None else int(self.n_lambdas)
+        path, coefs, intercepts = [], [], []
+        bar = tqdm(points, total=n_points, desc="sparse head path", unit="lambda", disable=None, leave=False)
+        threads = self.n_threads
+        if threads is None and X_fit.shape[0] * n_features * n_classes < _SMALL_PROBLEM:
+            threads = 1
+        with _torch_threads(threads if device.type == "cpu" else None):
+            for point in bar:
+                acc = val_acc[-1]  # appended by score_val just before the point was yielded
+                nnz = int(np.count_nonzero(point.coef))
+                path.append({
+                    "lambda": point.lam, "val_accuracy": acc, "train_loss": point.loss, "objective": point.objective,
+                    "nnz": nnz, "concepts_per_class": nnz / n_classes, "n_iter": point.n_iter,
+                    "converged": point.converged,
+                })
+                coefs.append(point.coef)
+                intercepts.append(point.intercept)
+                bar.set_postfix(nnz=nnz, val_acc=f"{acc:.3f}")
+        not_converged = sum(not p["converged"] for p in path)
+        if not_converged:
+            warnings.warn(
+                f"{not_converged} of {len(path)} path points stopped at max_iter={self.max_iter} before reaching "
+                f"tol={self.tol}; raise max_iter (or tol) for exact solutions",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.path_ = path
+        self.path_coefs_ = np.stack(coefs)
+        self.path_intercepts_ = np.stack(intercepts)
+        self.lambdas_ = np.array([p["lambda"] for p in path])
+        self.n_iter_ = int(sum(p["n_iter"] for p in path))
+        self.validation_ = {"source": source, "n": int(len(y_v))}
+        index = select_path_point(path, self.selection, self.max_concepts_per_class, self.accuracy_tolerance, len(y_v))
+        self.select_point(index)
+        log.info(
+            "sparse head: %d lambdas, selected #%d (lambda %.3g): val accuracy %.4f, %.1f concepts per class",
+            len(path), index, self.lambda_, path[index]["val_accuracy"], path[index]["concepts_per_class"],
+        )
+        return self
+
+    def select_point(self, index: int) -> SparseConceptHead:
+        """Use path point ``index`` (negative counts from the end) as the model; returns self.
+
+        No refitting happens: every point's weights are kept in ``path_coefs_``.
+        """
+        check_is_fitted(self, "path_")
+        n = len(self.path_)
+        if not -n <= int(index) < n:
+            raise IndexError(f"path point {index} does not exist; the path has {n} points (0..{n - 1})")
+        index = int(index) % n
+        self.selected_index_ = index
+        self.lambda_ = float(self.lambdas_[index])
+        self.coef_ = self.path_coefs_[index].copy()
+        self.intercept_ = self.path_intercepts_[index].copy()
+        return self
+
+    def concepts_per_class(self) -> float:
+        """Mean number of non-zero weights per class in the selected model."""
+        check_is_fitted(self, "coef_")
+        return float(np.count_nonzero(self.coef_, axis=1).mean())
+
+    # ------------------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if not 0.0 <= float(self.l1_ratio) <= 1.0:
+            raise ValueError(f"l1_ratio must be in [0, 1]; got {self.l1_ratio!r}")
+        if self.lambdas is None:
+            if int(self.n_lambdas) < 1:
+                raise ValueError(f"n_lambdas must be at least 1; got {self.n_lambdas!r}")
+            if not 0.0 < float(self.lambda_min_ratio) <= 1.0:
+                raise ValueError(f"lambda_min_ratio must be in (0, 1]; got {self.lambda_min_ratio!r}")
+        else:
+            grid = np.asarray(self.lambdas, dtype=np.float64).ravel()
+            if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+                raise ValueError(f"lambdas must be a non-empty list of finite non-negative values; got {self.lambdas!r}")
+        if self.selection not in _SELECTIONS:
+            raise ValueError(f"selection must be one of {_SELECTIONS}; got {self.selection!r}")
+        if self.max_concepts_per_class is not None and float(self.max_concepts_per_class) < 0:
+            raise ValueError(f"max_concepts_per_class must be >= 0 or None; got {self.max_concepts_per_class!r}")
+        if self.selection == "concepts" and self.max_concepts_per_class is None:
+            raise ValueError('selection="concepts" needs max_concepts_per_class (the target number of concepts per class)')
+        tol = self.accuracy_tolerance
+        if not (tol == "se" or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < 1)):
+            raise ValueError(f'accuracy_tolerance must be "se" or a number in [0, 1); got {tol!r}')
+        if float(self.prior_strength) < 0:
+            raise ValueError(f"prior_strength must be >= 0; got {self.prior_strength!r}")
+        if float(self.tol) <= 0 or int(self.max_iter) < 1:
+            raise ValueError(f"tol must be > 0 and max_iter >= 1; got tol={self.tol!r}, max_iter={self.max_iter!r}")
+        if self.n_threads is not None and int(self.n_threads) < 1:
+            raise ValueError(f"n_threads must be >= 1 or None; got {self.n_threads!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {self.dtype!r}")
+
+    def _check_prior(self, n_classes: int, n_features: int) -> np.ndarray | None:
+        if self.prior is None:
+            if self.use_prior:
+                raise ValueError(
+                    "use_prior=True but no prior was given: pass prior=ConceptSet.prior() (n_classes x n_concepts), "
+                    "or set use_prior=False"
+                )
+            return None
+        prior = np.asarray(self.prior, dtype=np.float64)
+        if prior.shape != (n_classes, n_features):
+            raise ValueError(
+                f"prior has shape {prior.shape} but the data has {n_classes} classes and {n_features} concepts; "
+                "it must be (n_classes, n_concepts) with rows in the order of the sorted class labels"
+            )
+        if not np.all(np.isfinite(prior)) or np.abs(prior).max(initial=0) > 1:
+            raise ValueError("prior entries must be finite and in [-1, 1] (a multi-hot class-concept matrix is 0/1)")
+        return prior
+
+    def _torch_device(self) -> torch.device:
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"device {self.device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1')") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+        return device
+
+
+def select_path_point(
+    path: Sequence[dict],
+    selection: str = "accuracy",
+    max_concepts_per_class: float | None = None,
+    accuracy_tolerance: float | str = "se",
+    n_val: int | None = None,
+) -> int:
+    """Index of the path point to keep (see :class:`SparseConceptHead` for the rules).
+
+    Args:
+        path: dicts with at least ``lambda``, ``val_accuracy`` and ``concepts_per_class``.
+        selection: "accuracy" or "concepts".
+        max_concepts_per_class: only points at or below this many weights per class compete.
+        accuracy_tolerance: "se" (needs ``n_val``) or a float.
+        n_val: size of the validation split.
+    """
+    eligible = [i for i, p in enumerate(path)
+                if max_concepts_per_class is None or p["concepts_per_class"] <= max_concepts_per_class + 1e-12]
+    if not eligible:
+        raise ValueError(
+            f"no path point has at most {max_concepts_per_class} concepts per class; "
+            "raise max_concepts_per_class or start the lambda grid higher"
+        )
+    acc = {i: path[i]["val_accuracy"] for i in eligible}
+    if selection == "concepts":
+        return max(eligible, key=lambda i: (path[i]["concepts_per_class"], acc[i], path[i]["lambda"]))
+    best = max(acc.values())
+    if accuracy_tolerance == "se":
+        if not n_val:
+            raise ValueError('accuracy_tolerance="se" needs the validation size n_val')
+        margin = math.sqrt(best * (1.0 - best) / n_val)
+    else:
+        margin = float(accuracy_tolerance)
+    ties = [i for i in eligible if acc[i] >= best - margin - 1e-12]
+    return min(ties, key=lambda i: (path[i]["concepts_per_class"], -acc[i], -path[i]["lambda"]))

@@ -1,0 +1,290 @@
+"""The sparse concept head: scikit-learn compatibility, the objective against scikit-learn's, the
+path and its selection rules, class weights, the class-concept prior, devices."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cbm.heads import SparseConceptHead, elastic_net_objective, make_planted_problem, select_path_point
+
+EXACT = {"dtype": "float64", "tol": 1e-10, "max_iter": 100_000}
+
+
+@parametrize_with_checks([SparseConceptHead(n_lambdas=20)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """300 samples, 20 concepts, 3 classes, 4 informative concepts."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 20))
+    W = np.zeros((3, 20))
+    W[:, :4] = 2 * rng.standard_normal((3, 4))
+    z = X @ W.T + np.array([0.8, 0.0, -0.8])
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = (p.cumsum(1) < rng.random((300, 1))).sum(1)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_planted_problem(n_train=3000, n_val=1000, n_test=1000, n_concepts=64, n_classes=4,
+                                concepts_per_class=4, n_factors=4, signal=2.0, random_state=3)
+
+
+def sklearn_objective(coef, intercept, X, y, C, l1_ratio, sample_weight=None):
+    """scikit-learn's own parametrisation: C * sum_i s_i loss_i + r |W|_1 + (1 - r)/2 |W|^2."""
+    Z = X @ np.asarray(coef).T + intercept
+    if Z.shape[1] == 1:  # binomial
+        Z = np.hstack([np.zeros_like(Z), Z])
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    w = np.ones(len(y)) if sample_weight is None else sample_weight
+    data = C * len(y) * log_loss(y, P, sample_weight=w, normalize=False) / len(y)
+    W = np.asarray(coef)
+    return data + l1_ratio * np.abs(W).sum() + (1 - l1_ratio) / 2 * (W * W).sum()
+
+
+def fit_saga(X, y, C, l1_ratio, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=C, l1_ratio=l1_ratio, solver="saga", tol=1e-12, max_iter=100_000, **kw).fit(X, y)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.05, 0.005])
+def test_objective_matches_sklearn_saga(small, fraction):
+    X, y = small
+    n, r = len(y), 0.99
+    lam = fraction * SparseConceptHead(n_lambdas=1).fit(X, y, X, y).lambdas_[0]
+    ours = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X, y)
+    sk = fit_saga(X, y, C=1 / (lam * n), l1_ratio=r)
+    C = 1 / (lam * n)
+    f_ours = sklearn_objective(ours.coef_, ours.intercept_, X, y, C, r)
+    f_sk = sklearn_objective(sk.coef_, sk.intercept_, X, y, C, r)
+    assert abs(f_ours - f_sk) / abs(f_sk) < 1e-4
+    # the library's objective is sklearn's divided by C * n
+    assert elastic_net_objective(ours.coef_, ours.intercept_, X, y, lam, r) == pytest.approx(f_ours / (C * n), rel=1e-10)
+    np.testing.assert_array_equal(ours.coef_ != 0, np.abs(sk.coef_) > 1e-8)
+    np.testing.assert_allclose(ours.predict_proba(X), sk.predict_proba(X), atol=1e-5)
+
+
+def test_binary_is_a_binomial_elastic_net(small):
+    """Two classes: rows -w/2, +w/2; w solves sklearn's binomial problem at the documented mapping."""
+    X, y = small
+    yb = (y == 0).astype(int)
+    n, r = len(yb), 0.9
+    lam = 0.02
+    head = SparseConceptHead(lambdas=[lam], l1_ratio=r, **EXACT).fit(X, yb, X, yb)
+    assert head.coef_.shape == (2, X.shape[1])
+    np.testing.assert_allclose(head.coef_[0], -head.coef_[1], atol=1e-9)
+    sk = fit_saga(X, yb, C=1 / (lam * (1 + r) / 2 * n), l1_ratio=2 * r / (1 + r))
+    np.testing.assert_allclose(head.coef_[1] - head.coef_[0], sk.coef_[0], atol=1e-5)
+    assert head.decision_function(X).shape == (n,)
+    np.testing.assert_allclose(head.predict_proba(X), sk.predict_proba(X), atol=1e-6)
+
+
+def kkt_residual(head, X, y, lam, l1_ratio, sample_weight=None, prior=None, mu=0.0):
+    """Largest violation of the optimality conditions, computed independently of the solver."""
+    W, b = head.coef_, head.intercept_
+    n = len(y)
+    s = np.ones(n) if sample_weight is None else sample_weight
+    Z = X @ W.T + b
+    P = np.exp(Z - Z.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    R = (P - np.eye(W.shape[0])[y]) * s[:, None] / n
+    G = R.T @ X + lam * (1 - l1_ratio) * W
+    shift = 0.0 if prior is None else mu * prior
+    pos = np.maximum(lam * l1_ratio - shift, 0) * np.ones_like(W)
+    neg = np.maximum(lam * l1_ratio + shift, 0) * np.ones_like(W)
+    at_zero = np.maximum(np.maximum(-G - pos, G - neg), 0)
+    nonzero = np.abs(G + np.where(W > 0, pos, -neg))
+    return max(np.where(W == 0, at_zero, nonzero).max(), np.abs(R.sum(0)).max())
+
+
+def test_class_weights_balanced(small):
+    X, y = small
+    counts = np.bincount(y)
+    sw = (len(y) / (3 * counts))[y]
+    # pure ridge: scikit-learn's lbfgs handles sample weights exactly, so compare objectives
+    lam = 0.01
+    ours = SparseConceptHead(lambdas=[lam], l1_ratio=0.0, class_weight="balanced", **EXACT).fit(X, y, X, y)
+    sk = LogisticRegression(C=1 / (lam * len(y)), l1_ratio=0.0, class_weight="balanced", tol=1e-12, max_iter=10_000).fit(X, y)
+    C = 1 / (lam * len(y))
+    f_ours, f_sk = (sklearn_objective(m.coef_, m.intercept_, X, y, C, 0.0, sw) for m in (ours, sk))
+    assert abs(f_ours - f_sk) / f_sk < 1e-6
+    # elastic net: the optimality conditions of the weighted problem hold
+    head = SparseConceptHead(lambdas=[0.02], class_weight="balanced", **EXACT).fit(X, y, X, y)
+    assert kkt_residual(head, X, y, 0.02, 0.99, sample_weight=sw) < 1e-7
+    # and the rare class is found more often than without weights
+    plain = SparseConceptHead(lambdas=[0.02], **EXACT).fit(X, y, X, y)
+    rare = np.argmin(counts)
+    assert (head.predict(X)[y == rare] == rare).mean() > (plain.predict(X)[y == rare] == rare).mean()
+
+
+def test_class_weight_dict_names_unknown_class(small):
+    X, y = small
+    with pytest.raises(ValueError, match="unknown classes"):
+        SparseConceptHead(class_weight={7: 2.0}).fit(X, y)
+
+
+def test_path_runs_from_all_zero_down(small):
+    X, y = small
+    head = SparseConceptHead(**EXACT).fit(X, y, X, y)
+    assert len(head.path_) == 50 and np.all(np.diff(head.lambdas_) < 0)
+    assert head.lambdas_[-1] == pytest.approx(head.lambdas_[0] * 1e-3)
+    assert head.path_[0]["nnz"] == 0 and head.path_[-1]["nnz"] > head.path_[10]["nnz"]
+    assert head.path_coefs_.shape == (50, 3, 20) and head.path_intercepts_.shape == (50, 3)
+    assert set(head.path_[0]) == {"lambda", "val_accuracy", "train_loss", "objective", "nnz",
+                                  "concepts_per_class", "n_iter", "converged"}
+    # lambda_max is the smallest lambda that zeroes everything: just below it a weight appears
+    below = SparseConceptHead(lambdas=[0.999 * head.lambdas_[0]], **EXACT).fit(X, y, X, y)
+    assert np.count_nonzero(below.coef_) >= 1
+    # every point is an optimum of its own lambda
+    for i in (5, 25, 49):
+        head.select_point(i)
+        assert kkt_residual(head, X, y, head.lambda_, 0.99) < 1e-7
+
+
+def test_select_point_switches_model(small):
+    X, y = small
+    head = SparseConceptHead(n_lambdas=10).fit(X, y, X, y)
+    chosen = head.selected_index_
+    head.select_point(-1)
+    assert head.selected_index_ == 9 and head.lambda_ == head.lambdas_[-1]
+    np.testing.assert_array_equal(head.coef_, head.path_coefs_[-1])
+    assert head.concepts_per_class() == pytest.approx(head.path_[-1]["concepts_per_class"])
+    head.select_point(chosen)
+    with pytest.raises(IndexError, match="has 10 points"):
+        head.select_point(10)
+
+
+def test_recovers_planted_concepts(planted):
+    p = planted
+    head = SparseConceptHead(random_state=0).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    found = head.coef_ != 0
+    assert (found & p.support).sum() >= 0.9 * p.support.sum()
+    assert head.concepts_per_class() <= 3 * p.support.sum(1).mean()
+    z = p.X_test @ p.coef.T + p.intercept
+    oracle = (z.argmax(1) == p.y_test).mean()
+    assert head.score(p.X_test, p.y_test) > oracle - 0.03
+    assert head.validation_ == {"source": "given", "n": 1000}
+
+
+def test_concept_budget(planted):
+    p = planted
+    head = SparseConceptHead(max_concepts_per_class=2).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    assert head.concepts_per_class() <= 2
+    densest = SparseConceptHead(selection="concepts", max_concepts_per_class=2).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    within = [q["concepts_per_class"] for q in densest.path_ if q["concepts_per_class"] <= 2]
+    assert densest.concepts_per_class() == max(within)
+
+
+def test_internal_holdout_is_stratified_and_reproducible(planted):
+    p = planted
+    a = SparseConceptHead(n_lambdas=10, random_state=1).fit(p.X_train, p.y_train)
+    b = SparseConceptHead(n_lambdas=10, random_state=1).fit(p.X_train, p.y_train)
+    assert a.validation_ == {"source": "holdout", "n": 600}
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert [q["val_accuracy"] for q in a.path_] == [q["val_accuracy"] for q in b.path_]
+
+
+def test_selection_rules():
+    def point(lam, acc, cpc):
+        return {"lambda": lam, "val_accuracy": acc, "concepts_per_class": cpc}
+
+    path = [point(1.0, 0.30, 0), point(0.5, 0.80, 2), point(0.25, 0.84, 5), point(0.1, 0.85, 9), point(0.05, 0.85, 12)]
+    # 1-SE: se of 0.85 on 100 samples is 0.036, so 0.84 (5 concepts) ties with the best and is sparser
+    assert select_path_point(path, n_val=100) == 2
+    # on 10,000 samples the se is 0.0036: only the two 0.85 points tie, the sparser one wins
+    assert select_path_point(path, n_val=10_000) == 3
+    assert select_path_point(path, accuracy_tolerance=0.0) == 3
+    assert select_path_point(path, accuracy_tolerance=0.06) == 1
+    assert select_path_point(path, max_concepts_per_class=4, accuracy_tolerance=0.0) == 1
+    assert select_path_point(path, "concepts", max_concepts_per_class=10) == 3
+    with pytest.raises(ValueError, match="no path point"):
+        select_path_point(path, max_concepts_per_class=-1)
+
+
+def test_prior_solution_is_optimal_and_changes_the_choice():
+    """Two identical concepts: the prior's entry decides which one a class uses."""
+    rng = np.random.default_rng(5)
+    n = 400
+    signal = rng.standard_normal(n)
+    X = np.column_stack([signal, signal, rng.standard_normal((n, 4))])
+    y = (signal + 0.5 * rng.standard_normal(n) > 0).astype(int)
+    prior = np.zeros((2, 6))
+    prior[1, 1] = 1.0  # class 1 owns concept 1 (the twin of concept 0)
+    lam, mu = 0.01, 0.005
+    plain = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X, y)
+    np.testing.assert_allclose(plain.coef_[:, 0], plain.coef_[:, 1], atol=1e-8)  # an even split
+    head = SparseConceptHead(lambdas=[lam], prior=prior, prior_strength=mu, **EXACT).fit(X, y, X, y)
+    assert head.coef_[1, 1] > 0 and head.coef_[1, 0] == 0
+    assert kkt_residual(head, X, y, lam, 0.99, prior=prior, mu=mu) < 1e-8
+    # and the top of the path still has every weight at zero
+    path = SparseConceptHead(prior=prior, prior_strength=mu, n_lambdas=5).fit(X, y, X, y)
+    assert path.path_[0]["nnz"] == 0
+
+
+def test_prior_errors(small):
+    X, y = small
+    with pytest.raises(ValueError, match="use_prior=True but no prior"):
+        SparseConceptHead(use_prior=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"prior has shape \(2, 20\)"):
+        SparseConceptHead(prior=np.zeros((2, 20)), prior_strength=0.1).fit(X, y)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        SparseConceptHead(prior=2 * np.ones((3, 20)), prior_strength=0.1).fit(X, y)
+
+
+def test_validation_split_errors(small):
+    X, y = small
+    with pytest.raises(ValueError, match="both X_val and y_val"):
+        SparseConceptHead().fit(X, y, X_val=X)
+    with pytest.raises(ValueError, match=r"y_val has labels the training data lacks: \[9\]"):
+        SparseConceptHead().fit(X, y, X[:10], np.full(10, 9))
+    with pytest.raises(ValueError, match="X has 3 features"):
+        SparseConceptHead().fit(X, y, X[:, :3], y)
+    with pytest.raises(ValueError, match='selection="concepts" needs max_concepts_per_class'):
+        SparseConceptHead(selection="concepts").fit(X, y)
+
+
+def test_float32_matches_float64(small):
+    X, y = small
+    a = SparseConceptHead(n_lambdas=10, tol=1e-6, max_iter=10_000).fit(X, y, X, y)
+    b = SparseConceptHead(n_lambdas=10, **EXACT).fit(X, y, X, y)
+    np.testing.assert_allclose(a.path_coefs_, b.path_coefs_, atol=2e-3)
+    np.testing.assert_allclose([q["objective"] for q in a.path_], [q["objective"] for q in b.path_], rtol=1e-5)
+
+
+def test_not_converged_warns(small):
+    X, y = small
+    with pytest.warns(ConvergenceWarning, match="stopped at max_iter=1"):
+        SparseConceptHead(n_lambdas=5, max_iter=1, tol=1e-12).fit(X, y, X, y)
+
+
+def test_cuda_unavailable_is_a_clear_error(small):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    X, y = small
+    with pytest.raises(RuntimeError, match="no CUDA device; use device='cpu'"):
+        SparseConceptHead(device="cuda").fit(X, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(planted):
+    p = planted
+    cpu = SparseConceptHead(n_lambdas=20, **EXACT).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    gpu = SparseConceptHead(n_lambdas=20, device="cuda", **EXACT).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    np.testing.assert_allclose(gpu.path_coefs_, cpu.path_coefs_, atol=1e-6)
+    assert gpu.selected_index_ == cpu.selected_index_
