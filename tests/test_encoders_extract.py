@@ -267,3 +267,11 @@ def test_a_run_killed_mid_shard_resumes_from_its_finished_shards(world, enc, tmp
     assert sum(calls) == 10 and resumed.computed == 10  # only the shard that was cut short
     fresh = encode_images(enc, dataset(world, enc), num_workers=0, cache=False, progress=False)
     assert np.array_equal(resumed.features, fresh.features)
+
+
+def test_the_frame_read_from_multi_frame_files_is_part_of_the_key(world, enc, tmp_path):
+    card = load_card(world["card_dir"])
+    middle = run(enc, card.dataset("train", transform=enc.transform), tmp_path)
+    first = run(enc, card.dataset("train", transform=enc.transform, frame="first"), tmp_path)
+    assert first.cache_path != middle.cache_path and first.computed == N
+    assert json.loads((first.cache_path / "manifest.json").read_text())["dataset"]["reading"] == {"frame": "first"}

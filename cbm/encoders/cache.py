@@ -9,7 +9,8 @@ Layout::
         ...
 
 The encoder key covers the architecture, weights hash, preprocessing and precision; the dataset
-key covers the content hash of every image, in order, and the shard size. Shard ``s`` holds
+key covers the content hash of every image, in order, the shard size, and how images are read
+(which frame of a multi-frame DICOM). Shard ``s`` holds
 images ``[s * shard_size, (s + 1) * shard_size)``; its key is the hash of the encoder key and those
 images' content hashes, so a shard with the same images under the same encoder is found (and
 copied) from a sibling dataset folder instead of being recomputed.
@@ -73,9 +74,10 @@ class ShardData:
         }
 
 
-def dataset_key(item_hashes: list[str], shard_size: int) -> str:
-    """Key of a dataset folder: the content hash of every image in order, and the shard size."""
-    return stable_hash({"items": item_hashes, "shard_size": int(shard_size)}, length=24)
+def dataset_key(item_hashes: list[str], shard_size: int, reading: dict[str, Any] | None = None) -> str:
+    """Key of a dataset folder: the content hash of every image in order, the shard size, and how
+    images are read (the frame of a multi-frame DICOM)."""
+    return stable_hash({"items": item_hashes, "shard_size": int(shard_size), "reading": reading or {}}, length=24)
 
 
 class FeatureCache:
@@ -88,6 +90,7 @@ class FeatureCache:
         item_hashes: SHA-256 of each image's content, in dataset order.
         shard_size: images per shard.
         embed_dim: feature size.
+        reading: how the dataset reads images, when it matters (``{"frame": "middle"}``).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class FeatureCache:
         item_hashes: list[str],
         shard_size: int,
         embed_dim: int,
+        reading: dict[str, Any] | None = None,
     ) -> None:
         if int(shard_size) < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
@@ -107,7 +111,8 @@ class FeatureCache:
         self.item_hashes = list(item_hashes)
         self.shard_size = int(shard_size)
         self.embed_dim = int(embed_dim)
-        self.key = dataset_key(self.item_hashes, self.shard_size)
+        self.reading = dict(reading or {})
+        self.key = dataset_key(self.item_hashes, self.shard_size, self.reading)
         self.folder = Path(root) / encoder_key / self.key
         self.manifest_path = self.folder / "manifest.json"
 
@@ -131,7 +136,7 @@ class FeatureCache:
 
     def shard_key(self, shard: int) -> str:
         start, stop = self.bounds(shard)
-        return stable_hash({"encoder": self.encoder_key, "items": self.item_hashes[start:stop]}, length=24)
+        return stable_hash({"encoder": self.encoder_key, "reading": self.reading, "items": self.item_hashes[start:stop]}, length=24)
 
     def shard_file(self, shard: int) -> str:
         return f"shard-{shard:05d}-{self.shard_key(shard)}.safetensors"
@@ -158,8 +163,12 @@ class FeatureCache:
             if enc.get("cache_key") != self.encoder_key:
                 problems.append(f"encoder {enc.get('name')!r} with key {enc.get('cache_key')!r} (this one is {self.encoder_key!r})")
             ds = data.get("dataset") or {}
-            if ds.get("item_sha256") != self.item_hashes or ds.get("shard_size") != self.shard_size:
-                problems.append("other images or shard size")
+            if (
+                ds.get("item_sha256") != self.item_hashes
+                or ds.get("shard_size") != self.shard_size
+                or ds.get("reading", {}) != self.reading
+            ):
+                problems.append("other images, shard size or reading")
         if problems:
             log.warning(
                 "feature cache folder %s was written for %s; it is not reused, and its shards will be recomputed",
@@ -185,6 +194,7 @@ class FeatureCache:
                 "key": self.key,
                 "n_items": self.n_items,
                 "shard_size": self.shard_size,
+                "reading": self.reading,
                 "n_features": int(sum(len(shards[s].offsets) for s in shards)),
                 "n_skipped": int(sum(len(shards[s].skipped) for s in shards)),
                 "item_sha256": self.item_hashes,

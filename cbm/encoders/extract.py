@@ -125,6 +125,7 @@ def encode_images(
         item_hashes=hashes,
         shard_size=shard_size,
         embed_dim=encoder.embed_dim,
+        reading=_reading(dataset),
     )
     valid: dict[int, ShardData] = {}
     todo: list[int] = []
@@ -185,6 +186,12 @@ def _dataset_files(dataset: Any) -> list[Path]:
         f"encode_images needs a dataset that names its image files (a cbm.data.ManifestDataset with .file(i)), "
         f"got {type(dataset).__name__}; build one with card.dataset(split, transform=encoder.transform)"
     )
+
+
+def _reading(dataset: Any) -> dict[str, Any]:
+    """How the dataset reads its files, where that changes the pixels (a multi-frame DICOM's frame)."""
+    frame = getattr(dataset, "frame", None)
+    return {} if frame in (None, "middle") else {"frame": frame}
 
 
 def _check_transform(encoder: Encoder, dataset: Any, cache: bool) -> None:
