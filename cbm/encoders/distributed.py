@@ -13,12 +13,13 @@ import datetime as _dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world", "init_from_env", "shutdown", "broadcast", "all_gather", "local_world_size"]
+__all__ = ["rank_and_world", "init_from_env", "shutdown", "broadcast", "all_gather", "on_rank_zero", "local_world_size"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,30 @@ def all_gather(obj: Any) -> list[Any]:
     bufs = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
     dist.all_gather(bufs, padded)
     return [_decode(b[: int(s.item())]) for b, s in zip(bufs, sizes)]
+
+
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and give its (JSON-serialisable) result to every rank.
+
+    An exception on rank 0 is raised there and, as a RuntimeError naming it, on every other rank,
+    so no rank is left waiting for a rank that has failed. Also a barrier.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return fn()
+    failure: BaseException | None = None
+    payload: dict[str, Any] | None = None
+    if rank == 0:
+        try:
+            payload = {"result": fn()}
+        except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised here
+            failure, payload = exc, {"error": f"{type(exc).__name__}: {exc}"}
+    payload = broadcast(payload)
+    if failure is not None:
+        raise failure
+    if "error" in payload:
+        raise RuntimeError(f"rank 0 failed: {payload['error']}")
+    return payload["result"]
 
 
 def _device() -> torch.device:

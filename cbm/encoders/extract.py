@@ -116,7 +116,7 @@ def encode_images(
             raise ValueError("encode_images(cache=False) cannot be split across ranks: sharded extraction goes through the cache")
         return _encode_uncached(encoder, dataset, paths, batch_size, workers, shard_size, show, desc)
 
-    hashes = distributed.broadcast(content_hashes(paths, missing_ok=True, progress=show, desc="hashing") if rank == 0 else None)
+    hashes = distributed.on_rank_zero(lambda: content_hashes(paths, missing_ok=True, progress=show, desc="hashing"))
     root = Path(cache_dir) if cache_dir is not None else _default_root()
     store = FeatureCache(
         root,
@@ -128,11 +128,14 @@ def encode_images(
         reading=_reading(dataset),
     )
     valid: dict[int, ShardData] = {}
-    todo: list[int] = []
     current = False
-    if rank == 0:
+
+    def scan() -> list[int]:
+        nonlocal valid, current
         valid, todo, current = store.scan()
-    todo = distributed.broadcast(todo)
+        return todo
+
+    todo: list[int] = distributed.on_rank_zero(scan)
     mine = todo[rank::world]
     if rank == 0:
         done = store.n_shards - len(todo)
@@ -156,11 +159,13 @@ def encode_images(
         if errors:
             raise RuntimeError("sharded feature extraction failed (finished shards are kept; re-run to resume): " + "; ".join(errors))
         shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
-        if rank == 0:  # merge: every rank's shards, each checked against the hash its rank reported
+
+        def merge() -> None:  # every rank's shards, each checked against the hash its rank reported
             valid.update({s: store.load(s, shas[s]) for s in todo})
             if not current:
                 store.write_manifest(valid)
-        distributed.all_gather(None)  # every rank waits for the manifest
+
+        distributed.on_rank_zero(merge)  # the other ranks wait for the manifest
         if rank != 0:
             valid = store.load_all()
     else:
