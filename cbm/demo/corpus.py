@@ -1,0 +1,250 @@
+"""Image-caption pairs from the demo world, for pretraining ``demo-clip``.
+
+A caption names the lesion (sometimes with its diagnosis) and states all of its attributes
+(40 % of captions) or a random subset, each in one fixed phrase for presence and one for absence ("irregular border" /
+"regular border", "dots" / "no dots"), so an absent attribute is said as often as a present one
+and a negative prompt means something at test time. Some statements are replaced by a graded
+detail ("asymmetric in two axes", "4 colours") or a synonym, and the spurious marks (ruler,
+ink) and hair are stated too: real encoders see rulers as well.
+
+The corpus draws its scenes from its own random stream (``CORPUS_STREAM``), disjoint from the
+demo datasets (``DATASET_STREAM``) and from the held-out images of the encoder evaluation
+(``EVAL_STREAM``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cbm.demo.render import MARKED_CAST, UNMARKED_CAST, render_scene
+from cbm.demo.world import (
+    CORE_CONCEPTS,
+    Lesion,
+    Scene,
+    lesion_attributes,
+    sample_lesion,
+    sample_scene,
+)
+
+__all__ = [
+    "DATASET_STREAM",
+    "CORPUS_STREAM",
+    "EVAL_STREAM",
+    "corpus_scene",
+    "caption_pieces",
+    "caption",
+    "CaptionTokenizer",
+    "render_for_encoder",
+]
+
+DATASET_STREAM = 0
+"""Random stream of the demo datasets (``cbm demo make``)."""
+CORPUS_STREAM = 1
+"""Random stream of the pretraining corpus."""
+EVAL_STREAM = 2
+"""Random stream of the held-out images on which the encoder is evaluated."""
+
+_CASTS = ((1.0, 1.0, 1.0), MARKED_CAST, UNMARKED_CAST, (1.03, 1.0, 0.95), (0.96, 1.0, 1.04))
+_CUES = ("none", "ruler", "ink")
+
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
+_DIAGNOSES = {
+    "benign nevus": ("benign nevus", "benign nevus", "benign mole"),
+    "suspicious lesion": ("suspicious lesion", "suspicious lesion", "atypical lesion"),
+    "melanoma": ("melanoma", "melanoma", "malignant melanoma"),
+}
+_GENERIC = ("skin lesion", "pigmented lesion", "lesion", "pigmented skin lesion")
+_PREFIXES = (
+    "dermoscopy of a {}",
+    "dermoscopic image of a {}",
+    "a dermoscopy photo of a {}",
+    "close-up dermoscopy of a {}",
+    "{} under dermoscopy",
+)
+_JOINERS = (" with ", ": ", ", ")
+_SYNONYMS = {
+    "asymmetric shape": "asymmetric contour",
+    "irregular border": "jagged border",
+    "pigment network": "reticular network",
+    "dots": "small dots",
+    "globules": "round globules",
+    "streaks": "radial streaks",
+    "structureless areas": "structureless zone",
+}
+
+
+def corpus_scene(index: int, seed: int = 0, stream: int = CORPUS_STREAM) -> Scene:
+    """Scene ``index`` of the pretraining corpus (or, with ``stream=EVAL_STREAM``, of the held-out set).
+
+    Lesions come from the world's unconditioned prior (all three diagnoses); the cue (none, ruler,
+    ink) and the colour cast are drawn independently of the lesion, so the encoder learns them
+    as separate things.
+    """
+    rng = np.random.default_rng([seed, stream, index])
+    lesion = sample_lesion(rng)
+    cue = _CUES[int(rng.integers(0, len(_CUES)))]
+    cast = _CASTS[int(rng.integers(0, len(_CASTS)))]
+    return sample_scene(rng, lesion, cue=cue, cast=cast)
+
+
+def _statements(lesion: Lesion, rng: np.random.Generator) -> list[str]:
+    """One statement per core concept (positive or negative phrase), some as detail or synonym."""
+    values = lesion_attributes(lesion)
+    out = []
+    for concept in CORE_CONCEPTS:
+        present = bool(concept.truth([values[concept.attribute]])[0])
+        text = concept.phrase if present else concept.negative
+        u = rng.random()
+        if u < 0.25:  # a graded detail instead of the plain phrase
+            text = _detail(concept.attribute, values, text)
+        elif u < 0.35 and present:
+            text = _SYNONYMS.get(text, text)
+        out.append(text)
+    return out
+
+
+def _detail(attribute: str, values: dict, default: str) -> str:
+    """A graded statement about ``attribute`` (the count or size), or ``default`` if there is none."""
+    v = values[attribute]
+    if attribute == "asymmetry":
+        return ("symmetric in both axes", "asymmetric in one axis", "asymmetric in two axes")[int(v)]
+    if attribute == "border":
+        return f"abrupt cut-off in {_NUMBERS[int(v)]} of eight border segments" if v else "no abrupt cut-off"
+    if attribute == "n_colours":
+        return f"{_NUMBERS[int(v)]} colour" + ("s" if v > 1 else "")
+    if attribute == "n_structures":
+        return f"{_NUMBERS[int(v)]} structure" + ("s" if v != 1 else "")
+    if attribute == "diameter_mm":
+        return f"{int(round(v))} mm across"
+    return default
+
+
+def caption_pieces(scene: Scene, rng: np.random.Generator, classes: int = 3) -> list[str]:
+    """The pieces of one random caption of ``scene``: a head, then statements (joined by ", ").
+
+    The first piece is the head ("dermoscopy of a melanoma with", or empty for a bare list).
+    """
+    lesion = scene.lesion
+    statements = _statements(lesion, rng)
+    u = rng.random()
+    if u < 0.4:  # a full description: every attribute, in random order
+        k = len(statements)
+    elif u < 0.6:
+        k = int(rng.integers(1, len(statements) + 1))
+    else:
+        k = int(rng.integers(2, 8))
+    chosen = [statements[i] for i in rng.choice(len(statements), size=min(k, len(statements)), replace=False)]
+    if rng.random() < 0.5:
+        chosen.append("ruler" if scene.cue == "ruler" else "no ruler")
+    if rng.random() < 0.5:
+        chosen.append("violet ink marks" if scene.cue == "ink" else "no ink marks")
+    if rng.random() < 0.2:
+        chosen.append("hair" if scene.hair else "no hair")
+    order = rng.permutation(len(chosen))
+    chosen = [chosen[i] for i in order]
+    if rng.random() < 0.2:
+        return ["", *chosen]
+    if rng.random() < 0.5:
+        options = _DIAGNOSES[lesion.label(classes)]
+    else:
+        options = _GENERIC
+    noun = options[int(rng.integers(0, len(options)))]
+    head = _PREFIXES[int(rng.integers(0, len(_PREFIXES)))].format(noun)
+    joiner = _JOINERS[int(rng.integers(0, len(_JOINERS)))]
+    return [head + joiner.rstrip(), *chosen]
+
+
+def caption(scene: Scene, rng: np.random.Generator, classes: int = 3) -> str:
+    """One random caption of ``scene`` as a string."""
+    return _join(caption_pieces(scene, rng, classes))
+
+
+def _join(pieces: Sequence[str]) -> str:
+    """The caption string: the head, a space, then the statements joined by ", "."""
+    return " ".join(p for p in (pieces[0], ", ".join(pieces[1:])) if p)
+
+
+class CaptionTokenizer:
+    """Tokenise captions piece by piece with a per-piece cache (about 20x faster than tokenising
+    each caption string), giving the same ids as open_clip's tokenizer on the joined string.
+
+    Args:
+        tokenizer: an open_clip ``SimpleTokenizer`` (``open_clip.get_tokenizer(model_name)``).
+        context_length: the model's text context; statements are dropped from the end of a caption
+            until it fits.
+    """
+
+    def __init__(self, tokenizer, context_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self._cache: dict[str, list[int]] = {}
+        self._comma = self._encode(",")
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text) if text else []
+            self._cache[text] = ids
+        return ids
+
+    def ids(self, pieces: Sequence[str]) -> list[int]:
+        """Token ids (with start and end tokens) of the caption made of ``pieces``."""
+        sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        head = self._encode(pieces[0])
+        body: list[int] = []
+        for i, piece in enumerate(pieces[1:]):
+            extra = (self._comma if i else []) + self._encode(piece)
+            if len(head) + len(body) + len(extra) + 2 > self.context_length:
+                break
+            body += extra
+        return [sot, *head, *body, eot]
+
+    def batch(self, captions: Sequence[Sequence[str]]) -> np.ndarray:
+        """A zero-padded ``(n, L)`` int64 array, L = the longest caption of the batch (a causal text
+        tower gives the same end-token features with or without trailing padding)."""
+        rows = [self.ids(p) for p in captions]
+        out = np.zeros((len(rows), max(len(r) for r in rows)), np.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out
+
+
+def render_for_encoder(scene: Scene, size: int, method: str = "native") -> np.ndarray:
+    """Render ``scene`` at an encoder's input ``size`` as a real image would reach it.
+
+    ``native`` draws at ``size`` directly; ``box`` and ``bicubic`` draw at twice the size and
+    shrink with an area filter or an anti-aliased bicubic (PIL); ``bicubic-noaa`` shrinks with
+    plain bicubic sampling (as torch/MONAI resize without anti-aliasing does). Training on all four
+    makes the encoder indifferent to how a 128 px demo image is resized to its input.
+    """
+    if method == "native":
+        return render_scene(scene, size)
+    from PIL import Image
+
+    big = render_scene(scene, 2 * size)
+    if method == "box":
+        return big.reshape(size, 2, size, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    if method == "bicubic":
+        return np.asarray(Image.fromarray(big).resize((size, size), Image.BICUBIC))
+    if method == "bicubic-noaa":
+        return _halve_bicubic_no_aa(big)
+    raise ValueError(f"unknown resize method {method!r}; use native, box, bicubic or bicubic-noaa")
+
+
+# Bicubic (a = -0.75, as torch and OpenCV use) sampled half-way between two pixels: the weights of
+# pixels 2i-1, 2i, 2i+1, 2i+2 when an image is halved without an anti-aliasing filter.
+_HALF_TAPS = np.array([-0.09375, 0.59375, 0.59375, -0.09375], np.float32)
+
+
+def _halve_bicubic_no_aa(img: np.ndarray) -> np.ndarray:
+    """Halve an (H, W, C) uint8 image by plain bicubic sampling (torch's ``interpolate(...,
+    mode="bicubic", antialias=False)``), separably, with edge pixels repeated."""
+    x = img.astype(np.float32)
+    for axis in (0, 1):
+        n = x.shape[axis]
+        idx = np.arange(0, n, 2)[:, None] + np.arange(-1, 3)[None, :]
+        taps = np.take(x, np.clip(idx, 0, n - 1), axis=axis)  # (..., n/2, 4, ...)
+        x = np.tensordot(taps, _HALF_TAPS, axes=([axis + 1], [0]))
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,334 @@
+"""Confounded demo datasets: PNGs, a manifest with the ground truth, and a data card.
+
+``make_dataset(out_dir, n=6000, confounding=0.95)`` draws ``n`` lesions (balanced classes in
+each split; 60/20/20 train/val/test), labels them by the ABCD rule and adds the spurious cue:
+
+* an image is *marked* (a ruler along an edge, or violet ink dots around the lesion, plus the
+  marking clinic's magenta colour cast) or *unmarked* (the other clinic's faint green cast);
+* in train and val, malignant lesions (melanoma, and in the 3-class world suspicious lesions)
+  are marked with probability ``confounding`` and benign nevi with probability
+  ``1 - confounding``; in test the association is reversed.
+
+The marked count of each (split, class) is exactly ``round(q * count)``, so the cue rate of
+every split is the requested one up to rounding. Everything is a pure function of the
+parameters and the seed: image ``i`` is drawn from its own random stream ``(seed, 0, i)``.
+
+The folder is reused when it already holds a complete dataset with the same parameters (its
+``demo.json`` records them and a content key), resumed when it holds a partial one, and refused
+when it holds files that ``cbm demo`` did not write.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cbm.demo.corpus import DATASET_STREAM
+from cbm.demo.render import MARKED_CAST, RENDER_VERSION, UNMARKED_CAST, render_scene
+from cbm.demo.world import (
+    CLASS_DESCRIPTIONS,
+    COLOURS,
+    STRUCTURES,
+    Scene,
+    attribute_column,
+    class_names,
+    demo_concepts,
+    lesion_attributes,
+    sample_lesion,
+    sample_scene,
+)
+from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, stable_hash
+
+__all__ = ["SPLITS", "SPLIT_FRACTIONS", "DemoItem", "plan_dataset", "make_dataset", "cached_dataset", "card_name"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+MARKED, UNMARKED = "marked", "unmarked"
+_RECORD = "demo.json"
+_FORMAT = 1  # bump when the manifest or card layout changes
+
+MANIFEST_COLUMNS = (
+    "path", "label", "split", "cue", "cue_kind", "tds", "asymmetry", "border", "n_colours", "n_structures",
+    "diameter_mm", "colours", "structures", "base_colour",
+    *(attribute_column(c) for c in COLOURS),
+    *(attribute_column(s) for s in STRUCTURES),
+    "skin_tone", "hair",
+)  # fmt: skip
+"""Columns of the demo manifest: the card's path/label/split, the cue (the group column), the
+exact ABCD ground truth, and the nuisances."""
+
+
+@dataclass(frozen=True)
+class DemoItem:
+    """One planned image: where it goes, its label, split, cue group and scene."""
+
+    index: int
+    split: str
+    label: str
+    cue: str  # "marked" | "unmarked"
+    scene: Scene
+
+    @property
+    def path(self) -> str:
+        """Path of the PNG relative to the image root."""
+        return f"{self.split}/{self.index:06d}.png"
+
+    def row(self) -> dict[str, object]:
+        """The manifest row."""
+        row: dict[str, object] = {"path": self.path, "label": self.label, "split": self.split, "cue": self.cue,
+                                  "cue_kind": self.scene.cue}
+        row.update(lesion_attributes(self.scene.lesion))
+        row.update({"skin_tone": self.scene.skin_tone, "hair": self.scene.hair})
+        return {k: row[k] for k in MANIFEST_COLUMNS}
+
+
+def card_name(classes: int) -> str:
+    """The card name of the ``classes``-class demo world (``demo-derm`` or ``demo-derm3``)."""
+    class_names(classes)  # validates
+    return "demo-derm" if classes == 2 else "demo-derm3"
+
+
+def _check(n: int, confounding: float, classes: int, size: int) -> None:
+    class_names(classes)
+    if not 0.0 <= confounding <= 1.0:
+        raise ValueError(f"confounding={confounding!r} must lie in [0, 1] (0.5 = no association, 0.95 = strong)")
+    if n < 3 * classes * len(SPLITS):
+        raise ValueError(f"n={n} is too small for {classes} classes in 3 splits; use n >= {3 * classes * len(SPLITS)}")
+    if not 16 <= size <= 1024:
+        raise ValueError(f"size={size} px is outside 16-1024")
+
+
+def _split_sizes(n: int) -> list[int]:
+    sizes = [int(round(n * f)) for f in SPLIT_FRACTIONS[:-1]]
+    return [*sizes, n - sum(sizes)]
+
+
+def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, seed: int = 0) -> list[DemoItem]:
+    """Every image of the dataset, without drawing any: labels, splits, cues and scenes.
+
+    Classes are balanced within each split. Malignant classes are marked with probability
+    ``confounding`` in train and val and ``1 - confounding`` in test; benign nevi the other way.
+    """
+    _check(n, confounding, classes, 128)
+    names = class_names(classes)
+    plan: list[tuple[str, str, str]] = []  # (split, label, cue) in index order
+    for s, (split, count) in enumerate(zip(SPLITS, _split_sizes(n))):
+        rng = np.random.default_rng([seed, DATASET_STREAM, 10_000_000 + s])
+        labels = np.array([names[i % len(names)] for i in range(count)])[rng.permutation(count)]
+        cues = np.full(count, UNMARKED, dtype=object)
+        for name in names:
+            members = np.flatnonzero(labels == name)
+            malignant = name != names[0]
+            q = confounding if malignant != (split == "test") else 1.0 - confounding
+            cues[rng.permutation(members)[: int(round(q * len(members)))]] = MARKED
+        plan.extend((split, str(lab), str(cue)) for lab, cue in zip(labels, cues))
+    items = []
+    for i, (split, label, cue) in enumerate(plan):
+        rng = np.random.default_rng([seed, DATASET_STREAM, i])
+        lesion = sample_lesion(rng, label=label, classes=classes)
+        if cue == MARKED:
+            kind, cast = ("ruler", "ink")[int(rng.integers(0, 2))], MARKED_CAST
+        else:
+            kind, cast = "none", UNMARKED_CAST
+        items.append(DemoItem(i, split, label, cue, sample_scene(rng, lesion, cue=kind, cast=cast)))
+    return items
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write a PNG under a temporary name, then rename: a reader never sees half a file. (No fsync
+    per image: after a crash a missing image is simply drawn again on resume.)"""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
+    items, root, size = args
+    for item in items:
+        _write_png(Path(root) / item.path, render_scene(item.scene, size))
+    return len(items)
+
+
+def _chunks(items: list[DemoItem], k: int) -> Iterator[list[DemoItem]]:
+    for start in range(0, len(items), k):
+        yield items[start : start + k]
+
+
+def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dict:
+    names = class_names(classes)
+    benign, malignant = names[0], names[1:]
+    flip = {MARKED: UNMARKED, UNMARKED: MARKED}
+    id_groups = {benign: UNMARKED, **{m: MARKED for m in malignant}}
+    return {
+        "name": card_name(classes),
+        "title": f"Synthetic dermoscopy, {classes} classes by the ABCD rule, cue confounding {confounding:g}",
+        "modality": "dermoscopy",
+        "task": "binary" if classes == 2 else "multiclass",
+        "classes": [{"name": c, "description": CLASS_DESCRIPTIONS[c]} for c in names],
+        "image_root": "images",
+        "image_root_env": None,
+        "manifest": "manifest.csv",
+        "split_column": "split",
+        "group_column": "cue",
+        "confounder": {
+            "column": "cue",
+            "description": (
+                "marked = a ruler or violet ink dots plus the marking clinic's magenta colour cast; in train and val "
+                f"malignant lesions are marked with probability {confounding:g} and benign nevi with "
+                f"{1 - confounding:g}; in test the association is reversed"
+            ),
+            "id_groups": id_groups,
+            "ood_groups": {c: flip[g] for c, g in id_groups.items()},
+        },
+        "source": "cbm.demo: synthetic lesions labelled by Stolz's ABCD rule of dermoscopy (Nachbar et al. 1994)",
+        "licence": "CC0-1.0 (generated images)",
+        "obtain": (f"cbm demo make --out DIR --n {n} --confounding {confounding:g} --classes {classes} "
+                   f"--seed {seed} --size {size}"),
+        "split_rule": (
+            f"{int(SPLIT_FRACTIONS[0] * 100)}/{int(SPLIT_FRACTIONS[1] * 100)}/{int(SPLIT_FRACTIONS[2] * 100)} "
+            "train/val/test, classes balanced within each split; the cue follows the class with probability "
+            f"{confounding:g} in train/val and against it in test"
+        ),
+    }
+
+
+def _params(n: int, confounding: float, classes: int, seed: int, size: int) -> dict:
+    return {"n": int(n), "confounding": float(confounding), "classes": int(classes), "seed": int(seed),
+            "size": int(size), "render_version": RENDER_VERSION, "format": _FORMAT}
+
+
+def _read_record(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / _RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def make_dataset(
+    out_dir: str | os.PathLike,
+    n: int = 6000,
+    confounding: float = 0.95,
+    classes: int = 2,
+    seed: int = 0,
+    size: int = 128,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write (or reuse) a demo dataset in ``out_dir``; returns the path of its ``card.yaml``.
+
+    Args:
+        out_dir: the dataset folder; created if missing. It must be empty or a folder this
+            function wrote before (with other parameters it is cleared and redrawn).
+        n: number of images (60/20/20 train/val/test).
+        confounding: probability that the cue goes with the malignant class in train and val
+            (reversed in test); 0.5 means no association.
+        classes: 2 (benign nevus, melanoma) or 3 (benign nevus, suspicious lesion, melanoma).
+        seed: the seed of every random draw.
+        size: image width and height in pixels.
+        workers: processes drawing images (default: all cores).
+        progress: show a progress bar.
+    """
+    import yaml
+
+    _check(n, confounding, classes, size)
+    out_dir = Path(out_dir)
+    params = _params(n, confounding, classes, seed, size)
+    key = stable_hash(params)
+    record = _read_record(out_dir)
+    card_path = out_dir / "card.yaml"
+    if record is not None and record.get("key") == key and record.get("complete") and card_path.is_file():
+        log.info("demo dataset %s is complete; reusing it", out_dir)
+        return card_path
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if record is None:
+            raise FileExistsError(
+                f"{out_dir} is not empty and was not written by `cbm demo make` (no {_RECORD}); "
+                "choose an empty or new folder"
+            )
+        if record.get("key") != key:
+            log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
+            for child in ("images", "manifest.csv", "card.yaml", "concepts.json", _RECORD):
+                target = out_dir / child
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": False})
+
+    items = plan_dataset(n, confounding, classes, seed)
+    root = out_dir / "images"
+    for split in SPLITS:
+        (root / split).mkdir(parents=True, exist_ok=True)
+    todo = [it for it in items if not (root / it.path).is_file()]
+    if len(todo) < len(items):
+        log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))
+    _draw_all(todo, root, size, workers, progress)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(it.row() for it in items)
+    atomic_write_text(out_dir / "manifest.csv", buf.getvalue())
+    card = _card(n, confounding, classes, seed, size)
+    atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    _write_concepts(out_dir, classes)
+    atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": True})
+    log.info("demo dataset: %d images in %s", n, out_dir)
+    return card_path
+
+
+def _draw_all(items: list[DemoItem], root: Path, size: int, workers: int | None, progress: bool) -> None:
+    from tqdm import tqdm
+
+    if not items:
+        return
+    workers = max(1, min(workers or os.cpu_count() or 1, len(items) // 200 or 1))
+    jobs = [(chunk, str(root), size) for chunk in _chunks(items, 100)]
+    with tqdm(total=len(items), desc="demo images", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                bar.update(_draw_items(job))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for done in pool.map(_draw_items, jobs):
+                    bar.update(done)
+
+
+def _write_concepts(out_dir: Path, classes: int) -> None:
+    """The curated concept list beside the card, through the concept store when it is available."""
+    concepts = demo_concepts(classes)
+    try:
+        from cbm.concepts import save_curated
+    except ImportError:  # the concept store is optional for the demo world itself
+        log.debug("cbm.concepts.save_curated is unavailable; concepts.json not written")
+        return
+    save_curated(out_dir, concepts, note="the demo world's ABCD concepts, in the phrases demo-clip was trained on")
+
+
+def cached_dataset(
+    n: int = 6000, confounding: float = 0.95, classes: int = 2, seed: int = 0, size: int = 128, **kwargs
+) -> Path:
+    """The demo dataset with these parameters in cbm's cache (``$CBM_CACHE_DIR/demo/<key>``),
+    drawn on first use; returns its ``card.yaml``."""
+    key = stable_hash(_params(n, confounding, classes, seed, size))
+    return make_dataset(cache_dir("demo", f"{card_name(classes)}-{key}"), n, confounding, classes, seed, size, **kwargs)

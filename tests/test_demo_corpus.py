@@ -1,0 +1,131 @@
+"""Captions of the pretraining corpus: truthful, negatives as often as positives, exact tokens."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from cbm.demo.corpus import (
+    CORPUS_STREAM,
+    DATASET_STREAM,
+    EVAL_STREAM,
+    CaptionTokenizer,
+    caption,
+    caption_pieces,
+    corpus_scene,
+    render_for_encoder,
+)
+from cbm.demo.world import CORE_CONCEPTS, lesion_attributes
+
+
+def test_streams_are_distinct_and_scenes_deterministic():
+    assert len({DATASET_STREAM, CORPUS_STREAM, EVAL_STREAM}) == 3
+    assert corpus_scene(3) == corpus_scene(3)
+    assert corpus_scene(3) != corpus_scene(3, stream=EVAL_STREAM)
+    assert corpus_scene(3, seed=0) != corpus_scene(3, seed=1)
+
+
+def test_cue_is_independent_of_the_diagnosis_in_the_corpus():
+    scenes = [corpus_scene(i) for i in range(3000)]
+    malignant = np.array([s.lesion.label(3) != "benign nevus" for s in scenes])
+    marked = np.array([s.cue != "none" for s in scenes])
+    assert abs(marked[malignant].mean() - marked[~malignant].mean()) < 0.05
+    assert Counter(s.cue for s in scenes).keys() == {"none", "ruler", "ink"}
+
+
+def test_every_statement_is_true_of_its_image():
+    rng = np.random.default_rng(0)
+    by_phrase = {c.phrase: (c, True) for c in CORE_CONCEPTS} | {c.negative: (c, False) for c in CORE_CONCEPTS}
+    checked = 0
+    for i in range(400):
+        scene = corpus_scene(i)
+        values = lesion_attributes(scene.lesion)
+        for piece in caption_pieces(scene, rng)[1:]:
+            if piece in by_phrase:
+                concept, positive = by_phrase[piece]
+                assert bool(concept.truth([values[concept.attribute]])[0]) == positive, (piece, values)
+                checked += 1
+            elif piece in ("ruler", "no ruler"):
+                assert (scene.cue == "ruler") == (piece == "ruler")
+            elif piece in ("violet ink marks", "no ink marks"):
+                assert (scene.cue == "ink") == (piece == "violet ink marks")
+    assert checked > 1000
+
+
+@pytest.fixture(scope="module")
+def statement_counts() -> Counter:
+    rng = np.random.default_rng(1)
+    return Counter(piece for i in range(1500) for piece in caption_pieces(corpus_scene(i), rng)[1:])
+
+
+@pytest.mark.parametrize("concept", CORE_CONCEPTS, ids=lambda c: c.phrase)
+def test_absence_is_stated_about_as_often_as_presence(concept, statement_counts):
+    pos, neg = statement_counts[concept.phrase], statement_counts[concept.negative]
+    assert pos > 60 and neg > 60
+    assert 0.2 < pos / (pos + neg) < 0.8
+
+
+def test_diagnosis_is_named_in_some_captions_and_always_correctly():
+    rng = np.random.default_rng(2)
+    named = 0
+    for i in range(600):
+        scene = corpus_scene(i)
+        head = caption_pieces(scene, rng)[0]
+        for label, words in (("melanoma", "melanoma"), ("benign nevus", "benign"), ("suspicious lesion", "suspicious")):
+            if words in head:
+                named += 1
+                assert scene.lesion.label(3) == label
+    assert 100 < named < 500
+
+
+def test_piecewise_tokens_equal_the_tokenizer_on_the_caption():
+    import open_clip
+
+    tok = open_clip.get_tokenizer("RN50")
+    fast = CaptionTokenizer(tok, 48)
+    rng = np.random.default_rng(3)
+    for i in range(300):
+        pieces = caption_pieces(corpus_scene(i), rng)
+        ids = fast.ids(pieces)
+        assert len(ids) <= 48
+        ref = tok([" ".join(p for p in (pieces[0], ", ".join(pieces[1:])) if p)], context_length=77)[0]
+        ref = ref[ref > 0].tolist()
+        if len(ref) <= 48:
+            assert ids == ref
+        else:  # statements dropped from the end until it fits
+            assert ids[:-1] == ref[: len(ids) - 1] and ids[-1] == tok.eot_token_id
+    batch = fast.batch([caption_pieces(corpus_scene(i), rng) for i in range(8)])
+    assert batch.shape[0] == 8 and (batch[:, 0] == tok.sot_token_id).all()
+
+
+def test_caption_is_the_joined_pieces():
+    text = caption(corpus_scene(0), np.random.default_rng(4))
+    assert isinstance(text, str) and len(text) > 5 and "  " not in text
+
+
+@pytest.mark.parametrize("method", ["native", "box", "bicubic", "bicubic-noaa"])
+def test_every_resize_path_gives_nearly_the_same_image(method):
+    scene = corpus_scene(5)
+    ref = render_for_encoder(scene, 48, "box").astype(np.float32)
+    img = render_for_encoder(scene, 48, method)
+    assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+    assert np.abs(img.astype(np.float32) - ref).mean() < 6.0
+
+
+def test_plain_bicubic_matches_torch_without_antialiasing():
+    import torch
+
+    from cbm.demo.render import render_scene
+
+    big = render_scene(corpus_scene(6), 64)
+    t = torch.from_numpy(big).permute(2, 0, 1)[None].float()
+    ref = torch.nn.functional.interpolate(t, size=(32, 32), mode="bicubic", align_corners=False, antialias=False)
+    ref = ref[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
+    assert np.abs(render_for_encoder(corpus_scene(6), 32, "bicubic-noaa").astype(np.float32) - ref).max() <= 1
+
+
+def test_unknown_resize_method_is_named():
+    with pytest.raises(ValueError, match="bicubic-noaa"):
+        render_for_encoder(corpus_scene(0), 32, "lanczos")

@@ -1,0 +1,136 @@
+"""Confounded demo datasets: cue rates, determinism, the files on disk, reuse, and the card."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import yaml
+
+from cbm.demo.dataset import SPLITS, make_dataset, plan_dataset
+from cbm.demo.world import abcd_label, class_names
+
+
+def _agreement(items, split: str) -> float:
+    """Share of a split's images whose cue goes with the class (marked iff malignant)."""
+    part = [it for it in items if it.split == split]
+    return float(np.mean([(it.cue == "marked") == (it.label != "benign nevus") for it in part]))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("p", [0.95, 0.7, 0.5])
+def test_cue_rate_of_every_split_is_the_requested_one(classes, p):
+    items = plan_dataset(n=3000, confounding=p, classes=classes, seed=3)
+    assert abs(_agreement(items, "train") - p) <= 0.02
+    assert abs(_agreement(items, "val") - p) <= 0.02
+    assert abs(_agreement(items, "test") - (1 - p)) <= 0.02  # reversed out of domain
+
+
+def test_splits_are_60_20_20_with_balanced_classes_and_labels_by_the_rule():
+    items = plan_dataset(n=600, confounding=0.95, classes=3, seed=0)
+    counts = Counter((it.split, it.label) for it in items)
+    for split, size in zip(SPLITS, (360, 120, 120)):
+        assert sum(v for (s, _), v in counts.items() if s == split) == size
+        assert {counts[(split, c)] for c in class_names(3)} == {size // 3}
+    for it in items:
+        assert abcd_label(it.scene.lesion.tds_tenths, 3) == it.label
+        assert (it.scene.cue != "none") == (it.cue == "marked")
+
+
+def test_plan_is_deterministic_per_seed():
+    a, b = plan_dataset(120, 0.9, 2, seed=5), plan_dataset(120, 0.9, 2, seed=5)
+    assert [(x.label, x.cue, x.scene) for x in a] == [(x.label, x.cue, x.scene) for x in b]
+    c = plan_dataset(120, 0.9, 2, seed=6)
+    assert [x.scene for x in a] != [x.scene for x in c]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"confounding": 1.5}, r"\[0, 1\]"), ({"classes": 4}, "2 or 3"),
+                                           ({"n": 5}, "too small")])
+def test_bad_parameters_are_explained(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        make_dataset(tmp_path / "d", **{"n": 60, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "ds"
+    card = make_dataset(out, n=60, confounding=0.9, classes=2, seed=1, size=32, workers=1, progress=False)
+    return out, card
+
+
+def test_make_dataset_writes_images_manifest_and_card(small):
+    out, card = small
+    assert card == out / "card.yaml"
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert len(rows) == 60
+    for row in rows:
+        assert (out / "images" / row["path"]).is_file()
+        a, b, c, d = (int(row[k]) for k in ("asymmetry", "border", "n_colours", "n_structures"))
+        tds = 1.3 * a + 0.1 * b + 0.5 * c + 0.5 * d
+        assert float(row["tds"]) == pytest.approx(tds)
+        assert row["label"] == ("melanoma" if tds > 5.45 else "benign nevus")
+        assert int(row["n_colours"]) == len(row["colours"].split(";"))
+    meta = yaml.safe_load(card.read_text())
+    assert meta["group_column"] == "cue" and meta["confounder"]["column"] == "cue"
+    assert meta["confounder"]["id_groups"] == {"benign nevus": "unmarked", "melanoma": "marked"}
+    assert meta["confounder"]["ood_groups"] == {"benign nevus": "marked", "melanoma": "unmarked"}
+    assert [c["name"] for c in meta["classes"]] == ["benign nevus", "melanoma"]
+
+
+def test_the_data_layer_loads_the_card(small):
+    from cbm.data import load_card
+
+    out, card_path = small
+    card = load_card(card_path)
+    assert card.name == "demo-derm" and card.class_names == ["benign nevus", "melanoma"]
+    manifest = card.manifest(strict=True)
+    assert len(manifest) == 60 and set(manifest.split_names()) == set(SPLITS)
+    assert {row.group for row in manifest} == {"marked", "unmarked"}
+    assert card.confounder is not None and card.confounder.ood_groups["melanoma"] == "unmarked"
+    image, label, index = card.dataset("train")[0]
+    assert tuple(np.asarray(image).shape)[-2:] == (32, 32)
+
+
+def test_same_parameters_reuse_the_folder(small):
+    out, card = small
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    assert make_dataset(out, n=60, confounding=0.9, classes=2, seed=1, size=32, workers=1, progress=False) == card
+    assert stamp == {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+
+
+def test_a_partial_dataset_is_resumed_and_other_parameters_redraw(tmp_path):
+    out = tmp_path / "ds"
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    first = sorted((out / "images").rglob("*.png"))
+    before = {p: p.read_bytes() for p in first}
+    # simulate an interruption: the record says incomplete and two images are missing
+    record = json.loads((out / "demo.json").read_text())
+    (out / "demo.json").write_text(json.dumps({**record, "complete": False}))
+    first[0].unlink()
+    first[5].unlink()
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == before  # same pixels again
+    make_dataset(out, n=36, confounding=0.9, seed=3, size=24, workers=1, progress=False)
+    after = {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
+    assert after.keys() == before.keys() and after != before
+
+
+def test_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not written by `cbm demo make`"):
+        make_dataset(tmp_path, n=36, size=24, workers=1, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_cli_make_writes_a_dataset(tmp_path, capsys):
+    from cbm.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["demo", "make", "--out", str(out), "--n", "36", "--size", "24", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("card.yaml")
+    assert len(list((out / "images").rglob("*.png"))) == 36
+    assert main(["demo", "make", "--out", str(out), "--confounding", "2"]) == 2
+    assert "confounding" in capsys.readouterr().err
