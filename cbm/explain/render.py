@@ -127,12 +127,20 @@ def _jpeg_data_uri(image: np.ndarray, quality: int = 85) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _colourise(heat: np.ndarray) -> np.ndarray:
-    """``(h, w)`` values in [0, 1] -> ``(h, w, 3)`` Turbo colours (float32, 0-255)."""
-    pos = np.clip(heat, 0.0, 1.0) * (len(_TURBO) - 1)
+def _turbo_lut(n: int = 256) -> np.ndarray:
+    """``(n, 3)`` float32 colours from cold to hot, interpolated between the Turbo anchors."""
+    pos = np.linspace(0.0, 1.0, n) * (len(_TURBO) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(_TURBO) - 2)
-    frac = (pos - lo)[..., None]
+    frac = (pos - lo)[:, None].astype(np.float32)
     return _TURBO[lo] * (1.0 - frac) + _TURBO[lo + 1] * frac
+
+
+_TURBO_LUT = _turbo_lut()
+
+
+def _colourise(heat: np.ndarray) -> np.ndarray:
+    """``(h, w)`` values in [0, 1] -> ``(h, w, 3)`` Turbo colours (float32, 0-255), by table lookup."""
+    return _TURBO_LUT[np.rint(np.clip(heat, 0.0, 1.0) * (len(_TURBO_LUT) - 1)).astype(np.intp)]
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, crop: tuple[int, int, int], *, opacity: float = 0.6) -> np.ndarray:
