@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two cores, shared by test processes and DataLoader workers: one intra-op thread per process is
+# many times faster than oversubscribed threads for the small models the tests use.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

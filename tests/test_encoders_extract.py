@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbm.data import load_card, read_image
+from cbm.data import PIXEL_PIPELINE_VERSION, load_card, read_image
 from cbm.encoders import create_encoder, encode_images
 from cbm.encoders.testing import TINY_CONFIG, torch_threads, write_image_card, write_tiny_config
 
@@ -274,4 +274,7 @@ def test_the_frame_read_from_multi_frame_files_is_part_of_the_key(world, enc, tm
     middle = run(enc, card.dataset("train", transform=enc.transform), tmp_path)
     first = run(enc, card.dataset("train", transform=enc.transform, frame="first"), tmp_path)
     assert first.cache_path != middle.cache_path and first.computed == N
-    assert json.loads((first.cache_path / "manifest.json").read_text())["dataset"]["reading"] == {"frame": "first"}
+    assert json.loads((first.cache_path / "manifest.json").read_text())["dataset"]["reading"] == {
+        "pixel_pipeline": PIXEL_PIPELINE_VERSION,
+        "frame": "first",
+    }

@@ -45,7 +45,13 @@ from cbm.data._manifest import (
 )
 from cbm.data._splits import SplitResult, make_splits, parse_split_spec
 
+# Bump whenever reading or preprocessing code changes the pixels a model sees (LUT order,
+# normalisation, resizing): feature caches include it in their key, so stale features are never
+# served after an upgrade.
+PIXEL_PIPELINE_VERSION = 1
+
 __all__ = [
+    "PIXEL_PIPELINE_VERSION",
     # cards
     "DataCard",
     "ClassInfo",

@@ -194,9 +194,15 @@ def _dataset_files(dataset: Any) -> list[Path]:
 
 
 def _reading(dataset: Any) -> dict[str, Any]:
-    """How the dataset reads its files, where that changes the pixels (a multi-frame DICOM's frame)."""
+    """How the dataset reads its files, where that changes the pixels: the data layer's pixel
+    pipeline version and a multi-frame DICOM's frame."""
+    from cbm.data import PIXEL_PIPELINE_VERSION
+
     frame = getattr(dataset, "frame", None)
-    return {} if frame in (None, "middle") else {"frame": frame}
+    reading: dict[str, Any] = {"pixel_pipeline": PIXEL_PIPELINE_VERSION}
+    if frame not in (None, "middle"):
+        reading["frame"] = frame
+    return reading
 
 
 def _check_transform(encoder: Encoder, dataset: Any, cache: bool) -> None:
