@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test browser clean
 
 $(BIN)/cbm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium for the report/viewer browser tests (they skip, saying why, without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

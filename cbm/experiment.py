@@ -129,13 +129,13 @@ def extract_splits(
     return out
 
 
-def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, embed=None):
+def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, embed=None, embed_id: str | None = None):
     """A ``ConceptSet`` for the card: given explicitly, from its store, or generated with an LLM preset."""
     from cbm.concepts import ConceptSet, generate_concepts, load_concepts
 
     if concepts is None:
         if llm and llm.get("base_url") and llm.get("model"):
-            return generate_concepts(card, llm, embed=embed)
+            return generate_concepts(card, llm, embed=embed, embed_id=embed_id)
         return load_concepts(card)
     if isinstance(concepts, ConceptSet):
         return concepts
@@ -191,7 +191,11 @@ def fit_concept_model(
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train, val = _split_or_fail(splits, "train", card), _split_or_fail(splits, "val", card)
 
-    cset = resolve_concepts(card, concepts, llm=llm, embed=lambda t: encode_texts(enc, t, templates=templates, modality=card.modality).numpy())
+    cset = resolve_concepts(
+        card, concepts, llm=llm,
+        embed=lambda t: encode_texts(enc, t, templates=templates, modality=card.modality).numpy(),
+        embed_id=f"{getattr(enc, 'cache_key', enc.name)}:{list(templates) if templates else card.modality}",
+    )
     names = list(cset.concepts)
     if not names:
         raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
@@ -214,6 +218,12 @@ def fit_concept_model(
         "concept_source": getattr(cset, "provenance", None),
         "templates": list(templates) if templates else None,
     }
+    path = list(getattr(est, "path_", []) or [])
+    if path:  # the regularisation path, for the class card's accuracy-against-sparsity chart
+        info["path"] = {
+            key: [_jsonable(p.get(key)) for p in path] for key in ("lambda", "val_accuracy", "concepts_per_class", "nnz")
+        }
+        info["path"]["selected_index"] = _jsonable(getattr(est, "selected_index_", None))
     model = ConceptBottleneckModel(
         enc.name, card.class_names, bottleneck, coef, intercept,
         encoder_key=getattr(enc, "cache_key", None),
