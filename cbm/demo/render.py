@@ -38,13 +38,14 @@ _INK_RGB = np.array([0.52, 0.20, 0.62], np.float32)  # gentian-violet surgical m
 _RULER_RGB = np.array([0.93, 0.92, 0.83], np.float32)
 _TICK_RGB = np.array([0.08, 0.08, 0.08], np.float32)
 _HAIR_RGB = np.array([0.16, 0.11, 0.08], np.float32)
+_STRUCTURELESS_RGB = np.array([0.86, 0.76, 0.76], np.float32)  # a pale pink-grey, unlike any rule colour
 
 MARKED_CAST: tuple[float, float, float] = (1.04, 0.95, 1.07)
 """Colour cast of the clinic that marks lesions (a magenta tint)."""
 UNMARKED_CAST: tuple[float, float, float] = (0.98, 1.01, 0.97)
 """Colour cast of the clinic that does not (a faint green-yellow tint)."""
 
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
 
 _ANGLES = 1024  # resolution of the contour tables r(theta); a power of 2 for cheap wrapping
@@ -199,9 +200,9 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
 
     # Lesion body: the base colour, a little darker towards the centre, mottled.
     base = np.asarray(COLOUR_RGB[lesion.base_colour], np.float32)
-    shading = 1.0 + 0.07 * _smooth_noise(rng, 9, size) - 0.10 * np.clip(1 - rho, 0, 1)
-    rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 7.0, 0.0, 1.0)  # a band 1/7 of the radius wide
-    shading -= 0.35 * rim
+    shading = 1.0 + 0.05 * _smooth_noise(rng, 9, size) - 0.05 * np.clip(1 - rho, 0, 1)
+    rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 9.0, 0.0, 1.0)  # a band 1/9 of the radius wide
+    shading -= 0.25 * rim
     _paint(img, inside, _rgb(base) * shading[None])
 
     structures = set(lesion.structures)
@@ -237,7 +238,7 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         centre = lesion_point(sl_rel, sl_angle)
         _paint_discs(patch, [centre], sl_size * radius, (1.0,), 1.0, size, soft=0.06 * radius)
         patch = patch[0] * inside
-        _paint(img, patch, 0.3 * base + 0.7 * skin_rgb)
+        _paint(img, patch, 0.1 * base + 0.9 * _STRUCTURELESS_RGB)
         free = free * (1.0 - patch)
 
     # Dots (small, black), globules (larger, brown), streaks (radial, at the periphery).

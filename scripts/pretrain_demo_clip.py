@@ -1,0 +1,389 @@
+"""Pretrain ``demo-clip``, the demo world's small CLIP, contrastively on CPU (or a GPU if there is one).
+
+The shipped run (about an hour on two CPU cores; writes cbm/demo/assets/):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55
+
+A smoke run (a minute; writes elsewhere):
+
+    .venv/bin/python scripts/pretrain_demo_clip.py --corpus 2000 --steps 20 --batch 64 --out /tmp/demo-clip
+
+What it does: render a corpus of scenes from the demo world's own random stream (cached in
+``$CBM_CACHE_DIR/demo/corpus``), caption every image afresh at each visit (``cbm.demo.corpus``),
+and train an open_clip ``CLIP`` (a tiny average-pooled ResNet image tower at 64 px and a 2-layer
+text transformer, ``DEMO_CLIP_CONFIG``) with the CLIP loss, AdamW, warm-up and cosine decay. With
+``--minutes`` the learning rate decays over the wall-clock budget (the machine may be shared, so
+the speed varies) and training stops when it is spent; the number of steps is recorded. Every
+corpus image is shrunk to the encoder's input in one of four ways (drawn natively, area,
+anti-aliased bicubic, plain bicubic), so the encoder does not care how a 128 px demo image is
+resized.
+
+Outputs: ``demo-clip.json`` (open_clip config), ``demo-clip.safetensors`` (fp16 state dict) and
+``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cbm.demo.corpus import CORPUS_STREAM, CaptionTokenizer, caption_pieces, corpus_scene, render_for_encoder
+from cbm.demo.encoder import ASSETS, MODEL_NAME
+from cbm.demo.render import RENDER_VERSION
+from cbm.demo.world import lesion_attributes
+from cbm.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_bytes, stable_hash
+
+log = logging.getLogger("pretrain_demo_clip")
+
+DEMO_CLIP_CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": 64,
+        "timm_model_name": "test_resnet",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear",
+    },
+    "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+}
+"""The architecture: timm's tiny ResNet (deep stem, 4 stages, 0.4 M parameters) with average pooling
+for 64 px images, and a 2-layer causal text transformer over the CLIP BPE vocabulary. Average
+pooling matters: in a trial, an attention-pooled ModifiedResNet kept the ruler in its trunk
+(linearly decodable at 95 %) but dropped it from the embedding (chance), so the cue never reached
+the image features."""
+
+_RESIZE_METHODS = ("native", "box", "bicubic", "bicubic-noaa")
+_MAX_SIZE_MB = 25.0
+
+
+# --- corpus --------------------------------------------------------------------------------------
+
+
+_CHUNK = 5000  # corpus images per cache file; a bigger corpus reuses the chunks of a smaller one
+
+
+def _render_range(args: tuple[int, int, int, int]) -> np.ndarray:
+    start, stop, seed, size = args
+    out = np.empty((stop - start, size, size, 3), np.uint8)
+    for k, i in enumerate(range(start, stop)):
+        method = _RESIZE_METHODS[i % len(_RESIZE_METHODS)]
+        out[k] = render_for_encoder(corpus_scene(i, seed), size, method)
+    return out
+
+
+def build_corpus(n: int, seed: int, size: int, workers: int) -> tuple[np.ndarray, str]:
+    """Render (or load from the cache) ``n`` corpus images; returns ``(images, corpus_hash)``."""
+    from safetensors.numpy import load_file, save_file
+    from tqdm import tqdm
+
+    key = stable_hash({"seed": seed, "size": size, "render": RENDER_VERSION, "stream": CORPUS_STREAM,
+                       "methods": _RESIZE_METHODS, "chunk": _CHUNK})
+    folder = cache_dir("demo", "corpus")
+    images = np.empty((n, size, size, 3), np.uint8)
+    t0 = time.perf_counter()
+    missing = []
+    for c in range(math.ceil(n / _CHUNK)):
+        path = folder / f"corpus-{key}-{c:04d}.safetensors"
+        lo, hi = c * _CHUNK, min((c + 1) * _CHUNK, n)
+        if path.is_file():
+            images[lo:hi] = load_file(str(path))["images"][: hi - lo]
+        else:
+            missing.append((c, path))
+    if missing:
+        part = 500
+        with mp.get_context("fork").Pool(workers) as pool, tqdm(total=len(missing) * _CHUNK, desc="corpus") as bar:
+            for c, path in missing:
+                jobs = [(c * _CHUNK + s, c * _CHUNK + s + part, seed, size) for s in range(0, _CHUNK, part)]
+                block = np.empty((_CHUNK, size, size, 3), np.uint8)
+                for k, pixels in enumerate(pool.imap(_render_range, jobs)):
+                    block[k * part : (k + 1) * part] = pixels
+                    bar.update(len(pixels))
+                tmp = path.with_suffix(".tmp")
+                save_file({"images": block}, str(tmp))
+                os.replace(tmp, path)
+                top = min((c + 1) * _CHUNK, n)
+                images[c * _CHUNK : top] = block[: top - c * _CHUNK]
+    log.info("corpus: %d images (%d chunks drawn) in %.0f s", n, len(missing), time.perf_counter() - t0)
+    attributes = [lesion_attributes(corpus_scene(i, seed).lesion) for i in range(min(n, 1000))]
+    digest = sha256_bytes(images.tobytes() + json.dumps(attributes, sort_keys=True).encode())
+    return images, digest
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def build_model(config: dict, seed: int) -> torch.nn.Module:
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    return CLIP(**config)
+
+
+def encode_text_trimmed(model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` for a batch padded only to its longest caption (same result: the
+    text tower is causal and pools the end token, so trailing padding never reaches it)."""
+    n = int((text > 0).sum(1).max())
+    text = text[:, :n]
+    x = model.token_embedding(text) + model.positional_embedding[:n]
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def encode_text_bucketed(model: torch.nn.Module, text: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Text features of a batch, encoded in ``buckets`` groups of similar caption length so that
+    little compute goes into padding; rows come back in the input order."""
+    lengths = (text > 0).sum(1)
+    order = torch.argsort(lengths)
+    parts = [encode_text_trimmed(model, text[idx]) for idx in torch.tensor_split(order, buckets)]
+    out = torch.empty(len(text), parts[0].shape[1], dtype=parts[0].dtype, device=text.device)
+    out[order] = torch.cat(parts)
+    return out
+
+
+class ThreadTuner:
+    """Pick the faster of 1 or ``max_threads`` torch threads, and re-check now and then.
+
+    On a machine shared with other jobs, two threads can be several times slower than one (the
+    threads wait on each other); when the machine is idle, two are faster. Every ``every`` steps
+    both settings are timed on ``trial`` steps each and the faster one is kept.
+    """
+
+    def __init__(self, max_threads: int, every: int = 200, trial: int = 4) -> None:
+        self.options = sorted({1, max_threads})
+        self.every, self.trial = every, trial
+        self.current = self.options[-1]
+        self.timings: dict[int, list[float]] = {}
+        self.history: list[tuple[int, int]] = []
+
+    def before(self, step: int) -> None:
+        phase = step % self.every
+        if len(self.options) > 1 and phase < self.trial * len(self.options):
+            threads = self.options[phase // self.trial]
+            if phase == 0:
+                self.timings = {}
+        else:
+            if len(self.options) > 1 and phase == self.trial * len(self.options) and self.timings:
+                best = min(self.timings, key=lambda k: float(np.median(self.timings[k])))
+                if best != self.current or not self.history:
+                    self.history.append((step, best))
+                self.current = best
+            threads = self.current
+        torch.set_num_threads(threads)
+        self._threads, self._t0 = threads, time.perf_counter()
+
+    def after(self, step: int) -> None:
+        if step % self.every < self.trial * len(self.options):
+            self.timings.setdefault(self._threads, []).append(time.perf_counter() - self._t0)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name or "embedding" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random rotation by a multiple of 90 degrees and flip (every attribute is invariant to both)."""
+    which = rng.integers(0, 8, size=len(batch))
+    out = batch.clone()
+    for k in range(8):
+        sel = np.flatnonzero(which == k)
+        if len(sel):
+            x = torch.rot90(batch[sel], k % 4, dims=(2, 3))
+            out[sel] = torch.flip(x, dims=(3,)) if k >= 4 else x
+    return out
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> dict:
+    import open_clip
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    t_start = time.perf_counter()
+    config = json.loads(json.dumps(DEMO_CLIP_CONFIG))
+    size = config["vision_cfg"]["image_size"]
+    images, corpus_hash = build_corpus(args.corpus, args.seed, size, args.workers)
+    scenes = [corpus_scene(i, args.seed) for i in range(args.corpus)]
+    t_corpus = time.perf_counter() - t_start
+
+    model = build_model(config, args.seed).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2f M parameters (image tower %.2f M)", n_params / 1e6,
+             sum(p.numel() for p in model.visual.parameters()) / 1e6)
+    tokenizer = CaptionTokenizer(open_clip.get_tokenizer("RN50"), config["text_cfg"]["context_length"])
+    optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = open_clip.ClipLoss()
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1) * 255
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W), shared memory
+    rng = np.random.default_rng([args.seed, CORPUS_STREAM, 7])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)
+
+    order = rng.permutation(len(scenes))
+    cursor = 0
+    tuner = ThreadTuner(args.threads)
+    steps = args.steps
+    losses: list[float] = []
+    t_train = time.perf_counter()
+    train_budget = args.minutes * 60 - (t_train - t_start) - args.reserve_s
+    if steps is None and train_budget < 60:
+        raise RuntimeError(f"only {train_budget:.0f} s are left for training after the corpus; raise --minutes")
+    step = 0
+    while True:
+        if cursor + args.batch > len(order):
+            order, cursor = rng.permutation(len(scenes)), 0
+        tuner.before(step)
+        idx = order[cursor : cursor + args.batch]
+        cursor += args.batch
+        x = _augment(pixels[idx], rng).to(device).float()
+        x = (x - mean) / std
+        text = torch.from_numpy(tokenizer.batch([caption_pieces(scenes[i], rng) for i in idx])).to(device)
+
+        # Cosine decay over the steps, or (with --minutes) over the wall-clock budget: on a shared
+        # machine the speed varies, and a time-based schedule still ends on time and at lr 0.
+        progress = step / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
+        if progress >= 1.0:
+            break
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        with autocast:
+            img = F.normalize(model.encode_image(x), dim=-1)
+            txt = encode_text_bucketed(model, text, args.text_buckets)
+        loss = loss_fn(img.float(), txt.float(), model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        tuner.after(step)
+        step += 1
+        if step % args.log_every == 0:
+            elapsed = time.perf_counter() - t_train
+            print(json.dumps({"step": step, "of": steps, "loss": round(float(np.mean(losses[-args.log_every:])), 4),
+                              "lr": round(lr, 6), "logit_scale": round(model.logit_scale.exp().item(), 2),
+                              "img_per_s": round(step * args.batch / elapsed, 1), "elapsed_s": round(elapsed),
+                              "threads": tuner.current}),
+                  flush=True)
+    t_total = time.perf_counter() - t_start
+    return {
+        "model": model, "config": config, "steps": step, "losses": losses, "corpus_hash": corpus_hash,
+        "wall_s": t_total, "corpus_s": t_corpus, "train_s": time.perf_counter() - t_train, "device": str(device),
+        "n_params": n_params, "thread_choices": tuner.history,
+    }
+
+
+def save(result: dict, args: argparse.Namespace) -> None:
+    from safetensors.torch import save
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = result["model"].eval()
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    blob = save(state, metadata={"format": "pt", "model": MODEL_NAME})
+    size_mb = len(blob) / 2**20
+    if size_mb > _MAX_SIZE_MB:
+        raise RuntimeError(f"the weights take {size_mb:.1f} MB, over the {_MAX_SIZE_MB} MB the package allows")
+    atomic_write_bytes(out / f"{MODEL_NAME}.safetensors", blob)
+    atomic_write_json(out / f"{MODEL_NAME}.json", result["config"])
+    losses = result["losses"]
+    tail = losses[-min(len(losses), 50):]
+    record = {
+        "model": MODEL_NAME,
+        "seed": args.seed,
+        "steps": result["steps"],
+        "batch_size": args.batch,
+        "images_seen": result["steps"] * args.batch,
+        "corpus_size": args.corpus,
+        "corpus_hash": result["corpus_hash"],
+        "render_version": RENDER_VERSION,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup,
+        "precision": "fp32" if args.fp32 else "bf16 autocast",
+        "first_loss": round(float(np.mean(losses[:10])), 4),
+        "final_loss": round(float(np.mean(tail)), 4),
+        "final_loss_note": f"mean CLIP loss of the last {len(tail)} steps",
+        "parameters": result["n_params"],
+        "weights_mb": round(size_mb, 2),
+        "weights_sha256": sha256_bytes(blob),
+        "wall_time_s": round(result["wall_s"], 1),
+        "corpus_time_s": round(result["corpus_s"], 1),
+        "train_time_s": round(result["train_s"], 1),
+        "machine": {
+            "device": result["device"],
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads_max": args.threads,
+            "torch_threads_chosen": result["thread_choices"],
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+    }
+    atomic_write_json(out / f"{MODEL_NAME}.training.json", record)
+    log.info("wrote %s (%.1f MB), config and training record to %s", f"{MODEL_NAME}.safetensors", size_mb, out)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(ASSETS), help="folder for the weights, config and record")
+    p.add_argument("--corpus", type=int, default=40_000, help="number of distinct corpus images")
+    p.add_argument("--minutes", type=float, default=55.0, help="wall-time budget, corpus included")
+    p.add_argument("--steps", type=int, default=None, help="fixed number of steps (overrides --minutes)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--text-buckets", type=int, default=4, help="length groups per text batch (less padding)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16),
+                   help="most torch threads; 1 or this many is chosen by timing, again every 200 steps")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the corpus")
+    p.add_argument("--reserve-s", type=float, default=60.0, help="seconds kept for saving and slack")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = train(args)
+    save(result, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
