@@ -1,0 +1,99 @@
+"""The Python API: fit on a card, predict images, explain, intervene, save and load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cbm.data import load_card
+from cbm.demo import make_dataset
+from cbm.encoders.testing import write_tiny_config
+from cbm.heads import SparseConceptHead
+from cbm.model import ConceptBottleneckModel
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    card = load_card(make_dataset(root / "demo", n=90, confounding=0.9, seed=2, size=64, progress=False))
+    encoder = f"{write_tiny_config(root)}@random"
+    model = ConceptBottleneckModel.fit(card, encoder=encoder, head=SparseConceptHead(n_lambdas=8), num_workers=0)
+    return card, model
+
+
+def _test_paths(card, k=4):
+    part = card.manifest().split("test")
+    return [card.image_root / r.path for r in part.rows[:k]]
+
+
+def test_fit_predict_and_shapes(fitted):
+    card, model = fitted
+    assert model.classes == card.class_names
+    paths = _test_paths(card)
+    proba = model.predict_proba(paths)
+    assert proba.shape == (len(paths), len(card.class_names))
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    assert model.predict(paths) == [model.classes[i] for i in proba.argmax(1)]
+    assert model.predict(str(paths[0])) == model.predict(paths[:1])
+    assert model.info["card"]["name"] == card.name
+    assert model.info["path"]["lambda"], "the regularisation path is recorded"
+
+
+def test_explanation_adds_up_to_the_logit(fitted):
+    card, model = fitted
+    path = _test_paths(card, 1)[0]
+    feat = model.image_features(path)[0]
+    exp = model.explain_features(feat)
+    logits = model.decision_function_from_features(feat[None])[0]
+    for k, cls in enumerate(model.classes):
+        total = sum(c.contribution for c in exp.contributions[cls]) + exp.intercepts[cls]
+        assert total == pytest.approx(float(logits[k]), abs=1e-4)
+        assert all(c.weight != 0 for c in exp.contributions[cls])
+        assert all(0 <= c.percentile <= 100 for c in exp.contributions[cls])
+    assert exp.predicted == model.classes[int(np.argmax(logits))]
+    assert exp.runner_up in model.classes and exp.runner_up != exp.predicted
+
+
+def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
+    _, model = fitted
+    k, j = np.unravel_index(np.argmax(np.abs(model.coef)), model.coef.shape)
+    concept = model.bottleneck.concept_names[j]
+    feat = model.bottleneck.concept_embeddings[j]  # an "image" that looks exactly like the concept
+    sign = np.sign(model.coef[k, j])
+    high = model.intervene_features(feat, {concept: 3.0})[k]
+    low = model.intervene_features(feat, {concept: -3.0})[k]
+    assert (high - low) * sign > 0
+    with pytest.raises(KeyError, match="unknown concept"):
+        model.intervene_features(feat, {"no such concept": 1.0})
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    card, model = fitted
+    folder = model.save(tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    again = ConceptBottleneckModel.load(folder)
+    paths = _test_paths(card)
+    np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
+    assert again.bottleneck.concept_names == model.bottleneck.concept_names
+    assert again.encoder.cache_key == model.encoder_key
+
+
+def test_load_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        ConceptBottleneckModel.load(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "something else"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a cbm model"):
+        ConceptBottleneckModel.load(tmp_path)
+    (tmp_path / "model.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ConceptBottleneckModel.load(tmp_path)
+
+
+def test_concepts_can_be_given_explicitly(fitted):
+    card, model = fitted
+    concepts = {"benign nevus": ["symmetric shape", "regular border"], "melanoma": ["irregular border", "blue-grey areas"]}
+    m = ConceptBottleneckModel.fit(card, encoder=model.encoder, concepts=concepts, head=SparseConceptHead(n_lambdas=5))
+    assert m.bottleneck.concept_names == ["symmetric shape", "regular border", "irregular border", "blue-grey areas"]
