@@ -24,11 +24,12 @@ the discounted price floored at zero so the problem stays convex and bounded bel
 
 Algorithm: full-batch accelerated proximal gradient (FISTA) with an adaptive step (backtracking
 that may also grow the step), gradient-based momentum restart, warm starts along a decreasing
-lambda grid, and working sets: at each lambda only the concepts that are non-zero or survive the
-sequential strong rule are optimised; a full-gradient KKT check then adds any violator and the
-subproblem is re-solved. The model is linear, so the logits at the extrapolated point are a
-linear combination of stored logits: each iteration costs one product with the working columns of
-``X`` (plus one per backtracking step) and one with their transpose.
+lambda grid, and working sets: at each lambda only the concepts in use plus the worst violators of
+the optimality conditions (at most as many again) are optimised; a full-gradient KKT check then
+adds violators and the subproblem is re-solved until there are none. Inputs are centred inside
+(exact, since intercepts are not penalised). The model is linear, so the logits at the
+extrapolated point are a linear combination of stored logits: each iteration costs one product
+with the working columns of ``X`` (plus one per backtracking step) and one with their transpose.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["PathPoint", "elastic_net_objective", "lambda_max", "solve_path"]
+__all__ = ["PathPoint", "elastic_net_objective", "solve_path"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class _Problem:
 
 
 def _penalty(W: torch.Tensor, pos: torch.Tensor | float, neg: torch.Tensor | float, l2: float) -> torch.Tensor:
+    """The penalty's value (asymmetric L1 prices ``pos``/``neg`` plus ridge ``l2``)."""
     return (pos * W.clamp(min=0) + neg * (-W).clamp(min=0)).sum() + 0.5 * l2 * (W * W).sum()
 
 
@@ -162,25 +164,12 @@ def _gradient_at_zero(problem: _Problem, n_classes: int) -> tuple[torch.Tensor, 
     return b0, problem.gradient(R0)
 
 
-def lambda_max(
-    X: torch.Tensor,
-    y: torch.Tensor,
-    n_classes: int,
-    l1_ratio: float,
-    sample_weight: torch.Tensor | None = None,
-    prior: torch.Tensor | None = None,
-    prior_strength: float = 0.0,
-) -> float:
-    """The smallest lambda at which every weight is zero (the top of the path).
-
-    For ``l1_ratio`` below 1e-3 the value for ``l1_ratio = 1e-3`` is returned (a ridge penalty
-    never zeroes a weight).
-    """
-    problem = _Problem(X, y, n_classes, l1_ratio, sample_weight, prior, prior_strength)
-    return _lambda_max(problem, n_classes)[0]
-
-
 def _lambda_max(problem: _Problem, n_classes: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The smallest lambda with every weight at zero, the intercepts there and the loss gradient there.
+
+    Zero is optimal for an entry iff ``|G - mu P| <= lam * r`` (with the prior's shift). For
+    ``l1_ratio`` below 1e-3 the value for 1e-3 is returned: a ridge penalty never zeroes a weight.
+    """
     b0, G0 = _gradient_at_zero(problem, n_classes)
     shifted = G0 if problem.prior_shift is None else G0 - problem.prior_shift
     lam = float(shifted.abs().max()) / max(problem.l1_ratio, _MIN_L1_RATIO_FOR_GRID)
@@ -310,7 +299,7 @@ def solve_path(
             indices (long, same device).
         n_classes: K; every class should occur in ``y``.
         lambdas: decreasing grid; ``None`` builds ``n_lambdas`` log-spaced values from
-            :func:`lambda_max` down to ``lambda_min_ratio`` times it.
+            the smallest lambda that zeroes every weight down to ``lambda_min_ratio`` times it.
         l1_ratio: L1 share of the penalty, in [0, 1].
         sample_weight: ``(n,)`` per-sample loss weights (class weights), or ``None``.
         prior: ``(K, C)`` class-concept prior with entries in [-1, 1]; prior_strength: its ``mu``.
@@ -334,7 +323,7 @@ def solve_path(
     # Boehning's bound on the loss Hessian, 1/2 * max(s) * ||[X 1]||_2^2 / n, with the trace for the
     # spectral norm, bounds the step constant from above; the adaptive step starts at a tenth of
     # it and finds the local curvature (far smaller once the model is confident) by itself.
-    L = 0.05 * float(problem.w_over_n.max()) * n * (float((X * X).sum(1).mean()) + 1.0)
+    L = 0.05 * float(problem.w_over_n.max()) * n * (float((problem.XT * problem.XT).sum(0).mean()) + 1.0)
     for index, lam in enumerate(lambdas):
         pos, neg = problem.thresholds(lam)
         l2 = lam * (1.0 - l1_ratio)
@@ -358,7 +347,6 @@ def solve_path(
                 ok = True
             loss, RT = problem.loss_and_residual(Z)
             G = problem.gradient(RT)
-            violation = _kkt_violation(G, W, pos, neg, l2)
             new = _worst_violators(G, W, pos, neg, l2, tol_abs, active, int(active.sum()))
             if not bool(new.any()) or n_iter >= max_iter:
                 converged = ok and not bool(new.any())
