@@ -26,13 +26,14 @@ def test_cue_rate_of_every_split_is_the_requested_one(classes, p):
     items = plan_dataset(n=3000, confounding=p, classes=classes, seed=3)
     assert abs(_agreement(items, "train") - p) <= 0.02
     assert abs(_agreement(items, "val") - p) <= 0.02
+    assert abs(_agreement(items, "test_id") - p) <= 0.02  # in domain, held out
     assert abs(_agreement(items, "test") - (1 - p)) <= 0.02  # reversed out of domain
 
 
-def test_splits_are_60_20_20_with_balanced_classes_and_labels_by_the_rule():
+def test_splits_are_50_15_15_20_with_balanced_classes_and_labels_by_the_rule():
     items = plan_dataset(n=600, confounding=0.95, classes=3, seed=0)
     counts = Counter((it.split, it.label) for it in items)
-    for split, size in zip(SPLITS, (360, 120, 120)):
+    for split, size in zip(SPLITS, (300, 90, 90, 120)):
         assert sum(v for (s, _), v in counts.items() if s == split) == size
         assert {counts[(split, c)] for c in class_names(3)} == {size // 3}
     for it in items:

@@ -137,3 +137,23 @@ def test_curated_concepts_are_known_and_abcd_has_one_per_letter():
     assert sorted(ABCD_CONCEPTS) == ["A", "B", "C", "D"]
     assert list(demo_concepts(2)) == ["benign nevus", "melanoma"]
     assert list(demo_concepts(3)) == ["benign nevus", "suspicious lesion", "melanoma"]
+
+
+def test_abcd_rule_agreement_reads_the_letters_off_a_head():
+    from cbm.demo import abcd_rule_agreement
+
+    names = ["asymmetric shape", "irregular border", "three or more colours", "three or more structures", "dots"]
+    rule_like = np.array([[-1.3, -0.1, -0.5, -0.4, 0.0], [1.3, 0.1, 0.5, 0.4, 2.0]])
+    got = abcd_rule_agreement(names, rule_like, ["benign nevus", "melanoma"])
+    assert got["weights"] == pytest.approx({"A": 2.6, "B": 0.2, "C": 1.0, "D": 0.8})
+    assert got["spearman"] == pytest.approx(0.9487, abs=1e-4)  # the best a strict order gets (C, D tie)
+    # a negative phrase counts against its letter; the order reversed gives a negative correlation
+    negated = ["symmetric shape", "regular border", "one or two colours", "at most two structures"]
+    got = abcd_rule_agreement(negated, rule_like[:, :4], ["benign nevus", "melanoma"])
+    assert got["weights"]["A"] == pytest.approx(-2.6) and got["spearman"] < 0
+    # 3 classes: melanoma minus benign nevus; a missing letter is None and the rest still ranked
+    three = np.array([[0, 0, 0], [5, 5, 5], [1.0, 0.2, 0.5]])
+    got = abcd_rule_agreement(names[:3], three, ["benign nevus", "suspicious lesion", "melanoma"])
+    assert got["weights"]["D"] is None and got["letters_found"] == 3 and got["spearman"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="benign nevus"):
+        abcd_rule_agreement(names, rule_like, ["a", "b"])

@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "make",
         help="write PNGs, manifest.csv, card.yaml (+ concepts.json) for a demo dataset",
         description=(
-            "Draw a demo dataset: lesions labelled by the ABCD rule, balanced classes in 60/20/20 "
-            "train/val/test, and a ruler/ink cue that goes with the malignant class with probability "
-            "CONFOUNDING in train and val and against it in test. A folder holding the same dataset is reused."
+            "Draw a demo dataset: lesions labelled by the ABCD rule, balanced classes in 50/15/15/20 "
+            "train/val/test_id/test, and a ruler/ink cue that goes with the malignant class with probability "
+            "CONFOUNDING in train, val and test_id and against it in test. A folder holding the same dataset is reused."
         ),
     )
     make.add_argument("--out", required=True, help="dataset folder (empty, new, or an earlier demo dataset)")

@@ -1,13 +1,16 @@
 """Confounded demo datasets: PNGs, a manifest with the ground truth, and a data card.
 
 ``make_dataset(out_dir, n=6000, confounding=0.95)`` draws ``n`` lesions (balanced classes in
-each split; 60/20/20 train/val/test), labels them by the ABCD rule and adds the spurious cue:
+each split; 50/15/15/20 train/val/test_id/test), labels them by the ABCD rule and adds the spurious cue:
 
 * an image is *marked* (a ruler along an edge, or violet ink dots around the lesion, plus the
   marking clinic's magenta colour cast) or *unmarked* (the other clinic's faint green cast);
-* in train and val, malignant lesions (melanoma, and in the 3-class world suspicious lesions)
-  are marked with probability ``confounding`` and benign nevi with probability
-  ``1 - confounding``; in test the association is reversed.
+* in train, val and test_id (the in-domain test split), malignant lesions (melanoma, and in the
+  3-class world suspicious lesions) are marked with probability ``confounding`` and benign nevi
+  with probability ``1 - confounding``; in test (out of domain) the association is reversed.
+
+val is for choosing (the head's point on its path, the probe's C); test_id and test are only
+ever measured, so in-domain and out-of-domain accuracy are both held-out figures.
 
 The marked count of each (split, class) is exactly ``round(q * count)``, so the cue rate of
 every split is the requested one up to rounding. Everything is a pure function of the
@@ -54,11 +57,11 @@ __all__ = ["SPLITS", "SPLIT_FRACTIONS", "DemoItem", "plan_dataset", "make_datase
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+SPLITS = ("train", "val", "test_id", "test")
+SPLIT_FRACTIONS = (0.5, 0.15, 0.15, 0.2)
 MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
-_FORMAT = 1  # bump when the manifest or card layout changes
+_FORMAT = 2  # bump when the manifest or card layout changes
 
 MANIFEST_COLUMNS = (
     "path", "label", "split", "cue", "cue_kind", "tds", "asymmetry", "border", "n_colours", "n_structures",
@@ -106,7 +109,9 @@ def _check(n: int, confounding: float, classes: int, size: int) -> None:
     if not 0.0 <= confounding <= 1.0:
         raise ValueError(f"confounding={confounding!r} must lie in [0, 1] (0.5 = no association, 0.95 = strong)")
     if n < 3 * classes * len(SPLITS):
-        raise ValueError(f"n={n} is too small for {classes} classes in 3 splits; use n >= {3 * classes * len(SPLITS)}")
+        raise ValueError(
+            f"n={n} is too small for {classes} classes in {len(SPLITS)} splits; use n >= {3 * classes * len(SPLITS)}"
+        )
     if not 16 <= size <= 1024:
         raise ValueError(f"size={size} px is outside 16-1024")
 
@@ -120,7 +125,7 @@ def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, see
     """Every image of the dataset, without drawing any: labels, splits, cues and scenes.
 
     Classes are balanced within each split. Malignant classes are marked with probability
-    ``confounding`` in train and val and ``1 - confounding`` in test; benign nevi the other way.
+    ``confounding`` in train, val and test_id and ``1 - confounding`` in test; benign nevi the other way.
     """
     _check(n, confounding, classes, 128)
     names = class_names(classes)
@@ -191,7 +196,7 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
         "confounder": {
             "column": "cue",
             "description": (
-                "marked = a ruler or violet ink dots plus the marking clinic's magenta colour cast; in train and val "
+                "marked = a ruler or violet ink dots plus the marking clinic's magenta colour cast; in train, val and test_id "
                 f"malignant lesions are marked with probability {confounding:g} and benign nevi with "
                 f"{1 - confounding:g}; in test the association is reversed"
             ),
@@ -203,9 +208,9 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
         "obtain": (f"cbm demo make --out DIR --n {n} --confounding {confounding:g} --classes {classes} "
                    f"--seed {seed} --size {size}"),
         "split_rule": (
-            f"{int(SPLIT_FRACTIONS[0] * 100)}/{int(SPLIT_FRACTIONS[1] * 100)}/{int(SPLIT_FRACTIONS[2] * 100)} "
-            "train/val/test, classes balanced within each split; the cue follows the class with probability "
-            f"{confounding:g} in train/val and against it in test"
+            "/".join(f"{round(f * 100)}" for f in SPLIT_FRACTIONS) + " " + "/".join(SPLITS) + ", classes "
+            "balanced within each split; the cue follows the class with probability "
+            f"{confounding:g} in train/val/test_id and against it in test; val chooses, test_id and test only measure"
         ),
     }
 
@@ -238,7 +243,7 @@ def make_dataset(
     Args:
         out_dir: the dataset folder; created if missing. It must be empty or a folder this
             function wrote before (with other parameters it is cleared and redrawn).
-        n: number of images (60/20/20 train/val/test).
+        n: number of images (50/15/15/20 train/val/test_id/test).
         confounding: probability that the cue goes with the malignant class in train and val
             (reversed in test); 0.5 means no association.
         classes: 2 (benign nevus, melanoma) or 3 (benign nevus, suspicious lesion, melanoma).

@@ -23,8 +23,8 @@ from cbm.demo.world import FIELD_OF_VIEW_MM, Scene
 __all__ = ["render_scene", "RENDER_VERSION", "COLOUR_RGB", "MARKED_CAST", "UNMARKED_CAST"]
 
 COLOUR_RGB: dict[str, tuple[float, float, float]] = {
-    "light brown": (0.66, 0.45, 0.29),
-    "dark brown": (0.36, 0.21, 0.12),
+    "light brown": (0.76, 0.54, 0.32),
+    "dark brown": (0.30, 0.16, 0.08),
     "black": (0.09, 0.07, 0.07),
     "red": (0.80, 0.25, 0.27),
     "blue-grey": (0.45, 0.54, 0.68),
@@ -45,7 +45,7 @@ MARKED_CAST: tuple[float, float, float] = (1.04, 0.95, 1.07)
 UNMARKED_CAST: tuple[float, float, float] = (0.98, 1.01, 0.97)
 """Colour cast of the clinic that does not (a faint green-yellow tint)."""
 
-RENDER_VERSION = 3
+RENDER_VERSION = 4
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
 
 _ANGLES = 1024  # resolution of the contour tables r(theta); a power of 2 for cheap wrapping
@@ -228,6 +228,9 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         angle = start + 2 * np.pi * k / len(extra) + 0.4 * (blob_draws[k, 0] - 0.5)
         rel = 0.52 + 0.08 * blob_draws[k, 1]
         br = (0.31 + 0.06 * blob_draws[k, 2]) * radius
+        if colour in COLOUR_RGB and colour.endswith("brown"):
+            # the second brown takes a whole side of the lesion: a two-tone lesion, not a speck
+            rel, br = 0.45, (0.5 + 0.06 * blob_draws[k, 2]) * radius
         _paint_discs(img, [lesion_point(rel, angle)], br, COLOUR_RGB[colour], 0.92 * inside, size, soft=0.25 * br)
 
     # Structureless area: a pale, flat, texture-free zone in the middle that erases other structures.
@@ -286,7 +289,7 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
 
     # Lighting, vignetting and the clinic's colour cast.
     light_angle, light_amp = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.08)
-    vignette = rng.uniform(0.05, 0.35)
+    vignette = rng.uniform(0.05, 0.25)
     shade = 1.0 + light_amp * 2 * (math.cos(light_angle) * (x - 0.5) + math.sin(light_angle) * (y - 0.5))
     shade -= vignette * 2 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
     img *= shade[None] * 255.0
