@@ -83,10 +83,9 @@ def resolve_card(card_or_dataset: Any, *, demo: dict | None = None):
     if card_or_dataset is None:
         if not demo:
             raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
-        from cbm.demo import make_dataset
-        from cbm.utils import cache_dir
+        from cbm.demo import cached_dataset
 
-        return load_card(make_dataset(cache_dir("demo"), **demo))
+        return load_card(cached_dataset(**demo))
     return load_card(card_or_dataset)
 
 
@@ -352,6 +351,7 @@ def run_experiment(
     head: Any = None,
     llm: dict | None = None,
     templates: Sequence[str] | None = None,
+    concepts: Any = None,
     baselines: dict | None = None,
     features: dict | None = None,
     n_bootstrap: int = 1000,
@@ -360,6 +360,10 @@ def run_experiment(
     save_model: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run the whole method and its baselines; write metrics.json, results.md, path.svg, model/.
+
+    ``concepts`` overrides the card's concept store (``{class: [phrases]}`` or one list for every
+    class). On a demo-world card, ``metrics["cbm"]["abcd_rule"]`` says how well the head's weights
+    rank the ABCD letters as the rule does (:func:`cbm.demo.abcd_rule_agreement`).
 
     Returns the metrics (method -> figures), as written to ``metrics.json``.
     """
@@ -386,7 +390,7 @@ def run_experiment(
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fit = fit_concept_model(card, encoder=enc, head=head, templates=templates, llm=llm, splits=splits)
+    fit = fit_concept_model(card, encoder=enc, concepts=concepts, head=head, templates=templates, llm=llm, splits=splits)
     timings["cbm_head"] = time.perf_counter() - t
     scores, est = fit.scores, fit.head
     eval_names = [s for s in ("val", "test_id", "test") if s in splits]
@@ -414,11 +418,24 @@ def run_experiment(
         extra["dense_concepts"] = {"concepts_per_class": float((dcoef != 0).sum(1).mean()), "C": _jsonable(getattr(dense, "C_", None))}
         timings["dense_concepts"] = time.perf_counter() - t
 
+    if card.name.startswith("demo-derm") and "melanoma" in card.class_names:
+        from cbm.demo import abcd_rule_agreement
+
+        extra["cbm"]["abcd_rule"] = abcd_rule_agreement(fit.model.bottleneck.concept_names, fit.model.coef,
+                                                        fit.model.classes)
+
     metrics = evaluate_methods(card, probas, splits, n_bootstrap=n_bootstrap, seed=seed)
     for method, e in extra.items():
         metrics[method].update(e)
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "results.md", results_table(card.name, metrics))
+    table = results_table(card.name, metrics)
+    rule = extra["cbm"].get("abcd_rule")
+    if rule:
+        letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())
+        rho = "n/a" if rule["spearman"] is None else f"{rule['spearman']:.2f}"
+        table += (f"\nABCD rule (TDS = 1.3 A + 0.1 B + 0.5 C + 0.5 D): the head's melanoma-vs-nevus weight per "
+                  f"letter {letters}; Spearman with the rule's weights {rho}.\n")
+    atomic_write_text(out / "results.md", table)
 
     # accuracy against sparsity along the regularisation path (val = selection split; test = reported)
     path = list(getattr(est, "path_", []) or [])

@@ -42,6 +42,7 @@ def _task(cfg) -> float:
         head=head,
         llm=OmegaConf.to_container(cfg.llm, resolve=True),
         templates=cfg.concepts.templates,
+        concepts=OmegaConf.to_container(cfg.concepts.list, resolve=True) if cfg.concepts.get("list") is not None else None,
         baselines=OmegaConf.to_container(cfg.baselines, resolve=True),
         features=OmegaConf.to_container(cfg.features, resolve=True),
         n_bootstrap=int(cfg.evaluation.n_bootstrap),

@@ -86,6 +86,12 @@ def test_every_experiment_runs_tiny(experiment, tiny, tmp_path, capsys):
     model = ConceptBottleneckModel.load(run_dir / "model")
     assert model.classes == ["benign nevus", "melanoma"]
     assert model.concepts_per_class() == pytest.approx(metrics["cbm"]["concepts_per_class"])
+    rule = metrics["cbm"]["abcd_rule"]  # a demo card: the ABCD weights are read off the head
+    if experiment == "demo_abcd":
+        assert model.bottleneck.concept_names == [
+            "asymmetric shape", "irregular border", "three or more colours", "three or more structures"]
+        assert rule["letters_found"] == 4 and "Spearman" in (run_dir / "results.md").read_text()
+    assert set(rule["weights"]) == {"A", "B", "C", "D"}
 
 
 def test_multirun_sweep(tiny, tmp_path):
