@@ -136,6 +136,12 @@ def test_curated_concepts_are_known_and_abcd_has_one_per_letter():
         assert phrases and set(phrases) <= known, cls
     assert sorted(ABCD_CONCEPTS) == ["A", "B", "C", "D"]
     assert list(demo_concepts(2)) == ["benign nevus", "melanoma"]
+    # every colour and structure has a concept in both worlds (C and D are counts over them)
+    for classes in (2, 3):
+        phrases = {p for v in demo_concepts(classes).values() for p in v}
+        for concept in CORE_CONCEPTS:
+            if concept.letter in ("C", "D") and concept.attribute not in ("n_colours", "n_structures"):
+                assert concept.phrase in phrases, (classes, concept.phrase)
     assert list(demo_concepts(3)) == ["benign nevus", "suspicious lesion", "melanoma"]
 
 

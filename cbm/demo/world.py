@@ -420,8 +420,16 @@ DEMO_CONCEPTS: dict[str, list[str]] = {
 
 
 def demo_concepts(classes: int = 2) -> dict[str, list[str]]:
-    """The curated concept list of the ``classes``-class world (class -> concept phrases)."""
-    return {name: list(DEMO_CONCEPTS[name]) for name in class_names(classes)}
+    """The curated concept list of the ``classes``-class world (class -> concept phrases).
+
+    In the 2-class world, melanoma also gets the suspicious lesion's concepts (dark brown, dots,
+    globules): without a suspicious class they are still melanoma criteria, and without them the
+    number of colours and structures, half of the rule, could not be read off the concepts.
+    """
+    out = {name: list(DEMO_CONCEPTS[name]) for name in class_names(classes)}
+    if classes == 2:
+        out["melanoma"] += [c for c in DEMO_CONCEPTS["suspicious lesion"] if c not in out["melanoma"]]
+    return out
 
 
 def concept_by_phrase(phrase: str) -> Concept:
