@@ -1,7 +1,7 @@
 """cbm: robust, interpretable medical image classifiers with concept bottlenecks.
 
 An image is scored against named clinical concepts by a vision-language model, and a sparse
-linear head decides from those scores alone. See DESIGN.md for the flow of data.
+linear head decides from those scores alone. The README shows the commands and the API.
 
     from cbm import ConceptBottleneckModel
     model = ConceptBottleneckModel.fit("ham10000", encoder="biomedclip")

@@ -91,8 +91,16 @@ def _cards(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from cbm.data import load_card
 
+    import logging
+
     card = load_card(args.card)
-    manifest = card.manifest(strict=args.strict, check_files=not args.no_files)
+    quiet = logging.getLogger("cbm.data._manifest")  # it logs the report too; here it is printed once
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        manifest = card.manifest(strict=args.strict, check_files=not args.no_files)
+    finally:
+        quiet.setLevel(level)
     report = manifest.report
     print(f"card {card.name} ({card.path})")
     print(report.summary())
