@@ -45,7 +45,7 @@ MARKED_CAST: tuple[float, float, float] = (1.04, 0.95, 1.07)
 UNMARKED_CAST: tuple[float, float, float] = (0.98, 1.01, 0.97)
 """Colour cast of the clinic that does not (a faint green-yellow tint)."""
 
-RENDER_VERSION = 4
+RENDER_VERSION = 5
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
 
 _ANGLES = 1024  # resolution of the contour tables r(theta); a power of 2 for cheap wrapping
@@ -201,8 +201,10 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
     # Lesion body: the base colour, a little darker towards the centre, mottled.
     base = np.asarray(COLOUR_RGB[lesion.base_colour], np.float32)
     shading = 1.0 + 0.05 * _smooth_noise(rng, 9, size) - 0.05 * np.clip(1 - rho, 0, 1)
-    rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 9.0, 0.0, 1.0)  # a band 1/9 of the radius wide
-    shading -= 0.25 * rim
+    # irregular segments: the pigment stops abruptly at a dark rim, a band 1/5 of the radius wide
+    # (plain at 64 px; with a fainter, narrower rim a trained demo-clip did not see the border at all)
+    rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 5.0, 0.0, 1.0)
+    shading -= 0.5 * rim
     _paint(img, inside, _rgb(base) * shading[None])
 
     structures = set(lesion.structures)

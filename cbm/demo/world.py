@@ -350,7 +350,10 @@ _GRADED = (
     Concept("three or more structures", "at most two structures", "n_structures", 3, "D"),
 )
 _COLOUR_PHRASES = {
-    "light brown": "light brown pigment",
+    # "tan", not "light brown": "light brown pigment, no dark brown pigment" and "no light brown
+    # pigment, dark brown pigment" hold the same words, and a small text tower then cannot tell
+    # which brown a caption denies (a trained demo-clip scored single-brown lesions at chance)
+    "light brown": "tan pigment",
     "dark brown": "dark brown pigment",
     "black": "black pigment",
     "red": "red areas",
@@ -390,7 +393,7 @@ DEMO_CONCEPTS: dict[str, list[str]] = {
         "regular border",
         "one or two colours",
         "at most two structures",
-        "light brown pigment",
+        "tan pigment",
         "pigment network",
         "small diameter",
     ],
