@@ -57,14 +57,21 @@ def test_explanation_adds_up_to_the_logit(fitted):
 
 
 def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
-    _, model = fitted
+    card, model = fitted
     k, j = np.unravel_index(np.argmax(np.abs(model.coef)), model.coef.shape)
     concept = model.bottleneck.concept_names[j]
-    feat = model.bottleneck.concept_embeddings[j]  # an "image" that looks exactly like the concept
+    feat = model.image_features(_test_paths(card)[:1])[0]
     sign = np.sign(model.coef[k, j])
-    high = model.intervene_features(feat, {concept: 3.0})[k]
-    low = model.intervene_features(feat, {concept: -3.0})[k]
+    o = int(np.argmin(model.coef[:, j] * sign))  # the class this concept speaks against most
+
+    def log_odds(p: np.ndarray) -> float:  # of class k against class o; probabilities may saturate at 1
+        return float(np.log(np.float64(p[k])) - np.log(np.float64(p[o])))
+
+    high = log_odds(model.intervene_features(feat, {concept: 3.0}))
+    low = log_odds(model.intervene_features(feat, {concept: -3.0}))
     assert (high - low) * sign > 0
+    expected = 6.0 * (model.coef[k, j] - model.coef[o, j])  # linear in the concept score
+    assert high - low == pytest.approx(expected, rel=1e-3)
     with pytest.raises(KeyError, match="unknown concept"):
         model.intervene_features(feat, {"no such concept": 1.0})
 
