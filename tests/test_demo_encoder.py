@@ -1,0 +1,98 @@
+"""The shipped ``demo-clip``: a plain open_clip config, small weights, a training record, and
+zero-shot scores that follow the ground truth of freshly drawn demo images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cbm.demo.corpus import EVAL_STREAM, corpus_scene
+from cbm.demo.encoder import CONFIG_PATH, RECORD_PATH, WEIGHTS_PATH, load_demo_clip
+from cbm.demo.render import render_scene
+from cbm.demo.world import CORE_CONCEPTS, lesion_attributes
+
+
+NOT_LEARNT = {"irregular border"}
+"""Core concepts the shipped weights do not score better than chance (a known gap, in the README)."""
+
+
+@pytest.fixture(scope="module")
+def demo_clip():
+    return load_demo_clip()
+
+
+def test_assets_are_a_plain_open_clip_config_small_weights_and_a_record():
+    config = json.loads(CONFIG_PATH.read_text())
+    assert set(config) == {"embed_dim", "vision_cfg", "text_cfg"}
+    assert WEIGHTS_PATH.stat().st_size <= 25 * 2**20
+    record = json.loads(RECORD_PATH.read_text())
+    for key in ("seed", "steps", "final_loss", "corpus_hash", "wall_time_s", "machine", "weights_sha256"):
+        assert key in record, key
+    assert record["final_loss"] < record["first_loss"]
+    from cbm.utils import sha256_file
+
+    assert sha256_file(WEIGHTS_PATH) == record["weights_sha256"]
+
+
+def test_loads_offline_with_open_clip_preprocessing(demo_clip):
+    model, tokenizer, preprocess = demo_clip
+    size = json.loads(CONFIG_PATH.read_text())["vision_cfg"]["image_size"]
+    assert preprocess["size"] in (size, (size, size)) and preprocess["interpolation"] == "bicubic"
+    with torch.inference_mode():
+        text = model.encode_text(tokenizer(["irregular border", "regular border"]), normalize=True)
+        image = model.encode_image(torch.zeros(2, 3, size, size), normalize=True)
+    assert text.shape == image.shape == (2, model.text_projection.shape[1])
+    assert torch.isfinite(text).all() and torch.isfinite(image).all()
+
+
+@pytest.fixture(scope="module")
+def held_out(demo_clip):
+    """Features and ground truth of 160 held-out demo images, resized as the data layer does."""
+    import open_clip
+    from PIL import Image
+
+    model, _, preprocess_cfg = demo_clip
+    transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False)
+    scenes = [corpus_scene(i, seed=0, stream=EVAL_STREAM) for i in range(2000, 2160)]
+    batch = torch.stack([transform(Image.fromarray(render_scene(s, 128))) for s in scenes])
+    with torch.inference_mode():
+        feats = model.encode_image(batch, normalize=True).numpy()
+    return scenes, feats
+
+
+def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(truth, score))
+
+
+def test_zero_shot_concept_scores_follow_the_ground_truth(demo_clip, held_out):
+    model, tokenizer, _ = demo_clip
+    scenes, feats = held_out
+    attrs = [lesion_attributes(s.lesion) for s in scenes]
+    with torch.inference_mode():
+        pos = model.encode_text(tokenizer([c.phrase for c in CORE_CONCEPTS]), normalize=True).numpy()
+        neg = model.encode_text(tokenizer([c.negative for c in CORE_CONCEPTS]), normalize=True).numpy()
+    aurocs = {}
+    for k, concept in enumerate(CORE_CONCEPTS):
+        truth = concept.truth([a[concept.attribute] for a in attrs])
+        aurocs[concept.phrase] = _auroc(truth, feats @ (pos[k] - neg[k]))
+    assert np.mean(list(aurocs.values())) > 0.8, aurocs
+    # the shipped encoder does not see border irregularity (AUROC about 0.5; see the README and
+    # demo-clip.eval.json): it is held apart here so that every other concept is still checked
+    seen = {k: v for k, v in aurocs.items() if k not in NOT_LEARNT}
+    assert min(seen.values()) > 0.65, aurocs
+    assert all(v < 0.75 for k, v in aurocs.items() if k in NOT_LEARNT), "a concept was learnt: update NOT_LEARNT and the README"
+
+
+def test_the_cue_is_plainly_visible_to_the_encoder(demo_clip, held_out):
+    model, tokenizer, _ = demo_clip
+    scenes, feats = held_out
+    with torch.inference_mode():
+        prompts = tokenizer(["ruler", "no ruler", "violet ink marks", "no ink marks"])
+        t = model.encode_text(prompts, normalize=True).numpy()
+    assert _auroc(np.array([s.cue == "ruler" for s in scenes]), feats @ (t[0] - t[1])) > 0.8
+    assert _auroc(np.array([s.cue == "ink" for s in scenes]), feats @ (t[2] - t[3])) > 0.9
