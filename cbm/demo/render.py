@@ -201,8 +201,8 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
     # Lesion body: the base colour, a little darker towards the centre, mottled.
     base = np.asarray(COLOUR_RGB[lesion.base_colour], np.float32)
     shading = 1.0 + 0.05 * _smooth_noise(rng, 9, size) - 0.05 * np.clip(1 - rho, 0, 1)
-    # irregular segments: the pigment stops abruptly at a dark rim, a band 1/5 of the radius wide
-    # (plain at 64 px; with a fainter, narrower rim a trained demo-clip did not see the border at all)
+    # irregular segments: the pigment stops abruptly at a dark rim, a band 1/5 of the radius wide,
+    # plain at 64 px (the shipped demo-clip still does not see border irregularity: README)
     rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 5.0, 0.0, 1.0)
     shading -= 0.5 * rim
     _paint(img, inside, _rgb(base) * shading[None])

@@ -350,9 +350,9 @@ _GRADED = (
     Concept("three or more structures", "at most two structures", "n_structures", 3, "D"),
 )
 _COLOUR_PHRASES = {
-    # "tan", not "light brown": "light brown pigment, no dark brown pigment" and "no light brown
-    # pigment, dark brown pigment" hold the same words, and a small text tower then cannot tell
-    # which brown a caption denies (a trained demo-clip scored single-brown lesions at chance)
+    # "tan", not "light brown", so that the two browns share no word ("light brown pigment, no dark
+    # brown pigment" and "no light brown pigment, dark brown pigment" hold the same words). The
+    # shipped demo-clip still tells one brown from the other at chance (README, the demo world).
     "light brown": "tan pigment",
     "dark brown": "dark brown pigment",
     "black": "black pigment",
