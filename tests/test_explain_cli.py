@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -68,6 +69,7 @@ def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, in
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cbm.cli", "serve", str(model_dir), "--port", "0"],
                             stderr=subprocess.PIPE, text=True, env=env)
+    drain = None
     try:
         url, lines, deadline = None, [], time.monotonic() + 120
         while url is None and time.monotonic() < deadline:
@@ -78,6 +80,9 @@ def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, in
             found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
             url = found.group(1) if found else None
         assert url, "server did not start:\n" + "".join(lines)
+        # keep draining stderr: a server blocked on a full pipe would never see the Ctrl-C
+        drain = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        drain.start()
         with urllib.request.urlopen(url + "health", timeout=30) as resp:
             assert json.load(resp) == {"status": "ok"}
         req = urllib.request.Request(url + "explain", data=png.read_bytes(), headers={"Content-Type": "image/png"})
@@ -86,9 +91,14 @@ def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, in
         predicted = re.search(r'data-predicted="([^"]+)"', page).group(1)
         assert predicted == explain_image(tiny_model, png, maps=False).predicted
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        drain.join(timeout=10)
+        assert "stopped" in "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        if drain is None:
+            proc.stderr.close()
+        else:
+            drain.join(timeout=10)
