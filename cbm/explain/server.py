@@ -283,9 +283,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """Daemon request threads; a connection that breaks (client gone, stalled) is logged, not printed."""
+    """Daemon request threads; a connection that breaks (client gone, stalled) is logged, not printed.
+
+    Closing does not wait for request threads (``block_on_close = False``): Ctrl-C stops the
+    server at once even while a browser holds a keep-alive connection open (up to ``timeout``).
+    """
 
     daemon_threads = True
+    block_on_close = False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s failed", client_address[0] if client_address else "?", exc_info=True)
