@@ -67,8 +67,11 @@ def test_cbm_explain_reports_bad_inputs(model_dir, inputs, tmp_path, capsys):
 def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, inputs):
     png, _ = inputs
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # a child inherits an ignored SIGINT (as some test runners and background shells leave it), and
+    # Python then installs no KeyboardInterrupt handler: give the server the default disposition
     proc = subprocess.Popen([sys.executable, "-m", "cbm.cli", "serve", str(model_dir), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     drain = None
     try:
         url, lines, deadline = None, [], time.monotonic() + 120
