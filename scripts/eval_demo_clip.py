@@ -33,105 +33,24 @@ import torch
 from cbm.demo.corpus import EVAL_STREAM, corpus_scene
 from cbm.demo.dataset import plan_dataset
 from cbm.demo.encoder import ASSETS, MODEL_NAME
-from cbm.demo.render import render_scene
-from cbm.demo.world import ABCD_CONCEPTS, CORE_CONCEPTS, RULE_WEIGHTS, abcd_label, demo_concepts, lesion_attributes
-
-TEMPLATES = ("{}", "dermoscopy of a lesion with {}", "dermoscopic image of a skin lesion with {}")
-CLASS_TEMPLATES = ("dermoscopy of a {}", "dermoscopic image of a {}", "a dermoscopy photo of a {}")
+from cbm.demo.evaluation import embed_images, embed_texts, held_out_batch, zero_shot
+from cbm.demo.world import ABCD_CONCEPTS, RULE_WEIGHTS, demo_concepts
 
 
 def load(assets: Path):
-    """The model, tokenizer and preprocessing transform from an assets folder."""
+    """The model, tokenizer and input size from an assets folder."""
     import open_clip
+    from safetensors.torch import load_file
 
     config = json.loads((assets / f"{MODEL_NAME}.json").read_text())
     model = open_clip.model.CLIP(**config)
-    from safetensors.torch import load_file
-
     model.load_state_dict(load_file(str(assets / f"{MODEL_NAME}.safetensors")))
     model.eval()
-    size = config["vision_cfg"]["image_size"]
-    preprocess = open_clip.image_transform(size, is_train=False)
     tokenizer = open_clip.get_tokenizer("RN50", context_length=config["text_cfg"]["context_length"])
-    return model, tokenizer, preprocess, size
+    return model, tokenizer, config["vision_cfg"]["image_size"]
 
 
-@torch.inference_mode()
-def embed_images(model, preprocess, images: np.ndarray, resize: str, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if resize == "openclip":
-        batch = torch.stack([preprocess(Image.fromarray(im)) for im in images])
-    else:
-        import open_clip
-
-        t = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
-        mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-        batch = (t.clamp(0, 1) - mean) / std
-    feats = torch.cat([model.encode_image(batch[i : i + 256]) for i in range(0, len(batch), 256)])
-    return torch.nn.functional.normalize(feats, dim=-1).numpy()
-
-
-@torch.inference_mode()
-def embed_texts(model, tokenizer, phrases: list[str], templates=TEMPLATES) -> np.ndarray:
-    """Prompt-ensembled, L2-normalised text embeddings, one row per phrase."""
-    out = []
-    for phrase in phrases:
-        t = model.encode_text(tokenizer([tpl.format(phrase) for tpl in templates]))
-        t = torch.nn.functional.normalize(t, dim=-1).mean(0)
-        out.append(torch.nn.functional.normalize(t, dim=-1))
-    return torch.stack(out).numpy()
-
-
-def zero_shot(model, tokenizer, preprocess, size: int, n: int, seed: int, resize: str) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    scenes = [corpus_scene(i, seed, stream=EVAL_STREAM) for i in range(n)]
-    images = np.stack([render_scene(s, 128) for s in scenes])
-    feats = embed_images(model, preprocess, images, resize, size)
-    attrs = [lesion_attributes(s.lesion) for s in scenes]
-    pos = embed_texts(model, tokenizer, [c.phrase for c in CORE_CONCEPTS])
-    neg = embed_texts(model, tokenizer, [c.negative for c in CORE_CONCEPTS])
-    concepts = {}
-    for k, c in enumerate(CORE_CONCEPTS):
-        truth = c.truth([a[c.attribute] for a in attrs])
-        concepts[c.phrase] = {
-            "auroc": round(float(roc_auc_score(truth, feats @ (pos[k] - neg[k]))), 4),
-            "auroc_positive_only": round(float(roc_auc_score(truth, feats @ pos[k])), 4),
-            "prevalence": round(float(truth.mean()), 3),
-        }
-    cues = {}
-    for phrase, negative, kind in (("ruler", "no ruler", "ruler"), ("violet ink marks", "no ink marks", "ink")):
-        e = embed_texts(model, tokenizer, [phrase, negative])
-        truth = np.array([s.cue == kind for s in scenes])
-        cues[phrase] = round(float(roc_auc_score(truth, feats @ (e[0] - e[1]))), 4)
-    tenths = np.array([s.lesion.tds_tenths for s in scenes])
-    acc = {}
-    for classes in (3, 2):
-        names = ["benign nevus", "melanoma"] if classes == 2 else ["benign nevus", "suspicious lesion", "melanoma"]
-        labels = np.array([abcd_label(t, 3) for t in tenths])
-        keep = np.isin(labels, names)
-        emb = embed_texts(model, tokenizer, names, CLASS_TEMPLATES)
-        pred = np.array(names)[(feats[keep] @ emb.T).argmax(1)]
-        acc[f"{classes}_class"] = {"accuracy": round(float((pred == labels[keep]).mean()), 4), "n": int(keep.sum()),
-                                   "chance": round(float(max(np.mean(labels[keep] == c) for c in names)), 4)}
-    values = [v["auroc"] for v in concepts.values()]
-    values_pos = [v["auroc_positive_only"] for v in concepts.values()]
-    return {
-        "concept_auroc": concepts,
-        "mean_auroc": round(float(np.mean(values)), 4),
-        "min_auroc": round(float(np.min(values)), 4),
-        "min_concept": min(concepts, key=lambda k: concepts[k]["auroc"]),
-        "mean_auroc_positive_only": round(float(np.mean(values_pos)), 4),
-        "min_auroc_positive_only": round(float(np.min(values_pos)), 4),
-        "cue_auroc": cues,
-        "zero_shot_class_accuracy": acc,
-    }
-
-
-def robustness(model, tokenizer, preprocess, size: int, n: int, resize: str) -> dict:
+def robustness(model, tokenizer, size: int, n: int, resize: str) -> dict:
     """Linear probe vs sparse concept head on confounded demo worlds (a quick version of issue 6)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -139,8 +58,7 @@ def robustness(model, tokenizer, preprocess, size: int, n: int, resize: str) -> 
     out = {}
     for classes in (2, 3):
         items = plan_dataset(n, 0.95, classes, seed=1)
-        images = np.stack([render_scene(it.scene, 128) for it in items])
-        feats = embed_images(model, preprocess, images, resize, size)
+        feats = embed_images(model, held_out_batch([it.scene for it in items], size, resize))
         labels = np.array([it.label for it in items])
         split = np.array([it.split for it in items])
         concepts = list(dict.fromkeys(c for cs in demo_concepts(classes).values() for c in cs))
@@ -184,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    model, tokenizer, preprocess, size = load(Path(args.assets))
+    model, tokenizer, size = load(Path(args.assets))
     result = {"model": MODEL_NAME, "n_images": args.n, "resize": args.resize}
-    result.update(zero_shot(model, tokenizer, preprocess, size, args.n, args.seed, args.resize))
+    scenes = [corpus_scene(i, args.seed, stream=EVAL_STREAM) for i in range(args.n)]
+    feats = embed_images(model, held_out_batch(scenes, size, args.resize))
+    result.update(zero_shot(model, tokenizer, feats, scenes))
     if args.robustness:
-        result["robustness"] = robustness(model, tokenizer, preprocess, size, args.robustness_n, args.resize)
+        result["robustness"] = robustness(model, tokenizer, size, args.robustness_n, args.resize)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     print(text)

@@ -18,6 +18,13 @@ corpus image is shrunk to the encoder's input in one of four ways (drawn nativel
 anti-aliased bicubic, plain bicubic), so the encoder does not care how a 128 px demo image is
 resized.
 
+Every ``--select-every`` steps (and at the end) the model is scored zero-shot on held-out images
+of the world's selection stream (``SELECT_STREAM``, never the evaluation stream that
+``scripts/eval_demo_clip.py`` reports on): the AUROC of every core concept's prompt pair, combined
+by ``cbm.demo.evaluation.selection_score`` (the mean minus the shortfall of any concept below
+0.75). The best-scoring checkpoint is the one saved, and the record lists every score: a small
+image tower can learn a concept and later lose it to the others.
+
 Outputs: ``demo-clip.json`` (open_clip config), ``demo-clip.safetensors`` (fp16 state dict) and
 ``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine).
 """
@@ -39,8 +46,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cbm.demo.corpus import CORPUS_STREAM, CaptionTokenizer, caption_pieces, corpus_scene, render_for_encoder
+from cbm.demo.corpus import (
+    CORPUS_STREAM,
+    SELECT_STREAM,
+    CaptionTokenizer,
+    caption_pieces,
+    corpus_scene,
+    render_for_encoder,
+)
 from cbm.demo.encoder import ASSETS, MODEL_NAME
+from cbm.demo.evaluation import embed_images, held_out_batch, selection_score, zero_shot
 from cbm.demo.render import RENDER_VERSION
 from cbm.demo.world import lesion_attributes
 from cbm.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_bytes, stable_hash
@@ -97,24 +112,22 @@ def build_corpus(n: int, seed: int, size: int, workers: int) -> tuple[np.ndarray
     for c in range(math.ceil(n / _CHUNK)):
         path = folder / f"corpus-{key}-{c:04d}.safetensors"
         lo, hi = c * _CHUNK, min((c + 1) * _CHUNK, n)
-        if path.is_file():
-            images[lo:hi] = load_file(str(path))["images"][: hi - lo]
+        stored = load_file(str(path))["images"] if path.is_file() else None
+        if stored is not None and len(stored) >= hi - lo:  # a chunk holds up to _CHUNK images
+            images[lo:hi] = stored[: hi - lo]
         else:
-            missing.append((c, path))
+            missing.append((lo, hi, path))
     if missing:
         part = 500
-        with mp.get_context("fork").Pool(workers) as pool, tqdm(total=len(missing) * _CHUNK, desc="corpus") as bar:
-            for c, path in missing:
-                jobs = [(c * _CHUNK + s, c * _CHUNK + s + part, seed, size) for s in range(0, _CHUNK, part)]
-                block = np.empty((_CHUNK, size, size, 3), np.uint8)
-                for k, pixels in enumerate(pool.imap(_render_range, jobs)):
-                    block[k * part : (k + 1) * part] = pixels
+        with mp.get_context("fork").Pool(workers) as pool, tqdm(total=sum(hi - lo for lo, hi, _ in missing), desc="corpus") as bar:
+            for lo, hi, path in missing:
+                jobs = [(s, min(s + part, hi), seed, size) for s in range(lo, hi, part)]
+                for s, pixels in zip(range(lo, hi, part), pool.imap(_render_range, jobs)):
+                    images[s : s + len(pixels)] = pixels
                     bar.update(len(pixels))
                 tmp = path.with_suffix(".tmp")
-                save_file({"images": block}, str(tmp))
+                save_file({"images": np.ascontiguousarray(images[lo:hi])}, str(tmp))
                 os.replace(tmp, path)
-                top = min((c + 1) * _CHUNK, n)
-                images[c * _CHUNK : top] = block[: top - c * _CHUNK]
     log.info("corpus: %d images (%d chunks drawn) in %.0f s", n, len(missing), time.perf_counter() - t0)
     attributes = [lesion_attributes(corpus_scene(i, seed).lesion) for i in range(min(n, 1000))]
     digest = sha256_bytes(images.tobytes() + json.dumps(attributes, sort_keys=True).encode())
@@ -212,6 +225,49 @@ def _augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return out
 
 
+# --- checkpoint selection ------------------------------------------------------------------------
+
+
+class Selector:
+    """Score the model on held-out selection images now and then; keep the best weights."""
+
+    def __init__(self, config: dict, n: int, seed: int) -> None:
+        import open_clip
+
+        size = config["vision_cfg"]["image_size"]
+        self.scenes = [corpus_scene(i, seed, stream=SELECT_STREAM) for i in range(n)]
+        self.batch = held_out_batch(self.scenes, size)
+        self.tokenizer = open_clip.get_tokenizer("RN50", context_length=config["text_cfg"]["context_length"])
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, model: torch.nn.Module, step: int, loss: float) -> dict:
+        t0 = time.perf_counter()
+        model.eval()
+        try:
+            result = zero_shot(model, self.tokenizer, embed_images(model, self.batch), self.scenes)
+        finally:
+            model.train()
+        entry = {
+            "step": step,
+            "loss": round(loss, 4),
+            "score": round(selection_score(result), 4),
+            "mean_auroc": result["mean_auroc"],
+            "min_auroc": result["min_auroc"],
+            "min_concept": result["min_concept"],
+            "concept_auroc": {k: v["auroc"] for k, v in result["concept_auroc"].items()},
+            "cue_auroc": result["cue_auroc"],
+            "class_accuracy": {k: v["accuracy"] for k, v in result["zero_shot_class_accuracy"].items()},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        self.history.append(entry)
+        if self.best is None or entry["score"] > self.best["score"]:
+            self.best = entry
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return entry
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -239,6 +295,7 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng([args.seed, CORPUS_STREAM, 7])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)
 
+    selector = Selector(config, args.select_n, args.seed) if args.select_every else None
     order = rng.permutation(len(scenes))
     cursor = 0
     tuner = ThreadTuner(args.threads)
@@ -287,11 +344,23 @@ def train(args: argparse.Namespace) -> dict:
                               "img_per_s": round(step * args.batch / elapsed, 1), "elapsed_s": round(elapsed),
                               "threads": tuner.current}),
                   flush=True)
+        if selector is not None and step % args.select_every == 0:
+            entry = selector(model, step, float(np.mean(losses[-args.select_every:])))
+            print(json.dumps({k: entry[k] for k in ("step", "score", "mean_auroc", "min_auroc", "min_concept")}
+                             | {"weakest": dict(sorted(entry["concept_auroc"].items(), key=lambda kv: kv[1])[:3])}),
+                  flush=True)
+    if selector is not None and step % args.select_every:
+        selector(model, step, float(np.mean(losses[-(step % args.select_every):])))
+    if selector is not None:
+        model.load_state_dict(selector.best_state)
+        log.info("kept the checkpoint of step %d of %d (selection score %.4f, mean AUROC %.4f, min %.4f: %s)",
+                 selector.best["step"], step, selector.best["score"], selector.best["mean_auroc"],
+                 selector.best["min_auroc"], selector.best["min_concept"])
     t_total = time.perf_counter() - t_start
     return {
         "model": model, "config": config, "steps": step, "losses": losses, "corpus_hash": corpus_hash,
         "wall_s": t_total, "corpus_s": t_corpus, "train_s": time.perf_counter() - t_train, "device": str(device),
-        "n_params": n_params, "thread_choices": tuner.history,
+        "n_params": n_params, "thread_choices": tuner.history, "selector": selector,
     }
 
 
@@ -342,11 +411,27 @@ def save(result: dict, args: argparse.Namespace) -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
+        "selection": _selection_record(result["selector"], args),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
     }
     atomic_write_json(out / f"{MODEL_NAME}.training.json", record)
     log.info("wrote %s (%.1f MB), config and training record to %s", f"{MODEL_NAME}.safetensors", size_mb, out)
+
+
+def _selection_record(selector: Selector | None, args: argparse.Namespace) -> dict | None:
+    if selector is None:
+        return None
+    return {
+        "kept_step": selector.best["step"],
+        "kept": selector.best,
+        "images": args.select_n,
+        "stream": SELECT_STREAM,
+        "every_steps": args.select_every,
+        "score": "mean concept AUROC minus the shortfall of the concepts below 0.75 (cbm.demo.evaluation.selection_score)",
+        "history": [{k: e[k] for k in ("step", "loss", "score", "mean_auroc", "min_auroc", "min_concept")}
+                    for e in selector.history],
+    }
 
 
 def _cpu_name() -> str:
@@ -376,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the corpus")
     p.add_argument("--reserve-s", type=float, default=60.0, help="seconds kept for saving and slack")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--select-every", type=int, default=250,
+                   help="score the model on held-out selection images every this many steps and keep the best (0: keep the last)")
+    p.add_argument("--select-n", type=int, default=500, help="held-out selection images")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)

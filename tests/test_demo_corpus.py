@@ -11,6 +11,7 @@ from cbm.demo.corpus import (
     CORPUS_STREAM,
     DATASET_STREAM,
     EVAL_STREAM,
+    SELECT_STREAM,
     CaptionTokenizer,
     caption,
     caption_pieces,
@@ -21,7 +22,7 @@ from cbm.demo.world import CORE_CONCEPTS, lesion_attributes
 
 
 def test_streams_are_distinct_and_scenes_deterministic():
-    assert len({DATASET_STREAM, CORPUS_STREAM, EVAL_STREAM}) == 3
+    assert len({DATASET_STREAM, CORPUS_STREAM, EVAL_STREAM, SELECT_STREAM}) == 4
     assert corpus_scene(3) == corpus_scene(3)
     assert corpus_scene(3) != corpus_scene(3, stream=EVAL_STREAM)
     assert corpus_scene(3, seed=0) != corpus_scene(3, seed=1)

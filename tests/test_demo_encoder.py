@@ -4,6 +4,7 @@ zero-shot scores that follow the ground truth of freshly drawn demo images."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +97,39 @@ def test_the_cue_is_plainly_visible_to_the_encoder(demo_clip, held_out):
         t = model.encode_text(prompts, normalize=True).numpy()
     assert _auroc(np.array([s.cue == "ruler" for s in scenes]), feats @ (t[0] - t[1])) > 0.8
     assert _auroc(np.array([s.cue == "ink" for s in scenes]), feats @ (t[2] - t[3])) > 0.9
+
+
+def test_pretraining_keeps_the_best_checkpoint_on_the_selection_images(tmp_path, monkeypatch):
+    """A tiny run of the pretraining script: it scores checkpoints on the selection stream, saves
+    the best one, and records every score; the saved weights score what the record says."""
+    import importlib.util
+    from pathlib import Path
+
+    from cbm.demo.corpus import SELECT_STREAM
+    from cbm.demo.evaluation import embed_images, held_out_batch, selection_score, zero_shot
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_demo_clip.py"
+    spec = importlib.util.spec_from_file_location("pretrain_demo_clip", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pretrain_demo_clip", module)  # the corpus workers import it by name
+    spec.loader.exec_module(module)
+    out = tmp_path / "clip"
+    argv = ["--corpus", "300", "--steps", "5", "--batch", "16", "--select-every", "2", "--select-n", "60",
+            "--warmup", "2", "--workers", "1", "--threads", "1", "--out", str(out)]
+    assert module.main(argv) == 0
+    record = json.loads((out / "demo-clip.training.json").read_text())
+    selection = record["selection"]
+    assert [h["step"] for h in selection["history"]] == [2, 4, 5]
+    best = max(selection["history"], key=lambda h: h["score"])
+    assert selection["kept_step"] == best["step"] and selection["stream"] == SELECT_STREAM
+
+    import open_clip
+    from safetensors.torch import load_file
+
+    model = open_clip.model.CLIP(**json.loads((out / "demo-clip.json").read_text()))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(out / "demo-clip.safetensors")).items()})
+    model.eval()
+    scenes = [corpus_scene(i, 0, stream=SELECT_STREAM) for i in range(60)]
+    feats = embed_images(model, held_out_batch(scenes, 64))
+    result = zero_shot(model, open_clip.get_tokenizer("RN50", context_length=64), feats, scenes)
+    assert abs(selection_score(result) - best["score"]) < 0.05  # the fp16 copy of the kept weights

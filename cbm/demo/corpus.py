@@ -8,8 +8,8 @@ detail ("asymmetric in two axes", "4 colours") or a synonym, and the spurious ma
 ink) and hair are stated too: real encoders see rulers as well.
 
 The corpus draws its scenes from its own random stream (``CORPUS_STREAM``), disjoint from the
-demo datasets (``DATASET_STREAM``) and from the held-out images of the encoder evaluation
-(``EVAL_STREAM``).
+demo datasets (``DATASET_STREAM``), from the held-out images on which pretraining chooses its
+checkpoint (``SELECT_STREAM``) and from those of the encoder evaluation (``EVAL_STREAM``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "DATASET_STREAM",
     "CORPUS_STREAM",
     "EVAL_STREAM",
+    "SELECT_STREAM",
     "corpus_scene",
     "caption_pieces",
     "caption",
@@ -45,6 +46,8 @@ CORPUS_STREAM = 1
 """Random stream of the pretraining corpus."""
 EVAL_STREAM = 2
 """Random stream of the held-out images on which the encoder is evaluated."""
+SELECT_STREAM = 3
+"""Random stream of the held-out images on which pretraining scores its checkpoints."""
 
 _CASTS = ((1.0, 1.0, 1.0), MARKED_CAST, UNMARKED_CAST, (1.03, 1.0, 0.95), (0.96, 1.0, 1.04))
 _CUES = ("none", "ruler", "ink")

@@ -1,0 +1,141 @@
+"""Zero-shot measurement of a demo-world CLIP: concept AUROC, cue AUROC and class accuracy.
+
+Shared by ``scripts/eval_demo_clip.py`` (the figures in the README, on the evaluation stream) and
+``scripts/pretrain_demo_clip.py`` (which scores checkpoints during training on the selection
+stream and keeps the best, so that the evaluation images never choose a checkpoint).
+
+For every core concept the score of an image is cos(image, positive prompt) - cos(image,
+negative prompt), e.g. "irregular border" minus "regular border", each prompt ensembled over
+``TEMPLATES``; its AUROC is taken against the exact ground truth of the drawn scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cbm.demo.render import render_scene
+from cbm.demo.world import CORE_CONCEPTS, Scene, abcd_label, lesion_attributes
+
+__all__ = [
+    "TEMPLATES",
+    "CLASS_TEMPLATES",
+    "held_out_batch",
+    "embed_images",
+    "embed_texts",
+    "concept_auroc",
+    "zero_shot",
+    "selection_score",
+]
+
+TEMPLATES = ("{}", "dermoscopy of a lesion with {}", "dermoscopic image of a skin lesion with {}")
+CLASS_TEMPLATES = ("dermoscopy of a {}", "dermoscopic image of a {}", "a dermoscopy photo of a {}")
+_CUES = (("ruler", "no ruler", "ruler"), ("violet ink marks", "no ink marks", "ink"))
+
+
+def held_out_batch(scenes: Sequence[Scene], size: int, resize: str = "openclip", draw_size: int = 128) -> torch.Tensor:
+    """Scenes drawn at ``draw_size`` (as a demo dataset is) and preprocessed for a ``size`` px model:
+    open_clip's own transform (``openclip``) or a plain bicubic resize without anti-aliasing
+    (``bicubic-noaa``, as a MONAI or torch pipeline may do)."""
+    import open_clip
+    from PIL import Image
+
+    images = [render_scene(s, draw_size) for s in scenes]
+    if resize == "openclip":
+        transform = open_clip.image_transform(size, is_train=False)
+        return torch.stack([transform(Image.fromarray(im)) for im in images])
+    if resize != "bicubic-noaa":
+        raise ValueError(f"unknown resize {resize!r}; use openclip or bicubic-noaa")
+    t = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (t.clamp(0, 1) - mean) / std
+
+
+@torch.inference_mode()
+def embed_images(model: Any, batch: torch.Tensor, chunk: int = 256) -> np.ndarray:
+    """L2-normalised image features of a preprocessed batch, as float32 numpy."""
+    device = next(model.parameters()).device
+    feats = torch.cat([model.encode_image(batch[i : i + chunk].to(device)).float() for i in range(0, len(batch), chunk)])
+    return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+
+
+@torch.inference_mode()
+def embed_texts(model: Any, tokenizer: Any, phrases: Sequence[str], templates: Sequence[str] = TEMPLATES) -> np.ndarray:
+    """Prompt-ensembled, L2-normalised text embeddings, one row per phrase."""
+    device = next(model.parameters()).device
+    out = []
+    for phrase in phrases:
+        t = model.encode_text(tokenizer([tpl.format(phrase) for tpl in templates]).to(device)).float()
+        t = torch.nn.functional.normalize(t, dim=-1).mean(0)
+        out.append(torch.nn.functional.normalize(t, dim=-1))
+    return torch.stack(out).cpu().numpy()
+
+
+def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(truth, score))
+
+
+def concept_auroc(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequence[Scene]) -> dict[str, dict[str, float]]:
+    """Per core concept: AUROC of the positive-minus-negative prompt score and of the positive
+    prompt alone against the truth, and the prevalence."""
+    attrs = [lesion_attributes(s.lesion) for s in scenes]
+    pos = embed_texts(model, tokenizer, [c.phrase for c in CORE_CONCEPTS])
+    neg = embed_texts(model, tokenizer, [c.negative for c in CORE_CONCEPTS])
+    out = {}
+    for k, c in enumerate(CORE_CONCEPTS):
+        truth = c.truth([a[c.attribute] for a in attrs])
+        out[c.phrase] = {
+            "auroc": round(_auroc(truth, feats @ (pos[k] - neg[k])), 4),
+            "auroc_positive_only": round(_auroc(truth, feats @ pos[k]), 4),
+            "prevalence": round(float(truth.mean()), 3),
+        }
+    return out
+
+
+def zero_shot(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequence[Scene]) -> dict[str, Any]:
+    """Concept AUROC (with mean, min and the weakest concept), cue AUROC and zero-shot class
+    accuracy (3 classes on all images, 2 on those outside the suspicious band)."""
+    concepts = concept_auroc(model, tokenizer, feats, scenes)
+    cues = {}
+    for phrase, negative, kind in _CUES:
+        e = embed_texts(model, tokenizer, [phrase, negative])
+        cues[phrase] = round(_auroc(np.array([s.cue == kind for s in scenes]), feats @ (e[0] - e[1])), 4)
+    labels = np.array([abcd_label(s.lesion.tds_tenths, 3) for s in scenes])
+    accuracy = {}
+    for classes in (3, 2):
+        names = ["benign nevus", "melanoma"] if classes == 2 else ["benign nevus", "suspicious lesion", "melanoma"]
+        keep = np.isin(labels, names)
+        emb = embed_texts(model, tokenizer, names, CLASS_TEMPLATES)
+        pred = np.array(names)[(feats[keep] @ emb.T).argmax(1)]
+        accuracy[f"{classes}_class"] = {
+            "accuracy": round(float((pred == labels[keep]).mean()), 4),
+            "n": int(keep.sum()),
+            "chance": round(float(max(np.mean(labels[keep] == c) for c in names)), 4),
+        }
+    values = [v["auroc"] for v in concepts.values()]
+    values_pos = [v["auroc_positive_only"] for v in concepts.values()]
+    return {
+        "concept_auroc": concepts,
+        "mean_auroc": round(float(np.mean(values)), 4),
+        "min_auroc": round(float(np.min(values)), 4),
+        "min_concept": min(concepts, key=lambda k: concepts[k]["auroc"]),
+        "mean_auroc_positive_only": round(float(np.mean(values_pos)), 4),
+        "min_auroc_positive_only": round(float(np.min(values_pos)), 4),
+        "cue_auroc": cues,
+        "zero_shot_class_accuracy": accuracy,
+    }
+
+
+def selection_score(result: dict[str, Any], floor: float = 0.75) -> float:
+    """How good a checkpoint is, from ``zero_shot``'s result: the mean concept AUROC minus the
+    total shortfall of the concepts below ``floor`` (so one concept at chance costs a quarter
+    point, and no mean gain elsewhere buys it back easily)."""
+    values = np.array([v["auroc"] for v in result["concept_auroc"].values()])
+    return float(values.mean() - np.clip(floor - values, 0.0, None).sum())
