@@ -277,12 +277,22 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     t_start = time.perf_counter()
     config = json.loads(json.dumps(DEMO_CLIP_CONFIG))
+    if args.image_size:
+        config["vision_cfg"]["image_size"] = args.image_size
+    if args.timm_model:
+        config["vision_cfg"]["timm_model_name"] = args.timm_model
     size = config["vision_cfg"]["image_size"]
     images, corpus_hash = build_corpus(args.corpus, args.seed, size, args.workers)
     scenes = [corpus_scene(i, args.seed) for i in range(args.corpus)]
     t_corpus = time.perf_counter() - t_start
 
-    model = build_model(config, args.seed).to(device)
+    model = build_model(config, args.seed)
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(str(Path(args.init) / f"{MODEL_NAME}.safetensors")).items()})
+        log.info("initialised from %s", args.init)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2f M parameters (image tower %.2f M)", n_params / 1e6,
              sum(p.numel() for p in model.visual.parameters()) / 1e6)
@@ -305,6 +315,10 @@ def train(args: argparse.Namespace) -> dict:
     train_budget = args.minutes * 60 - (t_train - t_start) - args.reserve_s
     if steps is None and train_budget < 60:
         raise RuntimeError(f"only {train_budget:.0f} s are left for training after the corpus; raise --minutes")
+
+    def progress_now(step: int) -> float:
+        return step / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
+
     step = 0
     while True:
         if cursor + args.batch > len(order):
@@ -314,11 +328,13 @@ def train(args: argparse.Namespace) -> dict:
         cursor += args.batch
         x = _augment(pixels[idx], rng).to(device).float()
         x = (x - mean) / std
-        text = torch.from_numpy(tokenizer.batch([caption_pieces(scenes[i], rng) for i in idx])).to(device)
+        short = progress_now(step) >= 1.0 - args.short_fraction if args.short_fraction else False
+        captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
+        text = torch.from_numpy(tokenizer.batch(captions)).to(device)
 
         # Cosine decay over the steps, or (with --minutes) over the wall-clock budget: on a shared
         # machine the speed varies, and a time-based schedule still ends on time and at lr 0.
-        progress = step / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
+        progress = progress_now(step)
         if progress >= 1.0:
             break
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -391,6 +407,7 @@ def save(result: dict, args: argparse.Namespace) -> None:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup,
+        "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max},
         "precision": "fp32" if args.fp32 else "bf16 autocast",
         "first_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(tail)), 4),
@@ -412,11 +429,20 @@ def save(result: dict, args: argparse.Namespace) -> None:
             "torch": torch.__version__,
         },
         "selection": _selection_record(result["selector"], args),
+        "initialised_from": _init_record(args.init),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
     }
     atomic_write_json(out / f"{MODEL_NAME}.training.json", record)
     log.info("wrote %s (%.1f MB), config and training record to %s", f"{MODEL_NAME}.safetensors", size_mb, out)
+
+
+def _init_record(init: str | None) -> dict | None:
+    """The training record of the weights this run started from (so the record covers every stage)."""
+    if not init:
+        return None
+    path = Path(init) / f"{MODEL_NAME}.training.json"
+    return {"folder": str(init), "record": json.loads(path.read_text()) if path.is_file() else None}
 
 
 def _selection_record(selector: Selector | None, args: argparse.Namespace) -> dict | None:
@@ -451,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=55.0, help="wall-time budget, corpus included")
     p.add_argument("--steps", type=int, default=None, help="fixed number of steps (overrides --minutes)")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=None, help="the image tower's input size (default: the config's)")
+    p.add_argument("--timm-model", default=None, help="the image tower's timm architecture (default: the config's)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--text-buckets", type=int, default=4, help="length groups per text batch (less padding)")
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -464,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-every", type=int, default=250,
                    help="score the model on held-out selection images every this many steps and keep the best (0: keep the last)")
     p.add_argument("--select-n", type=int, default=500, help="held-out selection images")
+    p.add_argument("--init", default=None, help="start from the weights in this assets folder")
+    p.add_argument("--short-fraction", type=float, default=0.0,
+                   help="the last fraction of training uses short captions (1 to --short-max statements)")
+    p.add_argument("--short-max", type=int, default=2)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Captions of the pretraining corpus: truthful, negatives as often as positives, exact tokens."""
+"""Captions of the pretraining corpus: truthful, both sides of a graded attribute, no negated
+statements, exact tokens."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cbm.demo.corpus import (
     caption_pieces,
     corpus_scene,
     render_for_encoder,
+    said_when_absent,
 )
 from cbm.demo.world import CORE_CONCEPTS, lesion_attributes
 
@@ -39,6 +41,7 @@ def test_cue_is_independent_of_the_diagnosis_in_the_corpus():
 def test_every_statement_is_true_of_its_image():
     rng = np.random.default_rng(0)
     by_phrase = {c.phrase: (c, True) for c in CORE_CONCEPTS} | {c.negative: (c, False) for c in CORE_CONCEPTS}
+    marks = {"ruler": "ruler", "violet ink marks": "ink"}
     checked = 0
     for i in range(400):
         scene = corpus_scene(i)
@@ -48,10 +51,10 @@ def test_every_statement_is_true_of_its_image():
                 concept, positive = by_phrase[piece]
                 assert bool(concept.truth([values[concept.attribute]])[0]) == positive, (piece, values)
                 checked += 1
-            elif piece in ("ruler", "no ruler"):
-                assert (scene.cue == "ruler") == (piece == "ruler")
-            elif piece in ("violet ink marks", "no ink marks"):
-                assert (scene.cue == "ink") == (piece == "violet ink marks")
+            elif piece in marks:
+                assert scene.cue == marks[piece]
+            elif piece == "hair":
+                assert scene.hair
     assert checked > 1000
 
 
@@ -62,10 +65,17 @@ def statement_counts() -> Counter:
 
 
 @pytest.mark.parametrize("concept", CORE_CONCEPTS, ids=lambda c: c.phrase)
-def test_absence_is_stated_about_as_often_as_presence(concept, statement_counts):
+def test_graded_attributes_are_stated_both_ways_and_nothing_is_negated(concept, statement_counts):
     pos, neg = statement_counts[concept.phrase], statement_counts[concept.negative]
-    assert pos > 60 and neg > 60
-    assert 0.2 < pos / (pos + neg) < 0.8
+    assert pos > 60
+    if said_when_absent(concept):  # "regular border" as well as "irregular border"
+        assert neg > 60 and 0.2 < pos / (pos + neg) < 0.8
+    else:  # a colour or structure is named when present, never denied ("no dots")
+        assert neg == 0
+
+
+def test_no_statement_is_a_negation(statement_counts):
+    assert not [piece for piece in statement_counts if piece.startswith("no ")]
 
 
 def test_diagnosis_is_named_in_some_captions_and_always_correctly():

@@ -12,12 +12,22 @@ import torch
 
 from cbm.demo.corpus import EVAL_STREAM, corpus_scene
 from cbm.demo.encoder import CONFIG_PATH, RECORD_PATH, WEIGHTS_PATH, load_demo_clip
-from cbm.demo.render import render_scene
-from cbm.demo.world import CORE_CONCEPTS, lesion_attributes
+from cbm.demo.evaluation import concept_auroc, embed_images, embed_texts, held_out_batch
 
 
-NOT_LEARNT = {"irregular border"}
-"""Core concepts the shipped weights do not score better than chance (a known gap, in the README)."""
+# Floors for the shipped weights on 160 held-out images (the README has their figures on 1,000).
+MEAN_AUROC = 0.8
+MIN_AUROC = 0.7
+RULER_AUROC = 0.7
+WEAK = {"irregular border", "tan pigment", "dark brown pigment"}
+"""Core concepts the shipped weights score below MIN_AUROC (known gaps, in the README); each is
+asserted to stay below it, so that a retrained encoder that learns one updates this list."""
+
+
+def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(truth, score))
 
 
 @pytest.fixture(scope="module")
@@ -51,52 +61,30 @@ def test_loads_offline_with_open_clip_preprocessing(demo_clip):
 
 @pytest.fixture(scope="module")
 def held_out(demo_clip):
-    """Features and ground truth of 160 held-out demo images, resized as the data layer does."""
-    import open_clip
-    from PIL import Image
-
-    model, _, preprocess_cfg = demo_clip
-    transform = open_clip.image_transform(preprocess_cfg["size"], is_train=False)
+    """Scenes and features of 160 held-out demo images, resized as the data layer does."""
+    model = demo_clip[0]
     scenes = [corpus_scene(i, seed=0, stream=EVAL_STREAM) for i in range(2000, 2160)]
-    batch = torch.stack([transform(Image.fromarray(render_scene(s, 128))) for s in scenes])
-    with torch.inference_mode():
-        feats = model.encode_image(batch, normalize=True).numpy()
-    return scenes, feats
-
-
-def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(truth, score))
+    size = json.loads(CONFIG_PATH.read_text())["vision_cfg"]["image_size"]
+    return scenes, embed_images(model, held_out_batch(scenes, size))
 
 
 def test_zero_shot_concept_scores_follow_the_ground_truth(demo_clip, held_out):
     model, tokenizer, _ = demo_clip
     scenes, feats = held_out
-    attrs = [lesion_attributes(s.lesion) for s in scenes]
-    with torch.inference_mode():
-        pos = model.encode_text(tokenizer([c.phrase for c in CORE_CONCEPTS]), normalize=True).numpy()
-        neg = model.encode_text(tokenizer([c.negative for c in CORE_CONCEPTS]), normalize=True).numpy()
-    aurocs = {}
-    for k, concept in enumerate(CORE_CONCEPTS):
-        truth = concept.truth([a[concept.attribute] for a in attrs])
-        aurocs[concept.phrase] = _auroc(truth, feats @ (pos[k] - neg[k]))
-    assert np.mean(list(aurocs.values())) > 0.8, aurocs
-    # the shipped encoder does not see border irregularity (AUROC about 0.5; see the README and
-    # demo-clip.eval.json): it is held apart here so that every other concept is still checked
-    seen = {k: v for k, v in aurocs.items() if k not in NOT_LEARNT}
-    assert min(seen.values()) > 0.65, aurocs
-    assert all(v < 0.75 for k, v in aurocs.items() if k in NOT_LEARNT), "a concept was learnt: update NOT_LEARNT and the README"
+    result = concept_auroc(model, tokenizer, feats, scenes)
+    aurocs = {k: v["auroc"] for k, v in result.items()}
+    assert np.mean(list(aurocs.values())) > MEAN_AUROC, aurocs
+    seen = {k: v for k, v in aurocs.items() if k not in WEAK}
+    assert min(seen.values()) > MIN_AUROC, aurocs
+    assert all(v < MIN_AUROC for k, v in aurocs.items() if k in WEAK), "a weak concept was learnt: update WEAK and the README"
 
 
 def test_the_cue_is_plainly_visible_to_the_encoder(demo_clip, held_out):
     model, tokenizer, _ = demo_clip
     scenes, feats = held_out
-    with torch.inference_mode():
-        prompts = tokenizer(["ruler", "no ruler", "violet ink marks", "no ink marks"])
-        t = model.encode_text(prompts, normalize=True).numpy()
-    assert _auroc(np.array([s.cue == "ruler" for s in scenes]), feats @ (t[0] - t[1])) > 0.8
-    assert _auroc(np.array([s.cue == "ink" for s in scenes]), feats @ (t[2] - t[3])) > 0.9
+    t = embed_texts(model, tokenizer, ["ruler", "violet ink marks"])
+    assert _auroc(np.array([s.cue == "ruler" for s in scenes]), feats @ t[0]) > RULER_AUROC
+    assert _auroc(np.array([s.cue == "ink" for s in scenes]), feats @ t[1]) > 0.9
 
 
 def test_pretraining_keeps_the_best_checkpoint_on_the_selection_images(tmp_path, monkeypatch):

@@ -4,9 +4,13 @@ Shared by ``scripts/eval_demo_clip.py`` (the figures in the README, on the evalu
 ``scripts/pretrain_demo_clip.py`` (which scores checkpoints during training on the selection
 stream and keeps the best, so that the evaluation images never choose a checkpoint).
 
-For every core concept the score of an image is cos(image, positive prompt) - cos(image,
-negative prompt), e.g. "irregular border" minus "regular border", each prompt ensembled over
-``TEMPLATES``; its AUROC is taken against the exact ground truth of the drawn scene.
+For every core concept the score of an image is cos(image, concept prompt), the prompt ensembled
+over ``TEMPLATES`` (the same score the concept bottleneck uses), and its AUROC is taken against the
+exact ground truth of the drawn scene. Two references come with it: for a graded concept, the AUROC
+of the contrast with its opposite phrase ("irregular border" minus "regular border"); for a colour
+or a structure, the AUROC that the number of colours (structures) alone reaches, since a lesion
+with more colours is more likely to have any given one. A colour score near that figure says the
+encoder counts colours but does not know which they are.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cbm.demo.corpus import said_when_absent
 from cbm.demo.render import render_scene
-from cbm.demo.world import CORE_CONCEPTS, Scene, abcd_label, lesion_attributes
+from cbm.demo.world import COLOURS, CORE_CONCEPTS, STRUCTURES, Scene, abcd_label, attribute_column, lesion_attributes
 
 __all__ = [
     "TEMPLATES",
@@ -33,7 +38,8 @@ __all__ = [
 
 TEMPLATES = ("{}", "dermoscopy of a lesion with {}", "dermoscopic image of a skin lesion with {}")
 CLASS_TEMPLATES = ("dermoscopy of a {}", "dermoscopic image of a {}", "a dermoscopy photo of a {}")
-_CUES = (("ruler", "no ruler", "ruler"), ("violet ink marks", "no ink marks", "ink"))
+_CUES = (("ruler", "ruler"), ("violet ink marks", "ink"))
+_COUNT_OF = {attribute_column(c): "n_colours" for c in COLOURS} | {attribute_column(s): "n_structures" for s in STRUCTURES}
 
 
 def held_out_batch(scenes: Sequence[Scene], size: int, resize: str = "openclip", draw_size: int = 128) -> torch.Tensor:
@@ -83,19 +89,20 @@ def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
 
 
 def concept_auroc(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequence[Scene]) -> dict[str, dict[str, float]]:
-    """Per core concept: AUROC of the positive-minus-negative prompt score and of the positive
-    prompt alone against the truth, and the prevalence."""
+    """Per core concept: the AUROC of its prompt's score against the truth, the prevalence, and a
+    reference (``contrast_auroc`` for a graded concept, ``count_auroc`` for a colour or structure)."""
     attrs = [lesion_attributes(s.lesion) for s in scenes]
     pos = embed_texts(model, tokenizer, [c.phrase for c in CORE_CONCEPTS])
     neg = embed_texts(model, tokenizer, [c.negative for c in CORE_CONCEPTS])
     out = {}
     for k, c in enumerate(CORE_CONCEPTS):
         truth = c.truth([a[c.attribute] for a in attrs])
-        out[c.phrase] = {
-            "auroc": round(_auroc(truth, feats @ (pos[k] - neg[k])), 4),
-            "auroc_positive_only": round(_auroc(truth, feats @ pos[k]), 4),
-            "prevalence": round(float(truth.mean()), 3),
-        }
+        entry = {"auroc": round(_auroc(truth, feats @ pos[k]), 4), "prevalence": round(float(truth.mean()), 3)}
+        if said_when_absent(c):
+            entry["contrast_auroc"] = round(_auroc(truth, feats @ (pos[k] - neg[k])), 4)
+        else:
+            entry["count_auroc"] = round(_auroc(truth, np.array([a[_COUNT_OF[c.attribute]] for a in attrs])), 4)
+        out[c.phrase] = entry
     return out
 
 
@@ -104,9 +111,9 @@ def zero_shot(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequence[Sc
     accuracy (3 classes on all images, 2 on those outside the suspicious band)."""
     concepts = concept_auroc(model, tokenizer, feats, scenes)
     cues = {}
-    for phrase, negative, kind in _CUES:
-        e = embed_texts(model, tokenizer, [phrase, negative])
-        cues[phrase] = round(_auroc(np.array([s.cue == kind for s in scenes]), feats @ (e[0] - e[1])), 4)
+    for phrase, kind in _CUES:
+        e = embed_texts(model, tokenizer, [phrase])[0]
+        cues[phrase] = round(_auroc(np.array([s.cue == kind for s in scenes]), feats @ e), 4)
     labels = np.array([abcd_label(s.lesion.tds_tenths, 3) for s in scenes])
     accuracy = {}
     for classes in (3, 2):
@@ -120,14 +127,11 @@ def zero_shot(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequence[Sc
             "chance": round(float(max(np.mean(labels[keep] == c) for c in names)), 4),
         }
     values = [v["auroc"] for v in concepts.values()]
-    values_pos = [v["auroc_positive_only"] for v in concepts.values()]
     return {
         "concept_auroc": concepts,
         "mean_auroc": round(float(np.mean(values)), 4),
         "min_auroc": round(float(np.min(values)), 4),
         "min_concept": min(concepts, key=lambda k: concepts[k]["auroc"]),
-        "mean_auroc_positive_only": round(float(np.mean(values_pos)), 4),
-        "min_auroc_positive_only": round(float(np.min(values_pos)), 4),
         "cue_auroc": cues,
         "zero_shot_class_accuracy": accuracy,
     }

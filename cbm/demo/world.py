@@ -350,9 +350,8 @@ _GRADED = (
     Concept("three or more structures", "at most two structures", "n_structures", 3, "D"),
 )
 _COLOUR_PHRASES = {
-    # "tan", not "light brown", so that the two browns share no word ("light brown pigment, no dark
-    # brown pigment" and "no light brown pigment, dark brown pigment" hold the same words). The
-    # shipped demo-clip still tells one brown from the other at chance (README, the demo world).
+    # "tan", not "light brown": the two browns share no word, so a prompt names one of them only.
+    # The shipped demo-clip still tells one brown from the other at chance (README, the demo world).
     "light brown": "tan pigment",
     "dark brown": "dark brown pigment",
     "black": "black pigment",
