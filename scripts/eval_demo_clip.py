@@ -7,11 +7,11 @@
 The held-out images come from the demo world's evaluation stream (never seen in pretraining),
 are drawn at 128 px like a demo dataset and reach the model through its own open_clip
 preprocessing (``--resize bicubic-noaa`` resizes without anti-aliasing instead, as a MONAI or
-torch pipeline may). For every core concept the script reports the AUROC of the
-positive-minus-negative prompt score, cos(image, "irregular border") - cos(image, "regular
-border"), against the exact ground truth, and of the positive prompt alone; for the classes, the
-zero-shot accuracy of class-name prompts (3 classes on all images, 2 classes on the images outside
-the suspicious band).
+torch pipeline may). For every core concept the script reports the AUROC of cos(image, concept
+prompt) against the exact ground truth, with a reference (``cbm.demo.evaluation``): the contrast
+with the opposite phrase for a graded concept, the count of colours (structures) alone for a
+colour (structure); for the classes, the zero-shot accuracy of class-name prompts (3 classes on all
+images, 2 classes on the images outside the suspicious band).
 
 ``--robustness`` adds a quick version of issue 6's experiment on a confounded 2-class world
 (p = 0.95) and a 3-class world: a linear probe on raw image features versus a sparse

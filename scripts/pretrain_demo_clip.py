@@ -20,7 +20,7 @@ resized.
 
 Every ``--select-every`` steps (and at the end) the model is scored zero-shot on held-out images
 of the world's selection stream (``SELECT_STREAM``, never the evaluation stream that
-``scripts/eval_demo_clip.py`` reports on): the AUROC of every core concept's prompt pair, combined
+``scripts/eval_demo_clip.py`` reports on): the AUROC of every core concept's prompt, combined
 by ``cbm.demo.evaluation.selection_score`` (the mean minus the shortfall of any concept below
 0.75). The best-scoring checkpoint is the one saved, and the record lists every score: a small
 image tower can learn a concept and later lose it to the others.

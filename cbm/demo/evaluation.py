@@ -93,13 +93,14 @@ def concept_auroc(model: Any, tokenizer: Any, feats: np.ndarray, scenes: Sequenc
     reference (``contrast_auroc`` for a graded concept, ``count_auroc`` for a colour or structure)."""
     attrs = [lesion_attributes(s.lesion) for s in scenes]
     pos = embed_texts(model, tokenizer, [c.phrase for c in CORE_CONCEPTS])
-    neg = embed_texts(model, tokenizer, [c.negative for c in CORE_CONCEPTS])
+    graded = [c for c in CORE_CONCEPTS if said_when_absent(c)]
+    neg = dict(zip((c.phrase for c in graded), embed_texts(model, tokenizer, [c.negative for c in graded])))
     out = {}
     for k, c in enumerate(CORE_CONCEPTS):
         truth = c.truth([a[c.attribute] for a in attrs])
         entry = {"auroc": round(_auroc(truth, feats @ pos[k]), 4), "prevalence": round(float(truth.mean()), 3)}
-        if said_when_absent(c):
-            entry["contrast_auroc"] = round(_auroc(truth, feats @ (pos[k] - neg[k])), 4)
+        if c.phrase in neg:
+            entry["contrast_auroc"] = round(_auroc(truth, feats @ (pos[k] - neg[c.phrase])), 4)
         else:
             entry["count_auroc"] = round(_auroc(truth, np.array([a[_COUNT_OF[c.attribute]] for a in attrs])), 4)
         out[c.phrase] = entry
