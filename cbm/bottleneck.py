@@ -5,6 +5,24 @@ cosines of a CLIP-style model live in a narrow band (about 0.1-0.4) that differs
 the scores are standardised with the training split's mean and standard deviation before the
 head sees them (as Label-free CBM does). The statistics are part of the saved model: a new image
 is scored exactly as the training images were.
+
+Two optional changes to the concept directions keep what every concept prompt shares out of the
+scores (:meth:`ConceptBottleneck.debiased`):
+
+- *centring*: the mean embedding of a broad set of the modality's concepts (the card's whole
+  concept store, or the concepts themselves) is subtracted from each. Every prompt of one modality
+  shares a large common part ("a dermoscopy photo of ..."), and whatever an image has in common
+  with that part (a ruler the encoder sees plainly, the hospital's colour cast) then moves all
+  concept scores together. The head sees the scores standardised per concept, so this shared part
+  cannot be cancelled there. The mean of a short list (the four ABCD concepts) would be a poor
+  estimate: it holds what those concepts share beyond the prompt, and centring on it removes that.
+- *nuisance prompts*: the text embeddings of known artefacts ("ruler", "ink marking"), centred the
+  same way, span a subspace that is projected out of every concept direction, so no concept
+  score moves with an image's likeness to them (the debiasing of Chuang et al. 2023, "Debiasing
+  Vision-Language Models via Biased Prompts", applied to the concept directions).
+
+Scores are cosines with the resulting directions, standardised as above; the offset and the
+projection are saved with the model and used for concept maps too.
 """
 
 from __future__ import annotations
@@ -20,6 +38,9 @@ __all__ = ["ConceptBottleneck", "cosine_scores"]
 # A concept whose training scores barely vary carries no signal; dividing by its tiny std would
 # only amplify noise, so its std is floored at this value.
 _MIN_STD = 1e-6
+# A concept direction shorter than this after centring and projection (unit-norm embeddings before)
+# is all offset and nuisance: it has no direction of its own.
+_MIN_DIRECTION = 1e-3
 
 
 def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -56,12 +77,21 @@ class ConceptBottleneck:
     Args:
         concept_names: one name per concept, in column order.
         concept_embeddings: ``(n_concepts, dim)`` text embeddings from the encoder's text tower.
+        offset: a text-space vector subtracted from every concept embedding (centring), or None.
+        nuisance_basis: ``(m, dim)`` orthonormal rows spanning directions removed from every
+            concept direction, or None.
+        nuisance_prompts: the prompts that ``nuisance_basis`` was made from (for the record).
+
+    Build a centred and debiased bottleneck with :meth:`debiased`.
     """
 
     concept_names: list[str]
     concept_embeddings: np.ndarray
     mean_: np.ndarray | None = field(default=None, repr=False)
     std_: np.ndarray | None = field(default=None, repr=False)
+    offset: np.ndarray | None = field(default=None, repr=False)
+    nuisance_basis: np.ndarray | None = field(default=None, repr=False)
+    nuisance_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.concept_names = list(self.concept_names)
@@ -73,14 +103,86 @@ class ConceptBottleneck:
         if len(set(self.concept_names)) != len(self.concept_names):
             dupes = sorted({c for c in self.concept_names if self.concept_names.count(c) > 1})
             raise ValueError(f"concept names must be unique; repeated: {dupes}")
+        dim = self.concept_embeddings.shape[1]
+        if self.offset is not None:
+            self.offset = _as_numpy(self.offset).reshape(-1)
+            if self.offset.shape != (dim,):
+                raise ValueError(f"offset has {self.offset.size} values; the concept embeddings have width {dim}")
+        if self.nuisance_basis is not None:
+            self.nuisance_basis = _as_numpy(self.nuisance_basis).reshape(-1, dim)
+        self.nuisance_prompts = list(self.nuisance_prompts)
+        self.directions = self._directions()
+
+    def _directions(self) -> np.ndarray:
+        """Unit concept directions after centring and nuisance projection, ``(n_concepts, dim)``."""
+        d = self.concept_embeddings.astype(np.float64)
+        if self.offset is not None:
+            d = d - self.offset
+        if self.nuisance_basis is not None and len(self.nuisance_basis):
+            b = self.nuisance_basis.astype(np.float64)
+            d = d - (d @ b.T) @ b
+        norm = np.linalg.norm(d, axis=1)
+        short = [n for n, v in zip(self.concept_names, norm) if v < _MIN_DIRECTION]
+        if short:
+            raise ValueError(
+                f"concepts {short} have no direction of their own once the mean concept and the nuisance "
+                f"prompts {self.nuisance_prompts} are removed (a concept equal to a nuisance prompt, or a "
+                "single concept with centring); drop them from the concepts or from the nuisance prompts"
+            )
+        return (d / norm[:, None]).astype(np.float32)
+
+    @classmethod
+    def debiased(
+        cls,
+        concept_names: Sequence[str],
+        concept_embeddings: np.ndarray | torch.Tensor,
+        *,
+        centre: bool = True,
+        reference_embeddings: np.ndarray | torch.Tensor | None = None,
+        nuisance_embeddings: np.ndarray | torch.Tensor | None = None,
+        nuisance_prompts: Sequence[str] = (),
+    ) -> ConceptBottleneck:
+        """A bottleneck whose concept directions are centred and free of the nuisance prompts.
+
+        Args:
+            centre: subtract the mean of the (unit) reference embeddings from each concept's.
+            reference_embeddings: ``(r, dim)`` text embeddings of a broad set of the modality's
+                concepts to centre on (default: the concepts themselves).
+            nuisance_embeddings: ``(m, dim)`` text embeddings of artefacts no score should follow;
+                centred with the same mean, their span is projected out of every concept direction.
+            nuisance_prompts: the ``m`` prompts, kept for the record.
+        """
+        emb = _l2_normalise(_as_numpy(concept_embeddings))
+        ref = emb if reference_embeddings is None else _l2_normalise(_as_numpy(reference_embeddings))
+        if centre and len(ref) < 2:
+            raise ValueError("centring needs at least 2 concepts (or reference embeddings); pass centre=False")
+        if ref.shape[1] != emb.shape[1]:
+            raise ValueError(f"reference embeddings have width {ref.shape[1]}, the concepts {emb.shape[1]}")
+        offset = ref.mean(0) if centre else None
+        basis = None
+        if nuisance_embeddings is not None and len(nuisance_embeddings):
+            nui = _l2_normalise(_as_numpy(nuisance_embeddings))
+            if len(nuisance_prompts) not in (0, len(nui)):
+                raise ValueError(f"{len(nuisance_prompts)} nuisance prompts but {len(nui)} nuisance embeddings")
+            if offset is not None:
+                nui = nui - offset
+            # an orthonormal basis of their span; directions with a negligible singular value are dropped
+            u, sv, vt = np.linalg.svd(nui.astype(np.float64), full_matrices=False)
+            basis = vt[sv > 1e-6 * max(sv.max(), 1e-12)].astype(np.float32)
+        return cls(list(concept_names), emb, offset=offset, nuisance_basis=basis, nuisance_prompts=list(nuisance_prompts))
+
+    @property
+    def debiasing(self) -> dict:
+        """How the concept directions were made, for the record (JSON)."""
+        return {"centred": self.offset is not None, "nuisance_prompts": self.nuisance_prompts}
 
     @property
     def n_concepts(self) -> int:
         return len(self.concept_names)
 
     def raw_scores(self, image_features: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cosine scores before standardisation, ``(n, n_concepts)``."""
-        return cosine_scores(image_features, self.concept_embeddings)
+        """Cosine scores (with :attr:`directions`) before standardisation, ``(n, n_concepts)``."""
+        return cosine_scores(image_features, self.directions)
 
     def fit(self, train_features: np.ndarray | torch.Tensor) -> ConceptBottleneck:
         """Learn each concept's score mean and std on the training images; returns ``self``."""
@@ -112,23 +214,40 @@ class ConceptBottleneck:
             self.concept_embeddings[rows],
             None if self.mean_ is None else self.mean_[rows],
             None if self.std_ is None else self.std_[rows],
+            offset=self.offset,
+            nuisance_basis=self.nuisance_basis,
+            nuisance_prompts=self.nuisance_prompts,
         )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The arrays to save (safetensors); names go to JSON."""
+        """The arrays to save (safetensors); names (and :attr:`nuisance_prompts`) go to JSON."""
         if self.mean_ is None or self.std_ is None:
             raise RuntimeError("ConceptBottleneck is not fitted: nothing to save")
-        return {
+        out = {
             "concept_embeddings": torch.from_numpy(self.concept_embeddings.copy()),
             "score_mean": torch.from_numpy(self.mean_.copy()),
             "score_std": torch.from_numpy(self.std_.copy()),
         }
+        if self.offset is not None:
+            out["concept_offset"] = torch.from_numpy(self.offset.copy())
+        if self.nuisance_basis is not None:
+            out["nuisance_basis"] = torch.from_numpy(self.nuisance_basis.copy())
+        return out
 
     @classmethod
-    def from_state(cls, concept_names: list[str], tensors: dict[str, torch.Tensor]) -> ConceptBottleneck:
-        """Rebuild from :meth:`state_tensors` output and the concept names."""
+    def from_state(
+        cls, concept_names: list[str], tensors: dict[str, torch.Tensor], nuisance_prompts: Sequence[str] = ()
+    ) -> ConceptBottleneck:
+        """Rebuild from :meth:`state_tensors` output and the concept names (models saved before
+        centring existed have neither offset nor nuisance basis, and load as plain cosines)."""
         try:
             emb, mean, std = tensors["concept_embeddings"], tensors["score_mean"], tensors["score_std"]
         except KeyError as exc:
             raise ValueError(f"saved bottleneck lacks tensor {exc.args[0]!r}; the model folder is incomplete") from exc
-        return cls(concept_names, _as_numpy(emb), _as_numpy(mean), _as_numpy(std))
+        offset, basis = tensors.get("concept_offset"), tensors.get("nuisance_basis")
+        return cls(
+            concept_names, _as_numpy(emb), _as_numpy(mean), _as_numpy(std),
+            offset=None if offset is None else _as_numpy(offset),
+            nuisance_basis=None if basis is None else _as_numpy(basis),
+            nuisance_prompts=list(nuisance_prompts),
+        )

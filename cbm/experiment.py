@@ -180,8 +180,14 @@ def fit_concept_model(
     cache_dir: str | os.PathLike | None = None,
     demo: dict | None = None,
     splits: dict[str, SplitData] | None = None,
+    centre: bool = True,
+    nuisance_prompts: Sequence[str] | None = None,
 ) -> FitResult:
-    """Fit the concept bottleneck and its sparse head on a card's train split (lambda chosen on val)."""
+    """Fit the concept bottleneck and its sparse head on a card's train split (lambda chosen on val).
+
+    ``centre`` and ``nuisance_prompts`` (``None``: the card's ``nuisance_prompts``) shape the concept
+    directions: see :meth:`cbm.bottleneck.ConceptBottleneck.debiased`.
+    """
     from cbm.encoders import create_encoder, encode_texts
 
     card = resolve_card(card_or_dataset, demo=demo)
@@ -199,7 +205,13 @@ def fit_concept_model(
     if not names:
         raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
     text = encode_texts(enc, names, templates=templates, modality=card.modality)
-    bottleneck = ConceptBottleneck(names, text).fit(train.features)
+    nuisance = list(getattr(card, "nuisance_prompts", ()) if nuisance_prompts is None else nuisance_prompts)
+    nuisance_text = encode_texts(enc, nuisance, templates=templates, modality=card.modality) if nuisance else None
+    reference = _centring_reference(card, names) if centre and concepts is not None else names
+    bottleneck = ConceptBottleneck.debiased(
+        names, text, centre=centre, nuisance_embeddings=nuisance_text, nuisance_prompts=nuisance,
+        reference_embeddings=None if reference == names else encode_texts(enc, reference, templates=templates, modality=card.modality),
+    ).fit(train.features)
     scores = {s: bottleneck.transform(d.features) for s, d in splits.items()}
 
     prior = cset.prior() if hasattr(cset, "prior") else None
@@ -216,6 +228,7 @@ def fit_concept_model(
         "lambda": _jsonable(getattr(est, "lambda_", None)),
         "concept_source": getattr(cset, "provenance", None),
         "templates": list(templates) if templates else None,
+        "bottleneck": {**bottleneck.debiasing, "centred_on": len(reference) if centre else 0},
     }
     path = list(getattr(est, "path_", []) or [])
     if path:  # the regularisation path, for the class card's accuracy-against-sparsity chart
@@ -231,6 +244,19 @@ def fit_concept_model(
     )
     model.set_encoder(enc)
     return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, scores=scores)
+
+
+def _centring_reference(card, names: list[str]) -> list[str]:
+    """The concepts to centre on when ``names`` were given explicitly: the card's whole concept
+    store as well, when it has one (a short list's own mean is a poor estimate of what every
+    prompt shares: see cbm.bottleneck)."""
+    from cbm.concepts import load_concepts
+
+    try:
+        store = list(load_concepts(card).concepts)
+    except (FileNotFoundError, ValueError):
+        return names
+    return list(dict.fromkeys([*names, *store]))
 
 
 def _full_coef(est: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -358,12 +384,14 @@ def run_experiment(
     seed: int = 0,
     device: str | None = None,
     save_model: bool = True,
+    bottleneck: dict | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the whole method and its baselines; write metrics.json, results.md, path.svg, model/.
 
     ``concepts`` overrides the card's concept store (``{class: [phrases]}`` or one list for every
     class). On a demo-world card, ``metrics["cbm"]["abcd_rule"]`` says how well the head's weights
-    rank the ABCD letters as the rule does (:func:`cbm.demo.abcd_rule_agreement`).
+    rank the ABCD letters as the rule does (:func:`cbm.demo.abcd_rule_agreement`). ``bottleneck``
+    holds ``centre`` and ``nuisance_prompts`` (see :func:`fit_concept_model`).
 
     Returns the metrics (method -> figures), as written to ``metrics.json``.
     """
@@ -390,7 +418,11 @@ def run_experiment(
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fit = fit_concept_model(card, encoder=enc, concepts=concepts, head=head, templates=templates, llm=llm, splits=splits)
+    bn = dict(bottleneck or {})
+    fit = fit_concept_model(
+        card, encoder=enc, concepts=concepts, head=head, templates=templates, llm=llm, splits=splits,
+        centre=bool(bn.get("centre", True)), nuisance_prompts=bn.get("nuisance_prompts"),
+    )
     timings["cbm_head"] = time.perf_counter() - t
     scores, est = fit.scores, fit.head
     eval_names = [s for s in ("val", "test_id", "test") if s in splits]

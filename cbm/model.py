@@ -132,6 +132,8 @@ class ConceptBottleneckModel:
         batch_size: int = 64,
         num_workers: int = 2,
         cache_dir: str | os.PathLike | None = None,
+        centre: bool = True,
+        nuisance_prompts: Sequence[str] | None = None,
     ) -> ConceptBottleneckModel:
         """Train a model on a data card's train split, choosing the sparsity on its val split.
 
@@ -143,6 +145,9 @@ class ConceptBottleneckModel:
                 concept phrases, or a ``cbm.concepts.ConceptSet``.
             head: an unfitted ``cbm.heads.SparseConceptHead`` (default settings if ``None``).
             templates: prompt templates for concept text embeddings (default: the modality's).
+            centre: subtract the mean concept embedding from every concept direction.
+            nuisance_prompts: artefacts ("ruler", "ink marking") projected out of every concept
+                direction; ``None`` = the card's ``nuisance_prompts``, ``[]`` = none.
         """
         from cbm.experiment import fit_concept_model
 
@@ -156,6 +161,8 @@ class ConceptBottleneckModel:
             batch_size=batch_size,
             num_workers=num_workers,
             cache_dir=cache_dir,
+            centre=centre,
+            nuisance_prompts=nuisance_prompts,
         ).model
 
     # ------------------------------------------------------------------ the encoder
@@ -306,6 +313,7 @@ class ConceptBottleneckModel:
                 "encoder_key": self.encoder_key,
                 "classes": self.classes,
                 "concepts": self.bottleneck.concept_names,
+                "bottleneck": self.bottleneck.debiasing,
                 "concepts_per_class": self.concepts_per_class(),
                 "info": self.info,
             },
@@ -335,7 +343,9 @@ class ConceptBottleneckModel:
                 f"({FORMAT_VERSION}); upgrade cbm"
             )
         tensors = load_file(str(weights_path))
-        bottleneck = ConceptBottleneck.from_state(meta["concepts"], tensors)
+        bottleneck = ConceptBottleneck.from_state(
+            meta["concepts"], tensors, (meta.get("bottleneck") or {}).get("nuisance_prompts", ())
+        )
         raw = tensors.get("train_raw_scores_sorted")
         return cls(
             meta["encoder"],

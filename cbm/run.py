@@ -49,6 +49,7 @@ def _task(cfg) -> float:
         seed=int(cfg.seed),
         device=cfg.device,
         save_model=bool(cfg.save_model),
+        bottleneck=OmegaConf.to_container(cfg.bottleneck, resolve=True) if cfg.get("bottleneck") is not None else None,
     )
     print((out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"run folder: {out_dir}")

@@ -39,3 +39,59 @@ def test_errors():
         ConceptBottleneck(["a", "a"], np.eye(2))
     with pytest.raises(RuntimeError, match="not fitted"):
         ConceptBottleneck(["a"], np.ones((1, 2))).transform(np.ones((1, 2)))
+    with pytest.raises(ValueError, match="at least 2 concepts"):
+        ConceptBottleneck.debiased(["a"], np.ones((1, 2)))
+
+
+def _confounded_world(seed=0, n=400, dim=32):
+    """Text embeddings sharing a common prompt part (plus a little of the cue's own direction), and
+    images whose features carry the cue along its text embedding, as an encoder that sees a ruler does."""
+    rng = np.random.default_rng(seed)
+    common, cue_text = rng.normal(size=dim), rng.normal(size=dim)
+    own = rng.normal(size=(4, dim))
+    concepts = 2.0 * common + 0.8 * cue_text + own  # every prompt leans the same way
+    cue = rng.random(n) < 0.5
+    present = rng.random((n, 4)) < 0.5
+    feats = present.astype(float) @ own + 1.5 * cue[:, None] * cue_text + 2.0 * common + 0.3 * rng.normal(size=(n, dim))
+    return concepts, cue_text, feats, cue, present
+
+
+def _corr(a, b):
+    return abs(float(np.corrcoef(a, b)[0, 1]))
+
+
+def test_centring_and_nuisance_prompts_keep_the_cue_out_of_concept_scores():
+    concepts, cue_text, feats, cue, present = _confounded_world()
+    names = ["a", "b", "c", "d"]
+    plain = ConceptBottleneck(names, concepts).fit(feats)
+    debiased = ConceptBottleneck.debiased(names, concepts, nuisance_embeddings=cue_text[None], nuisance_prompts=["ruler"])
+    debiased.fit(feats)
+    zp, zd = plain.transform(feats), debiased.transform(feats)
+    leak_plain = max(_corr(zp[:, j], cue) for j in range(4))
+    leak_debiased = max(_corr(zd[:, j], cue) for j in range(4))
+    assert leak_plain > 0.3 and leak_debiased < 0.1, (leak_plain, leak_debiased)
+    # ... and every concept score follows its own concept better than before
+    for j in range(4):
+        assert _corr(zd[:, j], present[:, j]) > max(0.7, _corr(zp[:, j], present[:, j]) + 0.1)
+    # the directions are unit vectors orthogonal to the (centred) nuisance direction
+    np.testing.assert_allclose(np.linalg.norm(debiased.directions, axis=1), 1, rtol=1e-5)
+    assert np.abs(debiased.directions @ debiased.nuisance_basis.T).max() < 1e-5
+    assert debiased.debiasing == {"centred": True, "nuisance_prompts": ["ruler"]}
+    # the offset and projection are saved: a reload (and a subset) scores exactly the same
+    again = ConceptBottleneck.from_state(names, debiased.state_tensors(), ["ruler"])
+    np.testing.assert_allclose(again.transform(feats), zd, rtol=1e-5, atol=1e-5)
+    assert again.debiasing == debiased.debiasing
+    np.testing.assert_allclose(debiased.subset(["d", "b"]).transform(feats), zd[:, [3, 1]], rtol=1e-5, atol=1e-5)
+    # centring alone is not the same as plain cosines
+    assert not np.allclose(ConceptBottleneck.debiased(names, concepts).fit_transform(feats), zp, atol=1e-3)
+
+
+def test_a_concept_that_is_a_nuisance_prompt_is_refused():
+    concepts, cue_text, *_ = _confounded_world()
+    emb = np.vstack([concepts, cue_text])
+    with pytest.raises(ValueError, match=r"\['ruler'\].*drop them"):
+        ConceptBottleneck.debiased(["a", "b", "c", "d", "ruler"], emb, nuisance_embeddings=cue_text[None],
+                                   nuisance_prompts=["ruler"])
+    with pytest.raises(ValueError, match="1 nuisance prompts but 2"):
+        ConceptBottleneck.debiased(["a", "b", "c", "d"], concepts, nuisance_embeddings=np.vstack([cue_text, -cue_text]),
+                                   nuisance_prompts=["ruler"])

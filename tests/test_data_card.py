@@ -105,6 +105,8 @@ def test_image_root_env_overrides(tmp_path, monkeypatch):
         ({"classes": [{"name": "a"}, {"name": "a"}]}, "classes", "repeats the class name"),
         ({"image_roots": "x"}, "image_roots", "Did you mean 'image_root'"),
         ({"confounder": {"column": "sex", "id_groups": {"cat": "male"}}}, "confounder.id_groups", "cat"),
+        ({"nuisance_prompts": "ruler"}, "nuisance_prompts", "'ruler'"),
+        ({"nuisance_prompts": ["ruler", ""]}, "nuisance_prompts", "['ruler', '']"),
     ],
 )
 def test_bad_card_names_file_field_value_and_fix(tmp_path, changes, field, fragment):

@@ -67,6 +67,20 @@ def test_report_shows_prediction_contributions_and_maps(case, tiny_model):
         assert c.concept in html
     assert html.count('class="concept-map"') == len(case.maps.concepts)
     assert html.count("<svg") >= 2  # contribution charts for the predicted class and the runner-up
+    assert "cosine with the concept&#x27;s text direction</dd>" in html  # plain cosines: nothing removed
+
+
+def test_report_says_how_concept_scores_were_made():
+    from types import SimpleNamespace
+
+    from cbm.bottleneck import ConceptBottleneck
+    from cbm.explain.render import _score_kind
+
+    emb = np.random.default_rng(0).normal(size=(3, 8))
+    bn = ConceptBottleneck.debiased(["a", "b", "c"], emb, nuisance_embeddings=emb[:1] + 1, nuisance_prompts=["ruler"])
+    assert _score_kind(SimpleNamespace(bottleneck=bn)) == (
+        "cosine with the concept's text direction, centred on the mean concept; directions of \u201cruler\u201d removed"
+    )
 
 
 def test_report_is_self_contained_and_small(tiny_model, case):

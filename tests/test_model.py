@@ -85,6 +85,18 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
     assert again.bottleneck.concept_names == model.bottleneck.concept_names
     assert again.encoder.cache_key == model.encoder_key
+    # the demo card names its cue, so the concept directions are centred and free of it, after a reload too
+    assert model.bottleneck.debiasing == {"centred": True, "nuisance_prompts": ["ruler", "violet ink marks"]}
+    assert again.bottleneck.debiasing == model.bottleneck.debiasing
+    np.testing.assert_allclose(again.bottleneck.directions, model.bottleneck.directions, atol=1e-6)
+
+
+def test_plain_cosines_can_be_chosen(fitted):
+    card, model = fitted
+    plain = ConceptBottleneckModel.fit(card, encoder=model.encoder_name, head=SparseConceptHead(n_lambdas=4),
+                                       num_workers=0, centre=False, nuisance_prompts=[])
+    assert plain.bottleneck.debiasing == {"centred": False, "nuisance_prompts": []}
+    np.testing.assert_allclose(plain.bottleneck.directions, plain.bottleneck.concept_embeddings, atol=1e-6)
 
 
 def test_load_errors_name_the_file_and_the_fix(tmp_path):
@@ -104,3 +116,11 @@ def test_concepts_can_be_given_explicitly(fitted):
     concepts = {"benign nevus": ["symmetric shape", "regular border"], "melanoma": ["irregular border", "blue-grey areas"]}
     m = ConceptBottleneckModel.fit(card, encoder=model.encoder, concepts=concepts, head=SparseConceptHead(n_lambdas=5))
     assert m.bottleneck.concept_names == ["symmetric shape", "regular border", "irregular border", "blue-grey areas"]
+    # a short explicit list is centred on the card's whole concept store, not on its own mean
+    store = model.bottleneck.concept_names
+    assert m.info["bottleneck"]["centred_on"] == len(set(store) | set(m.bottleneck.concept_names)) > 4
+    from cbm.encoders import encode_texts
+
+    ref = encode_texts(model.encoder, list(dict.fromkeys([*m.bottleneck.concept_names, *store])), modality=card.modality).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(m.bottleneck.offset, ref.mean(0), atol=1e-5)

@@ -58,6 +58,7 @@ _FIELDS: dict[str, tuple[bool, str]] = {
     "split_column": (False, "the manifest column holding train/val/test (default: split)"),
     "group_column": (False, "an optional manifest column naming a group (hospital, sex, ...)"),
     "confounder": (False, "{column, description, id_groups, ood_groups} for a confounded variant"),
+    "nuisance_prompts": (False, "a list of image artefacts no concept score may follow, e.g. [ruler, ink marking]"),
     "source": (False, "citation or URL of the dataset"),
     "licence": (False, "the dataset's licence"),
     "obtain": (False, "how to get the images"),
@@ -121,6 +122,7 @@ class DataCard:
     split_column: str = "split"
     group_column: str | None = None
     confounder: Confounder | None = None
+    nuisance_prompts: tuple[str, ...] = ()
     source: str = ""
     licence: str = ""
     obtain: str = ""
@@ -213,6 +215,7 @@ class DataCard:
             "split_column": self.split_column,
             "group_column": self.group_column,
             "confounder": None,
+            "nuisance_prompts": list(self.nuisance_prompts),
             "source": self.source,
             "licence": self.licence,
         }
@@ -338,6 +341,7 @@ def _parse_card(path: Path) -> DataCard:
         split_column=_text(path, raw, "split_column", required=False) or "split",
         group_column=group_column,
         confounder=confounder,
+        nuisance_prompts=_prompts(path, raw.get("nuisance_prompts")),
         source=_text(path, raw, "source", required=False),
         licence=_text(path, raw, "licence", required=False),
         obtain=_text(path, raw, "obtain", required=False),
@@ -382,6 +386,14 @@ def _classes(path: Path, value: Any) -> list[ClassInfo]:
     if len(out) < 2:
         raise CardError(path, "classes", f"lists only {len(out)} class", "A classifier needs at least 2 classes")
     return out
+
+
+def _prompts(path: Path, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise CardError(path, "nuisance_prompts", f"has the bad value {value!r}", "Use a list of short phrases, e.g. [ruler, ink marking]")
+    return tuple(v.strip() for v in value)
 
 
 def _confounder(path: Path, value: Any, class_names: list[str]) -> Confounder | None:

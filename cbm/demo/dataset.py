@@ -203,6 +203,8 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
             "id_groups": id_groups,
             "ood_groups": {c: flip[g] for c, g in id_groups.items()},
         },
+        # the cue's own words, so no concept score follows it (cbm.bottleneck.ConceptBottleneck.debiased)
+        "nuisance_prompts": ["ruler", "violet ink marks"],
         "source": "cbm.demo: synthetic lesions labelled by Stolz's ABCD rule of dermoscopy (Nachbar et al. 1994)",
         "licence": "CC0-1.0 (generated images)",
         "obtain": (f"cbm demo make --out DIR --n {n} --confounding {confounding:g} --classes {classes} "

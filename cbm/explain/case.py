@@ -209,7 +209,7 @@ def explain_image(
     if maps:
         names = _map_concepts(expl, top_k)
         index = {c: i for i, c in enumerate(model.bottleneck.concept_names)}
-        emb = model.bottleneck.concept_embeddings[[index[n] for n in names]] if names else np.zeros((0, len(feature)))
+        emb = model.bottleneck.directions[[index[n] for n in names]] if names else np.zeros((0, len(feature)))
         concept_maps = spatial.concept_maps(names, emb)
     t3 = time.perf_counter()
     shown = display_image(pixels, max_side)

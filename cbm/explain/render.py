@@ -182,6 +182,15 @@ def _bar(p: float, *, after: bool = False) -> str:
     return f'<div class="bar{" after" if after else ""}"><span style="width:{100.0 * p:.1f}%"></span></div>'
 
 
+def _score_kind(model) -> str:
+    """How a concept score is made, in words (the bottleneck's centring and nuisance prompts)."""
+    how = model.bottleneck.debiasing
+    text = "cosine with the concept's text direction" + (", centred on the mean concept" if how["centred"] else "")
+    if how["nuisance_prompts"]:
+        text += "; directions of " + ", ".join(f"\u201c{p}\u201d" for p in how["nuisance_prompts"]) + " removed"
+    return text
+
+
 def _facts(items: Mapping[str, Any]) -> str:
     rows = "".join(f"<dt>{escape(str(k))}</dt><dd>{_value_html(v)}</dd>" for k, v in items.items() if v not in (None, "", {}, []))
     return f'<dl class="facts">{rows}</dl>' if rows else '<p class="muted">none recorded</p>'
@@ -404,6 +413,7 @@ def render_case_html(
     facts = {
         "model encoder": model.encoder_name,
         "concepts": f"{model.bottleneck.n_concepts} ({model.concepts_per_class():.1f} with a weight per class on average)",
+        "concept scores": _score_kind(model),
         "concept maps": case.maps.method if case.maps else "not computed",
         **{f"image {k.replace('_', ' ')}": v for k, v in case.meta.items()},
     }
