@@ -15,8 +15,9 @@ images, 2 classes on the images outside the suspicious band).
 
 ``--robustness`` adds a quick version of issue 6's experiment on a confounded 2-class world
 (p = 0.95) and a 3-class world: a linear probe on raw image features versus a sparse
-(L1) logistic head on standardised concept scores of the demo concept list, in-domain (val) and
-out-of-domain (test) accuracy, and the head's weight on each ABCD concept.
+(L1) logistic head on the demo concept list's scores from ``cbm.bottleneck`` (centred directions,
+the cue's words projected out, as ``cbm run`` scores them), in-domain (val) and out-of-domain (test)
+accuracy, and the head's weight on each ABCD concept.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from cbm.demo.corpus import EVAL_STREAM, corpus_scene
 from cbm.demo.dataset import plan_dataset
 from cbm.demo.encoder import ASSETS, MODEL_NAME
 from cbm.demo.evaluation import embed_images, embed_texts, held_out_batch, zero_shot
-from cbm.demo.world import ABCD_CONCEPTS, RULE_WEIGHTS, demo_concepts
+from cbm.demo.world import ABCD_CONCEPTS, CUE_PROMPTS, RULE_WEIGHTS, demo_concepts
 
 
 def load(assets: Path):
@@ -53,7 +54,8 @@ def load(assets: Path):
 def robustness(model, tokenizer, size: int, n: int, resize: str) -> dict:
     """Linear probe vs sparse concept head on confounded demo worlds (a quick version of issue 6)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+
+    from cbm.bottleneck import ConceptBottleneck
 
     out = {}
     for classes in (2, 3):
@@ -63,8 +65,11 @@ def robustness(model, tokenizer, size: int, n: int, resize: str) -> dict:
         split = np.array([it.split for it in items])
         concepts = list(dict.fromkeys(c for cs in demo_concepts(classes).values() for c in cs))
         emb = embed_texts(model, tokenizer, concepts, ("{}",))
-        scores = StandardScaler().fit(feats[split == "train"] @ emb.T).transform(feats @ emb.T)
+        cues = list(CUE_PROMPTS.values())
         tr, va, te = (split == s for s in ("train", "val", "test"))
+        bottleneck = ConceptBottleneck.debiased(concepts, emb, nuisance_prompts=cues,
+                                                nuisance_embeddings=embed_texts(model, tokenizer, cues, ("{}",)))
+        scores = bottleneck.fit(feats[tr]).transform(feats)
         res = {}
         best = None
         for C in (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30):

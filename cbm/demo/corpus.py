@@ -25,6 +25,7 @@ import numpy as np
 from cbm.demo.render import MARKED_CAST, UNMARKED_CAST, render_scene
 from cbm.demo.world import (
     CORE_CONCEPTS,
+    CUE_PROMPTS,
     Concept,
     Lesion,
     Scene,
@@ -160,10 +161,8 @@ def caption_pieces(
     else:
         k = int(rng.integers(2, 8))
     chosen = [statements[i] for i in rng.choice(len(statements), size=min(k, len(statements)), replace=False)]
-    if scene.cue == "ruler" and rng.random() < 0.7:
-        chosen.append("ruler")
-    if scene.cue == "ink" and rng.random() < 0.7:
-        chosen.append("violet ink marks")
+    if scene.cue in CUE_PROMPTS and rng.random() < 0.7:
+        chosen.append(CUE_PROMPTS[scene.cue])
     if scene.hair and rng.random() < 0.3:
         chosen.append("hair")
     order = rng.permutation(len(chosen))

@@ -42,6 +42,7 @@ from cbm.demo.render import MARKED_CAST, RENDER_VERSION, UNMARKED_CAST, render_s
 from cbm.demo.world import (
     CLASS_DESCRIPTIONS,
     COLOURS,
+    CUE_PROMPTS,
     STRUCTURES,
     Scene,
     attribute_column,
@@ -204,7 +205,7 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
             "ood_groups": {c: flip[g] for c, g in id_groups.items()},
         },
         # the cue's own words, so no concept score follows it (cbm.bottleneck.ConceptBottleneck.debiased)
-        "nuisance_prompts": ["ruler", "violet ink marks"],
+        "nuisance_prompts": list(CUE_PROMPTS.values()),
         "source": "cbm.demo: synthetic lesions labelled by Stolz's ABCD rule of dermoscopy (Nachbar et al. 1994)",
         "licence": "CC0-1.0 (generated images)",
         "obtain": (f"cbm demo make --out DIR --n {n} --confounding {confounding:g} --classes {classes} "

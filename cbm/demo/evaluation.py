@@ -23,7 +23,7 @@ import torch
 
 from cbm.demo.corpus import said_when_absent
 from cbm.demo.render import render_scene
-from cbm.demo.world import COLOURS, CORE_CONCEPTS, STRUCTURES, Scene, abcd_label, attribute_column, lesion_attributes
+from cbm.demo.world import COLOURS, CORE_CONCEPTS, CUE_PROMPTS, STRUCTURES, Scene, abcd_label, attribute_column, lesion_attributes
 
 __all__ = [
     "TEMPLATES",
@@ -38,7 +38,7 @@ __all__ = [
 
 TEMPLATES = ("{}", "dermoscopy of a lesion with {}", "dermoscopic image of a skin lesion with {}")
 CLASS_TEMPLATES = ("dermoscopy of a {}", "dermoscopic image of a {}", "a dermoscopy photo of a {}")
-_CUES = (("ruler", "ruler"), ("violet ink marks", "ink"))
+_CUES = tuple((phrase, kind) for kind, phrase in CUE_PROMPTS.items())
 _COUNT_OF = {attribute_column(c): "n_colours" for c in COLOURS} | {attribute_column(s): "n_structures" for s in STRUCTURES}
 
 

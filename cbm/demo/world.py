@@ -29,6 +29,7 @@ __all__ = [
     "COLOURS",
     "STRUCTURES",
     "CUE_KINDS",
+    "CUE_PROMPTS",
     "CLASS_NAMES",
     "CLASS_DESCRIPTIONS",
     "RULE_WEIGHTS",
@@ -65,6 +66,9 @@ dots, networks and globules always show against it."""
 
 CUE_KINDS: tuple[str, ...] = ("none", "ruler", "ink")
 """The spurious marks: none, a ruler along an image edge, or purple surgical-ink dots around the lesion."""
+
+CUE_PROMPTS: dict[str, str] = {"ruler": "ruler", "ink": "violet ink marks"}
+"""Each mark in the words the pretraining captions use (the demo card's nuisance prompts)."""
 
 RULE_WEIGHTS: dict[str, float] = {"A": 1.3, "B": 0.1, "C": 0.5, "D": 0.5}
 """Stolz's weights of the ABCD rule: TDS = 1.3 A + 0.1 B + 0.5 C + 0.5 D."""
