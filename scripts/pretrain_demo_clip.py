@@ -320,6 +320,7 @@ def train(args: argparse.Namespace) -> dict:
         return step / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
 
     step = 0
+    short_start = None
     while True:
         if cursor + args.batch > len(order):
             order, cursor = rng.permutation(len(scenes)), 0
@@ -337,7 +338,13 @@ def train(args: argparse.Namespace) -> dict:
         progress = progress_now(step)
         if progress >= 1.0:
             break
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        if short and args.short_lr is not None:
+            # a second schedule for the short-caption phase: warm up again, then decay to 0
+            short_start = step if short_start is None else short_start
+            phase = (progress - (1.0 - args.short_fraction)) / args.short_fraction
+            lr = args.short_lr * min(1.0, (step - short_start + 1) / args.short_warmup) * 0.5 * (1 + math.cos(math.pi * phase))
+        else:
+            lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -407,7 +414,8 @@ def save(result: dict, args: argparse.Namespace) -> None:
         "lr": args.lr,
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup,
-        "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max},
+        "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max,
+                           "lr": args.short_lr, "warmup_steps": args.short_warmup if args.short_lr is not None else None},
         "precision": "fp32" if args.fp32 else "bf16 autocast",
         "first_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(tail)), 4),
@@ -496,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-fraction", type=float, default=0.0,
                    help="the last fraction of training uses short captions (1 to --short-max statements)")
     p.add_argument("--short-max", type=int, default=2)
+    p.add_argument("--short-lr", type=float, default=None,
+                   help="restart the schedule at this peak lr for the short-caption phase (default: no restart)")
+    p.add_argument("--short-warmup", type=int, default=50, help="warm-up steps of the restarted schedule")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)

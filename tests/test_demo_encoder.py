@@ -103,9 +103,11 @@ def test_pretraining_keeps_the_best_checkpoint_on_the_selection_images(tmp_path,
     spec.loader.exec_module(module)
     out = tmp_path / "clip"
     argv = ["--corpus", "300", "--steps", "5", "--batch", "16", "--select-every", "2", "--select-n", "60",
-            "--warmup", "2", "--workers", "1", "--threads", "1", "--out", str(out)]
+            "--warmup", "2", "--workers", "1", "--threads", "1", "--out", str(out),
+            "--short-fraction", "0.4", "--short-lr", "1e-3", "--short-warmup", "1"]
     assert module.main(argv) == 0
     record = json.loads((out / "demo-clip.training.json").read_text())
+    assert record["short_captions"] == {"last_fraction": 0.4, "max_statements": 2, "lr": 1e-3, "warmup_steps": 1}
     selection = record["selection"]
     assert [h["step"] for h in selection["history"]] == [2, 4, 5]
     best = max(selection["history"], key=lambda h: h["score"])
