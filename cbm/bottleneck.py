@@ -82,7 +82,9 @@ class ConceptBottleneck:
             concept direction, or None.
         nuisance_prompts: the prompts that ``nuisance_basis`` was made from (for the record).
 
-    Build a centred and debiased bottleneck with :meth:`debiased`.
+    ``directions`` holds the unit concept directions the scores are cosines with (the embeddings
+    themselves when there is neither offset nor basis). Build a centred and debiased bottleneck
+    with :meth:`debiased`.
     """
 
     concept_names: list[str]

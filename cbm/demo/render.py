@@ -5,7 +5,8 @@ seed in a fixed order, so a scene renders to the same picture at any size (only 
 depends on the size). Each core attribute is drawn coarsely enough to be plainly visible at 64 px:
 an egg- or blob-shaped contour for asymmetry, large jagged teeth with a sharp edge on irregular
 border segments (smooth segments fade out), one colour region per extra colour, a coarse network,
-and dots, globules and streaks a few pixels wide.
+and dots, globules and streaks a few pixels wide. Streaks stay inside the lesion: drawn across its
+edge they make a spiky outline that a small encoder cannot tell from jagged border segments.
 
 The renderer is plain numpy + PIL on float32 arrays: about 3 ms for a 128 px image on one core.
 """
@@ -45,7 +46,7 @@ MARKED_CAST: tuple[float, float, float] = (1.04, 0.95, 1.07)
 UNMARKED_CAST: tuple[float, float, float] = (0.98, 1.01, 0.97)
 """Colour cast of the clinic that does not (a faint green-yellow tint)."""
 
-RENDER_VERSION = 5
+RENDER_VERSION = 6
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
 
 _ANGLES = 1024  # resolution of the contour tables r(theta); a power of 2 for cheap wrapping
@@ -201,8 +202,7 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
     # Lesion body: the base colour, a little darker towards the centre, mottled.
     base = np.asarray(COLOUR_RGB[lesion.base_colour], np.float32)
     shading = 1.0 + 0.05 * _smooth_noise(rng, 9, size) - 0.05 * np.clip(1 - rho, 0, 1)
-    # irregular segments: the pigment stops abruptly at a dark rim, a band 1/5 of the radius wide,
-    # plain at 64 px (the shipped demo-clip still does not see border irregularity: README)
+    # irregular segments: the pigment stops abruptly at a dark rim, a band 1/5 of the radius wide
     rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 5.0, 0.0, 1.0)
     shading -= 0.5 * rim
     _paint(img, inside, _rgb(base) * shading[None])
@@ -246,7 +246,7 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         _paint(img, patch, 0.1 * base + 0.9 * _STRUCTURELESS_RGB)
         free = free * (1.0 - patch)
 
-    # Dots (small, black), globules (larger, brown), streaks (radial, at the periphery).
+    # Dots (small, black), globules (larger, brown), streaks (radial, towards the periphery).
     n_dots, n_glob, n_streaks = int(rng.integers(9, 15)), int(rng.integers(5, 8)), int(rng.integers(8, 13))
     dot_pos = rng.uniform(0.0, 1.0, size=(14, 2))
     glob_pos = rng.uniform(0.0, 1.0, size=(7, 2))
@@ -265,8 +265,8 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         strokes = []
         for k in range(n_streaks):
             angle = streak_arc + 2 * np.pi * (k + 0.5 * streak_draws[k, 0]) / n_streaks
-            strokes.append([lesion_point(0.72, angle), lesion_point(1.22 + 0.12 * streak_draws[k, 1], angle)])
-        _paint(img, 0.9 * _stroke_mask(strokes, 0.02, size), base * 0.35)
+            strokes.append([lesion_point(0.45, angle), lesion_point(0.88 + 0.07 * streak_draws[k, 1], angle)])
+        _paint(img, 0.9 * _stroke_mask(strokes, 0.02, size) * inside, base * 0.35)
 
     # The spurious cue: a ruler along one edge, or violet ink dots circling the lesion.
     ruler_side, ruler_offset = int(rng.integers(0, 4)), rng.uniform(0.0, 0.03)
