@@ -1,8 +1,8 @@
 """Pretrain ``demo-clip``, the demo world's small CLIP, contrastively on CPU (or a GPU if there is one).
 
-The shipped run (about an hour on two CPU cores; writes cbm/demo/assets/):
+The shipped run (55 minutes on one CPU thread; writes cbm/demo/assets/):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55 --threads 1 --workers 1
 
 A smoke run (a minute; writes elsewhere):
 
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="score the model on held-out selection images every this many steps and keep the best (0: keep the last)")
     p.add_argument("--select-n", type=int, default=500, help="held-out selection images")
     p.add_argument("--init", default=None, help="start from the weights in this assets folder")
-    p.add_argument("--short-fraction", type=float, default=0.0,
+    p.add_argument("--short-fraction", type=float, default=0.5,
                    help="the last fraction of training uses short captions (1 to --short-max statements)")
     p.add_argument("--short-max", type=int, default=2)
     p.add_argument("--short-lr", type=float, default=None,

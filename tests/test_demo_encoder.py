@@ -15,13 +15,11 @@ from cbm.demo.encoder import CONFIG_PATH, RECORD_PATH, WEIGHTS_PATH, load_demo_c
 from cbm.demo.evaluation import concept_auroc, embed_images, embed_texts, held_out_batch
 
 
-# Floors for the shipped weights on 160 held-out images (the README has their figures on 1,000).
-MEAN_AUROC = 0.8
+# Floors for the shipped weights on 160 held-out images (the README has their figures on 1,000:
+# mean 0.93, lowest 0.75).
+MEAN_AUROC = 0.88
 MIN_AUROC = 0.7
-RULER_AUROC = 0.7
-WEAK = {"irregular border", "tan pigment", "dark brown pigment"}
-"""Core concepts the shipped weights score below MIN_AUROC (known gaps, in the README); each is
-asserted to stay below it, so that a retrained encoder that learns one updates this list."""
+RULER_AUROC = 0.9
 
 
 def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
@@ -74,9 +72,11 @@ def test_zero_shot_concept_scores_follow_the_ground_truth(demo_clip, held_out):
     result = concept_auroc(model, tokenizer, feats, scenes)
     aurocs = {k: v["auroc"] for k, v in result.items()}
     assert np.mean(list(aurocs.values())) > MEAN_AUROC, aurocs
-    seen = {k: v for k, v in aurocs.items() if k not in WEAK}
-    assert min(seen.values()) > MIN_AUROC, aurocs
-    assert all(v < MIN_AUROC for k, v in aurocs.items() if k in WEAK), "a weak concept was learnt: update WEAK and the README"
+    assert min(aurocs.values()) > MIN_AUROC, aurocs
+    # colours are named, not counted: each colour's prompt beats the number of colours alone
+    for k, v in result.items():
+        if k in ("tan pigment", "dark brown pigment", "black pigment", "red areas", "blue-grey areas", "white areas"):
+            assert v["auroc"] > v["count_auroc"], (k, v)
 
 
 def test_the_cue_is_plainly_visible_to_the_encoder(demo_clip, held_out):
