@@ -37,7 +37,7 @@ __all__ = ["ConceptBottleneckModel", "CaseExplanation", "ConceptContribution"]
 log = logging.getLogger(__name__)
 
 FORMAT = "cbm.ConceptBottleneckModel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
 ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[, C]) array in [0, 1]
 
 
@@ -145,7 +145,8 @@ class ConceptBottleneckModel:
                 concept phrases, or a ``cbm.concepts.ConceptSet``.
             head: an unfitted ``cbm.heads.SparseConceptHead`` (default settings if ``None``).
             templates: prompt templates for concept text embeddings (default: the modality's).
-            centre: subtract the mean concept embedding from every concept direction.
+            centre: subtract the mean embedding of the card's concept store (else of the
+                concepts) from every concept direction.
             nuisance_prompts: artefacts ("ruler", "ink marking") projected out of every concept
                 direction; ``None`` = the card's ``nuisance_prompts``, ``[]`` = none.
         """
