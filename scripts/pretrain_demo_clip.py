@@ -25,6 +25,11 @@ by ``cbm.demo.evaluation.selection_score`` (the mean minus the shortfall of any 
 0.75). The best-scoring checkpoint is the one saved, and the record lists every score: a small
 image tower can learn a concept and later lose it to the others.
 
+The last ``--short-fraction`` of training (default half) captions each image with one or two
+statements, on a schedule of its own (warm-up, then cosine decay from ``--short-lr``): on full
+captions the colours and structures alone tell the images of a batch apart and the tower stops
+encoding shape; one-statement captions make every concept pay.
+
 Outputs: ``demo-clip.json`` (open_clip config), ``demo-clip.safetensors`` (fp16 state dict) and
 ``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine).
 """
@@ -338,7 +343,7 @@ def train(args: argparse.Namespace) -> dict:
         progress = progress_now(step)
         if progress >= 1.0:
             break
-        if short and args.short_lr is not None:
+        if short and args.short_lr:
             # a second schedule for the short-caption phase: warm up again, then decay to 0
             short_start = step if short_start is None else short_start
             phase = (progress - (1.0 - args.short_fraction)) / args.short_fraction
@@ -415,7 +420,7 @@ def save(result: dict, args: argparse.Namespace) -> None:
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup,
         "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max,
-                           "lr": args.short_lr, "warmup_steps": args.short_warmup if args.short_lr is not None else None},
+                           "lr": args.short_lr or None, "warmup_steps": args.short_warmup if args.short_lr else None},
         "precision": "fp32" if args.fp32 else "bf16 autocast",
         "first_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(tail)), 4),
@@ -504,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-fraction", type=float, default=0.5,
                    help="the last fraction of training uses short captions (1 to --short-max statements)")
     p.add_argument("--short-max", type=int, default=2)
-    p.add_argument("--short-lr", type=float, default=None,
-                   help="restart the schedule at this peak lr for the short-caption phase (default: no restart)")
+    p.add_argument("--short-lr", type=float, default=1e-3,
+                   help="restart the schedule at this peak lr for the short-caption phase (0: no restart)")
     p.add_argument("--short-warmup", type=int, default=50, help="warm-up steps of the restarted schedule")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
