@@ -188,6 +188,8 @@ def fit_concept_model(
     ``centre`` and ``nuisance_prompts`` (``None``: the card's ``nuisance_prompts``) shape the concept
     directions: see :meth:`cbm.bottleneck.ConceptBottleneck.debiased`.
     """
+    import torch
+
     from cbm.encoders import create_encoder, encode_texts
 
     card = resolve_card(card_or_dataset, demo=demo)
@@ -207,10 +209,11 @@ def fit_concept_model(
     text = encode_texts(enc, names, templates=templates, modality=card.modality)
     nuisance = list(getattr(card, "nuisance_prompts", ()) if nuisance_prompts is None else nuisance_prompts)
     nuisance_text = encode_texts(enc, nuisance, templates=templates, modality=card.modality) if nuisance else None
-    reference = _centring_reference(card, names) if centre and concepts is not None else names
+    extra = _store_beyond(card, names) if centre and concepts is not None else []
+    reference = torch.cat([text, encode_texts(enc, extra, templates=templates, modality=card.modality)]) if extra else None
     bottleneck = ConceptBottleneck.debiased(
         names, text, centre=centre, nuisance_embeddings=nuisance_text, nuisance_prompts=nuisance,
-        reference_embeddings=None if reference == names else encode_texts(enc, reference, templates=templates, modality=card.modality),
+        reference_embeddings=reference,
     ).fit(train.features)
     scores = {s: bottleneck.transform(d.features) for s, d in splits.items()}
 
@@ -228,7 +231,7 @@ def fit_concept_model(
         "lambda": _jsonable(getattr(est, "lambda_", None)),
         "concept_source": getattr(cset, "provenance", None),
         "templates": list(templates) if templates else None,
-        "bottleneck": {**bottleneck.debiasing, "centred_on": len(reference) if centre else 0},
+        "bottleneck": {**bottleneck.debiasing, "centred_on": len(names) + len(extra) if centre else 0},
     }
     path = list(getattr(est, "path_", []) or [])
     if path:  # the regularisation path, for the class card's accuracy-against-sparsity chart
@@ -246,17 +249,16 @@ def fit_concept_model(
     return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, scores=scores)
 
 
-def _centring_reference(card, names: list[str]) -> list[str]:
-    """The concepts to centre on when ``names`` were given explicitly: the card's whole concept
-    store as well, when it has one (a short list's own mean is a poor estimate of what every
-    prompt shares: see cbm.bottleneck)."""
+def _store_beyond(card, names: list[str]) -> list[str]:
+    """The card's stored concepts that ``names`` (given explicitly) lack: centring uses them too
+    (a short list's own mean is a poor estimate of what every prompt shares: see cbm.bottleneck)."""
     from cbm.concepts import load_concepts
 
     try:
-        store = list(load_concepts(card).concepts)
+        store = load_concepts(card).concepts
     except (FileNotFoundError, ValueError):
-        return names
-    return list(dict.fromkeys([*names, *store]))
+        return []
+    return [c for c in dict.fromkeys(store) if c not in set(names)]
 
 
 def _full_coef(est: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -334,15 +334,15 @@ def train(args: argparse.Namespace) -> dict:
         cursor += args.batch
         x = _augment(pixels[idx], rng).to(device).float()
         x = (x - mean) / std
-        short = progress_now(step) >= 1.0 - args.short_fraction if args.short_fraction else False
-        captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
-        text = torch.from_numpy(tokenizer.batch(captions)).to(device)
-
         # Cosine decay over the steps, or (with --minutes) over the wall-clock budget: on a shared
         # machine the speed varies, and a time-based schedule still ends on time and at lr 0.
         progress = progress_now(step)
         if progress >= 1.0:
             break
+        short = bool(args.short_fraction) and progress >= 1.0 - args.short_fraction
+        captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
+        text = torch.from_numpy(tokenizer.batch(captions)).to(device)
+
         if short and args.short_lr:
             # a second schedule for the short-caption phase: warm up again, then decay to 0
             short_start = step if short_start is None else short_start
@@ -395,6 +395,7 @@ def train(args: argparse.Namespace) -> dict:
 def save(result: dict, args: argparse.Namespace) -> None:
     from safetensors.torch import save
 
+    restart = args.short_lr if args.short_fraction else 0.0  # a restarted schedule only with a short phase
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = result["model"].eval()
@@ -420,7 +421,7 @@ def save(result: dict, args: argparse.Namespace) -> None:
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup,
         "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max,
-                           "lr": args.short_lr or None, "warmup_steps": args.short_warmup if args.short_lr else None},
+                           "lr": restart or None, "warmup_steps": args.short_warmup if restart else None},
         "precision": "fp32" if args.fp32 else "bf16 autocast",
         "first_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(tail)), 4),

@@ -391,7 +391,7 @@ def _classes(path: Path, value: Any) -> list[ClassInfo]:
 def _prompts(path: Path, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise CardError(path, "nuisance_prompts", f"has the bad value {value!r}", "Use a list of short phrases, e.g. [ruler, ink marking]")
     return tuple(v.strip() for v in value)
 

@@ -25,6 +25,7 @@ import numpy as np
 from cbm.demo.render import MARKED_CAST, UNMARKED_CAST, render_scene
 from cbm.demo.world import (
     CORE_CONCEPTS,
+    CUE_KINDS,
     CUE_PROMPTS,
     Concept,
     Lesion,
@@ -57,7 +58,6 @@ SELECT_STREAM = 3
 """Random stream of the held-out images on which pretraining scores its checkpoints."""
 
 _CASTS = ((1.0, 1.0, 1.0), MARKED_CAST, UNMARKED_CAST, (1.03, 1.0, 0.95), (0.96, 1.0, 1.04))
-_CUES = ("none", "ruler", "ink")
 
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 _DIAGNOSES = {
@@ -94,7 +94,7 @@ def corpus_scene(index: int, seed: int = 0, stream: int = CORPUS_STREAM) -> Scen
     """
     rng = np.random.default_rng([seed, stream, index])
     lesion = sample_lesion(rng)
-    cue = _CUES[int(rng.integers(0, len(_CUES)))]
+    cue = CUE_KINDS[int(rng.integers(0, len(CUE_KINDS)))]
     cast = _CASTS[int(rng.integers(0, len(_CASTS)))]
     return sample_scene(rng, lesion, cue=cue, cast=cast)
 

@@ -355,7 +355,6 @@ _GRADED = (
 )
 _COLOUR_PHRASES = {
     # "tan", not "light brown": the two browns share no word, so a prompt names one of them only.
-    # The shipped demo-clip still tells one brown from the other at chance (README, the demo world).
     "light brown": "tan pigment",
     "dark brown": "dark brown pigment",
     "black": "black pigment",
