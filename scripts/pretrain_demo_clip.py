@@ -1,8 +1,10 @@
 """Pretrain ``demo-clip``, the demo world's small CLIP, contrastively on CPU (or a GPU if there is one).
 
-The shipped run (55 minutes on one CPU thread; writes cbm/demo/assets/):
+The shipped weights come from two runs on one CPU thread each (the second starts from the first's
+weights and writes cbm/demo/assets/; its record keeps the first's under ``initialised_from``):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55 --threads 1 --workers 1
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55 --threads 1 --workers 1 --out /tmp/stage1
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --init /tmp/stage1 --minutes 50 --threads 1 --workers 1 --short-fraction 1.0 --short-lr 5e-4 --short-warmup 100
 
 A smoke run (a minute; writes elsewhere):
 

@@ -88,8 +88,9 @@ def test_every_experiment_runs_tiny(experiment, tiny, tmp_path, capsys):
     assert model.concepts_per_class() == pytest.approx(metrics["cbm"]["concepts_per_class"])
     rule = metrics["cbm"]["abcd_rule"]  # a demo card: the ABCD weights are read off the head
     if experiment == "demo_abcd":
-        assert model.bottleneck.concept_names == [
-            "asymmetric shape", "irregular border", "three or more colours", "three or more structures"]
+        # the whole concept store, at most 8 concepts per class
+        assert {"asymmetric shape", "symmetric shape", "three or more colours"} <= set(model.bottleneck.concept_names)
+        assert metrics["cbm"]["concepts_per_class"] <= 8
         assert rule["letters_found"] == 4 and "Spearman" in (run_dir / "results.md").read_text()
     assert set(rule["weights"]) == {"A", "B", "C", "D"}
 
