@@ -60,6 +60,14 @@ def test_slurm_launcher_preset_composes():
     assert cfg.hydra.launcher.gpus_per_node == 1
 
 
+def test_demo_abcd_is_the_3_class_world_with_the_whole_store():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=demo_abcd"])
+    assert cfg.dataset.demo.classes == 3 and cfg.head.max_concepts_per_class == 8
+    assert cfg.concepts.list is None  # the card's concept store, not a hand-picked list
+
+
 def test_cfg_job_prints_the_config(capsys):
     assert cbm_main(["run", "--cfg", "job"]) == 0
     out = capsys.readouterr().out
