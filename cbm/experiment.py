@@ -198,19 +198,22 @@ def fit_concept_model(
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train, val = _split_or_fail(splits, "train", card), _split_or_fail(splits, "val", card)
 
+    def embed(phrases: Sequence[str]) -> torch.Tensor:  # every text here is embedded the same way
+        return encode_texts(enc, list(phrases), templates=templates, modality=card.modality)
+
     cset = resolve_concepts(
         card, concepts, llm=llm,
-        embed=lambda t: encode_texts(enc, t, templates=templates, modality=card.modality).numpy(),
+        embed=lambda t: embed(t).numpy(),
         embed_id=f"{getattr(enc, 'cache_key', enc.name)}:{list(templates) if templates else card.modality}",
     )
     names = list(cset.concepts)
     if not names:
         raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
-    text = encode_texts(enc, names, templates=templates, modality=card.modality)
+    text = embed(names)
     nuisance = list(getattr(card, "nuisance_prompts", ()) if nuisance_prompts is None else nuisance_prompts)
-    nuisance_text = encode_texts(enc, nuisance, templates=templates, modality=card.modality) if nuisance else None
+    nuisance_text = embed(nuisance) if nuisance else None
     extra = _store_beyond(card, names) if centre and concepts is not None else []
-    reference = torch.cat([text, encode_texts(enc, extra, templates=templates, modality=card.modality)]) if extra else None
+    reference = torch.cat([text, embed(extra)]) if extra else None
     bottleneck = ConceptBottleneck.debiased(
         names, text, centre=centre, nuisance_embeddings=nuisance_text, nuisance_prompts=nuisance,
         reference_embeddings=reference,
@@ -258,7 +261,8 @@ def _store_beyond(card, names: list[str]) -> list[str]:
         store = load_concepts(card).concepts
     except (FileNotFoundError, ValueError):
         return []
-    return [c for c in dict.fromkeys(store) if c not in set(names)]
+    given = set(names)
+    return [c for c in dict.fromkeys(store) if c not in given]
 
 
 def _full_coef(est: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
