@@ -115,6 +115,14 @@ def test_label_from_a_header_attribute(dicom_tree):
     [
         ({"label_from": "tag:NotAKeyword"}, ValueError, "not a DICOM keyword"),
         ({"label_from": "parent"}, ValueError, "'folder' or 'tag:<DICOM keyword>'"),
+        # labels are written and printed in clear, so nothing that identifies a patient may be one
+        ({"label_from": "tag:PatientName"}, ValueError, "PatientName can identify a patient"),
+        ({"label_from": "tag:PatientID"}, ValueError, "PatientID can identify a patient"),
+        ({"label_from": "tag:OtherPatientIDs"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:PatientBirthDate"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:AccessionNumber"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:InstitutionName"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:StudyInstanceUID"}, ValueError, "can identify a patient"),
         ({"split": "0.8,0.3,0.1"}, ValueError, "sum to 1"),
     ],
 )

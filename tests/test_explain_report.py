@@ -25,6 +25,7 @@ from test_explain import (  # noqa: F401 - fixtures
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.explain import collect_inputs, explain_batch, explain_image, render_case_html, render_class_card_html
+from cbm.explain.case import MIN_IMAGE_SIDE
 from cbm.model import ConceptBottleneckModel
 
 
@@ -216,6 +217,49 @@ def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
     bad.write_text("path,label,split\nx.png,melanoma,test\n")
     with pytest.raises(ValueError, match="no rows in split 'val'"):
         collect_inputs([bad], class_names=CLASSES, split="val")
+
+
+def test_report_warns_when_the_image_is_not_what_the_model_was_trained_on(tiny_model, tmp_path, monkeypatch):
+    assert explain_image(tiny_model, make_image(41), maps=False).warnings == []  # a colour image, big enough
+    dcm = tmp_path / "slice.dcm"
+    write_phi_dicom(dcm)  # a greyscale CT slice, explained by a dermoscopy model
+    ct = explain_image(tiny_model, dcm, maps=False)
+    assert len(ct.warnings) == 2
+    assert "modality is CT" in ct.warnings[0] and "dermoscopy" in ct.warnings[0] and "greyscale" in ct.warnings[1]
+    html = render_case_html(ct, tiny_model)
+    assert 'id="input-warnings"' in html and "modality is CT" in html
+    assert 'id="input-warnings"' not in render_case_html(explain_image(tiny_model, make_image(41), maps=False), tiny_model)
+    tiny = explain_image(tiny_model, make_image(42, (12, 20)), maps=False)
+    assert tiny.warnings == [f"The image is 20 x 12 pixels, too small to show a finding (at least {MIN_IMAGE_SIDE} "
+                             "pixels on each side expected); the prediction does not mean much."]
+    # the batch index flags the case, index.json lists why
+    result = explain_batch(tiny_model, [dcm], tmp_path / "out", maps=False, progress=False)
+    assert len(result.reports) == 1 and "(check the image)" in result.index.read_text()
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["cases"][0]["warnings"] == ct.warnings
+    # a chest x-ray model takes greyscale images and CR/DX files; a CT file is still flagged
+    monkeypatch.setattr(tiny_model, "info", {"card": {"name": "cxr", "modality": "chest x-ray"}})
+    assert explain_image(tiny_model, make_image(43).mean(-1), maps=False).warnings == []
+    assert [w[:36] for w in explain_image(tiny_model, dcm, maps=False).warnings] == ["This DICOM file's modality is CT; th"]
+    monkeypatch.setattr(tiny_model, "info", {})  # an unknown modality: only the size is checked
+    assert explain_image(tiny_model, dcm, maps=False).warnings == []
+
+
+def test_hide_names_keeps_file_names_out_of_errors_and_replaces_named_reports(tiny_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _save_png(folder / "DOE_JANE.png", make_image(51))
+    (folder / "DOE_JANE_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    inputs = collect_inputs([folder], class_names=CLASSES)
+    out = tmp_path / "out"
+    named = explain_batch(tiny_model, inputs, out, maps=False, progress=False)
+    assert (out / "cases" / "DOE_JANE.html").is_file() and "DOE_JANE_broken.png" in named.failures[0][1]
+    (out / "cases" / "notes.html").write_text("a file of the user's, not listed by any index")
+    hidden = explain_batch(tiny_model, inputs, out, maps=False, hide_names=True, progress=False)
+    assert hidden.failures and hidden.failures[0][0] == "case 2" and "DOE_JANE" not in hidden.failures[0][1]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["case-0001.html", "notes.html"]
+    for path in out.rglob("*.*"):
+        if path.name != "notes.html":
+            assert "DOE_JANE" not in path.read_text(), path
 
 
 # ---------------------------------------------------------------------------- in the browser

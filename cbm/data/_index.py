@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import secrets
 from collections import Counter
 from collections.abc import Sequence
@@ -41,6 +42,13 @@ _HEADER_COLUMNS = {
 }
 INDEX_COLUMNS = ("path", "label", "split", *_HEADER_COLUMNS.values(), "transfer_syntax")
 _PATIENT_TAGS = ("PatientID", "StudyInstanceUID")  # grouping only, never written in clear
+# Keywords that can identify a patient, a study or a person (names, IDs, UIDs, dates and times,
+# addresses, institutions, free-text comments; after DICOM PS3.15's confidentiality profile):
+# labels are written to the manifest and printed, so these are refused as a label source.
+_IDENTIFYING_KEYWORD = re.compile(
+    r"Name|UID|Date|Time|Address|Telephone|Accession|Institution|Physician|Operator|Comment|SerialNumber"
+    r"|Identifier|Station|Birth|(?:^|[a-z])IDs?(?:$|[A-Z])"
+)
 
 
 @dataclass
@@ -87,6 +95,12 @@ def _parse_label_from(label_from: str | None) -> tuple[str, str | None]:
         keyword = label_from[4:]
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"--label-from {label_from!r}: {keyword!r} is not a DICOM keyword (e.g. tag:BodyPartExamined)")
+        if _IDENTIFYING_KEYWORD.search(keyword):
+            raise ValueError(
+                f"--label-from {label_from!r}: {keyword} can identify a patient, and labels are written to the "
+                "manifest and printed in clear; label by folder (--label-from folder) or by a clinical attribute "
+                "(e.g. tag:BodyPartExamined)"
+            )
         return "tag", keyword
     raise ValueError(f"--label-from must be 'folder' or 'tag:<DICOM keyword>', got {label_from!r}")
 

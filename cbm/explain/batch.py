@@ -15,6 +15,7 @@ An input that cannot be read is listed in the index with the reason; the others 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -124,6 +125,32 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "case"
 
 
+def _without_names(text: str, path: Path, label: str) -> str:
+    """``text`` with every spelling of ``path`` (as given, absolute, resolved, its file name) replaced by ``label``."""
+    spellings = {os.fspath(path), os.path.abspath(path), path.name}
+    try:
+        spellings.add(os.fspath(path.resolve()))
+    except OSError:
+        pass
+    for spelling in sorted((s for s in spellings if s), key=len, reverse=True):
+        text = text.replace(spelling, label)
+    return text
+
+
+def _previous_reports(out: Path) -> set[str]:
+    """The reports an earlier run listed in ``out/index.json`` (relative paths under ``cases/``)."""
+    try:
+        records = json.loads((out / "index.json").read_text(encoding="utf-8")).get("cases", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    found = set()
+    for r in records if isinstance(records, list) else []:
+        report = r.get("report") if isinstance(r, dict) else None
+        if isinstance(report, str) and report.startswith("cases/") and "/" not in report[len("cases/"):]:
+            found.add(report)
+    return found
+
+
 def explain_batch(
     model: ConceptBottleneckModel,
     inputs: Sequence[CaseInput | str | os.PathLike],
@@ -140,7 +167,10 @@ def explain_batch(
     Args:
         model: the trained model.
         inputs: :class:`CaseInput` items (from :func:`collect_inputs`) or image paths.
-        out_dir: created if missing; existing reports of the same names are replaced.
+        out_dir: created if missing. Reports an earlier run wrote there (listed in its
+            ``index.json``) are replaced or, when this run does not write them again, removed, so
+            the folder never holds a report its index does not list (nor, with ``hide_names``, an
+            earlier report named after its file).
         top_k: contributions listed (and mapped) for the predicted class and the runner-up.
         maps: compute concept maps.
         hide_names: name cases ``case 1``, ``case 2``... instead of by file name (file names can
@@ -150,6 +180,7 @@ def explain_batch(
     """
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
+    earlier = _previous_reports(out)
     cases = [i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs]
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}
     result = BatchResult(out, out / "index.html", out / "classes.html")
@@ -170,12 +201,16 @@ def explain_batch(
             case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps, max_side=max_side)
         except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
             reason = str(exc) or type(exc).__name__
+            if hide_names:  # read errors start with the file's path
+                reason = _without_names(reason, item.path, label)
             log.warning("%s: not explained: %s", label, reason)
             log.debug("details", exc_info=True)
             result.failures.append((label, reason))
             rows.append(IndexRow(label, error=reason, truth=item.truth))
             records.append({**record, "error": reason})
             continue
+        for warning in case.warnings:
+            log.warning("%s: %s", label, warning)
         path = atomic_write_text(out / "cases" / name, render_case_html(case, model, top_k=top_k, nav=nav))
         result.reports.append(path)
         rows.append(IndexRow(label, href=f"cases/{name}", case=case, truth=item.truth))
@@ -184,6 +219,7 @@ def explain_batch(
             **record,
             "report": f"cases/{name}",
             "predicted": expl.predicted,
+            "warnings": case.warnings,
             "probabilities": expl.probabilities,
             "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
                              for c in expl.top_concepts(k=top_k)],
@@ -191,5 +227,9 @@ def explain_batch(
     atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
     atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
     atomic_write_json(out / "index.json", {"model": model.encoder_name, "classes": model.classes, "cases": records})
+    written = {f"cases/{p.name}" for p in result.reports}
+    for stale in sorted(earlier - written):
+        (out / stale).unlink(missing_ok=True)
+        log.info("removed %s, an earlier run's report this run did not write again", stale)
     log.info("wrote %d reports, index and class card to %s (%d inputs failed)", len(result.reports), out, len(result.failures))
     return result

@@ -26,7 +26,16 @@ import torch
 from cbm.explain.maps import ConceptMaps, encode_spatial
 from cbm.model import CaseExplanation, ConceptBottleneckModel
 
-__all__ = ["ExplainedCase", "explain_image", "presence_levels", "PRESENT_PERCENTILE", "ABSENT_PERCENTILE", "SAFE_META_KEYS"]
+__all__ = [
+    "ExplainedCase",
+    "explain_image",
+    "input_warnings",
+    "presence_levels",
+    "PRESENT_PERCENTILE",
+    "ABSENT_PERCENTILE",
+    "SAFE_META_KEYS",
+    "MIN_IMAGE_SIDE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +49,21 @@ _FALLBACK_LEVEL = 2.0
 # Image facts a report may show. ``cbm.data.read_image`` promises non-PHI metadata; the report
 # still shows only these keys, so a new field is never published by accident.
 SAFE_META_KEYS = (
-    "format", "modality", "body_part", "view_position", "laterality", "photometric", "bits", "bits_stored",
-    "transfer_syntax", "frames", "frame", "original_shape", "voi",
+    "format", "modality", "body_part", "view_position", "laterality", "photometric", "bits", "bits_allocated",
+    "bits_stored", "transfer_syntax", "frames", "frame", "original_shape", "voi",
 )
+
+# An image is checked against what the model was trained on (its card's modality), and a report
+# says so when they disagree: the model still predicts, but a clinician must not read a CT slice
+# explained by a dermoscopy model as if the prediction meant something.
+# (words in the card's modality, DICOM Modality codes such images carry, trained on colour images)
+_MODALITY_EXPECTATIONS = (
+    (("x-ray", "xray", "radiograph"), ("CR", "DX", "RG", "OT"), False),
+    (("dermoscop",), ("DMS", "XC", "OT"), True),
+    (("photograph",), ("XC", "OT"), True),
+)
+MIN_IMAGE_SIDE = 32
+"""Images with a shorter side (in pixels) are flagged as too small to show a finding."""
 
 
 @dataclass
@@ -59,6 +80,8 @@ class ExplainedCase:
         maps: concept maps of the top concepts, or ``None`` when not computed.
         meta: non-PHI image facts (keys from :data:`SAFE_META_KEYS`).
         truth: the known label (from a manifest), if any.
+        warnings: why the prediction may not apply to this image (:func:`input_warnings`); empty when
+            nothing is amiss.
         timings: seconds spent per step (``read``, ``encode``, ``maps``).
     """
 
@@ -70,6 +93,7 @@ class ExplainedCase:
     maps: ConceptMaps | None
     meta: dict[str, Any] = field(default_factory=dict)
     truth: str | None = None
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     model: ConceptBottleneckModel | None = field(default=None, repr=False)
 
@@ -116,6 +140,34 @@ def presence_levels(model: ConceptBottleneckModel) -> tuple[np.ndarray, np.ndarr
         return np.full(c, -_FALLBACK_LEVEL, np.float32), np.full(c, _FALLBACK_LEVEL, np.float32)
     lo, hi = np.percentile(raw, [ABSENT_PERCENTILE, PRESENT_PERCENTILE], axis=0)
     return ((lo - bn.mean_) / bn.std_).astype(np.float32), ((hi - bn.mean_) / bn.std_).astype(np.float32)
+
+
+def input_warnings(model: ConceptBottleneckModel, pixels: np.ndarray, meta: Mapping[str, Any]) -> list[str]:
+    """Why the model's prediction may not apply to an image; empty when nothing is amiss.
+
+    Checks the image against the modality of the card the model was trained on (``model.info``):
+    a DICOM file of another modality (a CT slice for a dermoscopy model), a greyscale image for a
+    model trained on colour photographs, and an image too small to show a finding.
+    """
+    found: list[str] = []
+    modality = str(((model.info or {}).get("card") or {}).get("modality") or "")
+    words = modality.lower()
+    for keys, codes, colour in _MODALITY_EXPECTATIONS:
+        if not any(k in words for k in keys):
+            continue
+        code = str(meta.get("modality") or "").upper()
+        if meta.get("format") == "dicom" and code and code not in codes:
+            found.append(f"This DICOM file's modality is {code}; the model was trained on {modality} images "
+                         f"(DICOM modality {' or '.join(codes)}), so its prediction does not apply to this image.")
+        if colour and (pixels.shape[2] == 1 or float(np.ptp(pixels, axis=2).max()) < 1.0 / 255.0):
+            found.append(f"The image is greyscale; the model was trained on colour {modality} images, "
+                         "so its prediction may not apply to this image.")
+        break
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        found.append(f"The image is {width} x {height} pixels, too small to show a finding "
+                     f"(at least {MIN_IMAGE_SIDE} pixels on each side expected); the prediction does not mean much.")
+    return found
 
 
 def _load(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
@@ -222,6 +274,7 @@ def explain_image(
         maps=concept_maps,
         meta={k: meta[k] for k in SAFE_META_KEYS if k in meta},
         truth=truth,
+        warnings=input_warnings(model, pixels, meta),
         timings={"read": t1 - t0, "encode": t2 - t1, "maps": t3 - t2},
         model=model,
     )

@@ -394,8 +394,12 @@ def render_case_html(
     if case.truth is not None:
         mark = '<span class="ok">agrees</span>' if case.truth == expl.predicted else '<span class="bad">differs</span>'
         truth = f'<p id="truth" data-truth="{escape(case.truth)}">Known label: <b>{escape(case.truth)}</b> ({mark})</p>'
+    warnings = ""
+    if case.warnings:
+        warnings = ('<div id="input-warnings" class="bad"><p><b>Check this image:</b></p><ul>'
+                    + "".join(f"<li>{escape(w)}</li>" for w in case.warnings) + "</ul></div>")
     prediction = (
-        f'<section id="prediction" data-predicted="{escape(expl.predicted)}">'
+        f'<section id="prediction" data-predicted="{escape(expl.predicted)}">{warnings}'
         f'<p class="headline">Prediction: <strong>{escape(expl.predicted)}</strong> ({_pct(p)})'
         + (f'; runner-up {escape(expl.runner_up)} ({_pct(expl.probabilities[expl.runner_up])})' if expl.runner_up else "")
         + f"</p>{truth}{_probability_table(case)}</section>"
@@ -460,6 +464,8 @@ def render_index_html(rows: Sequence[IndexRow], model: ConceptBottleneckModel, *
         support_html = (f"{escape(support.concept)} {_signed(support.contribution)}"
                         if support is not None and support.contribution > 0 else '<span class="muted">none</span>')
         link = f'<a href="{escape(r.href)}">{escape(r.label)}</a>' if r.href else escape(r.label)
+        if r.case.warnings:
+            link += f' <span class="bad" title="{escape(" ".join(r.case.warnings))}">(check the image)</span>'
         truth = ""
         if any_truth:
             if r.truth is not None:

@@ -133,7 +133,8 @@ class ExplainApp:
             '<input id="file" type="file" name="file" required '
             'accept=".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom">'
             '<button type="submit">Explain</button></form>'
-            '<p class="muted">The image is processed in memory on this computer and not stored. The report shows no '
+            '<p class="muted">The image is processed on this computer and not kept: it is held in a private temporary '
+            "folder while its report is made and deleted right after. The report shows no "
             "patient name, ID, birth date or accession number.</p></section>"
             f'<section><h2>This model</h2><p>Classes: {escape(", ".join(m.classes))}. '
             f"{m.bottleneck.n_concepts} concepts, {m.concepts_per_class():.1f} with a weight per class on average. "
