@@ -413,7 +413,11 @@ def run_experiment(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     card = resolve_card(dataset.get("card"), demo=dataset.get("demo"))
+    card.manifest()  # a missing manifest or image folder is reported before the encoder loads
     timings["dataset"] = time.perf_counter() - t
+    check = getattr(head, "_check_params", None)
+    if callable(check):  # a bad head setting is reported before the images are encoded
+        check()
 
     t = time.perf_counter()
     enc = create_encoder(encoder["name"], device=device, precision=encoder.get("precision"))

@@ -30,12 +30,25 @@ def _task(cfg) -> float:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = _run(cfg, out_dir, instantiate(OmegaConf.to_container(cfg.head, resolve=True)))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors, stated plainly
+        log.debug("details", exc_info=True)
+        print(f"cbm run: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print((out_dir / "results.md").read_text(encoding="utf-8"))
+    print(f"run folder: {out_dir}")
+    cbm = metrics["cbm"]
+    return float(cbm["ood_accuracy"] if cbm["ood_accuracy"] is not None else cbm["id_accuracy"])
+
+
+def _run(cfg, out_dir: Path, head) -> dict:
+    from omegaconf import OmegaConf
+
     from cbm.experiment import run_experiment
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    head_cfg = OmegaConf.to_container(cfg.head, resolve=True)
-    head = instantiate(head_cfg)
-    metrics = run_experiment(
+    return run_experiment(
         out_dir=out_dir,
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
         encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
@@ -51,10 +64,6 @@ def _task(cfg) -> float:
         save_model=bool(cfg.save_model),
         bottleneck=OmegaConf.to_container(cfg.bottleneck, resolve=True) if cfg.get("bottleneck") is not None else None,
     )
-    print((out_dir / "results.md").read_text(encoding="utf-8"))
-    print(f"run folder: {out_dir}")
-    cbm = metrics["cbm"]
-    return float(cbm["ood_accuracy"] if cbm["ood_accuracy"] is not None else cbm["id_accuracy"])
 
 
 def hydra_main(argv: list[str]) -> int:

@@ -115,3 +115,21 @@ def test_multirun_sweep(tiny, tmp_path):
 def test_bad_override_is_an_error_not_a_crash(capsys):
     assert cbm_main(["run", "dataset=no-such-card"]) != 0
     assert "no-such-card" in capsys.readouterr().err
+
+
+def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encoding(tiny, tmp_path, capsys, monkeypatch):
+    import cbm.encoders
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the run's settings were checked")
+
+    monkeypatch.setattr(cbm.encoders, "create_encoder", no_encoding)
+    # a built-in card whose images were never fetched: the manifest's absence, with the fix
+    code = cbm_main(["run", "dataset=ham10000", f"hydra.run.dir={tmp_path / 'ham'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("cbm run: error: ") and "make-splits" in err and "Traceback" not in err
+    # a head setting that cannot work
+    code = cbm_main(["run", *tiny, "head.selection=concepts", "head.max_concepts_per_class=null",
+                     f"hydra.run.dir={tmp_path / 'head'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "max_concepts_per_class" in err and "Traceback" not in err
