@@ -124,7 +124,9 @@ def extract_splits(
             skipped=[(str(s.path), str(s.reason)) for s in fs.skipped],
         )
         if fs.skipped:
-            log.warning("%s split: %d unreadable image(s) skipped (see the skipped-files report)", name, len(fs.skipped))
+            shown = "; ".join(f"{path} ({reason})" for path, reason in out[name].skipped[:5])
+            more = f"; and {len(fs.skipped) - 5} more" if len(fs.skipped) > 5 else ""
+            log.warning("%s split: %d unreadable image(s) skipped: %s%s", name, len(fs.skipped), shown, more)
     return out
 
 
@@ -147,9 +149,10 @@ def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, emb
 
 def _split_or_fail(splits: dict[str, SplitData], name: str, card) -> SplitData:
     if name not in splits or len(splits[name]) == 0:
+        hint = getattr(card, "_unset_root_variable", lambda: None)()
         raise ValueError(
             f"card {card.name!r} has no usable {name!r} images (manifest {card.manifest_path}); "
-            f"every run needs train and val splits, and test for evaluation"
+            f"every run needs train and val splits, and test for evaluation" + (f"; {hint}" if hint else "")
         )
     return splits[name]
 
@@ -194,13 +197,11 @@ def fit_concept_model(
 
     card = resolve_card(card_or_dataset, demo=demo)
     enc = create_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
-    if splits is None:
-        splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
-    train, val = _split_or_fail(splits, "train", card), _split_or_fail(splits, "val", card)
 
     def embed(phrases: Sequence[str]) -> torch.Tensor:  # every text here is embedded the same way
         return encode_texts(enc, list(phrases), templates=templates, modality=card.modality)
 
+    # the concepts first: a card without a concept store is reported before any image is encoded
     cset = resolve_concepts(
         card, concepts, llm=llm,
         embed=lambda t: embed(t).numpy(),
@@ -209,6 +210,15 @@ def fit_concept_model(
     names = list(cset.concepts)
     if not names:
         raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
+    if splits is None:
+        splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+    train, val = _split_or_fail(splits, "train", card), _split_or_fail(splits, "val", card)
+    absent = [c for i, c in enumerate(card.class_names) if not np.any(train.labels == i)]
+    if absent:
+        raise ValueError(
+            f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
+            "every class needs train rows: add them, or drop the class from the card's classes"
+        )
     text = embed(names)
     nuisance = list(getattr(card, "nuisance_prompts", ()) if nuisance_prompts is None else nuisance_prompts)
     nuisance_text = embed(nuisance) if nuisance else None

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from cbm.bottleneck import ConceptBottleneck
-from cbm.utils import atomic_write_json
+from cbm.utils import atomic_write_bytes, atomic_write_json
 
 __all__ = ["ConceptBottleneckModel", "CaseExplanation", "ConceptContribution"]
 
@@ -302,9 +303,8 @@ class ConceptBottleneckModel:
         }
         if self.train_raw_scores is not None:
             tensors["train_raw_scores_sorted"] = torch.from_numpy(self.train_raw_scores.copy())
-        tmp = folder / ".model.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-        os.replace(tmp, folder / "model.safetensors")
+        atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(
+            tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)}))
         atomic_write_json(
             folder / "model.json",
             {

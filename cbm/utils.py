@@ -34,6 +34,29 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give a new file (0o666 less the umask).
+
+    Temp files (``tempfile.mkstemp``) and ``safetensors`` are created owner-only (0o600); what cbm
+    writes for others to read (models, caches, reports, datasets) is set back to this mode.
+    """
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
 
@@ -44,6 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it owner-only
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -94,6 +94,16 @@ def test_image_root_env_overrides(tmp_path, monkeypatch):
     assert card.image_root == tmp_path / "elsewhere"
 
 
+def test_missing_images_name_the_unset_root_variable(tmp_path, monkeypatch):
+    folder = make_card(tmp_path / "toy", image_root=...)  # the images live where $CBM_TOY_ROOT says
+    monkeypatch.delenv("CBM_TOY_ROOT", raising=False)
+    report = load_card(folder).validate()
+    missing = next(p for p in report.problems if p.kind == "missing_file")
+    assert "$CBM_TOY_ROOT, which names the image folder, is not set: export CBM_TOY_ROOT=" in missing.message
+    monkeypatch.setenv("CBM_TOY_ROOT", str(folder / "images"))
+    assert not load_card(folder).validate().problems
+
+
 @pytest.mark.parametrize(
     "changes, field, fragment",
     [
@@ -173,7 +183,7 @@ def test_every_manifest_problem_is_reported_together(tmp_path, caplog):
     kinds = {p.kind for p in err.value.report.problems}
     assert kinds == {"missing_file", "duplicate_path", "unknown_label", "unknown_split", "empty_split", "no_training_image"}
     text = str(err.value)
-    assert "'cat'" in text and "'validation'" in text and "gone.png" in text
+    assert "'cat'" in text and "'validation'" in text and "gone.png (line 5)" in text
     assert "split 'test' has no usable images" in text and "no training image: melanoma" in text
 
     with caplog.at_level(logging.WARNING):

@@ -124,3 +124,66 @@ def test_concepts_can_be_given_explicitly(fitted):
     ref = encode_texts(model.encoder, list(dict.fromkeys([*m.bottleneck.concept_names, *store])), modality=card.modality).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(m.bottleneck.offset, ref.mean(0), atol=1e-5)
+
+
+@pytest.fixture()
+def small_card(tmp_path):
+    """A 48-image demo card of this test's own, to break in different ways."""
+    return load_card(make_dataset(tmp_path / "demo", n=48, confounding=0.9, seed=3, size=64, progress=False))
+
+
+def test_a_missing_concept_store_is_reported_before_any_image_is_encoded(fitted, small_card, monkeypatch):
+    import cbm.experiment
+
+    (small_card.folder / "concepts.json").unlink()
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("images were encoded before the concepts were found")
+
+    monkeypatch.setattr(cbm.experiment, "extract_splits", no_encoding)
+    with pytest.raises(FileNotFoundError, match="no concept list yet") as err:
+        ConceptBottleneckModel.fit(small_card, encoder=fitted[1].encoder)
+    # the card is not among the built-in ones, so the fix names it by its folder
+    assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
+
+
+def test_a_class_without_training_images_is_named(fitted, small_card):
+    rows = (small_card.folder / "manifest.csv").read_text().splitlines()
+    kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,train," in r)]
+    (small_card.folder / "manifest.csv").write_text("\n".join(kept) + "\n")
+    card = load_card(small_card.path)
+    with pytest.raises(ValueError, match=r"no usable training images of class\(es\) \['melanoma'\]"):
+        ConceptBottleneckModel.fit(card, encoder=fitted[1].encoder, num_workers=0)
+
+
+def test_a_string_for_a_class_is_one_concept(fitted):
+    card, model = fitted
+    m = ConceptBottleneckModel.fit(card, encoder=model.encoder, concepts={"melanoma": "irregular border",
+                                                                         "benign nevus": ["regular border"]},
+                                   head=SparseConceptHead(n_lambdas=4))
+    assert m.bottleneck.concept_names == ["regular border", "irregular border"]
+
+
+def test_an_unreadable_training_image_is_named_in_the_log(fitted, small_card, caplog):
+    part = small_card.manifest().split("train")
+    broken = small_card.image_root / part.rows[0].path
+    broken.write_bytes(b"not an image at all")
+    with caplog.at_level("WARNING", logger="cbm.experiment"):
+        model = ConceptBottleneckModel.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0,
+                                           head=SparseConceptHead(n_lambdas=4))
+    assert model.info["data"]["train"]["skipped"] == 1
+    assert any("train split: 1 unreadable image(s) skipped" in r.message and str(part.rows[0].path) in r.message
+               for r in caplog.records)
+
+
+def test_saved_files_are_readable_as_the_umask_allows(fitted, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder = fitted[1].save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.json", "model.safetensors"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name

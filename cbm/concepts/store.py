@@ -152,9 +152,11 @@ class ConceptSet:
             unknown = [c for c in by_class if c not in classes]
             if unknown:
                 raise ValueError(f"concepts given for classes {unknown} that are not among {list(classes)}")
+        lists = {name: [phrases] if isinstance(phrases, str) else phrases  # a string is one phrase, not letters
+                 for name, phrases in by_class.items()}
         tidy = {
             str(name): list(dict.fromkeys(" ".join(str(p).split()) for p in phrases if str(p).strip()))
-            for name, phrases in by_class.items()
+            for name, phrases in lists.items()
         }
         return cls(classes=list(classes), by_class=tidy, sources={c: "given" for c in classes})
 
@@ -359,11 +361,23 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
     if doc is None:
         raise FileNotFoundError(
             f"card {info.name!r} has no concept list yet ({str(path)!r} does not exist): run "
-            f"`cbm concepts {info.name} --llm PRESET` to ask an LLM (presets in conf/llm), or write one by "
-            "hand (cbm.concepts.save_curated)"
+            f"`cbm concepts {_card_reference(info)} --llm PRESET` to ask an LLM (presets in conf/llm), or write "
+            "one by hand (cbm.concepts.save_curated), or pass the concepts to fit (concepts={class: [phrases]})"
         )
     doc.setdefault("card", info.name)
     return concept_set_from_store(doc, info.class_names, path)
+
+
+def _card_reference(info: CardInfo) -> str:
+    """How a command line names the card: by name when that finds this card, else by its folder."""
+    if info.folder is None:
+        return info.name
+    try:
+        if card_info(info.name).folder == info.folder:
+            return info.name
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    return str(info.folder)
 
 
 def _folder_and_classes(card_or_folder: Any) -> tuple[Path, list[str] | None, CardInfo | None]:

@@ -189,8 +189,12 @@ def read_manifest(
     group_column: str | None = None,
     check_files: bool = True,
     strict: bool = False,
+    root_hint: str | None = None,
 ) -> Manifest:
     """Read and check a manifest CSV.
+
+    ``root_hint`` is added to the message about missing image files (the card uses it to say that
+    the environment variable naming its image folder is not set).
 
     Structural errors (no file, not a CSV, missing ``path``/``label``/split columns) always raise
     ``FileNotFoundError`` / ``ValueError``. Row problems are collected (see the module docstring):
@@ -248,7 +252,7 @@ def read_manifest(
             if f.is_file():
                 kept.append(r)
             else:
-                note("missing_file", r.line, str(f))
+                note("missing_file", r.line, f"{f} (line {r.line})")
         rows = kept
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
@@ -259,7 +263,7 @@ def read_manifest(
         "unknown_label": f"rows with a label that is not a class of the card (classes: {', '.join(classes)})",
         "unknown_split": f"rows with an unknown split name (allowed: {', '.join(KNOWN_SPLITS)})",
         "duplicate_path": "rows repeating a path already listed",
-        "missing_file": f"rows whose image file does not exist under {image_root}",
+        "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
     }
     for kind, text in described.items():
         if problems[kind]:
