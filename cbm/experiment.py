@@ -149,7 +149,7 @@ def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, emb
 
 def _split_or_fail(splits: dict[str, SplitData], name: str, card) -> SplitData:
     if name not in splits or len(splits[name]) == 0:
-        hint = getattr(card, "_unset_root_variable", lambda: None)()
+        hint = card.unset_root_variable() if hasattr(card, "unset_root_variable") else None
         raise ValueError(
             f"card {card.name!r} has no usable {name!r} images (manifest {card.manifest_path}); "
             f"every run needs train and val splits, and test for evaluation" + (f"; {hint}" if hint else "")
@@ -158,6 +158,15 @@ def _split_or_fail(splits: dict[str, SplitData], name: str, card) -> SplitData:
 
 
 # ---------------------------------------------------------------------------- fitting
+def _every_class_trains(card, trained: Sequence[str]) -> None:
+    absent = [c for c in card.class_names if c not in set(trained)]
+    if absent:
+        raise ValueError(
+            f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
+            "every class needs train rows: add them, or drop the class from the card's classes"
+        )
+
+
 def _make_head(head: Any, prior: np.ndarray | None):
     from sklearn.base import clone
 
@@ -196,6 +205,9 @@ def fit_concept_model(
     from cbm.encoders import create_encoder, encode_texts
 
     card = resolve_card(card_or_dataset, demo=demo)
+    if splits is None:  # the manifest's own problems first: before any LLM call or image encoding
+        train_counts = card.manifest().counts().get("train", {})
+        _every_class_trains(card, [c for c in card.class_names if train_counts.get(c)])
     enc = create_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
 
     def embed(phrases: Sequence[str]) -> torch.Tensor:  # every text here is embedded the same way
@@ -213,12 +225,7 @@ def fit_concept_model(
     if splits is None:
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train, val = _split_or_fail(splits, "train", card), _split_or_fail(splits, "val", card)
-    absent = [c for i, c in enumerate(card.class_names) if not np.any(train.labels == i)]
-    if absent:
-        raise ValueError(
-            f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
-            "every class needs train rows: add them, or drop the class from the card's classes"
-        )
+    _every_class_trains(card, [c for i, c in enumerate(card.class_names) if np.any(train.labels == i)])
     text = embed(names)
     nuisance = list(getattr(card, "nuisance_prompts", ()) if nuisance_prompts is None else nuisance_prompts)
     nuisance_text = embed(nuisance) if nuisance else None

@@ -16,6 +16,7 @@ in-domain) accuracy, so a Hydra sweeper can optimise it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,11 +31,18 @@ def _task(cfg) -> float:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         metrics = _run(cfg, out_dir, instantiate(OmegaConf.to_container(cfg.head, resolve=True)))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors, stated plainly
-        log.debug("details", exc_info=True)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # a single run states a user-facing error plainly (HYDRA_FULL_ERROR=1 keeps the traceback);
+        # in a sweep the error stays an exception, so the launcher goes on with the other jobs
+        log.error("%s", exc)
+        if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"cbm run: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print((out_dir / "results.md").read_text(encoding="utf-8"))

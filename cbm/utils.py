@@ -57,6 +57,14 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def set_file_mode(fd: int) -> None:
+    """Give an open file :func:`file_mode`'s bits; where the system or mount cannot, leave it as it is."""
+    try:
+        os.fchmod(fd, file_mode())
+    except (AttributeError, OSError):  # no fchmod (Windows before Python 3.13), or a mount that refuses it
+        pass
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
 
@@ -67,7 +75,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, file_mode())  # mkstemp makes it owner-only
+        set_file_mode(fd)  # mkstemp makes it owner-only
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -112,9 +120,13 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
-    """Error text for an unknown registry name: the available names and the closest match."""
+def unknown_name_message(kind: str, name: str, available: Iterable[str], *, lead: bool = True) -> str:
+    """Error text for an unknown registry name: the available names and the closest match.
+
+    ``lead=False`` leaves out the opening "Unknown <kind> <name>." for messages that already say it.
+    """
     names = sorted(available)
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}."
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    opening = f"Unknown {kind} {name!r}. " if lead else ""
+    return f"{opening}{hint}Available: {', '.join(names) or '(none)'}."

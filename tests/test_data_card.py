@@ -99,7 +99,8 @@ def test_missing_images_name_the_unset_root_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("CBM_TOY_ROOT", raising=False)
     report = load_card(folder).validate()
     missing = next(p for p in report.problems if p.kind == "missing_file")
-    assert "$CBM_TOY_ROOT, which names the image folder, is not set: export CBM_TOY_ROOT=" in missing.message
+    assert "$CBM_TOY_ROOT, which names the image folder, is not set, so images are looked for in" in missing.message
+    assert "export CBM_TOY_ROOT=" in missing.message
     monkeypatch.setenv("CBM_TOY_ROOT", str(folder / "images"))
     assert not load_card(folder).validate().problems
 

@@ -108,6 +108,8 @@ def test_label_from_a_header_attribute(dicom_tree):
     result = index_dicom(dicom_tree, None, label_from="tag:ViewPosition", progress=False)
     labels = {r["path"]: r["label"] for r in result.rows}
     assert labels["effusion/im00.dcm"] == "PA" and labels["normal/im01.dcm"] == "AP"
+    for keyword in ("PatientSex", "PatientAge", "ExposureTime", "ProtocolName", "BodyPartExamined"):
+        index_dicom(dicom_tree, None, label_from=f"tag:{keyword}", progress=False)  # allowed, if empty here
 
 
 @pytest.mark.parametrize(
@@ -123,6 +125,8 @@ def test_label_from_a_header_attribute(dicom_tree):
         ({"label_from": "tag:AccessionNumber"}, ValueError, "can identify a patient"),
         ({"label_from": "tag:InstitutionName"}, ValueError, "can identify a patient"),
         ({"label_from": "tag:StudyInstanceUID"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:AdditionalPatientHistory"}, ValueError, "can identify a patient"),
+        ({"label_from": "tag:StudyDescription"}, ValueError, "can identify a patient"),
         ({"split": "0.8,0.3,0.1"}, ValueError, "sum to 1"),
     ],
 )

@@ -237,7 +237,10 @@ def test_report_warns_when_the_image_is_not_what_the_model_was_trained_on(tiny_m
     assert len(result.reports) == 1 and "(check the image)" in result.index.read_text()
     assert json.loads((tmp_path / "out" / "index.json").read_text())["cases"][0]["warnings"] == ct.warnings
     # a chest x-ray model takes greyscale images and CR/DX files; a CT file is still flagged
-    monkeypatch.setattr(tiny_model, "info", {"card": {"name": "cxr", "modality": "chest x-ray"}})
+    grey = np.repeat(make_image(44).mean(-1, keepdims=True), 3, axis=2)
+    grey[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one
+    assert [w[:22] for w in explain_image(tiny_model, grey, maps=False).warnings] == ["The image is greyscale"]
+    monkeypatch.setattr(tiny_model, "info", {"card": {"name": "cxr", "modality": "Chest X ray"}})
     assert explain_image(tiny_model, make_image(43).mean(-1), maps=False).warnings == []
     assert [w[:36] for w in explain_image(tiny_model, dcm, maps=False).warnings] == ["This DICOM file's modality is CT; th"]
     monkeypatch.setattr(tiny_model, "info", {})  # an unknown modality: only the size is checked
@@ -260,6 +263,26 @@ def test_hide_names_keeps_file_names_out_of_errors_and_replaces_named_reports(ti
     for path in out.rglob("*.*"):
         if path.name != "notes.html":
             assert "DOE_JANE" not in path.read_text(), path
+
+
+def test_hidden_names_are_replaced_only_where_they_are_a_path(caplog):
+    import logging
+    from pathlib import Path
+
+    from cbm.explain.batch import _names_hidden, _without_names
+
+    one = Path("scans/1")  # DICOM files are often named by number
+    assert _without_names("scans/1: expected 1024 bytes, got 1", one, "case 3") == "case 3: expected 1024 bytes, got 1"
+    assert _without_names(f"{one.resolve()} is truncated", one, "case 3") == "case 3 is truncated"
+    assert _without_names("'../DOE_JANE/a.dcm' unreadable", Path("../DOE_JANE/a.dcm"), "case 1") == "'case 1' unreadable"
+    # what the image reader logs while a case is read names the case too, and only then
+    reader = logging.getLogger("cbm.data._image")
+    with caplog.at_level(logging.WARNING, logger="cbm.data._image"):
+        with _names_hidden(Path("in/DOE_JANE.dcm"), "case 4", True):
+            reader.warning("%s: window maps every pixel to one level", "in/DOE_JANE.dcm")
+        reader.warning("%s: after the case", "in/DOE_JANE.dcm")
+    assert [r.getMessage() for r in caplog.records] == ["case 4: window maps every pixel to one level",
+                                                        "in/DOE_JANE.dcm: after the case"]
 
 
 # ---------------------------------------------------------------------------- in the browser

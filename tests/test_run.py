@@ -124,12 +124,26 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         raise AssertionError("the encoder was loaded before the run's settings were checked")
 
     monkeypatch.setattr(cbm.encoders, "create_encoder", no_encoding)
-    # a built-in card whose images were never fetched: the manifest's absence, with the fix
-    code = cbm_main(["run", "dataset=ham10000", f"hydra.run.dir={tmp_path / 'ham'}"])
+    # a card whose manifest was never written: its absence, with the fix
+    card = tmp_path / "no-manifest" / "card.yaml"
+    card.parent.mkdir()
+    card.write_text("name: no-manifest\nmodality: dermoscopy\ntask: binary\n"
+                    "classes: [{name: melanoma}, {name: nevus}]\nmanifest: manifest.csv\n")
+    code = cbm_main(["run", f"dataset.card={card}", f"hydra.run.dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("cbm run: error: ") and "make-splits" in err and "Traceback" not in err
+    assert code == 2 and err.startswith("cbm run: error: card 'no-manifest' has no manifest yet")
+    assert "columns path,label,split" in err and "Traceback" not in err
     # a head setting that cannot work
     code = cbm_main(["run", *tiny, "head.selection=concepts", "head.max_concepts_per_class=null",
                      f"hydra.run.dir={tmp_path / 'head'}"])
     err = capsys.readouterr().err
     assert code == 2 and "max_concepts_per_class" in err and "Traceback" not in err
+
+
+def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    code = cbm_main(["run", "-m", "head.selection=concepts,accuracy", "head.max_concepts_per_class=null", *tiny,
+                     f"hydra.sweep.dir={sweep}"])
+    assert code != 0  # the sweep reports the failure...
+    assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()  # ...after job 1 ran
+    assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()

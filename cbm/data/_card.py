@@ -13,7 +13,6 @@ built-in one), or given as a path to a ``card.yaml`` or its folder.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -156,11 +155,11 @@ class DataCard:
         how = f" How to get them: {self.obtain.strip()}" if self.obtain else ""
         return f"Put the images under {self.image_root}{env}.{how}"
 
-    def _unset_root_variable(self) -> str | None:
-        """A hint when the card's image folder comes from an environment variable that is not set."""
+    def unset_root_variable(self) -> str | None:
+        """A hint for missing images when the card's ``image_root_env`` variable is not set (else None)."""
         if self.image_root_env and not os.environ.get(self.image_root_env):
-            return (f"${self.image_root_env}, which names the image folder, is not set: "
-                    f"export {self.image_root_env}=/path/to/the/images")
+            return (f"${self.image_root_env}, which names the image folder, is not set, so images are looked for "
+                    f"in {self.image_root}; if they are elsewhere, export {self.image_root_env}=/path/to/the/images")
         return None
 
     def manifest(self, strict: bool = False, check_files: bool = True) -> Manifest:
@@ -183,7 +182,7 @@ class DataCard:
                     group_column=self.group_column,
                     check_files=check_files,
                     strict=strict,
-                    root_hint=self._unset_root_variable(),
+                    root_hint=self.unset_root_variable(),
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None
@@ -310,9 +309,8 @@ def _parse_card(path: Path) -> DataCard:
         raise CardError(path, None, f"must be a mapping of fields, not {type(raw).__name__}", "See data_cards/ham10000/card.yaml for the layout")
     unknown = [k for k in raw if k not in _FIELDS]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), list(_FIELDS), n=1, cutoff=0.4)
-        fix = f"Did you mean {close[0]!r}? " if close else ""
-        raise CardError(path, str(unknown[0]), "is not a card field", f"{fix}Card fields: {', '.join(sorted(_FIELDS))}.")
+        raise CardError(path, str(unknown[0]), "is not a card field",
+                        unknown_name_message("field", str(unknown[0]), _FIELDS, lead=False))
     for key, (required, help_text) in _FIELDS.items():
         if required and (raw.get(key) is None or raw.get(key) == ""):
             raise CardError(path, key, "is missing", f"Add it: {help_text}")

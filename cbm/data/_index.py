@@ -43,12 +43,18 @@ _HEADER_COLUMNS = {
 INDEX_COLUMNS = ("path", "label", "split", *_HEADER_COLUMNS.values(), "transfer_syntax")
 _PATIENT_TAGS = ("PatientID", "StudyInstanceUID")  # grouping only, never written in clear
 # Keywords that can identify a patient, a study or a person (names, IDs, UIDs, dates and times,
-# addresses, institutions, free-text comments; after DICOM PS3.15's confidentiality profile):
-# labels are written to the manifest and printed, so these are refused as a label source.
+# addresses, institutions, the patient's own attributes, free text; after DICOM PS3.15's
+# confidentiality profile): labels are written to the manifest and printed, so these are refused
+# as a label source, except the few patient attributes and acquisition settings below.
 _IDENTIFYING_KEYWORD = re.compile(
     r"Name|UID|Date|Time|Address|Telephone|Accession|Institution|Physician|Operator|Comment|SerialNumber"
-    r"|Identifier|Station|Birth|(?:^|[a-z])IDs?(?:$|[A-Z])"
+    r"|Identifier|Station|Birth|Patient|Description|History|Ethnic|Occupation|Residence|Religio|Military"
+    r"|(?:^|[a-z])IDs?(?:$|[A-Z])"
 )
+_LABEL_KEYWORDS_ALLOWED = frozenset({
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight",  # the usual confounders, not identifiers
+    "ProtocolName", "ExposureTime", "EchoTime", "RepetitionTime", "InversionTime", "FrameTime",
+})
 
 
 @dataclass
@@ -95,7 +101,7 @@ def _parse_label_from(label_from: str | None) -> tuple[str, str | None]:
         keyword = label_from[4:]
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"--label-from {label_from!r}: {keyword!r} is not a DICOM keyword (e.g. tag:BodyPartExamined)")
-        if _IDENTIFYING_KEYWORD.search(keyword):
+        if keyword not in _LABEL_KEYWORDS_ALLOWED and _IDENTIFYING_KEYWORD.search(keyword):
             raise ValueError(
                 f"--label-from {label_from!r}: {keyword} can identify a patient, and labels are written to the "
                 "manifest and printed in clear; label by folder (--label-from folder) or by a clinical attribute "

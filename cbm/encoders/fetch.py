@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cbm.encoders.hashing import file_sha256
 from cbm.encoders.registry import CONFIG_FILE, LOCAL_DIR_PREFIX, PRESETS, WEIGHT_FILES, fetched_dir, resolve_encoder
-from cbm.utils import atomic_write_json, file_mode
+from cbm.utils import atomic_write_json, set_file_mode
 
 __all__ = ["fetch_model", "TEXT_TOWER_DIR", "TOKENIZER_DIR", "TEXT_TOWER_FILES", "hub_snapshot"]
 
@@ -147,7 +147,7 @@ def _copy_text_files(ref: str, folder: Path) -> str:
 def _copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (a temp file in ``dst``'s folder, then ``os.replace``)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.fchmod(fd, file_mode())  # mkstemp makes it owner-only; the copy is for others to read too
+    set_file_mode(fd)  # mkstemp makes it owner-only; the copy is for others to read too
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)

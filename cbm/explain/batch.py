@@ -15,11 +15,12 @@ An input that cannot be read is listed in the index with the reason; the others 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,15 +127,50 @@ def _slug(text: str) -> str:
 
 
 def _without_names(text: str, path: Path, label: str) -> str:
-    """``text`` with every spelling of ``path`` (as given, absolute, resolved, its file name) replaced by ``label``."""
-    spellings = {os.fspath(path), os.path.abspath(path), path.name}
+    """``text`` with ``path`` replaced by ``label``: its spellings as given, absolute and resolved,
+    and its file name where it stands as a path's last part (after a separator or a quote, or at
+    the start), so a file named ``1`` does not turn "1024 bytes" into "case 3024 bytes"."""
+    spellings = {os.fspath(path), os.path.abspath(path)}
     try:
         spellings.add(os.fspath(path.resolve()))
     except OSError:
         pass
-    for spelling in sorted((s for s in spellings if s), key=len, reverse=True):
-        text = text.replace(spelling, label)
-    return text
+    pattern = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True) if s)
+    text = re.sub(pattern, lambda _: label, text)
+    name = re.escape(path.name)
+    return re.sub(rf"(?:(?<=^)|(?<=[/\\'\"])){name}(?=$|['\":,;)\s])", lambda _: label, text)
+
+
+class _ScrubNames(logging.Filter):
+    """Rewrites log records of the image reader so they name the case, not its file."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        super().__init__()
+        self.path, self.label = path, label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _without_names(record.getMessage(), self.path, self.label), ()
+        return True
+
+
+_READER_LOGGERS = ("cbm.data._image", "cbm.data", "cbm.explain.case", "cbm.explain.maps")
+
+
+@contextlib.contextmanager
+def _names_hidden(path: Path, label: str, hide: bool) -> Iterator[None]:
+    """While reading one case with ``hide``, what the reader logs names the case, not its file."""
+    if not hide:
+        yield
+        return
+    scrub = _ScrubNames(path, label)
+    loggers = [logging.getLogger(n) for n in _READER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(scrub)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(scrub)
 
 
 def _previous_reports(out: Path) -> set[str]:
@@ -146,7 +182,8 @@ def _previous_reports(out: Path) -> set[str]:
     found = set()
     for r in records if isinstance(records, list) else []:
         report = r.get("report") if isinstance(r, dict) else None
-        if isinstance(report, str) and report.startswith("cases/") and "/" not in report[len("cases/"):]:
+        name = report[len("cases/"):] if isinstance(report, str) and report.startswith("cases/") else ""
+        if name.endswith(".html") and "/" not in name and "\\" not in name and not name.startswith("."):
             found.add(report)
     return found
 
@@ -167,10 +204,9 @@ def explain_batch(
     Args:
         model: the trained model.
         inputs: :class:`CaseInput` items (from :func:`collect_inputs`) or image paths.
-        out_dir: created if missing. Reports an earlier run wrote there (listed in its
-            ``index.json``) are replaced or, when this run does not write them again, removed, so
-            the folder never holds a report its index does not list (nor, with ``hide_names``, an
-            earlier report named after its file).
+        out_dir: created if missing. Reports an earlier run listed in its ``index.json`` there are
+            replaced or, when this run does not write them again, removed (so a ``hide_names`` run
+            leaves no earlier report named after its file).
         top_k: contributions listed (and mapped) for the predicted class and the runner-up.
         maps: compute concept maps.
         hide_names: name cases ``case 1``, ``case 2``... instead of by file name (file names can
@@ -198,13 +234,15 @@ def explain_batch(
         if not hide_names:
             record["input"] = os.fspath(item.path)
         try:
-            case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps, max_side=max_side)
+            with _names_hidden(item.path, label, hide_names):
+                case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
+                                     max_side=max_side)
         except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
             reason = str(exc) or type(exc).__name__
             if hide_names:  # read errors start with the file's path
                 reason = _without_names(reason, item.path, label)
             log.warning("%s: not explained: %s", label, reason)
-            log.debug("details", exc_info=True)
+            log.debug("details", exc_info=not hide_names)
             result.failures.append((label, reason))
             rows.append(IndexRow(label, error=reason, truth=item.truth))
             records.append({**record, "error": reason})

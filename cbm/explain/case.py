@@ -57,11 +57,15 @@ SAFE_META_KEYS = (
 # says so when they disagree: the model still predicts, but a clinician must not read a CT slice
 # explained by a dermoscopy model as if the prediction meant something.
 # (words in the card's modality, DICOM Modality codes such images carry, trained on colour images)
+# (OT "other" and SC "secondary capture" are what converted and exported images often carry.)
 _MODALITY_EXPECTATIONS = (
-    (("x-ray", "xray", "radiograph"), ("CR", "DX", "RG", "OT"), False),
-    (("dermoscop",), ("DMS", "XC", "OT"), True),
-    (("photograph",), ("XC", "OT"), True),
+    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
+    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("photograph",), ("XC", "OT", "SC"), True),
 )
+# A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
+# image with a coloured annotation or ruler stays grey).
+_COLOUR_PIXEL_SHARE = 0.01
 MIN_IMAGE_SIDE = 32
 """Images with a shorter side (in pixels) are flagged as too small to show a finding."""
 
@@ -151,7 +155,7 @@ def input_warnings(model: ConceptBottleneckModel, pixels: np.ndarray, meta: Mapp
     """
     found: list[str] = []
     modality = str(((model.info or {}).get("card") or {}).get("modality") or "")
-    words = modality.lower()
+    words = "".join(modality.lower().replace("-", " ").split())  # "chest X-ray", "chest x ray" -> "chestxray"
     for keys, codes, colour in _MODALITY_EXPECTATIONS:
         if not any(k in words for k in keys):
             continue
@@ -159,7 +163,7 @@ def input_warnings(model: ConceptBottleneckModel, pixels: np.ndarray, meta: Mapp
         if meta.get("format") == "dicom" and code and code not in codes:
             found.append(f"This DICOM file's modality is {code}; the model was trained on {modality} images "
                          f"(DICOM modality {' or '.join(codes)}), so its prediction does not apply to this image.")
-        if colour and (pixels.shape[2] == 1 or float(np.ptp(pixels, axis=2).max()) < 1.0 / 255.0):
+        if colour and (pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE):
             found.append(f"The image is greyscale; the model was trained on colour {modality} images, "
                          "so its prediction may not apply to this image.")
         break
