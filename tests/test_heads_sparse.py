@@ -146,7 +146,7 @@ def test_path_runs_from_all_zero_down(small):
     assert head.path_[0]["nnz"] == 0 and head.path_[-1]["nnz"] > head.path_[10]["nnz"]
     assert head.path_coefs_.shape == (50, 3, 20) and head.path_intercepts_.shape == (50, 3)
     assert set(head.path_[0]) == {"lambda", "val_accuracy", "train_loss", "objective", "nnz",
-                                  "concepts_per_class", "n_iter", "converged"}
+                                  "concepts_per_class", "n_iter", "converged", "seconds"}
     # lambda_max is the smallest lambda that zeroes everything: just below it a weight appears
     below = SparseConceptHead(lambdas=[0.999 * head.lambdas_[0]], **EXACT).fit(X, y, X, y)
     assert np.count_nonzero(below.coef_) >= 1

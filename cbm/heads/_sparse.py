@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -113,7 +114,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         lambda_: the selected lambda; selected_index_: its index on the path.
         lambdas_: the grid, largest first.
         path_: one dict per lambda: lambda, val_accuracy, train_loss, objective, nnz,
-            concepts_per_class, n_iter, converged.
+            concepts_per_class, n_iter, converged, seconds (to fit and score that point).
         path_coefs_: ``(n_lambdas, n_classes, n_features)``; path_intercepts_: ``(n_lambdas, n_classes)``.
         validation_: where the selection split came from ("given" or "holdout") and its size.
         n_iter_: solver iterations over the whole path.
@@ -207,14 +208,17 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         if threads is None and X_fit.shape[0] * n_features * n_classes < _SMALL_PROBLEM:
             threads = 1
         with _torch_threads(threads if device.type == "cpu" else None):
+            t_prev = time.perf_counter()
             for point in bar:
                 acc = val_acc[-1]  # appended by score_val just before the point was yielded
                 nnz = int(np.count_nonzero(point.coef))
+                now = time.perf_counter()
                 path.append({
                     "lambda": point.lam, "val_accuracy": acc, "train_loss": point.loss, "objective": point.objective,
                     "nnz": nnz, "concepts_per_class": nnz / n_classes, "n_iter": point.n_iter,
-                    "converged": point.converged,
+                    "converged": point.converged, "seconds": now - t_prev,
                 })
+                t_prev = now
                 coefs.append(point.coef)
                 intercepts.append(point.intercept)
                 bar.set_postfix(nnz=nnz, val_acc=f"{acc:.3f}")
