@@ -59,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("cbm").debug("details", exc_info=True)
         print(f"cbm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
+        resume = _RESUME.get(args.command, "")
+        print(f"cbm {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
+
+
+# what an interrupted command keeps, where it keeps something a re-run builds on
+_RESUME = {
+    "features": "; finished cache shards are kept, and a re-run computes only the rest",
+    "concepts": "; the classes already answered are kept in the store",
+}
 
 
 if __name__ == "__main__":

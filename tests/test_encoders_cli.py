@@ -44,3 +44,19 @@ def test_bad_arguments_are_reported(setup, capsys):
     assert "Did you mean 'biomedclip'?" in capsys.readouterr().err
     assert main(["fetch-models", "hf-hub:org/repo"]) == 2
     assert "--to DIR" in capsys.readouterr().err
+    assert features(setup, "--shard-size", "0") == 2
+    assert "shard_size must be at least 1" in capsys.readouterr().err
+    assert features(setup, "--device", "meta") == 2
+    assert "cannot run an encoder" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_a_line_not_a_traceback(setup, capsys, monkeypatch):
+    import cbm.encoders.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cbm.encoders.cli, "run_features", interrupted)
+    assert features(setup) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "cbm features: interrupted; finished cache shards are kept, and a re-run computes only the rest"

@@ -278,3 +278,35 @@ def test_the_frame_read_from_multi_frame_files_is_part_of_the_key(world, enc, tm
         "pixel_pipeline": PIXEL_PIPELINE_VERSION,
         "frame": "first",
     }
+
+
+def test_a_file_replaced_with_the_same_size_and_time_is_hashed_again(tmp_path, monkeypatch):
+    from cbm.encoders.hashing import content_hashes
+
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "img" / "a.png", tmp_path / "b.png"
+    a.parent.mkdir()
+    a.write_bytes(b"first image bytes")
+    b.write_bytes(b"other image bytes")  # the same size
+    st = a.stat()
+    first = content_hashes([a], progress=False)
+    shutil.copyfile(b, a)  # over the file, as cp does
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))  # and its modification time put back, as cp -p does
+    assert a.stat().st_size == st.st_size and a.stat().st_mtime_ns == st.st_mtime_ns
+    assert content_hashes([a], progress=False) == [hashlib.sha256(b"other image bytes").hexdigest()] != first
+
+
+def test_a_second_process_waits_for_the_one_writing_the_cache(world, enc, tmp_path):
+    import threading
+
+    from cbm.encoders.extract import _one_writer
+
+    ds = dataset(world, enc)
+    first = run(enc, ds, tmp_path)
+    done = threading.Event()
+    second = threading.Thread(target=lambda: (run(enc, ds, tmp_path), done.set()))
+    with _one_writer(first.cache_path):  # another writer holds the folder (flock is per open file)
+        second.start()
+        assert not done.wait(1.0)  # the second run waits for it...
+    second.join(60)
+    assert done.is_set()  # ...and goes on once it is free

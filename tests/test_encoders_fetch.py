@@ -163,3 +163,10 @@ def test_biomedclip_architecture_builds_offline_from_its_shipped_config(tmp_path
     assert enc.tokenizer(["irregular border"]).shape == (1, 256)
     assert enc.encode_text(["irregular border"]).shape == (1, 512)
     assert enc.encode_image(torch.randn(1, 3, 224, 224)).shape == (1, 512)
+
+
+def test_a_fetched_preset_files_its_features_with_the_preset(tmp_path):
+    # demo-clip ships with the package, so this fetch needs no network; the folder name is the user's
+    dest = fetch_model("demo-clip", tmp_path / "derm-model")
+    local, preset = create_encoder(f"local-dir:{dest}"), create_encoder("demo-clip")
+    assert local.name != preset.name and local.cache_key == preset.cache_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -159,6 +160,14 @@ def test_local_dir_loads_config_and_weights(tmp_path, tiny):
     assert torch.equal(local.encode_text(["dots"]), direct.encode_text(["dots"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         create_encoder(f"local-dir:{tmp_path / 'nowhere'}")
+    # an @ in a folder or file name is part of the path, not the start of a weights name
+    at = shutil.copytree(folder, tmp_path / "model@v2")
+    assert torch.equal(create_encoder(f"local-dir:{at}").encode_text(["dots"]), direct.encode_text(["dots"]))
+    assert create_encoder(f"local-dir:{at}@random").info == create_encoder(f"local-dir:{folder}@random").info
+    assert create_encoder(f"{config}@{at / 'open_clip_model.safetensors'}").info == direct.info
+    (tmp_path / "no-config").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no open_clip_config.json .*cbm fetch-models NAME --to"):
+        create_encoder(f"local-dir:{tmp_path / 'no-config'}")
 
 
 def test_a_fetched_preset_in_the_cache_is_used_offline(monkeypatch, tmp_path, tiny):

@@ -82,7 +82,7 @@ def run_features(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 num_workers=args.workers,
                 cache_dir=args.cache_dir,
-                shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+                shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size,
                 progress=not args.no_progress,
                 desc=f"{split}",
             )

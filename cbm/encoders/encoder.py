@@ -43,8 +43,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # a meta or other device has no data to compute on
+        raise ValueError(f"device {device!r} cannot run an encoder; use 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available here; use the CPU (cpu)")
     return dev
 
 
@@ -102,7 +104,8 @@ class Encoder:
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         embed_dim: size of the joint embedding.
         info: what the cache key is made of (architecture, weights id, preprocessing, precision).
-        cache_key: a folder-safe id of :attr:`info`, ``<name>-<hash>``.
+        cache_key: a folder-safe id of :attr:`info`, ``<name>-<hash>`` (a folder fetched from a
+            preset uses the preset's name, so it shares the preset's cached features).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class Encoder:
         device: torch.device,
         precision: str,
         info: dict[str, Any],
+        cache_name: str | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -129,7 +133,7 @@ class Encoder:
             )
         self.transform = EncoderTransform(preprocess["size"], preprocess["mean"], preprocess["std"], preprocess["interpolation"])
         self.info = {**info, "preprocess": self.transform.config, "precision": precision, "version": CACHE_KEY_VERSION}
-        self.cache_key = f"{_slug(name)}-{stable_hash(self.info)}"
+        self.cache_key = f"{_slug(cache_name or name)}-{stable_hash(self.info)}"
         self.embed_dim = int(info["embed_dim"])
 
     def __repr__(self) -> str:

@@ -14,10 +14,11 @@ filesystem across nodes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,58 +128,89 @@ def encode_images(
         embed_dim=encoder.embed_dim,
         reading=_reading(dataset),
     )
-    valid: dict[int, ShardData] = {}
-    current = False
+    with contextlib.ExitStack() as stack:
+        if world == 1:  # ranks of one torchrun share a folder by design; separate processes take turns
+            stack.enter_context(_one_writer(store.folder))
+        valid: dict[int, ShardData] = {}
+        current = False
 
-    def scan() -> list[int]:
-        nonlocal valid, current
-        valid, todo, current = store.scan()
-        return todo
+        def scan() -> list[int]:
+            nonlocal valid, current
+            valid, todo, current = store.scan()
+            return todo
 
-    todo: list[int] = distributed.on_rank_zero(scan)
-    mine = todo[rank::world]
-    if rank == 0:
-        done = store.n_shards - len(todo)
-        log.info(
-            "%s: %d images, %d of %d shards cached in %s; computing %d image(s)%s",
-            desc, store.n_items, done, store.n_shards, store.folder,
-            sum(store.shard_size_of(s) for s in todo), f" on {world} ranks" if world > 1 else "",
-        )
-    failure = None
-    written: dict[int, ShardData] = {}
-    try:
-        written = _extract(encoder, dataset, store, mine, batch_size, workers, show, desc)
-    except Exception as exc:
-        if world == 1:
-            raise
-        failure = f"rank {rank}: {type(exc).__name__}: {exc}"
-        log.exception("feature extraction failed on rank %d", rank)
-    if world > 1:
-        outcomes = distributed.all_gather({"error": failure, "shards": {str(s): d.sha256 for s, d in written.items()}})
-        errors = [o["error"] for o in outcomes if o["error"]]
-        if errors:
-            raise RuntimeError("sharded feature extraction failed (finished shards are kept; re-run to resume): " + "; ".join(errors))
-        shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
+        todo: list[int] = distributed.on_rank_zero(scan)
+        mine = todo[rank::world]
+        if rank == 0:
+            done = store.n_shards - len(todo)
+            log.info(
+                "%s: %d images, %d of %d shards cached in %s; computing %d image(s)%s",
+                desc, store.n_items, done, store.n_shards, store.folder,
+                sum(store.shard_size_of(s) for s in todo), f" on {world} ranks" if world > 1 else "",
+            )
+        failure = None
+        written: dict[int, ShardData] = {}
+        try:
+            written = _extract(encoder, dataset, store, mine, batch_size, workers, show, desc)
+        except Exception as exc:
+            if world == 1:
+                raise
+            failure = f"rank {rank}: {type(exc).__name__}: {exc}"
+            log.exception("feature extraction failed on rank %d", rank)
+        if world > 1:
+            outcomes = distributed.all_gather({"error": failure, "shards": {str(s): d.sha256 for s, d in written.items()}})
+            errors = [o["error"] for o in outcomes if o["error"]]
+            if errors:
+                raise RuntimeError("sharded feature extraction failed (finished shards are kept; re-run to resume): " + "; ".join(errors))
+            shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
 
-        def merge() -> None:  # every rank's shards, each checked against the hash its rank reported
-            valid.update({s: store.load(s, shas[s]) for s in todo})
-            if not current:
+            def merge() -> None:  # every rank's shards, each checked against the hash its rank reported
+                valid.update({s: store.load(s, shas[s]) for s in todo})
+                if not current:
+                    store.write_manifest(valid)
+
+            distributed.on_rank_zero(merge)  # the other ranks wait for the manifest
+            if rank != 0:
+                valid = store.load_all()
+        else:
+            valid.update(written)
+            if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
                 store.write_manifest(valid)
-
-        distributed.on_rank_zero(merge)  # the other ranks wait for the manifest
-        if rank != 0:
-            valid = store.load_all()
-    else:
-        valid.update(written)
-        if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
-            store.write_manifest(valid)
-    if rank == 0:
-        store.remove_stale_temp_files()
-    computed = sum(store.shard_size_of(s) for s in todo)
-    return _assemble(store, valid, dataset, paths, computed)
+        if rank == 0:
+            store.remove_stale_temp_files()
+        computed = sum(store.shard_size_of(s) for s in todo)
+        return _assemble(store, valid, dataset, paths, computed)
 
 
 # ---------------------------------------------------------------------------- internals
+@contextlib.contextmanager
+def _one_writer(folder: Path) -> Iterator[None]:
+    """Hold the cache folder's lock (POSIX advisory) while its shards are found, computed and listed.
+
+    A second process on the same images waits, then finds everything the first wrote instead of
+    computing it again and rewriting the manifest under the first one's feet. Where no lock can be
+    taken (no ``fcntl``, a read-only cache), it goes on without one.
+    """
+    try:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".lock", "a+b")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("another process is writing the feature cache %s; waiting for it", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _default_root() -> Path:
     return cache_dir("features")
 

@@ -24,7 +24,7 @@ __all__ = ["file_sha256", "content_hashes", "MISSING"]
 
 log = logging.getLogger(__name__)
 
-_MEMO_VERSION = 1
+_MEMO_VERSION = 2  # 2: the change time and the inode joined the stamp
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -68,13 +68,15 @@ def content_hashes(
         key = str(path.relative_to(root))
         try:
             st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns]
+            # size and both times and the inode: a copy over the file (cp -p, rsync -a) that keeps the
+            # size and the modification time still moves the change time
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
             entry = memo.get(key)
-            if entry is None or entry[:2] != stamp:
+            if entry is None or entry[:4] != stamp:
                 entry = [*stamp, sha256_file(path)]
                 memo[key] = entry
                 changed += 1
-            out.append(entry[2])
+            out.append(entry[4])
         except OSError as exc:
             if not missing_ok:
                 bar.close()
@@ -91,7 +93,7 @@ def content_hashes(
 
 
 def _read_memo(path: Path, root: Path) -> dict[str, list]:
-    """The memo's ``relative path -> [size, mtime_ns, sha256]`` map, or empty if absent or unreadable."""
+    """The memo's ``relative path -> [size, mtime_ns, ctime_ns, inode, sha256]`` map, or empty if absent or unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") == _MEMO_VERSION and data.get("root") == str(root):

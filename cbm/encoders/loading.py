@@ -63,6 +63,7 @@ class ModelSpec:
     origin: str  # where architecture and weights came from, for people and the cache manifest
     tokenizer_name: str | None = None  # a built-in open_clip architecture whose tokenizer to use
     text_tower_ids: dict[str, str] | None = None  # hub ids of a fetched local text tower (for the cache key)
+    cache_name: str | None = None  # the name its cache key starts with, when not ``name`` (a fetched preset's)
 
 
 def read_model_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

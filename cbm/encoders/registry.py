@@ -148,6 +148,7 @@ def create_encoder(name: str, device: str | None = None, precision: str | None =
         device=dev,
         precision=prec,
         info=info,
+        cache_name=spec.cache_name,
     )
     log.info("encoder %s: %s on %s (%s)", spec.name, spec.origin, dev, prec)
     return encoder
@@ -171,9 +172,7 @@ def resolve_encoder(name: str) -> ModelSpec:
             raise RuntimeError(f"preset {name!r}: {exc}".replace("fetch-models NAME", f"fetch-models {name}")) from None
         spec.name = name
         return spec
-    source, sep, weights = name.rpartition("@")
-    if not sep:
-        source, weights = name, ""
+    source, sep, weights = _split_weights(name)
     if source.startswith(HUB_PREFIX):
         spec = _from_hub(source[len(HUB_PREFIX) :], name, load_weights=not weights)
     elif source.startswith(LOCAL_DIR_PREFIX):
@@ -185,6 +184,21 @@ def resolve_encoder(name: str) -> ModelSpec:
     if weights:
         spec.weights, spec.origin = _weights_file(weights, name), f"{spec.origin} architecture, weights {weights}"
     return spec
+
+
+def _split_weights(name: str) -> tuple[str, str, str]:
+    """``(source, "@", weights)``, or ``(name, "", "")``: the ``@`` that separates the weights, where a
+    folder or file name may hold an ``@`` too (the last ``@`` whose left side is an existing path wins)."""
+    def path_of(source: str) -> Path:
+        return Path(source[len(LOCAL_DIR_PREFIX):] if source.startswith(LOCAL_DIR_PREFIX) else source).expanduser()
+
+    if name.startswith(LOCAL_DIR_PREFIX) and path_of(name).is_dir():
+        return name, "", ""
+    for i in range(len(name) - 1, 0, -1):
+        if name[i] == "@" and path_of(name[:i]).exists():
+            return name[:i], "@", name[i + 1:]
+    source, sep, weights = name.rpartition("@")
+    return (source, sep, weights) if sep else (name, "", "")
 
 
 def _unknown(name: str) -> str:
@@ -271,6 +285,11 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
     """``local-dir:DIR``: ``open_clip_config.json`` and weights from a folder (text tower paths relative to it)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"encoder {name!r}: folder {folder} does not exist")
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"encoder {name!r}: {folder} has no {CONFIG_FILE} (the model's architecture and preprocessing); "
+            f"a folder written by `cbm fetch-models NAME --to {folder}` has it, or write one beside the weights"
+        )
     model_cfg, preprocess, extra = read_model_config(folder / CONFIG_FILE)
     text = model_cfg["text_cfg"]
     for key in ("hf_model_name", "hf_tokenizer_name"):
@@ -285,6 +304,8 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
         origin=f"{LOCAL_DIR_PREFIX}{folder}",
         tokenizer_name=(extra.get("cbm") or {}).get("open_clip_architecture"),
         text_tower_ids=(extra.get("cbm") or {}).get("text_tower_ids"),
+        # a folder `cbm fetch-models PRESET` wrote files its features with the preset's: same weights, same cache
+        cache_name=(extra.get("cbm") or {}).get("name"),
     )
     if load_weights:
         found = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
