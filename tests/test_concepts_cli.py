@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -64,8 +65,9 @@ def test_without_a_store_or_server_the_error_says_what_to_run(card_dir, capsys):
 def test_generate_then_reuse_the_store_without_a_server(card_dir, preset, server, capsys):
     assert main(["concepts", str(card_dir), "--llm", str(preset)]) == 0
     out = capsys.readouterr().out
-    assert f"concept store {card_dir / 'concepts.json'} (test-model at 127.0.0.1:" in out
-    assert "pneumonia (3 concepts, llm):\n  - lobar consolidation\n  - air bronchograms\n  - patchy opacities" in out
+    assert f"concept store {card_dir / 'concepts.json'} (classes it already had were not asked again)" in out
+    assert re.search(r"pneumonia \(3 concepts, llm\):\n  \(test-model at 127\.0\.0\.1:\d+, prompt v1, 20\d\d-[^)]+\)\n"
+                     r"  - lobar consolidation\n  - air bronchograms\n  - patchy opacities", out)
     assert sorted(class_asked(r) for r in server.requests) == ["normal", "pneumonia"]
 
     assert main(["concepts", str(card_dir), "--removed"]) == 0
@@ -87,7 +89,7 @@ def test_a_cap_refilters_the_store_without_asking(card_dir, preset, server, caps
     assert main(["concepts", str(card_dir), "--llm", str(preset)]) == 0
     assert main(["concepts", str(card_dir), "--max-per-class", "1"]) == 0
     out = capsys.readouterr().out
-    assert "pneumonia (1 concept, llm):\n  - lobar consolidation\n" in out
+    assert re.search(r"pneumonia \(1 concept, llm\):\n  \([^)]+\)\n  - lobar consolidation\n", out)
     assert len(server.requests) == 2
     doc = json.loads((card_dir / "concepts.json").read_text())
     assert doc["filter"]["config"]["max_per_class"] == 1
@@ -98,3 +100,9 @@ def test_options_that_need_a_server_say_so(card_dir, capsys):
     assert "--refresh, --replace-curated, --model and --base-url need --llm PRESET" in capsys.readouterr().err
     assert main(["concepts", str(card_dir), "--llm", "vlm"]) == 2
     assert "Unknown LLM preset 'vlm'. Did you mean 'vllm'?" in capsys.readouterr().err
+
+
+def test_removed_phrases_are_shortened_for_the_terminal():
+    from cbm.concepts.cli import _short
+
+    assert _short("irregular border") == "irregular border" and _short("x" * 5000) == "x" * 79 + "…"

@@ -247,3 +247,38 @@ def test_two_concurrent_processes_leave_one_valid_store(card):
     assert [out.strip() for out, _ in outputs] == [str(len(concepts.concepts))] * 2
     assert sorted(concepts.by_class) == sorted(ANSWERS)
     assert not list(card.folder.glob(".concepts.json.*.tmp"))  # no temp file left behind
+
+
+def test_an_answer_with_nothing_usable_keeps_the_stored_list_and_its_text(card):
+    with ScriptedLLMServer(ANSWERS) as server:
+        good = generate_concepts(card, config_for(server), progress=False)
+    junk = {**ANSWERS, "melanoma": ["x" * 500, "melanoma"]}  # too long; the class name itself
+    with ScriptedLLMServer(junk) as server:
+        with pytest.raises(ConceptGenerationError, match="every one of the 2 proposed phrases was filtered out") as err:
+            generate_concepts(card, config_for(server), refresh=True, progress=False)
+    assert "The other classes' lists (2) are in" in str(err.value)
+    assert load_concepts(card).by_class["melanoma"] == good.by_class["melanoma"]  # the good list stays
+    rejected = stored(card)["rejected"]["melanoma"]
+    assert "x" * 500 in rejected["raw_response"] and rejected["model"] == "test-model"
+    with ScriptedLLMServer(ANSWERS) as server:  # the class is asked again, and the record goes
+        generate_concepts(card, config_for(server), refresh=True, progress=False)
+    assert "rejected" not in stored(card)
+
+
+def test_server_credentials_stay_out_of_the_store(card):
+    with ScriptedLLMServer(ANSWERS) as server:
+        url = server.base_url.replace("http://", "http://alice:hunter2@")
+        cfg = LLMConfig(base_url=url, model="test-model", backoff_s=0.01, max_retries=0)
+        assert cfg.server_host == server.base_url.split("//")[1].split("/")[0] and "hunter2" not in cfg.shown_url
+        try:
+            generate_concepts(card, cfg, progress=False)
+        except LLMError:
+            pass  # whether the test server accepts the userinfo does not matter here
+    if card.store_path.is_file():
+        assert "hunter2" not in card.store_path.read_text() and "alice" not in card.store_path.read_text()
+
+
+def test_a_run_where_nothing_was_answered_says_nothing_was_saved(card):
+    with ScriptedLLMServer(ANSWERS, lambda request, n: Reply(refusal="I cannot help with that.")) as server:
+        with pytest.raises(ConceptGenerationError, match="No list was saved"):
+            generate_concepts(card, config_for(server), progress=False)

@@ -98,6 +98,9 @@ def test_a_plain_class_to_concepts_file_is_read_as_curated(card):
         ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": "clear"}}}', "'concepts' must be a list"),
         ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": [], "source": "gpt"}}}', "use 'curated' or 'llm'"),
         ('{"normal": "clear lungs"}', "class 'normal' must be a list of strings"),
+        ('{"normal": ["clear lungs", "  "]}', "class 'normal' holds an empty phrase"),
+        ('{"normal": ["clear lungs", "Clear  lungs"]}', "lists 'Clear  lungs' twice"),
+        ('{"normal": ["clear lungs"], "normal": ["sharp angles"]}', "has the key 'normal' twice"),
     ],
 )
 def test_a_malformed_store_names_the_file_and_the_problem(card, content, message):
@@ -109,7 +112,8 @@ def test_a_malformed_store_names_the_file_and_the_problem(card, content, message
 
 def test_a_store_that_lacks_a_class_says_how_to_fill_it(card, caplog):
     save_curated(card.folder / "concepts.json", {"normal": ["clear lungs"], "pneumonia": ["consolidation"]})
-    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\].*cbm concepts toy-cxr --llm"):
+    # the card is not a built-in one, so the command names it by its folder
+    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\].*cbm concepts /\S+ --llm"):
         load_concepts(card)
     save_curated(card.folder / "concepts.json", {"effusion": ["meniscus sign"], "old_class": ["x y"]})
     assert load_concepts(card).classes == ["normal", "pneumonia", "effusion"]

@@ -81,16 +81,25 @@ def run_concepts(args: argparse.Namespace) -> int:
         )
         if not config.has_server:
             print(f"no LLM server in {config.label}: using the concept store {concepts.path} (no request sent)")
-        else:
-            print(f"concept store {concepts.path} ({config.model} at {config.server_host})")
+        else:  # each class's own line says which model wrote its list, and when
+            print(f"concept store {concepts.path} (classes it already had were not asked again)")
     for name in concepts.classes:
         listed = concepts.by_class[name]
         count = f"{len(listed)} concept" + ("" if len(listed) == 1 else "s")
         print(f"\n{name} ({count}, {concepts.sources.get(name, '?')}):")
+        made = (concepts.llm or {}).get(name) if concepts.sources.get(name) == "llm" else None
+        if made:
+            print(f"  ({made.get('model')} at {made.get('server_host')}, prompt {made.get('prompt_version')}, "
+                  f"{made.get('date')})")
         for phrase in listed:
             print(f"  - {phrase}")
         if args.removed:
             for item in concepts.removed.get(name, []):
-                print(f"  x {item['concept']}  [{item['rule']}: {item['reason']}]")
+                print(f"  x {_short(item['concept'])}  [{item['rule']}: {_short(item['reason'])}]")
     print(f"\n{len(concepts.concepts)} distinct concepts over {len(concepts.classes)} classes")
     return 0
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for a terminal line (an LLM can propose a page of text)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -41,6 +41,7 @@ from cbm.concepts.store import (
     ConceptSet,
     _now,
     card_info,
+    card_reference,
     concept_set_from_store,
     new_store,
     read_store,
@@ -117,8 +118,12 @@ def _ask_all(
     todo: dict[str, list[dict[str, str]]],
     on_answer: Callable[[str, Any], None],
     progress: bool,
+    on_reject: Callable[[str, AnswerError], None] | None = None,
 ) -> dict[str, str]:
-    """Ask for every class in ``todo`` with bounded concurrency; returns class -> failure reason."""
+    """Ask for every class in ``todo`` with bounded concurrency; returns class -> failure reason.
+
+    ``on_answer(name, answer)`` takes each usable answer (and may refuse it with ``AnswerError``);
+    ``on_reject(name, error)`` hears of each answer that could not be used."""
     failures: dict[str, str] = {}
     fatal: LLMError | None = None
     workers = min(llm.config.max_concurrency, len(todo))
@@ -138,6 +143,8 @@ def _ask_all(
                 log.error("class %r: %s", name, exc)
                 if exc.raw:
                     log.debug("class %r raw answer: %s", name, exc.raw)
+                if on_reject is not None:
+                    on_reject(name, exc)
             except NotSent:
                 failures[name] = "not asked: the run stopped after a server error"
             except LLMError as exc:
@@ -265,7 +272,7 @@ def generate_concepts(
                 f"card {info.name!r} has no concept list for classes {list(todo)} in {str(path)!r}, and no LLM "
                 f"server to ask: pass an LLM preset ({', '.join(p for p in list_llm_presets() if p != 'none')}) "
                 "or a YAML file, e.g. `cbm concepts "
-                f"{info.name} --llm vllm`, or write the lists by hand (cbm.concepts.save_curated)"
+                f"{card_reference(info)} --llm vllm`, or write the lists by hand (cbm.concepts.save_curated)"
             )
         failures: dict[str, str] = {}
         if todo:
@@ -275,6 +282,12 @@ def generate_concepts(
             )
 
             def on_answer(name: str, answer: Any) -> None:
+                # a first, string-only filtering so the file is usable even if the run stops here
+                kept = filter_concepts({name: answer.concepts}, classes)[name]
+                if not kept.kept:  # nothing usable: the class keeps what it had, and is asked again next time
+                    rules = sorted({r["rule"] for r in kept.removed})
+                    raise AnswerError(f"every one of the {len(answer.concepts)} proposed phrases was filtered out "
+                                      f"({', '.join(rules)}); the stored list, if any, is kept", raw=answer.raw)
                 by_class[name] = {
                     "source": "llm",
                     "concepts": [],
@@ -297,16 +310,21 @@ def generate_concepts(
                         "raw_response": answer.raw,
                     },
                 }
-                # a first, string-only filtering so the file is usable even if the run stops here
-                kept = filter_concepts({name: answer.concepts}, classes)[name]
                 by_class[name]["concepts"], by_class[name]["removed"] = kept.kept, kept.removed
+                doc.get("rejected", {}).pop(name, None)
+                if not doc.get("rejected"):
+                    doc.pop("rejected", None)
                 doc["updated"] = _now()
                 if doc.get("filter"):  # its settings stay; the full filtering runs again at the end
                     doc["filter"].update(key=None, inputs=None)
                 write_store(path, doc)
 
+            def on_reject(name: str, exc: AnswerError) -> None:  # the answer's text is kept, to see what went wrong
+                doc.setdefault("rejected", {})[name] = {"reason": str(exc), "raw_response": exc.raw,
+                                                        "model": config.model, "date": _now()}
+
             try:
-                failures = _ask_all(llm, todo, on_answer, progress)
+                failures = _ask_all(llm, todo, on_answer, progress, on_reject)
             except LLMError:
                 if doc != before:
                     _refilter(doc, classes, embed_fn, embed_id, filter_config)
@@ -322,9 +340,11 @@ def generate_concepts(
 
     if failures:
         lines = "\n".join(f"  - {name}: {why}" for name, why in failures.items())
+        saved = [c for c in classes if c not in failures and c in doc["by_class"]]
+        where = (f"The other classes' lists ({len(saved)}) are in {path}; run again to ask only for the missing ones."
+                 if saved and path.is_file() else "No list was saved; fix the cause and run again.")
         raise ConceptGenerationError(
-            f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n"
-            f"The other classes are saved in {path}; run again to ask only for the missing ones.",
+            f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n{where}",
             failures,
         )
-    return concept_set_from_store(doc, classes, path)
+    return concept_set_from_store(doc, classes, path, card_ref=card_reference(info))

@@ -91,8 +91,18 @@ class LLMConfig:
 
     @property
     def server_host(self) -> str | None:
-        """``host[:port]`` of ``base_url``: what the store records (never a key, never a path)."""
-        return urlparse(self.base_url).netloc or None if self.base_url else None
+        """``host[:port]`` of ``base_url``: what the store records (never a key, a user or a path)."""
+        if not self.base_url:
+            return None
+        return urlparse(self.base_url).netloc.rpartition("@")[2] or None
+
+    @property
+    def shown_url(self) -> str | None:
+        """``base_url`` for messages and logs: any ``user:password@`` in it is left out."""
+        if not self.base_url:
+            return None
+        parts = urlparse(self.base_url)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
     @property
     def label(self) -> str:
@@ -285,12 +295,12 @@ class ConceptLLM:
             except openai.APITimeoutError:
                 failure, wait = f"no answer within timeout_s={cfg.timeout_s:g} s", None
             except openai.APIConnectionError as exc:
-                failure, wait = f"cannot connect to {cfg.base_url} ({exc.__cause__ or exc})", None
+                failure, wait = f"cannot connect to {cfg.shown_url} ({exc.__cause__ or exc})", None
             if attempt == cfg.max_retries:
                 hint = (
                     f"; raise `timeout_s` in the {cfg.label}"
                     if failure.startswith("no answer")
-                    else f"; is the server at {cfg.base_url} up and serving {cfg.model!r}?"
+                    else f"; is the server at {cfg.shown_url} up and serving {cfg.model!r}?"
                 )
                 raise LLMError(f"class {class_name!r}: {failure}, after {attempt + 1} attempts{hint}")
             backoff = cfg.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
@@ -379,7 +389,7 @@ class ConceptLLM:
         cfg = self.config
         return (
             f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
-            f"fix `model` in the {cfg.label} (the server lists its models at {cfg.base_url.rstrip('/')}/models), "
+            f"fix `model` in the {cfg.label} (the server lists its models at {cfg.shown_url.rstrip('/')}/models), "
             "or `base_url` (OpenAI-compatible servers usually end in /v1)"
         )
 

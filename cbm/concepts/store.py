@@ -19,6 +19,9 @@ The file (format ``cbm-concepts/1``)::
                   "request_key", "raw_response", ...}
         },
         "nevus": {"source": "curated", "concepts": [...], "note": "ABCD rule"}
+      },
+      "rejected": {                                  # only while a class's last answer was unusable
+        "melanoma": {"reason": "...", "raw_response": "...", "model": "...", "date": "..."}
       }
     }
 
@@ -202,7 +205,25 @@ def _now() -> str:
 def _concept_list(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise ValueError(f"{where} must be a list of strings, got {json.dumps(value)[:80]}")
+    seen: dict[str, str] = {}
+    for phrase in value:
+        key = " ".join(phrase.lower().split())
+        if not key:
+            raise ValueError(f"{where} holds an empty phrase; remove it")
+        if key in seen:
+            raise ValueError(f"{where} lists {phrase!r} twice (as {seen[key]!r} too); keep one")
+        seen[key] = phrase
     return value
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]], path: Path) -> dict:
+    """``json.loads`` hook: a key written twice in one object is an error (JSON would keep the last)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"concept store {str(path)!r} has the key {key!r} twice in one object; merge the two")
+        out[key] = value
+    return out
 
 
 def read_store(path: str | os.PathLike) -> dict | None:
@@ -216,7 +237,7 @@ def read_store(path: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=lambda pairs: _no_repeated_keys(pairs, path))
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"concept store {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
@@ -309,13 +330,17 @@ def new_store(info: CardInfo) -> dict:
             "classes": info.class_names, "by_class": {}}
 
 
-def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path | None) -> ConceptSet:
-    """The :class:`ConceptSet` of ``classes`` (default: the store's own) in a store document."""
+def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path | None, *,
+                           card_ref: str | None = None) -> ConceptSet:
+    """The :class:`ConceptSet` of ``classes`` (default: the store's own) in a store document.
+
+    ``card_ref`` is how a command line names the card, for the fix of a missing class.
+    """
     by_class = doc["by_class"]
     classes = list(classes) if classes is not None else list(doc["classes"])
     missing = [c for c in classes if c not in by_class]
     if missing:
-        card = doc.get("card") or "CARD"
+        card = card_ref or doc.get("card") or "CARD"
         raise ValueError(
             f"concept store {str(path)!r} has no concept list for classes {missing} "
             f"(it has {list(by_class)}): run `cbm concepts {card} --llm PRESET` to generate them, "
@@ -361,14 +386,14 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
     if doc is None:
         raise FileNotFoundError(
             f"card {info.name!r} has no concept list yet ({str(path)!r} does not exist): run "
-            f"`cbm concepts {_card_reference(info)} --llm PRESET` to ask an LLM (presets in conf/llm), or write "
+            f"`cbm concepts {card_reference(info)} --llm PRESET` to ask an LLM (presets in conf/llm), or write "
             "one by hand (cbm.concepts.save_curated), or pass the concepts to fit (concepts={class: [phrases]})"
         )
     doc.setdefault("card", info.name)
-    return concept_set_from_store(doc, info.class_names, path)
+    return concept_set_from_store(doc, info.class_names, path, card_ref=card_reference(info))
 
 
-def _card_reference(info: CardInfo) -> str:
+def card_reference(info: CardInfo) -> str:
     """How a command line names the card: by name when that finds this card, else by its folder."""
     if info.folder is None:
         return info.name
