@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         from cbm.run import hydra_main
 
-        return hydra_main(argv[1:])
+        try:
+            return hydra_main(argv[1:])
+        except KeyboardInterrupt:
+            print(f"cbm run: interrupted{_RESUME['features']}", file=sys.stderr)
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
