@@ -43,12 +43,20 @@ class Estimate:
 def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y)
     proba = np.asarray(proba, dtype=np.float64)
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D array of class indices; got shape {y.shape}")
     if proba.ndim != 2 or len(proba) != len(y):
         raise ValueError(f"proba must be (n, K) with n = len(y) = {len(y)}; got shape {proba.shape}")
     if len(y) == 0:
         raise ValueError("cannot score an empty split: no samples were given")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise ValueError(f"y must hold class indices 0..{proba.shape[1] - 1} (integers); got {y.dtype} values such as {y[0]!r}")
     if y.min() < 0 or y.max() >= proba.shape[1]:
         raise ValueError(f"labels must lie in 0..{proba.shape[1] - 1}; got {y.min()}..{y.max()}")
+    bad = ~np.isfinite(proba).all(1)
+    if bad.any():
+        raise ValueError(f"proba has non-finite values (NaN or inf) in {int(bad.sum())} of {len(y)} rows, "
+                         f"the first at row {int(np.argmax(bad))}; a model that gives them cannot be scored")
     return y.astype(np.int64), proba
 
 
@@ -85,12 +93,13 @@ def _metrics_rows(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str,
     present = ~np.isnan(recalls_a)
     n_present = present.sum(1)
     with np.errstate(invalid="ignore"):
-        # balanced accuracy: mean recall over the classes present (sklearn's definition);
-        # undefined with a single class present.
-        out["balanced_accuracy"] = np.where(n_present > 1, np.nanmean(recalls_a, 1), np.nan)
-        # macro-F1 over all K classes (absent and never-predicted classes count as 0, as sklearn
-        # does with labels=range(K), zero_division=0)
-        out["macro_f1"] = np.stack(f1s, 1).mean(1)
+        # balanced accuracy: mean recall over the classes present in y (sklearn's definition)
+        out["balanced_accuracy"] = np.where(n_present > 0, np.nanmean(recalls_a, 1), np.nan)
+        # macro-F1 over the classes that are true or predicted (sklearn's default labels); a class
+        # neither in the split nor predicted does not count, as in the other two class averages
+        f1_a = np.stack(f1s, 1)
+        seen = present | np.stack([(pred == k).any(1) for k in range(n_classes)], 1)
+        out["macro_f1"] = (f1_a * seen).sum(1) / np.maximum(seen.sum(1), 1)
         if n_classes == 2:
             out["macro_auroc"] = aucs_a[:, 1]
         else:
@@ -108,9 +117,14 @@ def classification_metrics(
 ) -> dict[str, Estimate]:
     """Accuracy, balanced accuracy, macro-F1 and macro AUROC, each with a bootstrap 95% interval.
 
+    The class averages (balanced accuracy, macro-F1, macro AUROC) run over the classes present in
+    the split (for macro-F1, also those predicted). The interval is the 2.5-97.5 percentile range
+    of a bootstrap stratified by class: each resample draws every class's count from that class,
+    so every resample measures the same classes as the full sample.
+
     Args:
         y: true class indices, shape ``(n,)``.
-        proba: predicted class probabilities, shape ``(n, K)``.
+        proba: predicted class probabilities, shape ``(n, K)``, finite.
         n_bootstrap: resamples for the percentile interval (0 disables the intervals).
         seed: seed of the resampling, so intervals are reproducible.
 
@@ -124,10 +138,12 @@ def classification_metrics(
     boot: dict[str, list[np.ndarray]] = {k: [] for k in METRIC_NAMES}
     rng = np.random.default_rng(seed)
     n = len(y)
+    members = [np.flatnonzero(y == k) for k in range(n_classes) if np.any(y == k)]
     # resample in chunks so memory stays at ~chunk * n * K floats
     chunk = max(1, min(n_bootstrap, 2_000_000 // max(1, n * n_classes)))
     for start in range(0, max(0, n_bootstrap), chunk):
-        idx = rng.integers(0, n, (min(chunk, n_bootstrap - start), n))
+        b = min(chunk, n_bootstrap - start)
+        idx = np.concatenate([m[rng.integers(0, len(m), (b, len(m)))] for m in members], axis=1)
         for k, v in _metrics_rows(y[idx], proba[idx], n_classes).items():
             boot[k].append(v)
     out = {}
@@ -146,22 +162,24 @@ def classification_metrics(
 def worst_group_accuracy(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> tuple[float, str]:
     """The lowest accuracy over the (class, group) cells that hold at least one sample.
 
+    Samples without a group value (``None`` or an empty string) belong to no cell.
+
     Returns:
         ``(accuracy, "class=<k>,group=<g>")`` of the worst cell.
     """
     y = np.asarray(y)
     pred = np.asarray(pred)
-    groups = np.asarray(groups).astype(str)
+    groups = np.array(["" if g is None else str(g) for g in np.asarray(groups, dtype=object)])
     worst = (float("inf"), "")
     for k in np.unique(y):
-        for g in np.unique(groups):
+        for g in np.unique(groups[groups != ""]):
             cell = (y == k) & (groups == g)
             if cell.any():
                 acc = float((pred[cell] == k).mean())
                 if acc < worst[0]:
                     worst = (acc, f"class={k},group={g}")
     if not worst[1]:
-        raise ValueError("worst_group_accuracy needs at least one sample")
+        raise ValueError("worst_group_accuracy needs at least one sample with a group value")
     return worst
 
 

@@ -114,7 +114,7 @@ def extract_splits(
         rows = [part.rows[i] for i in idx]
         groups = None
         if card.group_column:
-            groups = np.array([str(r.group) for r in rows])
+            groups = np.array(["" if r.group is None else str(r.group) for r in rows])  # "": no group value
         out[name] = SplitData(
             name=name,
             features=np.asarray(fs.features, dtype=np.float32),
@@ -352,7 +352,7 @@ def evaluate_methods(
             r["note"] = note
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc"):
             r[k] = r["test"][k]
-        if test.groups is not None:
+        if test.groups is not None and (test.groups != "").any():
             acc, cell = worst_group_accuracy(test.labels, by_split["test"].argmax(1), test.groups)
             r["worst_group_accuracy"], r["worst_group"] = acc, cell
         results[method] = r
@@ -430,7 +430,14 @@ def run_experiment(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     card = resolve_card(dataset.get("card"), demo=dataset.get("demo"))
-    card.manifest()  # a missing manifest or image folder is reported before the encoder loads
+    # a missing manifest, image folder or split is reported before the encoder loads
+    absent = [s for s in ("train", "val", "test") if s not in card.manifest().split_names()]
+    if absent:
+        raise ValueError(
+            f"card {card.name!r} has no {', '.join(absent)} rows (manifest {card.manifest_path}); a run needs train "
+            "and val to fit and choose, and test to measure: add them (split column "
+            f"{getattr(card, 'split_column', 'split')!r}), or build the splits with `cbm make-splits`"
+        )
     timings["dataset"] = time.perf_counter() - t
     check = getattr(head, "_check_params", None)
     if callable(check):  # a bad head setting is reported before the images are encoded

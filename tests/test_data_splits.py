@@ -4,10 +4,12 @@ built-in cards themselves."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cbm.data import (
@@ -55,7 +57,12 @@ def assert_valid_manifest(card_name: str, out: Path) -> list[dict[str, str]]:
     return read_rows(out)
 
 
-def patients_are_disjoint(rows: list[dict[str, str]], key: str = "patient") -> None:
+def patient_key(patient: str, salt: str = "test") -> str:
+    """The manifest's patient_key of ``patient`` with the tests' salt."""
+    return hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16]
+
+
+def patients_are_disjoint(rows: list[dict[str, str]], key: str = "patient_key") -> None:
     splits = defaultdict(set)
     for r in rows:
         splits[r[key]].add(r["split"])
@@ -107,10 +114,11 @@ def ham_metadata(path: Path, n_lesions: int = 70) -> Path:
 
 def test_ham10000_split_by_lesion_stratified_and_deterministic(tmp_path):
     meta = ham_metadata(tmp_path / "HAM10000_metadata.csv")
-    result = make_splits("ham10000", [meta], out=tmp_path / "m.csv")
+    result = make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv")
     rows = assert_valid_manifest("ham10000", tmp_path / "m.csv")
     assert len(rows) == result.n_source_rows == sum(1 + i % 3 for i in range(70))
-    assert rows[0].keys() >= {"path", "label", "split", "patient", "age", "sex", "localization"}
+    assert rows[0].keys() >= {"path", "label", "split", "patient_key", "age", "sex", "localization"}
+    assert "patient" not in rows[0] and "HAM_" not in (tmp_path / "m.csv").read_text()  # never the ID itself
     by_id = {r["path"]: r for r in rows}
     assert by_id["ISIC_0000000.jpg"]["label"] == "actinic keratosis"  # HAM_0000000 is akiec
     patients_are_disjoint(rows)
@@ -118,9 +126,9 @@ def test_ham10000_split_by_lesion_stratified_and_deterministic(tmp_path):
     assert 0.7 < counts["train"] / len(rows) < 0.9 and counts["val"] and counts["test"]
     assert {r["label"] for r in rows if r["split"] == "train"} == set(load_card("ham10000").class_names)
 
-    again = make_splits("ham10000", [meta], out=tmp_path / "again.csv")
+    again = make_splits("ham10000", [meta], salt="test", out=tmp_path / "again.csv")
     assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "m.csv").read_bytes()
-    other = make_splits("ham10000", [meta], out=tmp_path / "other.csv", seed=1)
+    other = make_splits("ham10000", [meta], salt="test", out=tmp_path / "other.csv", seed=1)
     assert [r["split"] for r in other.rows] != [r["split"] for r in again.rows]
 
 
@@ -128,8 +136,8 @@ def test_metadata_row_order_does_not_change_the_split(tmp_path):
     meta = ham_metadata(tmp_path / "a.csv")
     lines = meta.read_text().splitlines()
     (tmp_path / "b.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
-    a = make_splits("ham10000", [meta], write=False)
-    b = make_splits("ham10000", [tmp_path / "b.csv"], write=False)
+    a = make_splits("ham10000", [meta], salt="test", write=False)
+    b = make_splits("ham10000", [tmp_path / "b.csv"], salt="test", write=False)
     assert a.rows == b.rows
 
 
@@ -140,7 +148,7 @@ def test_images_are_found_by_name_and_missing_ones_dropped(tmp_path):
         (images / part).mkdir(parents=True, exist_ok=True)
         for i in k:
             (images / part / f"ISIC_{i:07d}.jpg").write_bytes(b"x")
-    result = make_splits("ham10000", [meta], out=tmp_path / "m.csv", images=images)
+    result = make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv", images=images)
     paths = {r["path"] for r in result.rows}
     assert "HAM10000_images_part_1/ISIC_0000003.jpg" in paths and "HAM10000_images_part_2/ISIC_0000020.jpg" in paths
     assert len(result.rows) == 27
@@ -166,7 +174,7 @@ def test_nih_cxr14_keeps_single_findings_of_the_six(tmp_path):
     rows += [nih_row(2, "Effusion|Mass", 1, 50, "M", "PA"), nih_row(3, "No Finding", 2, 50, "F", "PA"),
              nih_row(4, "Hernia", 3, 50, "F", "AP"), nih_row(5, "Atelectasis|Effusion", 4, 50, "F", "AP")]
     meta = write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
-    result = make_splits("nih-cxr14", [meta], out=tmp_path / "m.csv")
+    result = make_splits("nih-cxr14", [meta], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("nih-cxr14", tmp_path / "m.csv")
     assert len(out) == 120
     assert result.dropped == {"rows with another finding": 1, "rows with no class": 2, "rows with several classes": 1}
@@ -194,7 +202,7 @@ def confounded_nih(tmp_path: Path) -> Path:
 ])
 def test_nih_confounded_variants(tmp_path, name, column, id_groups):
     meta = confounded_nih(tmp_path)
-    make_splits(name, [meta], out=tmp_path / "m.csv")
+    make_splits(name, [meta], salt="test", out=tmp_path / "m.csv")
     rows = assert_valid_manifest(name, tmp_path / "m.csv")
     ood_groups = {"no finding": id_groups["pleural effusion"], "pleural effusion": id_groups["no finding"]}
     for r in rows:
@@ -224,7 +232,7 @@ def test_isic_hospital_and_site_from_new_style_metadata(tmp_path):
                      "dermoscopic" if i % 10 else "clinical: close-up", f"IL_{i // 2}", f"IP_{i // 4}" if i % 7 else "", ("male", "female")[i % 2]])
     meta = write_csv(tmp_path / "isic_metadata.csv", ISIC_HEADER, rows)
     for name, column, groups in (("isic-hospital", "hospital", {"barcelona", "vienna"}), ("isic-site", "site", {"head_neck", "extremity"})):
-        make_splits(name, [meta], out=tmp_path / f"{name}.csv")
+        make_splits(name, [meta], salt="test", out=tmp_path / f"{name}.csv")
         out = assert_valid_manifest(name, tmp_path / f"{name}.csv")
         card = load_card(name)
         assert {r[column] for r in out} == groups
@@ -245,9 +253,9 @@ def test_bcn20000_joins_the_isic2019_files_and_keeps_bcn_only(tmp_path):
         truth_rows.append([image] + [1.0 if classes[i % 8] == c else 0.0 for c in classes] + [0.0])
     meta = write_csv(tmp_path / "ISIC_2019_Training_Metadata.csv", ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"], meta_rows)
     truth = write_csv(tmp_path / "ISIC_2019_Training_GroundTruth.csv", ["image", *classes, "UNK"], truth_rows)
-    result = make_splits("bcn20000", [meta, truth], out=tmp_path / "m.csv")
+    result = make_splits("bcn20000", [meta, truth], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("bcn20000", tmp_path / "m.csv")
-    assert all(r["patient"].startswith("BCN_") for r in out)
+    assert {r["patient_key"] for r in out} <= {patient_key(f"BCN_{i // 2:07d}") for i in range(160)}
     assert Counter(r["label"] for r in out) == {"melanoma": 16, "melanocytic nevus": 16, "basal cell carcinoma": 16, "benign keratosis": 16}
     assert result.dropped == {"rows filtered out": 32, "rows with no class": 64}  # HAM images; AK, DF, VASC, SCC
     patients_are_disjoint(out)
@@ -275,11 +283,11 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
         valid_rows.append(row("valid", p, 2, "Frontal", {keep[p % 6]: "1.0"}))
     train = write_csv(tmp_path / "train.csv", header, train_rows)
     valid = write_csv(tmp_path / "valid.csv", header, valid_rows)
-    result = make_splits("chexpert", [train, valid], out=tmp_path / "m.csv")
+    result = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("chexpert", tmp_path / "m.csv")
     assert len(out) == 132
     assert all("study1" in r["path"] or "valid" in r["path"] for r in out)
-    assert {r["patient"] for r in out} >= {"patient00000", "patient00911"}
+    assert {r["patient_key"] for r in out} >= {patient_key("patient00000"), patient_key("patient00911")}
     assert result.dropped == {"rows filtered out": 120, "rows with another finding": 120, "rows with no class": 120, "rows without exactly one class": 12}
     patients_are_disjoint(out)
 
@@ -295,7 +303,7 @@ def test_pneumonia_from_its_folder_layout(tmp_path):
                 for i in range(n):
                     (folder / f"{finding.lower()}_{i}.jpeg").write_bytes(b"x")
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"x")
-    result = make_splits("pneumonia", [root], out=tmp_path / "m.csv")
+    result = make_splits("pneumonia", [root], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("pneumonia", tmp_path / "m.csv")
     assert Counter(r["split"] for r in out) == {"train": 80, "val": 8, "test": 20}
     assert all(not r["path"].startswith("__MACOSX") for r in out)
@@ -314,7 +322,7 @@ def test_covid_qu_ex_folder_layout(tmp_path):
             for i in range(3):
                 (folder / f"{finding}_{i}.png").write_bytes(b"x")
                 (masks / f"{finding}_{i}.png").write_bytes(b"x")
-    make_splits("covid-qu-ex", [root], out=tmp_path / "m.csv")
+    make_splits("covid-qu-ex", [root], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("covid-qu-ex", tmp_path / "m.csv")
     assert len(out) == 27 and {r["label"] for r in out} == {"covid-19", "non-covid infection", "normal"}
     assert all("/images/" in r["path"] for r in out)
@@ -326,7 +334,7 @@ def test_openi_joins_reports_and_frontal_projections(tmp_path):
     projections = [[uid, f"{uid}_IM-{uid:04d}-100{k}.dcm.png", view] for uid in range(1, 101) for k, view in ((1, "Frontal"), (2, "Lateral"))]
     rep = write_csv(tmp_path / "indiana_reports.csv", ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"], reports)
     proj = write_csv(tmp_path / "indiana_projections.csv", ["uid", "filename", "projection"], projections)
-    result = make_splits("openi", [rep, proj], out=tmp_path / "m.csv")
+    result = make_splits("openi", [rep, proj], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("openi", tmp_path / "m.csv")
     assert len(out) == 60 and all(r["projection"] == "Frontal" for r in out)
     assert Counter(r["label"] for r in out) == {"normal": 20, "cardiomegaly": 20, "lung opacity": 20}
@@ -344,7 +352,7 @@ def test_vindr_merges_radiologists_and_caps_classes(tmp_path):
         if i % 50 == 0:
             rows.append([image, "Nodule/Mass", 8, "R11", 1, 2, 3, 4])  # a fourth reading disagrees
     meta = write_csv(tmp_path / "train.csv", ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"], rows)
-    result = make_splits("vindr-cxr", [meta], out=tmp_path / "m.csv")
+    result = make_splits("vindr-cxr", [meta], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("vindr-cxr", tmp_path / "m.csv")
     assert Counter(r["split"] for r in out) == {"train": 1400, "val": 175, "test": 175}
     assert set(Counter(r["label"] for r in out).values()) == {250}
@@ -357,7 +365,7 @@ def test_pad_ufes_groups_by_patient(tmp_path):
     dx = ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
     rows = [[f"PAT_{i // 3}", i, 40, "MALE", "FACE", 2, dx[(i // 3) % 6], f"PAT_{i // 3}_{i}_1.png", "True"] for i in range(180)]
     meta = write_csv(tmp_path / "metadata.csv", header, rows)
-    make_splits("pad-ufes-20", [meta], out=tmp_path / "m.csv")
+    make_splits("pad-ufes-20", [meta], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("pad-ufes-20", tmp_path / "m.csv")
     patients_are_disjoint(out)
     assert {r["label"] for r in out if r["diagnostic"] in ("BCC", "MEL", "SCC")} == {"skin cancer"}
@@ -367,17 +375,20 @@ def test_pad_ufes_groups_by_patient(tmp_path):
 def test_metadata_missing_columns_names_them(tmp_path):
     meta = write_csv(tmp_path / "HAM10000_metadata.csv", ["image_id", "diagnosis"], [["ISIC_1", "mel"]])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) .*dx.*lesion_id.*columns found: diagnosis, image_id.*HAM10000_metadata.csv"):
-        make_splits("ham10000", [meta], write=False)
+        make_splits("ham10000", [meta], salt="test", write=False)
 
 
 def test_metadata_not_found_and_malformed(tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata not found.*expected HAM10000_metadata.csv"):
-        make_splits("ham10000", [tmp_path / "nope.csv"], write=False)
+        make_splits("ham10000", [tmp_path / "nope.csv"], salt="test", write=False)
     (tmp_path / "bad.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_1,mel,extra,fields\n")
-    with pytest.raises(ValueError, match="bad.csv line 2"):
-        make_splits("ham10000", [tmp_path / "bad.csv"], write=False)
+    with pytest.raises(ValueError, match="bad.csv line 2 has 5 fields but the header has 3"):
+        make_splits("ham10000", [tmp_path / "bad.csv"], salt="test", write=False)
+    (tmp_path / "short.csv").write_text("lesion_id,image_id,dx\nHAM_1\n")
+    with pytest.raises(ValueError, match="short.csv line 2 has 1 fields but the header has 3"):
+        make_splits("ham10000", [tmp_path / "short.csv"], salt="test", write=False)
     with pytest.raises(ValueError, match="is a folder but"):
-        make_splits("ham10000", [tmp_path], write=False)
+        make_splits("ham10000", [tmp_path], salt="test", write=False)
 
 
 def test_card_without_split_rule(tmp_path):
@@ -403,3 +414,21 @@ def test_bad_split_rules(change, fragment):
            "split": {"method": "random"}, **change}
     with pytest.raises(ValueError, match=fragment):
         parse_split_spec(raw, ["melanoma", "nevus"])
+
+
+def test_group_values_spelt_otherwise_are_named(tmp_path, caplog):
+    import logging
+
+    card = load_card("isic-sex")
+    group = card.make_splits["split"]["group"]
+    column = group["column"] if isinstance(group["column"], str) else group["column"][0]
+    from cbm.data._splits import _assign_splits, parse_split_spec
+
+    spec = parse_split_spec(card.make_splits, card.class_names)
+    items = [{"path": f"{i}.jpg", "label": card.class_names[i % 2], "_patient": f"p{i}", "_group": None,
+              "_group_value": "Male" if i % 2 else "Female"} for i in range(20)]
+    with caplog.at_level(logging.WARNING):
+        kept = _assign_splits(items, spec, card.class_names, np.random.default_rng(0), Counter())
+    assert not kept
+    assert f"20 rows have a {column} value that none of the rule's values" in caplog.text
+    assert "'Male' (10)" in caplog.text and "'Female' (10)" in caplog.text

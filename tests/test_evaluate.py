@@ -24,7 +24,7 @@ def test_point_values_match_sklearn(k):
     pred = p.argmax(1)
     assert m["accuracy"].value == pytest.approx((pred == y).mean())
     assert m["balanced_accuracy"].value == pytest.approx(balanced_accuracy_score(y, pred))
-    assert m["macro_f1"].value == pytest.approx(f1_score(y, pred, average="macro", labels=range(k), zero_division=0))
+    assert m["macro_f1"].value == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
     ref_auc = roc_auc_score(y, p[:, 1]) if k == 2 else roc_auc_score(y, p, multi_class="ovr", average="macro")
     assert m["macro_auroc"].value == pytest.approx(ref_auc)
 
@@ -45,7 +45,7 @@ def test_auroc_undefined_with_one_class_present():
     m = classification_metrics(y, p, n_bootstrap=50)
     assert m["accuracy"].value == 1.0
     assert m["macro_auroc"].value is None
-    assert m["balanced_accuracy"].value is None
+    assert m["balanced_accuracy"].value == 1.0  # the one class's recall, as scikit-learn gives it
 
 
 def test_bad_shapes_are_named():
@@ -64,3 +64,43 @@ def test_worst_group_and_summary():
     s = robustness_summary(0.9, 0.6)
     assert s["gap"] == pytest.approx(0.3) and s["average"] == pytest.approx(0.75)
     assert robustness_summary(0.9, None)["gap"] is None
+
+
+def test_class_averages_skip_a_class_the_split_lacks_as_scikit_learn_does():
+    y = np.array([0, 0, 1, 1, 0, 1])  # three classes, the third absent and never predicted
+    p = np.eye(3)[y] * 0.8 + 0.1
+    m = classification_metrics(y, p, n_bootstrap=100)
+    pred = p.argmax(1)
+    assert m["macro_f1"].value == pytest.approx(f1_score(y, pred, average="macro")) == 1.0
+    assert m["balanced_accuracy"].value == 1.0 and m["macro_auroc"].value == 1.0
+    assert m["macro_f1"].ci_low == 1.0  # every resample holds both classes
+
+
+def test_the_bootstrap_keeps_every_class_in_every_resample():
+    y = np.array([0] * 49 + [1] * 49 + [2] * 2)  # a rare class: a plain bootstrap drops it in 13 % of resamples
+    p = np.tile([0.4, 0.3, 0.3], (100, 1))
+    p[:49] = [0.6, 0.2, 0.2]  # class 0 always right, classes 1 and 2 always wrong: recalls 1, 0, 0 in any resample
+    m = classification_metrics(y, p, n_bootstrap=400, seed=0)
+    ba = m["balanced_accuracy"]
+    # a resample without class 2 would average two recalls (0.5) and stretch the interval above the value
+    assert ba.value == pytest.approx(1 / 3) and ba.ci_low == ba.ci_high == ba.value
+
+
+@pytest.mark.parametrize(
+    ("y", "p", "message"),
+    [
+        ([0, 1, 1], [[np.nan, 0.5], [0.2, 0.8], [0.3, 0.7]], "non-finite values .* in 1 of 3 rows, the first at row 0"),
+        ([0, 1, 1], [[0.5, 0.5], [0.2, np.inf], [0.3, 0.7]], "non-finite"),
+        ([0, 1.7, 1.2], [[0.5, 0.5], [0.2, 0.8], [0.3, 0.7]], "must hold class indices"),
+        (["a", "b", "b"], [[0.5, 0.5], [0.2, 0.8], [0.3, 0.7]], "must hold class indices"),
+        ([[0], [1], [1]], [[0.5, 0.5], [0.2, 0.8], [0.3, 0.7]], "1-D array"),
+    ],
+)
+def test_bad_inputs_are_refused(y, p, message):
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(np.array(y), np.array(p), n_bootstrap=0)
+
+
+def test_worst_group_leaves_out_samples_without_a_group():
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    assert worst_group_accuracy(y, pred, np.array(["a", None, "a", ""], dtype=object)) == (1.0, "class=0,group=a")

@@ -55,9 +55,11 @@ Everything is deterministic for a given seed: rows are sorted by path before any
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import re
+import secrets
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,7 +312,8 @@ def _read_table(path: Path) -> list[dict[str, str]]:
         for row in reader:
             if None in row or any(v is None for v in row.values()):
                 raise ValueError(
-                    f"metadata {path} line {reader.line_num} has {len(row) - (None in row) + len(row.get(None) or [])} fields "
+                    f"metadata {path} line {reader.line_num} has "
+                    f"{sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])} fields "
                     f"but the header has {len(header)}; the file is malformed or not the source's metadata CSV"
                 )
             rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
@@ -504,8 +507,13 @@ def make_splits(
     seed: int | None = None,
     images: str | os.PathLike | None = None,
     write: bool = True,
+    salt: str | None = None,
 ) -> SplitResult:
     """Build (and by default write) a card's manifest from the source's metadata.
+
+    Patients (or lesions) group the split but are never written as such: with the rule's
+    ``patient`` column set, the manifest's ``patient_key`` is a salted SHA-256 of the ID (the
+    same patient, the same key within one manifest), as ``cbm index-dicom --patient-key`` writes.
 
     Args:
         card: a DataCard, card name or path; its ``make_splits`` rule is followed.
@@ -516,6 +524,7 @@ def make_splits(
             are checked there, a file found elsewhere under it by name is used at its real
             relative path, and rows whose image is absent are dropped.
         write: write the CSV (``False`` returns the rows only).
+        salt: the salt of ``patient_key`` (default: random per run, and not stored).
 
     Returns:
         A :class:`SplitResult` (rows, counts per split and class, what was dropped and why).
@@ -596,6 +605,7 @@ def make_splits(
             item["_source_split"] = row.get(spec.split["column"], "")
         if spec.split["method"] == "confounded":
             item["_group"] = _group(row, spec.split["group"])
+            item["_group_value"] = _first_present(row, spec.split["group"]["columns"])
         for col in spec.keep:
             item[col] = row.get(col, "")
         items.append(item)
@@ -647,15 +657,17 @@ def make_splits(
             f"card {card.name!r}: make_splits.split.group.name is {group_name!r} but the card's group column is "
             f"{card.group_column!r}; make them the same"
         )
-    columns = ["path", "label", "split"] + ([group_name] if group_name else []) + (["patient"] if spec.patient else []) + [
+    columns = ["path", "label", "split"] + ([group_name] if group_name else []) + (["patient_key"] if spec.patient else []) + [
         c for c in spec.keep if c != group_name
     ]
+    salt = secrets.token_hex(16) if salt is None else salt
     for it in items:
         row = {"path": it["path"], "label": it["label"], "split": it["split"]}
         if group_name:
             row[group_name] = it["_group"]
-        if spec.patient:
-            row["patient"] = "" if it["_patient"].startswith("image:") else it["_patient"]
+        if spec.patient:  # never the ID itself: it identifies a person
+            patient = "" if it["_patient"].startswith("image:") else it["_patient"]
+            row["patient_key"] = hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
         row.update({c: it.get(c, "") for c in spec.keep if c != group_name})
         result.rows.append(row)
     result.columns = columns
@@ -693,6 +705,7 @@ def _assign_splits(
     # confounded: each class from one group in-domain, from the other out-of-domain
     id_map, ood_map = split["id"], split["ood"]
     side: dict[int, str] = {}
+    unmatched: Counter[str] = Counter()
     for it in items:
         g = it["_group"]
         if g is not None and g == id_map[it["label"]]:
@@ -701,6 +714,18 @@ def _assign_splits(
             side[id(it)] = "ood"
         else:
             dropped["rows outside the confounded groups"] += 1
+            if g is None and it.get("_group_value") and split["group"]["kind"] != "bins":
+                unmatched[repr(it["_group_value"])] += 1  # (an empty value, or an age between bins, is left out by design)
+    if unmatched:
+        group = split["group"]
+        known = {"map": "values", "contains": "substrings"}[group["kind"]]
+        log.warning(
+            "%d rows have a %s value that none of the rule's %s (%s) takes, e.g. %s; they are left out. If these "
+            "should count, the metadata spells the groups differently from the card's make_splits.split.group.%s",
+            sum(unmatched.values()), "/".join(group["columns"]), known,
+            ", ".join(f"{k}: {v}" for k, v in group["table"].items())[:200],
+            ", ".join(f"{v} ({n})" for v, n in unmatched.most_common(5)), group["kind"],
+        )
     items = [it for it in items if id(it) in side]
     by_patient: dict[str, set[str]] = defaultdict(set)
     for it in items:

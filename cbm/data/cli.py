@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", metavar="DIR", help="image folder to check paths against (default: the card's image root, if it exists)")
     p.add_argument("--seed", type=int, help="random seed (default: the card's)")
     p.add_argument("--dry-run", action="store_true", help="report the counts without writing")
+    p.add_argument("--salt", help="salt of the patient_key column (default: random, not stored)")
     p.set_defaults(func=_make_splits)
 
     p = subparsers.add_parser("index-dicom", help="write a manifest from DICOM headers (no pixel decoding)")
@@ -110,7 +111,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _make_splits(args: argparse.Namespace) -> int:
     from cbm.data._splits import make_splits
 
-    result = make_splits(args.card, args.metadata, out=args.out, seed=args.seed, images=args.images, write=not args.dry_run)
+    result = make_splits(args.card, args.metadata, out=args.out, seed=args.seed, images=args.images,
+                         write=not args.dry_run, salt=args.salt)
     print(result.summary())
     return 0
 
