@@ -49,6 +49,8 @@ def _check(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"proba must be (n, K) with n = len(y) = {len(y)}; got shape {proba.shape}")
     if len(y) == 0:
         raise ValueError("cannot score an empty split: no samples were given")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
     if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
         raise ValueError(f"y must hold class indices 0..{proba.shape[1] - 1} (integers); got {y.dtype} values such as {y[0]!r}")
     if y.min() < 0 or y.max() >= proba.shape[1]:

@@ -310,3 +310,19 @@ def test_a_second_process_waits_for_the_one_writing_the_cache(world, enc, tmp_pa
         assert not done.wait(1.0)  # the second run waits for it...
     second.join(60)
     assert done.is_set()  # ...and goes on once it is free
+
+
+def test_a_file_system_without_locks_does_not_stop_the_cache(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from cbm.encoders.extract import _one_writer
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with caplog.at_level(logging.WARNING), _one_writer(tmp_path / "cache"):
+        ran.append(True)
+    assert ran and "going on without the lock" in caplog.text
+    assert not any((tmp_path / "cache").iterdir())  # the lock leaves no file behind

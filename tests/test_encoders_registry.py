@@ -165,6 +165,10 @@ def test_local_dir_loads_config_and_weights(tmp_path, tiny):
     assert torch.equal(create_encoder(f"local-dir:{at}").encode_text(["dots"]), direct.encode_text(["dots"]))
     assert create_encoder(f"local-dir:{at}@random").info == create_encoder(f"local-dir:{folder}@random").info
     assert create_encoder(f"{config}@{at / 'open_clip_model.safetensors'}").info == direct.info
+    from cbm.encoders.registry import _split_weights
+
+    assert _split_weights("ViT-B-32@/x/ckpt@v1.pt") == ("ViT-B-32", "@", "/x/ckpt@v1.pt")
+    assert _split_weights("hf-hub:org/repo@/x/ckpt@v1.pt") == ("hf-hub:org/repo", "@", "/x/ckpt@v1.pt")
     (tmp_path / "no-config").mkdir()
     with pytest.raises(FileNotFoundError, match="has no open_clip_config.json .*cbm fetch-models NAME --to"):
         create_encoder(f"local-dir:{tmp_path / 'no-config'}")

@@ -82,14 +82,16 @@ def run_concepts(args: argparse.Namespace) -> int:
         if not config.has_server:
             print(f"no LLM server in {config.label}: using the concept store {concepts.path} (no request sent)")
         else:  # each class's own line says which model wrote its list, and when
-            print(f"concept store {concepts.path} (classes it already had were not asked again)")
+            again = "" if (args.refresh or args.replace_curated) else " (classes it already had were not asked again)"
+            print(f"concept store {concepts.path}{again}")
     for name in concepts.classes:
         listed = concepts.by_class[name]
         count = f"{len(listed)} concept" + ("" if len(listed) == 1 else "s")
         print(f"\n{name} ({count}, {concepts.sources.get(name, '?')}):")
         made = (concepts.llm or {}).get(name) if concepts.sources.get(name) == "llm" else None
         if made:
-            print(f"  ({made.get('model')} at {made.get('server_host')}, prompt {made.get('prompt_version')}, "
+            host = str(made.get("server_host") or "").rpartition("@")[2]  # older stores could hold user:password@
+            print(f"  ({made.get('model')}{f' at {host}' if host else ''}, prompt {made.get('prompt_version')}, "
                   f"{made.get('date')})")
         for phrase in listed:
             print(f"  - {phrase}")

@@ -49,7 +49,9 @@ A group spec maps a source column to group names by exact value (``map: {M: male
 numeric range (``bins: {young: [null, 30], old: [70, 120]}``, inclusive, null = open) or by
 substring (``contains: {barcelona: Barcelona}``).
 
-Everything is deterministic for a given seed: rows are sorted by path before any random draw.
+The splits are deterministic for a given seed: rows are sorted by path before any random draw.
+The ``patient_key`` column is a salted hash of the patient (or lesion) ID, never the ID; its salt
+is random per run unless given (``--salt``), so only with a salt is the whole file reproducible.
 """
 
 from __future__ import annotations
@@ -511,9 +513,10 @@ def make_splits(
 ) -> SplitResult:
     """Build (and by default write) a card's manifest from the source's metadata.
 
-    Patients (or lesions) group the split but are never written as such: with the rule's
+    Patients (or lesions) group the split but get no column of their own: with the rule's
     ``patient`` column set, the manifest's ``patient_key`` is a salted SHA-256 of the ID (the
     same patient, the same key within one manifest), as ``cbm index-dicom --patient-key`` writes.
+    (Sources that name image files by patient still carry the ID in ``path``.)
 
     Args:
         card: a DataCard, card name or path; its ``make_splits`` rule is followed.

@@ -188,27 +188,34 @@ def _one_writer(folder: Path) -> Iterator[None]:
     """Hold the cache folder's lock (POSIX advisory) while its shards are found, computed and listed.
 
     A second process on the same images waits, then finds everything the first wrote instead of
-    computing it again and rewriting the manifest under the first one's feet. Where no lock can be
-    taken (no ``fcntl``, a read-only cache), it goes on without one.
+    computing it again and rewriting the manifest under the first one's feet. The lock is taken on
+    the folder itself, through a read-only handle, so no file is left and a read-only cache works;
+    where no lock can be had (no ``fcntl``, a file system without locks), it goes on without one.
     """
     try:
         import fcntl
 
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / ".lock", "a+b")
+        fd = os.open(folder, os.O_RDONLY)
     except (ImportError, OSError):
         yield
         return
-    with handle:
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             log.info("another process is writing the feature cache %s; waiting for it", folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. NFS without locking (ENOLCK), a mount without flock (ENOSYS)
+            log.warning("cannot lock the feature cache %s (%s); going on without the lock", folder, exc.strerror or exc)
+            yield
+            return
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _default_root() -> Path:

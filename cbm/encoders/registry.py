@@ -194,6 +194,10 @@ def _split_weights(name: str) -> tuple[str, str, str]:
 
     if name.startswith(LOCAL_DIR_PREFIX) and path_of(name).is_dir():
         return name, "", ""
+    first = name.split("@", 1)[0]
+    named = first.startswith(HUB_PREFIX) or (os.sep not in first and not first.endswith(".json"))
+    if "@" in name and not name.startswith(LOCAL_DIR_PREFIX) and named:
+        return first, "@", name[len(first) + 1:]  # an architecture or hub name holds no @: the weights follow the first
     for i in range(len(name) - 1, 0, -1):
         if name[i] == "@" and path_of(name[:i]).exists():
             return name[:i], "@", name[i + 1:]
