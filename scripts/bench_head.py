@@ -4,7 +4,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_head.py --quick          # 5,000 x 128 x 5, 20 lambdas
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_head.py --device cuda    # our solver on a GPU
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_head.py --solvers ours,glm_saga --time-cap 900 --out bench.json
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_head.py --solvers ours,sklearn_saga,glm_saga --cap sklearn_saga=3600 --out bench.json
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_head.py --cap sklearn_saga=3600 --cap sklearn_sgd=600 --cap glm_saga=1800 --out bench.json   # docs/benchmarks
 
 The problem: ``cbm.heads.make_planted_problem`` (correlated concept scores from a factor model, a
 planted weight matrix with 8 non-zero concepts per class, labels drawn from its softmax), a
