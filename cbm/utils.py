@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "cache_dir",
@@ -63,6 +67,42 @@ def set_file_mode(fd: int) -> None:
         os.fchmod(fd, file_mode())
     except (AttributeError, OSError):  # no fchmod (Windows before Python 3.13), or a mount that refuses it
         pass
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive POSIX advisory lock (``flock``) on ``folder`` itself while the block runs.
+
+    Another process taking the same lock waits (``what`` names what is being written, for the log
+    line). Locking the folder through a read-only handle leaves no lock file behind. Where no lock
+    can be had (no ``fcntl``, a file system without locks such as some NFS mounts, a folder that
+    cannot be made), the block runs without one: every write in cbm is atomic anyway.
+    """
+    folder = Path(folder)
+    try:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another cbm process is writing %s; waiting for it", what)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK (NFS without locking), ENOSYS (a mount without flock)
+            log.warning("cannot lock %s (%s); going on without the lock", folder, exc.strerror or exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -299,13 +299,13 @@ def test_a_file_replaced_with_the_same_size_and_time_is_hashed_again(tmp_path, m
 def test_a_second_process_waits_for_the_one_writing_the_cache(world, enc, tmp_path):
     import threading
 
-    from cbm.encoders.extract import _one_writer
+    from cbm.utils import folder_lock
 
     ds = dataset(world, enc)
     first = run(enc, ds, tmp_path)
     done = threading.Event()
     second = threading.Thread(target=lambda: (run(enc, ds, tmp_path), done.set()))
-    with _one_writer(first.cache_path):  # another writer holds the folder (flock is per open file)
+    with folder_lock(first.cache_path, "test"):  # another writer holds the folder (flock is per open file)
         second.start()
         assert not done.wait(1.0)  # the second run waits for it...
     second.join(60)
@@ -315,14 +315,14 @@ def test_a_second_process_waits_for_the_one_writing_the_cache(world, enc, tmp_pa
 def test_a_file_system_without_locks_does_not_stop_the_cache(tmp_path, monkeypatch, caplog):
     import fcntl
 
-    from cbm.encoders.extract import _one_writer
+    from cbm.utils import folder_lock
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     ran = []
-    with caplog.at_level(logging.WARNING), _one_writer(tmp_path / "cache"):
+    with caplog.at_level(logging.WARNING), folder_lock(tmp_path / "cache", "test"):
         ran.append(True)
     assert ran and "going on without the lock" in caplog.text
     assert not any((tmp_path / "cache").iterdir())  # the lock leaves no file behind

@@ -41,14 +41,14 @@ import datetime as _dt
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cbm.utils import atomic_write_json, stable_hash
+from cbm.utils import atomic_write_json, folder_lock, stable_hash
 
 __all__ = [
     "STORE_FORMAT",
@@ -295,33 +295,13 @@ def write_store(path: str | os.PathLike, doc: dict) -> Path:
         ) from None
 
 
-@contextlib.contextmanager
-def store_lock(path: str | os.PathLike) -> Iterator[None]:
+def store_lock(path: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock for writing the store at ``path``: an ``flock`` on its folder.
 
     Locking the folder itself leaves no lock file behind in card folders. Other cbm processes
     writing a store there wait; readers never need the lock (writes are atomic).
     """
-    path = Path(path)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, writes are still atomic
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another cbm process that is writing %s", path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return folder_lock(Path(path).parent, f"the concept store {path}")
 
 
 def new_store(info: CardInfo) -> dict:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from cbm.encoders import distributed
 from cbm.encoders.cache import FeatureCache, ShardData
 from cbm.encoders.encoder import Encoder
 from cbm.encoders.hashing import content_hashes
-from cbm.utils import cache_dir
+from cbm.utils import cache_dir, folder_lock
 
 __all__ = ["FeatureSet", "encode_images", "DEFAULT_SHARD_SIZE", "default_num_workers"]
 
@@ -130,7 +130,7 @@ def encode_images(
     )
     with contextlib.ExitStack() as stack:
         if world == 1:  # ranks of one torchrun share a folder by design; separate processes take turns
-            stack.enter_context(_one_writer(store.folder))
+            stack.enter_context(folder_lock(store.folder, f"the feature cache {store.folder}"))
         valid: dict[int, ShardData] = {}
         current = False
 
@@ -183,41 +183,6 @@ def encode_images(
 
 
 # ---------------------------------------------------------------------------- internals
-@contextlib.contextmanager
-def _one_writer(folder: Path) -> Iterator[None]:
-    """Hold the cache folder's lock (POSIX advisory) while its shards are found, computed and listed.
-
-    A second process on the same images waits, then finds everything the first wrote instead of
-    computing it again and rewriting the manifest under the first one's feet. The lock is taken on
-    the folder itself, through a read-only handle, so no file is left and a read-only cache works;
-    where no lock can be had (no ``fcntl``, a file system without locks), it goes on without one.
-    """
-    try:
-        import fcntl
-
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is writing the feature cache %s; waiting for it", folder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:  # e.g. NFS without locking (ENOLCK), a mount without flock (ENOSYS)
-            log.warning("cannot lock the feature cache %s (%s); going on without the lock", folder, exc.strerror or exc)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def _default_root() -> Path:
     return cache_dir("features")
 
