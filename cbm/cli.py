@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors, stated plainly
+    except (ValueError, OSError, RuntimeError) as exc:  # user-facing errors (a folder in the way, a bad path), stated plainly
         logging.getLogger("cbm").debug("details", exc_info=True)
         print(f"cbm {args.command}: error: {exc}", file=sys.stderr)
         return 2

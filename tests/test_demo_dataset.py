@@ -114,9 +114,40 @@ def test_a_partial_dataset_is_resumed_and_other_parameters_redraw(tmp_path):
     first[5].unlink()
     make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
     assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == before  # same pixels again
-    make_dataset(out, n=36, confounding=0.9, seed=3, size=24, workers=1, progress=False)
+    # other parameters: refused (a mistyped --n must not delete a dataset), then redrawn when asked
+    with pytest.raises(FileExistsError, match="other parameters .*--overwrite"):
+        make_dataset(out, n=36, confounding=0.9, seed=3, size=24, workers=1, progress=False)
+    assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == before
+    make_dataset(out, n=36, confounding=0.9, seed=3, size=24, workers=1, progress=False, overwrite=True)
     after = {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
     assert after.keys() == before.keys() and after != before
+
+
+def test_a_complete_dataset_that_lost_an_image_draws_it_again(tmp_path):
+    out = tmp_path / "ds"
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    lost = sorted((out / "images").rglob("*.png"))[3]
+    pixels = lost.read_bytes()
+    lost.unlink()
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    assert lost.read_bytes() == pixels
+
+
+def test_small_splits_keep_the_cue_rate_where_a_closer_count_exists():
+    items = plan_dataset(n=200, confounding=0.97, classes=2, seed=0)  # val and test_id: 30 images each
+    for split in ("val", "test_id"):
+        assert _agreement(items, split) == pytest.approx(29 / 30)  # not 30/30: the cue must not be perfect
+
+
+def test_cli_errors_for_a_folder_in_the_way_are_one_line(tmp_path, capsys):
+    from cbm.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "make", "--out", str(tmp_path / "afile"), "--n", "36", "--size", "24", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cbm demo: error:") and "Traceback" not in err
+    assert main(["demo", "make", "--out", str(tmp_path / "x"), "--n", "36", "--workers", "0"]) == 2
+    assert "workers=0 must be at least 1" in capsys.readouterr().err
 
 
 def test_a_foreign_folder_is_refused(tmp_path):

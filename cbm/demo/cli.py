@@ -28,18 +28,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Draw a demo dataset: lesions labelled by the ABCD rule, balanced classes in 50/15/15/20 "
             "train/val/test_id/test, and a ruler/ink cue that goes with the malignant class with probability "
-            "CONFOUNDING in train, val and test_id and against it in test. A folder holding the same dataset is reused."
+            "CONFOUNDING in train, val and test_id and against it in test. A folder holding the same dataset is reused "
+            "(images it lost are drawn again); one holding another demo dataset needs --overwrite."
         ),
     )
     make.add_argument("--out", required=True, help="dataset folder (empty, new, or an earlier demo dataset)")
     make.add_argument("--n", type=int, default=6000, help="number of images (default 6000)")
     make.add_argument("--confounding", type=float, default=0.95,
-                      help="P(cue goes with the malignant class) in train/val; reversed in test (default 0.95)")
+                      help="P(cue goes with the malignant class) in train, val and test_id; reversed in test (default 0.95)")
     make.add_argument("--classes", type=int, choices=(2, 3), default=2,
                       help="2: benign nevus / melanoma; 3: + suspicious lesion (default 2)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
     make.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="redraw a folder that holds a demo dataset of other parameters (its images are deleted)")
     make.set_defaults(func=_make)
 
     concepts = sub.add_parser("concepts", help="print the demo concepts with their ground-truth attributes (JSON)")
@@ -56,7 +59,7 @@ def _make(args: argparse.Namespace) -> int:
     from cbm.demo.dataset import make_dataset
 
     card = make_dataset(args.out, n=args.n, confounding=args.confounding, classes=args.classes, seed=args.seed,
-                        size=args.size, workers=args.workers)
+                        size=args.size, workers=args.workers, overwrite=args.overwrite)
     print(card)
     return 0
 

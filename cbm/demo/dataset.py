@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +122,39 @@ def _split_sizes(n: int) -> list[int]:
     return [*sizes, n - sum(sizes)]
 
 
+def _marked_counts(labels: np.ndarray, names: Sequence[str], confounding: float, split: str) -> dict[str, int]:
+    """How many images of each class carry the cue in one split.
+
+    Each class gets ``round(q * its count)`` (``q`` = ``confounding`` for malignant classes, ``1 - q``
+    for nevi, the other way in test). In a small split these roundings can add up, so that the
+    share of images whose cue goes with their class misses ``confounding`` by more than 2 points
+    although a closer count exists; then one class's count moves by one image at a time, towards
+    the requested share, while that brings it closer (n = 6000 never needs it).
+    """
+    counts = {name: int(np.sum(labels == name)) for name in names}
+    with_class = {name: (name != names[0]) != (split == "test") for name in names}  # marked means "with the class"
+    marked = {name: int(round((confounding if with_class[name] else 1.0 - confounding) * counts[name])) for name in names}
+
+    def agreeing(m: dict[str, int]) -> int:  # images whose cue goes with their class as the split intends
+        return sum(m[c] if with_class[c] else counts[c] - m[c] for c in names)
+
+    total = sum(counts.values())
+    target = confounding * total
+    while abs(agreeing(marked) - target) / total > 0.02:
+        step = -1 if agreeing(marked) > target else 1
+        # move the class whose own share is furthest from its rate in that direction
+        options = [c for c in names if 0 <= marked[c] + (step if with_class[c] else -step) <= counts[c]]
+        if not options:
+            break
+        c = max(options, key=lambda c: (step if with_class[c] else -step)
+                * (((confounding if with_class[c] else 1 - confounding) * counts[c]) - marked[c]))
+        trial = {**marked, c: marked[c] + (step if with_class[c] else -step)}
+        if abs(agreeing(trial) - target) >= abs(agreeing(marked) - target):
+            break
+        marked = trial
+    return marked
+
+
 def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, seed: int = 0) -> list[DemoItem]:
     """Every image of the dataset, without drawing any: labels, splits, cues and scenes.
 
@@ -135,11 +168,10 @@ def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, see
         rng = np.random.default_rng([seed, DATASET_STREAM, 10_000_000 + s])
         labels = np.array([names[i % len(names)] for i in range(count)])[rng.permutation(count)]
         cues = np.full(count, UNMARKED, dtype=object)
+        marked = _marked_counts(labels, names, confounding, split)
         for name in names:
             members = np.flatnonzero(labels == name)
-            malignant = name != names[0]
-            q = confounding if malignant != (split == "test") else 1.0 - confounding
-            cues[rng.permutation(members)[: int(round(q * len(members)))]] = MARKED
+            cues[rng.permutation(members)[: marked[name]]] = MARKED
         plan.extend((split, str(lab), str(cue)) for lab, cue in zip(labels, cues))
     items = []
     for i, (split, label, cue) in enumerate(plan):
@@ -240,32 +272,41 @@ def make_dataset(
     *,
     workers: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write (or reuse) a demo dataset in ``out_dir``; returns the path of its ``card.yaml``.
 
     Args:
         out_dir: the dataset folder; created if missing. It must be empty or a folder this
-            function wrote before (with other parameters it is cleared and redrawn).
+            function wrote before (one with other parameters only with ``overwrite``); a complete
+            one is reused, after checking that every image is still there.
         n: number of images (50/15/15/20 train/val/test_id/test).
-        confounding: probability that the cue goes with the malignant class in train and val
-            (reversed in test); 0.5 means no association.
+        confounding: probability that the cue goes with the malignant class in train, val and
+            test_id (reversed in test); 0.5 means no association.
         classes: 2 (benign nevus, melanoma) or 3 (benign nevus, suspicious lesion, melanoma).
         seed: the seed of every random draw.
         size: image width and height in pixels.
         workers: processes drawing images (default: all cores).
         progress: show a progress bar.
+        overwrite: a folder holding a demo dataset of other parameters is cleared and redrawn
+            (without it, such a folder is refused, so a mistyped parameter deletes nothing).
     """
     import yaml
 
     _check(n, confounding, classes, size)
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers={workers!r} must be at least 1 (or None for all cores)")
     out_dir = Path(out_dir)
     params = _params(n, confounding, classes, seed, size)
     key = stable_hash(params)
     record = _read_record(out_dir)
     card_path = out_dir / "card.yaml"
     if record is not None and record.get("key") == key and record.get("complete") and card_path.is_file():
-        log.info("demo dataset %s is complete; reusing it", out_dir)
-        return card_path
+        missing = _missing_images(out_dir)
+        if not missing:
+            log.info("demo dataset %s is complete; reusing it", out_dir)
+            return card_path
+        log.warning("demo dataset %s lacks %d of its images (e.g. %s); drawing them again", out_dir, len(missing), missing[0])
     if out_dir.exists() and any(out_dir.iterdir()):
         if record is None:
             raise FileExistsError(
@@ -273,6 +314,11 @@ def make_dataset(
                 "choose an empty or new folder"
             )
         if record.get("key") != key:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{out_dir} holds a demo dataset with other parameters ({record.get('params')}); choose another "
+                    "folder, or pass --overwrite (overwrite=True) to delete its images and draw the new one there"
+                )
             log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
             for child in ("images", "manifest.csv", "card.yaml", "concepts.json", _RECORD):
                 target = out_dir / child
@@ -303,6 +349,16 @@ def make_dataset(
     atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": True})
     log.info("demo dataset: %d images in %s", n, out_dir)
     return card_path
+
+
+def _missing_images(out_dir: Path) -> list[str]:
+    """Image paths the folder's manifest lists that are not on disk (all of them if it has no manifest)."""
+    try:
+        with open(out_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+            paths = [row["path"] for row in csv.DictReader(fh)]
+    except (OSError, KeyError):
+        return ["manifest.csv"]
+    return [p for p in paths if not (out_dir / "images" / p).is_file()]
 
 
 def _draw_all(items: list[DemoItem], root: Path, size: int, workers: int | None, progress: bool) -> None:
