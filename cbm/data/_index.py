@@ -10,7 +10,6 @@ group the split; they are written, if at all, as a salted hash (``--patient-key`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -155,7 +154,7 @@ def index_dicom(
     from pydicom.errors import InvalidDicomError
     from tqdm.auto import tqdm
 
-    from cbm.data._manifest import write_manifest
+    from cbm.data._manifest import salted_patient_key, write_manifest
     from cbm.data._splits import _grouped_split
 
     root = Path(root)
@@ -204,7 +203,7 @@ def index_dicom(
         patient = next((str(ds.get(t)) for t in _PATIENT_TAGS if ds.get(t) not in (None, "")), "")
         row["_patient"] = patient or f"file:{rel}"
         if patient_key:
-            row["patient_key"] = hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
+            row["patient_key"] = salted_patient_key(patient, salt)
         items.append(row)
 
     if fractions:

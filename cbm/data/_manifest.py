@@ -9,6 +9,7 @@ raises :class:`ManifestError`; otherwise the unusable rows are dropped with one 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 from collections import Counter, defaultdict
@@ -24,6 +25,7 @@ __all__ = [
     "ManifestError",
     "read_manifest",
     "write_manifest",
+    "salted_patient_key",
     "KNOWN_SPLITS",
     "REQUIRED_SPLITS",
 ]
@@ -334,6 +336,14 @@ def _read_csv(
     except csv.Error as exc:
         raise ValueError(f"manifest {path} is not a valid CSV at line {reader.line_num} ({exc}); fix the quoting there") from None
     return header, records
+
+
+def salted_patient_key(patient: str, salt: str) -> str:
+    """A manifest's ``patient_key`` of a patient ID: a salted SHA-256 (16 hex digits), ``""`` for no ID.
+
+    The same patient gets the same key within one salt; the ID itself is never written.
+    """
+    return hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
 
 
 def write_manifest(path: str | os.PathLike, rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> Path:

@@ -57,7 +57,6 @@ is random per run unless given (``--salt``), so only with a salt is the whole fi
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import re
@@ -533,7 +532,7 @@ def make_splits(
         A :class:`SplitResult` (rows, counts per split and class, what was dropped and why).
     """
     from cbm.data._card import load_card
-    from cbm.data._manifest import write_manifest
+    from cbm.data._manifest import salted_patient_key, write_manifest
 
     card = load_card(card)
     if not card.make_splits:
@@ -670,7 +669,7 @@ def make_splits(
             row[group_name] = it["_group"]
         if spec.patient:  # never the ID itself: it identifies a person
             patient = "" if it["_patient"].startswith("image:") else it["_patient"]
-            row["patient_key"] = hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
+            row["patient_key"] = salted_patient_key(patient, salt)
         row.update({c: it.get(c, "") for c in spec.keep if c != group_name})
         result.rows.append(row)
     result.columns = columns
