@@ -81,7 +81,7 @@ def _metrics_rows(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str,
     pred = proba.argmax(2)
     correct = pred == y
     out = {"accuracy": correct.mean(1)}
-    recalls, f1s, aucs = [], [], []
+    recalls, f1s, aucs, seen = [], [], [], []
     for k in range(n_classes):
         is_k, pred_k = y == k, pred == k
         tp = (is_k & pred_k).sum(1)
@@ -90,6 +90,7 @@ def _metrics_rows(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str,
             recalls.append(np.where(support > 0, tp / support, np.nan))
             denom = support + predicted
             f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+            seen.append(denom > 0)  # true or predicted
         aucs.append(_auroc_rows(proba[:, :, k], is_k))
     recalls_a, aucs_a = np.stack(recalls, 1), np.stack(aucs, 1)
     present = ~np.isnan(recalls_a)
@@ -99,9 +100,8 @@ def _metrics_rows(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str,
         out["balanced_accuracy"] = np.where(n_present > 0, np.nanmean(recalls_a, 1), np.nan)
         # macro-F1 over the classes that are true or predicted (sklearn's default labels); a class
         # neither in the split nor predicted does not count, as in the other two class averages
-        f1_a = np.stack(f1s, 1)
-        seen = present | np.stack([(pred == k).any(1) for k in range(n_classes)], 1)
-        out["macro_f1"] = (f1_a * seen).sum(1) / np.maximum(seen.sum(1), 1)
+        seen_a = np.stack(seen, 1)
+        out["macro_f1"] = (np.stack(f1s, 1) * seen_a).sum(1) / np.maximum(seen_a.sum(1), 1)
         if n_classes == 2:
             out["macro_auroc"] = aucs_a[:, 1]
         else:

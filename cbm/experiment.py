@@ -159,7 +159,8 @@ def _split_or_fail(splits: dict[str, SplitData], name: str, card) -> SplitData:
 
 # ---------------------------------------------------------------------------- fitting
 def _every_class_trains(card, trained: Sequence[str]) -> None:
-    absent = [c for c in card.class_names if c not in set(trained)]
+    trained = set(trained)
+    absent = [c for c in card.class_names if c not in trained]
     if absent:
         raise ValueError(
             f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "

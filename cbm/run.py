@@ -28,10 +28,9 @@ log = logging.getLogger("cbm.run")
 
 def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)

@@ -132,23 +132,24 @@ def _marked_counts(labels: np.ndarray, names: Sequence[str], confounding: float,
     the requested share, while that brings it closer (n = 6000 never needs it).
     """
     counts = {name: int(np.sum(labels == name)) for name in names}
-    with_class = {name: (name != names[0]) != (split == "test") for name in names}  # marked means "with the class"
-    marked = {name: int(round((confounding if with_class[name] else 1.0 - confounding) * counts[name])) for name in names}
+    # +1: marking one more image of the class adds one image whose cue goes as the split intends; -1: removes one
+    sign = {name: 1 if (name != names[0]) != (split == "test") else -1 for name in names}
+    rate = {name: confounding if sign[name] > 0 else 1.0 - confounding for name in names}
+    marked = {name: int(round(rate[name] * counts[name])) for name in names}
 
     def agreeing(m: dict[str, int]) -> int:  # images whose cue goes with their class as the split intends
-        return sum(m[c] if with_class[c] else counts[c] - m[c] for c in names)
+        return sum(m[c] if sign[c] > 0 else counts[c] - m[c] for c in names)
 
     total = sum(counts.values())
     target = confounding * total
     while abs(agreeing(marked) - target) / total > 0.02:
         step = -1 if agreeing(marked) > target else 1
-        # move the class whose own share is furthest from its rate in that direction
-        options = [c for c in names if 0 <= marked[c] + (step if with_class[c] else -step) <= counts[c]]
+        options = [c for c in names if 0 <= marked[c] + step * sign[c] <= counts[c]]
         if not options:
             break
-        c = max(options, key=lambda c: (step if with_class[c] else -step)
-                * (((confounding if with_class[c] else 1 - confounding) * counts[c]) - marked[c]))
-        trial = {**marked, c: marked[c] + (step if with_class[c] else -step)}
+        # move the class whose rounding went furthest the other way
+        c = max(options, key=lambda c: step * sign[c] * (rate[c] * counts[c] - marked[c]))
+        trial = {**marked, c: marked[c] + step * sign[c]}
         if abs(agreeing(trial) - target) >= abs(agreeing(marked) - target):
             break
         marked = trial
