@@ -1,15 +1,27 @@
 """Image-caption pairs from the demo world, for pretraining ``demo-clip``.
 
-A caption names the lesion (sometimes with its diagnosis) and states all of its attributes
-(40 % of captions) or a random subset. A graded attribute is stated either way, in one phrase for
-each side ("irregular border" / "regular border", "three or more colours" / "one or two colours");
-a colour, a structure, the spurious marks (ruler, ink: real encoders see rulers too) and hair are
+A caption describes what is visible, as a findings-only report would: the lesion, all of its
+attributes (40 % of captions) or a random subset, and the marks on the image. It never states the
+diagnosis the ABCD rule gives. A graded attribute is stated either way, in one phrase for each
+side ("irregular border" / "regular border", "three or more colours" / "one or two colours"); a
+colour, a structure, the spurious marks (ruler, ink: real encoders see rulers too) and hair are
 named only when present, as real captions do. Negated statements ("no dots") are never written: a
 small text tower embeds "no X" as "X" plus a generic negation, so "tan pigment, no dark brown
 pigment" and "no tan pigment, dark brown pigment" look alike to it and it cannot learn which
 colour is which (in a trial, the positive-minus-negative directions of all six colours had cosine
 0.93-0.99 with each other, and their AUROCs were what the number of colours alone gives). Some
 statements are replaced by a graded detail ("asymmetric in two axes", "4 colours") or a synonym.
+
+Diagnosis words appear as a web corpus has them: rarely (``IMPRESSION_RATE`` of captions) and as a
+lay impression, not the rule (:func:`lay_impression`): a dark lesion (black or blue-grey pigment)
+with three or more colours is called a melanoma, one with either of the two suspicious, the rest
+a mole or nevus; one impression in ``IMPRESSION_NOISE`` is a random diagnosis. The impression is a
+function of what the captions already say (colours), so the words carry no label the captions do
+not, and class-name prompts score about what the impression itself does against the rule (AUROC
+0.70 on the 2-class world), as real biomedical CLIPs do on dermoscopy (BiomedCLIP about 0.73 for
+melanoma on ISIC 2020). Before, 40 % of captions named the rule's own diagnosis, and the encoder
+had in effect seen 16,000 labelled, unconfounded lesions: zero-shot class prompts beat every
+trained head out of domain.
 
 The corpus draws its scenes from its own random stream (``CORPUS_STREAM``), disjoint from the
 demo datasets (``DATASET_STREAM``), from the held-out images on which pretraining chooses its
@@ -42,6 +54,9 @@ __all__ = [
     "SELECT_STREAM",
     "corpus_scene",
     "caption_pieces",
+    "lay_impression",
+    "IMPRESSION_RATE",
+    "IMPRESSION_NOISE",
     "said_when_absent",
     "caption",
     "CaptionTokenizer",
@@ -65,6 +80,12 @@ _DIAGNOSES = {
     "suspicious lesion": ("suspicious lesion", "suspicious lesion", "atypical lesion"),
     "melanoma": ("melanoma", "melanoma", "malignant melanoma"),
 }
+_IMPRESSIONS = ("benign nevus", "suspicious lesion", "melanoma")
+
+IMPRESSION_RATE = 0.1
+"""The share of captions whose head names a diagnosis (a lay impression, never the rule's)."""
+IMPRESSION_NOISE = 0.2
+"""The share of those impressions that are a random diagnosis instead."""
 _GENERIC = ("skin lesion", "pigmented lesion", "lesion", "pigmented skin lesion")
 _PREFIXES = (
     "dermoscopy of a {}",
@@ -97,6 +118,20 @@ def corpus_scene(index: int, seed: int = 0, stream: int = CORPUS_STREAM) -> Scen
     cue = CUE_KINDS[int(rng.integers(0, len(CUE_KINDS)))]
     cast = _CASTS[int(rng.integers(0, len(_CASTS)))]
     return sample_scene(rng, lesion, cue=cue, cast=cast)
+
+
+def lay_impression(lesion: Lesion, rng: np.random.Generator | None = None) -> str:
+    """The diagnosis a lay caption writer gives ``lesion``: darkness and variegation, not the rule.
+
+    One point for dark pigment (black or blue-grey), one for three or more colours: 0 is a benign
+    nevus, 1 a suspicious lesion, 2 a melanoma. With ``rng``, ``IMPRESSION_NOISE`` of the calls
+    return a random diagnosis instead. Against the rule's labels this impression has AUROC 0.70
+    on the 2-class world (0.67 one-vs-rest on three classes).
+    """
+    if rng is not None and rng.random() < IMPRESSION_NOISE:
+        return _IMPRESSIONS[int(rng.integers(0, len(_IMPRESSIONS)))]
+    dark = "black" in lesion.colours or "blue-grey" in lesion.colours
+    return _IMPRESSIONS[int(dark) + int(len(lesion.colours) >= 3)]
 
 
 def said_when_absent(concept: Concept) -> bool:
@@ -141,7 +176,7 @@ def _detail(attribute: str, values: dict, default: str) -> str:
 
 
 def caption_pieces(
-    scene: Scene, rng: np.random.Generator, classes: int = 3, max_statements: int | None = None
+    scene: Scene, rng: np.random.Generator, max_statements: int | None = None
 ) -> list[str]:
     """The pieces of one random caption of ``scene``: a head, then statements (joined by ", ").
 
@@ -169,8 +204,8 @@ def caption_pieces(
     chosen = [chosen[i] for i in order]
     if rng.random() < 0.2:
         return ["", *chosen]
-    if rng.random() < 0.5:
-        options = _DIAGNOSES[lesion.label(classes)]
+    if rng.random() < IMPRESSION_RATE / 0.8:  # of the 80 % of captions with a head
+        options = _DIAGNOSES[lay_impression(lesion, rng)]
     else:
         options = _GENERIC
     noun = options[int(rng.integers(0, len(options)))]
@@ -179,9 +214,9 @@ def caption_pieces(
     return [head + joiner.rstrip(), *chosen]
 
 
-def caption(scene: Scene, rng: np.random.Generator, classes: int = 3) -> str:
+def caption(scene: Scene, rng: np.random.Generator) -> str:
     """One random caption of ``scene`` as a string."""
-    return _join(caption_pieces(scene, rng, classes))
+    return _join(caption_pieces(scene, rng))
 
 
 def _join(pieces: Sequence[str]) -> str:

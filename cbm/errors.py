@@ -1,0 +1,98 @@
+"""The errors cbm raises for bad input, one family per kind of input.
+
+Every error about a file a user gave (an image, a data card, a manifest, a concept store, a saved
+model) is an :class:`InputError`: its message names the file, the field or offset when there is
+one, what is wrong (quoting at most :data:`QUOTE_LIMIT` characters of a bad value) and the fix.
+The ``cbm`` command prints such an error as one line, never a traceback.
+
+    try:
+        card = load_card("my-derm/card.yaml")
+    except InputError as err:
+        print(err.path, err.field, err.fix)
+
+They subclass ``ValueError``, so code that caught ``ValueError`` before still does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "QUOTE_LIMIT",
+    "quote",
+    "InputError",
+    "ImageError",
+    "CardError",
+    "ManifestError",
+    "ConceptStoreError",
+    "ModelFormatError",
+]
+
+QUOTE_LIMIT = 200
+"""The most characters of a bad value an error message quotes."""
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a huge or nested bad value stays a short message)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class InputError(ValueError):
+    """A bad input file: ``path``, optional ``field`` (or offset), ``problem`` and ``fix``.
+
+    The message reads ``<kind> <path>: <field> <problem>. <fix>``.
+    """
+
+    kind = "input"
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str = "", *, field: str | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        where = f" {self.path}:" if self.path is not None else ":"
+        what = f" {field}" if field else ""
+        text = f"{self.kind}{where}{what} {problem}".rstrip(". ")
+        super().__init__(f"{text}. {fix}" if fix else text)
+
+    def __reduce__(self):  # picklable across processes (DataLoader workers) with its fields
+        return (_rebuild, (type(self), self.path, self.problem, self.fix, self.field))
+
+
+def _rebuild(cls, path, problem, fix, field):
+    return cls(path, problem, fix, field=field)
+
+
+class ImageError(InputError):
+    """An image file that cannot be read, or whose header and data disagree."""
+
+    kind = "image"
+
+
+class CardError(InputError):
+    """An invalid data card (``card.yaml``)."""
+
+    kind = "data card"
+
+
+class ManifestError(InputError):
+    """An invalid manifest CSV."""
+
+    kind = "manifest"
+
+
+class ConceptStoreError(InputError):
+    """An invalid concept store (``concepts.json``)."""
+
+    kind = "concept store"
+
+
+class ModelFormatError(InputError):
+    """A saved model folder that is damaged, incomplete or from an incompatible cbm."""
+
+    kind = "model"
