@@ -59,6 +59,8 @@ _FIELDS: dict[str, tuple[bool, str]] = {
     "group_column": (False, "an optional manifest column naming a group (hospital, sex, ...)"),
     "confounder": (False, "{column, description, id_groups, ood_groups} for a confounded variant"),
     "nuisance_prompts": (False, "a list of image artefacts no concept score may follow, e.g. [ruler, ink marking]"),
+    "concept_truth": (False, "{concept phrase: manifest column} holding each concept's annotated truth (1/0, yes/no, "
+                      "true/false, present/absent; empty = not annotated)"),
     "source": (False, "citation or URL of the dataset"),
     "licence": (False, "the dataset's licence"),
     "obtain": (False, "how to get the images"),
@@ -123,6 +125,7 @@ class DataCard:
     group_column: str | None = None
     confounder: Confounder | None = None
     nuisance_prompts: tuple[str, ...] = ()
+    concept_truth: dict[str, str] = field(default_factory=dict)  # concept phrase -> manifest column
     source: str = ""
     licence: str = ""
     obtain: str = ""
@@ -224,6 +227,7 @@ class DataCard:
             "group_column": self.group_column,
             "confounder": None,
             "nuisance_prompts": list(self.nuisance_prompts),
+            "concept_truth": dict(self.concept_truth),
             "source": self.source,
             "licence": self.licence,
         }
@@ -351,6 +355,7 @@ def _parse_card(path: Path) -> DataCard:
         group_column=group_column,
         confounder=confounder,
         nuisance_prompts=_prompts(path, raw.get("nuisance_prompts")),
+        concept_truth=_concept_truth(path, raw.get("concept_truth")),
         source=_text(path, raw, "source", required=False),
         licence=_text(path, raw, "licence", required=False),
         obtain=_text(path, raw, "obtain", required=False),
@@ -403,6 +408,20 @@ def _prompts(path: Path, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise CardError(path, "nuisance_prompts", f"has the bad value {value!r}", "Use a list of short phrases, e.g. [ruler, ink marking]")
     return tuple(v.strip() for v in value)
+
+
+def _concept_truth(path: Path, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in value.items()
+    ):
+        raise CardError(
+            path, "concept_truth", f"has the bad value {value!r}",
+            "Map each annotated concept phrase to the manifest column holding its truth, e.g. "
+            "{'irregular border': 'truth_irregular_border'}",
+        )
+    return {k.strip(): v.strip() for k, v in value.items()}
 
 
 def _confounder(path: Path, value: Any, class_names: list[str]) -> Confounder | None:
