@@ -3,8 +3,9 @@
 An image is scored against named clinical concepts by a vision-language model, and a sparse
 linear head decides from those scores alone. The README shows the commands and the API.
 
-    from cbm import ConceptBottleneckModel
-    model = ConceptBottleneckModel.fit("ham10000", encoder="biomedclip")
+    import cbm
+    model = cbm.fit("ham10000", encoder="biomedclip")      # a cbm.ConceptBottleneckModel
+    model.predict(["case1.png"]); model.save("runs/ham")
 
 ``import cbm`` stays light: subpackages (and torch, open_clip, pydicom) load on first use.
 """
@@ -14,13 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "ConceptBottleneckModel", "CaseExplanation"]
+__all__ = ["__version__", "fit", "ConceptBottleneckModel", "Prediction"]
 
 
 def __getattr__(name: str) -> Any:
-    """The model classes, imported on first use (they pull in torch)."""
-    if name in ("ConceptBottleneckModel", "CaseExplanation"):
+    """The public API, imported on first use (it pulls in torch)."""
+    if name in ("ConceptBottleneckModel", "Prediction"):
         from cbm import model
 
         return getattr(model, name)
+    if name == "fit":
+        from cbm.pipeline import fit
+
+        return fit
     raise AttributeError(f"module 'cbm' has no attribute {name!r}")

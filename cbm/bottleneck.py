@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["ConceptBottleneck", "cosine_scores"]
+__all__ = ["BottleneckConfig", "ConceptBottleneck", "cosine_scores"]
 
 # A concept whose training scores barely vary carries no signal; dividing by its tiny std would
 # only amplify noise, so its std is floored at this value.
@@ -68,6 +68,20 @@ def cosine_scores(image_features: np.ndarray | torch.Tensor, concept_embeddings:
             "embedding width; were they made by the same encoder?"
         )
     return _l2_normalise(img) @ _l2_normalise(txt).T
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    """How the concept directions are made (the ``bottleneck`` node of ``cbm run``'s config).
+
+    Args:
+        centre: subtract the mean embedding of the card's concept store from every concept direction.
+        nuisance_prompts: artefacts ("ruler", "ink marking") whose directions are projected out of
+            every concept direction; ``None`` = the card's ``nuisance_prompts``, ``[]`` = none.
+    """
+
+    centre: bool = True
+    nuisance_prompts: Sequence[str] | None = None
 
 
 @dataclass

@@ -7,11 +7,15 @@ written as a sum of ``weight[class, concept] * score[concept]`` terms.
 
 Saved as a folder: ``model.json`` (classes, concepts, encoder name and cache key, head settings,
 metrics, provenance) and ``model.safetensors`` (head weights, concept embeddings, score
-statistics). No pickle.
+statistics, the concept store's class-concept prior). No pickle. :meth:`ConceptBottleneckModel.load`
+checks every field and tensor before it returns, and a damaged or foreign folder raises
+:class:`~cbm.errors.ModelFormatError` naming the file and the field.
 
-    model = ConceptBottleneckModel.fit("ham10000", encoder="biomedclip")
+The model is the saved artefact only: training lives in :mod:`cbm.pipeline` (``cbm.fit``).
+
+    model = cbm.fit("ham10000", encoder="biomedclip")
     model.predict(["case1.png", "case2.dcm"])
-    model.explain("case1.png").top_concepts
+    model.explain("case1.png").top_concepts()
     model.save("runs/ham"); ConceptBottleneckModel.load("runs/ham")
 """
 
@@ -31,21 +35,18 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from cbm.bottleneck import ConceptBottleneck
-from cbm.utils import atomic_write_bytes, atomic_write_json
+from cbm.errors import ModelFormatError, quote
+from cbm.utils import atomic_write_bytes, atomic_write_json, softmax
 
-__all__ = ["ConceptBottleneckModel", "CaseExplanation", "ConceptContribution"]
+__all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cbm.ConceptBottleneckModel"
-FORMAT_VERSION = 2  # 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
+# 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
+# 3: the concept store's class-concept prior (older models have none: their weights cannot be checked against it)
+FORMAT_VERSION = 3
 ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[, C]) array in [0, 1]
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class ConceptContribution:
 
 
 @dataclass
-class CaseExplanation:
-    """Why the model predicted what it did for one image."""
+class Prediction:
+    """What the model predicted for one image, and why: probabilities and every concept's share."""
 
     predicted: str
     probabilities: dict[str, float]
@@ -87,6 +88,9 @@ class ConceptBottleneckModel:
         intercept: ``(n_classes,)`` head biases.
         encoder_key: the encoder's cache key at training time (weights hash, preprocessing,
             precision); a mismatch at load time is reported, because scores would shift.
+        train_raw_scores: ``(n_train, n_concepts)`` raw training scores (percentiles, intervention levels).
+        concept_prior: ``(n_classes, n_concepts)`` 0/1: the classes the concept store lists each
+            concept under (what a faithful weight must agree with); ``None`` for older models.
         info: free JSON-serialisable facts (card, metrics, head settings, provenance).
     """
 
@@ -100,6 +104,7 @@ class ConceptBottleneckModel:
         *,
         encoder_key: str | None = None,
         train_raw_scores: np.ndarray | None = None,
+        concept_prior: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         self.encoder_name = encoder_name
@@ -110,6 +115,7 @@ class ConceptBottleneckModel:
         self.encoder_key = encoder_key
         # sorted raw training scores per concept (n_train, C): percentiles for explanations
         self.train_raw_scores = None if train_raw_scores is None else np.sort(np.asarray(train_raw_scores, np.float32), 0)
+        self.concept_prior = None if concept_prior is None else np.asarray(concept_prior, np.float32)
         self.info = dict(info or {})
         self._encoder = None
         k, c = len(self.classes), bottleneck.n_concepts
@@ -118,54 +124,21 @@ class ConceptBottleneckModel:
                 f"head shapes coef {self.coef.shape}, intercept {self.intercept.shape} do not fit "
                 f"{k} classes x {c} concepts"
             )
+        if self.concept_prior is not None and self.concept_prior.shape != (k, c):
+            raise ValueError(f"concept_prior has shape {self.concept_prior.shape}; expected {k} classes x {c} concepts")
 
-    # ------------------------------------------------------------------ building
-    @classmethod
-    def fit(
-        cls,
-        card_or_dataset: Any,
-        *,
-        encoder: str = "demo-clip",
-        concepts: Any = None,
-        head: Any = None,
-        templates: Sequence[str] | None = None,
-        device: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        cache_dir: str | os.PathLike | None = None,
-        centre: bool = True,
-        nuisance_prompts: Sequence[str] | None = None,
-    ) -> ConceptBottleneckModel:
-        """Train a model on a data card's train split, choosing the sparsity on its val split.
-
-        Args:
-            card_or_dataset: a card name (``"ham10000"``), a path to a ``card.yaml`` or its
-                folder, or a loaded ``cbm.data.DataCard``.
-            encoder: encoder registry name (``demo-clip``, ``biomedclip``, ``hf-hub:...``).
-            concepts: ``None`` (the card's concept store), ``{class: [concepts]}``, a flat list of
-                concept phrases, or a ``cbm.concepts.ConceptSet``.
-            head: an unfitted ``cbm.heads.SparseConceptHead`` (default settings if ``None``).
-            templates: prompt templates for concept text embeddings (default: the modality's).
-            centre: subtract the mean embedding of the card's concept store (else of the
-                concepts) from every concept direction.
-            nuisance_prompts: artefacts ("ruler", "ink marking") projected out of every concept
-                direction; ``None`` = the card's ``nuisance_prompts``, ``[]`` = none.
-        """
-        from cbm.experiment import fit_concept_model
-
-        return fit_concept_model(
-            card_or_dataset,
-            encoder=encoder,
-            concepts=concepts,
-            head=head,
-            templates=templates,
-            device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            cache_dir=cache_dir,
-            centre=centre,
-            nuisance_prompts=nuisance_prompts,
-        ).model
+    def contradicting_weights(self) -> list[tuple[str, str, float]]:
+        """``(class, concept, weight)`` for every non-zero weight that pushes a concept towards a class
+        the concept store does not list it under (or away from one it does); empty without a prior."""
+        if self.concept_prior is None:
+            return []
+        out = []
+        names = self.bottleneck.concept_names
+        for k, j in zip(*np.nonzero(self.coef)):
+            listed = self.concept_prior[k, j] > 0
+            if (self.coef[k, j] > 0) != listed:
+                out.append((self.classes[k], names[j], float(self.coef[k, j])))
+        return out
 
     # ------------------------------------------------------------------ the encoder
     @property
@@ -216,7 +189,7 @@ class ConceptBottleneckModel:
 
     def predict_proba_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` of precomputed image features."""
-        return _softmax(self.decision_function_from_features(features))
+        return softmax(self.decision_function_from_features(features))
 
     def concept_scores(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """Standardised concept scores ``(n, n_concepts)`` of images."""
@@ -240,14 +213,14 @@ class ConceptBottleneckModel:
         below = np.array([np.searchsorted(ref[:, j], raw_scores[j], side="right") for j in range(ref.shape[1])])
         return 100.0 * below / n
 
-    def explain_features(self, feature: np.ndarray | torch.Tensor) -> CaseExplanation:
+    def explain_features(self, feature: np.ndarray | torch.Tensor) -> Prediction:
         """Explain one image from its feature vector ``(D,)``."""
         feat = np.asarray(feature, np.float32).reshape(1, -1)
         raw = self.bottleneck.raw_scores(feat)[0]
         z = self.bottleneck.transform(feat)[0]
         pct = self.score_percentiles(raw)
         logits = z @ self.coef.T + self.intercept
-        proba = _softmax(logits[None])[0]
+        proba = softmax(logits[None])[0]
         order = np.argsort(-proba)
         names = self.bottleneck.concept_names
         contributions: dict[str, list[ConceptContribution]] = {}
@@ -260,7 +233,7 @@ class ConceptBottleneckModel:
                 for j in np.flatnonzero(self.coef[k])
             ]
             contributions[cls] = sorted(rows, key=lambda c: -abs(c.contribution))
-        return CaseExplanation(
+        return Prediction(
             predicted=self.classes[order[0]],
             probabilities={c: float(p) for c, p in zip(self.classes, proba)},
             runner_up=self.classes[order[1]] if len(order) > 1 else None,
@@ -269,7 +242,7 @@ class ConceptBottleneckModel:
             scores={n: float(s) for n, s in zip(names, z)},
         )
 
-    def explain(self, image: ImageLike) -> CaseExplanation:
+    def explain(self, image: ImageLike) -> Prediction:
         """Explain one image: probabilities and the concepts that drove each class."""
         return self.explain_features(self.image_features(image)[0])
 
@@ -285,7 +258,7 @@ class ConceptBottleneckModel:
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
             z[index[name]] = float(value)
-        return _softmax((z @ self.coef.T + self.intercept)[None])[0]
+        return softmax((z @ self.coef.T + self.intercept)[None])[0]
 
     def concepts_per_class(self) -> float:
         """Mean number of concepts with a non-zero weight per class."""
@@ -303,6 +276,8 @@ class ConceptBottleneckModel:
         }
         if self.train_raw_scores is not None:
             tensors["train_raw_scores_sorted"] = torch.from_numpy(self.train_raw_scores.copy())
+        if self.concept_prior is not None:
+            tensors["concept_prior"] = torch.from_numpy(self.concept_prior.copy())
         atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(
             tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)}))
         atomic_write_json(
@@ -323,7 +298,13 @@ class ConceptBottleneckModel:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ConceptBottleneckModel:
-        """Load a model folder written by :meth:`save`."""
+        """Load a model folder written by :meth:`save`, checking every field and tensor first.
+
+        Raises:
+            FileNotFoundError: the folder lacks ``model.json`` or ``model.safetensors``.
+            ModelFormatError: a file is damaged, from another program or a newer cbm, or holds
+                a field or tensor of the wrong type, shape or value (the message names which).
+        """
         folder = Path(folder)
         meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
         for p in (meta_path, weights_path):
@@ -332,31 +313,20 @@ class ConceptBottleneckModel:
                     f"{p} not found: a model folder holds model.json and model.safetensors "
                     "(written by ConceptBottleneckModel.save or `cbm run`, in <run dir>/model)"
                 )
+        meta = _read_meta(meta_path)
+        tensors = _read_tensors(weights_path, meta)
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path} is not valid JSON ({exc}); re-save the model") from exc
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} is not a cbm model (format {meta.get('format')!r}, expected {FORMAT!r})")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format version {meta['version']}, newer than this cbm understands "
-                f"({FORMAT_VERSION}); upgrade cbm"
-            )
-        tensors = load_file(str(weights_path))
-        bottleneck = ConceptBottleneck.from_state(
-            meta["concepts"], tensors, (meta.get("bottleneck") or {}).get("nuisance_prompts", ())
-        )
+            bottleneck = ConceptBottleneck.from_state(meta["concepts"], tensors, meta["bottleneck"]["nuisance_prompts"])
+        except ValueError as exc:
+            raise ModelFormatError(weights_path, f"holds concept embeddings cbm cannot use ({exc})", _REFIT) from None
         raw = tensors.get("train_raw_scores_sorted")
+        prior = tensors.get("concept_prior")
         return cls(
-            meta["encoder"],
-            meta["classes"],
-            bottleneck,
-            tensors["coef"].numpy(),
-            tensors["intercept"].numpy(),
+            meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),
             encoder_key=meta.get("encoder_key"),
             train_raw_scores=None if raw is None else raw.numpy(),
-            info=meta.get("info", {}),
+            concept_prior=None if prior is None else prior.numpy(),
+            info=meta["info"],
         )
 
     def __repr__(self) -> str:
@@ -364,3 +334,94 @@ class ConceptBottleneckModel:
             f"ConceptBottleneckModel(encoder={self.encoder_name!r}, classes={self.classes}, "
             f"concepts={self.bottleneck.n_concepts}, concepts_per_class={self.concepts_per_class():.1f})"
         )
+
+
+# --------------------------------------------------------------------------------- loading checks
+_REFIT = "Save the model again from its run (`cbm run` writes <run dir>/model), or fit it again with cbm.fit"
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``model.json``, every field checked; raises :class:`ModelFormatError` naming the field."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelFormatError(path, "is not UTF-8 text", _REFIT) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFormatError(path, f"is not valid JSON ({str(exc)[:120]})", _REFIT) from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(path, f"holds a {type(meta).__name__}, not a JSON object", _REFIT)
+    if meta.get("format") != FORMAT:
+        raise ModelFormatError(path, f"is not a cbm model (format {quote(meta.get('format'))}, expected {FORMAT!r})",
+                               "Give the folder that `cbm run` wrote as <run dir>/model")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFormatError(path, f"has the bad value {quote(version)}", _REFIT, field="version")
+    if version > FORMAT_VERSION:
+        raise ModelFormatError(path, f"has format version {version}, newer than this cbm understands ({FORMAT_VERSION})",
+                               "Upgrade cbm", field="version")
+    if not isinstance(meta.get("encoder"), str) or not meta["encoder"].strip():
+        raise ModelFormatError(path, f"has the bad value {quote(meta.get('encoder'))}", "It names the encoder, e.g. demo-clip",
+                               field="encoder")
+    if meta.get("encoder_key") is not None and not isinstance(meta["encoder_key"], str):
+        raise ModelFormatError(path, f"has the bad value {quote(meta['encoder_key'])}", _REFIT, field="encoder_key")
+    for key, least in (("classes", 2), ("concepts", 1)):
+        names = meta.get(key)
+        if not isinstance(names, list) or len(names) < least or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ModelFormatError(path, f"has the bad value {quote(names)}: a list of at least {least} non-empty names",
+                                   _REFIT, field=key)
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ModelFormatError(path, f"repeats {quote(dupes)}", _REFIT, field=key)
+    bottleneck = meta.get("bottleneck") or {}
+    prompts = bottleneck.get("nuisance_prompts", []) if isinstance(bottleneck, dict) else None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ModelFormatError(path, f"has the bad value {quote(bottleneck)}", _REFIT, field="bottleneck.nuisance_prompts")
+    meta["bottleneck"] = {**(bottleneck if isinstance(bottleneck, dict) else {}), "nuisance_prompts": prompts}
+    info = meta.get("info", {})
+    if not isinstance(info, dict):
+        raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
+    meta["info"] = info
+    return meta
+
+
+def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``model.safetensors``, every tensor checked against ``model.json`` (shape, dtype, finite values)."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
+        raise ModelFormatError(path, f"cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:120]})",
+                               _REFIT) from None
+    k, c = len(meta["classes"]), len(meta["concepts"])
+    emb = tensors.get("concept_embeddings")
+    d = int(emb.shape[1]) if emb is not None and emb.dim() == 2 else -1
+    shapes: dict[str, tuple[int, ...] | None] = {
+        "coef": (k, c), "intercept": (k,), "concept_embeddings": (c, d), "score_mean": (c,), "score_std": (c,),
+    }
+    optional = {"concept_offset": (d,), "train_raw_scores_sorted": None, "concept_prior": (k, c)}
+    for name, shape in {**shapes, **optional}.items():
+        t = tensors.get(name)
+        if t is None:
+            if name in shapes:
+                raise ModelFormatError(path, "is missing", _REFIT, field=f"tensor {name}")
+            continue
+        if not t.is_floating_point():
+            raise ModelFormatError(path, f"has dtype {t.dtype}, not a float", _REFIT, field=f"tensor {name}")
+        expected = shape if shape is not None else (None, c)
+        if t.dim() != len(expected) or any(e is not None and s != e for s, e in zip(t.shape, expected)):
+            raise ModelFormatError(path, f"has shape {tuple(t.shape)}; the model has {k} classes and {c} concepts, "
+                                   f"so {tuple('n' if e is None else e for e in expected)} was expected",
+                                   _REFIT, field=f"tensor {name}")
+        if not bool(torch.isfinite(t).all()):
+            raise ModelFormatError(path, "holds NaN or infinite values", _REFIT, field=f"tensor {name}")
+    if bool((tensors["score_std"] <= 0).any()):
+        raise ModelFormatError(path, "holds a zero or negative standard deviation", _REFIT, field="tensor score_std")
+    if bool((tensors["concept_embeddings"].norm(dim=1) == 0).any()):
+        raise ModelFormatError(path, "holds an all-zero concept embedding", _REFIT, field="tensor concept_embeddings")
+    basis = tensors.get("nuisance_basis")
+    if basis is not None and (basis.dim() != 2 or basis.shape[1] != d or not bool(torch.isfinite(basis).all())):
+        raise ModelFormatError(path, f"has shape {tuple(basis.shape)} or non-finite values; finite (m, {d}) expected",
+                               _REFIT, field="tensor nuisance_basis")
+    prior = tensors.get("concept_prior")
+    if prior is not None and bool(((prior < 0) | (prior > 1)).any()):
+        raise ModelFormatError(path, "holds values outside [0, 1]", _REFIT, field="tensor concept_prior")
+    return tensors

@@ -1,16 +1,19 @@
 """``cbm run``: the Hydra entry point of the whole method (configs in ``conf/``).
 
-    cbm run                                          # confounded demo world, demo-clip, sparse head
+    cbm run                                          # confounded demo world, demo-clip, faithful head
     cbm run dataset=demo3                            # the 3-class demo world
+    cbm run head=sparse                              # the unconstrained sparse head
     cbm run dataset=ham10000 encoder=biomedclip      # a built-in card (images + weights needed)
     cbm run -m head.l1_ratio=0.9,0.99 dataset=demo,demo3    # a sweep (multirun)
     cbm run -m hydra/launcher=slurm dataset=isic-sex,isic-age   # the same sweep on SLURM
     cbm run --cfg job                                # print the composed config
     cbm run hydra.run.dir=runs/exp1                  # choose the run folder
 
-Only wiring lives here: compose the config, instantiate the head, hand plain Python to
-:func:`cbm.experiment.run_experiment`, print the table. Returns the CBM's out-of-domain (else
-in-domain) accuracy, so a Hydra sweeper can optimise it.
+Only wiring lives here: compose the config, instantiate its nodes (``_target_`` on encoder,
+bottleneck, head and the dataset's extra metrics), hand them to
+:func:`cbm.pipeline.run_experiment`, print the table. Returns the figure ``optimized_metric``
+names (``method.figure``), which must be a validation figure: a sweeper optimises what the
+validation split says, never test.
 """
 
 from __future__ import annotations
@@ -19,23 +22,54 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["hydra_main", "register", "CONFIG_DIR"]
+__all__ = ["hydra_main", "register", "CONFIG_DIR", "resolve_dataset", "sweep_value"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("cbm.run")
 
 
+def resolve_dataset(dataset: dict[str, Any]):
+    """The card of a ``dataset`` config node: ``card`` (a name or path), else the demo world drawn
+    (once, then cached) with the ``demo`` settings."""
+    from cbm.data import load_card
+
+    if dataset.get("card"):
+        return load_card(dataset["card"])
+    if dataset.get("demo"):
+        from cbm.demo import cached_dataset
+
+        return load_card(cached_dataset(**dataset["demo"]))
+    raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
+
+
+def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
+    """The figure ``method.figure`` of ``metrics`` that a sweep optimises; it must be a validation figure."""
+    method, _, figure = optimized_metric.partition(".")
+    if not figure.startswith("val_"):
+        raise ValueError(
+            f"optimized_metric={optimized_metric!r} is not a validation figure: a sweep may only optimise what the "
+            "val split says (e.g. cbm.val_accuracy, cbm.val_worst_group_accuracy), never a test figure"
+        )
+    if method not in metrics or figure not in metrics[method]:
+        known = sorted(f"{m}.{k}" for m, r in metrics.items() for k in r if k.startswith("val_"))
+        raise ValueError(f"optimized_metric={optimized_metric!r} is not in this run's figures; these are: {', '.join(known)}")
+    value = metrics[method][figure]
+    if value is None:  # e.g. worst-group accuracy on a card without groups
+        raise ValueError(f"optimized_metric={optimized_metric!r} was not measured in this run (no groups in val?)")
+    return float(value)
+
+
 def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        metrics = _run(cfg, out_dir, instantiate(OmegaConf.to_container(cfg.head, resolve=True)))
+        metrics = _run(cfg, out_dir)
+        value = sweep_value(metrics, str(cfg.optimized_metric))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # a single run states a user-facing error plainly (HYDRA_FULL_ERROR=1 keeps the traceback);
         # in a sweep the error stays an exception, so the launcher goes on with the other jobs
@@ -46,30 +80,38 @@ def _task(cfg) -> float:
         raise SystemExit(2) from None
     print((out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"run folder: {out_dir}")
-    cbm = metrics["cbm"]
-    return float(cbm["ood_accuracy"] if cbm["ood_accuracy"] is not None else cbm["id_accuracy"])
+    return value
 
 
-def _run(cfg, out_dir: Path, head) -> dict:
+def _run(cfg, out_dir: Path) -> dict:
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from cbm.experiment import run_experiment
+    from cbm.pipeline import run_experiment
+    from cbm.pipeline.inputs import check_splits_present
 
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    head = instantiate(plain(cfg.head))
+    card = resolve_dataset(plain(cfg.dataset))
+    # what can be checked without the encoder is checked before it loads (it can take minutes)
+    check_splits_present(card)
+    getattr(head, "check_params", lambda: None)()
+    extra = {name: instantiate(node) for name, node in (plain(cfg.dataset).get("extra_metrics") or {}).items()}
     return run_experiment(
         out_dir=out_dir,
-        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-        encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+        card=card,
+        encoder=instantiate(plain(cfg.encoder)),
         head=head,
-        llm=OmegaConf.to_container(cfg.llm, resolve=True),
+        bottleneck=instantiate(plain(cfg.bottleneck)),
+        llm=plain(cfg.llm),
         templates=cfg.concepts.templates,
-        concepts=OmegaConf.to_container(cfg.concepts.list, resolve=True) if cfg.concepts.get("list") is not None else None,
-        baselines=OmegaConf.to_container(cfg.baselines, resolve=True),
-        features=OmegaConf.to_container(cfg.features, resolve=True),
+        concepts=plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
+        baselines=plain(cfg.baselines),
+        features=plain(cfg.features),
         n_bootstrap=int(cfg.evaluation.n_bootstrap),
         seed=int(cfg.seed),
-        device=cfg.device,
         save_model=bool(cfg.save_model),
-        bottleneck=OmegaConf.to_container(cfg.bottleneck, resolve=True) if cfg.get("bottleneck") is not None else None,
+        extra_metrics=extra,
     )
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "sha256_bytes",
     "stable_hash",
     "unknown_name_message",
+    "jsonable",
+    "softmax",
 ]
 
 
@@ -170,3 +172,31 @@ def unknown_name_message(kind: str, name: str, available: Iterable[str], *, lead
     hint = f"Did you mean {close[0]!r}? " if close else ""
     opening = f"Unknown {kind} {name!r}. " if lead else ""
     return f"{opening}{hint}Available: {', '.join(names) or '(none)'}."
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` as plain JSON data: numpy scalars and arrays become Python numbers and lists, mappings and
+    sequences are converted item by item, anything else becomes its ``repr``."""
+    import numpy as np
+
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return repr(v)
+
+
+def softmax(z: Any) -> Any:
+    """Row-wise softmax of a ``(n, K)`` array of logits (numerically stable), as float64 numpy."""
+    import numpy as np
+
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

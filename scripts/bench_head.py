@@ -106,7 +106,7 @@ def run_ours(p, grid: list[float], args, cap: float) -> dict:
     del cap  # ours always walks the whole grid
     t0, c0 = _clock()
     head = SparseConceptHead(lambdas=grid, l1_ratio=L1_RATIO, tol=1e-4, device=args.device, random_state=args.seed)
-    head.fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    head.fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t1, c1 = _clock()
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = make_planted_problem(n_train=args.n_train, n_val=args.n_val, n_concepts=args.concepts,
                              n_classes=args.classes, concepts_per_class=args.concepts_per_class, random_state=args.seed)
     # the grid: our lambda_max (identical to glm-saga's for centred inputs) down by lambda_min_ratio
-    top = SparseConceptHead(n_lambdas=1, l1_ratio=L1_RATIO).fit(p.X_train, p.y_train, p.X_val, p.y_val).lambdas_[0]
+    top = SparseConceptHead(n_lambdas=1, l1_ratio=L1_RATIO).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val).lambdas_[0]
     grid = [float(v) for v in np.geomspace(top, top * args.lambda_min_ratio, args.n_lambdas)]
     z = p.X_val @ p.coef.T + p.intercept
 

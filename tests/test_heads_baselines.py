@@ -29,7 +29,7 @@ def test_linear_probe_picks_c_on_validation_and_applies_to_raw_features(planted)
     # raw features far from standardised: an offset and very different scales per column
     scale = rng.uniform(0.01, 10, p.X_train.shape[1])
     raw_train, raw_val = p.X_train * scale + 5, p.X_val * scale + 5
-    probe = LinearProbe(Cs=[1e-3, 1e-2, 1e-1, 1.0]).fit(raw_train, p.y_train, raw_val, p.y_val)
+    probe = LinearProbe(Cs=[1e-3, 1e-2, 1e-1, 1.0]).fit(raw_train, p.y_train, X_val=raw_val, y_val=p.y_val)
     accs = [s["val_accuracy"] for s in probe.scores_]
     assert [s["C"] for s in probe.scores_] == [1e-3, 1e-2, 1e-1, 1.0]
     assert probe.C_ == max(probe.scores_, key=lambda s: (s["val_accuracy"], -s["val_log_loss"]))["C"]
@@ -44,7 +44,7 @@ def test_linear_probe_picks_c_on_validation_and_applies_to_raw_features(planted)
 def test_binary_convention_matches_sparse_head(planted):
     p = planted
     yb, yvb = (p.y_train == 0).astype(int), (p.y_val == 0).astype(int)
-    probe = LinearProbe(Cs=3).fit(p.X_train, yb, p.X_val, yvb)
+    probe = LinearProbe(Cs=3).fit(p.X_train, yb, X_val=p.X_val, y_val=yvb)
     assert probe.coef_.shape == (2, p.X_train.shape[1])
     np.testing.assert_allclose(probe.coef_[0], -probe.coef_[1])
     ref = LogisticRegression(C=probe.C_, max_iter=1000).fit((p.X_train - p.X_train.mean(0)) / p.X_train.std(0), yb)
@@ -58,8 +58,8 @@ def test_binary_convention_matches_sparse_head(planted):
 
 def test_dense_head_uses_every_concept(planted):
     p = planted
-    dense = DenseConceptHead().fit(p.X_train, p.y_train, p.X_val, p.y_val)
-    sparse = SparseConceptHead().fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    dense = DenseConceptHead().fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
+    sparse = SparseConceptHead().fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     assert np.count_nonzero(dense.coef_) == dense.coef_.size
     assert sparse.concepts_per_class() < 0.5 * p.X_train.shape[1]
     assert abs(dense.score(p.X_val, p.y_val) - sparse.score(p.X_val, p.y_val)) < 0.05

@@ -66,8 +66,8 @@ def fit_saga(X, y, C, l1_ratio, **kw):
 def test_objective_matches_sklearn_saga(small, fraction):
     X, y = small
     n, r = len(y), 0.99
-    lam = fraction * SparseConceptHead(n_lambdas=1).fit(X, y, X, y).lambdas_[0]
-    ours = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X, y)
+    lam = fraction * SparseConceptHead(n_lambdas=1).fit(X, y, X_val=X, y_val=y).lambdas_[0]
+    ours = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X_val=X, y_val=y)
     sk = fit_saga(X, y, C=1 / (lam * n), l1_ratio=r)
     C = 1 / (lam * n)
     f_ours = sklearn_objective(ours.coef_, ours.intercept_, X, y, C, r)
@@ -85,7 +85,7 @@ def test_binary_is_a_binomial_elastic_net(small):
     yb = (y == 0).astype(int)
     n, r = len(yb), 0.9
     lam = 0.02
-    head = SparseConceptHead(lambdas=[lam], l1_ratio=r, **EXACT).fit(X, yb, X, yb)
+    head = SparseConceptHead(lambdas=[lam], l1_ratio=r, **EXACT).fit(X, yb, X_val=X, y_val=yb)
     assert head.coef_.shape == (2, X.shape[1])
     np.testing.assert_allclose(head.coef_[0], -head.coef_[1], atol=1e-9)
     sk = fit_saga(X, yb, C=1 / (lam * (1 + r) / 2 * n), l1_ratio=2 * r / (1 + r))
@@ -118,16 +118,16 @@ def test_class_weights_balanced(small):
     sw = (len(y) / (3 * counts))[y]
     # pure ridge: scikit-learn's lbfgs handles sample weights exactly, so compare objectives
     lam = 0.01
-    ours = SparseConceptHead(lambdas=[lam], l1_ratio=0.0, class_weight="balanced", **EXACT).fit(X, y, X, y)
+    ours = SparseConceptHead(lambdas=[lam], l1_ratio=0.0, class_weight="balanced", **EXACT).fit(X, y, X_val=X, y_val=y)
     sk = LogisticRegression(C=1 / (lam * len(y)), l1_ratio=0.0, class_weight="balanced", tol=1e-12, max_iter=10_000).fit(X, y)
     C = 1 / (lam * len(y))
     f_ours, f_sk = (sklearn_objective(m.coef_, m.intercept_, X, y, C, 0.0, sw) for m in (ours, sk))
     assert abs(f_ours - f_sk) / f_sk < 1e-6
     # elastic net: the optimality conditions of the weighted problem hold
-    head = SparseConceptHead(lambdas=[0.02], class_weight="balanced", **EXACT).fit(X, y, X, y)
+    head = SparseConceptHead(lambdas=[0.02], class_weight="balanced", **EXACT).fit(X, y, X_val=X, y_val=y)
     assert kkt_residual(head, X, y, 0.02, 0.99, sample_weight=sw) < 1e-7
     # and the rare class is found more often than without weights
-    plain = SparseConceptHead(lambdas=[0.02], **EXACT).fit(X, y, X, y)
+    plain = SparseConceptHead(lambdas=[0.02], **EXACT).fit(X, y, X_val=X, y_val=y)
     rare = np.argmin(counts)
     assert (head.predict(X)[y == rare] == rare).mean() > (plain.predict(X)[y == rare] == rare).mean()
 
@@ -140,7 +140,7 @@ def test_class_weight_dict_names_unknown_class(small):
 
 def test_path_runs_from_all_zero_down(small):
     X, y = small
-    head = SparseConceptHead(**EXACT).fit(X, y, X, y)
+    head = SparseConceptHead(**EXACT).fit(X, y, X_val=X, y_val=y)
     assert len(head.path_) == 50 and np.all(np.diff(head.lambdas_) < 0)
     assert head.lambdas_[-1] == pytest.approx(head.lambdas_[0] * 1e-3)
     assert head.path_[0]["nnz"] == 0 and head.path_[-1]["nnz"] > head.path_[10]["nnz"]
@@ -148,7 +148,7 @@ def test_path_runs_from_all_zero_down(small):
     assert set(head.path_[0]) == {"lambda", "val_accuracy", "train_loss", "objective", "nnz",
                                   "concepts_per_class", "n_iter", "converged", "seconds"}
     # lambda_max is the smallest lambda that zeroes everything: just below it a weight appears
-    below = SparseConceptHead(lambdas=[0.999 * head.lambdas_[0]], **EXACT).fit(X, y, X, y)
+    below = SparseConceptHead(lambdas=[0.999 * head.lambdas_[0]], **EXACT).fit(X, y, X_val=X, y_val=y)
     assert np.count_nonzero(below.coef_) >= 1
     # every point is an optimum of its own lambda
     for i in (5, 25, 49):
@@ -158,7 +158,7 @@ def test_path_runs_from_all_zero_down(small):
 
 def test_select_point_switches_model(small):
     X, y = small
-    head = SparseConceptHead(n_lambdas=10).fit(X, y, X, y)
+    head = SparseConceptHead(n_lambdas=10).fit(X, y, X_val=X, y_val=y)
     chosen = head.selected_index_
     head.select_point(-1)
     assert head.selected_index_ == 9 and head.lambda_ == head.lambdas_[-1]
@@ -171,7 +171,7 @@ def test_select_point_switches_model(small):
 
 def test_recovers_planted_concepts(planted):
     p = planted
-    head = SparseConceptHead(random_state=0).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    head = SparseConceptHead(random_state=0).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     found = head.coef_ != 0
     assert (found & p.support).sum() >= 0.9 * p.support.sum()
     assert head.concepts_per_class() <= 3 * p.support.sum(1).mean()
@@ -183,9 +183,9 @@ def test_recovers_planted_concepts(planted):
 
 def test_concept_budget(planted):
     p = planted
-    head = SparseConceptHead(max_concepts_per_class=2).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    head = SparseConceptHead(max_concepts_per_class=2).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     assert head.concepts_per_class() <= 2
-    densest = SparseConceptHead(selection="concepts", max_concepts_per_class=2).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    densest = SparseConceptHead(selection="concepts", max_concepts_per_class=2).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     within = [q["concepts_per_class"] for q in densest.path_ if q["concepts_per_class"] <= 2]
     assert densest.concepts_per_class() == max(within)
 
@@ -226,13 +226,13 @@ def test_prior_solution_is_optimal_and_changes_the_choice():
     prior = np.zeros((2, 6))
     prior[1, 1] = 1.0  # class 1 owns concept 1 (the twin of concept 0)
     lam, mu = 0.01, 0.005
-    plain = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X, y)
+    plain = SparseConceptHead(lambdas=[lam], **EXACT).fit(X, y, X_val=X, y_val=y)
     np.testing.assert_allclose(plain.coef_[:, 0], plain.coef_[:, 1], atol=1e-8)  # an even split
-    head = SparseConceptHead(lambdas=[lam], prior=prior, prior_strength=mu, **EXACT).fit(X, y, X, y)
+    head = SparseConceptHead(lambdas=[lam], prior=prior, prior_strength=mu, **EXACT).fit(X, y, X_val=X, y_val=y)
     assert head.coef_[1, 1] > 0 and head.coef_[1, 0] == 0
     assert kkt_residual(head, X, y, lam, 0.99, prior=prior, mu=mu) < 1e-8
     # and the top of the path still has every weight at zero
-    path = SparseConceptHead(prior=prior, prior_strength=mu, n_lambdas=5).fit(X, y, X, y)
+    path = SparseConceptHead(prior=prior, prior_strength=mu, n_lambdas=5).fit(X, y, X_val=X, y_val=y)
     assert path.path_[0]["nnz"] == 0
 
 
@@ -251,17 +251,17 @@ def test_validation_split_errors(small):
     with pytest.raises(ValueError, match="both X_val and y_val"):
         SparseConceptHead().fit(X, y, X_val=X)
     with pytest.raises(ValueError, match=r"y_val has labels the training data lacks: \[9\]"):
-        SparseConceptHead().fit(X, y, X[:10], np.full(10, 9))
+        SparseConceptHead().fit(X, y, X_val=X[:10], y_val=np.full(10, 9))
     with pytest.raises(ValueError, match="X has 3 features"):
-        SparseConceptHead().fit(X, y, X[:, :3], y)
+        SparseConceptHead().fit(X, y, X_val=X[:, :3], y_val=y)
     with pytest.raises(ValueError, match='selection="concepts" needs max_concepts_per_class'):
         SparseConceptHead(selection="concepts").fit(X, y)
 
 
 def test_float32_matches_float64(small):
     X, y = small
-    a = SparseConceptHead(n_lambdas=10, tol=1e-6, max_iter=10_000).fit(X, y, X, y)
-    b = SparseConceptHead(n_lambdas=10, **EXACT).fit(X, y, X, y)
+    a = SparseConceptHead(n_lambdas=10, tol=1e-6, max_iter=10_000).fit(X, y, X_val=X, y_val=y)
+    b = SparseConceptHead(n_lambdas=10, **EXACT).fit(X, y, X_val=X, y_val=y)
     np.testing.assert_allclose(a.path_coefs_, b.path_coefs_, atol=2e-3)
     np.testing.assert_allclose([q["objective"] for q in a.path_], [q["objective"] for q in b.path_], rtol=1e-5)
 
@@ -269,7 +269,7 @@ def test_float32_matches_float64(small):
 def test_not_converged_warns(small):
     X, y = small
     with pytest.warns(ConvergenceWarning, match="stopped at max_iter=1"):
-        SparseConceptHead(n_lambdas=5, max_iter=1, tol=1e-12).fit(X, y, X, y)
+        SparseConceptHead(n_lambdas=5, max_iter=1, tol=1e-12).fit(X, y, X_val=X, y_val=y)
 
 
 def test_cuda_unavailable_is_a_clear_error(small):
@@ -284,7 +284,7 @@ def test_cuda_unavailable_is_a_clear_error(small):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(planted):
     p = planted
-    cpu = SparseConceptHead(n_lambdas=20, **EXACT).fit(p.X_train, p.y_train, p.X_val, p.y_val)
-    gpu = SparseConceptHead(n_lambdas=20, device="cuda", **EXACT).fit(p.X_train, p.y_train, p.X_val, p.y_val)
+    cpu = SparseConceptHead(n_lambdas=20, **EXACT).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
+    gpu = SparseConceptHead(n_lambdas=20, device="cuda", **EXACT).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     np.testing.assert_allclose(gpu.path_coefs_, cpu.path_coefs_, atol=1e-6)
     assert gpu.selected_index_ == cpu.selected_index_

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+import cbm
+from cbm.bottleneck import BottleneckConfig
 from cbm.data import load_card
 from cbm.demo import make_dataset
 from cbm.encoders.testing import write_tiny_config
@@ -19,7 +21,7 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     card = load_card(make_dataset(root / "demo", n=90, confounding=0.9, seed=2, size=64, progress=False))
     encoder = f"{write_tiny_config(root)}@random"
-    model = ConceptBottleneckModel.fit(card, encoder=encoder, head=SparseConceptHead(n_lambdas=8), num_workers=0)
+    model = cbm.fit(card, encoder=encoder, head=SparseConceptHead(n_lambdas=8), num_workers=0)
     return card, model
 
 
@@ -93,8 +95,8 @@ def test_save_load_round_trip(fitted, tmp_path):
 
 def test_plain_cosines_can_be_chosen(fitted):
     card, model = fitted
-    plain = ConceptBottleneckModel.fit(card, encoder=model.encoder_name, head=SparseConceptHead(n_lambdas=4),
-                                       num_workers=0, centre=False, nuisance_prompts=[])
+    plain = cbm.fit(card, encoder=model.encoder_name, head=SparseConceptHead(n_lambdas=4), num_workers=0,
+                    bottleneck=BottleneckConfig(centre=False, nuisance_prompts=[]))
     assert plain.bottleneck.debiasing == {"centred": False, "nuisance_prompts": []}
     np.testing.assert_allclose(plain.bottleneck.directions, plain.bottleneck.concept_embeddings, atol=1e-6)
 
@@ -114,7 +116,7 @@ def test_load_errors_name_the_file_and_the_fix(tmp_path):
 def test_concepts_can_be_given_explicitly(fitted):
     card, model = fitted
     concepts = {"benign nevus": ["symmetric shape", "regular border"], "melanoma": ["irregular border", "blue-grey areas"]}
-    m = ConceptBottleneckModel.fit(card, encoder=model.encoder, concepts=concepts, head=SparseConceptHead(n_lambdas=5))
+    m = cbm.fit(card, encoder=model.encoder, concepts=concepts, head=SparseConceptHead(n_lambdas=5))
     assert m.bottleneck.concept_names == ["symmetric shape", "regular border", "irregular border", "blue-grey areas"]
     # a short explicit list is centred on the card's whole concept store, not on its own mean
     store = model.bottleneck.concept_names
@@ -133,16 +135,16 @@ def small_card(tmp_path):
 
 
 def test_a_missing_concept_store_is_reported_before_any_image_is_encoded(fitted, small_card, monkeypatch):
-    import cbm.experiment
+    import cbm.pipeline.fitting
 
     (small_card.folder / "concepts.json").unlink()
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("images were encoded before the concepts were found")
 
-    monkeypatch.setattr(cbm.experiment, "extract_splits", no_encoding)
+    monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
     with pytest.raises(FileNotFoundError, match="no concept list yet") as err:
-        ConceptBottleneckModel.fit(small_card, encoder=fitted[1].encoder)
+        cbm.fit(small_card, encoder=fitted[1].encoder)
     # the card is not among the built-in ones, so the fix names it by its folder
     assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
 
@@ -153,12 +155,12 @@ def test_a_class_without_training_images_is_named(fitted, small_card):
     (small_card.folder / "manifest.csv").write_text("\n".join(kept) + "\n")
     card = load_card(small_card.path)
     with pytest.raises(ValueError, match=r"no usable training images of class\(es\) \['melanoma'\]"):
-        ConceptBottleneckModel.fit(card, encoder=fitted[1].encoder, num_workers=0)
+        cbm.fit(card, encoder=fitted[1].encoder, num_workers=0)
 
 
 def test_a_string_for_a_class_is_one_concept(fitted):
     card, model = fitted
-    m = ConceptBottleneckModel.fit(card, encoder=model.encoder, concepts={"melanoma": "irregular border",
+    m = cbm.fit(card, encoder=model.encoder, concepts={"melanoma": "irregular border",
                                                                          "benign nevus": ["regular border"]},
                                    head=SparseConceptHead(n_lambdas=4))
     assert m.bottleneck.concept_names == ["regular border", "irregular border"]
@@ -168,8 +170,8 @@ def test_an_unreadable_training_image_is_named_in_the_log(fitted, small_card, ca
     part = small_card.manifest().split("train")
     broken = small_card.image_root / part.rows[0].path
     broken.write_bytes(b"not an image at all")
-    with caplog.at_level("WARNING", logger="cbm.experiment"):
-        model = ConceptBottleneckModel.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0,
+    with caplog.at_level("WARNING", logger="cbm.pipeline.inputs"):
+        model = cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0,
                                            head=SparseConceptHead(n_lambdas=4))
     assert model.info["data"]["train"]["skipped"] == 1
     assert any("train split: 1 unreadable image(s) skipped" in r.message and str(part.rows[0].path) in r.message

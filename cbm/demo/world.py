@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,7 @@ __all__ = [
     "concept_truth",
     "demo_concepts",
     "abcd_rule_agreement",
+    "abcd_rule_metric",
 ]
 
 COLOURS: tuple[str, ...] = ("light brown", "dark brown", "black", "red", "blue-grey", "white")
@@ -510,3 +512,10 @@ def abcd_rule_agreement(
         if len(set(learnt)) > 1:
             rho = float(spearmanr(learnt, rule).statistic)
     return {"weights": weights, "rule_weights": dict(RULE_WEIGHTS), "spearman": rho, "letters_found": len(found)}
+
+
+def abcd_rule_metric(fit: Any) -> dict[str, object]:
+    """:func:`abcd_rule_agreement` of a fitted pipeline's model (``fit.model``): the hook the demo
+    datasets' configs give ``cbm run`` (``extra_metrics``), stored as ``metrics["cbm"]["abcd_rule"]``."""
+    model = fit.model
+    return abcd_rule_agreement(model.bottleneck.concept_names, model.coef, model.classes)

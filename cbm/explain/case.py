@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cbm.explain.maps import ConceptMaps, encode_spatial
-from cbm.model import CaseExplanation, ConceptBottleneckModel
+from cbm.model import Prediction, ConceptBottleneckModel
 
 __all__ = [
     "ExplainedCase",
@@ -90,7 +90,7 @@ class ExplainedCase:
     """
 
     label: str
-    explanation: CaseExplanation
+    explanation: Prediction
     feature: np.ndarray
     image: np.ndarray
     crop: tuple[int, int, int]
@@ -209,7 +209,7 @@ def _centre_crop_box(height: int, width: int) -> tuple[int, int, int]:
     return (width - side) // 2, (height - side) // 2, side
 
 
-def _map_concepts(expl: CaseExplanation, top_k: int) -> list[str]:
+def _map_concepts(expl: Prediction, top_k: int) -> list[str]:
     """The top concepts of the predicted class, then the runner-up's, without repeats."""
     names: list[str] = []
     for cls in (expl.predicted, expl.runner_up):

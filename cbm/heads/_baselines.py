@@ -47,7 +47,7 @@ class _ValidatedLogisticRegression(LinearHeadMixin, ClassifierMixin, BaseEstimat
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None):
+    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None):
         """Fit one model per C on ``X, y`` (warm-started, C ascending) and keep the best on validation.
 
         Best = highest validation accuracy; ties go to the lower validation log-loss. Without

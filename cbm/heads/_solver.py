@@ -22,6 +22,13 @@ the discounted price floored at zero so the problem stays convex and bounded bel
     penalty(W) = sum_kc  max(lam*r - mu*P_kc, 0) * max(W_kc, 0)
                        + max(lam*r + mu*P_kc, 0) * max(-W_kc, 0)   + lam*(1-r)/2 * ||W||^2
 
+Optional sign constraints (``allowed``, a ``(K, C)`` integer mask): ``+1`` lets a weight be zero or
+positive only, ``-1`` zero or negative only, ``0`` forces it to zero, ``2`` leaves it free. A
+forbidden sign costs an infinite L1 price, so the proximal step, the optimality check and the
+path's largest lambda need no other change: the problem stays convex, and a constrained head is
+the same solver on a smaller feasible set (cbm's faithful head lets a concept push only towards
+the classes the concept store lists it under).
+
 Algorithm: full-batch accelerated proximal gradient (FISTA) with an adaptive step (backtracking
 that may also grow the step), gradient-based momentum restart, warm starts along a decreasing
 lambda grid, and working sets: at each lambda only the concepts in use plus the worst violators of
@@ -82,6 +89,7 @@ class _Problem:
         sample_weight: torch.Tensor | None,
         prior: torch.Tensor | None,
         prior_strength: float,
+        allowed: torch.Tensor | None = None,
     ) -> None:
         n = X.shape[0]
         self.n = n
@@ -95,13 +103,23 @@ class _Problem:
         self.w_over_n = w / n
         self.l1_ratio = l1_ratio
         self.prior_shift = None if prior is None or prior_strength == 0 else prior_strength * prior
+        # infinite L1 prices for the forbidden signs (None: every sign allowed)
+        self.forbid_pos = None if allowed is None else ~((allowed == 1) | (allowed == 2))
+        self.forbid_neg = None if allowed is None else ~((allowed == -1) | (allowed == 2))
 
     def thresholds(self, lam: float) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-        """Per-entry L1 prices of a positive and of a negative weight at ``lam``."""
+        """Per-entry L1 prices of a positive and of a negative weight at ``lam`` (inf: forbidden)."""
         base = lam * self.l1_ratio
-        if self.prior_shift is None:
+        if self.prior_shift is None and self.forbid_pos is None:
             return base, base
-        return (base - self.prior_shift).clamp(min=0), (base + self.prior_shift).clamp(min=0)
+        shift = 0.0 if self.prior_shift is None else self.prior_shift
+        like = self.forbid_pos if self.prior_shift is None else self.prior_shift
+        pos = (base - shift + torch.zeros(like.shape, dtype=self.XT.dtype, device=self.XT.device)).clamp(min=0)
+        neg = (base + shift + torch.zeros(like.shape, dtype=self.XT.dtype, device=self.XT.device)).clamp(min=0)
+        if self.forbid_pos is not None:
+            pos = pos.masked_fill(self.forbid_pos, math.inf)
+            neg = neg.masked_fill(self.forbid_neg, math.inf)
+        return pos, neg
 
     def loss(self, ZT: torch.Tensor) -> torch.Tensor:
         """Weighted mean cross-entropy of logits ``ZT`` (K, n)."""
@@ -121,7 +139,10 @@ class _Problem:
 
 def _penalty(W: torch.Tensor, pos: torch.Tensor | float, neg: torch.Tensor | float, l2: float) -> torch.Tensor:
     """The penalty's value (asymmetric L1 prices ``pos``/``neg`` plus ridge ``l2``)."""
-    return (pos * W.clamp(min=0) + neg * (-W).clamp(min=0)).sum() + 0.5 * l2 * (W * W).sum()
+    up, down = W.clamp(min=0), (-W).clamp(min=0)
+    zero = torch.zeros((), dtype=W.dtype, device=W.device)
+    # where(...) so that an infinite price times a zero weight costs 0, not nan
+    return (torch.where(up > 0, pos * up, zero) + torch.where(down > 0, neg * down, zero)).sum() + 0.5 * l2 * (W * W).sum()
 
 
 def _prox(V: torch.Tensor, step: float, pos, neg, l2: float) -> torch.Tensor:
@@ -172,7 +193,12 @@ def _lambda_max(problem: _Problem, n_classes: int) -> tuple[float, torch.Tensor,
     """
     b0, G0 = _gradient_at_zero(problem, n_classes)
     shifted = G0 if problem.prior_shift is None else G0 - problem.prior_shift
-    lam = float(shifted.abs().max()) / max(problem.l1_ratio, _MIN_L1_RATIO_FOR_GRID)
+    if problem.forbid_pos is None:
+        top = float(shifted.abs().max())
+    else:  # only the allowed directions can leave zero: a positive weight where -G > 0, a negative where G > 0
+        pull = torch.maximum((-shifted).masked_fill(problem.forbid_pos, 0.0), shifted.masked_fill(problem.forbid_neg, 0.0))
+        top = float(pull.clamp(min=0).max())
+    lam = top / max(problem.l1_ratio, _MIN_L1_RATIO_FOR_GRID)
     return lam, b0, G0
 
 
@@ -186,8 +212,10 @@ def elastic_net_objective(
     sample_weight: np.ndarray | None = None,
     prior: np.ndarray | None = None,
     prior_strength: float = 0.0,
+    allowed: np.ndarray | None = None,
 ) -> float:
-    """The objective :func:`solve_path` minimises, evaluated in float64 numpy for any weights.
+    """The objective :func:`solve_path` minimises, evaluated in float64 numpy for any weights
+    (``inf`` for weights with a sign that ``allowed`` forbids).
 
     Args:
         coef: ``(K, C)`` weights; intercept: ``(K,)`` biases.
@@ -195,6 +223,7 @@ def elastic_net_objective(
         lam, l1_ratio: penalty strength and L1 share.
         sample_weight: ``(n,)`` weights of the per-sample losses (the sum is still divided by n).
         prior, prior_strength: optional class-concept prior (see the module docstring).
+        allowed: optional ``(K, C)`` sign constraints (see the module docstring).
     """
     X = np.asarray(X, dtype=np.float64)
     W = np.asarray(coef, dtype=np.float64)
@@ -208,6 +237,10 @@ def elastic_net_objective(
     shift = 0.0 if prior is None else prior_strength * np.asarray(prior, dtype=np.float64)
     pos, neg = np.maximum(base - shift, 0.0), np.maximum(base + shift, 0.0)
     pen = (pos * np.maximum(W, 0) + neg * np.maximum(-W, 0)).sum() + 0.5 * lam * (1 - l1_ratio) * (W * W).sum()
+    if allowed is not None:
+        a = np.asarray(allowed)
+        if np.any((W > 0) & (a != 1) & (a != 2)) or np.any((W < 0) & (a != -1) & (a != 2)):
+            return float("inf")
     return loss + float(pen)
 
 
@@ -288,6 +321,7 @@ def solve_path(
     sample_weight: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
     prior_strength: float = 0.0,
+    allowed: torch.Tensor | None = None,
     tol: float = 1e-4,
     max_iter: int = 1000,
     on_point: Callable[[int, PathPoint, torch.Tensor, torch.Tensor], None] | None = None,
@@ -303,6 +337,8 @@ def solve_path(
         l1_ratio: L1 share of the penalty, in [0, 1].
         sample_weight: ``(n,)`` per-sample loss weights (class weights), or ``None``.
         prior: ``(K, C)`` class-concept prior with entries in [-1, 1]; prior_strength: its ``mu``.
+        allowed: ``(K, C)`` sign constraints (``+1`` non-negative, ``-1`` non-positive, ``0`` zero,
+            ``2`` free), or ``None`` for none.
         tol: stop a lambda when the largest optimality residual (gradient-mapping and KKT
             violations) is below ``tol`` times the largest loss gradient at ``W = 0``.
         max_iter: FISTA iteration cap per lambda (over its working-set rounds).
@@ -310,7 +346,7 @@ def solve_path(
             yielded, e.g. to score a validation split without a copy to the host.
     """
     n, n_features = X.shape
-    problem = _Problem(X, y, n_classes, l1_ratio, sample_weight, prior, prior_strength)
+    problem = _Problem(X, y, n_classes, l1_ratio, sample_weight, prior, prior_strength, allowed)
     lam_top, b, G = _lambda_max(problem, n_classes)
     if lambdas is None:
         lambdas = np.geomspace(lam_top, lam_top * lambda_min_ratio, n_lambdas) if lam_top > 0 else np.zeros(1)

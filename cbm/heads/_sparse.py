@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SELECTIONS = ("accuracy", "concepts")
+_CONSTRAINTS = (None, "prior")
 # multiply-adds per pass over the data below which the solver runs on one CPU thread
 _SMALL_PROBLEM = 10_000_000
 
@@ -83,6 +84,16 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     solved to tolerance, so no initialisation could change the solution; the prior acts through
     this penalty only.
 
+    Faithful head (``constraint="prior"``, cbm's default): a weight may only push a concept towards
+    the classes the concept store lists it under. With the store's multi-hot ``prior`` P, the weight
+    of class k on concept c must be >= 0 where ``P[k, c] > 0`` and is 0 elsewhere, so each class's
+    logit is a non-negative sum of its own concepts' scores: a high "asymmetric shape" score can
+    only raise melanoma, a high "symmetric shape" score only the nevus, and a concept no class lists
+    gets no weight. Opposite phrases of one attribute listed under different classes therefore never
+    act as a contrast with one sign. The constraint is a convex feasible set, solved by the same
+    path solver (an infinite L1 price on the forbidden signs); ``constraint=None`` is the
+    unconstrained head.
+
     Args:
         l1_ratio: L1 share of the penalty (0.99: mostly L1, a little ridge for stability).
         n_lambdas: number of log-spaced lambdas on the path (ignored when ``lambdas`` is given).
@@ -95,6 +106,8 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         prior: ``(n_classes, n_concepts)`` class-concept prior, rows in ``classes_`` order.
         use_prior: the pipeline should fill ``prior`` from the concept store; fitting with
             ``use_prior=True`` and no ``prior`` is an error.
+        constraint: ``"prior"`` (weights only where ``prior > 0``, and non-negative there) or
+            ``None`` (unconstrained). ``"prior"`` needs ``prior``; the pipeline fills it.
         prior_strength: mu, in the units of the loss gradient (0 disables the prior penalty).
         validation_fraction: holdout share of the training data when no ``X_val`` is given.
         tol: per-lambda stopping tolerance, relative to the largest loss gradient at ``W = 0``.
@@ -135,6 +148,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         prior: np.ndarray | None = None,
         use_prior: bool = False,
         prior_strength: float = 0.0,
+        constraint: str | None = None,
         validation_fraction: float = 0.2,
         tol: float = 1e-4,
         max_iter: int = 1000,
@@ -154,6 +168,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         self.prior = prior
         self.use_prior = use_prior
         self.prior_strength = prior_strength
+        self.constraint = constraint
         self.validation_fraction = validation_fraction
         self.tol = tol
         self.max_iter = max_iter
@@ -163,7 +178,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------- fitting
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> SparseConceptHead:
+    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> SparseConceptHead:
         """Fit the regularisation path on ``X, y`` and select a point on the validation split.
 
         Args:
@@ -172,7 +187,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 internal stratified holdout of ``validation_fraction`` of ``X`` is used, and the
                 path is fitted on the rest.
         """
-        self._check_params()
+        self.check_params()
         X, y_enc, classes = check_train_data(self, X, y)
         self.classes_ = classes
         n_classes, n_features = len(classes), X.shape[1]
@@ -180,6 +195,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             self, X, y_enc, classes, X_val, y_val, self.validation_fraction, self.random_state
         )
         prior = self._check_prior(n_classes, n_features)
+        allowed = None if self.constraint is None else np.where(prior > 0, 1, 0)
         weights = sample_weights(self.class_weight, y_fit, classes)
         device, dtype = self._torch_device(), _DTYPES[self.dtype]
         as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
@@ -199,6 +215,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             lambda_min_ratio=float(self.lambda_min_ratio),
             sample_weight=None if weights is None else as_t(weights),
             prior=None if prior is None else as_t(prior), prior_strength=float(self.prior_strength),
+            allowed=None if allowed is None else torch.as_tensor(allowed, dtype=torch.int8, device=device),
             tol=float(self.tol), max_iter=int(self.max_iter), on_point=score_val,
         )
         n_points = len(grid) if grid is not None else int(self.n_lambdas)
@@ -266,7 +283,12 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         return float(np.count_nonzero(self.coef_, axis=1).mean())
 
     # ------------------------------------------------------------------------------ checks
-    def _check_params(self) -> None:
+    def needs_prior(self) -> bool:
+        """Whether fitting needs the concept store's class-concept ``prior`` (the pipeline fills it)."""
+        return bool(self.use_prior) or self.constraint == "prior"
+
+    def check_params(self) -> None:
+        """Raise ``ValueError`` for a bad setting (done by ``fit``; callable before any data exists)."""
         if not 0.0 <= float(self.l1_ratio) <= 1.0:
             raise ValueError(f"l1_ratio must be in [0, 1]; got {self.l1_ratio!r}")
         if self.lambdas is None:
@@ -295,13 +317,17 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_threads must be >= 1 or None; got {self.n_threads!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {self.dtype!r}")
+        if self.constraint not in _CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {_CONSTRAINTS}; got {self.constraint!r}")
 
     def _check_prior(self, n_classes: int, n_features: int) -> np.ndarray | None:
         if self.prior is None:
-            if self.use_prior:
+            if self.needs_prior():
+                setting = 'constraint="prior"' if self.constraint == "prior" else "use_prior=True"
+                undo = "constraint=None" if self.constraint == "prior" else "use_prior=False"
                 raise ValueError(
-                    "use_prior=True but no prior was given: pass prior=ConceptSet.prior() (n_classes x n_concepts), "
-                    "or set use_prior=False"
+                    f"{setting} but no prior was given: pass prior=ConceptSet.prior() (n_classes x n_concepts), "
+                    f"or set {undo}"
                 )
             return None
         prior = np.asarray(self.prior, dtype=np.float64)

@@ -1,0 +1,192 @@
+"""An experiment: the method and its baselines on one card, measured and written to a run folder.
+
+``cbm run`` (a Hydra app, :mod:`cbm.run`) composes a config, instantiates its nodes and calls
+:func:`run_experiment`; a researcher can call it from Python with the same objects. Every
+hyper-parameter (the head's point on its path, the probe's C) is chosen on the validation split;
+test is touched once, for the reported figures.
+
+Methods, on the same image features:
+
+- ``cbm``: the concept bottleneck with the configured head (by default the faithful sparse head);
+- ``cbm_unconstrained``: the same head without its sign constraints, when the configured head has
+  them (the price of faithfulness, side by side);
+- ``linear_probe``: L2 logistic regression on image features (C chosen on val);
+- ``zero_shot``: class-name prompts;
+- ``dense_concepts``: L2 logistic regression on the same concept scores.
+
+Hooks: ``extra_metrics`` maps a name to a callable ``fn(fit: FitResult) -> dict``, whose result is
+stored under ``metrics["cbm"][name]`` (the demo world's ABCD-rule agreement comes in this way,
+from ``conf/dataset/demo*.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbm.bottleneck import BottleneckConfig
+from cbm.pipeline.fitting import FitResult, fit_model, full_coef
+from cbm.pipeline.inputs import check_splits_present, extract_splits, resolve_card
+from cbm.pipeline.outputs import path_chart, results_table
+from cbm.pipeline.scoring import evaluate_methods
+from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
+
+__all__ = ["run_experiment", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("cbm", "cbm_unconstrained", "linear_probe", "zero_shot", "dense_concepts")
+_BASELINES = {"cbm_unconstrained": True, "linear_probe": True, "zero_shot": True, "dense_concepts": True}
+
+
+def run_experiment(
+    *,
+    out_dir: str | os.PathLike,
+    card: Any,
+    encoder: Any,
+    head: Any = None,
+    bottleneck: BottleneckConfig | None = None,
+    concepts: Any = None,
+    templates: Sequence[str] | None = None,
+    llm: dict | None = None,
+    baselines: Mapping[str, bool] | None = None,
+    features: Mapping[str, Any] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    save_model: bool = True,
+    extra_metrics: Mapping[str, Callable[[FitResult], dict]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the method and its baselines; write metrics.json, results.md, path.svg, model/ to ``out_dir``.
+
+    Args:
+        card: a ``DataCard``, a card name or a path.
+        encoder: an encoder (``cbm.encoders.create_encoder``) or its registry name.
+        head: the unfitted concept head (default: the faithful sparse head).
+        bottleneck: how concept directions are made.
+        concepts: overrides the card's concept store (``{class: [phrases]}`` or one list for every class).
+        baselines: which baselines run (``METHODS`` without ``cbm``; all by default).
+        features: ``batch_size``, ``num_workers`` and ``cache_dir`` of the image encoding.
+        extra_metrics: name -> ``fn(fit) -> dict``, stored under ``metrics["cbm"][name]``.
+
+    Returns:
+        The metrics (method -> figures), as written to ``metrics.json``.
+    """
+    from cbm.encoders import create_encoder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    features = dict(features or {})
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    card = resolve_card(card)
+    check_splits_present(card)  # a missing manifest, image folder or split: before the encoder loads
+    timings["dataset"] = time.perf_counter() - t
+    check = getattr(head, "check_params", None)
+    if callable(check):  # a bad head setting is reported before the images are encoded
+        check()
+
+    t = time.perf_counter()
+    enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
+    splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)),
+                            num_workers=int(features.get("num_workers", 2)), cache_dir=features.get("cache_dir"))
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fit = fit_model(card, encoder=enc, concepts=concepts, head=head, bottleneck=bottleneck, templates=templates,
+                    llm=llm, splits=splits)
+    timings["cbm_head"] = time.perf_counter() - t
+    eval_names = [s for s in ("val", "test_id", "test") if s in splits]
+    probas = {"cbm": {s: fit.model.predict_proba_from_features(splits[s].features) for s in eval_names}}
+    extra: dict[str, dict[str, Any]] = {"cbm": _head_facts(fit)}
+    _run_baselines(fit, {**_BASELINES, **dict(baselines or {})}, eval_names, templates, seed, probas, extra, timings)
+
+    metrics = evaluate_methods(card, probas, splits, n_bootstrap=n_bootstrap, seed=seed)
+    for method, e in extra.items():
+        metrics[method].update(e)
+    for name, fn in (extra_metrics or {}).items():
+        metrics["cbm"][name] = fn(fit)
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "results.md", results_table(card.name, metrics, _notes(metrics)))
+    path = list(getattr(fit.head, "path_", []) or [])
+    if path:
+        atomic_write_text(out / "path.svg", path_chart(card.name, path, fit.head.selected_index_))
+    fit.model.info["metrics"] = {
+        m: {k: metrics[m].get(k) for k in ("id_accuracy", "ood_accuracy", "accuracy", "macro_f1", "val_accuracy")}
+        for m in metrics
+    }
+    if save_model:
+        fit.model.save(out / "model")
+    _write_run_records(out, splits, timings)
+    return metrics
+
+
+def _head_facts(fit: FitResult) -> dict[str, Any]:
+    model = fit.model
+    return {
+        "concepts_per_class": model.concepts_per_class(), "n_concepts": model.bottleneck.n_concepts,
+        "n_concepts_used": int((model.coef != 0).any(0).sum()), "lambda": jsonable(getattr(fit.head, "lambda_", None)),
+    }
+
+
+def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[str], templates, seed: int,
+                   probas: dict, extra: dict, timings: dict) -> None:
+    """Fit every baseline asked for on the same features; fill ``probas``, ``extra`` and ``timings``."""
+    from cbm.encoders import encode_texts
+    from cbm.heads import DenseConceptHead, LinearProbe, zero_shot_logits
+
+    splits, scores, card = fit.splits, fit.scores, fit.card
+    train, val = splits["train"], splits["val"]
+    n_classes = len(card.class_names)
+    if which.get("cbm_unconstrained") and getattr(fit.head, "constraint", None):
+        t = time.perf_counter()
+        free = fit.head.__class__(**{**fit.head.get_params(), "constraint": None, "prior": None})
+        free.fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
+        coef, intercept = full_coef(free, n_classes)
+        probas["cbm_unconstrained"] = {s: softmax(scores[s] @ coef.T + intercept) for s in eval_names}
+        extra["cbm_unconstrained"] = {"concepts_per_class": float((coef != 0).sum(1).mean()),
+                                      "coef": coef.tolist(), "intercept": intercept.tolist()}
+        timings["cbm_unconstrained"] = time.perf_counter() - t
+    if which.get("linear_probe"):
+        t = time.perf_counter()
+        probe = LinearProbe(random_state=seed).fit(train.features, train.labels, X_val=val.features, y_val=val.labels)
+        probas["linear_probe"] = {s: probe.predict_proba(splits[s].features) for s in eval_names}
+        extra["linear_probe"] = {"C": jsonable(getattr(probe, "C_", None))}
+        timings["linear_probe"] = time.perf_counter() - t
+    if which.get("zero_shot"):
+        class_text = encode_texts(fit.encoder, card.class_names, templates=templates, modality=card.modality).numpy()
+        probas["zero_shot"] = {s: softmax(np.asarray(zero_shot_logits(splits[s].features, class_text))) for s in eval_names}
+        extra["zero_shot"] = {}
+    if which.get("dense_concepts"):
+        t = time.perf_counter()
+        dense = DenseConceptHead(random_state=seed).fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
+        probas["dense_concepts"] = {s: dense.predict_proba(scores[s]) for s in eval_names}
+        dcoef, dintercept = full_coef(dense, n_classes)
+        extra["dense_concepts"] = {"concepts_per_class": float((dcoef != 0).sum(1).mean()), "C": jsonable(getattr(dense, "C_", None)),
+                                   "coef": dcoef.tolist(), "intercept": dintercept.tolist()}
+        timings["dense_concepts"] = time.perf_counter() - t
+
+
+def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Paragraphs under the table: what the extra metrics say, in words."""
+    notes = []
+    rule = metrics["cbm"].get("abcd_rule")
+    if rule:
+        letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())
+        rho = "n/a" if rule["spearman"] is None else f"{rule['spearman']:.2f}"
+        notes.append(f"ABCD rule (TDS = 1.3 A + 0.1 B + 0.5 C + 0.5 D): the head's melanoma-vs-nevus weight per "
+                     f"letter {letters}; Spearman with the rule's weights {rho}.")
+    return notes
+
+
+def _write_run_records(out: Path, splits, timings: dict[str, float]) -> None:
+    skipped = [(s, p, r) for s, d in splits.items() for p, r in d.skipped]
+    if skipped:
+        atomic_write_json(out / "skipped_files.json", [{"split": s, "path": p, "reason": r} for s, p, r in skipped])
+    atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
+    log.info("%d unreadable file(s) skipped%s", len(skipped), " (see skipped_files.json)" if skipped else "")

@@ -1,0 +1,217 @@
+"""Fitting the method: card -> concepts -> concept directions -> scores -> sparse head -> model.
+
+:func:`fit` is the developer's entry point (``cbm.fit``) and returns a
+:class:`~cbm.model.ConceptBottleneckModel`; :func:`fit_model` returns the same model with what an
+experiment needs besides (the fitted head with its path, the encoded splits, the scores). Every
+hyper-parameter is chosen on the validation split; test is never touched here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cbm.bottleneck import BottleneckConfig, ConceptBottleneck
+from cbm.model import ConceptBottleneckModel
+from cbm.pipeline.inputs import (
+    SplitData,
+    check_every_class_trains,
+    extract_splits,
+    require_split,
+    resolve_card,
+    resolve_concepts,
+)
+from cbm.utils import jsonable
+
+__all__ = ["FitResult", "fit", "fit_model", "full_coef", "make_head"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What fitting produced: the model, the fitted head (with its path) and the data it saw."""
+
+    model: ConceptBottleneckModel
+    head: Any
+    splits: dict[str, SplitData]
+    concept_set: Any
+    encoder: Any
+    card: Any
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # split -> standardised concept scores
+
+
+def make_head(head: Any, prior: np.ndarray | None):
+    """An unfitted copy of ``head`` (default: the faithful sparse head) given the concept store's prior."""
+    from sklearn.base import clone
+
+    from cbm.heads import SparseConceptHead
+
+    head = SparseConceptHead(constraint="prior") if head is None else clone(head)
+    if prior is not None and getattr(head, "needs_prior", lambda: False)():
+        head.set_params(prior=prior)
+    return head
+
+
+def fit(card: Any, **kwargs: Any) -> ConceptBottleneckModel:
+    """Train a concept-bottleneck model on a data card; the sparsity is chosen on its val split.
+
+    Args:
+        card: a card name (``"ham10000"``), a path to a ``card.yaml`` or its folder, or a
+            loaded ``cbm.data.DataCard``.
+        **kwargs: see :func:`fit_model` (``encoder``, ``concepts``, ``head``, ``bottleneck``, ...).
+
+    Example::
+
+        model = cbm.fit("ham10000", encoder="biomedclip")
+        model.predict(["case1.png"]); model.save("runs/ham")
+    """
+    return fit_model(card, **kwargs).model
+
+
+def fit_model(
+    card: Any,
+    *,
+    encoder: Any = "demo-clip",
+    concepts: Any = None,
+    head: Any = None,
+    bottleneck: BottleneckConfig | None = None,
+    templates: Sequence[str] | None = None,
+    llm: dict | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    cache_dir: str | os.PathLike | None = None,
+    splits: dict[str, SplitData] | None = None,
+) -> FitResult:
+    """Fit the concept bottleneck and its head on a card's train split (the path point chosen on val).
+
+    Args:
+        card: a card name, a ``card.yaml`` path or folder, or a ``DataCard``.
+        encoder: an encoder registry name (``demo-clip``, ``biomedclip``, ``hf-hub:...``) or an
+            encoder made by ``cbm.encoders.create_encoder``.
+        concepts: ``None`` (the card's concept store), ``{class: [concepts]}``, one list of phrases
+            for every class, or a ``cbm.concepts.ConceptSet``.
+        head: an unfitted head (default: ``SparseConceptHead(constraint="prior")``, whose weights
+            may only push a concept towards the classes the concept store lists it under).
+        bottleneck: how concept directions are made (default :class:`~cbm.bottleneck.BottleneckConfig`).
+        templates: prompt templates for concept text embeddings (default: the modality's).
+        llm: an LLM preset (``conf/llm``) to generate the concepts the store lacks.
+        splits: already encoded splits (an experiment encodes once for every method).
+    """
+    import torch
+
+    from cbm.encoders import create_encoder, encode_texts
+
+    card = resolve_card(card)
+    config = bottleneck or BottleneckConfig()
+    if splits is None:  # the manifest's own problems first: before any LLM call or image encoding
+        train_counts = card.manifest().counts().get("train", {})
+        check_every_class_trains(card, [c for c in card.class_names if train_counts.get(c)])
+    enc = create_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
+
+    def embed(phrases: Sequence[str]) -> torch.Tensor:  # every text here is embedded the same way
+        return encode_texts(enc, list(phrases), templates=templates, modality=card.modality)
+
+    # the concepts first: a card without a concept store is reported before any image is encoded
+    cset = resolve_concepts(
+        card, concepts, llm=llm, embed=lambda t: embed(t).numpy(),
+        embed_id=f"{getattr(enc, 'cache_key', enc.name)}:{list(templates) if templates else card.modality}",
+    )
+    names = list(cset.concepts)
+    if not names:
+        raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
+    if splits is None:
+        splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+    train, val = require_split(splits, "train", card), require_split(splits, "val", card)
+    check_every_class_trains(card, [c for i, c in enumerate(card.class_names) if np.any(train.labels == i)])
+    bn, centred_on = _bottleneck(card, names, config, embed, explicit=concepts is not None)
+    bn.fit(train.features)
+    scores = {s: bn.transform(d.features) for s, d in splits.items()}
+
+    prior = cset.prior()
+    est = make_head(head, prior)
+    t0 = time.perf_counter()
+    est.fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
+    log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
+    coef, intercept = full_coef(est, len(card.class_names))
+    model = ConceptBottleneckModel(
+        enc.name, card.class_names, bn, coef, intercept,
+        encoder_key=getattr(enc, "cache_key", None),
+        train_raw_scores=bn.raw_scores(train.features),
+        concept_prior=prior,
+        info=_record(card, splits, est, cset, templates, bn, centred_on),
+    )
+    model.set_encoder(enc)
+    return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores)
+
+
+def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, explicit: bool) -> tuple[ConceptBottleneck, int]:
+    """Concept directions, centred on the card's whole store (also for an explicit short list) and
+    with the nuisance prompts (the card's unless given) projected out; and how many concepts the
+    centre is the mean of (0 without centring)."""
+    import torch
+
+    text = embed(names)
+    nuisance = list(card.nuisance_prompts if config.nuisance_prompts is None else config.nuisance_prompts)
+    extra = _store_beyond(card, names) if config.centre and explicit else []
+    bn = ConceptBottleneck.debiased(
+        names, text, centre=config.centre,
+        nuisance_embeddings=embed(nuisance) if nuisance else None, nuisance_prompts=nuisance,
+        reference_embeddings=torch.cat([text, embed(extra)]) if extra else None,
+    )
+    return bn, (len(names) + len(extra)) if config.centre else 0
+
+
+def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int) -> dict:
+    """The facts a saved model keeps about how it was made (model.json ``info``)."""
+    info: dict[str, Any] = {
+        "card": {"name": card.name, "title": getattr(card, "title", None), "modality": card.modality},
+        "data": {s: {"n": len(d), "skipped": len(d.skipped)} for s, d in splits.items()},
+        "head": {"class": type(est).__name__, **{k: jsonable(v) for k, v in est.get_params().items() if k != "prior"}},
+        "lambda": jsonable(getattr(est, "lambda_", None)),
+        "concept_source": getattr(cset, "provenance", None),
+        "templates": list(templates) if templates else None,
+        "bottleneck": {**bn.debiasing, "centred_on": centred_on},
+    }
+    path = list(getattr(est, "path_", []) or [])
+    if path:  # the regularisation path (validation figures only), for the class card's chart
+        info["path"] = {
+            key: [jsonable(p.get(key)) for p in path] for key in ("lambda", "val_accuracy", "concepts_per_class", "nnz")
+        }
+        info["path"]["selected_index"] = jsonable(getattr(est, "selected_index_", None))
+    return info
+
+
+def _store_beyond(card, names: list[str]) -> list[str]:
+    """The card's stored concepts that ``names`` (given explicitly) lack: centring uses them too
+    (a short list's own mean is a poor estimate of what every prompt shares: see cbm.bottleneck)."""
+    from cbm.concepts import load_concepts
+
+    try:
+        store = load_concepts(card).concepts
+    except (FileNotFoundError, ValueError):
+        return []
+    given = set(names)
+    return [c for c in dict.fromkeys(store) if c not in given]
+
+
+def full_coef(est: Any, n_classes: int, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(K, C) weights and (K,) biases of a fitted linear head (binary heads included), at the
+    selected point or at path point ``index``."""
+    if index is None:
+        coef, intercept = est.coef_, est.intercept_
+    else:
+        coef, intercept = est.path_coefs_[index], est.path_intercepts_[index]
+    coef = np.asarray(coef, dtype=np.float32)
+    intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float32))
+    if coef.shape[0] == 1 and n_classes == 2:  # sklearn's binary convention: one row for class 1
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.array([0.0, intercept[0]], dtype=np.float32)
+    return coef, intercept

@@ -1,0 +1,144 @@
+"""What a run starts from: the card, its concepts, and the encoded images of every split.
+
+Each step checks what it can before anything expensive happens: the manifest's splits and
+classes before the encoder loads, the concept store before any image is encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SplitData",
+    "resolve_card",
+    "resolve_concepts",
+    "extract_splits",
+    "check_splits_present",
+    "check_every_class_trains",
+    "require_split",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    """Image features of one split, aligned with labels, groups and the manifest's other columns."""
+
+    name: str
+    features: np.ndarray  # (n, D) float32, L2-normalised
+    labels: np.ndarray  # (n,) class indices
+    groups: np.ndarray | None  # (n,) group names ("" = no value), or None
+    paths: list[str]
+    extras: list[dict[str, str]] = field(default_factory=list)  # each row's other manifest columns
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def resolve_card(card: Any):
+    """A ``DataCard`` from a card object, a card name or a path to a ``card.yaml`` (or its folder)."""
+    from cbm.data import DataCard, load_card
+
+    if isinstance(card, DataCard):
+        return card
+    if card is None:
+        raise ValueError("no dataset given: pass a data card (a name such as ham10000, a path, or a DataCard)")
+    return load_card(card)
+
+
+def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, embed=None, embed_id: str | None = None):
+    """A ``ConceptSet`` for the card: given explicitly, from its store, or generated with an LLM preset."""
+    from cbm.concepts import ConceptSet, generate_concepts, load_concepts
+
+    if concepts is None:
+        if llm and llm.get("base_url") and llm.get("model"):
+            return generate_concepts(card, llm, embed=embed, embed_id=embed_id)
+        return load_concepts(card)
+    if isinstance(concepts, ConceptSet):
+        return concepts
+    if isinstance(concepts, dict):
+        return ConceptSet.from_mapping(card.class_names, concepts)
+    if isinstance(concepts, (list, tuple)):
+        return ConceptSet.from_mapping(card.class_names, {c: list(concepts) for c in card.class_names})
+    raise TypeError(f"concepts must be None, a ConceptSet, a {{class: [concepts]}} dict or a list; got {type(concepts).__name__}")
+
+
+def extract_splits(
+    card,
+    encoder,
+    splits: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, SplitData]:
+    """Encode every image of the given splits (default: all in the manifest), through the feature cache."""
+    from cbm.encoders import encode_images
+
+    manifest = card.manifest()
+    names = list(splits) if splits is not None else manifest.split_names()
+    out: dict[str, SplitData] = {}
+    for name in names:
+        part = manifest.split(name)
+        if len(part) == 0:
+            continue
+        dataset = card.dataset(name, transform=encoder.transform)
+        fs = encode_images(encoder, dataset, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
+        rows = [part.rows[i] for i in np.asarray(fs.indices, dtype=np.int64)]
+        groups = None
+        if card.group_column:
+            groups = np.array(["" if r.group is None else str(r.group) for r in rows])
+        out[name] = SplitData(
+            name=name,
+            features=np.asarray(fs.features, dtype=np.float32),
+            labels=np.array([r.label_index for r in rows], dtype=np.int64),
+            groups=groups,
+            paths=[str(r.path) for r in rows],
+            extras=[dict(r.extra) for r in rows],
+            skipped=[(str(s.path), str(s.reason)) for s in fs.skipped],
+        )
+        if fs.skipped:
+            shown = "; ".join(f"{path} ({reason})" for path, reason in out[name].skipped[:5])
+            more = f"; and {len(fs.skipped) - 5} more" if len(fs.skipped) > 5 else ""
+            log.warning("%s split: %d unreadable image(s) skipped: %s%s", name, len(fs.skipped), shown, more)
+    return out
+
+
+def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test")) -> None:
+    """Raise before any encoding when the manifest lacks a split a run needs."""
+    absent = [s for s in needed if s not in card.manifest().split_names()]
+    if absent:
+        raise ValueError(
+            f"card {card.name!r} has no {', '.join(absent)} rows (manifest {card.manifest_path}); a run needs train "
+            "and val to fit and choose, and test to measure: add them (split column "
+            f"{getattr(card, 'split_column', 'split')!r}), or build the splits with `cbm make-splits`"
+        )
+
+
+def check_every_class_trains(card, trained: Sequence[str]) -> None:
+    """Raise when a class of the card has no training images (the head could not learn it)."""
+    absent = [c for c in card.class_names if c not in set(trained)]
+    if absent:
+        raise ValueError(
+            f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
+            "every class needs train rows: add them, or drop the class from the card's classes"
+        )
+
+
+def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
+    """The split ``name``, or an error naming the manifest (and an unset image-root variable)."""
+    if name not in splits or len(splits[name]) == 0:
+        hint = card.unset_root_variable() if hasattr(card, "unset_root_variable") else None
+        raise ValueError(
+            f"card {card.name!r} has no usable {name!r} images (manifest {card.manifest_path}); "
+            f"every run needs train and val splits, and test for evaluation" + (f"; {hint}" if hint else "")
+        )
+    return splits[name]
