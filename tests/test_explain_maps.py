@@ -100,3 +100,36 @@ def test_overlay_puts_the_hot_cell_where_the_map_says_and_dims_outside_the_crop(
     assert out[y, 20 + x, 0] > out[y, 20 + x, 2]  # hot end of the colour map is red, not blue
     assert np.all(out[:, :20] == 64) and np.all(out[:, 80:] == 64)  # outside the crop: dimmed to half
     assert np.all(out[50:, 20:35] == 128)  # cold cells leave the image as it was
+
+
+def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
+    """demo-clip's tower (resnet_tiny_os8): an 8 x 8 grid at 64 px, and the mean of the projected
+    cells is the image embedding itself (before normalisation), so a cell's cosine is its own share."""
+    from open_clip.model import CLIP
+
+    from cbm.encoders.towers import register_towers
+    from cbm.explain.maps import _cam_cells, _timm_cam_tower
+
+    register_towers()
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=32, vision_cfg={"image_size": 64, "timm_model_name": "resnet_tiny_os8", "timm_pool": "avg",
+                                           "timm_proj": "linear", "timm_model_pretrained": False},
+                 text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}).eval()
+
+    class Enc:
+        name = "tiny-cnn"
+
+    Enc.model = model
+    x = torch.randn(3, 64, 64)
+    enc = encode_spatial(Enc, x)
+    assert enc.method == "cam" and enc.grid == (8, 8)
+    with torch.no_grad():
+        pooled, cells, grid = _cam_cells(model.visual, _timm_cam_tower(model.visual), x[None])
+        np.testing.assert_allclose(cells.mean(0).numpy(), pooled[0].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(enc.feature, F.normalize(model.encode_image(x[None]), dim=-1)[0].numpy(), atol=1e-5)
+    # a concept direction equal to one cell's feature peaks on that cell
+    target = cells[27].numpy()
+    maps = enc.concept_maps(["cell 27"], target[None])
+    assert np.unravel_index(maps.raw[0].argmax(), (8, 8)) == (3, 3)
+    with pytest.raises(ValueError, match="grad-cam"):
+        encode_spatial(Enc, x, method="patch-tokens")

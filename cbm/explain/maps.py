@@ -1,12 +1,17 @@
 """Concept maps: where in the image the encoder sees each concept.
 
-Two methods, chosen from the encoder's vision tower:
+Three methods, chosen from the encoder's vision tower:
 
 * ``patch-tokens`` (ViT towers: open_clip's ``VisionTransformer`` and timm ViTs such as
   BiomedCLIP's): the final patch tokens go through the same projection as the pooled token, into
   the joint image-text space, and each token's cosine with the concept's text embedding is one
   cell of the map. The pooled image feature comes out of the same forward pass, so a case costs
   one forward whatever the number of maps.
+* ``cam`` (timm convolutional towers with average pooling and a linear projection, such as
+  ``demo-clip``'s ``resnet_tiny_os8``): the class activation map of Zhou et al. 2016. The image
+  embedding is the projection of the mean of the last activation's cells, which equals the mean
+  of the projected cells, so each cell's projected feature is its exact share of the embedding;
+  a cell of the map is that feature's cosine with the concept (as for patch tokens).
 * ``grad-cam`` (every other tower: ResNets, ConvNeXts, attention-pooled ViTs): Grad-CAM
   (Selvaraju et al. 2017) on the last spatial activation of the tower, with the image-concept
   cosine as the target; one backward pass per concept.
@@ -107,6 +112,12 @@ class _TokenEncoding(SpatialEncoding):
         return sims.reshape(len(emb), *self.grid).numpy()
 
 
+class _CamEncoding(_TokenEncoding):
+    """Projected, normalised cells of an average-pooled CNN's last activation (see ``cam``)."""
+
+    method = "cam"
+
+
 class _GradCamEncoding(SpatialEncoding):
     """The tower's last spatial activation, kept with its autograd graph for one backward per concept."""
 
@@ -153,6 +164,27 @@ def _timm_vit(visual: torch.nn.Module) -> torch.nn.Module | None:
     if isinstance(trunk, TimmViT) and trunk.attn_pool is None and trunk.global_pool in ("token", "avg"):
         return trunk
     return None
+
+
+def _timm_cam_tower(visual: torch.nn.Module) -> torch.nn.Module | None:
+    """The timm trunk of an open_clip ``TimmModel`` whose embedding is a linear map of the mean of the
+    trunk's last activation (average pooling, a bias-free linear head), else None."""
+    trunk, head = getattr(visual, "trunk", None), getattr(visual, "head", None)
+    pool = getattr(trunk, "global_pool", None)
+    if trunk is None or head is None or getattr(pool, "pool_type", None) != "avg" or _timm_vit(visual) is not None:
+        return None
+    layers = [m for m in head.children() if not isinstance(m, torch.nn.Dropout)]
+    if len(layers) != 1 or not isinstance(layers[0], torch.nn.Linear) or layers[0].bias is not None:
+        return None
+    return trunk
+
+
+def _cam_cells(visual: torch.nn.Module, trunk: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    activation = trunk.forward_features(x)  # (1, C, h, w)
+    pooled = visual.head(trunk.forward_head(activation, pre_logits=True))
+    h, w = activation.shape[-2:]
+    cells = visual.head(activation[0].flatten(1).t())  # (h*w, D): each cell's share of the embedding
+    return pooled, cells, (int(h), int(w))
 
 
 def _input(visual: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -220,15 +252,15 @@ def encode_spatial(encoder: Any, image: torch.Tensor, *, method: str = "auto") -
     Args:
         encoder: a ``cbm.encoders`` Encoder (its ``.model`` is the open_clip model).
         image: the encoder's preprocessed input, ``encoder.transform(loaded_image)``.
-        method: ``"auto"`` (patch tokens for ViT towers, Grad-CAM otherwise), ``"patch-tokens"`` or
-            ``"grad-cam"``.
+        method: ``"auto"`` (patch tokens for ViT towers, CAM for average-pooled timm CNNs, Grad-CAM
+            otherwise), ``"patch-tokens"``, ``"cam"`` or ``"grad-cam"``.
 
     Raises:
         ValueError: unknown ``method``, or ``"patch-tokens"`` for a tower without usable patch tokens.
         RuntimeError: the encoder exposes no open_clip vision tower (``encoder.model.visual``).
     """
-    if method not in ("auto", "patch-tokens", "grad-cam"):
-        raise ValueError(f"unknown concept-map method {method!r}; use 'auto', 'patch-tokens' or 'grad-cam'")
+    if method not in ("auto", "patch-tokens", "cam", "grad-cam"):
+        raise ValueError(f"unknown concept-map method {method!r}; use 'auto', 'patch-tokens', 'cam' or 'grad-cam'")
     visual = _vision_tower(encoder)
     if visual is None:
         raise RuntimeError(
@@ -248,6 +280,17 @@ def encode_spatial(encoder: Any, image: torch.Tensor, *, method: str = "auto") -
         )
     log.debug("concept maps for vision tower %s: %s", type(visual).__name__,
               "patch-tokens" if tokens_ok and method != "grad-cam" else "grad-cam")
+    cam_trunk = _timm_cam_tower(visual)
+    if method == "cam" and cam_trunk is None:
+        raise ValueError(
+            f"vision tower {type(visual).__name__} is not an average-pooled CNN with a linear projection; "
+            "use method='grad-cam' or 'auto'"
+        )
+    if cam_trunk is not None and method in ("auto", "cam"):
+        with torch.inference_mode(), precision:
+            pooled, cells, grid = _cam_cells(visual, cam_trunk, x)
+            feature = F.normalize(pooled.float(), dim=-1)[0].cpu().numpy()
+            return _CamEncoding(feature, cells.cpu(), grid)
     if tokens_ok and method != "grad-cam":
         with torch.inference_mode(), precision:
             pooled, tokens, grid = _timm_tokens(visual, trunk, x) if trunk is not None else _openclip_tokens(visual, x)
