@@ -166,3 +166,73 @@ def test_cli_make_writes_a_dataset(tmp_path, capsys):
     assert len(list((out / "images").rglob("*.png"))) == 36
     assert main(["demo", "make", "--out", str(out), "--confounding", "2"]) == 2
     assert "confounding" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def full_size(tmp_path_factory):
+    """A few images at the default 128 px, where every drawn structure covers whole pixels."""
+    out = tmp_path_factory.mktemp("demo128") / "ds"
+    return make_dataset(out, n=40, confounding=0.9, classes=2, seed=3, size=128, workers=1, progress=False)
+
+
+def test_truth_columns_hold_every_store_concept_and_the_card_names_them(small):
+    from cbm.data import load_card
+    from cbm.demo.dataset import truth_column
+    from cbm.demo.world import concept_truth, demo_concepts
+
+    card = load_card(small[1])
+    phrases = {p for ps in demo_concepts(2).values() for p in ps}
+    assert card.concept_truth == {p: truth_column(p) for p in card.concept_truth} and set(card.concept_truth) == phrases
+    rows = [dict(r.extra) for r in card.manifest()]
+    for phrase, column in card.concept_truth.items():
+        expected = concept_truth(rows, phrase).astype(int)
+        assert [int(r[column]) for r in rows] == expected.tolist(), phrase
+    # opposite phrases are complements
+    assert all(int(r["truth_symmetric_shape"]) + int(r["truth_asymmetric_shape"]) == 1 for r in rows)
+
+
+def test_masks_say_where_each_drawn_thing_is(full_size):
+    from PIL import Image
+
+    from cbm.demo.dataset import read_masks
+    from cbm.demo.render import MASK_NAMES
+
+    folder = full_size.parent
+    rows = list(csv.DictReader(open(folder / "manifest.csv", newline="")))
+    for row in rows:
+        masks = read_masks(folder, row["path"])
+        assert set(masks) == set(MASK_NAMES)
+        image = np.asarray(Image.open(folder / "images" / row["path"]))
+        assert all(m.shape == image.shape[:2] for m in masks.values())
+        for colour in ("light brown", "dark brown", "black", "red", "blue-grey", "white"):
+            present = colour in row["colours"].split(";")
+            # a colour drawn in a corner of a small lesion may be covered; an absent one never has a mask
+            assert masks[colour].any() or present is False or masks["lesion"].sum() < 400, (row["path"], colour)
+            assert not masks[colour].any() or present, (row["path"], colour)
+        for structure in ("pigment network", "dots", "globules", "streaks", "structureless areas"):
+            assert masks[structure].any() == (structure in row["structures"].split(";")), (row["path"], structure)
+        assert masks["ruler"].any() == (row["cue_kind"] == "ruler") and masks["ink"].any() == (row["cue_kind"] == "ink")
+        # everything of the lesion lies inside it; the marks lie mostly outside
+        for name in ("irregular border", "dots", "globules", "streaks"):
+            assert not (masks[name] & ~masks["lesion"]).any(), name
+        # the pixels of a blue-grey mask are bluer than the lesion around them
+        if masks["blue-grey"].sum() > 20:
+            inside = image[masks["blue-grey"]].astype(float).mean(0)
+            rest = image[masks["lesion"] & ~masks["blue-grey"]].astype(float).mean(0)
+            assert inside[2] - inside[0] > rest[2] - rest[0]
+
+
+def test_masks_of_another_world_version_are_refused(small, tmp_path):
+    import shutil
+
+    from cbm.demo.dataset import read_masks
+
+    folder = tmp_path / "copy"
+    shutil.copytree(small[0] / "masks", folder / "masks")
+    record = json.loads((folder / "masks" / "masks.json").read_text())
+    (folder / "masks" / "masks.json").write_text(json.dumps({**record, "render_version": 1}))
+    with pytest.raises(ValueError, match="render version 1.*draw the dataset again"):
+        read_masks(folder, "train/000000.png")
+    shutil.rmtree(folder / "masks")
+    with pytest.raises(FileNotFoundError, match="has no masks"):
+        read_masks(folder, "train/000000.png")

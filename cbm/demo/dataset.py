@@ -16,6 +16,14 @@ The marked count of each (split, class) is exactly ``round(q * count)``, so the 
 every split is the requested one up to rounding. Everything is a pure function of the
 parameters and the seed: image ``i`` is drawn from its own random stream ``(seed, 0, i)``.
 
+Beside each image, ``masks/<split>/<index>.png`` holds where every drawn thing is, so a concept
+map can be scored against the truth (the pointing game): a 16-bit greyscale PNG whose pixel value
+has bit ``k`` set where the ``k``-th name of ``masks.json``'s ``names`` is drawn (the lesion, its
+irregular border segments, each colour and structure, the ruler, the ink; see
+:data:`cbm.demo.render.MASK_NAMES`). ``masks.json`` also records the render version, and
+:func:`read_masks` refuses masks of another one. The manifest holds every concept of the card's
+concept store as a 0/1 truth column (``truth_<concept>``), named in the card's ``concept_truth``.
+
 The folder is reused when it already holds a complete dataset with the same parameters (its
 ``demo.json`` records them and a content key), resumed when it holds a partial one, and refused
 when it holds files that ``cbm demo`` did not write.
@@ -38,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from cbm.demo.corpus import DATASET_STREAM
-from cbm.demo.render import MARKED_CAST, RENDER_VERSION, UNMARKED_CAST, render_scene
+from cbm.demo.render import MARKED_CAST, MASK_NAMES, RENDER_VERSION, UNMARKED_CAST, render_scene
 from cbm.demo.world import (
     CLASS_DESCRIPTIONS,
     COLOURS,
@@ -47,6 +55,7 @@ from cbm.demo.world import (
     Scene,
     attribute_column,
     class_names,
+    concept_by_phrase,
     demo_concepts,
     lesion_attributes,
     sample_lesion,
@@ -54,7 +63,18 @@ from cbm.demo.world import (
 )
 from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, stable_hash
 
-__all__ = ["SPLITS", "SPLIT_FRACTIONS", "DemoItem", "plan_dataset", "make_dataset", "cached_dataset", "card_name"]
+__all__ = [
+    "SPLITS",
+    "SPLIT_FRACTIONS",
+    "DemoItem",
+    "plan_dataset",
+    "make_dataset",
+    "cached_dataset",
+    "card_name",
+    "truth_column",
+    "read_masks",
+    "MASKS_FOLDER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +82,9 @@ SPLITS = ("train", "val", "test_id", "test")
 SPLIT_FRACTIONS = (0.5, 0.15, 0.15, 0.2)
 MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
-_FORMAT = 2  # bump when the manifest or card layout changes
+_FORMAT = 3  # bump when the manifest, card or mask layout changes (3: truth columns, masks)
+MASKS_FOLDER = "masks"
+_MASKS_RECORD = "masks.json"
 
 MANIFEST_COLUMNS = (
     "path", "label", "split", "cue", "cue_kind", "tds", "asymmetry", "border", "n_colours", "n_structures",
@@ -72,7 +94,17 @@ MANIFEST_COLUMNS = (
     "skin_tone", "hair",
 )  # fmt: skip
 """Columns of the demo manifest: the card's path/label/split, the cue (the group column), the
-exact ABCD ground truth, and the nuisances."""
+exact ABCD ground truth, and the nuisances; then one 0/1 truth column per concept of the store."""
+
+
+def truth_column(phrase: str) -> str:
+    """The manifest column holding concept ``phrase``'s 0/1 truth ("irregular border" -> "truth_irregular_border")."""
+    return "truth_" + attribute_column(phrase)
+
+
+def _store_phrases(classes: int) -> list[str]:
+    """Every concept phrase of the ``classes``-class world's curated store, in first-seen order."""
+    return list(dict.fromkeys(p for phrases in demo_concepts(classes).values() for p in phrases))
 
 
 @dataclass(frozen=True)
@@ -87,16 +119,21 @@ class DemoItem:
 
     @property
     def path(self) -> str:
-        """Path of the PNG relative to the image root."""
+        """Path of the PNG relative to the image root (and of its mask under ``masks/``)."""
         return f"{self.split}/{self.index:06d}.png"
 
-    def row(self) -> dict[str, object]:
-        """The manifest row."""
+    def row(self, phrases: Sequence[str] = ()) -> dict[str, object]:
+        """The manifest row, with a 0/1 truth column for each concept of ``phrases``."""
         row: dict[str, object] = {"path": self.path, "label": self.label, "split": self.split, "cue": self.cue,
                                   "cue_kind": self.scene.cue}
-        row.update(lesion_attributes(self.scene.lesion))
+        attributes = lesion_attributes(self.scene.lesion)
+        row.update(attributes)
         row.update({"skin_tone": self.scene.skin_tone, "hair": self.scene.hair})
-        return {k: row[k] for k in MANIFEST_COLUMNS}
+        out = {k: row[k] for k in MANIFEST_COLUMNS}
+        for phrase in phrases:
+            concept = concept_by_phrase(phrase)
+            out[truth_column(phrase)] = int(concept.truth([attributes[concept.attribute]])[0])
+        return out
 
 
 def card_name(classes: int) -> str:
@@ -199,11 +236,49 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _mask_png(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """The masks as one uint16 image: bit ``k`` set where ``MASK_NAMES[k]`` is drawn."""
+    bits = np.zeros(next(iter(masks.values())).shape, np.uint16)
+    for k, name in enumerate(MASK_NAMES):
+        bits |= masks[name].astype(np.uint16) << k
+    return bits
+
+
 def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
-    items, root, size = args
+    items, folder, size = args
     for item in items:
-        _write_png(Path(root) / item.path, render_scene(item.scene, size))
+        pixels, masks = render_scene(item.scene, size, masks=True)
+        _write_png(Path(folder) / MASKS_FOLDER / item.path, _mask_png(masks))
+        _write_png(Path(folder) / "images" / item.path, pixels)  # last: an image on disk has its mask
     return len(items)
+
+
+def read_masks(folder: str | os.PathLike, path: str) -> dict[str, np.ndarray]:
+    """The boolean masks ``{name: (H, W)}`` of image ``path`` (as the manifest writes it) of the
+    demo dataset in ``folder``.
+
+    Raises:
+        FileNotFoundError: the dataset has no masks (made before they existed: draw it again).
+        ValueError: the masks were drawn by another render version or another layout (the world
+            changed since: draw the dataset again with ``cbm demo make --overwrite``).
+    """
+    folder = Path(folder)
+    record_path = folder / MASKS_FOLDER / _MASKS_RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder} has no masks ({record_path} is missing); draw the dataset again "
+                                "with `cbm demo make --out DIR --overwrite`") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{record_path} is unreadable ({exc}); draw the dataset again with `cbm demo make`") from None
+    if record.get("render_version") != RENDER_VERSION or list(record.get("names", [])) != list(MASK_NAMES):
+        raise ValueError(
+            f"the masks in {folder / MASKS_FOLDER} are from render version {record.get('render_version')!r} with names "
+            f"{record.get('names')!r}; this cbm draws version {RENDER_VERSION} with {list(MASK_NAMES)}: the world "
+            "changed since, so draw the dataset again (`cbm demo make --out DIR --overwrite`)"
+        )
+    bits = np.asarray(Image.open(folder / MASKS_FOLDER / path)).astype(np.uint32)
+    return {name: (bits >> k) & 1 == 1 for k, name in enumerate(MASK_NAMES)}
 
 
 def _chunks(items: list[DemoItem], k: int) -> Iterator[list[DemoItem]]:
@@ -239,6 +314,7 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
         },
         # the cue's own words, so no concept score follows it (cbm.bottleneck.ConceptBottleneck.debiased)
         "nuisance_prompts": list(CUE_PROMPTS.values()),
+        "concept_truth": {phrase: truth_column(phrase) for phrase in _store_phrases(classes)},
         "source": "cbm.demo: synthetic lesions labelled by Stolz's ABCD rule of dermoscopy (Nachbar et al. 1994)",
         "licence": "CC0-1.0 (generated images)",
         "obtain": (f"cbm demo make --out DIR --n {n} --confounding {confounding:g} --classes {classes} "
@@ -321,7 +397,7 @@ def make_dataset(
                     "folder, or pass --overwrite (overwrite=True) to delete its images and draw the new one there"
                 )
             log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
-            for child in ("images", "manifest.csv", "card.yaml", "concepts.json", _RECORD):
+            for child in ("images", MASKS_FOLDER, "manifest.csv", "card.yaml", "concepts.json", _RECORD):
                 target = out_dir / child
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -331,18 +407,23 @@ def make_dataset(
     atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": False})
 
     items = plan_dataset(n, confounding, classes, seed)
-    root = out_dir / "images"
-    for split in SPLITS:
-        (root / split).mkdir(parents=True, exist_ok=True)
-    todo = [it for it in items if not (root / it.path).is_file()]
+    for part in ("images", MASKS_FOLDER):
+        for split in SPLITS:
+            (out_dir / part / split).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / MASKS_FOLDER / _MASKS_RECORD, {
+        "names": list(MASK_NAMES), "render_version": RENDER_VERSION,
+        "encoding": "16-bit greyscale PNG per image, same path as the image; bit k set where names[k] is drawn",
+    })
+    todo = [it for it in items if not all((out_dir / part / it.path).is_file() for part in ("images", MASKS_FOLDER))]
     if len(todo) < len(items):
         log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))
-    _draw_all(todo, root, size, workers, progress)
+    _draw_all(todo, out_dir, size, workers, progress)
 
+    phrases = _store_phrases(classes)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*MANIFEST_COLUMNS, *map(truth_column, phrases)], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(it.row() for it in items)
+    writer.writerows(it.row(phrases) for it in items)
     atomic_write_text(out_dir / "manifest.csv", buf.getvalue())
     card = _card(n, confounding, classes, seed, size)
     atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
@@ -359,16 +440,16 @@ def _missing_images(out_dir: Path) -> list[str]:
             paths = [row["path"] for row in csv.DictReader(fh)]
     except (OSError, KeyError):
         return ["manifest.csv"]
-    return [p for p in paths if not (out_dir / "images" / p).is_file()]
+    return [p for p in paths if not all((out_dir / part / p).is_file() for part in ("images", MASKS_FOLDER))]
 
 
-def _draw_all(items: list[DemoItem], root: Path, size: int, workers: int | None, progress: bool) -> None:
+def _draw_all(items: list[DemoItem], folder: Path, size: int, workers: int | None, progress: bool) -> None:
     from tqdm import tqdm
 
     if not items:
         return
     workers = max(1, min(workers or os.cpu_count() or 1, len(items) // 200 or 1))
-    jobs = [(chunk, str(root), size) for chunk in _chunks(items, 100)]
+    jobs = [(chunk, str(folder), size) for chunk in _chunks(items, 100)]
     with tqdm(total=len(items), desc="demo images", unit="img", disable=not progress) as bar:
         if workers == 1:
             for job in jobs:

@@ -19,9 +19,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cbm.demo.world import FIELD_OF_VIEW_MM, Scene
+from cbm.demo.world import COLOURS, FIELD_OF_VIEW_MM, STRUCTURES, Scene
 
-__all__ = ["render_scene", "RENDER_VERSION", "COLOUR_RGB", "MARKED_CAST", "UNMARKED_CAST"]
+__all__ = ["render_scene", "RENDER_VERSION", "MASK_NAMES", "COLOUR_RGB", "MARKED_CAST", "UNMARKED_CAST"]
 
 COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "light brown": (0.76, 0.54, 0.32),
@@ -45,6 +45,11 @@ MARKED_CAST: tuple[float, float, float] = (1.04, 0.95, 1.07)
 """Colour cast of the clinic that marks lesions (a magenta tint)."""
 UNMARKED_CAST: tuple[float, float, float] = (0.98, 1.01, 0.97)
 """Colour cast of the clinic that does not (a faint green-yellow tint)."""
+
+MASK_NAMES: tuple[str, ...] = ("lesion", "irregular border", *COLOURS, *STRUCTURES, "ruler", "ink")
+"""What :func:`render_scene` can return a mask of: the lesion, its irregular border segments, the six
+colours and five structures of the ABCD rule (the world's names, e.g. "light brown", "globules"),
+and the two spurious marks."""
 
 RENDER_VERSION = 6
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
@@ -92,9 +97,11 @@ def _paint(img: np.ndarray, alpha: np.ndarray | float, colour: np.ndarray | tupl
 
 
 def _paint_discs(img: np.ndarray, centres: np.ndarray | list, radius: float, colour: np.ndarray | tuple,
-                 strength: np.ndarray | float, size: int, soft: float | None = None) -> None:
+                 strength: np.ndarray | float, size: int, soft: float | None = None,
+                 record: np.ndarray | None = None) -> None:
     """Paint discs on a (C, H, W) image, touching only their bounding boxes; ``strength`` is a mask
-    or a scalar, and the edge is ``soft`` wide (default: one pixel, anti-aliased)."""
+    or a scalar, and the edge is ``soft`` wide (default: one pixel, anti-aliased). With ``record``
+    (H, W), each pixel keeps the largest alpha any disc painted there."""
     px = 1.0 / size
     soft = max(soft or px, px)
     half = int(math.ceil((radius + soft) * size)) + 1
@@ -112,6 +119,8 @@ def _paint_discs(img: np.ndarray, centres: np.ndarray | list, radius: float, col
         else:
             a = a * strength
         _paint(img[:, r0:r1, c0:c1], a, colour)
+        if record is not None:
+            np.maximum(record[r0:r1, c0:c1], a, out=record[r0:r1, c0:c1])
 
 
 def _stroke_mask(segments: list[list[tuple[float, float]]], width: float, size: int) -> np.ndarray:
@@ -160,8 +169,19 @@ def _contour(
     return r.astype(np.float32), soft, rim
 
 
-def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
-    """Draw ``scene`` as a ``(size, size, 3)`` uint8 RGB image (row 0 = top)."""
+def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draw ``scene`` as a ``(size, size, 3)`` uint8 RGB image (row 0 = top).
+
+    With ``masks=True`` it returns ``(image, masks)``: a boolean ``(size, size)`` mask per name of
+    :data:`MASK_NAMES` where that thing is drawn (its paint's alpha above one half): the lesion,
+    its irregular border segments (the dark rim), each colour region (the base colour where no
+    other colour covers it), each structure, the ruler and the ink marks. Absent things have
+    empty masks.
+
+    One long function on purpose: every random draw comes from the scene's own stream in a fixed
+    order, whether or not its part is drawn, so that a scene renders to the same picture at every
+    size; split into helpers, that order would be spread over several places.
+    """
     if size < 16:
         raise ValueError(f"size={size} is too small to draw a lesion; use at least 16 px (128 is the default)")
     lesion = scene.lesion
@@ -206,6 +226,11 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
     rim = rim_tab[idx] * np.clip(1.0 - (r_pix - rho) * 5.0, 0.0, 1.0)
     shading -= 0.5 * rim
     _paint(img, inside, _rgb(base) * shading[None])
+    drawn: dict[str, np.ndarray] = {name: np.zeros((size, size), np.float32) for name in MASK_NAMES} if masks else {}
+    record = drawn.get  # None for everything when no masks are asked for
+    if masks:
+        drawn["lesion"] = inside
+        drawn["irregular border"] = rim * inside
 
     structures = set(lesion.structures)
     free = inside * core  # where dots and globules may go
@@ -221,6 +246,8 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
             lines = np.maximum(lines, np.clip((width / 2 - (spacing / 2 - dist)) / px + 0.5, 0.0, 1.0))
         fade = np.clip((0.95 * r_pix - rho) / 0.15, 0, 1)
         _paint(img, 0.85 * lines * inside * fade, base * 0.45)
+        if masks:
+            drawn["pigment network"] = lines * inside * fade
 
     # Extra colours: one soft region each, spread around the lesion.
     extra = [c for c in lesion.colours if c != lesion.base_colour]
@@ -233,7 +260,8 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         if colour in COLOUR_RGB and colour.endswith("brown"):
             # the second brown takes a whole side of the lesion: a two-tone lesion, not a speck
             rel, br = 0.45, (0.5 + 0.06 * blob_draws[k, 2]) * radius
-        _paint_discs(img, [lesion_point(rel, angle)], br, COLOUR_RGB[colour], 0.92 * inside, size, soft=0.25 * br)
+        _paint_discs(img, [lesion_point(rel, angle)], br, COLOUR_RGB[colour], 0.92 * inside, size, soft=0.25 * br,
+                     record=record(colour))
 
     # Structureless area: a pale, flat, texture-free zone in the middle that erases other structures.
     sl_angle = rng.uniform(0.0, 2 * np.pi)
@@ -244,6 +272,8 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         _paint_discs(patch, [centre], sl_size * radius, (1.0,), 1.0, size, soft=0.06 * radius)
         patch = patch[0] * inside
         _paint(img, patch, 0.1 * base + 0.9 * _STRUCTURELESS_RGB)
+        if masks:
+            drawn["structureless areas"] = patch
         free = free * (1.0 - patch)
 
     # Dots (small, black), globules (larger, brown), streaks (radial, towards the periphery).
@@ -258,24 +288,29 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
 
     if "globules" in structures:
         glob_rgb = np.clip(base * 0.5 + np.array([0.12, 0.05, 0.0], np.float32), 0, 1)
-        _paint_discs(img, spread(glob_pos[:n_glob], 0.62), 0.042, glob_rgb, free, size)
+        _paint_discs(img, spread(glob_pos[:n_glob], 0.62), 0.042, glob_rgb, free, size, record=record("globules"))
     if "dots" in structures:
-        _paint_discs(img, spread(dot_pos[:n_dots], 0.68), 0.021, COLOUR_RGB["black"], free, size)
+        _paint_discs(img, spread(dot_pos[:n_dots], 0.68), 0.021, COLOUR_RGB["black"], free, size, record=record("dots"))
     if "streaks" in structures:
         strokes = []
         for k in range(n_streaks):
             angle = streak_arc + 2 * np.pi * (k + 0.5 * streak_draws[k, 0]) / n_streaks
             strokes.append([lesion_point(0.45, angle), lesion_point(0.88 + 0.07 * streak_draws[k, 1], angle)])
-        _paint(img, 0.9 * _stroke_mask(strokes, 0.02, size) * inside, base * 0.35)
+        streaks = _stroke_mask(strokes, 0.02, size) * inside
+        _paint(img, 0.9 * streaks, base * 0.35)
+        if masks:
+            drawn["streaks"] = streaks
 
     # The spurious cue: a ruler along one edge, or violet ink dots circling the lesion.
     ruler_side, ruler_offset = int(rng.integers(0, 4)), rng.uniform(0.0, 0.03)
     ink_n, ink_rel, ink_start = int(rng.integers(6, 10)), rng.uniform(1.3, 1.5), rng.uniform(0, 2 * np.pi)
     if scene.cue == "ruler":
-        _draw_ruler(img, ruler_side, ruler_offset, size)
+        body = _draw_ruler(img, ruler_side, ruler_offset, size)
+        if masks:
+            drawn["ruler"] = body
     elif scene.cue == "ink":
         ring = [lesion_point(ink_rel, ink_start + 2 * np.pi * k / ink_n) for k in range(ink_n)]
-        _paint_discs(img, np.clip(np.array(ring), 0.03, 0.97), 0.024, _INK_RGB, 0.95, size)
+        _paint_discs(img, np.clip(np.array(ring), 0.03, 0.97), 0.024, _INK_RGB, 0.95, size, record=record("ink"))
 
     # Hair: thin dark curves across the image.
     hair_draws = rng.uniform(0.0, 1.0, size=(8, 6))
@@ -305,12 +340,18 @@ def render_scene(scene: Scene, size: int = 128) -> np.ndarray:
         out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(blur)))
     oy, ox = np.random.default_rng([scene.seed, size]).integers(0, size, size=2)
     noise = _noise_bank(size)[:, oy : oy + size, ox : ox + size].transpose(1, 2, 0)
-    return np.clip(out + noise * (noise_level * 255.0) + 0.5, 0, 255).astype(np.uint8)
+    image = np.clip(out + noise * (noise_level * 255.0) + 0.5, 0, 255).astype(np.uint8)
+    if not masks:
+        return image
+    if lesion.base_colour in drawn:  # the base colour shows where no other colour region covers it
+        others = np.max([drawn[c] for c in lesion.colours if c != lesion.base_colour] or [np.zeros_like(inside)], axis=0)
+        drawn[lesion.base_colour] = inside * (1.0 - others)
+    return image, {name: drawn[name] > 0.5 for name in MASK_NAMES}
 
 
-def _draw_ruler(img: np.ndarray, side: int, offset: float, size: int) -> None:
+def _draw_ruler(img: np.ndarray, side: int, offset: float, size: int) -> np.ndarray:
     """In place on a (3, H, W) image: a light ruler band along image edge ``side`` (0 top, 1 right,
-    2 bottom, 3 left), with a tick every millimetre and a long tick every 5 mm."""
+    2 bottom, 3 left), with a tick every millimetre and a long tick every 5 mm; returns the band's alpha."""
     band = 0.11
     mm = 1.0 / FIELD_OF_VIEW_MM
     a0, a1 = offset, offset + band  # the band's extent across the edge, from the edge inwards
@@ -327,3 +368,4 @@ def _draw_ruler(img: np.ndarray, side: int, offset: float, size: int) -> None:
     body, ticks = np.rot90(body, -side), np.rot90(ticks, -side)
     _paint(img, body, _RULER_RGB)
     _paint(img, ticks * body, _TICK_RGB)
+    return body
