@@ -48,6 +48,11 @@ FORMAT = "cbm.ConceptBottleneckModel"
 FORMAT_VERSION = 3
 ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[, C]) array in [0, 1]
 
+# "Present" / "absent" set a concept's score to where the training images at these percentiles sit.
+PRESENT_PERCENTILE = 95.0
+ABSENT_PERCENTILE = 5.0
+_FALLBACK_LEVEL = 2.0  # +-2 standard deviations when the model folder has no training scores
+
 
 @dataclass(frozen=True)
 class ConceptContribution:
@@ -91,6 +96,10 @@ class ConceptBottleneckModel:
         train_raw_scores: ``(n_train, n_concepts)`` raw training scores (percentiles, intervention levels).
         concept_prior: ``(n_classes, n_concepts)`` 0/1: the classes the concept store lists each
             concept under (what a faithful weight must agree with); ``None`` for older models.
+        concept_levels: ``(2, n_concepts)``: the standardised score that means "absent" (row 0)
+            and "present" (row 1) for each concept, when the training card annotated concept truth
+            (the mean score of the training images annotated absent / present); ``None``: the
+            training scores' 5th and 95th percentiles stand in (:meth:`presence_levels`).
         info: free JSON-serialisable facts (card, metrics, head settings, provenance).
     """
 
@@ -105,6 +114,7 @@ class ConceptBottleneckModel:
         encoder_key: str | None = None,
         train_raw_scores: np.ndarray | None = None,
         concept_prior: np.ndarray | None = None,
+        concept_levels: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         self.encoder_name = encoder_name
@@ -126,6 +136,30 @@ class ConceptBottleneckModel:
             )
         if self.concept_prior is not None and self.concept_prior.shape != (k, c):
             raise ValueError(f"concept_prior has shape {self.concept_prior.shape}; expected {k} classes x {c} concepts")
+        self.concept_levels = None if concept_levels is None else np.asarray(concept_levels, np.float32)
+        if self.concept_levels is not None and self.concept_levels.shape != (2, c):
+            raise ValueError(f"concept_levels has shape {self.concept_levels.shape}; expected (2, {c})")
+
+    def presence_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised scores that mean "absent" and "present" for each concept, ``(C,)`` each.
+
+        Interventions (the report's controls, the faithfulness curve) set a concept to one of them.
+        Where the training card annotated the concept, they are the mean scores of the training
+        images annotated absent and present (:attr:`concept_levels`): a concept set from the truth
+        then sits where such images sit, and the head weighs it as it learnt to. Otherwise they are
+        the training images' raw scores at :data:`ABSENT_PERCENTILE` and :data:`PRESENT_PERCENTILE`
+        (a clearly low or clearly high score the model has seen), standardised like any score;
+        -2 and +2 when the model folder holds no training scores either.
+        """
+        if self.concept_levels is not None:
+            return self.concept_levels[0].copy(), self.concept_levels[1].copy()
+        bn = self.bottleneck
+        raw = self.train_raw_scores
+        if raw is None or len(raw) < 2 or bn.mean_ is None or bn.std_ is None:
+            c = bn.n_concepts
+            return np.full(c, -_FALLBACK_LEVEL, np.float32), np.full(c, _FALLBACK_LEVEL, np.float32)
+        lo, hi = np.percentile(raw, [ABSENT_PERCENTILE, PRESENT_PERCENTILE], axis=0)
+        return ((lo - bn.mean_) / bn.std_).astype(np.float32), ((hi - bn.mean_) / bn.std_).astype(np.float32)
 
     def contradicting_weights(self) -> list[tuple[str, str, float]]:
         """``(class, concept, weight)`` for every non-zero weight that pushes a concept towards a class
@@ -278,6 +312,8 @@ class ConceptBottleneckModel:
             tensors["train_raw_scores_sorted"] = torch.from_numpy(self.train_raw_scores.copy())
         if self.concept_prior is not None:
             tensors["concept_prior"] = torch.from_numpy(self.concept_prior.copy())
+        if self.concept_levels is not None:
+            tensors["concept_levels"] = torch.from_numpy(self.concept_levels.copy())
         atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(
             tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)}))
         atomic_write_json(
@@ -320,12 +356,13 @@ class ConceptBottleneckModel:
         except ValueError as exc:
             raise ModelFormatError(weights_path, f"holds concept embeddings cbm cannot use ({exc})", _REFIT) from None
         raw = tensors.get("train_raw_scores_sorted")
-        prior = tensors.get("concept_prior")
+        prior, levels = tensors.get("concept_prior"), tensors.get("concept_levels")
         return cls(
             meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),
             encoder_key=meta.get("encoder_key"),
             train_raw_scores=None if raw is None else raw.numpy(),
             concept_prior=None if prior is None else prior.numpy(),
+            concept_levels=None if levels is None else levels.numpy(),
             info=meta["info"],
         )
 
@@ -397,7 +434,7 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     shapes: dict[str, tuple[int, ...] | None] = {
         "coef": (k, c), "intercept": (k,), "concept_embeddings": (c, d), "score_mean": (c,), "score_std": (c,),
     }
-    optional = {"concept_offset": (d,), "train_raw_scores_sorted": None, "concept_prior": (k, c)}
+    optional = {"concept_offset": (d,), "train_raw_scores_sorted": None, "concept_prior": (k, c), "concept_levels": (2, c)}
     for name, shape in {**shapes, **optional}.items():
         t = tensors.get(name)
         if t is None:

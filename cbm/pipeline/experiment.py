@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
+from cbm.pipeline.faithfulness import check_truth_names, measure_faithfulness
 from cbm.pipeline.fitting import FitResult, fit_model, full_coef
 from cbm.pipeline.inputs import check_splits_present, extract_splits, resolve_card
 from cbm.pipeline.outputs import path_chart, results_table
@@ -90,6 +91,8 @@ def run_experiment(
     check = getattr(head, "check_params", None)
     if callable(check):  # a bad head setting is reported before the images are encoded
         check()
+    store = _store_names(card)
+    check_truth_names(card, _given_names(concepts), store)  # a mistyped truth column name, before any encoding
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -109,6 +112,11 @@ def run_experiment(
     metrics = evaluate_methods(card, probas, splits, n_bootstrap=n_bootstrap, seed=seed)
     for method, e in extra.items():
         metrics[method].update(e)
+    t = time.perf_counter()
+    for method, (coef, intercept, estimator) in _concept_heads(fit, extra, seed).items():
+        metrics[method]["faithfulness"] = measure_faithfulness(
+            fit.model, card, splits, coef=coef, intercept=intercept, head=estimator, store_names=store, seed=seed)
+    timings["faithfulness"] = time.perf_counter() - t
     for name, fn in (extra_metrics or {}).items():
         metrics["cbm"][name] = fn(fit)
     atomic_write_json(out / "metrics.json", metrics)
@@ -126,6 +134,43 @@ def run_experiment(
     return metrics
 
 
+def _store_names(card) -> list[str]:
+    """The concepts of the card's store (empty without one)."""
+    from cbm.concepts import load_concepts
+
+    try:
+        return list(load_concepts(card).concepts)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _given_names(concepts: Any) -> list[str]:
+    """The phrases of explicitly given concepts (a list, or ``{class: [phrases]}``)."""
+    if isinstance(concepts, dict):
+        return [p for v in concepts.values() for p in ([v] if isinstance(v, str) else v)]
+    if isinstance(concepts, (list, tuple)):
+        return list(concepts)
+    return list(getattr(concepts, "concepts", []) or [])
+
+
+def _concept_heads(fit: FitResult, extra: dict, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
+    """Every head on the concept scores, as (coef, intercept, an unfitted estimator of its type for the oracle)."""
+    from sklearn.base import clone
+
+    from cbm.heads import DenseConceptHead
+
+    heads = {"cbm": (fit.model.coef, fit.model.intercept, clone(fit.head))}
+    if "cbm_unconstrained" in extra:
+        free = clone(fit.head).set_params(constraint=None, prior=None)
+        heads["cbm_unconstrained"] = (np.array(extra["cbm_unconstrained"]["coef"], np.float32),
+                                      np.array(extra["cbm_unconstrained"]["intercept"], np.float32), free)
+    if "dense_concepts" in extra:
+        heads["dense_concepts"] = (np.array(extra["dense_concepts"]["coef"], np.float32),
+                                   np.array(extra["dense_concepts"]["intercept"], np.float32),
+                                   DenseConceptHead(random_state=seed))
+    return heads
+
+
 def _head_facts(fit: FitResult) -> dict[str, Any]:
     model = fit.model
     return {
@@ -137,6 +182,8 @@ def _head_facts(fit: FitResult) -> dict[str, Any]:
 def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[str], templates, seed: int,
                    probas: dict, extra: dict, timings: dict) -> None:
     """Fit every baseline asked for on the same features; fill ``probas``, ``extra`` and ``timings``."""
+    from sklearn.base import clone
+
     from cbm.encoders import encode_texts
     from cbm.heads import DenseConceptHead, LinearProbe, zero_shot_logits
 
@@ -145,7 +192,7 @@ def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[s
     n_classes = len(card.class_names)
     if which.get("cbm_unconstrained") and getattr(fit.head, "constraint", None):
         t = time.perf_counter()
-        free = fit.head.__class__(**{**fit.head.get_params(), "constraint": None, "prior": None})
+        free = clone(fit.head).set_params(constraint=None, prior=None)
         free.fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
         coef, intercept = full_coef(free, n_classes)
         probas["cbm_unconstrained"] = {s: softmax(scores[s] @ coef.T + intercept) for s in eval_names}
@@ -172,9 +219,43 @@ def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[s
         timings["dense_concepts"] = time.perf_counter() - t
 
 
+def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
+    """results.md's faithfulness table: one row per concept method that was measured."""
+    rows = []
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    for method, r in metrics.items():
+        f = r.get("faithfulness")
+        if not f:
+            continue
+        if not f.get("measured"):
+            rows.append(f"| {method} | not measured: {f.get('reason')} | | | | | |")
+            continue
+        curve = f["intervention"]
+        first, last = curve[0], curve[-1]
+        shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
+        oracle = f.get("oracle") or {}
+        cue = f.get("cue_leakage") or {}
+        three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        oracle_text = " / ".join(pct(v) for v in oracle.values()) or "–"
+        rows.append(
+            f"| {method} | {three(f.get('sign_agreement'))} | {three(f.get('mean_concept_auroc'))} | "
+            f"{shift} (k = {last['k']}) | {oracle_text} | {three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))} |"
+        )
+    if not rows:
+        return None
+    return "\n".join([
+        "Faithfulness (against the card's concept truth; metrics.json has every figure):",
+        "",
+        "| method | sign agreement | mean concept AUROC | interventions ID / OOD, k = 0 → all | oracle ID / OOD | "
+        "cue from logit (AUROC) | cue from scores (AUROC) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+
+
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
-    notes = []
+    notes = [t for t in [_faithfulness_table(metrics)] if t]
     rule = metrics["cbm"].get("abcd_rule")
     if rule:
         letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())

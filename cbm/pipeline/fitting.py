@@ -146,10 +146,34 @@ def fit_model(
         encoder_key=getattr(enc, "cache_key", None),
         train_raw_scores=bn.raw_scores(train.features),
         concept_prior=prior,
+        concept_levels=truth_levels(card, train, names, scores["train"]),
         info=_record(card, splits, est, cset, templates, bn, centred_on),
     )
     model.set_encoder(enc)
     return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores)
+
+
+MIN_ANNOTATED = 5
+"""A concept's truth-calibrated levels need at least this many training images annotated present and absent."""
+
+
+def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
+    """``(2, C)``: the mean standardised training score of the images annotated absent (row 0) and
+    present (row 1), per concept, where the card annotates concept truth; the 5th and 95th
+    percentiles of the training scores for a concept with fewer than ``MIN_ANNOTATED`` of either.
+    ``None`` when the card annotates none of the concepts."""
+    from cbm.pipeline.faithfulness import truth_matrix
+
+    annotated, truth = truth_matrix(card, train, names)
+    if not annotated:
+        return None
+    levels = np.percentile(scores, [5.0, 95.0], axis=0).astype(np.float32)
+    for j, name in enumerate(annotated):
+        c = names.index(name)
+        present, absent = truth[:, j] == 1, truth[:, j] == 0
+        if present.sum() >= MIN_ANNOTATED and absent.sum() >= MIN_ANNOTATED:
+            levels[:, c] = scores[absent, c].mean(), scores[present, c].mean()
+    return levels
 
 
 def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, explicit: bool) -> tuple[ConceptBottleneck, int]:

@@ -1,0 +1,313 @@
+"""Faithfulness: do a head's concepts behave like the concepts they are named after?
+
+Measured wherever the card annotates concept truth (its ``concept_truth`` maps a concept phrase to
+a manifest column of 1/0, yes/no, true/false or present/absent; empty = not annotated): the demo
+world, and real cards with concept annotations. Every figure reads the truth, never the label
+alone, and nothing here chooses anything.
+
+- ``concept_auroc``: per concept, the AUROC of its standardised score against its truth (test split).
+- ``sign_agreement``: the share of the head's absolute weight whose sign agrees with the truth's
+  association with the class: the phi coefficient of the concept's truth with "is class k" on
+  the training split. A weight on a concept unrelated to the label (``|phi| < UNRELATED_PHI``)
+  counts as disagreeing; weights on concepts without truth are left out (their share is given).
+- ``intervention``: accuracy in and out of domain when the k most-weighted concepts (k = 0, 1, 2,
+  4, 8, ..., all used concepts with truth) are set from the truth as the report's controls do
+  (present: the training scores' 95th percentile, absent: the 5th; see
+  ``ConceptBottleneckModel.presence_levels``). ``oracle``: the same head type fitted on those
+  truth-derived values (its train and val splits) and measured on them: the ceiling.
+- ``cue_leakage`` (a card with a two-valued group, e.g. the demo's cue): within each class, the
+  cross-validated AUROC of the group from the standardised concept scores (``scores_auroc``) and
+  the AUROC of the group from the head's class-vs-rest logit (``logit_auroc``, taken as
+  max(a, 1 - a): leaking either way counts), averaged over classes by size, on the in- and
+  out-of-domain test splits together.
+
+A card without truth gets ``{"measured": False, "reason": ...}``, never zeros.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cbm.pipeline.inputs import SplitData
+from cbm.pipeline.scoring import eval_splits
+
+__all__ = ["UNRELATED_PHI", "truth_matrix", "check_truth_names", "measure_faithfulness", "intervention_curve"]
+
+log = logging.getLogger(__name__)
+
+UNRELATED_PHI = 0.1
+"""A concept whose truth has |phi| below this with a class (a small effect by Cohen's convention)
+is unrelated to it: any weight it gets counts as disagreeing."""
+
+_TRUE = {"1", "1.0", "yes", "y", "true", "t", "present"}
+_FALSE = {"0", "0.0", "no", "n", "false", "f", "absent"}
+
+
+def _parse(value: str, column: str, manifest: Any) -> float:
+    v = str(value).strip().lower()
+    if v == "":
+        return np.nan
+    if v in _TRUE:
+        return 1.0
+    if v in _FALSE:
+        return 0.0
+    raise ValueError(
+        f"manifest {manifest}: concept truth column {column!r} holds {value!r}; use 1/0, yes/no, true/false or "
+        "present/absent (empty = not annotated)"
+    )
+
+
+def check_truth_names(card, concept_names: Sequence[str], store_names: Sequence[str] = ()) -> None:
+    """Raise when the card's ``concept_truth`` names a concept that is neither a concept of the model
+    nor of the card's concept store (a typo would otherwise leave the concept unmeasured in silence)."""
+    known = list(dict.fromkeys([*concept_names, *store_names]))
+    unmatched = [c for c in getattr(card, "concept_truth", {}) if c not in known]
+    if unmatched:
+        hints = "; ".join(
+            f"{name!r} (closest: {', '.join(repr(c) for c in difflib.get_close_matches(name, known, n=3, cutoff=0.4)) or 'none'})"
+            for name in unmatched
+        )
+        raise ValueError(
+            f"card {card.name!r} ({card.path}): concept_truth names concepts that are not concepts of the model or "
+            f"the card's concept store: {hints}. Fix the names in the card's concept_truth"
+        )
+
+
+def truth_matrix(card, split: SplitData, concept_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The concepts of ``concept_names`` the card has truth for, and their truth ``(n, m)``: 1, 0 or NaN."""
+    mapping = getattr(card, "concept_truth", {}) or {}
+    names = [c for c in concept_names if c in mapping]
+    out = np.full((len(split), len(names)), np.nan)
+    for j, name in enumerate(names):
+        column = mapping[name]
+        if split.extras and column not in split.extras[0]:
+            raise ValueError(f"manifest {card.manifest_path}: the card's concept_truth names column {column!r} for "
+                             f"{name!r}, but the manifest has no such column; add it or fix the card")
+        out[:, j] = [_parse(row.get(column, ""), column, card.manifest_path) for row in split.extras]
+    return names, out
+
+
+def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Phi coefficient of each concept's truth with each class indicator, ``(K, m)`` (NaN: undefined)."""
+    out = np.full((n_classes, truth.shape[1]), np.nan)
+    for j in range(truth.shape[1]):
+        known = ~np.isnan(truth[:, j])
+        t = truth[known, j]
+        for k in range(n_classes):
+            y = (labels[known] == k).astype(float)
+            if t.std() > 0 and y.std() > 0:
+                out[k, j] = float(np.corrcoef(t, y)[0, 1])
+    return out
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    keep = ~np.isnan(y)
+    if keep.sum() < 2 or len(np.unique(y[keep])) < 2:
+        return None
+    return float(roc_auc_score(y[keep], s[keep]))
+
+
+def _set_from_truth(z: np.ndarray, truth: np.ndarray, columns: Sequence[int], levels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Scores ``z`` with the given concept columns set to their present/absent level where the truth is known."""
+    absent, present = levels
+    z = z.copy()
+    for j, c in columns:
+        t = truth[:, j]
+        z[:, c] = np.where(t == 1, present[c], np.where(t == 0, absent[c], z[:, c]))
+    return z
+
+
+def _accuracy(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray, labels: np.ndarray) -> float:
+    return float(((z @ coef.T + intercept).argmax(1) == labels).mean())
+
+
+def intervention_curve(
+    coef: np.ndarray, intercept: np.ndarray, concept_names: Sequence[str], levels: tuple[np.ndarray, np.ndarray],
+    evaluations: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]], concepts: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Accuracy as the most-weighted concepts are set from the truth, one step per k = 0, 1, 2, 4, ... all.
+
+    Args:
+        coef, intercept: the head, ``(K, C)`` and ``(K,)``, on standardised scores.
+        levels: ``(absent, present)`` standardised levels per concept.
+        evaluations: name (e.g. ``"id"``) -> (scores ``(n, C)``, labels, truth ``(n, m)``, truth's concept names).
+        concepts: the order to intervene in (default: by total absolute weight); each must be used by the head.
+
+    Returns:
+        The curve ``[{"k", "<name>_accuracy", ...}]`` and the concepts in intervention order.
+
+    Raises:
+        ValueError: a given concept has no weight in the head (setting it would change nothing).
+    """
+    index = {c: i for i, c in enumerate(concept_names)}
+    weight = np.abs(coef).sum(0)
+    with_truth = set.intersection(*(set(e[3]) for e in evaluations.values())) if evaluations else set()
+    if concepts is None:
+        order = [c for c in sorted(with_truth, key=lambda c: (-weight[index[c]], c)) if weight[index[c]] > 0]
+    else:
+        unused = [c for c in concepts if c not in index or weight[index[c]] == 0]
+        if unused:
+            raise ValueError(f"the head gives no weight to {unused}: an intervention on them changes no prediction; "
+                             f"the head uses {[c for c in concept_names if weight[index[c]] > 0]}")
+        order = list(concepts)
+    steps = sorted({0, len(order), *(k for k in (2**i for i in range(12)) if k < len(order))})
+    curve = []
+    for k in steps:
+        point: dict[str, Any] = {"k": k}
+        for name, (z, labels, truth, names) in evaluations.items():
+            cols = [(names.index(c), index[c]) for c in order[:k]]
+            point[f"{name}_accuracy"] = _accuracy(_set_from_truth(z, truth, cols, levels), coef, intercept, labels)
+        curve.append(point)
+    return curve, order
+
+
+def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str], phi: np.ndarray,
+                    classes: Sequence[str]) -> dict[str, Any]:
+    col = {c: i for i, c in enumerate(concept_names)}
+    agree = disagree = without = 0.0
+    disagreeing = []
+    for k in range(coef.shape[0]):
+        for c in concept_names:
+            w = float(coef[k, col[c]])
+            if w == 0:
+                continue
+            if c not in names:
+                without += abs(w)
+                continue
+            a = phi[k, names.index(c)]
+            if np.isnan(a) or abs(a) < UNRELATED_PHI or np.sign(a) != np.sign(w):
+                disagree += abs(w)
+                disagreeing.append({"class": classes[k], "concept": c, "weight": round(w, 4),
+                                    "association": None if np.isnan(a) else round(float(a), 3)})
+            else:
+                agree += abs(w)
+    total = agree + disagree
+    return {
+        "sign_agreement": None if total == 0 else agree / total,
+        "weight_without_truth": None if total + without == 0 else without / (total + without),
+        "disagreeing": sorted(disagreeing, key=lambda d: -abs(d["weight"])),
+    }
+
+
+def _cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
+                 intercept: np.ndarray, seed: int) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    names = [s for s in ("test_id", "test") if s in splits and splits[s].groups is not None]
+    if not names:
+        return {"measured": False, "reason": f"card {card.name!r} names no group (cue) column, or its test splits lack it"}
+    groups = np.concatenate([splits[s].groups for s in names])
+    values = sorted(set(groups) - {""})
+    if len(values) != 2:
+        return {"measured": False, "reason": f"the group column has {len(values)} values ({values[:5]}); the cue "
+                                             "leakage needs a two-valued cue"}
+    z = np.concatenate([scores[s] for s in names])
+    labels = np.concatenate([splits[s].labels for s in names])
+    logits = z @ coef.T + intercept
+    cue = (groups == values[1]).astype(int)
+    by_scores, by_logit, sizes = [], [], []
+    for k in np.unique(labels):
+        sel = (labels == k) & (groups != "")
+        counts = np.bincount(cue[sel], minlength=2)
+        if counts.min() < 5:
+            continue
+        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=seed)
+        prob = cross_val_predict(LogisticRegression(max_iter=2000), z[sel], cue[sel], cv=folds, method="predict_proba")[:, 1]
+        margin = logits[sel, k] - np.delete(logits[sel], k, axis=1).mean(1)
+        a = float(roc_auc_score(cue[sel], margin))
+        by_scores.append(float(roc_auc_score(cue[sel], prob)))
+        by_logit.append(max(a, 1 - a))
+        sizes.append(int(sel.sum()))
+    if not sizes:
+        return {"measured": False, "reason": "no class has at least 5 images of each cue value in the test splits"}
+    return {
+        "scores_auroc": float(np.average(by_scores, weights=sizes)),
+        "logit_auroc": float(np.average(by_logit, weights=sizes)),
+        "cue": card.group_column, "values": values, "splits": names, "n": int(sum(sizes)),
+    }
+
+
+def _oracle(head: Any, prior: np.ndarray | None, columns: list[int], levels, truth_by_split: dict[str, np.ndarray],
+            splits: dict[str, SplitData], evaluate: dict[str, str]) -> dict[str, Any]:
+    """The same head type fitted on truth-derived concept values (unknown truth: the mean, 0)."""
+    from sklearn.base import clone
+
+    absent, present = levels
+
+    def values(split: str) -> np.ndarray:
+        t = truth_by_split[split]
+        return np.where(t == 1, present[columns], np.where(t == 0, absent[columns], 0.0)).astype(np.float32)
+
+    est = clone(head)
+    if prior is not None and getattr(est, "needs_prior", lambda: False)():
+        est.set_params(prior=prior[:, columns])
+    est.fit(values("train"), splits["train"].labels, X_val=values("val"), y_val=splits["val"].labels)
+    return {f"{name}_accuracy": float((est.predict(values(split)) == splits[split].labels).mean())
+            for name, split in evaluate.items()}
+
+
+def measure_faithfulness(
+    model: Any,
+    card: Any,
+    splits: dict[str, SplitData],
+    *,
+    coef: np.ndarray | None = None,
+    intercept: np.ndarray | None = None,
+    head: Any = None,
+    store_names: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Faithfulness figures of a head on a card with concept truth (see the module docstring).
+
+    Args:
+        model: a fitted ``ConceptBottleneckModel`` (its bottleneck scores the splits; its head is
+            measured unless ``coef``/``intercept`` give another head on the same scores).
+        card: the ``DataCard`` (its ``concept_truth``, confounder and group column).
+        splits: encoded splits with at least train, val and test (``cbm.pipeline.extract_splits``).
+        coef, intercept: another head's ``(K, C)`` weights and biases on the model's concept scores.
+        head: an unfitted estimator of the measured head's type, for the ``oracle`` (omitted without one).
+        store_names: the card's concept store (truth may name any of its concepts).
+        seed: seed of the cross-validation folds of ``cue_leakage``.
+    """
+    names = model.bottleneck.concept_names
+    if not getattr(card, "concept_truth", None):
+        return {"measured": False, "reason": f"card {card.name!r} names no concept truth columns (concept_truth)"}
+    check_truth_names(card, names, store_names)
+    coef = model.coef if coef is None else np.asarray(coef, np.float32)
+    intercept = model.intercept if intercept is None else np.asarray(intercept, np.float32)
+    scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
+    truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
+    with_truth = truth["train"][0]
+    if not with_truth:
+        return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
+    levels = model.presence_levels()
+    id_split, ood_split, _ = eval_splits(card, splits)
+    evaluate = {"id": id_split, **({"ood": ood_split} if ood_split else {})}
+    col = {c: i for i, c in enumerate(names)}
+    test_names, test_truth = truth["test"]
+    out: dict[str, Any] = {
+        "measured": True,
+        "concepts_with_truth": len(with_truth),
+        "concept_auroc": {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)},
+    }
+    known = [v for v in out["concept_auroc"].values() if v is not None]
+    out["mean_concept_auroc"] = float(np.mean(known)) if known else None
+    phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
+    out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
+    evaluations = {name: (scores[s], splits[s].labels, truth[s][1], truth[s][0]) for name, s in evaluate.items()}
+    out["intervention"], out["intervention_order"] = intervention_curve(coef, intercept, names, levels, evaluations)
+    if head is not None:
+        columns = [col[c] for c in with_truth]
+        truth_by_split = {s: truth[s][1] for s in ("train", "val", *evaluate.values())}
+        out["oracle"] = _oracle(head, model.concept_prior, columns, levels, truth_by_split, splits, evaluate)
+    out["cue_leakage"] = _cue_leakage(card, splits, scores, coef, intercept, seed)
+    return out

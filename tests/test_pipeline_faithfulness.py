@@ -1,0 +1,106 @@
+"""Faithfulness figures: sign agreement, interventions, the oracle, cue leakage, and their refusals."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cbm.pipeline.faithfulness import (
+    UNRELATED_PHI,
+    _phi,
+    _sign_agreement,
+    check_truth_names,
+    intervention_curve,
+    truth_matrix,
+)
+from cbm.pipeline.inputs import SplitData
+
+
+def _world(n: int = 2000, seed: int = 0):
+    """Two classes; concept a and b follow the label, u is unrelated; scores are truth plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    truth = np.stack([(rng.random(n) < np.where(y == 1, 0.9, 0.1)),
+                      (rng.random(n) < np.where(y == 1, 0.2, 0.8)),
+                      rng.random(n) < 0.5], 1).astype(float)
+    z = (truth - 0.5) * 2 + rng.normal(0, 1.2, truth.shape)
+    return y, truth, z.astype(np.float32)
+
+
+def test_phi_and_sign_agreement_count_unrelated_concepts_as_disagreeing():
+    y, truth, _ = _world()
+    phi = _phi(truth, y, 2)
+    assert phi[1, 0] > 0.6 and phi[1, 1] < -0.5 and abs(phi[1, 2]) < UNRELATED_PHI
+    names = ["a", "b", "u"]
+    faithful = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])  # a -> class 1, b -> class 0
+    r = _sign_agreement(faithful, names, names, phi, ["n", "m"])
+    assert r["sign_agreement"] == 1.0 and r["disagreeing"] == []
+    contrary = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])  # the unrelated u gets a weight
+    r = _sign_agreement(contrary, names, names, phi, ["n", "m"])
+    assert r["sign_agreement"] == pytest.approx(3 / 4)
+    assert r["disagreeing"][0]["concept"] == "u"
+    wrong = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # a pushes towards the class it argues against
+    assert _sign_agreement(wrong, names, names, phi, ["n", "m"])["sign_agreement"] == 0.0
+    # a weight on a concept without truth is set aside, and its share reported
+    r = _sign_agreement(faithful, names, ["a"], phi[:, :1], ["n", "m"])
+    assert r["sign_agreement"] == 1.0 and r["weight_without_truth"] == pytest.approx(1 / 3)
+
+
+def test_interventions_of_a_faithful_head_help_and_of_a_contrast_head_hurt():
+    y, truth, z = _world(seed=1)
+    names = ["a", "b", "u"]
+    # the levels of images annotated absent / present (what the model keeps when the card has truth)
+    levels = tuple(np.array([z[truth[:, j] == v, j].mean() for j in range(3)], np.float32) for v in (0, 1))
+    evaluations = {"id": (z, y, truth, names)}
+    faithful = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    curve, order = intervention_curve(faithful, np.zeros(2, np.float32), names, levels, evaluations)
+    assert [p["k"] for p in curve] == [0, 1, 2] and order == ["a", "b"]
+    acc = [p["id_accuracy"] for p in curve]
+    assert acc[0] < acc[1] < acc[2]
+    # opposite phrases whose scores share a large common part (what every prompt shares): a head
+    # that uses their difference with one sign is hurt when one of them is set from the truth
+    rng = np.random.default_rng(2)
+    shared = rng.normal(0, 3, len(y))[:, None]
+    opposite = np.stack([truth[:, 0], 1 - truth[:, 0]], 1)
+    zo = (opposite - 0.5) + shared + rng.normal(0, 0.3, opposite.shape)
+    zo = ((zo - zo.mean(0)) / zo.std(0)).astype(np.float32)
+    lv = tuple(np.array([zo[opposite[:, j] == v, j].mean() for j in range(2)], np.float32) for v in (0, 1))
+    contrast = np.array([[0.0, 0.0], [3.0, -3.0]], np.float32)
+    curve, _ = intervention_curve(contrast, np.zeros(2, np.float32), ["a", "not a"], lv, {"id": (zo, y, opposite, ["a", "not a"])})
+    assert curve[1]["id_accuracy"] < curve[0]["id_accuracy"] - 0.05
+    with pytest.raises(ValueError, match=r"no weight to \['u'\]"):
+        intervention_curve(faithful, np.zeros(2, np.float32), names, levels, evaluations, concepts=["u"])
+
+
+def _card(tmp_path, mapping):
+    return SimpleNamespace(name="toy", path=tmp_path / "card.yaml", manifest_path=tmp_path / "manifest.csv",
+                           concept_truth=mapping)
+
+
+def test_truth_columns_are_parsed_and_bad_names_or_values_are_refused(tmp_path):
+    card = _card(tmp_path, {"irregular border": "t_border", "dots": "t_dots"})
+    split = SplitData("test", np.zeros((4, 2), np.float32), np.zeros(4, int), None, ["a", "b", "c", "d"],
+                      extras=[{"t_border": "1", "t_dots": "absent"}, {"t_border": "no", "t_dots": ""},
+                              {"t_border": "TRUE", "t_dots": "present"}, {"t_border": "0", "t_dots": "yes"}])
+    names, truth = truth_matrix(card, split, ["dots", "irregular border", "streaks"])
+    assert names == ["dots", "irregular border"]
+    np.testing.assert_array_equal(truth[:, 1], [1, 0, 1, 0])
+    assert np.isnan(truth[1, 0]) and truth[0, 0] == 0 and truth[3, 0] == 1
+    split.extras[0]["t_dots"] = "maybe"
+    with pytest.raises(ValueError, match=r"t_dots.*'maybe'.*1/0, yes/no"):
+        truth_matrix(card, split, ["dots"])
+    typo = _card(tmp_path, {"irregular borders": "t_border", "dots": "t_dots"})
+    with pytest.raises(ValueError, match=r"'irregular borders' \(closest: 'irregular border'"):
+        check_truth_names(typo, ["irregular border", "dots"])
+    check_truth_names(card, ["dots"], store_names=["irregular border"])  # a store concept is fine
+
+
+def test_a_card_without_truth_is_not_measured_and_says_why():
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    model = SimpleNamespace(bottleneck=SimpleNamespace(concept_names=["a"]))
+    card = SimpleNamespace(name="plain", concept_truth={})
+    out = measure_faithfulness(model, card, {})
+    assert out == {"measured": False, "reason": "card 'plain' names no concept truth columns (concept_truth)"}
