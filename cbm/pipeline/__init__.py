@@ -4,11 +4,14 @@
 - :func:`fit_model`: the same, with the fitted head, the encoded splits and the concept scores.
 - :func:`run_experiment`: the method and its baselines, measured and written to a run folder
   (what ``cbm run`` calls).
+- :func:`measure_faithfulness`: concept AUROC, sign agreement, interventions, oracle and cue
+  leakage of a fitted model on a card that annotates concept truth.
 """
 
 from __future__ import annotations
 
 from cbm.pipeline.experiment import METHODS, run_experiment
+from cbm.pipeline.faithfulness import intervention_curve, measure_faithfulness
 from cbm.pipeline.fitting import FitResult, fit, fit_model, full_coef, make_head
 from cbm.pipeline.inputs import SplitData, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.scoring import evaluate_methods
@@ -22,6 +25,8 @@ __all__ = [
     "fit",
     "fit_model",
     "full_coef",
+    "intervention_curve",
+    "measure_faithfulness",
     "make_head",
     "resolve_card",
     "resolve_concepts",
