@@ -25,9 +25,11 @@ from cbm.demo.corpus import said_when_absent
 from cbm.demo.render import render_scene
 from cbm.demo.world import (
     CLASS_NAMES,
+    COLOUR_CONCEPTS,
     COLOURS,
     CORE_CONCEPTS,
     CUE_PROMPTS,
+    STRUCTURE_CONCEPTS,
     STRUCTURES,
     Scene,
     abcd_label,
@@ -36,6 +38,8 @@ from cbm.demo.world import (
 )
 
 __all__ = [
+    "POINTING_CONCEPTS",
+    "pointing_game",
     "TEMPLATES",
     "CLASS_TEMPLATES",
     "held_out_batch",
@@ -52,14 +56,23 @@ _CUES = tuple((phrase, kind) for kind, phrase in CUE_PROMPTS.items())
 _COUNT_OF = {attribute_column(c): "n_colours" for c in COLOURS} | {attribute_column(s): "n_structures" for s in STRUCTURES}
 
 
-def held_out_batch(scenes: Sequence[Scene], size: int, resize: str = "openclip", draw_size: int = 128) -> torch.Tensor:
+def held_out_batch(scenes: Sequence[Scene], size: int, resize: str = "openclip", draw_size: int = 128,
+                   masks: list | None = None) -> torch.Tensor:
     """Scenes drawn at ``draw_size`` (as a demo dataset is) and preprocessed for a ``size`` px model:
     open_clip's own transform (``openclip``) or a plain bicubic resize without anti-aliasing
-    (``bicubic-noaa``, as a MONAI or torch pipeline may do)."""
+    (``bicubic-noaa``, as a MONAI or torch pipeline may do). Given a list as ``masks``, each
+    scene's drawn masks (``render_scene(..., masks=True)``) are appended to it."""
     import open_clip
     from PIL import Image
 
-    images = [render_scene(s, draw_size) for s in scenes]
+    images = []
+    for s in scenes:
+        if masks is None:
+            images.append(render_scene(s, draw_size))
+        else:
+            image, drawn = render_scene(s, draw_size, masks=True)
+            images.append(image)
+            masks.append(drawn)
     if resize == "openclip":
         transform = open_clip.image_transform(size, is_train=False)
         return torch.stack([transform(Image.fromarray(im)) for im in images])
@@ -162,3 +175,67 @@ def selection_score(result: dict[str, Any], floor: float = 0.85) -> float:
     its weakest concept."""
     values = np.array([v["auroc"] for v in result["concept_auroc"].values()])
     return float(values.mean() - np.clip(floor - values, 0.0, None).sum())
+
+
+POINTING_CONCEPTS: dict[str, str] = {
+    **{COLOUR_CONCEPTS[c]: c for c in COLOURS},
+    **{STRUCTURE_CONCEPTS[s]: s for s in STRUCTURES},
+}
+"""Concept phrase -> the mask (``cbm.demo.render.MASK_NAMES``) its map should point into: the
+colours and structures, the things drawn at one place of the lesion."""
+
+
+def _cell_hits(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` bool: which cells of a ``grid`` over the image hold at least one pixel of ``mask``."""
+    h, w = grid
+    rows = np.array_split(np.arange(mask.shape[0]), h)
+    cols = np.array_split(np.arange(mask.shape[1]), w)
+    return np.array([[mask[np.ix_(r, c)].any() for c in cols] for r in rows])
+
+
+def pointing_game(maps: np.ndarray, names: Sequence[str], masks: Sequence[dict[str, np.ndarray]],
+                  truth: Sequence[dict[str, bool]], cue_kinds: Sequence[str]) -> dict[str, Any]:
+    """The pointing game (Zhang et al. 2018) of concept maps against the drawn masks.
+
+    A map points at its peak cell; the peak is a hit when the cell holds at least one pixel of the
+    concept's mask (the map's grid laid over the whole image). Per concept: the hit rate over the
+    images where the concept is present and drawn (``pointing``), and their mean (``pointing_mean``).
+    ``pointing_cue``: over the images with a ruler or ink marks and every present concept, how often
+    the peak falls on the mark and not on the concept (lower is better).
+    ``pointing_centre_baseline``: the hit rate of a map that always peaks at the middle cell (over
+    all present concepts; a large region such as the lesion's base colour is easy to hit).
+
+    Args:
+        maps: ``(n, k, h, w)`` raw maps (any scale: only the peak counts).
+        names: the ``k`` concept phrases (keys of :data:`POINTING_CONCEPTS`).
+        masks: per image, ``cbm.demo.render`` masks (name -> bool image).
+        truth: per image, concept phrase -> present.
+        cue_kinds: per image, the scene's cue ("none", "ruler", "ink").
+    """
+    n, k, h, w = maps.shape
+    hits: dict[str, list[bool]] = {c: [] for c in names}
+    centre: list[bool] = []  # a map that always points at the middle cell: the baseline to beat
+    on_cue: list[bool] = []
+    for i in range(n):
+        cue_cells = _cell_hits(masks[i][cue_kinds[i]], (h, w)) if cue_kinds[i] in ("ruler", "ink") else None
+        for j, concept in enumerate(names):
+            mask = masks[i][POINTING_CONCEPTS[concept]]
+            if not truth[i][concept] or not mask.any():
+                continue
+            peak = np.unravel_index(int(np.argmax(maps[i, j])), (h, w))
+            cells = _cell_hits(mask, (h, w))
+            hits[concept].append(bool(cells[peak]))
+            centre.append(bool(cells[h // 2, w // 2]))
+            if cue_cells is not None:
+                on_cue.append(bool(cue_cells[peak] and not cells[peak]))
+    rates = {c: (round(float(np.mean(v)), 4) if v else None) for c, v in hits.items()}
+    known = [r for r in rates.values() if r is not None]
+    return {
+        "pointing": rates,
+        "pointing_n": {c: len(v) for c, v in hits.items()},
+        "pointing_mean": round(float(np.mean(known)), 4) if known else None,
+        "pointing_centre_baseline": round(float(np.mean(centre)), 4) if centre else None,
+        "pointing_cue": round(float(np.mean(on_cue)), 4) if on_cue else None,
+        "pointing_cue_n": len(on_cue),
+        "map_grid": [h, w],
+    }
