@@ -33,7 +33,10 @@ captions the colours and structures alone tell the images of a batch apart and t
 encoding shape; one-statement captions make every concept pay.
 
 Outputs: ``demo-clip.json`` (open_clip config), ``demo-clip.safetensors`` (fp16 state dict) and
-``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine).
+``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine). While it runs,
+``checkpoint/`` under the output folder holds the state at the last selection (weights, optimizer,
+random state, clock) and the best weights so far: an interrupted run (Ctrl-C saves at once)
+continues with ``--resume`` and the same ``--out``.
 """
 
 from __future__ import annotations
@@ -147,13 +150,19 @@ def build_corpus(n: int, seed: int, size: int, workers: int) -> tuple[np.ndarray
 
 
 def build_model(config: dict, seed: int) -> torch.nn.Module:
+    """The CLIP of ``config`` with its seeded initialisation; ``SystemExit`` with one line for an unknown tower."""
     from open_clip.model import CLIP
 
     from cbm.encoders.towers import register_towers
 
     register_towers()
     torch.manual_seed(seed)
-    return CLIP(**config)
+    try:
+        return CLIP(**config)
+    except RuntimeError as exc:
+        tower = config["vision_cfg"].get("timm_model_name")
+        raise SystemExit(f"pretrain_demo_clip: error: unknown image tower {tower!r} ({str(exc)[:120]}); use a timm "
+                         "architecture or one of cbm.encoders.towers") from None
 
 
 def encode_text_trimmed(model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
@@ -281,29 +290,120 @@ class Selector:
         return entry
 
 
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+CHECKPOINT = "checkpoint"
+"""Subfolder of --out that holds the last state of a run and its best weights so far; a run that
+was interrupted (Ctrl-C, a crash, a killed job) continues from it with --resume."""
+_RESUMABLE = ("corpus", "minutes", "steps", "batch", "lr", "weight_decay", "warmup", "seed", "select_every",
+              "select_n", "short_fraction", "short_max", "short_lr", "short_warmup", "fp32", "text_buckets",
+              "image_size", "timm_model", "init", "reserve_s")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW's state as flat tensors (safetensors) plus its JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, st in state["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": state["param_groups"], "indices": sorted(state["state"])}
+
+
+def save_checkpoint(folder: Path, model, optimizer, selector, run: dict) -> None:
+    """The run's state, written atomically: a crash while writing leaves the previous checkpoint."""
+    from safetensors.torch import save
+
+    folder.mkdir(parents=True, exist_ok=True)
+    opt, opt_json = _optimizer_tensors(optimizer)
+    model_t = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    arrays = {"order": torch.from_numpy(np.asarray(run["order"], np.int64)),
+              "losses": torch.tensor(run["losses"], dtype=torch.float64)}
+    atomic_write_bytes(folder / "last.safetensors", save({**model_t, **opt, **arrays}))
+    if selector is not None and selector.best_state is not None:
+        atomic_write_bytes(folder / "best.safetensors", save({k: v.cpu().contiguous() for k, v in selector.best_state.items()}))
+    atomic_write_json(folder / "state.json", {
+        "step": run["step"], "cursor": run["cursor"], "short_start": run["short_start"],
+        "train_elapsed_s": run["train_elapsed_s"], "rng": run["rng"].bit_generator.state, "optimizer": opt_json,
+        "selector": None if selector is None else {"best": selector.best, "history": selector.history},
+        "args": {k: run["args"][k] for k in _RESUMABLE},
+    })
+
+
+def load_checkpoint(folder: Path, args: argparse.Namespace) -> dict:
+    """The state saved by :func:`save_checkpoint`; ``SystemExit`` with one line when it cannot resume."""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / "last.safetensors"))
+        best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
+    except FileNotFoundError:
+        raise SystemExit(f"pretrain_demo_clip: error: no checkpoint to resume in {folder} (state.json and "
+                         "last.safetensors); start a new run without --resume") from None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"pretrain_demo_clip: error: the checkpoint in {folder} is unreadable ({str(exc)[:120]}); "
+                         "start a new run without --resume") from None
+    for key, value in state["args"].items():  # the interrupted run's settings win: the schedule depends on them
+        setattr(args, key, value)
+    return {"state": state, "tensors": tensors, "best": best}
+
+
+def _restore(checkpoint: dict, model, optimizer, selector) -> dict:
+    """Load a checkpoint's weights and optimizer into place; returns the run's counters."""
+    state, tensors = checkpoint["state"], checkpoint["tensors"]
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt = state["optimizer"]
+    optimizer.load_state_dict({
+        "state": {i: {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")} for i in opt["indices"]},
+        "param_groups": opt["param_groups"],
+    })
+    if selector is not None and state["selector"]:
+        selector.best, selector.history = state["selector"]["best"], state["selector"]["history"]
+        selector.best_state = checkpoint["best"]
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    return {"step": state["step"], "cursor": state["cursor"], "short_start": state["short_start"],
+            "train_elapsed_s": state["train_elapsed_s"], "rng": rng, "order": tensors["order"].numpy(),
+            "losses": tensors["losses"].tolist()}
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
+def _learning_rate(args: argparse.Namespace, run: dict, progress: float, short: bool) -> float:
+    """Warm-up then cosine decay over the run; in the short-caption phase a second schedule of its own."""
+    step = run["step"]
+    if short and args.short_lr:
+        run["short_start"] = step if run["short_start"] is None else run["short_start"]
+        phase = (progress - (1.0 - args.short_fraction)) / args.short_fraction
+        return args.short_lr * min(1.0, (step - run["short_start"] + 1) / args.short_warmup) * 0.5 * (1 + math.cos(math.pi * phase))
+    return args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train(args: argparse.Namespace) -> dict:
+    """Pretrain, scoring on the selection stream every --select-every steps and checkpointing then.
+
+    Long on purpose: one loop a reader follows top to bottom, as nanoGPT's is; its pieces (corpus,
+    schedule, checkpoints, selection) are functions of their own.
+    """
     import open_clip
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    out = Path(args.out)
+    checkpoint = load_checkpoint(out / CHECKPOINT, args) if args.resume else None
     t_start = time.perf_counter()
     config = json.loads(json.dumps(DEMO_CLIP_CONFIG))
     if args.image_size:
         config["vision_cfg"]["image_size"] = args.image_size
     if args.timm_model:
         config["vision_cfg"]["timm_model_name"] = args.timm_model
+    model = build_model(config, args.seed)  # before the corpus: an unknown architecture fails at once
     size = config["vision_cfg"]["image_size"]
     images, corpus_hash = build_corpus(args.corpus, args.seed, size, args.workers)
     scenes = [corpus_scene(i, args.seed) for i in range(args.corpus)]
     t_corpus = time.perf_counter() - t_start
 
-    model = build_model(config, args.seed)
-    if args.init:
-        from safetensors.torch import load_file
-
-        model.load_state_dict({k: v.float() for k, v in load_file(str(Path(args.init) / f"{MODEL_NAME}.safetensors")).items()})
+    if args.init and checkpoint is None:
+        model.load_state_dict(read_assets_weights(Path(args.init), config))
         log.info("initialised from %s", args.init)
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -315,76 +415,82 @@ def train(args: argparse.Namespace) -> dict:
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1) * 255
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W), shared memory
-    rng = np.random.default_rng([args.seed, CORPUS_STREAM, 7])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)
-
     selector = Selector(config, args.select_n, args.seed) if args.select_every else None
-    order = rng.permutation(len(scenes))
-    cursor = 0
+    if checkpoint is None:
+        rng = np.random.default_rng([args.seed, CORPUS_STREAM, 7])
+        run = {"step": 0, "cursor": 0, "short_start": None, "train_elapsed_s": 0.0, "rng": rng,
+               "order": rng.permutation(len(scenes)), "losses": []}
+    else:
+        run = _restore(checkpoint, model, optimizer, selector)
+        log.info("resumed at step %d (%.0f s of training done)", run["step"], run["train_elapsed_s"])
+    run["args"] = vars(args)
+    rng, losses = run["rng"], run["losses"]
     tuner = ThreadTuner(args.threads)
     steps = args.steps
-    losses: list[float] = []
-    t_train = time.perf_counter()
-    train_budget = args.minutes * 60 - (t_train - t_start) - args.reserve_s
+    t_train = time.perf_counter() - run["train_elapsed_s"]  # a resumed run continues its clock
+    train_budget = args.minutes * 60 - t_corpus - args.reserve_s
     if steps is None and train_budget < 60:
-        raise RuntimeError(f"only {train_budget:.0f} s are left for training after the corpus; raise --minutes")
+        raise SystemExit(f"pretrain_demo_clip: error: only {train_budget:.0f} s are left for training after the corpus; "
+                         "raise --minutes")
 
-    def progress_now(step: int) -> float:
-        return step / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
+    def progress_now() -> float:
+        return run["step"] / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
 
-    step = 0
-    short_start = None
-    while True:
-        if cursor + args.batch > len(order):
-            order, cursor = rng.permutation(len(scenes)), 0
-        tuner.before(step)
-        idx = order[cursor : cursor + args.batch]
-        cursor += args.batch
-        x = _augment(pixels[idx], rng).to(device).float()
-        x = (x - mean) / std
-        # Cosine decay over the steps, or (with --minutes) over the wall-clock budget: on a shared
-        # machine the speed varies, and a time-based schedule still ends on time and at lr 0.
-        progress = progress_now(step)
-        if progress >= 1.0:
-            break
-        short = bool(args.short_fraction) and progress >= 1.0 - args.short_fraction
-        captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
-        text = torch.from_numpy(tokenizer.batch(captions)).to(device)
+    try:
+        while True:
+            if run["cursor"] + args.batch > len(run["order"]):
+                run["order"], run["cursor"] = rng.permutation(len(scenes)), 0
+            tuner.before(run["step"])
+            idx = run["order"][run["cursor"] : run["cursor"] + args.batch]
+            run["cursor"] += args.batch
+            x = _augment(pixels[idx], rng).to(device).float()
+            x = (x - mean) / std
+            # Cosine decay over the steps, or (with --minutes) over the wall-clock budget: on a shared
+            # machine the speed varies, and a time-based schedule still ends on time and at lr 0.
+            progress = progress_now()
+            if progress >= 1.0:
+                break
+            short = bool(args.short_fraction) and progress >= 1.0 - args.short_fraction
+            captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
+            text = torch.from_numpy(tokenizer.batch(captions)).to(device)
+            lr = _learning_rate(args, run, progress, short)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        if short and args.short_lr:
-            # a second schedule for the short-caption phase: warm up again, then decay to 0
-            short_start = step if short_start is None else short_start
-            phase = (progress - (1.0 - args.short_fraction)) / args.short_fraction
-            lr = args.short_lr * min(1.0, (step - short_start + 1) / args.short_warmup) * 0.5 * (1 + math.cos(math.pi * phase))
-        else:
-            lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        with autocast:
-            img = F.normalize(model.encode_image(x), dim=-1)
-            txt = encode_text_bucketed(model, text, args.text_buckets)
-        loss = loss_fn(img.float(), txt.float(), model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        tuner.after(step)
-        step += 1
-        if step % args.log_every == 0:
-            elapsed = time.perf_counter() - t_train
-            print(json.dumps({"step": step, "of": steps, "loss": round(float(np.mean(losses[-args.log_every:])), 4),
-                              "lr": round(lr, 6), "logit_scale": round(model.logit_scale.exp().item(), 2),
-                              "img_per_s": round(step * args.batch / elapsed, 1), "elapsed_s": round(elapsed),
-                              "threads": tuner.current}),
-                  flush=True)
-        if selector is not None and step % args.select_every == 0:
-            entry = selector(model, step, float(np.mean(losses[-args.select_every:])))
-            print(json.dumps({k: entry[k] for k in ("step", "score", "mean_auroc", "min_auroc", "min_concept", "class_auroc")}
-                             | {"weakest": dict(sorted(entry["concept_auroc"].items(), key=lambda kv: kv[1])[:3])}),
-                  flush=True)
+            with autocast:
+                img = F.normalize(model.encode_image(x), dim=-1)
+                txt = encode_text_bucketed(model, text, args.text_buckets)
+            loss = loss_fn(img.float(), txt.float(), model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            tuner.after(run["step"])
+            run["step"] += 1
+            step = run["step"]
+            if step % args.log_every == 0:
+                elapsed = time.perf_counter() - t_train
+                print(json.dumps({"step": step, "of": steps, "loss": round(float(np.mean(losses[-args.log_every:])), 4),
+                                  "lr": round(lr, 6), "logit_scale": round(model.logit_scale.exp().item(), 2),
+                                  "img_per_s": round(step * args.batch / elapsed, 1), "elapsed_s": round(elapsed),
+                                  "threads": tuner.current}),
+                      flush=True)
+            if selector is not None and step % args.select_every == 0:
+                entry = selector(model, step, float(np.mean(losses[-args.select_every:])))
+                print(json.dumps({k: entry[k] for k in ("step", "score", "mean_auroc", "min_auroc", "min_concept", "class_auroc")}
+                                 | {"weakest": dict(sorted(entry["concept_auroc"].items(), key=lambda kv: kv[1])[:3])}),
+                      flush=True)
+                run["train_elapsed_s"] = time.perf_counter() - t_train
+                save_checkpoint(out / CHECKPOINT, model, optimizer, selector, run)
+    except KeyboardInterrupt:
+        run["train_elapsed_s"] = time.perf_counter() - t_train
+        save_checkpoint(out / CHECKPOINT, model, optimizer, selector, run)
+        raise SystemExit(f"pretrain_demo_clip: interrupted at step {run['step']}; the state is in {out / CHECKPOINT}: "
+                         "continue with the same --out and --resume") from None
+    step = run["step"]
     if selector is not None and step % args.select_every:
         selector(model, step, float(np.mean(losses[-(step % args.select_every):])))
     if selector is not None:
@@ -396,8 +502,24 @@ def train(args: argparse.Namespace) -> dict:
     return {
         "model": model, "config": config, "steps": step, "losses": losses, "corpus_hash": corpus_hash,
         "wall_s": t_total, "corpus_s": t_corpus, "train_s": time.perf_counter() - t_train, "device": str(device),
-        "n_params": n_params, "thread_choices": tuner.history, "selector": selector,
+        "n_params": n_params, "thread_choices": tuner.history, "selector": selector, "resumed": checkpoint is not None,
     }
+
+
+def read_assets_weights(folder: Path, config: dict) -> dict[str, torch.Tensor]:
+    """The weights of an assets folder (``--init``), checked against this run's config; ``SystemExit``
+    with one line when the folder lacks them or they belong to another architecture."""
+    from safetensors.torch import load_file
+
+    path = folder / f"{MODEL_NAME}.safetensors"
+    if not path.is_file():
+        raise SystemExit(f"pretrain_demo_clip: error: --init {folder} has no {path.name}; give a folder a previous run "
+                         "wrote (its --out)")
+    saved = folder / f"{MODEL_NAME}.json"
+    if saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) != config:
+        raise SystemExit(f"pretrain_demo_clip: error: --init {folder} holds weights of another architecture "
+                         f"({saved.name} differs from this run's config); start from weights of the same one, or without --init")
+    return {k: v.float() for k, v in load_file(str(path)).items()}
 
 
 def save(result: dict, args: argparse.Namespace) -> None:
@@ -452,6 +574,7 @@ def save(result: dict, args: argparse.Namespace) -> None:
         },
         "selection": _selection_record(result["selector"], args),
         "initialised_from": _init_record(args.init),
+        "resumed": result["resumed"],
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "loss_curve": [round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
     }
@@ -515,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="score the model on held-out selection images every this many steps and keep the best (0: keep the last)")
     p.add_argument("--select-n", type=int, default=500, help="held-out selection images")
     p.add_argument("--init", default=None, help="start from the weights in this assets folder")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the interrupted run whose state is in --out/{CHECKPOINT} (its settings are used)")
     p.add_argument("--short-fraction", type=float, default=0.5,
                    help="the last fraction of training uses short captions (1 to --short-max statements)")
     p.add_argument("--short-max", type=int, default=2)
@@ -525,6 +650,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file; give a folder")
+    if args.init and not Path(args.init).is_dir():
+        p.error(f"--init {args.init} is not a folder; give the --out folder of an earlier run")
     result = train(args)
     save(result, args)
     return 0
