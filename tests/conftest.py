@@ -21,3 +21,12 @@ def _private_cache(tmp_path_factory):
     if "CBM_CACHE_DIR" not in os.environ:
         os.environ["CBM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cbm-cache"))
     yield
+
+
+@pytest.fixture
+def no_card_env(monkeypatch):
+    """Built-in cards behave the same on a machine that has some datasets downloaded (no CBM_*_ROOT, no CBM_CARDS_PATH)."""
+    for key in list(os.environ):
+        if key.startswith("CBM_") and key.endswith("_ROOT"):
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("CBM_CARDS_PATH", raising=False)

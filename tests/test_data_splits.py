@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -24,16 +23,11 @@ from cbm.data import (
 BUILTIN = [
     "ham10000", "bcn20000", "pad-ufes-20", "isic-sex", "isic-age", "isic-site", "isic-hospital",
     "nih-cxr14", "nih-sex", "nih-age", "nih-pos", "chexpert", "pneumonia", "covid-qu-ex", "openi", "vindr-cxr",
+    "derm7pt", "skincon", "ddi", "fitzpatrick17k", "padchest", "rsna-pneumonia",
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_image_roots(monkeypatch):
-    """Built-in cards must behave the same on a machine that has some datasets downloaded."""
-    for key in list(os.environ):
-        if key.startswith("CBM_") and key.endswith("_ROOT"):
-            monkeypatch.delenv(key)
-    monkeypatch.delenv("CBM_CARDS_PATH", raising=False)
+pytestmark = pytest.mark.usefixtures("no_card_env")  # no CBM_*_ROOT, no CBM_CARDS_PATH (tests/conftest.py)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
@@ -84,11 +78,29 @@ def test_every_builtin_card_is_there_and_complete():
         spec = parse_split_spec(card.make_splits, card.class_names)
         if card.confounder:
             assert card.task == "binary"
-            assert spec.split["method"] == "confounded"
-            assert spec.split["group"]["name"] == card.group_column == card.confounder.column
-            assert spec.split["id"] == card.confounder.id_groups and spec.split["ood"] == card.confounder.ood_groups
+            assert spec.split.method == "confounded"
+            assert spec.split.group.name == card.group_column == card.confounder.column
+            assert spec.split.id == card.confounder.id_groups and spec.split.ood == card.confounder.ood_groups
         else:
-            assert spec.split["method"] != "confounded"
+            assert spec.split.method != "confounded"
+
+
+def test_conf_dataset_files_agree_with_their_cards():
+    """Every built-in card has its `cbm run dataset=<name>` config, and every config names a card that exists."""
+    import yaml
+
+    from cbm.run import CONFIG_DIR
+
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((CONFIG_DIR / "dataset").glob("*.yaml"))}
+    cards = set(list_cards())
+    for stem, cfg in configs.items():
+        assert set(cfg) >= {"name", "card", "demo"}, stem
+        if cfg["card"] is None:
+            assert cfg["demo"], f"conf/dataset/{stem}.yaml: no card and no demo world"
+            continue
+        assert cfg["card"] in cards, f"conf/dataset/{stem}.yaml names the card {cfg['card']!r}, which does not exist"
+        assert stem == cfg["name"] == cfg["card"] == load_card(cfg["card"]).name and cfg["demo"] is None, stem
+    assert {c for c in cards} <= {cfg["card"] for cfg in configs.values()}, "a built-in card without conf/dataset/<name>.yaml"
 
 
 def test_builtin_card_without_manifest_says_how_to_build_it():
@@ -341,22 +353,36 @@ def test_openi_joins_reports_and_frontal_projections(tmp_path):
     assert result.dropped == {"rows filtered out": 100, "rows with several classes": 20, "rows with no class": 20}
 
 
-def test_vindr_merges_radiologists_and_caps_classes(tmp_path):
-    names = ["No finding", "Aortic enlargement", "Cardiomegaly", "Pleural thickening", "Pulmonary fibrosis", "Lung Opacity", "Pleural effusion"]
+def test_vindr_labels_by_the_readers_majority_and_caps_classes(tmp_path):
+    names = ["No finding", "Aortic enlargement", "Cardiomegaly", "Pleural thickening", "Pulmonary fibrosis", "Lung Opacity", "Nodule/Mass"]
     rows = []
+
+    def read(image: str, rad: str, name: str) -> None:
+        rows.append([image, name, 0, rad, "", "", "", ""])
+
     for i in range(7 * 300):
-        image = f"{i:032x}"
-        name = names[i % 7]
-        for rad in ("R8", "R9", "R10"):
-            rows.append([image, name, names.index(name), rad, "", "", "", ""])
+        image, name = f"{i:032x}", names[i % 7]
+        read(image, "R8", name)
+        read(image, "R9", name)  # two of three readers: the majority
+        read(image, "R10", "Other lesion" if i % 3 else name)  # a finding outside the classes is allowed
         if i % 50 == 0:
-            rows.append([image, "Nodule/Mass", 8, "R11", 1, 2, 3, 4])  # a fourth reading disagrees
+            read(image, "R10", "Cardiomegaly")  # one reader only: does not count
+    for i in range(30):  # a tie between two classes named by two readers each goes to the rarer class
+        image = f"tie{i:029x}"
+        for rad in ("R1", "R2"):
+            read(image, rad, "Cardiomegaly")
+            read(image, rad, "Nodule/Mass")
+        read(f"one{i:029x}", "R1", "Lung Opacity")  # one reader of three: no class
+        read(f"one{i:029x}", "R2", "Other lesion")
     meta = write_csv(tmp_path / "train.csv", ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"], rows)
     result = make_splits("vindr-cxr", [meta], salt="test", out=tmp_path / "m.csv")
     out = assert_valid_manifest("vindr-cxr", tmp_path / "m.csv")
     assert Counter(r["split"] for r in out) == {"train": 1400, "val": 175, "test": 175}
     assert set(Counter(r["label"] for r in out).values()) == {250}
-    assert result.dropped["rows with another finding"] == 42
+    by_path = {r["path"]: r["label"] for r in out}
+    assert {by_path[p] for p in by_path if p.startswith("tie")} == {"nodule or mass"}
+    assert by_path.get(f"{7 * 50:032x}.dicom", "no finding") == "no finding"  # R10's single cardiomegaly reading is outvoted
+    assert result.dropped["rows whose classes fewer than 2 readers named"] == 30
     assert all(r["path"].endswith(".dicom") for r in out)
 
 
@@ -382,12 +408,12 @@ def test_metadata_not_found_and_malformed(tmp_path):
     with pytest.raises(FileNotFoundError, match="metadata not found.*expected HAM10000_metadata.csv"):
         make_splits("ham10000", [tmp_path / "nope.csv"], salt="test", write=False)
     (tmp_path / "bad.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_1,mel,extra,fields\n")
-    with pytest.raises(ValueError, match="bad.csv line 2 has 5 fields but the header has 3"):
+    with pytest.raises(ValueError, match="bad.csv: line 2 has 5 fields but the header has 3"):
         make_splits("ham10000", [tmp_path / "bad.csv"], salt="test", write=False)
     (tmp_path / "short.csv").write_text("lesion_id,image_id,dx\nHAM_1\n")
-    with pytest.raises(ValueError, match="short.csv line 2 has 1 fields but the header has 3"):
+    with pytest.raises(ValueError, match="short.csv: line 2 has 1 fields but the header has 3"):
         make_splits("ham10000", [tmp_path / "short.csv"], salt="test", write=False)
-    with pytest.raises(ValueError, match="is a folder but"):
+    with pytest.raises(ValueError, match="is a folder, but this card.s split rule reads a file"):
         make_splits("ham10000", [tmp_path], salt="test", write=False)
 
 
@@ -405,7 +431,7 @@ def test_card_without_split_rule(tmp_path):
         ({"label": {"column": "dx", "map": {"mel": "melanoma"}}}, "never produces"),
         ({"label": {"column": "dx", "map": {"mel": "cat", "nv": "dog"}}}, "not classes of the card"),
         ({"split": {"method": "random", "fractions": {"train": 0.9, "val": 0.2}}}, "sum to 1"),
-        ({"split": {"method": "shuffle"}}, "random, column or confounded"),
+        ({"split": {"method": "shuffle"}}, "split.method must be random, column, lists or confounded"),
         ({"paths": "{x}"}, "make_splits.paths"),
     ],
 )
@@ -422,13 +448,136 @@ def test_group_values_spelt_otherwise_are_named(tmp_path, caplog):
     card = load_card("isic-sex")
     group = card.make_splits["split"]["group"]
     column = group["column"] if isinstance(group["column"], str) else group["column"][0]
-    from cbm.data._splits import _assign_splits, parse_split_spec
+    from cbm.data._assign import assign_splits
 
     spec = parse_split_spec(card.make_splits, card.class_names)
     items = [{"path": f"{i}.jpg", "label": card.class_names[i % 2], "_patient": f"p{i}", "_group": None,
               "_group_value": "Male" if i % 2 else "Female"} for i in range(20)]
     with caplog.at_level(logging.WARNING):
-        kept = _assign_splits(items, spec, card.class_names, np.random.default_rng(0), Counter())
+        kept = assign_splits(items, spec, card.class_names, np.random.default_rng(0), Counter())
     assert not kept
     assert f"20 rows have a {column} value that none of the rule's values" in caplog.text
     assert "'Male' (10)" in caplog.text and "'Female' (10)" in caplog.text
+
+
+# ---------------------------------------------------------------------------- cards with concept truth
+# Fixtures in each source's published format: Derm7pt's meta/meta.csv and index lists (Kawahara et
+# al., github.com/jeremykawahara/derm7pt), fitzpatrick17k.csv (github.com/mattgroh/fitzpatrick17k),
+# SkinCon's annotations_fitzpatrick17k.csv / annotations_ddi.csv (skincon-dataset.github.io: ImageID,
+# the 48 concepts as 0/1, "Do not consider this image") and DDI's ddi_metadata.csv (Stanford AIMI).
+SKINCON = ["Vesicle", "Papule", "Macule", "Plaque", "Abscess", "Pustule", "Bulla", "Patch", "Nodule", "Ulcer", "Crust", "Erosion",
+           "Excoriation", "Atrophy", "Exudate", "Purpura/Petechiae", "Fissure", "Induration", "Xerosis", "Telangiectasia", "Scale",
+           "Scar", "Friable", "Sclerosis", "Pedunculated", "Exophytic/Fungating", "Warty/Papillomatous", "Dome-shaped",
+           "Flat topped", "Brown(Hyperpigmentation)", "Translucent", "White(Hypopigmentation)", "Purple", "Yellow", "Black",
+           "Erythema", "Comedo", "Lichenification", "Blue", "Umbilicated", "Poikiloderma", "Salmon", "Wheal", "Acuminate",
+           "Burrow", "Gray", "Pigmented", "Cyst"]
+FITZ_HEADER = ["md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label", "three_partition_label",
+               "qc", "url", "url_alphanum"]
+THREE = [("basal cell carcinoma", "malignant epidermal", "malignant"), ("dermatofibroma", "benign dermal", "benign"),
+         ("psoriasis", "inflammatory", "non-neoplastic")]
+
+
+def truth_of(card_name: str, rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """concept phrase -> {path: truth value} through the card's concept_truth columns."""
+    card = load_card(card_name)
+    assert card.concept_truth and all(col in rows[0] for col in card.concept_truth.values())
+    return {phrase: {r["path"]: r[col] for r in rows} for phrase, col in card.concept_truth.items()}
+
+
+def test_derm7pt_official_split_lists_and_checklist_truth(tmp_path):
+    header = ["case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation", "regression_structures",
+              "dots_and_globules", "blue_whitish_veil", "vascular_structures", "level_of_diagnostic_difficulty", "elevation",
+              "location", "sex", "management", "clinic", "derm", "case_id", "notes"]
+    dx = ["clark nevus", "melanoma (in situ)", "basal cell carcinoma", "reed or spitz nevus", "melanoma (more than 1.5 mm)"]
+    network = ["typical", "atypical", "absent"]
+    vessels = ["absent", "dotted", "arborizing", "linear irregular", "comma"]
+    rows = [[i + 1, dx[i % 5], i % 8, network[i % 3], ("absent", "irregular", "regular")[i % 3],
+             ("diffuse irregular", "localized regular", "absent")[i % 3], ("blue areas", "absent")[i % 2],
+             ("irregular", "regular", "absent")[i % 3], ("present", "absent")[i % 2], vessels[i % 5], "low",
+             "palpable", "back", ("female", "male")[i % 2], "excision", f"A{i:03d}/C{i:03d}.JPG", f"A{i:03d}/D{i:03d}.JPG", "", ""]
+            for i in range(100)]
+    meta = write_csv(tmp_path / "meta.csv", header, rows)
+    lists = [write_csv(tmp_path / f"{name}_indexes.csv", ["indexes"], [[i] for i in range(100) if i % 10 in ks])
+             for name, ks in (("train", range(0, 6)), ("valid", (6, 7)), ("test", (8, 9)))]
+    result = make_splits("derm7pt", [meta, *lists], salt="test", out=tmp_path / "m.csv")
+    out = assert_valid_manifest("derm7pt", tmp_path / "m.csv")
+    assert len(out) == 80 and result.dropped == {"rows with no class": 20}  # basal cell carcinoma is left out
+    by_path = {r["path"]: r for r in out}
+    assert by_path["A003/D003.JPG"]["label"] == "nevus" and by_path["A004/D004.JPG"]["label"] == "melanoma"
+    for i in range(100):  # row i of meta.csv is index i of the lists
+        if i % 5 != 2:
+            assert by_path[f"A{i:03d}/D{i:03d}.JPG"]["split"] == ("train" if i % 10 < 6 else "val" if i % 10 < 8 else "test")
+    truth = truth_of("derm7pt", out)
+    assert truth["atypical pigment network"]["A001/D001.JPG"] == "1" and truth["atypical pigment network"]["A000/D000.JPG"] == "0"
+    assert truth["atypical vascular pattern"]["A001/D001.JPG"] == "1" and truth["atypical vascular pattern"]["A004/D004.JPG"] == "0"
+    assert truth["irregular pigmentation"]["A000/D000.JPG"] == "1" and truth["regression structures"]["A001/D001.JPG"] == "0"
+    with pytest.raises(ValueError, match="split lists valid_indexes.csv, test_indexes.csv were not given"):
+        make_splits("derm7pt", [meta, lists[0]], write=False)
+
+
+def fitz_rows(n: int) -> list[list[object]]:
+    rows = []
+    for i in range(n):
+        label, nine, three = THREE[i % 3]
+        scale = (1, 2, 3, 4, 5, 6, -1)[i % 7]
+        qc = "3 Wrongly labelled" if i % 40 == 39 else ("1 Diagnostic" if i % 11 == 0 else "")
+        rows.append([f"{i:032x}", scale, scale, label, nine, three, qc, f"https://atlas.example/{i}.jpg", f"atlas{i}jpg.jpg"])
+    return rows
+
+
+def test_fitzpatrick17k_skin_tone_groups(tmp_path):
+    meta = write_csv(tmp_path / "fitzpatrick17k.csv", FITZ_HEADER, fitz_rows(280))
+    result = make_splits("fitzpatrick17k", [meta], salt="test", out=tmp_path / "m.csv")
+    out = assert_valid_manifest("fitzpatrick17k", tmp_path / "m.csv")
+    assert len(out) == 273 and result.dropped == {"rows filtered out": 7}  # qc "3 Wrongly labelled"
+    tones = {"1": "I-II", "2": "I-II", "3": "III-IV", "4": "III-IV", "5": "V-VI", "6": "V-VI", "-1": ""}
+    assert all(r["skin_tone"] == tones[r["fitzpatrick_scale"]] for r in out)
+    assert Counter(r["label"] for r in out) == {"malignant": 91, "benign": 91, "non-neoplastic": 91}
+    assert set(Counter(r["split"] for r in out)) == {"train", "val", "test"}
+
+
+def test_skincon_joins_its_annotations_to_fitzpatrick17k(tmp_path):
+    fitz = write_csv(tmp_path / "fitzpatrick17k.csv", FITZ_HEADER, fitz_rows(280))
+    annotations = [[k, f"{i:032x}.jpg", *[int((i + j) % 9 == 0) for j in range(48)], int(i % 25 == 0)] for k, i in enumerate(range(0, 280, 2))]
+    skincon = write_csv(tmp_path / "annotations_fitzpatrick17k.csv", ["", "ImageID", *SKINCON, "Do not consider this image"], annotations)
+    result = make_splits("skincon", [skincon, fitz], salt="test", out=tmp_path / "m.csv")
+    out = assert_valid_manifest("skincon", tmp_path / "m.csv")
+    assert len(out) == 140 - 6 and result.dropped == {"rows filtered out": 6}  # "Do not consider this image"
+    truth = truth_of("skincon", out)
+    assert len(truth) == 48
+    assert truth["papule"][f"{18:032x}.jpg"] == "0" and truth["vesicle"][f"{18:032x}.jpg"] == "1"  # (18 + 0) % 9 == 0
+    assert truth["brown hyperpigmentation"][f"{6:032x}.jpg"] == str(int((6 + SKINCON.index("Brown(Hyperpigmentation)")) % 9 == 0))
+    assert {r["skin_tone"] for r in out} == {"I-II", "III-IV", "V-VI", ""}
+
+
+def test_ddi_with_and_without_skincon_annotations(tmp_path):
+    tones = (12, 34, 56)
+    meta = write_csv(tmp_path / "ddi_metadata.csv", ["", "DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"],
+                     [[i, i + 1, f"{i + 1:06d}.png", tones[i % 3], ("True", "False")[i % 2], ("melanoma", "verruca vulgaris")[i % 2]]
+                      for i in range(120)])
+    annotations = write_csv(tmp_path / "annotations_ddi.csv", ["ImageID", *SKINCON, "Do not consider this image"],
+                            [[f"{i + 1:06d}.png", *[int(j == i % 48) for j in range(48)], int(i == 7)] for i in range(120)])
+    result = make_splits("ddi", [meta, annotations], salt="test", out=tmp_path / "m.csv")
+    out = assert_valid_manifest("ddi", tmp_path / "m.csv")
+    assert result.layout == "default" and len(out) == 119
+    assert Counter(r["label"] for r in out) == {"malignant": 60, "benign": 59}
+    assert {r["skin_tone"] for r in out} == {"I-II", "III-IV", "V-VI"}
+    truth = truth_of("ddi", out)
+    assert truth["papule"]["000002.png"] == "1" and truth["papule"]["000001.png"] == "0"  # Papule is concept 1
+    only = make_splits("ddi", [meta], salt="test", write=False)
+    assert only.layout == "metadata_only" and len(only.rows) == 120 and "skincon_papule" not in only.columns
+
+
+def test_concept_truth_names_phrases_of_the_card_store():
+    """A faithfulness run looks up each annotated concept among the card's concepts."""
+    from cbm.concepts import load_concepts
+    from cbm.data._split_spec import rule_layouts
+
+    with_truth = [name for name in list_cards() if load_card(name).concept_truth]
+    assert {"derm7pt", "skincon", "ddi"} <= set(with_truth)
+    for name in with_truth:
+        card = load_card(name)
+        phrases = set(load_concepts(card).concepts)
+        assert set(card.concept_truth) <= phrases, (name, sorted(set(card.concept_truth) - phrases))
+        written = set(rule_layouts(card.make_splits, card.class_names)[0].truth) | set(card.make_splits.get("keep", []))
+        assert set(card.concept_truth.values()) <= written, name  # the default layout writes every truth column

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cbm.data._assign import grouped_split
 from cbm.data._image import DICOM_SUFFIXES
 
 __all__ = ["IndexResult", "index_dicom", "INDEX_COLUMNS"]
@@ -155,7 +156,6 @@ def index_dicom(
     from tqdm.auto import tqdm
 
     from cbm.data._manifest import salted_patient_key, write_manifest
-    from cbm.data._splits import _grouped_split
 
     root = Path(root)
     if not root.is_dir():
@@ -210,7 +210,7 @@ def index_dicom(
         labels = sorted({it["label"] for it in items})
         for it in items:
             it["label"] = it["label"] or ""
-        _grouped_split(items, fractions, np.random.default_rng(seed), labels)
+        grouped_split(items, fractions, np.random.default_rng(seed), labels)
     columns = [*INDEX_COLUMNS, *(["patient_key"] if patient_key else [])]
     result.rows = [{c: it.get(c, "") for c in columns} for it in items]
     if out is not None:

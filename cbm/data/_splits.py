@@ -1,53 +1,11 @@
 """``cbm make-splits``: build a card's manifest from the source's own metadata, following the
 machine-readable split rule in the card's ``make_splits`` field.
 
-The rule, field by field (``[]`` = optional)::
-
-    make_splits:
-      metadata: HAM10000_metadata.csv     # the file(s) the source ships, given with --metadata
-      [metadata_help]: where that file comes from
-      [folder]: {pattern: REGEX, [exclude]: REGEX, [unique_by]: [names]}
-                                          # --metadata is an image folder: the named groups of
-                                          # PATTERN (matched on each file's relative path) are columns
-      [join]: uid                         # several metadata files: inner join on this column
-                                          # (without join they are concatenated)
-      [filter]: {column: [allowed values] | {regex: R} | {not_regex: R}}
-      [derive]: {new_column: {from: column, regex: R}}      # first group (or whole match) of R
-      [rows_by]: image_id                 # several rows per image: their label values are merged
-      path: "{image_id}.jpg"              # the manifest path, from columns
-      label:                              # either a column ...
-        column: dx | [first, present, column]
-        [separator]: "|"                  # a multi-valued cell
-        map: {source value: class name}   # rows whose value is not mapped are dropped
-        [others]: reject | ignore         # rows with unmapped values besides one mapped one
-                                          # (reject: keep single-finding images only)
-      label:                              # ... or one-hot columns
-        one_hot: {column: class name}
-        [positive]: ["1", "1.0"]
-        [exclusive_with]: [columns]       # rows positive in any of these are dropped
-      [patient]: lesion_id | [columns]    # grouping: no patient/lesion in two splits
-      split:
-        method: random                    # grouped by patient, stratified by class
-        fractions: {train: 0.8, val: 0.1, test: 0.1}
-      split:
-        method: column                    # the source's own split
-        column: split
-        map: {train: train, val: val, test: test}
-        [val_from_train]: 0.1             # carve val out of train (grouped by patient)
-      split:
-        method: confounded                # KnoBo's construction for a binary confounded variant
-        group: {name: sex, column: sex, map | bins | contains}
-        id: {class: group}                # train / val / test_id: each class from one group
-        ood: {class: group}               # test: the association reversed
-        fractions: {train: 0.8, val: 0.1, test_id: 0.1}   # of the in-domain pool
-        [balance]: [val, test_id, test]   # equal class counts (downsampled)
-      [max_per_class]: 250                # cap, sampled with the seed before splitting
-      [keep]: [age, sex]                  # non-PHI columns copied into the manifest
-      [seed]: 0
-
-A group spec maps a source column to group names by exact value (``map: {M: male}``), by
-numeric range (``bins: {young: [null, 30], old: [70, 120]}``, inclusive, null = open) or by
-substring (``contains: {barcelona: Barcelona}``).
+The rule's format is documented in :mod:`cbm.data._split_rule` (:func:`parse_split_spec`, from
+:mod:`cbm.data._split_spec`, checks one); the files it reads, and how, in :mod:`cbm.data._metadata`; the split assignment in
+:mod:`cbm.data._assign`. The steps, in order: choose the rule's layout that fits the files
+given, read them, filter rows, merge rows of one image, label, check the image files, cap each
+class, assign splits, and check the counts against the card's promise (``min_per_class``).
 
 The splits are deterministic for a given seed: rows are sorted by path before any random draw.
 The ``patient_key`` column is a salted hash of the patient (or lesion) ID, never the ID; its salt
@@ -56,48 +14,42 @@ is random per run unless given (``--salt``), so only with a salt is the whole fi
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SplitSpec", "SplitResult", "parse_split_spec", "make_splits", "load_metadata"]
+from cbm.data._assign import assign_splits, group_of
+from cbm.data._metadata import MetadataError, SourceRows, check_columns, file_key, load_metadata
+from cbm.data._split_rule import (
+    SPLIT_NAMES,
+    ColumnSplit,
+    ConfoundedSplit,
+    LabelRule,
+    ListsSplit,
+    SplitRule,
+    SplitSpec,
+)
+from cbm.data._split_spec import parse_split_spec, rule_layouts
+
+__all__ = [
+    "SplitSpec",
+    "SplitRule",
+    "SplitResult",
+    "MetadataError",
+    "parse_split_spec",
+    "make_splits",
+    "load_metadata",
+]
 
 log = logging.getLogger(__name__)
-
-_SPEC_KEYS = {
-    "metadata", "metadata_help", "folder", "join", "filter", "derive", "rows_by", "path", "label",
-    "patient", "split", "max_per_class", "keep", "seed",
-}
-_SPLIT_NAMES = ("train", "val", "test", "test_id")
-
-
-@dataclass
-class SplitSpec:
-    """A parsed, checked ``make_splits`` rule (see the module docstring for each field)."""
-
-    metadata: list[str]
-    metadata_help: str
-    folder: dict[str, Any] | None
-    join: str | None
-    filters: dict[str, Any]
-    derive: dict[str, dict[str, str]]
-    rows_by: str | None
-    path: str
-    label: dict[str, Any]
-    patient: list[str]
-    split: dict[str, Any]
-    max_per_class: int | None
-    keep: list[str]
-    seed: int
 
 
 @dataclass
@@ -109,288 +61,69 @@ class SplitResult:
     dropped: Counter = field(default_factory=Counter)
     n_source_rows: int = 0
     out: Path | None = None
+    layout: str = "default"
+    short: list[str] = field(default_factory=list)  # classes under the card's minimum, in words
 
     def counts(self) -> dict[str, Counter]:
+        """split -> class -> images."""
         out: dict[str, Counter] = {}
         for r in self.rows:
             out.setdefault(r["split"], Counter())[r["label"]] += 1
-        return {s: out[s] for s in _SPLIT_NAMES if s in out}
+        return {s: out[s] for s in SPLIT_NAMES if s in out}
 
     def summary(self) -> str:
-        lines = [f"{len(self.rows)} images from {self.n_source_rows} metadata rows"]
+        lines = [f"{len(self.rows)} images from {self.n_source_rows} metadata rows"
+                 + (f" (layout {self.layout})" if self.layout != "default" else "")]
         for split, c in self.counts().items():
             lines.append(f"  {split}: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in sorted(c.items()))})")
         if self.dropped:
             lines.append("  dropped: " + ", ".join(f"{n} {why}" for why, n in self.dropped.most_common()))
+        if self.short:
+            lines.append("  under the card's minimum: " + "; ".join(self.short))
         if self.out:
             lines.append(f"  written to {self.out}")
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- parsing
-def _fail(where: str, problem: str) -> ValueError:
-    return ValueError(f"{where} {problem}")
-
-
-def _str_list(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
-        return [str(v) for v in value]
-    raise _fail(where, f"must be a string or a list of strings, got {value!r}")
-
-
-def _group_spec(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, Mapping) or "column" not in raw:
-        raise _fail(where, f"must be {{name, column, map | bins | contains}}, got {raw!r}")
-    kinds = [k for k in ("map", "bins", "contains") if k in raw]
-    if len(kinds) != 1:
-        raise _fail(where, "needs exactly one of map, bins or contains")
-    extra = set(raw) - {"name", "column", "map", "bins", "contains"}
-    if extra:
-        raise _fail(where, f"has unknown key(s) {sorted(extra)}")
-    kind = kinds[0]
-    table = raw[kind]
-    if not isinstance(table, Mapping) or not table:
-        raise _fail(f"{where}.{kind}", f"must be a non-empty mapping, got {table!r}")
-    if kind == "bins":
-        for name, bounds in table.items():
-            if not (isinstance(bounds, list) and len(bounds) == 2 and all(b is None or isinstance(b, (int, float)) for b in bounds)):
-                raise _fail(f"{where}.bins.{name}", f"must be [low, high] (numbers or null), got {bounds!r}")
-    return {
-        "name": str(raw.get("name") or raw["column"]),
-        "columns": _str_list(raw["column"], f"{where}.column"),
-        "kind": kind,
-        "table": {str(k): v for k, v in table.items()},
-    }
-
-
-def parse_split_spec(raw: Any, class_names: Sequence[str]) -> SplitSpec:
-    """Check a ``make_splits`` mapping against the card's classes; ``ValueError`` names the bad key."""
-    classes = list(class_names)
-    if not isinstance(raw, Mapping):
-        raise _fail("make_splits", f"must be a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(f"make_splits.{unknown[0]}", f"is not a split-rule key (keys: {', '.join(sorted(_SPEC_KEYS))})")
-    for key in ("metadata", "path", "label", "split"):
-        if key not in raw:
-            raise _fail(f"make_splits.{key}", "is missing")
-    if not isinstance(raw["path"], str) or "{" not in raw["path"]:
-        raise _fail("make_splits.path", f"must be a template naming columns, like '{{image_id}}.jpg', got {raw['path']!r}")
-
-    label = raw["label"]
-    if not isinstance(label, Mapping):
-        raise _fail("make_splits.label", f"must be a mapping, got {label!r}")
-    if "one_hot" in label:
-        targets = label["one_hot"]
-        if not isinstance(targets, Mapping) or not targets:
-            raise _fail("make_splits.label.one_hot", "must map columns to class names")
-        parsed_label = {
-            "kind": "one_hot",
-            "one_hot": {str(k): str(v) for k, v in targets.items()},
-            "positive": [str(v) for v in label.get("positive", ["1", "1.0"])],
-            "exclusive_with": _str_list(label["exclusive_with"], "make_splits.label.exclusive_with") if label.get("exclusive_with") else [],
-        }
-        produced = set(parsed_label["one_hot"].values())
-    else:
-        if "column" not in label or not isinstance(label.get("map"), Mapping) or not label["map"]:
-            raise _fail("make_splits.label", "needs column and map (or one_hot)")
-        others = str(label.get("others", "ignore"))
-        if others not in ("ignore", "reject"):
-            raise _fail("make_splits.label.others", f"must be ignore or reject, got {others!r}")
-        parsed_label = {
-            "kind": "column",
-            "columns": _str_list(label["column"], "make_splits.label.column"),
-            "separator": label.get("separator"),
-            "map": {str(k): str(v) for k, v in label["map"].items()},
-            "others": others,
-        }
-        produced = set(parsed_label["map"].values())
-    strangers = sorted(produced - set(classes))
-    if strangers:
-        raise _fail("make_splits.label", f"maps to {strangers}, which are not classes of the card ({', '.join(classes)})")
-    never = [c for c in classes if c not in produced]
-    if never:
-        raise _fail("make_splits.label", f"never produces the class(es) {never}; map a source value to each class")
-
-    split = raw["split"]
-    if not isinstance(split, Mapping) or split.get("method") not in ("random", "column", "confounded"):
-        raise _fail("make_splits.split.method", f"must be random, column or confounded, got {getattr(split, 'get', lambda _: split)('method')!r}")
-    method = split["method"]
-    parsed_split: dict[str, Any] = {"method": method}
-    if method in ("random", "confounded"):
-        default = {"train": 0.8, "val": 0.1, "test": 0.1} if method == "random" else {"train": 0.8, "val": 0.1, "test_id": 0.1}
-        fractions = split.get("fractions", default)
-        allowed = ("train", "val", "test") if method == "random" else ("train", "val", "test_id")
-        if not isinstance(fractions, Mapping) or set(fractions) - set(allowed) or "train" not in fractions:
-            raise _fail("make_splits.split.fractions", f"must map some of {', '.join(allowed)} (train included) to fractions, got {fractions!r}")
-        values = [float(v) for v in fractions.values()]
-        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-            raise _fail("make_splits.split.fractions", f"must be non-negative and sum to 1, got {dict(fractions)}")
-        parsed_split["fractions"] = {k: float(v) for k, v in fractions.items()}
-    if method == "column":
-        if "column" not in split or not isinstance(split.get("map"), Mapping):
-            raise _fail("make_splits.split", "with method column needs column and map {source value: train|val|test}")
-        bad = sorted(set(map(str, split["map"].values())) - set(_SPLIT_NAMES))
-        if bad:
-            raise _fail("make_splits.split.map", f"maps to {bad}; use train, val, test or test_id")
-        parsed_split.update(column=str(split["column"]), map={str(k): str(v) for k, v in split["map"].items()})
-        parsed_split["val_from_train"] = float(split.get("val_from_train") or 0.0)
-    if method == "confounded":
-        group = _group_spec(split.get("group"), "make_splits.split.group")
-        groups = set(map(str, group["table"].values())) if group["kind"] == "map" else set(group["table"])
-        for side in ("id", "ood"):
-            mapping = split.get(side)
-            if not isinstance(mapping, Mapping) or set(map(str, mapping)) != set(classes):
-                raise _fail(f"make_splits.split.{side}", f"must map every class ({', '.join(classes)}) to a group, got {mapping!r}")
-            strangers = sorted(set(map(str, mapping.values())) - groups)
-            if strangers:
-                raise _fail(f"make_splits.split.{side}", f"names group(s) {strangers} that the group spec does not define ({', '.join(sorted(groups))})")
-            parsed_split[side] = {str(k): str(v) for k, v in mapping.items()}
-        if any(parsed_split["id"][c] == parsed_split["ood"][c] for c in classes):
-            raise _fail("make_splits.split", "gives a class the same group in id and ood; the test split must reverse the association")
-        parsed_split["group"] = group
-        balance = split.get("balance", ["val", "test_id", "test"])
-        parsed_split["balance"] = _str_list(balance, "make_splits.split.balance") if balance else []
-
-    folder = raw.get("folder")
-    if folder is not None:
-        if not isinstance(folder, Mapping) or "pattern" not in folder:
-            raise _fail("make_splits.folder", "must be {pattern, [exclude], [unique_by]}")
+# ---------------------------------------------------------------------------- layouts
+def _choose_layout(card: Any, metadata: Sequence[str | os.PathLike]) -> tuple[SplitRule, SourceRows]:
+    """The first layout (named files first, then the rest in order) whose files and columns fit."""
+    rules = rule_layouts(card.make_splits, card.class_names)
+    given = {file_key(p) for p in metadata}
+    known = {r.name: {file_key(m) for m in r.metadata} | _list_keys(r) for r in rules}
+    exact = [r for r in rules if given == known[r.name]]
+    named = exact + [r for r in rules if given and given < known[r.name]]
+    order = named + [r for r in rules if r not in named]
+    failures: list[tuple[SplitRule, MetadataError]] = []
+    for rule in order:
         try:
-            re.compile(folder["pattern"])
-            re.compile(folder.get("exclude") or "x")
-        except re.error as exc:
-            raise _fail("make_splits.folder", f"has a bad regular expression ({exc})") from None
-        folder = {"pattern": folder["pattern"], "exclude": folder.get("exclude"), "unique_by": list(folder.get("unique_by") or [])}
-    filters = raw.get("filter") or {}
-    if not isinstance(filters, Mapping):
-        raise _fail("make_splits.filter", f"must map columns to allowed values, got {filters!r}")
-    for col, rule in filters.items():
-        if not (isinstance(rule, list) or (isinstance(rule, Mapping) and set(rule) <= {"regex", "not_regex"} and rule)):
-            raise _fail(f"make_splits.filter.{col}", f"must be a list of values or {{regex: ...}} / {{not_regex: ...}}, got {rule!r}")
-    derive = raw.get("derive") or {}
-    for name, rule in derive.items():
-        if not isinstance(rule, Mapping) or "from" not in rule or "regex" not in rule:
-            raise _fail(f"make_splits.derive.{name}", "must be {from: column, regex: R}")
-    max_per_class = raw.get("max_per_class")
-    if max_per_class is not None and (not isinstance(max_per_class, int) or max_per_class < 1):
-        raise _fail("make_splits.max_per_class", f"must be a positive integer, got {max_per_class!r}")
-    return SplitSpec(
-        metadata=_str_list(raw["metadata"], "make_splits.metadata"),
-        metadata_help=str(raw.get("metadata_help") or ""),
-        folder=folder,
-        join=str(raw["join"]) if raw.get("join") else None,
-        filters=dict(filters),
-        derive={str(k): {"from": str(v["from"]), "regex": str(v["regex"])} for k, v in derive.items()},
-        rows_by=str(raw["rows_by"]) if raw.get("rows_by") else None,
-        path=raw["path"],
-        label=parsed_label,
-        patient=_str_list(raw["patient"], "make_splits.patient") if raw.get("patient") else [],
-        split=parsed_split,
-        max_per_class=max_per_class,
-        keep=_str_list(raw["keep"], "make_splits.keep") if raw.get("keep") else [],
-        seed=int(raw.get("seed", 0)),
-    )
+            source = load_metadata(metadata, rule)
+            check_columns(rule, source, card.name)
+            return rule, source
+        except MetadataError as exc:
+            failures.append((rule, exc))
+    rule, first = failures[0]
+    if len(failures) == 1:
+        raise first
+    others = "; ".join(f"layout {r.name} ({', '.join(r.metadata)}): {e.problem}" for r, e in failures[1:])
+    raise MetadataError(first.path, first.problem, f"{first.fix}. The card's other layouts did not fit either: {others}", field=first.field)
 
 
-# ---------------------------------------------------------------------------- metadata
-def _read_table(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV metadata file (UTF-8, header line), with errors naming the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
-    if "\x00" in text:
-        raise ValueError(f"metadata {path} contains NUL bytes, so it is not a CSV file; pass the source's metadata CSV")
-    reader = csv.DictReader(text.splitlines())
-    try:
-        header = reader.fieldnames
-        if not header:
-            raise ValueError(f"metadata {path} is empty; pass the source's metadata CSV")
-        rows = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise ValueError(
-                    f"metadata {path} line {reader.line_num} has "
-                    f"{sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])} fields "
-                    f"but the header has {len(header)}; the file is malformed or not the source's metadata CSV"
-                )
-            rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
-    except csv.Error as exc:
-        raise ValueError(f"metadata {path} is not a valid CSV at line {reader.line_num} ({exc})") from None
-    return rows
+def _list_keys(rule: SplitRule) -> set[str]:
+    return {file_key(n) for n in rule.split.files.values()} if isinstance(rule.split, ListsSplit) else set()
 
 
-def _folder_table(root: Path, folder: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per file under ``root`` whose relative path matches the pattern (named groups = columns)."""
-    pattern = re.compile(folder["pattern"])
-    exclude = re.compile(folder["exclude"]) if folder.get("exclude") else None
-    rows, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            if exclude and exclude.search(rel):
-                continue
-            m = pattern.search(rel)
-            if not m:
-                continue
-            row = {"path": rel, **{k: v or "" for k, v in m.groupdict().items()}}
-            if folder.get("unique_by"):
-                key = tuple(row.get(k, "") for k in folder["unique_by"])
-                if key in seen:
-                    continue
-                seen.add(key)
-            rows.append(row)
-    return rows
-
-
-def load_metadata(paths: Sequence[str | os.PathLike], spec: SplitSpec) -> list[dict[str, str]]:
-    """The source rows: each metadata file (or image folder) read, then joined or concatenated."""
-    if not paths:
-        raise ValueError(f"no metadata given; pass the source's file(s) with --metadata ({', '.join(spec.metadata)})")
-    tables = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"metadata not found: {p} (expected {', '.join(spec.metadata)}{'; ' + spec.metadata_help if spec.metadata_help else ''})")
-        if p.is_dir():
-            if not spec.folder:
-                raise ValueError(f"metadata {p} is a folder but this card's split rule reads a CSV ({', '.join(spec.metadata)})")
-            table = _folder_table(p, spec.folder)
-            if not table:
-                raise ValueError(f"no file under {p} matches the card's folder pattern {spec.folder['pattern']!r}; is it the right folder?")
-        else:
-            table = _read_table(p)
-        tables.append((p, table))
-    if len(tables) == 1:
-        return tables[0][1]
-    if spec.join:
-        for p, table in tables:
-            if table and spec.join not in table[0]:
-                raise ValueError(f"metadata {p} has no column {spec.join!r} to join on (columns: {', '.join(table[0])})")
-        joined = tables[0][1]
-        for _, table in tables[1:]:
-            index: dict[str, list[dict[str, str]]] = defaultdict(list)
-            for row in table:
-                index[row[spec.join]].append(row)
-            joined = [{**left, **right} for left in joined for right in index.get(left[spec.join], [])]
-        return joined
-    return [row for _, table in tables for row in table]
-
-
-# ---------------------------------------------------------------------------- building
+# ---------------------------------------------------------------------------- rows -> items
 def _passes(row: dict[str, str], column: str, rule: Any) -> bool:
     value = row.get(column, "")
     if isinstance(rule, list):
-        return value in {str(v) for v in rule}
-    if "regex" in rule and not re.search(rule["regex"], value):
+        return value in rule
+    if rule.regex is not None and not re.search(rule.regex, value):
         return False
-    return not ("not_regex" in rule and re.search(rule["not_regex"], value))
+    return not (rule.not_regex is not None and re.search(rule.not_regex, value))
 
 
-def _first_present(row: Mapping[str, Any], columns: list[str]) -> str:
+def _first_present(row: dict[str, Any], columns: Sequence[str]) -> str:
     for c in columns:
         v = row.get(c)
         if v not in (None, ""):
@@ -398,99 +131,137 @@ def _first_present(row: Mapping[str, Any], columns: list[str]) -> str:
     return ""
 
 
-def _label(row: dict[str, Any], spec: SplitSpec) -> tuple[str | None, str]:
+def _values(row: dict[str, Any], lab: LabelRule) -> list[str]:
+    """The label values of a row: split on the separator, reduced by value_regex, empties dropped."""
+    cell = _first_present(row, lab.column)
+    values = [v.strip() for v in cell.split(lab.separator)] if lab.separator else [cell.strip()]
+    if lab.value_regex:
+        pattern = re.compile(lab.value_regex)
+        matches = (pattern.search(v) for v in values)
+        values = [(m.group(1) if m.groups() else m.group(0)).strip() for m in matches if m]
+    return [v for v in values if v]
+
+
+def _merge_rows(rows: list[dict[str, Any]], rule: SplitRule) -> list[dict[str, Any]]:
+    """Rows of one image (``rows_by``) merged: their label values, each with the readers who gave it."""
+    lab = rule.label
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = row.get(rule.rows_by or "", "")
+        if key not in merged:
+            merged[key] = {**row, "_votes": defaultdict(set)}
+        if isinstance(lab, LabelRule):
+            reader = row.get(lab.readers.column, "") if lab.readers else ""
+            for v in _values(row, lab):
+                merged[key]["_votes"][v].add(reader)
+    return list(merged.values())
+
+
+def _vote(votes: dict[str, set[str]], lab: LabelRule) -> tuple[str | None, str]:
+    """The class most readers named, among those at least ``readers.min`` named; ties by ``ties``."""
+    assert lab.readers is not None
+    counts: Counter[str] = Counter()
+    for value, readers in votes.items():
+        cls = lab.map.get(value)
+        if cls is not None:
+            counts[cls] = max(counts[cls], len(readers))
+    named = {c: n for c, n in counts.items() if n >= lab.readers.min}
+    if not named:
+        return None, "rows with no class" if not counts else f"rows whose classes fewer than {lab.readers.min} readers named"
+    if lab.others == "reject" and any(v not in lab.map for v in votes):
+        return None, "rows with another finding"
+    top = max(named.values())
+    best = [c for c, n in named.items() if n == top]
+    if len(best) > 1:
+        ranked = [c for c in lab.ties if c in best]
+        if not ranked:
+            return None, "rows with several classes"
+        best = ranked[:1]
+    return best[0], ""
+
+
+def _label(row: dict[str, Any], rule: SplitRule) -> tuple[str | None, str]:
     """(class, "") or (None, why the row is dropped)."""
-    lab = spec.label
-    if lab["kind"] == "one_hot":
-        hits = [cls for col, cls in lab["one_hot"].items() if str(row.get(col, "")).strip() in lab["positive"]]
-        if any(str(row.get(col, "")).strip() in lab["positive"] for col in lab["exclusive_with"]):
+    lab = rule.label
+    if not isinstance(lab, LabelRule):
+        hits = [cls for col, cls in lab.one_hot.items() if str(row.get(col, "")).strip() in lab.positive]
+        if any(str(row.get(col, "")).strip() in lab.positive for col in lab.exclusive_with):
             return None, "rows with another finding"
         if len(set(hits)) != 1:
             return None, "rows without exactly one class" if hits else "rows with no class"
         return hits[0], ""
-    if "_values" in row:
-        values = list(row["_values"])
-    else:
-        cell = _first_present(row, lab["columns"])
-        values = [v.strip() for v in cell.split(lab["separator"])] if lab["separator"] else [cell]
-    values = [v for v in values if v]
-    mapped = {lab["map"][v] for v in values if v in lab["map"]}
+    if lab.readers is not None:
+        return _vote(row["_votes"], lab)
+    values = list(row["_votes"]) if "_votes" in row else _values(row, lab)
+    mapped = {lab.map[v] for v in values if v in lab.map}
     if not mapped:
         return None, "rows with no class"
     if len(mapped) > 1:
-        return None, "rows with several classes"
-    if lab["others"] == "reject" and any(v not in lab["map"] for v in values):
+        ranked = [c for c in lab.ties if c in mapped]
+        if not ranked:
+            return None, "rows with several classes"
+        mapped = {ranked[0]}
+    if lab.others == "reject" and any(v not in lab.map for v in values):
         return None, "rows with another finding"
     return mapped.pop(), ""
 
 
-def _group(row: dict[str, Any], group: dict[str, Any]) -> str | None:
-    value = _first_present(row, group["columns"])
-    if value == "":
-        return None
-    table = group["table"]
-    if group["kind"] == "map":
-        return table.get(value)
-    if group["kind"] == "contains":
-        hits = [name for name, needle in table.items() if str(needle).lower() in value.lower()]
+def _image_rows(rows: list[dict[str, Any]], rule: SplitRule, dropped: Counter) -> list[dict[str, Any]]:
+    """The rows that pass the rule's filters, merged to one per image when the rule says so."""
+    kept = []
+    for row in rows:
+        if all(_passes(row, col, f) for col, f in rule.filters.items()):
+            kept.append(row)
+        else:
+            dropped["rows filtered out"] += 1
+    return _merge_rows(kept, rule) if rule.rows_by else kept
+
+
+def _source_split(row: dict[str, Any], rule: SplitRule, source: SourceRows) -> str | None:
+    split = rule.split
+    if isinstance(split, ColumnSplit):
+        return split.map.get(row.get(split.column, ""))
+    if isinstance(split, ListsSplit):
+        key = row.get(split.key, "")
+        hits = [name for name, listed in source.split_lists.items() if key in listed]
         return hits[0] if len(hits) == 1 else None
-    try:
-        x = float(value)
-    except ValueError:
-        return None
-    for name, (lo, hi) in table.items():
-        if (lo is None or x >= lo) and (hi is None or x <= hi):
-            return name
     return None
 
 
-def _grouped_split(
-    items: list[dict[str, str]], fractions: dict[str, float], rng: np.random.Generator, class_order: list[str]
-) -> None:
-    """Assign ``item["split"]`` by patient, stratified by each patient's majority class."""
-    patients: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for it in items:
-        patients[it["_patient"]].append(it)
-    strata: dict[str, list[str]] = defaultdict(list)
-    rank = {c: i for i, c in enumerate(class_order)}
-    for key in sorted(patients):
-        labels = Counter(it["label"] for it in patients[key])
-        top = min(labels, key=lambda c: (-labels[c], rank[c]))
-        strata[top].append(key)
-    names = list(fractions)
-    bounds = np.cumsum([fractions[n] for n in names])
-    for cls in class_order:
-        keys = strata.get(cls, [])
-        order = [keys[i] for i in rng.permutation(len(keys))]
-        total = sum(len(patients[k]) for k in order)
-        done = 0
-        for key in order:
-            n = len(patients[key])
-            position = (done + n / 2) / total
-            split = names[min(int(np.searchsorted(bounds, position, side="right")), len(names) - 1)]
-            for it in patients[key]:
-                it["split"] = split
-            done += n
+def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card: Any, dropped: Counter) -> list[dict[str, Any]]:
+    """One item per labelled row with a new path: path, label, grouping, split and copied columns."""
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    group = rule.group_rule()
+    for row in rows:
+        cls, why = _label(row, rule)
+        if cls is None:
+            dropped[why] += 1
+            continue
+        try:
+            path = rule.path.format_map(row)
+        except KeyError as exc:
+            raise MetadataError(None, f"lacks the column {exc} that the path template {rule.path!r} of card {card.name!r} names",
+                                "Pass the source's own file(s)") from None
+        if path in seen:
+            dropped["repeated paths"] += 1
+            continue
+        seen.add(path)
+        item = {"path": path, "label": cls, "_patient": _first_present(row, rule.patient) or f"image:{path}"}
+        item["_source_split"] = _source_split(row, rule, source)
+        if group is not None:
+            item["_group_value"] = _first_present(row, group.column)
+            item["_group"] = group_of(item["_group_value"], group)
+        for col in rule.keep:
+            item[col] = row.get(col, "")
+        for col, truth in rule.truth.items():
+            value = row.get(truth.source, "")
+            item[col] = value if truth.map is None else truth.map.get(value, "")
+        items.append(item)
+    return items
 
 
-def _balance(items: list[dict[str, str]], split: str, rng: np.random.Generator) -> list[dict[str, str]]:
-    """Drop random images of the larger classes of ``split`` until every class has the same count."""
-    part = [it for it in items if it.get("split") == split]
-    by_class: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for it in part:
-        by_class[it["label"]].append(it)
-    if len(by_class) < 2:
-        return items
-    n = min(len(v) for v in by_class.values())
-    drop = set()
-    for cls in sorted(by_class):
-        members = by_class[cls]
-        if len(members) > n:
-            for i in rng.permutation(len(members))[n:]:
-                drop.add(id(members[i]))
-    return [it for it in items if id(it) not in drop]
-
-
+# ---------------------------------------------------------------------------- images
 def _image_index(root: Path) -> dict[str, list[str]]:
     """basename -> relative paths of every file under ``root``."""
     index: dict[str, list[str]] = defaultdict(list)
@@ -498,6 +269,140 @@ def _image_index(root: Path) -> dict[str, list[str]]:
         for name in filenames:
             index[name].append(Path(dirpath, name).relative_to(root).as_posix())
     return index
+
+
+def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike], images: Any) -> tuple[Path | None, str]:
+    """The folder image paths are checked in, and how it was chosen (for messages)."""
+    folders = [Path(m) for m in metadata if Path(m).is_dir()]
+    if images:
+        return Path(images), "--images"
+    if rule.folder and folders:
+        root = folders[0]  # folder sources: manifest paths are relative to that folder
+        if card.image_root.resolve() != root.resolve():
+            hint = f"set {card.image_root_env}={root}" if card.image_root_env else f"point image_root at {root}"
+            log.warning("manifest paths are relative to %s; %s so the card finds the images", root, hint)
+        return root, "--metadata"
+    if card.image_root.is_dir():
+        env = card.image_root_env
+        how = f"${env}" if env and os.environ.get(env) else "the card's image_root"
+        return card.image_root, how
+    log.info("image folder %s does not exist yet; manifest paths are not checked", card.image_root)
+    return None, ""
+
+
+def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
+    """Items whose image is under ``root`` (a file found elsewhere under it by name is used at its real path)."""
+    index = _image_index(root)
+    found = []
+    for it in items:
+        if (root / it["path"]).is_file():
+            found.append(it)
+        elif len(index.get(Path(it["path"]).name, [])) == 1:
+            it["path"] = index[Path(it["path"]).name][0]
+            found.append(it)
+        else:
+            dropped["rows whose image is not under " + str(root)] += 1
+    return found
+
+
+def _checked_images(
+    items: list[dict[str, Any]], rows: list[dict[str, Any]], card: Any, rule: SplitRule,
+    metadata: Sequence[str | os.PathLike], images: Any, dropped: Counter,
+) -> list[dict[str, Any]]:
+    """The items whose image file is in the image folder (all of them when there is no folder yet)."""
+    root, how = _image_root(card, rule, metadata, images)
+    if root is None:
+        return items
+    labelled = len(items)
+    items = _with_images(items, root, dropped)
+    if labelled and not items:
+        raise FileNotFoundError(
+            f"card {card.name!r}: the images are not under {root} ({how}). {_images_hint(card)}. (None of the "
+            f"{labelled} images the metadata names is there, e.g. {_example_path(rows, rule)}; the metadata itself was read.)"
+        )
+    if len(items) < labelled:
+        log.warning("%d of %d images the metadata names are not under %s (%s); they are left out. %s",
+                    labelled - len(items), labelled, root, how, _images_hint(card))
+    return items
+
+
+def _images_hint(card: Any) -> str:
+    env = f" or set {card.image_root_env}=DIR" if card.image_root_env else ""
+    return (f"Pass the folder that holds the images with --images DIR{env}; to write the manifest before the images "
+            "are there, add --no-image-check")
+
+
+# ---------------------------------------------------------------------------- checks and output
+def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], rng: np.random.Generator, dropped: Counter) -> list[dict[str, Any]]:
+    """At most ``max_per_class`` images of each class, drawn with the seed."""
+    cap = rule.max_per_class
+    if not cap:
+        return items
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        by_class[it["label"]].append(it)
+    capped = []
+    for cls in classes:
+        members = by_class.get(cls, [])
+        if len(members) > cap:
+            dropped[f"rows over max_per_class {cap}"] += len(members) - cap
+            members = [members[i] for i in sorted(rng.permutation(len(members))[:cap])]
+        capped.extend(members)
+    return sorted(capped, key=lambda it: it["path"])
+
+
+def _shortfalls(result: SplitResult, rule: SplitRule, classes: list[str]) -> list[str]:
+    """Each class of each split the rule writes with fewer images than the card's minimum (or none)."""
+    counts = result.counts()
+    short = []
+    for split in rule.split_names():
+        for cls in classes:
+            n = counts.get(split, Counter())[cls]
+            need = rule.minimum(split)
+            if n < max(need, 1):
+                short.append(f"{cls} has {n} in {split}" + (f" (at least {need} promised)" if need else ""))
+    return short
+
+
+def _check_counts(result: SplitResult, rule: SplitRule, card: Any, allow_short: bool) -> None:
+    """Fail when a class is under the card's minimum (unless allowed); warn of every short class."""
+    dropped = result.dropped
+    result.short = _shortfalls(result, rule, card.class_names)
+    promised = [s for s in result.short if "promised" in s]
+    if promised and not allow_short:
+        raise MetadataError(
+            None, f"for card {card.name!r} the metadata gives fewer images than the card's make_splits.min_per_class promises: "
+            f"{'; '.join(promised)} (dropped: {', '.join(f'{n} {w}' for w, n in dropped.most_common()) or 'none'})",
+            "Check that --metadata is the full release and that --images holds every image; --allow-short writes the "
+            "manifest anyway",
+        )
+    for line in result.short:
+        log.warning("card %s: %s", card.name, line)
+
+
+def _manifest_rows(items: list[dict[str, Any]], rule: SplitRule, card: Any, salt: str | None) -> tuple[list[str], list[dict[str, str]]]:
+    from cbm.data._manifest import salted_patient_key
+
+    group = rule.group_rule()
+    group_name = group.name if group else None
+    if group_name and card.group_column and group_name != card.group_column:
+        where = "split.group" if isinstance(rule.split, ConfoundedSplit) else "group"
+        raise ValueError(f"card {card.name!r}: make_splits.{where}.name is {group_name!r} but the card's group column is "
+                         f"{card.group_column!r}; make them the same")
+    extra = [c for c in [*rule.keep, *rule.truth] if c != group_name]
+    columns = ["path", "label", "split"] + ([group_name] if group_name else []) + (["patient_key"] if rule.patient else []) + extra
+    salt = secrets.token_hex(16) if salt is None else salt
+    rows = []
+    for it in items:
+        row = {"path": it["path"], "label": it["label"], "split": it["split"]}
+        if group_name:
+            row[group_name] = it["_group"] or ""
+        if rule.patient:  # never the ID itself: it identifies a person
+            patient = "" if it["_patient"].startswith("image:") else it["_patient"]
+            row["patient_key"] = salted_patient_key(patient, salt)
+        row.update({c: it.get(c, "") for c in extra})
+        rows.append(row)
+    return columns, rows
 
 
 def make_splits(
@@ -509,6 +414,8 @@ def make_splits(
     images: str | os.PathLike | None = None,
     write: bool = True,
     salt: str | None = None,
+    check_images: bool = True,
+    allow_short: bool = False,
 ) -> SplitResult:
     """Build (and by default write) a card's manifest from the source's metadata.
 
@@ -527,227 +434,57 @@ def make_splits(
             relative path, and rows whose image is absent are dropped.
         write: write the CSV (``False`` returns the rows only).
         salt: the salt of ``patient_key`` (default: random per run, and not stored).
+        check_images: ``False`` writes every row without looking for its image file.
+        allow_short: write the manifest (with a warning) when a class has fewer images in a split
+            than the card's ``min_per_class`` promises, instead of raising.
 
     Returns:
         A :class:`SplitResult` (rows, counts per split and class, what was dropped and why).
+
+    Raises:
+        MetadataError: a file the rule cannot read, or one that yields no row or fewer images than
+            the card promises (the message names the files, the image folder and the fix).
     """
     from cbm.data._card import load_card
-    from cbm.data._manifest import salted_patient_key, write_manifest
+    from cbm.data._manifest import write_manifest
 
     card = load_card(card)
     if not card.make_splits:
         raise ValueError(
             f"card {card.name!r} ({card.path}) has no make_splits rule; write its manifest yourself "
-            f"(columns path,label,split) or add a make_splits field (see cbm/data/_splits.py)"
+            f"(columns path,label,split) or add a make_splits field (see cbm/data/_split_rule.py)"
         )
-    spec = parse_split_spec(card.make_splits, card.class_names)
+    rule, source = _choose_layout(card, metadata)
     if seed is not None:
-        spec.seed = int(seed)
-    rng = np.random.default_rng(spec.seed)
-    source = load_metadata(metadata, spec)
-    result = SplitResult(rows=[], columns=[], n_source_rows=len(source))
+        rule.seed = int(seed)
+    rng = np.random.default_rng(rule.seed)
+    result = SplitResult(rows=[], columns=[], n_source_rows=len(source.rows), layout=rule.name)
     dropped = result.dropped
-    needed = {c for c in re.findall(r"{([^{}]+)}", spec.path)}
-    if source:
-        available = set(source[0]) | set(spec.derive)
-        missing = sorted((needed | set(spec.filters) | set(spec.keep)) - available)
-        lab = spec.label
-        alternatives = [lab.get("columns", [])] if lab["kind"] == "column" else [[c] for c in lab["one_hot"]]
-        alternatives += [spec.patient] if spec.patient else []
-        if spec.split["method"] == "column":
-            alternatives.append([spec.split["column"]])
-        if spec.split["method"] == "confounded":
-            alternatives.append(spec.split["group"]["columns"])
-        missing += [" or ".join(cols) for cols in alternatives if cols and not set(cols) & available]
-        if missing:
-            raise ValueError(
-                f"the metadata lacks the column(s) {', '.join(missing)} that card {card.name!r} needs "
-                f"(columns found: {', '.join(sorted(source[0]))}); pass the source's own file ({', '.join(spec.metadata)})"
-            )
-
-    rows = []
-    for row in source:
-        if all(_passes(row, col, rule) for col, rule in spec.filters.items()):
-            rows.append(row)
-        else:
-            dropped["rows filtered out"] += 1
-    for row in rows:
-        for name, rule in spec.derive.items():
-            m = re.search(rule["regex"], row.get(rule["from"], ""))
-            row[name] = (m.group(1) if m and m.groups() else m.group(0)) if m else ""
-    if spec.rows_by:
-        merged: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            key = row.get(spec.rows_by, "")
-            lab = spec.label
-            cell = _first_present(row, lab.get("columns", []))
-            values = [v.strip() for v in cell.split(lab["separator"])] if lab.get("separator") else [cell]
-            if key not in merged:
-                merged[key] = {**row, "_values": set()}
-            merged[key]["_values"].update(v for v in values if v)
-        rows = list(merged.values())
-
-    items: list[dict[str, Any]] = []
-    seen_paths: set[str] = set()
-    for row in rows:
-        cls, why = _label(row, spec)
-        if cls is None:
-            dropped[why] += 1
-            continue
-        try:
-            path = spec.path.format_map(row)
-        except KeyError as exc:
-            raise ValueError(f"card {card.name!r}: the path template {spec.path!r} names the column {exc} that the metadata lacks") from None
-        if path in seen_paths:
-            dropped["repeated paths"] += 1
-            continue
-        seen_paths.add(path)
-        item = {"path": path, "label": cls, "_patient": _first_present(row, spec.patient) or f"image:{path}"}
-        if spec.split["method"] == "column":
-            item["_source_split"] = row.get(spec.split["column"], "")
-        if spec.split["method"] == "confounded":
-            item["_group"] = _group(row, spec.split["group"])
-            item["_group_value"] = _first_present(row, spec.split["group"]["columns"])
-        for col in spec.keep:
-            item[col] = row.get(col, "")
-        items.append(item)
-
-    folders = [Path(m) for m in metadata if Path(m).is_dir()]
-    if images:
-        root: Path | None = Path(images)
-    elif spec.folder and folders:
-        root = folders[0]  # folder sources: manifest paths are relative to that folder
-        if card.image_root.resolve() != root.resolve():
-            hint = f"set {card.image_root_env}={root}" if card.image_root_env else f"point image_root at {root}"
-            log.warning("manifest paths are relative to %s; %s so the card finds the images", root, hint)
-    else:
-        root = card.image_root if card.image_root.is_dir() else None
-    if root is not None:
-        index = _image_index(root)
-        found = []
-        for it in items:
-            if (root / it["path"]).is_file():
-                found.append(it)
-            elif len(index.get(Path(it["path"]).name, [])) == 1:
-                it["path"] = index[Path(it["path"]).name][0]
-                found.append(it)
-            else:
-                dropped["rows whose image is not under " + str(root)] += 1
-        items = found
-    else:
-        log.info("image folder %s does not exist yet; manifest paths are not checked", card.image_root)
-
+    rows = _image_rows(source.rows, rule, dropped)
+    items = _items(rows, rule, source, card, dropped)
+    if check_images:
+        items = _checked_images(items, rows, card, rule, metadata, images, dropped)
     items.sort(key=lambda it: it["path"])
-    if spec.max_per_class:
-        by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for it in items:
-            by_class[it["label"]].append(it)
-        capped = []
-        for cls in card.class_names:
-            members = by_class.get(cls, [])
-            if len(members) > spec.max_per_class:
-                dropped[f"rows over max_per_class {spec.max_per_class}"] += len(members) - spec.max_per_class
-                keep = sorted(rng.permutation(len(members))[: spec.max_per_class])
-                members = [members[i] for i in keep]
-            capped.extend(members)
-        items = sorted(capped, key=lambda it: it["path"])
-
-    items = _assign_splits(items, spec, card.class_names, rng, dropped)
-    group_name = spec.split["group"]["name"] if spec.split["method"] == "confounded" else None
-    if group_name and card.group_column and group_name != card.group_column:
-        raise ValueError(
-            f"card {card.name!r}: make_splits.split.group.name is {group_name!r} but the card's group column is "
-            f"{card.group_column!r}; make them the same"
-        )
-    columns = ["path", "label", "split"] + ([group_name] if group_name else []) + (["patient_key"] if spec.patient else []) + [
-        c for c in spec.keep if c != group_name
-    ]
-    salt = secrets.token_hex(16) if salt is None else salt
-    for it in items:
-        row = {"path": it["path"], "label": it["label"], "split": it["split"]}
-        if group_name:
-            row[group_name] = it["_group"]
-        if spec.patient:  # never the ID itself: it identifies a person
-            patient = "" if it["_patient"].startswith("image:") else it["_patient"]
-            row["patient_key"] = salted_patient_key(patient, salt)
-        row.update({c: it.get(c, "") for c in spec.keep if c != group_name})
-        result.rows.append(row)
-    result.columns = columns
+    items = _capped(items, rule, card.class_names, rng, dropped)
+    items = assign_splits(items, rule, card.class_names, rng, dropped)
+    result.columns, result.rows = _manifest_rows(items, rule, card, salt)
     if not result.rows:
-        raise ValueError(
-            f"card {card.name!r}: no metadata row produced a manifest row ({', '.join(f'{n} {w}' for w, n in dropped.most_common()) or 'empty metadata'}); "
-            f"check that --metadata is the source's file ({', '.join(spec.metadata)})"
+        raise MetadataError(
+            None, f"no row of {', '.join(map(str, source.files))} produced a manifest row for card {card.name!r} "
+            f"({', '.join(f'{n} {w}' for w, n in dropped.most_common()) or 'empty metadata'})",
+            f"Check that --metadata is the source's file ({', '.join(rule.metadata)})",
         )
+    _check_counts(result, rule, card, allow_short)
     if write:
-        result.out = write_manifest(Path(out) if out else card.manifest_path, result.rows, columns)
+        result.out = write_manifest(Path(out) if out else card.manifest_path, result.rows, result.columns)
     return result
 
 
-def _assign_splits(
-    items: list[dict[str, Any]], spec: SplitSpec, class_order: list[str], rng: np.random.Generator, dropped: Counter
-) -> list[dict[str, Any]]:
-    split = spec.split
-    if split["method"] == "random":
-        _grouped_split(items, split["fractions"], rng, class_order)
-        return items
-    if split["method"] == "column":
-        kept = []
-        for it in items:
-            s = split["map"].get(it["_source_split"])
-            if s is None:
-                dropped["rows outside the source's splits"] += 1
-                continue
-            it["split"] = s
-            kept.append(it)
-        share = split.get("val_from_train") or 0.0
-        if share:
-            train = [it for it in kept if it["split"] == "train"]
-            _grouped_split(train, {"train": 1.0 - share, "val": share}, rng, class_order)
-        return kept
-    # confounded: each class from one group in-domain, from the other out-of-domain
-    id_map, ood_map = split["id"], split["ood"]
-    side: dict[int, str] = {}
-    unmatched: Counter[str] = Counter()
-    for it in items:
-        g = it["_group"]
-        if g is not None and g == id_map[it["label"]]:
-            side[id(it)] = "id"
-        elif g is not None and g == ood_map[it["label"]]:
-            side[id(it)] = "ood"
-        else:
-            dropped["rows outside the confounded groups"] += 1
-            if g is None and it.get("_group_value") and split["group"]["kind"] != "bins":
-                unmatched[repr(it["_group_value"])] += 1  # (an empty value, or an age between bins, is left out by design)
-    if unmatched:
-        group = split["group"]
-        known = {"map": "values", "contains": "substrings"}[group["kind"]]
-        log.warning(
-            "%d rows have a %s value that none of the rule's %s (%s) takes, e.g. %s; they are left out. If these "
-            "should count, the metadata spells the groups differently from the card's make_splits.split.group.%s",
-            sum(unmatched.values()), "/".join(group["columns"]), known,
-            ", ".join(f"{k}: {v}" for k, v in group["table"].items())[:200],
-            ", ".join(f"{v} ({n})" for v, n in unmatched.most_common(5)), group["kind"],
-        )
-    items = [it for it in items if id(it) in side]
-    by_patient: dict[str, set[str]] = defaultdict(set)
-    for it in items:
-        by_patient[it["_patient"]].add(side[id(it)])
-    both = sorted(k for k, sides in by_patient.items() if len(sides) > 1)
-    choice = dict(zip(both, rng.choice(["id", "ood"], size=len(both)))) if both else {}
-    kept = []
-    for it in items:
-        if it["_patient"] in choice and choice[it["_patient"]] != side[id(it)]:
-            dropped["rows of patients already on the other side"] += 1
+def _example_path(rows: list[dict[str, Any]], rule: SplitRule) -> str:
+    """One manifest path the metadata names, for a message."""
+    for row in rows:
+        try:
+            return rule.path.format_map(row)
+        except KeyError:
             continue
-        kept.append(it)
-    in_domain = [it for it in kept if side[id(it)] == "id"]
-    _grouped_split(in_domain, split["fractions"], rng, class_order)
-    for it in kept:
-        if side[id(it)] == "ood":
-            it["split"] = "test"
-    for name in split.get("balance", []):
-        before = len(kept)
-        kept = _balance(kept, name, rng)
-        if before > len(kept):
-            dropped[f"rows removed to balance {name}"] += before - len(kept)
-    return kept
+    return rule.path

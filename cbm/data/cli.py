@@ -2,7 +2,7 @@
 
     cbm cards                                          # built-in and $CBM_CARDS_PATH cards
     cbm validate ham10000 [--strict] [--no-files]      # every manifest problem, reported together
-    cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR] [--out CSV] [--seed N]
+    cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR | --no-image-check] [--out CSV] [--seed N]
     cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1]
 """
 
@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: the card's)")
     p.add_argument("--dry-run", action="store_true", help="report the counts without writing")
     p.add_argument("--salt", help="salt of the patient_key column (default: random, not stored)")
+    p.add_argument("--no-image-check", action="store_true",
+                   help="write every row without looking for its image file (e.g. before the images are downloaded)")
+    p.add_argument("--allow-short", action="store_true",
+                   help="write the manifest (with a warning) when a class has fewer images than the card promises")
     p.set_defaults(func=_make_splits)
 
     p = subparsers.add_parser("index-dicom", help="write a manifest from DICOM headers (no pixel decoding)")
@@ -112,7 +116,8 @@ def _make_splits(args: argparse.Namespace) -> int:
     from cbm.data._splits import make_splits
 
     result = make_splits(args.card, args.metadata, out=args.out, seed=args.seed, images=args.images,
-                         write=not args.dry_run, salt=args.salt)
+                         write=not args.dry_run, salt=args.salt, check_images=not args.no_image_check,
+                         allow_short=args.allow_short)
     print(result.summary())
     return 0
 

@@ -1,0 +1,175 @@
+"""Assigning manifest rows to splits: grouped by patient, stratified by class, deterministic.
+
+:func:`grouped_split` is the one helper behind every random split cbm writes (``cbm make-splits``
+and ``cbm index-dicom --split``); :func:`assign_splits` applies a card's split rule (random, the
+source's own column or lists, or KnoBo's confounded construction).
+
+Items are plain dicts with ``label``, ``_patient`` (the grouping key) and, depending on the rule,
+``_source_split``, ``_group`` and ``_group_value``; the functions set ``split``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+from cbm.data._split_rule import ColumnSplit, ConfoundedSplit, GroupRule, ListsSplit, RandomSplit, SplitRule
+
+__all__ = ["grouped_split", "balance", "assign_splits", "group_of"]
+
+log = logging.getLogger(__name__)
+
+
+def grouped_split(
+    items: list[dict[str, Any]], fractions: dict[str, float], rng: np.random.Generator, class_order: list[str]
+) -> None:
+    """Set ``item["split"]`` by patient (``item["_patient"]``), stratified by each patient's majority class.
+
+    Args:
+        items: rows with ``label`` and ``_patient``; every row of one patient gets one split.
+        fractions: split name -> share of the images, e.g. ``{"train": 0.8, "val": 0.1, "test": 0.1}``.
+        rng: the random generator (patients are shuffled within each class).
+        class_order: the classes in label order; a patient's tie between classes goes to the first.
+    """
+    patients: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        patients[it["_patient"]].append(it)
+    strata: dict[str, list[str]] = defaultdict(list)
+    rank = {c: i for i, c in enumerate(class_order)}
+    for key in sorted(patients):
+        labels = Counter(it["label"] for it in patients[key])
+        top = min(labels, key=lambda c: (-labels[c], rank.get(c, len(rank))))
+        strata[top].append(key)
+    names = list(fractions)
+    bounds = np.cumsum([fractions[n] for n in names])
+    for cls in class_order:
+        keys = strata.get(cls, [])
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        total = sum(len(patients[k]) for k in order)
+        done = 0
+        for key in order:
+            n = len(patients[key])
+            position = (done + n / 2) / total
+            split = names[min(int(np.searchsorted(bounds, position, side="right")), len(names) - 1)]
+            for it in patients[key]:
+                it["split"] = split
+            done += n
+
+
+def balance(items: list[dict[str, Any]], split: str, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Drop random images of the larger classes of ``split`` until every class has the same count."""
+    by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        if it.get("split") == split:
+            by_class[it["label"]].append(it)
+    if len(by_class) < 2:
+        return items
+    n = min(len(v) for v in by_class.values())
+    drop = set()
+    for cls in sorted(by_class):
+        members = by_class[cls]
+        if len(members) > n:
+            for i in rng.permutation(len(members))[n:]:
+                drop.add(id(members[i]))
+    return [it for it in items if id(it) not in drop]
+
+
+def group_of(value: str, group: GroupRule) -> str | None:
+    """The group a source value belongs to (None: in no group)."""
+    if value == "":
+        return None
+    table = group.table
+    if group.kind == "map":
+        return table.get(value)
+    if group.kind == "contains":
+        hits = [name for name, needle in table.items() if str(needle).lower() in value.lower()]
+        return hits[0] if len(hits) == 1 else None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    for name, (lo, hi) in table.items():
+        if (lo is None or x >= lo) and (hi is None or x <= hi):
+            return name
+    return None
+
+
+def assign_splits(
+    items: list[dict[str, Any]], rule: SplitRule, class_order: list[str], rng: np.random.Generator, dropped: Counter
+) -> list[dict[str, Any]]:
+    """Give every item its split by the rule; returns the items kept (``dropped`` counts the others)."""
+    split = rule.split
+    if isinstance(split, RandomSplit):
+        grouped_split(items, split.fractions, rng, class_order)
+        return items
+    if isinstance(split, (ColumnSplit, ListsSplit)):
+        kept = []
+        for it in items:
+            s = it.get("_source_split")
+            if s is None:
+                dropped["rows outside the source's splits"] += 1
+                continue
+            it["split"] = s
+            kept.append(it)
+        if split.val_from_train:
+            train = [it for it in kept if it["split"] == "train"]
+            grouped_split(train, {"train": 1.0 - split.val_from_train, "val": split.val_from_train}, rng, class_order)
+        return kept
+    return _confounded(items, split, class_order, rng, dropped)
+
+
+def _warn_unmatched(unmatched: Counter, group: GroupRule) -> None:
+    known = {"map": "values", "contains": "substrings"}[group.kind]
+    log.warning(
+        "%d rows have a %s value that none of the rule's %s (%s) takes, e.g. %s; they are left out. If these "
+        "should count, the metadata spells the groups differently from the card's make_splits.split.group.%s",
+        sum(unmatched.values()), "/".join(group.column), known,
+        ", ".join(f"{k}: {v}" for k, v in group.table.items())[:200],
+        ", ".join(f"{v} ({n})" for v, n in unmatched.most_common(5)), group.kind,
+    )
+
+
+def _confounded(
+    items: list[dict[str, Any]], split: ConfoundedSplit, class_order: list[str], rng: np.random.Generator, dropped: Counter
+) -> list[dict[str, Any]]:
+    """Each class from one group in-domain (train/val/test_id), from the other in test."""
+    side: dict[int, str] = {}
+    unmatched: Counter[str] = Counter()
+    for it in items:
+        g = it["_group"]
+        if g is not None and g == split.id[it["label"]]:
+            side[id(it)] = "id"
+        elif g is not None and g == split.ood[it["label"]]:
+            side[id(it)] = "ood"
+        else:
+            dropped["rows outside the confounded groups"] += 1
+            if g is None and it.get("_group_value") and split.group.kind != "bins":
+                unmatched[repr(it["_group_value"])] += 1  # (an empty value, or an age between bins, is left out by design)
+    if unmatched:
+        _warn_unmatched(unmatched, split.group)
+    items = [it for it in items if id(it) in side]
+    by_patient: dict[str, set[str]] = defaultdict(set)
+    for it in items:
+        by_patient[it["_patient"]].add(side[id(it)])
+    both = sorted(k for k, sides in by_patient.items() if len(sides) > 1)
+    choice = dict(zip(both, rng.choice(["id", "ood"], size=len(both)))) if both else {}
+    kept = []
+    for it in items:
+        if it["_patient"] in choice and choice[it["_patient"]] != side[id(it)]:
+            dropped["rows of patients already on the other side"] += 1
+            continue
+        kept.append(it)
+    in_domain = [it for it in kept if side[id(it)] == "id"]
+    grouped_split(in_domain, split.fractions, rng, class_order)
+    for it in kept:
+        if side[id(it)] == "ood":
+            it["split"] = "test"
+    for name in split.balance:
+        before = len(kept)
+        kept = balance(kept, name, rng)
+        if before > len(kept):
+            dropped[f"rows removed to balance {name}"] += before - len(kept)
+    return kept

@@ -1,0 +1,203 @@
+"""``cbm make-splits`` on the real published metadata of the built-in cards' sources.
+
+The files come with the torchxrayvision package (its wheel ships the label files of NIH
+ChestX-ray14, CheXpert, VinDr-CXR, the NLM Open-i release, PadChest and RSNA pneumonia under
+``torchxrayvision/data/``; no images). Each card's manifest is built without images
+(``check_images=False``) and its counts are held against what the card's ``split_rule`` states.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from cbm.cli import main
+from cbm.data import load_card, make_splits
+
+_SPEC = importlib.util.find_spec("torchxrayvision")  # found without importing it (it needs imageio)
+DATA = Path(_SPEC.submodule_search_locations[0]) / "data" if _SPEC else None
+NIH = "Data_Entry_2017_v2020.csv.gz"
+PADCHEST = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+
+
+def real(name: str) -> Path:
+    """A metadata file of the torchxrayvision package (a missing package fails: it is a test dependency)."""
+    assert DATA is not None, "torchxrayvision is a test dependency: make setup installs it (pip install --no-deps torchxrayvision)"
+    return DATA / name
+
+
+pytestmark = pytest.mark.usefixtures("no_card_env")  # no CBM_*_ROOT, no CBM_CARDS_PATH (tests/conftest.py)
+
+
+def build(card: str, *files: str, **kwargs):
+    return make_splits(card, [real(f) for f in files], write=False, salt="test", check_images=False, **kwargs)
+
+
+def per_split(result) -> dict[str, int]:
+    return {split: sum(c.values()) for split, c in result.counts().items()}
+
+
+def numbers(counts: dict[str, int]) -> str:
+    """1,400/175/175 as a card's split_rule writes them (train, val, test_id, test)."""
+    return "/".join(f"{counts[s]:,}" for s in ("train", "val", "test_id", "test") if s in counts)
+
+
+def patients_are_disjoint(rows: list[dict[str, str]]) -> None:
+    splits = defaultdict(set)
+    for r in rows:
+        if r.get("patient_key"):
+            splits[r["patient_key"]].add(r["split"])
+    assert splits, "no patient_key written"
+    assert not [p for p, s in splits.items() if len(s) > 1], "a patient is in several splits"
+
+
+# ---------------------------------------------------------------------------- chest x-ray cards
+def test_nih_cxr14_on_the_published_data_entry_file():
+    result = build("nih-cxr14", NIH)
+    assert result.n_source_rows == 112120
+    assert per_split(result) == {"train": 8061, "val": 1157, "test": 2305}
+    assert Counter(r["label"] for r in result.rows) == {
+        "atelectasis": 4215, "cardiomegaly": 1093, "pleural effusion": 3955, "consolidation": 1310, "edema": 628, "pneumonia": 322,
+    }
+    assert numbers(per_split(result)) in load_card("nih-cxr14").split_rule
+    patients_are_disjoint(result.rows)
+
+
+@pytest.mark.parametrize("name, column", [("nih-sex", "sex"), ("nih-age", "age_group"), ("nih-pos", "view")])
+def test_nih_confounded_cards_reverse_the_cue_in_test(name, column):
+    card = load_card(name)
+    result = build(name, NIH)
+    counts = per_split(result)
+    assert numbers(counts) in card.split_rule
+    for r in result.rows:  # the cue goes with the class in domain and against it in test: fully reversed
+        groups = card.confounder.ood_groups if r["split"] == "test" else card.confounder.id_groups
+        assert r[column] == groups[r["label"]], r
+    by_split = result.counts()
+    for split in ("val", "test_id", "test"):
+        assert by_split[split]["no finding"] == by_split[split]["pleural effusion"] > 0
+    patients_are_disjoint(result.rows)
+
+
+def test_chexpert_on_the_published_train_file():
+    result = build("chexpert", "chexpert_train.csv.gz")
+    assert per_split(result) == {"train": 32187, "val": 4026, "test": 4023}
+    assert numbers(per_split(result)) in load_card("chexpert").split_rule
+    assert all("/patient" in r["path"] and r["path"].endswith("_frontal.jpg") for r in result.rows)
+    patients_are_disjoint(result.rows)
+
+
+def test_vindr_cxr_reaches_knobo_sizes_by_the_readers_majority():
+    card = load_card("vindr-cxr")
+    result = build("vindr-cxr", "vinbigdata-train.csv.gz")
+    assert result.counts() == {split: Counter({c: n for c in card.class_names}) for split, n in (("train", 200), ("val", 25), ("test", 25))}
+    assert "1400/175/175" in card.split_rule
+    # 15,000 images: 14,636 with a majority class (12,886 of them over the cap), 303 whose classes
+    # only one reader named, 61 with none of the seven classes
+    assert result.dropped == {"rows over max_per_class 250": 12886, "rows whose classes fewer than 2 readers named": 303,
+                              "rows with no class": 61}
+
+
+def test_vindr_cxr_fails_when_a_class_is_under_the_card_minimum(tmp_path):
+    """The old single-finding rule gave lung opacity 1 image; a short class is now an error, not a manifest."""
+    lines = gzip.open(real("vinbigdata-train.csv.gz"), "rt").read().splitlines()
+    opacity = sorted({line.split(",")[0] for line in lines if ",Lung Opacity," in line})
+    gone = set(opacity[40:])  # only 40 images with a lung-opacity reading left
+    (tmp_path / "train.csv").write_text("\n".join(line for line in lines if line.split(",")[0] not in gone) + "\n")
+    with pytest.raises(ValueError, match=r"fewer images than the card's make_splits.min_per_class promises: lung opacity has \d+ in train "
+                                         r"\(at least 200 promised\).*--allow-short"):
+        make_splits("vindr-cxr", [tmp_path / "train.csv"], write=False, check_images=False)
+    result = make_splits("vindr-cxr", [tmp_path / "train.csv"], write=False, check_images=False, allow_short=True)
+    assert result.counts()["train"]["lung opacity"] < 200 and any("lung opacity" in s for s in result.short)
+
+
+def test_openi_reads_the_nlm_release():
+    result = build("openi", "NLMCXR_reports.tgz", "nlmcxr_dicom_metadata.csv.gz")
+    assert result.layout == "default" and result.n_source_rows == 7467
+    assert per_split(result) == {"train": 876, "val": 437, "test": 877}
+    assert Counter(r["label"] for r in result.rows) == {"normal": 1530, "cardiomegaly": 282, "lung opacity": 378}
+    card = load_card("openi")
+    assert "876/437/877" in card.split_rule and "1,530 normal, 282" in card.split_rule
+    assert {r["View Position"] for r in result.rows} == {"PA", "AP"}
+    assert all(r["path"].startswith("CXR") and r["path"].endswith(".png") for r in result.rows)
+    patients_are_disjoint(result.rows)  # one report (study) in one split
+
+
+def test_padchest_on_the_published_label_file():
+    result = build("padchest", PADCHEST)
+    assert per_split(result) == {"train": 2847, "val": 358, "test": 356}
+    assert Counter(r["label"] for r in result.rows) == {
+        "normal": 1000, "cardiomegaly": 1000, "pleural effusion": 561, "pneumonia": 462, "nodule": 538,
+    }
+    assert "2,847/358/356" in load_card("padchest").split_rule
+    assert {r["Projection"] for r in result.rows} <= {"PA", "AP", "AP_horizontal"}
+    assert all(r["path"].split("/")[0].isdigit() and r["path"].endswith(".png") for r in result.rows)
+    patients_are_disjoint(result.rows)
+
+
+def test_rsna_pneumonia_from_the_zip_of_the_label_file():
+    result = build("rsna-pneumonia", "kaggle_stage_2_train_labels.csv.zip")
+    assert result.n_source_rows == 30227
+    assert per_split(result) == {"train": 21348, "val": 2668, "test": 2668}
+    assert Counter(r["label"] for r in result.rows) == {"pneumonia": 6012, "no pneumonia": 20672}
+    assert "21,348/2,668/2,668" in load_card("rsna-pneumonia").split_rule
+    patients_are_disjoint(result.rows)
+
+
+# ---------------------------------------------------------------------------- messages
+def test_missing_images_name_the_images_option_and_the_variable_first(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        make_splits("vindr-cxr", [real("vinbigdata-train.csv.gz")], images=tmp_path / "imgs", write=False)
+    message = str(err.value)
+    assert message.index("--images") < message.index("metadata") and "CBM_VINDR_CXR_ROOT=DIR" in message
+    assert "--no-image-check" in message and ".dicom" in message
+
+
+def test_a_csv_given_to_a_folder_card_shows_the_folder_layout(tmp_path, capsys):
+    code = main(["make-splits", "pneumonia", "--metadata", str(real("vinbigdata-train.csv.gz")), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "reads its metadata from the image folder" in err and "train/NORMAL/IM-0115-0001.jpeg" in err
+    assert "finding" not in err and "(?P<" not in err  # no internal pattern names
+
+
+def test_openi_names_its_layouts_when_neither_fits(tmp_path):
+    (tmp_path / "reports.csv").write_text("uid,Findings\n1,none\n")
+    with pytest.raises(ValueError, match=r"lacks the column.*other layouts did not fit either: layout kaggle"):
+        make_splits("openi", [tmp_path / "reports.csv"], write=False, check_images=False)
+
+
+def test_compressed_metadata_is_read_directly(tmp_path):
+    """A .csv.gz and a zip holding one CSV give the same manifest as the plain CSV."""
+    plain = tmp_path / "Data_Entry_2017.csv"
+    with gzip.open(real(NIH), "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    lines = plain.read_text().splitlines()[:4001]
+    plain.write_text("\n".join(lines) + "\n")
+    (tmp_path / "Data_Entry_2017.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "entry.zip", "w") as zf:
+        zf.write(plain, "Data_Entry_2017.csv")
+    results = [make_splits("nih-cxr14", [tmp_path / f], write=False, salt="s", check_images=False).rows
+               for f in ("Data_Entry_2017.csv", "Data_Entry_2017.csv.gz", "entry.zip")]
+    assert results[0] == results[1] == results[2] and len(results[0]) > 300
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as zf:
+        zf.write(plain, "a.csv")
+        zf.write(plain, "b.csv")
+    with pytest.raises(ValueError, match=r"two.zip: is a zip holding 2 CSV files \(a.csv, b.csv"):
+        make_splits("nih-cxr14", [tmp_path / "two.zip"], write=False)
+    (tmp_path / "binary.csv").write_bytes(b"Image Index,Finding Labels\n\x00\x01\x02\n")
+    with pytest.raises(ValueError, match=r"binary.csv: is not a text CSV \(it holds NUL bytes\).*\.csv\.gz"):
+        make_splits("nih-cxr14", [tmp_path / "binary.csv"], write=False)
+
+
+def test_a_wide_file_lists_a_bounded_number_of_columns(tmp_path):
+    with pytest.raises(ValueError) as err:
+        make_splits("ham10000", [real("nlmcxr_dicom_metadata.csv.gz")], write=False)
+    message = str(err.value)
+    assert "lacks the column(s)" in message and "and 145 more" in message and len(message) < 1500
