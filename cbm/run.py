@@ -24,9 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cbm.resources import resource_dir
+
 __all__ = ["hydra_main", "register", "CONFIG_DIR", "resolve_dataset", "sweep_value"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = resource_dir("conf")  # the checkout's conf/, or the wheel's copy (cbm.resources)
 log = logging.getLogger("cbm.run")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from cbm.data._manifest import Manifest, ManifestReport, read_manifest
+from cbm.resources import resource_dir
 from cbm.utils import unknown_name_message
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CARD_FILENAME = "card.yaml"
-BUILTIN_CARDS_DIR = Path(__file__).resolve().parents[2] / "data_cards"
+BUILTIN_CARDS_DIR = resource_dir("data_cards")  # the checkout's data_cards/, or the wheel's copy (cbm.resources)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TASKS = ("multiclass", "binary")
 
