@@ -26,6 +26,7 @@ __all__ = [
     "unknown_name_message",
     "jsonable",
     "softmax",
+    "torch_threads",
 ]
 
 
@@ -200,3 +201,19 @@ def softmax(z: Any) -> Any:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads, restoring the setting after (``None``: leave it alone)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

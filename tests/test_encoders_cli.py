@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cbm.cli import main
-from cbm.encoders.testing import torch_threads, write_image_card, write_tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+from cbm.encoders.testing import write_image_card, write_tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from cbm.data import load_card
 from cbm.encoders import create_encoder, encode_images
-from cbm.encoders.testing import torch_threads, write_image_card, write_tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+from cbm.encoders.testing import write_image_card, write_tiny_config
 
 
 def test_two_ranks_split_the_shards_and_rank_zero_merges(tmp_path):

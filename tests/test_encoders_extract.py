@@ -18,15 +18,9 @@ import torch
 
 from cbm.data import PIXEL_PIPELINE_VERSION, load_card, read_image
 from cbm.encoders import create_encoder, encode_images
-from cbm.encoders.testing import TINY_CONFIG, torch_threads, write_image_card, write_tiny_config
+from cbm.encoders.testing import TINY_CONFIG, write_image_card, write_tiny_config
 
 N, SHARD, BAD = 50, 20, 7  # 50 images in shards of 20 (20, 20, 10); image 7 is not an image
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +119,10 @@ def test_corrupt_shard_is_reported_and_only_it_is_recomputed(world, enc, tmp_pat
     corrupt = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
     assert len(corrupt) == 2 and shards[1].name in corrupt[0] and shards[2].name in corrupt[1]
     assert sum(calls) == 30 and again.computed == 30  # shards 1 and 2, not shard 0
-    assert np.array_equal(again.features, first.features)
+    # shard 0 is read back (exact); shards 1 and 2 are computed again, perhaps batched otherwise
+    shard0 = first.indices < SHARD
+    assert np.array_equal(again.indices, first.indices) and np.array_equal(again.features[shard0], first.features[shard0])
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-4, atol=1e-6)
 
 
 def test_a_cache_written_by_another_encoder_is_never_reused(world, tmp_path, monkeypatch, caplog):
@@ -143,7 +140,7 @@ def test_a_cache_written_by_another_encoder_is_never_reused(world, tmp_path, mon
     assert any("is not reused" in r.getMessage() for r in caplog.records)
     assert sum(calls) == N - 1
     fresh = encode_images(b, dataset(world, b), batch_size=8, num_workers=0, cache=False, progress=False)
-    assert np.array_equal(fs_b.features, fresh.features)
+    np.testing.assert_allclose(fs_b.features, fresh.features, rtol=1e-4, atol=1e-6)  # both computed, batched apart
 
 
 def test_a_shard_renamed_into_place_is_rejected_by_its_metadata(world, enc, tmp_path, monkeypatch, caplog):
@@ -158,7 +155,7 @@ def test_a_shard_renamed_into_place_is_rejected_by_its_metadata(world, enc, tmp_
         again = run(enc, dataset(world, enc), tmp_path)
     assert any("encoder_key" in r.getMessage() for r in caplog.records)
     assert sum(calls) == SHARD - 1  # shard 0 holds the unreadable image 7
-    assert np.array_equal(again.features, mine.features)
+    np.testing.assert_allclose(again.features, mine.features, rtol=1e-4, atol=1e-6)  # computed again
 
 
 def test_a_changed_image_recomputes_only_its_shard(world, enc, tmp_path, monkeypatch):
@@ -174,7 +171,7 @@ def test_a_changed_image_recomputes_only_its_shard(world, enc, tmp_path, monkeyp
     row = {i: k for k, i in enumerate(again.indices.tolist())}
     assert np.allclose(again.features[row[30]], first.features[row[31]], atol=1e-6)
     same = [k for k, i in enumerate(again.indices.tolist()) if i != 30]
-    assert np.array_equal(again.features[same], first.features[same])
+    np.testing.assert_allclose(again.features[same], first.features[same], rtol=1e-4, atol=1e-6)  # shard 1 computed again
 
 
 def test_a_dataset_with_another_transform_is_refused(world, enc, tmp_path, caplog):
@@ -226,7 +223,8 @@ def test_disk_full_keeps_the_old_cache_valid_and_a_rerun_resumes(world, enc, tmp
     monkeypatch.setattr(os, "fdopen", real_fdopen)
     calls = counting(monkeypatch, enc)
     again = run(enc, ds, tmp_path)
-    assert sum(calls) == SHARD and np.array_equal(again.features, first.features)
+    assert sum(calls) == SHARD
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-4, atol=1e-6)  # one shard computed again
 
 
 KILLER = textwrap.dedent(
@@ -266,7 +264,7 @@ def test_a_run_killed_mid_shard_resumes_from_its_finished_shards(world, enc, tmp
     resumed = run(enc, dataset(world, enc), cache)
     assert sum(calls) == 10 and resumed.computed == 10  # only the shard that was cut short
     fresh = encode_images(enc, dataset(world, enc), num_workers=0, cache=False, progress=False)
-    assert np.array_equal(resumed.features, fresh.features)
+    np.testing.assert_allclose(resumed.features, fresh.features, rtol=1e-4, atol=1e-6)  # computed apart
 
 
 def test_the_frame_read_from_multi_frame_files_is_part_of_the_key(world, enc, tmp_path):

@@ -14,19 +14,12 @@ import torch
 from cbm.encoders import create_encoder, fetch_model
 from cbm.encoders import fetch as fetch_module
 from cbm.encoders import registry
-from cbm.encoders.testing import torch_threads
 
 pytest.importorskip("transformers")
 
 BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 TEXT_REPO = "fake-org/tiny-pubmedbert"
 WORDS = "a an the of with showing irregular border dots lesion skin photo image blue white veil".split()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def write_bert_dir(folder: Path, **config) -> Path:

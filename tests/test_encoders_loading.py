@@ -10,13 +10,7 @@ from safetensors.torch import save_file
 
 from cbm.encoders import create_encoder
 from cbm.encoders.loading import read_state_dict
-from cbm.encoders.testing import torch_threads, write_tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+from cbm.encoders.testing import write_tiny_config
 
 
 @pytest.fixture(scope="module")

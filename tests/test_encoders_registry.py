@@ -12,13 +12,7 @@ from safetensors.torch import save_file
 
 from cbm.encoders import create_encoder, list_encoders, resolve_encoder
 from cbm.encoders.registry import PRESETS
-from cbm.encoders.testing import TINY_CONFIG, torch_threads, write_tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+from cbm.encoders.testing import TINY_CONFIG, write_tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cbm.encoders import create_encoder, default_templates, encode_texts
-from cbm.encoders.testing import torch_threads, write_tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+from cbm.encoders.testing import write_tiny_config
 
 
 @pytest.fixture(scope="module")

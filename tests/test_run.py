@@ -4,7 +4,6 @@ and a run folder holds what the README promises (config, metrics.json, results.m
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ASSETS", "MODEL_NAME", "CONFIG_PATH", "WEIGHTS_PATH", "RECORD_PATH", "register_config", "load_demo_clip"]
+__all__ = ["ASSETS", "MODEL_NAME", "CONFIG_PATH", "WEIGHTS_PATH", "RECORD_PATH", "register", "register_config", "load_demo_clip"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,24 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 CONFIG_PATH = ASSETS / f"{MODEL_NAME}.json"
 WEIGHTS_PATH = ASSETS / f"{MODEL_NAME}.safetensors"
 RECORD_PATH = ASSETS / f"{MODEL_NAME}.training.json"
+
+
+def _target() -> str:
+    """The encoder name ``demo-clip`` stands for: the shipped config and weights (checked to exist)."""
+    missing = [p for p in (CONFIG_PATH, WEIGHTS_PATH) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the demo-clip encoder's assets are missing ({', '.join(str(p) for p in missing)}); they ship with cbm, "
+            "so reinstall it, or produce them with `python scripts/pretrain_demo_clip.py`"
+        )
+    return f"{CONFIG_PATH}@{WEIGHTS_PATH}"
+
+
+def register() -> None:
+    """Register ``demo-clip`` with cbm's encoder registry: the ``cbm.encoders`` entry point of the package."""
+    from cbm.encoders.registry import register_encoder
+
+    register_encoder(MODEL_NAME, _target, "the demo world's small CLIP (64 px), shipped in cbm/demo/assets")
 
 
 def register_config(path: Path = CONFIG_PATH) -> str:
@@ -41,6 +59,9 @@ def register_config(path: Path = CONFIG_PATH) -> str:
             f"the demo-clip config {path} is missing; reinstall cbm, or train the encoder with "
             "`python scripts/pretrain_demo_clip.py`"
         )
+    from cbm.encoders.towers import register_towers
+
+    register_towers()
     if MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(path)
     return MODEL_NAME

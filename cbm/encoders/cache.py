@@ -182,7 +182,7 @@ class FeatureCache:
         missing = [s for s in range(self.n_shards) if s not in shards]
         if missing:
             raise RuntimeError(f"cannot write the manifest of {self.folder}: shards {missing[:10]} are missing")
-        from cbm import __version__
+        from cbm._version import __version__
 
         manifest = {
             "format": FORMAT,

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from cbm.encoders.hashing import file_sha256
-from cbm.encoders.registry import CONFIG_FILE, LOCAL_DIR_PREFIX, PRESETS, WEIGHT_FILES, fetched_dir, resolve_encoder
+from cbm.encoders.registry import CONFIG_FILE, LOCAL_DIR_PREFIX, WEIGHT_FILES, fetched_dir, list_encoders, resolve_encoder
 from cbm.utils import atomic_write_json, set_file_mode
 
 __all__ = ["fetch_model", "TEXT_TOWER_DIR", "TOKENIZER_DIR", "TEXT_TOWER_FILES", "hub_snapshot"]
@@ -71,7 +71,7 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
         RuntimeError: a download failed.
     """
     if to is None:
-        if name not in PRESETS:
+        if name not in list_encoders():
             raise ValueError(f"say where to put {name!r}: fetch_model(name, to=DIR) / cbm fetch-models NAME --to DIR")
         dest = fetched_dir(name)
     else:

@@ -120,6 +120,9 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     from open_clip.coca_model import CoCa
     from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
+    from cbm.encoders.towers import register_towers
+
+    register_towers()  # a config may name one of cbm's own image towers
     cfg = copy.deepcopy(spec.model_cfg)
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     hf_text = "hf_model_name" in text

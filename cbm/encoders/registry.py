@@ -15,6 +15,14 @@ An encoder name is one of:
 
 Presets resolve to such names; a preset that has been fetched with ``cbm fetch-models NAME``
 (into ``cbm.utils.cache_dir("models", NAME)``) is loaded from there, with no network.
+
+Presets are registered with :func:`register_encoder`, as timm's ``@register_model`` registers its
+models: cbm's own two at import, and any package's through the ``cbm.encoders`` entry-point group
+(a callable that registers its encoders when the registry is first asked for a name). The demo
+world's ``demo-clip`` comes in that way, from ``cbm.demo.encoder:register``::
+
+    [project.entry-points."cbm.encoders"]
+    demo-clip = "cbm.demo.encoder:register"
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from cbm.utils import cache_dir, unknown_name_message
 __all__ = [
     "EncoderPreset",
     "PRESETS",
+    "ENTRY_POINT_GROUP",
+    "register_encoder",
     "list_encoders",
     "resolve_encoder",
     "create_encoder",
@@ -80,34 +90,55 @@ class EncoderPreset:
     description: str  # one line for people
 
 
-def _demo_clip_target() -> str:
-    from cbm.demo.encoder import CONFIG_PATH, WEIGHTS_PATH
+ENTRY_POINT_GROUP = "cbm.encoders"
+"""Entry points of this group are called (no arguments) to register encoders, once per process."""
 
-    missing = [p for p in (CONFIG_PATH, WEIGHTS_PATH) if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"the demo-clip encoder's assets are missing ({', '.join(str(p) for p in missing)}); they ship with cbm, "
-            "so reinstall it, or produce them with `python scripts/pretrain_demo_clip.py`"
-        )
-    return f"{CONFIG_PATH}@{WEIGHTS_PATH}"
+PRESETS: dict[str, EncoderPreset] = {}
+_plugins_loaded = False
 
 
-PRESETS: dict[str, EncoderPreset] = {
-    p.name: p
-    for p in (
-        EncoderPreset(
-            "biomedclip",
-            lambda: f"{HUB_PREFIX}microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-            "BiomedCLIP (PubMedBERT text tower, ViT-B/16 at 224 px), trained on PMC-15M figure-caption pairs",
-        ),
-        EncoderPreset("clip-vit-b-16", lambda: "ViT-B-16@openai", "OpenAI CLIP ViT-B/16 at 224 px"),
-        EncoderPreset("demo-clip", _demo_clip_target, "the demo world's small CLIP (64 px), shipped in cbm/demo/assets"),
-    )
-}
+def register_encoder(name: str, target: Callable[[], str] | str, description: str, *, replace: bool = False) -> None:
+    """Register a preset: ``create_encoder(name)`` then builds what ``target`` names.
+
+    Args:
+        name: the preset's name (``demo-clip``).
+        target: the full encoder name it stands for (``hf-hub:...``, ``ARCH@WEIGHTS``, ...), or a
+            function returning it when asked (it may check that files exist and raise).
+        description: one line for people (``cbm encoders``).
+        replace: allow replacing an existing preset of that name (else a ``ValueError``).
+    """
+    if name in PRESETS and not replace and PRESETS[name].target is not target:
+        raise ValueError(f"encoder preset {name!r} is already registered ({PRESETS[name].description}); "
+                         "pass replace=True to replace it")
+    PRESETS[name] = EncoderPreset(name, target if callable(target) else (lambda: target), description)
+
+
+def _load_plugins() -> None:
+    """Call every ``cbm.encoders`` entry point once (a broken plugin is logged, not fatal)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()()
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
+            log.warning("encoder plugin %s (%s) failed to register: %s", ep.name, ep.value, exc)
+
+
+register_encoder(
+    "biomedclip",
+    lambda: f"{HUB_PREFIX}microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+    "BiomedCLIP (PubMedBERT text tower, ViT-B/16 at 224 px), trained on PMC-15M figure-caption pairs",
+)
+register_encoder("clip-vit-b-16", "ViT-B-16@openai", "OpenAI CLIP ViT-B/16 at 224 px")
 
 
 def list_encoders() -> list[str]:
     """Names of the encoder presets (any ``hf-hub:``, ``local-dir:`` or ``ARCH@WEIGHTS`` name works too)."""
+    _load_plugins()
     return sorted(PRESETS)
 
 
@@ -160,6 +191,7 @@ def resolve_encoder(name: str) -> ModelSpec:
     Raises:
         ValueError, FileNotFoundError, RuntimeError: as :func:`create_encoder`.
     """
+    _load_plugins()
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"an encoder name must be a non-empty string, got {name!r}; presets: {', '.join(list_encoders())}")
     name = name.strip()

@@ -13,7 +13,7 @@ import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,18 +97,12 @@ def write_image_card(
     return folder
 
 
-@contextlib.contextmanager
-def torch_threads(n: int = 1) -> Iterator[None]:
-    """Run torch's CPU ops on ``n`` threads inside the block.
+def torch_threads(n: int = 1) -> contextlib.AbstractContextManager[None]:
+    """Run torch's CPU ops on ``n`` threads inside the block (``cbm.utils.torch_threads``).
 
     A tiny model's small ops gain nothing from threads, and on a busy machine a second thread
     waiting for a core makes each op many times slower (seen: 10 ms -> 240 ms per batch).
     """
-    import torch
+    from cbm.utils import torch_threads as _threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return _threads(n)

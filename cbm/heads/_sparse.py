@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from cbm.heads._common import LinearHeadMixin, check_train_data, sample_weights, validation_data
 from cbm.heads._solver import PathPoint, solve_path
+from cbm.utils import torch_threads
 
 __all__ = ["SparseConceptHead"]
 
@@ -31,18 +31,25 @@ _CONSTRAINTS = (None, "prior")
 _SMALL_PROBLEM = 10_000_000
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """Run a block with ``n`` torch CPU threads (``None``: leave the setting alone)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _collect_path(points, n_points: int, n_classes: int, val_acc: list[float]) -> tuple[list[dict], list, list]:
+    """Run the path solver to its end with a progress bar; one record per point, with its weights."""
+    path, coefs, intercepts = [], [], []
+    bar = tqdm(points, total=n_points, desc="sparse head path", unit="lambda", disable=None, leave=False)
+    t_prev = time.perf_counter()
+    for point in bar:
+        acc = val_acc[-1]  # appended by the solver's on_point just before the point was yielded
+        nnz = int(np.count_nonzero(point.coef))
+        now = time.perf_counter()
+        path.append({
+            "lambda": point.lam, "val_accuracy": acc, "train_loss": point.loss, "objective": point.objective,
+            "nnz": nnz, "concepts_per_class": nnz / n_classes, "n_iter": point.n_iter,
+            "converged": point.converged, "seconds": now - t_prev,
+        })
+        t_prev = now
+        coefs.append(point.coef)
+        intercepts.append(point.intercept)
+        bar.set_postfix(nnz=nnz, val_acc=f"{acc:.3f}")
+    return path, coefs, intercepts
 
 
 class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
@@ -219,26 +226,11 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             tol=float(self.tol), max_iter=int(self.max_iter), on_point=score_val,
         )
         n_points = len(grid) if grid is not None else int(self.n_lambdas)
-        path, coefs, intercepts = [], [], []
-        bar = tqdm(points, total=n_points, desc="sparse head path", unit="lambda", disable=None, leave=False)
         threads = self.n_threads
         if threads is None and X_fit.shape[0] * n_features * n_classes < _SMALL_PROBLEM:
             threads = 1
-        with _torch_threads(threads if device.type == "cpu" else None):
-            t_prev = time.perf_counter()
-            for point in bar:
-                acc = val_acc[-1]  # appended by score_val just before the point was yielded
-                nnz = int(np.count_nonzero(point.coef))
-                now = time.perf_counter()
-                path.append({
-                    "lambda": point.lam, "val_accuracy": acc, "train_loss": point.loss, "objective": point.objective,
-                    "nnz": nnz, "concepts_per_class": nnz / n_classes, "n_iter": point.n_iter,
-                    "converged": point.converged, "seconds": now - t_prev,
-                })
-                t_prev = now
-                coefs.append(point.coef)
-                intercepts.append(point.intercept)
-                bar.set_postfix(nnz=nnz, val_acc=f"{acc:.3f}")
+        with torch_threads(threads if device.type == "cpu" else None):
+            path, coefs, intercepts = _collect_path(points, n_points, n_classes, val_acc)
         not_converged = sum(not p["converged"] for p in path)
         if not_converged:
             warnings.warn(

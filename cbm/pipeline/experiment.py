@@ -119,6 +119,14 @@ def run_experiment(
     timings["faithfulness"] = time.perf_counter() - t
     for name, fn in (extra_metrics or {}).items():
         metrics["cbm"][name] = fn(fit)
+    _write_outputs(out, fit, metrics, save_model)
+    _write_run_records(out, splits, timings)
+    return metrics
+
+
+def _write_outputs(out: Path, fit: FitResult, metrics: dict[str, dict[str, Any]], save_model: bool) -> None:
+    """metrics.json, results.md, path.svg and the model folder."""
+    card = fit.card
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "results.md", results_table(card.name, metrics, _notes(metrics)))
     path = list(getattr(fit.head, "path_", []) or [])
@@ -130,8 +138,6 @@ def run_experiment(
     }
     if save_model:
         fit.model.save(out / "model")
-    _write_run_records(out, splits, timings)
-    return metrics
 
 
 def _store_names(card) -> list[str]:
