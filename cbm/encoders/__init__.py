@@ -20,12 +20,13 @@ from cbm.encoders.cache import CorruptShard, FeatureCache
 from cbm.encoders.encoder import PRECISIONS, Encoder, EncoderTransform
 from cbm.encoders.extract import DEFAULT_SHARD_SIZE, FeatureSet, encode_images
 from cbm.encoders.fetch import fetch_model
-from cbm.encoders.registry import PRESETS, create_encoder, list_encoders, resolve_encoder
+from cbm.encoders.registry import PRESETS, create_encoder, list_encoders, register_encoder, resolve_encoder
 from cbm.encoders.text import MODALITY_TEMPLATES, default_templates, encode_texts
 
 __all__ = [
     "create_encoder",
     "list_encoders",
+    "register_encoder",
     "resolve_encoder",
     "PRESETS",
     "Encoder",
