@@ -120,6 +120,45 @@ def _parse_fractions(split: str | Sequence[float] | None) -> dict[str, float] | 
     return dict(zip(("train", "val", "test"), values))
 
 
+def _header_row(path: Path, root: Path, mode: str, keyword: str | None, skipped: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The manifest row of one file from its header (None, with the reason in ``skipped``, for a file left out)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    rel = path.relative_to(root).as_posix()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        skipped.append((rel, f"unreadable ({exc.strerror})"))
+        return None
+    if head[128:132] != b"DICM" and path.suffix.lower() not in DICOM_SUFFIXES:
+        skipped.append((rel, "not DICOM"))
+        return None
+    wanted = [*_HEADER_COLUMNS, *_PATIENT_TAGS, "SOPClassUID", *([keyword] if keyword else [])]
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=wanted, force=head[128:132] != b"DICM")
+    except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any parse failure is a skipped file
+        skipped.append((rel, f"header not readable ({type(exc).__name__})"))
+        return None
+    if not ("Rows" in ds and "Columns" in ds):  # reports, RT plans, DICOMDIRs: no image module
+        skipped.append((rel, "no image (no rows/columns in the header)"))
+        return None
+    row: dict[str, Any] = {"path": rel, "label": "", "split": ""}
+    for kw, col in _HEADER_COLUMNS.items():
+        value = ds.get(kw)
+        row[col] = "" if value is None else str(value)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    row["transfer_syntax"] = syntax.name if syntax is not None else ""
+    if mode == "folder":
+        row["label"] = path.parent.name if path.parent != root else ""
+    elif mode == "tag":
+        row["label"] = str(ds.get(keyword, "") or "")
+    patient = next((str(ds.get(t)) for t in _PATIENT_TAGS if ds.get(t) not in (None, "")), "")
+    row["_patient"] = patient or f"file:{rel}"
+    return row
+
+
 def index_dicom(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -151,8 +190,6 @@ def index_dicom(
         An :class:`IndexResult`; non-DICOM files, unreadable headers and objects without an image
         (reports, RT plans, ...) are listed in ``skipped`` with the reason.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
     from tqdm.auto import tqdm
 
     from cbm.data._manifest import salted_patient_key, write_manifest
@@ -164,46 +201,16 @@ def index_dicom(
     fractions = _parse_fractions(split)
     if patient_key and salt is None:
         salt = secrets.token_hex(16)
-    wanted = [*_HEADER_COLUMNS, *_PATIENT_TAGS, "SOPClassUID"]
-    if keyword:
-        wanted.append(keyword)
 
     files = _candidate_files(root)
     result = IndexResult(n_files=len(files))
     items: list[dict[str, Any]] = []
     for path in tqdm(files, desc="indexing DICOM headers", unit="file", disable=not progress):
-        rel = path.relative_to(root).as_posix()
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(132)
-        except OSError as exc:
-            result.skipped.append((rel, f"unreadable ({exc.strerror})"))
+        row = _header_row(path, root, mode, keyword, result.skipped)
+        if row is None:
             continue
-        if head[128:132] != b"DICM" and path.suffix.lower() not in DICOM_SUFFIXES:
-            result.skipped.append((rel, "not DICOM"))
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=wanted, force=head[128:132] != b"DICM")
-        except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any parse failure is a skipped file
-            result.skipped.append((rel, f"header not readable ({type(exc).__name__})"))
-            continue
-        if not ("Rows" in ds and "Columns" in ds):  # reports, RT plans, DICOMDIRs: no image module
-            result.skipped.append((rel, "no image (no rows/columns in the header)"))
-            continue
-        row: dict[str, Any] = {"path": rel, "label": "", "split": ""}
-        for kw, col in _HEADER_COLUMNS.items():
-            value = ds.get(kw)
-            row[col] = "" if value is None else str(value)
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        row["transfer_syntax"] = syntax.name if syntax is not None else ""
-        if mode == "folder":
-            row["label"] = path.parent.name if path.parent != root else ""
-        elif mode == "tag":
-            row["label"] = str(ds.get(keyword, "") or "")
-        patient = next((str(ds.get(t)) for t in _PATIENT_TAGS if ds.get(t) not in (None, "")), "")
-        row["_patient"] = patient or f"file:{rel}"
         if patient_key:
-            row["patient_key"] = salted_patient_key(patient, salt)
+            row["patient_key"] = salted_patient_key("" if row["_patient"].startswith("file:") else row["_patient"], salt)
         items.append(row)
 
     if fractions:
