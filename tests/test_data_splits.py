@@ -581,3 +581,15 @@ def test_concept_truth_names_phrases_of_the_card_store():
         assert set(card.concept_truth) <= phrases, (name, sorted(set(card.concept_truth) - phrases))
         written = set(rule_layouts(card.make_splits, card.class_names)[0].truth) | set(card.make_splits.get("keep", []))
         assert set(card.concept_truth.values()) <= written, name  # the default layout writes every truth column
+
+
+def test_a_class_missing_from_a_split_is_named(tmp_path, caplog):
+    """Without a promised minimum, a class with no image in a split is still said (the manifest is written)."""
+    import logging
+
+    rows = [[f"HAM_{i}", f"ISIC_{i:07d}", "nv" if i else "mel", "histo", 50, "male", "back", "x"] for i in range(40)]
+    meta = write_csv(tmp_path / "HAM10000_metadata.csv", ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"], rows)
+    with caplog.at_level(logging.WARNING):
+        result = make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv")
+    assert (tmp_path / "m.csv").is_file()
+    assert "card ham10000: melanoma has 0 in val" in caplog.text and "melanoma has 0 in val" in result.summary()
