@@ -133,3 +133,29 @@ def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
     assert np.unravel_index(maps.raw[0].argmax(), (8, 8)) == (3, 3)
     with pytest.raises(ValueError, match="grad-cam"):
         encode_spatial(Enc, x, method="patch-tokens")
+
+
+def test_the_hybrid_demo_tower_maps_its_8_by_8_tokens():
+    """resnet_tiny_os8_vit (demo-clip's tower): the CNN's 8 x 8 cells are transformer tokens, and a
+    concept map is each projected token's cosine with the concept (patch-tokens), from one forward pass."""
+    from open_clip.model import CLIP
+
+    from cbm.encoders.towers import register_towers
+
+    register_towers()
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=32, vision_cfg={"image_size": 64, "timm_model_name": "resnet_tiny_os8_vit", "timm_pool": "avg",
+                                           "timm_proj": "linear", "timm_model_pretrained": False},
+                 text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}).eval()
+
+    class Enc:
+        name = "hybrid"
+
+    Enc.model = model
+    x = torch.randn(3, 64, 64)
+    enc = encode_spatial(Enc, x)
+    assert enc.method == "patch-tokens" and enc.grid == (8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(enc.feature, F.normalize(model.encode_image(x[None]), dim=-1)[0].numpy(), atol=1e-5)
+    target = enc.tokens[42].numpy()
+    assert np.unravel_index(enc.concept_maps(["t"], target[None]).raw[0].argmax(), (8, 8)) == (5, 2)
