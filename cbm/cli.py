@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from cbm.errors import InputError
+
 __all__ = ["main", "build_parser"]
 
 _COMMAND_MODULES = (
@@ -59,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, RuntimeError) as exc:  # user-facing errors (a folder in the way, a bad path), stated plainly
+    except (InputError, ValueError, OSError, RuntimeError) as exc:
+        # user-facing errors stated plainly, on one line: a bad input file (cbm.errors.InputError: the
+        # file, the field or line, the fix), a folder in the way, a bad path
         logging.getLogger("cbm").debug("details", exc_info=True)
-        print(f"cbm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cbm {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
         resume = _RESUME.get(args.command, "")

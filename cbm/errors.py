@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "QUOTE_LIMIT",
@@ -56,12 +57,17 @@ class InputError(ValueError):
         self.problem = problem
         self.fix = fix
         where = f" {self.path}:" if self.path is not None else ":"
-        what = f" {field}" if field else ""
+        what = f" {self._field_label(field)}" if field else ""
         text = f"{self.kind}{where}{what} {problem}".rstrip(". ")
         super().__init__(f"{text}. {fix}" if fix else text)
 
     def __reduce__(self):  # picklable across processes (DataLoader workers) with its fields
         return (_rebuild, (type(self), self.path, self.problem, self.fix, self.field))
+
+    @staticmethod
+    def _field_label(field: str) -> str:
+        """How the message names the field (a kind may spell it out)."""
+        return field
 
 
 def _rebuild(cls, path, problem, fix, field):
@@ -79,11 +85,27 @@ class CardError(InputError):
 
     kind = "data card"
 
+    @staticmethod
+    def _field_label(field: str) -> str:
+        return f"field {field!r}"
+
 
 class ManifestError(InputError):
-    """An invalid manifest CSV."""
+    """An invalid manifest CSV; ``report`` holds every problem when the manifest was checked as a whole."""
 
     kind = "manifest"
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str = "", *, field: str | None = None,
+                 report: Any = None) -> None:
+        super().__init__(path, problem, fix, field=field)
+        self.report = report  # a cbm.data.ManifestReport, or None for an error in the file's structure
+
+    def __reduce__(self):
+        return (_rebuild_manifest, (self.path, self.problem, self.fix, self.field, self.report))
+
+
+def _rebuild_manifest(path, problem, fix, field, report):
+    return ManifestError(path, problem, fix, field=field, report=report)
 
 
 class ConceptStoreError(InputError):

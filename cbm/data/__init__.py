@@ -5,6 +5,10 @@
     >>> card.class_names                                  # label order used everywhere downstream
     >>> train = card.dataset("train", transform=encoder.transform)
     >>> image = read_image("chest.dcm")                   # LoadedImage: pixels (H, W, C) in [0, 1] + meta
+    >>> check_image_header(upload_bytes)                  # (rows, cols, frames), checked, nothing decoded
+
+Bad input files raise the :mod:`cbm.errors` family (``ImageError``, ``CardError``,
+``ManifestError``: all ``InputError``), naming the file, the field or line, and the fix.
 
 Command line: ``cbm cards``, ``cbm validate CARD``, ``cbm make-splits CARD --metadata CSV``,
 ``cbm index-dicom DIR --out manifest.csv``.
@@ -24,12 +28,16 @@ from cbm.data._card import (
 )
 from cbm.data._dataset import ManifestDataset, SkippedItem, SkippedReport, skipping_collate
 from cbm.data._index import IndexResult, index_dicom
+from cbm.data._dicom import read_dicom
 from cbm.data._image import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
     ImageReadError,
     LoadedImage,
     MissingCodecError,
+    check_image_header,
     is_dicom_file,
-    read_dicom,
+    pixel_budget,
     read_image,
     read_pil,
 )
@@ -82,6 +90,10 @@ __all__ = [
     "read_dicom",
     "read_pil",
     "is_dicom_file",
+    "check_image_header",
+    "pixel_budget",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_PIXELS_ENV",
     "ImageReadError",
     "MissingCodecError",
     # datasets

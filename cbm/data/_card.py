@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cbm.data._card_schema import TEXT_POSITIONS, CardFields, check_card_fields
 from cbm.data._manifest import Manifest, ManifestReport, read_manifest
+from cbm.data._yaml import load_yaml
+from cbm.errors import CardError, ManifestError, quote
 from cbm.resources import resource_dir
 from cbm.utils import unknown_name_message
 
@@ -43,43 +43,6 @@ log = logging.getLogger(__name__)
 
 CARD_FILENAME = "card.yaml"
 BUILTIN_CARDS_DIR = resource_dir("data_cards")  # the checkout's data_cards/, or the wheel's copy (cbm.resources)
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_TASKS = ("multiclass", "binary")
-
-# field -> (required, one-line help used in error messages)
-_FIELDS: dict[str, tuple[bool, str]] = {
-    "name": (True, "a lower-case id made of a-z, 0-9, '_' and '-', e.g. ham10000"),
-    "title": (False, "one line for people"),
-    "modality": (True, "words the concept prompts use, e.g. 'dermoscopy' or 'chest x-ray'"),
-    "task": (True, "multiclass or binary"),
-    "classes": (True, "a list of {name, description}, in label order"),
-    "image_root": (False, "the image folder, relative to the card folder or absolute (default: the card folder)"),
-    "image_root_env": (False, "an environment variable that overrides image_root when set"),
-    "manifest": (True, "the manifest CSV, relative to the card folder or absolute"),
-    "split_column": (False, "the manifest column holding train/val/test (default: split)"),
-    "group_column": (False, "an optional manifest column naming a group (hospital, sex, ...)"),
-    "confounder": (False, "{column, description, id_groups, ood_groups} for a confounded variant"),
-    "nuisance_prompts": (False, "a list of image artefacts no concept score may follow, e.g. [ruler, ink marking]"),
-    "concept_truth": (False, "{concept phrase: manifest column} holding each concept's annotated truth (1/0, yes/no, "
-                      "true/false, present/absent; empty = not annotated)"),
-    "source": (False, "citation or URL of the dataset"),
-    "licence": (False, "the dataset's licence"),
-    "obtain": (False, "how to get the images"),
-    "split_rule": (False, "how train/val/test were built, in words"),
-    "make_splits": (False, "the machine-readable split rule used by `cbm make-splits`"),
-}
-
-
-class CardError(ValueError):
-    """An invalid card; the message names the file, the field, the bad value and the fix."""
-
-    def __init__(self, path: Path | str, field_name: str | None, problem: str, fix: str) -> None:
-        self.path = Path(path)
-        self.field = field_name
-        where = f" field {field_name!r}" if field_name else ""
-        super().__init__(f"data card {self.path}:{where} {problem}. {fix}")
-
-
 @dataclass(frozen=True)
 class ClassInfo:
     """One class of a card: its name (the label in manifests) and a one-line clinical description."""
@@ -132,6 +95,7 @@ class DataCard:
     obtain: str = ""
     split_rule: str = ""
     make_splits: dict[str, Any] | None = None
+    allow_outside_root: bool = False  # manifest paths may leave the image folder (absolute or ../)
     _cache: dict[tuple, Manifest] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -187,6 +151,7 @@ class DataCard:
                     check_files=check_files,
                     strict=strict,
                     root_hint=self.unset_root_variable(),
+                    allow_outside_root=self.allow_outside_root,
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None
@@ -195,8 +160,14 @@ class DataCard:
         return self._cache[key]
 
     def validate(self, check_files: bool = True) -> ManifestReport:
-        """Every problem of the manifest, without raising for row problems."""
-        manifest = self.manifest(strict=False, check_files=check_files)
+        """Every problem of the manifest, without raising for row problems (a leak between splits
+        and paths outside the image folder included, which :meth:`manifest` raises for)."""
+        try:
+            manifest = self.manifest(strict=False, check_files=check_files)
+        except ManifestError as exc:
+            if exc.report is None:  # the file's structure, not its rows
+                raise
+            return exc.report
         assert manifest.report is not None
         return manifest.report
 
@@ -231,6 +202,7 @@ class DataCard:
             "concept_truth": dict(self.concept_truth),
             "source": self.source,
             "licence": self.licence,
+            "allow_outside_root": self.allow_outside_root,
         }
         if self.confounder:
             c = self.confounder
@@ -284,19 +256,25 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
         return name_or_path
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if path.is_dir():
-        path = path / CARD_FILENAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CARD_FILENAME} in folder {path.parent}; a card folder holds card.yaml (see data_cards/ham10000)")
-        return _parse_card(path)
-    if path.is_file():
-        return _parse_card(path)
+    try:
+        if path.is_dir():
+            path = path / CARD_FILENAME
+            if not path.is_file():
+                raise FileNotFoundError(f"no {CARD_FILENAME} in folder {path.parent}; a card folder holds card.yaml (see data_cards/ham10000)")
+            return _parse_card(path)
+        if path.is_file():
+            return _parse_card(path)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission
+        if isinstance(exc, (FileNotFoundError, CardError)):
+            raise
+        raise CardError(path, f"cannot be opened ({type(exc).__name__}: {quote(str(exc))})",
+                        "Check the card's path and its permissions") from None
     if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
         raise FileNotFoundError(f"data card not found: {path}")
     index = _index()
     if text not in index:
         raise ValueError(
-            unknown_name_message("data card", text, index)
+            unknown_name_message("data card", quote(text, 80)[1:-1], index)
             + " Cards are searched in $CBM_CARDS_PATH and the built-in data_cards folder; a path to a card.yaml works too."
         )
     return _parse_card(index[text])
@@ -304,142 +282,66 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
 
 # ---------------------------------------------------------------------------- validation
 def _parse_card(path: Path) -> DataCard:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise CardError(path, None, f"is not valid YAML ({exc})", "Fix the YAML syntax (indentation, quotes, colons)") from None
-    except UnicodeDecodeError:
-        raise CardError(path, None, "is not UTF-8 text", "Save the card as UTF-8") from None
-    if not isinstance(raw, Mapping):
-        raise CardError(path, None, f"must be a mapping of fields, not {type(raw).__name__}", "See data_cards/ham10000/card.yaml for the layout")
-    unknown = [k for k in raw if k not in _FIELDS]
-    if unknown:
-        raise CardError(path, str(unknown[0]), "is not a card field",
-                        unknown_name_message("field", str(unknown[0]), _FIELDS, lead=False))
-    for key, (required, help_text) in _FIELDS.items():
-        if required and (raw.get(key) is None or raw.get(key) == ""):
-            raise CardError(path, key, "is missing", f"Add it: {help_text}")
-
-    name = _text(path, raw, "name")
-    if not _NAME_RE.match(name):
-        raise CardError(path, "name", f"has the bad value {name!r}", f"Use {_FIELDS['name'][1]}")
-    task = _text(path, raw, "task")
-    if task not in _TASKS:
-        raise CardError(path, "task", f"has the bad value {task!r}", "Use multiclass or binary")
-    classes = _classes(path, raw.get("classes"))
-    if task == "binary" and len(classes) != 2:
-        raise CardError(path, "classes", f"lists {len(classes)} classes for a binary task", "A binary card has exactly 2 classes")
+    raw = load_yaml(path, text_at=TEXT_POSITIONS)
+    if not isinstance(raw, dict):
+        raise CardError(path, f"must be a mapping of fields, not {type(raw).__name__}", "See data_cards/ham10000/card.yaml for the layout")
+    fields = check_card_fields(raw, path)
+    classes = [ClassInfo(c.name, c.description) for c in fields.classes]
     names = [c.name for c in classes]
-
-    manifest = Path(os.path.expanduser(_text(path, raw, "manifest")))
-    confounder = _confounder(path, raw.get("confounder"), names)
-    group_column = _text(path, raw, "group_column", required=False) or (confounder.column if confounder else None)
-    make_splits = raw.get("make_splits")
-    if make_splits is not None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CardError(path, f"repeats the class name(s) {quote(', '.join(dupes))[1:-1]}", "Give every class a distinct name",
+                        field="classes")
+    if fields.task == "binary" and len(classes) != 2:
+        raise CardError(path, f"lists {len(classes)} classes for a binary task", "A binary card has exactly 2 classes", field="classes")
+    if len(classes) < 2:
+        raise CardError(path, f"lists only {len(classes)} class", "A classifier needs at least 2 classes", field="classes")
+    confounder = _confounder(path, fields, names)
+    if fields.make_splits is not None:
         from cbm.data._splits import parse_split_spec
 
         try:
-            parse_split_spec(make_splits, names)
+            parse_split_spec(fields.make_splits, names)
         except ValueError as exc:
-            raise CardError(path, "make_splits", str(exc), "See cbm/data/_splits.py for the split rule format") from None
+            raise CardError(path, str(exc), "See cbm/data/_split_rule.py for the split rule format", field="make_splits") from None
+    manifest = Path(os.path.expanduser(fields.manifest))
     card = DataCard(
-        name=name,
-        title=_text(path, raw, "title", required=False) or name,
-        modality=_text(path, raw, "modality"),
-        task=task,
+        name=fields.name,
+        title=fields.title or fields.name,
+        modality=fields.modality,
+        task=fields.task,
         classes=tuple(classes),
         manifest_path=manifest if manifest.is_absolute() else path.parent / manifest,
         path=path.resolve(),
-        image_root_setting=_text(path, raw, "image_root", required=False) or ".",
-        image_root_env=_text(path, raw, "image_root_env", required=False) or None,
-        split_column=_text(path, raw, "split_column", required=False) or "split",
-        group_column=group_column,
+        image_root_setting=fields.image_root or ".",
+        image_root_env=fields.image_root_env,
+        split_column=fields.split_column or "split",
+        group_column=fields.group_column or (confounder.column if confounder else None),
         confounder=confounder,
-        nuisance_prompts=_prompts(path, raw.get("nuisance_prompts")),
-        concept_truth=_concept_truth(path, raw.get("concept_truth")),
-        source=_text(path, raw, "source", required=False),
-        licence=_text(path, raw, "licence", required=False),
-        obtain=_text(path, raw, "obtain", required=False),
-        split_rule=_text(path, raw, "split_rule", required=False),
-        make_splits=dict(make_splits) if make_splits else None,
+        nuisance_prompts=tuple(fields.nuisance_prompts or ()),
+        concept_truth=dict(fields.concept_truth or {}),
+        source=fields.source or "",
+        licence=fields.licence or "",
+        obtain=fields.obtain or "",
+        split_rule=fields.split_rule or "",
+        make_splits=dict(fields.make_splits) if fields.make_splits else None,
+        allow_outside_root=fields.allow_outside_root,
     )
-    if card.image_root_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", card.image_root_env):
-        raise CardError(path, "image_root_env", f"has the bad value {card.image_root_env!r}", "Use an environment variable name such as CBM_HAM10000_ROOT")
-    if path.parent.name != name and path.parent.resolve() != BUILTIN_CARDS_DIR:
-        log.debug("card %s is named %r but lives in folder %r", path, name, path.parent.name)
+    if path.parent.name != card.name and path.parent.resolve() != BUILTIN_CARDS_DIR:
+        log.debug("card %s is named %r but lives in folder %r", path, card.name, path.parent.name)
     return card
 
 
-def _text(path: Path, raw: Mapping[str, Any], key: str, required: bool = True) -> str:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise CardError(path, key, "is missing", f"Add it: {_FIELDS[key][1]}")
-        return ""
-    if isinstance(value, (dict, list)):
-        raise CardError(path, key, f"has the bad value {value!r} (a {type(value).__name__})", f"Use a single string: {_FIELDS[key][1]}")
-    return str(value).strip()
-
-
-def _classes(path: Path, value: Any) -> list[ClassInfo]:
-    if not isinstance(value, list) or not value:
-        raise CardError(path, "classes", f"has the bad value {value!r}", "Give a non-empty list of {name, description} entries, in label order")
-    out: list[ClassInfo] = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, Mapping) or not str(item.get("name") or "").strip():
-            raise CardError(path, f"classes[{i}]", f"has the bad value {item!r}", "Each class is {name: ..., description: ...}")
-        extra = [k for k in item if k not in ("name", "description")]
-        if extra:
-            raise CardError(path, f"classes[{i}].{extra[0]}", "is not a class field", "A class has only name and description")
-        out.append(ClassInfo(str(item["name"]).strip(), str(item.get("description") or "").strip()))
-    names = [c.name for c in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CardError(path, "classes", f"repeats the class name(s) {', '.join(dupes)}", "Give every class a distinct name")
-    if len(out) < 2:
-        raise CardError(path, "classes", f"lists only {len(out)} class", "A classifier needs at least 2 classes")
-    return out
-
-
-def _prompts(path: Path, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise CardError(path, "nuisance_prompts", f"has the bad value {value!r}", "Use a list of short phrases, e.g. [ruler, ink marking]")
-    return tuple(v.strip() for v in value)
-
-
-def _concept_truth(path: Path, value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in value.items()
-    ):
-        raise CardError(
-            path, "concept_truth", f"has the bad value {value!r}",
-            "Map each annotated concept phrase to the manifest column holding its truth, e.g. "
-            "{'irregular border': 'truth_irregular_border'}",
-        )
-    return {k.strip(): v.strip() for k, v in value.items()}
-
-
-def _confounder(path: Path, value: Any, class_names: list[str]) -> Confounder | None:
-    if value is None:
+def _confounder(path: Path, fields: CardFields, class_names: list[str]) -> Confounder | None:
+    c = fields.confounder
+    if c is None:
         return None
-    if not isinstance(value, Mapping) or not value.get("column"):
-        raise CardError(path, "confounder", f"has the bad value {value!r}", "Use {column, description, id_groups, ood_groups} or null")
-    extra = [k for k in value if k not in ("column", "description", "id_groups", "ood_groups")]
-    if extra:
-        raise CardError(path, f"confounder.{extra[0]}", "is not a confounder field", "Use column, description, id_groups and ood_groups")
-    groups: dict[str, dict[str, str]] = {}
     for key in ("id_groups", "ood_groups"):
-        g = value.get(key) or {}
-        if not isinstance(g, Mapping) or any(k not in class_names for k in g):
+        groups = getattr(c, key)
+        if any(k not in class_names for k in groups):
             raise CardError(
-                path, f"confounder.{key}", f"has the bad value {g!r}",
-                f"Map each class ({', '.join(class_names)}) to the group its images come from",
+                path, f"has the bad value {quote(groups)}",
+                f"Map each class ({quote(', '.join(class_names))[1:-1]}) to the group its images come from",
+                field=f"confounder.{key}",
             )
-        groups[key] = {str(k): str(v) for k, v in g.items()}
-    return Confounder(str(value["column"]), str(value.get("description") or "").strip(), groups["id_groups"], groups["ood_groups"])
+    return Confounder(c.column, c.description, dict(c.id_groups), dict(c.ood_groups))

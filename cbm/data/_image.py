@@ -2,23 +2,33 @@
 
 Every reader returns a :class:`LoadedImage`: ``pixels`` is float32 ``(H, W, C)`` with C in {1, 3},
 values in [0, 1], row 0 the top of the image as displayed; ``meta`` holds a few non-PHI facts.
+Anything else raises: a file is never returned with a shape, a frame or pixels its header does
+not promise.
 
-DICOM follows the standard display pipeline (PS3.4 grayscale pipeline):
-stored values -> modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) -> VOI LUT
-(a VOI LUT Sequence, else Window Center/Width with its VOI LUT Function) -> MONOCHROME1 inversion.
-Without any VOI transform, 8-bit data keeps its nominal range (as a PNG would) and deeper data is
-stretched from its minimum to its maximum. Colour data (RGB, YBR_* converted to RGB by pydicom,
-PALETTE COLOR through its lookup table) is scaled by its nominal range.
+Before any pixel is decoded, the header is checked (:func:`check_image_header`, which a server
+can call on an upload): the declared size of one frame against the **pixel budget** (default
+:data:`DEFAULT_MAX_PIXELS`, 2**25 = 33.5 million pixels, or ``$CBM_MAX_PIXELS``, or the
+``max_pixels`` argument), and for DICOM the declared rows, columns, samples, bits and frames
+against the length of the pixel data. A PNG's chunks must pass their CRC and its image data must
+hold exactly the rows its header declares; a JPEG whose data ends before its last row raises
+(PIL alone would fill the missing rows with grey).
 
-Errors name the file and the fix: :class:`ImageReadError` (a ``ValueError``) for a file that is
-not a readable image, :class:`MissingCodecError` (a ``RuntimeError``) for compressed DICOM whose
-decoder is not installed, ``FileNotFoundError`` for a missing file.
+DICOM follows the standard display pipeline (see :mod:`cbm.data._dicom`).
+
+Errors name the file and the fix. :class:`ImageReadError` (an :class:`cbm.errors.ImageError`, so
+an :class:`~cbm.errors.InputError` and a ``ValueError``) for a file that is not a readable image or
+whose header and data disagree; :class:`MissingCodecError` (also an ``ImageError``, and a
+``RuntimeError``) for compressed DICOM whose decoder is not installed; ``FileNotFoundError`` for
+a missing file.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +36,20 @@ from typing import Any
 
 import numpy as np
 
+from cbm.errors import ImageError, quote
+
 __all__ = [
     "LoadedImage",
     "ImageReadError",
     "MissingCodecError",
     "read_image",
-    "read_dicom",
     "read_pil",
     "is_dicom_file",
+    "check_image_header",
+    "pixel_budget",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_PIXELS_ENV",
+    "BUDGET_BYTES_PER_PIXEL",
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
 ]
@@ -42,51 +58,46 @@ log = logging.getLogger(__name__)
 
 FramePolicy = int | str  # "first" | "middle" | "last" | a 0-based index (negative counts from the end)
 
+DEFAULT_MAX_PIXELS = 1 << 25
+"""Pixels of one frame read by default (33,554,432): the largest real modality read whole, a
+full-field digital mammogram (e.g. 4,728 x 5,928 at 50 micrometres = 28 million pixels), fits with
+room to spare; a 24-megapixel dermoscopy photograph too. A 13,000 x 13,000 PNG (169 million) does
+not. Whole-slide pathology images are tiled formats, not read here."""
+MAX_PIXELS_ENV = "CBM_MAX_PIXELS"
+BUDGET_BYTES_PER_PIXEL = 12
+"""Bytes of the largest output per budgeted pixel (float32 RGB): the pixel budget in bytes is
+``pixel_budget() * BUDGET_BYTES_PER_PIXEL``, and reading any one file peaks below twice that."""
+
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 DICOM_INSTALL_HINT = 'pip install "cbm[dicom]"'
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
-# The only DICOM attributes copied into LoadedImage.meta (keyword -> meta key). Nothing that
-# identifies a patient, a study or an institution: no names, IDs, dates, UIDs, accession numbers.
-_DICOM_META_WHITELIST = {
-    "Modality": "modality",
-    "BodyPartExamined": "body_part",
-    "ViewPosition": "view_position",
-    "ImageLaterality": "laterality",
-    "PhotometricInterpretation": "photometric",
-    "BitsAllocated": "bits_allocated",
-    "BitsStored": "bits_stored",
-    "PixelRepresentation": "pixel_representation",
-    "SamplesPerPixel": "samples_per_pixel",
-}
+
+class ImageReadError(ImageError):
+    """A file that exists but cannot be read as an image, or whose header and data disagree.
+
+    The name every image reader of cbm raises (an :class:`cbm.errors.ImageError`); the message
+    names the file, the field or offset where there is one, and the fix.
+    """
 
 
-class ImageReadError(ValueError):
-    """A file that exists but cannot be read as an image; the message names the file and the fix."""
-
-    def __init__(self, path: str | os.PathLike, problem: str, fix: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{self.path}: {problem}. {fix}")
-
-
-class MissingCodecError(RuntimeError):
+class MissingCodecError(ImageError, RuntimeError):
     """Compressed DICOM pixel data whose decoder is not installed; the message gives the install command."""
 
     def __init__(self, path: str | os.PathLike, syntax: str, missing: list[str], packages: list[str]) -> None:
-        self.path = str(path)
         self.syntax = syntax
         self.missing = list(missing)
         self.packages = list(packages)
         detail = f" (missing: {'; '.join(missing)})" if missing else ""
         pkgs = " ".join(packages) or "pylibjpeg"
         super().__init__(
-            f"{self.path}: the pixel data is compressed as {syntax} and no installed codec can "
-            f"decode it{detail}. Install the DICOM codecs with `{DICOM_INSTALL_HINT}` "
-            f"(or `pip install pylibjpeg {pkgs}`), then retry."
+            path, f"the pixel data is compressed as {syntax} and no installed codec can decode it{detail}",
+            f"Install the DICOM codecs with `{DICOM_INSTALL_HINT}` (or `pip install pylibjpeg {pkgs}`), then retry",
         )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.syntax, self.missing, self.packages))
 
 
 @dataclass(frozen=True)
@@ -115,8 +126,82 @@ class LoadedImage:
         return int(self.pixels.shape[2])
 
 
+# ---------------------------------------------------------------------------- the pixel budget
+def pixel_budget(max_pixels: int | None = None) -> int:
+    """The most pixels one frame may have: ``max_pixels`` if given, else ``$CBM_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+        ValueError: ``max_pixels`` or the variable is not a positive whole number.
+    """
+    if max_pixels is not None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive whole number of pixels, not {quote(max_pixels)}")
+        return int(max_pixels)
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"${MAX_PIXELS_ENV}={quote(text)} is not a positive whole number of pixels; "
+            f"unset it (default {DEFAULT_MAX_PIXELS}) or give e.g. {MAX_PIXELS_ENV}={DEFAULT_MAX_PIXELS}"
+        )
+    return value
+
+
+def check_pixel_budget(path: Path | None, rows: int, cols: int, budget: int, field: str | None = None) -> None:
+    """Raise :class:`ImageReadError` when one ``rows x cols`` frame is over ``budget`` pixels."""
+    if rows * cols > budget:
+        raise ImageReadError(
+            path, f"declares {rows} x {cols} = {rows * cols:,} pixels per frame, over the pixel budget of {budget:,}",
+            f"If the file is trusted and this size is real, raise the budget (${MAX_PIXELS_ENV}={rows * cols} "
+            f"or max_pixels=); otherwise remove it",
+            field=field,
+        )
+
+
+def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> tuple[int, int, int]:
+    """``(rows, columns, frames)`` from an image's header alone, after checking it; no pixel is decoded.
+
+    PNG, JPEG and the other PIL formats: the size from PIL's header reader. DICOM: rows, columns,
+    samples, bits and the number of frames, checked against each other and against the length of
+    the pixel data (native syntaxes) or its fragments (compressed ones). One frame must fit the
+    pixel budget (:func:`pixel_budget`). Call it on an upload before :func:`read_image`.
+
+    Args:
+        source: a file path, or the file's bytes.
+        max_pixels: the pixel budget; default ``$CBM_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+        ImageReadError: not an image, a damaged header, header and data disagree, over the budget.
+        FileNotFoundError: a path that does not exist.
+    """
+    budget = pixel_budget(max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, path = bytes(source), None
+        if not data:
+            raise ImageReadError(None, "is empty (0 bytes)", "Send the image file itself")
+        head, opener = data[:132], (lambda: io.BytesIO(data))
+    else:
+        path = Path(source)
+        head, opener = _check_file(path), (lambda: path)
+    if head[128:132] == b"DICM" or (path is not None and path.suffix.lower() in DICOM_SUFFIXES):
+        from cbm.data._dicom import dicom_header
+
+        found = dicom_header(opener(), path, budget)
+        return found.rows, found.cols, found.frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _open_pil(opener(), path, budget) as im:
+            return int(im.height), int(im.width), int(getattr(im, "n_frames", 1) or 1)
+
+
 # ---------------------------------------------------------------------------- entry point
-def read_image(path: str | os.PathLike, frame: FramePolicy = "middle") -> LoadedImage:
+def read_image(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read an image file (PNG, JPEG, TIFF, BMP, ... or DICOM) as float pixels in [0, 1].
 
     The format is taken from the file's content (the ``DICM`` marker, PNG/JPEG signatures), not
@@ -126,30 +211,33 @@ def read_image(path: str | os.PathLike, frame: FramePolicy = "middle") -> Loaded
         path: the image file.
         frame: which frame of a multi-frame file to return: ``"first"``, ``"middle"`` (default),
             ``"last"``, or a 0-based index (negative counts from the end).
+        max_pixels: the pixel budget of one frame, checked from the header before decoding;
+            default ``$CBM_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`.
 
     Returns:
         A :class:`LoadedImage` (see its attributes).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ImageReadError: empty, truncated, not an image, DICOM without pixel data, a constant image.
+        ImageReadError: empty, truncated, not an image, DICOM without pixel data, a constant image,
+            a header that its data contradicts, a frame over the pixel budget.
         MissingCodecError: compressed DICOM whose codec is not installed.
     """
+    from cbm.data._dicom import read_dicom
+
     path = Path(path)
     head = _check_file(path)
-    if head[128:132] == b"DICM":
-        return read_dicom(path, frame=frame)
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         # Named as DICOM but no preamble: a headerless (ACR-NEMA style) dataset, or not DICOM at all.
-        return read_dicom(path, frame=frame)
+        return read_dicom(path, frame=frame, max_pixels=max_pixels)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
-        return read_pil(path, frame=frame)
+        return read_pil(path, frame=frame, max_pixels=max_pixels)
     try:
-        return read_pil(path, frame=frame)
+        return read_pil(path, frame=frame, max_pixels=max_pixels)
     except ImageReadError as pil_error:
         # Extension-less files from PACS exports are often headerless DICOM.
         try:
-            return read_dicom(path, frame=frame)
+            return read_dicom(path, frame=frame, max_pixels=max_pixels)
         except ImageReadError:
             raise pil_error from None
 
@@ -159,28 +247,38 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     try:
         with open(path, "rb") as fh:
             return fh.read(132)[128:132] == b"DICM"
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
 def _check_file(path: Path) -> bytes:
     """The first bytes of ``path`` after checking that it is a non-empty regular file."""
-    if not path.exists():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"image file not found: {path}. Check the path (for a data card: the manifest's path "
             f"column, the card's image_root or its image_root_env variable)"
-        )
-    if path.is_dir():
+        ) from None
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission
+        raise ImageReadError(path, f"cannot be opened ({type(exc).__name__}: {exc})",
+                             "Check the path and the file's permissions") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ImageReadError(path, "is a folder, not an image file", "Point the manifest at the image file itself")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(path, "is not a regular file (a device, pipe or socket)", "Point the manifest at an image file")
+    if info.st_size == 0:
         raise ImageReadError(
             path, "is empty (0 bytes), so the download or copy was cut short", "Fetch or copy the file again"
         )
-    with open(path, "rb") as fh:
-        return fh.read(132)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot be read ({type(exc).__name__}: {exc})", "Check the file's permissions") from None
 
 
-def _frame_index(frame: FramePolicy, n_frames: int, path: Path) -> int:
+def _frame_index(frame: FramePolicy, n_frames: int, path: Path | None) -> int:
     """0-based frame index chosen by ``frame`` among ``n_frames``."""
     if isinstance(frame, str):
         policies = {"first": 0, "middle": (n_frames - 1) // 2, "last": n_frames - 1}
@@ -207,74 +305,132 @@ def _reject_constant(values: np.ndarray, path: Path, stage: str) -> None:
         )
 
 
+def finish(pixels: np.ndarray, path: Path, shape: tuple[int, int], meta: dict[str, Any]) -> LoadedImage:
+    """The :class:`LoadedImage` of decoded pixels after checking the contract: float32 ``(H, W, C)``
+    of the declared ``shape``, C in {1, 3}, finite, in [0, 1], not constant."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.shape[:2] != tuple(shape):
+        raise ImageReadError(
+            path, f"decodes to pixels of shape {pixels.shape}, not the {shape[0]} x {shape[1]} its header declares",
+            "The file is damaged or of an unsupported layout; export it again",
+        )
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(path, "decodes to non-finite values", "Check the file's rescale/LUT attributes; re-export it")
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    _reject_constant(pixels, path, "decodes")
+    return LoadedImage(pixels, meta)
+
+
 # ---------------------------------------------------------------------------- PIL formats
-def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle") -> LoadedImage:
-    """Read a PIL-readable image (PNG, JPEG, TIFF, BMP, GIF, WebP, ...) as float pixels in [0, 1].
+def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
+    """A lazily opened PIL image (header read, no pixels) whose first frame fits the budget.
 
-    8-bit data is divided by 255, 16-bit data by 65535; grey stays one channel, palette and other
-    colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
-    is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
-    displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy.
+    PIL's own decompression-bomb guard is set to the same budget: it warns above it (cbm refuses
+    those here first) and refuses at twice it, so the two never disagree about a file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    _check_file(path)
+    Image.MAX_IMAGE_PIXELS = budget
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency chatter; problems raise below
-            with Image.open(path) as im:
-                n_frames = int(getattr(im, "n_frames", 1) or 1)
-                index = _frame_index(frame, n_frames, path)
-                if index:
-                    im.seek(index)
-                im.load()
-                fmt = (im.format or path.suffix.lstrip(".")).lower()
-                oriented = ImageOps.exif_transpose(im) if fmt in ("jpeg", "tiff", "png", "webp") else im
-                rotated = oriented is not im
-                mode = oriented.mode
-                pixels, bits = _pil_to_unit(oriented, fmt, path)
+        im = Image.open(source)
     except UnidentifiedImageError:
         raise ImageReadError(
             path, "is not an image file PIL can identify (not PNG, JPEG, TIFF, BMP, ... nor DICOM)",
             "Check that the file is an image (a download error page saved under an image name is common); "
             "fetch it again or remove it from the manifest",
         ) from None
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError as exc:  # at twice the budget PIL refuses before cbm sees the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else budget * 2 + 1
         raise ImageReadError(
-            path, f"is larger than PIL's safety limit ({exc})",
-            "If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS before reading it",
+            path, f"declares {pixels:,} pixels per frame, over the pixel budget of {budget:,}",
+            f"If the file is trusted and this size is real, raise the budget (${MAX_PIXELS_ENV}={pixels} or max_pixels=); "
+            "otherwise remove it",
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if isinstance(exc, (ImageReadError, FileNotFoundError)):
-            raise
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a header PIL recognised but could not parse
+        raise ImageReadError(path, f"has a damaged header ({type(exc).__name__}: {quote(str(exc))})",
+                             "Download or export the file again") from None
+    try:
+        check_pixel_budget(path, int(im.height), int(im.width), budget)
+    except ImageReadError:
+        im.close()
+        raise
+    return im
+
+
+def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
+    """Read a PIL-readable image (PNG, JPEG, TIFF, BMP, GIF, WebP, ...) as float pixels in [0, 1].
+
+    8-bit data is divided by 255, 16-bit data by 65535; grey stays one channel, palette and other
+    colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
+    is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
+    displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
+    checked against the pixel budget and, for PNG and JPEG, the data against the header, before
+    the pixels are decoded.
+    """
+    from PIL import ImageOps
+
+    from cbm.data._image_streams import check_stream
+
+    path = Path(path)
+    _check_file(path)
+    budget = pixel_budget(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette-transparency chatter; problems raise below
+            with _open_pil(path, path, budget) as im:
+                n_frames = int(getattr(im, "n_frames", 1) or 1)
+                index = _frame_index(frame, n_frames, path)
+                if index:
+                    im.seek(index)
+                    check_pixel_budget(path, int(im.height), int(im.width), budget, field=f"frame {index}")
+                fmt = (im.format or path.suffix.lstrip(".")).lower()
+                check_stream(path, fmt)
+                im.load()
+                declared = (int(im.height), int(im.width))
+                oriented = ImageOps.exif_transpose(im) if fmt in ("jpeg", "tiff", "png", "webp") else im
+                rotated = oriented is not im
+                if rotated:
+                    declared = (int(oriented.height), int(oriented.width))
+                mode = oriented.mode
+                pixels, bits = _pil_to_unit(oriented, fmt)
+    except ImageReadError:
+        raise
+    except (MemoryError, FileNotFoundError):
+        raise
+    except Exception as exc:  # any other decoder failure is the file's
         raise ImageReadError(
-            path, f"could not be decoded, it is truncated or corrupt ({exc})",
+            path, f"could not be decoded, it is truncated or corrupt ({type(exc).__name__}: {quote(str(exc))})",
             "Download or export the file again",
         ) from None
-    _reject_constant(pixels, path, "decodes")
     meta = {
         "format": fmt,
         "mode": mode,
-        "photometric": "RGB" if pixels.shape[2] == 3 else "MONOCHROME2",
+        "photometric": "RGB" if pixels.ndim == 3 and pixels.shape[2] == 3 else "MONOCHROME2",
         "bits": bits,
         "frames": n_frames,
         "frame": index,
-        "original_shape": tuple(int(s) for s in pixels.shape[:2]),
+        "original_shape": declared,
         "exif_transposed": rotated,
     }
-    return LoadedImage(np.ascontiguousarray(pixels, dtype=np.float32), meta)
+    return finish(pixels, path, declared, meta)
 
 
-def _pil_to_unit(im: Any, fmt: str, path: Path) -> tuple[np.ndarray, int]:
+def _pil_to_unit(im: Any, fmt: str) -> tuple[np.ndarray, int]:
     """(H, W, C) float32 pixels in [0, 1] and the source bit depth of a loaded PIL image."""
     mode = im.mode
     if mode == "1":
         return np.asarray(im, dtype=np.float32)[..., None], 1
     if mode in ("L", "LA"):
-        return (np.asarray(im.getchannel(0), dtype=np.float32) / 255.0)[..., None], 8
+        grey = np.asarray(im.getchannel(0), dtype=np.float32)
+        grey /= np.float32(255.0)
+        return grey[..., None], 8
     if mode.startswith("I;16"):
-        return (np.asarray(im, dtype=np.float32) / 65535.0)[..., None], 16
+        grey = np.asarray(im, dtype=np.float32)
+        grey /= np.float32(65535.0)
+        return grey[..., None], 16
     if mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         if mode == "I" and fmt == "png":  # a 16-bit PNG opened as 32-bit int
@@ -285,310 +441,7 @@ def _pil_to_unit(im: Any, fmt: str, path: Path) -> tuple[np.ndarray, int]:
         span = hi - lo if hi > lo else 1.0
         return ((arr - lo) / span).astype(np.float32)[..., None], 32
     rgb = im.convert("RGB")  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV -> RGB (alpha dropped)
-    return np.asarray(rgb, dtype=np.float32) / 255.0, 8
-
-
-# ---------------------------------------------------------------------------- DICOM
-_CODEC_PACKAGES = {
-    "jpeg2000": ["pylibjpeg-openjpeg"],
-    "jpeg": ["pylibjpeg-libjpeg"],
-    "rle": ["pylibjpeg-rle"],
-}
-
-
-def _codec_packages(syntax_name: str) -> list[str]:
-    name = syntax_name.lower()
-    if "2000" in name or "htj2k" in name:
-        return _CODEC_PACKAGES["jpeg2000"]
-    if "jpeg" in name:
-        return _CODEC_PACKAGES["jpeg"]
-    if "rle" in name:
-        return _CODEC_PACKAGES["rle"]
-    return []
-
-
-def _dcmread(path: Path):
-    """The dataset of ``path``; a headerless dataset is accepted if it really parses as DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    not_dicom = ImageReadError(
-        path, "is not a DICOM file (no 'DICM' marker at byte 128, and it does not parse as a DICOM dataset)",
-        "Check what the file really is (`file` on the command line); re-export it as DICOM, "
-        "rename it to its real type, or remove it from the manifest",
-    )
-    try:
-        return pydicom.dcmread(path)
-    except InvalidDicomError:
-        pass
-    except Exception as exc:  # truncated or garbled DICOM
-        raise ImageReadError(
-            path, f"is a damaged DICOM file that cannot be parsed ({type(exc).__name__}: {exc})",
-            "Copy or export the file again",
-        ) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
-            keys = [elem.tag for elem in ds]  # forces parsing of every element
-    except Exception:
-        raise not_dicom from None
-    # Random bytes can parse as a few nonsense elements; a real dataset has standard image/SOP tags.
-    known = {0x00080016, 0x00080060, 0x00280010, 0x00280011, 0x7FE00010}
-    if len(known.intersection(int(k) for k in keys)) < 2:
-        raise not_dicom
-    return ds
-
-
-def _ensure_transfer_syntax(ds: Any) -> None:
-    """Give a headerless dataset the transfer syntax it was read with (pixel decoding needs one)."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "TransferSyntaxUID" in meta:
-        return
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        implicit, little = True, True
-    uid = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    if meta is None:
-        ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = uid
-
-
-def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle") -> LoadedImage:
-    """Read a DICOM image as float pixels in [0, 1] through the standard display pipeline.
-
-    Grey: modality LUT -> VOI LUT or window -> MONOCHROME1 inversion (see the module docstring).
-    Colour: RGB (YBR_* converted by pydicom), PALETTE COLOR through its LUT. Multi-frame data
-    follows the ``frame`` policy; only that frame is decoded.
-    """
-    path = Path(path)
-    _check_file(path)
-    ds = _dcmread(path)
-    _ensure_transfer_syntax(ds)
-    try:
-        pixels, meta = _dicom_pixels(ds, path, frame)
-    except (ImageReadError, MissingCodecError):
-        raise
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise ImageReadError(
-            path, f"has an invalid image header ({type(exc).__name__}: {exc})",
-            "Check the image pixel module (rows, columns, bits, photometric interpretation); re-export the file",
-        ) from None
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    if not np.isfinite(pixels).all():
-        raise ImageReadError(path, "decodes to non-finite values", "Check the file's rescale/LUT attributes; re-export it")
-    _reject_constant(pixels, path, "maps through its window")
-    return LoadedImage(pixels, meta)
-
-
-def _dicom_pixels(ds: Any, path: Path, frame: FramePolicy) -> tuple[np.ndarray, dict[str, Any]]:
-    """Pixels in [0, 1] ``(H, W, C)`` and non-PHI meta of one frame of a parsed dataset."""
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
-        raise ImageReadError(
-            path, f"is a DICOM file without pixel data ({sop}, modality {ds.get('Modality', '?')}), so it is not an image",
-            "Remove it from the manifest (reports, RT plans and presentation states carry no pixels)",
-        )
-    syntax = ds.file_meta.TransferSyntaxUID
-    _check_decoder(path, syntax)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    index = _frame_index(frame, n_frames, path)
-    arr = _decode(ds, path, syntax, index if n_frames > 1 else None)
-    if arr.ndim == 3 and n_frames > 1 and int(ds.get("SamplesPerPixel", 1)) == 1:
-        arr = arr[0]  # some plugins keep a frame axis of length 1
-    if arr.ndim == 4:
-        arr = arr[0]
-    _reject_constant(arr, path, "decodes")
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    meta: dict[str, Any] = {"format": "dicom"}
-    for keyword, key in _DICOM_META_WHITELIST.items():
-        value = ds.get(keyword)
-        if value is not None and value != "":
-            meta[key] = int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)
-    meta.update(
-        transfer_syntax=syntax.name,
-        frames=n_frames,
-        frame=index,
-        original_shape=tuple(int(s) for s in arr.shape[:2]),
-    )
-    if samples == 1 and photometric == "PALETTE COLOR":
-        pixels = _palette_to_unit(arr, ds)
-        meta["voi"] = "palette"
-    elif samples == 1:
-        pixels, meta_voi = _grey_to_unit(arr, ds, index, path)
-        meta.update(meta_voi)
-        pixels = pixels[..., None]
-    else:
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise ImageReadError(
-                path, f"has {samples} samples per pixel and decodes to shape {arr.shape}, not (rows, columns, 3)",
-                "Only grey and 3-sample colour DICOM is supported; convert the file",
-            )
-        bits = int(ds.get("BitsStored", 8) or 8)
-        pixels = np.clip(arr.astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
-        if photometric.startswith("YBR"):
-            meta["photometric"] = "RGB"  # pydicom converted it
-            meta["source_photometric"] = photometric
-        meta["voi"] = "nominal"
-    return pixels, meta
-
-
-def _check_decoder(path: Path, syntax: Any) -> None:
-    from pydicom.pixels import get_decoder
-
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        raise ImageReadError(
-            path, f"uses the transfer syntax {syntax.name} ({syntax}), which has no pixel decoder (video or private syntax)",
-            "Convert it to an uncompressed or JPEG/JPEG 2000/RLE syntax (e.g. with dcmtk's dcmdjpeg or gdcmconv)",
-        ) from None
-    if not decoder.is_available:
-        raise MissingCodecError(path, f"{syntax.name} ({syntax})", decoder.missing_dependencies, _codec_packages(syntax.name))
-
-
-def _decode(ds: Any, path: Path, syntax: Any, index: int | None) -> np.ndarray:
-    from pydicom.pixels import pixel_array
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pixel_array(ds, index=index)
-    except Exception as exc:
-        hint = (
-            f"If a codec is missing, `{DICOM_INSTALL_HINT}` installs the pylibjpeg codecs; otherwise the file is damaged: export it again"
-            if syntax.is_compressed else "The pixel data is probably truncated or inconsistent with its header: export the file again"
-        )
-        raise ImageReadError(path, f"pixel data ({syntax.name}) could not be decoded ({type(exc).__name__}: {exc})", hint) from None
-
-
-def _frame_group_value(ds: Any, index: int, sequence: str, keyword: str) -> Any:
-    """``keyword`` from the top level, else the frame's or the shared functional group (enhanced IODs)."""
-    if keyword in ds:
-        return ds.get(keyword)
-    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        seq = ds.get(groups)
-        if seq is None or len(seq) <= item:
-            continue
-        inner = seq[item].get(sequence)
-        if inner and keyword in inner[0]:
-            return inner[0].get(keyword)
-    return None
-
-
-def _first(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Grey pixels through modality LUT -> VOI -> inversion, as float32 in [0, 1], plus what was done."""
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    info: dict[str, Any] = {}
-    bits = int(ds.get("BitsStored", 16) or 16)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-
-    # 1. Modality LUT: a lookup table, or rescale slope/intercept (top level or functional groups).
-    if "ModalityLUTSequence" in ds:
-        values = apply_modality_lut(arr, ds).astype(np.float32)
-        lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
-        nominal = (0.0, float(2**lut_bits - 1))
-        info["modality_lut"] = "lut"
-    else:
-        slope = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
-        slope = 1.0 if slope in (None, 0.0) else slope
-        intercept = 0.0 if intercept is None else intercept
-        values = arr.astype(np.float32)
-        if slope != 1.0:
-            values *= np.float32(slope)
-        if intercept != 0.0:
-            values += np.float32(intercept)
-        ends = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
-        nominal = (float(ends[0]), float(ends[1]))
-        if (slope, intercept) != (1.0, 0.0):
-            info["rescale"] = [slope, intercept]
-    vmin, vmax = float(values.min()), float(values.max())
-
-    # 2. VOI: a VOI LUT Sequence wins over a window (pydicom's prefer_lut), then nominal / min-max.
-    center = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
-    function = str(_frame_group_value(ds, index, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
-    has_window = center is not None and width is not None and width > 0
-    # the window functions are monotone, so the ends of the data tell whether it saturates them all
-    window_spreads = has_window and np.ptp(np.clip(_window(np.array([vmin, vmax]), center, width, function), 0, 1)) > 0
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) and "LUTData" in ds.VOILUTSequence[0]:
-        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float32)
-        out /= np.float32(2**out_bits - 1)
-        info["voi"] = "voi_lut"
-    elif window_spreads:
-        out = _window(values, center, width, function)
-        info["voi"] = "window"
-        info["window"] = [center, width]
-        if function != "LINEAR":
-            info["voi_function"] = function
-    else:
-        if bits <= 8:
-            lo, hi = nominal
-            info["voi"] = "nominal"
-        else:
-            if has_window:
-                log.warning("%s: window %g/%g maps every pixel to one level; stretching min-max instead", path, center, width)
-            lo, hi = vmin, vmax
-            info["voi"] = "min_max"
-        out = values
-        out -= np.float32(lo)
-        out /= np.float32(hi - lo)  # a division, as PIL-read PNGs get: identical floats for identical pixels
-    np.clip(out, 0.0, 1.0, out=out)
-
-    # 3. MONOCHROME1 (or an INVERSE presentation LUT shape): low values display white.
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-    if inverse:
-        np.subtract(np.float32(1.0), out, out=out)
-    info["inverted"] = inverse
-    return out, info
-
-
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """Window center/width to [0, 1] (before clipping) following PS3.3 C.11.2.1.2: LINEAR,
-    LINEAR_EXACT or SIGMOID. A float input keeps its dtype."""
-    values = np.asarray(values)
-    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
-    if function == "SIGMOID":
-        z = np.clip(-4.0 * (values.astype(np.float64) - center) / width, -80.0, 80.0)
-        return (1.0 / (1.0 + np.exp(z))).astype(dtype)
-    if function == "LINEAR_EXACT":
-        lo, scale = center - width / 2.0, 1.0 / width
-    elif width <= 1.0:  # a one-level window is a threshold
-        return (values > center - 0.5).astype(dtype)
-    else:  # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5) = (x - lo) * scale
-        lo, scale = (center - 0.5) - (width - 1.0) / 2.0, 1.0 / (width - 1.0)
-    out = values.astype(dtype, copy=True)
-    out -= dtype.type(lo)
-    out *= dtype.type(scale)
-    return out
-
-
-def _palette_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """PALETTE COLOR indices through the red/green/blue LUTs, scaled by the LUT bit depth."""
-    from pydicom.pixels import apply_color_lut
-
-    rgb = apply_color_lut(arr, ds).astype(np.float64)
-    n_entries, first, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
-    full = apply_color_lut(np.arange(first, first + (n_entries or 65536)), ds)
-    if lut_bits == 16 and full.max() <= 255:  # 8-bit entries stored in 16-bit words (PS3.3 C.7.6.3.1.5)
-        lut_bits = 8
-    return np.clip(rgb / float(2**lut_bits - 1), 0.0, 1.0)
+    out = np.asarray(rgb, dtype=np.float32)
+    del rgb
+    out /= np.float32(255.0)
+    return out, 8

@@ -3,7 +3,11 @@
 Reading a manifest never crashes halfway through a run: every problem (missing files, unknown
 labels, unknown split names, empty splits, duplicate paths, a class with no training image) is
 collected into a :class:`ManifestReport` and reported together. With ``strict=True`` any problem
-raises :class:`ManifestError`; otherwise the unusable rows are dropped with one warning.
+raises :class:`ManifestError` (of :mod:`cbm.errors`); otherwise the unusable rows are dropped with
+one warning. Two problems always raise: one file in two splits (paths are normalised first, so
+``./1.png``, ``a/../1.png`` and ``<root>/1.png`` are one file), which leaks test images into
+training, and a path outside the image root, unless the card says ``allow_outside_root: true``.
+Within one split a repeated file is dropped (it would count twice), like other bad rows.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ import csv
 import hashlib
 import logging
 import os
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from cbm.errors import ManifestError, quote
 
 __all__ = [
     "ManifestRow",
@@ -64,7 +72,8 @@ class ManifestRow:
 class ManifestProblem:
     """One kind of problem with the rows it affects."""
 
-    kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | no_training_image | empty_field
+    kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
+    #            | outside_root | bad_path | no_training_image | empty_field
     message: str
     lines: tuple[int, ...] = ()
 
@@ -97,16 +106,11 @@ class ManifestReport:
         return "\n".join(lines)
 
     def raise_if_problems(self) -> None:
+        """Raise :class:`ManifestError` (with this report) if there is any problem."""
         if self.problems:
-            raise ManifestError(self)
-
-
-class ManifestError(ValueError):
-    """A manifest with problems under ``strict=True``; ``.report`` holds all of them."""
-
-    def __init__(self, report: ManifestReport) -> None:
-        self.report = report
-        super().__init__(report.summary())
+            shown = "; ".join(p.message for p in self.problems)
+            raise ManifestError(self.path, f"has {len(self.problems)} problem(s): {shown}",
+                                "Fix or remove the rows named (`cbm validate CARD` lists every problem)", report=self)
 
 
 class Manifest:
@@ -192,135 +196,217 @@ def read_manifest(
     check_files: bool = True,
     strict: bool = False,
     root_hint: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Manifest:
     """Read and check a manifest CSV.
 
     ``root_hint`` is added to the message about missing image files (the card uses it to say that
     the environment variable naming its image folder is not set).
 
-    Structural errors (no file, not a CSV, missing ``path``/``label``/split columns) always raise
-    ``FileNotFoundError`` / ``ValueError``. Row problems are collected (see the module docstring):
-    ``strict=True`` raises :class:`ManifestError` listing all of them; otherwise rows with an
-    unknown label or split, a repeated path or a missing file are dropped with one warning, and
-    the returned Manifest carries the full ``report``.
+    Paths are compared after normalisation (``./1.png``, ``train/../1.png`` and the absolute path
+    of ``<image_root>/1.png`` are one file; with ``check_files``, so are two names of one file, a
+    symbolic or hard link). A path that leaves the image root (``../x.png``, ``/etc/passwd``) is
+    refused unless ``allow_outside_root`` (the card's ``allow_outside_root: true``).
+
+    Raises:
+        FileNotFoundError: no manifest file, or no image folder (with ``check_files``).
+        ManifestError: the file is not a CSV with ``path``, ``label`` and split columns (``report``
+            is None); the same file in two splits (a leak between train and test) or a path
+            outside the image root, always; any other row problem with ``strict=True``. Its
+            ``report`` lists every problem. Without ``strict``, rows with an unknown label or
+            split, a file listed again within its split, a missing file or an unusable path are
+            dropped with one warning, and the returned Manifest carries the full ``report``.
     """
     path = Path(path)
     image_root = Path(image_root)
+    root = _normal(os.path.abspath(image_root))
     header, records = _read_csv(path, required=("path", "label", split_column), group_column=group_column)
     classes = list(class_names)
     index_of = {name: i for i, name in enumerate(classes)}
-    problems: dict[str, list[int]] = defaultdict(list)
-    examples: dict[str, list[str]] = defaultdict(list)
+    found = _Problems()
     rows: list[ManifestRow] = []
-    seen: dict[str, int] = {}
-    bad_lines: set[int] = set()
-
-    def note(kind: str, line: int, example: str) -> None:
-        problems[kind].append(line)
-        if len(examples[kind]) < _MAX_LISTED:
-            examples[kind].append(example)
-        bad_lines.add(line)
+    seen: dict[str, tuple[int, str]] = {}  # normalised path -> (line, split) of its first usable row
 
     extra_columns = [c for c in header if c not in ("path", "label", split_column, group_column)]
     for line, rec in records:
         p, label, split = rec["path"].strip(), rec["label"].strip(), rec[split_column].strip()
         if not p or not label or not split:
             empty = [c for c, v in (("path", p), ("label", label), (split_column, split)) if not v]
-            note("empty_field", line, f"line {line} ({', '.join(empty)})")
+            found.note("empty_field", line, f"line {line} ({', '.join(empty)})")
             continue
         if label not in index_of:
-            note("unknown_label", line, f"{label!r} (line {line})")
+            found.note("unknown_label", line, f"{quote(label, 80)} (line {line})")
         if split not in KNOWN_SPLITS:
-            note("unknown_split", line, f"{split!r} (line {line})")
-        if p in seen:
-            note("duplicate_path", line, f"{p} (lines {seen[p]} and {line})")
-        else:
-            seen[p] = line
-        if line in bad_lines:
+            found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
+        key = _normal(os.path.join(root, p))
+        if not allow_outside_root and not _inside(key, root):
+            found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
+        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, usable=line not in found.bad_lines)
+        if line in found.bad_lines:
             continue
         group = rec.get(group_column, "").strip() if group_column else None
         extra = {c: rec.get(c, "") for c in extra_columns}
         rows.append(ManifestRow(p, label, index_of[label], split, group or None, extra, line))
 
     if check_files and rows:
-        if not image_root.is_dir() and not all(Path(r.path).is_absolute() for r in rows):
-            raise FileNotFoundError(
-                f"image folder {image_root} (for manifest {path}) does not exist: get the images and put them "
-                f"there, or point the card's image_root / image_root_env variable at them"
-            )
-        kept = []
-        for r in rows:
-            f = Path(r.path) if Path(r.path).is_absolute() else image_root / r.path
-            if f.is_file():
-                kept.append(r)
-            else:
-                note("missing_file", r.line, f"{f} (line {r.line})")
-        rows = kept
+        rows = _existing(rows, image_root, path, found)
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
-    counts = manifest.counts()
-    messages: list[ManifestProblem] = []
-    described = {
-        "empty_field": "rows with an empty path, label or split",
-        "unknown_label": f"rows with a label that is not a class of the card (classes: {', '.join(classes)})",
-        "unknown_split": f"rows with an unknown split name (allowed: {', '.join(KNOWN_SPLITS)})",
-        "duplicate_path": "rows repeating a path already listed",
-        "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
-    }
-    for kind, text in described.items():
-        if problems[kind]:
-            n = len(problems[kind])
-            more = f", and {n - len(examples[kind])} more" if n > len(examples[kind]) else ""
-            messages.append(ManifestProblem(kind, f"{n} {text}: {'; '.join(examples[kind])}{more}", tuple(problems[kind])))
+    report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts())
+    _whole_file_problems(report, classes)
+    manifest.report = report
+    fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
+    if strict or fatal:
+        report.raise_if_problems()
+    elif report.problems:
+        log.warning("%s", report.summary())
+    return manifest
+
+
+FATAL_PROBLEMS = ("duplicate_across_splits", "outside_root")
+"""Row problems that raise even without ``strict``: they make every figure of a run wrong."""
+
+
+def _normal(p: str) -> str:
+    """``p`` normalised: ``.`` and ``..`` resolved, repeated separators collapsed (``//x`` is ``/x``)."""
+    p = os.path.normpath(p)
+    return "/" + p.lstrip("/") if p.startswith("//") else p
+
+
+def _inside(p: str, root: str) -> bool:
+    return p == root or p.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Problems:
+    """Row problems by kind: the lines, the first few examples, the lines made unusable."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[int]] = defaultdict(list)
+        self.examples: dict[str, list[str]] = defaultdict(list)
+        self.bad_lines: set[int] = set()
+
+    def note(self, kind: str, line: int, example: str) -> None:
+        self.lines[kind].append(line)
+        if len(self.examples[kind]) < _MAX_LISTED:
+            self.examples[kind].append(example)
+        self.bad_lines.add(line)
+
+    def messages(self, classes: list[str], image_root: Path, root_hint: str | None) -> list[ManifestProblem]:
+        described = {
+            "empty_field": "rows with an empty path, label or split",
+            "unknown_label": f"rows with a label that is not a class of the card (classes: {quote(', '.join(classes))[1:-1]})",
+            "unknown_split": f"rows with an unknown split name (allowed: {', '.join(KNOWN_SPLITS)})",
+            "outside_root": f"rows whose path leaves the image folder {image_root} (a card that means it says "
+                            "allow_outside_root: true)",
+            "duplicate_across_splits": "rows listing a file already listed in another split, a leak between "
+                                       "splits (keep each image in one split)",
+            "duplicate_path": "rows repeating a file already listed in the same split",
+            "bad_path": "rows whose path the file system refuses",
+            "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
+        }
+        out = []
+        for kind, text in described.items():
+            if self.lines[kind]:
+                n, shown = len(self.lines[kind]), self.examples[kind]
+                more = f", and {n - len(shown)} more" if n > len(shown) else ""
+                out.append(ManifestProblem(kind, f"{n} {text}: {'; '.join(shown)}{more}", tuple(self.lines[kind])))
+        return out
+
+
+def _note_duplicate(found: _Problems, seen: dict[Any, tuple[int, str]], key: Any, shown: str, line: int, split: str,
+                    usable: bool) -> None:
+    """Note a row naming a file an earlier row named: a leak across splits (between usable rows), else a repeat."""
+    if key not in seen:
+        if usable:
+            seen[key] = (line, split)
+        return
+    first, first_split = seen[key]
+    if usable and split != first_split:
+        found.note("duplicate_across_splits", line, f"{shown} ({first_split} on line {first}, {split} on line {line})")
+    else:
+        found.note("duplicate_path", line, f"{shown} (lines {first} and {line})")
+
+
+def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Problems) -> list[ManifestRow]:
+    """The rows whose image file exists; two names of one file (a link) count as a duplicate."""
+    if not image_root.is_dir() and not all(Path(r.path).is_absolute() for r in rows):
+        raise FileNotFoundError(
+            f"image folder {image_root} (for manifest {path}) does not exist: get the images and put them "
+            f"there, or point the card's image_root / image_root_env variable at them"
+        )
+    kept: list[ManifestRow] = []
+    seen: dict[tuple[int, int], tuple[int, str]] = {}
+    for r in rows:
+        f = Path(r.path) if Path(r.path).is_absolute() else image_root / r.path
+        try:
+            info = f.stat()
+        except FileNotFoundError:
+            found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line})")
+            continue
+        except (OSError, ValueError) as exc:  # a name too long, a loop of links, no permission
+            found.note("bad_path", r.line, f"{quote(r.path, 80)} (line {r.line}: {exc.strerror if isinstance(exc, OSError) else exc})")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line}, not a file)")
+            continue
+        before = len(found.bad_lines)
+        _note_duplicate(found, seen, (info.st_dev, info.st_ino), quote(r.path, 80)[1:-1], r.line, r.split, usable=True)
+        if len(found.bad_lines) == before:
+            kept.append(r)
+    return kept
+
+
+def _whole_file_problems(report: ManifestReport, classes: list[str]) -> None:
+    """Splits without images and classes without a training image."""
+    counts = report.counts
     for split in REQUIRED_SPLITS:
         if not counts.get(split):
-            messages.append(ManifestProblem("empty_split", f"split {split!r} has no usable images"))
+            report.problems.append(ManifestProblem("empty_split", f"split {split!r} has no usable images"))
     train = counts.get("train", {})
     if train:
         empty = [c for c in classes if not train.get(c)]
         if empty:
-            messages.append(
-                ManifestProblem("no_training_image", f"class(es) with no training image: {', '.join(empty)} (the head cannot learn them)")
-            )
-    report = ManifestReport(path, len(records), messages, counts)
-    manifest.report = report
-    if strict:
-        report.raise_if_problems()
-    elif messages:
-        log.warning("%s", report.summary())
-    return manifest
+            report.problems.append(ManifestProblem(
+                "no_training_image", f"class(es) with no training image: {quote(', '.join(empty))[1:-1]} (the head cannot learn them)"))
 
 
 def _read_csv(
     path: Path, *, required: Sequence[str], group_column: str | None
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and ``(line number, record)`` pairs of a CSV, with clear errors for a malformed file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
     try:
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest not found: {path}")
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"manifest {path} is not UTF-8 text ({exc}); save it as a UTF-8 CSV") from None
+        raise ManifestError(path, f"is not UTF-8 text (byte {exc.start})", "Save it as a UTF-8 CSV") from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ManifestError(path, f"cannot be read ({type(exc).__name__}: {quote(str(exc))})",
+                            "Check the path and the file's permissions") from None
     if "\x00" in text:
-        raise ValueError(f"manifest {path} contains NUL bytes, so it is not a CSV text file; export it again as CSV")
+        raise ManifestError(path, "contains NUL bytes, so it is not a CSV text file", "Export it again as CSV",
+                            field=f"line {text[:text.index(chr(0))].count(chr(10)) + 1}")
     reader = csv.reader(text.splitlines())
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise ValueError(f"manifest {path} is empty; it needs a header line 'path,label,split' and one row per image") from None
+        raise ManifestError(path, "is empty", "It needs a header line 'path,label,split' and one row per image") from None
     except csv.Error as exc:
-        raise ValueError(f"manifest {path} is not a valid CSV ({exc})") from None
+        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting of the header", field="line 1") from None
     needed = list(required) + ([group_column] if group_column else [])
     missing = [c for c in needed if c not in header]
     if missing:
-        raise ValueError(
-            f"manifest {path} lacks the column(s) {', '.join(missing)} (header: {','.join(header) or '(empty)'}); "
-            f"a manifest needs the columns path,label,{required[2]}"
-            + (f" and the card's group column {group_column}" if group_column else "")
+        raise ManifestError(
+            path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})",
+            f"A manifest needs the columns path,label,{required[2]}"
+            + (f" and the card's group column {group_column}" if group_column else ""), field="line 1",
         )
     if len(set(header)) != len(header):
         dupes = sorted(c for c, n in Counter(header).items() if n > 1)
-        raise ValueError(f"manifest {path} repeats the column(s) {', '.join(dupes)} in its header; keep one of each")
+        raise ManifestError(path, f"repeats the column(s) {quote(', '.join(dupes))[1:-1]} in its header", "Keep one of each",
+                            field="line 1")
     records: list[tuple[int, dict[str, str]]] = []
     try:
         for fields in reader:
@@ -328,13 +414,13 @@ def _read_csv(
             if not fields or all(not f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
-                raise ValueError(
-                    f"manifest {path} line {line} has {len(fields)} field(s) but the header has {len(header)}; "
-                    f"quote values that contain commas (\"a, b\") and check for stray separators"
+                raise ManifestError(
+                    path, f"has {len(fields)} field(s) but the header has {len(header)}",
+                    "Quote values that contain commas (\"a, b\") and check for stray separators", field=f"line {line}",
                 )
             records.append((line, dict(zip(header, fields))))
     except csv.Error as exc:
-        raise ValueError(f"manifest {path} is not a valid CSV at line {reader.line_num} ({exc}); fix the quoting there") from None
+        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
     return header, records
 
 

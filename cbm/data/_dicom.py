@@ -1,0 +1,503 @@
+"""DICOM images through pydicom: the header checked against itself and its data, then one frame
+through the standard display pipeline.
+
+Checks, before any pixel is decoded (:func:`dicom_header`): Rows, Columns, SamplesPerPixel (1 or
+3), BitsAllocated (1, 8, 16, 32 or 64), BitsStored, PixelRepresentation and NumberOfFrames (absent
+means one frame; 0, empty or not a whole number is refused) must be valid; one frame must fit the
+pixel budget; for native (uncompressed) transfer syntaxes Rows x Columns x SamplesPerPixel x
+BitsAllocated x frames must equal the length of the pixel data (one padding byte allowed); for
+compressed ones the offset tables or the fragments must hold as many frames as declared. The
+decoded frame must have exactly the declared shape.
+
+Display pipeline (PS3.4 grayscale pipeline): stored values -> modality LUT (Rescale
+Slope/Intercept or a Modality LUT Sequence) -> VOI LUT (a VOI LUT Sequence, else Window
+Center/Width with its VOI LUT Function) -> MONOCHROME1 inversion. Without any VOI transform, 8-bit
+data keeps its nominal range (as a PNG would) and deeper data is stretched from its minimum to its
+maximum. Colour data (RGB, YBR_* converted to RGB by pydicom, PALETTE COLOR through its lookup
+table) is scaled by its nominal range.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbm.data._image import (
+    DICOM_INSTALL_HINT,
+    FramePolicy,
+    ImageReadError,
+    LoadedImage,
+    MissingCodecError,
+    _check_file,
+    _frame_index,
+    _reject_constant,
+    check_pixel_budget,
+    finish,
+    pixel_budget,
+)
+from cbm.errors import ImageError, quote
+
+__all__ = ["read_dicom", "dicom_header", "DicomHeader"]
+
+log = logging.getLogger(__name__)
+
+# The only DICOM attributes copied into LoadedImage.meta (keyword -> meta key). Nothing that
+# identifies a patient, a study or an institution: no names, IDs, dates, UIDs, accession numbers.
+_DICOM_META_WHITELIST = {
+    "Modality": "modality",
+    "BodyPartExamined": "body_part",
+    "ViewPosition": "view_position",
+    "ImageLaterality": "laterality",
+    "PhotometricInterpretation": "photometric",
+    "BitsAllocated": "bits_allocated",
+    "BitsStored": "bits_stored",
+    "PixelRepresentation": "pixel_representation",
+    "SamplesPerPixel": "samples_per_pixel",
+}
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_DEFER_BYTES = 1 << 20  # elements larger than this (the pixel data) are read only when needed
+_REEXPORT = "The header and the pixel data disagree (a damaged or hand-edited file): export the file again"
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a checked DICOM header declares: one frame's size, samples, bits, frames, the syntax."""
+
+    rows: int
+    cols: int
+    samples: int
+    bits: int
+    frames: int
+    syntax: Any
+    ds: Any
+
+
+# ---------------------------------------------------------------------------- reading
+def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
+    """Read a DICOM image as float pixels in [0, 1] through the standard display pipeline.
+
+    Grey: modality LUT -> VOI LUT or window -> MONOCHROME1 inversion (see the module docstring).
+    Colour: RGB (YBR_* converted by pydicom), PALETTE COLOR through its LUT. Multi-frame data
+    follows the ``frame`` policy; only that frame is decoded, after the header checks.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageReadError: not DICOM, damaged, without pixel data, header and data disagree, over the
+            pixel budget, a constant image.
+        MissingCodecError: compressed pixel data whose codec is not installed.
+    """
+    path = Path(path)
+    head = _check_file(path)
+    budget = pixel_budget(max_pixels)
+    header = dicom_header(path, path, budget)
+    ds = header.ds
+    index = _frame_index(frame, header.frames, path)
+    try:
+        syntax = header.syntax  # native multi-frame Part 10 files: read that frame's bytes alone
+        by_file = head[128:132] == b"DICM" and header.frames > 1 and not (syntax.is_encapsulated or syntax.is_deflated)
+        arr = _decode(path if by_file else ds, path, syntax, index)
+        pixels, meta = _dicom_pixels(arr, ds, path, header, index)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # pydicom's NotImplementedError (a LUT of 0 bits), KeyError, ...
+        raise _invalid(path, exc) from None
+    return finish(pixels, path, (header.rows, header.cols), meta)
+
+
+def _invalid(path: Path, exc: BaseException) -> ImageReadError:
+    log.debug("%s: invalid image module", path, exc_info=exc)
+    return ImageReadError(
+        path, f"has an invalid image header ({type(exc).__name__}: {quote(str(exc))})",
+        "Check the image pixel module (rows, columns, bits, photometric interpretation, LUTs); re-export the file",
+    )
+
+
+# ---------------------------------------------------------------------------- the header
+def dicom_header(source: Path | io.BytesIO, path: Path | None, budget: int) -> DicomHeader:
+    """Parse and check a DICOM header (see the module docstring); no pixel is decoded.
+
+    ``source`` is the file (its pixel data is then read only as far as a compressed frame count
+    needs) or its bytes; ``path`` names it in errors.
+    """
+    ds = _dcmread(source, path)
+    try:
+        _ensure_transfer_syntax(ds)
+        return _check_header(ds, path, budget)
+    except (ImageError, MemoryError):
+        raise
+    except Exception as exc:  # a value pydicom cannot convert (a bad VR, an unknown VR, ...)
+        raise _invalid(path, exc) from None
+
+
+def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        raise ImageReadError(
+            path, f"is a DICOM file without pixel data ({sop}, modality {quote(ds.get('Modality', '?'), 40)}), so it is not an image",
+            "Remove it from the manifest (reports, RT plans and presentation states carry no pixels)",
+        )
+    syntax = ds.file_meta.TransferSyntaxUID
+    _check_decoder(path, syntax)
+    rows, cols = _whole(ds, "Rows", path), _whole(ds, "Columns", path)
+    check_pixel_budget(path, rows, cols, budget, field="Rows x Columns")
+    samples = _whole(ds, "SamplesPerPixel", path, allowed=(1, 3))
+    bits = _whole(ds, "BitsAllocated", path, allowed=(1, 8, 16, 32, 64))
+    if keyword == "PixelData":
+        stored = _whole(ds, "BitsStored", path)
+        if not 1 <= stored <= bits:
+            raise ImageReadError(path, f"is {stored}, outside 1..BitsAllocated ({bits})", _REEXPORT, field="BitsStored")
+        _whole(ds, "PixelRepresentation", path, allowed=(0, 1))
+    frames = _frames(ds, path)
+    if syntax.is_encapsulated:
+        _check_fragments(ds, path, frames, keyword)
+    else:
+        _check_length(ds, path, keyword, rows, cols, samples, bits, frames)
+    return DicomHeader(rows, cols, samples, bits, frames, syntax, ds)
+
+
+def _whole(ds: Any, keyword: str, path: Path | None, allowed: tuple[int, ...] | None = None) -> int:
+    """A required positive (or ``allowed``) whole-number attribute."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise ImageReadError(path, "is missing", "Every DICOM image declares it; export the file again", field=keyword)
+    if isinstance(value, (bytes, str, float)) or not isinstance(value, (int, np.integer)):
+        raise ImageReadError(path, f"has the bad value {quote(value, 60)}, not a whole number", _REEXPORT, field=keyword)
+    value = int(value)
+    if (allowed is not None and value not in allowed) or (allowed is None and value < 1):
+        want = f"one of {', '.join(map(str, allowed))}" if allowed else "a positive whole number"
+        raise ImageReadError(path, f"is {value}, not {want}", _REEXPORT, field=keyword)
+    return value
+
+
+def _frames(ds: Any, path: Path | None) -> int:
+    """NumberOfFrames: 1 when absent; otherwise it must be a positive whole number."""
+    if "NumberOfFrames" not in ds:
+        return 1
+    raw = ds["NumberOfFrames"].value
+    try:
+        frames = int(str(raw).strip()) if raw is not None and not isinstance(raw, (list, tuple)) else 0
+    except ValueError:
+        frames = 0
+    if frames < 1:
+        bad = "is empty" if raw in (None, "") else f"has the bad value {quote(raw, 60)}"
+        raise ImageReadError(path, f"{bad}, not a positive whole number",
+                             "Give the number of frames the pixel data holds, or export the file again",
+                             field="NumberOfFrames")
+    return frames
+
+
+def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int, samples: int, bits: int,
+                  frames: int) -> None:
+    """Native syntaxes: the pixel data holds exactly the declared frames (plus one padding byte)."""
+    elem = ds.get_item(keyword, keep_deferred=True)
+    value = getattr(elem, "value", None)
+    length = int(elem.length) if value is None else len(value)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    per_pixel = 2 if samples == 3 and photometric == "YBR_FULL_422" else samples  # 4:2:2 stores 2 samples a pixel
+    frame_bits = rows * cols * per_pixel * bits
+    expected = (frame_bits * frames + 7) // 8
+    if length == expected or (length == expected + 1 and expected % 2):
+        return
+    whole = ""
+    if bits >= 8 and length % (frame_bits // 8) in (0, 1):
+        whole = f"; it holds {length // (frame_bits // 8)} whole frame(s) of that size"
+    raise ImageReadError(
+        path, f"holds {length:,} bytes, but Rows x Columns x samples x BitsAllocated x frames ({rows} x {cols} x "
+        f"{per_pixel} x {bits} bits x {frames}) declare {expected:,}{whole}, so it could not be decoded",
+        _REEXPORT, field=keyword,
+    )
+
+
+def _check_fragments(ds: Any, path: Path | None, frames: int, keyword: str) -> None:
+    """Compressed syntaxes: the offset tables, else the fragments, hold the declared frames."""
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    buffer = io.BytesIO(ds[keyword].value)
+    offsets = parse_basic_offsets(buffer)
+    fragments, _ = parse_fragments(buffer)
+    extended = ds.get("ExtendedOffsetTable")
+    found, what = None, ""
+    if extended:
+        found, what = len(extended) // 8, "extended offset table entries"
+    elif offsets:
+        found, what = len(offsets), "basic offset table entries"
+    elif fragments < frames:
+        found, what = fragments, "fragments"
+    if found is not None and found != frames:
+        raise ImageReadError(path, f"declares {frames} frame(s) but its compressed pixel data holds {found} {what}",
+                             _REEXPORT, field="NumberOfFrames")
+
+
+def _dcmread(source: Path | io.BytesIO, path: Path | None):
+    """The dataset (a file's pixel data deferred); a headerless dataset is accepted if it really parses as DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    defer = _DEFER_BYTES if isinstance(source, Path) else None
+    not_dicom = ImageReadError(
+        path, "is not a DICOM file (no 'DICM' marker at byte 128, and it does not parse as a DICOM dataset)",
+        "Check what the file really is (`file` on the command line); re-export it as DICOM, "
+        "rename it to its real type, or remove it from the manifest",
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(source, defer_size=defer)
+    except InvalidDicomError:
+        pass
+    except MemoryError:
+        raise
+    except Exception as exc:  # truncated or garbled DICOM
+        raise ImageReadError(
+            path, f"is a damaged DICOM file that cannot be parsed ({type(exc).__name__}: {quote(str(exc))})",
+            "Copy or export the file again",
+        ) from None
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(source, force=True, defer_size=defer)
+            keys = [elem.tag for elem in ds]  # forces parsing of every element
+    except MemoryError:
+        raise
+    except Exception:
+        raise not_dicom from None
+    # Random bytes can parse as a few nonsense elements; a real dataset has standard image/SOP tags.
+    known = {0x00080016, 0x00080060, 0x00280010, 0x00280011, 0x7FE00010}
+    if len(known.intersection(int(k) for k in keys)) < 2:
+        raise not_dicom
+    return ds
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """Give a headerless dataset the transfer syntax it was read with (pixel decoding needs one)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        if not isinstance(meta.TransferSyntaxUID, UID):
+            meta.TransferSyntaxUID = UID(str(meta.TransferSyntaxUID))
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = True, True
+    uid = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+# ---------------------------------------------------------------------------- decoding
+def _codec_packages(syntax_name: str) -> list[str]:
+    """The pylibjpeg plugin that decodes a compressed transfer syntax."""
+    name = syntax_name.lower()
+    for key, package in (("2000", "openjpeg"), ("htj2k", "openjpeg"), ("jpeg", "libjpeg"), ("rle", "rle")):
+        if key in name:
+            return [f"pylibjpeg-{package}"]
+    return []
+
+
+def _check_decoder(path: Path | None, syntax: Any) -> None:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ImageReadError(
+            path, f"uses the transfer syntax {quote(syntax.name, 80)} ({quote(str(syntax), 80)}), which has no pixel "
+            "decoder (video, private or mistyped syntax)",
+            "Convert it to an uncompressed or JPEG/JPEG 2000/RLE syntax (e.g. with dcmtk's dcmdjpeg or gdcmconv)",
+            field="TransferSyntaxUID",
+        ) from None
+    if not decoder.is_available:
+        raise MissingCodecError(path, f"{syntax.name} ({syntax})", decoder.missing_dependencies, _codec_packages(syntax.name))
+
+
+def _decode(source: Any, path: Path, syntax: Any, index: int) -> np.ndarray:
+    """One frame as stored values; from a Part 10 file only that frame's bytes are read."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pixel_array(os.fspath(source) if isinstance(source, Path) else source, index=index)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        hint = (
+            f"If a codec is missing, `{DICOM_INSTALL_HINT}` installs the pylibjpeg codecs; otherwise the file is damaged: export it again"
+            if syntax.is_compressed else "The pixel data is probably truncated or inconsistent with its header: export the file again"
+        )
+        raise ImageReadError(path, f"pixel data ({syntax.name}) could not be decoded ({type(exc).__name__}: "
+                                   f"{quote(str(exc))})", hint) from None
+
+
+def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pixels in [0, 1] ``(H, W, C)`` and non-PHI meta of one decoded frame."""
+    samples = header.samples
+    shape = (header.rows, header.cols) if samples == 1 else (header.rows, header.cols, samples)
+    if arr.shape != shape:
+        raise ImageReadError(path, f"decodes to an array of shape {arr.shape}, not the declared {shape}", _REEXPORT)
+    _reject_constant(arr, path, "decodes")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    meta: dict[str, Any] = {"format": "dicom"}
+    for keyword, key in _DICOM_META_WHITELIST.items():
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            meta[key] = int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)[:64]
+    meta.update(transfer_syntax=header.syntax.name, frames=header.frames, frame=index, original_shape=shape[:2])
+    if samples == 1 and photometric == "PALETTE COLOR":
+        pixels = _palette_to_unit(arr, ds)
+        meta["voi"] = "palette"
+    elif samples == 1:
+        pixels, meta_voi = _grey_to_unit(arr, ds, index, path)
+        meta.update(meta_voi)
+        pixels = pixels[..., None]
+    else:
+        bits = int(ds.get("BitsStored", 8) or 8)
+        pixels = arr.astype(np.float32)
+        pixels /= np.float32(2**bits - 1)
+        if photometric.startswith("YBR"):
+            meta["photometric"] = "RGB"  # pydicom converted it
+            meta["source_photometric"] = photometric
+        meta["voi"] = "nominal"
+    return pixels, meta
+
+
+def _frame_group_value(ds: Any, index: int, sequence: str, keyword: str) -> Any:
+    """``keyword`` from the top level, else the frame's or the shared functional group (enhanced IODs)."""
+    if keyword in ds:
+        return ds.get(keyword)
+    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq is None or len(seq) <= item:
+            continue
+        inner = seq[item].get(sequence)
+        if inner and keyword in inner[0]:
+            return inner[0].get(keyword)
+    return None
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Grey pixels through modality LUT -> VOI -> inversion, as float32 in [0, 1], plus what was done."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    info: dict[str, Any] = {}
+    bits = int(ds.get("BitsStored", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+    # 1. Modality LUT: a lookup table, or rescale slope/intercept (top level or functional groups).
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(arr, ds).astype(np.float32)
+        lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        nominal = (0.0, float(2**lut_bits - 1))
+        info["modality_lut"] = "lut"
+    else:
+        slope = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
+        slope = 1.0 if slope in (None, 0.0) else slope
+        intercept = 0.0 if intercept is None else intercept
+        values = arr.astype(np.float32)
+        if slope != 1.0:
+            values *= np.float32(slope)
+        if intercept != 0.0:
+            values += np.float32(intercept)
+        ends = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
+        nominal = (float(ends[0]), float(ends[1]))
+        if (slope, intercept) != (1.0, 0.0):
+            info["rescale"] = [slope, intercept]
+    vmin, vmax = float(values.min()), float(values.max())
+
+    # 2. VOI: a VOI LUT Sequence wins over a window (pydicom's prefer_lut), then nominal / min-max.
+    center = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    function = str(_frame_group_value(ds, index, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
+    has_window = center is not None and width is not None and width > 0
+    # the window functions are monotone, so the ends of the data tell whether it saturates them all
+    window_spreads = has_window and np.ptp(np.clip(_window(np.array([vmin, vmax]), center, width, function), 0, 1)) > 0
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) and "LUTData" in ds.VOILUTSequence[0]:
+        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        np.clip(np.rint(values, out=values), -(2**30), 2**30, out=values)  # LUT inputs lie well inside; int32 is enough
+        out = apply_voi(values.astype(np.int32), ds, index=0).astype(np.float32)
+        out /= np.float32(2**out_bits - 1)
+        info["voi"] = "voi_lut"
+    elif window_spreads:
+        out = _window(values, center, width, function)
+        info["voi"] = "window"
+        info["window"] = [center, width]
+        if function != "LINEAR":
+            info["voi_function"] = function
+    else:
+        if bits <= 8:
+            lo, hi = nominal
+            info["voi"] = "nominal"
+        else:
+            if has_window:
+                log.warning("%s: window %g/%g maps every pixel to one level; stretching min-max instead", path, center, width)
+            lo, hi = vmin, vmax
+            info["voi"] = "min_max"
+        out = values
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)  # a division, as PIL-read PNGs get: identical floats for identical pixels
+    np.clip(out, 0.0, 1.0, out=out)
+
+    # 3. MONOCHROME1 (or an INVERSE presentation LUT shape): low values display white.
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if inverse:
+        np.subtract(np.float32(1.0), out, out=out)
+    info["inverted"] = inverse
+    return out, info
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """Window center/width to [0, 1] (before clipping) following PS3.3 C.11.2.1.2: LINEAR,
+    LINEAR_EXACT or SIGMOID. A float input keeps its dtype."""
+    values = np.asarray(values)
+    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+    if function == "SIGMOID":
+        z = np.clip(-4.0 * (values.astype(np.float64) - center) / width, -80.0, 80.0)
+        return (1.0 / (1.0 + np.exp(z))).astype(dtype)
+    if function == "LINEAR_EXACT":
+        lo, scale = center - width / 2.0, 1.0 / width
+    elif width <= 1.0:  # a one-level window is a threshold
+        return (values > center - 0.5).astype(dtype)
+    else:  # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5) = (x - lo) * scale
+        lo, scale = (center - 0.5) - (width - 1.0) / 2.0, 1.0 / (width - 1.0)
+    out = values.astype(dtype, copy=True)
+    out -= dtype.type(lo)
+    out *= dtype.type(scale)
+    return out
+
+
+def _palette_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """PALETTE COLOR indices through the red/green/blue LUTs, scaled by the LUT bit depth."""
+    from pydicom.pixels import apply_color_lut
+
+    rgb = apply_color_lut(arr, ds).astype(np.float32)
+    n_entries, first, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+    full = apply_color_lut(np.arange(first, first + (n_entries or 65536)), ds)
+    if lut_bits == 16 and full.max() <= 255:  # 8-bit entries stored in 16-bit words (PS3.3 C.7.6.3.1.5)
+        lut_bits = 8
+    rgb /= np.float32(2**lut_bits - 1)
+    return rgb
