@@ -442,8 +442,10 @@ def test_bad_split_rules(change, fragment):
         parse_split_spec(raw, ["melanoma", "nevus"])
 
 
-def test_group_values_spelt_otherwise_are_named(tmp_path, caplog):
+def test_group_values_spelt_otherwise_are_named(tmp_path, caplog, monkeypatch):
     import logging
+
+    monkeypatch.setattr(logging.getLogger("cbm.data._assign"), "disabled", False)  # whatever logging config ran before
 
     card = load_card("isic-sex")
     group = card.make_splits["split"]["group"]
@@ -453,7 +455,7 @@ def test_group_values_spelt_otherwise_are_named(tmp_path, caplog):
     spec = parse_split_spec(card.make_splits, card.class_names)
     items = [{"path": f"{i}.jpg", "label": card.class_names[i % 2], "_patient": f"p{i}", "_group": None,
               "_group_value": "Male" if i % 2 else "Female"} for i in range(20)]
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="cbm.data"):  # whatever level an earlier test left on "cbm"
         kept = assign_splits(items, spec, card.class_names, np.random.default_rng(0), Counter())
     assert not kept
     assert f"20 rows have a {column} value that none of the rule's values" in caplog.text
@@ -583,13 +585,15 @@ def test_concept_truth_names_phrases_of_the_card_store():
         assert set(card.concept_truth.values()) <= written, name  # the default layout writes every truth column
 
 
-def test_a_class_missing_from_a_split_is_named(tmp_path, caplog):
+def test_a_class_missing_from_a_split_is_named(tmp_path, caplog, monkeypatch):
     """Without a promised minimum, a class with no image in a split is still said (the manifest is written)."""
     import logging
 
+    monkeypatch.setattr(logging.getLogger("cbm.data._splits"), "disabled", False)  # whatever logging config ran before
+
     rows = [[f"HAM_{i}", f"ISIC_{i:07d}", "nv" if i else "mel", "histo", 50, "male", "back", "x"] for i in range(40)]
     meta = write_csv(tmp_path / "HAM10000_metadata.csv", ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"], rows)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="cbm.data"):  # whatever level an earlier test left on "cbm"
         result = make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv")
     assert (tmp_path / "m.csv").is_file()
     assert "card ham10000: melanoma has 0 in val" in caplog.text and "melanoma has 0 in val" in result.summary()
