@@ -68,12 +68,19 @@ def test_nih_cxr14_on_the_published_data_entry_file():
     patients_are_disjoint(result.rows)
 
 
+# train (no finding, effusion), then val, test_id and test (balanced: per class)
+CONFOUNDED = {"nih-sex": ((1894, 1333), 166, 167, 1528), "nih-age": ((921, 776), 98, 97, 399), "nih-pos": ((2788, 979), 124, 121, 1610)}
+
+
 @pytest.mark.parametrize("name, column", [("nih-sex", "sex"), ("nih-age", "age_group"), ("nih-pos", "view")])
 def test_nih_confounded_cards_reverse_the_cue_in_test(name, column):
     card = load_card(name)
     result = build(name, NIH)
     counts = per_split(result)
     assert numbers(counts) in card.split_rule
+    (train_nf, train_pe), val, test_id, test = CONFOUNDED[name]
+    assert result.counts() == {"train": {"no finding": train_nf, "pleural effusion": train_pe},
+                               **{s: {"no finding": n, "pleural effusion": n} for s, n in (("val", val), ("test", test), ("test_id", test_id))}}
     for r in result.rows:  # the cue goes with the class in domain and against it in test: fully reversed
         groups = card.confounder.ood_groups if r["split"] == "test" else card.confounder.id_groups
         assert r[column] == groups[r["label"]], r
@@ -86,6 +93,9 @@ def test_nih_confounded_cards_reverse_the_cue_in_test(name, column):
 def test_chexpert_on_the_published_train_file():
     result = build("chexpert", "chexpert_train.csv.gz")
     assert per_split(result) == {"train": 32187, "val": 4026, "test": 4023}
+    assert Counter(r["label"] for r in result.rows) == {
+        "no finding": 16974, "cardiomegaly": 2978, "edema": 6755, "consolidation": 2001, "atelectasis": 4120, "pleural effusion": 7408,
+    }
     assert numbers(per_split(result)) in load_card("chexpert").split_rule
     assert all("/patient" in r["path"] and r["path"].endswith("_frontal.jpg") for r in result.rows)
     patients_are_disjoint(result.rows)
