@@ -232,6 +232,7 @@ class LabelRule(_Rule):
         return self
 
     def classes(self) -> set[str]:
+        """The classes the map produces."""
         return set(self.map.values())
 
 
@@ -243,6 +244,7 @@ class OneHotRule(_Rule):
     exclusive_with: Texts = []
 
     def classes(self) -> set[str]:
+        """The classes the one-hot columns stand for."""
         return set(self.one_hot.values())
 
 
@@ -271,17 +273,22 @@ class GroupRule(_Rule):
 
     @property
     def kind(self) -> str:
+        """map, bins or contains."""
         return next(k for k in ("map", "bins", "contains") if getattr(self, k) is not None)
 
     @property
     def table(self) -> dict[str, Any]:
+        """The mapping of the group's kind."""
         return dict(getattr(self, self.kind))
 
     def group_names(self) -> set[str]:
+        """The names of the groups this spec defines."""
         return set(self.map.values()) if self.map is not None else set(self.table)
 
 
-def _fractions(allowed: Sequence[str]):
+def _fractions(allowed: Sequence[str]) -> BeforeValidator:
+    """A validator of split fractions: some of ``allowed`` (train included), non-negative, summing to 1."""
+
     def check(value: Any) -> Any:
         if not isinstance(value, Mapping) or set(map(str, value)) - set(allowed) or "train" not in value:
             raise ValueError(f"must map some of {', '.join(allowed)} (train included) to fractions, got {quote(value)}")

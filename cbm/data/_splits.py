@@ -72,6 +72,7 @@ class SplitResult:
         return {s: out[s] for s in SPLIT_NAMES if s in out}
 
     def summary(self) -> str:
+        """Counts per split and class, what was dropped and why, and where the manifest went, for people."""
         lines = [f"{len(self.rows)} images from {self.n_source_rows} metadata rows"
                  + (f" (layout {self.layout})" if self.layout != "default" else "")]
         for split, c in self.counts().items():
