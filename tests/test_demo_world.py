@@ -131,7 +131,9 @@ def test_unknown_concept_names_the_closest_one():
 
 
 def test_curated_concepts_are_known_and_abcd_has_one_per_letter():
-    known = {c.phrase for c in CORE_CONCEPTS} | {c.negative for c in CORE_CONCEPTS}
+    from cbm.demo.world import RULE_DETAIL_CONCEPTS
+
+    known = {c.phrase for c in CORE_CONCEPTS} | {c.negative for c in CORE_CONCEPTS} | {c.phrase for c in RULE_DETAIL_CONCEPTS}
     for cls, phrases in DEMO_CONCEPTS.items():
         assert phrases and set(phrases) <= known, cls
     assert sorted(ABCD_CONCEPTS) == ["A", "B", "C", "D"]
@@ -143,6 +145,24 @@ def test_curated_concepts_are_known_and_abcd_has_one_per_letter():
             if concept.letter in ("C", "D") and concept.attribute not in ("n_colours", "n_structures"):
                 assert concept.phrase in phrases, (classes, concept.phrase)
     assert list(demo_concepts(3)) == ["benign nevus", "suspicious lesion", "melanoma"]
+
+
+def test_the_store_truths_determine_the_rule_score():
+    """The curated concepts' 0/1 truths give A, C and D exactly (two asymmetry concepts, every colour
+    and structure), so a head set from the truth can know what the rule knows (bar B's fine grain)."""
+    from cbm.demo.world import sample_lesion
+
+    rng = np.random.default_rng(0)
+    phrases = [p for p in dict.fromkeys(p for v in demo_concepts(2).values() for p in v)]
+    for _ in range(200):
+        lesion = sample_lesion(rng)
+        row = lesion_attributes(lesion)
+        truth = {p: bool(concept_truth([row], p)[0]) for p in phrases}
+        a = int(truth["asymmetric shape"]) + int(truth["asymmetric in two axes"])
+        colours = sum(truth[p] for p in ("tan pigment", "dark brown pigment", "black pigment", "red areas",
+                                         "blue-grey areas", "white areas"))
+        structures = sum(truth[p] for p in ("pigment network", "dots", "globules", "streaks", "structureless areas"))
+        assert (a, colours, structures) == (lesion.asymmetry, len(lesion.colours), len(lesion.structures))
 
 
 def test_abcd_rule_agreement_reads_the_letters_off_a_head():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from cbm.demo.dataset import SPLITS, DemoItem, cached_dataset, card_name, make_dataset, plan_dataset
 from cbm.demo.render import render_scene
+from cbm.demo.rule import abcd_rule_agreement, abcd_rule_metric
 from cbm.demo.world import (
     ABCD_CONCEPTS,
     CLASS_NAMES,
@@ -30,8 +31,6 @@ from cbm.demo.world import (
     Lesion,
     Scene,
     abcd_label,
-    abcd_rule_agreement,
-    abcd_rule_metric,
     concept_by_phrase,
     concept_truth,
     demo_concepts,

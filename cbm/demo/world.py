@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,6 +35,7 @@ __all__ = [
     "RULE_WEIGHTS",
     "ABCD_CONCEPTS",
     "CORE_CONCEPTS",
+    "RULE_DETAIL_CONCEPTS",
     "DEMO_CONCEPTS",
     "LARGE_DIAMETER_MM",
     "Concept",
@@ -52,8 +52,6 @@ __all__ = [
     "concept_by_phrase",
     "concept_truth",
     "demo_concepts",
-    "abcd_rule_agreement",
-    "abcd_rule_metric",
 ]
 
 COLOURS: tuple[str, ...] = ("light brown", "dark brown", "black", "red", "blue-grey", "white")
@@ -372,6 +370,14 @@ _STRUCTURE_PHRASES = {
     "structureless areas": "structureless areas",
 }
 
+RULE_DETAIL_CONCEPTS: tuple[Concept, ...] = (
+    Concept("asymmetric in two axes", "asymmetric in at most one axis", "asymmetry", 2, "A"),
+)
+"""Concepts at the rule's own finer grain (Stolz's A counts the axes of asymmetry, 0-2): not stated
+by the pretraining captions as concepts of their own (their graded details say "asymmetric in two
+axes"), but named in the curated store, so that the store's 0/1 truths determine the rule's score
+(with the individual colours and structures, which add up to C and D)."""
+
 CORE_CONCEPTS: tuple[Concept, ...] = (
     *_GRADED,
     *(Concept(p, "no " + p, attribute_column(c), 1, "C") for c, p in _COLOUR_PHRASES.items()),
@@ -389,7 +395,7 @@ COLOUR_CONCEPTS: dict[str, str] = dict(_COLOUR_PHRASES)
 STRUCTURE_CONCEPTS: dict[str, str] = dict(_STRUCTURE_PHRASES)
 """Structure name -> concept phrase."""
 
-_BY_PHRASE: dict[str, Concept] = {c.phrase: c for c in CORE_CONCEPTS}
+_BY_PHRASE: dict[str, Concept] = {c.phrase: c for c in (*CORE_CONCEPTS, *RULE_DETAIL_CONCEPTS)}
 
 DEMO_CONCEPTS: dict[str, list[str]] = {
     "benign nevus": [
@@ -411,6 +417,7 @@ DEMO_CONCEPTS: dict[str, list[str]] = {
     ],
     "melanoma": [
         "asymmetric shape",
+        "asymmetric in two axes",
         "irregular border",
         "three or more colours",
         "three or more structures",
@@ -443,10 +450,10 @@ def concept_by_phrase(phrase: str) -> Concept:
     """The concept named ``phrase``: a core concept, or the absence of one ("regular border")."""
     if phrase in _BY_PHRASE:
         return _BY_PHRASE[phrase]
-    for c in CORE_CONCEPTS:
+    for c in (*CORE_CONCEPTS, *RULE_DETAIL_CONCEPTS):
         if c.negative == phrase:
             return c.negated()
-    names = [c.phrase for c in CORE_CONCEPTS] + [c.negative for c in CORE_CONCEPTS]
+    names = [c.phrase for c in (*CORE_CONCEPTS, *RULE_DETAIL_CONCEPTS)] + [c.negative for c in CORE_CONCEPTS]
     raise ValueError(unknown_name_message("demo concept", phrase, names))
 
 
@@ -463,59 +470,3 @@ def concept_truth(rows: Mapping[str, Sequence] | Sequence[Mapping[str, object]],
     else:
         values = [row[concept.attribute] for row in rows]
     return concept.truth(values)
-
-
-def abcd_rule_agreement(
-    concept_names: Sequence[str], coef: np.ndarray, class_names: Sequence[str]
-) -> dict[str, object]:
-    """How well a linear head's weights rank the ABCD letters as the rule does.
-
-    A letter's learnt weight is the head's melanoma-minus-benign-nevus weight on the letter's
-    graded concept ("asymmetric shape" for A, ...), minus that on its negative phrase ("symmetric
-    shape") when the model has it too: the change in the melanoma-vs-nevus log-odds per standard
-    deviation of the concept score. The rule's weights (1.3, 0.1, 0.5, 0.5) give the order
-    A > C = D > B (also per standard deviation of each attribute's spread in the world), and the
-    agreement is Spearman's rank correlation of the learnt weights with them (ties averaged; 0.95
-    is the best a strict order can reach, as C and D tie in the rule).
-
-    Args:
-        concept_names: the model's concepts, in the order of ``coef``'s columns.
-        coef: ``(n_classes, n_concepts)`` head weights on standardised concept scores.
-        class_names: the classes in the order of ``coef``'s rows (must include "benign nevus" and
-            "melanoma").
-
-    Returns:
-        ``{"weights": {letter: weight or None}, "spearman": r or None, "letters_found": n}``;
-        ``spearman`` is None when fewer than three letters have a concept in the model.
-    """
-    from scipy.stats import spearmanr
-
-    coef = np.asarray(coef, dtype=float)
-    names = list(class_names)
-    if "melanoma" not in names or "benign nevus" not in names:
-        raise ValueError(f"the ABCD rule needs the classes 'benign nevus' and 'melanoma'; got {names}")
-    delta = coef[names.index("melanoma")] - coef[names.index("benign nevus")]
-    column = {c: j for j, c in enumerate(concept_names)}
-    weights: dict[str, float | None] = {}
-    for concept in _GRADED:
-        terms = []
-        if concept.phrase in column:
-            terms.append(delta[column[concept.phrase]])
-        if concept.negative in column:
-            terms.append(-delta[column[concept.negative]])
-        weights[concept.letter] = float(sum(terms)) if terms else None
-    found = [letter for letter, w in weights.items() if w is not None]
-    rho = None
-    if len(found) >= 3:
-        learnt = [weights[letter] for letter in found]
-        rule = [RULE_WEIGHTS[letter] for letter in found]
-        if len(set(learnt)) > 1:
-            rho = float(spearmanr(learnt, rule).statistic)
-    return {"weights": weights, "rule_weights": dict(RULE_WEIGHTS), "spearman": rho, "letters_found": len(found)}
-
-
-def abcd_rule_metric(fit: Any) -> dict[str, object]:
-    """:func:`abcd_rule_agreement` of a fitted pipeline's model (``fit.model``): the hook the demo
-    datasets' configs give ``cbm run`` (``extra_metrics``), stored as ``metrics["cbm"]["abcd_rule"]``."""
-    model = fit.model
-    return abcd_rule_agreement(model.bottleneck.concept_names, model.coef, model.classes)
