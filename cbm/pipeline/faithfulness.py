@@ -36,7 +36,7 @@ import numpy as np
 from cbm.pipeline.inputs import SplitData
 from cbm.pipeline.scoring import eval_splits
 
-__all__ = ["UNRELATED_PHI", "truth_matrix", "check_truth_names", "measure_faithfulness", "intervention_curve"]
+__all__ = ["UNRELATED_PHI", "truth_matrix", "check_truth_names", "measure_faithfulness", "intervention_curve", "cue_leakage"]
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +196,18 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
     }
 
 
-def _cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
-                 intercept: np.ndarray, seed: int) -> dict[str, Any]:
+def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
+                intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test")) -> dict[str, Any]:
+    """Within-class AUROC of the card's two-valued group (the cue) from the concept scores
+    (cross-validated) and from the head's class-vs-rest logit, on ``split_names`` together (see the
+    module docstring); ``{"measured": False, "reason": ...}`` where it cannot be measured."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    names = [s for s in ("test_id", "test") if s in splits and splits[s].groups is not None]
+    names = [s for s in split_names if s in splits and splits[s].groups is not None]
     if not names:
-        return {"measured": False, "reason": f"card {card.name!r} names no group (cue) column, or its test splits lack it"}
+        return {"measured": False, "reason": f"card {card.name!r} names no group (cue) column, or its splits {list(split_names)} lack it"}
     groups = np.concatenate([splits[s].groups for s in names])
     values = sorted(set(groups) - {""})
     if len(values) != 2:
@@ -228,7 +231,7 @@ def _cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarra
         by_logit.append(max(a, 1 - a))
         sizes.append(int(sel.sum()))
     if not sizes:
-        return {"measured": False, "reason": "no class has at least 5 images of each cue value in the test splits"}
+        return {"measured": False, "reason": f"no class has at least 5 images of each cue value in {', '.join(names)}"}
     return {
         "scores_auroc": float(np.average(by_scores, weights=sizes)),
         "logit_auroc": float(np.average(by_logit, weights=sizes)),
@@ -309,5 +312,5 @@ def measure_faithfulness(
         columns = [col[c] for c in with_truth]
         truth_by_split = {s: truth[s][1] for s in ("train", "val", *evaluate.values())}
         out["oracle"] = _oracle(head, model.concept_prior, columns, levels, truth_by_split, splits, evaluate)
-    out["cue_leakage"] = _cue_leakage(card, splits, scores, coef, intercept, seed)
+    out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed)
     return out
