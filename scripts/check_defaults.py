@@ -25,7 +25,6 @@ import math
 import sys
 import time
 
-import numpy as np
 
 CANDIDATES = {
     "plain": {"centre": False, "nuisance_prompts": []},
