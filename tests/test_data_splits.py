@@ -597,3 +597,12 @@ def test_a_class_missing_from_a_split_is_named(tmp_path, caplog, monkeypatch):
         result = make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv")
     assert (tmp_path / "m.csv").is_file()
     assert "card ham10000: melanoma has 0 in val" in caplog.text and "melanoma has 0 in val" in result.summary()
+
+
+def test_a_layout_of_fewer_files_is_not_taken_for_more(tmp_path):
+    """Two DDI files without SkinCon's columns are an error, not the one-file layout that drops the concept truth."""
+    meta = write_csv(tmp_path / "ddi_metadata.csv", ["", "DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"],
+                     [[i, i + 1, f"{i + 1:06d}.png", 12, "True", "melanoma"] for i in range(10)])
+    other = write_csv(tmp_path / "annotations_ddi.csv", ["ImageID", "Papule"], [[f"{i + 1:06d}.png", 1] for i in range(10)])
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) .*Do not consider this image.* and 18 more.*given: .*annotations_ddi.csv"):
+        make_splits("ddi", [meta, other], write=False)

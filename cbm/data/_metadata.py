@@ -79,7 +79,11 @@ def file_key(name: str | os.PathLike) -> str:
 
 def shown_columns(columns: Sequence[str]) -> str:
     """The named columns of a header, sorted, at most a few dozen (a wide file stays a short message)."""
-    names = sorted(c for c in columns if c.strip() and c != ROW_NUMBER)
+    return _bounded(sorted(c for c in columns if c.strip() and c != ROW_NUMBER))
+
+
+def _bounded(names: Sequence[str]) -> str:
+    """Names joined with commas, at most a few dozen of them."""
     more = len(names) - _MAX_SHOWN
     return ", ".join(names[:_MAX_SHOWN]) + (f" and {more} more" if more > 0 else "") if names else "(none)"
 
@@ -393,7 +397,7 @@ def check_columns(rule: SplitRule, source: SourceRows, card_name: str) -> None:
         names = ", ".join(str(p) for p in source.files)
         raise MetadataError(
             source.files[0] if len(source.files) == 1 else None,
-            f"lacks the column(s) {', '.join(missing)} that card {card_name!r} needs (columns found: {shown_columns(source.columns)})",
+            f"lacks the column(s) {_bounded(missing)} that card {card_name!r} needs (columns found: {shown_columns(source.columns)})",
             f"Pass the source's own file(s): {', '.join(rule.metadata)}" + (f" ({rule.metadata_help})" if rule.metadata_help else "")
             + ("" if len(source.files) == 1 else f"; given: {names}"),
         )

@@ -95,6 +95,8 @@ def _choose_layout(card: Any, metadata: Sequence[str | os.PathLike]) -> tuple[Sp
     exact = [r for r in rules if given == known[r.name]]
     named = exact + [r for r in rules if given and given < known[r.name]]
     order = named + [r for r in rules if r not in named]
+    n_files = len([p for p in metadata if file_key(p) not in set().union(*(_list_keys(r) for r in rules))])
+    order = [r for r in order if len(r.metadata) == n_files] or order  # never a layout of fewer files than given
     failures: list[tuple[SplitRule, MetadataError]] = []
     for rule in order:
         try:
