@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-from cbm.data import ImageReadError, LoadedImage, MissingCodecError, read_image
+from cbm.data import ImageReadError, LoadedImage, MissingCodecError, check_image_header, read_image
 
 PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyInstanceUID")
 
@@ -412,3 +412,179 @@ def test_windowed_grey_matches_pydicom_reference(path):
     if ds.PhotometricInterpretation == "MONOCHROME1":
         ref = 1.0 - ref
     np.testing.assert_allclose(out.pixels[..., 0], ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- header and data must agree
+def _edited(tmp_path: Path, name: str, out: str, **values: object) -> Path:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    for key, value in values.items():
+        setattr(ds, key, value)
+    ds.save_as(tmp_path / out)
+    return tmp_path / out
+
+
+@pytest.mark.parametrize("name, values, fragment", [
+    ("CT_small.dcm", {"Rows": 64}, r"holds 32,768 bytes, but .*\(64 x 128 x 1 x 16 bits x 1\) declare 16,384; it holds 2 whole"),
+    ("emri_small.dcm", {"NumberOfFrames": 1}, r"holds 81,920 bytes, .* declare 8,192; it holds 10 whole frame"),
+    ("emri_small.dcm", {"NumberOfFrames": 3}, r"x 3\) declare 24,576"),
+    ("emri_small.dcm", {"Columns": 32}, r"\(64 x 32 x 1 x 16 bits x 10\) declare 40,960"),
+    ("emri_small.dcm", {"NumberOfFrames": 0}, r"NumberOfFrames has the bad value '0', not a positive whole number"),
+    ("emri_small.dcm", {"NumberOfFrames": ""}, r"NumberOfFrames is empty, not a positive whole number"),
+    ("SC_rgb_rle_2frame.dcm", {"NumberOfFrames": 3}, r"declares 3 frame\(s\) but its compressed pixel data holds 2"),
+    ("CT_small.dcm", {"SamplesPerPixel": 2}, r"SamplesPerPixel is 2, not one of 1, 3"),
+    ("CT_small.dcm", {"BitsStored": 17}, r"BitsStored is 17, outside 1..BitsAllocated \(16\)"),
+])
+def test_dicom_header_that_its_data_contradicts_is_refused(tmp_path, name, values, fragment):
+    """The minimal reproductions: a 4-D or sheared image, or another frame, used to come back."""
+    path = _edited(tmp_path, name, "edited.dcm", **values)
+    with pytest.raises(ImageReadError, match=fragment) as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "export the file again" in str(err.value) or "Give the number" in str(err.value)
+    with pytest.raises(ImageReadError, match=fragment):
+        check_image_header(path.read_bytes())
+
+
+def test_multiframe_dicom_keeps_its_frames(tmp_path):
+    path = get_testdata_file("emri_small.dcm")
+    assert check_image_header(path) == (64, 64, 10) == check_image_header(Path(path).read_bytes())
+    out = read_image(path, frame="last")
+    assert out.pixels.shape == (64, 64, 1) and out.meta["frames"] == 10 and out.meta["frame"] == 9
+
+
+def test_dicom_over_the_budget_is_refused_from_its_header(tmp_path):
+    """2 KB of RLE declaring 65535 x 65535 took 12.7 GB before its error; now the header refuses it."""
+    import time
+    import tracemalloc
+
+    path = _edited(tmp_path, "SC_rgb_rle.dcm", "huge.dcm", Rows=65535, Columns=65535)
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(ImageReadError, match=r"Rows x Columns declares 65535 x 65535 = 4,294,836,225 pixels per frame, "
+                                             r"over the pixel budget of 33,554,432.*CBM_MAX_PIXELS=4294836225"):
+        read_image(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert time.perf_counter() - started < 5 and peak < 20 * 2**20
+    with pytest.raises(ImageReadError, match="over the pixel budget"):
+        check_image_header(path.read_bytes())
+
+
+def _png(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    import struct
+    import zlib
+
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+
+
+def test_png_whose_data_holds_fewer_rows_than_its_header(tmp_path):
+    """IHDR declares 96 rows, the data holds 48: PIL fills the rest with 0; cbm refuses it."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\x00" + asymmetric(48, 64)[r].tobytes() for r in range(48))
+    ihdr = (b"IHDR", struct.pack(">IIBBBBB", 64, 96, 8, 0, 0, 0, 0))
+    (tmp_path / "short.png").write_bytes(_png([ihdr, (b"IDAT", zlib.compress(rows)), (b"IEND", b"")]))
+    with pytest.raises(ImageReadError, match=r"short.png: IDAT holds 3,120 of the 6,240 bytes of image data its header declares"):
+        read_image(tmp_path / "short.png")
+    (tmp_path / "long.png").write_bytes(_png([ihdr, (b"IDAT", zlib.compress(rows * 3)), (b"IEND", b"")]))
+    with pytest.raises(ImageReadError, match=r"long.png: IDAT holds more image data than the 6,240 bytes"):
+        read_image(tmp_path / "long.png")
+
+
+def test_png_with_a_bad_crc_or_no_end(tmp_path):
+    data = bytearray(_png_bytes(asymmetric()))
+    data[-20] ^= 0x55  # inside the last IDAT chunk, CRC not updated
+    (tmp_path / "crc.png").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"crc.png: has a bad CRC in its chunk 'IDAT'|crc.png: IDAT"):
+        read_image(tmp_path / "crc.png")
+    (tmp_path / "cut.png").write_bytes(_png_bytes(asymmetric())[:-12])
+    with pytest.raises(ImageReadError, match="cut.png: ends at byte .* before its IEND chunk, so it is truncated"):
+        read_image(tmp_path / "cut.png")
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_legal_png_over_the_budget_is_refused_before_decoding(tmp_path):
+    """A 164 KB PNG of 13,000 x 13,000 took 6.4 GB; the header (through PIL's guard, set to the
+    budget) refuses it."""
+    import struct
+    import zlib
+
+    ihdr = (b"IHDR", struct.pack(">IIBBBBB", 13000, 13000, 8, 0, 0, 0, 0))
+    (tmp_path / "bomb.png").write_bytes(_png([ihdr, (b"IDAT", zlib.compress(bytes(13001) * 13000, 9)), (b"IEND", b"")]))
+    with pytest.raises(ImageReadError, match=r"bomb.png: declares 169,000,000 pixels per frame, over the pixel budget"):
+        read_image(tmp_path / "bomb.png")
+    with pytest.raises(ImageReadError, match="over the pixel budget"):
+        check_image_header((tmp_path / "bomb.png").read_bytes())
+
+
+@pytest.mark.parametrize("cut", ["end", "height"])
+def test_jpeg_whose_data_ends_early(tmp_path, cut):
+    """A JPEG cut short with its end marker kept, or whose frame header declares twice the rows:
+    PIL fills the missing rows with grey; cbm refuses it."""
+    rgb = np.stack([asymmetric(96, 64)] * 3, -1)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=90)
+    data = (tmp_path / "a.jpg").read_bytes()
+    if cut == "end":
+        data = data[: len(data) * 2 // 3] + b"\xff\xd9"
+    else:
+        sof = data.index(b"\xff\xc0")
+        data = data[: sof + 5] + (192).to_bytes(2, "big") + data[sof + 7 :]
+    (tmp_path / "b.jpg").write_bytes(data)
+    with pytest.raises(ImageReadError, match=r"b.jpg: scan data holds less image data than its header declares"):
+        read_image(tmp_path / "b.jpg")
+
+
+def test_check_image_header_reads_no_pixels(tmp_path):
+    Image.fromarray(asymmetric(30, 50)).save(tmp_path / "a.png")
+    Image.fromarray(asymmetric(30, 50)).save(tmp_path / "a.jpg")
+    assert check_image_header(tmp_path / "a.png") == (30, 50, 1)
+    assert check_image_header((tmp_path / "a.jpg").read_bytes()) == (30, 50, 1)
+    assert check_image_header(get_testdata_file("CT_small.dcm"), max_pixels=128 * 128) == (128, 128, 1)
+    with pytest.raises(ImageReadError, match="over the pixel budget of 100"):
+        check_image_header(tmp_path / "a.png", max_pixels=100)
+    with pytest.raises(ImageReadError, match="not an image file"):
+        check_image_header(b"<html>404</html>")
+    with pytest.raises(FileNotFoundError):
+        check_image_header(tmp_path / "nope.png")
+
+
+def test_odd_dicom_values_give_image_errors(tmp_path):
+    """An unknown VR, or a VOI LUT of 0 bits, ended in NotImplementedError without the file."""
+    data = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    (tmp_path / "vr.dcm").write_bytes(data.replace(b"US", b"ZZ", 2))
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    item = Dataset()
+    item.LUTDescriptor, item.LUTData = [4096, 0, 0], [0] * 4096
+    item["LUTDescriptor"].VR = item["LUTData"].VR = "US"
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    ds.save_as(tmp_path / "lut.dcm")
+    for name in ("vr.dcm", "lut.dcm"):
+        with pytest.raises(ImageReadError) as err:
+            read_image(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value) and len(str(err.value)) < 1000
+
+
+def test_a_path_too_long_is_an_image_error(tmp_path):
+    with pytest.raises(ImageReadError, match="cannot be opened.*File name too long"):
+        read_image(tmp_path / ("x" * 300 + ".png"))
+
+
+def test_image_errors_are_one_family():
+    import pickle
+
+    from cbm.errors import ImageError, InputError
+
+    assert issubclass(ImageReadError, ImageError) and issubclass(ImageReadError, InputError)
+    assert issubclass(MissingCodecError, ImageError) and issubclass(MissingCodecError, RuntimeError)
+    err = pickle.loads(pickle.dumps(ImageReadError("a.png", "is broken", "Fix it", field="IHDR")))
+    assert str(err) == "image a.png: IHDR is broken. Fix it" and err.field == "IHDR"
+    codec = pickle.loads(pickle.dumps(MissingCodecError("b.dcm", "RLE", ["x"], ["pylibjpeg-rle"])))
+    assert codec.packages == ["pylibjpeg-rle"] and "b.dcm" in str(codec)

@@ -9,12 +9,7 @@ BitsAllocated x frames must equal the length of the pixel data (one padding byte
 compressed ones the offset tables or the fragments must hold as many frames as declared. The
 decoded frame must have exactly the declared shape.
 
-Display pipeline (PS3.4 grayscale pipeline): stored values -> modality LUT (Rescale
-Slope/Intercept or a Modality LUT Sequence) -> VOI LUT (a VOI LUT Sequence, else Window
-Center/Width with its VOI LUT Function) -> MONOCHROME1 inversion. Without any VOI transform, 8-bit
-data keeps its nominal range (as a PNG would) and deeper data is stretched from its minimum to its
-maximum. Colour data (RGB, YBR_* converted to RGB by pydicom, PALETTE COLOR through its lookup
-table) is scaled by its nominal range.
+The decoded frame goes through the display pipeline of :mod:`cbm.data._dicom_display`.
 """
 
 from __future__ import annotations
@@ -42,6 +37,7 @@ from cbm.data._image import (
     finish,
     pixel_budget,
 )
+from cbm.data._dicom_display import grey_to_unit, palette_to_unit
 from cbm.errors import ImageError, quote
 
 __all__ = ["read_dicom", "dicom_header", "DicomHeader"]
@@ -200,6 +196,9 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
     elem = ds.get_item(keyword, keep_deferred=True)
     value = getattr(elem, "value", None)
     length = int(elem.length) if value is None else len(value)
+    if value is None and length > os.path.getsize(ds.filename):
+        raise ImageReadError(path, f"declares {length:,} bytes, more than the whole file holds, so it is truncated",
+                             "Copy or export the file again", field=keyword)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     per_pixel = 2 if samples == 3 and photometric == "YBR_FULL_422" else samples  # 4:2:2 stores 2 samples a pixel
     frame_bits = rows * cols * per_pixel * bits
@@ -236,6 +235,20 @@ def _check_fragments(ds: Any, path: Path | None, frames: int, keyword: str) -> N
                              _REEXPORT, field="NumberOfFrames")
 
 
+class _Bounded(io.BufferedReader):
+    """A file whose reads never ask for more than the bytes left, so a corrupt element length in a
+    small file cannot make the parser allocate gigabytes before it notices the end of the file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(os.fspath(path), "rb"))
+        self.size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self.size - self.tell()))
+        return super().read(size)
+
+
 def _dcmread(source: Path | io.BytesIO, path: Path | None):
     """The dataset (a file's pixel data deferred); a headerless dataset is accepted if it really parses as DICOM."""
     import pydicom
@@ -247,30 +260,27 @@ def _dcmread(source: Path | io.BytesIO, path: Path | None):
         "Check what the file really is (`file` on the command line); re-export it as DICOM, "
         "rename it to its real type, or remove it from the manifest",
     )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(source, defer_size=defer)
-    except InvalidDicomError:
-        pass
-    except MemoryError:
-        raise
-    except Exception as exc:  # truncated or garbled DICOM
-        raise ImageReadError(
-            path, f"is a damaged DICOM file that cannot be parsed ({type(exc).__name__}: {quote(str(exc))})",
-            "Copy or export the file again",
-        ) from None
-    if isinstance(source, io.BytesIO):
-        source.seek(0)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(source, force=True, defer_size=defer)
+    with (_Bounded(source) if isinstance(source, Path) else source) as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(fh, defer_size=defer)
+        except InvalidDicomError:
+            pass
+        except MemoryError:
+            raise
+        except Exception as exc:  # truncated or garbled DICOM
+            raise ImageReadError(
+                path, f"is a damaged DICOM file that cannot be parsed ({type(exc).__name__}: {quote(str(exc))})",
+                "Copy or export the file again",
+            ) from None
+        fh.seek(0)
+        try:
+            ds = pydicom.dcmread(fh, force=True, defer_size=defer)
             keys = [elem.tag for elem in ds]  # forces parsing of every element
-    except MemoryError:
-        raise
-    except Exception:
-        raise not_dicom from None
+        except MemoryError:
+            raise
+        except Exception:
+            raise not_dicom from None
     # Random bytes can parse as a few nonsense elements; a real dataset has standard image/SOP tags.
     known = {0x00080016, 0x00080060, 0x00280010, 0x00280011, 0x7FE00010}
     if len(known.intersection(int(k) for k in keys)) < 2:
@@ -331,9 +341,9 @@ def _decode(source: Any, path: Path, syntax: Any, index: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pixel_array(os.fspath(source) if isinstance(source, Path) else source, index=index)
-    except MemoryError:
+    except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - a codec's Rust panic (pyo3's PanicException) is a BaseException
         hint = (
             f"If a codec is missing, `{DICOM_INSTALL_HINT}` installs the pylibjpeg codecs; otherwise the file is damaged: export it again"
             if syntax.is_compressed else "The pixel data is probably truncated or inconsistent with its header: export the file again"
@@ -357,10 +367,10 @@ def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, ind
             meta[key] = int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)[:64]
     meta.update(transfer_syntax=header.syntax.name, frames=header.frames, frame=index, original_shape=shape[:2])
     if samples == 1 and photometric == "PALETTE COLOR":
-        pixels = _palette_to_unit(arr, ds)
+        pixels = palette_to_unit(arr, ds)
         meta["voi"] = "palette"
     elif samples == 1:
-        pixels, meta_voi = _grey_to_unit(arr, ds, index, path)
+        pixels, meta_voi = grey_to_unit(arr, ds, index, path)
         meta.update(meta_voi)
         pixels = pixels[..., None]
     else:
@@ -372,132 +382,3 @@ def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, ind
             meta["source_photometric"] = photometric
         meta["voi"] = "nominal"
     return pixels, meta
-
-
-def _frame_group_value(ds: Any, index: int, sequence: str, keyword: str) -> Any:
-    """``keyword`` from the top level, else the frame's or the shared functional group (enhanced IODs)."""
-    if keyword in ds:
-        return ds.get(keyword)
-    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        seq = ds.get(groups)
-        if seq is None or len(seq) <= item:
-            continue
-        inner = seq[item].get(sequence)
-        if inner and keyword in inner[0]:
-            return inner[0].get(keyword)
-    return None
-
-
-def _first(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _grey_to_unit(arr: np.ndarray, ds: Any, index: int, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Grey pixels through modality LUT -> VOI -> inversion, as float32 in [0, 1], plus what was done."""
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    info: dict[str, Any] = {}
-    bits = int(ds.get("BitsStored", 16) or 16)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-
-    # 1. Modality LUT: a lookup table, or rescale slope/intercept (top level or functional groups).
-    if "ModalityLUTSequence" in ds:
-        values = apply_modality_lut(arr, ds).astype(np.float32)
-        lut_bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
-        nominal = (0.0, float(2**lut_bits - 1))
-        info["modality_lut"] = "lut"
-    else:
-        slope = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _first(_frame_group_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
-        slope = 1.0 if slope in (None, 0.0) else slope
-        intercept = 0.0 if intercept is None else intercept
-        values = arr.astype(np.float32)
-        if slope != 1.0:
-            values *= np.float32(slope)
-        if intercept != 0.0:
-            values += np.float32(intercept)
-        ends = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
-        nominal = (float(ends[0]), float(ends[1]))
-        if (slope, intercept) != (1.0, 0.0):
-            info["rescale"] = [slope, intercept]
-    vmin, vmax = float(values.min()), float(values.max())
-
-    # 2. VOI: a VOI LUT Sequence wins over a window (pydicom's prefer_lut), then nominal / min-max.
-    center = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_frame_group_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
-    function = str(_frame_group_value(ds, index, "FrameVOILUTSequence", "VOILUTFunction") or "LINEAR").upper()
-    has_window = center is not None and width is not None and width > 0
-    # the window functions are monotone, so the ends of the data tell whether it saturates them all
-    window_spreads = has_window and np.ptp(np.clip(_window(np.array([vmin, vmax]), center, width, function), 0, 1)) > 0
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) and "LUTData" in ds.VOILUTSequence[0]:
-        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        np.clip(np.rint(values, out=values), -(2**30), 2**30, out=values)  # LUT inputs lie well inside; int32 is enough
-        out = apply_voi(values.astype(np.int32), ds, index=0).astype(np.float32)
-        out /= np.float32(2**out_bits - 1)
-        info["voi"] = "voi_lut"
-    elif window_spreads:
-        out = _window(values, center, width, function)
-        info["voi"] = "window"
-        info["window"] = [center, width]
-        if function != "LINEAR":
-            info["voi_function"] = function
-    else:
-        if bits <= 8:
-            lo, hi = nominal
-            info["voi"] = "nominal"
-        else:
-            if has_window:
-                log.warning("%s: window %g/%g maps every pixel to one level; stretching min-max instead", path, center, width)
-            lo, hi = vmin, vmax
-            info["voi"] = "min_max"
-        out = values
-        out -= np.float32(lo)
-        out /= np.float32(hi - lo)  # a division, as PIL-read PNGs get: identical floats for identical pixels
-    np.clip(out, 0.0, 1.0, out=out)
-
-    # 3. MONOCHROME1 (or an INVERSE presentation LUT shape): low values display white.
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-    if inverse:
-        np.subtract(np.float32(1.0), out, out=out)
-    info["inverted"] = inverse
-    return out, info
-
-
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """Window center/width to [0, 1] (before clipping) following PS3.3 C.11.2.1.2: LINEAR,
-    LINEAR_EXACT or SIGMOID. A float input keeps its dtype."""
-    values = np.asarray(values)
-    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
-    if function == "SIGMOID":
-        z = np.clip(-4.0 * (values.astype(np.float64) - center) / width, -80.0, 80.0)
-        return (1.0 / (1.0 + np.exp(z))).astype(dtype)
-    if function == "LINEAR_EXACT":
-        lo, scale = center - width / 2.0, 1.0 / width
-    elif width <= 1.0:  # a one-level window is a threshold
-        return (values > center - 0.5).astype(dtype)
-    else:  # LINEAR: ((x - (c - 0.5)) / (w - 1) + 0.5) = (x - lo) * scale
-        lo, scale = (center - 0.5) - (width - 1.0) / 2.0, 1.0 / (width - 1.0)
-    out = values.astype(dtype, copy=True)
-    out -= dtype.type(lo)
-    out *= dtype.type(scale)
-    return out
-
-
-def _palette_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """PALETTE COLOR indices through the red/green/blue LUTs, scaled by the LUT bit depth."""
-    from pydicom.pixels import apply_color_lut
-
-    rgb = apply_color_lut(arr, ds).astype(np.float32)
-    n_entries, first, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
-    full = apply_color_lut(np.arange(first, first + (n_entries or 65536)), ds)
-    if lut_bits == 16 and full.max() <= 255:  # 8-bit entries stored in 16-bit words (PS3.3 C.7.6.3.1.5)
-        lut_bits = 8
-    rgb /= np.float32(2**lut_bits - 1)
-    return rgb

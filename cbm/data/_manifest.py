@@ -400,8 +400,8 @@ def _read_csv(
     if missing:
         raise ManifestError(
             path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})",
-            f"A manifest needs the columns path,label,{required[2]}"
-            + (f" and the card's group column {group_column}" if group_column else ""), field="line 1",
+            f"A manifest needs the columns path,label,{quote(required[2], 60)[1:-1]}"
+            + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
         )
     if len(set(header)) != len(header):
         dupes = sorted(c for c, n in Counter(header).items() if n > 1)

@@ -149,8 +149,9 @@ def load_yaml(path: Path, text_at: Sequence[Position] = ()) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise CardError(path, f"is not UTF-8 text (byte {exc.start})", "Save the card as UTF-8") from None
-    loader = _BoundedLoader(text, path)
+    loader = None
     try:
+        loader = _BoundedLoader(text, path)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -159,9 +160,16 @@ def load_yaml(path: Path, text_at: Sequence[Position] = ()) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}" if mark is not None else None
-        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if mark is not None:
+            line = f"line {mark.line + 1}"
+        elif isinstance(getattr(exc, "position", None), int):  # a character YAML does not allow
+            line = f"line {text.count(chr(10), 0, exc.position) + 1}"
+        else:
+            line = None
+        reason = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).split("\n")[0]
+        reason = " ".join(str(reason).split())
         raise CardError(path, f"is not valid YAML ({quote(reason, 160)})", "Fix the YAML syntax (indentation, quotes, colons)",
                         field=line) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
