@@ -298,7 +298,7 @@ def _parse_card(path: Path) -> DataCard:
         raise CardError(path, f"lists only {len(classes)} class", "A classifier needs at least 2 classes", field="classes")
     confounder = _confounder(path, fields, names)
     if fields.make_splits is not None:
-        from cbm.data._splits import parse_split_spec
+        from cbm.data._split_spec import parse_split_spec
 
         try:
             parse_split_spec(fields.make_splits, names)
