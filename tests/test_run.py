@@ -149,3 +149,46 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
     assert code != 0  # the sweep reports the failure...
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()  # ...after job 1 ran
     assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()
+
+
+@pytest.mark.parametrize("group", ["head", "encoder", "experiment"])
+def test_every_node_with_a_target_instantiates_or_resolves(group):
+    """lightning-hydra-template style: every config node names a public callable; head and bottleneck
+    nodes are instantiated, encoder targets resolved (building BiomedCLIP needs its weights)."""
+    from hydra.utils import get_method, instantiate
+
+    from cbm.bottleneck import BottleneckConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for option in _options(group):
+            cfg = compose("config", overrides=[f"{group}={option}"] if group != "experiment" else [f"experiment={option}"])
+            assert callable(get_method(cfg.encoder._target_)) and cfg.encoder._target_ == "cbm.encoders.create_encoder"
+            assert isinstance(instantiate(cfg.bottleneck), BottleneckConfig)
+            head = instantiate(cfg.head)
+            head.check_params()
+            assert str(cfg.optimized_metric).split(".", 1)[1].startswith("val_")
+
+
+def test_a_sweep_optimises_a_validation_figure_only():
+    from cbm.run import sweep_value
+
+    metrics = {"cbm": {"val_accuracy": 0.9, "val_worst_group_accuracy": None, "ood_accuracy": 0.8}}
+    assert sweep_value(metrics, "cbm.val_accuracy") == 0.9
+    with pytest.raises(ValueError, match="not a validation figure"):
+        sweep_value(metrics, "cbm.ood_accuracy")
+    with pytest.raises(ValueError, match="was not measured"):
+        sweep_value(metrics, "cbm.val_worst_group_accuracy")
+    with pytest.raises(ValueError, match="these are: cbm.val_accuracy"):
+        sweep_value(metrics, "probe.val_accuracy")
+
+
+def test_no_issue_numbers_in_code_configs_or_docs():
+    import re
+
+    root = CONFIG_DIR.parent
+    files = [*root.joinpath("cbm").rglob("*.py"), *root.joinpath("conf").rglob("*.yaml"), *root.joinpath("docs").rglob("*.md"),
+             *root.joinpath("scripts").rglob("*.py"), root / "README.md"]
+    found = [f"{p.relative_to(root)}: {m.group(0)}" for p in files if p.is_file()
+             for m in re.finditer(r"\bissues? ?#?\d+", p.read_text(encoding="utf-8"), flags=re.IGNORECASE)]
+    assert not found, found
