@@ -87,7 +87,7 @@ class CardError(InputError):
 
     @staticmethod
     def _field_label(field: str) -> str:
-        return f"field {field!r}"
+        return field if field.startswith("line ") else f"field {field!r}"
 
 
 class ManifestError(InputError):

@@ -272,3 +272,92 @@ def test_unknown_split_in_dataset(tmp_path):
     card = load_card(make_card(tmp_path / "toy"))
     with pytest.raises(ValueError, match="no images in split 'test_id'.*train, val, test"):
         card.dataset("test_id")
+
+
+# ---------------------------------------------------------------------------- hostile YAML
+def _card_with(tmp_path: Path, extra_lines: str = "", **changes) -> Path:
+    folder = make_card(tmp_path / "toy", **changes)
+    if extra_lines:
+        (folder / "card.yaml").write_text(extra_lines + (folder / "card.yaml").read_text())
+    return folder
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """1.7 KB of nested aliases took 36 s, 6.6 GB and a 3.16 GB message."""
+    import time
+
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, 7)]
+    folder = make_card(tmp_path / "toy")
+    text = (folder / "card.yaml").read_text().replace("title: Toy lesions", "title: *a6")
+    (folder / "card.yaml").write_text("\n".join(lines) + "\n" + text)
+    started = time.perf_counter()
+    with pytest.raises(CardError, match=r"card.yaml: line \d+ expands \(through its aliases\) to more than 100,000 values") as err:
+        load_card(folder)
+    assert time.perf_counter() - started < 2 and len(str(err.value)) < 500
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("title: " + "[" * 1000 + "x" + "]" * 1000 + "\n", "nests lists or mappings more than 32 deep"),
+    ("obtain: &r [*r]\n", "has a recursive alias"),
+    ("a: &a x\n" + "".join(f"b{i}: *a\n" for i in range(70)), "uses more than 64 YAML aliases"),
+    ("name: toy\nname: other\n", r"gives the key 'name' twice \(first on line 1\)"),
+    ("title: 'tab\x00'\n", "is not valid YAML"),
+])
+def test_hostile_yaml_gives_a_card_error_naming_the_line(tmp_path, text, fragment):
+    folder = make_card(tmp_path / "toy")
+    body = "\n".join(line for line in (folder / "card.yaml").read_text().splitlines() if not line.startswith("title"))
+    (folder / "card.yaml").write_text(text + body + "\n")
+    with pytest.raises(CardError, match=fragment) as err:
+        load_card(folder)
+    assert str(folder / "card.yaml") in str(err.value) and "line " in str(err.value)
+
+
+def test_huge_card_file_is_refused(tmp_path):
+    folder = make_card(tmp_path / "toy")
+    with open(folder / "card.yaml", "a") as fh:
+        fh.write("# padding\n" * 120_000)
+    with pytest.raises(CardError, match="bytes, more than a card's limit"):
+        load_card(folder)
+
+
+@pytest.mark.parametrize("written", ["0x1f", "0123", "1:20", "1e3", "12_000", "2001-12-14"])
+def test_identifiers_keep_the_text_written(tmp_path, written):
+    """YAML 1.1 read 0x1f as 31 and 0123 as 83: names and class names stay as written."""
+    folder = make_card(tmp_path / "toy", classes=[{"name": "nevus"}, {"name": "melanoma"}])
+    text = (folder / "card.yaml").read_text().replace("name: nevus", f"name: {written}")
+    if written != "1:20":  # not a card name (a-z, 0-9, '_', '-')
+        text = text.replace("name: toy", f"name: {written}")
+    (folder / "card.yaml").write_text(text)
+    card = load_card(folder)
+    assert card.class_names == [written, "melanoma"]
+    assert card.name == (written if written != "1:20" else "toy")
+
+
+def test_yes_and_no_classes_stay_words(tmp_path):
+    folder = make_card(tmp_path / "toy", classes=["yes", "no"], concept_truth={"on": "off"})
+    text = (folder / "card.yaml").read_text().replace("'yes'", "yes").replace("'no'", "no").replace("'on': 'off'", "on: off")
+    (folder / "card.yaml").write_text(text)
+    card = load_card(folder)
+    assert card.class_names == ["yes", "no"] and card.concept_truth == {"on": "off"}
+
+
+def test_bad_values_are_quoted_briefly(tmp_path):
+    folder = make_card(tmp_path / "toy", modality=["x" * 5000])
+    with pytest.raises(CardError) as err:
+        load_card(folder)
+    assert err.value.field == "modality" and "..." in str(err.value) and len(str(err.value)) < 600
+
+
+def test_allow_outside_root_is_a_boolean_field(tmp_path):
+    assert load_card(make_card(tmp_path / "a", allow_outside_root=True)).allow_outside_root is True
+    assert load_card(make_card(tmp_path / "b")).allow_outside_root is False
+    with pytest.raises(CardError, match="field 'allow_outside_root' has the bad value 'maybe'. Use true or false"):
+        load_card(make_card(tmp_path / "c", allow_outside_root="maybe"))
+
+
+def test_card_errors_are_input_errors():
+    from cbm.errors import CardError as Family
+    from cbm.errors import InputError, ManifestError as ManifestFamily
+
+    assert CardError is Family and ManifestError is ManifestFamily and issubclass(CardError, InputError)

@@ -314,7 +314,8 @@ def finish(pixels: np.ndarray, path: Path, shape: tuple[int, int], meta: dict[st
             path, f"decodes to pixels of shape {pixels.shape}, not the {shape[0]} x {shape[1]} its header declares",
             "The file is damaged or of an unsupported layout; export it again",
         )
-    if not np.isfinite(pixels).all():
+    lo, hi = float(pixels.min()), float(pixels.max())  # NaN and infinities show in the extremes: no mask needed
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ImageReadError(path, "decodes to non-finite values", "Check the file's rescale/LUT attributes; re-export it")
     np.clip(pixels, 0.0, 1.0, out=pixels)
     _reject_constant(pixels, path, "decodes")
@@ -389,13 +390,13 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
                 fmt = (im.format or path.suffix.lstrip(".")).lower()
                 check_stream(path, fmt)
                 im.load()
-                declared = (int(im.height), int(im.width))
-                oriented = ImageOps.exif_transpose(im) if fmt in ("jpeg", "tiff", "png", "webp") else im
-                rotated = oriented is not im
-                if rotated:
-                    declared = (int(oriented.height), int(oriented.width))
+                orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "png", "webp") else 1
+                rotated = orientation in range(2, 9)
+                oriented = ImageOps.exif_transpose(im) if rotated else im
+                declared = (int(oriented.height), int(oriented.width))
                 mode = oriented.mode
-                pixels, bits = _pil_to_unit(oriented, fmt)
+                values, divisor, bits = _pil_values(oriented, fmt)
+                del oriented  # the decoded image is freed before the float copy is made
     except ImageReadError:
         raise
     except (MemoryError, FileNotFoundError):
@@ -405,6 +406,12 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
             path, f"could not be decoded, it is truncated or corrupt ({type(exc).__name__}: {quote(str(exc))})",
             "Download or export the file again",
         ) from None
+    pixels = values.astype(np.float32)
+    del values
+    if divisor != 1.0:
+        pixels /= np.float32(divisor)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
     meta = {
         "format": fmt,
         "mode": mode,
@@ -418,30 +425,24 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     return finish(pixels, path, declared, meta)
 
 
-def _pil_to_unit(im: Any, fmt: str) -> tuple[np.ndarray, int]:
-    """(H, W, C) float32 pixels in [0, 1] and the source bit depth of a loaded PIL image."""
+def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, int]:
+    """The values of a loaded PIL image as an array ``(H, W[, 3])``, what divides them into [0, 1],
+    and the source bit depth; the float copy is made by the caller once PIL's image is freed."""
     mode = im.mode
     if mode == "1":
-        return np.asarray(im, dtype=np.float32)[..., None], 1
+        return np.asarray(im), 1.0, 1
     if mode in ("L", "LA"):
-        grey = np.asarray(im.getchannel(0), dtype=np.float32)
-        grey /= np.float32(255.0)
-        return grey[..., None], 8
+        return np.asarray(im.getchannel(0)), 255.0, 8
     if mode.startswith("I;16"):
-        grey = np.asarray(im, dtype=np.float32)
-        grey /= np.float32(65535.0)
-        return grey[..., None], 16
+        return np.asarray(im), 65535.0, 16
     if mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         if mode == "I" and fmt == "png":  # a 16-bit PNG opened as 32-bit int
-            return (arr / 65535.0).astype(np.float32)[..., None], 16
+            return arr.astype(np.float32), 65535.0, 16
         if arr.min() >= 0.0 and arr.max() <= 1.0 and mode == "F":
-            return arr.astype(np.float32)[..., None], 32
+            return arr.astype(np.float32), 1.0, 32
         lo, hi = float(arr.min()), float(arr.max())
         span = hi - lo if hi > lo else 1.0
-        return ((arr - lo) / span).astype(np.float32)[..., None], 32
-    rgb = im.convert("RGB")  # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV -> RGB (alpha dropped)
-    out = np.asarray(rgb, dtype=np.float32)
-    del rgb
-    out /= np.float32(255.0)
-    return out, 8
+        return ((arr - lo) / span).astype(np.float32), 1.0, 32
+    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV -> RGB (alpha dropped)
+    return np.asarray(im if mode == "RGB" else im.convert("RGB")), 255.0, 8

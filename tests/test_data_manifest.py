@@ -1,0 +1,114 @@
+"""cbm.data manifests: one file in two splits is a leak whatever its spelling, paths stay inside the
+image folder unless the card says otherwise, and every malformed CSV is a ManifestError naming its line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_data_card import make_card
+
+from cbm.cli import main
+from cbm.data import ManifestError, load_card, read_manifest
+from cbm.errors import InputError
+
+ROWS = [(f"{label}_{split}_{i}.png", label, split) for split, n in (("train", 2), ("val", 1), ("test", 1))
+        for label in ("nevus", "melanoma") for i in range(n)]
+
+
+def with_row(tmp_path: Path, path: str, split: str = "test", **card: object) -> Path:
+    """A card folder whose manifest lists ``ROWS`` and then ``path`` (a nevus) in ``split``."""
+    folder = make_card(tmp_path / "toy", rows=ROWS, **card)
+    images = folder / "images"
+    os.symlink("nevus_train_0.png", images / "link.png")
+    os.link(images / "nevus_train_0.png", images / "hard.png")
+    with open(folder / "manifest.csv", "a") as fh:
+        fh.write(f"{path},nevus,{split}\n")
+    return folder
+
+
+@pytest.mark.parametrize("spelling", ["./nevus_train_0.png", "sub/../nevus_train_0.png", "<root>/nevus_train_0.png",
+                                      "<root>//./nevus_train_0.png", "link.png", "hard.png"])
+def test_a_training_image_spelled_otherwise_in_test_is_a_leak(tmp_path, spelling):
+    folder = tmp_path / "toy"
+    folder = with_row(tmp_path, spelling.replace("<root>", str(folder / "images")))
+    card = load_card(folder)
+    for strict in (True, False):  # a leak raises even when other bad rows are only dropped
+        with pytest.raises(ManifestError, match=r"manifest .*manifest.csv: has \d problem\(s\): 1 rows listing a file "
+                                                r"already listed in another split, a leak between splits") as err:
+            card.manifest(strict=strict)
+        assert "(train on line 2, test on line 10)" in str(err.value)
+        assert [p.kind for p in err.value.report.problems] == ["duplicate_across_splits"]
+    report = card.validate()  # reports it with the rest, without raising
+    assert [p.kind for p in report.problems] == ["duplicate_across_splits"] and report.problems[0].lines == (10,)
+
+
+def test_a_file_repeated_within_its_split_is_dropped_or_refused(tmp_path):
+    card = load_card(with_row(tmp_path, "./nevus_train_0.png", split="train"))
+    assert [r.path for r in card.manifest()].count("./nevus_train_0.png") == 0
+    assert len(card.manifest().split("train")) == 4
+    with pytest.raises(ManifestError, match=r"1 rows repeating a file already listed in the same split: "
+                                            r"\./nevus_train_0.png \(lines 2 and 10\)"):
+        card.manifest(strict=True)
+
+
+@pytest.mark.parametrize("outside", ["../card.yaml", "../../../../../etc/passwd", "/etc/passwd", "//nevus_train_0.png"])
+def test_paths_leaving_the_image_folder_are_refused_unless_the_card_allows_them(tmp_path, outside):
+    card = load_card(with_row(tmp_path, outside))
+    with pytest.raises(ManifestError, match=r"rows whose path leaves the image folder .*allow_outside_root: true") as err:
+        card.manifest(check_files=False)
+    assert repr(outside) in str(err.value)
+    allowed = load_card(with_row(tmp_path / "allowed", outside, allow_outside_root=True))
+    rows = allowed.manifest(check_files=False)
+    assert rows[-1].path == outside
+
+
+def test_outside_paths_allowed_are_still_checked_for_leaks(tmp_path):
+    folder = make_card(tmp_path / "toy", rows=ROWS, allow_outside_root=True)
+    with open(folder / "manifest.csv", "a") as fh:
+        fh.write(f"{folder}/images/../images/nevus_train_0.png,nevus,test\n")
+    with pytest.raises(ManifestError, match="a leak between splits"):
+        load_card(folder).manifest()
+
+
+def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path):
+    card = load_card(with_row(tmp_path, "x" * 300 + ".png", split="train"))
+    report = card.validate()
+    bad = next(p for p in report.problems if p.kind == "bad_path")
+    assert "File name too long" in bad.message and bad.lines == (10,) and len(bad.message) < 400
+
+
+@pytest.mark.parametrize("content, field, fragment", [
+    ("", None, "is empty"),
+    ("path,label\na.png,nevus\n", "line 1", "lacks the column(s) split"),
+    ("path,label,split\na.png,nevus,train,extra\n", "line 2", "has 4 field(s) but the header has 3"),
+    ("path,label,split\na.png,nevus,train\n\x00\n", "line 3", "contains NUL bytes"),
+    (b"path,label,split\n\xff.png,nevus,train\n", None, "is not UTF-8 text (byte 17)"),
+    ("path,label,split\n" + "y" * 200_000 + ",nevus,train\n", "line 2", "is not a valid CSV (field larger than field limit"),
+])
+def test_malformed_csv_is_a_manifest_error_naming_the_line(tmp_path, content, field, fragment):
+    path = tmp_path / "m.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path, class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
+    assert isinstance(err.value, InputError) and err.value.report is None
+    assert str(path) in str(err.value) and fragment in str(err.value) and err.value.field == field
+
+
+def test_cbm_validate_reports_a_leak_and_strict_ends_in_one_line(tmp_path, capsys):
+    folder = with_row(tmp_path, "./nevus_train_0.png")
+    assert main(["validate", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "rows listing a file already listed in another split" in out and "train on line 2, test on line 10" in out
+    assert main(["validate", str(folder), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cbm validate: error: manifest ") and "Traceback" not in err
+
+
+def test_cbm_validate_names_the_card_line_in_one_line(tmp_path, capsys):
+    folder = make_card(tmp_path / "toy", rows=ROWS)
+    (folder / "card.yaml").write_text((folder / "card.yaml").read_text() + "name: again\n")
+    assert main(["validate", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'card.yaml'}: line " in err and "gives the key 'name' twice" in err
