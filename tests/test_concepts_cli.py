@@ -12,7 +12,7 @@ from cbm.cli import main
 from cbm.concepts.testing import ScriptedLLMServer, class_asked
 
 ANSWERS = {
-    "pneumonia": ["lobar consolidation", "air bronchograms", "pneumonia pattern", "patchy opacities"],
+    "pneumonia": ["lobar consolidation", "dense opacification", "pneumonia pattern", "patchy opacities"],
     "normal": ["clear lung fields", "sharp costophrenic angles"],
 }
 
@@ -52,7 +52,7 @@ def server():
 @pytest.fixture
 def preset(tmp_path, server):
     path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump({"base_url": server.base_url, "model": "test-model", "backoff_s": 0.01}))
+    path.write_text(yaml.safe_dump({"base_url": server.base_url, "model": "test-model", "max_retries": 0}))
     return path
 
 
@@ -66,8 +66,9 @@ def test_generate_then_reuse_the_store_without_a_server(card_dir, preset, server
     assert main(["concepts", str(card_dir), "--llm", str(preset)]) == 0
     out = capsys.readouterr().out
     assert f"concept store {card_dir / 'concepts.json'} (classes it already had were not asked again)" in out
-    assert re.search(r"pneumonia \(3 concepts, llm\):\n  \(test-model at 127\.0\.0\.1:\d+, prompt v1, 20\d\d-[^)]+\)\n"
-                     r"  - lobar consolidation\n  - air bronchograms\n  - patchy opacities", out)
+    assert re.search(r"pneumonia \(3 concepts, llm\):\n  \(test-model \[served: scripted-model\] at 127\.0\.0\.1:\d+, "
+                     r"prompt v1, 20\d\d-[^)]+\)\n"
+                     r"  - lobar consolidation\n  - dense opacification\n  - patchy opacities", out)
     assert sorted(class_asked(r) for r in server.requests) == ["normal", "pneumonia"]
 
     assert main(["concepts", str(card_dir), "--removed"]) == 0

@@ -137,3 +137,26 @@ def test_bad_inputs_are_clear_errors():
         FilterConfig(max_per_class=0)
     with pytest.raises(ValueError, match=r"unknown settings \['cap'\]"):
         FilterConfig().updated({"cap": 3})
+
+
+def test_copies_of_the_prompt_are_removed_with_their_rule():
+    offered = {"feature": "placeholder", "blue-white veil": "example"}
+    proposals = {"melanoma": ["Feature", "feature 3", "features", "Blue-white veils", "featureless centre",
+                              "irregular border"]}
+    result = filter_concepts(proposals, CLASSES, prompt_phrases=offered)["melanoma"]
+    assert result.kept == ["featureless centre", "irregular border"]
+    assert rules(result) == {"feature": "placeholder", "feature 3": "placeholder", "features": "placeholder",
+                             "blue-white veils": "example"}
+    assert result.removed[0]["reason"] == "the answer template's placeholder 'feature', not a concept"
+    kept = filter_concepts(proposals, CLASSES, prompt_phrases=offered,
+                           config=FilterConfig(keep_prompt_examples=True))["melanoma"]
+    assert "blue-white veils" in kept.kept and "feature" not in kept.kept  # the placeholder always goes
+    curated = filter_concepts({}, CLASSES, curated={"melanoma": ["blue-white veil"]}, prompt_phrases=offered)
+    assert curated["melanoma"].kept == ["blue-white veil"]  # a person's list is not filtered
+
+
+def test_filter_settings_are_type_checked():
+    with pytest.raises(ValueError, match="max_per_class"):
+        FilterConfig(max_per_class="3")
+    with pytest.raises(ValueError, match="min_chars"):
+        FilterConfig.from_dict({"min_chars": 2.5})

@@ -22,8 +22,8 @@ from cbm.concepts.store import CardInfo
 from cbm.concepts.testing import Reply, ScriptedLLMServer, char_ngram_embed, class_asked
 
 ANSWERS = {
-    "melanoma": ["irregular border", "blue-white veil", "atypical pigment network", "melanoma-like pattern"],
-    "nevus": ["regular pigment network", "symmetric shape", "Blue-white veils"],
+    "melanoma": ["irregular border", "shiny white streaks", "atypical dots and globules", "melanoma-like pattern"],
+    "nevus": ["regular pigment network", "symmetric shape", "Shiny-white streak"],
     "seborrheic keratosis": ["milia-like cysts", "comedo-like openings", "cerebriform pattern"],
 }
 
@@ -35,7 +35,7 @@ def card(tmp_path):
 
 
 def config_for(server, **changes):
-    return LLMConfig(base_url=server.base_url, model="test-model", backoff_s=0.01, max_retries=2, **changes)
+    return LLMConfig(base_url=server.base_url, model="test-model", max_retries=2, **changes)
 
 
 def stored(card):
@@ -51,13 +51,13 @@ def test_a_first_run_asks_once_per_class_and_a_second_run_sends_nothing(card):
         assert len(server.requests) == 3  # cache hit: zero requests
     assert again.by_class == first.by_class == load_concepts(card).by_class
     assert first.classes == ["melanoma", "nevus", "seborrheic keratosis"]
-    assert first.by_class["melanoma"] == ["irregular border", "blue-white veil", "atypical pigment network"]
-    # "Blue-white veils" for nevus is the melanoma concept: one concept, both classes in the prior
-    assert first.by_class["nevus"] == ["regular pigment network", "symmetric shape", "blue-white veil"]
-    assert first.concepts.count("blue-white veil") == 1
+    assert first.by_class["melanoma"] == ["irregular border", "shiny white streaks", "atypical dots and globules"]
+    # "Shiny-white streak" for nevus is the melanoma concept: one concept, both classes in the prior
+    assert first.by_class["nevus"] == ["regular pigment network", "symmetric shape", "shiny white streaks"]
+    assert first.concepts.count("shiny white streaks") == 1
     prior = first.prior()
     assert prior.shape == (3, len(first.concepts)) and prior.dtype == np.float32
-    veil = first.concepts.index("blue-white veil")
+    veil = first.concepts.index("shiny white streaks")
     assert prior[:, veil].tolist() == [1.0, 1.0, 0.0]
     assert prior.sum() == sum(len(v) for v in first.by_class.values())
 
@@ -158,16 +158,16 @@ def test_without_a_server_the_store_is_used_or_the_missing_classes_are_named(car
 
 
 def test_filter_settings_and_embedding_filtering_stick_until_changed(card):
-    answers = {**ANSWERS, "nevus": ["regular pigment network", "bluish-white veil", "symmetric shape"]}
+    answers = {**ANSWERS, "nevus": ["regular pigment network", "shiny whitish streaks", "symmetric shape"]}
     with ScriptedLLMServer(answers) as server:
         config = config_for(server)
         plain = generate_concepts(card, config, progress=False)
-        assert "bluish-white veil" in plain.by_class["nevus"]
+        assert "shiny whitish streaks" in plain.by_class["nevus"]
 
         embedded = generate_concepts(
             card, config, embed=char_ngram_embed, filter_config={"duplicate_threshold": 0.7}, progress=False
         )
-        assert embedded.by_class["nevus"] == ["regular pigment network", "blue-white veil", "symmetric shape"]
+        assert embedded.by_class["nevus"] == ["regular pigment network", "shiny white streaks", "symmetric shape"]
         assert stored(card)["filter"]["embedder"].endswith("char_ngram_embed")
 
         kept = generate_concepts(card, config, progress=False)  # no embedder given: the earlier filtering stands
@@ -187,11 +187,11 @@ def test_an_encoder_with_encode_text_can_filter(card):
         def encode_text(self, texts):
             return char_ngram_embed(texts)
 
-    with ScriptedLLMServer({**ANSWERS, "nevus": ["bluish-white veil"]}) as server:
+    with ScriptedLLMServer({**ANSWERS, "nevus": ["shiny whitish streaks"]}) as server:
         concepts = generate_concepts(
             card, config_for(server), embed=TextTower(), filter_config={"duplicate_threshold": 0.7}, progress=False
         )
-    assert concepts.by_class["nevus"] == ["blue-white veil"]
+    assert concepts.by_class["nevus"] == ["shiny white streaks"]
     assert stored(card)["filter"]["embedder"] == "tower-v1"
 
 
@@ -225,7 +225,7 @@ def test_two_concurrent_processes_leave_one_valid_store(card):
         from cbm.concepts.store import CardInfo
         classes = (("melanoma", "malignant"), ("nevus", "benign mole"), ("seborrheic keratosis", "benign, warty"))
         card = CardInfo("toy-derm", "dermoscopy", classes, Path(sys.argv[1]))
-        config = LLMConfig(base_url=sys.argv[2], model="test-model", backoff_s=0.01, max_concurrency=1)
+        config = LLMConfig(base_url=sys.argv[2], model="test-model", max_concurrency=1)
         concepts = generate_concepts(card, config, progress=False)
         print(len(concepts.concepts))
         """
@@ -268,14 +268,13 @@ def test_an_answer_with_nothing_usable_keeps_the_stored_list_and_its_text(card):
 def test_server_credentials_stay_out_of_the_store(card):
     with ScriptedLLMServer(ANSWERS) as server:
         url = server.base_url.replace("http://", "http://alice:hunter2@")
-        cfg = LLMConfig(base_url=url, model="test-model", backoff_s=0.01, max_retries=0)
+        cfg = LLMConfig(base_url=url, model="test-model", max_retries=0)
         assert cfg.server_host == server.base_url.split("//")[1].split("/")[0]
         assert cfg.shown_url == server.base_url
         generate_concepts(card, cfg, progress=False)  # the user and password go to the server, not the file
     text = card.store_path.read_text()
     assert "hunter2" not in text and "alice" not in text and cfg.server_host in text
-    dead = LLMConfig(base_url="http://alice:hunter2@127.0.0.1:9/v1", model="m", backoff_s=0.01, max_retries=0,
-                     timeout_s=2)
+    dead = LLMConfig(base_url="http://alice:hunter2@127.0.0.1:9/v1", model="m", max_retries=0, timeout_s=2)
     with pytest.raises(LLMError) as err:  # nothing listens on port 9: the message names the server, not the password
         generate_concepts(card, dead, refresh=True, progress=False)
     assert "127.0.0.1:9" in str(err.value) and "hunter2" not in str(err.value)
@@ -285,3 +284,47 @@ def test_a_run_where_nothing_was_answered_says_nothing_was_saved(card):
     with ScriptedLLMServer(ANSWERS, lambda request, n: Reply(refusal="I cannot help with that.")) as server:
         with pytest.raises(ConceptGenerationError, match="No list was saved"):
             generate_concepts(card, config_for(server), progress=False)
+
+
+def test_copies_of_the_prompt_are_filtered_with_their_reasons(card):
+    """A small model repeats the answer template's placeholder and the prompt's examples (dermoscopy's
+    "atypical pigment network" and "blue-white veil"): those are removed, with the rule and the reason."""
+    copied = {**ANSWERS, "nevus": ["feature", "Feature 2", "blue-white veil", "Atypical pigment networks",
+                                   "regular pigment network"]}
+    with ScriptedLLMServer(copied) as server:
+        concepts = generate_concepts(card, config_for(server), progress=False)
+    assert concepts.by_class["nevus"] == ["regular pigment network"]
+    removed = {item["concept"]: (item["rule"], item["reason"]) for item in stored(card)["by_class"]["nevus"]["removed"]}
+    assert removed["feature"] == ("placeholder", "the answer template's placeholder 'feature', not a concept")
+    assert removed["feature 2"][0] == "placeholder"
+    assert removed["blue-white veil"][0] == "example"
+    assert removed["atypical pigment networks"][1].startswith("the prompt's own example 'atypical pigment network'")
+    assert "feature" not in concepts.concepts
+    with ScriptedLLMServer({**ANSWERS, "nevus": ["feature", "blue-white veil"]}) as server:  # nothing of its own
+        with pytest.raises(ConceptGenerationError, match=r"nevus: unusable answer: every one of the 2 proposed "
+                           r"phrases was filtered out \('feature': the answer template's placeholder"):
+            generate_concepts(card, config_for(server), refresh=True, progress=False)
+        nevus = [r for r in server.requests if class_asked(r) == "nevus"]
+    assert len(nevus) == 2 and "filtered out" in nevus[1]["messages"][-1]["content"]  # asked again, saying why
+    assert load_concepts(card).by_class["nevus"] == ["regular pigment network"]  # the earlier list stays
+    with ScriptedLLMServer(copied) as server:  # for a model trusted not to copy, examples may stay
+        kept = generate_concepts(card, config_for(server), refresh=True, filter_config={"keep_prompt_examples": True},
+                                 progress=False)
+    assert kept.by_class["nevus"] == ["blue-white veil", "atypical pigment networks", "regular pigment network"]
+
+
+def test_the_served_model_is_recorded_and_another_one_is_asked_again(card):
+    with ScriptedLLMServer(ANSWERS, model="/models/a.Q4_1.gguf") as server:
+        first = generate_concepts(card, config_for(server), progress=False)
+        generate_concepts(card, config_for(server), progress=False)
+        assert len(server.requests) == 3  # the same model behind the preset: cached
+    assert first.llm["melanoma"]["served_model"] == "/models/a.Q4_1.gguf"
+    assert first.provenance["classes"]["melanoma"]["served_model"] == "/models/a.Q4_1.gguf"
+    assert stored(card)["by_class"]["nevus"]["llm"]["served_model"] == "/models/a.Q4_1.gguf"
+    with ScriptedLLMServer(ANSWERS, model="/models/b.Q8_0.gguf") as other:  # same preset, another gguf
+        again = generate_concepts(card, config_for(other), progress=False)
+        assert len(other.requests) == 3
+    assert again.llm["melanoma"]["served_model"] == "/models/b.Q8_0.gguf"
+    with ScriptedLLMServer(ANSWERS, model="/models/b.Q8_0.gguf", list_models=False) as unlisted:
+        generate_concepts(card, config_for(unlisted), progress=False)
+        assert len(unlisted.requests) == 3  # a server that does not say what it serves is no cache hit either

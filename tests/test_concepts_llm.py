@@ -1,10 +1,13 @@
 """The LLM client against a real HTTP server on 127.0.0.1 (cbm.concepts.llm, cbm.concepts.testing).
 
 The real ``openai`` client talks to :class:`ScriptedLLMServer`, so every failure below goes through
-the same HTTP, parsing and retry code as with vLLM, Ollama, llama.cpp or OpenAI.
+the same HTTP, parsing and retry code (the SDK's own) as with vLLM, Ollama, llama.cpp or OpenAI.
 """
 
 from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -14,11 +17,12 @@ from cbm.concepts.llm import (
     ConceptLLM,
     LLMConfig,
     LLMError,
+    LLMPresetError,
     list_llm_presets,
     llm_presets_dir,
     load_llm_config,
 )
-from cbm.concepts.prompts import render_messages
+from cbm.concepts.prompts import InvalidAnswer, render_messages
 from cbm.concepts.testing import Reply, ScriptedLLMServer, class_asked
 
 CLASSES = [("pneumonia", "infection of the lung parenchyma"), ("normal", "no acute finding")]
@@ -26,10 +30,14 @@ MESSAGES = render_messages("chest x-ray", CLASSES, "pneumonia")
 GOOD = ["lobar consolidation", "air bronchograms", "parapneumonic effusion"]
 
 
-def make_llm(server, sleeps=None, **overrides):
-    settings = {"backoff_s": 0.01, "max_retries": 3, **overrides}
-    config = LLMConfig(base_url=server.base_url, model="test-model", **settings)
-    return ConceptLLM(config, sleep=(sleeps.append if sleeps is not None else lambda s: None))
+def make_llm(server, **overrides):
+    config = LLMConfig(base_url=server.base_url, model="test-model", **{"max_retries": 3, **overrides})
+    return ConceptLLM(config)
+
+
+def gaps(server):
+    """Seconds between the chat requests the server received (the client's waits, plus HTTP time)."""
+    return [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
 
 
 def scripted(*replies):
@@ -64,15 +72,29 @@ def test_bad_presets_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown LLM preset 'vlm'. Did you mean 'vllm'"):
         load_llm_config("vlm")
     bad = tmp_path / "mine.yaml"
-    bad.write_text("base_url: http://x/v1\nmodel: m\napi_key: sk-123\n")
-    with pytest.raises(ValueError, match="LLM preset 'mine': Unknown key 'api_key'. Did you mean 'api_key_env'"):
-        load_llm_config(bad)
-    bad.write_text("base_url: http://x/v1\n")
-    with pytest.raises(ValueError, match="set `model` too"):
-        load_llm_config(bad)
-    bad.write_text("base_url: http://x/v1\nmodel: m\nstructured_output: grammar\n")
-    with pytest.raises(ValueError, match="structured_output='grammar' is not one of auto, json_schema, json_mode"):
-        load_llm_config(bad)
+    cases = [
+        ("base_url: http://x/v1\nmodel: m\napi_key: sk-123\n", "api_key",
+         "api_key is not a preset key. Did you mean 'api_key_env'"),
+        ("base_url: http://x/v1\n", None, "base_url and model go together; set `model` too"),
+        ("base_url: http://x/v1\nmodel: m\nstructured_output: grammar\n", "structured_output",
+         "structured_output is 'grammar', but it should be 'auto', 'json_schema' or 'json_mode'"),
+        ("base_url: http://x/v1\nmodel: m\ntimeout_s: 0\n", "timeout_s",
+         r"timeout_s is 0, but it should be greater than 0. Set `timeout_s` to the time limit per request"),
+        ("base_url: http://x/v1\nmodel: m\nseed: 'one'\n", "seed", "seed is 'one', but it should be a valid integer"),
+        ("base_url: http://x/v1\nmodel: m\nmax_retries: -1\n", "max_retries", "greater than or equal to 0"),
+        ("- base_url\n", None, "must be a flat mapping of keys, not list"),
+        ("base_url: [\n", None, "is not valid YAML"),
+    ]
+    for text, key, message in cases:
+        bad.write_text(text)
+        with pytest.raises(LLMPresetError, match=message) as info:
+            load_llm_config(bad)
+        assert info.value.path == bad and info.value.field == key
+        assert str(info.value).startswith(f"LLM preset {bad}: ")
+    with pytest.raises(LLMPresetError, match="max_concurrency is 0"):  # a mapping (a Hydra group) is checked too
+        load_llm_config({"base_url": "http://x/v1", "model": "m", "max_concurrency": 0})
+    with pytest.raises(LLMPresetError, match="timeout_s is -1"):  # and so are command-line overrides
+        load_llm_config("vllm").replace(timeout_s=-1)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match=r"\$OPENAI_API_KEY, which is not set"):
         load_llm_config("openai").api_key()
@@ -101,8 +123,10 @@ def test_json_mode_is_used_when_asked_and_validated_locally():
     answer_text = '```json\n{"class_name": "pneumonia", "concepts": ["lobar consolidation"]}\n```'
     with ScriptedLLMServer(responder=lambda r, n: Reply(content=answer_text)) as server:
         answer = make_llm(server, structured_output="json_mode").ask(MESSAGES, "pneumonia")
-    assert answer.concepts == ["lobar consolidation"] and answer.structured_output == "json_mode"
-    assert server.requests[0]["response_format"] == {"type": "json_object"}
+    assert answer.concepts == ["lobar consolidation"] and answer.structured_output == "json_mode+schema"
+    response_format = server.requests[0]["response_format"]  # llama.cpp's own form of a schema in JSON mode
+    assert response_format["type"] == "json_object"
+    assert set(response_format["schema"]["required"]) == {"class_name", "concepts"}
 
 
 def test_auto_falls_back_to_json_mode_when_the_server_rejects_schemas():
@@ -113,13 +137,50 @@ def test_auto_falls_back_to_json_mode_when_the_server_rejects_schemas():
 
     with ScriptedLLMServer(responder=responder) as server:
         llm = make_llm(server)
-        assert llm.ask(MESSAGES, "pneumonia").structured_output == "json_mode"
+        assert llm.ask(MESSAGES, "pneumonia").structured_output == "json_mode+schema"
         assert llm.ask(MESSAGES, "pneumonia").concepts == GOOD
     # one probe, then JSON mode for good
     assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_object", "json_object"]
+    assert all("schema" in r["response_format"] for r in server.requests[1:])
     with ScriptedLLMServer(responder=responder) as server:
-        with pytest.raises(LLMError, match=r"rejected the request \(400\)"):
+        with pytest.raises(LLMError, match=r"refused the answer schema \(HTTP 400: response_format.type json_schema "
+                           r"is not supported\); set `structured_output: auto` in the LLM config"):
             make_llm(server, structured_output="json_schema").ask(MESSAGES, "pneumonia")
+    assert len(server.requests) == 1
+
+
+def test_a_schema_refused_with_a_500_is_not_retried_and_the_ladder_goes_on():
+    """llama.cpp answers OpenAI's json_schema form with HTTP 500; a server may refuse llama.cpp's form too."""
+    refusal = "1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+
+    def responder(request, n):
+        form = request["response_format"]
+        if form["type"] == "json_schema" or "schema" in form:
+            return Reply(status=500, error=refusal)
+        return Reply.concepts("pneumonia", GOOD)
+
+    with ScriptedLLMServer(responder=responder) as server:
+        llm = make_llm(server, max_retries=4)
+        answer = llm.ask(MESSAGES, "pneumonia")
+        assert llm.ask(MESSAGES, "pneumonia").structured_output == "json_mode"  # remembered for the run
+    assert answer.concepts == GOOD and answer.structured_output == "json_mode" and answer.attempts == 3
+    assert len(server.requests) == 4  # two refusals, neither retried as transient, then one request per answer
+    assert [r["response_format"] for r in server.requests[2:]] == [{"type": "json_object"}] * 2
+
+
+def test_classes_asked_at_once_see_a_schema_refusal_once():
+    def responder(request, n):
+        if request["response_format"]["type"] == "json_schema":
+            return Reply(status=500, error="response_format: Input should be 'text' or 'json_object'", delay_s=0.2)
+        return Reply.concepts("pneumonia", GOOD)
+
+    with ScriptedLLMServer(responder=responder) as server:
+        llm = make_llm(server)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(lambda _: llm.ask(MESSAGES, "pneumonia"), range(4)))
+    assert [a.structured_output for a in answers] == ["json_mode+schema"] * 4
+    assert [r["response_format"]["type"] for r in server.requests].count("json_schema") == 1  # one probe per run
+    assert len(server.requests) == 5
 
 
 def test_malformed_json_is_asked_again_once_then_reported_with_the_answer():
@@ -131,6 +192,29 @@ def test_malformed_json_is_asked_again_once_then_reported_with_the_answer():
             make_llm(server).ask(MESSAGES, "pneumonia")
     assert len(server.requests) == 2
     assert info.value.raw == broken.content
+    first, again = server.requests  # at temperature 0 the same request would get the same answer: it changes
+    assert first["messages"] == MESSAGES and first["seed"] == 0 and first["temperature"] == 0.0
+    assert again["seed"] == 1 and again["messages"][: len(MESSAGES)] == MESSAGES
+    assert again["messages"][-2] == {"role": "assistant", "content": broken.content}
+    assert again["messages"][-1]["role"] == "user"
+    assert "That answer cannot be used: the answer is not valid JSON" in again["messages"][-1]["content"]
+
+
+def test_a_check_that_refuses_the_answer_asks_again_saying_why():
+    def check(concepts):
+        if "feature" in concepts:
+            raise InvalidAnswer("'feature' is the answer template's placeholder")
+
+    placeholder = Reply.concepts("pneumonia", ["feature"])
+    with ScriptedLLMServer(responder=scripted(placeholder)) as server:
+        answer = make_llm(server, seed=None).ask(MESSAGES, "pneumonia", check)
+    assert answer.concepts == GOOD and answer.attempts == 2
+    assert "seed" not in server.requests[1]  # no seed to move on: the message alone changes the request
+    assert "'feature' is the answer template's placeholder" in server.requests[1]["messages"][-1]["content"]
+    with ScriptedLLMServer(responder=lambda r, n: placeholder) as server:
+        with pytest.raises(AnswerError, match="unusable answer: 'feature' is the answer template's placeholder"):
+            make_llm(server).ask(MESSAGES, "pneumonia", check)
+    assert len(server.requests) == 2
 
 
 def test_an_answer_about_another_class_or_without_concepts_is_rejected():
@@ -160,26 +244,29 @@ def test_a_truncated_answer_names_max_tokens(mode):
     assert info.value.raw == cut.content
 
 
-# --- transport failures -------------------------------------------------------------------------------
+# --- transport failures: retried by the openai SDK (max_retries, back-off, Retry-After) -----------------
 
 
 def test_429_then_success_waits_as_the_server_says():
     limited = Reply(status=429, error="rate limited", headers={"Retry-After": "0.05"})
-    sleeps = []
     with ScriptedLLMServer(responder=scripted(limited, limited)) as server:
-        answer = make_llm(server, sleeps).ask(MESSAGES, "pneumonia")
+        answer = make_llm(server).ask(MESSAGES, "pneumonia")
     assert answer.concepts == GOOD and answer.attempts == 3
-    assert sleeps == [0.05, 0.05]
+    # the server's 0.05 s, not the SDK's own back-off (0.375 s or more before a first retry)
+    assert all(0.05 <= gap < 0.3 for gap in gaps(server)), gaps(server)
 
 
 def test_500_until_the_retries_run_out_backs_off_exponentially():
-    sleeps = []
     with ScriptedLLMServer(responder=lambda r, n: Reply(status=503, error="overloaded")) as server:
-        with pytest.raises(LLMError, match=r"HTTP 503 \(overloaded\), after 4 attempts; is the server at .* up"):
-            make_llm(server, sleeps, backoff_s=0.1, backoff_max_s=0.3).ask(MESSAGES, "pneumonia")
-    assert len(server.requests) == 4
-    assert len(sleeps) == 3
-    assert 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2 and 0.2 <= sleeps[2] <= 0.3  # doubling, capped
+        with pytest.raises(LLMError) as info:
+            make_llm(server, max_retries=2).ask(MESSAGES, "pneumonia")
+    message = str(info.value)
+    assert re.search(r"answered HTTP 503 \(overloaded\) to all 3 attempts; it is up but failing or overloaded: see "
+                     r"its log, lower `max_concurrency` or raise `max_retries`", message), message
+    assert "is the server" not in message  # it is up: it answered
+    assert len(server.requests) == 3
+    first, second = gaps(server)
+    assert first >= 0.3 and second > 1.3 * first, gaps(server)  # exponential back-off
 
 
 def test_a_time_out_is_retried_and_then_named():
@@ -207,6 +294,31 @@ def test_401_and_404_stop_at_once_and_name_the_key_to_fix(monkeypatch):
 def test_a_server_that_is_not_there_is_named():
     with ScriptedLLMServer() as server:
         base_url = server.base_url
-    llm = ConceptLLM(LLMConfig(base_url=base_url, model="m", max_retries=1, backoff_s=0.01), sleep=lambda s: None)
-    with pytest.raises(LLMError, match=r"cannot connect to http://127.0.0.1:\d+/v1.*after 2 attempts"):
-        llm.ask(MESSAGES, "pneumonia")
+    config = LLMConfig(base_url=base_url, model="m", max_retries=1)
+    with pytest.raises(LLMError, match=r"cannot connect to http://127.0.0.1:\d+/v1 .* after 2 attempts; is the "
+                       r"server at http://127.0.0.1:\d+/v1 up and serving 'm'\? Start it, or fix `base_url`"):
+        ConceptLLM(config).ask(MESSAGES, "pneumonia")
+    with pytest.raises(LLMError, match="while listing its models, after 2 attempts; is the server"):
+        ConceptLLM(config).served_model()
+
+
+def test_a_long_server_message_is_cut_between_words():
+    words = [f"word{i}" for i in range(200)]
+    with ScriptedLLMServer(responder=lambda r, n: Reply(status=400, error=" ".join(words))) as server:
+        with pytest.raises(LLMError, match=r"rejected the request \(400\): word0 word1 .* …; check `model`") as info:
+            make_llm(server).ask(MESSAGES, "pneumonia")
+    quoted = str(info.value).split("(400): ")[1].split(" …")[0].split()
+    assert quoted == words[: len(quoted)] and len(quoted) > 10  # whole words only, then the mark
+
+
+# --- the served model ------------------------------------------------------------------------------
+
+
+def test_the_served_model_is_what_the_server_lists():
+    with ScriptedLLMServer(model="/models/SmolLM2-135M-Instruct.Q4_1.gguf") as server:
+        llm = make_llm(server)  # the preset says "test-model"; a llama.cpp server serves its one gguf whatever
+        assert llm.served_model() == "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    with ScriptedLLMServer(model="test-model") as server:
+        assert make_llm(server).served_model() == "test-model"
+    with ScriptedLLMServer(list_models=False) as server:
+        assert make_llm(server).served_model() is None  # a server without /models: matched by name alone

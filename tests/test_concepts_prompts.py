@@ -12,7 +12,9 @@ from cbm.concepts.prompts import (
     ClassConcepts,
     InvalidAnswer,
     parse_answer,
+    prompt_phrases,
     render_messages,
+    shorten,
     specialist_for,
 )
 
@@ -104,3 +106,20 @@ def test_the_json_error_quotes_the_start_of_the_answer():
         parse_answer("Sure! The features are: irregular border, blue-white veil", "melanoma")
     assert "Sure! The features are" in str(info.value)
     json.dumps(str(info.value))  # one line, printable
+
+
+def test_the_phrases_the_prompt_offers_are_its_placeholder_and_the_modality_examples():
+    offered = prompt_phrases("dermoscopy")
+    assert offered == {"feature": "placeholder", "atypical pigment network": "example", "blue-white veil": "example"}
+    user = render_messages("dermoscopy", CLASSES, "melanoma")[1]["content"]
+    assert all(f'"{phrase}"' in user for phrase in offered)  # each is in the question, word for word
+    assert prompt_phrases("chest x-ray")["air bronchograms"] == "example"
+
+
+def test_shorten_cuts_between_words():
+    text = " ".join(f"word{i}" for i in range(100))
+    cut = shorten(text, 50)
+    assert len(cut) <= 50 and cut.endswith(" …") and text.startswith(cut[:-2])
+    assert cut[:-2].split() == text.split()[: len(cut[:-2].split())]
+    assert shorten("short\n  text") == "short text"
+    assert shorten("x" * 300, 20) == "x" * 19 + "…"  # one word longer than the limit: no boundary to cut at

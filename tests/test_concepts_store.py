@@ -9,6 +9,7 @@ import pytest
 
 from cbm.concepts import ConceptSet, load_concepts, save_curated
 from cbm.concepts.store import CardInfo, read_store
+from cbm.errors import ConceptStoreError
 
 
 @pytest.fixture
@@ -88,32 +89,65 @@ def test_a_plain_class_to_concepts_file_is_read_as_curated(card):
     assert set(concepts.sources.values()) == {"curated"}
 
 
+STORE = '{"format": "cbm-concepts/1", "by_class": {"normal": %s}}'
+
+
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "field", "message"),
     [
-        ('{"format": "cbm-concepts/1", "by_class": {', r"not valid JSON \(line 1, column \d+"),
-        ('["x"]', "must hold a JSON object"),
-        ('{"format": "cbm-concepts/9", "by_class": {}}', "has format 'cbm-concepts/9'"),
-        ('{"format": "cbm-concepts/1"}', "no 'by_class' object"),
-        ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": "clear"}}}', "'concepts' must be a list"),
-        ('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": [], "source": "gpt"}}}', "use 'curated' or 'llm'"),
-        ('{"normal": "clear lungs"}', "class 'normal' must be a list of strings"),
-        ('{"normal": ["clear lungs", "  "]}', "class 'normal' holds an empty phrase"),
-        ('{"normal": ["clear lungs", "Clear  lungs"]}', "lists 'Clear  lungs' twice"),
-        ('{"normal": ["clear lungs"], "normal": ["sharp angles"]}', "has the key 'normal' twice"),
+        ('{"format": "cbm-concepts/1", "by_class": {', None, r"is not valid JSON \(line 1, column \d+"),
+        ('["x"]', None, "must hold a JSON object, not list"),
+        ('{"format": "cbm-concepts/9", "by_class": {}}', "$.format", "is 'cbm-concepts/9'; this version of cbm reads"),
+        ('{"format": "cbm-concepts/1"}', "$.by_class", "is missing"),
+        ('{"by_class": {}}', "$.format", 'is missing. Add "format": "cbm-concepts/1"'),
+        (STORE % '{"concepts": "clear"}', "$.by_class.normal.concepts", "must be a list, not 'clear'"),
+        (STORE % '{"concepts": [], "source": "gpt"}', "$.by_class.normal.source", "is 'gpt', which is not allowed. "
+         "Use 'curated' .* or 'llm'"),
+        (STORE % '{"concepts": ["a b"], "llm": "gpt"}', "$.by_class.normal.llm", "must be an object, not 'gpt'"),
+        (STORE % '{"concepts": ["a b"], "removed": [{"concept": "x", "reason": "y"}]}',
+         "$.by_class.normal.removed[0].rule", 'is missing. Each removed item is {"concept"'),
+        (STORE % '{"concepts": ["a b"], "removed": null}', "$.by_class.normal.removed", "must be a list, not None"),
+        (STORE % '{"concepts": ["a b"], "llm": {"seed": "0"}}', "$.by_class.normal.llm.seed", "must be an integer"),
+        ('{"format": "cbm-concepts/1", "filter": {"config": {"min_chars": "3"}}, "by_class": {}}',
+         "$.filter.config.min_chars", 'must be an integer, not \\\'3\\\'. Delete "filter"'),
+        ('{"format": "cbm-concepts/1", "rejected": [], "by_class": {}}', "$.rejected", "must be an object"),
+        ('{"format": "cbm-concepts/1", "classes": ["a", "a"], "by_class": {}}', "$.classes", "names 'a' twice"),
+        ('{"format": "cbm-concepts/1", "by_class": {"seb k": {"concepts": [1]}}}', '$.by_class["seb k"].concepts[0]',
+         "must be a string, not 1. Give a list of short phrases"),
+        ('{"normal": "clear lungs"}', "$.normal", "must be a list of strings"),
+        ('{"normal": ["clear lungs", "  "]}', "$.normal[1]", "is an empty phrase"),
+        ('{"normal": ["clear lungs", "Clear  lungs"]}', "$.normal[1]", r"lists 'Clear  lungs' again \(as 'clear lungs'"),
+        ('{"normal": ["clear lungs"], "normal": ["sharp angles"]}', None, "has the key 'normal' twice"),
     ],
 )
-def test_a_malformed_store_names_the_file_and_the_problem(card, content, message):
+def test_a_malformed_store_names_the_file_the_field_and_the_problem(card, content, field, message):
     card.store_path.write_text(content)
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConceptStoreError, match=message) as info:
         load_concepts(card)
-    assert str(card.store_path) in str(info.value)
+    assert info.value.path == card.store_path and str(card.store_path) in str(info.value)
+    assert info.value.field == field and info.value.fix
+
+
+def test_a_store_that_is_not_utf8_or_nests_too_deep_is_one_clear_error(card):
+    card.store_path.write_bytes('{"normal": ["caf\u00e9 au lait"]}'.encode("latin-1"))
+    with pytest.raises(ConceptStoreError, match=r"is not UTF-8 text \(byte 0xe9 at offset 16\). Save the file as UTF-8"):
+        load_concepts(card)
+    card.store_path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConceptStoreError, match="nested too deeply"):
+        load_concepts(card)
+    card.store_path.write_text('{"format": "cbm-concepts/1", "by_class": {"normal": {"concepts": ["a b"], '
+                               '"llm": {"seed": ' + "9" * 5000 + "}}}}")
+    with pytest.raises(ConceptStoreError, match="holds a value JSON cannot give"):
+        load_concepts(card)
+    card.store_path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"normal": ["clear lungs"], "pneumonia": ["consolidation"],
+                                                               "effusion": ["meniscus sign"]}).encode())
+    assert load_concepts(card).by_class["normal"] == ["clear lungs"]  # a byte-order mark is fine
 
 
 def test_a_store_that_lacks_a_class_says_how_to_fill_it(card, caplog):
     save_curated(card.folder / "concepts.json", {"normal": ["clear lungs"], "pneumonia": ["consolidation"]})
     # the card is not a built-in one, so the command names it by its folder
-    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\].*cbm concepts /\S+ --llm"):
+    with pytest.raises(ConceptStoreError, match=r"no concept list for classes \['effusion'\].*cbm concepts /\S+ --llm"):
         load_concepts(card)
     save_curated(card.folder / "concepts.json", {"effusion": ["meniscus sign"], "old_class": ["x y"]})
     assert load_concepts(card).classes == ["normal", "pneumonia", "effusion"]

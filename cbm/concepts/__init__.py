@@ -6,17 +6,19 @@
     concepts.classes, concepts.concepts, concepts.by_class, concepts.prior()
 
 Modules: :mod:`~cbm.concepts.prompts` (versioned prompt templates, answer schema and parsing),
-:mod:`~cbm.concepts.llm` (presets and the OpenAI-compatible client with retries),
-:mod:`~cbm.concepts.filtering` (length, leakage, near-duplicates, cap),
+:mod:`~cbm.concepts.presets` (``conf/llm`` presets), :mod:`~cbm.concepts.llm` (the OpenAI-compatible
+client), :mod:`~cbm.concepts.filtering` (copies of the prompt, length, leakage, near-duplicates, cap),
 :mod:`~cbm.concepts.store` (``concepts.json``, :class:`ConceptSet`, curated lists),
-:mod:`~cbm.concepts.generate` (the content-addressed run), :mod:`~cbm.concepts.cli` (``cbm concepts``).
+:mod:`~cbm.concepts.generate` (the content-addressed run), :mod:`~cbm.concepts.cli` (``cbm concepts``),
+:mod:`~cbm.concepts.testing` (a scripted server) and :mod:`~cbm.concepts.fuzz` (mutated stores).
 """
 
 from __future__ import annotations
 
 from cbm.concepts.filtering import FilterConfig, FilterResult, filter_concepts
 from cbm.concepts.generate import ConceptGenerationError, generate_concepts
-from cbm.concepts.llm import AnswerError, LLMConfig, LLMError, list_llm_presets, load_llm_config
+from cbm.concepts.llm import AnswerError, LLMError
+from cbm.concepts.presets import LLMConfig, LLMPresetError, list_llm_presets, load_llm_config
 from cbm.concepts.prompts import DEFAULT_PROMPT_VERSION, PROMPTS, render_messages
 from cbm.concepts.store import ConceptSet, load_concepts, save_curated
 
@@ -26,6 +28,7 @@ __all__ = [
     "generate_concepts",
     "save_curated",
     "LLMConfig",
+    "LLMPresetError",
     "load_llm_config",
     "list_llm_presets",
     "LLMError",

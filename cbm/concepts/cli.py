@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--replace-curated", action="store_true", help="ask for curated classes too, replacing them")
     parser.add_argument("--encoder", help="filter near-duplicates and leakage with this encoder's text tower")
     parser.add_argument("--max-per-class", type=int, help="keep at most N concepts per class")
+    parser.add_argument("--keep-prompt-examples", action="store_true",
+                        help="keep proposals that repeat the prompt's own example phrases (removed by default)")
     parser.add_argument("--n-concepts", type=int, default=20, help="concepts to ask for per class (default 20)")
     parser.add_argument("--store", metavar="PATH", help="use this concepts.json instead of the one beside the card")
     parser.add_argument("--removed", action="store_true", help="also list the removed concepts and why")
@@ -62,13 +64,14 @@ def run_concepts(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     if args.llm is None and (args.refresh or args.replace_curated or args.model or args.base_url):
         raise ValueError("--refresh, --replace-curated, --model and --base-url need --llm PRESET")
-    filtering = args.encoder is not None or args.max_per_class is not None
+    filtering = args.encoder is not None or args.max_per_class is not None or args.keep_prompt_examples
     if args.llm is None and not filtering:
         concepts = load_concepts(args.card, store_path=args.store)
         print(f"no --llm given: using the concept store {concepts.path} (no request sent)")
     else:
         config = load_llm_config(args.llm).replace(model=args.model, base_url=args.base_url)
-        filter_config = {"max_per_class": args.max_per_class} if args.max_per_class is not None else None
+        changes = {"max_per_class": args.max_per_class, "keep_prompt_examples": args.keep_prompt_examples or None}
+        filter_config = {k: v for k, v in changes.items() if v is not None} or None
         concepts = generate_concepts(
             args.card,
             config,
@@ -91,7 +94,9 @@ def run_concepts(args: argparse.Namespace) -> int:
         made = (concepts.llm or {}).get(name) if concepts.sources.get(name) == "llm" else None
         if made:
             host = str(made.get("server_host") or "").rpartition("@")[2]  # older stores could hold user:password@
-            print(f"  ({made.get('model')}{f' at {host}' if host else ''}, prompt {made.get('prompt_version')}, "
+            served = made.get("served_model")
+            served = f" [served: {served}]" if served and served != made.get("model") else ""
+            print(f"  ({made.get('model')}{served}{f' at {host}' if host else ''}, prompt {made.get('prompt_version')}, "
                   f"{made.get('date')})")
         for phrase in listed:
             print(f"  - {phrase}")

@@ -7,16 +7,22 @@ Rules, in order, for each class's proposals (the LLM's order, most important fir
 
 1. **clean**: surrounding quotes, list markers and end punctuation go, spaces collapse, words are
    lower-cased except acronyms ("ETT tip"); an empty phrase is removed.
-2. **length**: fewer than ``min_chars`` characters, more than ``max_chars`` or ``max_words``.
-3. **leakage**: the phrase contains the name of a class (any class, not only its own: a concept
+2. **placeholder** and **example**: the answer template's placeholder ("feature", "feature 2") or
+   one of the prompt's example phrases ("blue-white veil" for dermoscopy), repeated by the LLM:
+   copied from the question, not an observation (``prompt_phrases``; see
+   :func:`cbm.concepts.prompts.prompt_phrases`). An example can be a true feature of a class ("air
+   bronchograms" for pneumonia): ``keep_prompt_examples=True`` keeps examples, for a model trusted
+   not to copy; the placeholder always goes.
+3. **length**: fewer than ``min_chars`` characters, more than ``max_chars`` or ``max_words``.
+4. **leakage**: the phrase contains the name of a class (any class, not only its own: a concept
    that names a label leaks it), as whole words, plurals and hyphens folded; with a text embedder
    also a phrase whose cosine to a class name reaches ``leakage_threshold``.
-4. **duplicates**: a phrase equal to an earlier one after folding case, plurals and hyphens, or
+5. **duplicates**: a phrase equal to an earlier one after folding case, plurals and hyphens, or
    (with a text embedder) at cosine ``duplicate_threshold`` or more. Within a class it is removed;
    across classes the class gets the earlier wording ("merged"), so a concept proposed for several
    classes is one concept that belongs to all of them. Phrases that differ by a negation or an
    opposite ("regular"/"irregular", "left"/"right") are never taken as duplicates.
-5. **cap**: with ``max_per_class``, only the first that many kept concepts of a class remain.
+6. **cap**: with ``max_per_class``, only the first that many kept concepts of a class remain.
 
 Curated classes are not filtered (a person chose those phrases); their concepts come first, so a
 generated phrase that duplicates a curated one is merged into the curated wording.
@@ -30,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from cbm.concepts.prompts import class_display_name
 
@@ -53,9 +61,12 @@ _WORD_OPPOSITES = {
 }
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(strict=True))
 class FilterConfig:
-    """Settings of :func:`filter_concepts` (stored with the list, so a re-run keeps them)."""
+    """Settings of :func:`filter_concepts` (stored with the list, so a re-run keeps them).
+
+    Types are checked (a pydantic dataclass): ``max_per_class="3"`` is an error, not a crash later.
+    """
 
     min_chars: int = 3  # shorter phrases are removed
     max_chars: int = 60  # longer phrases are removed (a concept is a short noun phrase)
@@ -63,6 +74,7 @@ class FilterConfig:
     leakage_threshold: float = 0.85  # cosine to a class name at which a phrase counts as naming it (embedder only)
     duplicate_threshold: float = 0.92  # cosine at which two phrases count as the same concept (embedder only)
     max_per_class: int | None = None  # keep at most this many concepts per class; None = no cap
+    keep_prompt_examples: bool = False  # keep a proposal that repeats one of the prompt's example phrases
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chars <= self.max_chars:
@@ -160,6 +172,20 @@ def _opposite(a: str, b: str) -> bool:
     return False
 
 
+def _copied(phrase: str, offered: Mapping[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """``(rule, reason)`` if ``phrase`` repeats what the prompt offered (a numbered placeholder too)."""
+    key = phrase_key(phrase)
+    base = re.sub(r"\s*\d+$", "", key)  # "feature 2", "feature2"
+    hit = offered.get(key) or (offered.get(base) if offered.get(base, ("", ""))[1] == "placeholder" else None)
+    if hit is None:
+        return None
+    original, kind = hit
+    if kind == "placeholder":
+        return "placeholder", f"the answer template's placeholder {original!r}, not a concept"
+    return "example", (f"the prompt's own example {original!r}, copied from the question; add it by hand "
+                       "(a curated list) if it belongs to this class")
+
+
 def _normalised(embeddings: np.ndarray, n: int) -> np.ndarray:
     array = np.asarray(embeddings, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] != n:
@@ -175,8 +201,12 @@ def filter_concepts(
     curated: Mapping[str, Sequence[str]] | None = None,
     embed: TextEmbedder | None = None,
     config: FilterConfig | None = None,
+    prompt_phrases: Mapping[str, str] | None = None,
 ) -> dict[str, FilterResult]:
     """Filter each class's proposed concepts; see the module docstring for the rules.
+
+    (One long function: the rules run in order over shared state, the kept wording and the
+    embeddings, and read best top to bottom.)
 
     Args:
         proposals: class -> phrases as proposed (LLM order), for the classes to filter.
@@ -185,6 +215,8 @@ def filter_concepts(
         embed: texts -> L2-normalised embeddings (N, D), e.g. the encoder's text tower; ``None`` =
             string rules only (no embedding leakage or near-duplicate checks).
         config: thresholds and limits (default :class:`FilterConfig`).
+        prompt_phrases: phrase -> ``"placeholder"`` or ``"example"``: what the prompt itself
+            offered (:func:`cbm.concepts.prompts.prompt_phrases`); a proposal that repeats one is removed.
 
     Returns:
         class -> :class:`FilterResult`, for every class in ``proposals`` and ``curated``.
@@ -208,6 +240,8 @@ def filter_concepts(
                 key_to_canonical.setdefault(phrase_key(phrase), phrase)
 
     class_tokens = {name: _tokens(class_display_name(name)) for name in class_names}
+    offered = {phrase_key(p): (p, kind) for p, kind in (prompt_phrases or {}).items()
+               if kind != "example" or not config.keep_prompt_examples}
     cleaned = {name: [clean_phrase(p) for p in proposals[name]] for name in class_names if name in proposals}
 
     vectors: dict[str, np.ndarray] = {}
@@ -229,6 +263,10 @@ def filter_concepts(
             shown = phrase or str(original)
             if not phrase:
                 result.remove(shown, "empty", "nothing left after clean-up")
+                continue
+            copied = _copied(phrase, offered)
+            if copied is not None:
+                result.remove(shown, *copied)
                 continue
             n_words = len(phrase.split())
             if len(phrase) < config.min_chars:

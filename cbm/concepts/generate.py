@@ -35,7 +35,14 @@ from cbm.concepts.llm import (
     list_llm_presets,
     load_llm_config,
 )
-from cbm.concepts.prompts import DEFAULT_PROMPT_VERSION, render_messages
+from cbm.concepts.prompts import (
+    DEFAULT_PROMPT_VERSION,
+    PROMPTS,
+    InvalidAnswer,
+    prompt_phrases,
+    render_messages,
+    shorten,
+)
 from cbm.concepts.store import (
     CardInfo,
     ConceptSet,
@@ -63,20 +70,25 @@ class ConceptGenerationError(RuntimeError):
         self.failures = failures  # class -> why
 
 
-def request_key(messages: list[dict[str, str]], config: LLMConfig, prompt_version: str) -> str:
+def request_key(
+    messages: list[dict[str, str]], config: LLMConfig, prompt_version: str, served_model: str | None = None
+) -> str:
     """Content key of one class's request: what, if unchanged, makes the stored answer reusable.
 
-    The server's address, time-outs and retry settings are left out (they do not change the answer).
+    ``served_model`` is the model the server says it serves (``GET /models``): another gguf behind
+    the same preset is another key. The server's address, time-outs and retry settings are left
+    out (they do not change the answer).
     """
-    return stable_hash(
-        {
-            "prompt_version": prompt_version,
-            "messages": messages,
-            "model": config.model,
-            "temperature": config.temperature,
-            "seed": config.seed,
-        }
-    )
+    key: dict[str, Any] = {
+        "prompt_version": prompt_version,
+        "messages": messages,
+        "model": config.model,
+        "temperature": config.temperature,
+        "seed": config.seed,
+    }
+    if served_model is not None:  # servers that do not list their models keep the keys they had
+        key["served_model"] = served_model
+    return stable_hash(key)
 
 
 def embedder_from(embed: Any, embed_id: str | None = None) -> tuple[Callable[[list[str]], np.ndarray] | None, str | None]:
@@ -119,18 +131,21 @@ def _ask_all(
     on_answer: Callable[[str, Any], None],
     progress: bool,
     on_reject: Callable[[str, AnswerError], None] | None = None,
+    check: Callable[[str], Callable[[list[str]], None]] | None = None,
 ) -> dict[str, str]:
     """Ask for every class in ``todo`` with bounded concurrency; returns class -> failure reason.
 
     ``on_answer(name, answer)`` takes each usable answer (and may refuse it with ``AnswerError``);
-    ``on_reject(name, error)`` hears of each answer that could not be used."""
+    ``on_reject(name, error)`` hears of each answer that could not be used; ``check(name)`` is the
+    class's answer check (:meth:`ConceptLLM.ask`)."""
     failures: dict[str, str] = {}
     fatal: LLMError | None = None
     workers = min(llm.config.max_concurrency, len(todo))
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbm-llm") as pool, tqdm(
         total=len(todo), desc="concepts", unit="class", disable=not progress
     ) as bar:
-        futures = {pool.submit(llm.ask, messages, name): name for name, messages in todo.items()}
+        futures = {pool.submit(llm.ask, messages, name, check(name) if check else None): name
+                   for name, messages in todo.items()}
         for future in cf.as_completed(futures):
             name = futures[future]
             bar.update(1)
@@ -161,24 +176,34 @@ def _ask_all(
     return failures
 
 
+def _offered(modality: str, versions: Any) -> dict[str, str]:
+    """What the prompts of ``versions`` offered the LLM (placeholders, examples); unknown versions add nothing."""
+    phrases: dict[str, str] = {}
+    for version in sorted({v for v in versions if v in PROMPTS}):
+        phrases.update(prompt_phrases(modality, version))
+    return phrases
+
+
 def _refilter(
     doc: dict,
     classes: list[str],
     embed: Callable[[list[str]], np.ndarray] | None,
     embed_id: str | None,
     filter_config: FilterConfig | Mapping[str, Any] | None,
+    modality: str,
 ) -> None:
     """Filter the LLM lists again if their inputs, the settings or the embedder changed."""
     by_class = doc["by_class"]
     proposals = {c: by_class[c]["proposed"] for c in classes if c in by_class and by_class[c]["source"] == "llm"}
     curated = {c: by_class[c]["concepts"] for c in classes if c in by_class and by_class[c]["source"] == "curated"}
+    offered = _offered(modality, (by_class[c].get("llm", {}).get("prompt_version") for c in proposals))
     stored = doc.get("filter") or {}
     stored_config = FilterConfig.from_dict(stored["config"]) if stored.get("config") else None
     if isinstance(filter_config, Mapping):  # overrides of the stored (or default) settings
         config = (stored_config or FilterConfig()).updated(filter_config)
     else:
         config = filter_config or stored_config or FilterConfig()
-    inputs = stable_hash({"classes": classes, "proposals": proposals, "curated": curated})
+    inputs = stable_hash({"classes": classes, "proposals": proposals, "curated": curated, "offered": offered})
     if embed is None and stored.get("embedder"):
         if stored.get("inputs") == inputs and config == stored_config:
             return  # an embedding-based filtering that still applies: keep it
@@ -191,11 +216,70 @@ def _refilter(
     key = stable_hash({"inputs": inputs, "config": config.to_dict(), "embedder": embed_id})
     if not proposals or (stored.get("key") == key and embed_id != "anonymous"):
         return
-    results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config)
+    results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config, prompt_phrases=offered)
     for name in proposals:
         by_class[name]["concepts"] = results[name].kept
         by_class[name]["removed"] = results[name].removed
     doc["filter"] = {"config": config.to_dict(), "embedder": embed_id, "key": key, "inputs": inputs}
+
+
+def _plan(
+    info: CardInfo, by_class: dict, config: LLMConfig, served: str | None, n_concepts: int, prompt_version: str,
+    refresh: bool, replace_curated: bool,
+) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:
+    """``(todo, keys)``: the messages of each class to ask, and the request key of every class with a server."""
+    todo: dict[str, list[dict[str, str]]] = {}
+    keys: dict[str, str] = {}
+    for name in info.class_names:
+        entry = by_class.get(name)
+        if not config.has_server:
+            if entry is None:
+                todo[name] = []
+            continue
+        messages = render_messages(info.modality, list(info.classes), name, n_concepts=n_concepts,
+                                   version=prompt_version)
+        keys[name] = request_key(messages, config, prompt_version, served)
+        if _needs_request(entry, keys[name], refresh, replace_curated):
+            todo[name] = messages
+        elif entry["source"] == "curated" and refresh:
+            log.info("class %r: curated list kept (replace_curated=True to ask the LLM instead)", name)
+    return todo, keys
+
+
+def _nothing_left(proposed: int, removed: list[dict[str, str]]) -> str:
+    """Why an answer is unusable when the filter removed every phrase (said to the LLM, then to the user)."""
+    shown = "; ".join(f"{shorten(r['concept'], 40)!r}: {r['reason']}" for r in removed[:4])
+    more = f"; and {len(removed) - 4} more" if len(removed) > 4 else ""
+    return f"every one of the {proposed} proposed phrases was filtered out ({shown}{more})"
+
+
+def _generated_entry(
+    answer: Any, config: LLMConfig, served: str | None, prompt_version: str, n_concepts: int, key: str
+) -> dict:
+    """A class's store entry for a usable answer, with its provenance (``concepts``/``removed`` filled later)."""
+    return {
+        "source": "llm",
+        "concepts": [],
+        "removed": [],
+        "proposed": answer.concepts,
+        "llm": {
+            "prompt_version": prompt_version,
+            "model": config.model,
+            "served_model": served,
+            "response_model": answer.response_model,
+            "server_host": config.server_host,
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "n_concepts": n_concepts,
+            "structured_output": answer.structured_output,
+            "date": _now(),
+            "request_key": key,
+            "attempts": answer.attempts,
+            "finish_reason": answer.finish_reason,
+            "usage": answer.usage,
+            "raw_response": answer.raw,
+        },
+    }
 
 
 def generate_concepts(
@@ -214,6 +298,9 @@ def generate_concepts(
     progress: bool = True,
 ) -> ConceptSet:
     """The concepts of a card: from its store, asking the LLM only for what is missing or changed.
+
+    (Longer than most: one lock spans reading, asking and writing the store, and the callbacks
+    share the open document.)
 
     Args:
         card: a ``cbm.data.DataCard``, a card name, or a card folder / ``card.yaml`` path.
@@ -244,30 +331,17 @@ def generate_concepts(
     path = Path(store_path) if store_path is not None else info.store_path
     classes = info.class_names
     embed_fn, embed_id = embedder_from(embed, embed_id)
-    class_pairs = list(info.classes)
 
     with store_lock(path):
         doc = read_store(path) or new_store(info)
         before = copy.deepcopy(doc)
         doc.update(card=info.name, modality=info.modality, classes=classes)
         by_class = doc["by_class"]
-
-        todo: dict[str, list[dict[str, str]]] = {}
-        keys: dict[str, str] = {}
-        for name in classes:
-            entry = by_class.get(name)
-            if not config.has_server:
-                if entry is None:
-                    todo[name] = []
-                continue
-            messages = render_messages(info.modality, class_pairs, name, n_concepts=n_concepts, version=prompt_version)
-            keys[name] = request_key(messages, config, prompt_version)
-            if _needs_request(entry, keys[name], refresh, replace_curated):
-                todo[name] = messages
-            elif entry["source"] == "curated" and refresh:
-                log.info("class %r: curated list kept (replace_curated=True to ask the LLM instead)", name)
-
-        if todo and not config.has_server:
+        curated_only = all(by_class.get(c, {}).get("source") == "curated" for c in classes) and not replace_curated
+        llm = ConceptLLM(config, client=client) if config.has_server and not curated_only else None
+        served = llm.served_model() if llm is not None else None
+        todo, keys = _plan(info, by_class, config, served, n_concepts, prompt_version, refresh, replace_curated)
+        if todo and llm is None:
             raise RuntimeError(
                 f"card {info.name!r} has no concept list for classes {list(todo)} in {str(path)!r}, and no LLM "
                 f"server to ask: pass an LLM preset ({', '.join(p for p in list_llm_presets() if p != 'none')}) "
@@ -276,40 +350,22 @@ def generate_concepts(
             )
         failures: dict[str, str] = {}
         if todo:
-            llm = ConceptLLM(config, client=client)
-            log.info(
-                "asking %s at %s for the concepts of %d of %d classes", config.model, config.server_host, len(todo), len(classes)
-            )
+            log.info("asking %s at %s for the concepts of %d of %d classes", served or config.model,
+                     config.server_host, len(todo), len(classes))
+            offered = prompt_phrases(info.modality, prompt_version)
+
+            def check(name: str) -> Callable[[list[str]], None]:
+                def check_answer(concepts: list[str]) -> None:  # nothing usable: asked again, saying why
+                    result = filter_concepts({name: concepts}, classes, prompt_phrases=offered)[name]
+                    if not result.kept:
+                        raise InvalidAnswer(_nothing_left(len(concepts), result.removed))
+
+                return check_answer
 
             def on_answer(name: str, answer: Any) -> None:
                 # a first, string-only filtering so the file is usable even if the run stops here
-                kept = filter_concepts({name: answer.concepts}, classes)[name]
-                if not kept.kept:  # nothing usable: the class keeps what it had, and is asked again next time
-                    rules = sorted({r["rule"] for r in kept.removed})
-                    raise AnswerError(f"every one of the {len(answer.concepts)} proposed phrases was filtered out "
-                                      f"({', '.join(rules)}); the stored list, if any, is kept", raw=answer.raw)
-                by_class[name] = {
-                    "source": "llm",
-                    "concepts": [],
-                    "removed": [],
-                    "proposed": answer.concepts,
-                    "llm": {
-                        "prompt_version": prompt_version,
-                        "model": config.model,
-                        "response_model": answer.response_model,
-                        "server_host": config.server_host,
-                        "temperature": config.temperature,
-                        "seed": config.seed,
-                        "n_concepts": n_concepts,
-                        "structured_output": answer.structured_output,
-                        "date": _now(),
-                        "request_key": keys[name],
-                        "attempts": answer.attempts,
-                        "finish_reason": answer.finish_reason,
-                        "usage": answer.usage,
-                        "raw_response": answer.raw,
-                    },
-                }
+                kept = filter_concepts({name: answer.concepts}, classes, prompt_phrases=offered)[name]
+                by_class[name] = _generated_entry(answer, config, served, prompt_version, n_concepts, keys[name])
                 by_class[name]["concepts"], by_class[name]["removed"] = kept.kept, kept.removed
                 doc.get("rejected", {}).pop(name, None)
                 if not doc.get("rejected"):
@@ -321,19 +377,19 @@ def generate_concepts(
 
             def on_reject(name: str, exc: AnswerError) -> None:  # the answer's text is kept, to see what went wrong
                 doc.setdefault("rejected", {})[name] = {"reason": str(exc), "raw_response": exc.raw,
-                                                        "model": config.model, "date": _now()}
+                                                        "model": config.model, "served_model": served, "date": _now()}
 
             try:
-                failures = _ask_all(llm, todo, on_answer, progress, on_reject)
+                failures = _ask_all(llm, todo, on_answer, progress, on_reject, check)
             except LLMError:
                 if doc != before:
-                    _refilter(doc, classes, embed_fn, embed_id, filter_config)
+                    _refilter(doc, classes, embed_fn, embed_id, filter_config, info.modality)
                     write_store(path, doc)
                 raise
         else:
             log.info("all %d classes of card %r come from the store %s; no request sent", len(classes), info.name, path)
 
-        _refilter(doc, classes, embed_fn, embed_id, filter_config)
+        _refilter(doc, classes, embed_fn, embed_id, filter_config, info.modality)
         if doc != before:
             doc["updated"] = _now()
             write_store(path, doc)
@@ -347,4 +403,4 @@ def generate_concepts(
             f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n{where}",
             failures,
         )
-    return concept_set_from_store(doc, classes, path, card_ref=card_reference(info))
+    return concept_set_from_store(doc, classes, path, card=info)

@@ -1,38 +1,46 @@
 """The LLM client: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through the ``openai`` package.
 
-A preset in ``conf/llm/<name>.yaml`` is a flat mapping (the keys of :class:`LLMConfig`); API keys
-are only ever read from the environment variable the preset names in ``api_key_env``.
+Presets (``conf/llm/<name>.yaml``, :class:`LLMConfig`) live in :mod:`cbm.concepts.presets` and are
+re-exported here.
 
-:class:`ConceptLLM` sends one chat request per class: with structured outputs
-(``client.chat.completions.parse`` and the pydantic model of the answer) where the server has
-them, else JSON mode plus local validation (``structured_output: auto`` switches on the first
-refusal of a JSON schema). Rate limits (429), server errors (5xx), time-outs and dropped
-connections are retried with exponential back-off (honouring ``Retry-After``); 401/403/404 stop
-the run at once with the preset key to fix. A refusal, a truncated answer or an answer that does
-not validate is reported for its class only.
+:class:`ConceptLLM` sends one chat request per class. The answer is held to the JSON schema of
+:class:`~cbm.concepts.prompts.ClassConcepts`: by OpenAI's structured outputs where the server has
+them, else by JSON mode with the schema in llama.cpp's own form (``{"type": "json_object",
+"schema": ...}``), else by plain JSON mode; every answer is validated here too. With
+``structured_output: auto`` a server's refusal of a schema (an HTTP error whose text names
+``response_format`` or ``json_schema``, whatever its status) moves the rest of the run one step
+down that ladder; it is never retried as if it were transient.
+
+Transient failures (429, 5xx, time-outs, dropped connections) are retried by the ``openai`` SDK
+itself (``max_retries``, exponential back-off, ``Retry-After``); 401/403/404 stop the run at once
+with the preset key to fix. An answer that cannot be used (not JSON, wrong class, nothing left
+after filtering) is asked again once with a changed request: the answer and what was wrong with it
+are added to the conversation, and the seed moves on, so no retry repeats the same request.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
-import os
-import random
+import re
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-import yaml
-
-from cbm.concepts.prompts import ClassConcepts, InvalidAnswer, parse_answer
-from cbm.utils import unknown_name_message
+from cbm.concepts.presets import (
+    STRUCTURED_OUTPUT_MODES,
+    LLMConfig,
+    LLMPresetError,
+    list_llm_presets,
+    llm_presets_dir,
+    load_llm_config,
+)
+from cbm.concepts.prompts import ClassConcepts, InvalidAnswer, parse_answer, shorten
 
 __all__ = [
     "LLMConfig",
+    "LLMPresetError",
     "LLMAnswer",
     "LLMError",
     "AnswerError",
@@ -45,141 +53,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "json_mode")
-_INVALID_ANSWER_RETRIES = 1  # an unparsable answer is asked again once; the same prompt rarely fails twice
-_RETRYABLE_STATUS = frozenset({408, 409, 429})  # plus every 5xx
-
-
-@dataclass
-class LLMConfig:
-    """Where and how to ask for concepts; the keys of a ``conf/llm/*.yaml`` preset."""
-
-    base_url: str | None = None  # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; null = no server
-    model: str | None = None  # the model's name as the server knows it (see GET {base_url}/models)
-    api_key_env: str | None = None  # environment variable that holds the API key; null = none needed
-    temperature: float | None = 0.0  # null = the server's default
-    seed: int | None = 0  # sampling seed where the server honours it; null = none sent
-    max_concurrency: int = 4  # classes asked at the same time
-    timeout_s: float = 120.0  # per request
-    max_retries: int = 4  # extra attempts after a 429, 5xx, time-out or dropped connection
-    structured_output: str = "auto"  # auto | json_schema | json_mode
-    max_tokens: int | None = 1024  # answer length limit; a truncated answer is an error, not a short list
-    backoff_s: float = 1.0  # wait before the first retry; doubles each retry (with jitter)
-    backoff_max_s: float = 30.0  # longest wait between retries, also the cap on a server's Retry-After
-    name: str | None = field(default=None, compare=False)  # the preset's name, for messages (not a YAML key)
-
-    def __post_init__(self) -> None:
-        where = f"LLM preset {self.name!r}" if self.name else "LLM config"
-        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
-            raise ValueError(
-                f"{where}: structured_output={self.structured_output!r} is not one of "
-                f"{', '.join(STRUCTURED_OUTPUT_MODES)}; use 'auto' unless the server needs one of the others"
-            )
-        if bool(self.base_url) != bool(self.model):
-            missing = "model" if self.base_url else "base_url"
-            raise ValueError(f"{where}: base_url and model go together; set `{missing}` too (or both to null)")
-        for key in ("max_concurrency", "timeout_s", "backoff_s", "backoff_max_s"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{where}: `{key}` must be positive, got {getattr(self, key)!r}")
-        if self.max_retries < 0:
-            raise ValueError(f"{where}: `max_retries` must be 0 or more, got {self.max_retries!r}")
-
-    @property
-    def has_server(self) -> bool:
-        """Whether this config points at a server (the ``none`` preset does not)."""
-        return bool(self.base_url and self.model)
-
-    @property
-    def server_host(self) -> str | None:
-        """``host[:port]`` of ``base_url``: what the store records (never a key, a user or a path)."""
-        if not self.base_url:
-            return None
-        return urlparse(self.base_url).netloc.rpartition("@")[2] or None
-
-    @property
-    def shown_url(self) -> str | None:
-        """``base_url`` for messages and logs: any ``user:password@`` in it is left out."""
-        if not self.base_url:
-            return None
-        parts = urlparse(self.base_url)
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-    @property
-    def label(self) -> str:
-        """How messages name this config: ``LLM preset 'vllm'`` or ``LLM config``."""
-        return f"LLM preset {self.name!r}" if self.name else "LLM config"
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, name: str | None = None) -> LLMConfig:
-        """Build from a preset mapping; an unknown key is an error that names the known ones."""
-        allowed = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in allowed:
-                where = f"LLM preset {name!r}" if name else "LLM config"
-                raise ValueError(f"{where}: {unknown_name_message('key', str(key), allowed)}")
-            kwargs[key] = value
-        return cls(**kwargs, name=name)
-
-    def replace(self, **changes: Any) -> LLMConfig:
-        """A copy with ``changes`` applied (``None`` values are ignored: "keep the preset's")."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def api_key(self) -> str:
-        """The API key from the environment; local servers without one get a placeholder."""
-        if not self.api_key_env:
-            return "EMPTY"  # the openai client insists on a key; vLLM, Ollama and llama.cpp ignore it
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ValueError(
-                f"{self.label} reads the API key from the environment variable ${self.api_key_env}, which is "
-                f"not set: export {self.api_key_env}=... (keys are never read from config files), or set "
-                "`api_key_env: null` for a server that needs none"
-            )
-        return key
-
-
-def llm_presets_dir() -> Path:
-    """``conf/llm`` of the source checkout (or editable install) this package runs from."""
-    return Path(__file__).resolve().parents[2] / "conf" / "llm"
-
-
-def list_llm_presets() -> list[str]:
-    """Names of the LLM presets in ``conf/llm``."""
-    folder = llm_presets_dir()
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-
-def load_llm_config(preset: str | os.PathLike | LLMConfig | Mapping[str, Any] | None) -> LLMConfig:
-    """An :class:`LLMConfig` from a preset name (``"vllm"``), a YAML path, a mapping or a config.
-
-    ``None`` gives the no-server config: only the concept store is used.
-    """
-    if preset is None:
-        return LLMConfig(name="none")
-    if isinstance(preset, LLMConfig):
-        return preset
-    if isinstance(preset, Mapping):
-        return LLMConfig.from_mapping(preset)
-    path = Path(preset)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        name = path.stem
-    else:
-        name, path = str(preset), llm_presets_dir() / f"{preset}.yaml"
-        if not path.is_file():
-            raise ValueError(
-                unknown_name_message("LLM preset", name, list_llm_presets())
-                + " Or give the path of a YAML file with the same keys."
-            )
-    if not path.is_file():
-        raise FileNotFoundError(f"LLM config file {str(path)!r} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"LLM config file {str(path)!r} is not valid YAML: {exc}") from None
-    if not isinstance(values, Mapping):
-        raise ValueError(f"LLM config file {str(path)!r} must be a flat mapping of keys, got {type(values).__name__}")
-    return LLMConfig.from_mapping(values, name=name)
+_INVALID_ANSWER_RETRIES = 1  # an unusable answer is asked again once, with what was wrong; rarely twice in a row
+_SCHEMA_REFUSAL = re.compile(r"response_format|json_schema", re.IGNORECASE)
+_ANSWER_SCHEMA = ClassConcepts.model_json_schema()
+# the ladder `auto` walks down when a server refuses the step above: what goes into response_format
+_LADDER = ("json_schema", "json_mode+schema", "json_mode")
 
 
 class LLMError(RuntimeError):
@@ -206,9 +84,17 @@ class LLMAnswer:
     raw: str  # the message content exactly as received
     finish_reason: str | None
     response_model: str | None  # the model the server says answered
-    structured_output: str  # json_schema | json_mode: how the answer was constrained
-    attempts: int  # requests sent for this class, retries included
+    structured_output: str  # json_schema | json_mode+schema | json_mode: how the answer was constrained
+    attempts: int  # requests sent for this class, every retry included
     usage: dict[str, Any] | None = None
+
+
+def _refusal_is_final(response: Any) -> None:
+    """httpx response hook: a refused answer schema is final, so the SDK does not retry it as a 5xx."""
+    if response.status_code >= 400:
+        response.read()
+        if _SCHEMA_REFUSAL.search(response.text):
+            response.headers["x-should-retry"] = "false"
 
 
 class ConceptLLM:
@@ -216,44 +102,92 @@ class ConceptLLM:
 
     Args:
         config: the server and sampling settings.
-        client: an ``openai.OpenAI`` client to use instead of building one from ``config``.
-        sleep: the function that waits between retries (tests may pass a recorder).
+        client: an ``openai.OpenAI`` client to use instead of building one from ``config`` (its own
+            ``max_retries`` then applies).
     """
 
-    def __init__(self, config: LLMConfig, *, client: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, config: LLMConfig, *, client: Any = None) -> None:
         if not config.has_server:
             raise ValueError(f"{config.label} names no server (base_url/model are null): pick a preset such as vllm")
         self.config = config
-        self._sleep = sleep
         self._lock = threading.Lock()
-        self._mode = "json_mode" if config.structured_output == "json_mode" else "json_schema"
+        self._mode = "json_mode+schema" if config.structured_output == "json_mode" else "json_schema"
         self._fatal: LLMError | None = None  # once the server is unusable, nothing more is sent
+        self._served: tuple[str | None] | None = None
+        self._probe = threading.Lock()  # held by the one request in flight until a request's form is taken
+        self._settled = config.structured_output == "json_schema"  # no ladder to walk: nothing to probe
         if client is None:
             import openai
 
             client = openai.OpenAI(
-                base_url=config.base_url, api_key=config.api_key(), timeout=config.timeout_s, max_retries=0
+                base_url=config.base_url, api_key=config.api_key(), timeout=config.timeout_s,
+                max_retries=config.max_retries,
+                http_client=openai.DefaultHttpxClient(event_hooks={"response": [_refusal_is_final]}),
             )
         self._client = client
 
     @property
     def structured_output(self) -> str:
-        """The mode requests use now (``auto`` settles on ``json_mode`` after a server refuses schemas)."""
+        """The form requests use now (``auto`` moves down the ladder after a server refuses a schema)."""
         return self._mode
 
-    def ask(self, messages: list[dict[str, str]], class_name: str) -> LLMAnswer:
-        """The concepts of ``class_name``, retrying transient failures and one unusable answer.
+    def served_model(self) -> str | None:
+        """The id of the model the server serves (``GET {base_url}/models``), asked once.
+
+        For llama.cpp that is the gguf's path (or its alias), whatever ``model`` the preset names;
+        for vLLM, Ollama and OpenAI the name the preset's ``model`` matches. ``None`` if the server
+        does not list its models.
+
+        Raises:
+            LLMError: the server cannot be reached, or refuses the key.
+        """
+        import openai
+
+        if self._served is not None:
+            return self._served[0]
+        cfg = self.config
+        try:
+            ids = [m.id for m in self._client.models.list().data]
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise LLMError(self._status_message(exc, "", refused=False)) from None
+            log.warning("the server at %s does not list its models (HTTP %d: %s); cached answers are matched by "
+                        "the preset's `model` alone", cfg.server_host, exc.status_code, _server_message(exc))
+            ids = []
+        except openai.APIConnectionError as exc:
+            raise LLMError(self._unreachable_message(exc, "listing its models")) from None
+        served = cfg.model if cfg.model in ids else (ids[0] if len(ids) == 1 else None)
+        if ids and served is None:
+            log.warning("the server at %s serves %s, not %r; cached answers are matched by the preset's `model` "
+                        "alone", cfg.server_host, shorten(ids), cfg.model)
+        self._served = (served,)
+        return served
+
+    def ask(
+        self, messages: list[dict[str, str]], class_name: str, check: Callable[[list[str]], None] | None = None
+    ) -> LLMAnswer:
+        """The concepts of ``class_name``; an unusable answer is asked again once, with what was wrong.
+
+        ``check(concepts)`` may refuse a parsed answer by raising
+        :class:`~cbm.concepts.prompts.InvalidAnswer` (e.g. when every phrase would be filtered out).
 
         Raises:
             LLMError: a fatal server problem (401/403/404, retries exhausted): the run should stop.
             AnswerError: the answer for this class is refused, truncated or invalid.
         """
         sent = [0]  # requests sent for this class, every retry included
+        request, seed = list(messages), self.config.seed
         for invalid_left in range(_INVALID_ANSWER_RETRIES, -1, -1):
             if self._fatal is not None:
                 raise NotSent(f"class {class_name!r} not asked after the earlier error: {self._fatal}")
             try:
-                answer = self._ask_with_retries(messages, class_name, sent)
+                answer = self._ask_once(request, class_name, seed, sent)
+                if check is not None:
+                    try:
+                        check(answer.concepts)
+                    except InvalidAnswer as exc:
+                        exc.raw = answer.raw
+                        raise
             except NotSent:
                 raise
             except LLMError as exc:
@@ -263,53 +197,86 @@ class ConceptLLM:
             except InvalidAnswer as exc:
                 if invalid_left == 0:
                     raise AnswerError(f"unusable answer: {exc}", raw=exc.raw) from None
-                log.warning("class %r: unusable answer (%s); asking again", class_name, exc)
+                log.warning("class %r: unusable answer (%s); asking again, saying what was wrong", class_name, exc)
+                request, seed = _ask_again(messages, exc), (None if seed is None else seed + 1)
                 continue
             answer.attempts = sent[0]
             return answer
         raise AssertionError("unreachable")
 
-    def _ask_with_retries(self, messages: list[dict[str, str]], class_name: str, sent: list[int]) -> LLMAnswer:
+    def _ask_once(self, messages: list[dict[str, str]], class_name: str, seed: int | None, sent: list[int]) -> LLMAnswer:
+        """One request (the SDK retries transient failures), down the schema ladder on a refusal."""
         import openai
 
-        cfg = self.config
-        for attempt in range(cfg.max_retries + 1):
-            sent[0] += 1
-            mode = self._mode
-            try:
-                return self._request(messages, class_name, mode)
-            except openai.APIStatusError as exc:
-                if exc.status_code in (401, 403):
-                    raise LLMError(self._auth_message(exc)) from None
-                if exc.status_code == 404:
-                    raise LLMError(self._not_found_message(exc)) from None
-                if exc.status_code in (400, 422) and mode == "json_schema" and cfg.structured_output == "auto":
-                    self._use_json_mode(exc)
-                    return self._ask_with_retries(messages, class_name, sent)
-                if not (exc.status_code in _RETRYABLE_STATUS or exc.status_code >= 500):
+        while True:
+            with self._probing():
+                if self._fatal is not None:  # it came while this request waited for the probe
+                    raise NotSent(f"class {class_name!r} not asked after the earlier error: {self._fatal}")
+                mode, refused = self._mode, False
+                try:
+                    return self._request(messages, class_name, mode, seed, sent)
+                except openai.APIStatusError as exc:
+                    sent[0] += 1
+                    refused = bool(_SCHEMA_REFUSAL.search(_server_message(exc, None))) and exc.status_code not in (401, 403)
+                    if refused and self._step_down(mode, exc):
+                        continue
+                    raise LLMError(self._status_message(exc, class_name, refused)) from None
+                except openai.APITimeoutError:
+                    cfg = self.config
                     raise LLMError(
-                        f"the server at {cfg.server_host} rejected the request ({exc.status_code}): "
-                        f"{_server_message(exc)}; check `model`, `max_tokens` and `temperature` in the {cfg.label}"
+                        f"class {class_name!r}: no answer within timeout_s={cfg.timeout_s:g} s, after "
+                        f"{cfg.max_retries + 1} attempts; raise `timeout_s` in the {cfg.label} (a model on a CPU may "
+                        "need minutes per class)"
                     ) from None
-                failure, wait = f"HTTP {exc.status_code} ({_server_message(exc)})", _retry_after(exc)
-            except openai.APITimeoutError:
-                failure, wait = f"no answer within timeout_s={cfg.timeout_s:g} s", None
-            except openai.APIConnectionError as exc:
-                failure, wait = f"cannot connect to {cfg.shown_url} ({exc.__cause__ or exc})", None
-            if attempt == cfg.max_retries:
-                hint = (
-                    f"; raise `timeout_s` in the {cfg.label}"
-                    if failure.startswith("no answer")
-                    else f"; is the server at {cfg.shown_url} up and serving {cfg.model!r}?"
-                )
-                raise LLMError(f"class {class_name!r}: {failure}, after {attempt + 1} attempts{hint}")
-            backoff = cfg.backoff_s * 2**attempt * random.uniform(0.5, 1.0)
-            delay = min(cfg.backoff_max_s, wait if wait is not None else backoff)
-            log.warning("class %r: %s; retry %d/%d in %.1f s", class_name, failure, attempt + 1, cfg.max_retries, delay)
-            self._sleep(delay)
-        raise AssertionError("unreachable")
+                except openai.APIConnectionError as exc:
+                    raise LLMError(f"class {class_name!r}: {self._unreachable_message(exc, 'asking')}") from None
+                finally:
+                    self._settled = self._settled or not refused
 
-    def _request(self, messages: list[dict[str, str]], class_name: str, mode: str) -> LLMAnswer:
+    @contextlib.contextmanager
+    def _probing(self) -> Iterator[None]:
+        """One request at a time until the server has taken a request's form, so that a refusal of the
+        schema is seen once per run, not once per class in flight; then no waiting at all."""
+        if self._settled:
+            yield
+            return
+        with self._probe:
+            if not self._settled:
+                yield
+                return
+        yield  # another request settled the form while this one waited
+
+    def _status_message(self, exc: Any, class_name: str, refused: bool) -> str:
+        """What an HTTP error means and which preset key fixes it."""
+        cfg = self.config
+        if exc.status_code in (401, 403):
+            key = f"${cfg.api_key_env}" if cfg.api_key_env else "none (api_key_env: null)"
+            return (
+                f"the server at {cfg.server_host} refused the API key ({exc.status_code}: {_server_message(exc)}); "
+                f"the key is read from `api_key_env` in the {cfg.label} (now {key}): export a valid key there"
+            )
+        if refused:
+            return (f"the server at {cfg.server_host} refused the answer schema (HTTP {exc.status_code}: "
+                    f"{_server_message(exc)}); set `structured_output: auto` in the {cfg.label} to fall back to "
+                    "JSON mode")
+        if exc.status_code == 404:
+            return (
+                f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
+                f"fix `model` in the {cfg.label} (the server lists its models at {cfg.shown_url.rstrip('/')}/models), "
+                "or `base_url` (OpenAI-compatible servers usually end in /v1)"
+            )
+        if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+            return (
+                f"class {class_name!r}: the server at {cfg.server_host} answered HTTP {exc.status_code} "
+                f"({_server_message(exc)}) to all {cfg.max_retries + 1} attempts; it is up but failing or overloaded: "
+                f"see its log, lower `max_concurrency` or raise `max_retries` in the {cfg.label}"
+            )
+        return (f"the server at {cfg.server_host} rejected the request ({exc.status_code}): {_server_message(exc)}; "
+                f"check `model`, `max_tokens` and `temperature` in the {cfg.label}")
+
+    def _request(
+        self, messages: list[dict[str, str]], class_name: str, mode: str, seed: int | None, sent: list[int]
+    ) -> LLMAnswer:
         """One request in ``mode``; raises openai errors, :class:`AnswerError` or :class:`InvalidAnswer`."""
         import openai
 
@@ -317,15 +284,19 @@ class ConceptLLM:
         kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages}
         if cfg.temperature is not None:
             kwargs["temperature"] = cfg.temperature
-        if cfg.seed is not None:
-            kwargs["seed"] = cfg.seed
+        if seed is not None:
+            kwargs["seed"] = seed
         if cfg.max_tokens is not None:
             kwargs["max_tokens"] = cfg.max_tokens
         completions = self._client.chat.completions.with_raw_response
         if mode == "json_schema":
             raw_response = completions.parse(response_format=ClassConcepts, **kwargs)
         else:
-            raw_response = completions.create(response_format={"type": "json_object"}, **kwargs)
+            response_format: dict[str, Any] = {"type": "json_object"}
+            if mode == "json_mode+schema":
+                response_format["schema"] = _ANSWER_SCHEMA  # llama.cpp's own form; others ignore or refuse it
+            raw_response = completions.create(response_format=response_format, **kwargs)
+        sent[0] += getattr(raw_response, "retries_taken", 0) + 1
         try:
             completion = raw_response.parse()
         except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
@@ -338,7 +309,7 @@ class ConceptLLM:
         message = choice.message
         content = message.content or ""
         if getattr(message, "refusal", None):
-            raise AnswerError(f"the model refused: {' '.join(message.refusal.split())[:200]!r}", raw=content or None)
+            raise AnswerError(f"the model refused: {shorten(message.refusal)!r}", raw=content or None)
         if choice.finish_reason == "length":
             raise AnswerError(
                 f"the answer was cut off at max_tokens={cfg.max_tokens} (finish_reason 'length'); "
@@ -346,7 +317,8 @@ class ConceptLLM:
                 raw=content,
             )
         if choice.finish_reason == "content_filter":
-            raise AnswerError("the server's content filter stopped the answer", raw=content)
+            raise AnswerError("the server's content filter stopped the answer; rephrase the card's class "
+                              "descriptions, or use another model", raw=content)
         try:
             concepts = parse_answer(content, class_name)
         except InvalidAnswer as exc:
@@ -363,57 +335,53 @@ class ConceptLLM:
             usage=usage,
         )
 
-    def _use_json_mode(self, exc: Exception) -> None:
-        """Switch every later request to JSON mode (``auto``, after the server rejected a schema)."""
+    def _step_down(self, mode: str, exc: Exception) -> bool:
+        """Move every later request one step down the ladder after ``mode`` was refused (``auto`` only)."""
+        if self.config.structured_output == "json_schema" or mode == _LADDER[-1]:
+            return False
         with self._lock:
-            if self._mode == "json_mode":
-                return  # another thread switched already
-            self._mode = "json_mode"
-        log.warning(
-            "the server at %s does not take a JSON schema (%s); using JSON mode with local validation "
-            "(set `structured_output: json_mode` in the %s to skip this probe)",
-            self.config.server_host,
-            _server_message(exc),
-            self.config.label,
-        )
+            if _LADDER.index(self._mode) > _LADDER.index(mode):
+                return True  # another thread stepped down already (and said so)
+            now = self._mode = _LADDER[_LADDER.index(mode) + 1]
+        skip = f" (set `structured_output: json_mode` in the {self.config.label} to skip this probe)"
+        log.warning("the server at %s refuses response_format %s (%s); using %s for the rest of the run, with local "
+                    "validation%s", self.config.server_host, mode, _server_message(exc), now,
+                    skip if mode == "json_schema" else "")
+        return True
 
-    def _auth_message(self, exc: Any) -> str:
+    def _unreachable_message(self, exc: Exception, doing: str) -> str:
         cfg = self.config
-        key = f"${cfg.api_key_env}" if cfg.api_key_env else "none (api_key_env: null)"
-        return (
-            f"the server at {cfg.server_host} refused the API key ({exc.status_code}: {_server_message(exc)}); "
-            f"the key is read from `api_key_env` in the {cfg.label} (now {key}): export a valid key there"
-        )
+        import openai
 
-    def _not_found_message(self, exc: Any) -> str:
-        cfg = self.config
+        what = (f"no answer within timeout_s={cfg.timeout_s:g} s" if isinstance(exc, openai.APITimeoutError)
+                else f"cannot connect to {cfg.shown_url} ({shorten(exc.__cause__ or exc, 120)})")
         return (
-            f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
-            f"fix `model` in the {cfg.label} (the server lists its models at {cfg.shown_url.rstrip('/')}/models), "
-            "or `base_url` (OpenAI-compatible servers usually end in /v1)"
+            f"{what} while {doing}, after {cfg.max_retries + 1} attempts; is the server at {cfg.shown_url} up and "
+            f"serving {cfg.model!r}? Start it, or fix `base_url` in the {cfg.label}"
         )
 
 
-def _server_message(exc: Any) -> str:
-    """The server's own error text, short."""
+def _ask_again(messages: list[dict[str, str]], exc: InvalidAnswer) -> list[dict[str, str]]:
+    """The conversation asked again after an unusable answer: the answer, then what was wrong with it."""
+    again = list(messages)
+    if exc.raw:
+        again.append({"role": "assistant", "content": exc.raw})
+    again.append({"role": "user", "content": (
+        f"That answer cannot be used: {exc}. Answer again with one JSON object in the form asked for, listing "
+        "features of your own (not the examples or the placeholder from the question)."
+    )})
+    return again
+
+
+def _server_message(exc: Any, limit: int | None = 200) -> str:
+    """The server's own error text (whole words, at most ``limit`` characters; ``None`` = all of it)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
-        body = body.get("message") or body.get("error") or body
+        body = body.get("message") or body.get("error") or body.get("detail") or body
     text = body if isinstance(body, str) else getattr(exc, "message", None) or str(exc)
-    return " ".join(str(text).split())[:200]
-
-
-def _retry_after(exc: Any) -> float | None:
-    """Seconds the server asked us to wait (``Retry-After``/``retry-after-ms``), if it said."""
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(header)
-        if value is not None:
-            try:
-                return max(0.0, float(value) / divisor)
-            except ValueError:
-                continue
-    return None
+    if not isinstance(text, str):
+        text = str(text)
+    return " ".join(text.split()) if limit is None else shorten(text, limit)
 
 
 def _completion_from_body(raw_response: Any) -> Any:
@@ -423,4 +391,4 @@ def _completion_from_body(raw_response: Any) -> Any:
     try:
         return ChatCompletion.model_validate(raw_response.http_response.json())
     except ValueError as exc:
-        raise InvalidAnswer(f"the server's response is not a chat completion: {' '.join(str(exc).split())[:160]}")
+        raise InvalidAnswer(f"the server's response is not a chat completion: {shorten(exc, 160)}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,9 @@ __all__ = [
     "specialist_for",
     "class_display_name",
     "render_messages",
+    "prompt_phrases",
     "parse_answer",
+    "shorten",
 ]
 
 
@@ -60,6 +63,7 @@ class PromptTemplate:
     version: str  # stored with every generated list; a new wording gets a new version
     system: str  # formatted with {specialist}, {modality}
     user: str  # formatted with {specialist}, {modality}, {class_list}, {display}, {names}, {n}, {examples}
+    placeholders: tuple[str, ...] = ("feature",)  # the answer template's stand-in phrases: never a concept
 
 
 _V1 = PromptTemplate(
@@ -98,6 +102,15 @@ _SPECIALISTS: tuple[tuple[tuple[str, ...], str, tuple[str, str]], ...] = (
      ("nuclear pleomorphism", "glandular architecture")),
     (("endoscop", "colonoscop"), "gastroenterologist", ("mucosal erythema", "loss of vascular pattern")),
 )
+
+
+def shorten(text: object, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut between words (never inside one)."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = textwrap.shorten(flat, width=limit, placeholder=" …")
+    return cut if cut != "…" else flat[: limit - 1] + "…"  # one giant word: no boundary to cut at
 
 
 def get_prompt(version: str = DEFAULT_PROMPT_VERSION) -> PromptTemplate:
@@ -166,6 +179,18 @@ def render_messages(
     ]
 
 
+def prompt_phrases(modality: str, version: str = DEFAULT_PROMPT_VERSION) -> dict[str, str]:
+    """Phrases the prompt itself hands the LLM, each with its kind: ``"placeholder"`` for the answer
+    template's stand-ins (``"feature"``), ``"example"`` for the modality's example phrases.
+
+    An answer that repeats one copies the question instead of describing the class; the filter
+    removes such phrases (a curated list may still hold them).
+    """
+    template = get_prompt(version)
+    _, examples = _specialist(modality)
+    return {**{phrase: "placeholder" for phrase in template.placeholders}, **{e: "example" for e in examples}}
+
+
 def _same_class(a: str, b: str) -> bool:
     return class_display_name(a).casefold() == class_display_name(b).casefold()
 
@@ -185,8 +210,8 @@ def _json_object(text: str) -> object:
                 return json.loads(stripped[start : end + 1])
             except json.JSONDecodeError:
                 pass
-        snippet = " ".join(stripped.split())[:120]
-        raise InvalidAnswer(f"the answer is not valid JSON ({first.msg} at char {first.pos}): {snippet!r}") from None
+        raise InvalidAnswer(f"the answer is not valid JSON ({first.msg} at char {first.pos}): {shorten(stripped, 120)!r}"
+                            ) from None
 
 
 def parse_answer(text: str | None, class_name: str) -> list[str]:
@@ -214,7 +239,7 @@ def parse_answer(text: str | None, class_name: str) -> list[str]:
     try:
         parsed = ClassConcepts(class_name=class_name, concepts=concepts)
     except Exception as exc:  # pydantic.ValidationError: say what is wrong without a wall of text
-        raise InvalidAnswer(f"'concepts' must be a list of strings, got {json.dumps(concepts)[:120]}") from exc
+        raise InvalidAnswer(f"'concepts' must be a list of strings, got {shorten(json.dumps(concepts), 120)}") from exc
     phrases = [c for c in parsed.concepts if c.strip()]
     if not phrases:
         raise InvalidAnswer(f"the answer lists no concepts for class {class_name!r}")

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from cbm.concepts._store_schema import check_store, json_path
+from cbm.errors import ConceptStoreError, quote
 from cbm.utils import atomic_write_json, folder_lock, stable_hash
 
 __all__ = [
@@ -68,7 +70,7 @@ log = logging.getLogger(__name__)
 STORE_FORMAT = "cbm-concepts/1"
 STORE_FILENAME = "concepts.json"
 # what ConceptSet.llm carries from a class's "llm" record (the raw answer and usage stay in the file)
-_PROVENANCE = ("model", "response_model", "server_host", "prompt_version", "temperature", "seed", "date")
+_PROVENANCE = ("model", "served_model", "response_model", "server_host", "prompt_version", "temperature", "seed", "date")
 
 
 @dataclass(frozen=True)
@@ -202,17 +204,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _concept_list(value: Any, where: str) -> list[str]:
+def _concept_list(value: Any, path: Path, loc: list[str | int]) -> list[str]:
+    """``value`` if it is a list of distinct, non-empty phrases; else :class:`ConceptStoreError` at ``loc``."""
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValueError(f"{where} must be a list of strings, got {json.dumps(value)[:80]}")
-    seen: dict[str, str] = {}
-    for phrase in value:
+        raise ConceptStoreError(path, f"must be a list of strings, not {quote(value, 80)}",
+                                "Give a list of short phrases (strings), most important first", field=json_path(loc))
+    seen: dict[str, int] = {}
+    for i, phrase in enumerate(value):
         key = " ".join(phrase.lower().split())
         if not key:
-            raise ValueError(f"{where} holds an empty phrase; remove it")
+            raise ConceptStoreError(path, "is an empty phrase", "Remove it", field=json_path([*loc, i]))
         if key in seen:
-            raise ValueError(f"{where} lists {phrase!r} twice (as {seen[key]!r} too); keep one")
-        seen[key] = phrase
+            raise ConceptStoreError(path, f"lists {quote(phrase, 80)} again (as {quote(value[seen[key]], 80)} at "
+                                    f"[{seen[key]}] too)", "Keep one of the two", field=json_path([*loc, i]))
+        seen[key] = i
     return value
 
 
@@ -221,56 +226,70 @@ def _no_repeated_keys(pairs: list[tuple[str, Any]], path: Path) -> dict:
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"concept store {str(path)!r} has the key {key!r} twice in one object; merge the two")
+            raise ConceptStoreError(path, f"has the key {quote(key, 80)} twice in one object",
+                                    "Merge the two entries into one")
         out[key] = value
     return out
+
+
+def _parse(path: Path) -> Any:
+    """The JSON value in the file at ``path`` (``FileNotFoundError`` if none), or :class:`ConceptStoreError`."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # an editor's byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        raise ConceptStoreError(path, f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
+                                "Save the file as UTF-8") from None
+    fix = "Fix the file by hand, restore it from version control, or delete it to generate a new one"
+    try:
+        return json.loads(text, object_pairs_hook=lambda pairs: _no_repeated_keys(pairs, path))
+    except json.JSONDecodeError as exc:
+        raise ConceptStoreError(path, f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                                fix) from None
+    except RecursionError:
+        raise ConceptStoreError(path, "is not a concept store: its JSON is nested too deeply", fix) from None
+    except ConceptStoreError:
+        raise
+    except ValueError as exc:  # e.g. an integer longer than Python reads
+        raise ConceptStoreError(path, f"holds a value JSON cannot give ({exc})", fix) from None
 
 
 def read_store(path: str | os.PathLike) -> dict | None:
     """The store document at ``path`` (``None`` if there is no file), checked and normalised.
 
     Hand-edited lists (``concepts`` no longer matching their ``digest``) come back marked curated.
+
+    Raises:
+        ConceptStoreError: the file is not UTF-8, not JSON, or breaks the format (names the field).
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        doc = _parse(path)
     except FileNotFoundError:
         return None
-    try:
-        doc = json.loads(text, object_pairs_hook=lambda pairs: _no_repeated_keys(pairs, path))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"concept store {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "fix the file by hand or delete it to generate a new one"
-        ) from None
     if not isinstance(doc, dict):
-        raise ValueError(f"concept store {str(path)!r} must hold a JSON object, got {type(doc).__name__}")
-    fix = "; see the format in cbm/concepts/store.py"
+        raise ConceptStoreError(path, f"must hold a JSON object, not {type(doc).__name__}",
+                                'Write {"format": "cbm-concepts/1", "by_class": {...}} (see cbm/concepts/store.py)')
+    if "format" not in doc and "by_class" in doc:
+        raise ConceptStoreError(path, "is missing", f'Add "format": "{STORE_FORMAT}"', field="$.format")
     if "format" not in doc:  # a plain {"class": [concepts]} file, as LaBo ships: all curated
-        by_class = {
-            str(name): {"source": "curated", "concepts": _concept_list(v, f"{path}: class {name!r}")}
-            for name, v in doc.items()
-        }
+        by_class = {name: {"source": "curated", "concepts": _concept_list(v, path, [name])} for name, v in doc.items()}
         return {"format": STORE_FORMAT, "classes": list(by_class), "by_class": by_class}
     if doc["format"] != STORE_FORMAT:
-        raise ValueError(
-            f"concept store {str(path)!r} has format {doc['format']!r}; this version of cbm reads {STORE_FORMAT!r}"
-        )
-    by_class = doc.get("by_class")
-    if not isinstance(by_class, dict):
-        raise ValueError(f"concept store {str(path)!r} has no 'by_class' object{fix}")
+        raise ConceptStoreError(path, f"is {quote(doc['format'], 80)}; this version of cbm reads {STORE_FORMAT!r}",
+                                "Use a cbm that reads that format, or convert the file", field="$.format")
+    check_store(path, doc)
+    by_class = doc["by_class"]
     for name, entry in by_class.items():
-        where = f"concept store {str(path)!r}, class {name!r}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected an object with 'concepts', got {type(entry).__name__}{fix}")
-        _concept_list(entry.get("concepts"), f"{where}: 'concepts'")
+        _concept_list(entry["concepts"], path, ["by_class", name, "concepts"])
         source = entry.setdefault("source", "curated")
-        if source not in ("curated", "llm"):
-            raise ValueError(f"{where}: 'source' is {source!r}; use 'curated' or 'llm'")
         if source == "llm" and entry.get("digest") not in (None, stable_hash(entry["concepts"])):
+            where = f"concept store {path}, class {name!r}"
             log.warning("%s: the concept list was edited by hand; keeping it as curated", where)
             entry["source"] = "curated"
             entry["note"] = entry.get("note") or f"hand-edited after generation by {entry.get('llm', {}).get('model')}"
+        elif source == "llm":
+            entry.setdefault("proposed", list(entry["concepts"]))  # filtering starts from the kept list then
     doc.setdefault("classes", list(by_class))
     return doc
 
@@ -311,20 +330,19 @@ def new_store(info: CardInfo) -> dict:
 
 
 def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path | None, *,
-                           card_ref: str | None = None) -> ConceptSet:
+                           card: CardInfo | None = None) -> ConceptSet:
     """The :class:`ConceptSet` of ``classes`` (default: the store's own) in a store document.
 
-    ``card_ref`` is how a command line names the card, for the fix of a missing class.
+    ``card`` is the card the store belongs to, named in the fix of a missing class.
     """
     by_class = doc["by_class"]
     classes = list(classes) if classes is not None else list(doc["classes"])
     missing = [c for c in classes if c not in by_class]
     if missing:
-        card = card_ref or doc.get("card") or "CARD"
-        raise ValueError(
-            f"concept store {str(path)!r} has no concept list for classes {missing} "
-            f"(it has {list(by_class)}): run `cbm concepts {card} --llm PRESET` to generate them, "
-            "or add them by hand"
+        ref = card_reference(card) if card is not None else doc.get("card") or "CARD"
+        raise ConceptStoreError(
+            path, f"has no concept list for classes {quote(missing)} (it has {quote(list(by_class))})",
+            f"Run `cbm concepts {ref} --llm PRESET` to generate them, or add them by hand", field="$.by_class",
         )
     extra = [c for c in by_class if c not in classes]
     if extra:
@@ -352,7 +370,7 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
 
     Raises:
         FileNotFoundError: there is no store yet (the message says how to make one).
-        ValueError: the store is malformed or lacks a list for a class of the card.
+        ConceptStoreError: the store is malformed or lacks a list for a class of the card.
     """
     if store_path is None and isinstance(card, (str, os.PathLike)) and str(card).endswith(".json"):
         path = Path(card)
@@ -370,7 +388,7 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
             "one by hand (cbm.concepts.save_curated), or pass the concepts to fit (concepts={class: [phrases]})"
         )
     doc.setdefault("card", info.name)
-    return concept_set_from_store(doc, info.class_names, path, card_ref=card_reference(info))
+    return concept_set_from_store(doc, info.class_names, path, card=info)
 
 
 def card_reference(info: CardInfo) -> str:

@@ -65,7 +65,8 @@ class ScriptedLLMServer:
     Args:
         answers: class (as the prompt names it) -> concepts, answered when ``responder`` returns None.
         responder: ``(request_json, n) -> Reply | None``; ``None`` falls back to ``answers``.
-        model: the model name the server reports.
+        model: the model id the server lists at ``/v1/models`` and names in each answer.
+        list_models: whether ``GET /v1/models`` answers (``False``: 404, as some proxies do).
     """
 
     def __init__(
@@ -74,11 +75,14 @@ class ScriptedLLMServer:
         responder: Callable[[dict, int], Reply | None] | None = None,
         *,
         model: str = "scripted-model",
+        list_models: bool = True,
     ) -> None:
         self.answers = dict(answers or {})
         self.responder = responder
         self.model = model
+        self.list_models = list_models
         self.requests: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request, to measure retry waits
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -98,7 +102,7 @@ class ScriptedLLMServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
-                if self.path.rstrip("/").endswith("/models"):
+                if self.path.rstrip("/").endswith("/models") and server.list_models:
                     self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -112,6 +116,7 @@ class ScriptedLLMServer:
                 with server._lock:
                     n = len(server.requests)
                     server.requests.append(request)
+                    server.arrivals.append(time.monotonic())
                 reply = server._reply(request, n)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
