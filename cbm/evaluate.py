@@ -21,6 +21,7 @@ __all__ = [
     "classification_metrics",
     "worst_group_accuracy",
     "robustness_summary",
+    "operating_point",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,3 +196,43 @@ def robustness_summary(id_accuracy: float, ood_accuracy: float | None) -> dict[s
         "gap": id_accuracy - ood_accuracy,
         "average": (id_accuracy + ood_accuracy) / 2,
     }
+
+
+def _class_rates(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity of class ``k`` for each row of ``y``, ``pred`` (B, n); NaN where undefined."""
+    pos, hit = y == k, pred == k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos & hit).sum(1) / pos.sum(1), (~pos & ~hit).sum(1) / (~pos).sum(1)
+
+
+def operating_point(y: np.ndarray, proba: np.ndarray, classes: list[str], *, n_bootstrap: int = 1000,
+                    seed: int = 0) -> dict:
+    """Each class's sensitivity and specificity at the model's decision (the most probable class),
+    with 95% intervals from the same class-stratified bootstrap as :func:`classification_metrics`,
+    and the confusion matrix (rows: truth, columns: prediction), for a clinical model card.
+
+    Returns:
+        ``{"n", "confusion", "sensitivity": {class: [value, low, high]}, "specificity": {...}}``;
+        ``None`` where the split lacks the class (sensitivity) or every other class (specificity).
+    """
+    y, proba = _check(y, proba)
+    pred = proba.argmax(1)
+    n_classes = len(classes)
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(y == k) for k in range(n_classes) if np.any(y == k)]
+    idx = np.concatenate([m[rng.integers(0, len(m), (n_bootstrap, len(m)))] for m in members], axis=1)
+    out: dict = {"n": int(len(y)), "confusion": confusion.tolist(), "sensitivity": {}, "specificity": {}}
+    for k, cls in enumerate(classes):
+        point, boot = _class_rates(y[None], pred[None], k), _class_rates(y[idx], pred[idx], k)
+        for name, value, samples in (("sensitivity", point[0][0], boot[0]), ("specificity", point[1][0], boot[1])):
+            samples = samples[~np.isnan(samples)]
+            if np.isnan(value):
+                out[name][cls] = [None, None, None]
+            elif len(samples) < max(10, n_bootstrap // 2):
+                out[name][cls] = [float(value), None, None]
+            else:
+                lo, hi = np.percentile(samples, [2.5, 97.5])
+                out[name][cls] = [float(value), float(lo), float(hi)]
+    return out

@@ -7,7 +7,9 @@ written as a sum of ``weight[class, concept] * score[concept]`` terms.
 
 Saved as a folder: ``model.json`` (classes, concepts, encoder name and cache key, head settings,
 metrics, provenance) and ``model.safetensors`` (head weights, concept embeddings, score
-statistics, the concept store's class-concept prior). No pickle. :meth:`ConceptBottleneckModel.load`
+statistics, the concept store's class-concept prior), and ``reference.safetensors`` when the model
+has a training reference (:mod:`cbm.reference`: out-of-distribution score, nearest training
+images). No pickle. :meth:`ConceptBottleneckModel.load`
 checks every field and tensor before it returns, and a damaged or foreign folder raises
 :class:`~cbm.errors.ModelFormatError` naming the file and the field.
 
@@ -36,6 +38,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.errors import ModelFormatError, quote
+from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
 from cbm.utils import atomic_write_bytes, atomic_write_json, softmax
 
 __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
@@ -76,6 +79,15 @@ class Prediction:
     contributions: dict[str, list[ConceptContribution]]
     intercepts: dict[str, float]
     scores: dict[str, float] = field(default_factory=dict)  # every concept's standardised score
+    # why the model does not answer for this image (cbm.reference: image checks, out-of-distribution)
+    flags: list[Flag] = field(default_factory=list)
+    ood_score: float | None = None  # the out-of-distribution score (None without a reference)
+    can_abstain: bool = False  # whether the model has an out-of-distribution threshold
+
+    @property
+    def withheld(self) -> bool:
+        """True when a flag says the prediction should not be read (it is kept, for "shown anyway")."""
+        return bool(self.flags)
 
     def top_concepts(self, cls: str | None = None, k: int = 5) -> list[ConceptContribution]:
         """The ``k`` largest contributions (by absolute value) to ``cls`` (default: the predicted class)."""
@@ -101,6 +113,8 @@ class ConceptBottleneckModel:
             (the mean score of the training images annotated absent / present); ``None``: the
             training scores' 5th and 95th percentiles stand in (:meth:`presence_levels`).
         info: free JSON-serialisable facts (card, metrics, head settings, provenance).
+        reference: the training reference (out-of-distribution score, nearest training images);
+            ``None`` for models saved before it existed, which cannot abstain.
     """
 
     def __init__(
@@ -116,6 +130,7 @@ class ConceptBottleneckModel:
         concept_prior: np.ndarray | None = None,
         concept_levels: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
+        reference: TrainingReference | None = None,
     ) -> None:
         self.encoder_name = encoder_name
         self.classes = list(classes)
@@ -127,6 +142,7 @@ class ConceptBottleneckModel:
         self.train_raw_scores = None if train_raw_scores is None else np.sort(np.asarray(train_raw_scores, np.float32), 0)
         self.concept_prior = None if concept_prior is None else np.asarray(concept_prior, np.float32)
         self.info = dict(info or {})
+        self.reference = reference
         self._encoder = None
         k, c = len(self.classes), bottleneck.n_concepts
         if self.coef.shape != (k, c) or self.intercept.shape != (k,):
@@ -247,8 +263,12 @@ class ConceptBottleneckModel:
         below = np.array([np.searchsorted(ref[:, j], raw_scores[j], side="right") for j in range(ref.shape[1])])
         return 100.0 * below / n
 
-    def explain_features(self, feature: np.ndarray | torch.Tensor) -> Prediction:
-        """Explain one image from its feature vector ``(D,)``."""
+    def explain_features(self, feature: np.ndarray | torch.Tensor, *, image_flags: Sequence[Flag] = ()) -> Prediction:
+        """Explain one image from its feature vector ``(D,)``.
+
+        ``image_flags`` are the image checks' flags (:func:`cbm.reference.image_flags`); the training
+        reference adds its out-of-distribution flag. A flagged prediction is ``withheld``.
+        """
         feat = np.asarray(feature, np.float32).reshape(1, -1)
         raw = self.bottleneck.raw_scores(feat)[0]
         z = self.bottleneck.transform(feat)[0]
@@ -274,11 +294,16 @@ class ConceptBottleneckModel:
             contributions=contributions,
             intercepts={c: float(b) for c, b in zip(self.classes, self.intercept)},
             scores={n: float(s) for n, s in zip(names, z)},
+            **prediction_flags(self.reference, feat[0], image_flags),
         )
 
     def explain(self, image: ImageLike) -> Prediction:
-        """Explain one image: probabilities and the concepts that drove each class."""
-        return self.explain_features(self.image_features(image)[0])
+        """Explain one image: probabilities, the concepts that drove each class, and the flags
+        under which the prediction is withheld (image checks against the card's modality, and the
+        out-of-distribution score)."""
+        pixels, meta, loaded = as_pixels(image)
+        checks = image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta)
+        return self.explain_features(self.image_features(loaded)[0], image_flags=checks)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float]) -> np.ndarray:
         """Class probabilities after setting some standardised concept scores by hand.
@@ -330,6 +355,10 @@ class ConceptBottleneckModel:
                 "info": self.info,
             },
         )
+        if self.reference is not None:
+            self.reference.save(folder)
+        else:  # an earlier model's reference in this folder would not describe this one
+            (folder / REFERENCE_FILE).unlink(missing_ok=True)
         return folder
 
     @classmethod
@@ -357,6 +386,7 @@ class ConceptBottleneckModel:
             raise ModelFormatError(weights_path, f"holds concept embeddings cbm cannot use ({exc})", _REFIT) from None
         raw = tensors.get("train_raw_scores_sorted")
         prior, levels = tensors.get("concept_prior"), tensors.get("concept_levels")
+        reference = TrainingReference.load(folder, classes=meta["classes"], dim=int(tensors["concept_embeddings"].shape[1]))
         return cls(
             meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),
             encoder_key=meta.get("encoder_key"),
@@ -364,6 +394,7 @@ class ConceptBottleneckModel:
             concept_prior=None if prior is None else prior.numpy(),
             concept_levels=None if levels is None else levels.numpy(),
             info=meta["info"],
+            reference=reference,
         )
 
     def __repr__(self) -> str:

@@ -81,8 +81,9 @@ def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
 def test_save_load_round_trip(fitted, tmp_path):
     card, model = fitted
     folder = model.save(tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors", "reference.safetensors"]
     again = ConceptBottleneckModel.load(folder)
+    assert again.reference.threshold == pytest.approx(model.reference.threshold)  # the training reference, too
     paths = _test_paths(card)
     np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
     assert again.bottleneck.concept_names == model.bottleneck.concept_names

@@ -3,7 +3,8 @@
 :func:`fit` is the developer's entry point (``cbm.fit``) and returns a
 :class:`~cbm.model.ConceptBottleneckModel`; :func:`fit_model` returns the same model with what an
 experiment needs besides (the fitted head with its path, the encoded splits, the scores). Every
-hyper-parameter is chosen on the validation split; test is never touched here.
+hyper-parameter is chosen on the validation split; test only gives the training reference's
+operating point for the model card (:mod:`cbm.reference`), which chooses nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cbm.pipeline.inputs import (
     resolve_card,
     resolve_concepts,
 )
+from cbm.reference import build_reference
 from cbm.utils import jsonable
 
 __all__ = ["FitResult", "fit", "fit_model", "full_coef", "make_head"]
@@ -149,6 +151,8 @@ def fit_model(
         concept_levels=truth_levels(card, train, names, scores["train"]),
         info=_record(card, splits, est, cset, templates, bn, centred_on),
     )
+    # out-of-distribution threshold (val), nearest training images, the operating point for the card
+    model.reference = build_reference(model, splits, image_root=card.image_root)
     model.set_encoder(enc)
     return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores)
 

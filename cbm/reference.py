@@ -1,0 +1,499 @@
+"""The training reference: is an image like the ones the model learned from, and which ones does it resemble?
+
+:func:`build_reference` runs once at fit time (:mod:`cbm.pipeline.fitting`); the result is saved
+beside the model (``reference.safetensors``, no pickle) and holds:
+
+* the training images' features (L2-normalised, float16; at most :data:`MAX_REFERENCE_IMAGES`,
+  drawn per class in proportion from a larger split) and their classes;
+* an **out-of-distribution score**: the squared Mahalanobis distance of an image's feature from
+  the training features (their mean and Ledoit-Wolf shrunk covariance, as Lee et al. 2018 use it
+  on a network's features), with a threshold set on the validation split (:data:`VAL_PASS_RATE`).
+  An image above it is flagged and its prediction withheld. On the demo this put noise, a
+  constant-colour image, a CT slice and a chest radiograph at 2 to 7 times the threshold; the
+  distance to the 5th nearest training image (Sun et al. 2022) left the constant-colour image
+  below its threshold;
+* small **thumbnails** of those training images (JPEG, :data:`THUMBNAIL_SIDE` pixels, the centred
+  square the encoder sees; about 1 KB each on the demo), read at fit time so a report shows a
+  case's nearest training images without the training data at hand. No file name is kept: a
+  neighbour is named by its class and its row in the training split;
+* the **operating point** on the evaluation splits (``test_id``, ``test``): each class's
+  sensitivity and specificity with bootstrap intervals, the confusion matrix, and the share of
+  the split the out-of-distribution check answers. They describe the model on its card; nothing
+  is chosen on them.
+
+The image checks (:func:`image_flags`: another DICOM modality, a greyscale image for a colour
+model, an image too small to show a finding) live here too: with the score they make the flags
+under which ``model.explain`` withholds a prediction.
+
+    ref = build_reference(model, splits, image_root=card.image_root)
+    ref.nearest(feature, k=4)             # the most similar training images
+    ref.flag(feature)                     # a Flag when the image is unlike the training images
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from cbm.errors import ModelFormatError
+
+__all__ = [
+    "Flag",
+    "Neighbour",
+    "TrainingReference",
+    "build_reference",
+    "image_flags",
+    "prediction_flags",
+    "as_pixels",
+    "display_pixels",
+    "REFERENCE_FILE",
+    "MIN_IMAGE_SIDE",
+    "VAL_PASS_RATE",
+    "MAX_REFERENCE_IMAGES",
+    "THUMBNAIL_SIDE",
+]
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference.safetensors"
+FORMAT = "cbm.TrainingReference"
+FORMAT_VERSION = 1
+VAL_PASS_RATE = 0.975
+"""Share of the validation images the out-of-distribution threshold lets through. Not 0.95: what
+matters is the share of *new* in-domain images answered, and the validation 95th percentile lets
+through about 95 % of them, less half the time (94.7 % of the demo's in-domain test images)."""
+MAX_REFERENCE_IMAGES = 10_000
+"""At most this many training images are kept (features, thumbnails); searching them takes milliseconds."""
+THUMBNAIL_SIDE = 48
+MIN_IMAGE_SIDE = 32
+"""Images with a shorter side (in pixels) are flagged as too small to show a finding."""
+
+# What each modality word of a card expects: DICOM Modality codes such images carry, and whether
+# the model was trained on colour images. (OT "other" and SC "secondary capture" are what
+# converted and exported images often carry.)
+_MODALITY_EXPECTATIONS = (
+    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
+    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("photograph",), ("XC", "OT", "SC"), True),
+)
+# A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
+# image with a coloured annotation or ruler stays grey).
+_COLOUR_PIXEL_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A reason to withhold a prediction: a short ``code`` for programs and a sentence for people.
+
+    Codes: ``unlike-training`` (the out-of-distribution score), ``modality`` (a DICOM file of
+    another modality), ``greyscale`` (a grey image for a model of colour images), ``too-small``.
+    """
+
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A training image close to a case in the encoder's feature space."""
+
+    row: int  # its row in the training split (the manifest's train rows, in order)
+    label: str  # its class
+    similarity: float  # cosine similarity of the two image features
+    thumbnail: bytes | None  # a small JPEG, or None when the reference has none
+
+
+# ---------------------------------------------------------------------------- image checks
+def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
+    """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)``.
+
+    ``image`` is a path (read with ``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])``
+    array in [0, 1].
+    """
+    if isinstance(image, (str, os.PathLike)):
+        from cbm.data import read_image
+
+        image = read_image(image)
+    if hasattr(image, "pixels"):
+        return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
+    arr = np.asarray(image, np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
+        raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
+    return arr, {}, arr
+
+
+def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any]) -> list[Flag]:
+    """Why a model trained on ``modality`` images should not answer for this image; empty when nothing is amiss.
+
+    A DICOM file of another modality (a CT slice for a dermoscopy model), a greyscale image for a
+    model trained on colour photographs, and an image too small to show a finding.
+    """
+    found: list[Flag] = []
+    modality = str(modality or "")
+    words = "".join(modality.lower().replace("-", " ").split())  # "chest X-ray", "chest x ray" -> "chestxray"
+    for keys, codes, colour in _MODALITY_EXPECTATIONS:
+        if not any(k in words for k in keys):
+            continue
+        code = str(meta.get("modality") or "").upper()
+        if meta.get("format") == "dicom" and code and code not in codes:
+            found.append(Flag("modality", f"This DICOM file's modality is {code}; the model was trained on {modality} "
+                                          f"images (DICOM modality {' or '.join(codes)}), so it does not answer for it."))
+        if colour and (pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE):
+            found.append(Flag("greyscale", f"The image is greyscale; the model was trained on colour {modality} images, "
+                                           "so it does not answer for it."))
+        break
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        found.append(Flag("too-small", f"The image is {width} x {height} pixels, too small to show a finding "
+                                       f"(at least {MIN_IMAGE_SIDE} pixels on each side expected)."))
+    return found
+
+
+def prediction_flags(reference: TrainingReference | None, feature: np.ndarray, checks: Sequence[Flag]) -> dict[str, Any]:
+    """A prediction's ``flags`` (the image checks', then the out-of-distribution one), ``ood_score``
+    and ``can_abstain``, given the model's reference (``None``: an older model, which cannot abstain)."""
+    if reference is None:
+        return {"flags": list(checks), "ood_score": None, "can_abstain": False}
+    score = reference.ood_score(feature)
+    ood = reference.flag(feature, score)
+    return {"flags": [*checks, *([ood] if ood else [])], "ood_score": score, "can_abstain": reference.can_abstain}
+
+
+def display_pixels(pixels: np.ndarray, max_side: int, *, square: bool = False) -> np.ndarray:
+    """``(H, W, C)`` floats in [0, 1] -> ``(h, w, 3)`` uint8, longest side at most ``max_side``
+    (``square``: the centred square first, as encoders crop)."""
+    from PIL import Image
+
+    rgb = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
+    if rgb.ndim == 2:
+        rgb = rgb[:, :, None]
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    if square:
+        h, w = rgb.shape[:2]
+        side = min(h, w)
+        rgb = rgb[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    img = Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def _shrunk_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse Ledoit-Wolf covariance) of ``(n, D)`` features."""
+    from sklearn.covariance import LedoitWolf
+
+    if len(features) < 2:
+        return features.mean(0), np.eye(features.shape[1], dtype=np.float32)
+    est = LedoitWolf(assume_centered=False).fit(features.astype(np.float64))
+    return est.location_.astype(np.float32), est.precision_.astype(np.float32)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- the reference
+class TrainingReference:
+    """Training features and classes, thumbnails, the out-of-distribution score and the operating point.
+
+    Args:
+        features: ``(n, D)`` L2-normalised training image features.
+        labels: ``(n,)`` their class indices into ``classes``.
+        classes: class names.
+        rows: ``(n,)`` each image's row in the training split (default ``0..n-1``).
+        thumbnails: ``n`` JPEG byte strings (``b""`` or ``None`` where missing), or ``None``.
+        ood_mean: ``(D,)`` the centre of the out-of-distribution score (default: the features' mean).
+        ood_precision: ``(D, D)`` inverse of the shrunk covariance (default: fitted on ``features``).
+        val_scores: the validation images' out-of-distribution scores (the threshold's sample).
+        threshold: the score above which an image is flagged (``None``: the model cannot abstain).
+        facts: what else the model card shows (``n_train``, ``performance`` per split, ...).
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, classes: Sequence[str], *,
+                 rows: np.ndarray | None = None, thumbnails: Sequence[bytes | None] | None = None,
+                 ood_mean: np.ndarray | None = None, ood_precision: np.ndarray | None = None,
+                 val_scores: np.ndarray | None = None, threshold: float | None = None,
+                 facts: Mapping[str, Any] | None = None) -> None:
+        self.features = np.asarray(features, np.float32)
+        self.labels = np.asarray(labels, np.int64)
+        self.classes = list(classes)
+        n = len(self.features)
+        self.rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.thumbnails = None if thumbnails is None else [t or None for t in thumbnails]
+        if self.features.ndim != 2 or n < 1 or self.labels.shape != (n,) or self.rows.shape != (n,):
+            raise ValueError(f"a reference needs (n, D) features with n labels and rows; got {self.features.shape}, "
+                             f"{self.labels.shape}, {self.rows.shape}")
+        if self.thumbnails is not None and len(self.thumbnails) != n:
+            raise ValueError(f"{len(self.thumbnails)} thumbnails for {n} reference images")
+        if ood_mean is None or ood_precision is None:
+            ood_mean, ood_precision = _shrunk_gaussian(self.features)
+        self.ood_mean = np.asarray(ood_mean, np.float32)
+        self.ood_precision = np.asarray(ood_precision, np.float32)
+        self.val_scores = None if val_scores is None else np.sort(np.asarray(val_scores, np.float32))
+        self.threshold = None if threshold is None else float(threshold)
+        self.facts = dict(facts or {})
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def can_abstain(self) -> bool:
+        """Whether the out-of-distribution check has a threshold."""
+        return self.threshold is not None
+
+    def _queries(self, features: np.ndarray) -> np.ndarray:
+        q = np.asarray(features, np.float32).reshape(-1, self.features.shape[1])
+        return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+
+    def similarities(self, features: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each query feature ``(m, D)`` (or ``(D,)``) with every reference image, ``(m, n)``."""
+        return self._queries(features) @ self.features.T
+
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """The out-of-distribution score of each feature ``(m, D)``: its squared Mahalanobis distance
+        from the training features (about D for a typical training image; larger is stranger)."""
+        d = self._queries(features) - self.ood_mean
+        return np.einsum("ij,jk,ik->i", d, self.ood_precision, d).astype(np.float32)
+
+    def ood_score(self, feature: np.ndarray) -> float:
+        """:meth:`ood_scores` of one feature ``(D,)``."""
+        return float(self.ood_scores(feature)[0])
+
+    def val_share_below(self, score: float) -> float | None:
+        """The share of validation images with a lower score than ``score`` (0-1), if known."""
+        if self.val_scores is None or len(self.val_scores) == 0:
+            return None
+        return float(np.searchsorted(self.val_scores, score, side="left") / len(self.val_scores))
+
+    def flag(self, feature: np.ndarray, score: float | None = None) -> Flag | None:
+        """A ``unlike-training`` :class:`Flag` when the image's score is above the threshold, else ``None``."""
+        if self.threshold is None:
+            return None
+        score = self.ood_score(feature) if score is None else score
+        if score <= self.threshold:
+            return None
+        share = self.val_share_below(score)
+        than = "every validation image" if share is None or share >= 1.0 else f"{100 * share:.0f} % of the validation images"
+        target = 100 * self.facts.get("val_pass_rate_target", VAL_PASS_RATE)
+        return Flag("unlike-training",
+                    f"The image is unlike the images the model was trained on: it lies further from them than {than} "
+                    f"(the model answers only for images as close as the nearest {target:g} % of them), so it does "
+                    "not answer for it.")
+
+    def nearest(self, feature: np.ndarray, k: int = 4) -> list[Neighbour]:
+        """The ``k`` most similar reference images to one feature, most similar first."""
+        sims = self.similarities(feature)[0]
+        k = max(0, min(k, len(sims)))
+        top = np.argpartition(-sims, k - 1)[:k] if k else np.empty(0, np.int64)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [Neighbour(int(self.rows[i]), self.classes[int(self.labels[i])], float(sims[i]),
+                          self.thumbnails[i] if self.thumbnails is not None else None) for i in top]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write :data:`REFERENCE_FILE` into ``folder``."""
+        from cbm.utils import atomic_write_bytes
+
+        thumbs = self.thumbnails or []
+        tensors = {
+            "features": torch.from_numpy(self.features.astype(np.float16)),
+            "labels": torch.from_numpy(self.labels.copy()),
+            "rows": torch.from_numpy(self.rows.copy()),
+            "ood_mean": torch.from_numpy(self.ood_mean.copy()),
+            "ood_precision": torch.from_numpy(self.ood_precision.copy()),
+        }
+        if self.thumbnails is not None:
+            lengths = [len(t or b"") for t in thumbs]
+            tensors["thumbnail_offsets"] = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            blob = b"".join(t or b"" for t in thumbs)
+            tensors["thumbnail_bytes"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
+        if self.val_scores is not None:
+            tensors["val_scores"] = torch.from_numpy(self.val_scores.copy())
+        meta = {"format": FORMAT, "version": str(FORMAT_VERSION),
+                "facts": json.dumps({**self.facts, "classes": self.classes, "threshold": self.threshold})}
+        return atomic_write_bytes(Path(folder) / REFERENCE_FILE, safetensors_bytes(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, *, classes: Sequence[str], dim: int) -> TrainingReference | None:
+        """The reference saved in ``folder``, or ``None`` when the folder has none (an older model).
+
+        Raises:
+            ModelFormatError: the file is damaged or does not fit the model (classes, feature size).
+        """
+        path = Path(folder) / REFERENCE_FILE
+        if not path.is_file():
+            return None
+        fix = "Save the model again from its run, or delete the file (the model then cannot abstain)"
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+            facts = json.loads(meta.get("facts", "{}"))
+        except Exception as exc:  # noqa: BLE001 - safetensors, JSON and OS errors alike mean a damaged file
+            raise ModelFormatError(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})", fix) from None
+        if meta.get("format") != FORMAT or not isinstance(facts, dict):
+            raise ModelFormatError(path, f"is not a cbm training reference (format {meta.get('format')!r})", fix)
+        if int(meta.get("version", "0") or 0) > FORMAT_VERSION:
+            raise ModelFormatError(path, f"has version {meta.get('version')}, newer than this cbm reads", "Upgrade cbm")
+        feats, labels, rows = tensors.get("features"), tensors.get("labels"), tensors.get("rows")
+        if feats is None or labels is None or rows is None or feats.dim() != 2 or feats.shape[1] != dim:
+            raise ModelFormatError(path, f"holds no (n, {dim}) features, labels and rows for this model", fix,
+                                   field="tensor features")
+        n = feats.shape[0]
+        if labels.shape != (n,) or rows.shape != (n,) or not bool(torch.isfinite(feats.float()).all()):
+            raise ModelFormatError(path, "holds labels or rows of the wrong length, or non-finite features", fix)
+        if list(facts.get("classes", [])) != list(classes) or n and not bool(((labels >= 0) & (labels < len(classes))).all()):
+            raise ModelFormatError(path, f"names classes {facts.get('classes')} or labels outside them; the model has "
+                                   f"{list(classes)}", fix, field="classes")
+        mean, precision = tensors.get("ood_mean"), tensors.get("ood_precision")
+        if (mean is None or precision is None or tuple(mean.shape) != (dim,) or tuple(precision.shape) != (dim, dim)
+                or not bool(torch.isfinite(precision).all()) or not bool(torch.isfinite(mean).all())):
+            raise ModelFormatError(path, f"holds no finite ({dim},) ood_mean and ({dim}, {dim}) ood_precision", fix,
+                                   field="tensor ood_precision")
+        threshold, _ = facts.pop("threshold", None), facts.pop("classes", None)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and np.isfinite(threshold)):
+            raise ModelFormatError(path, f"has the bad threshold {threshold!r}", fix, field="threshold")
+        return cls(feats.float().numpy(), labels.numpy(), classes, rows=rows.numpy(),
+                   thumbnails=_split_thumbnails(tensors, n, path, fix),
+                   ood_mean=mean.numpy(), ood_precision=precision.numpy(),
+                   val_scores=None if "val_scores" not in tensors else tensors["val_scores"].float().numpy(),
+                   threshold=threshold, facts=facts)
+
+
+def _split_thumbnails(tensors: Mapping[str, torch.Tensor], n: int, path: Path, fix: str) -> list[bytes | None] | None:
+    offsets, blob = tensors.get("thumbnail_offsets"), tensors.get("thumbnail_bytes")
+    if offsets is None or blob is None:
+        return None
+    off = offsets.numpy()
+    if off.shape != (n + 1,) or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != blob.numel():
+        raise ModelFormatError(path, "has thumbnail offsets that do not fit its thumbnail bytes", fix)
+    data = blob.numpy().tobytes()
+    return [data[a:b] or None for a, b in zip(off[:-1], off[1:])]
+
+
+# ---------------------------------------------------------------------------- building one
+def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """All row indices, or ``limit`` of them drawn per class in proportion (sorted)."""
+    n = len(labels)
+    if n <= limit:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in np.unique(labels):
+        members = np.flatnonzero(labels == k)
+        keep.append(rng.choice(members, max(1, round(limit * len(members) / n)), replace=False))
+    return np.sort(np.concatenate(keep))[:limit]
+
+
+def _thumbnails(paths: Sequence[str], image_root: Path | None, side: int) -> list[bytes | None]:
+    """A JPEG thumbnail of each training image (the centred square), ``None`` where it cannot be read."""
+    from tqdm.auto import tqdm
+
+    from cbm.data import read_image
+
+    out: list[bytes | None] = []
+    failed = 0
+    for p in tqdm(paths, desc="reference thumbnails", unit="image", leave=False):
+        path = Path(p) if Path(p).is_absolute() or image_root is None else image_root / p
+        try:
+            out.append(_jpeg(display_pixels(read_image(path).pixels, side, square=True), quality=70))
+        except Exception:  # noqa: BLE001 - an unreadable training image only loses its thumbnail
+            failed += 1
+            out.append(None)
+    if failed:
+        log.warning("reference: %d of %d training images could not be read for thumbnails", failed, len(paths))
+    return out
+
+
+def build_reference(
+    model: Any,
+    splits: Mapping[str, Any],
+    *,
+    image_root: str | os.PathLike | None = None,
+    thumbnails: bool = True,
+    thumbnail_side: int = THUMBNAIL_SIDE,
+    max_images: int = MAX_REFERENCE_IMAGES,
+    val_pass_rate: float = VAL_PASS_RATE,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    proba: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> TrainingReference:
+    """The reference of a fitted model from its encoded splits (``cbm.pipeline.SplitData``).
+
+    Args:
+        model: the fitted ``ConceptBottleneckModel`` (its classes; its probabilities for the
+            operating point unless ``proba`` is given).
+        splits: split name -> encoded split; ``train`` is required, ``val`` sets the threshold,
+            ``test_id`` and ``test`` give the operating point.
+        image_root: where the splits' relative paths lie (thumbnails are read from there).
+        thumbnails: read the training images for thumbnails (``False``: neighbours are shown by
+            class and similarity only).
+        thumbnail_side: thumbnail size in pixels.
+        max_images: most training images kept (the out-of-distribution score is fitted on all).
+        val_pass_rate: share of the validation images the threshold lets through.
+        n_bootstrap: resamples for the operating point's intervals.
+        seed: seed of the subsample and the bootstrap.
+        proba: features -> class probabilities (default ``model.predict_proba_from_features``).
+    """
+    train = splits["train"]
+    keep = _sample_rows(np.asarray(train.labels), max_images, seed)
+    every = np.asarray(train.features, np.float32)
+    every = every / np.maximum(np.linalg.norm(every, axis=1, keepdims=True), 1e-12)
+    features = every[keep]
+    classes = list(model.classes)
+    thumbs = None
+    if thumbnails:
+        root = None if image_root is None else Path(image_root)
+        thumbs = _thumbnails([train.paths[i] for i in keep], root, thumbnail_side)
+    mean, precision = _shrunk_gaussian(every)
+    ref = TrainingReference(features, np.asarray(train.labels)[keep], classes, rows=keep, thumbnails=thumbs,
+                            ood_mean=mean, ood_precision=precision)
+    facts: dict[str, Any] = {"n_train": int(len(train.labels)), "n_reference": int(len(keep)),
+                             "ood_score": "Mahalanobis (Ledoit-Wolf)", "val_pass_rate_target": val_pass_rate,
+                             "thumbnail_side": thumbnail_side if thumbnails else None}
+    val = splits.get("val")
+    if val is not None and len(val.labels):
+        ref.val_scores = np.sort(ref.ood_scores(np.asarray(val.features, np.float32)))
+        ref.threshold = float(np.quantile(ref.val_scores, val_pass_rate, method="higher"))
+        facts["val_pass_rate"] = float(np.mean(ref.val_scores <= ref.threshold))
+        facts["n_val"] = int(len(val.labels))
+    from cbm.evaluate import operating_point
+
+    predict = proba or model.predict_proba_from_features
+    performance = {}
+    for name in ("test_id", "test"):
+        split = splits.get(name)
+        if split is None or not len(split.labels):
+            continue
+        feats = np.asarray(split.features, np.float32)
+        figures = operating_point(split.labels, predict(feats), classes, n_bootstrap=n_bootstrap, seed=seed)
+        if ref.threshold is not None:
+            figures["answered"] = float(np.mean(ref.ood_scores(feats) <= ref.threshold))
+        performance[name] = figures
+    facts["performance"] = performance
+    ref.facts = facts
+    log.info("training reference: %d images%s; out-of-distribution threshold %s", len(ref),
+             " with thumbnails" if thumbs is not None else "",
+             "not set (no val split)" if ref.threshold is None else f"{ref.threshold:.4f}")
+    return ref

@@ -1,0 +1,137 @@
+"""The training reference (cbm.reference): out-of-distribution score and threshold, nearest training
+images, the operating point, saving and loading with the model, and models saved before it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from explain_support import CLASSES, make_image
+
+from cbm.errors import ModelFormatError
+from cbm.evaluate import operating_point
+from cbm.model import ConceptBottleneckModel
+from cbm.reference import REFERENCE_FILE, TrainingReference, build_reference, image_flags
+
+
+def _gaussian(n: int, d: int = 16, seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    """Features sharing a direction, as image embeddings do; ``shift`` moves them towards another."""
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    x[:, 0] += 6.0
+    x[:, 1] += shift
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _splits(n_train=300, n_val=200):
+    train, val = _gaussian(n_train, seed=1), _gaussian(n_val, seed=2)
+    labels = np.arange(n_train) % 2
+    return {"train": SimpleNamespace(features=train, labels=labels, paths=[f"{i}.png" for i in range(n_train)]),
+            "val": SimpleNamespace(features=val, labels=np.arange(n_val) % 2, paths=[])}
+
+
+def _model():
+    return SimpleNamespace(classes=["a", "b"], predict_proba_from_features=lambda f: np.tile([0.7, 0.3], (len(f), 1)))
+
+
+def test_threshold_lets_the_set_share_of_validation_images_through_and_flags_strangers():
+    splits = _splits()
+    ref = build_reference(_model(), splits, thumbnails=False, val_pass_rate=0.95)
+    assert ref.facts["val_pass_rate"] == pytest.approx(0.95, abs=0.01) and ref.facts["n_val"] == 200
+    fresh = _gaussian(2000, seed=3)  # new images from the training distribution
+    assert np.mean(ref.ood_scores(fresh) <= ref.threshold) == pytest.approx(0.95, abs=0.03)
+    stranger = _gaussian(20, seed=4, shift=12.0)  # images from elsewhere
+    assert np.all(ref.ood_scores(stranger) > ref.threshold)
+    flag = ref.flag(stranger[0])
+    assert flag.code == "unlike-training" and "unlike the images the model was trained on" in flag.message
+    assert ref.flag(fresh[np.argmin(ref.ood_scores(fresh))]) is None
+    # the default lets through more, so that at least 95 % of new in-domain images are answered
+    default = build_reference(_model(), splits, thumbnails=False)
+    assert default.facts["val_pass_rate_target"] == 0.975 and default.threshold > ref.threshold
+
+
+def test_without_val_the_reference_cannot_abstain():
+    ref = build_reference(_model(), {"train": _splits()["train"]}, thumbnails=False)
+    assert ref.threshold is None and not ref.can_abstain and ref.flag(_gaussian(1, shift=3)[0]) is None
+
+
+def test_nearest_and_subsample():
+    splits = _splits(n_train=500)
+    ref = build_reference(_model(), splits, thumbnails=False, max_images=100)
+    assert len(ref) == 100 and ref.facts["n_train"] == 500
+    assert abs(int(np.sum(ref.labels == 0)) - 50) <= 1  # drawn per class in proportion
+    query = splits["train"].features[ref.rows[7]]
+    first = ref.nearest(query, k=3)[0]
+    assert first.row == ref.rows[7] and first.similarity == pytest.approx(1.0, abs=1e-3) and first.thumbnail is None
+
+
+def test_operating_point_figures():
+    y = np.array([0] * 40 + [1] * 60)
+    pred = np.array([0] * 30 + [1] * 10 + [1] * 54 + [0] * 6)
+    proba = np.eye(2)[pred]
+    out = operating_point(y, proba, ["a", "b"], n_bootstrap=200, seed=0)
+    assert out["confusion"] == [[30, 10], [6, 54]] and out["n"] == 100
+    sens, lo, hi = out["sensitivity"]["a"]
+    assert sens == pytest.approx(0.75) and lo < 0.75 < hi and 0.55 < lo and hi < 0.9
+    assert out["specificity"]["a"][0] == pytest.approx(0.9) and out["sensitivity"]["b"][0] == pytest.approx(0.9)
+    assert operating_point(y[:40], proba[:40], ["a", "b"])["sensitivity"]["b"] == [None, None, None]
+
+
+def test_saved_with_the_model_and_loaded_back(tiny_model, tmp_path):
+    folder = tiny_model.save(tmp_path / "m")
+    assert (folder / REFERENCE_FILE).is_file()
+    loaded = ConceptBottleneckModel.load(folder)
+    a, b = tiny_model.reference, loaded.reference
+    assert b.threshold == pytest.approx(a.threshold) and b.thumbnails == a.thumbnails
+    assert np.allclose(b.features, a.features, atol=1e-3) and list(b.rows) == list(a.rows)
+    assert b.facts["performance"]["test"]["confusion"] == a.facts["performance"]["test"]["confusion"]
+    feature = a.features[3]
+    assert b.ood_score(feature) == pytest.approx(a.ood_score(feature), rel=1e-3)
+    # a model saved without a reference into the same folder leaves none behind
+    ConceptBottleneckModel(loaded.encoder_name, loaded.classes, loaded.bottleneck, loaded.coef, loaded.intercept).save(folder)
+    assert not (folder / REFERENCE_FILE).exists() and ConceptBottleneckModel.load(folder).reference is None
+
+
+def test_a_damaged_reference_is_named_with_the_fix(tiny_model, tmp_path):
+    folder = tiny_model.save(tmp_path / "m")
+    (folder / REFERENCE_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFormatError, match=r"reference\.safetensors.*cannot be read.*delete the file"):
+        ConceptBottleneckModel.load(folder)
+    other = TrainingReference(np.eye(3, 32, dtype=np.float32), np.zeros(3), ["x", "y"], thumbnails=None)
+    other.save(folder)
+    with pytest.raises(ModelFormatError, match="classes"):
+        ConceptBottleneckModel.load(folder)
+    TrainingReference(np.eye(3, 8, dtype=np.float32), np.zeros(3), CLASSES).save(folder)
+    with pytest.raises(ModelFormatError, match=r"\(n, 32\) features"):
+        ConceptBottleneckModel.load(folder)
+
+
+def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_abstain(tiny_model, tmp_path):
+    from cbm.explain import explain_image, render_case_html
+
+    folder = tiny_model.save(tmp_path / "old")
+    (folder / REFERENCE_FILE).unlink()  # as a model folder written before the reference existed
+    old = ConceptBottleneckModel.load(folder)
+    old.set_encoder(tiny_model.encoder)
+    assert old.reference is None
+    expl = old.explain(make_image(9))
+    assert not expl.can_abstain and expl.ood_score is None and expl.flags == [] and not expl.withheld
+    case = explain_image(old, make_image(9))
+    assert case.neighbours == []
+    html = render_case_html(case)
+    assert 'id="cannot-abstain"' in html and "cannot abstain" in html and "cannot show similar training images" in html
+    assert f'data-predicted="{case.predicted}"' in html
+
+
+def test_image_checks():
+    colour, grey = make_image(1), make_image(1).mean(-1, keepdims=True)
+    assert image_flags("dermoscopy", colour, {}) == []
+    assert [f.code for f in image_flags("dermoscopy", grey, {})] == ["greyscale"]
+    ct = {"format": "dicom", "modality": "CT"}
+    assert [f.code for f in image_flags("dermoscopy", grey, ct)] == ["modality", "greyscale"]
+    assert [f.code for f in image_flags("chest X-ray", grey, ct)] == ["modality"]
+    assert image_flags("Chest X ray", grey, {"format": "dicom", "modality": "DX"}) == []
+    assert [f.code for f in image_flags(None, make_image(2, (12, 20)), {})] == ["too-small"]
+    annotated = np.repeat(make_image(3).mean(-1, keepdims=True), 3, axis=2)
+    annotated[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one
+    assert [f.code for f in image_flags("dermoscopy", annotated, {})] == ["greyscale"]
