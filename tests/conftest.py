@@ -30,3 +30,12 @@ def no_card_env(monkeypatch):
         if key.startswith("CBM_") and key.endswith("_ROOT"):
             monkeypatch.delenv(key)
     monkeypatch.delenv("CBM_CARDS_PATH", raising=False)
+
+
+# Fixtures of the tests/test_explain* and tests/test_reference.py files (defined in tests/explain_support.py).
+import explain_support  # noqa: E402
+
+vit_encoder = pytest.fixture(scope="module")(explain_support.vit_encoder)
+tiny_model = pytest.fixture(scope="module")(explain_support.tiny_model)
+demo_model = pytest.fixture(scope="session")(explain_support.demo_model)
+browser = pytest.fixture(scope="module")(explain_support.browser)

@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
-from test_explain import assert_no_phi, make_image, tiny_model, vit_encoder, write_phi_dicom  # noqa: F401 - fixtures
+from explain_support import assert_no_phi, make_image, write_phi_dicom
 
 from cbm.cli import main
 from cbm.explain import explain_image
@@ -48,6 +48,8 @@ def test_cbm_explain_writes_reports_from_the_saved_model(model_dir, tiny_model, 
     assert summary["cases"][0]["predicted"] == expected.predicted
     assert summary["cases"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     assert len(summary["cases"][0]["top_concepts"]) == 2
+    ct = summary["cases"][1]  # a CT slice for a dermoscopy model: withheld, and why
+    assert ct["withheld"] is True and {"modality", "greyscale"} <= {f["code"] for f in ct["flags"]}
     assert (out / "classes.html").is_file() and (out / "cases" / "ct.html").is_file()
     assert_no_phi((out / "cases" / "ct.html").read_text())
 

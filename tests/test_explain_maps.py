@@ -1,4 +1,4 @@
-"""Concept maps (cbm.explain.maps) and their overlay on the image (cbm.explain.render.heat_overlay)."""
+"""Concept maps (cbm.explain.maps) and how they are shown (cbm.explain.overlay: one hue, a contour, the grid stated)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_explain import make_image, tiny_encoder
+from explain_support import make_image, tiny_encoder
 
 from cbm.explain import encode_spatial, heat_overlay
 from cbm.explain.maps import normalise_maps
@@ -87,7 +87,9 @@ def test_normalise_maps_scales_each_map_and_zeroes_flat_ones():
     assert np.all(out[1] == 0)
 
 
-def test_overlay_puts_the_hot_cell_where_the_map_says_and_dims_outside_the_crop():
+def test_overlay_is_one_hue_with_a_contour_where_the_map_says():
+    from cbm.explain.overlay import OVERLAY_RGB
+
     image = np.full((60, 100, 3), 128, np.uint8)
     heat = np.zeros((4, 4), np.float32)
     heat[1, 3] = 1.0
@@ -97,9 +99,24 @@ def test_overlay_puts_the_hot_cell_where_the_map_says_and_dims_outside_the_crop(
     change = np.abs(out.astype(int) - image).sum(-1)
     y, x = np.unravel_index(change[:, 20:80].argmax(), (60, 60))
     assert (y // 15, x // 15) == (1, 3)
-    assert out[y, 20 + x, 0] > out[y, 20 + x, 2]  # hot end of the colour map is red, not blue
+    # every changed pixel inside the crop moved towards the one hue: green up, red and blue down
+    moved = change[:, 20:80] > 0
+    region = out[:, 20:80].astype(int)
+    assert np.all(region[moved][:, 1] >= 128) and np.all(region[moved][:, 0] <= 128) and np.all(region[moved][:, 2] <= 128)
+    # the contour at half the map's range is drawn in the hue itself
+    assert np.any(np.all(region == OVERLAY_RGB, axis=-1))
     assert np.all(out[:, :20] == 64) and np.all(out[:, 80:] == 64)  # outside the crop: dimmed to half
     assert np.all(out[50:, 20:35] == 128)  # cold cells leave the image as it was
+
+
+def test_grid_statement():
+    from cbm.explain.overlay import grid_statement
+
+    assert grid_statement((2, 2)) == (False, "The model sees this image on a grid of 2 x 2 cells, too coarse to "
+                                              "localise a finding, so no maps are drawn.")
+    drawn, text = grid_statement((8, 8))
+    assert drawn and "8 x 8 grid" in text and "1/8 of its width" in text
+    assert grid_statement(None)[0] is False
 
 
 def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():

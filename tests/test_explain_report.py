@@ -1,4 +1,4 @@
-"""Reports (cbm.explain.render, cbm.explain.batch): content, self-containment, PHI, and the page in Chromium."""
+"""Reports (cbm.explain.render, .card, .batch): content, abstention, self-containment, PHI, and the pages in Chromium."""
 
 from __future__ import annotations
 
@@ -6,26 +6,17 @@ import base64
 import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from explain_support import CLASSES, CONCEPTS, PageLog, assert_no_phi, make_image, save_png, write_phi_dicom
 from PIL import Image
-from test_explain import (  # noqa: F401 - fixtures
-    CLASSES,
-    CONCEPTS,
-    PageLog,
-    assert_no_phi,
-    browser,
-    make_image,
-    vit_encoder,
-    tiny_model,
-    write_phi_dicom,
-)
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.explain import collect_inputs, explain_batch, explain_image, render_case_html, render_class_card_html
-from cbm.explain.case import MIN_IMAGE_SIDE
+from cbm.explain.findings import unused_concepts
 from cbm.model import ConceptBottleneckModel
 
 
@@ -50,8 +41,12 @@ def _refs(html: str) -> _Refs:
     return p
 
 
-def _save_png(path, image: np.ndarray) -> None:
-    Image.fromarray((image * 255).astype(np.uint8)).save(path)
+def _outside(html: str, element_id: str) -> str:
+    """The page's markup without its scripts and without the ``<details id=element_id>`` element
+    (the collapsed technical section)."""
+    start = html.index(f'<details id="{element_id}"')
+    rest = html[:start] + html[html.index("</details>", html.rindex("<h3>About this report</h3>")) + len("</details>"):]
+    return re.sub(r"<script[^>]*>.*?</script>", "", rest, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +54,72 @@ def case(tiny_model):
     return explain_image(tiny_model, make_image(11, (240, 320)), label="lesion 11", truth="melanoma", top_k=3)
 
 
-def test_report_shows_prediction_contributions_and_maps(case, tiny_model):
+def test_report_opens_with_a_sentence_and_speaks_in_findings(case, tiny_model):
     html = render_case_html(case, top_k=3)
     expl = case.explanation
-    assert f'data-predicted="{expl.predicted}"' in html
-    assert "Case report: lesion 11" in html and 'data-truth="melanoma"' in html
-    for c in expl.top_concepts(expl.predicted, 3) + expl.top_concepts(expl.runner_up, 3):
-        assert c.concept in html
-    assert html.count('class="concept-map"') == len(case.maps.concepts)
-    assert html.count("<svg") >= 2  # contribution charts for the predicted class and the runner-up
-    assert "cosine with the concept&#x27;s text direction</dd>" in html  # plain cosines: nothing removed
+    body = html[html.index("<main>"):]
+    assert body.index('id="summary-sentence"') < body.index('id="prediction"') < body.index('id="findings"')
+    summary = re.search(r'id="summary-sentence" class="summary">([^<]+)<', html).group(1)
+    assert summary.startswith(("The model favours ", "No answer: "))
+    for f in case.findings[:6]:
+        assert f.text in html and f"favours <b>{f.favours}</b>" in html
+    # weights, standardised scores, logits and biases only in the collapsed technical section
+    main = _outside(html, "technical")
+    for word in ("weight (logit per SD)", "score (SD)", "logit", "bias"):
+        assert word not in main and word in html
+    assert 'id="technical"' in html and '<details id="technical" open' not in html
+    for c in expl.contributions[expl.predicted]:
+        assert f"{c.weight:+.3f}" in html  # every weight is there for whoever opens it
+    # the concepts the model ignores are named
+    unused = unused_concepts(tiny_model.coef, CONCEPTS)
+    assert unused == ["dark dots"] and "Not used by this model" in html and "dark dots" in main
+
+
+def test_maps_state_their_grid_and_scale_and_skip_absent_findings(case):
+    html = render_case_html(case)
+    assert "4 x 4 grid" in html and 'class="scale"' in html and "line: half-way" in html
+    drawn = re.findall(r'class="concept-map" data-concept="([^"]+)"', html)
+    assert drawn == case.maps.concepts and drawn
+    absent = {c for f in case.findings if f.state == "absent" for c in f.concepts}
+    assert not absent & set(drawn)
 
 
 def test_report_says_how_concept_scores_were_made():
     from types import SimpleNamespace
 
-    from cbm.bottleneck import ConceptBottleneck
-    from cbm.explain.render import _score_kind
+    from cbm.explain.card import score_kind
 
     emb = np.random.default_rng(0).normal(size=(3, 8))
     bn = ConceptBottleneck.debiased(["a", "b", "c"], emb, nuisance_embeddings=emb[:1] + 1, nuisance_prompts=["ruler"])
-    assert _score_kind(SimpleNamespace(bottleneck=bn)) == (
+    assert score_kind(SimpleNamespace(bottleneck=bn)) == (
         "cosine with the concept's text direction, centred on the mean concept; directions of \u201cruler\u201d removed"
     )
+
+
+def test_report_shows_similar_training_cases(case, tiny_model):
+    html = render_case_html(case)
+    section = html[html.index('id="similar"'):html.index('id="intervene"')]
+    assert section.count('class="neighbour"') == 4 and section.count("data:image/jpeg;base64,") == 4
+    for n in case.neighbours:
+        assert f'data-label="{n.label}"' in section
+    assert "training row" in section
+    assert "training row" not in render_case_html(case, hide_names=True)
+
+
+def test_withheld_prediction_is_behind_a_shown_anyway_toggle(tiny_model, tmp_path):
+    dcm = tmp_path / "slice.dcm"
+    write_phi_dicom(dcm)
+    ct = explain_image(tiny_model, dcm)
+    assert ct.withheld and {"modality", "greyscale"} <= {f.code for f in ct.flags}
+    html = render_case_html(ct)
+    summary = re.search(r'id="summary-sentence" class="summary">([^<]+)<', html).group(1)
+    assert summary.startswith("No answer: the image is of another modality") and "withheld" in summary
+    assert 'id="flags" role="alert"' in html and "modality is CT" in html
+    toggle = html.index('<details id="withheld" class="withheld"><summary>Show the prediction anyway')
+    assert toggle < html.index('id="prediction"') and toggle < html.index('id="findings"')
+    assert 'data-withheld="true"' in html
+    fine = render_case_html(explain_image(tiny_model, make_image(101)))
+    assert 'id="withheld"' not in fine and 'id="flags"' not in fine and 'data-withheld="false"' in fine
 
 
 def test_report_is_self_contained_and_small(tiny_model, case):
@@ -92,12 +130,12 @@ def test_report_is_self_contained_and_small(tiny_model, case):
     assert "@import" not in html and "url(" not in html
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
     assert "default-src 'none'" in csp and "img-src data:" in csp and "script-src 'sha256-" in csp
-    # the only executable script is the inline intervention script; the data block is inert JSON
     assert [s.get("type") for s in refs.scripts] == ["application/json", None] and not any("src" in s for s in refs.scripts)
-    # a large image is shown at most 512 px wide and the report stays under 1 MB
-    big = explain_image(tiny_model, make_image(12, (1500, 2000)))
-    big_html = render_case_html(big)
-    assert len(big_html.encode()) <= 1_000_000
+    # a large image is shown at most 512 px wide, and with maps and similar cases the report stays under 300 KB
+    big = explain_image(tiny_model, make_image(12, (1500, 2000)), top_k=8)
+    big_html = render_case_html(big, top_k=8)
+    assert big.maps.concepts and len(big.neighbours) == 4
+    assert len(big_html.encode()) <= 300_000, len(big_html.encode())
     uri = re.search(r'id="case-image" src="data:image/jpeg;base64,([^"]+)"', big_html).group(1)
     assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (512, 384)
 
@@ -116,6 +154,10 @@ def test_embedded_head_reproduces_the_interventions(case, tiny_model):
         logits = W @ zz + b
         p = np.exp(logits - logits.max())
         assert p / p.sum() == pytest.approx(list(case.intervene({concept: state}).values()), abs=1e-5)
+    # every radio button's accessible name says which concept and which state
+    for name in data["concepts"]:
+        for state in ("as seen", "present", "absent"):
+            assert f'aria-label="{name}: {state}"' in html
 
 
 def test_names_from_the_model_are_escaped(tiny_model, vit_encoder):
@@ -125,25 +167,56 @@ def test_names_from_the_model_are_escaped(tiny_model, vit_encoder):
     names = [evil if c == "irregular border" else c for c in bn.concept_names]
     hostile = ConceptBottleneckModel(
         "cbmtest-vit", ["<b>mel</b>", *CLASSES[1:]], ConceptBottleneck(names, bn.concept_embeddings, bn.mean_, bn.std_),
-        tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores)
+        tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores,
+        info={"card": {"title": "<i>card</i>", "modality": "dermoscopy"}})
     hostile.set_encoder(vit_encoder)
     html = render_case_html(explain_image(hostile, make_image(13)))
-    assert "<script>alert" not in html and "<b>mel</b>" not in html
+    assert "<script>alert" not in html and "<b>mel</b>" not in html and "&lt;b&gt;mel&lt;/b&gt;" in html
     assert html.count("<script") == 2
     data = json.loads(re.search(r'id="cbm-data">(.*?)</script>', html, re.S).group(1))
     assert evil in data["concepts"] and "<b>mel</b>" in data["classes"]
     card = render_class_card_html(hostile)
-    assert "<script>alert" not in card and "&lt;/script&gt;" in card
+    assert "<script>alert" not in card and "&lt;/script&gt;" in card and "<i>card</i>" not in card
 
 
-def test_class_card_lists_weights_sparsity_metrics_and_data(tiny_model):
+def test_model_card_is_clinical(tiny_model):
     html = render_class_card_html(tiny_model)
     for cls in CLASSES:
         assert f'data-class="{cls}"' in html
-    section = html.split('data-class="seborrhoeic keratosis"')[1].split("</div>")[0]
-    assert "milia-like cysts" in section and "comedo-like openings" in section and "irregular border" not in section
-    assert "9 of 24 (62.5% sparse; 3.0 per class on average)" in html
-    assert "balanced_accuracy" in html and "Tiny dermoscopy test world" in html and "dermoscopy" in html
+    # sensitivity and specificity with intervals, and the confusion matrix, of the test split
+    perf = tiny_model.reference.facts["performance"]["test"]
+    assert 'data-split="test"' in html and "sensitivity" in html and "specificity" in html
+    assert re.search(r"\d+\.\d % \(\d+\.\d-\d+\.\d\)|n/a", html) and 'class="confusion"' in html
+    assert html.count('<td class="num">') >= len(CLASSES) ** 2 and perf["n"] == 8
+    # the out-of-distribution threshold and its validation pass rate
+    assert f"{tiny_model.reference.threshold:.1f}" in html and "of the validation images pass" in html
+    # what each class relies on, in findings language; ignored concepts; no contradiction without a prior
+    section = html.split('<div class="class" data-class="seborrhoeic keratosis"')[1].split("</ol>")[0]
+    assert "Milia-like cysts" in section and "Comedo-like openings" in section and "border" not in section
+    assert "Not used by this model" in html and "dark dots" in html
+    # hyperparameters collapsed; no local path; the path plot on two axes (when the head has a path)
+    tech = html[html.index('<details id="technical">'):]
+    assert "alpha" in tech and "alpha" not in html[:html.index('<details id="technical">')]
+    assert "concepts.json (local file)" in tech and "/model/concepts.json" not in html and str(tiny_model.info[
+        "concept_source"]["store"]) not in html
+
+
+def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(tiny_model):
+    prior = (tiny_model.coef > 0).astype(np.float32)
+    prior[CLASSES.index("melanoma"), CONCEPTS.index("irregular border")] = 0.0  # the store does not list it there
+    info = {**tiny_model.info, "path": {"lambda": [0.1, 0.01, 0.001], "val_accuracy": [0.5, 0.8, 0.85],
+                                        "concepts_per_class": [0.0, 2.0, 3.5], "selected_index": 1}}
+    m = ConceptBottleneckModel(tiny_model.encoder_name, CLASSES, tiny_model.bottleneck, tiny_model.coef,
+                               tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores, concept_prior=prior,
+                               info=info, reference=tiny_model.reference)
+    assert m.contradicting_weights() == [("melanoma", "irregular border", pytest.approx(1.4))]
+    html = render_class_card_html(m)
+    assert 'id="contradicting"' in html and "irregular border is weighed +1.40 towards melanoma" in html
+    charts = re.findall(r'<svg[^>]*aria-label="([^"]+)"', html)
+    assert charts == ["validation accuracy", "concepts per class"]
+    m.set_encoder(tiny_model.encoder)
+    case = explain_image(m, make_image(11, (240, 320)), top_k=8)
+    assert "irregular border is weighed +1.40 towards melanoma" in render_case_html(case, top_k=8)
 
 
 def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
@@ -161,7 +234,7 @@ def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
 def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
-    _save_png(images / "a.png", make_image(21))
+    save_png(images / "a.png", make_image(21))
     Image.fromarray((make_image(22) * 255).astype(np.uint8)).save(images / "sub" / "b.jpg", quality=90)
     write_phi_dicom(images / "sub" / "IM0001")  # a DICOM without extension, found by its DICM marker
     (images / "notes.txt").write_text("not an image")
@@ -174,7 +247,6 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
                         "images/sub/IM0001,melanoma,train\n")
     rows = collect_inputs([manifest], class_names=CLASSES, split="test")
     assert [(r.path.name, r.truth) for r in rows] == [("a.png", "melanoma"), ("b.jpg", "benign nevus")]
-    # a data card: its manifest, read from the card's image root
     (tmp_path / "card.yaml").write_text(
         "name: tiny\nmodality: dermoscopy\ntask: multiclass\nclasses:\n"
         + "".join(f"  - name: {c}\n    description: a class\n" for c in CLASSES)
@@ -185,13 +257,17 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     result = explain_batch(tiny_model, found + rows, tmp_path / "out", progress=False)
     assert len(result.reports) == 5 and [label for label, _ in result.failures] == ["broken.png"]
     index = (tmp_path / "out" / "index.html").read_text()
-    assert "5 of 6 inputs explained; 1 could not be read" in index and "agreement with the known labels" in index
+    assert "5 of 6 inputs explained; 1 could not be read" in index and "withheld" in index
     assert 'href="cases/a.html"' in index and 'href="cases/a-2.html"' in index  # same file name twice, two reports
     summary = json.loads((tmp_path / "out" / "index.json").read_text())
     assert "error" in summary["cases"][1] and summary["cases"][4]["truth"] == "melanoma"
-    for case in summary["cases"]:
-        if "predicted" in case:
-            assert case["predicted"] in CLASSES and sum(case["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    for record in summary["cases"]:
+        if "predicted" in record:
+            assert record["predicted"] in CLASSES and sum(record["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+            assert isinstance(record["withheld"], bool) and record["withheld"] == bool(record["flags"])
+            assert all(set(f) == {"code", "message"} for f in record["flags"])
+    dicom = summary["cases"][2]
+    assert dicom["withheld"] and {"modality", "greyscale"} <= {f["code"] for f in dicom["flags"]}
     report = (tmp_path / "out" / "cases" / "a.html").read_text()
     assert 'href="../index.html"' in report and 'href="../classes.html"' in report
 
@@ -199,12 +275,13 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
     secret = tmp_path / "DOE_JANE_1961"
     secret.mkdir()
-    _save_png(secret / "DOE_JANE.png", make_image(31))
+    save_png(secret / "DOE_JANE.png", make_image(31))
     explain_batch(tiny_model, collect_inputs([secret], class_names=CLASSES), tmp_path / "out", hide_names=True,
                   progress=False)
     assert (tmp_path / "out" / "cases" / "case-0001.html").is_file()
     for path in (tmp_path / "out").rglob("*.*"):
-        assert "DOE_JANE" not in path.read_text() and "DOE_JANE" not in path.name
+        text = path.read_text()
+        assert "DOE_JANE" not in text and "DOE_JANE" not in path.name and "training row" not in text
     with pytest.raises(FileNotFoundError, match="does not exist"):
         collect_inputs([tmp_path / "nope.png"], class_names=CLASSES)
     (tmp_path / "empty").mkdir()
@@ -219,38 +296,10 @@ def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
         collect_inputs([bad], class_names=CLASSES, split="val")
 
 
-def test_report_warns_when_the_image_is_not_what_the_model_was_trained_on(tiny_model, tmp_path, monkeypatch):
-    assert explain_image(tiny_model, make_image(41), maps=False).warnings == []  # a colour image, big enough
-    dcm = tmp_path / "slice.dcm"
-    write_phi_dicom(dcm)  # a greyscale CT slice, explained by a dermoscopy model
-    ct = explain_image(tiny_model, dcm, maps=False)
-    assert len(ct.warnings) == 2
-    assert "modality is CT" in ct.warnings[0] and "dermoscopy" in ct.warnings[0] and "greyscale" in ct.warnings[1]
-    html = render_case_html(ct, tiny_model)
-    assert 'id="input-warnings"' in html and "modality is CT" in html
-    assert 'id="input-warnings"' not in render_case_html(explain_image(tiny_model, make_image(41), maps=False), tiny_model)
-    tiny = explain_image(tiny_model, make_image(42, (12, 20)), maps=False)
-    assert tiny.warnings == [f"The image is 20 x 12 pixels, too small to show a finding (at least {MIN_IMAGE_SIDE} "
-                             "pixels on each side expected); the prediction does not mean much."]
-    # the batch index flags the case, index.json lists why
-    result = explain_batch(tiny_model, [dcm], tmp_path / "out", maps=False, progress=False)
-    assert len(result.reports) == 1 and "(check the image)" in result.index.read_text()
-    assert json.loads((tmp_path / "out" / "index.json").read_text())["cases"][0]["warnings"] == ct.warnings
-    # a chest x-ray model takes greyscale images and CR/DX files; a CT file is still flagged
-    grey = np.repeat(make_image(44).mean(-1, keepdims=True), 3, axis=2)
-    grey[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one
-    assert [w[:22] for w in explain_image(tiny_model, grey, maps=False).warnings] == ["The image is greyscale"]
-    monkeypatch.setattr(tiny_model, "info", {"card": {"name": "cxr", "modality": "Chest X ray"}})
-    assert explain_image(tiny_model, make_image(43).mean(-1), maps=False).warnings == []
-    assert [w[:36] for w in explain_image(tiny_model, dcm, maps=False).warnings] == ["This DICOM file's modality is CT; th"]
-    monkeypatch.setattr(tiny_model, "info", {})  # an unknown modality: only the size is checked
-    assert explain_image(tiny_model, dcm, maps=False).warnings == []
-
-
 def test_hide_names_keeps_file_names_out_of_errors_and_replaces_named_reports(tiny_model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    _save_png(folder / "DOE_JANE.png", make_image(51))
+    save_png(folder / "DOE_JANE.png", make_image(51))
     (folder / "DOE_JANE_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     inputs = collect_inputs([folder], class_names=CLASSES)
     out = tmp_path / "out"
@@ -275,7 +324,6 @@ def test_hidden_names_are_replaced_only_where_they_are_a_path(caplog):
     assert _without_names("scans/1: expected 1024 bytes, got 1", one, "case 3") == "case 3: expected 1024 bytes, got 1"
     assert _without_names(f"{one.resolve()} is truncated", one, "case 3") == "case 3 is truncated"
     assert _without_names("'../DOE_JANE/a.dcm' unreadable", Path("../DOE_JANE/a.dcm"), "case 1") == "'case 1' unreadable"
-    # what the image reader logs while a case is read names the case too, and only then
     reader = logging.getLogger("cbm.data._image")
     with caplog.at_level(logging.WARNING, logger="cbm.data._image"):
         with _names_hidden(Path("in/DOE_JANE.dcm"), "case 4", True):
@@ -283,6 +331,20 @@ def test_hidden_names_are_replaced_only_where_they_are_a_path(caplog):
         reader.warning("%s: after the case", "in/DOE_JANE.dcm")
     assert [r.getMessage() for r in caplog.records] == ["case 4: window maps every pixel to one level",
                                                         "in/DOE_JANE.dcm: after the case"]
+
+
+def test_every_page_comes_from_a_jinja2_template():
+    """No HTML is assembled in Python: the pages' markup lives in cbm/explain/templates (autoescaped)."""
+    from pathlib import Path
+
+    import cbm.explain
+
+    folder = Path(cbm.explain.__file__).parent
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"<(td|tr|section|table|p|li|div|h[1-3])[ >]", text), f"{path.name} writes HTML"
+    templates = {p.name for p in (folder / "templates").glob("*.html")}
+    assert {"base.html", "case.html", "index.html", "card.html", "upload.html", "error.html"} <= templates
 
 
 # ---------------------------------------------------------------------------- in the browser
@@ -295,16 +357,17 @@ def test_report_in_chromium(browser, case, tmp_path):
     expl = case.explanation
     assert page.get_attribute("#prediction", "data-predicted") == expl.predicted
     assert expl.predicted in page.inner_text("#prediction .headline")
-    top = page.inner_text("#contrib-predicted")
-    assert all(c.concept in top for c in expl.top_concepts(k=3))
+    assert page.inner_text("#summary-sentence").startswith(("The model favours", "No answer"))
     widths = log.images_loaded()
-    assert len(widths) == 1 + len(case.maps.concepts) and min(widths) > 0  # the image and every concept map decoded
+    # the image, every concept map and every similar training case decoded
+    assert len(widths) == 1 + len(case.maps.concepts) + len(case.neighbours) and min(widths) > 0
     assert page.evaluate("document.documentElement.classList.contains('js')")  # the script ran under the CSP
+    assert not page.is_visible("#technical table")  # collapsed until opened
     assert not log.errors, log.errors
     assert all(u.startswith(("data:", "about:")) or u == path.as_uri() for u in log.requests), log.requests
-    shot = tmp_path / "report.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert log.accessibility_problems() == []
+    page.click("#technical summary")
+    assert page.is_visible("#technical table") and log.accessibility_problems() == []
 
 
 def test_interventions_in_chromium_match_python(browser, case, tmp_path):
@@ -316,10 +379,10 @@ def test_interventions_in_chromium_match_python(browser, case, tmp_path):
     k = len(CLASSES)
     seen = log.after_probabilities(k)
     assert seen == pytest.approx([case.explanation.probabilities[c] for c in CLASSES], abs=1e-5)
-    first, second = case.maps.concepts[:2]
+    first, second = [row for row in re.findall(r'data-concept-row="([^"]+)"', page.content())][:2]
     page.check(f'tr[data-concept-row="{first}"] input[value=present]')
     assert log.after_probabilities(k) == pytest.approx(list(case.intervene({first: "present"}).values()), abs=1e-5)
-    page.check(f'tr[data-concept-row="{second}"] input[value=absent]')
+    page.get_by_label(f"{second}: absent").check()  # the control found by its accessible name
     both = case.intervene({first: "present", second: "absent"})
     assert log.after_probabilities(k) == pytest.approx(list(both.values()), abs=1e-5)
     summary = page.locator("#after-summary")
@@ -346,15 +409,19 @@ def test_report_reads_on_a_phone_and_prints(browser, case, tmp_path):
 
 
 def test_batch_pages_in_chromium(browser, tiny_model, tmp_path):
-    """The index shows every case with its thumbnail, and its links lead to the reports and back."""
+    """The index shows every case with its thumbnail, its links lead to the reports and the model card and back."""
     for i in range(3):
-        _save_png(tmp_path / f"case{i}.png", make_image(70 + i))
+        save_png(tmp_path / f"case{i}.png", make_image(70 + i))
+    write_phi_dicom(tmp_path / "ct.dcm")
     result = explain_batch(tiny_model, collect_inputs([tmp_path], class_names=CLASSES), tmp_path / "out", progress=False)
     log = PageLog(browser)
     page = log.page
     page.goto(result.index.as_uri())
-    assert page.locator("#cases tbody tr").count() == 3
+    assert page.locator("#cases tbody tr").count() == 4
     assert log.images_loaded() and min(log.images_loaded()) > 0
+    withheld = page.locator('tr[data-withheld="true"]')
+    assert withheld.count() == 1 and not withheld.locator("details").evaluate("d => d.open")
+    assert log.accessibility_problems() == []
     with page.expect_navigation():
         page.click("text=case1.png")
     assert page.url == (result.out_dir / "cases" / "case1.html").as_uri()
@@ -362,5 +429,96 @@ def test_batch_pages_in_chromium(browser, tiny_model, tmp_path):
     with page.expect_navigation():
         page.click("nav >> text=Model card")
     assert page.locator(".class[data-class]").count() == len(CLASSES)
+    assert log.accessibility_problems() == []
+    page.click("#technical summary")
+    assert log.accessibility_problems() == []  # the path plot's labels included
     assert not log.errors, log.errors
     assert all(u.startswith(("data:", "about:", result.out_dir.as_uri())) for u in log.requests), log.requests
+
+
+def test_withheld_report_in_chromium_works_without_javascript(browser, tiny_model, tmp_path):
+    dcm = tmp_path / "slice.dcm"
+    write_phi_dicom(dcm)
+    path = tmp_path / "ct.html"
+    html = render_case_html(explain_image(tiny_model, dcm))
+    path.write_text(re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S))  # as a viewer without scripts shows it
+    log = PageLog(browser)
+    page = log.page
+    page.goto(path.as_uri())
+    assert page.is_visible("#flags") and not page.is_visible("#prediction")
+    page.click("#withheld summary")  # the "shown anyway" toggle is a <details>: no script needed
+    assert page.is_visible("#prediction") and page.get_attribute("#prediction", "data-withheld") == "true"
+    assert log.accessibility_problems() == []
+
+
+# ---------------------------------------------------------------------------- the demo model, as a dermatologist reads it
+def _demo_cases(model, card, cls: str, k: int = 1) -> list:
+    rows = [r for r in card.manifest().split("test_id").rows if r.label == cls]
+    out = []
+    for r in rows:
+        case = explain_image(model, card.image_root / r.path, label=f"{cls} case", truth=r.label)
+        if case.predicted == cls and not case.withheld:
+            out.append(case)
+        if len(out) == k:
+            return out
+    raise AssertionError(f"no {cls} test_id image predicted {cls} and answered")
+
+
+@pytest.mark.parametrize("cls", ["melanoma", "benign nevus"])
+def test_demo_report_in_chromium_speaks_in_findings(browser, demo_model, cls, tmp_path):
+    model, card = demo_model
+    (case,) = _demo_cases(model, card, cls)
+    path = tmp_path / f"{cls.replace(' ', '-')}.html"
+    path.write_text(render_case_html(case))
+    log = PageLog(browser)
+    page = log.page
+    page.goto(path.as_uri())
+    summary = page.inner_text("#summary-sentence")
+    other = next(c for c in model.classes if c != cls)
+    assert summary.startswith(f"The model favours {cls} (") and f"over {other} (" in summary
+    drivers = page.locator("#drivers > li")
+    assert drivers.count() >= 2
+    texts = [drivers.nth(i).inner_text() for i in range(drivers.count())]
+    assert all(re.search(r"\((\d+(st|nd|rd|th) percentile|.*percentile.*)\).*→ favours (melanoma|benign nevus)", t) for t in texts)
+    strongest = case.findings[0]
+    assert strongest.text in texts[0] and f"favours {strongest.favours}" in texts[0]
+    unused = unused_concepts(model.coef, model.bottleneck.concept_names)
+    assert unused, "the demo head leaves some concepts out"
+    assert page.inner_text("#unused").startswith("Not used by this model") and all(c in page.inner_text("#unused") for c in unused)
+    assert page.locator(".neighbour img").count() == 4
+    assert log.accessibility_problems() == [] and not log.errors
+    shot = tmp_path / f"demo-{cls.replace(' ', '-')}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot of the demo {cls} report: {shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_withholds_what_it_was_not_trained_on(browser, demo_model, tmp_path):
+    """Noise, a constant-colour image, a CT slice and a chest radiograph are all withheld with a
+    stated reason; in-domain test images are answered."""
+    from pydicom.data import get_testdata_file
+
+    model, card = demo_model
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    save_png(inputs / "noise.png", rng.random((128, 128, 3)))
+    save_png(inputs / "constant.png", np.full((128, 128, 3), [0.8, 0.6, 0.5]))
+    shutil.copy(get_testdata_file("CT_small.dcm"), inputs / "ct.dcm")
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), inputs / "chest.dcm")
+    result = explain_batch(model, collect_inputs([inputs], class_names=model.classes), tmp_path / "out", maps=False,
+                           progress=False)
+    records = {r["case"]: r for r in json.loads((tmp_path / "out" / "index.json").read_text())["cases"]}
+    assert set(records) == {"noise.png", "constant.png", "ct.dcm", "chest.dcm"}
+    for name, record in records.items():
+        assert record["withheld"] and record["flags"], name
+    assert "unlike-training" in {f["code"] for f in records["noise.png"]["flags"]}
+    assert "unlike-training" in {f["code"] for f in records["constant.png"]["flags"]}
+    assert {"modality", "greyscale"} <= {f["code"] for f in records["ct.dcm"]["flags"]}
+    log = PageLog(browser)
+    log.page.goto(result.index.as_uri())
+    assert log.page.locator('tr[data-withheld="true"]').count() == 4
+    # in-domain test images: answered (the full demo measures 96.8 %, see the README)
+    feats = model.image_features([card.image_root / r.path for r in card.manifest().split("test_id").rows])
+    answered = np.mean(model.reference.ood_scores(feats) <= model.reference.threshold)
+    assert answered >= 0.9

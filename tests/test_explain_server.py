@@ -1,4 +1,5 @@
-"""``cbm serve`` (cbm.explain.server): pages, uploads, bad uploads, PHI, and the upload flow in Chromium."""
+"""``cbm serve`` (cbm.explain.server): pages, uploads, bad uploads, limits (parts, connections, pixels),
+concurrency (a huge upload never holds up the next one), PHI, and the upload flow in Chromium."""
 
 from __future__ import annotations
 
@@ -6,23 +7,16 @@ import http.client
 import io
 import json
 import struct
+import socket
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_explain import (  # noqa: F401 - fixtures
-    CLASSES,
-    PageLog,
-    assert_no_phi,
-    browser,
-    make_image,
-    vit_encoder,
-    tiny_model,
-    write_phi_dicom,
-)
+from explain_support import CLASSES, PageLog, assert_no_phi, make_image, write_phi_dicom
 
 import cbm.explain.server as server_module
 from cbm.explain import ExplainApp, explain_image, make_server
@@ -36,13 +30,24 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
 def _png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width x height`` pixels (a decompression-bomb shape)."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+
+
+def _huge_truncated_png(side: int = 5792) -> bytes:
+    """A flat grey ``side x side`` RGB PNG (33.5 million pixels, the default budget), about 100 KB
+    compressed, whose image data ends early: the server decodes it all before refusing it."""
+    raw = (b"\0" + b"\x80" * (3 * side)) * side
+    data = zlib.compress(raw, 9)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data[: len(data) * 9 // 10])
+            + _chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +131,8 @@ _BAD_UPLOADS = [
     ("garbage after a jpeg marker", b"\xff\xd8\xff" + bytes(range(256)) * 8, {}, 422),
     ("garbage after a dicom marker", b"\0" * 128 + b"DICM" + b"\x02\x00" * 300, {}, 422),
     ("declares a gigapixel", _png_declaring(40000, 40000), {}, 413),
-    ("declares 120 megapixels", _png_declaring(12000, 10000), {}, 413),
+    ("declares 40 megapixels", _png_declaring(8000, 5000), {}, 413),  # over the default budget of 33.5 million
+    ("too many form parts", None, {"form-parts": "20000"}, 413),
     ("over the size limit", None, {"Content-Length": str(LIMIT + 1)}, 413),  # refused before the body is sent
     ("no length", None, {}, 411),
     ("bad length", None, {"Content-Length": "-5"}, 400),
@@ -143,8 +149,15 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, name, body, he
     if "form-field" in headers:
         body, ctype = _multipart(_png_bytes(make_image(43)), field=headers.pop("form-field"))
         headers["Content-Type"] = ctype
+    if "form-parts" in headers:  # many tiny parts (a body of 200,000 once cost 19 s to parse)
+        n = int(headers.pop("form-parts"))
+        boundary = "b"
+        body = (f"--{boundary}\r\n\r\nx\r\n" * n + f"--{boundary}--\r\n").encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    start = time.perf_counter()
     code, _, text = _request(server, "POST", "/explain", body, headers)
     assert code == status, (name, text)
+    assert time.perf_counter() - start < 5, name  # refused before any costly work
     assert 'id="error"' in text and "Upload another image" in text
     assert _healthy(server)
 
@@ -155,6 +168,7 @@ def test_dicom_upload_shows_no_phi(server, tmp_path, caplog):
     with caplog.at_level("DEBUG", logger="cbm"):
         status, _, page = _request(server, "POST", "/explain", path.read_bytes(), {"Content-Type": "application/dicom"})
     assert status == 200 and "data-predicted=" in page
+    assert 'data-withheld="true"' in page and "modality is CT" in page  # a CT slice for a dermoscopy model
     assert_no_phi(page)
     assert_no_phi(caplog.text)
 
@@ -179,11 +193,67 @@ def test_concurrent_uploads_are_all_answered(server):
     assert [r[0] for r in results] == [200, 200, 200]
 
 
+def test_a_huge_upload_never_holds_up_the_next_one(server):
+    """Three uploads of 33.5 million pixels each (decoded, then refused: their data ends early) are
+    in flight; a small valid upload sent meanwhile is answered within a second."""
+    small = _png_bytes(make_image(46))
+    assert _request(server, "POST", "/explain", small)[0] == 200  # warm
+    huge = _huge_truncated_png()
+    ends: list[float] = []
+
+    def send_huge() -> int:
+        status = _request(server, "POST", "/explain", huge)[0]
+        ends.append(time.perf_counter())
+        return status
+
+    with ThreadPoolExecutor(3) as pool:
+        pending = [pool.submit(send_huge) for _ in range(3)]
+        time.sleep(0.2)
+        start = time.perf_counter()
+        status, _, page = _request(server, "POST", "/explain", small)
+        took = time.perf_counter() - start
+        statuses = [p.result() for p in pending]
+    assert status == 200 and "data-predicted=" in page
+    assert took < 1.0, f"the small upload waited {took:.2f} s"
+    assert statuses == [422, 422, 422] and max(ends) > start  # refused, and still in flight when it was sent
+
+
+def test_connections_over_the_cap_are_refused_at_once(tiny_model):
+    srv = make_server(tiny_model, "127.0.0.1", 0, max_connections=2, top_k=3)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    stalled = []
+    try:
+        for _ in range(2):  # two clients that send half a request and stall
+            sock = socket.create_connection(srv.server_address, timeout=10)
+            sock.sendall(b"POST /explain HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            stalled.append(sock)
+        time.sleep(0.2)
+        start = time.perf_counter()
+        status, headers, text = _request(srv, "GET", "/health")
+        assert status == 503 and "busy" in text and headers.get("Retry-After")
+        assert time.perf_counter() - start < 1.0
+        for sock in stalled:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _request(srv, "GET", "/health")[0] != 200:
+            time.sleep(0.05)
+        assert _healthy(srv)  # the slots are free again once the stalled clients are gone
+    finally:
+        for sock in stalled:
+            sock.close()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
 def test_settings_and_a_busy_port_are_reported(tiny_model, server):
     with pytest.raises(ValueError, match="max_upload_bytes"):
         ExplainApp(tiny_model, max_upload_bytes=0)
     with pytest.raises(RuntimeError, match="choose another --port"):
         make_server(tiny_model, "127.0.0.1", server.server_address[1])
+    with pytest.raises(ValueError, match="max_connections"):
+        make_server(tiny_model, "127.0.0.1", 0, max_connections=0)
 
 
 def test_upload_in_chromium(browser, server, tmp_path):
@@ -193,14 +263,18 @@ def test_upload_in_chromium(browser, server, tmp_path):
     log = PageLog(browser)
     page = log.page
     page.goto(base + "/")
+    assert log.accessibility_problems() == []
     page.set_input_files("#file", str(png))
     with page.expect_navigation():
         page.click("button[type=submit]")
+    if page.locator("#withheld").count():  # an image the tiny model does not answer for: shown anyway
+        page.click("#withheld summary")
     predicted = page.get_attribute("#prediction", "data-predicted")
     assert predicted in CLASSES
     assert min(log.images_loaded()) > 0
     page.locator("tr[data-concept-row] input[value=present]").first.check()
     assert page.get_attribute("#after-summary", "data-changes") == "1"  # the script ran under the server's CSP
+    assert log.accessibility_problems() == []
     page.screenshot(path=str(tmp_path / "served-report.png"), full_page=True)
     assert not log.errors, log.errors
     assert all(u.startswith(base + "/") or u.startswith(("data:", "about:")) for u in log.requests), log.requests

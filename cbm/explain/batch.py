@@ -5,9 +5,10 @@ extension are recognised by their ``DICM`` marker), manifest CSVs (``path,label,
 relative to the CSV's folder) or data cards (``card.yaml``); a manifest's label is shown as the
 known label beside the prediction. The output folder::
 
-    index.html       one row per input: prediction, top concept, known label, link
-    classes.html     the class card (concepts and weights per class, sparsity, metrics, data)
-    index.json       the same facts for programs
+    index.html       one row per input: prediction (or why it is withheld), strongest present finding,
+                     known label, link
+    classes.html     the model card (operating point, abstention, what each class relies on)
+    index.json       the same facts for programs (per case ``withheld`` and ``flags``)
     cases/*.html     one self-contained report per image
 
 An input that cannot be read is listed in the index with the reason; the others go on.
@@ -27,7 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cbm.explain.case import explain_image
-from cbm.explain.render import IndexRow, render_case_html, render_class_card_html, render_index_html
+from cbm.explain.card import render_class_card_html
+from cbm.explain.render import IndexRow, render_case_html, render_index_html
 from cbm.model import ConceptBottleneckModel
 from cbm.utils import atomic_write_json, atomic_write_text
 
@@ -207,10 +209,11 @@ def explain_batch(
         out_dir: created if missing. Reports an earlier run listed in its ``index.json`` there are
             replaced or, when this run does not write them again, removed (so a ``hide_names`` run
             leaves no earlier report named after its file).
-        top_k: contributions listed (and mapped) for the predicted class and the runner-up.
+        top_k: findings mapped (those not absent) and heading the intervention controls.
         maps: compute concept maps.
         hide_names: name cases ``case 1``, ``case 2``... instead of by file name (file names can
-            carry patient names); ``index.json`` then omits the input paths too.
+            carry patient names); ``index.json`` then omits the input paths too, and similar
+            training images are named by their class only.
         max_side: longest side of the displayed image.
         progress: show a progress bar.
     """
@@ -247,18 +250,24 @@ def explain_batch(
             rows.append(IndexRow(label, error=reason, truth=item.truth))
             records.append({**record, "error": reason})
             continue
-        for warning in case.warnings:
-            log.warning("%s: %s", label, warning)
-        path = atomic_write_text(out / "cases" / name, render_case_html(case, model, top_k=top_k, nav=nav))
+        for flag in case.flags:
+            log.warning("%s: prediction withheld: %s", label, flag.message)
+        path = atomic_write_text(out / "cases" / name, render_case_html(case, model, top_k=top_k, nav=nav,
+                                                                        hide_names=hide_names))
         result.reports.append(path)
         rows.append(IndexRow(label, href=f"cases/{name}", case=case, truth=item.truth))
         expl = case.explanation
+        support = case.strongest_present()
         records.append({
             **record,
             "report": f"cases/{name}",
+            "withheld": case.withheld,
+            "flags": [f.as_dict() for f in case.flags],
             "predicted": expl.predicted,
-            "warnings": case.warnings,
             "probabilities": expl.probabilities,
+            "strongest_present_finding": None if support is None else support.text,
+            "findings": [{"finding": f.text, "state": f.state, "favours": f.favours, "odds_factor": f.odds_factor,
+                          "concepts": list(f.concepts), "percentiles": list(f.percentiles)} for f in case.findings[:top_k]],
             "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
                              for c in expl.top_concepts(k=top_k)],
         })

@@ -41,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model_dir)
     serve(model, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 2**20), top_k=args.top_k,
-          maps=not args.no_maps)
+          maps=not args.no_maps, max_pixels=args.max_pixels, max_connections=args.max_connections)
     return 0
 
 
@@ -49,16 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``explain`` and ``serve`` to the ``cbm`` command."""
     p = subparsers.add_parser(
         "explain",
-        help="write HTML reports (prediction, concepts, concept maps, interventions) for images",
+        help="write HTML reports (findings, abstention, concept maps, similar cases, interventions) for images",
         description="Explain images with a trained model: one self-contained HTML report per image, an index "
-                    "page, index.json and a class card in --out.",
+                    "page, index.json and the model card in --out.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder (model.json + model.safetensors)")
     p.add_argument("inputs", metavar="IMAGE_OR_DICOM", nargs="+",
                    help="PNG/JPEG/DICOM files, folders (searched recursively), manifest CSVs (path,label,split) or card.yaml files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--split", default=None, help="with a manifest or card: explain only rows of this split (e.g. test)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="concepts listed and mapped per class (default 5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="findings mapped (those not absent) (default 5)")
     p.add_argument("--no-maps", action="store_true", help="skip concept maps (faster)")
     p.add_argument("--hide-names", action="store_true",
                    help="name cases 'case 1', 'case 2'... instead of by file name (file names may identify patients)")
@@ -75,6 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this computer only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     s.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload in MB (default 64)")
-    s.add_argument("--top-k", type=_positive_int, default=5, help="concepts listed and mapped per class (default 5)")
+    s.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="largest image (pixels per frame) decoded, checked from the header first "
+                        "(default: $CBM_MAX_PIXELS or 33,554,432)")
+    s.add_argument("--max-connections", type=_positive_int, default=16,
+                   help="connections served at once; one more is answered 503 (default 16)")
+    s.add_argument("--top-k", type=_positive_int, default=5, help="findings mapped (those not absent) (default 5)")
     s.add_argument("--no-maps", action="store_true", help="skip concept maps")
     s.set_defaults(func=_serve)

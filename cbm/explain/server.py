@@ -4,22 +4,33 @@ Built on the standard library's ``ThreadingHTTPServer``; bound to 127.0.0.1 by d
 
     GET  /          the upload page (PNG, JPEG or DICOM)
     POST /explain   the upload (multipart form field ``file``, or the raw bytes) -> the case report
-    GET  /classes   the class card
+    GET  /classes   the model card
     GET  /health    ``{"status": "ok"}``
 
-Uploads are checked before the model sees them: a size limit (413 before the body is read), the
-format by its magic bytes (415), the declared pixel count against decompression bombs (413), and an
-actual decode through ``cbm.data.read_image`` (422). The server never serves files from disk and
-never stores an upload (it lives in a private temporary folder for the length of the request), so
-there is no path to traverse and nothing left behind. A failed request gets its 4xx page and the
-server keeps serving; no patient data is logged.
+Uploads are checked before the model sees them, cheapest first: a size limit (413 before the body
+is read), at most :data:`MAX_FORM_PARTS` parts in a form (413, counted before the form is parsed:
+a body of 200,000 parts cost 19 s of parsing), the format by its magic bytes (415), the header
+against the pixel budget and its own data (``cbm.data.check_image_header``: 413 over the budget,
+422 otherwise), and an actual decode through ``cbm.data.read_image`` (422). At most
+:data:`MAX_CONNECTIONS` connections are served at once; one more is answered 503 at once.
+
+Uploads are decoded outside the model's lock (the model explains one case at a time): an image
+over :data:`LARGE_IMAGE_PIXELS` takes one of :data:`LARGE_DECODES` decoding slots (so a few huge
+uploads cannot exhaust memory), a smaller one never waits for a slot, and one rejected from its
+header never decodes at all; so a huge upload being decoded or refused never holds up the next
+small one. The server never serves files from disk and never stores an upload (it lives in a
+private temporary folder for the length of the request). A failed request gets its 4xx page and
+the server keeps serving; no patient data is logged, and the process ignores the image
+libraries' warnings (a malformed header is answered with a 4xx, and a warning could quote one of
+its values).
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.message
 import email.parser
 import email.policy
-import io
 import json
 import logging
 import socket
@@ -28,21 +39,27 @@ import threading
 import warnings
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from html import escape
 from pathlib import Path
 from typing import Any
 
+from cbm.explain.card import render_class_card_html
 from cbm.explain.case import explain_image
-from cbm.explain.render import page_csp, render_case_html, render_class_card_html, render_page
+from cbm.explain.render import page_csp, render_case_html, render_template
 from cbm.model import ConceptBottleneckModel
 
-__all__ = ["ExplainApp", "UploadError", "make_server", "serve", "sniff_format", "DEFAULT_MAX_UPLOAD_BYTES", "MAX_PIXELS"]
+__all__ = ["ExplainApp", "UploadError", "make_server", "serve", "sniff_format", "DEFAULT_MAX_UPLOAD_BYTES",
+           "MAX_FORM_PARTS", "MAX_CONNECTIONS", "LARGE_IMAGE_PIXELS", "LARGE_DECODES"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-# Largest image (pixels x frames) accepted; larger headers are refused before decoding.
-MAX_PIXELS = 100_000_000
+MAX_FORM_PARTS = 8
+"""Most parts a multipart upload may have (the form has one file field)."""
+MAX_CONNECTIONS = 16
+"""Most connections served at once; each holds a thread while it is read and answered."""
+LARGE_IMAGE_PIXELS = 4_000_000
+"""An upload with more pixels than this is decoded in one of :data:`LARGE_DECODES` slots."""
+LARGE_DECODES = 2
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -70,25 +87,17 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _declared_pixels(data: bytes, fmt: str) -> int:
-    """Pixel count (x frames) from the header alone, without decoding the pixel data."""
-    if fmt == "dicom":
-        import pydicom
-
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        return int(getattr(ds, "Rows", 0) or 0) * int(getattr(ds, "Columns", 0) or 0) * max(frames, 1)
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.width * img.height
-    except Image.DecompressionBombError as exc:  # PIL refuses far-too-large images at open
-        raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the image is too large to decode safely ({exc})") from exc
-
-
 def _multipart_file(content_type: str, body: bytes) -> bytes:
-    """The ``file`` field of a ``multipart/form-data`` body."""
+    """The ``file`` field of a ``multipart/form-data`` body, after counting its parts."""
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise UploadError(HTTPStatus.BAD_REQUEST, "the form could not be read (no multipart boundary)")
+    parts = body.count(b"--" + boundary.encode("latin-1", "replace")) - 1  # the closing delimiter counts once too
+    if parts > MAX_FORM_PARTS:
+        raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                          f"the form has {parts} parts, over the limit of {MAX_FORM_PARTS}; send the image alone")
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
@@ -101,24 +110,31 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
 
 
 class ExplainApp:
-    """The web app's logic, independent of HTTP plumbing: pages and the upload check.
+    """The web app's logic, independent of HTTP plumbing: pages, the upload checks, the report.
 
     Args:
         model: the trained model (its encoder is created here, so the first upload is not slow).
         max_upload_bytes: largest request body accepted.
-        top_k: contributions listed and mapped per class.
+        max_pixels: the pixel budget of one frame (default: ``cbm.data.pixel_budget()``).
+        top_k: findings mapped and heading the intervention controls.
         maps: compute concept maps.
     """
 
     def __init__(self, model: ConceptBottleneckModel, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                 top_k: int = 5, maps: bool = True) -> None:
+                 max_pixels: int | None = None, top_k: int = 5, maps: bool = True) -> None:
+        from cbm.data import pixel_budget
+
         if max_upload_bytes < 1:
             raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
         self.model = model
         self.max_upload_bytes = int(max_upload_bytes)
+        self.max_pixels = pixel_budget(max_pixels)
         self.top_k = top_k
         self.maps = maps
-        self._lock = threading.Lock()  # one case at a time: the CPU is shared anyway
+        self._model_lock = threading.Lock()  # one explanation at a time: the CPU is shared anyway
+        self._large_decodes = threading.BoundedSemaphore(LARGE_DECODES)
+        # process-wide and before any upload, so no thread's warning filters can let one through
+        warnings.filterwarnings("ignore", module=r"(pydicom|PIL)(\.|$)")
         _ = model.encoder
         self.class_card = render_class_card_html(model, nav={"Upload an image": "/"})
         self.upload_page = self._upload_page()
@@ -126,29 +142,20 @@ class ExplainApp:
     def _upload_page(self) -> str:
         m = self.model
         limit = f"{self.max_upload_bytes / 2**20:.0f} MB" if self.max_upload_bytes >= 2**20 else f"{self.max_upload_bytes} bytes"
-        body = (
-            '<section><form class="upload" method="post" action="/explain" enctype="multipart/form-data">'
-            '<label for="file"><b>Image to explain</b> (PNG, JPEG or DICOM, up to '
-            f"{escape(limit)})</label>"
-            '<input id="file" type="file" name="file" required '
-            'accept=".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom">'
-            '<button type="submit">Explain</button></form>'
-            '<p class="muted">The image is processed on this computer and not kept: it is held in a private temporary '
-            "folder while its report is made and deleted right after. The report shows no "
-            "patient name, ID, birth date or accession number.</p></section>"
-            f'<section><h2>This model</h2><p>Classes: {escape(", ".join(m.classes))}. '
-            f"{m.bottleneck.n_concepts} concepts, {m.concepts_per_class():.1f} with a weight per class on average. "
-            'See the <a href="/classes">model card</a>.</p></section>'
-        )
-        return render_page("cbm: explain an image", body, subtitle="concept-bottleneck explanations",
-                           nav={"Model card": "/classes"}, form_action="'self'")
+        return render_template("upload.html", title="cbm: explain an image", subtitle="concept-bottleneck explanations",
+                               nav={"Model card": "/classes"}, form_action="'self'", limit=limit, classes=m.classes,
+                               n_concepts=m.bottleneck.n_concepts, per_class=m.concepts_per_class(),
+                               can_abstain=m.reference is not None and m.reference.can_abstain)
 
     def error_page(self, status: HTTPStatus, message: str) -> str:
-        body = f'<p class="notice" id="error">{escape(message)}</p><p><a href="/">Upload another image</a></p>'
-        return render_page(f"{status.value} {status.phrase}", body, nav={"Upload": "/"})
+        return render_template("error.html", title=f"{status.value} {status.phrase}", nav={"Upload": "/"}, message=message)
 
-    def check_upload(self, data: bytes) -> str:
-        """Validate an upload's bytes before decoding; return its format. Raises :class:`UploadError`."""
+    def check_upload(self, data: bytes) -> tuple[str, int]:
+        """Validate an upload's bytes before decoding (size, format, header against the pixel
+        budget); return its format and pixels per frame. Raises :class:`UploadError`."""
+        from cbm.data import check_image_header
+        from cbm.errors import ImageError
+
         if not data:
             raise UploadError(HTTPStatus.BAD_REQUEST, "the upload is empty; choose an image file")
         if len(data) > self.max_upload_bytes:
@@ -159,40 +166,43 @@ class ExplainApp:
             raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                               "this is not a PNG, JPEG or DICOM (Part 10) file; export the image in one of these formats")
         try:
-            pixels = _declared_pixels(data, fmt)
-        except UploadError:
-            raise
+            rows, cols, _ = check_image_header(data, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            over = "pixel budget" in exc.problem
+            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if over else HTTPStatus.UNPROCESSABLE_ENTITY,
+                              f"the {fmt.upper()} file {exc.problem}") from exc
         except Exception as exc:  # any header that does not parse is a bad upload, whatever the library raises
-            raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY, f"the {fmt.upper()} header could not be read ({type(exc).__name__})") from exc
-        if pixels == 0:
-            raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY, f"the {fmt.upper()} file declares no image (no rows or columns)")
-        if pixels > MAX_PIXELS:
-            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              f"the image declares {pixels} pixels, over the limit of {MAX_PIXELS}")
-        return fmt
+            raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                              f"the {fmt.upper()} header could not be read ({type(exc).__name__})") from exc
+        return fmt, rows * cols
+
+    def _decode(self, data: bytes, fmt: str, pixels: int) -> Any:
+        """The upload read by ``cbm.data.read_image`` (a large one in a decoding slot); a failure of any kind is a 422."""
+        from cbm.data import read_image
+
+        with tempfile.TemporaryDirectory(prefix="cbm-upload-") as tmp:
+            path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name, never the client's
+            path.write_bytes(data)
+            slot = self._large_decodes if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext()
+            try:
+                with slot:
+                    return read_image(path, max_pixels=self.max_pixels)
+            except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
+                reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
+                raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                                  f"the {fmt.upper()} file could not be decoded: {reason}") from exc
 
     def explain_upload(self, data: bytes) -> str:
         """The report page for an uploaded image. Raises :class:`UploadError` for a bad upload.
 
-        One upload at a time (the CPU is shared anyway), which also keeps the warning filters,
-        silenced for untrusted headers and pixels, from being changed by two threads at once.
+        The checks and the decode happen before the model's lock is taken, so an upload that is
+        large, slow to decode or refused never holds up another one's explanation.
         """
-        with self._lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # malformed files are expected here and answered with a 4xx
-            fmt = self.check_upload(data)
-            with tempfile.TemporaryDirectory(prefix="cbm-upload-") as tmp:
-                path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name, never the client's
-                path.write_bytes(data)
-                try:
-                    from cbm.data import read_image
-
-                    image = read_image(path)
-                except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
-                    reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
-                    raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                                      f"the {fmt.upper()} file could not be decoded: {reason}") from exc
+        fmt, pixels = self.check_upload(data)
+        image = self._decode(data, fmt, pixels)
+        with self._model_lock:
             case = explain_image(self.model, image, label="uploaded image", top_k=self.top_k, maps=self.maps)
-        return render_case_html(case, self.model, top_k=self.top_k,
+        return render_case_html(case, self.model, top_k=self.top_k, hide_names=True,
                                 nav={"Upload another image": "/", "Model card": "/classes"})
 
 
@@ -284,7 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """Daemon request threads; a connection that breaks (client gone, stalled) is logged, not printed.
+    """Daemon request threads, at most :data:`MAX_CONNECTIONS` at once (one more gets a 503 at
+    once); a connection that breaks (client gone, stalled) is logged, not printed.
 
     Closing does not wait for request threads (``block_on_close = False``): Ctrl-C stops the
     server at once even while a browser holds a keep-alive connection open (up to ``timeout``).
@@ -292,6 +303,42 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+
+    def __init__(self, address: Any, handler: Any, max_connections: int = MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: Any) -> None:
+        """Answer 503 without reading the request, and close."""
+        body = f"busy: {self.max_connections} connections are being served; try again in a moment\n".encode()
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 2\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(head + body)
+        except OSError:
+            pass
+        log.info("connection refused: %d connections already being served", self.max_connections)
+        self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s failed", client_address[0] if client_address else "?", exc_info=True)
@@ -302,17 +349,21 @@ class _Server6(_Server):
 
 
 def make_server(model: ConceptBottleneckModel, host: str = "127.0.0.1", port: int = 8000, *,
-                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, top_k: int = 5, maps: bool = True) -> ThreadingHTTPServer:
+                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int | None = None,
+                max_connections: int = MAX_CONNECTIONS, top_k: int = 5, maps: bool = True) -> ThreadingHTTPServer:
     """A ready server (not yet serving): call ``serve_forever()``; ``port=0`` picks a free port.
+
+    ``max_pixels``: the pixel budget of an upload (default ``cbm.data.pixel_budget()``);
+    ``max_connections``: connections served at once (one more is answered 503).
 
     Raises:
         RuntimeError: the address cannot be bound (port in use, unknown host).
     """
-    app = ExplainApp(model, max_upload_bytes=max_upload_bytes, top_k=top_k, maps=maps)
+    app = ExplainApp(model, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, top_k=top_k, maps=maps)
     allowed = _LOOPBACK if host in _LOOPBACK else None
     handler = type("ExplainHandler", (_Handler,), {"app": app, "allowed_hosts": allowed})
     try:
-        return (_Server6 if ":" in host else _Server)((host, port), handler)
+        return (_Server6 if ":" in host else _Server)((host, port), handler, max_connections)
     except OSError as exc:
         raise RuntimeError(
             f"cannot listen on {host} port {port} ({exc}); choose another --port, or stop the program using it"

@@ -22,7 +22,9 @@
     return e.map(function (v) { return v / total; });
   }
 
-  function percent(p) { return (100 * p).toFixed(1) + "%"; }
+  // as the report writes probabilities: whole percent, ">99 %" and "<1 %" at the ends
+  function percent(p) { return p > 0.99 ? ">99 %" : p < 0.01 ? "<1 %" : (100 * p).toFixed(0) + " %"; }
+  function width(p) { return (100 * p).toFixed(1) + "%"; }
 
   function update() {
     var p = probabilities();
@@ -32,7 +34,7 @@
     for (var i = 0; i < rows.length; i++) {
       var c = +rows[i].getAttribute("data-after-class");
       rows[i].setAttribute("data-p", String(p[c]));
-      rows[i].querySelector(".bar > span").style.width = percent(p[c]);
+      rows[i].querySelector(".bar > span").style.width = width(p[c]);
       rows[i].querySelector(".value").textContent = percent(p[c]);
     }
     var n = Object.keys(overrides).length;

@@ -1,0 +1,364 @@
+"""Findings language: what a prediction rests on, said as findings and directions, not weights.
+
+A contribution is ``weight x score``, so a large contribution can come from a concept that is
+*absent* (a low score times a negative weight). A report therefore names each driver as a finding
+with its direction: "No globules (9th percentile) -> favours benign nevus". The words come from
+where the image's score sits among the training images' scores (its percentile):
+
+* at or above :data:`PRESENT_FROM` (65th): the concept is **present** ("Irregular border");
+* at or below :data:`ABSENT_UP_TO` (35th): **absent** ("No globules"); no map is drawn for it;
+* in between: **borderline**.
+
+**Two-sided axes.** Opposite phrases of one attribute ("symmetric shape" / "asymmetric shape")
+are two concepts to the model but one finding to a reader, so they are shown as one axis, their
+contributions summed. :func:`concept_axes` pairs a model's concepts by this rule, on lower-cased
+words with a plural ``s`` dropped, each concept in at most one pair (the first rule that pairs it):
+
+1. negation: one phrase is the other after ``no``, ``absent``, ``without``, ``not`` or ``non``
+   ("pleural fluid" / "absent pleural fluid");
+2. a negating prefix on one word, the rest equal: ``a``, ``ir``, ``in``, ``im``, ``il``, ``un``,
+   ``non``, ``dis`` ("symmetric shape" / "asymmetric shape", "regular border" / "irregular border");
+3. a known antonym in place of a span of words, the rest equal (:data:`ANTONYMS`: "small" /
+   "large", "one or two" / "three or more", "below" / "above", "sharp" / "blunted", ...).
+
+An axis leans to the pole whose score sits higher among the training images (half the difference
+of the two percentiles, beyond 15 points), and is borderline otherwise.
+
+**Direction.** A report weighs the predicted class against the runner-up: a finding's effect is
+the sum over its concepts of ``(weight[predicted] - weight[runner-up]) x score``, the log-odds it
+adds for one class over the other compared with a training image of average score; shown as an
+odds factor ("odds x 3.2"). With two classes this is the whole decision, so one panel says it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+__all__ = [
+    "ANTONYMS",
+    "ABSENT_UP_TO",
+    "PRESENT_FROM",
+    "Axis",
+    "Finding",
+    "axis_text",
+    "concept_axes",
+    "findings",
+    "class_reliance",
+    "unused_concepts",
+    "summary_sentence",
+    "format_probability",
+    "percentile_text",
+]
+
+PRESENT_FROM = 65.0
+"""A score at or above this training percentile reads as the concept being present."""
+ABSENT_UP_TO = 35.0
+"""A score at or below this training percentile reads as the concept being absent."""
+_AXIS_LEAN = 15.0  # half the percentile difference beyond which an axis leans to one pole
+
+_NEGATIONS = ("no", "absent", "without", "not", "non")
+_PREFIXES = ("a", "ir", "in", "im", "il", "un", "non", "non-", "dis")
+ANTONYMS: tuple[tuple[str, str], ...] = (
+    ("small", "large"), ("below", "above"), ("toward", "away from"), ("towards", "away from"),
+    ("sharp", "blunted"), ("regular", "atypical"), ("smooth regular", "irregular"), ("one or two", "three or more"),
+    ("at most two", "three or more"), ("one or two", "multiple"), ("single", "multiple"),
+    ("well-defined", "ill-defined"), ("well-defined", "obscured"), ("crisp", "obscured"),
+    ("increased", "decreased"), ("high", "low"), ("thick", "thin"), ("homogeneous", "heterogeneous"),
+    ("focal", "diffuse"), ("unilateral", "bilateral"), ("present", "absent"),
+    ("symmetric shape", "asymmetry in two axes"),
+)
+"""Known antonyms (word spans) for :func:`concept_axes`'s third rule."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Two concepts that are opposite phrases of one attribute (``low`` first in the model's order)."""
+
+    low: str
+    high: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.low} / {self.high}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One driver of a prediction, in words: what the image shows and which class it favours.
+
+    Attributes:
+        text: the finding ("Irregular border", "No globules", "Borderline: streaks",
+            "Asymmetric shape, not symmetric").
+        concepts: the concept, or the two poles of an axis.
+        percentiles: each concept's training percentile in this image (``None`` unknown).
+        state: ``"present"``, ``"absent"`` or ``"borderline"``.
+        effect: log-odds it adds for ``favours`` over ``other`` (>= 0).
+        favours: the class it argues for; ``other``: the class it is weighed against.
+        seen: the concept whose map shows the finding; ``None`` when it is absent.
+    """
+
+    text: str
+    concepts: tuple[str, ...]
+    percentiles: tuple[float | None, ...]
+    state: str
+    effect: float
+    favours: str
+    other: str | None
+    seen: str | None
+
+    @property
+    def odds_factor(self) -> float:
+        """How much the finding multiplies the odds of ``favours`` over ``other``."""
+        return math.exp(min(self.effect, 50.0))
+
+    @property
+    def where_seen(self) -> str:
+        """The percentile of the concept that shows the finding (of the first concept if absent)."""
+        c = self.seen if self.seen in self.concepts else self.concepts[0]
+        return percentile_text(self.percentiles[self.concepts.index(c)])
+
+    @property
+    def where(self) -> str:
+        """The percentiles in words: "79th percentile", or both poles of an axis."""
+        if len(self.concepts) == 1:
+            return percentile_text(self.percentiles[0])
+        return "; ".join(f"{c}: {percentile_text(p)}" for c, p in zip(self.concepts, self.percentiles))
+
+
+# ---------------------------------------------------------------------------- words and numbers
+def format_probability(p: float) -> str:
+    """A probability for people: whole percent, ``">99 %"`` and ``"<1 %"`` at the ends."""
+    if p > 0.99:
+        return ">99 %"
+    if p < 0.01:
+        return "<1 %"
+    return f"{100.0 * p:.0f} %"
+
+
+def percentile_text(p: float | None) -> str:
+    """``21.3`` -> ``"21st percentile"``; the ends say "higher/lower than every training image"."""
+    if p is None or not math.isfinite(p):
+        return "percentile unknown"
+    if p >= 100.0:
+        return "higher than every training image"
+    if p <= 0.0:
+        return "lower than every training image"
+    n = int(min(99, max(1, round(p))))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} percentile"
+
+
+def _level(p: float | None, z: float) -> float:
+    """The percentile, or without training scores the normal distribution's for score ``z``."""
+    return 50.0 + 50.0 * math.erf(z / math.sqrt(2.0)) if p is None else p
+
+
+def _state(p: float | None, z: float) -> str:
+    level = _level(p, z)
+    return "present" if level >= PRESENT_FROM else "absent" if level <= ABSENT_UP_TO else "borderline"
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# ---------------------------------------------------------------------------- axes
+def _words(phrase: str) -> tuple[str, ...]:
+    words = re.findall(r"[a-z0-9][a-z0-9.'-]*", phrase.lower())
+    return tuple(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
+
+
+def _negated(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    return (len(a) == len(b) + 1 and a[0] in _NEGATIONS and a[1:] == b) or (
+        len(b) == len(a) + 1 and b[0] in _NEGATIONS and b[1:] == a)
+
+
+def _prefixed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    if len(a) != len(b):
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    if len(diff) != 1:
+        return False
+    x, y = sorted((a[diff[0]], b[diff[0]]), key=len)
+    return len(x) >= 4 and any(y == p + x for p in _PREFIXES)
+
+
+@cache
+def _antonym_words() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    return tuple(pair for x, y in ANTONYMS for pair in ((_words(x), _words(y)), (_words(y), _words(x))))
+
+
+def _antonym(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    for s, t in _antonym_words():
+        for i in range(len(a) - len(s) + 1):
+            if a[i : i + len(s)] == s and a[:i] + t + a[i + len(s):] == b:
+                return True
+    return False
+
+
+def concept_axes(concepts: Sequence[str]) -> list[Axis]:
+    """Pairs of concepts that are opposite phrases of one attribute, by the module's rule."""
+    return list(_axes(tuple(concepts)))
+
+
+@cache
+def _axes(concepts: tuple[str, ...]) -> tuple[Axis, ...]:
+    words = [_words(c) for c in concepts]
+    paired: set[int] = set()
+    axes: list[Axis] = []
+    for rule in (_negated, _prefixed, _antonym):
+        for i in range(len(concepts)):
+            for j in range(i + 1, len(concepts)):
+                if i in paired or j in paired or words[i] == words[j] or not rule(words[i], words[j]):
+                    continue
+                paired |= {i, j}
+                axes.append(Axis(concepts[i], concepts[j]))
+    return tuple(sorted(axes, key=lambda a: concepts.index(a.low)))
+
+
+# ---------------------------------------------------------------------------- findings
+def _pair_words(first: str, second: str) -> tuple[str, str, str]:
+    """``("regular", "irregular", "border")``: the two phrases without their shared last words."""
+    a, b = first.split(), second.split()
+    n = 0
+    while n < min(len(a), len(b)) - 1 and a[-1 - n].lower() == b[-1 - n].lower():
+        n += 1
+    return " ".join(a[: len(a) - n]), " ".join(b[: len(b) - n]), " ".join(a[len(a) - n:])
+
+
+def axis_text(first: str, second: str, how: str = "not") -> str:
+    """``"Regular, not irregular border"``, ``"Between regular and irregular border"``,
+    ``"Regular and irregular border both"`` (``how``: ``"not"``, ``"between"``, ``"both"``)."""
+    x, y, tail = _pair_words(first, second)
+    tail = f" {tail}" if tail else ""
+    if how == "between":
+        return f"Between {x} and {y}{tail}"
+    if how == "both":
+        return f"{_cap(x)} and {y}{tail} both score high"
+    return f"{_cap(x)}, not {y}{tail}"
+
+
+def _single(name: str, p: float | None, z: float, attribute: bool) -> tuple[str, str, str | None]:
+    """(state, text, concept whose map shows it) of one concept; ``attribute``: it has an
+    opposite phrase, so its absence reads "Not ..." rather than "No ..."."""
+    state = _state(p, z)
+    absent = f"Not {name}" if attribute else f"No {name}"
+    text = {"present": _cap(name), "absent": absent, "borderline": f"Borderline: {name}"}[state]
+    return state, text, None if state == "absent" else name
+
+
+def _on_axis(axis: Axis, p: Mapping[str, float | None], z: Mapping[str, float], toward: str) -> tuple[str, str, str | None]:
+    """(state, text, concept whose map shows it) of an axis, from where each pole's score sits;
+    ``toward``: the pole the finding's effect comes from (shown when the poles do not settle it)."""
+    low, high = _level(p.get(axis.low), z[axis.low]), _level(p.get(axis.high), z[axis.high])
+    lean = (high - low) / 2.0
+    if min(low, high) >= PRESENT_FROM:
+        return "borderline", axis_text(axis.low, axis.high, "both"), toward
+    if lean > _AXIS_LEAN:
+        return "present", axis_text(axis.high, axis.low), axis.high
+    if lean < -_AXIS_LEAN:
+        return "present", axis_text(axis.low, axis.high), axis.low
+    return "borderline", axis_text(axis.low, axis.high, "between"), toward
+
+
+def findings(
+    scores: Mapping[str, float],
+    percentiles: Mapping[str, float | None],
+    coef: np.ndarray,
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    predicted: str,
+    other: str | None,
+    axes: Sequence[Axis] = (),
+) -> list[Finding]:
+    """The findings that separate ``predicted`` from ``other``, strongest first.
+
+    An axis is one finding when the weights compared use both its poles; when they use one, that
+    concept is a finding of its own ("Not symmetric shape").
+
+    Args:
+        scores: every concept's standardised score in this image.
+        percentiles: every concept's training percentile in this image (``None``: unknown).
+        coef: the head's ``(classes, concepts)`` weights.
+        classes, concepts: the head's row and column names.
+        predicted, other: the classes weighed (``other=None``: the predicted class's own weights).
+        axes: concept pairs that may be shown as one finding (:func:`concept_axes`).
+    """
+    col = {c: j for j, c in enumerate(concepts)}
+    k, r = classes.index(predicted), (classes.index(other) if other is not None else None)
+    diff = coef[k] - (coef[r] if r is not None else 0.0)
+    both = [a for a in axes if diff[col[a.low]] != 0 and diff[col[a.high]] != 0]
+    attributes = {c for a in axes for c in (a.low, a.high)}
+    groups: list[tuple[str, ...]] = [(a.low, a.high) for a in both]
+    grouped = {c for g in groups for c in g}
+    groups += [(c,) for c in concepts if c not in grouped and diff[col[c]] != 0]
+    out = []
+    for group in groups:
+        parts = {c: float(diff[col[c]] * scores[c]) for c in group}
+        effect = sum(parts.values())
+        if len(group) == 1:
+            state, text, seen = _single(group[0], percentiles.get(group[0]), scores[group[0]], group[0] in attributes)
+        else:
+            toward = max(group, key=lambda c: parts[c] * (1 if effect >= 0 else -1))
+            state, text, seen = _on_axis(Axis(*group), percentiles, scores, toward)
+        favours, against = (predicted, other) if effect >= 0 or other is None else (other, predicted)
+        out.append(Finding(text, group, tuple(percentiles.get(c) for c in group), state, abs(effect),
+                           favours, against, seen))
+    return sorted(out, key=lambda f: -f.effect)
+
+
+def class_reliance(coef: np.ndarray, classes: Sequence[str], concepts: Sequence[str],
+                   axes: Sequence[Axis] = ()) -> dict[str, list[tuple[str, float]]]:
+    """Per class, what raises its odds in findings language, with the weight behind each.
+
+    A positive weight reads as the concept present ("irregular border"), a negative one as it
+    absent ("no globules"); an axis whose poles both carry a weight as the pole its weights lean
+    to ("asymmetric, not symmetric shape"). Largest weights first.
+    """
+    col = {c: j for j, c in enumerate(concepts)}
+    attributes = {c for a in axes for c in (a.low, a.high)}
+    out: dict[str, list[tuple[str, float]]] = {}
+    for k, cls in enumerate(classes):
+        rows, grouped = [], set()
+        for a in axes:
+            lo, hi = float(coef[k, col[a.low]]), float(coef[k, col[a.high]])
+            if lo and hi:
+                grouped |= {a.low, a.high}
+                lean = hi - lo
+                rows.append((axis_text(a.high, a.low) if lean > 0 else axis_text(a.low, a.high), abs(lean)))
+        for c in concepts:
+            w = float(coef[k, col[c]])
+            if c not in grouped and w:
+                rows.append((_cap(c) if w > 0 else f"{'Not' if c in attributes else 'No'} {c}", abs(w)))
+        out[cls] = sorted(rows, key=lambda t: -t[1])
+    return out
+
+
+def unused_concepts(coef: np.ndarray, concepts: Sequence[str]) -> list[str]:
+    """The concepts with a zero weight for every class: the model ignores them."""
+    return [c for j, c in enumerate(concepts) if not np.any(coef[:, j] != 0)]
+
+
+def _lower(f: Finding) -> str:
+    text = f.text[:1].lower() + f.text[1:] if not f.text[:2].isupper() else f.text
+    return f"{text} ({f.where_seen})"
+
+
+def summary_sentence(predicted: str, other: str | None, probabilities: Mapping[str, float],
+                     drivers: Sequence[Finding]) -> str:
+    """The one plain sentence that opens a report whose prediction is shown."""
+    p = format_probability(probabilities[predicted])
+    versus = f" over {other} ({format_probability(probabilities[other])})" if other is not None else ""
+    support = [f for f in drivers if f.favours == predicted][:2]
+    against = [f for f in drivers if f.favours != predicted][:1]
+    if not support:
+        return f"The model favours {predicted} ({p}){versus}, though no single finding stands out."
+    because = " and ".join(_lower(f) for f in support)
+    though = f"; {_lower(against[0])} points the other way" if against else ""
+    return f"The model favours {predicted} ({p}){versus}, chiefly on {because}{though}."

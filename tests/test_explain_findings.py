@@ -1,0 +1,152 @@
+"""Findings language (cbm.explain.findings): two-sided axes, wording, directions, the summary sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbm.explain.findings import (
+    axis_text,
+    class_reliance,
+    concept_axes,
+    findings,
+    format_probability,
+    percentile_text,
+    summary_sentence,
+    unused_concepts,
+)
+
+CARDS = Path(__file__).resolve().parents[1] / "data_cards"
+
+
+def _store(name: str) -> list[str]:
+    data = json.loads((CARDS / name / "concepts.json").read_text())
+    return list(dict.fromkeys(c for v in data["by_class"].values() for c in v.get("concepts", [])))
+
+
+def _pairs(names) -> set[frozenset]:
+    return {frozenset((a.low, a.high)) for a in concept_axes(names)}
+
+
+def test_axes_of_the_demo_concepts():
+    from cbm.demo.world import demo_concepts
+
+    for classes in (2, 3):
+        names = list(dict.fromkeys(c for v in demo_concepts(classes).values() for c in v))
+        assert _pairs(names) == {frozenset(p) for p in [
+            ("symmetric shape", "asymmetric shape"), ("regular border", "irregular border"),
+            ("one or two colours", "three or more colours"), ("at most two structures", "three or more structures"),
+            ("small diameter", "large diameter")]}
+
+
+@pytest.mark.parametrize("card, expected", [
+    ("ham10000", [("symmetric shape", "asymmetry in two axes"), ("smooth regular border", "irregular border"),
+                  ("regular pigment network", "atypical pigment network"), ("one or two colours", "multiple colours"),
+                  ("regular dots and globules", "irregular dots and globules")]),
+    ("chexpert", [("sharp costophrenic angles", "blunted costophrenic angle"),
+                  ("cardiothoracic ratio below 0.5", "cardiothoracic ratio above 0.5"),
+                  ("well-defined hemidiaphragms", "obscured hemidiaphragm"), ("crisp heart borders", "obscured heart border"),
+                  ("mediastinal shift toward the opacity", "mediastinal shift away from the opacity")]),
+    ("covid-qu-ex", [("absent pleural fluid", "pleural fluid")]),
+    ("pad-ufes-20", [("irregular border", "smooth regular border"), ("asymmetry in two axes", "symmetric shape")]),
+    ("skincon", []),
+])
+def test_axes_of_built_in_concept_stores(card, expected):
+    assert _pairs(_store(card)) == {frozenset(p) for p in expected}
+
+
+def test_axes_never_pair_different_attributes_and_pair_each_concept_once():
+    for card in sorted(p.name for p in CARDS.iterdir() if (p / "concepts.json").is_file()):
+        names = _store(card)
+        seen = [c for a in concept_axes(names) for c in (a.low, a.high)]
+        assert len(seen) == len(set(seen)), card
+    assert _pairs(["irregular streaks", "regular pigment network", "absent pigment network", "pigment network "
+                   "fading", "round well-defined opacity", "ill-defined opacity", "papule", "macule"]) == set()
+    assert _pairs(["dots", "no dots", "interstitial opacities"]) == {frozenset(("dots", "no dots"))}
+
+
+def test_axis_wording_keeps_the_shared_words_once():
+    assert axis_text("irregular border", "regular border") == "Irregular, not regular border"
+    assert axis_text("three or more colours", "one or two colours") == "Three or more, not one or two colours"
+    assert axis_text("symmetric shape", "asymmetry in two axes") == "Symmetric shape, not asymmetry in two axes"
+    assert axis_text("symmetric shape", "asymmetric shape", "between") == "Between symmetric and asymmetric shape"
+
+
+def _one(scores, pct, coef, names, axes=()):
+    return findings(scores, pct, np.asarray(coef, np.float32), ["melanoma", "nevus"], names, "melanoma", "nevus",
+                    axes)
+
+
+def test_an_absent_finding_is_said_as_absent_with_its_direction():
+    """The issue's case: symmetric shape at the 21st percentile with a negative melanoma weight is
+    "Not symmetric shape -> favours melanoma", not "symmetric shape +2.20 to melanoma"."""
+    names = ["symmetric shape", "asymmetric shape", "globules"]
+    coef = [[-2.2, 0.0, 0.0], [0.0, 0.0, 0.6]]  # melanoma: symmetric shape negative; nevus: globules
+    axes = concept_axes(names)
+    out = _one({"symmetric shape": -1.0, "asymmetric shape": 0.4, "globules": -1.3},
+               {"symmetric shape": 21.0, "asymmetric shape": 60.0, "globules": 9.0}, coef, names, axes)
+    by_text = {f.text: f for f in out}
+    sym = by_text["Not symmetric shape"]  # only one pole has a weight: no axis
+    assert sym.state == "absent" and sym.favours == "melanoma" and sym.effect == pytest.approx(2.2)
+    assert sym.where == "21st percentile" and sym.seen is None
+    glob = by_text["No globules"]
+    assert glob.favours == "melanoma" and glob.effect == pytest.approx(0.78) and glob.seen is None
+    assert [f.text for f in out] == ["Not symmetric shape", "No globules"]
+
+
+def test_an_axis_with_both_poles_weighted_is_one_finding():
+    names = ["symmetric shape", "asymmetric shape"]
+    coef = [[0.0, 1.5], [1.0, 0.0]]
+    axes = concept_axes(names)
+    (f,) = _one({"symmetric shape": -1.2, "asymmetric shape": 1.1}, {"symmetric shape": 12.0, "asymmetric shape": 86.0},
+                coef, names, axes)
+    assert f.text == "Asymmetric, not symmetric shape" and f.state == "present" and f.seen == "asymmetric shape"
+    assert f.favours == "melanoma" and f.effect == pytest.approx(1.5 * 1.1 + 1.2)
+    assert f.where == "symmetric shape: 12th percentile; asymmetric shape: 86th percentile"
+    (both,) = _one({"symmetric shape": 1.2, "asymmetric shape": 1.1}, {"symmetric shape": 89.0, "asymmetric shape": 80.0},
+                   coef, names, axes)
+    assert both.text == "Symmetric and asymmetric shape both score high" and both.state == "borderline"
+    (mid,) = _one({"symmetric shape": 0.0, "asymmetric shape": 0.1}, {"symmetric shape": 50.0, "asymmetric shape": 55.0},
+                  coef, names, axes)
+    assert mid.text == "Between symmetric and asymmetric shape"
+
+
+def test_two_classes_have_one_panel_not_a_mirror():
+    """With two classes the findings against the runner-up are the whole decision: each concept
+    appears once, favouring one class or the other (not once per class with opposite signs)."""
+    names = ["a", "b", "c"]
+    coef = [[1.0, 0.0, -0.5], [0.0, 0.8, 0.5]]
+    out = _one({"a": 1.0, "b": 1.0, "c": -1.0}, {"a": 80.0, "b": 80.0, "c": 20.0}, coef, names)
+    assert sorted(c for f in out for c in f.concepts) == names
+    assert {f.text: f.favours for f in out} == {"A": "melanoma", "B": "nevus", "No c": "melanoma"}
+
+
+def test_class_reliance_and_unused_concepts():
+    names = ["symmetric shape", "asymmetric shape", "globules", "streaks"]
+    coef = np.array([[-0.5, 2.0, 0.0, 0.0], [1.0, 0.0, 0.3, 0.0]], np.float32)
+    out = class_reliance(coef, ["melanoma", "nevus"], names, concept_axes(names))
+    assert out["melanoma"] == [("Asymmetric, not symmetric shape", 2.5)]
+    assert out["nevus"] == [("Symmetric shape", 1.0), ("Globules", pytest.approx(0.3))]
+    assert unused_concepts(coef, names) == ["streaks"]
+
+
+def test_numbers_for_people():
+    assert [format_probability(p) for p in (0.999, 0.991, 0.99, 0.889, 0.5, 0.011, 0.004)] == [
+        ">99 %", ">99 %", "99 %", "89 %", "50 %", "1 %", "<1 %"]
+    assert [percentile_text(p) for p in (21.3, 1.0, 2.2, 3.0, 11.0, 12.0, 13.0, 99.7, 100.0, 0.0, None)] == [
+        "21st percentile", "1st percentile", "2nd percentile", "3rd percentile", "11th percentile", "12th percentile",
+        "13th percentile", "99th percentile", "higher than every training image", "lower than every training image",
+        "percentile unknown"]
+
+
+def test_summary_sentence():
+    names = ["irregular border", "globules"]
+    coef = [[1.0, 0.0], [0.0, 0.9]]
+    out = _one({"irregular border": 1.5, "globules": 1.2}, {"irregular border": 90.0, "globules": 82.0}, coef, names)
+    text = summary_sentence("melanoma", "nevus", {"melanoma": 0.995, "nevus": 0.005}, out)
+    assert text == ("The model favours melanoma (>99 %) over nevus (<1 %), chiefly on irregular border "
+                    "(90th percentile); globules (82nd percentile) points the other way.")
+    assert "no single finding" in summary_sentence("melanoma", "nevus", {"melanoma": 0.6, "nevus": 0.4}, [])
