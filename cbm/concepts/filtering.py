@@ -205,8 +205,8 @@ def filter_concepts(
 ) -> dict[str, FilterResult]:
     """Filter each class's proposed concepts; see the module docstring for the rules.
 
-    (One long function: the rules run in order over shared state, the kept wording and the
-    embeddings, and read best top to bottom.)
+    Long on purpose: the rules run in order over shared state (the kept wording, the
+    embeddings) and read best top to bottom.
 
     Args:
         proposals: class -> phrases as proposed (LLM order), for the classes to filter.

@@ -299,8 +299,8 @@ def generate_concepts(
 ) -> ConceptSet:
     """The concepts of a card: from its store, asking the LLM only for what is missing or changed.
 
-    (Longer than most: one lock spans reading, asking and writing the store, and the callbacks
-    share the open document.)
+    Long on purpose: one lock spans reading, asking and writing the store, and the callbacks
+    share the open document.
 
     Args:
         card: a ``cbm.data.DataCard``, a card name, or a card folder / ``card.yaml`` path.
