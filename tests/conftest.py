@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +22,17 @@ def _private_cache(tmp_path_factory):
     if "CBM_CACHE_DIR" not in os.environ:
         os.environ["CBM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cbm-cache"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _cbm_loggers_stay_on():
+    """Re-enable cbm's loggers after each test: a library that calls logging.config (import-linter's
+    lint_imports in test_architecture does) disables every logger that exists, and later caplog
+    checks would see nothing."""
+    yield
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("cbm") and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 @pytest.fixture
