@@ -150,3 +150,8 @@ def test_summary_sentence():
     assert text == ("The model favours melanoma (>99 %) over nevus (<1 %), chiefly on irregular border "
                     "(90th percentile); globules (82nd percentile) points the other way.")
     assert "no single finding" in summary_sentence("melanoma", "nevus", {"melanoma": 0.6, "nevus": 0.4}, [])
+    # an absent finding reads as a low score, not as the concept
+    low = _one({"irregular border": -1.5, "globules": 0.0}, {"irregular border": 10.0, "globules": 50.0},
+               [[-1.0, 0.0], [0.0, 0.9]], names)
+    assert summary_sentence("melanoma", "nevus", {"melanoma": 0.8, "nevus": 0.2}, low) == (
+        "The model favours melanoma (80 %) over nevus (20 %), chiefly on irregular border scoring low (10th percentile).")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cbm.explain.case import explain_image
+from cbm.explain.case import CaseReport, explain_image
 from cbm.explain.card import render_class_card_html
 from cbm.explain.render import IndexRow, render_case_html, render_index_html
 from cbm.model import ConceptBottleneckModel
@@ -190,6 +190,23 @@ def _previous_reports(out: Path) -> set[str]:
     return found
 
 
+def _case_record(case: CaseReport, top_k: int) -> dict:
+    """``index.json``'s facts of one explained case."""
+    expl = case.explanation
+    support = case.strongest_present()
+    return {
+        "withheld": case.withheld,
+        "flags": [f.as_dict() for f in case.flags],
+        "predicted": expl.predicted,
+        "probabilities": expl.probabilities,
+        "strongest_present_finding": None if support is None else support.text,
+        "findings": [{"finding": f.text, "state": f.state, "favours": f.favours, "odds_factor": f.odds_factor,
+                      "concepts": list(f.concepts), "percentiles": list(f.percentiles)} for f in case.findings[:top_k]],
+        "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
+                         for c in expl.top_concepts(k=top_k)],
+    }
+
+
 def explain_batch(
     model: ConceptBottleneckModel,
     inputs: Sequence[CaseInput | str | os.PathLike],
@@ -256,21 +273,7 @@ def explain_batch(
                                                                         hide_names=hide_names))
         result.reports.append(path)
         rows.append(IndexRow(label, href=f"cases/{name}", case=case, truth=item.truth))
-        expl = case.explanation
-        support = case.strongest_present()
-        records.append({
-            **record,
-            "report": f"cases/{name}",
-            "withheld": case.withheld,
-            "flags": [f.as_dict() for f in case.flags],
-            "predicted": expl.predicted,
-            "probabilities": expl.probabilities,
-            "strongest_present_finding": None if support is None else support.text,
-            "findings": [{"finding": f.text, "state": f.state, "favours": f.favours, "odds_factor": f.odds_factor,
-                          "concepts": list(f.concepts), "percentiles": list(f.percentiles)} for f in case.findings[:top_k]],
-            "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
-                             for c in expl.top_concepts(k=top_k)],
-        })
+        records.append({**record, "report": f"cases/{name}", **_case_record(case, top_k)})
     atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
     atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
     atomic_write_json(out / "index.json", {"model": model.encoder_name, "classes": model.classes, "cases": records})

@@ -2,17 +2,18 @@
 
 A contribution is ``weight x score``, so a large contribution can come from a concept that is
 *absent* (a low score times a negative weight). A report therefore names each driver as a finding
-with its direction: "No globules (9th percentile) -> favours benign nevus". The words come from
-where the image's score sits among the training images' scores (its percentile):
+with its direction: "Not symmetric shape (21st percentile) -> favours melanoma". The words come
+from where the image's score sits among the training images' scores (its percentile):
 
 * at or above :data:`PRESENT_FROM` (65th): the concept is **present** ("Irregular border");
-* at or below :data:`ABSENT_UP_TO` (35th): **absent** ("No globules"); no map is drawn for it;
+* at or below :data:`ABSENT_UP_TO` (35th): **absent** ("No globules"; "Not symmetric shape" for a
+  concept with an opposite phrase, an attribute); no map is drawn for it;
 * in between: **borderline**.
 
 **Two-sided axes.** Opposite phrases of one attribute ("symmetric shape" / "asymmetric shape")
-are two concepts to the model but one finding to a reader, so they are shown as one axis, their
-contributions summed. :func:`concept_axes` pairs a model's concepts by this rule, on lower-cased
-words with a plural ``s`` dropped, each concept in at most one pair (the first rule that pairs it):
+are two concepts to the model but one finding to a reader. :func:`concept_axes` pairs a model's
+concepts by this rule, on lower-cased words with a plural ``s`` dropped, each concept in at most
+one pair (the first rule that pairs it):
 
 1. negation: one phrase is the other after ``no``, ``absent``, ``without``, ``not`` or ``non``
    ("pleural fluid" / "absent pleural fluid");
@@ -21,8 +22,11 @@ words with a plural ``s`` dropped, each concept in at most one pair (the first r
 3. a known antonym in place of a span of words, the rest equal (:data:`ANTONYMS`: "small" /
    "large", "one or two" / "three or more", "below" / "above", "sharp" / "blunted", ...).
 
-An axis leans to the pole whose score sits higher among the training images (half the difference
-of the two percentiles, beyond 15 points), and is borderline otherwise.
+When the weights compared use both poles, the pair is one finding with the two contributions
+summed: it leans to the pole whose score sits higher among the training images ("Irregular, not
+regular border"; half the difference of the two percentiles, beyond 15 points), is "between" them
+otherwise, and says so when both poles score high. When only one pole is weighed, that concept is
+a finding of its own.
 
 **Direction.** A report weighs the predicted class against the runner-up: a finding's effect is
 the sum over its concepts of ``(weight[predicted] - weight[runner-up]) x score``, the log-odds it
@@ -345,7 +349,11 @@ def unused_concepts(coef: np.ndarray, concepts: Sequence[str]) -> list[str]:
     return [c for j, c in enumerate(concepts) if not np.any(coef[:, j] != 0)]
 
 
-def _lower(f: Finding) -> str:
+def _prose(f: Finding) -> str:
+    """A finding inside a sentence: "irregular border (82nd percentile)", "regular border scoring
+    low (10th percentile)", "symmetric shape borderline (49th percentile)"."""
+    if len(f.concepts) == 1 and f.state != "present":
+        return f"{f.concepts[0]} {'scoring low' if f.state == 'absent' else 'borderline'} ({f.where_seen})"
     text = f.text[:1].lower() + f.text[1:] if not f.text[:2].isupper() else f.text
     return f"{text} ({f.where_seen})"
 
@@ -355,10 +363,10 @@ def summary_sentence(predicted: str, other: str | None, probabilities: Mapping[s
     """The one plain sentence that opens a report whose prediction is shown."""
     p = format_probability(probabilities[predicted])
     versus = f" over {other} ({format_probability(probabilities[other])})" if other is not None else ""
-    support = [f for f in drivers if f.favours == predicted][:2]
-    against = [f for f in drivers if f.favours != predicted][:1]
+    support = [f for f in drivers if f.favours == predicted and f.effect > 0][:2]
+    against = [f for f in drivers if f.favours != predicted and f.effect > 0][:1]
     if not support:
         return f"The model favours {predicted} ({p}){versus}, though no single finding stands out."
-    because = " and ".join(_lower(f) for f in support)
-    though = f"; {_lower(against[0])} points the other way" if against else ""
+    because = " and ".join(_prose(f) for f in support)
+    though = f"; {_prose(against[0])} points the other way" if against else ""
     return f"The model favours {predicted} ({p}){versus}, chiefly on {because}{though}."
