@@ -87,7 +87,7 @@ def test_maps_state_their_grid_and_scale_and_skip_absent_findings(case):
 def test_report_says_how_concept_scores_were_made():
     from types import SimpleNamespace
 
-    from cbm.explain.card import score_kind
+    from cbm.explain.render import score_kind
 
     emb = np.random.default_rng(0).normal(size=(3, 8))
     bn = ConceptBottleneck.debiased(["a", "b", "c"], emb, nuisance_embeddings=emb[:1] + 1, nuisance_prompts=["ruler"])

@@ -20,26 +20,17 @@ from typing import Any
 from markupsafe import Markup
 
 from cbm.explain.findings import class_reliance, concept_axes, unused_concepts
-from cbm.explain.render import render_template
+from cbm.explain.render import render_template, score_kind
 from cbm.model import ConceptBottleneckModel
 from cbm.plots import line_chart
 from cbm.reference import MIN_IMAGE_SIDE
 
-__all__ = ["render_class_card_html", "score_kind"]
+__all__ = ["render_class_card_html"]
 
 _METRIC_NAMES = {"id_accuracy": "accuracy in domain", "ood_accuracy": "accuracy out of domain",
                  "accuracy": "accuracy (test split)", "macro_f1": "macro-F1 (test split)",
                  "val_accuracy": "accuracy (validation split, which chose the settings)"}
 _PATH_LIKE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
-
-
-def score_kind(model: ConceptBottleneckModel) -> str:
-    """How a concept score is made, in words (the bottleneck's centring and nuisance prompts)."""
-    how = model.bottleneck.debiasing
-    text = "cosine with the concept's text direction" + (", centred on the mean concept" if how["centred"] else "")
-    if how["nuisance_prompts"]:
-        text += "; directions of " + ", ".join(f"\u201c{p}\u201d" for p in how["nuisance_prompts"]) + " removed"
-    return text
 
 
 def _without_paths(value: Any) -> Any:

@@ -39,7 +39,7 @@ from cbm.explain.findings import (
 from cbm.explain.overlay import OVERLAY_RGB, grid_statement, heat_overlay, jpeg_data_uri, thumbnail
 from cbm.model import ABSENT_PERCENTILE, PRESENT_PERCENTILE, ConceptBottleneckModel
 
-__all__ = ["render_case_html", "render_index_html", "render_template", "page_csp", "IndexRow", "DISCLAIMER"]
+__all__ = ["render_case_html", "render_index_html", "render_template", "page_csp", "score_kind", "IndexRow", "DISCLAIMER"]
 
 DISCLAIMER = (
     "Research software, not a medical device. The model decides only from the concept scores shown; "
@@ -220,6 +220,15 @@ def _technical(case: CaseReport, model: ConceptBottleneckModel) -> list[dict[str
     return out
 
 
+def score_kind(model: ConceptBottleneckModel) -> str:
+    """How a concept score is made, in words (the bottleneck's centring and nuisance prompts)."""
+    how = model.bottleneck.debiasing
+    text = "cosine with the concept's text direction" + (", centred on the mean concept" if how["centred"] else "")
+    if how["nuisance_prompts"]:
+        text += "; directions of " + ", ".join(f"\u201c{p}\u201d" for p in how["nuisance_prompts"]) + " removed"
+    return text
+
+
 def _summary(case: CaseReport) -> str:
     expl = case.explanation
     if case.withheld:
@@ -231,8 +240,6 @@ def _summary(case: CaseReport) -> str:
 
 
 def _details(case: CaseReport, model: ConceptBottleneckModel) -> dict[str, Any]:
-    from cbm.explain.card import score_kind
-
     expl = case.explanation
     ref = model.reference
     return {
