@@ -143,9 +143,9 @@ _REQUIRED = ("name", "modality", "task", "classes", "manifest")
 
 def check_card_fields(raw: dict[str, Any], path: Path) -> CardFields:
     """The card's fields, validated; the first problem raises a :class:`CardError`."""
-    for key in _REQUIRED:  # an empty value is as missing as an absent one, in the order of the fields
-        if raw.get(key) is None or (isinstance(raw.get(key), str) and not raw[key].strip()):
-            if not [k for k in raw if k not in FIELD_HELP]:
+    if all(k in FIELD_HELP for k in raw):  # an unknown field is named first (by pydantic, below)
+        for key in _REQUIRED:  # an empty value is as missing as an absent one
+            if raw.get(key) is None or (isinstance(raw.get(key), str) and not raw[key].strip()):
                 raise CardError(path, "is missing", f"Add it: {FIELD_HELP[key]}", field=key)
     try:
         return CardFields.model_validate(raw)
