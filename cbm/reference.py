@@ -348,7 +348,7 @@ class TrainingReference:
         fix = "Save the model again from its run, or delete the file (the model then cannot abstain)"
         try:
             with safe_open(str(path), "pt") as f:
-                meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+                meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
             facts = json.loads(meta.get("facts", "{}"))
         except Exception as exc:  # noqa: BLE001 - safetensors, JSON and OS errors alike mean a damaged file
             raise ModelFormatError(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})", fix) from None
@@ -469,7 +469,7 @@ def build_reference(
     mean, precision = _shrunk_gaussian(every)
     ref = TrainingReference(features, np.asarray(train.labels)[keep], classes, rows=keep, thumbnails=thumbs,
                             ood_mean=mean, ood_precision=precision)
-    facts: dict[str, Any] = {"n_train": int(len(train.labels)), "n_reference": int(len(keep)),
+    facts: dict[str, Any] = {"n_train": len(train.labels), "n_reference": len(keep),
                              "ood_score": "Mahalanobis (Ledoit-Wolf)", "val_pass_rate_target": val_pass_rate,
                              "thumbnail_side": thumbnail_side if thumbnails else None}
     val = splits.get("val")
@@ -477,7 +477,7 @@ def build_reference(
         ref.val_scores = np.sort(ref.ood_scores(np.asarray(val.features, np.float32)))
         ref.threshold = float(np.quantile(ref.val_scores, val_pass_rate, method="higher"))
         facts["val_pass_rate"] = float(np.mean(ref.val_scores <= ref.threshold))
-        facts["n_val"] = int(len(val.labels))
+        facts["n_val"] = len(val.labels)
     from cbm.evaluate import operating_point
 
     predict = proba or model.predict_proba_from_features

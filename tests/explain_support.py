@@ -128,7 +128,6 @@ def demo_model(tmp_path_factory):
     import cbm
     from cbm.data import load_card
     from cbm.demo import make_dataset
-
     from cbm.heads import SparseConceptHead
 
     card = load_card(make_dataset(tmp_path_factory.mktemp("demo") / "world", n=400, size=64, progress=False, workers=1))

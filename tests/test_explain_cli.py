@@ -14,8 +14,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
 from explain_support import assert_no_phi, make_image, write_phi_dicom
+from PIL import Image
 
 from cbm.cli import main
 from cbm.explain import explain_image

@@ -112,8 +112,8 @@ def test_overlay_is_one_hue_with_a_contour_where_the_map_says():
 def test_grid_statement():
     from cbm.explain.overlay import grid_statement
 
-    assert grid_statement((2, 2)) == (False, "The model sees this image on a grid of 2 x 2 cells, too coarse to "
-                                              "localise a finding, so no maps are drawn.")
+    text = "The model sees this image on a grid of 2 x 2 cells, too coarse to localise a finding, so no maps are drawn."
+    assert grid_statement((2, 2)) == (False, text)
     drawn, text = grid_statement((8, 8))
     assert drawn and "8 x 8 grid" in text and "1/8 of its width" in text
     assert grid_statement(None)[0] is False

@@ -6,8 +6,8 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import struct
 import socket
+import struct
 import threading
 import time
 import zlib
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
 from explain_support import CLASSES, PageLog, assert_no_phi, make_image, write_phi_dicom
+from PIL import Image
 
 import cbm.explain.server as server_module
 from cbm.explain import ExplainApp, explain_image, make_server

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cbm.explain.case import CaseReport, explain_image
 from cbm.explain.card import render_class_card_html
+from cbm.explain.case import CaseReport, explain_image
 from cbm.explain.render import IndexRow, render_case_html, render_index_html
 from cbm.model import ConceptBottleneckModel
 from cbm.utils import atomic_write_json, atomic_write_text

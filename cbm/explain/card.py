@@ -92,7 +92,7 @@ def _abstention(model: ConceptBottleneckModel) -> str | None:
                 "image for a colour model and a very small image.")
     f = ref.facts
     target = 100 * f.get("val_pass_rate_target", 0)
-    return (f"The model withholds its answer when an image is unlike its training images: when the Mahalanobis distance "
+    return (f"The model withholds its answer when an image is unlike its training images: when the squared Mahalanobis distance "
             f"of its features from the {f.get('n_train', len(ref))} training images' is above {ref.threshold:.1f}, the "
             f"threshold set so that {target:g} % of the validation images pass ({100 * f.get('val_pass_rate', 0):.1f} % "
             f"of {f.get('n_val', '?')} did). It also withholds for a DICOM file of another modality, a greyscale image "
