@@ -22,7 +22,7 @@ child under an address-space limit and a time limit, and ends in one outcome:
   over twice the pixel budget's bytes.
 
 Prints JSON: counts per kind and outcome, the peak memory of any one input against the budget,
-and up to ``--examples`` inputs of each bad outcome. ``--legacy-errors`` counts the error classes
+and up to ``--examples`` inputs of each kind and bad outcome. ``--legacy-errors`` counts the error classes
 cbm documented before its ``InputError`` family (for a before/after table). Exit status 1 when any
 bad outcome occurred.
 """
@@ -528,6 +528,8 @@ def run_image(case: dict, legacy: bool) -> Callable[[], dict]:
         path = Path(case["path"])
         try:
             out = read_image(path)
+        except MemoryError:
+            raise  # the worker counts it as a crash
         except Exception as exc:  # noqa: BLE001 - classified
             return classify_error(exc, [str(path), path.name], legacy)
         why = check_image(path, out)
@@ -569,10 +571,10 @@ def mutate_card(rnd: random.Random) -> tuple[str, str | bytes, dict[str, str]]:
         return f"{field}: {value[:20]}", card_text(**{field: value}), {field: value}
     if choice == 3:  # billion laughs
         levels = rnd.randint(2, 10)
-        lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-        lines += [f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, levels)]
+        parts = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        parts += [f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, levels)]
         field = rnd.choice(["title", "modality", "nuisance_prompts"])
-        return f"aliases x{levels} in {field}", "\n".join(lines) + "\n" + card_text(**{field: f"*a{levels - 1}"}), {}
+        return f"aliases x{levels} in {field}", card_text(**{field: "{" + ", ".join(parts) + "}"}), {}
     if choice == 4:
         depth = rnd.choice([10, 40, 200, 1000, 5000])
         return f"nesting {depth}", card_text(title="[" * depth + "x" + "]" * depth), {}
@@ -705,6 +707,8 @@ def run_card(case: dict, legacy: bool) -> Callable[[], dict]:
         try:
             card = load_card(folder)
             manifest = card.manifest(strict=case["strict"]) if case["kind"] == "manifest" else None
+        except MemoryError:
+            raise  # the worker counts it as a crash
         except Exception as exc:  # noqa: BLE001 - classified
             return classify_error(exc, names, legacy)
         why = check_card(card, case["expected"]) or (check_manifest(card, manifest) if manifest is not None else None)
@@ -722,6 +726,8 @@ def run_validate(case: dict, legacy: bool) -> Callable[[], dict]:
         sys.stdout, sys.stderr = out, err
         try:
             status = main(["validate", str(folder), *(["--strict"] if case["strict"] else [])])
+        except MemoryError:
+            raise  # the worker counts it as a crash
         except BaseException as exc:  # noqa: BLE001 - an exception escaping the command is unclear by definition
             return {"outcome": "unclear_error", "detail": f"escaped: {type(exc).__name__}: {str(exc)[:200]}"}
         finally:
@@ -754,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds one input may take (default 20)")
     parser.add_argument("--max-pixels", type=int, help="pixel budget (default: cbm's)")
     parser.add_argument("--legacy-errors", action="store_true", help="count cbm's pre-InputError error classes as documented")
-    parser.add_argument("--examples", type=int, default=3, help="inputs listed per bad outcome")
+    parser.add_argument("--examples", type=int, default=3, help="inputs listed per kind and bad outcome")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     if args.max_pixels:
@@ -794,7 +800,8 @@ def main(argv: list[str] | None = None) -> int:
                 if result.get("peak_bytes", 0) > peak:
                     peak, peak_case = result["peak_bytes"], {k: case.get(k) for k in ("kind", "base", "mutation")}
                 counts[case["kind"]][result["outcome"]] += 1
-                if result["outcome"] in BAD and len(examples[result["outcome"]]) < args.examples:
+                shown = [e for e in examples[result["outcome"]] if e["kind"] == case["kind"]]
+                if result["outcome"] in BAD and len(shown) < args.examples:
                     examples[result["outcome"]].append({k: case[k] for k in ("kind", "mutation") if k in case}
                                                        | {"base": case.get("base"), "detail": result.get("detail")})
         finally:
