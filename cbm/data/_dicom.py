@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cbm.data._image import (
+from cbm.data._image_base import (
     DICOM_INSTALL_HINT,
     FramePolicy,
     ImageReadError,

@@ -19,6 +19,7 @@ import struct
 import zlib
 from pathlib import Path
 
+from cbm.data._image_base import ImageReadError
 from cbm.errors import quote
 
 __all__ = ["check_stream", "check_png", "check_jpeg"]
@@ -42,9 +43,8 @@ def check_stream(path: Path, fmt: str) -> None:
         check_jpeg(path)
 
 
-def _error(path: Path, problem: str, fix: str = "Download or export the file again", field: str | None = None):
-    from cbm.data._image import ImageReadError
-
+def _error(path: Path, problem: str, fix: str = "Download or export the file again",
+           field: str | None = None) -> ImageReadError:
     return ImageReadError(path, problem, fix, field=field)
 
 
