@@ -41,5 +41,7 @@ def test_each_kind_is_both_accepted_and_refused(campaign, kind):
 
 
 def test_peak_memory_of_any_input_is_under_twice_the_budget(campaign):
+    if not campaign["peak_measured"]:
+        pytest.skip("this system cannot reset a process's peak resident size (/proc/self/clear_refs)")
     assert campaign["pixel_budget"] == BUDGET and campaign["budget_bytes"] == 12 * BUDGET
     assert 0 < campaign["peak_mb_any_input"] * 2**20 <= 2 * campaign["budget_bytes"], campaign["peak_input"]
