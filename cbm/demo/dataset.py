@@ -384,25 +384,7 @@ def make_dataset(
             log.info("demo dataset %s is complete; reusing it", out_dir)
             return card_path
         log.warning("demo dataset %s lacks %d of its images (e.g. %s); drawing them again", out_dir, len(missing), missing[0])
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if record is None:
-            raise FileExistsError(
-                f"{out_dir} is not empty and was not written by `cbm demo make` (no {_RECORD}); "
-                "choose an empty or new folder"
-            )
-        if record.get("key") != key:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{out_dir} holds a demo dataset with other parameters ({record.get('params')}); choose another "
-                    "folder, or pass --overwrite (overwrite=True) to delete its images and draw the new one there"
-                )
-            log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
-            for child in ("images", MASKS_FOLDER, "manifest.csv", "card.yaml", "concepts.json", _RECORD):
-                target = out_dir / child
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+    _clear_for(out_dir, record, key, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": False})
 
@@ -431,6 +413,31 @@ def make_dataset(
     atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": True})
     log.info("demo dataset: %d images in %s", n, out_dir)
     return card_path
+
+
+def _clear_for(out_dir: Path, record: dict | None, key: str, overwrite: bool) -> None:
+    """Refuse a folder ``cbm demo make`` did not write, or one of other parameters unless ``overwrite``
+    (then empty it of what it wrote); a folder of the same parameters is resumed as it is."""
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    if record is None:
+        raise FileExistsError(
+            f"{out_dir} is not empty and was not written by `cbm demo make` (no {_RECORD}); choose an empty or new folder"
+        )
+    if record.get("key") == key:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} holds a demo dataset with other parameters ({record.get('params')}); choose another "
+            "folder, or pass --overwrite (overwrite=True) to delete its images and draw the new one there"
+        )
+    log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
+    for child in ("images", MASKS_FOLDER, "manifest.csv", "card.yaml", "concepts.json", _RECORD):
+        target = out_dir / child
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _missing_images(out_dir: Path) -> list[str]:

@@ -117,17 +117,7 @@ def encode_images(
             raise ValueError("encode_images(cache=False) cannot be split across ranks: sharded extraction goes through the cache")
         return _encode_uncached(encoder, dataset, paths, batch_size, workers, shard_size, show, desc)
 
-    hashes = distributed.on_rank_zero(lambda: content_hashes(paths, missing_ok=True, progress=show, desc="hashing"))
-    root = Path(cache_dir) if cache_dir is not None else _default_root()
-    store = FeatureCache(
-        root,
-        encoder_key=encoder.cache_key,
-        encoder_info={"name": encoder.name, **encoder.info},
-        item_hashes=hashes,
-        shard_size=shard_size,
-        embed_dim=encoder.embed_dim,
-        reading=_reading(dataset),
-    )
+    store = _open_store(encoder, dataset, paths, cache_dir, shard_size, show)
     with contextlib.ExitStack() as stack:
         if world == 1:  # ranks of one torchrun share a folder by design; separate processes take turns
             stack.enter_context(folder_lock(store.folder, f"the feature cache {store.folder}"))
@@ -157,25 +147,7 @@ def encode_images(
                 raise
             failure = f"rank {rank}: {type(exc).__name__}: {exc}"
             log.exception("feature extraction failed on rank %d", rank)
-        if world > 1:
-            outcomes = distributed.all_gather({"error": failure, "shards": {str(s): d.sha256 for s, d in written.items()}})
-            errors = [o["error"] for o in outcomes if o["error"]]
-            if errors:
-                raise RuntimeError("sharded feature extraction failed (finished shards are kept; re-run to resume): " + "; ".join(errors))
-            shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
-
-            def merge() -> None:  # every rank's shards, each checked against the hash its rank reported
-                valid.update({s: store.load(s, shas[s]) for s in todo})
-                if not current:
-                    store.write_manifest(valid)
-
-            distributed.on_rank_zero(merge)  # the other ranks wait for the manifest
-            if rank != 0:
-                valid = store.load_all()
-        else:
-            valid.update(written)
-            if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
-                store.write_manifest(valid)
+        valid = _gather_shards(store, todo, written, failure, valid, current, world, rank)
         if rank == 0:
             store.remove_stale_temp_files()
         computed = sum(store.shard_size_of(s) for s in todo)
@@ -183,6 +155,44 @@ def encode_images(
 
 
 # ---------------------------------------------------------------------------- internals
+def _open_store(encoder: Encoder, dataset: Any, paths: list, cache_dir, shard_size: int, show: bool) -> FeatureCache:
+    """The feature cache of this encoder and these files' contents (hashed on rank 0)."""
+    hashes = distributed.on_rank_zero(lambda: content_hashes(paths, missing_ok=True, progress=show, desc="hashing"))
+    return FeatureCache(
+        Path(cache_dir) if cache_dir is not None else _default_root(),
+        encoder_key=encoder.cache_key,
+        encoder_info={"name": encoder.name, **encoder.info},
+        item_hashes=hashes,
+        shard_size=shard_size,
+        embed_dim=encoder.embed_dim,
+        reading=_reading(dataset),
+    )
+
+
+def _gather_shards(store: FeatureCache, todo: list[int], written: dict[int, ShardData], failure: str | None,
+                   valid: dict[int, ShardData], current: bool, world: int, rank: int) -> dict[int, ShardData]:
+    """Every shard of the cache once this rank's are written: with several ranks, each checked against
+    the hash its rank reported, rank 0 writing the manifest; alone, the new shards added to the valid ones."""
+    if world == 1:
+        valid.update(written)
+        if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
+            store.write_manifest(valid)
+        return valid
+    outcomes = distributed.all_gather({"error": failure, "shards": {str(s): d.sha256 for s, d in written.items()}})
+    errors = [o["error"] for o in outcomes if o["error"]]
+    if errors:
+        raise RuntimeError("sharded feature extraction failed (finished shards are kept; re-run to resume): " + "; ".join(errors))
+    shas = {int(s): sha for o in outcomes for s, sha in o["shards"].items()}
+
+    def merge() -> None:
+        valid.update({s: store.load(s, shas[s]) for s in todo})
+        if not current:
+            store.write_manifest(valid)
+
+    distributed.on_rank_zero(merge)  # the other ranks wait for the manifest
+    return valid if rank == 0 else store.load_all()
+
+
 def _default_root() -> Path:
     return cache_dir("features")
 

@@ -309,6 +309,34 @@ def _fista(
     return W_cur, b_cur, Z_cur, L, max_iter, False
 
 
+def _solve_at(problem: _Problem, n_classes: int, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor, pos, neg,
+              l2: float, L: float, tol_abs: float, max_iter: int):
+    """One lambda: FISTA on a working set (the concepts in use plus the worst violators of the zero
+    condition, at most doubling it per round, Celer/skglm-style), then a full-gradient KKT check
+    that adds violators until there are none. Returns ``(W, b, L, loss, G, n_iter, converged)``."""
+    in_use = (W != 0).any(0)
+    active = in_use | _worst_violators(G, W, pos, neg, l2, tol_abs, in_use, int(in_use.sum()))
+    n_iter = 0
+    while True:
+        cols = torch.nonzero(active).flatten()
+        if cols.numel() > 0:
+            W_a, b, Z, L, it, ok = _fista(problem, cols, W, b, pos, neg, l2, L, tol_abs, max(max_iter - n_iter, 1))
+            n_iter += it
+            W = torch.zeros_like(W)
+            W[:, cols] = W_a
+        else:
+            # no concept may enter: only the intercepts move, to their closed form
+            b = _gradient_at_zero(problem, n_classes)[0]
+            Z = b[:, None].expand(n_classes, problem.n).contiguous()
+            ok = True
+        loss, RT = problem.loss_and_residual(Z)
+        G = problem.gradient(RT)
+        new = _worst_violators(G, W, pos, neg, l2, tol_abs, active, int(active.sum()))
+        if not bool(new.any()) or n_iter >= max_iter:
+            return W, b, L, loss, G, n_iter, ok and not bool(new.any())
+        active |= new
+
+
 def solve_path(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -363,31 +391,7 @@ def solve_path(
     for index, lam in enumerate(lambdas):
         pos, neg = problem.thresholds(lam)
         l2 = lam * (1.0 - l1_ratio)
-        # working set: the concepts in use plus the worst violators of the zero condition at
-        # this lambda, at most doubling it per round (Celer/skglm-style); the full-gradient KKT
-        # check after each round adds violators until there are none
-        in_use = (W != 0).any(0)
-        active = in_use | _worst_violators(G, W, pos, neg, l2, tol_abs, in_use, int(in_use.sum()))
-        n_iter, converged = 0, False
-        while True:
-            cols = torch.nonzero(active).flatten()
-            if cols.numel() > 0:
-                W_a, b, Z, L, it, ok = _fista(problem, cols, W, b, pos, neg, l2, L, tol_abs, max(max_iter - n_iter, 1))
-                n_iter += it
-                W = torch.zeros_like(W)
-                W[:, cols] = W_a
-            else:
-                # no concept may enter: only the intercepts move, to their closed form
-                b = _gradient_at_zero(problem, n_classes)[0]
-                Z = b[:, None].expand(n_classes, n).contiguous()
-                ok = True
-            loss, RT = problem.loss_and_residual(Z)
-            G = problem.gradient(RT)
-            new = _worst_violators(G, W, pos, neg, l2, tol_abs, active, int(active.sum()))
-            if not bool(new.any()) or n_iter >= max_iter:
-                converged = ok and not bool(new.any())
-                break
-            active |= new
+        W, b, L, loss, G, n_iter, converged = _solve_at(problem, n_classes, W, b, G, pos, neg, l2, L, tol_abs, max_iter)
         b = b - b.mean()
         b_raw = b - W @ problem.mean  # intercepts for the uncentred inputs
         objective = float(loss) + float(_penalty(W, pos, neg, l2))
