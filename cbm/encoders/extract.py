@@ -132,12 +132,9 @@ def encode_images(
         todo: list[int] = distributed.on_rank_zero(scan)
         mine = todo[rank::world]
         if rank == 0:
-            done = store.n_shards - len(todo)
-            log.info(
-                "%s: %d images, %d of %d shards cached in %s; computing %d image(s)%s",
-                desc, store.n_items, done, store.n_shards, store.folder,
-                sum(store.shard_size_of(s) for s in todo), f" on {world} ranks" if world > 1 else "",
-            )
+            log.info("%s: %d images, %d of %d shards cached in %s; computing %d image(s)%s", desc, store.n_items,
+                     store.n_shards - len(todo), store.n_shards, store.folder,
+                     sum(store.shard_size_of(s) for s in todo), f" on {world} ranks" if world > 1 else "")
         failure = None
         written: dict[int, ShardData] = {}
         try:
