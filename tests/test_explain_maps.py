@@ -119,24 +119,29 @@ def test_grid_statement():
     assert grid_statement(None)[0] is False
 
 
-def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
-    """demo-clip's tower (resnet_tiny_os8): an 8 x 8 grid at 64 px, and the mean of the projected
-    cells is the image embedding itself (before normalisation), so a cell's cosine is its own share."""
+def _tiny_clip(tower: str):
+    """An encoder-like object around a randomly initialised CLIP with one of cbm's towers."""
+    from types import SimpleNamespace
+
     from open_clip.model import CLIP
 
     from cbm.encoders.towers import register_towers
-    from cbm.explain.maps import _cam_cells, _timm_cam_tower
 
     register_towers()
     torch.manual_seed(0)
-    model = CLIP(embed_dim=32, vision_cfg={"image_size": 64, "timm_model_name": "resnet_tiny_os8", "timm_pool": "avg",
+    model = CLIP(embed_dim=32, vision_cfg={"image_size": 64, "timm_model_name": tower, "timm_pool": "avg",
                                            "timm_proj": "linear", "timm_model_pretrained": False},
                  text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}).eval()
+    return SimpleNamespace(model=model, name=tower)
 
-    class Enc:
-        name = "tiny-cnn"
 
-    Enc.model = model
+def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
+    """demo-clip's tower (resnet_tiny_os8): an 8 x 8 grid at 64 px, and the mean of the projected
+    cells is the image embedding itself (before normalisation), so a cell's cosine is its own share."""
+    from cbm.explain.maps import _cam_cells, _timm_cam_tower
+
+    Enc = _tiny_clip("resnet_tiny_os8")
+    model = Enc.model
     x = torch.randn(3, 64, 64)
     enc = encode_spatial(Enc, x)
     assert enc.method == "cam" and enc.grid == (8, 8)
@@ -155,20 +160,8 @@ def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
 def test_the_hybrid_demo_tower_maps_its_8_by_8_tokens():
     """resnet_tiny_os8_vit (demo-clip's tower): the CNN's 8 x 8 cells are transformer tokens, and a
     concept map is each projected token's cosine with the concept (patch-tokens), from one forward pass."""
-    from open_clip.model import CLIP
-
-    from cbm.encoders.towers import register_towers
-
-    register_towers()
-    torch.manual_seed(0)
-    model = CLIP(embed_dim=32, vision_cfg={"image_size": 64, "timm_model_name": "resnet_tiny_os8_vit", "timm_pool": "avg",
-                                           "timm_proj": "linear", "timm_model_pretrained": False},
-                 text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}).eval()
-
-    class Enc:
-        name = "hybrid"
-
-    Enc.model = model
+    Enc = _tiny_clip("resnet_tiny_os8_vit")
+    model = Enc.model
     x = torch.randn(3, 64, 64)
     enc = encode_spatial(Enc, x)
     assert enc.method == "patch-tokens" and enc.grid == (8, 8)
