@@ -112,3 +112,20 @@ def test_cbm_validate_names_the_card_line_in_one_line(tmp_path, capsys):
     assert main(["validate", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{folder / 'card.yaml'}: line " in err and "gives the key 'name' twice" in err
+
+
+def test_a_class_short_of_the_cards_promise_is_a_problem(tmp_path):
+    """validate (and --strict) holds a manifest to its split rule's min_per_class."""
+    from cbm.data import read_manifest
+    from cbm.errors import ManifestError
+
+    rows = ["path,label,split"] + [f"{s}_{c}{i}.png,{c},{s}" for s in ("train", "val", "test")
+                                   for c, n in (("a", 3), ("b", 1)) for i in range(n)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    kw = dict(class_names=["a", "b"], image_root=tmp_path, check_files=False)
+    report = read_manifest(tmp_path / "m.csv", min_per_class={"train": 2, "val": 1}, **kw).report
+    short = [p for p in report.problems if p.kind == "short_class"]
+    assert len(short) == 1 and "'train'" in short[0].message and "b 1" in short[0].message
+    assert not [p for p in read_manifest(tmp_path / "m.csv", min_per_class=1, **kw).report.problems if p.kind == "short_class"]
+    with pytest.raises(ManifestError, match="promised 2 images"):
+        read_manifest(tmp_path / "m.csv", min_per_class=2, strict=True, **kw)

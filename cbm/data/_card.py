@@ -152,6 +152,7 @@ class DataCard:
                     strict=strict,
                     root_hint=self.unset_root_variable(),
                     allow_outside_root=self.allow_outside_root,
+                    min_per_class=(self.make_splits or {}).get("min_per_class"),
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None

@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class ManifestProblem:
     """One kind of problem with the rows it affects."""
 
     kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
-    #            | outside_root | bad_path | no_training_image | empty_field
+    #            | outside_root | bad_path | no_training_image | short_class | empty_field
     message: str
     lines: tuple[int, ...] = ()
 
@@ -197,8 +197,12 @@ def read_manifest(
     strict: bool = False,
     root_hint: str | None = None,
     allow_outside_root: bool = False,
+    min_per_class: int | Mapping[str, int] | None = None,
 ) -> Manifest:
     """Read and check a manifest CSV.
+
+    ``min_per_class`` is the card's promise (its split rule's ``min_per_class``: one number, or one per
+    split): a class with fewer usable images in a split is a problem (``short_class``).
 
     ``root_hint`` is added to the message about missing image files (the card uses it to say that
     the environment variable naming its image folder is not set).
@@ -253,7 +257,7 @@ def read_manifest(
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
     report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts())
-    _whole_file_problems(report, classes)
+    _whole_file_problems(report, classes, min_per_class)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -356,9 +360,17 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
     return kept
 
 
-def _whole_file_problems(report: ManifestReport, classes: list[str]) -> None:
-    """Splits without images and classes without a training image."""
+def _whole_file_problems(report: ManifestReport, classes: list[str],
+                         min_per_class: int | Mapping[str, int] | None = None) -> None:
+    """Splits without images, classes without a training image, classes short of the card's promise."""
     counts = report.counts
+    for split, per_class in sorted(counts.items()):
+        least = int(min_per_class.get(split, 0)) if isinstance(min_per_class, Mapping) else int(min_per_class or 0)
+        short = [f"{c} {per_class.get(c, 0)}" for c in classes if per_class.get(c, 0) < least]
+        if short:
+            report.problems.append(ManifestProblem(
+                "short_class", f"split {split!r} holds fewer than the card's promised {least} images of "
+                f"{quote(', '.join(short))[1:-1]} (make_splits.min_per_class)"))
     for split in REQUIRED_SPLITS:
         if not counts.get(split):
             report.problems.append(ManifestProblem("empty_split", f"split {split!r} has no usable images"))
