@@ -26,7 +26,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "run"
     # enough steps that the run cannot end before the signal arrives, on a fast machine too
     args = [sys.executable, str(SCRIPT), *TINY, "--steps", "200", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    # a job started in the background of a non-interactive shell (as CI may be) inherits SIGINT ignored;
+    # the child must see Ctrl-C as a person's terminal would send it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # interrupt once a selection (and so a checkpoint) has happened
         if line.startswith('{"step": 15'):
             proc.send_signal(signal.SIGINT)
