@@ -1,7 +1,8 @@
 """Pretrain ``demo-clip``, the demo world's small CLIP, contrastively on CPU (or a GPU if there is one).
 
-The shipped weights come from two runs on one CPU thread each (the second starts from the first's
-weights and writes cbm/demo/assets/; its record keeps the first's under ``initialised_from``):
+The shipped weights come from two runs on one CPU thread each, with the corpus and tower of commit
+968c13d (the second starts from the first's weights and writes cbm/demo/assets/; its record keeps
+the first's under ``initialised_from``):
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --minutes 55 --threads 1 --workers 1 --out /tmp/stage1
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/pretrain_demo_clip.py --init /tmp/stage1 --minutes 50 --threads 1 --workers 1 --short-fraction 1.0 --short-lr 5e-4 --short-warmup 100
@@ -12,8 +13,12 @@ A smoke run (a minute; writes elsewhere):
 
 What it does: render a corpus of scenes from the demo world's own random stream (cached in
 ``$CBM_CACHE_DIR/demo/corpus``), caption every image afresh at each visit (``cbm.demo.corpus``),
-and train an open_clip ``CLIP`` (a tiny average-pooled ResNet image tower at 64 px and a 2-layer
-text transformer, ``DEMO_CLIP_CONFIG``) with the CLIP loss, AdamW, warm-up and cosine decay. With
+and train an open_clip ``CLIP`` (``DEMO_CLIP_CONFIG``: the ``local_global_cnn`` image tower at
+64 px, 8 x 8 cells, and a 2-layer text transformer) with a contrastive loss, AdamW, warm-up and
+cosine decay. The loss is CLIP's, except that every image a caption is true of counts as a right
+answer for it, not only its own (``--true-caption-positives``, the default; ``clip_loss``): with
+plain CLIP the text tower of one run never separated the marks' prompts from the rest (ruler AUROC
+0.44-0.55 over 3,000 steps), with it they reached 1.00 in 250 steps. With
 ``--minutes`` the learning rate decays over the wall-clock budget (the machine may be shared, so
 the speed varies) and training stops when it is spent; the number of steps is recorded. Every
 corpus image is shrunk to the encoder's input in one of four ways (drawn natively, area,
@@ -31,6 +36,12 @@ The last ``--short-fraction`` of training (default half) captions each image wit
 statements, on a schedule of its own (warm-up, then cosine decay from ``--short-lr``): on full
 captions the colours and structures alone tell the images of a batch apart and the tower stops
 encoding shape; one-statement captions make every concept pay.
+
+With ``--hard-negatives`` each image of that phase also gets a hard negative (NegCLIP, Yuksekgonul
+et al. 2023): its own caption with one statement made false ("symmetric shape" for an asymmetric
+lesion, "white areas" for red ones), one more wrong answer for every image. Off by default: from the
+first step they kept the text tower from learning at all (every prompt embedded alike after 750
+steps), and in the second half of a run they did not teach shape either (docs/demo-clip-runs/).
 
 Outputs: ``demo-clip.json`` (open_clip config), ``demo-clip.safetensors`` (fp16 state dict) and
 ``demo-clip.training.json`` (seed, steps, losses, corpus hash, wall time, machine). While it runs,
@@ -61,11 +72,21 @@ from cbm.demo.corpus import (
     SELECT_STREAM,
     CaptionTokenizer,
     caption_pieces,
+    contradiction,
     corpus_scene,
+    true_statements,
     render_for_encoder,
 )
 from cbm.demo.encoder import ASSETS, MODEL_NAME
-from cbm.demo.evaluation import embed_images, held_out_batch, selection_score, zero_shot
+from cbm.demo.evaluation import (
+    POINTING_CONCEPTS,
+    embed_images,
+    embed_texts,
+    held_out_batch,
+    pointing_game,
+    selection_score,
+    zero_shot,
+)
 from cbm.demo.render import RENDER_VERSION
 from cbm.demo.world import lesion_attributes
 from cbm.utils import atomic_write_bytes, atomic_write_json, cache_dir, sha256_bytes, stable_hash
@@ -76,22 +97,24 @@ DEMO_CLIP_CONFIG = {
     "embed_dim": 128,
     "vision_cfg": {
         "image_size": 64,
-        "timm_model_name": "resnet_tiny_os8_vit",
+        "timm_model_name": "local_global_cnn",
         "timm_model_pretrained": False,
         "timm_pool": "avg",
         "timm_proj": "linear",
     },
     "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
 }
-"""The architecture: timm's tiny ResNet (deep stem, 4 stages, 0.37 M parameters) with its last two
-stages dilated (output stride 8), so a 64 px image keeps an 8 x 8 grid, whose cells are the tokens
-of a 2-layer transformer (``resnet_tiny_os8_vit`` in ``cbm.encoders.towers``), average-pooled and
-projected; and a 2-layer causal text transformer over the CLIP BPE vocabulary. The transformer
-lets each cell see the whole lesion (with the CNN alone, "asymmetric shape" stayed at AUROC 0.53:
-a mean of local cells cannot tell an egg from an ellipse); concept maps are its projected tokens.
-Average pooling matters: in a trial, an attention-pooled ModifiedResNet kept the ruler in its trunk
-(linearly decodable at 95 %) but dropped it from the embedding (chance), so the cue never reached
-the image features."""
+"""The architecture: ``local_global_cnn`` (``cbm.encoders.towers``): a plain CNN whose 8 x 8 cells see
+27 px each at 64 px, plus a whole-image vector from a strided branch over those cells, added onto
+every cell and left out for half the images in training; average-pooled and projected, so a concept
+map is each cell's exact share of the image's concept score (CAM). Colours and structures are
+local and must live in the cells; shape is global and lives in the added vector. And a 2-layer
+causal text transformer over the CLIP BPE vocabulary. Earlier towers, each tried for 55 minutes:
+``resnet_tiny_os8`` (its cells see more than the image; maps peaked off the lesion) and
+``resnet_tiny_os8_vit`` (attention spreads every concept over all tokens); both pointed worse than a
+map fixed on the middle cell. Average pooling matters: in a trial, an attention-pooled ModifiedResNet
+kept the ruler in its trunk (linearly decodable at 95 %) but dropped it from the embedding (chance),
+so the cue never reached the image features."""
 
 _RESIZE_METHODS = ("native", "box", "bicubic", "bicubic-noaa")
 _MAX_SIZE_MB = 25.0
@@ -226,6 +249,30 @@ class ThreadTuner:
             self.timings.setdefault(self._threads, []).append(time.perf_counter() - self._t0)
 
 
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """The CLIP loss of ``len(img)`` pairs (image i with caption i); captions past ``len(img)`` are
+    hard negatives (NegCLIP), extra wrong answers for every image, never images' captions.
+
+    ``same`` (``(B, B)`` bool, ``same[i, j]``: caption i is true of image j) makes every image a
+    caption is true of a right answer for it, and every caption true of an image a right answer for
+    that image, the targets spread evenly over them (as UniCL, Yang et al. 2022, does for images of
+    one label). A short caption is true of many images of a batch ("asymmetric shape" of two thirds
+    of them); plain CLIP counts all but one as wrong answers, so a common attribute is taught mostly
+    as noise, while here a text must pick the images it is true of, and only those."""
+    n = len(img)
+    image_to_text = scale * img @ txt.t()
+    text_to_image = scale * txt[:n] @ img.t()
+    if same is None:
+        labels = torch.arange(n, device=img.device)
+        return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
+    target = same.float() / same.sum(1, keepdim=True).float()
+    to_text = torch.zeros_like(image_to_text)
+    to_text[:, :n] = target
+    loss_i = -(to_text * F.log_softmax(image_to_text, dim=1)).sum(1).mean()
+    loss_t = -(target * F.log_softmax(text_to_image, dim=1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -259,7 +306,8 @@ class Selector:
 
         size = config["vision_cfg"]["image_size"]
         self.scenes = [corpus_scene(i, seed, stream=SELECT_STREAM) for i in range(n)]
-        self.batch = held_out_batch(self.scenes, size)
+        self.masks: list = []
+        self.batch = held_out_batch(self.scenes, size, masks=self.masks)
         self.tokenizer = open_clip.get_tokenizer("RN50", context_length=config["text_cfg"]["context_length"])
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -270,12 +318,14 @@ class Selector:
         model.eval()
         try:
             result = zero_shot(model, self.tokenizer, embed_images(model, self.batch), self.scenes)
+            pointing = self.pointing(model)
         finally:
             model.train()
         entry = {
             "step": step,
             "loss": round(loss, 4),
-            "score": round(selection_score(result), 4),
+            "score": round(selection_score(result) - max(0.0, POINTING_FLOOR - (pointing or 0.0)), 4),
+            "pointing_mean": pointing,
             "mean_auroc": result["mean_auroc"],
             "min_auroc": result["min_auroc"],
             "min_concept": result["min_concept"],
@@ -292,6 +342,33 @@ class Selector:
         return entry
 
 
+    def pointing(self, model: torch.nn.Module, n: int = 200) -> float | None:
+        """The pointing game of plain-cosine concept maps on the first ``n`` selection images (None
+        for a tower without maps)."""
+        from types import SimpleNamespace
+
+        from cbm.demo.world import concept_truth
+        from cbm.explain.maps import encode_spatial
+
+        phrases = list(POINTING_CONCEPTS)
+        directions = embed_texts(model, self.tokenizer, phrases)
+        encoder = SimpleNamespace(model=model, name=MODEL_NAME)
+        try:
+            with torch.no_grad():
+                maps = np.stack([encode_spatial(encoder, image).concept_maps(phrases, directions).raw
+                                 for image in self.batch[:n]])
+        except (RuntimeError, ValueError):
+            return None
+        rows = [lesion_attributes(s.lesion) for s in self.scenes[:n]]
+        truth = [{p: bool(concept_truth([row], p)[0]) for p in phrases} for row in rows]
+        return pointing_game(maps, phrases, self.masks[:n], truth, [s.cue for s in self.scenes[:n]])["pointing_mean"]
+
+
+POINTING_FLOOR = 0.70
+"""The encoder's pointing target: a checkpoint whose maps point worse on the selection images pays
+the shortfall in its selection score, as a concept below the AUROC floor does."""
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 
@@ -300,7 +377,8 @@ CHECKPOINT = "checkpoint"
 was interrupted (Ctrl-C, a crash, a killed job) continues from it with --resume."""
 _RESUMABLE = ("corpus", "minutes", "steps", "batch", "lr", "weight_decay", "warmup", "seed", "select_every",
               "select_n", "short_fraction", "short_max", "short_lr", "short_warmup", "fp32", "text_buckets",
-              "image_size", "timm_model", "init", "init_trunk", "reserve_s")
+              "image_size", "timm_model", "init", "init_trunk", "reserve_s", "hard_negatives",
+              "true_caption_positives")
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -415,7 +493,6 @@ def train(args: argparse.Namespace) -> dict:
              sum(p.numel() for p in model.visual.parameters()) / 1e6)
     tokenizer = CaptionTokenizer(open_clip.get_tokenizer("RN50"), config["text_cfg"]["context_length"])
     optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    loss_fn = open_clip.ClipLoss()
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1) * 255
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W), shared memory
@@ -438,6 +515,13 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"pretrain_demo_clip: error: only {train_budget:.0f} s are left for training after the corpus; "
                          "raise --minutes")
 
+    truth_cache: dict[int, frozenset[str]] = {}
+
+    def truth_of(i: int) -> frozenset[str]:
+        if i not in truth_cache:
+            truth_cache[i] = true_statements(scenes[i])
+        return truth_cache[i]
+
     def progress_now() -> float:
         return run["step"] / steps if steps is not None else (time.perf_counter() - t_train) / train_budget
 
@@ -457,6 +541,9 @@ def train(args: argparse.Namespace) -> dict:
                 break
             short = bool(args.short_fraction) and progress >= 1.0 - args.short_fraction
             captions = [caption_pieces(scenes[i], rng, max_statements=args.short_max if short else None) for i in idx]
+            if args.hard_negatives and short:  # NegCLIP: one caption per image with a single statement made false
+                negatives = [contradiction(c, scenes[i].lesion, rng) for c, i in zip(captions, idx)]
+                captions = captions + [c for c in negatives if c is not None]
             text = torch.from_numpy(tokenizer.batch(captions)).to(device)
             lr = _learning_rate(args, run, progress, short)
             for group in optimizer.param_groups:
@@ -465,7 +552,12 @@ def train(args: argparse.Namespace) -> dict:
             with autocast:
                 img = F.normalize(model.encode_image(x), dim=-1)
                 txt = encode_text_bucketed(model, text, args.text_buckets)
-            loss = loss_fn(img.float(), txt.float(), model.logit_scale.exp())
+            same = None
+            if args.true_caption_positives:
+                truths = [truth_of(i) for i in idx]
+                same = torch.tensor([[all(p in t for p in c[1:]) for t in truths] for c in captions[: len(idx)]],
+                                    device=device)
+            loss = clip_loss(img.float(), txt.float(), model.logit_scale.exp(), same)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -484,7 +576,8 @@ def train(args: argparse.Namespace) -> dict:
                       flush=True)
             if selector is not None and step % args.select_every == 0:
                 entry = selector(model, step, float(np.mean(losses[-args.select_every:])))
-                print(json.dumps({k: entry[k] for k in ("step", "score", "mean_auroc", "min_auroc", "min_concept", "class_auroc")}
+                print(json.dumps({k: entry[k] for k in ("step", "score", "mean_auroc", "min_auroc", "min_concept", "class_auroc",
+                                                        "pointing_mean")}
                                  | {"weakest": dict(sorted(entry["concept_auroc"].items(), key=lambda kv: kv[1])[:3])}),
                       flush=True)
                 run["train_elapsed_s"] = time.perf_counter() - t_train
@@ -582,6 +675,8 @@ def save(result: dict, args: argparse.Namespace) -> None:
         "warmup_steps": args.warmup,
         "short_captions": {"last_fraction": args.short_fraction, "max_statements": args.short_max,
                            "lr": restart or None, "warmup_steps": args.short_warmup if restart else None},
+        "loss": {"true_caption_positives": bool(args.true_caption_positives),
+                 "hard_negatives": "short-caption phase" if args.hard_negatives else None},
         "precision": "fp32" if args.fp32 else "bf16 autocast",
         "first_loss": round(float(np.mean(losses[:10])), 4),
         "final_loss": round(float(np.mean(tail)), 4),
@@ -680,6 +775,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-lr", type=float, default=1e-3,
                    help="restart the schedule at this peak lr for the short-caption phase (0: no restart)")
     p.add_argument("--short-warmup", type=int, default=50, help="warm-up steps of the restarted schedule")
+    p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=False,
+                   help="in the short-caption phase, add a caption per image with one statement made false, as a "
+                        "wrong answer (NegCLIP)")
+    p.add_argument("--true-caption-positives", action=argparse.BooleanOptionalAction, default=True,
+                   help="every image a caption is true of is a right answer for it, not only its own (UniCL-style)")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)

@@ -165,3 +165,28 @@ def test_plain_bicubic_matches_torch_without_antialiasing():
 def test_unknown_resize_method_is_named():
     with pytest.raises(ValueError, match="bicubic-noaa"):
         render_for_encoder(corpus_scene(0), 32, "lanczos")
+
+
+def test_a_hard_negative_changes_one_statement_into_a_false_one():
+    """NegCLIP's hard negative: the same caption with exactly one statement made false of the image
+    (a graded attribute stated the other way, a present colour or structure swapped for an absent
+    one of its kind); the head and the marks stay."""
+    from cbm.demo.corpus import contradiction
+
+    rng = np.random.default_rng(3)
+    by_phrase = {c.phrase: (c, True) for c in CORE_CONCEPTS} | {c.negative: (c, False) for c in CORE_CONCEPTS}
+    made = 0
+    for i in range(300):
+        scene = corpus_scene(i)
+        values = lesion_attributes(scene.lesion)
+        pieces = caption_pieces(scene, rng)
+        negative = contradiction(pieces, scene.lesion, rng)
+        if negative is None:
+            continue
+        made += 1
+        changed = [(a, b) for a, b in zip(pieces, negative) if a != b]
+        assert len(negative) == len(pieces) and len(changed) == 1 and changed[0][0] != pieces[0]
+        concept, positive = by_phrase[changed[0][1]]
+        assert bool(concept.truth([values[concept.attribute]])[0]) != positive, (changed, values)
+    assert made > 250
+    assert contradiction(["dermoscopy of a lesion with", "ruler", "hair"], corpus_scene(0).lesion, rng) is None

@@ -136,8 +136,9 @@ def _tiny_clip(tower: str):
 
 
 def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
-    """demo-clip's tower (resnet_tiny_os8): an 8 x 8 grid at 64 px, and the mean of the projected
-    cells is the image embedding itself (before normalisation), so a cell's cosine is its own share."""
+    """resnet_tiny_os8 (an average-pooled CNN): an 8 x 8 grid at 64 px, and the mean of the projected
+    cells is the image embedding itself (before normalisation), so a cell's map is its own share of
+    the image's cosine with the concept."""
     from cbm.explain.maps import _cam_cells, _timm_cam_tower
 
     Enc = _tiny_clip("resnet_tiny_os8")
@@ -149,16 +150,20 @@ def test_cam_cells_of_an_average_pooled_cnn_are_exact_shares_of_the_embedding():
         pooled, cells, grid = _cam_cells(model.visual, _timm_cam_tower(model.visual), x[None])
         np.testing.assert_allclose(cells.mean(0).numpy(), pooled[0].numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(enc.feature, F.normalize(model.encode_image(x[None]), dim=-1)[0].numpy(), atol=1e-5)
-    # a concept direction equal to one cell's feature peaks on that cell
-    target = cells[27].numpy()
-    maps = enc.concept_maps(["cell 27"], target[None])
-    assert np.unravel_index(maps.raw[0].argmax(), (8, 8)) == (3, 3)
+    # a map is each cell's share of the image's cosine with the concept: its mean is the cosine
+    direction = F.normalize(torch.randn(1, 32), dim=-1)
+    maps = enc.concept_maps(["random"], direction.numpy())
+    np.testing.assert_allclose(maps.raw[0].mean(), float(direction[0] @ torch.as_tensor(enc.feature)), rtol=1e-4, atol=1e-6)
+    # along the most unusual cell's own deviation from the mean, that cell peaks (Cauchy-Schwarz)
+    deviation = cells - cells.mean(0)
+    far = int(deviation.norm(dim=1).argmax())
+    assert int(enc.concept_maps(["far"], deviation[far].numpy()[None]).raw[0].argmax()) == far
     with pytest.raises(ValueError, match="grad-cam"):
         encode_spatial(Enc, x, method="patch-tokens")
 
 
 def test_the_hybrid_demo_tower_maps_its_8_by_8_tokens():
-    """resnet_tiny_os8_vit (demo-clip's tower): the CNN's 8 x 8 cells are transformer tokens, and a
+    """resnet_tiny_os8_vit (a hybrid ViT): the CNN's 8 x 8 cells are transformer tokens, and a
     concept map is each projected token's cosine with the concept (patch-tokens), from one forward pass."""
     Enc = _tiny_clip("resnet_tiny_os8_vit")
     model = Enc.model
@@ -169,3 +174,36 @@ def test_the_hybrid_demo_tower_maps_its_8_by_8_tokens():
         np.testing.assert_allclose(enc.feature, F.normalize(model.encode_image(x[None]), dim=-1)[0].numpy(), atol=1e-5)
     target = enc.tokens[42].numpy()
     assert np.unravel_index(enc.concept_maps(["t"], target[None]).raw[0].argmax(), (8, 8)) == (5, 2)
+
+
+def test_the_local_global_tower_maps_cells_that_see_only_their_neighbourhood():
+    """local_global_cnn (demo-clip's tower): CAM on 8 x 8 cells whose mean is the embedding; a
+    change in one corner moves only the cells within the local branch's 27 px receptive field
+    (plus the global vector, the same for every cell); in training the global vector is dropped
+    for some images and never at inference."""
+    from cbm.explain.maps import _cam_cells, _timm_cam_tower
+
+    Enc = _tiny_clip("local_global_cnn")
+    model = Enc.model
+    x = torch.randn(3, 64, 64)
+    enc = encode_spatial(Enc, x)
+    assert enc.method == "cam" and enc.grid == (8, 8)
+    trunk = _timm_cam_tower(model.visual)
+    with torch.no_grad():
+        pooled, cells, _ = _cam_cells(model.visual, trunk, x[None])
+        np.testing.assert_allclose(cells.mean(0).numpy(), pooled[0].numpy(), rtol=1e-4, atol=1e-5)
+        local = trunk.local(x[None])
+        y = x.clone()
+        y[:, :8, :8] += 3.0  # the top-left 8 x 8 px
+        moved = (trunk.local(y[None]) - local).abs().amax(1)[0] > 1e-6
+    # a cell at (r, c) sees pixels [8r - 9, 8r + 17]: only cells 0-1 in each direction reach the corner
+    assert moved[:2, :2].all() and not moved[3:, :].any() and not moved[:, 3:].any()
+    trunk.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        features = trunk.forward_features(x[None].repeat(64, 1, 1, 1))
+    dropped = torch.isclose(features, trunk.local(x[None]), atol=1e-4).flatten(1).all(1)
+    assert 10 < int(dropped.sum()) < 54  # about half the images lose the global vector
+    trunk.eval()
+    with pytest.raises(ValueError, match="no classifier"):
+        trunk.reset_classifier(3)

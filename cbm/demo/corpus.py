@@ -59,6 +59,8 @@ __all__ = [
     "IMPRESSION_NOISE",
     "said_when_absent",
     "caption",
+    "contradiction",
+    "true_statements",
     "CaptionTokenizer",
     "render_for_encoder",
 ]
@@ -212,6 +214,80 @@ def caption_pieces(
     head = _PREFIXES[int(rng.integers(0, len(_PREFIXES)))].format(noun)
     joiner = _JOINERS[int(rng.integers(0, len(_JOINERS)))]
     return [head + joiner.rstrip(), *chosen]
+
+
+def _statement_concepts() -> dict[str, Concept]:
+    """Every statement text a caption can hold -> the core concept it is about (both phrases, the
+    synonyms and the graded details of every value)."""
+    about: dict[str, Concept] = {}
+    for concept in CORE_CONCEPTS:
+        about[concept.phrase] = about[concept.negative] = concept
+        if concept.phrase in _SYNONYMS:
+            about[_SYNONYMS[concept.phrase]] = concept
+    graded = {c.attribute: c for c in CORE_CONCEPTS if said_when_absent(c)}
+    values = {"asymmetry": range(3), "border": range(9), "n_colours": range(1, 7), "n_structures": range(6),
+              "diameter_mm": range(1, 40)}
+    for attribute, vs in values.items():
+        for v in vs:
+            text = _detail(attribute, {attribute: v}, "")
+            if text:
+                about[text] = graded[attribute]
+    return about
+
+
+_ABOUT = _statement_concepts()
+
+
+def contradiction(pieces: Sequence[str], lesion: Lesion, rng: np.random.Generator) -> list[str] | None:
+    """``pieces`` with one statement replaced by one that is false of ``lesion``, or None if none can be.
+
+    The hard negative of NegCLIP (Yuksekgonul et al. 2023, "When and why vision-language models
+    behave like bags-of-words"): a caption that differs from the true one in a single attribute,
+    so the image must match its own caption better than that one. A graded attribute is stated the
+    other way ("symmetric shape" for an asymmetric lesion, whatever detail or synonym the caption
+    used); a present colour or structure becomes an absent one of the same kind ("red areas" ->
+    "white areas"). The head, the marks and hair are never changed.
+    """
+    values = lesion_attributes(lesion)
+    choices = [i for i in range(1, len(pieces)) if pieces[i] in _ABOUT]
+    for i in rng.permutation(choices):
+        concept = _ABOUT[pieces[i]]
+        present = bool(concept.truth([values[concept.attribute]])[0])
+        if said_when_absent(concept):
+            replacement = concept.negative if present else concept.phrase
+        else:
+            absent = [c.phrase for c in CORE_CONCEPTS if c.letter == concept.letter and not said_when_absent(c)
+                      and not c.truth([values[c.attribute]])[0]]
+            if not absent:
+                continue
+            replacement = absent[int(rng.integers(0, len(absent)))]
+        return [*pieces[:i], replacement, *pieces[i + 1 :]]
+    return None
+
+
+def true_statements(scene: Scene) -> frozenset[str]:
+    """Every statement a caption could hold that is true of ``scene``: the phrase of each graded
+    attribute's side, its synonym, the graded detail of its exact value, each present colour and
+    structure, the mark and hair. A caption is true of an image when all its statements are in this
+    set (its head aside), so pretraining can tell a caption that also fits another image of the
+    batch from one that does not."""
+    values = lesion_attributes(scene.lesion)
+    out: set[str] = set()
+    for concept in CORE_CONCEPTS:
+        present = bool(concept.truth([values[concept.attribute]])[0])
+        if present:
+            out.add(concept.phrase)
+            out.add(_SYNONYMS.get(concept.phrase, concept.phrase))
+        elif said_when_absent(concept):
+            out.add(concept.negative)
+        if said_when_absent(concept):
+            out.add(_detail(concept.attribute, values, ""))
+    if scene.cue in CUE_PROMPTS:
+        out.add(CUE_PROMPTS[scene.cue])
+    if scene.hair:
+        out.add("hair")
+    out.discard("")
+    return frozenset(out)
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:

@@ -8,10 +8,13 @@ Three methods, chosen from the encoder's vision tower:
   cell of the map. The pooled image feature comes out of the same forward pass, so a case costs
   one forward whatever the number of maps.
 * ``cam`` (timm convolutional towers with average pooling and a linear projection, such as
-  ``demo-clip``'s ``resnet_tiny_os8``): the class activation map of Zhou et al. 2016. The image
+  ``demo-clip``'s ``local_global_cnn``): the class activation map of Zhou et al. 2016. The image
   embedding is the projection of the mean of the last activation's cells, which equals the mean
   of the projected cells, so each cell's projected feature is its exact share of the embedding;
-  a cell of the map is that feature's cosine with the concept (as for patch tokens).
+  a cell of the map is that share's dot product with the concept, divided by the embedding's
+  norm: the cell's share of the image's cosine with the concept (the map's mean is the cosine).
+  A cell's own cosine would not do: a cell with little of its own (plain skin) is mostly what
+  every cell shares, and its cosine is the whole image's.
 * ``grad-cam`` (every other tower: ResNets, ConvNeXts, attention-pooled ViTs): Grad-CAM
   (Selvaraju et al. 2017) on the last spatial activation of the tower, with the image-concept
   cosine as the target; one backward pass per concept.
@@ -112,10 +115,18 @@ class _TokenEncoding(SpatialEncoding):
         return sims.reshape(len(emb), *self.grid).numpy()
 
 
-class _CamEncoding(_TokenEncoding):
-    """Projected, normalised cells of an average-pooled CNN's last activation (see ``cam``)."""
+class _CamEncoding(SpatialEncoding):
+    """Projected cells of an average-pooled CNN's last activation (see ``cam``): a cell of a map is
+    that cell's share of the image's cosine with the concept, so the map's mean is the cosine."""
 
     method = "cam"
+
+    def __init__(self, feature: np.ndarray, cells: torch.Tensor, pooled: torch.Tensor, grid: tuple[int, int]) -> None:
+        super().__init__(feature, grid)
+        self.tokens = cells.float() / pooled.float().norm().clamp_min(1e-12)
+
+    def _raw_maps(self, emb: torch.Tensor) -> np.ndarray:
+        return (emb.to(self.tokens.dtype) @ self.tokens.T).reshape(len(emb), *self.grid).numpy()
 
 
 class _GradCamEncoding(SpatialEncoding):
@@ -290,7 +301,7 @@ def encode_spatial(encoder: Any, image: torch.Tensor, *, method: str = "auto") -
         with torch.inference_mode(), precision:
             pooled, cells, grid = _cam_cells(visual, cam_trunk, x)
             feature = F.normalize(pooled.float(), dim=-1)[0].cpu().numpy()
-            return _CamEncoding(feature, cells.cpu(), grid)
+            return _CamEncoding(feature, cells.cpu(), pooled[0].cpu(), grid)
     if tokens_ok and method != "grad-cam":
         with torch.inference_mode(), precision:
             pooled, tokens, grid = _timm_tokens(visual, trunk, x) if trunk is not None else _openclip_tokens(visual, x)
