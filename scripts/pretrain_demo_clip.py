@@ -29,8 +29,9 @@ Every ``--select-every`` steps (and at the end) the model is scored zero-shot on
 of the world's selection stream (``SELECT_STREAM``, never the evaluation stream that
 ``scripts/eval_demo_clip.py`` reports on): the AUROC of every core concept's prompt, combined
 by ``cbm.demo.evaluation.selection_score`` (the mean minus the shortfall of any concept below
-0.75). The best-scoring checkpoint is the one saved, and the record lists every score: a small
-image tower can learn a concept and later lose it to the others.
+0.85), minus the shortfall of the concept maps' pointing game below ``POINTING_FLOOR`` on 200 of
+those images. The best-scoring checkpoint is the one saved, and the record lists every score: a
+small image tower can learn a concept and later lose it to the others.
 
 The last ``--short-fraction`` of training (default half) captions each image with one or two
 statements, on a schedule of its own (warm-up, then cosine decay from ``--short-lr``): on full
@@ -726,8 +727,9 @@ def _selection_record(selector: Selector | None, args: argparse.Namespace) -> di
         "images": args.select_n,
         "stream": SELECT_STREAM,
         "every_steps": args.select_every,
-        "score": "mean concept AUROC minus the shortfall of the concepts below 0.85 (cbm.demo.evaluation.selection_score)",
-        "history": [{k: e[k] for k in ("step", "loss", "score", "mean_auroc", "min_auroc", "min_concept")}
+        "score": "mean concept AUROC minus the shortfall of the concepts below 0.85 (cbm.demo.evaluation.selection_score) "
+                 f"and of the maps' pointing game below {POINTING_FLOOR} (on the first 200 images)",
+        "history": [{k: e[k] for k in ("step", "loss", "score", "mean_auroc", "min_auroc", "min_concept", "pointing_mean")}
                     for e in selector.history],
     }
 
