@@ -266,11 +266,12 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, same: t
     if same is None:
         labels = torch.arange(n, device=img.device)
         return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
-    target = same.float() / same.sum(1, keepdim=True).float()
+    fits = same.float()
+    to_images = fits / fits.sum(1, keepdim=True)  # text i: the images it is true of
     to_text = torch.zeros_like(image_to_text)
-    to_text[:, :n] = target
+    to_text[:, :n] = fits.t() / fits.t().sum(1, keepdim=True)  # image j: the captions true of it
     loss_i = -(to_text * F.log_softmax(image_to_text, dim=1)).sum(1).mean()
-    loss_t = -(target * F.log_softmax(text_to_image, dim=1)).sum(1).mean()
+    loss_t = -(to_images * F.log_softmax(text_to_image, dim=1)).sum(1).mean()
     return (loss_i + loss_t) / 2
 
 

@@ -190,3 +190,21 @@ def test_a_hard_negative_changes_one_statement_into_a_false_one():
         assert bool(concept.truth([values[concept.attribute]])[0]) != positive, (changed, values)
     assert made > 250
     assert contradiction(["dermoscopy of a lesion with", "ruler", "hair"], corpus_scene(0).lesion, rng) is None
+
+
+def test_a_caption_is_true_of_its_own_image_and_not_of_every_other():
+    """true_statements: every statement of every caption is in its own scene's set, and the set
+    holds one side of each graded attribute only (so a caption can be false of another image)."""
+    from cbm.demo.corpus import true_statements
+
+    rng = np.random.default_rng(5)
+    fits_other = 0
+    for i in range(300):
+        scene, other = corpus_scene(i), corpus_scene(i + 300)
+        truths = true_statements(scene)
+        pieces = caption_pieces(scene, rng)
+        assert all(p in truths for p in pieces[1:]), (pieces, sorted(truths))
+        for concept in CORE_CONCEPTS:
+            assert not (concept.phrase in truths and concept.negative in truths)
+        fits_other += all(p in true_statements(other) for p in pieces[1:])
+    assert 0 < fits_other < 150  # a short caption may fit another lesion; most captions do not

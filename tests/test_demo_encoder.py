@@ -126,3 +126,30 @@ def test_pretraining_keeps_the_best_checkpoint_on_the_selection_images(tmp_path,
     pointing_shortfall = max(0.0, module.POINTING_FLOOR - (best["pointing_mean"] or 0.0))
     assert best["pointing_mean"] is not None and 0.0 <= best["pointing_mean"] <= 1.0
     assert abs(selection_score(result) - pointing_shortfall - best["score"]) < 0.05
+
+
+def test_true_caption_positives_point_each_way(monkeypatch):
+    """clip_loss with ``same[i, j]`` (caption i is true of image j): a text's right answers are the
+    images it is true of, an image's the captions true of it (not the other way round); with only
+    the pairs themselves it is CLIP's loss."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_demo_clip.py"
+    spec = importlib.util.spec_from_file_location("pretrain_demo_clip", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pretrain_demo_clip", module)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    img, txt, scale = F.normalize(torch.randn(2, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1), torch.tensor(7.0)
+    plain = module.clip_loss(img, txt, scale)
+    assert torch.isclose(module.clip_loss(img, txt, scale, torch.eye(2, dtype=torch.bool)), plain)
+    same = torch.tensor([[True, True], [False, True]])  # caption 0 fits both images, caption 1 only image 1
+    to_text = F.log_softmax(scale * img @ txt.t(), dim=1)  # 2 images x 3 captions (the third a hard negative)
+    to_image = F.log_softmax(scale * txt[:2] @ img.t(), dim=1)
+    expected_i = -(to_text[0, 0] + (to_text[1, 0] + to_text[1, 1]) / 2) / 2
+    expected_t = -((to_image[0, 0] + to_image[0, 1]) / 2 + to_image[1, 1]) / 2
+    assert torch.isclose(module.clip_loss(img, txt, scale, same), (expected_i + expected_t) / 2)
