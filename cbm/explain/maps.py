@@ -8,13 +8,13 @@ Three methods, chosen from the encoder's vision tower:
   cell of the map. The pooled image feature comes out of the same forward pass, so a case costs
   one forward whatever the number of maps.
 * ``cam`` (timm convolutional towers with average pooling and a linear projection, such as
-  ``demo-clip``'s ``local_global_cnn``): the class activation map of Zhou et al. 2016. The image
-  embedding is the projection of the mean of the last activation's cells, which equals the mean
-  of the projected cells, so each cell's projected feature is its exact share of the embedding;
-  a cell of the map is that share's dot product with the concept, divided by the embedding's
-  norm: the cell's share of the image's cosine with the concept (the map's mean is the cosine).
-  A cell's own cosine would not do: a cell with little of its own (plain skin) is mostly what
-  every cell shares, and its cosine is the whole image's.
+  ``demo-clip``'s ``test_resnet`` and cbm's ``local_global_cnn``): the class activation map of
+  Zhou et al. 2016. The image embedding is the projection of the mean of the last activation's
+  cells, which equals the mean of the projected cells, so each cell's projected feature is its
+  exact share of the embedding; a cell of the map is that share's dot product with the concept,
+  divided by the embedding's norm: the cell's share of the image's cosine with the concept (the
+  map's mean is the cosine). A cell's own cosine would not do: a cell with little of its own
+  (plain skin) is mostly what every cell shares, and its cosine is the whole image's.
 * ``grad-cam`` (every other tower: ResNets, ConvNeXts, attention-pooled ViTs): Grad-CAM
   (Selvaraju et al. 2017) on the last spatial activation of the tower, with the image-concept
   cosine as the target; one backward pass per concept.
