@@ -25,8 +25,8 @@ before any cbm encoder is built):
   cells must carry every local concept on their own instead of leaving it to the global branch.
   Neither ``resnet_tiny_os8`` (receptive field wider than the image: maps peaked off the lesion)
   nor ``resnet_tiny_os8_vit`` (attention spreads every concept over all tokens) localised in
-  55-minute runs (pointing 0.40, below a map fixed on the middle cell). ``scripts/pretrain_demo_clip.py``
-  builds it; the shipped ``demo-clip`` weights are still timm's ``test_resnet`` (docs/demo.md).
+  55-minute runs (pointing 0.40, below a map fixed on the middle cell). ``demo-clip`` uses it
+  (pointing 0.83 against 0.75 for a map fixed on the middle cell; docs/demo.md).
 """
 
 from __future__ import annotations

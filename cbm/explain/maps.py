@@ -8,7 +8,7 @@ Three methods, chosen from the encoder's vision tower:
   cell of the map. The pooled image feature comes out of the same forward pass, so a case costs
   one forward whatever the number of maps.
 * ``cam`` (timm convolutional towers with average pooling and a linear projection, such as
-  ``demo-clip``'s ``test_resnet`` and cbm's ``local_global_cnn``): the class activation map of
+  ``demo-clip``'s ``local_global_cnn`` or timm's ``test_resnet``): the class activation map of
   Zhou et al. 2016. The image embedding is the projection of the mean of the last activation's
   cells, which equals the mean of the projected cells, so each cell's projected feature is its
   exact share of the embedding; a cell of the map is that share's dot product with the concept,
