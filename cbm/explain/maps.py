@@ -115,18 +115,16 @@ class _TokenEncoding(SpatialEncoding):
         return sims.reshape(len(emb), *self.grid).numpy()
 
 
-class _CamEncoding(SpatialEncoding):
-    """Projected cells of an average-pooled CNN's last activation (see ``cam``): a cell of a map is
-    that cell's share of the image's cosine with the concept, so the map's mean is the cosine."""
+class _CamEncoding(_TokenEncoding):
+    """Projected cells of an average-pooled CNN's last activation (see ``cam``), divided by the
+    embedding's norm instead of each its own: a cell of a map is that cell's share of the image's
+    cosine with the concept, so the map's mean is the cosine. Maps as for patch tokens."""
 
     method = "cam"
 
     def __init__(self, feature: np.ndarray, cells: torch.Tensor, pooled: torch.Tensor, grid: tuple[int, int]) -> None:
-        super().__init__(feature, grid)
+        SpatialEncoding.__init__(self, feature, grid)  # not _TokenEncoding's: the cells keep their own norms
         self.tokens = cells.float() / pooled.float().norm().clamp_min(1e-12)
-
-    def _raw_maps(self, emb: torch.Tensor) -> np.ndarray:
-        return (emb.to(self.tokens.dtype) @ self.tokens.T).reshape(len(emb), *self.grid).numpy()
 
 
 class _GradCamEncoding(SpatialEncoding):
