@@ -111,18 +111,14 @@ def concept_maps(model, batch: torch.Tensor, phrases: list[str], tokenizer) -> n
 
 def evaluate_seed(model, tokenizer, size: int, n: int, seed: int, resize: str) -> dict:
     """Every figure of one held-out set (the evaluation stream of ``seed``)."""
-    from cbm.demo.evaluation import POINTING_CONCEPTS, pointing_game
-    from cbm.demo.world import concept_truth, lesion_attributes
+    from cbm.demo.evaluation import POINTING_CONCEPTS, pointing_on_scenes
 
     scenes = [corpus_scene(i, seed, stream=EVAL_STREAM) for i in range(n)]
     masks: list = []
     batch = held_out_batch(scenes, size, resize, masks=masks)
     result = {"seed": seed, "n_images": n, **zero_shot(model, tokenizer, embed_images(model, batch), scenes)}
-    phrases = list(POINTING_CONCEPTS)
-    rows = [lesion_attributes(s.lesion) for s in scenes]
-    truth = [{p: bool(concept_truth([row], p)[0]) for p in phrases} for row in rows]
-    maps = concept_maps(model, batch, phrases, tokenizer)
-    result.update(pointing_game(maps, phrases, masks, truth, [s.cue for s in scenes]))
+    maps = concept_maps(model, batch, list(POINTING_CONCEPTS), tokenizer)
+    result.update(pointing_on_scenes(maps, scenes, masks))
     return result
 
 

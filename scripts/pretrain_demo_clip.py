@@ -74,8 +74,8 @@ from cbm.demo.corpus import (
     caption_pieces,
     contradiction,
     corpus_scene,
-    true_statements,
     render_for_encoder,
+    true_statements,
 )
 from cbm.demo.encoder import ASSETS, MODEL_NAME
 from cbm.demo.evaluation import (
@@ -83,7 +83,7 @@ from cbm.demo.evaluation import (
     embed_images,
     embed_texts,
     held_out_batch,
-    pointing_game,
+    pointing_on_scenes,
     selection_score,
     zero_shot,
 )
@@ -342,13 +342,11 @@ class Selector:
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return entry
 
-
     def pointing(self, model: torch.nn.Module, n: int = 200) -> float | None:
-        """The pointing game of plain-cosine concept maps on the first ``n`` selection images (None
-        for a tower without maps)."""
+        """The pointing game of the concept maps of the plain prompt embeddings on the first ``n``
+        selection images (None for a tower without maps)."""
         from types import SimpleNamespace
 
-        from cbm.demo.world import concept_truth
         from cbm.explain.maps import encode_spatial
 
         phrases = list(POINTING_CONCEPTS)
@@ -360,9 +358,7 @@ class Selector:
                                  for image in self.batch[:n]])
         except (RuntimeError, ValueError):
             return None
-        rows = [lesion_attributes(s.lesion) for s in self.scenes[:n]]
-        truth = [{p: bool(concept_truth([row], p)[0]) for p in phrases} for row in rows]
-        return pointing_game(maps, phrases, self.masks[:n], truth, [s.cue for s in self.scenes[:n]])["pointing_mean"]
+        return pointing_on_scenes(maps, self.scenes[:n], self.masks[:n])["pointing_mean"]
 
 
 POINTING_FLOOR = 0.70

@@ -34,12 +34,14 @@ from cbm.demo.world import (
     Scene,
     abcd_label,
     attribute_column,
+    concept_truth,
     lesion_attributes,
 )
 
 __all__ = [
     "POINTING_CONCEPTS",
     "pointing_game",
+    "pointing_on_scenes",
     "TEMPLATES",
     "CLASS_TEMPLATES",
     "held_out_batch",
@@ -239,3 +241,12 @@ def pointing_game(maps: np.ndarray, names: Sequence[str], masks: Sequence[dict[s
         "pointing_cue_n": len(on_cue),
         "map_grid": [h, w],
     }
+
+
+def pointing_on_scenes(maps: np.ndarray, scenes: Sequence[Scene], masks: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """:func:`pointing_game` of ``(n, k, h, w)`` maps of the :data:`POINTING_CONCEPTS` (in that order)
+    on demo scenes, with each concept's truth and each image's mark read from the scene."""
+    phrases = list(POINTING_CONCEPTS)
+    rows = [lesion_attributes(s.lesion) for s in scenes]
+    truth = [{p: bool(concept_truth([row], p)[0]) for p in phrases} for row in rows]
+    return pointing_game(maps, phrases, masks, truth, [s.cue for s in scenes])
