@@ -479,7 +479,8 @@ def test_demo_report_in_chromium_speaks_in_findings(browser, demo_model, cls, tm
     drivers = page.locator("#drivers > li")
     assert drivers.count() >= 2
     texts = [drivers.nth(i).inner_text() for i in range(drivers.count())]
-    assert all(re.search(r"\((\d+(st|nd|rd|th) percentile|.*percentile.*)\).*→ favours (melanoma|benign nevus)", t) for t in texts)
+    where = r"\d+(st|nd|rd|th) percentile|.*percentile.*|(higher|lower) than every training image"
+    assert all(re.search(rf"\(({where})\).*→ favours (melanoma|benign nevus)", t) for t in texts)
     strongest = case.findings[0]
     assert strongest.text in texts[0] and f"favours {strongest.favours}" in texts[0]
     unused = unused_concepts(model.coef, model.bottleneck.concept_names)

@@ -288,3 +288,95 @@ def test_cuda_matches_cpu(planted):
     gpu = SparseConceptHead(n_lambdas=20, device="cuda", **EXACT).fit(p.X_train, p.y_train, X_val=p.X_val, y_val=p.y_val)
     np.testing.assert_allclose(gpu.path_coefs_, cpu.path_coefs_, atol=1e-6)
     assert gpu.selected_index_ == cpu.selected_index_
+
+
+# ------------------------------------------------------------------ intervention-aware fitting
+def _graded_world(n: int, seed: int):
+    """Three parts t1..t3 (label: at least two present) seen through noisy scores, and a summary
+    concept whose score grades the count but whose truth only says "at least one": a head on
+    scores leans on the summary, and setting the summary from its truth takes that grading away."""
+    rng = np.random.default_rng(seed)
+    parts = (rng.random((n, 3)) < 0.5).astype(float)
+    count = parts.sum(1)
+    y = (count >= 2).astype(int)
+    scores = np.column_stack([parts + rng.normal(0, 0.5, parts.shape), count + rng.normal(0, 0.35, n)])
+    truth = np.column_stack([parts, (count >= 1).astype(float)])
+    mean, std = scores.mean(0), scores.std(0)
+    z = (scores - mean) / std
+    return z, y, truth
+
+
+def _truth_values(z, truth):
+    """Present/absent at the mean score of the cases annotated so (what the pipeline uses)."""
+    levels = np.array([[z[truth[:, c] == v, c].mean() for c in range(z.shape[1])] for v in (0, 1)])
+    return np.where(truth == 1, levels[1], levels[0])
+
+
+def _curve(head, z, y, t):
+    from cbm.heads import intervention_accuracies
+
+    coef, b = head.coef_, head.intercept_
+    return intervention_accuracies(coef, b, z, y, t)
+
+
+def test_intervention_aware_fitting_makes_interventions_help():
+    z, y, truth = _graded_world(3000, 0)
+    zv, yv, truth_v = _graded_world(1500, 1)
+    t, tv = _truth_values(z, truth), _truth_values(zv, truth_v)
+    plain = SparseConceptHead(intervention_training=False).fit(z, y, X_val=zv, y_val=yv)
+    aware = SparseConceptHead().fit(z, y, X_val=zv, y_val=yv, truth=t, truth_val=tv)
+    curve_plain, curve_aware = _curve(plain, zv, yv, tv), _curve(aware, zv, yv, tv)
+    # the plain head falls when its most-weighted concept (the summary) is set from the truth
+    assert min(np.diff(curve_plain)) < -0.05
+    # the aware head ends where the truth decides (the label is a function of the parts), and its
+    # curve is higher throughout on average
+    assert curve_plain[-1] < 0.7 and curve_aware[-1] > 0.99
+    assert np.mean(curve_aware) > np.mean(curve_plain) + 0.1
+    assert aware.score(zv, yv) > plain.score(zv, yv) - 0.03  # and costs little without help
+    assert aware.interventions_["rounds"] == 2 and aware.interventions_["training_copies"] >= 2
+    assert all("val_intervention_accuracy" in p for p in aware.path_)
+    assert plain.interventions_ is None and "val_intervention_accuracy" not in plain.path_[0]
+
+
+def test_intervention_aware_fitting_without_truth_is_the_plain_fit(small):
+    X, y = small
+    a = SparseConceptHead(n_lambdas=15).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    b = SparseConceptHead(n_lambdas=15, intervention_training=False).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    nothing = np.full((200, X.shape[1]), np.nan)  # truth given, but nothing annotated
+    c = SparseConceptHead(n_lambdas=15).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:], truth=nothing,
+                                            truth_val=np.full((100, X.shape[1]), np.nan))
+    for other in (b, c):
+        assert other.selected_index_ == a.selected_index_
+        np.testing.assert_allclose(other.coef_, a.coef_, atol=1e-6)
+    assert a.interventions_ is None and c.interventions_ is None
+
+
+def test_intervention_aware_fitting_on_an_internal_holdout():
+    z, y, truth = _graded_world(2000, 3)
+    head = SparseConceptHead(random_state=0).fit(z, y, truth=_truth_values(z, truth))
+    assert head.validation_["source"] == "holdout" and head.interventions_ is not None
+    zt, yt, tt = _graded_world(1000, 4)
+    assert _curve(head, zt, yt, _truth_values(zt, tt))[-1] > 0.98
+
+
+def test_intervention_aware_fitting_bad_truth_is_named(small):
+    X, y = small
+    with pytest.raises(ValueError, match="truth has shape"):
+        SparseConceptHead(n_lambdas=5).fit(X, y, truth=np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="without truth_val"):
+        SparseConceptHead(n_lambdas=5).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:], truth=np.zeros((200, 20)))
+    with pytest.raises(ValueError, match="infinite"):
+        SparseConceptHead(n_lambdas=5).fit(X, y, truth=np.full(X.shape, np.inf))
+
+
+def test_selection_prefers_the_best_intervention_curve_among_accurate_points():
+    path = [
+        {"lambda": 3.0, "val_accuracy": 0.80, "concepts_per_class": 1.0, "val_intervention_accuracy": 0.99},
+        {"lambda": 2.0, "val_accuracy": 0.90, "concepts_per_class": 2.0, "val_intervention_accuracy": 0.85},
+        {"lambda": 1.0, "val_accuracy": 0.905, "concepts_per_class": 4.0, "val_intervention_accuracy": 0.97},
+        {"lambda": 0.5, "val_accuracy": 0.91, "concepts_per_class": 9.0, "val_intervention_accuracy": 0.99},
+    ]
+    # within one standard error of the best (0.91, n = 1000: 0.009): points 1 and 2 (3 is over the budget)
+    assert select_path_point(path, max_concepts_per_class=8, n_val=1000) == 2
+    plain = [{k: v for k, v in p.items() if k != "val_intervention_accuracy"} for p in path]
+    assert select_path_point(plain, max_concepts_per_class=8, n_val=1000) == 1

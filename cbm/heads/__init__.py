@@ -5,11 +5,13 @@
 - :class:`DenseConceptHead`, :class:`LinearProbe`, :func:`zero_shot_logits`: the baselines.
 - :func:`make_planted_problem`: synthetic concept scores with a known sparse truth (tests, benchmarks).
 - :func:`elastic_net_objective`: the objective the sparse head minimises, for any weights.
+- :func:`set_from_truth`, :func:`intervention_accuracies`: concept interventions on a linear head.
 """
 
 from __future__ import annotations
 
 from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
+from cbm.heads._interventions import intervention_accuracies, intervention_order, intervention_steps, set_from_truth
 from cbm.heads._solver import elastic_net_objective
 from cbm.heads._sparse import SparseConceptHead, select_path_point
 from cbm.heads._synthetic import PlantedProblem, make_planted_problem
@@ -20,7 +22,11 @@ __all__ = [
     "PlantedProblem",
     "SparseConceptHead",
     "elastic_net_objective",
+    "intervention_accuracies",
+    "intervention_order",
+    "intervention_steps",
     "make_planted_problem",
     "select_path_point",
+    "set_from_truth",
     "zero_shot_logits",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.faithfulness import check_truth_names, measure_faithfulness
-from cbm.pipeline.fitting import FitResult, fit_model, full_coef
+from cbm.pipeline.fitting import FitResult, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_splits_present, extract_splits, resolve_card
 from cbm.pipeline.outputs import path_chart, results_table
 from cbm.pipeline.scoring import evaluate_methods
@@ -199,7 +199,7 @@ def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[s
     if which.get("cbm_unconstrained") and getattr(fit.head, "constraint", None):
         t = time.perf_counter()
         free = clone(fit.head).set_params(constraint=None, prior=None)
-        free.fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
+        fit_head(free, scores, fit.splits, fit.truth)
         coef, intercept = full_coef(free, n_classes)
         probas["cbm_unconstrained"] = {s: softmax(scores[s] @ coef.T + intercept) for s in eval_names}
         extra["cbm_unconstrained"] = {"concepts_per_class": float((coef != 0).sum(1).mean()),

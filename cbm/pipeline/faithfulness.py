@@ -33,10 +33,20 @@ from typing import Any
 
 import numpy as np
 
+from cbm.heads import intervention_steps, set_from_truth
 from cbm.pipeline.inputs import SplitData
 from cbm.pipeline.scoring import eval_splits
 
-__all__ = ["UNRELATED_PHI", "truth_matrix", "check_truth_names", "measure_faithfulness", "intervention_curve", "cue_leakage"]
+__all__ = [
+    "UNRELATED_PHI",
+    "check_truth_names",
+    "cue_leakage",
+    "intervention_curve",
+    "measure_faithfulness",
+    "truth_matrix",
+    "truth_to_values",
+    "truth_values",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +124,23 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(roc_auc_score(y[keep], s[keep]))
 
 
-def _set_from_truth(z: np.ndarray, truth: np.ndarray, columns: Sequence[int], levels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Scores ``z`` with the given concept columns set to their present/absent level where the truth is known."""
+def truth_to_values(truth: np.ndarray, truth_names: Sequence[str], concept_names: Sequence[str],
+                    levels: tuple[np.ndarray, np.ndarray] | np.ndarray) -> np.ndarray:
+    """``(n, C)``: each annotated case's concept at its present or absent level (``levels`` =
+    ``(absent, present)``, ``(C,)`` each), as an intervention sets it; NaN where not annotated."""
     absent, present = levels
-    z = z.copy()
-    for j, c in columns:
-        t = truth[:, j]
-        z[:, c] = np.where(t == 1, present[c], np.where(t == 0, absent[c], z[:, c]))
-    return z
+    index = {c: i for i, c in enumerate(concept_names)}
+    out = np.full((len(truth), len(concept_names)), np.nan, np.float32)
+    for j, name in enumerate(truth_names):
+        c = index[name]
+        out[:, c] = np.where(truth[:, j] == 1, present[c], np.where(truth[:, j] == 0, absent[c], np.nan))
+    return out
 
 
-def _accuracy(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray, labels: np.ndarray) -> float:
-    return float(((z @ coef.T + intercept).argmax(1) == labels).mean())
+def truth_values(card, split: SplitData, concept_names: Sequence[str], levels) -> np.ndarray:
+    """The card's concept truth of ``split`` as intervention values (see :func:`truth_to_values`)."""
+    names, truth = truth_matrix(card, split, concept_names)
+    return truth_to_values(truth, names, concept_names, levels)
 
 
 def intervention_curve(
@@ -157,13 +172,13 @@ def intervention_curve(
             raise ValueError(f"the head gives no weight to {unused}: an intervention on them changes no prediction; "
                              f"the head uses {[c for c in concept_names if weight[index[c]] > 0]}")
         order = list(concepts)
-    steps = sorted({0, len(order), *(k for k in (2**i for i in range(12)) if k < len(order))})
+    values = {name: truth_to_values(truth, names, concept_names, levels) for name, (_, _, truth, names) in evaluations.items()}
     curve = []
-    for k in steps:
+    for k in intervention_steps(len(order)):
         point: dict[str, Any] = {"k": k}
-        for name, (z, labels, truth, names) in evaluations.items():
-            cols = [(names.index(c), index[c]) for c in order[:k]]
-            point[f"{name}_accuracy"] = _accuracy(_set_from_truth(z, truth, cols, levels), coef, intercept, labels)
+        for name, (z, labels, _, _) in evaluations.items():
+            z_k = set_from_truth(z, values[name], [index[c] for c in order[:k]])
+            point[f"{name}_accuracy"] = float(((z_k @ coef.T + intercept).argmax(1) == labels).mean())
         curve.append(point)
     return curve, order
 

@@ -31,7 +31,7 @@ from cbm.pipeline.inputs import (
 from cbm.reference import build_reference
 from cbm.utils import jsonable
 
-__all__ = ["FitResult", "fit", "fit_model", "full_coef", "make_head"]
+__all__ = ["FitResult", "fit", "fit_head", "fit_model", "full_coef", "make_head", "truth_levels"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,16 @@ class FitResult:
     encoder: Any
     card: Any
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # split -> standardised concept scores
+    # train and val -> truth-derived concept values (NaN: not annotated), where the card has concept truth
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitData], truth: dict[str, np.ndarray]) -> Any:
+    """Fit ``est`` on the train scores (val chooses), with the concept truth where it takes it."""
+    kwargs = {}
+    if truth and getattr(est, "uses_truth", lambda: False)():
+        kwargs = {"truth": truth["train"], "truth_val": truth["val"]}
+    return est.fit(scores["train"], splits["train"].labels, X_val=scores["val"], y_val=splits["val"].labels, **kwargs)
 
 
 def make_head(head: Any, prior: np.ndarray | None):
@@ -55,7 +65,7 @@ def make_head(head: Any, prior: np.ndarray | None):
 
     from cbm.heads import SparseConceptHead
 
-    head = SparseConceptHead(constraint="prior") if head is None else clone(head)
+    head = SparseConceptHead(constraint="prior", max_concepts_per_class=8) if head is None else clone(head)
     if prior is not None and getattr(head, "needs_prior", lambda: False)():
         head.set_params(prior=prior)
     return head
@@ -100,8 +110,9 @@ def fit_model(
             encoder made by ``cbm.encoders.create_encoder``.
         concepts: ``None`` (the card's concept store), ``{class: [concepts]}``, one list of phrases
             for every class, or a ``cbm.concepts.ConceptSet``.
-        head: an unfitted head (default: ``SparseConceptHead(constraint="prior")``, whose weights
-            may only push a concept towards the classes the concept store lists it under).
+        head: an unfitted head (default: ``SparseConceptHead(constraint="prior", max_concepts_per_class=8)``,
+            whose weights may only push a concept towards the classes the concept store lists it
+            under; a head whose ``uses_truth()`` is true also gets the card's concept truth).
         bottleneck: how concept directions are made (default :class:`~cbm.bottleneck.BottleneckConfig`).
         templates: prompt templates for concept text embeddings (default: the modality's).
         llm: an LLM preset (``conf/llm``) to generate the concepts the store lacks.
@@ -131,16 +142,17 @@ def fit_model(
         raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
     if splits is None:
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
-    train, val = require_split(splits, "train", card), require_split(splits, "val", card)
+    train = require_split(splits, "train", card)
+    require_split(splits, "val", card)
     check_every_class_trains(card, [c for i, c in enumerate(card.class_names) if np.any(train.labels == i)])
     bn, centred_on = _bottleneck(card, names, config, embed, explicit=concepts is not None)
     bn.fit(train.features)
     scores = {s: bn.transform(d.features) for s, d in splits.items()}
 
-    prior = cset.prior()
-    est = make_head(head, prior)
+    est = make_head(head, prior := cset.prior())
+    levels, truth = _head_truth(card, splits, names, scores["train"])
     t0 = time.perf_counter()
-    est.fit(scores["train"], train.labels, X_val=scores["val"], y_val=val.labels)
+    fit_head(est, scores, splits, truth)
     log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
     coef, intercept = full_coef(est, len(card.class_names))
     model = ConceptBottleneckModel(
@@ -148,13 +160,13 @@ def fit_model(
         encoder_key=getattr(enc, "cache_key", None),
         train_raw_scores=bn.raw_scores(train.features),
         concept_prior=prior,
-        concept_levels=truth_levels(card, train, names, scores["train"]),
+        concept_levels=levels,
         info=_record(card, splits, est, cset, templates, bn, centred_on),
     )
     # out-of-distribution threshold (val), nearest training images, the operating point for the card
     model.reference = build_reference(model, splits, image_root=card.image_root)
     model.set_encoder(enc)
-    return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores)
+    return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores, truth=truth)
 
 
 MIN_ANNOTATED = 5
@@ -178,6 +190,15 @@ def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -
         if present.sum() >= MIN_ANNOTATED and absent.sum() >= MIN_ANNOTATED:
             levels[:, c] = scores[absent, c].mean(), scores[present, c].mean()
     return levels
+
+
+def _head_truth(card, splits: dict[str, SplitData], names: list[str], train_scores: np.ndarray):
+    """The truth-calibrated levels (or None) and the train and val truth as intervention values."""
+    from cbm.pipeline.faithfulness import truth_values
+
+    levels = truth_levels(card, splits["train"], names, train_scores)
+    truth = {} if levels is None else {s: truth_values(card, splits[s], names, levels) for s in ("train", "val")}
+    return levels, truth
 
 
 def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, explicit: bool) -> tuple[ConceptBottleneck, int]:
@@ -208,6 +229,11 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "templates": list(templates) if templates else None,
         "bottleneck": {**bn.debiasing, "centred_on": centred_on},
     }
+    fitted = getattr(est, "interventions_", None)
+    if fitted:  # intervention-aware fitting: how, and the order its selected head was fitted for
+        names = list(cset.concepts)
+        info["interventions"] = {**{k: jsonable(v) for k, v in fitted.items() if k != "order"},
+                                 "order": [names[c] for c in fitted["order"]]}
     path = list(getattr(est, "path_", []) or [])
     if path:  # the regularisation path (validation figures only), for the class card's chart
         info["path"] = {
