@@ -6,7 +6,7 @@
 Each world is a ``cbm run`` with the default configuration (``cbm.pipeline.run_experiment`` with the
 objects ``conf/`` makes): the faithful head, the baselines, the faithfulness block. Nothing here
 chooses anything; the worlds are drawn from seeds the defaults were not chosen on (the defaults
-come from ``scripts/check_defaults.py`` on validation data). Per world it reports the figures and
+are checked by ``scripts/check_defaults.py`` on validation data only). Per world it reports the figures and
 whether each target holds:
 
 - ``gap``: in-domain minus out-of-domain accuracy <= 2 points;
