@@ -77,11 +77,13 @@ class BottleneckConfig:
     Args:
         centre: subtract the mean embedding of the card's concept store from every concept direction.
         nuisance_prompts: artefacts ("ruler", "ink marking") whose directions are projected out of
-            every concept direction; ``None`` = the card's ``nuisance_prompts``, ``[]`` = none.
+            every concept direction; empty (the default) = none, ``None`` = the card's
+            ``nuisance_prompts``. The default is what ``scripts/check_defaults.py``'s rule chose on
+            validation data (docs/results.md, "Choosing the defaults").
     """
 
     centre: bool = True
-    nuisance_prompts: Sequence[str] | None = None
+    nuisance_prompts: Sequence[str] | None = ()
 
 
 @dataclass

@@ -88,10 +88,18 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
     assert again.bottleneck.concept_names == model.bottleneck.concept_names
     assert again.encoder.cache_key == model.encoder_key
-    # the demo card names its cue, so the concept directions are centred and free of it, after a reload too
-    assert model.bottleneck.debiasing == {"centred": True, "nuisance_prompts": ["ruler", "violet ink marks"]}
+    # the default concept directions are centred (the card's nuisance prompts only when asked for), after a reload too
+    assert model.bottleneck.debiasing == {"centred": True, "nuisance_prompts": []}
     assert again.bottleneck.debiasing == model.bottleneck.debiasing
     np.testing.assert_allclose(again.bottleneck.directions, model.bottleneck.directions, atol=1e-6)
+
+
+def test_the_cards_nuisance_prompts_can_be_projected_out(fitted):
+    card, model = fitted
+    cleaned = cbm.fit(card, encoder=model.encoder_name, head=SparseConceptHead(n_lambdas=4), num_workers=0,
+                      bottleneck=BottleneckConfig(nuisance_prompts=None))
+    assert cleaned.bottleneck.debiasing == {"centred": True, "nuisance_prompts": ["ruler", "violet ink marks"]}
+    assert not np.allclose(cleaned.bottleneck.directions, model.bottleneck.directions, atol=1e-4)
 
 
 def test_plain_cosines_can_be_chosen(fitted):
