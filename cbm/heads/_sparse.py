@@ -244,8 +244,11 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         else:
             truth_fit = truth
         prior = self._check_prior(n_classes, n_features)
-        order, orders, t0 = None, [], time.perf_counter()
-        for _ in range(1 if truth_fit is None else _INTERVENTION_ROUNDS):
+        rounds = 1 if truth_fit is None else _INTERVENTION_ROUNDS
+        order = fitted_for = None  # the selected head's intervention order; the one its copies were made in
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            fitted_for = order
             copies = [] if truth_fit is None else intervened_copies(X_fit, truth_fit, order)
             path, coefs, intercepts = self._fit_path(
                 np.concatenate([X_fit, *copies]), np.tile(y_fit, 1 + len(copies)), X_v, y_v, prior, classes)
@@ -253,12 +256,8 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 for point, W, b in zip(path, coefs, intercepts):
                     point["val_intervention_accuracy"] = float(np.mean(intervention_accuracies(W, b, X_v, y_v, truth_val)))
             index = select_path_point(path, self.selection, self.max_concepts_per_class, self.accuracy_tolerance, len(y_v))
-            if truth_fit is None:
-                break
-            fitted_for, order = order, intervention_order(coefs[index], ~np.all(np.isnan(truth_val), axis=0))
-            orders.append(order)
-            if order == fitted_for:  # the copies were intervened in this head's own order
-                break
+            if truth_fit is not None:
+                order = intervention_order(coefs[index], ~np.all(np.isnan(truth_val), axis=0))
         self.path_ = path
         self.path_coefs_ = np.stack(coefs)
         self.path_intercepts_ = np.stack(intercepts)
@@ -266,7 +265,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         self.n_iter_ = int(sum(p["n_iter"] for p in path))
         self.validation_ = {"source": source, "n": int(len(y_v))}
         self.interventions_ = None if truth_fit is None else {
-            "rounds": len(orders), "order_repeated": len(orders) > 1 and orders[-1] == orders[-2],
+            "rounds": rounds, "order_repeated": order == fitted_for,
             "training_copies": len(copies), "seconds": time.perf_counter() - t0, "order": [int(c) for c in order],
         }
         self.select_point(index)

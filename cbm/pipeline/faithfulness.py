@@ -254,22 +254,17 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
     }
 
 
-def _oracle(head: Any, prior: np.ndarray | None, columns: list[int], levels, truth_by_split: dict[str, np.ndarray],
+def _oracle(head: Any, prior: np.ndarray | None, columns: list[int], values: dict[str, np.ndarray],
             splits: dict[str, SplitData], evaluate: dict[str, str]) -> dict[str, Any]:
-    """The same head type fitted on truth-derived concept values (unknown truth: the mean, 0)."""
+    """The same head type fitted on the truth-derived values of the concept ``columns`` (``values``:
+    split -> ``(n, len(columns))``, unknown truth at the mean, 0)."""
     from sklearn.base import clone
-
-    absent, present = levels
-
-    def values(split: str) -> np.ndarray:
-        t = truth_by_split[split]
-        return np.where(t == 1, present[columns], np.where(t == 0, absent[columns], 0.0)).astype(np.float32)
 
     est = clone(head)
     if prior is not None and getattr(est, "needs_prior", lambda: False)():
         est.set_params(prior=prior[:, columns])
-    est.fit(values("train"), splits["train"].labels, X_val=values("val"), y_val=splits["val"].labels)
-    return {f"{name}_accuracy": float((est.predict(values(split)) == splits[split].labels).mean())
+    est.fit(values["train"], splits["train"].labels, X_val=values["val"], y_val=splits["val"].labels)
+    return {f"{name}_accuracy": float((est.predict(values[split]) == splits[split].labels).mean())
             for name, split in evaluate.items()}
 
 
@@ -325,7 +320,8 @@ def measure_faithfulness(
     out["intervention"], out["intervention_order"] = intervention_curve(coef, intercept, names, levels, evaluations)
     if head is not None:
         columns = [col[c] for c in with_truth]
-        truth_by_split = {s: truth[s][1] for s in ("train", "val", *evaluate.values())}
-        out["oracle"] = _oracle(head, model.concept_prior, columns, levels, truth_by_split, splits, evaluate)
+        values = {s: np.nan_to_num(truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns])
+                  for s in ("train", "val", *evaluate.values())}
+        out["oracle"] = _oracle(head, model.concept_prior, columns, values, splits, evaluate)
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed)
     return out
