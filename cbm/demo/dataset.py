@@ -82,7 +82,8 @@ SPLITS = ("train", "val", "test_id", "test")
 SPLIT_FRACTIONS = (0.5, 0.15, 0.15, 0.2)
 MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
-_FORMAT = 4  # bump when the manifest, card or mask layout changes (3: truth columns, masks; 4: a concept added to the store)
+_FORMAT = 5  # bump when the manifest, card, store or mask layout changes (3: truth columns, masks; 4: a concept
+# added to the store; 5: tan pigment and pigment network listed under melanoma, as the rule counts them)
 MASKS_FOLDER = "masks"
 _MASKS_RECORD = "masks.json"
 

@@ -403,8 +403,6 @@ DEMO_CONCEPTS: dict[str, list[str]] = {
         "regular border",
         "one or two colours",
         "at most two structures",
-        "tan pigment",
-        "pigment network",
         "small diameter",
     ],
     "suspicious lesion": [
@@ -421,29 +419,39 @@ DEMO_CONCEPTS: dict[str, list[str]] = {
         "irregular border",
         "three or more colours",
         "three or more structures",
+        "tan pigment",
+        "dark brown pigment",
         "black pigment",
+        "red areas",
         "blue-grey areas",
         "white areas",
-        "red areas",
+        "pigment network",
+        "dots",
+        "globules",
         "streaks",
         "structureless areas",
         "large diameter",
     ],
 }
-"""Class -> the visual concepts a dermatologist would name for it (the demo card's curated list)."""
+"""Class -> the visual concepts a dermatologist would name for it (the demo card's curated list).
+
+The list follows the rule that labels the world: every criterion that raises Stolz's score (each
+asymmetry, an irregular border, each colour, each differential structure) is listed under melanoma;
+the nevus gets the phrases of their absence. "Tan pigment" and "pigment network" are therefore
+melanoma concepts here, although a clinic names a regular network and light-brown colour for a
+nevus: in the ABCD rule the network is one of the five structures counted in D and light brown one
+of the six colours counted in C, so each adds 0.5 to the score. The suspicious lesion gets the
+criteria a clinic names for it; "large diameter" / "small diameter" is the distractor (the label
+does not depend on it)."""
 
 
 def demo_concepts(classes: int = 2) -> dict[str, list[str]]:
     """The curated concept list of the ``classes``-class world (class -> concept phrases).
 
-    In the 2-class world, melanoma also gets the suspicious lesion's concepts (dark brown, dots,
-    globules): without a suspicious class they are still melanoma criteria, and without them the
-    number of colours and structures, half of the rule, could not be read off the concepts.
+    The 2-class world has no suspicious class; its concepts (dark brown, dots, globules and the
+    criteria it shares with melanoma) are all melanoma's already.
     """
-    out = {name: list(DEMO_CONCEPTS[name]) for name in class_names(classes)}
-    if classes == 2:
-        out["melanoma"] += [c for c in DEMO_CONCEPTS["suspicious lesion"] if c not in out["melanoma"]]
-    return out
+    return {name: list(DEMO_CONCEPTS[name]) for name in class_names(classes)}
 
 
 def concept_by_phrase(phrase: str) -> Concept:
