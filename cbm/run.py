@@ -108,6 +108,7 @@ def _run(cfg, out_dir: Path) -> dict:
         llm=plain(cfg.llm),
         templates=cfg.concepts.templates,
         concepts=plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
+        check_store=bool(cfg.concepts.get("check_with_truth", True)),
         baselines=plain(cfg.baselines),
         features=plain(cfg.features),
         n_bootstrap=int(cfg.evaluation.n_bootstrap),

@@ -212,6 +212,10 @@ def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(t
     assert m.contradicting_weights() == [("melanoma", "irregular border", pytest.approx(1.4))]
     html = render_class_card_html(m)
     assert 'id="contradicting"' in html and "irregular border is weighed +1.40 towards melanoma" in html
+    assert 'id="store-dropped"' not in html  # no store check recorded
+    m.info["store_check"] = {"checked": True, "concepts_checked": 5, "threshold": 0.1,
+                             "dropped": [{"class": "nevus", "concept": "large diameter", "association": -0.012}]}
+    assert "large diameter for nevus (association -0.01)" in render_class_card_html(m).split('id="store-dropped"')[1]
     charts = re.findall(r'<svg[^>]*aria-label="([^"]+)"', html)
     assert charts == ["validation accuracy", "concepts per class"]
     m.set_encoder(tiny_model.encoder)

@@ -11,6 +11,7 @@ from cbm.pipeline.faithfulness import (
     UNRELATED_PHI,
     _phi,
     _sign_agreement,
+    check_store,
     check_truth_names,
     intervention_curve,
     truth_matrix,
@@ -104,3 +105,26 @@ def test_a_card_without_truth_is_not_measured_and_says_why():
     card = SimpleNamespace(name="plain", concept_truth={})
     out = measure_faithfulness(model, card, {})
     assert out == {"measured": False, "reason": "card 'plain' names no concept truth columns (concept_truth)"}
+
+
+def test_the_store_is_checked_against_the_truth_of_the_training_split(tmp_path):
+    """An entry whose truth is unrelated to its class, or argues against it, is dropped; unannotated
+    concepts and entries the truth bears out are kept; too few annotations judge nothing."""
+    y, truth, _ = _world(seed=3)
+    columns = {"a": "t_a", "b": "t_b", "u": "t_u"}
+    extras = [{columns[c]: str(int(v)) for c, v in zip("abu", row)} for row in truth]
+    split = SplitData("train", np.zeros((len(y), 4), np.float32), y, None, [str(i) for i in range(len(y))], extras=extras)
+    card = SimpleNamespace(**vars(_card(tmp_path, columns)), class_names=["n", "m"])
+    names = ["a", "b", "u", "unannotated"]
+    prior = np.array([[0, 1, 0, 1], [1, 1, 1, 0]], np.float32)  # b is listed under m too (wrongly), u under m
+    checked, record = check_store(card, split, names, prior)
+    np.testing.assert_array_equal(checked, [[0, 1, 0, 1], [1, 0, 0, 0]])
+    assert record["checked"] and record["concepts_checked"] == 3 and record["threshold"] == UNRELATED_PHI
+    assert {(d["class"], d["concept"]) for d in record["dropped"]} == {("m", "b"), ("m", "u")}
+    assert prior[1, 1] == 1  # the caller's prior is not changed
+    few = SplitData("train", split.features[:8], y[:8], None, split.paths[:8], extras=extras[:8])
+    same, record = check_store(card, few, names, prior)
+    np.testing.assert_array_equal(same, prior)
+    assert record == {"checked": False, "reason": "card 'toy' annotates fewer than 5 present and absent training images per concept"}
+    bare = SimpleNamespace(name="plain", concept_truth={}, class_names=["n", "m"])
+    assert check_store(bare, split, names, prior)[1] == {"checked": False, "reason": "card 'plain' names no concept truth columns"}

@@ -92,6 +92,12 @@ def test_every_experiment_runs_tiny(experiment, tiny, tmp_path, capsys):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     model = ConceptBottleneckModel.load(run_dir / "model")
     assert model.classes == ["benign nevus", "melanoma"]
+    check = metrics["cbm"]["store_check"]  # the demo card annotates concept truth: the store was checked
+    assert check["checked"] and check["concepts_checked"] > 0 and "Concept store checked" in (run_dir / "results.md").read_text()
+    names = model.bottleneck.concept_names
+    for d in check["dropped"]:  # a dropped entry is out of the model's prior, and the faithful head never weighs it
+        k, c = model.classes.index(d["class"]), names.index(d["concept"])
+        assert d["association"] < 0.1 and model.concept_prior[k, c] == 0 and model.coef[k, c] <= 0
     assert model.concepts_per_class() == pytest.approx(metrics["cbm"]["concepts_per_class"])
     if experiment in ("isic_confounded", "nih_confounded"):  # real cards' configs name no demo hook
         assert "abcd_rule" not in metrics["cbm"]

@@ -133,6 +133,14 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
                    "bias": float(model.intercept[k])} for k, (cls, rows) in enumerate(reliance.items())],
         top=top, unused=unused_concepts(model.coef, names),
         contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
-        has_prior=model.concept_prior is not None,
+        has_prior=model.concept_prior is not None, store_dropped=_store_dropped(info.get("store_check")),
         technical=_without_paths(technical), path_charts=_path_charts(info.get("path")),
     )
+
+
+def _store_dropped(check: Any) -> list[str]:
+    """The store entries the training truth did not bear out (``info["store_check"]``), in words."""
+    if not isinstance(check, Mapping):
+        return []
+    return [f"{d.get('concept')} for {d.get('class')} (association {d.get('association'):+.2f})"
+            for d in check.get("dropped") or [] if isinstance(d, Mapping) and isinstance(d.get("association"), (int, float))]

@@ -62,6 +62,7 @@ def run_experiment(
     seed: int = 0,
     save_model: bool = True,
     extra_metrics: Mapping[str, Callable[[FitResult], dict]] | None = None,
+    check_store: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run the method and its baselines; write metrics.json, results.md, path.svg, model/ to ``out_dir``.
 
@@ -74,6 +75,8 @@ def run_experiment(
         baselines: which baselines run (``METHODS`` without ``cbm``; all by default).
         features: ``batch_size``, ``num_workers`` and ``cache_dir`` of the image encoding.
         extra_metrics: name -> ``fn(fit) -> dict``, stored under ``metrics["cbm"][name]``.
+        check_store: drop the store entries the card's concept truth does not bear out (see
+            :func:`cbm.pipeline.fit_model`).
 
     Returns:
         The metrics (method -> figures), as written to ``metrics.json``.
@@ -102,7 +105,7 @@ def run_experiment(
 
     t = time.perf_counter()
     fit = fit_model(card, encoder=enc, concepts=concepts, head=head, bottleneck=bottleneck, templates=templates,
-                    llm=llm, splits=splits)
+                    llm=llm, splits=splits, check_store=check_store)
     timings["cbm_head"] = time.perf_counter() - t
     eval_names = [s for s in ("val", "test_id", "test") if s in splits]
     probas = {"cbm": {s: fit.model.predict_proba_from_features(splits[s].features) for s in eval_names}}
@@ -182,6 +185,7 @@ def _head_facts(fit: FitResult) -> dict[str, Any]:
     return {
         "concepts_per_class": model.concepts_per_class(), "n_concepts": model.bottleneck.n_concepts,
         "n_concepts_used": int((model.coef != 0).any(0).sum()), "lambda": jsonable(getattr(fit.head, "lambda_", None)),
+        "store_check": model.info.get("store_check"),
     }
 
 
@@ -262,6 +266,13 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
     notes = [t for t in [_faithfulness_table(metrics)] if t]
+    check = metrics["cbm"].get("store_check") or {}
+    if check.get("checked"):
+        dropped = check["dropped"]
+        listed = "; ".join(f"{d['concept']} for {d['class']} ({d['association']:+.3f})" for d in dropped)
+        notes.append(f"Concept store checked against the card's concept truth (training split, {check['concepts_checked']} "
+                     f"concepts): {len(dropped)} class-concept entries dropped as not borne out (phi below "
+                     f"{check['threshold']})" + (f": {listed}." if dropped else "."))
     rule = metrics["cbm"].get("abcd_rule")
     if rule:
         letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())

@@ -38,7 +38,9 @@ from cbm.pipeline.inputs import SplitData
 from cbm.pipeline.scoring import eval_splits
 
 __all__ = [
+    "MIN_ANNOTATED",
     "UNRELATED_PHI",
+    "check_store",
     "check_truth_names",
     "cue_leakage",
     "intervention_curve",
@@ -53,6 +55,10 @@ log = logging.getLogger(__name__)
 UNRELATED_PHI = 0.1
 """A concept whose truth has |phi| below this with a class (a small effect by Cohen's convention)
 is unrelated to it: any weight it gets counts as disagreeing."""
+
+MIN_ANNOTATED = 5
+"""A concept's truth counts (for its levels, and for checking the store) only with at least this many
+training images annotated present and as many annotated absent."""
 
 _TRUE = {"1", "1.0", "yes", "y", "true", "t", "present"}
 _FALSE = {"0", "0.0", "no", "n", "false", "f", "absent"}
@@ -113,6 +119,42 @@ def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
             if t.std() > 0 and y.std() > 0:
                 out[k, j] = float(np.corrcoef(t, y)[0, 1])
     return out
+
+
+def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """The concept store's class-concept prior less the entries the card's concept truth does not bear out.
+
+    Where the card annotates a concept (at least ``MIN_ANNOTATED`` training images present and as
+    many absent), a store entry "concept c belongs to class k" is kept only if the truth of c is
+    associated with class k on the training split: phi >= ``UNRELATED_PHI``. An entry whose truth
+    is unrelated to the class, or speaks against it, is dropped, so a faithful head gives it no
+    weight. Unannotated concepts keep the store's entries. The training split only: nothing here
+    sees validation or test data.
+
+    Returns:
+        The checked prior ``(K, C)`` (a copy) and a record: ``{"checked": True, "concepts_checked",
+        "threshold", "dropped": [{"class", "concept", "association"}]}``, or ``{"checked": False,
+        "reason"}`` when the card annotates none of the concepts.
+    """
+    names, truth = truth_matrix(card, train, concept_names)
+    judged = [j for j in range(len(names)) if min((truth[:, j] == 1).sum(), (truth[:, j] == 0).sum()) >= MIN_ANNOTATED]
+    if not judged:
+        why = "names no concept truth columns" if not names else f"annotates fewer than {MIN_ANNOTATED} present and absent training images per concept"
+        return np.array(prior, copy=True), {"checked": False, "reason": f"card {card.name!r} {why}"}
+    classes = list(getattr(card, "class_names", range(prior.shape[0])))
+    phi = _phi(truth, train.labels, prior.shape[0])
+    checked = np.array(prior, copy=True)
+    dropped = []
+    for j in judged:
+        c = list(concept_names).index(names[j])
+        for k in np.flatnonzero(prior[:, c] > 0):
+            if not np.isnan(phi[k, j]) and phi[k, j] < UNRELATED_PHI:
+                checked[k, c] = 0.0
+                dropped.append({"class": str(classes[k]), "concept": names[j], "association": round(float(phi[k, j]), 3)})
+    if dropped:
+        log.info("concept store checked against the truth: %d entries not borne out, dropped: %s", len(dropped),
+                 ", ".join(f"{d['concept']} ({d['class']}, phi {d['association']:+.3f})" for d in dropped))
+    return checked, {"checked": True, "concepts_checked": len(judged), "threshold": UNRELATED_PHI, "dropped": dropped}
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:

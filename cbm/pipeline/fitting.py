@@ -101,6 +101,7 @@ def fit_model(
     num_workers: int = 2,
     cache_dir: str | os.PathLike | None = None,
     splits: dict[str, SplitData] | None = None,
+    check_store: bool = True,
 ) -> FitResult:
     """Fit the concept bottleneck and its head on a card's train split (the path point chosen on val).
 
@@ -117,6 +118,8 @@ def fit_model(
         templates: prompt templates for concept text embeddings (default: the modality's).
         llm: an LLM preset (``conf/llm``) to generate the concepts the store lacks.
         splits: already encoded splits (an experiment encodes once for every method).
+        check_store: drop the store entries the card's concept truth does not bear out (see
+            :func:`cbm.pipeline.faithfulness.check_store`; listed in ``info["store_check"]``).
     """
     import torch
 
@@ -149,11 +152,7 @@ def fit_model(
     bn.fit(train.features)
     scores = {s: bn.transform(d.features) for s, d in splits.items()}
 
-    est = make_head(head, prior := cset.prior())
-    levels, truth = _head_truth(card, splits, names, scores["train"])
-    t0 = time.perf_counter()
-    fit_head(est, scores, splits, truth)
-    log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
+    est, prior, store_check, levels, truth = _fit_concept_head(card, cset, head, splits, scores, check_store)
     coef, intercept = full_coef(est, len(card.class_names))
     model = ConceptBottleneckModel(
         enc.name, card.class_names, bn, coef, intercept,
@@ -161,7 +160,7 @@ def fit_model(
         train_raw_scores=bn.raw_scores(train.features),
         concept_prior=prior,
         concept_levels=levels,
-        info=_record(card, splits, est, cset, templates, bn, centred_on),
+        info=_record(card, splits, est, cset, templates, bn, centred_on, store_check),
     )
     # out-of-distribution threshold (val), nearest training images, the operating point for the card
     model.reference = build_reference(model, splits, image_root=card.image_root)
@@ -169,16 +168,33 @@ def fit_model(
     return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores, truth=truth)
 
 
-MIN_ANNOTATED = 5
-"""A concept's truth-calibrated levels need at least this many training images annotated present and absent."""
+def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray], check_store: bool):
+    """The head fitted on the train scores (val chooses) under the store's prior, that prior checked
+    against the card's concept truth when ``check_store`` (where the card annotates it, the store's
+    entries must be borne out by it), with the truth where the head takes it.
+
+    Returns ``(head, prior, store_check record or None, truth levels or None, truth)``."""
+    from cbm.pipeline.faithfulness import check_store as checked_prior
+
+    names = list(cset.concepts)
+    prior, store_check = cset.prior(), None
+    if check_store:
+        prior, store_check = checked_prior(card, splits["train"], names, prior)
+    est = make_head(head, prior)
+    levels, truth = _head_truth(card, splits, names, scores["train"])
+    t0 = time.perf_counter()
+    fit_head(est, scores, splits, truth)
+    log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
+    return est, prior, store_check, levels, truth
 
 
 def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
     """``(2, C)``: the mean standardised training score of the images annotated absent (row 0) and
     present (row 1), per concept, where the card annotates concept truth; the 5th and 95th
-    percentiles of the training scores for a concept with fewer than ``MIN_ANNOTATED`` of either.
-    ``None`` when the card annotates none of the concepts."""
-    from cbm.pipeline.faithfulness import truth_matrix
+    percentiles of the training scores for a concept with fewer than
+    :data:`~cbm.pipeline.faithfulness.MIN_ANNOTATED` of either. ``None`` when the card annotates none
+    of the concepts."""
+    from cbm.pipeline.faithfulness import MIN_ANNOTATED, truth_matrix
 
     annotated, truth = truth_matrix(card, train, names)
     if not annotated:
@@ -218,7 +234,7 @@ def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, expl
     return bn, (len(names) + len(extra)) if config.centre else 0
 
 
-def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int) -> dict:
+def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int, store_check: dict | None) -> dict:
     """The facts a saved model keeps about how it was made (model.json ``info``)."""
     info: dict[str, Any] = {
         "card": {"name": card.name, "title": getattr(card, "title", None), "modality": card.modality},
@@ -228,6 +244,7 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "concept_source": getattr(cset, "provenance", None),
         "templates": list(templates) if templates else None,
         "bottleneck": {**bn.debiasing, "centred_on": centred_on},
+        "store_check": store_check,
     }
     fitted = getattr(est, "interventions_", None)
     if fitted:  # intervention-aware fitting: how, and the order its selected head was fitted for
