@@ -60,7 +60,7 @@ def measure(card, encoder, splits, bottleneck: dict, selection: dict, seed: int,
                 "n": len(splits["val"])},
         "test_only_for_the_report": {"id_accuracy": m["id_accuracy"], "ood_accuracy": m["ood_accuracy"]},
         "concepts_per_class": fit.model.concepts_per_class(),
-        "store_entries_dropped": len((fit.model.info.get("store_check") or {}).get("dropped", [])),
+        "store_entries_dropped": (fit.model.info.get("store_check") or {}).get("dropped", []),
     }
 
 

@@ -187,17 +187,18 @@ def test_abcd_rule_agreement_reads_the_letters_off_a_head():
 
 @pytest.mark.parametrize("classes", [2, 3])
 def test_the_store_lists_each_concept_the_way_the_rule_counts_it(classes):
-    """A concept listed under melanoma never lowers the rule's score when present, one listed under
-    the nevus never raises it (bar the diameter, which the label ignores): a faithful head, whose
-    weights follow the store, can then weigh every criterion the way the rule does."""
+    """A concept listed under melanoma (or the suspicious lesion, which it tells from the nevus)
+    never lowers the rule's score when present, one listed under the nevus never raises it (bar the
+    diameter, which the label ignores): a faithful head, whose weights follow the store, can then
+    weigh every criterion the way the rule does."""
     from cbm.demo.world import sample_lesion
 
     rng = np.random.default_rng(0)
     rows = [lesion_attributes(sample_lesion(rng)) for _ in range(3000)]
     tds = np.array([r["tds"] for r in rows])
     store = demo_concepts(classes)
-    for cls, sign in (("melanoma", 1), ("benign nevus", -1)):
-        for phrase in store[cls]:
+    for cls, sign in (("melanoma", 1), ("suspicious lesion", 1), ("benign nevus", -1)):
+        for phrase in store.get(cls, []):
             if "diameter" in phrase:
                 continue
             present = concept_truth(rows, phrase)

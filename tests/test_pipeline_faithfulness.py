@@ -108,23 +108,79 @@ def test_a_card_without_truth_is_not_measured_and_says_why():
 
 
 def test_the_store_is_checked_against_the_truth_of_the_training_split(tmp_path):
-    """An entry whose truth is unrelated to its class, or argues against it, is dropped; unannotated
-    concepts and entries the truth bears out are kept; too few annotations judge nothing."""
+    """An entry whose truth is unrelated to its class, argues against it, or has no association
+    (annotated on one class only) is dropped; unannotated concepts and entries the truth bears out
+    are kept, also with partial annotations; too few annotations judge nothing."""
     y, truth, _ = _world(seed=3)
-    columns = {"a": "t_a", "b": "t_b", "u": "t_u"}
-    extras = [{columns[c]: str(int(v)) for c, v in zip("abu", row)} for row in truth]
+    truth[::3, 0] = np.nan  # a is annotated on two thirds of the images
+    only_m = np.where(y == 1, truth[:, 0], np.nan)  # o: annotated on melanomas only
+    columns = {"a": "t_a", "b": "t_b", "u": "t_u", "o": "t_o"}
+    extras = [{"t_a": "" if np.isnan(a) else str(int(a)), "t_b": str(int(b)), "t_u": str(int(u)),
+               "t_o": "" if np.isnan(o) else str(int(o))} for (a, b, u), o in zip(truth, only_m)]
     split = SplitData("train", np.zeros((len(y), 4), np.float32), y, None, [str(i) for i in range(len(y))], extras=extras)
     card = SimpleNamespace(**vars(_card(tmp_path, columns)), class_names=["n", "m"])
-    names = ["a", "b", "u", "unannotated"]
-    prior = np.array([[0, 1, 0, 1], [1, 1, 1, 0]], np.float32)  # b is listed under m too (wrongly), u under m
+    names = ["unannotated", "u", "o", "b", "a"]  # not in the card's order: the truth's columns differ from these
+    prior = np.array([[1, 0, 0, 1, 0], [0, 1, 1, 1, 1]], np.float32)  # b is listed under m too (wrongly), u under m
     checked, record = check_store(card, split, names, prior)
-    np.testing.assert_array_equal(checked, [[0, 1, 0, 1], [1, 0, 0, 0]])
-    assert record["checked"] and record["concepts_checked"] == 3 and record["threshold"] == UNRELATED_PHI
-    assert {(d["class"], d["concept"]) for d in record["dropped"]} == {("m", "b"), ("m", "u")}
-    assert prior[1, 1] == 1  # the caller's prior is not changed
-    few = SplitData("train", split.features[:8], y[:8], None, split.paths[:8], extras=extras[:8])
+    np.testing.assert_array_equal(checked, [[1, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
+    assert record["checked"] and record["concepts_checked"] == 4 and record["threshold"] == UNRELATED_PHI
+    assert {(d["class"], d["concept"]) for d in record["dropped"]} == {("m", "b"), ("m", "u"), ("m", "o")}
+    assert next(d for d in record["dropped"] if d["concept"] == "o")["association"] is None
+    assert record["classes_left_without_concepts"] == []
+    assert prior[1, 3] == 1  # the caller's prior is not changed
+    only_u = np.array([[0, 0, 0, 0, 0], [0, 1, 0, 0, 0]], np.float32)
+    assert check_store(card, split, names, only_u)[1]["classes_left_without_concepts"] == ["m"]
+    few = SplitData("train", split.features[:60], y[:60], None, split.paths[:60], extras=extras[:60])
     same, record = check_store(card, few, names, prior)
     np.testing.assert_array_equal(same, prior)
-    assert record == {"checked": False, "reason": "card 'toy' annotates fewer than 5 present and absent training images per concept"}
+    assert record == {"checked": False, "reason": "no concept of card 'toy' is annotated on 100 training images with at "
+                                                  "least 5 present and 5 absent"}
+    assert check_store(card, split, ["unannotated"], prior[:, :1])[1]["reason"] == "none of the concepts has a truth column in card 'toy'"
     bare = SimpleNamespace(name="plain", concept_truth={}, class_names=["n", "m"])
     assert check_store(bare, split, names, prior)[1] == {"checked": False, "reason": "card 'plain' names no concept truth columns"}
+
+
+def test_the_store_check_on_a_real_card_and_its_curated_store():
+    """derm7pt's card (7-point checklist truth, values as its manifest writes them) and its curated
+    store: the annotated melanoma criteria are judged, one whose truth is unrelated to melanoma in
+    these rows is dropped, one that follows melanoma is kept, and the nevus's unannotated concepts
+    keep their entries."""
+    from cbm.concepts import load_concepts
+    from cbm.data import load_card
+
+    card = load_card("derm7pt")
+    store = load_concepts(card)
+    names = list(store.concepts)
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 600)  # 0 nevus, 1 melanoma
+    follows = rng.random(600) < np.where(y == 1, 0.8, 0.2)
+    extras = [{column: "" for column in card.concept_truth.values()} for _ in y]
+    for row, f in zip(extras, follows):
+        row["truth_atypical_pigment_network"] = str(int(f))
+        row["truth_blue_whitish_veil"] = str(int(rng.random() < 0.3))  # unrelated to the label here
+    split = SplitData("train", np.zeros((600, 1), np.float32), y, None, [f"{i}.jpg" for i in range(600)], extras=extras)
+    prior = store.prior()
+    checked, record = check_store(card, split, names, prior)
+    assert record["checked"] and record["concepts_checked"] == 2  # the other five columns are empty (not annotated)
+    assert [(d["class"], d["concept"]) for d in record["dropped"]] == [("melanoma", "blue-whitish veil")]
+    mel, nev = card.class_names.index("melanoma"), card.class_names.index("nevus")
+    assert checked[mel, names.index("blue-whitish veil")] == 0 and checked[mel, names.index("atypical pigment network")] == 1
+    np.testing.assert_array_equal(checked[nev], prior[nev])
+
+
+def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
+    """The stated rules of scripts/check_defaults.py: the store check stays unless the head without
+    it is more than one standard error better on validation; the bottleneck rule keeps, among the
+    settings within one standard error, the one whose scores leak the cue least."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_defaults.py"
+    spec = importlib.util.spec_from_file_location("check_defaults", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    val = lambda acc, cue=0.5: {"val": {"accuracy": acc, "n": 900, "cue_from_scores": cue}}  # noqa: E731
+    # one standard error at 0.90 on 900 images is 1.0 point
+    assert not module.store_check_costs({"checked": val(0.90), "unchecked": val(0.909)})
+    assert module.store_check_costs({"checked": val(0.90), "unchecked": val(0.911)})
+    assert module.choose({"plain": val(0.91, 0.6), "centred": val(0.905, 0.4), "nuisance": val(0.88, 0.1)}) == "centred"

@@ -118,7 +118,7 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
         "concept source": info.get("concept_source"), "bottleneck": info.get("bottleneck"),
         "the run's other methods": {m: f for m, f in run.items() if m != "cbm"} or None,
         **{k: v for k, v in info.items() if k not in {"card", "metrics", "data", "head", "lambda", "templates",
-                                                       "concept_source", "path", "bottleneck"}},
+                                                       "concept_source", "path", "bottleneck", "store_check"}},
     }
     return render_template(
         "card.html", title=f"Model card: {card.get('title') or card.get('name') or 'model'}",
@@ -142,5 +142,10 @@ def _store_dropped(check: Any) -> list[str]:
     """The store entries the training truth did not bear out (``info["store_check"]``), in words."""
     if not isinstance(check, Mapping):
         return []
-    return [f"{d.get('concept')} for {d.get('class')} (association {d.get('association'):+.2f})"
-            for d in check.get("dropped") or [] if isinstance(d, Mapping) and isinstance(d.get("association"), (int, float))]
+    out = []
+    for d in check.get("dropped") or []:
+        if isinstance(d, Mapping):
+            a = d.get("association")
+            out.append(f"{d.get('concept')} for {d.get('class')} (association "
+                       f"{format(a, '+.2f') if isinstance(a, (int, float)) else 'undefined'})")
+    return out

@@ -269,10 +269,15 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     check = metrics["cbm"].get("store_check") or {}
     if check.get("checked"):
         dropped = check["dropped"]
-        listed = "; ".join(f"{d['concept']} for {d['class']} ({d['association']:+.3f})" for d in dropped)
+        listed = "; ".join(f"{d['concept']} for {d['class']} ("
+                           f"{'undefined' if d['association'] is None else format(d['association'], '+.3f')})" for d in dropped)
+        emptied = check.get("classes_left_without_concepts") or []
         notes.append(f"Concept store checked against the card's concept truth (training split, {check['concepts_checked']} "
-                     f"concepts): {len(dropped)} class-concept entries dropped as not borne out (phi below "
-                     f"{check['threshold']})" + (f": {listed}." if dropped else "."))
+                     f"concepts): {len(dropped)} class-concept entries not borne out (phi below {check['threshold']}) "
+                     f"left the head's prior" + (f": {listed}." if dropped else ".")
+                     + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}." if emptied else ""))
+    elif check.get("reason"):
+        notes.append(f"Concept store not checked against concept truth: {check['reason']}.")
     rule = metrics["cbm"].get("abcd_rule")
     if rule:
         letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())

@@ -39,6 +39,7 @@ from cbm.pipeline.scoring import eval_splits
 
 __all__ = [
     "MIN_ANNOTATED",
+    "MIN_CHECKED",
     "UNRELATED_PHI",
     "check_store",
     "check_truth_names",
@@ -59,6 +60,10 @@ is unrelated to it: any weight it gets counts as disagreeing."""
 MIN_ANNOTATED = 5
 """A concept's truth counts (for its levels, and for checking the store) only with at least this many
 training images annotated present and as many annotated absent."""
+
+MIN_CHECKED = 100
+"""The store check judges a concept only when at least this many training images are annotated
+(phi's standard error is then at most about 0.1)."""
 
 _TRUE = {"1", "1.0", "yes", "y", "true", "t", "present"}
 _FALSE = {"0", "0.0", "no", "n", "false", "f", "absent"}
@@ -114,6 +119,8 @@ def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     for j in range(truth.shape[1]):
         known = ~np.isnan(truth[:, j])
         t = truth[known, j]
+        if len(t) < 2:  # not annotated: no association
+            continue
         for k in range(n_classes):
             y = (labels[known] == k).astype(float)
             if t.std() > 0 and y.std() > 0:
@@ -122,39 +129,51 @@ def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """The concept store's class-concept prior less the entries the card's concept truth does not bear out.
+    """The class-concept prior (the concept store's, or an explicit list's) less the entries the
+    card's concept truth does not bear out.
 
-    Where the card annotates a concept (at least ``MIN_ANNOTATED`` training images present and as
-    many absent), a store entry "concept c belongs to class k" is kept only if the truth of c is
-    associated with class k on the training split: phi >= ``UNRELATED_PHI``. An entry whose truth
-    is unrelated to the class, or speaks against it, is dropped, so a faithful head gives it no
-    weight. Unannotated concepts keep the store's entries. The training split only: nothing here
-    sees validation or test data.
+    A concept is judged where the card annotates it on at least ``MIN_CHECKED`` training images,
+    ``MIN_ANNOTATED`` of them present and as many absent (phi's standard error is about
+    ``1 / sqrt(n)``, so fewer would drop entries by chance). An entry "concept c belongs to class k"
+    of a judged concept is kept only if the truth of c is associated with class k on the training
+    split, phi >= ``UNRELATED_PHI``; an entry whose truth is unrelated to the class or argues
+    against it, or whose association cannot be computed (c annotated on one class only), is
+    dropped, so a faithful head gives it no weight. Other concepts keep their entries. The training
+    split only: nothing here sees validation or test data.
 
     Returns:
         The checked prior ``(K, C)`` (a copy) and a record: ``{"checked": True, "concepts_checked",
-        "threshold", "dropped": [{"class", "concept", "association"}]}``, or ``{"checked": False,
-        "reason"}`` when the card annotates none of the concepts.
+        "threshold", "dropped": [{"class", "concept", "association"}], "classes_left_without_concepts"}``
+        (``association`` None where undefined), or ``{"checked": False, "reason"}``.
     """
     names, truth = truth_matrix(card, train, concept_names)
-    judged = [j for j in range(len(names)) if min((truth[:, j] == 1).sum(), (truth[:, j] == 0).sum()) >= MIN_ANNOTATED]
+    present, absent = (truth == 1).sum(0), (truth == 0).sum(0)
+    judged = [j for j in range(len(names)) if min(present[j], absent[j]) >= MIN_ANNOTATED and present[j] + absent[j] >= MIN_CHECKED]
     if not judged:
-        why = "names no concept truth columns" if not names else f"annotates fewer than {MIN_ANNOTATED} present and absent training images per concept"
-        return np.array(prior, copy=True), {"checked": False, "reason": f"card {card.name!r} {why}"}
-    classes = list(getattr(card, "class_names", range(prior.shape[0])))
+        why = (f"card {card.name!r} names no concept truth columns" if not getattr(card, "concept_truth", None) else
+               f"none of the concepts has a truth column in card {card.name!r}" if not names else
+               f"no concept of card {card.name!r} is annotated on {MIN_CHECKED} training images with at least "
+               f"{MIN_ANNOTATED} present and {MIN_ANNOTATED} absent")
+        return np.array(prior, copy=True), {"checked": False, "reason": why}
+    classes = [str(c) for c in getattr(card, "class_names", range(prior.shape[0]))]
     phi = _phi(truth, train.labels, prior.shape[0])
     checked = np.array(prior, copy=True)
     dropped = []
     for j in judged:
         c = list(concept_names).index(names[j])
         for k in np.flatnonzero(prior[:, c] > 0):
-            if not np.isnan(phi[k, j]) and phi[k, j] < UNRELATED_PHI:
+            if np.isnan(phi[k, j]) or phi[k, j] < UNRELATED_PHI:
                 checked[k, c] = 0.0
-                dropped.append({"class": str(classes[k]), "concept": names[j], "association": round(float(phi[k, j]), 3)})
+                dropped.append({"class": classes[k], "concept": names[j],
+                                "association": None if np.isnan(phi[k, j]) else round(float(phi[k, j]), 3)})
+    emptied = [classes[k] for k in range(prior.shape[0]) if prior[k].any() and not checked[k].any()]
     if dropped:
         log.info("concept store checked against the truth: %d entries not borne out, dropped: %s", len(dropped),
-                 ", ".join(f"{d['concept']} ({d['class']}, phi {d['association']:+.3f})" for d in dropped))
-    return checked, {"checked": True, "concepts_checked": len(judged), "threshold": UNRELATED_PHI, "dropped": dropped}
+                 ", ".join(f"{d['concept']} ({d['class']}, phi {d['association']})" for d in dropped))
+    if emptied:
+        log.warning("after the store check, %s keep no concept: their logit is their bias alone", ", ".join(emptied))
+    return checked, {"checked": True, "concepts_checked": len(judged), "threshold": UNRELATED_PHI, "dropped": dropped,
+                     "classes_left_without_concepts": emptied}
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:

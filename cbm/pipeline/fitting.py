@@ -175,12 +175,17 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
 
     Returns ``(head, prior, store_check record or None, truth levels or None, truth)``."""
     from cbm.pipeline.faithfulness import check_store as checked_prior
+    from cbm.pipeline.faithfulness import check_truth_names
 
     names = list(cset.concepts)
-    prior, store_check = cset.prior(), None
-    if check_store:
-        prior, store_check = checked_prior(card, splits["train"], names, prior)
-    est = make_head(head, prior)
+    est, prior, store_check = make_head(head, None), cset.prior(), None
+    if getattr(est, "needs_prior", lambda: False)():
+        if check_store:
+            check_truth_names(card, names, _store_beyond(card, names))  # a misspelt truth name is an error, not skipped
+            prior, store_check = checked_prior(card, splits["train"], names, prior)
+        est.set_params(prior=prior)
+    elif check_store:
+        store_check = {"checked": False, "reason": f"the head ({type(est).__name__}) takes no class-concept prior"}
     levels, truth = _head_truth(card, splits, names, scores["train"])
     t0 = time.perf_counter()
     fit_head(est, scores, splits, truth)
