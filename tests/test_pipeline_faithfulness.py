@@ -60,6 +60,15 @@ def test_interventions_of_a_faithful_head_help_and_of_a_contrast_head_hurt():
     assert [p["k"] for p in curve] == [0, 1, 2] and order == ["a", "b"]
     acc = [p["id_accuracy"] for p in curve]
     assert acc[0] < acc[1] < acc[2]
+    # each step's cases set right and set wrong account for its change in accuracy, and test it
+    from cbm.pipeline.faithfulness import step_test
+
+    assert "id_changed" not in curve[0]
+    for before, point in zip(curve, curve[1:]):
+        changed = point["id_changed"]
+        assert changed["gained"] - changed["lost"] == round(len(y) * (point["id_accuracy"] - before["id_accuracy"]))
+        assert changed["gained"] > changed["lost"] > 0 and step_test(changed) < 0.01
+    assert step_test({"gained": 10, "lost": 12}) > 0.5 and step_test({"gained": 0, "lost": 0}) == 1.0
     # opposite phrases whose scores share a large common part (what every prompt shares): a head
     # that uses their difference with one sign is hurt when one of them is set from the truth
     rng = np.random.default_rng(2)
@@ -184,3 +193,15 @@ def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
     assert not module.store_check_costs({"checked": val(0.90), "unchecked": val(0.909)})
     assert module.store_check_costs({"checked": val(0.90), "unchecked": val(0.911)})
     assert module.choose({"plain": val(0.91, 0.6), "centred": val(0.905, 0.4), "nuisance": val(0.88, 0.1)}) == "centred"
+
+
+def test_results_name_the_intervention_steps_that_fall_with_their_cases():
+    from cbm.pipeline.experiment import _intervention_falls
+
+    curve = [{"k": 0, "id_accuracy": 0.90, "ood_accuracy": 0.90},
+             {"k": 1, "id_accuracy": 0.95, "ood_accuracy": 0.897, "id_changed": {"gained": 50, "lost": 5},
+              "ood_changed": {"gained": 2, "lost": 5}},
+             {"k": 2, "id_accuracy": 0.93, "ood_accuracy": 0.90, "id_changed": {"gained": 5, "lost": 23},
+              "ood_changed": {"gained": 4, "lost": 1}}]
+    assert _intervention_falls({"intervention": curve}) == ["k = 2 ID -2.0 (+5 / -23, p = 0.001)"]  # OOD's -0.3 is not a fall
+    assert _intervention_falls({}) == []

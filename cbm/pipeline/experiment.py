@@ -263,9 +263,28 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
     ])
 
 
+def _intervention_falls(faithfulness: dict[str, Any]) -> list[str]:
+    """The steps of the intervention curve that fall by more than half a point, with their case counts."""
+    from cbm.pipeline.faithfulness import step_test
+
+    out = []
+    for point, before in zip((faithfulness.get("intervention") or [])[1:], faithfulness.get("intervention") or []):
+        for name, label in (("id", "ID"), ("ood", "OOD")):
+            changed = point.get(f"{name}_changed")
+            if changed and point[f"{name}_accuracy"] < before[f"{name}_accuracy"] - 0.005:
+                drop = 100 * (before[f"{name}_accuracy"] - point[f"{name}_accuracy"])
+                out.append(f"k = {point['k']} {label} -{drop:.1f} (+{changed['gained']} / -{changed['lost']}, "
+                           f"p = {step_test(changed):.3f})")
+    return out
+
+
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
     notes = [t for t in [_faithfulness_table(metrics)] if t]
+    falls = _intervention_falls(metrics["cbm"].get("faithfulness") or {})
+    if falls:
+        notes.append("Intervention steps where cbm falls by more than 0.5 points (cases set right / set wrong by the "
+                     "step; exact binomial p that the step changes nothing on average): " + "; ".join(falls) + ".")
     check = metrics["cbm"].get("store_check") or {}
     if check.get("checked"):
         dropped = check["dropped"]

@@ -12,9 +12,11 @@ alone, and nothing here chooses anything.
   counts as disagreeing; weights on concepts without truth are left out (their share is given).
 - ``intervention``: accuracy in and out of domain when the k most-weighted concepts (k = 0, 1, 2,
   4, 8, ..., all used concepts with truth) are set from the truth as the report's controls do
-  (present: the training scores' 95th percentile, absent: the 5th; see
-  ``ConceptBottleneckModel.presence_levels``). ``oracle``: the same head type fitted on those
-  truth-derived values (its train and val splits) and measured on them: the ceiling.
+  (present / absent: the mean score of the training images annotated so; see
+  ``ConceptBottleneckModel.presence_levels``), with the cases each step set right and set wrong
+  (``changed``: a fall of a few cases either way is noise, :func:`step_test`). ``oracle``: the
+  same head type fitted on those truth-derived values (its train and val splits) and measured on
+  them: the ceiling.
 - ``cue_leakage`` (a card with a two-valued group, e.g. the demo's cue): within each class, the
   cross-validated AUROC of the group from the standardised concept scores (``scores_auroc``) and
   the AUROC of the group from the head's class-vs-rest logit (``logit_auroc``, taken as
@@ -44,6 +46,7 @@ __all__ = [
     "check_store",
     "check_truth_names",
     "cue_leakage",
+    "step_test",
     "intervention_curve",
     "measure_faithfulness",
     "truth_matrix",
@@ -217,7 +220,9 @@ def intervention_curve(
         concepts: the order to intervene in (default: by total absolute weight); each must be used by the head.
 
     Returns:
-        The curve ``[{"k", "<name>_accuracy", ...}]`` and the concepts in intervention order.
+        The curve ``[{"k", "<name>_accuracy", "<name>_changed", ...}]`` (``changed``, from k = 1 on:
+        the cases the step set right, ``gained``, and set wrong, ``lost``) and the concepts in
+        intervention order.
 
     Raises:
         ValueError: a given concept has no weight in the head (setting it would change nothing).
@@ -234,14 +239,28 @@ def intervention_curve(
                              f"the head uses {[c for c in concept_names if weight[index[c]] > 0]}")
         order = list(concepts)
     values = {name: truth_to_values(truth, names, concept_names, levels) for name, (_, _, truth, names) in evaluations.items()}
-    curve = []
+    curve: list[dict[str, Any]] = []
+    before: dict[str, np.ndarray] = {}
     for k in intervention_steps(len(order)):
         point: dict[str, Any] = {"k": k}
         for name, (z, labels, _, _) in evaluations.items():
             z_k = set_from_truth(z, values[name], [index[c] for c in order[:k]])
-            point[f"{name}_accuracy"] = float(((z_k @ coef.T + intercept).argmax(1) == labels).mean())
+            right = (z_k @ coef.T + intercept).argmax(1) == labels
+            point[f"{name}_accuracy"] = float(right.mean())
+            if name in before:  # the cases this step set right and set wrong: is a fall more than noise?
+                point[f"{name}_changed"] = {"gained": int((right & ~before[name]).sum()), "lost": int((before[name] & ~right).sum())}
+            before[name] = right
         curve.append(point)
     return curve, order
+
+
+def step_test(changed: dict[str, int]) -> float:
+    """Two-sided exact binomial (McNemar) p-value of one curve step: under "the step changes nothing
+    on average", each changed case is as likely gained as lost."""
+    from scipy.stats import binomtest
+
+    n = changed["gained"] + changed["lost"]
+    return 1.0 if n == 0 else float(binomtest(changed["gained"], n).pvalue)
 
 
 def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str], phi: np.ndarray,
