@@ -60,11 +60,13 @@ def _abcd_directions(model) -> dict[str, bool]:
 
 
 def check_world(metrics: dict, model, classes: int) -> dict:
+    from cbm.pipeline.faithfulness import STEP_FALL
+
     cbm = metrics["cbm"]
     f = cbm.get("faithfulness", {})
     curve = f.get("intervention", [])
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
-    falls = all(b[k] >= a[k] - 0.005 for a, b in zip(curve, curve[1:]) for k in keys)
+    falls = all(b[k] >= a[k] - STEP_FALL for a, b in zip(curve, curve[1:]) for k in keys)
     oracle = f.get("oracle") or {}
     end = {k: curve[-1][k] >= max(curve[0][k], oracle.get(k, 0) - 0.02) for k in keys} if curve else {}
     out = {

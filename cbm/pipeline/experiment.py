@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
-from cbm.pipeline.faithfulness import check_truth_names, measure_faithfulness
+from cbm.pipeline.faithfulness import STEP_FALL, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_splits_present, extract_splits, resolve_card
 from cbm.pipeline.outputs import path_chart, results_table
@@ -265,13 +265,11 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
 
 def _intervention_falls(faithfulness: dict[str, Any]) -> list[str]:
     """The steps of the intervention curve that fall by more than half a point, with their case counts."""
-    from cbm.pipeline.faithfulness import step_test
-
     out = []
     for point, before in zip((faithfulness.get("intervention") or [])[1:], faithfulness.get("intervention") or []):
         for name, label in (("id", "ID"), ("ood", "OOD")):
             changed = point.get(f"{name}_changed")
-            if changed and point[f"{name}_accuracy"] < before[f"{name}_accuracy"] - 0.005:
+            if changed and point[f"{name}_accuracy"] < before[f"{name}_accuracy"] - STEP_FALL:
                 drop = 100 * (before[f"{name}_accuracy"] - point[f"{name}_accuracy"])
                 out.append(f"k = {point['k']} {label} -{drop:.1f} (+{changed['gained']} / -{changed['lost']}, "
                            f"p = {step_test(changed):.3f})")

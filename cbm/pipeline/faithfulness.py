@@ -42,6 +42,7 @@ from cbm.pipeline.scoring import eval_splits
 __all__ = [
     "MIN_ANNOTATED",
     "MIN_CHECKED",
+    "STEP_FALL",
     "UNRELATED_PHI",
     "check_store",
     "check_truth_names",
@@ -59,6 +60,10 @@ log = logging.getLogger(__name__)
 UNRELATED_PHI = 0.1
 """A concept whose truth has |phi| below this with a class (a small effect by Cohen's convention)
 is unrelated to it: any weight it gets counts as disagreeing."""
+
+STEP_FALL = 0.005
+"""An intervention step falls when its accuracy is more than this (half a point) below the previous
+step's: what the targets and ``results.md`` call a fall."""
 
 MIN_ANNOTATED = 5
 """A concept's truth counts (for its levels, and for checking the store) only with at least this many
