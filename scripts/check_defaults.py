@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -66,16 +65,20 @@ def measure(card, encoder, splits, bottleneck: dict, selection: dict, seed: int,
 
 def store_check_costs(results: dict[str, dict]) -> bool:
     """Whether the head without the store check is more than one standard error better on val accuracy."""
+    from cbm.heads import standard_error
+
     on, off = results["checked"]["val"], results["unchecked"]["val"]
-    margin = math.sqrt(on["accuracy"] * (1 - on["accuracy"]) / on["n"])
+    margin = standard_error(on["accuracy"], on["n"])
     return off["accuracy"] > on["accuracy"] + margin + 1e-12
 
 
 def choose(results: dict[str, dict]) -> str:
     """The stated rule: within one standard error of the best val accuracy, the least cue in the scores."""
+    from cbm.heads import standard_error
+
     best = max(r["val"]["accuracy"] for r in results.values())
     n = next(iter(results.values()))["val"]["n"]
-    margin = math.sqrt(best * (1 - best) / n)
+    margin = standard_error(best, n)
     ok = [k for k, r in results.items() if r["val"]["accuracy"] >= best - margin - 1e-12]
     return min(ok, key=lambda k: (results[k]["val"]["cue_from_scores"] or 1.0, -results[k]["val"]["accuracy"]))
 

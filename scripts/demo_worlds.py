@@ -18,6 +18,13 @@ whether each target holds:
   ``intervention_end`` (the last point >= max(the k = 0 accuracy, oracle - 2 points));
 - 2 classes: no weight on "large diameter"; 3 classes: every ABCD phrase's weights push in the
   rule's direction (a higher score of "asymmetric shape" never raises the nevus, ...).
+
+Beside them, for each number of classes and seed, the same run on the world with no cue
+association (``confounding`` 0.5, ``cue_free``; ``--no-cue-free`` skips it): there the linear probe
+on the whole image embedding cannot profit from the cue, so its accuracy is what a linear model
+reads from the encoder about the lesion alone. Each world's ``cue_free_probe_id`` and
+``id_vs_cue_free_probe`` (points) put the head's in-domain accuracy beside it: a figure for the
+reader, not a target.
 """
 
 from __future__ import annotations
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default="2,3")
     p.add_argument("--n", type=int, default=6000)
     p.add_argument("--out", default=None)
+    p.add_argument("--cue-free", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run each seed's world without cue association (confounding 0.5)")
     args = p.parse_args(argv)
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -125,25 +134,38 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose("config")
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     encoder = instantiate(plain(cfg.encoder))
+    def run(classes: int, seed: int, conf: float) -> tuple[dict, ConceptBottleneckModel]:
+        card = load_card(cached_dataset(n=args.n, confounding=conf, classes=classes, seed=seed, progress=False))
+        with tempfile.TemporaryDirectory() as out:
+            metrics = run_experiment(out_dir=out, card=card, encoder=encoder, head=instantiate(plain(cfg.head)),
+                                     bottleneck=instantiate(plain(cfg.bottleneck)), baselines=plain(cfg.baselines),
+                                     features={"num_workers": 0}, n_bootstrap=100, seed=seed,
+                                     extra_metrics={"abcd_rule": abcd_rule_metric})
+            return metrics, ConceptBottleneckModel.load(Path(out) / "model")
+
     t0 = time.perf_counter()
-    worlds = []
+    worlds, cue_free = [], []
     for classes in [int(v) for v in args.classes.split(",")]:
         for seed in [int(v) for v in args.seeds.split(",")]:
+            reference = None
+            if args.cue_free:  # what a linear model reads from the encoder about the lesion alone
+                metrics, _ = run(classes, seed, 0.5)
+                reference = {"classes": classes, "seed": seed, "confounding": 0.5,
+                             **{f"{m}_{k}": metrics[m][f"{k}_accuracy"] for m in ("linear_probe", "cbm") for k in ("id", "ood")}}
+                cue_free.append(reference)
+                print(json.dumps(reference), file=sys.stderr)
             for conf in [float(v) for v in args.confounding.split(",")]:
-                card = load_card(cached_dataset(n=args.n, confounding=conf, classes=classes, seed=seed, progress=False))
-                with tempfile.TemporaryDirectory() as out:
-                    metrics = run_experiment(out_dir=out, card=card, encoder=encoder, head=instantiate(plain(cfg.head)),
-                                             bottleneck=instantiate(plain(cfg.bottleneck)), baselines=plain(cfg.baselines),
-                                             features={"num_workers": 0}, n_bootstrap=100, seed=seed,
-                                             extra_metrics={"abcd_rule": abcd_rule_metric})
-                    model = ConceptBottleneckModel.load(Path(out) / "model")
+                metrics, model = run(classes, seed, conf)
                 world = {"classes": classes, "seed": seed, "confounding": conf, **check_world(metrics, model, classes)}
+                if reference:
+                    world["figures"]["cue_free_probe_id"] = reference["linear_probe_id"]
+                    world["figures"]["id_vs_cue_free_probe"] = round(100 * (world["figures"]["cbm_id"] - reference["linear_probe_id"]), 1)
                 worlds.append(world)
                 print(json.dumps({k: world[k] for k in ("classes", "seed", "confounding", "targets")}), file=sys.stderr)
     names = sorted({t for w in worlds for t in w["targets"]})
     summary = {t: f"{sum(w['targets'][t] for w in worlds if t in w['targets'])}/{sum(t in w['targets'] for w in worlds)}"
                for t in names}
-    result = {"targets_met": summary, "worlds": worlds, "wall_s": round(time.perf_counter() - t0, 1)}
+    result = {"targets_met": summary, "worlds": worlds, "cue_free": cue_free, "wall_s": round(time.perf_counter() - t0, 1)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cbm.heads import SparseConceptHead, elastic_net_objective, make_planted_problem, select_path_point
+from cbm.heads import SparseConceptHead, elastic_net_objective, make_planted_problem, select_path_point, standard_error
 
 EXACT = {"dtype": "float64", "tol": 1e-10, "max_iter": 100_000}
 
@@ -205,6 +205,8 @@ def test_selection_rules():
 
     path = [point(1.0, 0.30, 0), point(0.5, 0.80, 2), point(0.25, 0.84, 5), point(0.1, 0.85, 9), point(0.05, 0.85, 12)]
     # 1-SE: se of 0.85 on 100 samples is 0.036, so 0.84 (5 concepts) ties with the best and is sparser
+    assert standard_error(0.85, 100) == pytest.approx(0.0357, abs=1e-4)
+    assert standard_error(1.0, 100) == 0.0
     assert select_path_point(path, n_val=100) == 2
     # on 10,000 samples the se is 0.0036: only the two 0.85 points tie, the sparser one wins
     assert select_path_point(path, n_val=10_000) == 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
 from cbm.heads._interventions import intervention_accuracies, intervention_order, intervention_steps, set_from_truth
 from cbm.heads._solver import elastic_net_objective
-from cbm.heads._sparse import SparseConceptHead, select_path_point
+from cbm.heads._sparse import SparseConceptHead, select_path_point, standard_error
 from cbm.heads._synthetic import PlantedProblem, make_planted_problem
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "make_planted_problem",
     "select_path_point",
     "set_from_truth",
+    "standard_error",
     "zero_shot_logits",
 ]

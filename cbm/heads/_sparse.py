@@ -425,6 +425,12 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         return device
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """The binomial standard error ``sqrt(a * (1 - a) / n)`` of an accuracy ``a`` measured on ``n``
+    cases: the margin of every one-standard-error rule (path selection, the defaults' checks)."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / n)
+
+
 def select_path_point(
     path: Sequence[dict],
     selection: str = "accuracy",
@@ -455,7 +461,7 @@ def select_path_point(
     if accuracy_tolerance == "se":
         if not n_val:
             raise ValueError('accuracy_tolerance="se" needs the validation size n_val')
-        margin = math.sqrt(best * (1.0 - best) / n_val)
+        margin = standard_error(best, n_val)
     else:
         margin = float(accuracy_tolerance)
     ties = [i for i in eligible if acc[i] >= best - margin - 1e-12]
