@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose("config")
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     encoder = instantiate(plain(cfg.encoder))
+
     def run(classes: int, seed: int, conf: float) -> tuple[dict, ConceptBottleneckModel]:
         card = load_card(cached_dataset(n=args.n, confounding=conf, classes=classes, seed=seed, progress=False))
         with tempfile.TemporaryDirectory() as out:
