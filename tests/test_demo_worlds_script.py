@@ -38,4 +38,3 @@ def test_demo_worlds_reports_each_world_beside_its_cue_free_twin(tmp_path, capsy
     # the figures the targets read are the ones reported
     assert world["targets"]["gap"] == (figures["gap"] <= 0.02)
     assert world["targets"]["id_vs_probe"] == (figures["cbm_id"] >= figures["probe_id"] - 0.04)
-
