@@ -62,8 +62,9 @@ def server(tiny_model):
 
 
 def _request(server, method: str, path: str, body: bytes | None = None,
-             headers: dict | None = None) -> tuple[int, dict, str]:
-    """One request on a fresh connection; ``body=None`` sends no body (and no length unless given)."""
+             headers: dict | None = None, sent: threading.Semaphore | None = None) -> tuple[int, dict, str]:
+    """One request on a fresh connection; ``body=None`` sends no body (and no length unless given);
+    ``sent`` is released once the whole request has been sent, before the answer is read."""
     conn = http.client.HTTPConnection(*server.server_address, timeout=30)
     try:
         headers = dict(headers or {})
@@ -75,6 +76,8 @@ def _request(server, method: str, path: str, body: bytes | None = None,
         conn.endheaders()
         if body:
             conn.send(body)
+        if sent is not None:
+            sent.release()
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read().decode("utf-8", "replace")
     finally:
@@ -195,20 +198,24 @@ def test_concurrent_uploads_are_all_answered(server):
 
 def test_a_huge_upload_never_holds_up_the_next_one(server):
     """Three uploads of 33.5 million pixels each (decoded, then refused: their data ends early) are
-    in flight; a small valid upload sent meanwhile is answered within a second."""
+    in flight; a small valid upload sent meanwhile is answered within a second. The small one goes
+    out as soon as the three have been sent whole (not after a fixed pause, which a fast machine
+    can outlast), so the server is still reading or decoding them."""
     small = _png_bytes(make_image(46))
     assert _request(server, "POST", "/explain", small)[0] == 200  # warm
     huge = _huge_truncated_png()
     ends: list[float] = []
+    sent = threading.Semaphore(0)
 
     def send_huge() -> int:
-        status = _request(server, "POST", "/explain", huge)[0]
+        status = _request(server, "POST", "/explain", huge, sent=sent)[0]
         ends.append(time.perf_counter())
         return status
 
     with ThreadPoolExecutor(3) as pool:
         pending = [pool.submit(send_huge) for _ in range(3)]
-        time.sleep(0.2)
+        for _ in pending:
+            assert sent.acquire(timeout=30), "a huge upload could not be sent"
         start = time.perf_counter()
         status, _, page = _request(server, "POST", "/explain", small)
         took = time.perf_counter() - start
