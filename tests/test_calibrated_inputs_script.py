@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from script_support import load_script
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrated_inputs.py"
-    spec = importlib.util.spec_from_file_location("calibrated_inputs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("calibrated_inputs")
 
 
 def test_each_concept_is_calibrated_on_its_own_score_and_truth():

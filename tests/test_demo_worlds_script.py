@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from script_support import load_script
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "demo_worlds.py"
-    spec = importlib.util.spec_from_file_location("demo_worlds", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo_worlds")
 
 
 @pytest.mark.slow

@@ -181,13 +181,9 @@ def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
     """The stated rules of scripts/check_defaults.py: the store check stays unless the head without
     it is more than one standard error better on validation; the bottleneck rule keeps, among the
     settings within one standard error, the one whose scores leak the cue least."""
-    import importlib.util
-    from pathlib import Path
+    from script_support import load_script
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "check_defaults.py"
-    spec = importlib.util.spec_from_file_location("check_defaults", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("check_defaults")
     val = lambda acc, cue=0.5: {"val": {"accuracy": acc, "n": 900, "cue_from_scores": cue}}  # noqa: E731
     # one standard error at 0.90 on 900 images is 1.0 point
     assert not module.store_check_costs({"checked": val(0.90), "unchecked": val(0.909)})
