@@ -42,24 +42,6 @@ def calibrate(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], min_e
     return out
 
 
-def curve(coef: np.ndarray, intercept: np.ndarray, inputs: dict[str, np.ndarray], values: dict[str, np.ndarray],
-          labels: dict[str, np.ndarray], annotated: np.ndarray) -> list[dict]:
-    """Accuracy per split as the k most-weighted annotated concepts take their ``values``."""
-    from cbm.heads import intervention_steps
-
-    weight = np.abs(coef).sum(0)
-    order = [int(c) for c in np.argsort(-weight, kind="stable") if weight[c] > 0 and annotated[c]]
-    points = []
-    for k in intervention_steps(len(order)):
-        point: dict = {"k": k}
-        for name, x in inputs.items():
-            x = x.copy()
-            x[:, order[:k]] = values[name][:, order[:k]]
-            point[f"{name}_accuracy"] = round(float(((x @ coef.T + intercept).argmax(1) == labels[name]).mean()), 4)
-        points.append(point)
-    return points
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from cbm.data import load_card
     from cbm.demo import cached_dataset
-    from cbm.pipeline.faithfulness import truth_matrix
+    from cbm.pipeline.faithfulness import intervention_curve, truth_matrix, truth_values
     from cbm.pipeline.fitting import fit_model, full_coef, make_head
     from cbm.pipeline.scoring import eval_splits
 
@@ -82,29 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     used = {"train": "train", "val": "val", "id": id_split, **({"ood": ood_split} if ood_split else {})}
     scores = {k: model.concept_scores_from_features(fit.splits[s].features) for k, s in used.items()}
     labels = {k: fit.splits[s].labels for k, s in used.items()}
-    truth = {}
-    for k, s in used.items():
-        found, t = truth_matrix(card, fit.splits[s], names)
-        truth[k] = np.full((len(t), len(names)), np.nan)
-        for j, name in enumerate(found):
-            truth[k][:, names.index(name)] = t[:, j]
+    zero_one = (np.zeros(len(names), np.float32), np.ones(len(names), np.float32))  # truth as 0/1, NaN unannotated
+    truth = {k: truth_values(card, fit.splits[s], names, zero_one).astype(np.float64) for k, s in used.items()}
     probs = calibrate(scores, truth)
     values = {k: np.where(np.isnan(truth[k]), probs[k], truth[k]) for k in used}
     head = make_head(None, model.concept_prior)
     head.fit(probs["train"], labels["train"], X_val=probs["val"], y_val=labels["val"], truth=values["train"],
              truth_val=values["val"])
     coef, intercept = full_coef(head, len(model.classes))
-    annotated = ~np.all(np.isnan(truth["train"]), axis=0)
     tests = [k for k in ("id", "ood") if k in used]
-    default_values = {k: np.where(np.isnan(truth[k]), scores[k], np.where(truth[k] == 1, *model.presence_levels()[::-1]))
-                      for k in tests}
+    annotations = {k: truth_matrix(card, fit.splits[used[k]], names) for k in tests}
+
+    def evaluations(inputs: dict[str, np.ndarray]) -> dict:  # as the faithfulness block intervenes
+        return {k: (inputs[k], labels[k], annotations[k][1], annotations[k][0]) for k in tests}
+
     result = {
         "world": {"classes": args.classes, "seed": args.seed, "confounding": args.confounding, "n": args.n},
         "calibrated": {"concepts_per_class": float((coef != 0).sum(1).mean()),
-                       "intervention": curve(coef, intercept, {k: probs[k] for k in tests}, values, labels, annotated)},
+                       "intervention": intervention_curve(coef, intercept, names, zero_one, evaluations(probs))[0]},
         "default": {"concepts_per_class": float((model.coef != 0).sum(1).mean()),
-                    "intervention": curve(model.coef, model.intercept, {k: scores[k] for k in tests}, default_values,
-                                          labels, annotated)},
+                    "intervention": intervention_curve(model.coef, model.intercept, names, model.presence_levels(),
+                                                       evaluations(scores))[0]},
     }
     text = json.dumps(result, indent=2)
     print(text)

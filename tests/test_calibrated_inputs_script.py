@@ -32,17 +32,6 @@ def test_each_concept_is_calibrated_on_its_own_score_and_truth():
     np.testing.assert_allclose(probs["test"], p[:50])
 
 
-def test_the_curve_sets_the_most_weighted_annotated_concepts():
-    coef = np.array([[0.0, 0.0, 0.0], [3.0, 1.0, 2.0]])
-    x = np.zeros((2, 3))
-    values = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    labels = np.array([1, 0])
-    points = _script().curve(coef, np.array([0.0, -1.0]), {"id": x}, {"id": values}, {"id": labels},
-                             np.array([True, True, False]))
-    assert [q["k"] for q in points] == [0, 1, 2]
-    assert [q["id_accuracy"] for q in points] == [0.5, 1.0, 1.0]
-
-
 @pytest.mark.slow
 def test_calibrated_inputs_end_to_end(tmp_path):
     out = tmp_path / "c.json"
