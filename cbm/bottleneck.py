@@ -80,10 +80,15 @@ class BottleneckConfig:
             every concept direction; empty (the default) = none, ``None`` = the card's
             ``nuisance_prompts``. The default is what ``scripts/check_defaults.py``'s rule chose on
             validation data (docs/results.md, "Choosing the defaults").
+        calibrate: where the card annotates a concept's truth, the head weighs the probability
+            that the concept is present (its score calibrated on the training split,
+            :mod:`cbm.calibration`) instead of the score; a card without concept truth is
+            unaffected. Also chosen by ``scripts/check_defaults.py`` (``--calibrate``).
     """
 
     centre: bool = True
     nuisance_prompts: Sequence[str] | None = ()
+    calibrate: bool = True
 
 
 @dataclass

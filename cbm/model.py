@@ -1,13 +1,16 @@
 """``ConceptBottleneckModel``: encoder + concepts + standardiser + sparse head, as one object.
 
 The model never looks at an image except through its concept scores: an image is embedded by the
-encoder, scored against every concept (cosine, standardised with the training statistics), and
-the head's linear weights turn the scores into class probabilities. So every prediction can be
-written as a sum of ``weight[class, concept] * score[concept]`` terms.
+encoder, scored against every concept (cosine, standardised with the training statistics), each
+score calibrated to the probability that the concept is present where the training card annotated
+it (:mod:`cbm.calibration`), and the head's linear weights turn these concept values into class
+probabilities. So every prediction can be written as a sum of ``weight[class, concept] *
+value[concept]`` terms, a value being the concept's probability or, uncalibrated, its score.
 
 Saved as a folder: ``model.json`` (classes, concepts, encoder name and cache key, head settings,
 metrics, provenance) and ``model.safetensors`` (head weights, concept embeddings, score
-statistics, the concept store's class-concept prior), and ``reference.safetensors`` when the model
+statistics, the concept store's class-concept prior, the concepts' calibration), and
+``reference.safetensors`` when the model
 has a training reference (:mod:`cbm.reference`: out-of-distribution score, nearest training
 images). No pickle. :meth:`ConceptBottleneckModel.load`
 checks every field and tensor before it returns, and a damaged or foreign folder raises
@@ -23,7 +26,6 @@ The model is the saved artefact only: training lives in :mod:`cbm.pipeline` (``c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,11 +35,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from cbm.bottleneck import ConceptBottleneck
-from cbm.errors import ModelFormatError, quote
+from cbm.calibration import calibrate, calibrated as calibrated_columns
+from cbm.errors import ModelFormatError
+from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors
 from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
 from cbm.utils import atomic_write_bytes, atomic_write_json, softmax
 
@@ -45,10 +48,6 @@ __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cbm.ConceptBottleneckModel"
-# 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
-# 3: the concept store's class-concept prior (older models have none: their weights cannot be checked against it)
-FORMAT_VERSION = 3
 ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[, C]) array in [0, 1]
 
 # "Present" / "absent" set a concept's score to where the training images at these percentiles sit.
@@ -65,7 +64,9 @@ class ConceptContribution:
     weight: float
     score: float  # standardised concept score of this image (0 = training mean, 1 = one std above)
     percentile: float | None  # where the raw score sits in the training distribution, 0-100
-    contribution: float
+    contribution: float  # weight * value
+    value: float | None = None  # what the head weighs: P(present) if calibrated, else the score
+    calibrated: bool = False  # whether value is a probability
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Prediction:
     contributions: dict[str, list[ConceptContribution]]
     intercepts: dict[str, float]
     scores: dict[str, float] = field(default_factory=dict)  # every concept's standardised score
+    # every concept's value as the head weighs it: P(present) where calibrated, else its score
+    values: dict[str, float] = field(default_factory=dict)
     # why the model does not answer for this image (cbm.reference: image checks, out-of-distribution)
     flags: list[Flag] = field(default_factory=list)
     ood_score: float | None = None  # the out-of-distribution score (None without a reference)
@@ -101,7 +104,7 @@ class ConceptBottleneckModel:
         encoder_name: registry name of the vision-language encoder (``cbm.encoders``).
         classes: class names, in the order of the head's rows.
         bottleneck: the fitted concept bottleneck (concept names, text embeddings, statistics).
-        coef: ``(n_classes, n_concepts)`` head weights on standardised scores.
+        coef: ``(n_classes, n_concepts)`` head weights on the concept values (:meth:`concept_values`).
         intercept: ``(n_classes,)`` head biases.
         encoder_key: the encoder's cache key at training time (weights hash, preprocessing,
             precision); a mismatch at load time is reported, because scores would shift.
@@ -114,6 +117,9 @@ class ConceptBottleneckModel:
             and "present" (row 1) for each concept, when the training card annotated concept truth
             (the mean score of the training images annotated absent / present); ``None``: the
             training scores' 5th and 95th percentiles stand in (:meth:`presence_levels`).
+        calibration: ``(2, n_concepts)`` slope and intercept of each concept's calibration to
+            P(present) (:func:`cbm.calibration.fit_calibration`), NaN for a concept the head
+            weighs as its standardised score; ``None``: no concept is calibrated.
         info: free JSON-serialisable facts (card, metrics, head settings, provenance).
         reference: the training reference (out-of-distribution score, nearest training images);
             ``None`` for models saved before it existed, which cannot abstain.
@@ -131,6 +137,7 @@ class ConceptBottleneckModel:
         train_raw_scores: np.ndarray | None = None,
         concept_prior: np.ndarray | None = None,
         concept_levels: np.ndarray | None = None,
+        calibration: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
         reference: TrainingReference | None = None,
     ) -> None:
@@ -157,11 +164,50 @@ class ConceptBottleneckModel:
         self.concept_levels = None if concept_levels is None else np.asarray(concept_levels, np.float32)
         if self.concept_levels is not None and self.concept_levels.shape != (2, c):
             raise ValueError(f"concept_levels has shape {self.concept_levels.shape}; expected (2, {c})")
+        self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
+        if self.calibration is not None and self.calibration.shape != (2, c):
+            raise ValueError(f"calibration has shape {self.calibration.shape}; expected (2, {c})")
+
+    def calibrated(self) -> np.ndarray:
+        """``(C,)`` bool: the concepts the head weighs as probabilities."""
+        if self.calibration is None:
+            return np.zeros(self.bottleneck.n_concepts, bool)
+        return calibrated_columns(self.calibration)
+
+    def concept_values(self, scores: np.ndarray) -> np.ndarray:
+        """What the head weighs, from standardised scores ``(n, C)``: P(present) for the calibrated
+        concepts, the score itself for the others (:func:`cbm.calibration.calibrate`)."""
+        return calibrate(scores, self.calibration)
+
+    def value_offsets(self) -> np.ndarray:
+        """``(C,)``: each concept's mean value over the training images (0 for a standardised score;
+        for a calibrated concept its mean probability, or its probability at the mean score when the
+        folder holds no training scores). A contribution measured from here compares the image with
+        a training image of average score, as the reports say."""
+        on, out = self.calibrated(), np.zeros(self.bottleneck.n_concepts, np.float32)
+        if not on.any():
+            return out
+        bn, raw = self.bottleneck, self.train_raw_scores
+        if raw is None or len(raw) == 0 or bn.mean_ is None or bn.std_ is None:
+            out[on] = self.concept_values(np.zeros((1, len(on)), np.float32))[0, on]
+        else:
+            out[on] = self.concept_values((raw - bn.mean_) / bn.std_)[:, on].mean(0)
+        return out
 
     def presence_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Concept values that mean "absent" and "present" for each concept, ``(C,)`` each.
+
+        Interventions (the report's controls, the faithfulness curve) set a concept to one of them:
+        0 and 1 for a calibrated concept (a probability), :meth:`score_levels` for the others.
+        """
+        absent, present = self.score_levels()
+        on = self.calibrated()
+        absent[on], present[on] = 0.0, 1.0
+        return absent, present
+
+    def score_levels(self) -> tuple[np.ndarray, np.ndarray]:
         """Standardised scores that mean "absent" and "present" for each concept, ``(C,)`` each.
 
-        Interventions (the report's controls, the faithfulness curve) set a concept to one of them.
         Where the training card annotated the concept, they are the mean scores of the training
         images annotated absent and present (:attr:`concept_levels`): a concept set from the truth
         then sits where such images sit, and the head weighs it as it learnt to. Otherwise they are
@@ -236,8 +282,12 @@ class ConceptBottleneckModel:
         """Standardised concept scores ``(n, n_concepts)`` of precomputed image features."""
         return self.bottleneck.transform(features)
 
+    def concept_values_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The head's inputs ``(n, n_concepts)`` of precomputed image features (:meth:`concept_values`)."""
+        return self.concept_values(self.concept_scores_from_features(features))
+
     def decision_function_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
-        return self.concept_scores_from_features(features) @ self.coef.T + self.intercept
+        return self.concept_values_from_features(features) @ self.coef.T + self.intercept
 
     def predict_proba_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` of precomputed image features."""
@@ -274,8 +324,9 @@ class ConceptBottleneckModel:
         feat = np.asarray(feature, np.float32).reshape(1, -1)
         raw = self.bottleneck.raw_scores(feat)[0]
         z = self.bottleneck.transform(feat)[0]
+        v, on = self.concept_values(z[None])[0], self.calibrated()
         pct = self.score_percentiles(raw)
-        logits = z @ self.coef.T + self.intercept
+        logits = v @ self.coef.T + self.intercept
         proba = softmax(logits[None])[0]
         order = np.argsort(-proba)
         names = self.bottleneck.concept_names
@@ -284,7 +335,7 @@ class ConceptBottleneckModel:
             rows = [
                 ConceptContribution(
                     names[j], float(self.coef[k, j]), float(z[j]),
-                    None if pct is None else float(pct[j]), float(self.coef[k, j] * z[j]),
+                    None if pct is None else float(pct[j]), float(self.coef[k, j] * v[j]), float(v[j]), bool(on[j]),
                 )
                 for j in np.flatnonzero(self.coef[k])
             ]
@@ -296,6 +347,7 @@ class ConceptBottleneckModel:
             contributions=contributions,
             intercepts={c: float(b) for c, b in zip(self.classes, self.intercept)},
             scores={n: float(s) for n, s in zip(names, z)},
+            values={n: float(s) for n, s in zip(names, v)},
             **prediction_flags(self.reference, feat[0], image_flags),
         )
 
@@ -308,12 +360,13 @@ class ConceptBottleneckModel:
         return self.explain_features(self.image_features(loaded)[0], image_flags=checks)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float]) -> np.ndarray:
-        """Class probabilities after setting some standardised concept scores by hand.
+        """Class probabilities after setting some concept values by hand.
 
         The classic concept-bottleneck test-time intervention: a clinician marks a concept present
-        (e.g. a high score such as +2) or absent (e.g. -2) and sees how the prediction changes.
+        or absent (:meth:`presence_levels`: 1 or 0 for a calibrated concept, a high or low
+        standardised score for the others) and sees how the prediction changes.
         """
-        z = self.bottleneck.transform(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
+        z = self.concept_values_from_features(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}
         for name, value in overrides.items():
             if name not in index:
@@ -341,6 +394,10 @@ class ConceptBottleneckModel:
             tensors["concept_prior"] = torch.from_numpy(self.concept_prior.copy())
         if self.concept_levels is not None:
             tensors["concept_levels"] = torch.from_numpy(self.concept_levels.copy())
+        if self.calibration is not None:  # NaN columns (not calibrated) are saved as 0, 0 with row 2 = 0
+            on = self.calibrated()
+            tensors["concept_calibration"] = torch.from_numpy(
+                np.vstack([np.nan_to_num(self.calibration), on[None]]).astype(np.float32))
         atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(
             tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)}))
         atomic_write_json(
@@ -380,14 +437,17 @@ class ConceptBottleneckModel:
                     f"{p} not found: a model folder holds model.json and model.safetensors "
                     "(written by ConceptBottleneckModel.save or `cbm run`, in <run dir>/model)"
                 )
-        meta = _read_meta(meta_path)
-        tensors = _read_tensors(weights_path, meta)
+        meta = read_meta(meta_path)
+        tensors = read_tensors(weights_path, meta)
         try:
             bottleneck = ConceptBottleneck.from_state(meta["concepts"], tensors, meta["bottleneck"]["nuisance_prompts"])
         except ValueError as exc:
-            raise ModelFormatError(weights_path, f"holds concept embeddings cbm cannot use ({exc})", _REFIT) from None
+            raise ModelFormatError(weights_path, f"holds concept embeddings cbm cannot use ({exc})", REFIT) from None
         raw = tensors.get("train_raw_scores_sorted")
         prior, levels = tensors.get("concept_prior"), tensors.get("concept_levels")
+        calibration = tensors.get("concept_calibration")
+        if calibration is not None:
+            calibration = np.where(calibration[2:].numpy() == 1, calibration[:2].numpy(), np.nan)
         reference = TrainingReference.load(folder, classes=meta["classes"], dim=int(tensors["concept_embeddings"].shape[1]))
         return cls(
             meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),
@@ -395,6 +455,7 @@ class ConceptBottleneckModel:
             train_raw_scores=None if raw is None else raw.numpy(),
             concept_prior=None if prior is None else prior.numpy(),
             concept_levels=None if levels is None else levels.numpy(),
+            calibration=calibration,
             info=meta["info"],
             reference=reference,
         )
@@ -404,94 +465,3 @@ class ConceptBottleneckModel:
             f"ConceptBottleneckModel(encoder={self.encoder_name!r}, classes={self.classes}, "
             f"concepts={self.bottleneck.n_concepts}, concepts_per_class={self.concepts_per_class():.1f})"
         )
-
-
-# --------------------------------------------------------------------------------- loading checks
-_REFIT = "Save the model again from its run (`cbm run` writes <run dir>/model), or fit it again with cbm.fit"
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """``model.json``, every field checked; raises :class:`ModelFormatError` naming the field."""
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ModelFormatError(path, "is not UTF-8 text", _REFIT) from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFormatError(path, f"is not valid JSON ({str(exc)[:120]})", _REFIT) from None
-    if not isinstance(meta, dict):
-        raise ModelFormatError(path, f"holds a {type(meta).__name__}, not a JSON object", _REFIT)
-    if meta.get("format") != FORMAT:
-        raise ModelFormatError(path, f"is not a cbm model (format {quote(meta.get('format'))}, expected {FORMAT!r})",
-                               "Give the folder that `cbm run` wrote as <run dir>/model")
-    version = meta.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ModelFormatError(path, f"has the bad value {quote(version)}", _REFIT, field="version")
-    if version > FORMAT_VERSION:
-        raise ModelFormatError(path, f"has format version {version}, newer than this cbm understands ({FORMAT_VERSION})",
-                               "Upgrade cbm", field="version")
-    if not isinstance(meta.get("encoder"), str) or not meta["encoder"].strip():
-        raise ModelFormatError(path, f"has the bad value {quote(meta.get('encoder'))}", "It names the encoder, e.g. demo-clip",
-                               field="encoder")
-    if meta.get("encoder_key") is not None and not isinstance(meta["encoder_key"], str):
-        raise ModelFormatError(path, f"has the bad value {quote(meta['encoder_key'])}", _REFIT, field="encoder_key")
-    for key, least in (("classes", 2), ("concepts", 1)):
-        names = meta.get(key)
-        if not isinstance(names, list) or len(names) < least or not all(isinstance(n, str) and n.strip() for n in names):
-            raise ModelFormatError(path, f"has the bad value {quote(names)}: a list of at least {least} non-empty names",
-                                   _REFIT, field=key)
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            raise ModelFormatError(path, f"repeats {quote(dupes)}", _REFIT, field=key)
-    bottleneck = meta.get("bottleneck") or {}
-    prompts = bottleneck.get("nuisance_prompts", []) if isinstance(bottleneck, dict) else None
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise ModelFormatError(path, f"has the bad value {quote(bottleneck)}", _REFIT, field="bottleneck.nuisance_prompts")
-    meta["bottleneck"] = {**(bottleneck if isinstance(bottleneck, dict) else {}), "nuisance_prompts": prompts}
-    info = meta.get("info", {})
-    if not isinstance(info, dict):
-        raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
-    meta["info"] = info
-    return meta
-
-
-def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """``model.safetensors``, every tensor checked against ``model.json`` (shape, dtype, finite values)."""
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
-        raise ModelFormatError(path, f"cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:120]})",
-                               _REFIT) from None
-    k, c = len(meta["classes"]), len(meta["concepts"])
-    emb = tensors.get("concept_embeddings")
-    d = int(emb.shape[1]) if emb is not None and emb.dim() == 2 else -1
-    shapes: dict[str, tuple[int, ...] | None] = {
-        "coef": (k, c), "intercept": (k,), "concept_embeddings": (c, d), "score_mean": (c,), "score_std": (c,),
-    }
-    optional = {"concept_offset": (d,), "train_raw_scores_sorted": None, "concept_prior": (k, c), "concept_levels": (2, c)}
-    for name, shape in {**shapes, **optional}.items():
-        t = tensors.get(name)
-        if t is None:
-            if name in shapes:
-                raise ModelFormatError(path, "is missing", _REFIT, field=f"tensor {name}")
-            continue
-        if not t.is_floating_point():
-            raise ModelFormatError(path, f"has dtype {t.dtype}, not a float", _REFIT, field=f"tensor {name}")
-        expected = shape if shape is not None else (None, c)
-        if t.dim() != len(expected) or any(e is not None and s != e for s, e in zip(t.shape, expected)):
-            raise ModelFormatError(path, f"has shape {tuple(t.shape)}; the model has {k} classes and {c} concepts, "
-                                   f"so {tuple('n' if e is None else e for e in expected)} was expected",
-                                   _REFIT, field=f"tensor {name}")
-        if not bool(torch.isfinite(t).all()):
-            raise ModelFormatError(path, "holds NaN or infinite values", _REFIT, field=f"tensor {name}")
-    if bool((tensors["score_std"] <= 0).any()):
-        raise ModelFormatError(path, "holds a zero or negative standard deviation", _REFIT, field="tensor score_std")
-    if bool((tensors["concept_embeddings"].norm(dim=1) == 0).any()):
-        raise ModelFormatError(path, "holds an all-zero concept embedding", _REFIT, field="tensor concept_embeddings")
-    basis = tensors.get("nuisance_basis")
-    if basis is not None and (basis.dim() != 2 or basis.shape[1] != d or not bool(torch.isfinite(basis).all())):
-        raise ModelFormatError(path, f"has shape {tuple(basis.shape)} or non-finite values; finite (m, {d}) expected",
-                               _REFIT, field="tensor nuisance_basis")
-    prior = tensors.get("concept_prior")
-    if prior is not None and bool(((prior < 0) | (prior > 1)).any()):
-        raise ModelFormatError(path, "holds values outside [0, 1]", _REFIT, field="tensor concept_prior")
-    return tensors

@@ -16,6 +16,15 @@ faithfulness, not accuracy, so its rule, stated before any figure was seen, is: 
 the head without it is more than one binomial standard error better on validation accuracy in
 more than half of the worlds.
 
+With ``--calibrate``: whether the head weighs each annotated concept's calibrated probability
+instead of its standardised score (``BottleneckConfig(calibrate=...)``, the default directions and
+selection; cbm.calibration). Calibration is for interventions, so its rule, stated before any
+figure was seen, is: calibrate if, in more than half of the worlds, (a) the head's validation
+intervention accuracy (the mean of its validation intervention curve, k = 0, 1, 2, 4, ..., all,
+the figure its selection already uses) is at least that of the head on scores, (b) its validation
+accuracy at k = 0 is not more than one binomial standard error below the head on scores, and
+(c) the within-class AUROC of the cue from its logit on val is at most 0.60.
+
 Candidates: the concept directions (``plain`` cosines, ``centred`` on the concept store, ``centred``
 with the card's ``nuisance`` prompts projected out), each with the faithful head at most 8
 concepts per class, chosen on the path by validation accuracy (sparsest within one standard error)
@@ -46,17 +55,23 @@ def measure(card, encoder, splits, bottleneck: dict, selection: dict, seed: int,
     from cbm.pipeline import evaluate_methods, fit_model
     from cbm.pipeline.faithfulness import cue_leakage
 
+    from cbm.heads import intervention_accuracies
+
     head = SparseConceptHead(constraint="prior", max_concepts_per_class=8, **selection)
     fit = fit_model(card, encoder=encoder, head=head, bottleneck=BottleneckConfig(**bottleneck), splits=splits,
                     check_store=check_store)
+    curve = (intervention_accuracies(fit.model.coef, fit.model.intercept, fit.values["val"], splits["val"].labels,
+                                     fit.truth["val"]) if fit.truth else [])
     names = [s for s in ("val", "test_id", "test") if s in splits]
     probas = {"cbm": {s: fit.model.predict_proba_from_features(splits[s].features) for s in names}}
     m = evaluate_methods(card, probas, splits, n_bootstrap=0, seed=seed)["cbm"]
-    leak = cue_leakage(card, splits, fit.scores, fit.model.coef, fit.model.intercept, seed, split_names=("val",))
+    leak = cue_leakage(card, splits, fit.scores, fit.model.coef, fit.model.intercept, seed, split_names=("val",),
+                       inputs=fit.values)
     return {
         "val": {"accuracy": m["val_accuracy"], "worst_group_accuracy": m["val_worst_group_accuracy"],
                 "cue_from_scores": leak.get("scores_auroc"), "cue_from_logit": leak.get("logit_auroc"),
-                "n": len(splits["val"])},
+                "n": len(splits["val"]), "intervention_curve": curve,
+                "intervention_accuracy": float(sum(curve) / len(curve)) if curve else None},
         "test_only_for_the_report": {"id_accuracy": m["id_accuracy"], "ood_accuracy": m["ood_accuracy"]},
         "concepts_per_class": fit.model.concepts_per_class(),
         "store_entries_dropped": (fit.model.info.get("store_check") or {}).get("dropped", []),
@@ -70,6 +85,16 @@ def store_check_costs(results: dict[str, dict]) -> bool:
     on, off = results["checked"]["val"], results["unchecked"]["val"]
     margin = standard_error(on["accuracy"], on["n"])
     return off["accuracy"] > on["accuracy"] + margin + 1e-12
+
+
+def calibration_passes(results: dict[str, dict]) -> bool:
+    """(a), (b) and (c) of the calibration rule on one world."""
+    from cbm.heads import standard_error
+
+    on, off = results["calibrated"]["val"], results["scores"]["val"]
+    return (on["intervention_accuracy"] >= off["intervention_accuracy"] - 1e-12
+            and on["accuracy"] >= off["accuracy"] - standard_error(off["accuracy"], off["n"]) - 1e-12
+            and (on["cue_from_logit"] is None or on["cue_from_logit"] <= 0.60))
 
 
 def choose(results: dict[str, dict]) -> str:
@@ -92,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="demo-clip")
     p.add_argument("--out", default=None)
     p.add_argument("--store-check", action="store_true", help="compare the store check on and off instead")
+    p.add_argument("--calibrate", action="store_true", help="compare calibrated probabilities with scores instead")
     args = p.parse_args(argv)
     from cbm.data import load_card
     from cbm.demo import cached_dataset
@@ -105,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         for conf in [float(v) for v in args.confounding.split(",")]:
             card = load_card(cached_dataset(n=args.n, confounding=conf, classes=args.classes, seed=seed, progress=False))
             splits = extract_splits(card, encoder, num_workers=0)
-            if args.store_check:
+            if args.calibrate:
+                results = {name: measure(card, encoder, splits, {**CANDIDATES["centred"], "calibrate": on},
+                                         SELECTIONS["accuracy"], seed) for name, on in (("calibrated", True), ("scores", False))}
+                chosen = "calibrated" if calibration_passes(results) else "scores"
+            elif args.store_check:
                 results = {name: measure(card, encoder, splits, CANDIDATES["centred"], SELECTIONS["accuracy"], seed, on)
                            for name, on in (("checked", True), ("unchecked", False))}
                 chosen = "unchecked" if store_check_costs(results) else "checked"
@@ -117,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"seed": seed, "confounding": conf, "chosen": worlds[-1]["chosen_by_the_rule"]}), file=sys.stderr)
     chosen = [w["chosen_by_the_rule"] for w in worlds]
     result = {
-        "rule": ("the store check, unless the head without it is more than one standard error better on val accuracy"
+        "rule": ("calibrate where, on val, the intervention accuracy is at least the scores', the accuracy at k = 0 "
+                 "at most one standard error below theirs and the cue from the logit at most 0.60; in more than "
+                 "half of the worlds" if args.calibrate else
+                 "the store check, unless the head without it is more than one standard error better on val accuracy"
                  if args.store_check else
                  "within one standard error of the best val accuracy, the least cue in the concept scores on val"),
         "encoder": args.encoder, "classes": args.classes, "n": args.n,

@@ -65,7 +65,7 @@ def test_report_opens_with_a_sentence_and_speaks_in_findings(case, tiny_model):
         assert f.text in html and f"favours <b>{f.favours}</b>" in html
     # weights, standardised scores, logits and biases only in the collapsed technical section
     main = _outside(html, "technical")
-    for word in ("weight (logit per SD)", "score (SD)", "logit", "bias"):
+    for word in ("weight (logit per unit of value)", "score (SD)", "logit", "bias"):
         assert word not in main and word in html
     assert 'id="technical"' in html and '<details id="technical" open' not in html
     for c in expl.contributions[expl.predicted]:

@@ -180,7 +180,9 @@ def test_the_store_check_on_a_real_card_and_its_curated_store():
 def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
     """The stated rules of scripts/check_defaults.py: the store check stays unless the head without
     it is more than one standard error better on validation; the bottleneck rule keeps, among the
-    settings within one standard error, the one whose scores leak the cue least."""
+    settings within one standard error, the one whose scores leak the cue least; calibration passes
+    a world only where it helps interventions at least as much, costs at most one standard error and
+    keeps the cue out of the logit."""
     from script_support import load_script
 
     module = load_script("check_defaults")
@@ -189,6 +191,14 @@ def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
     assert not module.store_check_costs({"checked": val(0.90), "unchecked": val(0.909)})
     assert module.store_check_costs({"checked": val(0.90), "unchecked": val(0.911)})
     assert module.choose({"plain": val(0.91, 0.6), "centred": val(0.905, 0.4), "nuisance": val(0.88, 0.1)}) == "centred"
+    # calibration: kept where the val intervention accuracy is at least the scores', the accuracy within
+    # one standard error of theirs and the cue from the logit at most 0.60
+    side = lambda acc, helped, cue=0.52: {"val": {"accuracy": acc, "n": 900, "intervention_accuracy": helped,  # noqa: E731
+                                                  "cue_from_logit": cue}}
+    assert module.calibration_passes({"calibrated": side(0.891, 0.95), "scores": side(0.90, 0.94)})
+    assert not module.calibration_passes({"calibrated": side(0.889, 0.95), "scores": side(0.90, 0.94)})
+    assert not module.calibration_passes({"calibrated": side(0.91, 0.93), "scores": side(0.90, 0.94)})
+    assert not module.calibration_passes({"calibrated": side(0.91, 0.95, 0.61), "scores": side(0.90, 0.94)})
 
 
 def test_results_name_the_intervention_steps_that_fall_with_their_cases():

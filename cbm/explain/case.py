@@ -109,8 +109,9 @@ class CaseReport:
 
         Args:
             overrides: concept -> ``"present"``, ``"absent"`` (the model's
-                :meth:`~cbm.model.ConceptBottleneckModel.presence_levels`) or a standardised
-                score (0 = training mean, 1 = one standard deviation above).
+                :meth:`~cbm.model.ConceptBottleneckModel.presence_levels`) or a number: a
+                probability for a concept the model calibrates, else a standardised score (0 =
+                training mean, 1 = one standard deviation above).
         """
         if self.model is None:
             raise RuntimeError("this case was built without its model; explain it with explain_image(model, ...)")
@@ -188,8 +189,9 @@ def explain_image(
     expl = model.explain_features(feature, image_flags=checks)
     percentiles = _percentiles(model, feature)
     names = model.bottleneck.concept_names
+    offsets = model.value_offsets()
     drivers = findings(expl.scores, percentiles, model.coef, model.classes, names, expl.predicted, expl.runner_up,
-                       concept_axes(names))
+                       concept_axes(names), values={c: expl.values[c] - offsets[j] for j, c in enumerate(names)})
     concept_maps, grid = None, None
     if maps:
         grid = tuple(int(g) for g in spatial.grid)

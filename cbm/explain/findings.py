@@ -30,7 +30,9 @@ a finding of its own.
 
 **Direction.** A report weighs the predicted class against the runner-up: a finding's effect is
 the sum over its concepts of ``(weight[predicted] - weight[runner-up]) x score``, the log-odds it
-adds for one class over the other compared with a training image of average score; shown as an
+adds for one class over the other compared with a training image of average score (for a concept
+the model reads as a probability, the score is that probability less the training images' mean
+one); shown as an
 odds factor ("odds x 3.2"). With two classes this is the whole decision, so one panel says it.
 """
 
@@ -280,6 +282,7 @@ def findings(
     predicted: str,
     other: str | None,
     axes: Sequence[Axis] = (),
+    values: Mapping[str, float] | None = None,
 ) -> list[Finding]:
     """The findings that separate ``predicted`` from ``other``, strongest first.
 
@@ -293,7 +296,12 @@ def findings(
         classes, concepts: the head's row and column names.
         predicted, other: the classes weighed (``other=None``: the predicted class's own weights).
         axes: concept pairs that may be shown as one finding (:func:`concept_axes`).
+        values: what the weights multiply, as the distance from a training image of average
+            score (default: ``scores``): for a concept the model calibrates, its probability of
+            being present less the training images' mean probability
+            (``ConceptBottleneckModel.value_offsets``).
     """
+    values = scores if values is None else values
     col = {c: j for j, c in enumerate(concepts)}
     k, r = classes.index(predicted), (classes.index(other) if other is not None else None)
     diff = coef[k] - (coef[r] if r is not None else 0.0)
@@ -304,7 +312,7 @@ def findings(
     groups += [(c,) for c in concepts if c not in grouped and diff[col[c]] != 0]
     out = []
     for group in groups:
-        parts = {c: float(diff[col[c]] * scores[c]) for c in group}
+        parts = {c: float(diff[col[c]] * values[c]) for c in group}
         effect = sum(parts.values())
         if len(group) == 1:
             state, text, seen = _single(group[0], percentiles.get(group[0]), scores[group[0]], group[0] in attributes)

@@ -146,7 +146,7 @@ def _intervention_data(case: CaseReport, model: ConceptBottleneckModel) -> tuple
     used = [int(j) for j in np.flatnonzero(np.any(model.coef != 0, axis=0))]
     absent, present = model.presence_levels()
     names = model.bottleneck.concept_names
-    scores = np.array([case.explanation.scores[names[j]] for j in used], np.float64)
+    scores = np.array([case.explanation.values[names[j]] for j in used], np.float64)  # what the head weighs
 
     def r(x: Any) -> list:
         return [float(f"{v:.7g}") for v in np.asarray(x, np.float64).ravel()]
@@ -177,6 +177,12 @@ def _intervention_rows(case: CaseReport, data: Mapping[str, Any], top_k: int) ->
 
 
 def _levels_text(model: ConceptBottleneckModel) -> str:
+    if model.calibrated().any():
+        return ("For a concept the model reads as a probability (the training images' annotations calibrate its "
+                "score), present sets that probability to 1 and absent to 0; "
+                + ("for the others, present sets the score to the mean of the training images annotated present, "
+                   "absent to that of those annotated absent." if not model.calibrated().all() else
+                   "every concept with a weight is read so."))
     if model.concept_levels is not None:
         return ("Present sets the score to the mean of the training images annotated present, absent to that of "
                 "those annotated absent.")

@@ -118,7 +118,8 @@ def run_experiment(
     t = time.perf_counter()
     for method, (coef, intercept, estimator) in _concept_heads(fit, extra, seed).items():
         metrics[method]["faithfulness"] = measure_faithfulness(
-            fit.model, card, splits, coef=coef, intercept=intercept, head=estimator, store_names=store, seed=seed)
+            fit.model, card, splits, coef=coef, intercept=intercept, head=estimator, store_names=store, seed=seed,
+            on_scores=method == "dense_concepts")
     timings["faithfulness"] = time.perf_counter() - t
     for name, fn in (extra_metrics or {}).items():
         metrics["cbm"][name] = fn(fit)
@@ -203,9 +204,9 @@ def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[s
     if which.get("cbm_unconstrained") and getattr(fit.head, "constraint", None):
         t = time.perf_counter()
         free = clone(fit.head).set_params(constraint=None, prior=None)
-        fit_head(free, scores, fit.splits, fit.truth)
+        fit_head(free, fit.values, fit.splits, fit.truth)  # the same inputs as cbm: only the constraint differs
         coef, intercept = full_coef(free, n_classes)
-        probas["cbm_unconstrained"] = {s: softmax(scores[s] @ coef.T + intercept) for s in eval_names}
+        probas["cbm_unconstrained"] = {s: softmax(fit.values[s] @ coef.T + intercept) for s in eval_names}
         extra["cbm_unconstrained"] = {"concepts_per_class": float((coef != 0).sum(1).mean()),
                                       "coef": coef.tolist(), "intercept": intercept.tolist()}
         timings["cbm_unconstrained"] = time.perf_counter() - t

@@ -219,9 +219,10 @@ def intervention_curve(
     """Accuracy as the most-weighted concepts are set from the truth, one step per k = 0, 1, 2, 4, ... all.
 
     Args:
-        coef, intercept: the head, ``(K, C)`` and ``(K,)``, on standardised scores.
-        levels: ``(absent, present)`` standardised levels per concept.
-        evaluations: name (e.g. ``"id"``) -> (scores ``(n, C)``, labels, truth ``(n, m)``, truth's concept names).
+        coef, intercept: the head, ``(K, C)`` and ``(K,)``, on its concept values (standardised
+            scores, or calibrated probabilities: ``ConceptBottleneckModel.concept_values``).
+        levels: ``(absent, present)`` values per concept (``ConceptBottleneckModel.presence_levels``).
+        evaluations: name (e.g. ``"id"``) -> (values ``(n, C)``, labels, truth ``(n, m)``, truth's concept names).
         concepts: the order to intervene in (default: by total absolute weight); each must be used by the head.
 
     Returns:
@@ -297,10 +298,12 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
 
 
 def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
-                intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test")) -> dict[str, Any]:
+                intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test"),
+                inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Within-class AUROC of the card's two-valued group (the cue) from the concept scores
-    (cross-validated) and from the head's class-vs-rest logit, on ``split_names`` together (see the
-    module docstring); ``{"measured": False, "reason": ...}`` where it cannot be measured."""
+    (cross-validated) and from the head's class-vs-rest logit (the head on ``inputs``, default the
+    scores), on ``split_names`` together (see the module docstring); ``{"measured": False,
+    "reason": ...}`` where it cannot be measured."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -315,7 +318,7 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
                                              "leakage needs a two-valued cue"}
     z = np.concatenate([scores[s] for s in names])
     labels = np.concatenate([splits[s].labels for s in names])
-    logits = z @ coef.T + intercept
+    logits = np.concatenate([(inputs or scores)[s] for s in names]) @ coef.T + intercept
     cue = (groups == values[1]).astype(int)
     by_scores, by_logit, sizes = [], [], []
     for k in np.unique(labels):
@@ -363,18 +366,22 @@ def measure_faithfulness(
     head: Any = None,
     store_names: Sequence[str] = (),
     seed: int = 0,
+    on_scores: bool = False,
 ) -> dict[str, Any]:
     """Faithfulness figures of a head on a card with concept truth (see the module docstring).
 
     Args:
         model: a fitted ``ConceptBottleneckModel`` (its bottleneck scores the splits; its head is
-            measured unless ``coef``/``intercept`` give another head on the same scores).
+            measured unless ``coef``/``intercept`` give another head on the same concept values).
         card: the ``DataCard`` (its ``concept_truth``, confounder and group column).
         splits: encoded splits with at least train, val and test (``cbm.pipeline.extract_splits``).
-        coef, intercept: another head's ``(K, C)`` weights and biases on the model's concept scores.
+        coef, intercept: another head's ``(K, C)`` weights and biases on the model's concept values
+            (``on_scores``: on its standardised scores, as the dense concept head is fitted).
         head: an unfitted estimator of the measured head's type, for the ``oracle`` (omitted without one).
         store_names: the card's concept store (truth may name any of its concepts).
         seed: seed of the cross-validation folds of ``cue_leakage``.
+        on_scores: the head weighs the standardised scores, not the model's (calibrated) concept
+            values: interventions then set scores to ``model.score_levels()``.
     """
     names = model.bottleneck.concept_names
     if not getattr(card, "concept_truth", None):
@@ -383,11 +390,12 @@ def measure_faithfulness(
     coef = model.coef if coef is None else np.asarray(coef, np.float32)
     intercept = model.intercept if intercept is None else np.asarray(intercept, np.float32)
     scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
+    inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
     with_truth = truth["train"][0]
     if not with_truth:
         return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
-    levels = model.presence_levels()
+    levels = model.score_levels() if on_scores else model.presence_levels()
     id_split, ood_split, _ = eval_splits(card, splits)
     evaluate = {"id": id_split, **({"ood": ood_split} if ood_split else {})}
     col = {c: i for i, c in enumerate(names)}
@@ -401,12 +409,12 @@ def measure_faithfulness(
     out["mean_concept_auroc"] = float(np.mean(known)) if known else None
     phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
     out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
-    evaluations = {name: (scores[s], splits[s].labels, truth[s][1], truth[s][0]) for name, s in evaluate.items()}
+    evaluations = {name: (inputs[s], splits[s].labels, truth[s][1], truth[s][0]) for name, s in evaluate.items()}
     out["intervention"], out["intervention_order"] = intervention_curve(coef, intercept, names, levels, evaluations)
     if head is not None:
         columns = [col[c] for c in with_truth]
         values = {s: np.nan_to_num(truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns])
                   for s in ("train", "val", *evaluate.values())}
         out["oracle"] = _oracle(head, model.concept_prior, columns, values, splits, evaluate)
-    out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed)
+    out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out

@@ -49,6 +49,9 @@ class FitResult:
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # split -> standardised concept scores
     # train and val -> truth-derived concept values (NaN: not annotated), where the card has concept truth
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    # split -> the head's inputs: the scores with the calibrated concepts as probabilities (the
+    # scores themselves where nothing is calibrated)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitData], truth: dict[str, np.ndarray]) -> Any:
@@ -152,28 +155,31 @@ def fit_model(
     bn.fit(train.features)
     scores = {s: bn.transform(d.features) for s, d in splits.items()}
 
-    est, prior, store_check, levels, truth = _fit_concept_head(card, cset, head, splits, scores, check_store)
-    coef, intercept = full_coef(est, len(card.class_names))
+    est, prior, store_check, (levels, calibration, values, truth) = _fit_concept_head(card, cset, head, splits, scores,
+                                                                                      check_store, config.calibrate)
     model = ConceptBottleneckModel(
-        enc.name, card.class_names, bn, coef, intercept,
+        enc.name, card.class_names, bn, *full_coef(est, len(card.class_names)),
         encoder_key=getattr(enc, "cache_key", None),
         train_raw_scores=bn.raw_scores(train.features),
         concept_prior=prior,
         concept_levels=levels,
+        calibration=calibration,
         info=_record(card, splits, est, cset, templates, bn, centred_on, store_check),
     )
     # out-of-distribution threshold (val), nearest training images, the operating point for the card
     model.reference = build_reference(model, splits, image_root=card.image_root)
     model.set_encoder(enc)
-    return FitResult(model=model, head=est, splits=splits, concept_set=cset, encoder=enc, card=card, scores=scores, truth=truth)
+    return FitResult(model, est, splits, cset, enc, card, scores=scores, truth=truth, values=values)
 
 
-def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray], check_store: bool):
-    """The head fitted on the train scores (val chooses) under the store's prior, that prior checked
-    against the card's concept truth when ``check_store`` (where the card annotates it, the store's
-    entries must be borne out by it), with the truth where the head takes it.
+def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray],
+                      check_store: bool, calibrate: bool):
+    """The head fitted on the train concept values (val chooses) under the store's prior, that prior
+    checked against the card's concept truth when ``check_store`` (where the card annotates it, the
+    store's entries must be borne out by it), with the truth where the head takes it.
 
-    Returns ``(head, prior, store_check record or None, truth levels or None, truth)``."""
+    Returns ``(head, prior, store_check record or None, (score levels or None, calibration or None,
+    values, truth))``."""
     from cbm.pipeline.faithfulness import check_store as checked_prior
     from cbm.pipeline.faithfulness import check_truth_names
 
@@ -186,11 +192,11 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
         est.set_params(prior=prior)
     elif check_store:
         store_check = {"checked": False, "reason": f"the head ({type(est).__name__}) takes no class-concept prior"}
-    levels, truth = _head_truth(card, splits, names, scores["train"])
+    inputs = _head_inputs(card, splits, names, scores, calibrate)
     t0 = time.perf_counter()
-    fit_head(est, scores, splits, truth)
+    fit_head(est, inputs[2], splits, inputs[3])
     log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
-    return est, prior, store_check, levels, truth
+    return est, prior, store_check, inputs
 
 
 def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
@@ -213,13 +219,31 @@ def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -
     return levels
 
 
-def _head_truth(card, splits: dict[str, SplitData], names: list[str], train_scores: np.ndarray):
-    """The truth-calibrated levels (or None) and the train and val truth as intervention values."""
+def _head_inputs(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], calibrate: bool):
+    """What the head is fitted on: ``(score levels or None, calibration or None, values, truth)``.
+
+    Where the card annotates concept truth: the score levels (:func:`truth_levels`), with
+    ``calibrate`` each annotated concept's calibration to P(present) on the training split
+    (:func:`cbm.calibration.fit_calibration`), the values (split -> the scores, calibrated
+    concepts as probabilities) and the train and val truth as intervention values (0 / 1 for a
+    calibrated concept, its score levels for the others). Without truth: ``(None, None, scores, {})``."""
+    from cbm.calibration import calibrated, fit_calibration
+    from cbm.calibration import calibrate as apply_calibration
     from cbm.pipeline.faithfulness import truth_values
 
-    levels = truth_levels(card, splits["train"], names, train_scores)
-    truth = {} if levels is None else {s: truth_values(card, splits[s], names, levels) for s in ("train", "val")}
-    return levels, truth
+    levels = truth_levels(card, splits["train"], names, scores["train"])
+    if levels is None:
+        return None, None, scores, {}
+    calibration, head_levels = None, levels.copy()
+    if calibrate:
+        zero_one = (np.zeros(len(names), np.float32), np.ones(len(names), np.float32))
+        calibration = fit_calibration(scores["train"], truth_values(card, splits["train"], names, zero_one))
+        on = calibrated(calibration)
+        head_levels[:, on] = [[0.0], [1.0]]
+        calibration = calibration if on.any() else None
+    values = {s: apply_calibration(z, calibration) for s, z in scores.items()}
+    truth = {s: truth_values(card, splits[s], names, head_levels) for s in ("train", "val")}
+    return levels, calibration, values, truth
 
 
 def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, explicit: bool) -> tuple[ConceptBottleneck, int]:

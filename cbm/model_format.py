@@ -1,0 +1,115 @@
+"""Reading a saved model folder: ``model.json`` and ``model.safetensors``, every field and tensor
+checked before :meth:`cbm.model.ConceptBottleneckModel.load` uses them. A damaged or foreign file
+raises :class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from cbm.errors import ModelFormatError, quote
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors"]
+
+FORMAT = "cbm.ConceptBottleneckModel"
+# 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
+# 3: the concept store's class-concept prior (older models have none: their weights cannot be checked against it)
+# 4: the concepts' calibration to probabilities (older models weigh standardised scores)
+FORMAT_VERSION = 4
+REFIT = "Save the model again from its run (`cbm run` writes <run dir>/model), or fit it again with cbm.fit"
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``model.json``, every field checked; raises :class:`ModelFormatError` naming the field."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelFormatError(path, "is not UTF-8 text", REFIT) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFormatError(path, f"is not valid JSON ({str(exc)[:120]})", REFIT) from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(path, f"holds a {type(meta).__name__}, not a JSON object", REFIT)
+    if meta.get("format") != FORMAT:
+        raise ModelFormatError(path, f"is not a cbm model (format {quote(meta.get('format'))}, expected {FORMAT!r})",
+                               "Give the folder that `cbm run` wrote as <run dir>/model")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFormatError(path, f"has the bad value {quote(version)}", REFIT, field="version")
+    if version > FORMAT_VERSION:
+        raise ModelFormatError(path, f"has format version {version}, newer than this cbm understands ({FORMAT_VERSION})",
+                               "Upgrade cbm", field="version")
+    if not isinstance(meta.get("encoder"), str) or not meta["encoder"].strip():
+        raise ModelFormatError(path, f"has the bad value {quote(meta.get('encoder'))}", "It names the encoder, e.g. demo-clip",
+                               field="encoder")
+    if meta.get("encoder_key") is not None and not isinstance(meta["encoder_key"], str):
+        raise ModelFormatError(path, f"has the bad value {quote(meta['encoder_key'])}", REFIT, field="encoder_key")
+    for key, least in (("classes", 2), ("concepts", 1)):
+        names = meta.get(key)
+        if not isinstance(names, list) or len(names) < least or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ModelFormatError(path, f"has the bad value {quote(names)}: a list of at least {least} non-empty names",
+                                   REFIT, field=key)
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ModelFormatError(path, f"repeats {quote(dupes)}", REFIT, field=key)
+    bottleneck = meta.get("bottleneck") or {}
+    prompts = bottleneck.get("nuisance_prompts", []) if isinstance(bottleneck, dict) else None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ModelFormatError(path, f"has the bad value {quote(bottleneck)}", REFIT, field="bottleneck.nuisance_prompts")
+    meta["bottleneck"] = {**(bottleneck if isinstance(bottleneck, dict) else {}), "nuisance_prompts": prompts}
+    info = meta.get("info", {})
+    if not isinstance(info, dict):
+        raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
+    meta["info"] = info
+    return meta
+
+
+def read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``model.safetensors``, every tensor checked against ``model.json`` (shape, dtype, finite values)."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
+        raise ModelFormatError(path, f"cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:120]})",
+                               REFIT) from None
+    k, c = len(meta["classes"]), len(meta["concepts"])
+    emb = tensors.get("concept_embeddings")
+    d = int(emb.shape[1]) if emb is not None and emb.dim() == 2 else -1
+    shapes: dict[str, tuple[int, ...] | None] = {
+        "coef": (k, c), "intercept": (k,), "concept_embeddings": (c, d), "score_mean": (c,), "score_std": (c,),
+    }
+    optional = {"concept_offset": (d,), "train_raw_scores_sorted": None, "concept_prior": (k, c), "concept_levels": (2, c),
+                "concept_calibration": (3, c)}
+    for name, shape in {**shapes, **optional}.items():
+        t = tensors.get(name)
+        if t is None:
+            if name in shapes:
+                raise ModelFormatError(path, "is missing", REFIT, field=f"tensor {name}")
+            continue
+        if not t.is_floating_point():
+            raise ModelFormatError(path, f"has dtype {t.dtype}, not a float", REFIT, field=f"tensor {name}")
+        expected = shape if shape is not None else (None, c)
+        if t.dim() != len(expected) or any(e is not None and s != e for s, e in zip(t.shape, expected)):
+            raise ModelFormatError(path, f"has shape {tuple(t.shape)}; the model has {k} classes and {c} concepts, "
+                                   f"so {tuple('n' if e is None else e for e in expected)} was expected",
+                                   REFIT, field=f"tensor {name}")
+        if not bool(torch.isfinite(t).all()):
+            raise ModelFormatError(path, "holds NaN or infinite values", REFIT, field=f"tensor {name}")
+    if bool((tensors["score_std"] <= 0).any()):
+        raise ModelFormatError(path, "holds a zero or negative standard deviation", REFIT, field="tensor score_std")
+    if bool((tensors["concept_embeddings"].norm(dim=1) == 0).any()):
+        raise ModelFormatError(path, "holds an all-zero concept embedding", REFIT, field="tensor concept_embeddings")
+    basis = tensors.get("nuisance_basis")
+    if basis is not None and (basis.dim() != 2 or basis.shape[1] != d or not bool(torch.isfinite(basis).all())):
+        raise ModelFormatError(path, f"has shape {tuple(basis.shape)} or non-finite values; finite (m, {d}) expected",
+                               REFIT, field="tensor nuisance_basis")
+    prior = tensors.get("concept_prior")
+    if prior is not None and bool(((prior < 0) | (prior > 1)).any()):
+        raise ModelFormatError(path, "holds values outside [0, 1]", REFIT, field="tensor concept_prior")
+    calibration = tensors.get("concept_calibration")
+    if calibration is not None and not bool(((calibration[2] == 0) | (calibration[2] == 1)).all()):
+        raise ModelFormatError(path, "has a third row (which concepts are calibrated) that is not all 0 or 1", REFIT,
+                               field="tensor concept_calibration")
+    return tensors

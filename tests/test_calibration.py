@@ -1,0 +1,156 @@
+"""Concept calibration: scores read as P(present), saved with the model, set to 1 / 0 by interventions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cbm.bottleneck import BottleneckConfig
+from cbm.calibration import calibrate, calibrated, fit_calibration
+from cbm.data import load_card
+from cbm.demo import make_dataset
+from cbm.encoders.testing import write_tiny_config
+from cbm.errors import ModelFormatError
+from cbm.heads import SparseConceptHead
+from cbm.model import ConceptBottleneckModel
+from cbm.pipeline import fit_model
+
+
+def test_the_fit_recovers_a_known_logistic_link():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20000, 2))
+    truth = (rng.random((20000, 2)) < 1 / (1 + np.exp(-(np.array([2.0, -1.0]) * z + np.array([-0.5, 0.3]))))).astype(float)
+    cal = fit_calibration(z, truth)
+    np.testing.assert_allclose(cal[0], [2.0, -1.0], atol=0.08)
+    np.testing.assert_allclose(cal[1], [-0.5, 0.3], atol=0.06)
+    # the same optimum as scikit-learn's logistic regression (ridge C = 1 on the slope)
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression().fit(z[:, :1], truth[:, 0])
+    assert cal[0, 0] == pytest.approx(lr.coef_[0, 0], abs=1e-3) and cal[1, 0] == pytest.approx(lr.intercept_[0], abs=1e-3)
+
+
+def test_a_concept_without_enough_annotations_keeps_its_score():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(100, 3)).astype(np.float32)
+    truth = (z > 0).astype(float)
+    truth[:, 1] = np.nan  # not annotated
+    truth[:, 2] = 0.0
+    truth[:5, 2] = 1.0  # five present: fewer than MIN_EACH
+    cal = fit_calibration(z, truth)
+    assert calibrated(cal).tolist() == [True, False, False]
+    values = calibrate(z, cal)
+    np.testing.assert_array_equal(values[:, 1:], z[:, 1:])
+    assert ((values[:, 0] > 0) & (values[:, 0] < 1)).all()
+    order = np.argsort(z[:, 0])
+    assert (np.diff(values[order, 0]) >= 0).all(), "monotone in the concept's own score"
+    np.testing.assert_array_equal(calibrate(z, None), z)
+    with pytest.raises(ValueError, match="same shape"):
+        fit_calibration(z, truth[:, :2])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    card = load_card(make_dataset(root / "demo", n=240, confounding=0.9, seed=3, size=64, progress=False))
+    encoder = f"{write_tiny_config(root)}@random"
+    head = SparseConceptHead(constraint="prior", max_concepts_per_class=8, n_lambdas=8)
+    fit = fit_model(card, encoder=encoder, head=head, num_workers=0)
+    return card, fit
+
+
+def test_the_method_calibrates_every_annotated_concept(world):
+    card, fit = world
+    model = fit.model
+    on = model.calibrated()
+    assert on.any()
+    names = model.bottleneck.concept_names
+    assert all(names[j] in card.concept_truth for j in np.flatnonzero(on))
+    np.testing.assert_allclose(fit.values["test"], model.concept_values(fit.scores["test"]), atol=1e-6)
+    assert ((fit.values["test"][:, on] > 0) & (fit.values["test"][:, on] < 1)).all()
+    # the head weighs the values: the logits are values @ coef + bias
+    feats = fit.splits["test"].features
+    np.testing.assert_allclose(model.decision_function_from_features(feats),
+                               fit.values["test"] @ model.coef.T + model.intercept, atol=1e-4)
+    # interventions set a calibrated concept to 0 / 1, the others to their score levels
+    absent, present = model.presence_levels()
+    lo, hi = model.score_levels()
+    assert (absent[on] == 0).all() and (present[on] == 1).all()
+    np.testing.assert_array_equal(absent[~on], lo[~on])
+    # the intervention-aware fit saw the truth as 0 / 1 for the calibrated concepts
+    known = fit.truth["train"][:, on]
+    assert set(np.unique(known[~np.isnan(known)])) <= {0.0, 1.0}
+    # a contribution is weight x value, and the explanation says which values are probabilities
+    exp = model.explain_features(feats[0])
+    for c in exp.contributions[exp.predicted]:
+        assert c.contribution == pytest.approx(c.weight * c.value, abs=1e-5)
+        assert c.calibrated == bool(on[names.index(c.concept)])
+    offsets = model.value_offsets()
+    assert (offsets[~on] == 0).all()
+    np.testing.assert_allclose(offsets[on], fit.values["train"][:, on].mean(0), atol=1e-4)
+
+
+def test_calibration_can_be_turned_off(world):
+    card, fit = world
+    off = fit_model(card, encoder=fit.encoder, head=SparseConceptHead(constraint="prior", n_lambdas=4),
+                                 splits=fit.splits, bottleneck=BottleneckConfig(calibrate=False))
+    assert off.model.calibration is None and not off.model.calibrated().any()
+    np.testing.assert_array_equal(off.values["val"], off.scores["val"])
+
+
+def test_the_calibration_survives_a_save_and_load(world, tmp_path):
+    _, fit = world
+    model = fit.model
+    folder = model.save(tmp_path / "m")
+    again = ConceptBottleneckModel.load(folder)
+    np.testing.assert_array_equal(again.calibrated(), model.calibrated())
+    np.testing.assert_allclose(np.nan_to_num(again.calibration), np.nan_to_num(model.calibration))
+    feats = fit.splits["test"].features
+    np.testing.assert_allclose(again.predict_proba_from_features(feats), model.predict_proba_from_features(feats),
+                               atol=1e-6)
+    for levels, before in zip(again.presence_levels(), model.presence_levels()):
+        np.testing.assert_allclose(levels, before)
+
+
+def test_a_damaged_calibration_is_refused_by_name(world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, fit = world
+    folder = fit.model.save(tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["concept_calibration"][2, 0] = 0.5
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "cbm.ConceptBottleneckModel"})
+    with pytest.raises(ModelFormatError, match="concept_calibration"):
+        ConceptBottleneckModel.load(folder)
+    tensors["concept_calibration"] = torch.zeros(2, 3)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(ModelFormatError, match="concept_calibration"):
+        ConceptBottleneckModel.load(folder)
+
+
+def test_the_case_report_shows_probabilities_and_sets_them_to_one_or_zero(world):
+    import json
+    import re
+
+    from cbm.explain import explain_image, render_case_html
+
+    card, fit = world
+    model = fit.model
+    row = card.manifest().split("test").rows[0]
+    case = explain_image(model, card.image_root / row.path, maps=False)
+    html = render_case_html(case, model)
+    data = json.loads(re.search(r'<script type="application/json" id="cbm-data">(.*?)</script>', html, re.S).group(1))
+    on = {c for c, flag in zip(model.bottleneck.concept_names, model.calibrated()) if flag}
+    shown = [i for i, c in enumerate(data["concepts"]) if c in on]
+    assert shown, "the head uses a calibrated concept"
+    assert all(data["present"][i] == 1 and data["absent"][i] == 0 for i in shown)
+    assert all(0 < data["scores"][i] < 1 for i in shown)  # the page's logits start from the probabilities
+    assert "present sets that probability to 1 and absent to 0" in html
+    assert re.search(r'<td class="num">P 0\.\d\d</td>', html)
+    # the case's own intervention agrees with the model's
+    name = data["concepts"][shown[0]]
+    feature = model.image_features(card.image_root / row.path)[0]
+    expected = model.intervene_features(feature, {name: 1.0})
+    got = case.intervene({name: "present"})
+    assert [got[c] for c in model.classes] == pytest.approx(expected.tolist(), abs=1e-5)
