@@ -16,12 +16,14 @@ ranking (concept AUROC is unchanged) and adds nothing another concept's score or
 carry (the cue included).
 
 A concept with fewer than :data:`MIN_EACH` training images annotated present or absent is not
-calibrated: its slope and intercept are NaN and the head weighs its standardised score.
+calibrated: its slope and intercept are NaN and the head weighs its standardised score. So is one
+whose fit does not converge (it cannot diverge: the Newton steps are halved until the loss falls).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 __all__ = ["MIN_EACH", "calibrate", "calibrated", "fit_calibration"]
 
@@ -57,18 +59,30 @@ def fit_calibration(scores: np.ndarray, truth: np.ndarray, min_each: int = MIN_E
 
 
 def _logistic_1d(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of ``P(t = 1) = sigmoid(a x + b)`` by Newton's method (ridge on ``a``)."""
+    """Slope and intercept of ``P(t = 1) = sigmoid(a x + b)`` by damped Newton (ridge on ``a``);
+    NaN, NaN where it does not converge (the concept then stays a score)."""
+    def loss(a: float, b: float) -> float:
+        u = a * x + b
+        return float(np.logaddexp(0.0, u).sum() - (t * u).sum() + 0.5 * _L2 * a * a)
+
     a, b = 0.0, float(np.log(t.mean() / (1 - t.mean())))
+    current = loss(a, b)
     for _ in range(_ITERATIONS):
-        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        p = expit(a * x + b)
         w = p * (1 - p)
         grad = np.array([((p - t) * x).sum() + _L2 * a, (p - t).sum()])
-        hess = np.array([[(w * x * x).sum() + _L2, (w * x).sum()], [(w * x).sum(), w.sum()]])
+        hess = np.array([[(w * x * x).sum() + _L2, (w * x).sum()], [(w * x).sum(), w.sum() + 1e-12]])
         step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
-            break
-    return a, b
+        scale = 1.0
+        while scale > 1e-8 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2  # step halving: the loss never rises, so a separated concept cannot run off
+        a, b = a - scale * step[0], b - scale * step[1]
+        current = loss(a, b)
+        if np.abs(scale * step).max() < 1e-10:
+            return a, b
+    if np.abs(grad).max() < 1e-6 * len(x) and np.isfinite([a, b]).all():
+        return a, b
+    return float("nan"), float("nan")
 
 
 def calibrated(calibration: np.ndarray | None) -> np.ndarray:
@@ -87,5 +101,5 @@ def calibrate(scores: np.ndarray, calibration: np.ndarray | None) -> np.ndarray:
     on = calibrated(calibration)
     out = scores.copy()
     slope, intercept = np.asarray(calibration, np.float64)[:, on]
-    out[..., on] = 1.0 / (1.0 + np.exp(-(scores[..., on] * slope + intercept)))
+    out[..., on] = expit(scores[..., on] * slope + intercept)
     return out.astype(np.float32)

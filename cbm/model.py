@@ -167,6 +167,11 @@ class ConceptBottleneckModel:
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
         if self.calibration is not None and self.calibration.shape != (2, c):
             raise ValueError(f"calibration has shape {self.calibration.shape}; expected (2, {c})")
+        if self.calibration is not None:
+            off = np.isnan(self.calibration)
+            if (off[0] != off[1]).any() or not np.isfinite(self.calibration[:, ~off[0]]).all():
+                raise ValueError("calibration: each concept's slope and intercept are both finite (calibrated) "
+                                 "or both NaN (weighed as its score)")
 
     def calibrated(self) -> np.ndarray:
         """``(C,)`` bool: the concepts the head weighs as probabilities."""

@@ -31,6 +31,26 @@ def test_the_fit_recovers_a_known_logistic_link():
     assert cal[0, 0] == pytest.approx(lr.coef_[0, 0], abs=1e-3) and cal[1, 0] == pytest.approx(lr.intercept_[0], abs=1e-3)
 
 
+def test_a_rare_concept_that_its_score_separates_is_fitted_not_diverged():
+    """Plain Newton overshoots here (20 present of 1,000, the score skewed) and ran off to a singular
+    step; the halved steps reach the optimum that a tightly converged scikit-learn fit reaches."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    for seed in (0, 7, 26):
+        rng = np.random.default_rng(seed)
+        x = rng.exponential(size=1000)
+        t = (x > np.quantile(x, 0.98)).astype(float)
+        z = (x - x.mean()) / x.std()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow on the way either
+            cal = fit_calibration(z[:, None], t[:, None])
+        lr = LogisticRegression(tol=1e-10, max_iter=10_000).fit(z[:, None], t)
+        assert cal[0, 0] == pytest.approx(lr.coef_[0, 0], rel=1e-4)
+        assert cal[1, 0] == pytest.approx(lr.intercept_[0], rel=1e-4)
+
+
 def test_a_concept_without_enough_annotations_keeps_its_score():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(100, 3)).astype(np.float32)

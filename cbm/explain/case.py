@@ -105,7 +105,7 @@ class CaseReport:
         return next((f for f in self.findings if f.state == "present" and f.favours == self.predicted), None)
 
     def intervene(self, overrides: Mapping[str, float | str]) -> dict[str, float]:
-        """Class probabilities after setting concept scores by hand.
+        """Class probabilities after setting concept values by hand.
 
         Args:
             overrides: concept -> ``"present"``, ``"absent"`` (the model's

@@ -142,7 +142,8 @@ def render_template(name: str, *, title: str, subtitle: str = "", nav: Mapping[s
 
 # ---------------------------------------------------------------------------- the case report
 def _intervention_data(case: CaseReport, model: ConceptBottleneckModel) -> tuple[dict[str, Any], list[int]]:
-    """The head restricted to concepts with a weight, this case's scores, and the presence levels."""
+    """The head restricted to concepts with a weight, this case's concept values (what the head
+    weighs; ``scores`` in the page's JSON), and the presence levels."""
     used = [int(j) for j in np.flatnonzero(np.any(model.coef != 0, axis=0))]
     absent, present = model.presence_levels()
     names = model.bottleneck.concept_names

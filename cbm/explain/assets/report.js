@@ -1,5 +1,7 @@
 /* Test-time intervention, computed in the page from the head weights embedded as JSON:
-   logit_k = bias_k + sum_j weight_kj * score_j, with the scores the reader overrides. */
+   logit_k = bias_k + sum_j weight_kj * value_j, with the values the reader overrides (a concept's
+   standardised score, or its probability where the model calibrates it; present / absent set it to
+   the levels embedded beside it). */
 (function () {
   "use strict";
   var source = document.getElementById("cbm-data");
