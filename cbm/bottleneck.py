@@ -82,13 +82,18 @@ class BottleneckConfig:
             validation data (docs/results.md, "Choosing the defaults").
         calibrate: where the card annotates a concept's truth, the head weighs the probability
             that the concept is present (its score calibrated on the training split,
-            :mod:`cbm.calibration`) instead of the score; a card without concept truth is
-            unaffected. Also chosen by ``scripts/check_defaults.py`` (``--calibrate``).
+            :mod:`cbm.calibration`) instead of the score (True), the score (False), or either, by
+            a rule read on the run's validation split ("auto", the default; see
+            ``cbm.pipeline.fitting``); a card without concept truth is unaffected.
     """
 
     centre: bool = True
     nuisance_prompts: Sequence[str] | None = ()
-    calibrate: bool = True
+    calibrate: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        if not (self.calibrate is True or self.calibrate is False or self.calibrate == "auto"):
+            raise ValueError(f'bottleneck calibrate must be true, false or "auto"; got {self.calibrate!r}')
 
 
 @dataclass

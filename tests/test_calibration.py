@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     card = load_card(make_dataset(root / "demo", n=240, confounding=0.9, seed=3, size=64, progress=False))
     encoder = f"{write_tiny_config(root)}@random"
     head = SparseConceptHead(constraint="prior", max_concepts_per_class=8, n_lambdas=8)
-    fit = fit_model(card, encoder=encoder, head=head, num_workers=0)
+    fit = fit_model(card, encoder=encoder, head=head, num_workers=0, bottleneck=BottleneckConfig(calibrate=True))
     return card, fit
 
 
@@ -117,6 +117,30 @@ def test_calibration_can_be_turned_off(world):
                                  splits=fit.splits, bottleneck=BottleneckConfig(calibrate=False))
     assert off.model.calibration is None and not off.model.calibrated().any()
     np.testing.assert_array_equal(off.values["val"], off.scores["val"])
+
+
+def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
+    from cbm.heads import standard_error
+    from cbm.pipeline.fitting import CUE_FROM_LOGIT_LIMIT
+
+    card, fit = world
+    auto = fit_model(card, encoder=fit.encoder, head=SparseConceptHead(constraint="prior", n_lambdas=4),
+                     splits=fit.splits, bottleneck=BottleneckConfig(calibrate="auto"))
+    choice = auto.model.info["calibration_choice"]
+    p, q = choice["probabilities"], choice["scores"]
+    n = len(fit.splits["val"])
+    expected = (p["val_intervention_accuracy"] >= q["val_intervention_accuracy"]
+                and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], n)
+                and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+    assert choice["chosen"] == ("probabilities" if expected else "scores")
+    assert auto.model.calibrated().any() == expected
+    # the chosen head is the one the model carries: the same as fitting with that setting outright
+    fixed = fit_model(card, encoder=fit.encoder, head=SparseConceptHead(constraint="prior", n_lambdas=4),
+                      splits=fit.splits, bottleneck=BottleneckConfig(calibrate=expected))
+    np.testing.assert_allclose(auto.model.coef, fixed.model.coef, atol=1e-5)
+    assert "calibration_choice" not in fixed.model.info
+    with pytest.raises(ValueError, match='calibrate must be true, false or "auto"'):
+        fit_model(card, encoder=fit.encoder, splits=fit.splits, bottleneck=BottleneckConfig(calibrate="yes"))
 
 
 def test_the_calibration_survives_a_save_and_load(world, tmp_path):

@@ -356,6 +356,13 @@ def test_allow_outside_root_is_a_boolean_field(tmp_path):
         load_card(make_card(tmp_path / "c", allow_outside_root="maybe"))
 
 
+def test_ordered_classes_is_a_boolean_field(tmp_path):
+    assert load_card(make_card(tmp_path / "a", ordered_classes=True)).ordered_classes is True
+    assert load_card(make_card(tmp_path / "b")).ordered_classes is False
+    with pytest.raises(CardError, match="field 'ordered_classes' has the bad value 'low to high'. Use true"):
+        load_card(make_card(tmp_path / "c", ordered_classes="low to high"))
+
+
 def test_card_errors_are_input_errors():
     from cbm.errors import CardError as Family
     from cbm.errors import InputError, ManifestError as ManifestFamily

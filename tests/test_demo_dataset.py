@@ -102,6 +102,20 @@ def test_same_parameters_reuse_the_folder(small):
     assert stamp == {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
 
 
+def test_the_3_class_card_says_its_classes_are_grades_and_a_reused_folder_gets_it(tmp_path):
+    card = make_dataset(tmp_path, n=36, confounding=0.9, classes=3, seed=1, size=32, workers=1, progress=False)
+    fields = yaml.safe_load(card.read_text())
+    assert fields["ordered_classes"] is True
+    assert [c["name"] for c in fields["classes"]] == ["benign nevus", "suspicious lesion", "melanoma"]
+    # a folder drawn before the field existed: reuse rewrites its card, drawing nothing again
+    del fields["ordered_classes"]
+    card.write_text(yaml.safe_dump(fields, sort_keys=False))
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").rglob("*.png")}
+    make_dataset(tmp_path, n=36, confounding=0.9, classes=3, seed=1, size=32, workers=1, progress=False)
+    assert yaml.safe_load(card.read_text())["ordered_classes"] is True
+    assert stamp == {p: p.stat().st_mtime_ns for p in (tmp_path / "images").rglob("*.png")}
+
+
 def test_a_partial_dataset_is_resumed_and_other_parameters_redraw(tmp_path):
     out = tmp_path / "ds"
     make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)

@@ -96,6 +96,7 @@ class DataCard:
     split_rule: str = ""
     make_splits: dict[str, Any] | None = None
     allow_outside_root: bool = False  # manifest paths may leave the image folder (absolute or ../)
+    ordered_classes: bool = False  # the classes are grades of one scale, lowest first
     _cache: dict[tuple, Manifest] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -204,6 +205,7 @@ class DataCard:
             "source": self.source,
             "licence": self.licence,
             "allow_outside_root": self.allow_outside_root,
+            "ordered_classes": self.ordered_classes,
         }
         if self.confounder:
             c = self.confounder
@@ -327,6 +329,7 @@ def _parse_card(path: Path) -> DataCard:
         split_rule=fields.split_rule or "",
         make_splits=dict(fields.make_splits) if fields.make_splits else None,
         allow_outside_root=fields.allow_outside_root,
+        ordered_classes=fields.ordered_classes,
     )
     if path.parent.name != card.name and path.parent.resolve() != BUILTIN_CARDS_DIR:
         log.debug("card %s is named %r but lives in folder %r", path, card.name, path.parent.name)

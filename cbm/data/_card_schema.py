@@ -30,6 +30,7 @@ FIELD_HELP: dict[str, str] = {
     "modality": "words the concept prompts use, e.g. 'dermoscopy' or 'chest x-ray'",
     "task": "multiclass or binary",
     "classes": "a list of {name, description}, in label order",
+    "ordered_classes": "true when the classes are grades of one scale, listed lowest first (default false)",
     "image_root": "the image folder, relative to the card folder or absolute (default: the card folder)",
     "image_root_env": "an environment variable that overrides image_root when set",
     "manifest": "the manifest CSV, relative to the card folder or absolute",
@@ -104,6 +105,7 @@ class CardFields(_Strict):
     modality: Phrase
     task: Literal["multiclass", "binary"]
     classes: list[ClassEntry] = Field(min_length=1)
+    ordered_classes: bool = False
     image_root: Text | None = None
     image_root_env: Annotated[str, StringConstraints(strip_whitespace=True, pattern=ENV_PATTERN)] | None = None
     manifest: Phrase
@@ -136,6 +138,7 @@ _FIXES = {
                      "{'irregular border': 'truth_irregular_border'}",
     "image_root_env": "Use an environment variable name such as CBM_HAM10000_ROOT",
     "allow_outside_root": "Use true or false",
+    "ordered_classes": "Use true (the classes are grades, lowest first) or false",
     "make_splits": "See cbm/data/_split_rule.py for the split rule format",
 }
 _REQUIRED = ("name", "modality", "task", "classes", "manifest")

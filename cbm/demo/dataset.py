@@ -298,6 +298,8 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
         "modality": "dermoscopy",
         "task": "binary" if classes == 2 else "multiclass",
         "classes": [{"name": c, "description": CLASS_DESCRIPTIONS[c]} for c in names],
+        # grades of one scale, lowest first: the rule's score bands (the head may take the ordinal form)
+        **({"ordered_classes": True} if classes > 2 else {}),
         "image_root": "images",
         "image_root_env": None,
         "manifest": "manifest.csv",
@@ -383,6 +385,10 @@ def make_dataset(
         missing = _missing_images(out_dir)
         if not missing:
             log.info("demo dataset %s is complete; reusing it", out_dir)
+            card_text = yaml.safe_dump(_card(n, confounding, classes, seed, size), sort_keys=False, allow_unicode=True)
+            if card_path.read_text(encoding="utf-8") != card_text:  # a card field added since it was drawn
+                log.info("demo dataset %s: card.yaml rewritten from its parameters", out_dir)
+                atomic_write_text(card_path, card_text)
             return card_path
         log.warning("demo dataset %s lacks %d of its images (e.g. %s); drawing them again", out_dir, len(missing), missing[0])
     _clear_for(out_dir, record, key, overwrite)

@@ -1,7 +1,8 @@
 """Heads that turn concept scores (or raw features) into class decisions.
 
-- :class:`SparseConceptHead`: the method's head, multinomial elastic-net logistic regression fitted
-  along a regularisation path by a torch solver, the point chosen on the validation split.
+- :class:`SparseConceptHead`: the method's head, multinomial (or, for ordered classes, ordinal)
+  elastic-net logistic regression fitted along a regularisation path by a torch solver, the point
+  chosen on the validation split.
 - :class:`DenseConceptHead`, :class:`LinearProbe`, :func:`zero_shot_logits`: the baselines.
 - :func:`make_planted_problem`: synthetic concept scores with a known sparse truth (tests, benchmarks).
 - :func:`elastic_net_objective`: the objective the sparse head minimises, for any weights.
@@ -13,7 +14,8 @@ from __future__ import annotations
 from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
 from cbm.heads._interventions import intervention_accuracies, intervention_order, intervention_steps, set_from_truth
 from cbm.heads._solver import elastic_net_objective
-from cbm.heads._sparse import SparseConceptHead, select_path_point, standard_error
+from cbm.heads._selection import select_path_point, standard_error
+from cbm.heads._sparse import SparseConceptHead, ordinal_directions, ordinal_positions
 from cbm.heads._synthetic import PlantedProblem, make_planted_problem
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "intervention_order",
     "intervention_steps",
     "make_planted_problem",
+    "ordinal_directions",
+    "ordinal_positions",
     "select_path_point",
     "set_from_truth",
     "standard_error",

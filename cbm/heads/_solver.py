@@ -29,6 +29,13 @@ path's largest lambda need no other change: the problem stays convex, and a cons
 the same solver on a smaller feasible set (cbm's faithful head lets a concept push only towards
 the classes the concept store lists it under).
 
+Optional ordinal form (``row_scale``, a ``(K,)`` vector ``s``, for classes with an order): the
+weights are one shared vector ``w`` (C,) and class k's logit is ``s_k * (w . x) + b_k``, so ``W``
+is the rank-one ``s w^T``; with ``s_k = k - (K - 1) / 2`` that is the adjacent-category logit
+model (each class's log-odds against the class below it is ``w . x`` plus a constant). The penalty,
+the prior and ``allowed`` then apply to ``w`` (shape ``(1, C)``); the loss gradient with respect
+to ``w`` is ``s^T (RT @ X)``, and everything else is the same problem.
+
 Algorithm: full-batch accelerated proximal gradient (FISTA) with an adaptive step (backtracking
 that may also grow the step), gradient-based momentum restart, warm starts along a decreasing
 lambda grid, and working sets: at each lambda only the concepts in use plus the worst violators of
@@ -90,6 +97,7 @@ class _Problem:
         prior: torch.Tensor | None,
         prior_strength: float,
         allowed: torch.Tensor | None = None,
+        row_scale: torch.Tensor | None = None,
     ) -> None:
         n = X.shape[0]
         self.n = n
@@ -106,6 +114,19 @@ class _Problem:
         # infinite L1 prices for the forbidden signs (None: every sign allowed)
         self.forbid_pos = None if allowed is None else ~((allowed == 1) | (allowed == 2))
         self.forbid_neg = None if allowed is None else ~((allowed == -1) | (allowed == 2))
+        # ordinal form: the weights are one row, class k's logits are s_k times its products
+        self.scale = None if row_scale is None else row_scale.to(X.dtype)[:, None]  # (K, 1)
+        self.rows = n_classes if row_scale is None else 1
+
+    def logits(self, W: torch.Tensor, b: torch.Tensor, XT: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, n)`` of weights ``W`` (``rows`` x a) on the gathered inputs ``XT`` (a, n)."""
+        if self.scale is None:
+            return torch.addmm(b[:, None], W, XT)
+        return b[:, None] + self.scale * W.matmul(XT)
+
+    def full(self, W: torch.Tensor) -> torch.Tensor:
+        """The ``(K, C)`` class weights of the solver's weights (the ordinal form's rank-one ``s w^T``)."""
+        return W if self.scale is None else self.scale * W
 
     def thresholds(self, lam: float) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """Per-entry L1 prices of a positive and of a negative weight at ``lam`` (inf: forbidden)."""
@@ -133,7 +154,10 @@ class _Problem:
         return loss, RT
 
     def gradient(self, RT: torch.Tensor, XT: torch.Tensor | None = None) -> torch.Tensor:
-        """Weight gradient ``RT @ X`` (K, C), or over the rows of a gathered ``XT``."""
+        """Weight gradient ``RT @ X`` (K, C), or over the rows of a gathered ``XT``; in the ordinal
+        form ``s^T RT @ X`` (1, C)."""
+        if self.scale is not None:
+            RT = (self.scale * RT).sum(0, keepdim=True)
         return (self.XT if XT is None else XT).matmul(RT.t()).t()
 
 
@@ -214,8 +238,9 @@ def elastic_net_objective(
     prior_strength: float = 0.0,
     allowed: np.ndarray | None = None,
 ) -> float:
-    """The objective :func:`solve_path` minimises, evaluated in float64 numpy for any weights
-    (``inf`` for weights with a sign that ``allowed`` forbids).
+    """The objective :func:`solve_path` minimises (in its per-class form; the ordinal form's penalty
+    is on the shared vector), evaluated in float64 numpy for any weights (``inf`` for weights with a
+    sign that ``allowed`` forbids).
 
     Args:
         coef: ``(K, C)`` weights; intercept: ``(K,)`` biases.
@@ -265,7 +290,7 @@ def _fista(
     if torch.is_tensor(pos):
         pos, neg = pos.index_select(1, cols), neg.index_select(1, cols)
     W_cur, b_cur = W.index_select(1, cols), b.clone()
-    Z_cur = torch.addmm(b_cur[:, None], W_cur, XA_T)
+    Z_cur = problem.logits(W_cur, b_cur, XA_T)
     W_prev, b_prev, Z_prev = W_cur, b_cur, Z_cur
     theta_prev, theta = 1.0, 1.0
     # float32 rounding in the loss must not read as a failed sufficient-decrease test
@@ -285,7 +310,7 @@ def _fista(
             step = 1.0 / L_try
             W_new = _prox(Wy - step * gW, step, pos, neg, l2)
             b_new = by - step * gb
-            Z_new = torch.addmm(b_new[:, None], W_new, XA_T)
+            Z_new = problem.logits(W_new, b_new, XA_T)
             dW, db = W_new - Wy, b_new - by
             sq = float((dW * dW).sum() + (db * db).sum())
             lin = float((gW * dW).sum() + (gb * db).sum())
@@ -337,6 +362,15 @@ def _solve_at(problem: _Problem, n_classes: int, W: torch.Tensor, b: torch.Tenso
         active |= new
 
 
+def _check_shapes(n_classes: int, n_features: int, prior, allowed, row_scale) -> None:
+    """``prior`` and ``allowed`` have one row per class, or one row in the ordinal form."""
+    rows = n_classes if row_scale is None else 1
+    for name, given in (("prior", prior), ("allowed", allowed)):
+        if given is not None and tuple(given.shape) != (rows, n_features):
+            raise ValueError(f"{name} has shape {tuple(given.shape)}; it must be ({rows}, {n_features})"
+                             + (" with row_scale (one row for the shared weight vector)" if row_scale is not None else ""))
+
+
 def solve_path(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -350,6 +384,7 @@ def solve_path(
     prior: torch.Tensor | None = None,
     prior_strength: float = 0.0,
     allowed: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
     tol: float = 1e-4,
     max_iter: int = 1000,
     on_point: Callable[[int, PathPoint, torch.Tensor, torch.Tensor], None] | None = None,
@@ -366,7 +401,10 @@ def solve_path(
         sample_weight: ``(n,)`` per-sample loss weights (class weights), or ``None``.
         prior: ``(K, C)`` class-concept prior with entries in [-1, 1]; prior_strength: its ``mu``.
         allowed: ``(K, C)`` sign constraints (``+1`` non-negative, ``-1`` non-positive, ``0`` zero,
-            ``2`` free), or ``None`` for none.
+            ``2`` free), or ``None`` for none; ``(1, C)`` with ``row_scale``, as ``prior`` is.
+        row_scale: ``(K,)`` class positions ``s`` of the ordinal form (one weight vector ``w``,
+            class k's weights ``s_k w``; see the module docstring), or ``None``. The points'
+            ``coef`` is still the ``(K, C)`` matrix ``s w^T``.
         tol: stop a lambda when the largest optimality residual (gradient-mapping and KKT
             violations) is below ``tol`` times the largest loss gradient at ``W = 0``.
         max_iter: FISTA iteration cap per lambda (over its working-set rounds).
@@ -374,30 +412,34 @@ def solve_path(
             yielded, e.g. to score a validation split without a copy to the host.
     """
     n, n_features = X.shape
-    problem = _Problem(X, y, n_classes, l1_ratio, sample_weight, prior, prior_strength, allowed)
+    _check_shapes(n_classes, n_features, prior, allowed, row_scale)
+    problem = _Problem(X, y, n_classes, l1_ratio, sample_weight, prior, prior_strength, allowed, row_scale)
     lam_top, b, G = _lambda_max(problem, n_classes)
     if lambdas is None:
         lambdas = np.geomspace(lam_top, lam_top * lambda_min_ratio, n_lambdas) if lam_top > 0 else np.zeros(1)
     lambdas = [float(v) for v in lambdas]
     if any(a < c for a, c in zip(lambdas, lambdas[1:])):
         raise ValueError(f"the lambda grid must be decreasing (largest first) for warm starts; got {lambdas[:5]}...")
-    W = torch.zeros(n_classes, n_features, dtype=X.dtype, device=X.device)
+    W = torch.zeros(problem.rows, n_features, dtype=X.dtype, device=X.device)
     scale = float(G.abs().max())
     tol_abs = tol * (scale if scale > 0 else 1.0)
     # Boehning's bound on the loss Hessian, 1/2 * max(s) * ||[X 1]||_2^2 / n, with the trace for the
     # spectral norm, bounds the step constant from above; the adaptive step starts at a tenth of
     # it and finds the local curvature (far smaller once the model is confident) by itself.
     L = 0.05 * float(problem.w_over_n.max()) * n * (float((problem.XT * problem.XT).sum(0).mean()) + 1.0)
+    if problem.scale is not None:  # the ordinal form's logits move by s_k per unit of w
+        L *= max(1.0, float((problem.scale * problem.scale).sum()))
     for index, lam in enumerate(lambdas):
         pos, neg = problem.thresholds(lam)
         l2 = lam * (1.0 - l1_ratio)
         W, b, L, loss, G, n_iter, converged = _solve_at(problem, n_classes, W, b, G, pos, neg, l2, L, tol_abs, max_iter)
         b = b - b.mean()
-        b_raw = b - W @ problem.mean  # intercepts for the uncentred inputs
+        W_full = problem.full(W)
+        b_raw = b - W_full @ problem.mean  # intercepts for the uncentred inputs
         objective = float(loss) + float(_penalty(W, pos, neg, l2))
         point = PathPoint(
             lam=lam,
-            coef=W.detach().cpu().double().numpy(),
+            coef=W_full.detach().cpu().double().numpy(),
             intercept=b_raw.detach().cpu().double().numpy(),
             loss=float(loss),
             objective=objective,
@@ -407,5 +449,5 @@ def solve_path(
         if not converged:
             log.debug("lambda %.3g: stopped after %d iterations without reaching tol=%g", lam, n_iter, tol)
         if on_point is not None:
-            on_point(index, point, W, b_raw)
+            on_point(index, point, W_full, b_raw)
         yield point

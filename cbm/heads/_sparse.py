@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -18,10 +17,11 @@ from tqdm.auto import tqdm
 
 from cbm.heads._common import LinearHeadMixin, check_train_data, sample_weights, validation_data
 from cbm.heads._interventions import intervened_copies, intervention_accuracies, intervention_order
+from cbm.heads._selection import select_path_point
 from cbm.heads._solver import PathPoint, solve_path
 from cbm.utils import torch_threads
 
-__all__ = ["SparseConceptHead"]
+__all__ = ["SparseConceptHead", "ordinal_directions", "ordinal_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,23 @@ _SMALL_PROBLEM = 10_000_000
 # order of the first path's selected head (more paths, each in its predecessor's order, did not
 # settle the order on the default world in 4, and its validation curves were as good after 2)
 _INTERVENTION_ROUNDS = 2
+
+
+def ordinal_positions(n_classes: int) -> np.ndarray:
+    """The ordinal form's class positions ``k - (K - 1) / 2``: class k's weights are this times ``w``
+    (centred, so the nevus of benign < suspicious < melanoma shows ``-w``, melanoma ``+w`` and the
+    middle class none)."""
+    return np.arange(n_classes, dtype=np.float64) - (n_classes - 1) / 2.0
+
+
+def ordinal_directions(prior: np.ndarray) -> np.ndarray:
+    """The faithful ordinal head's sign per concept, ``(C,)`` in {-1, 0, +1}, from a ``(K, C)`` prior
+    whose rows are ordered classes: +1 (the concept may only raise the grade) where the classes
+    listing it lie above the middle of the scale on average, -1 where they lie below, 0 (no weight)
+    where no class lists it or its classes balance at the middle (a concept of the middle class
+    alone, which no single grade direction represents)."""
+    listed = (np.asarray(prior) > 0).astype(np.float64)
+    return np.sign(np.round(ordinal_positions(listed.shape[0]) @ listed, 9)).astype(np.int64)
 
 
 def _collect_path(points, n_points: int, n_classes: int, val_acc: list[float]) -> tuple[list[dict], list, list]:
@@ -106,6 +123,22 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     path solver (an infinite L1 price on the forbidden signs); ``constraint=None`` is the
     unconstrained head.
 
+    Ordinal form (``ordinal=True``, for classes that are grades of one scale, listed lowest first:
+    benign < suspicious < melanoma, a Kellgren-Lawrence or retinopathy grade): one weight vector
+    ``w`` shared by all classes, class k's weights ``(k - (K - 1) / 2) * w``, so each class's
+    log-odds against the class below it is ``w . x`` plus a constant (the adjacent-category logit
+    model). A middle class is then the band between its neighbours on one learnt scale, instead of
+    a row of its own that its concepts, associated with both neighbours, hardly inform. Faithful
+    (with ``constraint="prior"``), a concept may only move the grade in the direction of the
+    classes the store lists it under (``ordinal_directions``): up for melanoma's concepts, down for
+    the nevus's, not at all for a concept of the middle class alone. The sparsity budget is the same
+    mean number of non-zero weights per class (with three classes, 12 concepts in use make 8 per
+    class: the middle class shows none, its neighbours all). ``ordinal="auto"`` lets the
+    pipeline decide from the data card (``ordered_classes``, three or more classes); fitted
+    directly, "auto" is the per-class head. The grades are in the order of ``classes_`` (the
+    sorted labels: give integer grades, or label indices as the pipeline does, not names that
+    sort otherwise).
+
     Intervention-aware fitting (``intervention_training=True``, used only when ``fit`` is given
     concept truth): a concept's score carries more than its truth (a "symmetric shape" score also
     grades how asymmetric a lesion is), so a head fitted on scores alone leans on that grading and
@@ -132,6 +165,8 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             ``use_prior=True`` and no ``prior`` is an error.
         constraint: ``"prior"`` (weights only where ``prior > 0``, and non-negative there) or
             ``None`` (unconstrained). ``"prior"`` needs ``prior``; the pipeline fills it.
+        ordinal: True (the ordinal form above), False (one weight row per class) or "auto" (the
+            pipeline decides from the card; False when fitted directly).
         intervention_training: fit and select for interventions when ``fit`` gets concept truth.
         prior_strength: mu, in the units of the loss gradient (0 disables the prior penalty).
         validation_fraction: holdout share of the training data when no ``X_val`` is given.
@@ -178,6 +213,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         use_prior: bool = False,
         prior_strength: float = 0.0,
         constraint: str | None = None,
+        ordinal: bool | str = False,
         intervention_training: bool = True,
         validation_fraction: float = 0.2,
         tol: float = 1e-4,
@@ -199,6 +235,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         self.use_prior = use_prior
         self.prior_strength = prior_strength
         self.constraint = constraint
+        self.ordinal = ordinal
         self.intervention_training = intervention_training
         self.validation_fraction = validation_fraction
         self.tol = tol
@@ -234,6 +271,10 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError("truth was given without truth_val: pass the validation split's concept truth too "
                                  "(NaN where not annotated), or set intervention_training=False")
             truth_val = self._check_truth(truth_val, np.shape(X_val), "truth_val")
+            if truth_val is None:  # nothing annotated on val: no curve to select by
+                warnings.warn("truth_val annotates no case: fitting without intervention-aware selection "
+                              "(annotate some validation cases to use it)", UserWarning, stacklevel=2)
+                truth = None
         stacked = X if truth is None or X_val is not None else np.hstack([X, truth])
         X_fit, y_fit, X_v, y_v, source = validation_data(
             self, stacked, y_enc, classes, X_val, y_val, self.validation_fraction, self.random_state
@@ -279,7 +320,13 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                   prior: np.ndarray | None, classes: np.ndarray) -> tuple[list[dict], list, list]:
         """The whole regularisation path on ``X_fit``, each point scored on the validation split."""
         n_classes, n_features = len(classes), X_fit.shape[1]
-        allowed = None if self.constraint is None else np.where(prior > 0, 1, 0)
+        scale = ordinal_positions(n_classes) if self.ordinal is True else None
+        if self.constraint is None:
+            allowed = None
+        elif scale is None:
+            allowed = np.where(prior > 0, 1, 0)
+        else:  # one sign per concept for the shared weight vector
+            allowed = ordinal_directions(prior)[None, :]
         weights = sample_weights(self.class_weight, y_fit, classes)
         device, dtype = self._torch_device(), _DTYPES[self.dtype]
         as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
@@ -298,8 +345,10 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             l1_ratio=float(self.l1_ratio), n_lambdas=int(self.n_lambdas),
             lambda_min_ratio=float(self.lambda_min_ratio),
             sample_weight=None if weights is None else as_t(weights),
-            prior=None if prior is None else as_t(prior), prior_strength=float(self.prior_strength),
+            # the ordinal form takes the prior as its signs (allowed) only: no prior penalty there
+            prior=None if prior is None or scale is not None else as_t(prior), prior_strength=float(self.prior_strength),
             allowed=None if allowed is None else torch.as_tensor(allowed, dtype=torch.int8, device=device),
+            row_scale=None if scale is None else as_t(scale),
             tol=float(self.tol), max_iter=int(self.max_iter), on_point=score_val,
         )
         n_points = len(grid) if grid is not None else int(self.n_lambdas)
@@ -394,6 +443,12 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {self.dtype!r}")
         if self.constraint not in _CONSTRAINTS:
             raise ValueError(f"constraint must be one of {_CONSTRAINTS}; got {self.constraint!r}")
+        if not (self.ordinal is True or self.ordinal is False or self.ordinal == "auto"):
+            raise ValueError(f'ordinal must be true, false or "auto"; got {self.ordinal!r}')
+        if self.ordinal is not False and float(self.prior_strength) > 0:
+            raise ValueError(f"the prior penalty (prior_strength > 0) is for the per-class head, and ordinal={self.ordinal!r} "
+                             'may give the ordinal form; use constraint="prior" for a faithful ordinal head, or set '
+                             "prior_strength=0, or ordinal=False")
 
     def _check_prior(self, n_classes: int, n_features: int) -> np.ndarray | None:
         if self.prior is None:
@@ -423,49 +478,3 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
         return device
-
-
-def standard_error(accuracy: float, n: int) -> float:
-    """The binomial standard error ``sqrt(a * (1 - a) / n)`` of an accuracy ``a`` measured on ``n``
-    cases: the margin of every one-standard-error rule (path selection, the defaults' checks)."""
-    return math.sqrt(accuracy * (1.0 - accuracy) / n)
-
-
-def select_path_point(
-    path: Sequence[dict],
-    selection: str = "accuracy",
-    max_concepts_per_class: float | None = None,
-    accuracy_tolerance: float | str = "se",
-    n_val: int | None = None,
-) -> int:
-    """Index of the path point to keep (see :class:`SparseConceptHead` for the rules).
-
-    Args:
-        path: dicts with at least ``lambda``, ``val_accuracy`` and ``concepts_per_class``.
-        selection: "accuracy" or "concepts".
-        max_concepts_per_class: only points at or below this many weights per class compete.
-        accuracy_tolerance: "se" (needs ``n_val``) or a float.
-        n_val: size of the validation split.
-    """
-    eligible = [i for i, p in enumerate(path)
-                if max_concepts_per_class is None or p["concepts_per_class"] <= max_concepts_per_class + 1e-12]
-    if not eligible:
-        raise ValueError(
-            f"no path point has at most {max_concepts_per_class} concepts per class; "
-            "raise max_concepts_per_class or start the lambda grid higher"
-        )
-    acc = {i: path[i]["val_accuracy"] for i in eligible}
-    if selection == "concepts":
-        return max(eligible, key=lambda i: (path[i]["concepts_per_class"], acc[i], path[i]["lambda"]))
-    best = max(acc.values())
-    if accuracy_tolerance == "se":
-        if not n_val:
-            raise ValueError('accuracy_tolerance="se" needs the validation size n_val')
-        margin = standard_error(best, n_val)
-    else:
-        margin = float(accuracy_tolerance)
-    ties = [i for i in eligible if acc[i] >= best - margin - 1e-12]
-    if all("val_intervention_accuracy" in path[i] for i in ties):  # intervention-aware: the best curve
-        return min(ties, key=lambda i: (-round(path[i]["val_intervention_accuracy"], 9), path[i]["concepts_per_class"],
-                                        -acc[i], -path[i]["lambda"]))
-    return min(ties, key=lambda i: (path[i]["concepts_per_class"], -acc[i], -path[i]["lambda"]))

@@ -187,6 +187,7 @@ def _head_facts(fit: FitResult) -> dict[str, Any]:
         "concepts_per_class": model.concepts_per_class(), "n_concepts": model.bottleneck.n_concepts,
         "n_concepts_used": int((model.coef != 0).any(0).sum()), "lambda": jsonable(getattr(fit.head, "lambda_", None)),
         "store_check": model.info.get("store_check"),
+        **({"calibration_choice": model.info["calibration_choice"]} if "calibration_choice" in model.info else {}),
     }
 
 

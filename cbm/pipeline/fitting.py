@@ -62,8 +62,10 @@ def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitDat
     return est.fit(scores["train"], splits["train"].labels, X_val=scores["val"], y_val=splits["val"].labels, **kwargs)
 
 
-def make_head(head: Any, prior: np.ndarray | None):
-    """An unfitted copy of ``head`` (default: the faithful sparse head) given the concept store's prior."""
+def make_head(head: Any, prior: np.ndarray | None, ordered: bool = False):
+    """An unfitted copy of ``head`` (default: the faithful sparse head) given the concept store's prior;
+    ``ordinal="auto"`` becomes the ordinal form where ``ordered`` (the card's classes are grades of
+    one scale, three or more of them) and the per-class head elsewhere."""
     from sklearn.base import clone
 
     from cbm.heads import SparseConceptHead
@@ -71,6 +73,8 @@ def make_head(head: Any, prior: np.ndarray | None):
     head = SparseConceptHead(constraint="prior", max_concepts_per_class=8) if head is None else clone(head)
     if prior is not None and getattr(head, "needs_prior", lambda: False)():
         head.set_params(prior=prior)
+    if isinstance(getattr(head, "ordinal", None), str) and head.ordinal == "auto":
+        head.set_params(ordinal=bool(ordered))
     return head
 
 
@@ -114,9 +118,9 @@ def fit_model(
             encoder made by ``cbm.encoders.create_encoder``.
         concepts: ``None`` (the card's concept store), ``{class: [concepts]}``, one list of phrases
             for every class, or a ``cbm.concepts.ConceptSet``.
-        head: an unfitted head (default: ``SparseConceptHead(constraint="prior", max_concepts_per_class=8)``,
-            whose weights may only push a concept towards the classes the concept store lists it
-            under; a head whose ``uses_truth()`` is true also gets the card's concept truth).
+        head: an unfitted head (default: the faithful sparse head, whose weights may only push a
+            concept towards the classes the concept store lists it under, see :func:`make_head`;
+            a head whose ``uses_truth()`` is true also gets the card's concept truth).
         bottleneck: how concept directions are made (default :class:`~cbm.bottleneck.BottleneckConfig`).
         templates: prompt templates for concept text embeddings (default: the modality's).
         llm: an LLM preset (``conf/llm``) to generate the concepts the store lacks.
@@ -155,8 +159,8 @@ def fit_model(
     bn.fit(train.features)
     scores = {s: bn.transform(d.features) for s, d in splits.items()}
 
-    est, prior, store_check, (levels, calibration, values, truth) = _fit_concept_head(card, cset, head, splits, scores,
-                                                                                      check_store, config.calibrate)
+    est, prior, store_check, (levels, calibration, values, truth), choice = _fit_concept_head(
+        card, cset, head, splits, scores, check_store, config.calibrate)
     model = ConceptBottleneckModel(
         enc.name, card.class_names, bn, *full_coef(est, len(card.class_names)),
         encoder_key=getattr(enc, "cache_key", None),
@@ -164,7 +168,7 @@ def fit_model(
         concept_prior=prior,
         concept_levels=levels,
         calibration=calibration,
-        info=_record(card, splits, est, cset, templates, bn, centred_on, store_check),
+        info=_record(card, splits, est, cset, templates, bn, centred_on, store_check, choice),
     )
     # out-of-distribution threshold (val), nearest training images, the operating point for the card
     model.reference = build_reference(model, splits, image_root=card.image_root)
@@ -173,18 +177,20 @@ def fit_model(
 
 
 def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray],
-                      check_store: bool, calibrate: bool):
+                      check_store: bool, calibrate: bool | str):
     """The head fitted on the train concept values (val chooses) under the store's prior, that prior
     checked against the card's concept truth when ``check_store`` (where the card annotates it, the
-    store's entries must be borne out by it), with the truth where the head takes it.
+    store's entries must be borne out by it), with the truth where the head takes it; on concept
+    probabilities or on scores as ``calibrate`` says (``"auto"``: :func:`_choose_values`).
 
     Returns ``(head, prior, store_check record or None, (score levels or None, calibration or None,
-    values, truth))``."""
+    values, truth), the calibration choice's record or None)``."""
     from cbm.pipeline.faithfulness import check_store as checked_prior
     from cbm.pipeline.faithfulness import check_truth_names
 
     names = list(cset.concepts)
-    est, prior, store_check = make_head(head, None), cset.prior(), None
+    ordered = bool(getattr(card, "ordered_classes", False)) and len(card.class_names) >= 3
+    est, prior, store_check = make_head(head, None, ordered), cset.prior(), None
     if getattr(est, "needs_prior", lambda: False)():
         if check_store:
             check_truth_names(card, names, _store_beyond(card, names))  # a misspelt truth name is an error, not skipped
@@ -192,11 +198,62 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
         est.set_params(prior=prior)
     elif check_store:
         store_check = {"checked": False, "reason": f"the head ({type(est).__name__}) takes no class-concept prior"}
-    inputs = _head_inputs(card, splits, names, scores, calibrate)
     t0 = time.perf_counter()
-    fit_head(est, inputs[2], splits, inputs[3])
+    if calibrate == "auto":
+        est, inputs, choice = _choose_values(card, splits, names, scores, est)
+    else:
+        inputs, choice = _head_inputs(card, splits, names, scores, calibrate), None
+        fit_head(est, inputs[2], splits, inputs[3])
     log.info("concept head: path of %d lambdas in %.2f s", len(getattr(est, "path_", [])), time.perf_counter() - t0)
-    return est, prior, store_check, inputs
+    return est, prior, store_check, inputs, choice
+
+
+CUE_FROM_LOGIT_LIMIT = 0.60
+"""The most cue (within-class AUROC from the head's logit, on val) a choice of the head's inputs accepts."""
+
+
+def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
+    """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
+    advance and read on this run's validation split only. Both heads are fitted (the path takes
+    seconds); probabilities are kept if (a) their validation intervention accuracy (the mean of the
+    curve k = 0, 1, 2, 4, ..., all, the figure the head's own selection uses) is at least the
+    scores', (b) their validation accuracy is at most one binomial standard error below the scores'
+    and (c) the cue read from their logit on val has a within-class AUROC of at most
+    :data:`CUE_FROM_LOGIT_LIMIT` (where the card names a two-valued cue). Returns ``(head, inputs,
+    record)``; the record is None where the card annotates no concept truth."""
+    from sklearn.base import clone
+
+    from cbm.heads import intervention_accuracies, standard_error
+    from cbm.pipeline.faithfulness import cue_leakage
+
+    probabilities = _head_inputs(card, splits, names, scores, True)
+    plain = _head_inputs(card, splits, names, scores, False)
+    if probabilities[1] is None:  # no truth, or no concept with enough annotations to calibrate
+        fit_head(est, plain[2], splits, plain[3])
+        return est, plain, None if plain[0] is None else {"chosen": "scores", "reason": "no concept could be calibrated"}
+    y, n_classes = splits["val"].labels, len(card.class_names)
+    heads, figures = {}, {}
+    for name, inputs in (("probabilities", probabilities), ("scores", plain)):
+        heads[name] = fit_head(clone(est), inputs[2], splits, inputs[3])
+        coef, intercept = full_coef(heads[name], n_classes)
+        val = inputs[2]["val"]
+        known = inputs[3] and not np.isnan(inputs[3]["val"]).all()
+        curve = intervention_accuracies(coef, intercept, val, y, inputs[3]["val"]) if known else []
+        leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2])
+        figures[name] = {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
+                         "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
+                         "val_cue_from_logit": leak.get("logit_auroc")}
+    p, q = figures["probabilities"], figures["scores"]
+    keep = ((p["val_intervention_accuracy"] is None or q["val_intervention_accuracy"] is None
+             or p["val_intervention_accuracy"] >= q["val_intervention_accuracy"] - 1e-12)
+            and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], len(y)) - 1e-12
+            and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+    chosen = "probabilities" if keep else "scores"
+    log.info("concept values: %s (validation: %s)", chosen, figures)
+    record = {"chosen": chosen, "rule": ("probabilities where, on val, their intervention accuracy is at least the "
+                                         "scores', their accuracy at most one standard error below and the cue from "
+                                         f"their logit at most {CUE_FROM_LOGIT_LIMIT}"), **figures}
+    return heads[chosen], probabilities if keep else plain, record
 
 
 def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
@@ -263,7 +320,8 @@ def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, expl
     return bn, (len(names) + len(extra)) if config.centre else 0
 
 
-def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int, store_check: dict | None) -> dict:
+def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int, store_check: dict | None,
+            calibration_choice: dict | None = None) -> dict:
     """The facts a saved model keeps about how it was made (model.json ``info``)."""
     info: dict[str, Any] = {
         "card": {"name": card.name, "title": getattr(card, "title", None), "modality": card.modality},
@@ -275,6 +333,8 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "bottleneck": {**bn.debiasing, "centred_on": centred_on},
         "store_check": store_check,
     }
+    if calibration_choice is not None:  # probabilities or scores, by the validation rule (calibrate: auto)
+        info["calibration_choice"] = calibration_choice
     fitted = getattr(est, "interventions_", None)
     if fitted:  # intervention-aware fitting: how, and the order its selected head was fitted for
         names = list(cset.concepts)
