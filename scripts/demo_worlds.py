@@ -87,6 +87,7 @@ def check_world(metrics: dict, model, classes: int) -> dict:
             "cue_logit_auroc": (f.get("cue_leakage") or {}).get("logit_auroc"),
             "cue_scores_auroc": (f.get("cue_leakage") or {}).get("scores_auroc"),
             "intervention": curve, "oracle": oracle, "abcd_rule": cbm.get("abcd_rule"),
+            "concept_values": (model.info.get("calibration_choice") or {}).get("chosen"),
         },
         "targets": {
             "gap": cbm["gap"] <= 0.02,
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.cue_free:  # what a linear model reads from the encoder about the lesion alone
                 metrics, _ = run(classes, seed, 0.5)
                 reference = {"classes": classes, "seed": seed, "confounding": 0.5,
-                             **{f"{m}_{k}": metrics[m][f"{k}_accuracy"] for m in ("linear_probe", "cbm") for k in ("id", "ood")}}
+                             **{f"{m}_{k}": metrics[m][f"{k}_accuracy"] for m in ("linear_probe", "cbm") for k in ("id", "ood")},
+                             "concept_values": (metrics["cbm"].get("calibration_choice") or {}).get("chosen")}
                 cue_free.append(reference)
                 print(json.dumps(reference), file=sys.stderr)
             for conf in [float(v) for v in args.confounding.split(",")]:
