@@ -211,3 +211,18 @@ def test_results_name_the_intervention_steps_that_fall_with_their_cases():
               "ood_changed": {"gained": 4, "lost": 1}}]
     assert _intervention_falls({"intervention": curve}) == ["k = 2 ID -2.0 (+5 / -23, p = 0.001)"]  # OOD's -0.3 is not a fall
     assert _intervention_falls({}) == []
+
+
+def test_results_say_which_concept_values_the_head_weighs_and_why():
+    from cbm.pipeline.experiment import _calibration_note
+
+    assert _calibration_note(None) is None
+    choice = {"chosen": "scores", "rule": "the stated rule",
+              "probabilities": {"val_accuracy": 0.688, "val_intervention_accuracy": 0.741, "val_cue_from_logit": 0.565},
+              "scores": {"val_accuracy": 0.68, "val_intervention_accuracy": 0.745, "val_cue_from_logit": None}}
+    note = _calibration_note(choice)
+    assert note.startswith("Concept values: the head weighs scores, chosen on validation")
+    assert "probabilities intervention accuracy 74.1, accuracy 68.8, cue from the logit 0.565" in note
+    assert "scores intervention accuracy 74.5, accuracy 68.0;" in note
+    assert _calibration_note({"chosen": "scores", "reason": "no concept could be calibrated"}) == (
+        "Concept values: scores (no concept could be calibrated).")

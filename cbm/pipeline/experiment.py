@@ -278,6 +278,26 @@ def _intervention_falls(faithfulness: dict[str, Any]) -> list[str]:
     return out
 
 
+def _calibration_note(choice: dict[str, Any] | None) -> str | None:
+    """What the head weighs, probabilities or scores, and the validation figures that chose it."""
+    if not choice:
+        return None
+    if "reason" in choice:
+        return f"Concept values: {choice['chosen']} ({choice['reason']})."
+
+    def side(name: str) -> str:
+        f = choice[name]
+        parts = [f"accuracy {100 * f['val_accuracy']:.1f}"]
+        if f.get("val_intervention_accuracy") is not None:
+            parts.insert(0, f"intervention accuracy {100 * f['val_intervention_accuracy']:.1f}")
+        if f.get("val_cue_from_logit") is not None:
+            parts.append(f"cue from the logit {f['val_cue_from_logit']:.3f}")
+        return f"{name} " + ", ".join(parts)
+
+    return (f"Concept values: the head weighs {choice['chosen']}, chosen on validation ({side('probabilities')}; "
+            f"{side('scores')}; the rule: {choice['rule']}).")
+
+
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
     notes = [t for t in [_faithfulness_table(metrics)] if t]
@@ -297,6 +317,9 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
                      + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}." if emptied else ""))
     elif check.get("reason"):
         notes.append(f"Concept store not checked against concept truth: {check['reason']}.")
+    choice = _calibration_note(metrics["cbm"].get("calibration_choice"))
+    if choice:
+        notes.append(choice)
     rule = metrics["cbm"].get("abcd_rule")
     if rule:
         letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())
