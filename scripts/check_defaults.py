@@ -102,13 +102,16 @@ def store_check_costs(results: dict[str, dict]) -> bool:
 
 
 def calibration_passes(results: dict[str, dict], new: str = "calibrated", old: str = "scores") -> bool:
-    """(a), (b) and (c) of the calibration rule (and the ordinal form's, the same) on one world."""
-    from cbm.heads import standard_error
+    """(a), (b) and (c) of the calibration rule (and the ordinal form's, the same) on one world: the
+    rule every run applies (``cbm.pipeline.fitting.values_rule_passes``)."""
+    from cbm.pipeline.fitting import values_rule_passes
 
-    on, off = results[new]["val"], results[old]["val"]
-    return (on["intervention_accuracy"] >= off["intervention_accuracy"] - 1e-12
-            and on["accuracy"] >= off["accuracy"] - standard_error(off["accuracy"], off["n"]) - 1e-12
-            and (on["cue_from_logit"] is None or on["cue_from_logit"] <= 0.60))
+    def figures(name: str) -> dict:
+        v = results[name]["val"]
+        return {"val_accuracy": v["accuracy"], "val_intervention_accuracy": v["intervention_accuracy"],
+                "val_cue_from_logit": v["cue_from_logit"]}
+
+    return values_rule_passes(figures(new), figures(old), results[old]["val"]["n"])
 
 
 def choose(results: dict[str, dict]) -> str:

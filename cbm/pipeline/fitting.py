@@ -73,7 +73,7 @@ def make_head(head: Any, prior: np.ndarray | None, ordered: bool = False):
     head = SparseConceptHead(constraint="prior", max_concepts_per_class=8) if head is None else clone(head)
     if prior is not None and getattr(head, "needs_prior", lambda: False)():
         head.set_params(prior=prior)
-    if isinstance(getattr(head, "ordinal", None), str) and head.ordinal == "auto":
+    if getattr(head, "ordinal", None) == "auto":
         head.set_params(ordinal=bool(ordered))
     return head
 
@@ -212,6 +212,21 @@ CUE_FROM_LOGIT_LIMIT = 0.60
 """The most cue (within-class AUROC from the head's logit, on val) a choice of the head's inputs accepts."""
 
 
+def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> bool:
+    """The rule stated in advance for a change of the head's inputs (concept probabilities against
+    scores, the ordinal form against the per-class head), on validation figures ``{"val_accuracy",
+    "val_intervention_accuracy", "val_cue_from_logit"}`` of the candidate ``new`` and the standing
+    ``old`` over ``n_val`` cases: (a) ``new``'s intervention accuracy is at least ``old``'s, (b) its
+    accuracy at most one binomial standard error below, (c) its cue from the logit at most
+    :data:`CUE_FROM_LOGIT_LIMIT`; a figure that could not be measured (None) does not count."""
+    from cbm.heads import standard_error
+
+    helped, helped_old = new["val_intervention_accuracy"], old["val_intervention_accuracy"]
+    return ((helped is None or helped_old is None or helped >= helped_old - 1e-12)
+            and new["val_accuracy"] >= old["val_accuracy"] - standard_error(old["val_accuracy"], n_val) - 1e-12
+            and (new["val_cue_from_logit"] is None or new["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+
+
 def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
     """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
     advance and read on this run's validation split only. Both heads are fitted (the path takes
@@ -223,7 +238,7 @@ def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores:
     record)``; the record is None where the card annotates no concept truth."""
     from sklearn.base import clone
 
-    from cbm.heads import intervention_accuracies, standard_error
+    from cbm.heads import intervention_accuracies
     from cbm.pipeline.faithfulness import cue_leakage
 
     probabilities = _head_inputs(card, splits, names, scores, True)
@@ -243,11 +258,7 @@ def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores:
         figures[name] = {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
                          "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
                          "val_cue_from_logit": leak.get("logit_auroc")}
-    p, q = figures["probabilities"], figures["scores"]
-    keep = ((p["val_intervention_accuracy"] is None or q["val_intervention_accuracy"] is None
-             or p["val_intervention_accuracy"] >= q["val_intervention_accuracy"] - 1e-12)
-            and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], len(y)) - 1e-12
-            and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+    keep = values_rule_passes(figures["probabilities"], figures["scores"], len(y))
     chosen = "probabilities" if keep else "scores"
     log.info("concept values: %s (validation: %s)", chosen, figures)
     record = {"chosen": chosen, "rule": ("probabilities where, on val, their intervention accuracy is at least the "
