@@ -2,11 +2,13 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/demo_worlds.py                          # seeds 1,2 x p 0.8,0.95,0.99 x 2,3 classes
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/demo_worlds.py --seeds 3 --confounding 0.9 --classes 2 --out worlds.json
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/demo_worlds.py --no-cue-free --set bottleneck.calibrate=true  # another setting
 
 Each world is a ``cbm run`` with the default configuration (``cbm.pipeline.run_experiment`` with the
 objects ``conf/`` makes): the faithful head, the baselines, the faithfulness block. Nothing here
 chooses anything; the worlds are drawn from seeds the defaults were not chosen on (the defaults
-are checked by ``scripts/check_defaults.py`` on validation data only). Per world it reports the figures and
+are checked by ``scripts/check_defaults.py`` on validation data only). ``--set`` passes Hydra
+overrides (as on ``cbm run``'s command line) to show another setting on the same worlds. Per world it reports the figures and
 whether each target holds:
 
 - ``gap``: in-domain minus out-of-domain accuracy <= 2 points;
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--cue-free", action=argparse.BooleanOptionalAction, default=True,
                    help="also run each seed's world without cue association (confounding 0.5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override of the configuration every world runs (repeatable)")
     args = p.parse_args(argv)
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from cbm.run import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config")
+        cfg = compose("config", overrides=args.overrides)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     encoder = instantiate(plain(cfg.encoder))
 
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted({t for w in worlds for t in w["targets"]})
     summary = {t: f"{sum(w['targets'][t] for w in worlds if t in w['targets'])}/{sum(t in w['targets'] for w in worlds)}"
                for t in names}
-    result = {"targets_met": summary, "worlds": worlds, "cue_free": cue_free, "wall_s": round(time.perf_counter() - t0, 1)}
+    result = {"targets_met": summary, "overrides": args.overrides, "worlds": worlds, "cue_free": cue_free, "wall_s": round(time.perf_counter() - t0, 1)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -121,7 +121,7 @@ def test_calibration_can_be_turned_off(world):
 
 def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
     from cbm.heads import standard_error
-    from cbm.pipeline.fitting import CUE_FROM_LOGIT_LIMIT
+    from cbm.pipeline.fitting import CUE_FROM_LOGIT_LIMIT, target_misses
 
     card, fit = world
     auto = fit_model(card, encoder=fit.encoder, head=SparseConceptHead(constraint="prior", n_lambdas=4),
@@ -129,7 +129,14 @@ def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
     choice = auto.model.info["calibration_choice"]
     p, q = choice["probabilities"], choice["scores"]
     n = len(fit.splits["val"])
-    expected = (p["val_intervention_accuracy"] >= q["val_intervention_accuracy"]
+    for f in (p, q):  # the figures the rule read are the curve's own
+        assert f["val_target_misses"] == target_misses(f["val_intervention_curve"], f["val_oracle"])
+        assert f["val_intervention_accuracy"] == pytest.approx(np.mean(f["val_intervention_curve"]))
+    if p["val_target_misses"] != q["val_target_misses"]:
+        targets = p["val_target_misses"] < q["val_target_misses"]
+    else:
+        targets = p["val_intervention_accuracy"] >= q["val_intervention_accuracy"]
+    expected = (targets
                 and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], n)
                 and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
     assert choice["chosen"] == ("probabilities" if expected else "scores")
@@ -141,6 +148,33 @@ def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
     assert "calibration_choice" not in fixed.model.info
     with pytest.raises(ValueError, match='calibrate must be true, false or "auto"'):
         fit_model(card, encoder=fit.encoder, splits=fit.splits, bottleneck=BottleneckConfig(calibrate="yes"))
+
+
+def test_target_misses_counts_falls_and_a_short_end():
+    from cbm.pipeline.fitting import target_misses
+
+    assert target_misses([], 0.9) is None
+    assert target_misses([0.80, 0.85, 0.90, 0.95], 0.96) == 0  # never falls; the end reaches oracle - 2
+    assert target_misses([0.80, 0.796, 0.90, 0.95], 0.96) == 0  # a dip of 0.4 points is not a fall
+    assert target_misses([0.80, 0.79, 0.90, 0.95], 0.96) == 1  # a fall of one point
+    assert target_misses([0.80, 0.85, 0.90, 0.92], 0.96) == 1  # the end is 2 points short of oracle - 2
+    assert target_misses([0.80, 0.70, 0.75, 0.78], None) == 2  # a fall, and an end below k = 0
+
+
+def test_the_values_rule_reads_the_targets_first_then_the_mean():
+    from cbm.pipeline.fitting import values_rule_passes
+
+    def figures(misses, mean, accuracy=0.9, cue=0.5):
+        return {"val_target_misses": misses, "val_intervention_accuracy": mean, "val_accuracy": accuracy,
+                "val_cue_from_logit": cue}
+
+    assert values_rule_passes(figures(0, 0.90), figures(1, 0.95), 600)  # fewer misses wins over the mean
+    assert not values_rule_passes(figures(2, 0.99), figures(1, 0.90), 600)  # more misses loses
+    assert values_rule_passes(figures(1, 0.95), figures(1, 0.94), 600)  # a tie: the mean decides
+    assert not values_rule_passes(figures(1, 0.93), figures(1, 0.94), 600)
+    assert not values_rule_passes(figures(0, 0.95, accuracy=0.85), figures(1, 0.90), 600)  # (b): 5 points below
+    assert not values_rule_passes(figures(0, 0.95, cue=0.7), figures(1, 0.90), 600)  # (c): the cue
+    assert values_rule_passes(figures(None, 0.95), figures(0, 0.94), 600)  # unmeasured misses: the mean
 
 
 def test_the_calibration_survives_a_save_and_load(world, tmp_path):

@@ -193,12 +193,15 @@ def test_check_defaults_rules_for_the_store_check_and_the_bottleneck():
     assert module.choose({"plain": val(0.91, 0.6), "centred": val(0.905, 0.4), "nuisance": val(0.88, 0.1)}) == "centred"
     # calibration: kept where the val intervention accuracy is at least the scores', the accuracy within
     # one standard error of theirs and the cue from the logit at most 0.60
-    side = lambda acc, helped, cue=0.52: {"val": {"accuracy": acc, "n": 900, "intervention_accuracy": helped,  # noqa: E731
-                                                  "cue_from_logit": cue}}
+    side = lambda acc, helped, cue=0.52, misses=None: {"val": {  # noqa: E731
+        "accuracy": acc, "n": 900, "intervention_accuracy": helped, "cue_from_logit": cue, "target_misses": misses}}
     assert module.calibration_passes({"calibrated": side(0.891, 0.95), "scores": side(0.90, 0.94)})
     assert not module.calibration_passes({"calibrated": side(0.889, 0.95), "scores": side(0.90, 0.94)})
     assert not module.calibration_passes({"calibrated": side(0.91, 0.93), "scores": side(0.90, 0.94)})
     assert not module.calibration_passes({"calibrated": side(0.91, 0.95, 0.61), "scores": side(0.90, 0.94)})
+    # the targets on val come first: fewer misses pass with a lower mean, more misses fail with a higher one
+    assert module.calibration_passes({"calibrated": side(0.91, 0.93, misses=0), "scores": side(0.90, 0.94, misses=2)})
+    assert not module.calibration_passes({"calibrated": side(0.91, 0.95, misses=1), "scores": side(0.90, 0.94, misses=0)})
 
 
 def test_results_name_the_intervention_steps_that_fall_with_their_cases():
@@ -219,10 +222,11 @@ def test_results_say_which_concept_values_the_head_weighs_and_why():
     assert _calibration_note(None) is None
     choice = {"chosen": "scores", "rule": "the stated rule",
               "probabilities": {"val_accuracy": 0.688, "val_intervention_accuracy": 0.741, "val_cue_from_logit": 0.565},
-              "scores": {"val_accuracy": 0.68, "val_intervention_accuracy": 0.745, "val_cue_from_logit": None}}
+              "scores": {"val_accuracy": 0.68, "val_intervention_accuracy": 0.745, "val_cue_from_logit": None,
+                         "val_target_misses": 1}}
     note = _calibration_note(choice)
     assert note.startswith("Concept values: the head weighs scores, chosen on validation")
     assert "probabilities intervention accuracy 74.1, accuracy 68.8, cue from the logit 0.565" in note
-    assert "scores intervention accuracy 74.5, accuracy 68.0;" in note
+    assert "scores 1 miss of the intervention targets, intervention accuracy 74.5, accuracy 68.0;" in note
     assert _calibration_note({"chosen": "scores", "reason": "no concept could be calibrated"}) == (
         "Concept values: scores (no concept could be calibrated).")

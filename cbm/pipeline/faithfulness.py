@@ -50,6 +50,7 @@ __all__ = [
     "step_test",
     "intervention_curve",
     "measure_faithfulness",
+    "oracle_accuracies",
     "truth_matrix",
     "truth_to_values",
     "truth_values",
@@ -342,7 +343,7 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
     }
 
 
-def _oracle(head: Any, prior: np.ndarray | None, columns: list[int], values: dict[str, np.ndarray],
+def oracle_accuracies(head: Any, prior: np.ndarray | None, columns: list[int], values: dict[str, np.ndarray],
             splits: dict[str, SplitData], evaluate: dict[str, str]) -> dict[str, Any]:
     """The same head type fitted on the truth-derived values of the concept ``columns`` (``values``:
     split -> ``(n, len(columns))``, unknown truth at the mean, 0)."""
@@ -415,6 +416,6 @@ def measure_faithfulness(
         columns = [col[c] for c in with_truth]
         values = {s: np.nan_to_num(truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns])
                   for s in ("train", "val", *evaluate.values())}
-        out["oracle"] = _oracle(head, model.concept_prior, columns, values, splits, evaluate)
+        out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits, evaluate)
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out

@@ -31,7 +31,10 @@ from cbm.pipeline.inputs import (
 from cbm.reference import build_reference
 from cbm.utils import jsonable
 
-__all__ = ["FitResult", "fit", "fit_head", "fit_model", "full_coef", "make_head", "truth_levels"]
+__all__ = [
+    "FitResult", "fit", "fit_head", "fit_model", "full_coef", "make_head", "target_misses", "truth_levels",
+    "validation_figures", "values_rule_passes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -211,60 +214,98 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
 CUE_FROM_LOGIT_LIMIT = 0.60
 """The most cue (within-class AUROC from the head's logit, on val) a choice of the head's inputs accepts."""
 
+ORACLE_MARGIN = 0.02
+"""The intervention curve's last point should reach the oracle less this (two points): the targets'."""
+
+
+def target_misses(curve: Sequence[float], oracle: float | None) -> int | None:
+    """How often an intervention curve (accuracies at k = 0, 1, 2, 4, ..., all) misses the targets:
+    each step more than :data:`~cbm.pipeline.faithfulness.STEP_FALL` below the previous one, and
+    one more if the last point is below max(the k = 0 accuracy, ``oracle`` - :data:`ORACLE_MARGIN`).
+    None without a curve."""
+    from cbm.pipeline.faithfulness import STEP_FALL
+
+    if not len(curve):
+        return None
+    falls = sum(b < a - STEP_FALL for a, b in zip(curve, curve[1:]))
+    floor = curve[0] if oracle is None else max(curve[0], oracle - ORACLE_MARGIN)
+    return int(falls + (curve[-1] < floor - 1e-12))
+
+
+def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], est: Any,
+                       inputs: tuple) -> dict[str, Any]:
+    """What the values rule reads of a fitted head on val (``inputs``: :func:`_head_inputs`' tuple):
+    its accuracy, intervention curve (k = 0, 1, 2, 4, ..., all) and that curve's mean, the oracle
+    (the same head type fitted on the train truth-derived values, as ``faithfulness.oracle``), how
+    often the curve misses the targets (:func:`target_misses`) and the cue from its logit."""
+    from cbm.heads import intervention_accuracies
+    from cbm.pipeline.faithfulness import cue_leakage, oracle_accuracies
+
+    y, truth = splits["val"].labels, inputs[3]
+    coef, intercept = full_coef(est, len(card.class_names))
+    val = inputs[2]["val"]
+    known = bool(truth) and not np.isnan(truth["val"]).all()
+    curve = intervention_accuracies(coef, intercept, val, y, truth["val"]) if known else []
+    oracle = None
+    if known:
+        columns = [int(c) for c in np.flatnonzero(~np.isnan(truth["train"]).all(0))]
+        values = {s: np.nan_to_num(truth[s][:, columns]) for s in ("train", "val")}
+        oracle = oracle_accuracies(est, getattr(est, "prior", None), columns, values, splits, {"val": "val"})["val_accuracy"]
+    leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2])
+    return {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
+            "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
+            "val_intervention_curve": [float(v) for v in curve], "val_oracle": oracle,
+            "val_target_misses": target_misses(curve, oracle), "val_cue_from_logit": leak.get("logit_auroc")}
+
+
+VALUES_RULE = ("probabilities where, on val, their intervention curve misses the targets (a fall of more "
+               "than half a point, an end below max(k = 0, oracle - 2 points)) less often than the scores', "
+               "or as often with a mean at least the scores'; their accuracy at most one standard error "
+               f"below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT}")
+
 
 def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> bool:
     """The rule stated in advance for a change of the head's inputs (concept probabilities against
-    scores, the ordinal form against the per-class head), on validation figures ``{"val_accuracy",
-    "val_intervention_accuracy", "val_cue_from_logit"}`` of the candidate ``new`` and the standing
-    ``old`` over ``n_val`` cases: (a) ``new``'s intervention accuracy is at least ``old``'s, (b) its
-    accuracy at most one binomial standard error below, (c) its cue from the logit at most
-    :data:`CUE_FROM_LOGIT_LIMIT`; a figure that could not be measured (None) does not count."""
+    scores, the ordinal form against the per-class head), on validation figures
+    (:func:`validation_figures`) of the candidate ``new`` and the standing ``old`` over ``n_val``
+    cases: (a) the targets first: ``new``'s intervention curve misses them less often than
+    ``old``'s (``val_target_misses``), or as often and its mean (``val_intervention_accuracy``) is
+    at least ``old``'s; (b) its accuracy at most one binomial standard error below; (c) its cue from
+    the logit at most :data:`CUE_FROM_LOGIT_LIMIT`. A figure that could not be measured (None) does
+    not count."""
     from cbm.heads import standard_error
 
+    misses, misses_old = new.get("val_target_misses"), old.get("val_target_misses")
     helped, helped_old = new["val_intervention_accuracy"], old["val_intervention_accuracy"]
-    return ((helped is None or helped_old is None or helped >= helped_old - 1e-12)
+    mean_holds = helped is None or helped_old is None or helped >= helped_old - 1e-12
+    targets = mean_holds if misses is None or misses_old is None or misses == misses_old else misses < misses_old
+    return (targets
             and new["val_accuracy"] >= old["val_accuracy"] - standard_error(old["val_accuracy"], n_val) - 1e-12
             and (new["val_cue_from_logit"] is None or new["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
 
 
 def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
     """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
-    advance and read on this run's validation split only. Both heads are fitted (the path takes
-    seconds); probabilities are kept if (a) their validation intervention accuracy (the mean of the
-    curve k = 0, 1, 2, 4, ..., all, the figure the head's own selection uses) is at least the
-    scores', (b) their validation accuracy is at most one binomial standard error below the scores'
-    and (c) the cue read from their logit on val has a within-class AUROC of at most
-    :data:`CUE_FROM_LOGIT_LIMIT` (where the card names a two-valued cue). Returns ``(head, inputs,
+    advance and read on this run's validation split only (:func:`values_rule_passes`: the
+    intervention targets on val first, then the curve's mean; accuracy within one binomial standard
+    error; the cue from the logit at most :data:`CUE_FROM_LOGIT_LIMIT` where the card names a
+    two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
     record)``; the record is None where the card annotates no concept truth."""
     from sklearn.base import clone
-
-    from cbm.heads import intervention_accuracies
-    from cbm.pipeline.faithfulness import cue_leakage
 
     probabilities = _head_inputs(card, splits, names, scores, True)
     plain = _head_inputs(card, splits, names, scores, False)
     if probabilities[1] is None:  # no truth, or no concept with enough annotations to calibrate
         fit_head(est, plain[2], splits, plain[3])
         return est, plain, None if plain[0] is None else {"chosen": "scores", "reason": "no concept could be calibrated"}
-    y, n_classes = splits["val"].labels, len(card.class_names)
     heads, figures = {}, {}
     for name, inputs in (("probabilities", probabilities), ("scores", plain)):
         heads[name] = fit_head(clone(est), inputs[2], splits, inputs[3])
-        coef, intercept = full_coef(heads[name], n_classes)
-        val = inputs[2]["val"]
-        known = inputs[3] and not np.isnan(inputs[3]["val"]).all()
-        curve = intervention_accuracies(coef, intercept, val, y, inputs[3]["val"]) if known else []
-        leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2])
-        figures[name] = {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
-                         "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
-                         "val_cue_from_logit": leak.get("logit_auroc")}
-    keep = values_rule_passes(figures["probabilities"], figures["scores"], len(y))
+        figures[name] = validation_figures(card, splits, scores, heads[name], inputs)
+    keep = values_rule_passes(figures["probabilities"], figures["scores"], len(splits["val"]))
     chosen = "probabilities" if keep else "scores"
     log.info("concept values: %s (validation: %s)", chosen, figures)
-    record = {"chosen": chosen, "rule": ("probabilities where, on val, their intervention accuracy is at least the "
-                                         "scores', their accuracy at most one standard error below and the cue from "
-                                         f"their logit at most {CUE_FROM_LOGIT_LIMIT}"), **figures}
-    return heads[chosen], probabilities if keep else plain, record
+    return heads[chosen], probabilities if keep else plain, {"chosen": chosen, "rule": VALUES_RULE, **figures}
 
 
 def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
