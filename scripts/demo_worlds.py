@@ -90,6 +90,7 @@ def check_world(metrics: dict, model, classes: int) -> dict:
             "cue_scores_auroc": (f.get("cue_leakage") or {}).get("scores_auroc"),
             "intervention": curve, "oracle": oracle, "abcd_rule": cbm.get("abcd_rule"),
             "concept_values": (model.info.get("calibration_choice") or {}).get("chosen"),
+            "concept_values_choice": model.info.get("calibration_choice"),  # the validation figures that chose
         },
         "targets": {
             "gap": cbm["gap"] <= 0.02,
