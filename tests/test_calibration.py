@@ -136,9 +136,10 @@ def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
         targets = p["val_target_misses"] < q["val_target_misses"]
     else:
         targets = p["val_intervention_accuracy"] >= q["val_intervention_accuracy"]
+    limit = max(CUE_FROM_LOGIT_LIMIT, q["val_cue_from_logit"] or 0.0)
     expected = (targets
                 and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], n)
-                and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+                and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= limit))
     assert choice["chosen"] == ("probabilities" if expected else "scores")
     assert auto.model.calibrated().any() == expected
     # the chosen head is the one the model carries: the same as fitting with that setting outright
@@ -174,6 +175,8 @@ def test_the_values_rule_reads_the_targets_first_then_the_mean():
     assert not values_rule_passes(figures(1, 0.93), figures(1, 0.94), 600)
     assert not values_rule_passes(figures(0, 0.95, accuracy=0.85), figures(1, 0.90), 600)  # (b): 5 points below
     assert not values_rule_passes(figures(0, 0.95, cue=0.7), figures(1, 0.90), 600)  # (c): the cue
+    assert values_rule_passes(figures(0, 0.95, cue=0.64), figures(1, 0.90, cue=0.68), 600)  # less than the old's
+    assert not values_rule_passes(figures(0, 0.95, cue=0.66), figures(1, 0.90, cue=0.64), 600)
     assert values_rule_passes(figures(None, 0.95), figures(0, 0.94), 600)  # unmeasured misses: the mean
 
 

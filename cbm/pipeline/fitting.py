@@ -261,7 +261,7 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
 VALUES_RULE = ("probabilities where, on val, their intervention curve misses the targets (a fall of more "
                "than half a point, an end below max(k = 0, oracle - 2 points)) less often than the scores', "
                "or as often with a mean at least the scores'; their accuracy at most one standard error "
-               f"below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT}")
+               f"below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT} or the scores'")
 
 
 def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> bool:
@@ -271,25 +271,27 @@ def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> 
     cases: (a) the targets first: ``new``'s intervention curve misses them less often than
     ``old``'s (``val_target_misses``), or as often and its mean (``val_intervention_accuracy``) is
     at least ``old``'s; (b) its accuracy at most one binomial standard error below; (c) its cue from
-    the logit at most :data:`CUE_FROM_LOGIT_LIMIT`. A figure that could not be measured (None) does
-    not count."""
+    the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or at most ``old``'s where that is higher (the
+    limit keeps the cue from coming back with the change, not the standing head from being left
+    when it leaks more). A figure that could not be measured (None) does not count."""
     from cbm.heads import standard_error
 
     misses, misses_old = new.get("val_target_misses"), old.get("val_target_misses")
     helped, helped_old = new["val_intervention_accuracy"], old["val_intervention_accuracy"]
+    cue, cue_old = new["val_cue_from_logit"], old["val_cue_from_logit"]
     mean_holds = helped is None or helped_old is None or helped >= helped_old - 1e-12
     targets = mean_holds if misses is None or misses_old is None or misses == misses_old else misses < misses_old
     return (targets
             and new["val_accuracy"] >= old["val_accuracy"] - standard_error(old["val_accuracy"], n_val) - 1e-12
-            and (new["val_cue_from_logit"] is None or new["val_cue_from_logit"] <= CUE_FROM_LOGIT_LIMIT))
+            and (cue is None or cue <= max(CUE_FROM_LOGIT_LIMIT, cue_old if cue_old is not None else 0.0)))
 
 
 def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
     """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
     advance and read on this run's validation split only (:func:`values_rule_passes`: the
     intervention targets on val first, then the curve's mean; accuracy within one binomial standard
-    error; the cue from the logit at most :data:`CUE_FROM_LOGIT_LIMIT` where the card names a
-    two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
+    error; the cue from the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the
+    card names a two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
     record)``; the record is None where the card annotates no concept truth."""
     from sklearn.base import clone
 
