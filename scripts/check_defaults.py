@@ -40,6 +40,9 @@ for the middle class and its interventions, so its rule, stated before any figur
 the calibration's: ordinal if, in more than half of the worlds, (a) its validation intervention
 accuracy is at least the per-class head's, (b) its validation accuracy is not more than one
 binomial standard error below, and (c) the cue from its logit on val is at AUROC 0.60 or less.
+Now (a) reads the targets first, as for concept values, with both curves' ends judged against the
+higher of the two heads' validation oracles (``calibration_passes``): read against its own oracle,
+the ordinal form, whose ceiling within the budget is lower, met the end target more easily.
 
 Candidates: the concept directions (``plain`` cosines, ``centred`` on the concept store, ``centred``
 with the card's ``nuisance`` prompts projected out), each with the faithful head at most 8
@@ -106,13 +109,23 @@ def store_check_costs(results: dict[str, dict]) -> bool:
 
 def calibration_passes(results: dict[str, dict], new: str = "calibrated", old: str = "scores") -> bool:
     """(a), (b) and (c) of the calibration rule (and the ordinal form's, the same) on one world: the
-    rule every run applies (``cbm.pipeline.fitting.values_rule_passes``)."""
-    from cbm.pipeline.fitting import values_rule_passes
+    rule every run applies (``cbm.pipeline.fitting.values_rule_passes``). Both curves' ends are
+    judged against the same oracle, the higher of the two: for concept values the two are the same
+    head type on the same truth, so nothing changes; for two head types (the ordinal form against
+    the per-class head) a head whose own ceiling is lower would otherwise meet the end target more
+    easily."""
+    from cbm.pipeline.fitting import target_misses, values_rule_passes
+
+    oracles = [results[name]["val"].get("oracle") for name in (new, old)]
+    common = max(oracles) if None not in oracles else None
 
     def figures(name: str) -> dict:
         v = results[name]["val"]
+        misses = v.get("target_misses")
+        if common is not None and v.get("intervention_curve"):
+            misses = target_misses(v["intervention_curve"], common)
         return {"val_accuracy": v["accuracy"], "val_intervention_accuracy": v["intervention_accuracy"],
-                "val_target_misses": v.get("target_misses"), "val_cue_from_logit": v["cue_from_logit"]}
+                "val_target_misses": misses, "val_cue_from_logit": v["cue_from_logit"]}
 
     return values_rule_passes(figures(new), figures(old), results[old]["val"]["n"])
 
@@ -176,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [w["chosen_by_the_rule"] for w in worlds]
     result = {
         "rule": (VALUES_RULE.replace("probabilities", "the ordinal form", 1).replace("scores'", "per-class head's")
+                 .replace("oracle - 2 points", "the higher of the two heads' oracles - 2 points")
                  + "; in more than half of the worlds" if args.ordinal else
                  VALUES_RULE.replace("probabilities", "calibrate", 1) + "; in more than half of the worlds"
                  if args.calibrate else
