@@ -41,8 +41,9 @@ the calibration's: ordinal if, in more than half of the worlds, (a) its validati
 accuracy is at least the per-class head's, (b) its validation accuracy is not more than one
 binomial standard error below, and (c) the cue from its logit on val is at AUROC 0.60 or less.
 Now (a) reads the targets first, as for concept values, with both curves' ends judged against the
-higher of the two heads' validation oracles (``calibration_passes``): read against its own oracle,
-the ordinal form, whose ceiling within the budget is lower, met the end target more easily.
+higher of the two heads' validation oracles (``calibration_passes(..., common_oracle=True)``): read
+against its own oracle, the ordinal form, whose ceiling within the budget is lower, met the end
+target more easily.
 
 Candidates: the concept directions (``plain`` cosines, ``centred`` on the concept store, ``centred``
 with the card's ``nuisance`` prompts projected out), each with the faithful head at most 8
@@ -107,17 +108,17 @@ def store_check_costs(results: dict[str, dict]) -> bool:
     return off["accuracy"] > on["accuracy"] + margin + 1e-12
 
 
-def calibration_passes(results: dict[str, dict], new: str = "calibrated", old: str = "scores") -> bool:
+def calibration_passes(results: dict[str, dict], new: str = "calibrated", old: str = "scores",
+                       common_oracle: bool = False) -> bool:
     """(a), (b) and (c) of the calibration rule (and the ordinal form's, the same) on one world: the
-    rule every run applies (``cbm.pipeline.fitting.values_rule_passes``). Both curves' ends are
-    judged against the same oracle, the higher of the two: for concept values the two are the same
-    head type on the same truth, so nothing changes; for two head types (the ordinal form against
-    the per-class head) a head whose own ceiling is lower would otherwise meet the end target more
-    easily."""
+    rule every run applies (``cbm.pipeline.fitting.values_rule_passes``), which judges each curve's
+    end against its own head's validation oracle. ``common_oracle`` (two head types: the ordinal
+    form against the per-class head) judges both ends against the higher of the two oracles, so
+    that a head whose own ceiling is lower does not meet the end target more easily on that account."""
     from cbm.pipeline.fitting import target_misses, values_rule_passes
 
     oracles = [results[name]["val"].get("oracle") for name in (new, old)]
-    common = max(oracles) if None not in oracles else None
+    common = max(oracles) if common_oracle and None not in oracles else None
 
     def figures(name: str) -> dict:
         v = results[name]["val"]
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = {name: measure(card, encoder, splits, {**CANDIDATES["centred"], "calibrate": "auto"},
                                          SELECTIONS["accuracy"], seed, ordinal=on)
                            for name, on in (("ordinal", True), ("per-class", False))}
-                chosen = "ordinal" if calibration_passes(results, "ordinal", "per-class") else "per-class"
+                chosen = "ordinal" if calibration_passes(results, "ordinal", "per-class", common_oracle=True) else "per-class"
             elif args.calibrate:
                 results = {name: measure(card, encoder, splits, {**CANDIDATES["centred"], "calibrate": on},
                                          SELECTIONS["accuracy"], seed) for name, on in (("calibrated", True), ("scores", False))}
