@@ -132,8 +132,12 @@ def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
     for f in (p, q):  # the figures the rule read are the curve's own
         assert f["val_target_misses"] == target_misses(f["val_intervention_curve"], f["val_oracle"])
         assert f["val_intervention_accuracy"] == pytest.approx(np.mean(f["val_intervention_curve"]))
-    if p["val_target_misses"] != q["val_target_misses"]:
-        targets = p["val_target_misses"] < q["val_target_misses"]
+    bar = max(p["val_oracle"], q["val_oracle"])  # both ends are judged against the higher oracle
+    assert choice["val_common_oracle"] == bar
+    misses = [target_misses(f["val_intervention_curve"], bar) for f in (p, q)]
+    assert misses == [p["val_target_misses_common_oracle"], q["val_target_misses_common_oracle"]]
+    if misses[0] != misses[1]:
+        targets = misses[0] < misses[1]
     else:
         targets = p["val_intervention_accuracy"] >= q["val_intervention_accuracy"]
     limit = max(CUE_FROM_LOGIT_LIMIT, q["val_cue_from_logit"] or 0.0)
@@ -178,6 +182,24 @@ def test_the_values_rule_reads_the_targets_first_then_the_mean():
     assert values_rule_passes(figures(0, 0.95, cue=0.64), figures(1, 0.90, cue=0.68), 600)  # less than the old's
     assert not values_rule_passes(figures(0, 0.95, cue=0.66), figures(1, 0.90, cue=0.64), 600)
     assert values_rule_passes(figures(None, 0.95), figures(0, 0.94), 600)  # unmeasured misses: the mean
+
+
+def test_the_values_rule_judges_both_ends_against_the_higher_oracle():
+    from cbm.pipeline.fitting import common_oracle_misses, values_rule_passes
+
+    def figures(curve, oracle, own):
+        return {"val_intervention_curve": curve, "val_oracle": oracle, "val_target_misses": own,
+                "val_intervention_accuracy": float(np.mean(curve)), "val_accuracy": curve[0], "val_cue_from_logit": 0.5}
+
+    low_ceiling = figures([0.70, 0.70, 0.72, 0.73], 0.66, 0)  # no miss against its own oracle, one against 0.84
+    high_ceiling = figures([0.70, 0.75, 0.76, 0.77], 0.84, 1)  # ends below 0.82: one miss
+    assert common_oracle_misses(low_ceiling, high_ceiling) == (0.84, 1, 1)
+    assert not values_rule_passes(low_ceiling, high_ceiling, 900)  # a tie on misses; its mean is lower
+    reaches = figures([0.70, 0.71, 0.72, 0.83], 0.66, 0)
+    assert values_rule_passes(reaches, high_ceiling, 900)
+    no_oracle = {**low_ceiling, "val_oracle": None}  # without both oracles: the recorded misses
+    assert common_oracle_misses(no_oracle, high_ceiling) == (None, 0, 1)
+    assert values_rule_passes(no_oracle, high_ceiling, 900)
 
 
 def test_the_calibration_survives_a_save_and_load(world, tmp_path):

@@ -290,9 +290,9 @@ def _calibration_note(choice: dict[str, Any] | None) -> str | None:
         parts = [f"accuracy {100 * f['val_accuracy']:.1f}"]
         if f.get("val_intervention_accuracy") is not None:
             parts.insert(0, f"intervention accuracy {100 * f['val_intervention_accuracy']:.1f}")
-        if f.get("val_target_misses") is not None:
-            parts.insert(0, f"{f['val_target_misses']} miss{'' if f['val_target_misses'] == 1 else 'es'} "
-                            "of the intervention targets")
+        misses = f.get("val_target_misses_common_oracle", f.get("val_target_misses"))
+        if misses is not None:
+            parts.insert(0, f"{misses} miss{'' if misses == 1 else 'es'} of the intervention targets")
         if f.get("val_cue_from_logit") is not None:
             parts.append(f"cue from the logit {f['val_cue_from_logit']:.3f}")
         return f"{name} " + ", ".join(parts)

@@ -32,8 +32,8 @@ from cbm.reference import build_reference
 from cbm.utils import jsonable
 
 __all__ = [
-    "FitResult", "fit", "fit_head", "fit_model", "full_coef", "make_head", "target_misses", "truth_levels",
-    "validation_figures", "values_rule_passes",
+    "FitResult", "common_oracle_misses", "fit", "fit_head", "fit_model", "full_coef", "make_head", "target_misses",
+    "truth_levels", "validation_figures", "values_rule_passes",
 ]
 
 log = logging.getLogger(__name__)
@@ -259,9 +259,23 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
 
 
 VALUES_RULE = ("probabilities where, on val, their intervention curve misses the targets (a fall of more "
-               "than half a point, an end below max(k = 0, oracle - 2 points)) less often than the scores', "
-               "or as often with a mean at least the scores'; their accuracy at most one standard error "
-               f"below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT} or the scores'")
+               "than half a point, an end below max(k = 0, the higher of the two heads' oracles - 2 points)) "
+               "less often than the scores', or as often with a mean at least the scores'; their accuracy at "
+               f"most one standard error below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT} or the scores'")
+
+
+def common_oracle_misses(new: dict[str, Any], old: dict[str, Any]) -> tuple[float | None, int | None, int | None]:
+    """``(bar, new's misses, old's misses)``: both validation curves' target misses
+    (:func:`target_misses`) with both ends judged against the higher of the two validation oracles,
+    so that a head whose truth-fitted ceiling is lower (the truth is written in each head's own
+    values: 0 / 1, score levels, one ordinal scale) does not meet the end target more easily on
+    that account. Where a curve or an oracle is missing: no bar, and the recorded misses."""
+    oracles = (new.get("val_oracle"), old.get("val_oracle"))
+    curves = (new.get("val_intervention_curve"), old.get("val_intervention_curve"))
+    if None in oracles or not all(curves):
+        return None, new.get("val_target_misses"), old.get("val_target_misses")
+    bar = max(oracles)
+    return bar, target_misses(curves[0], bar), target_misses(curves[1], bar)
 
 
 def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> bool:
@@ -269,14 +283,15 @@ def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> 
     scores, the ordinal form against the per-class head), on validation figures
     (:func:`validation_figures`) of the candidate ``new`` and the standing ``old`` over ``n_val``
     cases: (a) the targets first: ``new``'s intervention curve misses them less often than
-    ``old``'s (``val_target_misses``), or as often and its mean (``val_intervention_accuracy``) is
-    at least ``old``'s; (b) its accuracy at most one binomial standard error below; (c) its cue from
+    ``old``'s, both ends judged against the higher of the two oracles
+    (:func:`common_oracle_misses`), or as often and its mean (``val_intervention_accuracy``) is at
+    least ``old``'s; (b) its accuracy at most one binomial standard error below; (c) its cue from
     the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or at most ``old``'s where that is higher (the
     limit keeps the cue from coming back with the change, not the standing head from being left
     when it leaks more). A figure that could not be measured (None) does not count."""
     from cbm.heads import standard_error
 
-    misses, misses_old = new.get("val_target_misses"), old.get("val_target_misses")
+    _, misses, misses_old = common_oracle_misses(new, old)
     helped, helped_old = new["val_intervention_accuracy"], old["val_intervention_accuracy"]
     cue, cue_old = new["val_cue_from_logit"], old["val_cue_from_logit"]
     mean_holds = helped is None or helped_old is None or helped >= helped_old - 1e-12
@@ -289,7 +304,7 @@ def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> 
 def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
     """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
     advance and read on this run's validation split only (:func:`values_rule_passes`: the
-    intervention targets on val first, then the curve's mean; accuracy within one binomial standard
+    intervention targets on val first, both ends against the higher oracle, then the curve's mean; accuracy within one binomial standard
     error; the cue from the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the
     card names a two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
     record)``; the record is None where the card annotates no concept truth."""
@@ -305,9 +320,14 @@ def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores:
         heads[name] = fit_head(clone(est), inputs[2], splits, inputs[3])
         figures[name] = validation_figures(card, splits, scores, heads[name], inputs)
     keep = values_rule_passes(figures["probabilities"], figures["scores"], len(splits["val"]))
+    bar, *misses = common_oracle_misses(figures["probabilities"], figures["scores"])
+    if bar is not None:
+        for name, m in zip(("probabilities", "scores"), misses):
+            figures[name]["val_target_misses_common_oracle"] = m
     chosen = "probabilities" if keep else "scores"
     log.info("concept values: %s (validation: %s)", chosen, figures)
-    return heads[chosen], probabilities if keep else plain, {"chosen": chosen, "rule": VALUES_RULE, **figures}
+    return heads[chosen], probabilities if keep else plain, {"chosen": chosen, "rule": VALUES_RULE,
+                                                             "val_common_oracle": bar, **figures}
 
 
 def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
