@@ -239,3 +239,28 @@ def test_results_say_which_concept_values_the_head_weighs_and_why():
     assert "scores 1 miss of the intervention targets, intervention accuracy 74.5, accuracy 68.0;" in note
     assert _calibration_note({"chosen": "scores", "reason": "no concept could be calibrated"}) == (
         "Concept values: scores (no concept could be calibrated).")
+
+
+def test_cue_leakage_reads_the_cue_from_the_scores_and_from_the_logit():
+    """A cue that concept 1 carries within each class: the scores give it away (cross-validated), the
+    logit of a head that ignores concept 1 does not, one that weighs it does; the logit-only form
+    (``from_scores=False``, what the values rule reads) gives the same logit figure without the
+    scores'."""
+    from cbm.pipeline.faithfulness import cue_leakage
+
+    rng = np.random.default_rng(0)
+    n = 1200
+    y, cue = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    z = np.stack([y + rng.normal(0, 1, n), cue + rng.normal(0, 0.5, n)], 1).astype(np.float32)
+    split = SplitData("val", z, y, np.where(cue == 1, "marked", "clean"), [""] * n)
+    card = SimpleNamespace(name="toy", group_column="marker")
+    blind = cue_leakage(card, {"val": split}, {"val": z}, np.array([[-1.0, 0.0], [1.0, 0.0]]), np.zeros(2),
+                        split_names=("val",))
+    assert blind["scores_auroc"] > 0.8 and blind["logit_auroc"] < 0.6
+    assert blind["values"] == ["clean", "marked"] and blind["n"] == n
+    reads = cue_leakage(card, {"val": split}, {"val": z}, np.array([[-1.0, -3.0], [1.0, 3.0]]), np.zeros(2),
+                        split_names=("val",), from_scores=False)
+    assert "scores_auroc" not in reads and reads["logit_auroc"] > 0.8
+    none = cue_leakage(card, {"val": SplitData("val", z, y, None, [""] * n)}, {"val": z}, np.zeros((2, 2)),
+                       np.zeros(2), split_names=("val",))
+    assert none["measured"] is False and "names no group" in none["reason"]

@@ -300,11 +300,12 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
 
 def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
                 intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test"),
-                inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                inputs: dict[str, np.ndarray] | None = None, from_scores: bool = True) -> dict[str, Any]:
     """Within-class AUROC of the card's two-valued group (the cue) from the concept scores
-    (cross-validated) and from the head's class-vs-rest logit (the head on ``inputs``, default the
-    scores), on ``split_names`` together (see the module docstring); ``{"measured": False,
-    "reason": ...}`` where it cannot be measured."""
+    (cross-validated; skipped without ``from_scores``, as it does not depend on the head) and from
+    the head's class-vs-rest logit (the head on ``inputs``, default the scores), on ``split_names``
+    together (see the module docstring); ``{"measured": False, "reason": ...}`` where it cannot be
+    measured."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -327,17 +328,19 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
         counts = np.bincount(cue[sel], minlength=2)
         if counts.min() < 5:
             continue
-        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=seed)
-        prob = cross_val_predict(LogisticRegression(max_iter=2000), z[sel], cue[sel], cv=folds, method="predict_proba")[:, 1]
+        if from_scores:
+            folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=seed)
+            prob = cross_val_predict(LogisticRegression(max_iter=2000), z[sel], cue[sel], cv=folds,
+                                     method="predict_proba")[:, 1]
+            by_scores.append(float(roc_auc_score(cue[sel], prob)))
         margin = logits[sel, k] - np.delete(logits[sel], k, axis=1).mean(1)
         a = float(roc_auc_score(cue[sel], margin))
-        by_scores.append(float(roc_auc_score(cue[sel], prob)))
         by_logit.append(max(a, 1 - a))
         sizes.append(int(sel.sum()))
     if not sizes:
         return {"measured": False, "reason": f"no class has at least 5 images of each cue value in {', '.join(names)}"}
     return {
-        "scores_auroc": float(np.average(by_scores, weights=sizes)),
+        **({"scores_auroc": float(np.average(by_scores, weights=sizes))} if from_scores else {}),
         "logit_auroc": float(np.average(by_logit, weights=sizes)),
         "cue": card.group_column, "values": values, "splits": names, "n": int(sum(sizes)),
     }

@@ -251,7 +251,7 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
         columns = [int(c) for c in np.flatnonzero(~np.isnan(truth["train"]).all(0))]
         values = {s: np.nan_to_num(truth[s][:, columns]) for s in ("train", "val")}
         oracle = oracle_accuracies(est, getattr(est, "prior", None), columns, values, splits, {"val": "val"})["val_accuracy"]
-    leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2])
+    leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2], from_scores=False)
     return {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
             "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
             "val_intervention_curve": [float(v) for v in curve], "val_oracle": oracle,
