@@ -90,6 +90,7 @@ def measure(card, encoder, splits, bottleneck: dict, selection: dict, seed: int,
     return {
         "val": {"accuracy": m["val_accuracy"], "worst_group_accuracy": m["val_worst_group_accuracy"],
                 "cue_from_scores": leak.get("scores_auroc"), "cue_from_logit": leak.get("logit_auroc"),
+                "cue_from_logit_se": leak.get("logit_auroc_se"),
                 "n": len(splits["val"]), "intervention_curve": figures["val_intervention_curve"],
                 "intervention_accuracy": figures["val_intervention_accuracy"], "oracle": figures["val_oracle"],
                 "target_misses": figures["val_target_misses"]},
@@ -119,6 +120,7 @@ def calibration_passes(results: dict[str, dict], new: str = "calibrated", old: s
         v = results[name]["val"]
         return {"val_accuracy": v["accuracy"], "val_intervention_accuracy": v["intervention_accuracy"],
                 "val_target_misses": v.get("target_misses"), "val_cue_from_logit": v["cue_from_logit"],
+                "val_cue_from_logit_se": v.get("cue_from_logit_se"),
                 "val_intervention_curve": v.get("intervention_curve"), "val_oracle": v.get("oracle")}
 
     return values_rule_passes(figures(new), figures(old), results[old]["val"]["n"])

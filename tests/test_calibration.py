@@ -143,7 +143,7 @@ def test_auto_chooses_probabilities_or_scores_by_the_stated_rule_on_val(world):
     limit = max(CUE_FROM_LOGIT_LIMIT, q["val_cue_from_logit"] or 0.0)
     expected = (targets
                 and p["val_accuracy"] >= q["val_accuracy"] - standard_error(q["val_accuracy"], n)
-                and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] <= limit))
+                and (p["val_cue_from_logit"] is None or p["val_cue_from_logit"] - p["val_cue_from_logit_se"] <= limit))
     assert choice["chosen"] == ("probabilities" if expected else "scores")
     assert auto.model.calibrated().any() == expected
     # the chosen head is the one the model carries: the same as fitting with that setting outright
@@ -182,6 +182,9 @@ def test_the_values_rule_reads_the_targets_first_then_the_mean():
     assert values_rule_passes(figures(0, 0.95, cue=0.64), figures(1, 0.90, cue=0.68), 600)  # less than the old's
     assert not values_rule_passes(figures(0, 0.95, cue=0.66), figures(1, 0.90, cue=0.64), 600)
     assert values_rule_passes(figures(None, 0.95), figures(0, 0.94), 600)  # unmeasured misses: the mean
+    # (c) grants the cue one standard error, as (b) grants accuracy: a figure read on few images is uncertain
+    assert values_rule_passes({**figures(0, 0.95, cue=0.62), "val_cue_from_logit_se": 0.03}, figures(1, 0.90), 600)
+    assert not values_rule_passes({**figures(0, 0.95, cue=0.62), "val_cue_from_logit_se": 0.01}, figures(1, 0.90), 600)
 
 
 def test_the_values_rule_judges_both_ends_against_the_higher_oracle():

@@ -261,6 +261,21 @@ def test_cue_leakage_reads_the_cue_from_the_scores_and_from_the_logit():
     reads = cue_leakage(card, {"val": split}, {"val": z}, np.array([[-1.0, -3.0], [1.0, 3.0]]), np.zeros(2),
                         split_names=("val",), from_scores=False)
     assert "scores_auroc" not in reads and reads["logit_auroc"] > 0.8
+    assert 0 < reads["logit_auroc_se"] < blind["logit_auroc_se"] < 0.05  # a higher AUROC is read more surely
     none = cue_leakage(card, {"val": SplitData("val", z, y, None, [""] * n)}, {"val": z}, np.zeros((2, 2)),
                        np.zeros(2), split_names=("val",))
     assert none["measured"] is False and "names no group" in none["reason"]
+
+
+def test_the_auroc_standard_error_is_hanley_and_mcneils():
+    """At 0.5 it is the Mann-Whitney statistic's spread under no association; it shrinks with more
+    cases of the rarer value and towards an AUROC of 1."""
+    from cbm.pipeline.faithfulness import auroc_standard_error
+
+    assert auroc_standard_error(0.5, 10, 100) == pytest.approx(np.sqrt(111 / (12 * 10 * 100)))
+    assert auroc_standard_error(0.6, 5, 400) > 2 * auroc_standard_error(0.6, 100, 400)
+    assert auroc_standard_error(0.95, 50, 50) < auroc_standard_error(0.6, 50, 50)
+    rng = np.random.default_rng(0)  # and it matches the spread of AUROCs drawn at 0.5
+    from sklearn.metrics import roc_auc_score
+    draws = [roc_auc_score(np.r_[np.ones(10), np.zeros(100)], rng.random(110)) for _ in range(2000)]
+    assert np.std(draws) == pytest.approx(auroc_standard_error(0.5, 10, 100), rel=0.1)

@@ -294,7 +294,8 @@ def _calibration_note(choice: dict[str, Any] | None) -> str | None:
         if misses is not None:
             parts.insert(0, f"{misses} miss{'' if misses == 1 else 'es'} of the intervention targets")
         if f.get("val_cue_from_logit") is not None:
-            parts.append(f"cue from the logit {f['val_cue_from_logit']:.3f}")
+            se = f.get("val_cue_from_logit_se")
+            parts.append(f"cue from the logit {f['val_cue_from_logit']:.3f}" + ("" if se is None else f" (SE {se:.3f})"))
         return f"{name} " + ", ".join(parts)
 
     return (f"Concept values: the head weighs {choice['chosen']}, chosen on validation ({side('probabilities')}; "

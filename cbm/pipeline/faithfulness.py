@@ -21,7 +21,8 @@ alone, and nothing here chooses anything.
   cross-validated AUROC of the group from the standardised concept scores (``scores_auroc``) and
   the AUROC of the group from the head's class-vs-rest logit (``logit_auroc``, taken as
   max(a, 1 - a): leaking either way counts), averaged over classes by size, on the in- and
-  out-of-domain test splits together.
+  out-of-domain test splits together; ``logit_auroc_se``, its standard error (Hanley & McNeil per
+  class, combined with the same weights).
 
 A card without truth gets ``{"measured": False, "reason": ...}``, never zeros.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "MIN_CHECKED",
     "STEP_FALL",
     "UNRELATED_PHI",
+    "auroc_standard_error",
     "check_store",
     "check_truth_names",
     "cue_leakage",
@@ -298,6 +300,15 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
     }
 
 
+def auroc_standard_error(auroc: float, n_positive: int, n_negative: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUROC measured on ``n_positive`` and
+    ``n_negative`` cases: how far a figure read on few cases of one value can be from its truth."""
+    a = min(max(auroc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (n_positive * n_negative)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
                 intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test"),
                 inputs: dict[str, np.ndarray] | None = None, from_scores: bool = True) -> dict[str, Any]:
@@ -322,7 +333,7 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
     labels = np.concatenate([splits[s].labels for s in names])
     logits = np.concatenate([(inputs or scores)[s] for s in names]) @ coef.T + intercept
     cue = (groups == values[1]).astype(int)
-    by_scores, by_logit, sizes = [], [], []
+    by_scores, by_logit, logit_se, sizes = [], [], [], []
     for k in np.unique(labels):
         sel = (labels == k) & (groups != "")
         counts = np.bincount(cue[sel], minlength=2)
@@ -336,12 +347,14 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
         margin = logits[sel, k] - np.delete(logits[sel], k, axis=1).mean(1)
         a = float(roc_auc_score(cue[sel], margin))
         by_logit.append(max(a, 1 - a))
+        logit_se.append(auroc_standard_error(by_logit[-1], int(counts[1]), int(counts[0])))
         sizes.append(int(sel.sum()))
     if not sizes:
         return {"measured": False, "reason": f"no class has at least 5 images of each cue value in {', '.join(names)}"}
     return {
         **({"scores_auroc": float(np.average(by_scores, weights=sizes))} if from_scores else {}),
         "logit_auroc": float(np.average(by_logit, weights=sizes)),
+        "logit_auroc_se": float(np.sqrt(np.sum((np.asarray(sizes) / sum(sizes)) ** 2 * np.square(logit_se)))),
         "cue": card.group_column, "values": values, "splits": names, "n": int(sum(sizes)),
     }
 

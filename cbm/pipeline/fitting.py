@@ -255,13 +255,15 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     return {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
             "val_intervention_accuracy": float(np.mean(curve)) if len(curve) else None,
             "val_intervention_curve": [float(v) for v in curve], "val_oracle": oracle,
-            "val_target_misses": target_misses(curve, oracle), "val_cue_from_logit": leak.get("logit_auroc")}
+            "val_target_misses": target_misses(curve, oracle), "val_cue_from_logit": leak.get("logit_auroc"),
+            "val_cue_from_logit_se": leak.get("logit_auroc_se")}
 
 
 VALUES_RULE = ("probabilities where, on val, their intervention curve misses the targets (a fall of more "
                "than half a point, an end below max(k = 0, the higher of the two heads' oracles - 2 points)) "
                "less often than the scores', or as often with a mean at least the scores'; their accuracy at "
-               f"most one standard error below; and the cue from their logit at most {CUE_FROM_LOGIT_LIMIT} or the scores'")
+               "most one standard error below; and the cue from their logit, less one standard error, at most "
+               f"{CUE_FROM_LOGIT_LIMIT} or the scores'")
 
 
 def common_oracle_misses(new: dict[str, Any], old: dict[str, Any]) -> tuple[float | None, int | None, int | None]:
@@ -286,14 +288,17 @@ def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> 
     ``old``'s, both ends judged against the higher of the two oracles
     (:func:`common_oracle_misses`), or as often and its mean (``val_intervention_accuracy``) is at
     least ``old``'s; (b) its accuracy at most one binomial standard error below; (c) its cue from
-    the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or at most ``old``'s where that is higher (the
-    limit keeps the cue from coming back with the change, not the standing head from being left
-    when it leaks more). A figure that could not be measured (None) does not count."""
+    the logit less one standard error (``val_cue_from_logit_se``: read on few images of the
+    minority cue value per class, the figure is uncertain, and (b) grants accuracy the same margin)
+    at most :data:`CUE_FROM_LOGIT_LIMIT`, or at most ``old``'s where that is higher (the limit keeps
+    the cue from coming back with the change, not the standing head from being left when it leaks
+    more). A figure that could not be measured (None) does not count."""
     from cbm.heads import standard_error
 
     _, misses, misses_old = common_oracle_misses(new, old)
     helped, helped_old = new["val_intervention_accuracy"], old["val_intervention_accuracy"]
     cue, cue_old = new["val_cue_from_logit"], old["val_cue_from_logit"]
+    cue = None if cue is None else cue - (new.get("val_cue_from_logit_se") or 0.0)
     mean_holds = helped is None or helped_old is None or helped >= helped_old - 1e-12
     targets = mean_holds if misses is None or misses_old is None or misses == misses_old else misses < misses_old
     return (targets
