@@ -31,7 +31,8 @@ now reads the targets first in (a): the head whose validation curve misses them 
 of more than half a point, an end below max(k = 0, the validation oracle - 2 points)), or as often
 with a mean at least the other's (``cbm.pipeline.fitting.values_rule_passes``, which this mode
 calls too). Both ends are judged against the higher of the two heads' validation oracles: the truth
-is written in each head's own values, and their oracles differ by up to 5.6 points.
+is written in each head's own values, and their oracles differ by up to 5.6 points. (c) grants the
+cue from the logit one standard error (Hanley and McNeil's), as (b) grants accuracy.
 
 With ``--ordinal`` (for a card whose classes are grades, e.g. ``--classes 3``): whether the faithful
 head takes the ordinal form (one weight vector shared by the ordered classes; ``ordinal: auto``)

@@ -309,9 +309,9 @@ def values_rule_passes(new: dict[str, Any], old: dict[str, Any], n_val: int) -> 
 def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], est: Any):
     """``calibrate="auto"``: the head on concept probabilities or on scores, by a rule stated in
     advance and read on this run's validation split only (:func:`values_rule_passes`: the
-    intervention targets on val first, both ends against the higher oracle, then the curve's mean; accuracy within one binomial standard
-    error; the cue from the logit at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the
-    card names a two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
+    intervention targets on val first, both ends against the higher oracle, then the curve's mean;
+    accuracy within one binomial standard error; the cue from the logit, less one standard error,
+    at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the card names a two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
     record)``; the record is None where the card annotates no concept truth."""
     from sklearn.base import clone
 
