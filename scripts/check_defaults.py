@@ -45,7 +45,8 @@ binomial standard error below, and (c) the cue from its logit on val is at AUROC
 Now (a) reads the targets first, as for concept values, with both curves' ends judged against the
 higher of the two heads' validation oracles (``cbm.pipeline.fitting.common_oracle_misses``): read
 against its own oracle, the ordinal form, whose ceiling within the budget is lower, met the end
-target more easily.
+target more easily. (c) is now the values rule's too: the cue from its logit, less one standard
+error, at most 0.60 or the per-class head's.
 
 Candidates: the concept directions (``plain`` cosines, ``centred`` on the concept store, ``centred``
 with the card's ``nuisance`` prompts projected out), each with the faithful head at most 8
@@ -186,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [w["chosen_by_the_rule"] for w in worlds]
     result = {
         "rule": (VALUES_RULE.replace("probabilities", "the ordinal form", 1).replace("scores'", "per-class head's")
-                 .replace("oracle - 2 points", "the higher of the two heads' oracles - 2 points")
                  + "; in more than half of the worlds" if args.ordinal else
                  VALUES_RULE.replace("probabilities", "calibrate", 1) + "; in more than half of the worlds"
                  if args.calibrate else

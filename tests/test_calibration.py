@@ -200,9 +200,12 @@ def test_the_values_rule_judges_both_ends_against_the_higher_oracle():
     assert not values_rule_passes(low_ceiling, high_ceiling, 900)  # a tie on misses; its mean is lower
     reaches = figures([0.70, 0.71, 0.72, 0.83], 0.66, 0)
     assert values_rule_passes(reaches, high_ceiling, 900)
-    no_oracle = {**low_ceiling, "val_oracle": None}  # without both oracles: the recorded misses
-    assert common_oracle_misses(no_oracle, high_ceiling) == (None, 0, 1)
-    assert values_rule_passes(no_oracle, high_ceiling, 900)
+    one_oracle = {**low_ceiling, "val_oracle": None}  # with one oracle, both ends against it
+    assert common_oracle_misses(one_oracle, high_ceiling) == (0.84, 1, 1)
+    no_oracle = {**high_ceiling, "val_oracle": None}
+    assert common_oracle_misses({**low_ceiling, "val_oracle": None}, no_oracle) == (None, 0, 1)
+    no_curve = {**low_ceiling, "val_intervention_curve": np.array([])}  # without a curve: the recorded misses
+    assert common_oracle_misses(no_curve, high_ceiling) == (None, 0, 1)
 
 
 def test_the_calibration_survives_a_save_and_load(world, tmp_path):

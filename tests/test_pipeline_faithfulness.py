@@ -262,6 +262,12 @@ def test_cue_leakage_reads_the_cue_from_the_scores_and_from_the_logit():
                         split_names=("val",), from_scores=False)
     assert "scores_auroc" not in reads and reads["logit_auroc"] > 0.8
     assert 0 < reads["logit_auroc_se"] < blind["logit_auroc_se"] < 0.05  # a higher AUROC is read more surely
+    # the names of the cue's two values do not matter: the standard error counts the value ranked higher
+    renamed = SplitData("val", z, y, np.where(cue == 1, "amarked", "zclean"), [""] * n)
+    flipped = cue_leakage(card, {"val": renamed}, {"val": z}, np.array([[-1.0, -3.0], [1.0, 3.0]]), np.zeros(2),
+                          split_names=("val",), from_scores=False)
+    assert flipped["logit_auroc"] == pytest.approx(reads["logit_auroc"])
+    assert flipped["logit_auroc_se"] == pytest.approx(reads["logit_auroc_se"])
     none = cue_leakage(card, {"val": SplitData("val", z, y, None, [""] * n)}, {"val": z}, np.zeros((2, 2)),
                        np.zeros(2), split_names=("val",))
     assert none["measured"] is False and "names no group" in none["reason"]
@@ -275,6 +281,8 @@ def test_the_auroc_standard_error_is_hanley_and_mcneils():
     assert auroc_standard_error(0.5, 10, 100) == pytest.approx(np.sqrt(111 / (12 * 10 * 100)))
     assert auroc_standard_error(0.6, 5, 400) > 2 * auroc_standard_error(0.6, 100, 400)
     assert auroc_standard_error(0.95, 50, 50) < auroc_standard_error(0.6, 50, 50)
+    with pytest.raises(ValueError, match="cases of both values"):
+        auroc_standard_error(0.7, 0, 10)
     rng = np.random.default_rng(0)  # and it matches the spread of AUROCs drawn at 0.5
     from sklearn.metrics import roc_auc_score
     draws = [roc_auc_score(np.r_[np.ones(10), np.zeros(100)], rng.random(110)) for _ in range(2000)]

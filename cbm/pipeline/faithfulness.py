@@ -302,7 +302,10 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
 
 def auroc_standard_error(auroc: float, n_positive: int, n_negative: int) -> float:
     """Hanley & McNeil's (1982) standard error of an AUROC measured on ``n_positive`` and
-    ``n_negative`` cases: how far a figure read on few cases of one value can be from its truth."""
+    ``n_negative`` cases (the positives are the cases the AUROC ranks higher): how far a figure
+    read on few cases of one value can be from its truth."""
+    if n_positive < 1 or n_negative < 1:
+        raise ValueError(f"an AUROC needs cases of both values; got {n_positive} positive and {n_negative} negative")
     a = min(max(auroc, 1e-6), 1 - 1e-6)
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     var = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (n_positive * n_negative)
@@ -347,7 +350,8 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
         margin = logits[sel, k] - np.delete(logits[sel], k, axis=1).mean(1)
         a = float(roc_auc_score(cue[sel], margin))
         by_logit.append(max(a, 1 - a))
-        logit_se.append(auroc_standard_error(by_logit[-1], int(counts[1]), int(counts[0])))
+        higher, lower = (counts[1], counts[0]) if a >= 0.5 else (counts[0], counts[1])  # the value ranked higher
+        logit_se.append(auroc_standard_error(by_logit[-1], int(higher), int(lower)))
         sizes.append(int(sel.sum()))
     if not sizes:
         return {"measured": False, "reason": f"no class has at least 5 images of each cue value in {', '.join(names)}"}

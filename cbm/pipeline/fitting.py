@@ -271,10 +271,11 @@ def common_oracle_misses(new: dict[str, Any], old: dict[str, Any]) -> tuple[floa
     (:func:`target_misses`) with both ends judged against the higher of the two validation oracles,
     so that a head whose truth-fitted ceiling is lower (the truth is written in each head's own
     values: 0 / 1, score levels, one ordinal scale) does not meet the end target more easily on
-    that account. Where a curve or an oracle is missing: no bar, and the recorded misses."""
-    oracles = (new.get("val_oracle"), old.get("val_oracle"))
+    that account; with one oracle, that one. Where a curve is missing or neither has an oracle: no
+    bar, and the recorded misses."""
+    oracles = [o for o in (new.get("val_oracle"), old.get("val_oracle")) if o is not None]
     curves = (new.get("val_intervention_curve"), old.get("val_intervention_curve"))
-    if None in oracles or not all(curves):
+    if not oracles or any(c is None or len(c) == 0 for c in curves):
         return None, new.get("val_target_misses"), old.get("val_target_misses")
     bar = max(oracles)
     return bar, target_misses(curves[0], bar), target_misses(curves[1], bar)
@@ -311,8 +312,9 @@ def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores:
     advance and read on this run's validation split only (:func:`values_rule_passes`: the
     intervention targets on val first, both ends against the higher oracle, then the curve's mean;
     accuracy within one binomial standard error; the cue from the logit, less one standard error,
-    at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the card names a two-valued cue). Both heads are fitted (the path takes seconds). Returns ``(head, inputs,
-    record)``; the record is None where the card annotates no concept truth."""
+    at most :data:`CUE_FROM_LOGIT_LIMIT`, or the scores', where the card names a two-valued cue).
+    Both heads are fitted (the path takes seconds). Returns ``(head, inputs, record)``; the record
+    is None where the card annotates no concept truth."""
     from sklearn.base import clone
 
     probabilities = _head_inputs(card, splits, names, scores, True)
