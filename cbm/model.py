@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,6 +378,11 @@ class ConceptBottleneckModel:
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
             z[index[name]] = float(value)
+        unused = [c for c in overrides if not np.any(self.coef[:, index[c]])]
+        if unused:
+            used = [c for c, i in index.items() if np.any(self.coef[:, i])]
+            warnings.warn(f"the head gives no weight to {unused}: setting them changes no prediction (the head uses "
+                          f"{used})", UserWarning, stacklevel=2)
         return softmax((z @ self.coef.T + self.intercept)[None])[0]
 
     def concepts_per_class(self) -> float:

@@ -263,3 +263,80 @@ def test_the_case_report_shows_probabilities_and_sets_them_to_one_or_zero(world)
     expected = model.intervene_features(feature, {name: 1.0})
     got = case.intervene({name: "present"})
     assert [got[c] for c in model.classes] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_concepts_whose_truth_is_empty_are_set_aside_not_counted_against_the_head(world):
+    """A used concept whose truth column is empty on the training split has no association to agree
+    with: its weight is reported as without truth, not as disagreeing; a card whose truth columns
+    are all empty is not measured (never zeros)."""
+    from dataclasses import replace
+
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    card, fit = world
+    model, names = fit.model, fit.model.bottleneck.concept_names
+    used = [c for j, c in enumerate(names) if np.any(model.coef[:, j]) and c in card.concept_truth]
+    blank = card.concept_truth[used[0]]
+    emptied = dict(fit.splits, train=replace(fit.splits["train"], extras=[{**r, blank: ""} for r in fit.splits["train"].extras]))
+    full = measure_faithfulness(model, card, fit.splits)
+    part = measure_faithfulness(model, card, emptied)
+    assert full["weight_without_truth"] == 0.0 and part["weight_without_truth"] > 0.0
+    assert used[0] not in [d["concept"] for d in part["disagreeing"]]
+    assert part["concepts_with_truth"] == full["concepts_with_truth"] - 1
+    none = {s: replace(d, extras=[{k: ("" if k in card.concept_truth.values() else v) for k, v in r.items()}
+                                  for r in d.extras]) for s, d in fit.splits.items()}
+    out = measure_faithfulness(model, card, none)
+    assert out["measured"] is False and "fewer than two training cases" in out["reason"]
+
+
+def test_the_oracle_fills_unknown_truth_with_the_training_mean_not_absent():
+    from cbm.pipeline.faithfulness import fill_unknown
+
+    train = np.array([[1.0, np.nan], [np.nan, np.nan], [0.0, np.nan], [1.0, np.nan]])
+    val = np.array([[np.nan, 0.5]])
+    out = fill_unknown({"train": train, "val": val})
+    np.testing.assert_allclose(out["train"][1], [2 / 3, 0.0])
+    np.testing.assert_allclose(out["val"], [[2 / 3, 0.5]])
+    assert not np.isnan(out["train"]).any()
+
+
+def test_a_misspelt_truth_name_is_refused_by_every_fit(world):
+    from dataclasses import replace
+
+    card, fit = world
+    first = next(iter(card.concept_truth))
+    typo = replace(card, concept_truth={first + "x": card.concept_truth[first],
+                                        **{k: v for k, v in card.concept_truth.items() if k != first}})
+    for kwargs in ({"check_store": False}, {"head": SparseConceptHead(n_lambdas=4)}):
+        with pytest.raises(ValueError, match=rf"'{first}x' \(closest: '{first}'"):
+            fit_model(typo, encoder=fit.encoder, splits=fit.splits, num_workers=0, **kwargs)
+
+
+def test_an_intervention_on_a_concept_the_head_does_not_use_says_so(world):
+    _, fit = world
+    model = fit.model
+    names = model.bottleneck.concept_names
+    unused = next(c for j, c in enumerate(names) if not np.any(model.coef[:, j]))
+    feature = fit.splits["test"].features[0]
+    with pytest.warns(UserWarning, match=rf"no weight to \['{unused}'\]: setting them changes no prediction"):
+        same = model.intervene_features(feature, {unused: 1.0})
+    np.testing.assert_allclose(same, model.intervene_features(feature, {}), atol=1e-6)
+
+
+def test_a_card_without_a_confounder_says_the_curve_has_no_out_of_domain_figure(world):
+    from dataclasses import replace
+
+    from cbm.pipeline.experiment import _faithfulness_table
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    card, fit = world
+    assert "ood" not in measure_faithfulness(fit.model, card, fit.splits)  # the demo card has a confounder
+    plain = replace(card, confounder=None, group_column=None)
+    splits = {s: replace(d, groups=None) for s, d in fit.splits.items()}
+    out = measure_faithfulness(fit.model, plain, splits)
+    assert out["ood"]["measured"] is False and "names no confounder" in out["ood"]["reason"]
+    assert all("ood_accuracy" not in p for p in out["intervention"])
+    assert out["cue_leakage"]["measured"] is False
+    table = _faithfulness_table({"cbm": {"faithfulness": out}})
+    assert "(ID only)" in table
+    assert f"Not measured: {out['ood']['reason']}." in table and f"Not measured: {out['cue_leakage']['reason']}." in table

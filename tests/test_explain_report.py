@@ -221,6 +221,8 @@ def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(t
     m.set_encoder(tiny_model.encoder)
     case = explain_image(m, make_image(11, (240, 320)), top_k=8)
     assert "irregular border is weighed +1.40 towards melanoma" in render_case_html(case, top_k=8)
+    # also where its finding is not among the few the report puts first
+    assert "irregular border is weighed +1.40 towards melanoma" in render_case_html(case, top_k=1)
 
 
 def test_dicom_report_carries_no_phi(tiny_model, tmp_path):

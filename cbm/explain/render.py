@@ -298,8 +298,8 @@ def render_case_html(
     return render_template(
         "case.html", title=f"Case report: {case.label}", subtitle=f"cbm explanation, generated {when}", nav=nav, data=data,
         summary=_summary(case), flags=case.flags, withheld=case.withheld, can_abstain=expl.can_abstain,
-        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()
-                       if any(concept in f.concepts for f in case.findings[:top_k])],
+        # every such weight: it acts on every case, whether or not its finding heads this one's list
+        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
         predicted=expl.predicted, runner_up=expl.runner_up, truth=case.truth,
         probabilities=[{"cls": model.classes[k], "p": expl.probabilities[model.classes[k]], "k": k} for k in order],
         findings=case.findings[:_FINDINGS_SHOWN], more_findings=case.findings[_FINDINGS_SHOWN:],

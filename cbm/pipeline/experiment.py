@@ -245,6 +245,7 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         curve = f["intervention"]
         first, last = curve[0], curve[-1]
         shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
+        shift += " (ID only)" if "ood" in f else ""
         oracle = f.get("oracle") or {}
         cue = f.get("cue_leakage") or {}
         three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -255,6 +256,10 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         )
     if not rows:
         return None
+    # what was not measured for every method alike (no confounder, no two-valued cue), said once
+    notes = list(dict.fromkeys(f"Not measured: {part['reason']}." for r in metrics.values() for part in (
+        (r.get("faithfulness") or {}).get("ood"), (r.get("faithfulness") or {}).get("cue_leakage"))
+        if part and part.get("measured") is False))
     return "\n".join([
         "Faithfulness (against the card's concept truth; metrics.json has every figure):",
         "",
@@ -262,6 +267,7 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         "cue from logit (AUROC) | cue from scores (AUROC) |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        *(["", *notes] if notes else []),
     ])
 
 

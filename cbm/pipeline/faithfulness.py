@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "check_store",
     "check_truth_names",
     "cue_leakage",
+    "fill_unknown",
     "step_test",
     "intervention_curve",
     "measure_faithfulness",
@@ -240,7 +242,8 @@ def intervention_curve(
     weight = np.abs(coef).sum(0)
     with_truth = set.intersection(*(set(e[3]) for e in evaluations.values())) if evaluations else set()
     if concepts is None:
-        order = [c for c in sorted(with_truth, key=lambda c: (-weight[index[c]], c)) if weight[index[c]] > 0]
+        # ties by column, as the head's intervention-aware fitting orders them (cbm.heads.intervention_order)
+        order = [c for c in sorted(with_truth, key=lambda c: (-weight[index[c]], index[c])) if weight[index[c]] > 0]
     else:
         unused = [c for c in concepts if c not in index or weight[index[c]] == 0]
         if unused:
@@ -363,10 +366,20 @@ def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray
     }
 
 
+def fill_unknown(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``values`` (split -> ``(n, m)`` truth-derived concept values, NaN where a case is not annotated)
+    with every unknown value at its column's mean over the annotated training cases (0 where none
+    is annotated): the oracle's inputs. Not 0, which is the absent level of a calibrated concept."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-unknown column: mean of nothing
+        mean = np.nan_to_num(np.nanmean(values["train"], axis=0))
+    return {s: np.where(np.isnan(v), mean, v) for s, v in values.items()}
+
+
 def oracle_accuracies(head: Any, prior: np.ndarray | None, columns: list[int], values: dict[str, np.ndarray],
             splits: dict[str, SplitData], evaluate: dict[str, str]) -> dict[str, Any]:
     """The same head type fitted on the truth-derived values of the concept ``columns`` (``values``:
-    split -> ``(n, len(columns))``, unknown truth at the mean, 0)."""
+    split -> ``(n, len(columns))``, unknown truth filled by :func:`fill_unknown`)."""
     from sklearn.base import clone
 
     est = clone(head)
@@ -413,16 +426,26 @@ def measure_faithfulness(
     scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
     inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
-    with_truth = truth["train"][0]
-    if not with_truth:
+    if not truth["train"][0]:
         return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
+    test_names, test_truth = truth["test"]
+    # a concept counts as having truth where at least two training cases are annotated (phi needs two)
+    keep = [j for j in range(len(truth["train"][0])) if np.count_nonzero(~np.isnan(truth["train"][1][:, j])) >= 2]
+    if not keep:
+        return {"measured": False, "reason": (
+            f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but they annotate "
+            "fewer than two training cases each: fill them in the manifest (1/0; empty = not annotated)")}
+    truth = {s: ([t[0][j] for j in keep], t[1][:, keep]) for s, t in truth.items()}
+    with_truth = truth["train"][0]
     levels = model.score_levels() if on_scores else model.presence_levels()
     id_split, ood_split, _ = eval_splits(card, splits)
     evaluate = {"id": id_split, **({"ood": ood_split} if ood_split else {})}
     col = {c: i for i, c in enumerate(names)}
-    test_names, test_truth = truth["test"]
     out: dict[str, Any] = {
         "measured": True,
+        **({} if ood_split else {"ood": {"measured": False, "reason": (
+            f"card {card.name!r} names no confounder: its test split is in-domain, so the curve and the oracle have "
+            "no out-of-domain figure")}}),
         "concepts_with_truth": len(with_truth),
         "concept_auroc": {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)},
     }
@@ -434,8 +457,8 @@ def measure_faithfulness(
     out["intervention"], out["intervention_order"] = intervention_curve(coef, intercept, names, levels, evaluations)
     if head is not None:
         columns = [col[c] for c in with_truth]
-        values = {s: np.nan_to_num(truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns])
-                  for s in ("train", "val", *evaluate.values())}
+        values = fill_unknown({s: truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns]
+                               for s in ("train", "val", *evaluate.values())})
         out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits, evaluate)
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out

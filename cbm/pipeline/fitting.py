@@ -151,8 +151,7 @@ def fit_model(
         embed_id=f"{getattr(enc, 'cache_key', enc.name)}:{list(templates) if templates else card.modality}",
     )
     names = list(cset.concepts)
-    if not names:
-        raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
+    _check_names(card, names)
     if splits is None:
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train = require_split(splits, "train", card)
@@ -179,6 +178,16 @@ def fit_model(
     return FitResult(model, est, splits, cset, enc, card, scores=scores, truth=truth, values=values)
 
 
+def _check_names(card, names: list[str]) -> None:
+    """Before any image is encoded: the run has concepts, and the card's concept truth names only
+    concepts of the run or of the card's store (a misspelt truth name is an error, not skipped)."""
+    from cbm.pipeline.faithfulness import check_truth_names
+
+    if not names:
+        raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
+    check_truth_names(card, names, _store_beyond(card, names))
+
+
 def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray],
                       check_store: bool, calibrate: bool | str):
     """The head fitted on the train concept values (val chooses) under the store's prior, that prior
@@ -189,14 +198,12 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
     Returns ``(head, prior, store_check record or None, (score levels or None, calibration or None,
     values, truth), the calibration choice's record or None)``."""
     from cbm.pipeline.faithfulness import check_store as checked_prior
-    from cbm.pipeline.faithfulness import check_truth_names
 
     names = list(cset.concepts)
     ordered = bool(getattr(card, "ordered_classes", False)) and len(card.class_names) >= 3
     est, prior, store_check = make_head(head, None, ordered), cset.prior(), None
     if getattr(est, "needs_prior", lambda: False)():
         if check_store:
-            check_truth_names(card, names, _store_beyond(card, names))  # a misspelt truth name is an error, not skipped
             prior, store_check = checked_prior(card, splits["train"], names, prior)
         est.set_params(prior=prior)
     elif check_store:
@@ -239,7 +246,7 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     (the same head type fitted on the train truth-derived values, as ``faithfulness.oracle``), how
     often the curve misses the targets (:func:`target_misses`) and the cue from its logit."""
     from cbm.heads import intervention_accuracies
-    from cbm.pipeline.faithfulness import cue_leakage, oracle_accuracies
+    from cbm.pipeline.faithfulness import cue_leakage, fill_unknown, oracle_accuracies
 
     y, truth = splits["val"].labels, inputs[3]
     coef, intercept = full_coef(est, len(card.class_names))
@@ -249,7 +256,7 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     oracle = None
     if known:
         columns = [int(c) for c in np.flatnonzero(~np.isnan(truth["train"]).all(0))]
-        values = {s: np.nan_to_num(truth[s][:, columns]) for s in ("train", "val")}
+        values = fill_unknown({s: truth[s][:, columns] for s in ("train", "val")})
         oracle = oracle_accuracies(est, getattr(est, "prior", None), columns, values, splits, {"val": "val"})["val_accuracy"]
     leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2], from_scores=False)
     return {"val_accuracy": float(np.mean((val @ coef.T + intercept).argmax(1) == y)),
