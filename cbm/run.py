@@ -12,8 +12,9 @@
 Only wiring lives here: compose the config, instantiate its nodes (``_target_`` on encoder,
 bottleneck, head and the dataset's extra metrics), hand them to
 :func:`cbm.pipeline.run_experiment`, print the table. Returns the figure ``optimized_metric``
-names (``method.figure``), which must be a validation figure: a sweeper optimises what the
-validation split says, never test.
+names (``method.figure``, or ``auto``: val worst-group accuracy where the card has groups, else val
+accuracy), which must be a validation figure: a sweeper optimises what the validation split says,
+never test.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from cbm.resources import resource_dir
 
-__all__ = ["hydra_main", "register", "CONFIG_DIR", "resolve_dataset", "sweep_value"]
+__all__ = ["hydra_main", "register", "AUTO_METRIC", "CONFIG_DIR", "check_optimized_metric", "resolve_dataset", "sweep_value"]
 
 CONFIG_DIR = resource_dir("conf")  # the checkout's conf/, or the wheel's copy (cbm.resources)
 log = logging.getLogger("cbm.run")
@@ -46,14 +47,28 @@ def resolve_dataset(dataset: dict[str, Any]):
     raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
 
 
-def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
-    """The figure ``method.figure`` of ``metrics`` that a sweep optimises; it must be a validation figure."""
-    method, _, figure = optimized_metric.partition(".")
-    if not figure.startswith("val_"):
+AUTO_METRIC = "auto"
+"""``optimized_metric: auto``: ``cbm.val_worst_group_accuracy`` where the run measured it (the card
+has groups, e.g. a confounder, in val), else ``cbm.val_accuracy``."""
+
+
+def check_optimized_metric(optimized_metric: str) -> None:
+    """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or a validation figure."""
+    if optimized_metric != AUTO_METRIC and not optimized_metric.partition(".")[2].startswith("val_"):
         raise ValueError(
             f"optimized_metric={optimized_metric!r} is not a validation figure: a sweep may only optimise what the "
-            "val split says (e.g. cbm.val_accuracy, cbm.val_worst_group_accuracy), never a test figure"
+            "val split says (auto, cbm.val_accuracy, cbm.val_worst_group_accuracy), never a test figure"
         )
+
+
+def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
+    """The figure ``method.figure`` of ``metrics`` that a sweep optimises; it must be a validation
+    figure (``auto``: :data:`AUTO_METRIC`)."""
+    check_optimized_metric(optimized_metric)
+    if optimized_metric == AUTO_METRIC:
+        grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
+        optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
+    method, _, figure = optimized_metric.partition(".")
     if method not in metrics or figure not in metrics[method]:
         known = sorted(f"{m}.{k}" for m, r in metrics.items() for k in r if k.startswith("val_"))
         raise ValueError(f"optimized_metric={optimized_metric!r} is not in this run's figures; these are: {', '.join(known)}")
@@ -70,6 +85,7 @@ def _task(cfg) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        check_optimized_metric(str(cfg.optimized_metric))  # a bad name before the run, not after it
         metrics = _run(cfg, out_dir)
         value = sweep_value(metrics, str(cfg.optimized_metric))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -203,6 +203,10 @@ def test_model_card_is_clinical(tiny_model):
 
 def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(tiny_model):
     prior = (tiny_model.coef > 0).astype(np.float32)
+    agreeing = ConceptBottleneckModel(tiny_model.encoder_name, CLASSES, tiny_model.bottleneck, tiny_model.coef,
+                                      tiny_model.intercept, concept_prior=prior.copy(), info=tiny_model.info)
+    html = render_class_card_html(agreeing)  # the store's view, and where the truth's view is
+    assert 'id="contradicting-none"' in html and "judges each weight against that truth instead" in html
     prior[CLASSES.index("melanoma"), CONCEPTS.index("irregular border")] = 0.0  # the store does not list it there
     info = {**tiny_model.info, "path": {"lambda": [0.1, 0.01, 0.001], "val_accuracy": [0.5, 0.8, 0.85],
                                         "concepts_per_class": [0.0, 2.0, 3.5], "selected_index": 1}}

@@ -223,6 +223,14 @@ def test_results_name_the_intervention_steps_that_fall_with_their_cases():
               "ood_changed": {"gained": 4, "lost": 1}}]
     assert _intervention_falls({"intervention": curve}) == ["k = 2 ID -2.0 (+5 / -23, p = 0.001)"]  # OOD's -0.3 is not a fall
     assert _intervention_falls({}) == []
+    from cbm.pipeline.experiment import _intervention_steps_text
+
+    assert _intervention_steps_text({"intervention": curve}).endswith(
+        "(ID / OOD accuracy as the k most-weighted concepts are set from the truth): "
+        "k = 0: 90.0 / 90.0; k = 1: 95.0 / 89.7; k = 2: 93.0 / 90.0.")
+    only_id = [{k: v for k, v in p.items() if not k.startswith("ood")} for p in curve]
+    assert "(ID accuracy as" in _intervention_steps_text({"intervention": only_id})
+    assert _intervention_steps_text({}) is None
 
 
 def test_results_say_which_concept_values_the_head_weighs_and_why():

@@ -172,7 +172,8 @@ def test_every_node_with_a_target_instantiates_or_resolves(group):
             assert isinstance(instantiate(cfg.bottleneck), BottleneckConfig)
             head = instantiate(cfg.head)
             head.check_params()
-            assert str(cfg.optimized_metric).split(".", 1)[1].startswith("val_")
+            metric = str(cfg.optimized_metric)
+            assert metric == "auto" or metric.split(".", 1)[1].startswith("val_")
 
 
 def test_a_sweep_optimises_a_validation_figure_only():
@@ -186,6 +187,19 @@ def test_a_sweep_optimises_a_validation_figure_only():
         sweep_value(metrics, "cbm.val_worst_group_accuracy")
     with pytest.raises(ValueError, match="these are: cbm.val_accuracy"):
         sweep_value(metrics, "probe.val_accuracy")
+    # auto: worst-group where the run measured it (the card has groups in val), else accuracy
+    assert sweep_value(metrics, "auto") == 0.9
+    grouped = {"cbm": {"val_accuracy": 0.9, "val_worst_group_accuracy": 0.7}}
+    assert sweep_value(grouped, "auto") == 0.7
+
+
+def test_a_test_figure_is_refused_before_the_run(tmp_path, capsys):
+    """A sweep metric that is not a validation figure stops `cbm run` before any work is done."""
+    from cbm.run import hydra_main
+
+    assert hydra_main(["optimized_metric=cbm.ood_accuracy", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert "not a validation figure" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_no_issue_numbers_in_code_configs_or_docs():

@@ -308,9 +308,20 @@ def _calibration_note(choice: dict[str, Any] | None) -> str | None:
             f"{side('scores')}; the rule: {choice['rule']}).")
 
 
+def _intervention_steps_text(faithfulness: dict[str, Any]) -> str | None:
+    """Every step of the intervention curve (the table shows its ends), ID / OOD accuracy per k."""
+    curve = faithfulness.get("intervention") or []
+    keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
+    if not keys:
+        return None
+    label = " / ".join(k.split("_")[0].upper() for k in keys)
+    steps = "; ".join(f"k = {p['k']}: " + " / ".join(f"{100 * p[k]:.1f}" for k in keys) for p in curve)
+    return f"Intervention curve of cbm ({label} accuracy as the k most-weighted concepts are set from the truth): {steps}."
+
+
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
-    notes = [t for t in [_faithfulness_table(metrics)] if t]
+    notes = [t for t in [_faithfulness_table(metrics), _intervention_steps_text(metrics["cbm"].get("faithfulness") or {})] if t]
     falls = _intervention_falls(metrics["cbm"].get("faithfulness") or {})
     if falls:
         notes.append("Intervention steps where cbm falls by more than 0.5 points (cases set right / set wrong by the "
