@@ -365,7 +365,7 @@ class ConceptBottleneckModel:
         checks = image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta)
         return self.explain_features(self.image_features(loaded)[0], image_flags=checks)
 
-    def intervene_features(self, feature: np.ndarray, overrides: dict[str, float]) -> np.ndarray:
+    def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
         """Class probabilities after setting some concept values by hand.
 
         The classic concept-bottleneck test-time intervention: a clinician marks a concept present
@@ -382,7 +382,7 @@ class ConceptBottleneckModel:
         if unused:
             used = [c for c, i in index.items() if np.any(self.coef[:, i])]
             warnings.warn(f"the head gives no weight to {unused}: setting them changes no prediction (the head uses "
-                          f"{used})", UserWarning, stacklevel=2)
+                          f"{used})", UserWarning, stacklevel=_stacklevel)
         return softmax((z @ self.coef.T + self.intercept)[None])[0]
 
     def concepts_per_class(self) -> float:

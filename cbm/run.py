@@ -52,13 +52,24 @@ AUTO_METRIC = "auto"
 has groups, e.g. a confounder, in val), else ``cbm.val_accuracy``."""
 
 
+VALIDATION_FIGURES = ("val_accuracy", "val_worst_group_accuracy")
+"""The figures a sweep may optimise (of any method: ``cbm.val_accuracy``, ``linear_probe.val_accuracy``)."""
+
+
 def check_optimized_metric(optimized_metric: str) -> None:
-    """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or a validation figure."""
-    if optimized_metric != AUTO_METRIC and not optimized_metric.partition(".")[2].startswith("val_"):
+    """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or ``method.figure`` with a
+    validation figure (the method's name can only be checked against the run's figures)."""
+    if optimized_metric == AUTO_METRIC:
+        return
+    figure = optimized_metric.partition(".")[2]
+    if not figure.startswith("val_"):
         raise ValueError(
             f"optimized_metric={optimized_metric!r} is not a validation figure: a sweep may only optimise what the "
             "val split says (auto, cbm.val_accuracy, cbm.val_worst_group_accuracy), never a test figure"
         )
+    if figure not in VALIDATION_FIGURES:
+        raise ValueError(f"optimized_metric={optimized_metric!r}: no validation figure is called {figure!r}; "
+                         f"use auto or METHOD.FIGURE with FIGURE one of {', '.join(VALIDATION_FIGURES)}")
 
 
 def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
@@ -68,6 +79,7 @@ def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> fl
     if optimized_metric == AUTO_METRIC:
         grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
         optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
+        log.info("optimized_metric auto: %s", optimized_metric)  # a sweep over cards may mix the two
     method, _, figure = optimized_metric.partition(".")
     if method not in metrics or figure not in metrics[method]:
         known = sorted(f"{m}.{k}" for m, r in metrics.items() for k in r if k.startswith("val_"))

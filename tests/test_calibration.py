@@ -286,7 +286,12 @@ def test_concepts_whose_truth_is_empty_are_set_aside_not_counted_against_the_hea
     none = {s: replace(d, extras=[{k: ("" if k in card.concept_truth.values() else v) for k, v in r.items()}
                                   for r in d.extras]) for s, d in fit.splits.items()}
     out = measure_faithfulness(model, card, none)
-    assert out["measured"] is False and "fewer than two training cases" in out["reason"]
+    assert out["measured"] is False and "none annotates training cases of two classes" in out["reason"]
+    # annotated on one class only: no association either
+    y = fit.splits["train"].labels
+    one_class = dict(fit.splits, train=replace(fit.splits["train"], extras=[
+        {**r, blank: (r[blank] if y[i] == 0 else "")} for i, r in enumerate(fit.splits["train"].extras)]))
+    assert measure_faithfulness(model, card, one_class)["weight_without_truth"] == part["weight_without_truth"]
 
 
 def test_the_oracle_fills_unknown_truth_with_the_training_mean_not_absent():
@@ -312,14 +317,38 @@ def test_a_misspelt_truth_name_is_refused_by_every_fit(world):
             fit_model(typo, encoder=fit.encoder, splits=fit.splits, num_workers=0, **kwargs)
 
 
+def test_a_misspelt_truth_name_stops_the_fit_before_any_image_is_encoded(world, monkeypatch):
+    from dataclasses import replace
+
+    import cbm.pipeline.fitting as fitting
+
+    card, fit = world
+    first = next(iter(card.concept_truth))
+    typo = replace(card, concept_truth={first + "x": card.concept_truth[first]})
+
+    def encoded(*args, **kwargs):
+        raise AssertionError("images were encoded before the card's truth names were checked")
+
+    monkeypatch.setattr(fitting, "extract_splits", encoded)
+    with pytest.raises(ValueError, match=rf"'{first}x'"):
+        fit_model(typo, encoder=fit.encoder, num_workers=0, check_store=False)
+
+
 def test_an_intervention_on_a_concept_the_head_does_not_use_says_so(world):
     _, fit = world
     model = fit.model
     names = model.bottleneck.concept_names
     unused = next(c for j, c in enumerate(names) if not np.any(model.coef[:, j]))
     feature = fit.splits["test"].features[0]
-    with pytest.warns(UserWarning, match=rf"no weight to \['{unused}'\]: setting them changes no prediction"):
+    with pytest.warns(UserWarning, match=rf"no weight to \['{unused}'\]: setting them changes no prediction") as record:
         same = model.intervene_features(feature, {unused: 1.0})
+    assert record[0].filename == __file__  # the warning names the caller's line
+    from cbm.explain import explain_image
+
+    case = explain_image(model, fit.card.image_root / fit.splits["test"].paths[0])
+    with pytest.warns(UserWarning, match="changes no prediction") as record:
+        case.intervene({unused: "present"})
+    assert record[0].filename == __file__
     np.testing.assert_allclose(same, model.intervene_features(feature, {}), atol=1e-6)
 
 

@@ -191,6 +191,8 @@ def test_a_sweep_optimises_a_validation_figure_only():
     assert sweep_value(metrics, "auto") == 0.9
     grouped = {"cbm": {"val_accuracy": 0.9, "val_worst_group_accuracy": 0.7}}
     assert sweep_value(grouped, "auto") == 0.7
+    with pytest.raises(ValueError, match="no validation figure is called 'val_acuracy'"):
+        sweep_value(grouped, "cbm.val_acuracy")
 
 
 def test_a_test_figure_is_refused_before_the_run(tmp_path, capsys):

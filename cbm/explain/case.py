@@ -128,7 +128,7 @@ class CaseReport:
                     raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
                 value = present[index[name]] if value == "present" else absent[index[name]]
             values[name] = float(value)
-        proba = self.model.intervene_features(self.feature, values)
+        proba = self.model.intervene_features(self.feature, values, _stacklevel=3)  # a warning names the caller
         return {c: float(p) for c, p in zip(self.model.classes, proba)}
 
 

@@ -8,8 +8,9 @@ alone, and nothing here chooses anything.
 - ``concept_auroc``: per concept, the AUROC of its standardised score against its truth (test split).
 - ``sign_agreement``: the share of the head's absolute weight whose sign agrees with the truth's
   association with the class: the phi coefficient of the concept's truth with "is class k" on
-  the training split. A weight on a concept unrelated to the label (``|phi| < UNRELATED_PHI``)
-  counts as disagreeing; weights on concepts without truth are left out (their share is given).
+  the training split. A weight on a concept unrelated to the label (``|phi| < UNRELATED_PHI``, or
+  truth that never varies) counts as disagreeing; weights on concepts without truth (no annotated
+  training cases of two classes) are left out (their share is given, ``weight_without_truth``).
 - ``intervention``: accuracy in and out of domain when the k most-weighted concepts (k = 0, 1, 2,
   4, 8, ..., all used concepts with truth) are set from the truth as the report's controls do
   (present / absent: the mean score of the training images annotated so; see
@@ -24,7 +25,10 @@ alone, and nothing here chooses anything.
   out-of-domain test splits together; ``logit_auroc_se``, its standard error (Hanley & McNeil per
   class, combined with the same weights).
 
-A card without truth gets ``{"measured": False, "reason": ...}``, never zeros.
+A card without truth gets ``{"measured": False, "reason": ...}``, never zeros; a card without a
+confounder gets ``ood: {"measured": False, "reason": ...}`` (its test split is in-domain). The
+oracle puts an unannotated case's value at the mean of the annotated training cases
+(:func:`fill_unknown`). ``concept_auroc`` covers every concept with test truth.
 """
 
 from __future__ import annotations
@@ -429,12 +433,14 @@ def measure_faithfulness(
     if not truth["train"][0]:
         return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
     test_names, test_truth = truth["test"]
-    # a concept counts as having truth where at least two training cases are annotated (phi needs two)
-    keep = [j for j in range(len(truth["train"][0])) if np.count_nonzero(~np.isnan(truth["train"][1][:, j])) >= 2]
+    # a concept has truth to agree with where its annotated training cases span two classes or more
+    labels = splits["train"].labels
+    keep = [j for j in range(len(truth["train"][0]))
+            if len(np.unique(labels[~np.isnan(truth["train"][1][:, j])])) >= 2]
     if not keep:
         return {"measured": False, "reason": (
-            f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but they annotate "
-            "fewer than two training cases each: fill them in the manifest (1/0; empty = not annotated)")}
+            f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but none annotates "
+            "training cases of two classes: fill them in the manifest (1/0; empty = not annotated)")}
     truth = {s: ([t[0][j] for j in keep], t[1][:, keep]) for s, t in truth.items()}
     with_truth = truth["train"][0]
     levels = model.score_levels() if on_scores else model.presence_levels()
