@@ -59,6 +59,7 @@ __all__ = [
     "intervention_curve",
     "measure_faithfulness",
     "oracle_accuracies",
+    "truth_columns",
     "truth_matrix",
     "truth_to_values",
     "truth_values",
@@ -114,6 +115,12 @@ def check_truth_names(card, concept_names: Sequence[str], store_names: Sequence[
             f"card {card.name!r} ({card.path}): concept_truth names concepts that are not concepts of the model or "
             f"the card's concept store: {hints}. Fix the names in the card's concept_truth"
         )
+
+
+def truth_columns(truth: np.ndarray, labels: np.ndarray) -> list[int]:
+    """The columns of a training truth matrix ``(n, m)`` (NaN: not annotated) that have truth to
+    agree with: their annotated cases span two classes or more (else no association is defined)."""
+    return [j for j in range(truth.shape[1]) if len(np.unique(labels[~np.isnan(truth[:, j])])) >= 2]
 
 
 def truth_matrix(card, split: SplitData, concept_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -433,10 +440,7 @@ def measure_faithfulness(
     if not truth["train"][0]:
         return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
     test_names, test_truth = truth["test"]
-    # a concept has truth to agree with where its annotated training cases span two classes or more
-    labels = splits["train"].labels
-    keep = [j for j in range(len(truth["train"][0]))
-            if len(np.unique(labels[~np.isnan(truth["train"][1][:, j])])) >= 2]
+    keep = truth_columns(truth["train"][1], splits["train"].labels)
     if not keep:
         return {"measured": False, "reason": (
             f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but none annotates "

@@ -246,7 +246,7 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     (the same head type fitted on the train truth-derived values, as ``faithfulness.oracle``), how
     often the curve misses the targets (:func:`target_misses`) and the cue from its logit."""
     from cbm.heads import intervention_accuracies
-    from cbm.pipeline.faithfulness import cue_leakage, fill_unknown, oracle_accuracies
+    from cbm.pipeline.faithfulness import cue_leakage, fill_unknown, oracle_accuracies, truth_columns
 
     y, truth = splits["val"].labels, inputs[3]
     coef, intercept = full_coef(est, len(card.class_names))
@@ -254,8 +254,8 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     known = bool(truth) and not np.isnan(truth["val"]).all()
     curve = intervention_accuracies(coef, intercept, val, y, truth["val"]) if known else []
     oracle = None
-    if known:
-        columns = [int(c) for c in np.flatnonzero(~np.isnan(truth["train"]).all(0))]
+    columns = truth_columns(truth["train"], splits["train"].labels) if known else []  # as measure_faithfulness's
+    if columns:
         values = fill_unknown({s: truth[s][:, columns] for s in ("train", "val")})
         oracle = oracle_accuracies(est, getattr(est, "prior", None), columns, values, splits, {"val": "val"})["val_accuracy"]
     leak = cue_leakage(card, splits, scores, coef, intercept, split_names=("val",), inputs=inputs[2], from_scores=False)
