@@ -24,7 +24,8 @@ each point from the previous one, all for elastic net with ``l1_ratio = 0.99``:
   with its state carried over (what its own path loop does), so the time cap can be checked;
 - ``glmnet``: the classic path solver (Friedman, Hastie & Tibshirani 2010: coordinate descent with
   warm starts and strong rules) through python-glmnet's ``LogitNet`` (multinomial, no
-  standardisation, its default threshold 1e-7), the whole grid in one call;
+  standardisation, its default threshold 1e-7), the whole grid in one call (with ``--classes 2`` glmnet
+  fits its binomial form, another penalty scaling at the same lambda: its objective is not compared);
 - ``ours_faithful``: our faithful head (``constraint="prior"``) on the same grid, with a concept store
   listing each class's planted concepts and random others (50 per class): its time against the
   unconstrained path (another problem, so its objective is not compared);
@@ -242,15 +243,21 @@ def run_glmnet(p, grid: list[float], args, cap: float) -> dict:
     lambdas = [float(v) for v in clf.lambda_path_]
     coefs = np.asarray(clf.coef_path_)  # (K, C, L); glmnet may stop the path early
     intercepts = np.asarray(clf.intercept_path_)  # (K, L)
-    if coefs.ndim == 2:  # a binary problem: one row for the positive class
-        coefs = np.stack([np.zeros_like(coefs), coefs])
-        intercepts = np.stack([np.zeros_like(intercepts), intercepts])
+    if coefs.ndim == 2:
+        coefs, intercepts = coefs[None], np.reshape(intercepts, (1, -1))
+    binary = coefs.shape[0] == 1
+    if binary:  # glmnet's binomial form: one row for the positive class, its own penalty scaling
+        coefs = np.concatenate([np.zeros_like(coefs), coefs])
+        intercepts = np.concatenate([np.zeros_like(intercepts), intercepts])
     weights = [(coefs[:, :, i], intercepts[:, i]) for i in range(len(lambdas))]
     val = [float(((p.X_val @ W.T + b).argmax(1) == p.y_val).mean()) for W, b in weights]
     return _summary(lambdas, val, [int(np.count_nonzero(W)) for W, _ in weights], len(grid), t1 - t0, c1 - c0,
                     len(lambdas) < len(grid), coefs.shape[0],
-                    {"tol": args.glmnet_tol, "standardize": False, "note": "multinomial elastic net, whole path in one call"},
-                    objectives=_objectives(p, lambdas, weights))
+                    {"tol": args.glmnet_tol, "standardize": False,
+                     "note": "binomial elastic net (two classes): another problem at the same lambda, so its objective "
+                             "is not compared" if binary else "multinomial elastic net, whole path in one call"},
+                    # the binomial penalty on one row is not our two-row penalty at the same lambda
+                    objectives=None if binary else _objectives(p, lambdas, weights))
 
 
 def _store_prior(p, seed: int, per_class: int = 50) -> np.ndarray:
