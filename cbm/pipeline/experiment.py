@@ -321,8 +321,9 @@ def _intervention_steps_text(faithfulness: dict[str, Any]) -> str | None:
 
 def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Paragraphs under the table: what the extra metrics say, in words."""
-    notes = [t for t in [_faithfulness_table(metrics), _intervention_steps_text(metrics["cbm"].get("faithfulness") or {})] if t]
-    falls = _intervention_falls(metrics["cbm"].get("faithfulness") or {})
+    faithfulness = metrics["cbm"].get("faithfulness") or {}
+    notes = [t for t in [_faithfulness_table(metrics), _intervention_steps_text(faithfulness)] if t]
+    falls = _intervention_falls(faithfulness)
     if falls:
         notes.append("Intervention steps where cbm falls by more than 0.5 points (cases set right / set wrong by the "
                      "step; exact binomial p that the step changes nothing on average): " + "; ".join(falls) + ".")
