@@ -82,6 +82,12 @@ def test_interventions_of_a_faithful_head_help_and_of_a_contrast_head_hurt():
     assert curve[1]["id_accuracy"] < curve[0]["id_accuracy"] - 0.05
     with pytest.raises(ValueError, match=r"no weight to \['u'\]"):
         intervention_curve(faithful, np.zeros(2, np.float32), names, levels, evaluations, concepts=["u"])
+    # a concept annotated on no case of an evaluated split is no step of the curve (it would be flat)
+    blank = truth.copy()
+    blank[:, 1] = np.nan
+    two = {"id": (z, y, truth, names), "ood": (z, y, blank, names)}
+    curve, order = intervention_curve(faithful, np.zeros(2, np.float32), names, levels, two)
+    assert order == ["a"] and [p["k"] for p in curve] == [0, 1]
 
 
 def _card(tmp_path, mapping):

@@ -239,7 +239,8 @@ def intervention_curve(
             scores, or calibrated probabilities: ``ConceptBottleneckModel.concept_values``).
         levels: ``(absent, present)`` values per concept (``ConceptBottleneckModel.presence_levels``).
         evaluations: name (e.g. ``"id"``) -> (values ``(n, C)``, labels, truth ``(n, m)``, truth's concept names).
-        concepts: the order to intervene in (default: by total absolute weight); each must be used by the head.
+        concepts: the order to intervene in (default: the concepts the head uses and every evaluated
+            split annotates on at least one case, by total absolute weight); each must be used by the head.
 
     Returns:
         The curve ``[{"k", "<name>_accuracy", "<name>_changed", ...}]`` (``changed``, from k = 1 on:
@@ -251,7 +252,9 @@ def intervention_curve(
     """
     index = {c: i for i, c in enumerate(concept_names)}
     weight = np.abs(coef).sum(0)
-    with_truth = set.intersection(*(set(e[3]) for e in evaluations.values())) if evaluations else set()
+    # a concept no case of an evaluated split is annotated on cannot be set there: it is not a step
+    with_truth = set.intersection(*({c for j, c in enumerate(names) if not np.isnan(truth[:, j]).all()}
+                                    for _, _, truth, names in evaluations.values())) if evaluations else set()
     if concepts is None:
         # ties by column, as the head's intervention-aware fitting orders them (cbm.heads.intervention_order)
         order = [c for c in sorted(with_truth, key=lambda c: (-weight[index[c]], index[c])) if weight[index[c]] > 0]
