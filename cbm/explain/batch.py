@@ -155,17 +155,24 @@ class _ScrubNames(logging.Filter):
         return True
 
 
-_READER_LOGGERS = ("cbm.data._image", "cbm.data", "cbm.explain.case", "cbm.explain.maps")
+def _cbm_loggers() -> list[logging.Logger]:
+    """Every logger of the package. A filter acts only on its own logger's records, not on those its
+    children pass up, so each module's logger (``cbm.data._dicom_display``, ...) needs its own."""
+    import cbm.data._dicom  # noqa: F401  (the readers' loggers exist once their modules are imported)
+    import cbm.explain.maps  # noqa: F401
+
+    names = [n for n in logging.root.manager.loggerDict if n == "cbm" or n.startswith("cbm.")]
+    return [logging.getLogger(n) for n in names]
 
 
 @contextlib.contextmanager
 def _names_hidden(path: Path, label: str, hide: bool) -> Iterator[None]:
-    """While reading one case with ``hide``, what the reader logs names the case, not its file."""
+    """While reading one case with ``hide``, what the package logs names the case, not its file."""
     if not hide:
         yield
         return
     scrub = _ScrubNames(path, label)
-    loggers = [logging.getLogger(n) for n in _READER_LOGGERS]
+    loggers = _cbm_loggers()
     for logger in loggers:
         logger.addFilter(scrub)
     try:
