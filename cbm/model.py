@@ -27,6 +27,7 @@ The model is the saved artefact only: training lives in :mod:`cbm.pipeline` (``c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -374,10 +375,18 @@ class ConceptBottleneckModel:
         """
         z = self.concept_values_from_features(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}
+        calibrated = self.calibrated()
         for name, value in overrides.items():
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
-            z[index[name]] = float(value)
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"intervention for {name!r} is {value!r}; give a finite number")
+            if calibrated[index[name]] and not 0.0 <= v <= 1.0:
+                raise ValueError(
+                    f"intervention for {name!r} is {v:g}, but the model weighs this concept as the probability that "
+                    "it is present: give a number from 0 to 1 (0.75 for 75 %), or 'present' / 'absent' in case.intervene")
+            z[index[name]] = v
         unused = [c for c in overrides if not np.any(self.coef[:, index[c]])]
         if unused:
             used = [c for c, i in index.items() if np.any(self.coef[:, i])]

@@ -263,6 +263,10 @@ def test_the_case_report_shows_probabilities_and_sets_them_to_one_or_zero(world)
     expected = model.intervene_features(feature, {name: 1.0})
     got = case.intervene({name: "present"})
     assert [got[c] for c in model.classes] == pytest.approx(expected.tolist(), abs=1e-5)
+    # a probability is from 0 to 1: 75 meant as 75 % is refused, and so is a non-finite number
+    for bad in (75, -3, float("nan")):
+        with pytest.raises(ValueError, match="from 0 to 1|finite"):
+            case.intervene({name: bad})
 
 
 def test_concepts_whose_truth_is_empty_are_set_aside_not_counted_against_the_head(world):

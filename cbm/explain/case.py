@@ -110,7 +110,7 @@ class CaseReport:
         Args:
             overrides: concept -> ``"present"``, ``"absent"`` (the model's
                 :meth:`~cbm.model.ConceptBottleneckModel.presence_levels`) or a number: a
-                probability for a concept the model calibrates, else a standardised score (0 =
+                probability (0 to 1) for a concept the model calibrates, else a standardised score (0 =
                 training mean, 1 = one standard deviation above).
         """
         if self.model is None:
