@@ -269,6 +269,7 @@ class ConceptBottleneckModel:
     def image_features(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed images (paths, ``LoadedImage`` objects or arrays) with the model's encoder, ``(n, D)``."""
         from cbm.data import LoadedImage, read_image
+        from cbm.data.transforms import unit_pixels
 
         items = [images] if isinstance(images, (str, os.PathLike, LoadedImage, np.ndarray)) else list(images)
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -280,6 +281,8 @@ class ConceptBottleneckModel:
             for item in items[start : start + batch_size]:
                 if isinstance(item, (str, os.PathLike)):
                     item = read_image(item)
+                elif isinstance(item, np.ndarray):  # checked here: the transform's pipeline wraps its errors
+                    item = unit_pixels(item)
                 batch.append(enc.transform(item))
             out.append(enc.encode_image(torch.stack(batch)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.bottleneck.concept_embeddings.shape[1]), np.float32)

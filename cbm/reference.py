@@ -122,7 +122,8 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)``.
 
     ``image`` is a path (read with ``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])``
-    array in [0, 1].
+    array: floats in [0, 1], or integers scaled by their dtype's maximum (uint8 by 255), as
+    ``cbm.data.transforms.unit_pixels`` takes them.
     """
     if isinstance(image, (str, os.PathLike)):
         from cbm.data import read_image
@@ -130,11 +131,14 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
         image = read_image(image)
     if hasattr(image, "pixels"):
         return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    arr = np.asarray(image, np.float32)
+    from cbm.data.transforms import unit_pixels
+
+    arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
         raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
+    arr = unit_pixels(arr)
     return arr, {}, arr
 
 

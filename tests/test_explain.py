@@ -27,6 +27,20 @@ def test_explanation_matches_the_model(tiny_model):
         assert case.percentiles[c.concept] == pytest.approx(c.percentile)
 
 
+def test_an_image_array_in_0_255_is_scaled_or_refused_not_misread(tiny_model):
+    """uint8 arrays are scaled by 255 (as the encoder's transform does); a float array beyond [0, 1]
+    is refused with the fix, rather than explained as a different image."""
+    image = np.clip(make_image(1), 0, 1)
+    as_uint8 = np.round(image * 255).astype(np.uint8)
+    same = tiny_model.explain(as_uint8).probabilities
+    expected = tiny_model.explain(as_uint8.astype(np.float32) / 255).probabilities
+    assert [same[c] for c in CLASSES] == pytest.approx([expected[c] for c in CLASSES], abs=1e-5)
+    with pytest.raises(ValueError, match="divide by 255"):
+        tiny_model.explain(as_uint8.astype(np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_model.predict_proba(np.full((8, 8, 3), np.nan, np.float32))
+
+
 def test_findings_weigh_the_predicted_class_against_the_runner_up(tiny_model):
     from cbm.explain import explain_image
 

@@ -24,7 +24,7 @@ from monai.transforms import CenterSpatialCrop, Compose, Transform
 
 from cbm.data._image import LoadedImage, read_image
 
-__all__ = ["encoder_transform", "ToChannelFirst", "ResizeShortestSide", "GreyToRGB", "Normalize", "INTERPOLATIONS"]
+__all__ = ["encoder_transform", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "GreyToRGB", "Normalize", "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
 
@@ -49,11 +49,32 @@ class ToChannelFirst(Transform):
             arr = arr[..., None]
         if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
             raise ValueError(f"expected an image array of shape (H, W) or (H, W, C) with C in 1..4, got {arr.shape}")
-        if np.issubdtype(arr.dtype, np.integer):
-            arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        arr = unit_pixels(arr)
         if arr.shape[2] in (2, 4):  # grey+alpha, RGBA: drop alpha as PIL's convert does
             arr = arr[..., : arr.shape[2] - 1]
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+# float32 rounding of values computed in [0, 1]
+_UNIT_SLACK = 1e-3
+
+
+def unit_pixels(arr: np.ndarray) -> np.ndarray:
+    """An image array as float32 in [0, 1]: integer arrays are scaled by their dtype's maximum (uint8
+    by 255, uint16 by 65535); a float array must already be in [0, 1] and finite, else ValueError."""
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    arr = np.asarray(arr, np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError("an image array holds NaN or infinite values; give pixel values in [0, 1]")
+    if arr.size and (arr.min() < -_UNIT_SLACK or arr.max() > 1 + _UNIT_SLACK):
+        hint = " (it looks like 0-255: divide by 255, or pass the uint8 array itself)" if arr.max() <= 255 else ""
+        raise ValueError(f"a float image array must hold values in [0, 1]; this one ranges from {arr.min():g} "
+                         f"to {arr.max():g}{hint}")
+    return np.clip(arr, 0.0, 1.0)
 
 
 class ResizeShortestSide(Transform):
