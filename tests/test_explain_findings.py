@@ -97,6 +97,16 @@ def test_an_absent_finding_is_said_as_absent_with_its_direction():
     assert [f.text for f in out] == ["Not symmetric shape", "No globules"]
 
 
+def test_the_state_follows_the_percentile_the_page_shows():
+    """The page says "at or below the 35th it reads as absent": 35.3, shown as the 35th, is absent,
+    and 64.6, shown as the 65th, present (they read as borderline before)."""
+    names = ["globules", "dots"]
+    coef = [[0.0, 0.0], [0.8, 0.5]]
+    out = _one({"globules": -0.4, "dots": 0.4}, {"globules": 35.33, "dots": 64.6}, coef, names, concept_axes(names))
+    by_where = {f.where: f.state for f in out}
+    assert by_where == {"35th percentile": "absent", "65th percentile": "present"}
+
+
 def test_an_axis_with_both_poles_weighted_is_one_finding():
     names = ["symmetric shape", "asymmetric shape"]
     coef = [[0.0, 1.5], [1.0, 0.0]]

@@ -166,7 +166,8 @@ def _level(p: float | None, z: float) -> float:
 
 
 def _state(p: float | None, z: float) -> str:
-    level = _level(p, z)
+    # judged on the whole percentile the page shows, so "35th percentile" never reads as borderline
+    level = round(_level(p, z))
     return "present" if level >= PRESENT_FROM else "absent" if level <= ABSENT_UP_TO else "borderline"
 
 
