@@ -229,6 +229,20 @@ def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(t
     assert "irregular border is weighed +1.40 towards melanoma" in render_case_html(case, top_k=1)
 
 
+def test_two_classes_flag_each_contradicting_concept_once_by_its_net_push(tiny_model):
+    """With two classes a head may split one effect as +w and -w; the flag names the class the net
+    weight pushes towards, once, not the same problem twice with opposite signs."""
+    j, g = CONCEPTS.index("irregular border"), CONCEPTS.index("dark dots")
+    coef = np.zeros((2, len(CONCEPTS)), np.float32)
+    coef[0, j], coef[1, j] = 0.57, -0.57  # irregular border split as +w / -w, towards class 0 on net
+    coef[1, g] = 0.3  # dark dots towards class 1, which lists it
+    prior = np.zeros((2, len(CONCEPTS)), np.float32)
+    prior[1, [j, g]] = 1.0  # the store lists both under class 1 only
+    m = ConceptBottleneckModel(tiny_model.encoder_name, ["benign nevus", "melanoma"], tiny_model.bottleneck, coef,
+                               np.zeros(2, np.float32), concept_prior=prior, info=tiny_model.info)
+    assert m.contradicting_weights() == [("benign nevus", "irregular border", pytest.approx(1.14))]
+
+
 def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
     dcm = tmp_path / "ct_slice.dcm"
     write_phi_dicom(dcm)
