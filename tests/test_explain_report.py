@@ -243,6 +243,15 @@ def test_two_classes_flag_each_contradicting_concept_once_by_its_net_push(tiny_m
     assert m.contradicting_weights() == [("benign nevus", "irregular border", pytest.approx(1.14))]
 
 
+def test_no_local_path_in_an_encoder_name_reaches_a_page(tiny_model):
+    for name in ("local-dir:/home/dr.jane.doe/models/biomedclip", "ViT-B-32@/home/dr.jane.doe/ckpt.pt"):
+        m = ConceptBottleneckModel(name, CLASSES, tiny_model.bottleneck, tiny_model.coef, tiny_model.intercept,
+                                   train_raw_scores=tiny_model.train_raw_scores, info=tiny_model.info)
+        m.set_encoder(tiny_model.encoder)
+        pages = render_class_card_html(m) + render_case_html(explain_image(m, make_image(12), maps=False))
+        assert "dr.jane.doe" not in pages and "(local file)" in pages
+
+
 def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
     dcm = tmp_path / "ct_slice.dcm"
     write_phi_dicom(dcm)

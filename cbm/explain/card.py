@@ -13,14 +13,13 @@ regularisation path (validation accuracy and concepts per class on separate axes
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from markupsafe import Markup
 
 from cbm.explain.findings import class_reliance, concept_axes, unused_concepts
-from cbm.explain.render import render_template, score_kind
+from cbm.explain.render import render_template, score_kind, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.plots import line_chart
 from cbm.reference import MIN_IMAGE_SIDE
@@ -30,19 +29,6 @@ __all__ = ["render_class_card_html"]
 _METRIC_NAMES = {"id_accuracy": "accuracy in domain", "ood_accuracy": "accuracy out of domain",
                  "accuracy": "accuracy (test split)", "macro_f1": "macro-F1 (test split)",
                  "val_accuracy": "accuracy (validation split, which chose the settings)"}
-_PATH_LIKE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
-
-
-def _without_paths(value: Any) -> Any:
-    """``value`` with every string that is a local path replaced by its last part (a JSON tree)."""
-    if isinstance(value, Mapping):
-        return {k: _without_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_paths(v) for v in value]
-    if isinstance(value, str) and _PATH_LIKE.match(value):
-        last = re.split(r"[\\/]", value.rstrip("/\\"))[-1]
-        return f"{last} (local file)"
-    return value
 
 
 def _path_charts(path: Any) -> list[Markup]:
@@ -134,7 +120,7 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
         top=top, unused=unused_concepts(model.coef, names),
         contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
         has_prior=model.concept_prior is not None, store_dropped=_store_dropped(info.get("store_check")),
-        technical=_without_paths(technical), path_charts=_path_charts(info.get("path")),
+        technical=without_paths(technical), path_charts=_path_charts(info.get("path")),
     )
 
 

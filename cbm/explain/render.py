@@ -19,6 +19,7 @@ import base64
 import datetime as _dt
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -246,11 +247,34 @@ def _summary(case: CaseReport) -> str:
     return summary_sentence(expl.predicted, expl.runner_up, expl.probabilities, case.findings)
 
 
+_PATH_LIKE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
+# an encoder name that carries a path: local-dir:DIR, or ARCH@WEIGHTS with a weights file
+_PATH_AFTER = re.compile(r"^(local-dir:|[^\s@/\\]+@)(.*[\\/].*)$")
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every local path replaced by its last part (a JSON tree): a string that is a
+    path, or an encoder name that carries one (``local-dir:/home/...``, ``ARCH@/home/.../w.pt``)."""
+    if isinstance(value, Mapping):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str):
+        lead, path = "", value
+        carried = _PATH_AFTER.match(value)
+        if carried:
+            lead, path = carried.groups()
+        if carried or _PATH_LIKE.match(path):
+            last = re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+            return f"{lead}{last} (local file)"
+    return value
+
+
 def _details(case: CaseReport, model: ConceptBottleneckModel) -> dict[str, Any]:
     expl = case.explanation
     ref = model.reference
     return {
-        "model encoder": model.encoder_name,
+        "model encoder": without_paths(model.encoder_name),
         "concepts": f"{model.bottleneck.n_concepts} ({model.concepts_per_class():.1f} with a weight per class on average)",
         "concept scores": score_kind(model),
         "concept maps": case.maps.method if case.maps else "not computed",
