@@ -286,6 +286,11 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
         + "image_root: .\nmanifest: manifest.csv\n")
     from_card = collect_inputs([tmp_path / "card.yaml"], class_names=CLASSES, split="train")
     assert [(r.path, r.truth) for r in from_card] == [(tmp_path / "images/sub/IM0001", "melanoma")]
+    with pytest.raises(ValueError, match=r"no rows in split 'tst'; its splits are \['train', 'test'\]"):
+        collect_inputs([manifest], class_names=CLASSES, split="tst")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(ValueError, match="cannot create the report folder .*taken.*--out"):
+        explain_batch(tiny_model, rows, tmp_path / "taken", progress=False)
 
     result = explain_batch(tiny_model, found + rows, tmp_path / "out", progress=False)
     assert len(result.reports) == 5 and [label for label, _ in result.failures] == ["broken.png"]

@@ -77,9 +77,11 @@ def _folder_images(folder: Path) -> list[Path]:
 
 def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInput]:
     if split is not None:
+        names = manifest.split_names()
         manifest = manifest.split(split)
         if not len(manifest):
-            raise ValueError(f"{source} has no rows in split {split!r}")
+            raise ValueError(f"{source} has no rows in split {split!r}; its splits are {names} "
+                             "(choose one of them)")
     return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
 
 
@@ -242,7 +244,11 @@ def explain_batch(
         progress: show a progress bar.
     """
     out = Path(out_dir)
-    (out / "cases").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the report folder {out}/cases ({e.strerror or e}); choose a writable "
+                         "folder for the reports (--out)") from e
     earlier = _previous_reports(out)
     cases = [i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs]
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}
