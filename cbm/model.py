@@ -235,27 +235,13 @@ class ConceptBottleneckModel:
     def contradicting_weights(self) -> list[tuple[str, str, float]]:
         """``(class, concept, weight)`` for every non-zero weight that pushes a concept towards a class
         the concept store does not list it under (or away from one it does); empty without a prior.
+        With two classes each concept is judged once, by its net weight (:func:`cbm.heads.contradicting_entries`)."""
+        from cbm.heads import contradicting_entries
 
-        With two classes only the difference of the two rows acts (a head may split one effect as
-        +w and -w), so each concept is judged once: by the class its net weight ``|w1 - w0|``
-        pushes towards, which contradicts the store where the store does not list it there.
-        """
         if self.concept_prior is None:
             return []
-        out = []
         names = self.bottleneck.concept_names
-        if len(self.classes) == 2:
-            net = self.coef[1] - self.coef[0]
-            for j in np.flatnonzero(net):
-                k = int(net[j] > 0)
-                if not self.concept_prior[k, j] > 0:
-                    out.append((self.classes[k], names[j], float(abs(net[j]))))
-            return out
-        for k, j in zip(*np.nonzero(self.coef)):
-            listed = self.concept_prior[k, j] > 0
-            if (self.coef[k, j] > 0) != listed:
-                out.append((self.classes[k], names[j], float(self.coef[k, j])))
-        return out
+        return [(self.classes[k], names[j], w) for k, j, w in contradicting_entries(self.coef, self.concept_prior)]
 
     # ------------------------------------------------------------------ the encoder
     @property

@@ -119,20 +119,16 @@ class Neighbour:
 
 # ---------------------------------------------------------------------------- image checks
 def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
-    """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)``.
+    """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
+    (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
+    in [0, 1], or integers scaled by their dtype's maximum)."""
+    from cbm.data import read_image
+    from cbm.data.transforms import unit_pixels
 
-    ``image`` is a path (read with ``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])``
-    array: floats in [0, 1], or integers scaled by their dtype's maximum (uint8 by 255), as
-    ``cbm.data.transforms.unit_pixels`` takes them.
-    """
     if isinstance(image, (str, os.PathLike)):
-        from cbm.data import read_image
-
         image = read_image(image)
     if hasattr(image, "pixels"):
         return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    from cbm.data.transforms import unit_pixels
-
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -7,11 +7,13 @@
 - :func:`make_planted_problem`: synthetic concept scores with a known sparse truth (tests, benchmarks).
 - :func:`elastic_net_objective`: the objective the sparse head minimises, for any weights.
 - :func:`set_from_truth`, :func:`intervention_accuracies`: concept interventions on a linear head.
+- :func:`contradicting_entries`: the weights that push a concept against its class in a concept store.
 """
 
 from __future__ import annotations
 
 from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
+from cbm.heads._common import contradicting_entries
 from cbm.heads._interventions import intervention_accuracies, intervention_order, intervention_steps, set_from_truth
 from cbm.heads._solver import elastic_net_objective
 from cbm.heads._selection import select_path_point, standard_error
@@ -23,6 +25,7 @@ __all__ = [
     "LinearProbe",
     "PlantedProblem",
     "SparseConceptHead",
+    "contradicting_entries",
     "elastic_net_objective",
     "intervention_accuracies",
     "intervention_order",
