@@ -158,6 +158,20 @@ def test_a_missing_concept_store_is_reported_before_any_image_is_encoded(fitted,
     assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
 
 
+def test_a_missing_val_split_is_reported_before_any_image_is_encoded(fitted, small_card, monkeypatch):
+    import cbm.pipeline.fitting
+
+    text = (small_card.folder / "manifest.csv").read_text()
+    (small_card.folder / "manifest.csv").write_text(text.replace(",val,", ",validation,"))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("images were encoded before the splits were checked")
+
+    monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
+    with pytest.raises(ValueError, match="has no val rows"):
+        cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder)
+
+
 def test_a_class_without_training_images_is_named(fitted, small_card):
     rows = (small_card.folder / "manifest.csv").read_text().splitlines()
     kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,train," in r)]

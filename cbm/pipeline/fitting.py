@@ -23,6 +23,7 @@ from cbm.model import ConceptBottleneckModel
 from cbm.pipeline.inputs import (
     SplitData,
     check_every_class_trains,
+    check_splits_present,
     extract_splits,
     require_split,
     resolve_card,
@@ -138,6 +139,7 @@ def fit_model(
     card = resolve_card(card)
     config = bottleneck or BottleneckConfig()
     if splits is None:  # the manifest's own problems first: before any LLM call or image encoding
+        check_splits_present(card, ("train", "val"))
         train_counts = card.manifest().counts().get("train", {})
         check_every_class_trains(card, [c for c in card.class_names if train_counts.get(c)])
     enc = create_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
