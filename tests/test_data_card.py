@@ -92,6 +92,18 @@ def test_image_root_env_overrides(tmp_path, monkeypatch):
     card = load_card(make_card(tmp_path / "toy"))
     monkeypatch.setenv("CBM_TOY_ROOT", str(tmp_path / "elsewhere"))
     assert card.image_root == tmp_path / "elsewhere"
+    # a relative value is read from the current directory, as the shell that set it reads it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CBM_TOY_ROOT", "shared/images")
+    assert card.image_root == tmp_path / "shared" / "images"
+
+
+def test_a_card_loaded_by_a_relative_path_finds_its_manifest_from_anywhere(tmp_path, monkeypatch):
+    make_card(tmp_path / "toy")
+    monkeypatch.chdir(tmp_path)
+    card = load_card("toy/card.yaml")
+    monkeypatch.chdir("/")
+    assert card.manifest_path == tmp_path / "toy" / "manifest.csv" and len(card.manifest(check_files=False))
 
 
 def test_missing_images_name_the_unset_root_variable(tmp_path, monkeypatch):

@@ -113,9 +113,13 @@ class DataCard:
 
     @property
     def image_root(self) -> Path:
-        """The image folder: ``$<image_root_env>`` when set, else ``image_root`` from the card."""
+        """The image folder: ``$<image_root_env>`` when set (a relative value from the current
+        directory, as the shell that set it reads it), else ``image_root`` from the card (a relative
+        one from the card's folder)."""
         env = os.environ.get(self.image_root_env) if self.image_root_env else None
-        root = Path(os.path.expanduser(env or self.image_root_setting))
+        if env:
+            return Path(os.path.abspath(os.path.expanduser(env)))
+        root = Path(os.path.expanduser(self.image_root_setting))
         return root if root.is_absolute() else Path(os.path.normpath(self.folder / root))
 
     def where_to_get_images(self) -> str:
@@ -314,7 +318,7 @@ def _parse_card(path: Path) -> DataCard:
         modality=fields.modality,
         task=fields.task,
         classes=tuple(classes),
-        manifest_path=manifest if manifest.is_absolute() else path.parent / manifest,
+        manifest_path=manifest if manifest.is_absolute() else path.resolve().parent / manifest,
         path=path.resolve(),
         image_root_setting=fields.image_root or ".",
         image_root_env=fields.image_root_env,
