@@ -129,3 +129,27 @@ def test_a_class_short_of_the_cards_promise_is_a_problem(tmp_path):
     assert not [p for p in read_manifest(tmp_path / "m.csv", min_per_class=1, **kw).report.problems if p.kind == "short_class"]
     with pytest.raises(ManifestError, match="promised 2 images"):
         read_manifest(tmp_path / "m.csv", min_per_class=2, strict=True, **kw)
+
+
+def test_a_second_label_for_one_file_is_its_own_problem(tmp_path):
+    card = load_card(with_row(tmp_path, "./melanoma_train_0.png", split="train"))  # listed as melanoma on line 4
+    with pytest.raises(ManifestError, match=r"1 rows giving a file already listed in the same split another label "
+                                            r".*'melanoma' on line 4, 'nevus' on line 10"):
+        card.manifest(strict=True)
+    assert [r.label for r in card.manifest() if r.path == "melanoma_train_0.png"] == ["melanoma"]
+
+
+def test_labels_match_in_either_unicode_form_and_quoted_line_breaks_stay(tmp_path):
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", "nævus bénin")
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    (tmp_path / "m.csv").write_text(f'path,label,split,note\na.png,{decomposed},train,"marked\nby hand"\n'
+                                    f"b.png,melanoma,train,\n")
+    manifest = read_manifest(tmp_path / "m.csv", class_names=[composed, "melanoma"], image_root=tmp_path,
+                             check_files=False)
+    assert [p.kind for p in manifest.report.problems] == ["empty_split", "empty_split"]  # (no val, no test here)
+    first = next(iter(manifest))
+    assert first.label == composed and first.label_index == 0 and first.extra["note"] == "marked\nby hand"
+    assert [r.line for r in manifest] == [2, 4]

@@ -7,16 +7,20 @@ raises :class:`ManifestError` (of :mod:`cbm.errors`); otherwise the unusable row
 one warning. Two problems always raise: one file in two splits (paths are normalised first, so
 ``./1.png``, ``a/../1.png`` and ``<root>/1.png`` are one file), which leaks test images into
 training, and a path outside the image root, unless the card says ``allow_outside_root: true``.
-Within one split a repeated file is dropped (it would count twice), like other bad rows.
+Within one split a repeated file is dropped (it would count twice), like other bad rows; one with a
+second label is its own problem (the first label is kept). Labels match the card's classes in
+either Unicode form (composed or decomposed accents), and a quoted cell may hold a line break.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 import stat
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,10 +230,11 @@ def read_manifest(
     root = _normal(os.path.abspath(image_root))
     header, records = _read_csv(path, required=("path", "label", split_column), group_column=group_column)
     classes = list(class_names)
-    index_of = {name: i for i, name in enumerate(classes)}
+    # labels compare in one Unicode form: macOS tools write "nævus" decomposed, a card typed by hand composed
+    index_of = {unicodedata.normalize("NFC", name): i for i, name in enumerate(classes)}
     found = _Problems()
     rows: list[ManifestRow] = []
-    seen: dict[str, tuple[int, str]] = {}  # normalised path -> (line, split) of its first usable row
+    seen: dict[str, tuple[int, str, str]] = {}  # normalised path -> (line, split, label) of its first usable row
 
     extra_columns = [c for c in header if c not in ("path", "label", split_column, group_column)]
     for line, rec in records:
@@ -238,19 +243,20 @@ def read_manifest(
             empty = [c for c, v in (("path", p), ("label", label), (split_column, split)) if not v]
             found.note("empty_field", line, f"line {line} ({', '.join(empty)})")
             continue
-        if label not in index_of:
+        if unicodedata.normalize("NFC", label) not in index_of:
             found.note("unknown_label", line, f"{quote(label, 80)} (line {line})")
         if split not in KNOWN_SPLITS:
             found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
         key = _normal(os.path.join(root, p))
         if not allow_outside_root and not _inside(key, root):
             found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
-        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, usable=line not in found.bad_lines)
+        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, label, usable=line not in found.bad_lines)
         if line in found.bad_lines:
             continue
         group = rec.get(group_column, "").strip() if group_column else None
         extra = {c: rec.get(c, "") for c in extra_columns}
-        rows.append(ManifestRow(p, label, index_of[label], split, group or None, extra, line))
+        k = index_of[unicodedata.normalize("NFC", label)]
+        rows.append(ManifestRow(p, classes[k], k, split, group or None, extra, line))
 
     if check_files and rows:
         rows = _existing(rows, image_root, path, found)
@@ -304,6 +310,8 @@ class _Problems:
                             "allow_outside_root: true)",
             "duplicate_across_splits": "rows listing a file already listed in another split, a leak between "
                                        "splits (keep each image in one split)",
+            "conflicting_label": "rows giving a file already listed in the same split another label (the first "
+                                 "row's is kept: correct the wrong one)",
             "duplicate_path": "rows repeating a file already listed in the same split",
             "bad_path": "rows whose path the file system refuses",
             "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
@@ -317,16 +325,20 @@ class _Problems:
         return out
 
 
-def _note_duplicate(found: _Problems, seen: dict[Any, tuple[int, str]], key: Any, shown: str, line: int, split: str,
-                    usable: bool) -> None:
-    """Note a row naming a file an earlier row named: a leak across splits (between usable rows), else a repeat."""
+def _note_duplicate(found: _Problems, seen: dict[Any, tuple[int, str, str]], key: Any, shown: str, line: int, split: str,
+                    label: str, usable: bool) -> None:
+    """Note a row naming a file an earlier row named: a leak across splits (between usable rows), a
+    second label for it, else a repeat."""
     if key not in seen:
         if usable:
-            seen[key] = (line, split)
+            seen[key] = (line, split, label)
         return
-    first, first_split = seen[key]
+    first, first_split, first_label = seen[key]
     if usable and split != first_split:
         found.note("duplicate_across_splits", line, f"{shown} ({first_split} on line {first}, {split} on line {line})")
+    elif usable and label != first_label:
+        found.note("conflicting_label", line, f"{shown} ({quote(first_label, 60)} on line {first}, "
+                                              f"{quote(label, 60)} on line {line})")
     else:
         found.note("duplicate_path", line, f"{shown} (lines {first} and {line})")
 
@@ -339,7 +351,7 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
             f"there, or point the card's image_root / image_root_env variable at them"
         )
     kept: list[ManifestRow] = []
-    seen: dict[tuple[int, int], tuple[int, str]] = {}
+    seen: dict[tuple[int, int], tuple[int, str, str]] = {}
     for r in rows:
         f = Path(r.path) if Path(r.path).is_absolute() else image_root / r.path
         try:
@@ -354,7 +366,8 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
             found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line}, not a file)")
             continue
         before = len(found.bad_lines)
-        _note_duplicate(found, seen, (info.st_dev, info.st_ino), quote(r.path, 80)[1:-1], r.line, r.split, usable=True)
+        _note_duplicate(found, seen, (info.st_dev, info.st_ino), quote(r.path, 80)[1:-1], r.line, r.split, r.label,
+                        usable=True)
         if len(found.bad_lines) == before:
             kept.append(r)
     return kept
@@ -400,7 +413,8 @@ def _read_csv(
     if "\x00" in text:
         raise ManifestError(path, "contains NUL bytes, so it is not a CSV text file", "Export it again as CSV",
                             field=f"line {text[:text.index(chr(0))].count(chr(10)) + 1}")
-    reader = csv.reader(text.splitlines())
+    # newline="": a line break inside a quoted cell stays in the cell (splitting lines first dropped it)
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -421,8 +435,9 @@ def _read_csv(
                             field="line 1")
     records: list[tuple[int, dict[str, str]]] = []
     try:
+        end = reader.line_num
         for fields in reader:
-            line = reader.line_num
+            line, end = end + 1, reader.line_num  # a record's first line (a quoted cell may span lines)
             if not fields or all(not f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
@@ -446,8 +461,6 @@ def salted_patient_key(patient: str, salt: str) -> str:
 
 def write_manifest(path: str | os.PathLike, rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> Path:
     """Atomically write manifest rows (dicts) as CSV; ``path,label,split`` come first."""
-    import io
-
     from cbm.utils import atomic_write_text
 
     cols = list(columns) if columns else []
