@@ -564,10 +564,15 @@ def card_text(**fields: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def manifest_text(rows: list[tuple[str, str, str]]) -> str:
+    """The CSV of ``rows``, with the truth column the base card's concept_truth names."""
+    return "path,label,split,truth_border\n" + "".join(f"{p},{la},{s},{i % 2}\n" for i, (p, la, s) in enumerate(rows))
+
+
 def make_card_folder(folder: Path, template: Path, text: str | bytes, rows: list[tuple[str, str, str]] | str) -> Path:
     shutil.copytree(template, folder)
     (folder / "card.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
-    manifest = rows if isinstance(rows, str) else "path,label,split\n" + "".join(f"{p},{la},{s}\n" for p, la, s in rows)
+    manifest = rows if isinstance(rows, str) else manifest_text(rows)
     (folder / "manifest.csv").write_bytes(manifest.encode("utf-8", "surrogateescape"))
     return folder
 
@@ -650,7 +655,7 @@ def manifest_rows(rnd: random.Random, folder_root: Path) -> tuple[str, list[tupl
     if choice == 5:
         rows.append((target, "nevus", "train"))
         return "repeat within split", rows, False
-    text = "path,label,split\n" + "".join(f"{p},{la},{s}\n" for p, la, s in rows)
+    text = manifest_text(rows)
     broken = rnd.choice([
         ("empty", ""), ("header only", "path,label,split\n"), ("no split column", text.replace(",split", "", 1)),
         ("ragged", text + "x.png,nevus\n"), ("bad quote", text + '"x.png,nevus,train\n'), ("nul", text + "\x00\n"),

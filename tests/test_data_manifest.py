@@ -153,3 +153,36 @@ def test_labels_match_in_either_unicode_form_and_quoted_line_breaks_stay(tmp_pat
     first = next(iter(manifest))
     assert first.label == composed and first.label_index == 0 and first.extra["note"] == "marked\nby hand"
     assert [r.line for r in manifest] == [2, 4]
+
+
+def _with_columns(tmp_path: Path, column: str, values: list[str], **card: object) -> Path:
+    """A card folder whose manifest has one more ``column``, filled row by row from ``values``."""
+    folder = make_card(tmp_path / "toy", rows=ROWS, **card)
+    lines = (folder / "manifest.csv").read_text().splitlines()
+    out = [lines[0] + f",{column}"] + [f"{row},{v}" for row, v in zip(lines[1:], values)]
+    (folder / "manifest.csv").write_text("\n".join(out) + "\n")
+    return folder
+
+
+def test_concept_truth_cells_are_checked_with_the_manifest_before_any_run(tmp_path, capsys):
+    truth = {"concept_truth": {"irregular border": "t_border"}}
+    ok = ["1", "0", "1.00", "0.0", "NA", "", "yes", "absent"]  # numbers equal to 1 or 0; NA and empty: not annotated
+    assert len(load_card(_with_columns(tmp_path / "a", "t_border", ok, **truth)).manifest()) == len(ROWS)
+    card = load_card(_with_columns(tmp_path / "b", "t_border", ok[:5] + ["maybe"] + ok[6:], **truth))
+    with pytest.raises(ManifestError, match=r"1 rows with a concept truth cell that is none of 1/0.*'maybe' in "
+                                            r"'t_border' \(line 7\)"):
+        card.manifest()  # always: a run would stop on it only after encoding every image
+    assert main(["validate", str(card.path)]) == 1 and "'maybe' in 't_border'" in capsys.readouterr().out
+    misspelt = load_card(_with_columns(tmp_path / "c", "t_borders", ok, **truth))
+    with pytest.raises(ManifestError, match=r"has no column\(s\) t_border, which the card's concept_truth names") as err:
+        misspelt.manifest()
+    assert err.value.field == "line 1"
+
+
+def test_a_patient_in_two_splits_is_a_leak(tmp_path):
+    keys = ["p1", "p2", "p3", "p4", "p5", "p6", "p1", "p8"]  # p1: train (line 2) and test (line 8)
+    card = load_card(_with_columns(tmp_path, "patient_key", keys))
+    with pytest.raises(ManifestError, match=r"1 rows of a patient already listed in another split.*patient_key 'p1' "
+                                            r"\(train on line 2, test on line 8\)"):
+        card.manifest()
+    assert [p.kind for p in card.validate().problems] == ["patient_across_splits"]

@@ -606,3 +606,26 @@ def test_a_layout_of_fewer_files_is_not_taken_for_more(tmp_path):
     other = write_csv(tmp_path / "annotations_ddi.csv", ["ImageID", "Papule"], [[f"{i + 1:06d}.png", 1] for i in range(10)])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) .*Do not consider this image.* and 18 more.*given: .*annotations_ddi.csv"):
         make_splits("ddi", [meta, other], write=False)
+
+
+def test_a_source_split_that_puts_a_patient_in_two_splits_keeps_the_patient_in_the_later_one(tmp_path):
+    """With ``patient:`` set, the source's own split column still may not leak a patient between splits:
+    the patient's rows stay in the later split (test before val before train) and the others are dropped."""
+    rows = [[f"img{i}.png", ("nv", "mel")[i % 2], f"P{i // 2}", ("train", "train", "val", "test")[i // 2 % 4]]
+            for i in range(40)]
+    rows.append(["extra.png", "mel", "P2", "test"])  # P2's other images are in val (img4, img5)
+    meta = write_csv(tmp_path / "meta.csv", ["file", "dx", "patient_id", "fold"], rows)
+    (tmp_path / "card.yaml").write_text(
+        "name: byfold\nmodality: dermoscopy\ntask: binary\nclasses:\n  - {name: nevus, description: benign}\n"
+        "  - {name: melanoma, description: malignant}\nmanifest: manifest.csv\nmake_splits:\n  metadata: meta.csv\n"
+        "  path: \"{file}\"\n  label: {column: dx, map: {nv: nevus, mel: melanoma}}\n  patient: patient_id\n"
+        "  split: {method: column, column: fold, map: {train: train, val: val, test: test}}\n")
+    result = make_splits(load_card(tmp_path / "card.yaml"), [meta], salt="t", out=tmp_path / "manifest.csv",
+                         check_images=False)
+    out = read_rows(tmp_path / "manifest.csv")
+    by_patient = {}
+    for r in out:
+        by_patient.setdefault(r["patient_key"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert {r["path"]: r["split"] for r in out}["extra.png"] == "test" and "img4.png" not in {r["path"] for r in out}
+    assert sum(n for k, n in result.dropped.items() if "later split" in k) == 2

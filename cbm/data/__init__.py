@@ -52,6 +52,7 @@ from cbm.data._manifest import (
     write_manifest,
 )
 from cbm.data._splits import SplitResult, make_splits, parse_split_spec
+from cbm.data._truth import ACCEPTED_TRUTH, parse_truth
 
 # Bump whenever reading or preprocessing code changes the pixels a model sees (LUT order,
 # normalisation, resizing): feature caches include it in their key, so stale features are never
@@ -78,6 +79,8 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "KNOWN_SPLITS",
+    "parse_truth",
+    "ACCEPTED_TRUTH",
     # building manifests
     "make_splits",
     "parse_split_spec",

@@ -114,11 +114,29 @@ def assign_splits(
                 continue
             it["split"] = s
             kept.append(it)
+        kept = _one_split_per_patient(kept, dropped)
         if split.val_from_train:
             train = [it for it in kept if it["split"] == "train"]
             grouped_split(train, {"train": 1.0 - split.val_from_train, "val": split.val_from_train}, rng, class_order)
         return kept
     return _confounded(items, split, class_order, rng, dropped)
+
+
+_SPLIT_RANK = {"train": 0, "val": 1, "test_id": 2, "test": 3}
+
+
+def _one_split_per_patient(items: list[dict[str, Any]], dropped: Counter) -> list[dict[str, Any]]:
+    """A source's own splits may put one patient in two: keep the patient's rows of the last split
+    (test before val before train, so the evaluation splits stay as the source made them)."""
+    last: dict[str, str] = {}
+    for it in items:
+        p, s = it["_patient"], it["split"]
+        if _SPLIT_RANK.get(s, 0) >= _SPLIT_RANK.get(last.get(p, s), 0):
+            last[p] = s
+    kept = [it for it in items if last[it["_patient"]] == it["split"]]
+    if len(kept) < len(items):
+        dropped["rows of patients the source also lists in a later split (kept there)"] += len(items) - len(kept)
+    return kept
 
 
 def _warn_unmatched(unmatched: Counter, group: GroupRule) -> None:

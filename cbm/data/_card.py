@@ -158,6 +158,7 @@ class DataCard:
                     root_hint=self.unset_root_variable(),
                     allow_outside_root=self.allow_outside_root,
                     min_per_class=(self.make_splits or {}).get("min_per_class"),
+                    truth_columns=list(dict.fromkeys(self.concept_truth.values())),
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None

@@ -39,7 +39,7 @@ FIELD_HELP: dict[str, str] = {
     "confounder": "{column, description, id_groups, ood_groups} for a confounded variant",
     "nuisance_prompts": "a list of image artefacts no concept score may follow, e.g. [ruler, ink marking]",
     "concept_truth": "{concept phrase: manifest column} holding each concept's annotated truth (1/0, yes/no, "
-                     "true/false, present/absent; empty = not annotated)",
+                     "true/false, present/absent; empty or NA = not annotated)",
     "source": "citation or URL of the dataset",
     "licence": "the dataset's licence",
     "obtain": "how to get the images",

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cbm.data._manifest_csv import read_manifest_csv
+from cbm.data._truth import ACCEPTED_TRUTH, bad_truth_columns, check_truth_header
 from cbm.errors import ManifestError, quote
 
 __all__ = [
@@ -202,64 +204,44 @@ def read_manifest(
     root_hint: str | None = None,
     allow_outside_root: bool = False,
     min_per_class: int | Mapping[str, int] | None = None,
+    truth_columns: Sequence[str] = (),
 ) -> Manifest:
     """Read and check a manifest CSV.
 
     ``min_per_class`` is the card's promise (its split rule's ``min_per_class``: one number, or one per
     split): a class with fewer usable images in a split is a problem (``short_class``).
 
-    ``root_hint`` is added to the message about missing image files (the card uses it to say that
-    the environment variable naming its image folder is not set).
+    ``truth_columns``: the columns the card's ``concept_truth`` names, each in the header and holding
+    truth values (``parse_truth``) in every row. ``root_hint`` is added to the message about missing
+    image files (the card says there that the variable naming its image folder is not set).
 
-    Paths are compared after normalisation (``./1.png``, ``train/../1.png`` and the absolute path
-    of ``<image_root>/1.png`` are one file; with ``check_files``, so are two names of one file, a
-    symbolic or hard link). A path that leaves the image root (``../x.png``, ``/etc/passwd``) is
-    refused unless ``allow_outside_root`` (the card's ``allow_outside_root: true``).
+    Paths are compared after normalisation (the module docstring; with ``check_files`` two names of
+    one file, a link, are one file too). A ``patient_key`` column (``cbm make-splits``) keeps each
+    patient in one split. A path that leaves the image root is refused unless ``allow_outside_root``.
 
     Raises:
         FileNotFoundError: no manifest file, or no image folder (with ``check_files``).
         ManifestError: the file is not a CSV with ``path``, ``label`` and split columns (``report``
             is None); the same file in two splits (a leak between train and test) or a path
             outside the image root, always; any other row problem with ``strict=True``. Its
-            ``report`` lists every problem. Without ``strict``, rows with an unknown label or
+            ``report`` lists every problem (a bad truth cell and a patient in two splits always
+            raise too). Without ``strict``, rows with an unknown label or
             split, a file listed again within its split, a missing file or an unusable path are
             dropped with one warning, and the returned Manifest carries the full ``report``.
     """
     path = Path(path)
     image_root = Path(image_root)
     root = _normal(os.path.abspath(image_root))
-    header, records = _read_csv(path, required=("path", "label", split_column), group_column=group_column)
+    header, records = read_manifest_csv(path, required=("path", "label", split_column), group_column=group_column)
+    check_truth_header(path, header, truth_columns)
     classes = list(class_names)
-    # labels compare in one Unicode form: macOS tools write "nævus" decomposed, a card typed by hand composed
-    index_of = {unicodedata.normalize("NFC", name): i for i, name in enumerate(classes)}
     found = _Problems()
-    rows: list[ManifestRow] = []
-    seen: dict[str, tuple[int, str, str]] = {}  # normalised path -> (line, split, label) of its first usable row
-
-    extra_columns = [c for c in header if c not in ("path", "label", split_column, group_column)]
-    for line, rec in records:
-        p, label, split = rec["path"].strip(), rec["label"].strip(), rec[split_column].strip()
-        if not p or not label or not split:
-            empty = [c for c, v in (("path", p), ("label", label), (split_column, split)) if not v]
-            found.note("empty_field", line, f"line {line} ({', '.join(empty)})")
-            continue
-        if unicodedata.normalize("NFC", label) not in index_of:
-            found.note("unknown_label", line, f"{quote(label, 80)} (line {line})")
-        if split not in KNOWN_SPLITS:
-            found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
-        key = _normal(os.path.join(root, p))
-        if not allow_outside_root and not _inside(key, root):
-            found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
-        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, label, usable=line not in found.bad_lines)
-        if line in found.bad_lines:
-            continue
-        group = rec.get(group_column, "").strip() if group_column else None
-        extra = {c: rec.get(c, "") for c in extra_columns}
-        k = index_of[unicodedata.normalize("NFC", label)]
-        rows.append(ManifestRow(p, classes[k], k, split, group or None, extra, line))
+    rows = _usable_rows(records, found, classes, header, split_column, group_column, truth_columns, root,
+                        allow_outside_root)
 
     if check_files and rows:
         rows = _existing(rows, image_root, path, found)
+    _note_patients_across_splits(found, rows)
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
     report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts())
@@ -273,7 +255,40 @@ def read_manifest(
     return manifest
 
 
-FATAL_PROBLEMS = ("duplicate_across_splits", "outside_root")
+def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, classes: list[str], header: list[str],
+                 split_column: str, group_column: str | None, truth_columns: Sequence[str], root: str,
+                 allow_outside_root: bool) -> list[ManifestRow]:
+    """The rows without a problem of their own (each problem noted in ``found``), in file order."""
+    # labels compare in one Unicode form: macOS tools write "nævus" decomposed, a card typed by hand composed
+    index_of = {unicodedata.normalize("NFC", name): i for i, name in enumerate(classes)}
+    rows: list[ManifestRow] = []
+    seen: dict[str, tuple[int, str, str]] = {}  # normalised path -> (line, split, label) of its first usable row
+    extra_columns = [c for c in header if c not in ("path", "label", split_column, group_column)]
+    for line, rec in records:
+        p, label, split = rec["path"].strip(), rec["label"].strip(), rec[split_column].strip()
+        if not p or not label or not split:
+            empty = [c for c, v in (("path", p), ("label", label), (split_column, split)) if not v]
+            found.note("empty_field", line, f"line {line} ({', '.join(empty)})")
+            continue
+        if unicodedata.normalize("NFC", label) not in index_of:
+            found.note("unknown_label", line, f"{quote(label, 80)} (line {line})")
+        if split not in KNOWN_SPLITS:
+            found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
+        for column in bad_truth_columns(rec, truth_columns):
+            found.note("bad_truth", line, f"{quote(rec.get(column, ''), 40)} in {quote(column, 60)} (line {line})")
+        key = _normal(os.path.join(root, p))
+        if not allow_outside_root and not _inside(key, root):
+            found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
+        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, label, usable=line not in found.bad_lines)
+        if line in found.bad_lines:
+            continue
+        group = rec.get(group_column, "").strip() if group_column else None
+        k = index_of[unicodedata.normalize("NFC", label)]
+        rows.append(ManifestRow(p, classes[k], k, split, group or None, {c: rec.get(c, "") for c in extra_columns}, line))
+    return rows
+
+
+FATAL_PROBLEMS = ("duplicate_across_splits", "patient_across_splits", "outside_root", "bad_truth")
 """Row problems that raise even without ``strict``: they make every figure of a run wrong."""
 
 
@@ -312,7 +327,10 @@ class _Problems:
                                        "splits (keep each image in one split)",
             "conflicting_label": "rows giving a file already listed in the same split another label (the first "
                                  "row's is kept: correct the wrong one)",
+            "patient_across_splits": "rows of a patient already listed in another split, a leak between splits "
+                                     "(keep each patient's images in one split: `cbm make-splits` does)",
             "duplicate_path": "rows repeating a file already listed in the same split",
+            "bad_truth": f"rows with a concept truth cell that is none of {ACCEPTED_TRUTH} (correct those cells)",
             "bad_path": "rows whose path the file system refuses",
             "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
         }
@@ -323,6 +341,17 @@ class _Problems:
                 more = f", and {n - len(shown)} more" if n > len(shown) else ""
                 out.append(ManifestProblem(kind, f"{n} {text}: {'; '.join(shown)}{more}", tuple(self.lines[kind])))
         return out
+
+
+def _note_patients_across_splits(found: _Problems, rows: list[ManifestRow]) -> None:
+    """A ``patient_key`` in two splits: the patient's images would teach and test the model at once."""
+    first: dict[str, ManifestRow] = {}
+    for r in rows:
+        key = r.extra.get("patient_key", "").strip()
+        if key and first.setdefault(key, r).split != r.split:
+            f = first[key]
+            found.note("patient_across_splits", r.line, f"patient_key {quote(key, 40)} ({f.split} on line {f.line}, "
+                                                        f"{r.split} on line {r.line})")
 
 
 def _note_duplicate(found: _Problems, seen: dict[Any, tuple[int, str, str]], key: Any, shown: str, line: int, split: str,
@@ -393,62 +422,6 @@ def _whole_file_problems(report: ManifestReport, classes: list[str],
         if empty:
             report.problems.append(ManifestProblem(
                 "no_training_image", f"class(es) with no training image: {quote(', '.join(empty))[1:-1]} (the head cannot learn them)"))
-
-
-def _read_csv(
-    path: Path, *, required: Sequence[str], group_column: str | None
-) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and ``(line number, record)`` pairs of a CSV, with clear errors for a malformed file."""
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(f"manifest not found: {path}")
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(path, f"is not UTF-8 text (byte {exc.start})", "Save it as a UTF-8 CSV") from None
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ManifestError(path, f"cannot be read ({type(exc).__name__}: {quote(str(exc))})",
-                            "Check the path and the file's permissions") from None
-    if "\x00" in text:
-        raise ManifestError(path, "contains NUL bytes, so it is not a CSV text file", "Export it again as CSV",
-                            field=f"line {text[:text.index(chr(0))].count(chr(10)) + 1}")
-    # newline="": a line break inside a quoted cell stays in the cell (splitting lines first dropped it)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise ManifestError(path, "is empty", "It needs a header line 'path,label,split' and one row per image") from None
-    except csv.Error as exc:
-        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting of the header", field="line 1") from None
-    needed = list(required) + ([group_column] if group_column else [])
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise ManifestError(
-            path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})",
-            f"A manifest needs the columns path,label,{quote(required[2], 60)[1:-1]}"
-            + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
-        )
-    if len(set(header)) != len(header):
-        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
-        raise ManifestError(path, f"repeats the column(s) {quote(', '.join(dupes))[1:-1]} in its header", "Keep one of each",
-                            field="line 1")
-    records: list[tuple[int, dict[str, str]]] = []
-    try:
-        end = reader.line_num
-        for fields in reader:
-            line, end = end + 1, reader.line_num  # a record's first line (a quoted cell may span lines)
-            if not fields or all(not f.strip() for f in fields):
-                continue
-            if len(fields) != len(header):
-                raise ManifestError(
-                    path, f"has {len(fields)} field(s) but the header has {len(header)}",
-                    "Quote values that contain commas (\"a, b\") and check for stray separators", field=f"line {line}",
-                )
-            records.append((line, dict(zip(header, fields))))
-    except csv.Error as exc:
-        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
-    return header, records
 
 
 def salted_patient_key(patient: str, salt: str) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from cbm.data import parse_truth
 from cbm.heads import intervention_steps, set_from_truth
 from cbm.pipeline.inputs import SplitData
 from cbm.pipeline.scoring import eval_splits
@@ -83,22 +84,11 @@ MIN_CHECKED = 100
 """The store check judges a concept only when at least this many training images are annotated
 (phi's standard error is then at most about 0.1)."""
 
-_TRUE = {"1", "1.0", "yes", "y", "true", "t", "present"}
-_FALSE = {"0", "0.0", "no", "n", "false", "f", "absent"}
-
-
 def _parse(value: str, column: str, manifest: Any) -> float:
-    v = str(value).strip().lower()
-    if v == "":
-        return np.nan
-    if v in _TRUE:
-        return 1.0
-    if v in _FALSE:
-        return 0.0
-    raise ValueError(
-        f"manifest {manifest}: concept truth column {column!r} holds {value!r}; use 1/0, yes/no, true/false or "
-        "present/absent (empty = not annotated)"
-    )
+    try:
+        return parse_truth(value)
+    except ValueError as exc:  # (the manifest check refuses such a cell first; a split built by hand may not)
+        raise ValueError(f"manifest {manifest}: concept truth column {column!r}: {exc}") from None
 
 
 def check_truth_names(card, concept_names: Sequence[str], store_names: Sequence[str] = ()) -> None:

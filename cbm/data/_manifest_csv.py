@@ -1,0 +1,69 @@
+"""A manifest CSV's header and records, with a clear error for every way the file can be malformed."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from cbm.errors import ManifestError, quote
+
+__all__ = ["read_manifest_csv"]
+
+
+def read_manifest_csv(
+    path: Path, *, required: Sequence[str], group_column: str | None
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and ``(line number, record)`` pairs of a CSV, with clear errors for a malformed file."""
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest not found: {path}")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, f"is not UTF-8 text (byte {exc.start})", "Save it as a UTF-8 CSV") from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ManifestError(path, f"cannot be read ({type(exc).__name__}: {quote(str(exc))})",
+                            "Check the path and the file's permissions") from None
+    if "\x00" in text:
+        raise ManifestError(path, "contains NUL bytes, so it is not a CSV text file", "Export it again as CSV",
+                            field=f"line {text[:text.index(chr(0))].count(chr(10)) + 1}")
+    # newline="": a line break inside a quoted cell stays in the cell (splitting lines first dropped it)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ManifestError(path, "is empty", "It needs a header line 'path,label,split' and one row per image") from None
+    except csv.Error as exc:
+        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting of the header", field="line 1") from None
+    needed = list(required) + ([group_column] if group_column else [])
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise ManifestError(
+            path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})",
+            f"A manifest needs the columns path,label,{quote(required[2], 60)[1:-1]}"
+            + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
+        )
+    if len(set(header)) != len(header):
+        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
+        raise ManifestError(path, f"repeats the column(s) {quote(', '.join(dupes))[1:-1]} in its header", "Keep one of each",
+                            field="line 1")
+    records: list[tuple[int, dict[str, str]]] = []
+    try:
+        end = reader.line_num
+        for fields in reader:
+            line, end = end + 1, reader.line_num  # a record's first line (a quoted cell may span lines)
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise ManifestError(
+                    path, f"has {len(fields)} field(s) but the header has {len(header)}",
+                    "Quote values that contain commas (\"a, b\") and check for stray separators", field=f"line {line}",
+                )
+            records.append((line, dict(zip(header, fields))))
+    except csv.Error as exc:
+        raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
+    return header, records
