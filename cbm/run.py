@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,15 @@ VALIDATION_FIGURES = ("val_accuracy", "val_worst_group_accuracy")
 """The figures a sweep may optimise (of any method: ``cbm.val_accuracy``, ``linear_probe.val_accuracy``)."""
 
 
-def check_optimized_metric(optimized_metric: str) -> None:
+def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None = None) -> None:
     """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or ``method.figure`` with a
-    validation figure (the method's name can only be checked against the run's figures)."""
+    validation figure and, given the ``methods`` the run will measure, one of them."""
     if optimized_metric == AUTO_METRIC:
         return
-    figure = optimized_metric.partition(".")[2]
+    method, _, figure = optimized_metric.partition(".")
+    if methods is not None and method not in methods:
+        raise ValueError(f"optimized_metric={optimized_metric!r}: this run measures no method {method!r}; it "
+                         f"measures {', '.join(methods)}")
     if not figure.startswith("val_"):
         raise ValueError(
             f"optimized_metric={optimized_metric!r} is not a validation figure: a sweep may only optimise what the "
@@ -97,7 +101,6 @@ def _task(cfg) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        check_optimized_metric(str(cfg.optimized_metric))  # a bad name before the run, not after it
         metrics = _run(cfg, out_dir)
         value = sweep_value(metrics, str(cfg.optimized_metric))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -114,36 +117,73 @@ def _task(cfg) -> float:
 
 
 def _run(cfg, out_dir: Path) -> dict:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from cbm.pipeline import run_experiment
+    from cbm.pipeline.experiment import check_run_inputs
     from cbm.pipeline.inputs import check_splits_present
 
-    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    head = instantiate(plain(cfg.head))
-    card = resolve_dataset(plain(cfg.dataset))
+    card = resolve_dataset(_plain(cfg.dataset))
     # what can be checked without the encoder is checked before it loads (it can take minutes)
     check_splits_present(card)
+    kwargs = experiment_arguments(cfg)
+    check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]))
+    check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap")})
+    extra = {name: _instantiate(node) for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
+    return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder)), extra_metrics=extra,
+                          **kwargs)
+
+
+def _plain(node) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _instantiate(node) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(node)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A switch of the config: true or false only (``off``, ``no`` or ``0`` would read as on, or be guessed)."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{name}={value!r}: write true or false")
+
+
+def experiment_arguments(cfg) -> dict[str, Any]:
+    """The arguments of :func:`cbm.pipeline.run_experiment` that a composed config gives, checked (all
+    but the card, the encoder, the run folder and ``extra_metrics``); the head's settings checked too."""
+    from cbm.pipeline.experiment import check_baselines
+
+    head = _instantiate(_plain(cfg.head))
     getattr(head, "check_params", lambda: None)()
-    extra = {name: instantiate(node) for name, node in (plain(cfg.dataset).get("extra_metrics") or {}).items()}
-    return run_experiment(
-        out_dir=out_dir,
-        card=card,
-        encoder=instantiate(plain(cfg.encoder)),
+    baselines = {k: _flag(v, f"baselines.{k}") for k, v in (_plain(cfg.baselines) or {}).items()}
+    check_baselines(baselines)
+    n_bootstrap = int(cfg.evaluation.n_bootstrap)
+    if n_bootstrap < 0:
+        raise ValueError(f"evaluation.n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")
+    return dict(
         head=head,
-        bottleneck=instantiate(plain(cfg.bottleneck)),
-        llm=plain(cfg.llm),
+        bottleneck=_instantiate(_plain(cfg.bottleneck)),
+        llm=_plain(cfg.llm),
         templates=cfg.concepts.templates,
-        concepts=plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
-        check_store=bool(cfg.concepts.get("check_with_truth", True)),
-        baselines=plain(cfg.baselines),
-        features=plain(cfg.features),
-        n_bootstrap=int(cfg.evaluation.n_bootstrap),
+        concepts=_plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
+        check_store=_flag(cfg.concepts.get("check_with_truth", True), "concepts.check_with_truth"),
+        baselines=baselines,
+        features=_plain(cfg.features),
+        n_bootstrap=n_bootstrap,
         seed=int(cfg.seed),
-        save_model=bool(cfg.save_model),
-        extra_metrics=extra,
+        save_model=_flag(cfg.save_model, "save_model"),
     )
+
+
+def run_methods(head: Any, baselines: dict[str, bool]) -> list[str]:
+    """The methods a run with this head and these baseline switches measures."""
+    from cbm.pipeline.experiment import METHODS, check_baselines
+
+    on = check_baselines(baselines)
+    return [m for m in METHODS if m == "cbm" or (on[m] and (m != "cbm_unconstrained" or getattr(head, "constraint", None)))]
 
 
 def hydra_main(argv: list[str]) -> int:

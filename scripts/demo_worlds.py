@@ -8,7 +8,9 @@ Each world is a ``cbm run`` with the default configuration (``cbm.pipeline.run_e
 objects ``conf/`` makes): the faithful head, the baselines, the faithfulness block. Nothing here
 chooses anything; the worlds are drawn from seeds the defaults were not chosen on (the defaults
 are checked by ``scripts/check_defaults.py`` on validation data only). ``--set`` passes Hydra
-overrides (as on ``cbm run``'s command line) to show another setting on the same worlds. Per world it reports the figures and
+overrides (as on ``cbm run``'s command line) to show another setting on the same worlds; every key
+applies as ``cbm run`` takes it but those the script sets itself (``SET_HERE``: the worlds, their
+seeds, 100 bootstrap resamples, the saved model), which it refuses. Per world it reports the figures and
 whether each target holds:
 
 - ``gap``: in-domain minus out-of-domain accuracy <= 2 points;
@@ -114,6 +116,10 @@ def check_world(metrics: dict, model, classes: int) -> dict:
     return out
 
 
+SET_HERE = ("dataset", "seed", "evaluation", "save_model")
+"""Top-level config keys this script sets itself; ``--set`` refuses them (every other key applies)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="1,2")
@@ -134,20 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     from cbm.demo import abcd_rule_metric, cached_dataset
     from cbm.model import ConceptBottleneckModel
     from cbm.pipeline import run_experiment
-    from cbm.run import CONFIG_DIR
+    from cbm.run import CONFIG_DIR, experiment_arguments
 
+    own = [o for o in args.overrides if o.split("=")[0].lstrip("+~").split(".")[0] in SET_HERE]
+    if own:
+        p.error(f"--set {own[0]!r}: this script sets {', '.join(SET_HERE)} itself (the worlds, their seeds, "
+                "100 bootstrap resamples, the model each world saves)")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     encoder = instantiate(plain(cfg.encoder))
+    settings = experiment_arguments(cfg)  # every other setting as cbm run takes it (concepts, templates, ...)
 
     def run(classes: int, seed: int, conf: float) -> tuple[dict, ConceptBottleneckModel]:
         card = load_card(cached_dataset(n=args.n, confounding=conf, classes=classes, seed=seed, progress=False))
         with tempfile.TemporaryDirectory() as out:
-            metrics = run_experiment(out_dir=out, card=card, encoder=encoder, head=instantiate(plain(cfg.head)),
-                                     bottleneck=instantiate(plain(cfg.bottleneck)), baselines=plain(cfg.baselines),
-                                     features={"num_workers": 0}, n_bootstrap=100, seed=seed,
-                                     extra_metrics={"abcd_rule": abcd_rule_metric})
+            metrics = run_experiment(out_dir=out, card=card, encoder=encoder, **{
+                **settings, "head": instantiate(plain(cfg.head)), "features": {**settings["features"], "num_workers": 0},
+                "n_bootstrap": 100, "seed": seed, "save_model": True}, extra_metrics={"abcd_rule": abcd_rule_metric})
             return metrics, ConceptBottleneckModel.load(Path(out) / "model")
 
     t0 = time.perf_counter()

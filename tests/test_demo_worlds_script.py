@@ -33,3 +33,10 @@ def test_demo_worlds_reports_each_world_beside_its_cue_free_twin(tmp_path, capsy
     # the figures the targets read are the ones reported
     assert world["targets"]["gap"] == (figures["gap"] <= 0.02)
     assert world["targets"]["id_vs_probe"] == (figures["cbm_id"] >= figures["probe_id"] - 0.04)
+
+
+def test_set_refuses_what_the_script_sets_itself(capsys):
+    for override in ("seed=3", "dataset.demo.n=100", "evaluation.n_bootstrap=5", "save_model=false"):
+        with pytest.raises(SystemExit):
+            _script().main(["--seeds", "1", "--set", override])
+        assert "this script sets dataset, seed, evaluation, save_model itself" in capsys.readouterr().err

@@ -145,6 +145,20 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
                      f"hydra.run.dir={tmp_path / 'head'}"])
     err = capsys.readouterr().err
     assert code == 2 and "max_concepts_per_class" in err and "Traceback" not in err
+    # what fitting would refuse only after encoding every image, and settings that would be misread
+    for overrides, fragment in [
+        (["optimized_metric=cbm_unconstraind.val_accuracy"], "measures no method 'cbm_unconstraind'"),
+        (["baselines.linear_probe=false", "optimized_metric=linear_probe.val_accuracy"], "measures no method"),
+        (["concepts.templates=[a dermoscopy photo]"], "exactly one '{}'"),
+        (["concepts.list={melanom: [irregular border], benign nevus: [regular border]}"], "['melanom']"),
+        (["save_model=no"], "save_model='no': write true or false"),
+        (["baselines.linear_probe=off"], "baselines.linear_probe='off'"),
+        (["+baselines.linear_prob=false"], "['linear_prob'] are not baselines"),
+        (["evaluation.n_bootstrap=-5"], "n_bootstrap=-5"),
+    ]:
+        code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and "Traceback" not in err, (overrides, err)
 
 
 def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
@@ -244,3 +258,13 @@ def test_a_checked_store_entry_gets_no_weight(tiny, tmp_path):
         k, c = model.classes.index(d["class"]), names.index(d["concept"])
         assert d["association"] is None or d["association"] < 0.1
         assert model.concept_prior[k, c] == 0 and model.coef[k, c] == 0
+
+
+def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_path, capsys):
+    run = tmp_path / "again"
+    assert cbm_main(["run", *tiny, f"hydra.run.dir={run}"]) == 0
+    assert (run / "model" / "model.json").is_file()
+    assert cbm_main(["run", *tiny, "save_model=false", "head.l1_ratio=0.5", f"hydra.run.dir={run}"]) == 0
+    assert not (run / "model").exists()  # the earlier model would be explained as this run's
+    assert "head.l1_ratio=0.5" in (run / ".hydra" / "overrides.yaml").read_text()
+    capsys.readouterr()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cbm.encoders.encoder import Encoder
 
-__all__ = ["encode_texts", "default_templates", "render_prompts", "MODALITY_TEMPLATES"]
+__all__ = ["encode_texts", "check_templates", "default_templates", "render_prompts", "MODALITY_TEMPLATES"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def render_prompts(texts: Sequence[str], templates: Sequence[str]) -> list[str]:
     Raises:
         ValueError: no templates, or a template without exactly one ``{}`` placeholder.
     """
-    templates = _check_templates(templates)
+    templates = check_templates(templates)
     return [tpl.replace("{}", text.strip()) for text in texts for tpl in templates]
 
 
@@ -106,7 +106,7 @@ def encode_texts(
     bad = [t for t in texts if not isinstance(t, str) or not t.strip()]
     if bad:
         raise ValueError(f"encode_texts needs non-empty strings; got {bad[:3]!r}")
-    templates = _check_templates(default_templates(modality) if templates is None else templates)
+    templates = check_templates(default_templates(modality) if templates is None else templates)
     if not texts:
         return torch.zeros((0, encoder.embed_dim), dtype=torch.float32)
     prompts = render_prompts(texts, templates)
@@ -118,7 +118,7 @@ def encode_texts(
     return F.normalize(mean, dim=-1)
 
 
-def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
         templates = [templates]
     templates = tuple(templates)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,17 +34,25 @@ import numpy as np
 from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.faithfulness import STEP_FALL, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, fit_head, fit_model, full_coef
-from cbm.pipeline.inputs import check_splits_present, extract_splits, resolve_card
+from cbm.pipeline.inputs import check_every_class_trains, check_splits_present, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.outputs import path_chart, results_table
 from cbm.pipeline.scoring import evaluate_methods
 from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
 
-__all__ = ["run_experiment", "METHODS"]
+__all__ = ["run_experiment", "check_baselines", "check_run_inputs", "METHODS"]
 
 log = logging.getLogger(__name__)
 
 METHODS = ("cbm", "cbm_unconstrained", "linear_probe", "zero_shot", "dense_concepts")
 _BASELINES = {"cbm_unconstrained": True, "linear_probe": True, "zero_shot": True, "dense_concepts": True}
+
+
+def check_baselines(baselines: Mapping[str, bool] | None) -> dict[str, bool]:
+    """Every baseline's switch (all on unless turned off); a name that is no baseline is an error."""
+    unknown = sorted(set(baselines or {}) - set(_BASELINES))
+    if unknown:
+        raise ValueError(f"baselines {unknown} are not baselines of a run; they are {', '.join(_BASELINES)}")
+    return {**_BASELINES, **dict(baselines or {})}
 
 
 def run_experiment(
@@ -89,13 +98,10 @@ def run_experiment(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     card = resolve_card(card)
-    check_splits_present(card)  # a missing manifest, image folder or split: before the encoder loads
+    which = check_run_inputs(card, head=head, concepts=concepts, templates=templates, llm=llm, baselines=baselines,
+                             n_bootstrap=n_bootstrap)
     timings["dataset"] = time.perf_counter() - t
-    check = getattr(head, "check_params", None)
-    if callable(check):  # a bad head setting is reported before the images are encoded
-        check()
     store = _store_names(card)
-    check_truth_names(card, _given_names(concepts), store)  # a mistyped truth column name, before any encoding
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -110,7 +116,7 @@ def run_experiment(
     eval_names = [s for s in ("val", "test_id", "test") if s in splits]
     probas = {"cbm": {s: fit.model.predict_proba_from_features(splits[s].features) for s in eval_names}}
     extra: dict[str, dict[str, Any]] = {"cbm": _head_facts(fit)}
-    _run_baselines(fit, {**_BASELINES, **dict(baselines or {})}, eval_names, templates, seed, probas, extra, timings)
+    _run_baselines(fit, which, eval_names, templates, seed, probas, extra, timings)
 
     metrics = evaluate_methods(card, probas, splits, n_bootstrap=n_bootstrap, seed=seed)
     for method, e in extra.items():
@@ -128,6 +134,33 @@ def run_experiment(
     return metrics
 
 
+def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templates: Sequence[str] | None = None,
+                     llm: dict | None = None, baselines: Mapping[str, bool] | None = None,
+                     n_bootstrap: int = 1000) -> dict[str, bool]:
+    """Refuse, before the encoder loads or an image is encoded, what a run would refuse later: a missing
+    manifest, image folder or split, a bad head setting, an unknown baseline, a negative ``n_bootstrap``,
+    a mistyped truth column name, a prompt template without ``{}``, concepts for classes the card lacks,
+    no concepts at all, a class without training images. Returns every baseline's switch."""
+    from cbm.encoders.text import check_templates
+
+    card = resolve_card(card)
+    check_splits_present(card)
+    check = getattr(head, "check_params", None)
+    if callable(check):
+        check()
+    which = check_baselines(baselines)
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")
+    check_truth_names(card, _given_names(concepts), _store_names(card))
+    if templates is not None:
+        check_templates(templates)
+    if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
+        resolve_concepts(card, concepts)
+    train = card.manifest().counts().get("train", {})
+    check_every_class_trains(card, [c for c in card.class_names if train.get(c)])
+    return which
+
+
 def _write_outputs(out: Path, fit: FitResult, metrics: dict[str, dict[str, Any]], save_model: bool) -> None:
     """metrics.json, results.md, path.svg and the model folder."""
     card = fit.card
@@ -142,6 +175,12 @@ def _write_outputs(out: Path, fit: FitResult, metrics: dict[str, dict[str, Any]]
     }
     if save_model:
         fit.model.save(out / "model")
+    # a run folder used again shows only this run: what an earlier run wrote and this one did not goes
+    for stale in ([] if save_model else [out / "model"]) + ([] if path else [out / "path.svg"]):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
 
 
 def _store_names(card) -> list[str]:
