@@ -104,6 +104,12 @@ def test_a_card_loaded_by_a_relative_path_finds_its_manifest_from_anywhere(tmp_p
     card = load_card("toy/card.yaml")
     monkeypatch.chdir("/")
     assert card.manifest_path == tmp_path / "toy" / "manifest.csv" and len(card.manifest(check_files=False))
+    # a card file linked into another folder reads the manifest beside the link, as before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "card.yaml").symlink_to(tmp_path / "toy" / "card.yaml")
+    (mine / "manifest.csv").write_text((tmp_path / "toy" / "manifest.csv").read_text())
+    assert load_card(mine / "card.yaml").manifest_path == mine / "manifest.csv"
 
 
 def test_missing_images_name_the_unset_root_variable(tmp_path, monkeypatch):

@@ -153,6 +153,11 @@ def test_labels_match_in_either_unicode_form_and_quoted_line_breaks_stay(tmp_pat
     first = next(iter(manifest))
     assert first.label == composed and first.label_index == 0 and first.extra["note"] == "marked\nby hand"
     assert [r.line for r in manifest] == [2, 4]
+    # one file listed again under the other form of the same label is a repeat, not another label
+    (tmp_path / "m2.csv").write_text(f"path,label,split\na.png,{decomposed},train\na.png,{composed},train\n")
+    again = read_manifest(tmp_path / "m2.csv", class_names=[composed, "melanoma"], image_root=tmp_path, check_files=False)
+    assert "duplicate_path" in [p.kind for p in again.report.problems]
+    assert "conflicting_label" not in [p.kind for p in again.report.problems]
 
 
 def _with_columns(tmp_path: Path, column: str, values: list[str], **card: object) -> Path:
@@ -173,10 +178,13 @@ def test_concept_truth_cells_are_checked_with_the_manifest_before_any_run(tmp_pa
                                             r"'t_border' \(line 7\)"):
         card.manifest()  # always: a run would stop on it only after encoding every image
     assert main(["validate", str(card.path)]) == 1 and "'maybe' in 't_border'" in capsys.readouterr().out
-    misspelt = load_card(_with_columns(tmp_path / "c", "t_borders", ok, **truth))
-    with pytest.raises(ManifestError, match=r"has no column\(s\) t_border, which the card's concept_truth names") as err:
-        misspelt.manifest()
+    two = {"concept_truth": {"irregular border": "t_border", "dots": "t_dots"}}
+    misspelt = load_card(_with_columns(tmp_path / "c", "t_borders", ok, **two))
+    with pytest.raises(ManifestError, match=r"has no column\(s\) t_border, which the card's concept_truth") as err:
+        load_card(_with_columns(tmp_path / "d", "t_dots", ok, **two)).manifest()  # one of two: a misspelt name
     assert err.value.field == "line 1"
+    # none of them: a manifest built without the annotations (a card may offer that) is read as not annotated
+    assert len(misspelt.manifest()) == len(ROWS)
 
 
 def test_a_patient_in_two_splits_is_a_leak(tmp_path):

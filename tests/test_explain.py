@@ -37,6 +37,9 @@ def test_an_image_array_in_0_255_is_scaled_or_refused_not_misread(tiny_model):
     assert [same[c] for c in CLASSES] == pytest.approx([expected[c] for c in CLASSES], abs=1e-5)
     with pytest.raises(ValueError, match="divide by 255"):
         tiny_model.explain(as_uint8.astype(np.float32))
+    for dtype in (np.int64, np.int16):  # no range known from the type: refused, not divided by 2**63 - 1
+        with pytest.raises(ValueError, match=f"{np.dtype(dtype).name} has no known range"):
+            tiny_model.explain(as_uint8.astype(dtype))
     with pytest.raises(ValueError, match="NaN"):
         tiny_model.predict_proba(np.full((8, 8, 3), np.nan, np.float32))
 

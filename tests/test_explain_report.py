@@ -244,7 +244,8 @@ def test_two_classes_flag_each_contradicting_concept_once_by_its_net_push(tiny_m
 
 
 def test_no_local_path_in_an_encoder_name_reaches_a_page(tiny_model):
-    for name in ("local-dir:/home/dr.jane.doe/models/biomedclip", "ViT-B-32@/home/dr.jane.doe/ckpt.pt"):
+    for name in ("local-dir:/home/dr.jane.doe/models/biomedclip", "ViT-B-32@/home/dr.jane.doe/ckpt.pt",
+                 "hf-hub:org/repo@/home/dr.jane.doe/ckpts/finetuned.pt"):
         m = ConceptBottleneckModel(name, CLASSES, tiny_model.bottleneck, tiny_model.coef, tiny_model.intercept,
                                    train_raw_scores=tiny_model.train_raw_scores, info=tiny_model.info)
         m.set_encoder(tiny_model.encoder)

@@ -267,4 +267,17 @@ def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_pa
     assert cbm_main(["run", *tiny, "save_model=false", "head.l1_ratio=0.5", f"hydra.run.dir={run}"]) == 0
     assert not (run / "model").exists()  # the earlier model would be explained as this run's
     assert "head.l1_ratio=0.5" in (run / ".hydra" / "overrides.yaml").read_text()
+    # a folder named model that is not a saved model is not this run's to remove
+    (run / "model").mkdir()
+    (run / "model" / "notes.txt").write_text("mine")
+    assert cbm_main(["run", *tiny, "save_model=false", f"hydra.run.dir={run}"]) == 0
+    assert (run / "model" / "notes.txt").read_text() == "mine"
     capsys.readouterr()
+
+
+def test_run_experiment_takes_switches_as_true_or_false_only():
+    from cbm.pipeline.experiment import check_baselines
+
+    assert check_baselines({"linear_probe": False})["linear_probe"] is False
+    with pytest.raises(ValueError, match="baselines.linear_probe='off': write true or false"):
+        check_baselines({"linear_probe": "off"})

@@ -319,7 +319,7 @@ def _parse_card(path: Path) -> DataCard:
         modality=fields.modality,
         task=fields.task,
         classes=tuple(classes),
-        manifest_path=manifest if manifest.is_absolute() else path.resolve().parent / manifest,
+        manifest_path=manifest if manifest.is_absolute() else Path(os.path.abspath(path)).parent / manifest,
         path=path.resolve(),
         image_root_setting=fields.image_root or ".",
         image_root_env=fields.image_root_env,

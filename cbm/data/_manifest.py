@@ -233,7 +233,7 @@ def read_manifest(
     image_root = Path(image_root)
     root = _normal(os.path.abspath(image_root))
     header, records = read_manifest_csv(path, required=("path", "label", split_column), group_column=group_column)
-    check_truth_header(path, header, truth_columns)
+    truth_columns = check_truth_header(path, header, truth_columns)
     classes = list(class_names)
     found = _Problems()
     rows = _usable_rows(records, found, classes, header, split_column, group_column, truth_columns, root,
@@ -279,7 +279,8 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
         key = _normal(os.path.join(root, p))
         if not allow_outside_root and not _inside(key, root):
             found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
-        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, label, usable=line not in found.bad_lines)
+        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
+                        usable=line not in found.bad_lines)
         if line in found.bad_lines:
             continue
         group = rec.get(group_column, "").strip() if group_column else None

@@ -3,6 +3,7 @@ or not annotated, read the same way when the manifest is checked and when a run 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from cbm.errors import ManifestError, quote
 
 __all__ = ["ACCEPTED_TRUTH", "bad_truth_columns", "check_truth_header", "parse_truth"]
+
+log = logging.getLogger(__name__)
 
 _PRESENT = frozenset({"1", "yes", "y", "true", "t", "present"})
 _ABSENT = frozenset({"0", "no", "n", "false", "f", "absent"})
@@ -37,13 +40,20 @@ def parse_truth(value: object) -> float:
     raise ValueError(f"{str(value)!r} is not a truth value; use {ACCEPTED_TRUTH}")
 
 
-def check_truth_header(path: Path, header: Sequence[str], truth_columns: Sequence[str]) -> None:
-    """Raise ManifestError when the manifest lacks a column the card's ``concept_truth`` names."""
+def check_truth_header(path: Path, header: Sequence[str], truth_columns: Sequence[str]) -> list[str]:
+    """The truth columns to check: all of them, or none where the manifest has none of them (built
+    without the annotations, as a card may offer: its runs measure no faithfulness, and say why).
+    Raises ManifestError when it has some but not all (a misspelt name)."""
     missing = [c for c in truth_columns if c not in header]
+    if missing and len(missing) == len(truth_columns):
+        log.warning("manifest %s has none of the concept truth columns its card names (%s, ...): it is read as not "
+                    "annotated", path, missing[0])
+        return []
     if missing:
         raise ManifestError(path, f"has no column(s) {quote(', '.join(missing))[1:-1]}, which the card's concept_truth "
                                   f"names (header: {quote(','.join(header))[1:-1]})",
                             "Add the column(s), or correct the names in the card's concept_truth", field="line 1")
+    return list(truth_columns)
 
 
 def bad_truth_columns(record: Mapping[str, str], truth_columns: Sequence[str]) -> list[str]:

@@ -32,7 +32,7 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
 class ToChannelFirst(Transform):
     """LoadedImage / path / ``(H, W)`` or ``(H, W, C)`` array -> float32 ``(C, H, W)`` tensor in [0, 1].
 
-    Integer arrays are scaled by their dtype's maximum; an alpha channel is dropped. A torch tensor
+    uint8 / uint16 arrays are scaled to [0, 1] (:func:`unit_pixels`); an alpha channel is dropped. A torch tensor
     is taken as already channel-first.
     """
 
@@ -60,13 +60,17 @@ _UNIT_SLACK = 1e-3
 
 
 def unit_pixels(arr: np.ndarray) -> np.ndarray:
-    """An image array as float32 in [0, 1]: integer arrays are scaled by their dtype's maximum (uint8
-    by 255, uint16 by 65535); a float array must already be in [0, 1] and finite, else ValueError."""
+    """An image array as float32 in [0, 1]: uint8 is scaled by 255 and uint16 by 65535; a float array
+    must already be in [0, 1] and finite; any other integer type (int64 of 0-255, a signed CT array)
+    is refused with the fix, since its range cannot be told from its type."""
     arr = np.asarray(arr)
     if arr.dtype == bool:
         return arr.astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype in (np.uint8, np.uint16):
         return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    if np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"an image array of {arr.dtype} has no known range: give uint8 (0-255), uint16 (0-65535) "
+                         "or floats in [0, 1] (e.g. arr.astype(np.uint8) for 0-255 values)")
     arr = np.asarray(arr, np.float32)
     if arr.size and not np.isfinite(arr).all():
         raise ValueError("an image array holds NaN or infinite values; give pixel values in [0, 1]")

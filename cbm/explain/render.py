@@ -248,8 +248,6 @@ def _summary(case: CaseReport) -> str:
 
 
 _PATH_LIKE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
-# an encoder name that carries a path: local-dir:DIR, or ARCH@WEIGHTS with a weights file
-_PATH_AFTER = re.compile(r"^(local-dir:|[^\s@/\\]+@)(.*[\\/].*)$")
 
 
 def without_paths(value: Any) -> Any:
@@ -260,10 +258,12 @@ def without_paths(value: Any) -> Any:
     if isinstance(value, list):
         return [without_paths(v) for v in value]
     if isinstance(value, str):
-        lead, path = "", value
-        carried = _PATH_AFTER.match(value)
-        if carried:
-            lead, path = carried.groups()
+        # an encoder name that carries a path: local-dir:DIR, or [hf-hub:ORG/REPO or ARCH]@WEIGHTS
+        lead, path = ("local-dir:", value[len("local-dir:"):]) if value.startswith("local-dir:") else ("", value)
+        if not lead and "@" in value:
+            head, _, path = value.rpartition("@")
+            lead = head + "@"
+        carried = bool(lead) and bool(re.search(r"[\\/]", path))
         if carried or _PATH_LIKE.match(path):
             last = re.split(r"[\\/]", path.rstrip("/\\"))[-1]
             return f"{lead}{last} (local file)"

@@ -52,6 +52,9 @@ def check_baselines(baselines: Mapping[str, bool] | None) -> dict[str, bool]:
     unknown = sorted(set(baselines or {}) - set(_BASELINES))
     if unknown:
         raise ValueError(f"baselines {unknown} are not baselines of a run; they are {', '.join(_BASELINES)}")
+    for name, value in (baselines or {}).items():
+        if not isinstance(value, bool):  # "off" would read as on
+            raise ValueError(f"baselines.{name}={value!r}: write true or false")
     return {**_BASELINES, **dict(baselines or {})}
 
 
@@ -98,6 +101,9 @@ def run_experiment(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     card = resolve_card(card)
+    for name, value in (("save_model", save_model), ("check_store", check_store)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: write true or false")
     which = check_run_inputs(card, head=head, concepts=concepts, templates=templates, llm=llm, baselines=baselines,
                              n_bootstrap=n_bootstrap)
     timings["dataset"] = time.perf_counter() - t
@@ -176,11 +182,10 @@ def _write_outputs(out: Path, fit: FitResult, metrics: dict[str, dict[str, Any]]
     if save_model:
         fit.model.save(out / "model")
     # a run folder used again shows only this run: what an earlier run wrote and this one did not goes
-    for stale in ([] if save_model else [out / "model"]) + ([] if path else [out / "path.svg"]):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        elif stale.exists():
-            stale.unlink()
+    if not save_model and (out / "model" / "model.json").is_file():  # a model folder, not anyone's "model"
+        shutil.rmtree(out / "model")
+    if not path and (out / "path.svg").is_file():
+        (out / "path.svg").unlink()
 
 
 def _store_names(card) -> list[str]:

@@ -116,6 +116,8 @@ def truth_columns(truth: np.ndarray, labels: np.ndarray) -> list[int]:
 def truth_matrix(card, split: SplitData, concept_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """The concepts of ``concept_names`` the card has truth for, and their truth ``(n, m)``: 1, 0 or NaN."""
     mapping = getattr(card, "concept_truth", {}) or {}
+    if split.extras and not set(mapping.values()) & set(split.extras[0]):
+        mapping = {}  # a manifest built without the annotations: not annotated (the manifest check warned)
     names = [c for c in concept_names if c in mapping]
     out = np.full((len(split), len(names)), np.nan)
     for j, name in enumerate(names):
@@ -431,7 +433,8 @@ def measure_faithfulness(
     inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
     if not truth["train"][0]:
-        return {"measured": False, "reason": f"none of the model's concepts has a truth column in card {card.name!r}"}
+        return {"measured": False,
+                "reason": f"none of the model's concepts has a truth column in the manifest of card {card.name!r}"}
     test_names, test_truth = truth["test"]
     keep = truth_columns(truth["train"][1], splits["train"].labels)
     if not keep:
