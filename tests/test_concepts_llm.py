@@ -322,3 +322,45 @@ def test_the_served_model_is_what_the_server_lists():
         assert make_llm(server).served_model() == "test-model"
     with ScriptedLLMServer(list_models=False) as server:
         assert make_llm(server).served_model() is None  # a server without /models: matched by name alone
+
+
+def test_a_web_page_at_base_url_is_named_as_not_the_openai_api():
+    """A proxy's login page or a web UI answers 200 with HTML: the error names the address to fix."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _page(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>sign in</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        llm = ConceptLLM(LLMConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="m", max_retries=0))
+        with pytest.raises(LLMError, match=r"\(asking for concepts\) answered with something other than the OpenAI "
+                                           r"API's JSON: set `base_url`.*ending in /v1"):
+            llm.ask(MESSAGES, "pneumonia")
+        with pytest.raises(LLMError, match=r"\(listing its models\) answered with something other"):
+            llm.served_model()
+    finally:
+        server.shutdown()
+
+
+def test_a_password_in_base_url_reaches_no_log(caplog):
+    with ScriptedLLMServer(responder=scripted()) as server:
+        config = LLMConfig(base_url=server.base_url.replace("http://", "http://alice:S3CRETPW@"), model="test-model")
+        with caplog.at_level("DEBUG"):
+            ConceptLLM(config).ask(MESSAGES, "pneumonia")
+    assert any("chat/completions" in r.getMessage() for r in caplog.records)  # the request was logged...
+    assert not any("S3CRETPW" in r.getMessage() for r in caplog.records)  # ...without the password

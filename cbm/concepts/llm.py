@@ -53,6 +53,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")  # the user:password@ of an address
+
+
+class _NoCredentials(logging.Filter):
+    """Drops a ``user:password@`` from any address an HTTP library logs (``httpx`` logs every request's URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = _CREDENTIALS.sub("", text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+# a filter acts on its own logger's records only, so each logger that writes request URLs gets one
+for _name in ("httpx", "httpx2", "openai", "openai._base_client"):
+    logging.getLogger(_name).addFilter(_NoCredentials())
+
 _INVALID_ANSWER_RETRIES = 1  # an unusable answer is asked again once, with what was wrong; rarely twice in a row
 _SCHEMA_REFUSAL = re.compile(r"response_format|json_schema", re.IGNORECASE)
 _ANSWER_SCHEMA = ClassConcepts.model_json_schema()
@@ -148,6 +166,8 @@ class ConceptLLM:
         cfg = self.config
         try:
             ids = [m.id for m in self._client.models.list().data]
+        except (AttributeError, TypeError, openai.APIResponseValidationError):  # a web page, or other JSON
+            raise LLMError(self._not_openai_message("listing its models")) from None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise LLMError(self._status_message(exc, "", refused=False)) from None
@@ -297,12 +317,18 @@ class ConceptLLM:
                 response_format["schema"] = _ANSWER_SCHEMA  # llama.cpp's own form; others ignore or refuse it
             raw_response = completions.create(response_format=response_format, **kwargs)
         sent[0] += getattr(raw_response, "retries_taken", 0) + 1
+        if "json" not in raw_response.http_response.headers.get("content-type", "json"):
+            raise LLMError(self._not_openai_message("asking for concepts"))  # e.g. a proxy's login page
         try:
             completion = raw_response.parse()
         except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
             completion = exc.completion  # reported below, as for JSON-mode answers
         except ValueError:  # pydantic's ValidationError: the schema was not kept; local validation decides
             completion = _completion_from_body(raw_response)
+        except (AttributeError, TypeError):  # JSON, but no chat completion
+            raise LLMError(self._not_openai_message("asking for concepts")) from None
+        if not hasattr(completion, "choices"):
+            raise LLMError(self._not_openai_message("asking for concepts"))
         if not completion.choices:
             raise InvalidAnswer("the server sent no choices")
         choice = completion.choices[0]
@@ -348,6 +374,11 @@ class ConceptLLM:
                     "validation%s", self.config.server_host, mode, _server_message(exc), now,
                     skip if mode == "json_schema" else "")
         return True
+
+    def _not_openai_message(self, doing: str) -> str:
+        cfg = self.config
+        return (f"the server at {cfg.server_host} ({doing}) answered with something other than the OpenAI API's "
+                f"JSON: set `base_url` in the {cfg.label} to its OpenAI-compatible address (usually ending in /v1)")
 
     def _unreachable_message(self, exc: Exception, doing: str) -> str:
         cfg = self.config
