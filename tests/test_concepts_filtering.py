@@ -160,3 +160,31 @@ def test_filter_settings_are_type_checked():
         FilterConfig(max_per_class="3")
     with pytest.raises(ValueError, match="min_chars"):
         FilterConfig.from_dict({"min_chars": 2.5})
+
+
+def test_phrases_in_other_scripts_stay_distinct_and_their_class_names_leak():
+    """An answer in Chinese or Russian is words too: before, every such phrase had the empty key, so
+    all of them were one concept (kept for the first class only)."""
+    out = filter_concepts({"melanoma": ["不对称形状", "多种颜色"], "nevus": ["对称形状"]}, ["melanoma", "nevus"])
+    assert out["melanoma"].kept == ["不对称形状", "多种颜色"] and out["nevus"].kept == ["对称形状"]
+    out = filter_concepts({"меланома": ["меланома in situ", "неровный край"]}, ["меланома", "невус"])
+    assert out["меланома"].kept == ["неровный край"] and out["меланома"].removed[0]["rule"] == "leakage"
+
+
+def test_latin_plurals_initials_and_numbered_names_leak_the_class():
+    classes = ["nevus", "basal cell carcinoma", "covid-19"]
+    out = filter_concepts({"nevus": ["resembles other nevi", "regular network"],
+                           "basal cell carcinoma": ["BCC-like arborizing vessels", "arborizing vessels"],
+                           "covid-19": ["COVID-like ground glass", "peripheral ground glass"]}, classes)
+    assert out["nevus"].kept == ["regular network"]
+    assert out["basal cell carcinoma"].kept == ["arborizing vessels"]
+    assert out["covid-19"].kept == ["peripheral ground glass"]
+    assert phrase_key("bullae") == phrase_key("bulla") and phrase_key("emboli") == phrase_key("embolus")
+
+
+def test_one_item_holding_a_list_is_split_into_its_concepts():
+    out = filter_concepts({"melanoma": ["irregular border, blue-white structures, multiple colours",
+                                        "- atypical dots\n- regression structures", "dark, irregular, asymmetric lesion"]},
+                          ["melanoma", "nevus"])
+    assert out["melanoma"].kept == ["irregular border", "blue-white structures", "multiple colours", "atypical dots",
+                                    "regression structures", "dark, irregular, asymmetric lesion"]

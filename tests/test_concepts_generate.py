@@ -328,3 +328,16 @@ def test_the_served_model_is_recorded_and_another_one_is_asked_again(card):
     with ScriptedLLMServer(ANSWERS, model="/models/b.Q8_0.gguf", list_models=False) as unlisted:
         generate_concepts(card, config_for(unlisted), progress=False)
         assert len(unlisted.requests) == 3  # a server that does not say what it serves is no cache hit either
+
+
+def test_the_answer_check_uses_the_runs_filter_settings(card):
+    """With keep_prompt_examples the prompt's own examples are usable: the check that asks again
+    must not refuse what the run's filtering keeps (it used the default settings)."""
+    from cbm.concepts.prompts import prompt_phrases
+
+    examples = [p for p, kind in prompt_phrases("dermoscopy").items() if kind == "example"][:2]
+    answers = {"melanoma": examples, "nevus": ["symmetric shape"], "seborrheic keratosis": ["milia-like cysts"]}
+    with ScriptedLLMServer(answers) as server:
+        concepts = generate_concepts(card, config_for(server), filter_config={"keep_prompt_examples": True},
+                                     progress=False)
+    assert concepts.by_class["melanoma"] == examples and len(server.requests) == 3  # nobody asked again

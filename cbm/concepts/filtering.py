@@ -5,8 +5,9 @@ per class, the kept phrases and every removed one with the rule and reason, and 
 
 Rules, in order, for each class's proposals (the LLM's order, most important first):
 
-1. **clean**: surrounding quotes, list markers and end punctuation go, spaces collapse, words are
-   lower-cased except acronyms ("ETT tip"); an empty phrase is removed.
+1. **clean**: an item holding a list (lines, ``;``, or three or more comma-separated parts of two
+   words or more) is split into its concepts; surrounding quotes, list markers and end punctuation
+   go, spaces collapse, words are lower-cased except acronyms ("ETT tip"); an empty phrase is removed.
 2. **placeholder** and **example**: the answer template's placeholder ("feature", "feature 2") or
    one of the prompt's example phrases ("blue-white veil" for dermoscopy), repeated by the LLM:
    copied from the question, not an observation (``prompt_phrases``; see
@@ -15,7 +16,9 @@ Rules, in order, for each class's proposals (the LLM's order, most important fir
    not to copy; the placeholder always goes.
 3. **length**: fewer than ``min_chars`` characters, more than ``max_chars`` or ``max_words``.
 4. **leakage**: the phrase contains the name of a class (any class, not only its own: a concept
-   that names a label leaks it), as whole words, plurals and hyphens folded; with a text embedder
+   that names a label leaks it), as whole words of any script, plurals (Latin ones too: nevi) and
+   hyphens folded, or by its initials ("BCC" for basal cell carcinoma) or its name before a number
+   ("covid" for covid-19); with a text embedder
    also a phrase whose cosine to a class name reaches ``leakage_threshold``.
 5. **duplicates**: a phrase equal to an earlier one after folding case, plurals and hyphens, or
    (with a text embedder) at cosine ``duplicate_threshold`` or more. Within a class it is removed;
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -132,6 +136,10 @@ def clean_phrase(text: str) -> str:
 def _singular(word: str) -> str:
     if len(word) > 5 and word.endswith(("oses", "ases", "eses")):  # keratoses, metastases: Greek -sis plurals
         return word[:-2] + "is"
+    if len(word) > 3 and word.isascii() and word.isalpha() and word.endswith("i"):  # nevi, emboli: Latin -us plurals
+        return word[:-1] + "us"
+    if len(word) > 4 and word.isascii() and word.endswith("ae"):  # bullae, vertebrae: Latin -a plurals
+        return word[:-1]
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is", "ys")):
@@ -140,7 +148,32 @@ def _singular(word: str) -> str:
 
 
 def _tokens(text: str) -> list[str]:
-    return [_singular(t) for t in re.findall(r"[a-z0-9]+", text.casefold().replace("_", " "))]
+    # words of any script (an answer in Chinese or Russian is words too, not nothing)
+    return [_singular(t) for t in re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold().replace("_", " "))]
+
+
+def _class_forms(name: str) -> list[list[str]]:
+    """The token sequences that name a class in a phrase: its words; for two words or more, their
+    initials ("basal cell carcinoma" -> bcc); a name ending in a number, its words before it (covid)."""
+    words = _tokens(name)
+    forms = [words]
+    if len(words) >= 2 and all(w.isascii() for w in words):
+        forms.append(["".join(w[0] for w in words)])
+    while len(words) > 1 and words[-1].isdigit():
+        words = words[:-1]
+        forms.append(words)
+    return forms
+
+
+def split_items(item: str) -> list[str]:
+    """One proposed item that holds several concepts, split: a list in one string (lines, ``;``), or
+    three or more comma-separated parts of two words or more ("irregular border, blue-white veil, ...")."""
+    parts = [p for p in re.split(r"[\n;]+", str(item)) if p.strip()]
+    out = []
+    for part in parts:
+        pieces = [p.strip() for p in part.split(",")]
+        out.extend(pieces if len(pieces) >= 3 and all(len(p.split()) >= 2 for p in pieces) else [part])
+    return out or [str(item)]
 
 
 def phrase_key(text: str) -> str:
@@ -239,9 +272,10 @@ def filter_concepts(
                 canonical.append(phrase)
                 key_to_canonical.setdefault(phrase_key(phrase), phrase)
 
-    class_tokens = {name: _tokens(class_display_name(name)) for name in class_names}
+    class_tokens = {name: _class_forms(class_display_name(name)) for name in class_names}
     offered = {phrase_key(p): (p, kind) for p, kind in (prompt_phrases or {}).items()
                if kind != "example" or not config.keep_prompt_examples}
+    proposals = {name: [p for item in items for p in split_items(item)] for name, items in proposals.items()}
     cleaned = {name: [clean_phrase(p) for p in proposals[name]] for name in class_names if name in proposals}
 
     vectors: dict[str, np.ndarray] = {}
@@ -280,7 +314,7 @@ def filter_concepts(
                 )
                 continue
             tokens = _tokens(phrase)
-            named = next((c for c in class_names if _contains(tokens, class_tokens[c])), None)
+            named = next((c for c in class_names if any(_contains(tokens, f) for f in class_tokens[c])), None)
             if named is not None:
                 result.remove(shown, "leakage", f"names the class {named!r}")
                 continue
@@ -294,7 +328,7 @@ def filter_concepts(
                         f"{config.leakage_threshold})",
                     )
                     continue
-            same = key_to_canonical.get(phrase_key(phrase))
+            same = key_to_canonical.get(phrase_key(phrase) or phrase)  # (a phrase without words is its own key)
             how = "same words"
             if same is None and vectors and canonical:
                 candidates = [c for c in canonical if not _opposite(phrase, c)]
@@ -315,7 +349,7 @@ def filter_concepts(
                 continue
             result.kept.append(phrase)
             canonical.append(phrase)
-            key_to_canonical[phrase_key(phrase)] = phrase
+            key_to_canonical[phrase_key(phrase) or phrase] = phrase
 
     if config.max_per_class is not None:
         for name in cleaned:

@@ -184,6 +184,16 @@ def _offered(modality: str, versions: Any) -> dict[str, str]:
     return phrases
 
 
+def _filter_settings(doc: dict, filter_config: FilterConfig | Mapping[str, Any] | None) -> FilterConfig:
+    """The filter settings of this run: the store's, with ``filter_config``'s overrides (a mapping) or
+    in their place (a FilterConfig); the defaults where neither says."""
+    stored = doc.get("filter") or {}
+    stored_config = FilterConfig.from_dict(stored["config"]) if stored.get("config") else None
+    if isinstance(filter_config, Mapping):  # overrides of the stored (or default) settings
+        return (stored_config or FilterConfig()).updated(filter_config)
+    return filter_config or stored_config or FilterConfig()
+
+
 def _refilter(
     doc: dict,
     classes: list[str],
@@ -199,10 +209,7 @@ def _refilter(
     offered = _offered(modality, (by_class[c].get("llm", {}).get("prompt_version") for c in proposals))
     stored = doc.get("filter") or {}
     stored_config = FilterConfig.from_dict(stored["config"]) if stored.get("config") else None
-    if isinstance(filter_config, Mapping):  # overrides of the stored (or default) settings
-        config = (stored_config or FilterConfig()).updated(filter_config)
-    else:
-        config = filter_config or stored_config or FilterConfig()
+    config = _filter_settings(doc, filter_config)
     inputs = stable_hash({"classes": classes, "proposals": proposals, "curated": curated, "offered": offered})
     if embed is None and stored.get("embedder"):
         if stored.get("inputs") == inputs and config == stored_config:
@@ -353,10 +360,11 @@ def generate_concepts(
             log.info("asking %s at %s for the concepts of %d of %d classes", served or config.model,
                      config.server_host, len(todo), len(classes))
             offered = prompt_phrases(info.modality, prompt_version)
+            settings = _filter_settings(doc, filter_config)  # the check keeps what the final filtering keeps
 
             def check(name: str) -> Callable[[list[str]], None]:
                 def check_answer(concepts: list[str]) -> None:  # nothing usable: asked again, saying why
-                    result = filter_concepts({name: concepts}, classes, prompt_phrases=offered)[name]
+                    result = filter_concepts({name: concepts}, classes, prompt_phrases=offered, config=settings)[name]
                     if not result.kept:
                         raise InvalidAnswer(_nothing_left(len(concepts), result.removed))
 
@@ -364,7 +372,7 @@ def generate_concepts(
 
             def on_answer(name: str, answer: Any) -> None:
                 # a first, string-only filtering so the file is usable even if the run stops here
-                kept = filter_concepts({name: answer.concepts}, classes, prompt_phrases=offered)[name]
+                kept = filter_concepts({name: answer.concepts}, classes, prompt_phrases=offered, config=settings)[name]
                 by_class[name] = _generated_entry(answer, config, served, prompt_version, n_concepts, keys[name])
                 by_class[name]["concepts"], by_class[name]["removed"] = kept.kept, kept.removed
                 doc.get("rejected", {}).pop(name, None)
