@@ -191,3 +191,16 @@ def test_a_set_built_in_code_and_the_provenance_summary(card):
         "date": "2025-01-01",
     }  # the raw answer stays in the file
     json.dumps(provenance)
+
+
+def test_a_store_written_in_another_unicode_form_matches_the_cards_classes(tmp_path):
+    import json
+    import unicodedata
+
+    from cbm.concepts.store import concept_set_from_store
+
+    composed = unicodedata.normalize("NFC", "nævus café")
+    doc = {"format": "cbm-concepts/1", "classes": [unicodedata.normalize("NFD", composed)],
+           "by_class": {unicodedata.normalize("NFD", composed): {"source": "curated", "concepts": ["regular network"]}}}
+    cs = concept_set_from_store(json.loads(json.dumps(doc)), [composed], tmp_path / "concepts.json")
+    assert cs.by_class == {composed: ["regular network"]}

@@ -41,6 +41,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,8 +336,10 @@ def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path 
 
     ``card`` is the card the store belongs to, named in the fix of a missing class.
     """
-    by_class = doc["by_class"]
     classes = list(classes) if classes is not None else list(doc["classes"])
+    # a class written in another Unicode form (a macOS editor decomposes "nævus") is the same class
+    nfc = {unicodedata.normalize("NFC", c): c for c in classes}
+    by_class = {nfc.get(unicodedata.normalize("NFC", k), k): v for k, v in doc["by_class"].items()}
     missing = [c for c in classes if c not in by_class]
     if missing:
         ref = card_reference(card) if card is not None else doc.get("card") or "CARD"
