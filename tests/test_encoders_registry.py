@@ -158,6 +158,16 @@ def test_local_dir_loads_config_and_weights(tmp_path, tiny):
     at = shutil.copytree(folder, tmp_path / "model@v2")
     assert torch.equal(create_encoder(f"local-dir:{at}").encode_text(["dots"]), direct.encode_text(["dots"]))
     assert create_encoder(f"local-dir:{at}@random").info == create_encoder(f"local-dir:{folder}@random").info
+    # a folder `cbm fetch-models` wrote records its weights' hash: other weights there are refused
+    from cbm.encoders.hashing import file_sha256
+
+    recorded = {"model_cfg": TINY_CONFIG, "preprocess_cfg": {},
+                "cbm": {"name": "clip-vit-b-16", "weights_sha256": file_sha256(folder / "open_clip_model.safetensors")}}
+    (folder / "open_clip_config.json").write_text(json.dumps(recorded))
+    create_encoder(f"local-dir:{folder}")
+    (folder / "open_clip_model.safetensors").write_bytes((folder / "open_clip_model.safetensors").read_bytes() + b" ")
+    with pytest.raises(ValueError, match=r"is not the file .*open_clip_config.json records .*fetch-models"):
+        create_encoder(f"local-dir:{folder}")
     assert create_encoder(f"{config}@{at / 'open_clip_model.safetensors'}").info == direct.info
     from cbm.encoders.registry import _split_weights
 

@@ -351,6 +351,17 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
                 f"fetch them with `cbm fetch-models NAME --to {folder}`"
             )
         spec.weights = found[0]
+        recorded = (extra.get("cbm") or {}).get("weights_sha256")
+        if recorded:  # `cbm fetch-models` wrote the weights' hash: other weights must not pass as the preset
+            from cbm.encoders.hashing import file_sha256
+
+            actual = file_sha256(spec.weights)
+            if actual != recorded:
+                raise ValueError(
+                    f"encoder {name!r}: {spec.weights} is not the file {folder / CONFIG_FILE} records (SHA-256 "
+                    f"{actual[:12]}..., recorded {recorded[:12]}...); fetch it again with `cbm fetch-models NAME --to "
+                    f"{folder} --overwrite`, or for other weights remove the \"cbm\" block from {CONFIG_FILE}"
+                )
     return spec
 
 
