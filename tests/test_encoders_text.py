@@ -49,3 +49,14 @@ def test_bad_templates_and_texts_are_refused(enc):
     with pytest.raises(TypeError, match="list of strings"):
         encode_texts(enc, "dots")
     assert encode_texts(enc, []).shape == (0, enc.embed_dim)
+
+
+def test_a_text_cut_at_the_text_towers_length_is_named(enc, caplog):
+    """The tokenizer cuts silently: two long concepts that differ only at the end would embed alike."""
+    long = "lesion with " + " ".join(["irregular"] * 120)
+    with caplog.at_level("WARNING", logger="cbm.encoders.encoder"):
+        enc.encode_text([long + " border", "dots"])
+    assert "1 text(s) fill the text tower's" in caplog.text and "lesion with irregular" in caplog.text
+    caplog.clear()
+    enc.encode_text(["dots", "regular border"])
+    assert "fill the text tower" not in caplog.text

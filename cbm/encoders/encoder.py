@@ -165,12 +165,19 @@ class Encoder:
         texts = list(texts)
         if not texts:
             return torch.zeros((0, self.embed_dim), dtype=torch.float32)
-        out = []
+        out, full = [], []
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device, non_blocking=True)
-                feats = self.model.encode_text(tokens)
+                tokens = self.tokenizer(texts[start : start + batch_size])
+                # the tokenizer cuts a text at the tower's length without a word: a last token that is not
+                # padding means the text filled it (and was cut, unless it fits exactly)
+                full += [t for t, last in zip(texts[start : start + batch_size], tokens[:, -1].tolist()) if last != 0]
+                feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
                 out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if full:
+            log.warning("%d text(s) fill the text tower's %d tokens, so their end is cut (texts that differ only there "
+                        "embed alike); shorten them: %s", len(full), int(tokens.shape[1]),
+                        "; ".join(repr(t[:80]) for t in full[:3]))
         return torch.cat(out)
 
 
