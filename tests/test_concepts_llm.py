@@ -6,6 +6,7 @@ the same HTTP, parsing and retry code (the SDK's own) as with vLLM, Ollama, llam
 
 from __future__ import annotations
 
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -357,7 +358,12 @@ def test_a_web_page_at_base_url_is_named_as_not_the_openai_api():
         server.shutdown()
 
 
-def test_a_password_in_base_url_reaches_no_log(caplog):
+def test_a_password_in_base_url_reaches_no_log(caplog, monkeypatch):
+    # `cbm concepts` quiets the HTTP library for its progress bar, and a logging config may have turned
+    # loggers off: an earlier test in this process may have done either
+    for name in ("httpx", "httpx2"):
+        caplog.set_level(logging.DEBUG, logger=name)  # restored after the test
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     with ScriptedLLMServer(responder=scripted()) as server:
         config = LLMConfig(base_url=server.base_url.replace("http://", "http://alice:S3CRETPW@"), model="test-model")
         with caplog.at_level("DEBUG"):
