@@ -324,3 +324,15 @@ def test_a_file_system_without_locks_does_not_stop_the_cache(tmp_path, monkeypat
         ran.append(True)
     assert ran and "going on without the lock" in caplog.text
     assert not any((tmp_path / "cache").iterdir())  # the lock leaves no file behind
+
+
+def test_images_skipped_for_the_machines_reasons_are_read_again(world, enc, tmp_path, monkeypatch):
+    """A pixel budget too small (or a codec not installed) says nothing about the file: the next run
+    with a larger budget reads the images, while a file that is not an image stays skipped."""
+    ds = dataset(world, enc)
+    monkeypatch.setenv("CBM_MAX_PIXELS", "100")  # below every image
+    assert len(run(enc, ds, tmp_path).skipped) == N
+    monkeypatch.delenv("CBM_MAX_PIXELS")
+    fs = run(enc, ds, tmp_path)
+    assert [s.index for s in fs.skipped] == [BAD] and fs.computed == N
+    assert run(enc, ds, tmp_path).computed == 0  # the file that is not an image does not make its shard recompute

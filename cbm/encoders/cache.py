@@ -46,6 +46,15 @@ FORMAT = "cbm-features/1"
 _STALE_TMP_SECONDS = 3600.0
 _NORM_TOLERANCE = 1e-3
 
+# Skips that say more about the machine than the file: a codec not installed, the pixel budget
+# ($CBM_MAX_PIXELS), no access. A shard holding one is read again on the next run, not served.
+_MACHINE_SKIPS = ("MissingCodecError", "PermissionError", "TimeoutError", "OSError")
+
+
+def _may_read_now(reason: str) -> bool:
+    """Whether an image skipped for ``reason`` (``"Type: message"``) may read on another run."""
+    return reason.startswith(_MACHINE_SKIPS) or "CBM_MAX_PIXELS" in reason
+
 
 class CorruptShard(Exception):
     """A shard file that exists but cannot be trusted (the message says why)."""
@@ -212,6 +221,10 @@ class FeatureCache:
         todo: list[int] = []
         for s in range(self.n_shards):
             shard = self._load_or_report(s, listed.get(self.shard_file(s))) or self._adopt(s)
+            if shard is not None and any(_may_read_now(reason) for _, reason in shard.skipped):
+                log.info("feature cache %s: shard %d skipped images for a reason of this machine's (a codec, the "
+                         "pixel budget, access); reading them again", self.folder, s)
+                shard = None
             if shard is None:
                 todo.append(s)
             else:
