@@ -101,7 +101,9 @@ def test_encoder_carries_its_preprocessing_from_the_config(tmp_path, tiny):
     assert default.transform.config["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
     custom = dict(TINY_CONFIG, preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"})
     enc = create_encoder(f"{write_tiny_config(tmp_path, 'custom', custom)}@random")
-    assert enc.transform.config == {"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    assert enc.transform.config == {
+        "size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear", "resize_mode": "shortest",
+    }  # fmt: skip
     assert enc.cache_key != default.cache_key  # same weights, other preprocessing: other features
     grey = np.full((100, 80), 0.75, dtype=np.float32)
     out = enc.transform(grey)

@@ -57,7 +57,7 @@ from cbm.data._truth import ACCEPTED_TRUTH, parse_truth
 # Bump whenever reading or preprocessing code changes the pixels a model sees (LUT order,
 # normalisation, resizing): feature caches include it in their key, so stale features are never
 # served after an upgrade.
-PIXEL_PIPELINE_VERSION = 1
+PIXEL_PIPELINE_VERSION = 2
 
 __all__ = [
     "PIXEL_PIPELINE_VERSION",

@@ -1,10 +1,17 @@
 """MONAI preprocessing that reproduces a CLIP-style encoder's expected input.
 
 ``encoder_transform(size, mean, std)`` turns a :class:`~cbm.data.LoadedImage`, an ``(H, W[, C])``
-array or an image path into a ``(3, size, size)`` float32 tensor: resize the shortest side to
-``size`` (torch's antialiased bicubic, the same filter torchvision applies, so the result follows
-open_clip's PIL pipeline to within about 0.004 in normalised units), centre crop, grey to three
-channels, normalise with the encoder's mean and std.
+array or an image path into a ``(3, size, size)`` float32 tensor the way open_clip's inference
+transform does for the model's ``resize_mode``:
+
+- ``shortest`` (the default): resize the shortest side to ``size``, centre crop;
+- ``longest``: resize the longest side to ``size``, pad the other evenly with ``fill_color``;
+- ``squash``: resize both sides to ``size`` (the aspect ratio is not kept), no crop;
+
+then grey to three channels and normalise with the encoder's mean and std. Resizing is torch's
+antialiased bicubic, the same filter torchvision applies, so the result follows open_clip's PIL
+pipeline to within about 0.004 in normalised units; the crop and pad place the image exactly
+where torchvision's ``center_crop`` and open_clip's ``CenterCropOrPad`` do.
 
 Orientation: our readers return ``(H, W, C)`` with row 0 at the top; the first transform moves
 channels first, ``(C, H, W)``, and nothing transposes the spatial axes. (MONAI's own ``LoadImage``
@@ -20,13 +27,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import CenterSpatialCrop, Compose, Transform
+from monai.transforms import Compose, Transform
 
 from cbm.data._image import LoadedImage, read_image
 
-__all__ = ["encoder_transform", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "GreyToRGB", "Normalize", "INTERPOLATIONS"]
+__all__ = [
+    "encoder_transform", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "ResizeLongestSide", "ResizeSquash",
+    "CentreCropOrPad", "GreyToRGB", "Normalize", "INTERPOLATIONS", "RESIZE_MODES",
+]  # fmt: skip
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's PreprocessCfg.resize_mode values
 
 
 class ToChannelFirst(Transform):
@@ -81,11 +92,12 @@ def unit_pixels(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-class ResizeShortestSide(Transform):
-    """Resize ``(C, H, W)`` so the shorter side is ``size`` (torchvision's rule for an int size).
+class _Resize(Transform):
+    """Resize ``(C, H, W)`` to the size :meth:`output_size` picks.
 
     Uses ``torch.nn.functional.interpolate`` with ``antialias=True`` for bicubic/bilinear, which
-    is the filter torchvision and PIL use when shrinking; values are clamped back to [0, 1].
+    is the filter torchvision and PIL use when shrinking; values are clamped back to [0, 1]. An
+    image already of that size is returned as it is (as torchvision does).
     """
 
     def __init__(self, size: int, interpolation: str = "bicubic") -> None:
@@ -94,11 +106,12 @@ class ResizeShortestSide(Transform):
         self.size = int(size)
         self.interpolation = interpolation
 
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        raise NotImplementedError
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         h, w = int(img.shape[-2]), int(img.shape[-1])
-        short, long = (h, w) if h <= w else (w, h)
-        new_short, new_long = self.size, int(self.size * long / short)
-        new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
+        new_h, new_w = self.output_size(h, w)
         if (new_h, new_w) == (h, w):
             return img
         kwargs: dict[str, Any] = {}
@@ -106,6 +119,55 @@ class ResizeShortestSide(Transform):
             kwargs = {"align_corners": False, "antialias": True}
         out = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode=self.interpolation, **kwargs)[0]
         return out.clamp_(0.0, 1.0)
+
+
+class ResizeShortestSide(_Resize):
+    """Resize so the shorter side is ``size``, keeping the aspect ratio (torchvision's rule for an
+    int size: the longer side becomes ``int(size * long / short)``)."""
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        short, long = (h, w) if h <= w else (w, h)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_short, new_long) if h <= w else (new_long, new_short)
+
+
+class ResizeLongestSide(_Resize):
+    """Resize so the longer side is ``size``, keeping the aspect ratio (open_clip's
+    ``ResizeKeepRatio(longest=1)``: each side becomes ``round(side / max(h / size, w / size))``)."""
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        ratio = max(h / self.size, w / self.size)
+        return max(1, round(h / ratio)), max(1, round(w / ratio))
+
+
+class ResizeSquash(_Resize):
+    """Resize both sides to ``size`` (open_clip's ``squash``): the aspect ratio is not kept."""
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        return self.size, self.size
+
+
+class CentreCropOrPad(Transform):
+    """Cut the central ``size`` x ``size`` window of ``(C, H, W)``, padding a side shorter than ``size``
+    with ``fill`` first: torchvision's ``center_crop`` and open_clip's ``CenterCropOrPad``, pixel for pixel.
+
+    Padding puts ``(size - n) // 2`` pixels before and the rest after; a crop starts at
+    ``int(round((n - size) / 2.0))`` (Python's rounding, half to even), where MONAI's
+    ``CenterSpatialCrop`` starts one pixel earlier when ``(n - size) % 4 == 3``.
+    """
+
+    def __init__(self, size: int, fill: float = 0.0) -> None:
+        self.size = int(size)
+        self.fill = float(fill)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        if h < self.size or w < self.size:
+            dh, dw = max(self.size - h, 0), max(self.size - w, 0)
+            img = torch.nn.functional.pad(img, (dw // 2, (dw + 1) // 2, dh // 2, (dh + 1) // 2), value=self.fill)
+            h, w = int(img.shape[-2]), int(img.shape[-1])
+        top, left = int(round((h - self.size) / 2.0)), int(round((w - self.size) / 2.0))
+        return img[..., top : top + self.size, left : left + self.size]
 
 
 class GreyToRGB(Transform):
@@ -140,6 +202,8 @@ def encoder_transform(
     mean: Sequence[float],
     std: Sequence[float],
     interpolation: str = "bicubic",
+    resize_mode: str = "shortest",
+    fill_color: float = 0,
 ) -> Compose:
     """The MONAI pipeline an encoder expects: image -> ``(3, size, size)`` float32 tensor.
 
@@ -149,6 +213,10 @@ def encoder_transform(
             ``(0.48145466, 0.4578275, 0.40821073)``.
         std: per-channel standard deviation to divide by (1 or 3 values).
         interpolation: ``"bicubic"`` (CLIP's), ``"bilinear"``, ``"nearest"`` or ``"area"``.
+        resize_mode: open_clip's ``resize_mode``: ``"shortest"`` (resize the shortest side,
+            centre crop), ``"longest"`` (resize the longest side, pad to a square) or ``"squash"``
+            (resize both sides, no crop).
+        fill_color: the grey level, 0-255 as in open_clip's ``fill_color``, that ``"longest"`` pads with.
 
     Returns:
         A callable ``monai.transforms.Compose`` accepting a LoadedImage, an ``(H, W[, C])`` array
@@ -160,15 +228,18 @@ def encoder_transform(
     std3 = _per_channel(std, "std")
     if any(s <= 0 for s in std3):
         raise ValueError(f"std must be positive, got {tuple(std)}")
-    return Compose(
-        [
-            ToChannelFirst(),
-            ResizeShortestSide(size, interpolation),
-            CenterSpatialCrop(int(size)),
-            GreyToRGB(),
-            Normalize(mean3, std3),
-        ]
-    )
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if isinstance(fill_color, bool) or not isinstance(fill_color, (int, float)) or not 0 <= fill_color <= 255:
+        raise ValueError(f"fill_color must be one grey level from 0 to 255, got {fill_color!r}")
+    size = int(size)
+    if resize_mode == "shortest":
+        geometry = [ResizeShortestSide(size, interpolation), CentreCropOrPad(size)]
+    elif resize_mode == "longest":
+        geometry = [ResizeLongestSide(size, interpolation), CentreCropOrPad(size, fill=fill_color / 255.0)]
+    else:
+        geometry = [ResizeSquash(size, interpolation)]
+    return Compose([ToChannelFirst(), *geometry, GreyToRGB(), Normalize(mean3, std3)])
 
 
 def _per_channel(values: Sequence[float], name: str) -> list[float]:

@@ -1,8 +1,8 @@
 """The :class:`Encoder`: an open_clip model with its tokenizer, preprocessing, device and precision.
 
 An encoder carries its own preprocessing (:attr:`Encoder.transform`, built from the model's
-preprocess config with :func:`cbm.data.transforms.encoder_transform`), so weights are never
-paired with the wrong resize or normalisation. Both towers return L2-normalised float32 features
+preprocess config, resize mode included, with :func:`cbm.data.transforms.encoder_transform`), so
+weights are never paired with the wrong resize or normalisation. Both towers return L2-normalised float32 features
 on the CPU, whatever the device and precision the model runs in.
 
 Precision: ``fp32`` everywhere, or autocast with ``bf16`` / ``fp16`` (CUDA; ``bf16`` also on the
@@ -68,14 +68,30 @@ class EncoderTransform:
     """An encoder's preprocessing: image (LoadedImage, array or path) -> ``(3, size, size)`` tensor.
 
     Wraps :func:`cbm.data.transforms.encoder_transform` and keeps the settings it was built
-    from in :attr:`config`, which is part of the encoder's cache key.
+    from in :attr:`config`, which is part of the encoder's cache key: the resize mode always,
+    the fill colour when the mode pads (``longest``), since only then does it change the pixels.
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic") -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bicubic",
+        resize_mode: str = "shortest",
+        fill_color: float = 0,
+    ) -> None:
         from cbm.data.transforms import encoder_transform
 
-        self.config = {"size": int(size), "mean": [float(v) for v in mean], "std": [float(v) for v in std], "interpolation": interpolation}
-        self._pipeline = encoder_transform(size, mean, std, interpolation=interpolation)
+        self._pipeline = encoder_transform(
+            size, mean, std, interpolation=interpolation, resize_mode=resize_mode, fill_color=fill_color
+        )
+        self.config: dict[str, Any] = {
+            "size": int(size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "interpolation": interpolation, "resize_mode": resize_mode,
+        }  # fmt: skip
+        if resize_mode == "longest":
+            self.config["fill_color"] = fill_color
 
     def __call__(self, image: Any) -> torch.Tensor:
         return self._pipeline(image)
@@ -87,7 +103,9 @@ class EncoderTransform:
 
     def __repr__(self) -> str:
         c = self.config
-        return f"EncoderTransform(size={c['size']}, mean={c['mean']}, std={c['std']}, interpolation={c['interpolation']!r})"
+        fill = f", fill_color={c['fill_color']!r}" if "fill_color" in c else ""
+        return (f"EncoderTransform(size={c['size']}, mean={c['mean']}, std={c['std']}, interpolation={c['interpolation']!r}, "
+                f"resize_mode={c['resize_mode']!r}{fill})")
 
 
 class Encoder:
@@ -126,12 +144,7 @@ class Encoder:
         self.device = device
         self.precision = precision
         self.preprocess = dict(preprocess)
-        if preprocess.get("resize_mode", "shortest") != "shortest":
-            log.warning(
-                "encoder %s asks for resize_mode=%r; cbm resizes the shortest side and centre-crops",
-                name, preprocess["resize_mode"],
-            )
-        self.transform = EncoderTransform(preprocess["size"], preprocess["mean"], preprocess["std"], preprocess["interpolation"])
+        self.transform = _encoder_transform(name, preprocess)
         self.info = {**info, "preprocess": self.transform.config, "precision": precision, "version": CACHE_KEY_VERSION}
         self.cache_key = f"{_slug(cache_name or name)}-{stable_hash(self.info)}"
         self.embed_dim = int(info["embed_dim"])
@@ -179,6 +192,17 @@ class Encoder:
                         "embed alike); shorten them: %s", len(full), int(tokens.shape[1]),
                         "; ".join(repr(t[:80]) for t in full[:3]))
         return torch.cat(out)
+
+
+def _encoder_transform(name: str, preprocess: dict[str, Any]) -> EncoderTransform:
+    """The transform of ``preprocess`` (the model's config); a setting cbm cannot follow names the encoder."""
+    try:
+        return EncoderTransform(
+            preprocess["size"], preprocess["mean"], preprocess["std"], preprocess["interpolation"],
+            resize_mode=preprocess.get("resize_mode", "shortest"), fill_color=preprocess.get("fill_color", 0),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(f"encoder {name!r} asks for preprocessing cbm cannot reproduce: {exc}") from None
 
 
 def _slug(name: str) -> str:

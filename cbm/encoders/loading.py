@@ -279,7 +279,8 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
 
 
 def preprocess_config(model: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    """The image preprocessing the model expects: size (from the model), mean, std, interpolation, resize_mode."""
+    """The image preprocessing the model expects: size (from the model), mean, std, interpolation, resize_mode
+    and fill_color (open_clip's ``PreprocessCfg`` fields)."""
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     cfg = merge_preprocess_dict(PreprocessCfg(), spec.preprocess_cfg)
@@ -294,6 +295,7 @@ def preprocess_config(model: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]
         "std": [float(v) for v in cfg["std"]],
         "interpolation": str(cfg["interpolation"]),
         "resize_mode": str(cfg["resize_mode"]),
+        "fill_color": cfg["fill_color"],
     }
 
 

@@ -290,7 +290,7 @@ def _from_architecture(arch: str, weights: str, name: str) -> ModelSpec:
             f"pretrained tag of {arch}" + (f" ({', '.join(tags)})" if tags else "")
         )
     spec.weights = _download(lambda: open_clip.download_pretrained(tag_cfg), name)
-    spec.preprocess_cfg = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    spec.preprocess_cfg = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "fill_color") if k in tag_cfg}
     spec.model_cfg["quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
     spec.origin += f", pretrained {weights}"
     return spec
