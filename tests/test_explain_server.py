@@ -1,11 +1,14 @@
-"""``cbm serve`` (cbm.explain.server): pages, uploads, bad uploads, limits (parts, connections, pixels),
-concurrency (a huge upload never holds up the next one), PHI, and the upload flow in Chromium."""
+"""``cbm serve`` (cbm.explain.server): pages, uploads, bad uploads, limits (parts, nested forms,
+connections, pixels, the request deadline), concurrency (a huge upload never holds up the next one;
+a large one keeps its decoding slot until explained), PHI, and the upload flow in Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
+import select
 import socket
 import struct
 import threading
@@ -252,6 +255,121 @@ def test_connections_over_the_cap_are_refused_at_once(tiny_model):
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def _nested_form(inner: str, newline: bytes, parts: int = 15000) -> bytes:
+    """A form whose ``file`` part is itself a container (``inner``) of ``parts`` tiny parts."""
+    nl = newline
+    content = b"".join(b"--inner" + nl + nl + b"x" + nl for _ in range(parts)) + b"--inner--" + nl
+    if inner == "message/rfc822":  # a message holding the multipart: the parser opens it too
+        content = b"Content-Type: multipart/mixed; boundary=inner" + nl + nl + content
+    else:
+        inner += "; boundary=inner"
+    return (b"--outer" + nl + b'Content-Disposition: form-data; name="file"; filename="a.png"' + nl
+            + b"Content-Type: " + inner.encode() + nl + nl + content + nl + b"--outer--" + nl)
+
+
+_NESTED = [("multipart/mixed", b"\r\n"), ("multipart/mixed", b"\n"), ("multipart/mixed", b"\r"), ("message/rfc822", b"\r\n")]
+
+
+@pytest.mark.parametrize("inner, newline", _NESTED, ids=["multipart", "multipart-lf", "multipart-cr", "message"])
+def test_a_nested_form_is_refused_before_it_is_parsed(server, inner, newline):
+    """The part limit counts the outer boundary only: a part that is itself a multipart (or a
+    message, which the form parser opens as well) could carry any number of parts past it. Such a
+    part is refused (415, naming the problem) from its headers, before the form is parsed."""
+    body = _nested_form(inner, newline)
+    start = time.perf_counter()
+    status, _, text = _request(server, "POST", "/explain", body,
+                               {"Content-Type": "multipart/form-data; boundary=outer"})
+    assert status == 415 and "nested" in text and "one image per part" in text, text
+    assert time.perf_counter() - start < 5  # refused from the part's headers, before any parsing
+    assert _healthy(server)
+
+
+def test_a_form_part_with_endless_headers_is_refused(server):
+    """A part's headers are read up to MAX_PART_HEADER_BYTES (where a nested type could hide)."""
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 100) for i in range(200))  # about 22 KB
+    body, ctype = _multipart(_png_bytes(make_image(47)))
+    body = body.replace(b"Content-Type: application/octet-stream\r\n", filler + b"Content-Type: multipart/mixed\r\n")
+    status, _, text = _request(server, "POST", "/explain", body, {"Content-Type": ctype})
+    assert status == 400 and f"over {server_module.MAX_PART_HEADER_BYTES} bytes of headers" in text, text
+    assert _healthy(server)
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it hangs up (or stays silent for 5 s)."""
+    sock.settimeout(5)
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickled_request_is_cut_off_at_its_deadline(server, monkeypatch, phase):
+    """A client sending a byte every 0.1 s never trips the per-read stall timeout; it is answered
+    408 and disconnected once its request (headers and body) has taken REQUEST_DEADLINE_S, and the
+    server keeps serving."""
+    monkeypatch.setattr(server_module, "REQUEST_DEADLINE_S", 1.0)
+    head = b"POST /explain HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if phase == "body":
+        head += b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        trickle = b"\x89PNG" * 25000
+    else:
+        trickle = b"X-Slow: " + b"a" * 1000
+    sock = socket.create_connection(server.server_address, timeout=10)
+    start = time.perf_counter()
+    try:
+        sock.sendall(head)
+        for byte in trickle:  # until the server answers or hangs up (8 s at most)
+            if time.perf_counter() - start > 8 or select.select([sock], [], [], 0.1)[0]:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+        answer = _read_answer(sock)
+        took = time.perf_counter() - start
+    finally:
+        sock.close()
+    assert answer.split(b"\r\n", 1)[0].split()[1:2] == [b"408"], answer[:300]
+    assert b"did not arrive within 1 s" in answer
+    assert took < 4, f"the trickling client was held {took:.1f} s"
+    assert _healthy(server)
+
+
+def test_a_large_upload_keeps_its_decoding_slot_until_explained(tiny_model, monkeypatch):
+    """With one decoding slot, a second large upload is not decoded while the first waits for the
+    model: a large image holds its slot until its explanation is done, so full-size decoded images
+    cannot pile up behind the model's lock."""
+    import cbm.data
+
+    monkeypatch.setattr(server_module, "LARGE_DECODES", 1)
+    monkeypatch.setattr(server_module, "LARGE_IMAGE_PIXELS", 100)  # the test images count as large
+    app = ExplainApp(tiny_model, top_k=3, maps=False)
+    decoded: list[int] = []
+    read_image = cbm.data.read_image
+    monkeypatch.setattr(cbm.data, "read_image", lambda *a, **k: decoded.append(1) or read_image(*a, **k))
+    in_model, go_on = threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):
+        in_model.set()
+        assert go_on.wait(30)
+        return explain_image(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "explain_image", held)
+    first_upload, second_upload = (_png_bytes(make_image(60 + i)) for i in range(2))
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(app.explain_upload, first_upload)
+        assert in_model.wait(30)
+        second = pool.submit(app.explain_upload, second_upload)
+        time.sleep(0.5)  # time enough to decode a small PNG many times over
+        decodes_while_held = len(decoded)
+        go_on.set()
+        pages = [first.result(60), second.result(60)]
+    assert decodes_while_held == 1, "the second large upload was decoded while the first held the model"
+    assert len(decoded) == 2 and all("data-predicted=" in page for page in pages)
 
 
 def test_settings_and_a_busy_port_are_reported(tiny_model, server):

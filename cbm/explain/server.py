@@ -8,18 +8,24 @@ Built on the standard library's ``ThreadingHTTPServer``; bound to 127.0.0.1 by d
     GET  /health    ``{"status": "ok"}``
 
 Uploads are checked before the model sees them, cheapest first: a size limit (413 before the body
-is read), at most :data:`MAX_FORM_PARTS` parts in a form (413, counted before the form is parsed:
-a body of 200,000 parts cost 19 s of parsing), the format by its magic bytes (415), the header
-against the pixel budget and its own data (``cbm.data.check_image_header``: 413 over the budget,
-422 otherwise), and an actual decode through ``cbm.data.read_image`` (422). At most
-:data:`MAX_CONNECTIONS` connections are served at once; one more is answered 503 at once.
+is read), at most :data:`MAX_FORM_PARTS` parts in a form, none of them itself a multipart or a
+message nor with over :data:`MAX_PART_HEADER_BYTES` of headers (413, 415, 400: all checked before
+the form is parsed, for a body of 200,000 parts cost 19 s of parsing, and the parser opens nested
+parts too), the format by its magic bytes (415), the header against the pixel budget and its own
+data (``cbm.data.check_image_header``: 413 over the budget, 422 otherwise), and an actual decode
+through ``cbm.data.read_image`` (422). At most :data:`MAX_CONNECTIONS` connections are served at
+once; one more is answered 503 at once. A request (headers and body) must arrive within
+:data:`REQUEST_DEADLINE_S`, and no read may stall for longer than the handler's ``timeout``;
+otherwise it is answered 408 and its connection closed, so a client trickling a byte at a time
+cannot hold a connection for long.
 
 Uploads are decoded outside the model's lock (the model explains one case at a time): an image
-over :data:`LARGE_IMAGE_PIXELS` takes one of :data:`LARGE_DECODES` decoding slots (so a few huge
-uploads cannot exhaust memory), a smaller one never waits for a slot, and one rejected from its
-header never decodes at all; so a huge upload being decoded or refused never holds up the next
-small one. The server never serves files from disk and never stores an upload (it lives in a
-private temporary folder for the length of the request). A failed request gets its 4xx page and
+over :data:`LARGE_IMAGE_PIXELS` takes one of :data:`LARGE_DECODES` slots from its decode until
+its explanation is done (so however many wait for the model, at most that many full-size images
+are in memory), a smaller one never waits for a slot, and one rejected from its header never
+decodes at all; so a huge upload being decoded or refused never holds up the next small one.
+The server never serves files from disk and never stores an upload (it lives in a private
+temporary folder for the length of the request). A failed request gets its 4xx page and
 the server keeps serving; no patient data is logged, and the process ignores the image
 libraries' warnings (a malformed header is answered with a 4xx, and a warning could quote one of
 its values).
@@ -31,8 +37,10 @@ import contextlib
 import email.message
 import email.parser
 import email.policy
+import io
 import json
 import logging
+import re
 import socket
 import tempfile
 import threading
@@ -44,22 +52,29 @@ from typing import Any
 
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import explain_image
+from cbm.explain.deadline import DeadlineReader, RequestTimedOut
 from cbm.explain.render import page_csp, render_case_html, render_template
 from cbm.model import ConceptBottleneckModel
 
 __all__ = ["ExplainApp", "UploadError", "make_server", "serve", "sniff_format", "DEFAULT_MAX_UPLOAD_BYTES",
-           "MAX_FORM_PARTS", "MAX_CONNECTIONS", "LARGE_IMAGE_PIXELS", "LARGE_DECODES"]
+           "MAX_FORM_PARTS", "MAX_PART_HEADER_BYTES", "MAX_CONNECTIONS", "LARGE_IMAGE_PIXELS", "LARGE_DECODES",
+           "REQUEST_DEADLINE_S"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_FORM_PARTS = 8
 """Most parts a multipart upload may have (the form has one file field)."""
+MAX_PART_HEADER_BYTES = 16 * 1024
+"""Most bytes of headers one part of a multipart upload may have."""
 MAX_CONNECTIONS = 16
 """Most connections served at once; each holds a thread while it is read and answered."""
 LARGE_IMAGE_PIXELS = 4_000_000
-"""An upload with more pixels than this is decoded in one of :data:`LARGE_DECODES` slots."""
+"""An upload with more pixels than this is decoded and explained in one of :data:`LARGE_DECODES` slots."""
 LARGE_DECODES = 2
+"""Large uploads decoded, or decoded and waiting for the model, at once (their full-size images are in memory)."""
+REQUEST_DEADLINE_S = 120.0
+"""Seconds a request (its headers and body) may take to arrive, however steadily it trickles in."""
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -87,6 +102,36 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# the email parser's rules (email.feedparser): the rest of a delimiter line ("--" closes the form), then
+# the lines it takes for a part's headers (its headerRE; a line unlike a header, an empty one too, ends them)
+_DELIMITER_END = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+_HEADER_LINES = re.compile(rb"(?:(?:From |[\041-\071\073-\176]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+
+
+def _refuse_nested_parts(body: bytes, delimiter: bytes) -> None:
+    """Refuse a form with a part that is itself a multipart or a message, from each part's headers
+    and before the form is parsed: the parser would open such a part and parse every part in it,
+    which the part count (of the outer boundary only) does not see. Each occurrence of the
+    delimiter is taken for a part's start (a part's data may hold it too), so none is missed."""
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    at = body.find(delimiter)
+    while at >= 0:
+        at += len(delimiter)
+        line = _DELIMITER_END.match(body, at)
+        if line and not line.group(1):
+            limit = line.end() + MAX_PART_HEADER_BYTES
+            head = _HEADER_LINES.match(body, line.end(), limit)
+            if head.end() == limit < len(body):
+                raise UploadError(HTTPStatus.BAD_REQUEST, f"a part of the form has over {MAX_PART_HEADER_BYTES} "
+                                  "bytes of headers; send the image alone")
+            kind = parser.parsebytes(head.group(), headersonly=True).get_content_maintype()
+            if kind in ("multipart", "message"):
+                raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                                  f"a part of the form is itself a {kind}/* (a nested form); "
+                                  "send one image per part, with no nested multipart")
+        at = body.find(delimiter, at)
+
+
 def _multipart_file(content_type: str, body: bytes) -> bytes:
     """The ``file`` field of a ``multipart/form-data`` body, after counting its parts."""
     header = email.message.Message()
@@ -94,10 +139,12 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
     boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not boundary:
         raise UploadError(HTTPStatus.BAD_REQUEST, "the form could not be read (no multipart boundary)")
-    parts = body.count(b"--" + boundary.encode("latin-1", "replace")) - 1  # the closing delimiter counts once too
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    parts = body.count(delimiter) - 1  # the closing delimiter counts once too
     if parts > MAX_FORM_PARTS:
         raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                           f"the form has {parts} parts, over the limit of {MAX_FORM_PARTS}; send the image alone")
+    _refuse_nested_parts(body, delimiter)
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
@@ -176,17 +223,15 @@ class ExplainApp:
                               f"the {fmt.upper()} header could not be read ({type(exc).__name__})") from exc
         return fmt, rows * cols
 
-    def _decode(self, data: bytes, fmt: str, pixels: int) -> Any:
-        """The upload read by ``cbm.data.read_image`` (a large one in a decoding slot); a failure of any kind is a 422."""
+    def _decode(self, data: bytes, fmt: str) -> Any:
+        """The upload read by ``cbm.data.read_image``; a failure of any kind is a 422."""
         from cbm.data import read_image
 
         with tempfile.TemporaryDirectory(prefix="cbm-upload-") as tmp:
             path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name, never the client's
             path.write_bytes(data)
-            slot = self._large_decodes if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext()
             try:
-                with slot:
-                    return read_image(path, max_pixels=self.max_pixels)
+                return read_image(path, max_pixels=self.max_pixels)
             except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
                 reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
                 raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
@@ -196,12 +241,16 @@ class ExplainApp:
         """The report page for an uploaded image. Raises :class:`UploadError` for a bad upload.
 
         The checks and the decode happen before the model's lock is taken, so an upload that is
-        large, slow to decode or refused never holds up another one's explanation.
+        large, slow to decode or refused never holds up another one's explanation. A large image
+        keeps its decoding slot until it is explained (the report keeps only a small copy), so
+        full-size images never pile up waiting for the model; the slot is taken before the lock.
         """
         fmt, pixels = self.check_upload(data)
-        image = self._decode(data, fmt, pixels)
-        with self._model_lock:
-            case = explain_image(self.model, image, label="uploaded image", top_k=self.top_k, maps=self.maps)
+        with self._large_decodes if pixels > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+            image = self._decode(data, fmt)
+            with self._model_lock:
+                case = explain_image(self.model, image, label="uploaded image", top_k=self.top_k, maps=self.maps)
+            del image  # gone before its slot is given back
         return render_case_html(case, self.model, top_k=self.top_k, hide_names=True,
                                 nav={"Upload another image": "/", "Model card": "/classes"})
 
@@ -209,9 +258,29 @@ class ExplainApp:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "cbm-serve"
     sys_version = ""
-    timeout = 60  # seconds a client may stall; a stuck upload frees its thread after this
+    timeout = 60  # seconds a read may stall; a whole request has REQUEST_DEADLINE_S
     app: ExplainApp
     allowed_hosts: tuple[str, ...] | None
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket stays open: it is read again through the deadline reader
+        self._reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        """One request, read against its deadline (from the wait for its first byte to its last)."""
+        self.command, self.requestline, self.request_version = "", "", "HTTP/1.0"  # until its line is read
+        self._reader.start(REQUEST_DEADLINE_S)
+        try:
+            super().handle_one_request()
+        except RequestTimedOut as exc:
+            self.close_connection = True
+            log.info("request timed out: %s", exc)
+            if self._reader.received:  # a connection that sent nothing is closed without a word
+                with contextlib.suppress(OSError):
+                    self.connection.settimeout(1.0)  # a client that does not read cannot hold the thread
+                    self._error(HTTPStatus.REQUEST_TIMEOUT, str(exc))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -285,8 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         except UploadError as exc:
             log.info("upload rejected (%d): %s", exc.status.value, exc.message)
             return self._error(exc.status, exc.message)
-        except TimeoutError:
-            return self._error(HTTPStatus.REQUEST_TIMEOUT, "the upload stalled; try again")
+        except RequestTimedOut:
+            raise  # answered by handle_one_request
         except Exception:  # a bug must not take the server down; the client gets a 500
             log.exception("explaining an upload failed")
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the image could not be explained (server error)")
