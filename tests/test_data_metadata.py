@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
+import re
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -112,6 +114,19 @@ def test_vindr_cxr_reaches_knobo_sizes_by_the_readers_majority():
                               "rows with no class": 61}
 
 
+def test_vindr_cxr_class_counts_before_the_cap_are_the_cards(tmp_path):
+    """The per-class counts the card states are what its rule gives on the release, before the cap."""
+    card = load_card("vindr-cxr")
+    shutil.copytree(card.folder, tmp_path / "vindr-cxr", ignore=shutil.ignore_patterns("manifest.csv", "images"))
+    text = (tmp_path / "vindr-cxr" / "card.yaml").read_text()
+    (tmp_path / "vindr-cxr" / "card.yaml").write_text(re.sub(r"\n  (max|min)_per_class: [^\n]*", "", text))
+    result = make_splits(tmp_path / "vindr-cxr", [real("vinbigdata-train.csv.gz")], write=False, salt="test", check_images=False)
+    counts = Counter(r["label"] for r in result.rows)
+    assert sum(counts.values()) == 14636 and counts["pleural thickening"] == 485 and counts["pulmonary fibrosis"] == 639
+    stated = " ".join(card.split_rule.split())
+    assert [f"{n:,} {cls}" for cls, n in counts.items() if f"{n:,} {cls}" not in stated] == []
+
+
 def test_vindr_cxr_fails_when_a_class_is_under_the_card_minimum(tmp_path):
     """The old single-finding rule gave lung opacity 1 image; a short class is now an error, not a manifest."""
     lines = gzip.open(real("vinbigdata-train.csv.gz"), "rt").read().splitlines()
@@ -211,3 +226,69 @@ def test_a_wide_file_lists_a_bounded_number_of_columns(tmp_path):
         make_splits("ham10000", [real("nlmcxr_dicom_metadata.csv.gz")], write=False)
     message = str(err.value)
     assert "lacks the column(s)" in message and "and 145 more" in message and len(message) < 1500
+
+
+# ---------------------------------------------------------------------------- NIH's own file, image folders
+def nih_subset(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    """The first ``n`` rows of the published Data_Entry file, and their image names."""
+    lines = gzip.open(real(NIH), "rt").read().splitlines()[: n + 1]
+    meta = tmp_path / "Data_Entry_2017.csv"
+    meta.write_text("\n".join(lines) + "\n")
+    return meta, [line.split(",")[0] for line in lines[1:]]
+
+
+def nih_images(folder: Path, names: list[str]) -> Path:
+    """The images laid out as the Kaggle mirror unpacks them (images_001/images/...)."""
+    (folder / "images_001" / "images").mkdir(parents=True)
+    for name in names:
+        (folder / "images_001" / "images" / name).write_bytes(b"x")
+    return folder
+
+
+def test_nih_cards_read_the_file_as_the_nih_publishes_it(tmp_path):
+    """NIH's Data_Entry_2017_v2020.csv names the sex column Patient Sex and ends every line with a
+    comma; torchxrayvision's copy says Patient Gender. Both give one manifest."""
+    copy, _ = nih_subset(tmp_path, 20000)
+    lines = copy.read_text().splitlines()
+    nih = tmp_path / "Data_Entry_2017_v2020.csv"
+    nih.write_text("\n".join([lines[0].replace("Patient Gender", "Patient Sex") + ","] + [f"{line}," for line in lines[1:]]) + "\n")
+    for name in ("nih-cxr14", "nih-sex"):
+        ours = make_splits(name, [copy], write=False, salt="test", check_images=False)
+        theirs = make_splits(name, [nih], write=False, salt="test", check_images=False)
+        assert theirs.rows == ours.rows and len(ours.rows) > 100
+    assert {r["sex"] for r in theirs.rows} == {"female", "male"}
+    assert {r["Patient Gender"] for r in make_splits("nih-cxr14", [nih], write=False, check_images=False).rows} == {"F", "M"}
+
+
+def test_images_outside_the_card_folder_name_the_variable_to_set(tmp_path, caplog, monkeypatch):
+    meta, names = nih_subset(tmp_path, 300)
+    images = nih_images(tmp_path / "download", names)
+    with caplog.at_level(logging.WARNING, logger="cbm.data._splits"):
+        result = make_splits("nih-cxr14", [meta], images=images, write=False, salt="test")
+    assert result.rows and all(r["path"].startswith("images_001/images/") for r in result.rows)
+    assert f"manifest paths are relative to {images}" in caplog.text and f"CBM_NIH_CXR14_ROOT={images}" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("CBM_NIH_CXR14_ROOT", str(images))  # the card looks there: nothing to say
+    with caplog.at_level(logging.WARNING, logger="cbm.data._splits"):
+        assert make_splits("nih-cxr14", [meta], images=images, write=False, salt="test").rows == result.rows
+    assert "relative to" not in caplog.text
+
+
+def test_a_root_variable_naming_no_folder_is_an_error(tmp_path, monkeypatch):
+    meta, _ = nih_subset(tmp_path, 300)
+    monkeypatch.setenv("CBM_NIH_CXR14_ROOT", str(tmp_path / "imgaes"))  # a typo: no image could be checked
+    with pytest.raises(FileNotFoundError, match=r"\$CBM_NIH_CXR14_ROOT is .*imgaes.*--images DIR.*--no-image-check"):
+        make_splits("nih-cxr14", [meta], write=False)
+    assert make_splits("nih-cxr14", [meta], write=False, check_images=False).rows
+
+
+def test_a_manifest_written_before_the_images_says_to_build_it_again(tmp_path, monkeypatch):
+    meta, names = nih_subset(tmp_path, 300)
+    shutil.copytree(load_card("nih-cxr14").folder, tmp_path / "card", ignore=shutil.ignore_patterns("manifest.csv", "images"))
+    make_splits(tmp_path / "card", [meta], salt="test", check_images=False)  # the images are not there yet
+    monkeypatch.setenv("CBM_NIH_CXR14_ROOT", str(nih_images(tmp_path / "download", names)))
+    problems = load_card(tmp_path / "card").validate().problems
+    missing = next(p.message for p in problems if p.kind == "missing_file")
+    assert f"run `cbm make-splits {tmp_path / 'card'} --metadata ...` again" in missing and "--no-image-check" in missing
+    make_splits(tmp_path / "card", [meta], salt="test")  # now each image is found by name
+    assert "missing_file" not in {p.kind for p in load_card(tmp_path / "card").validate().problems}

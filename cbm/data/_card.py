@@ -135,6 +135,19 @@ class DataCard:
                     f"in {self.image_root}; if they are elsewhere, export {self.image_root_env}=/path/to/the/images")
         return None
 
+    def missing_images_hint(self) -> str | None:
+        """What to add to a report of image files the image folder lacks (None: nothing): the unset root
+        variable, and for a card built by make-splits, that a manifest written before the images were
+        there names them as the metadata does, not where they were unpacked."""
+        hints = [self.unset_root_variable() or ""]
+        if self.make_splits:
+            found = _index().get(self.name)
+            card = self.name if found is not None and found.resolve() == self.path else str(self.folder)
+            hints.append(f"a manifest written by `cbm make-splits --no-image-check` names each image as the metadata "
+                         f"does; once the images are there, run `cbm make-splits {card} --metadata ...` again: it "
+                         f"finds each one by name in the subfolders of {self.image_root}")
+        return "; ".join(h for h in hints if h) or None
+
     def manifest(self, strict: bool = False, check_files: bool = True) -> Manifest:
         """Read and check the card's manifest (see :func:`cbm.data.read_manifest`).
 
@@ -155,7 +168,7 @@ class DataCard:
                     group_column=self.group_column,
                     check_files=check_files,
                     strict=strict,
-                    root_hint=self.unset_root_variable(),
+                    root_hint=self.missing_images_hint(),
                     allow_outside_root=self.allow_outside_root,
                     min_per_class=(self.make_splits or {}).get("min_per_class"),
                     truth_columns=list(dict.fromkeys(self.concept_truth.values())),

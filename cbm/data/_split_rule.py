@@ -23,6 +23,8 @@ for a bad rule, which key is wrong and how. The rule, field by field (``[]`` = o
       [filter]: {column: [allowed values] | {regex: R} | {not_regex: R}}
       [derive]: {new_column: {from: column, regex: R}}   # first group (or whole match) of R,
                                           # computed in each file that has the column, before joins
+                                          # (a file that has new_column itself keeps its own: so
+                                          # a column two releases spell differently is one)
       [rows_by]: image_id                 # several rows per image: their label values are merged
       path: "{image_id}.jpg"              # the manifest path, from columns
       label:                              # either a column ...

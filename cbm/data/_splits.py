@@ -2,8 +2,8 @@
 machine-readable split rule in the card's ``make_splits`` field.
 
 The rule's format is documented in :mod:`cbm.data._split_rule` (:func:`parse_split_spec`, from
-:mod:`cbm.data._split_spec`, checks one); the files it reads, and how, in :mod:`cbm.data._metadata`; the split assignment in
-:mod:`cbm.data._assign`. The steps, in order: choose the rule's layout that fits the files
+:mod:`cbm.data._split_spec`, checks one); the files it reads, and how, in :mod:`cbm.data._metadata`;
+the image check in :mod:`cbm.data._split_images`; the split assignment in :mod:`cbm.data._assign`. The steps, in order: choose the rule's layout that fits the files
 given, read them, filter rows, merge rows of one image, label, check the image files, cap each
 class, assign splits, and check the counts against the card's promise (``min_per_class``).
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from cbm.data._assign import assign_splits, group_of
 from cbm.data._metadata import MetadataError, SourceRows, check_columns, file_key, load_metadata
+from cbm.data._split_images import checked_images
 from cbm.data._split_rule import (
     SPLIT_NAMES,
     ColumnSplit,
@@ -264,77 +265,6 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
     return items
 
 
-# ---------------------------------------------------------------------------- images
-def _image_index(root: Path) -> dict[str, list[str]]:
-    """basename -> relative paths of every file under ``root``."""
-    index: dict[str, list[str]] = defaultdict(list)
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            index[name].append(Path(dirpath, name).relative_to(root).as_posix())
-    return index
-
-
-def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike], images: Any) -> tuple[Path | None, str]:
-    """The folder image paths are checked in, and how it was chosen (for messages)."""
-    folders = [Path(m) for m in metadata if Path(m).is_dir()]
-    if images:
-        return Path(images), "--images"
-    if rule.folder and folders:
-        root = folders[0]  # folder sources: manifest paths are relative to that folder
-        if card.image_root.resolve() != root.resolve():
-            hint = f"set {card.image_root_env}={root}" if card.image_root_env else f"point image_root at {root}"
-            log.warning("manifest paths are relative to %s; %s so the card finds the images", root, hint)
-        return root, "--metadata"
-    if card.image_root.is_dir():
-        env = card.image_root_env
-        how = f"${env}" if env and os.environ.get(env) else "the card's image_root"
-        return card.image_root, how
-    log.info("image folder %s does not exist yet; manifest paths are not checked", card.image_root)
-    return None, ""
-
-
-def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
-    """Items whose image is under ``root`` (a file found elsewhere under it by name is used at its real path)."""
-    index = _image_index(root)
-    found = []
-    for it in items:
-        if (root / it["path"]).is_file():
-            found.append(it)
-        elif len(index.get(Path(it["path"]).name, [])) == 1:
-            it["path"] = index[Path(it["path"]).name][0]
-            found.append(it)
-        else:
-            dropped["rows whose image is not under " + str(root)] += 1
-    return found
-
-
-def _checked_images(
-    items: list[dict[str, Any]], rows: list[dict[str, Any]], card: Any, rule: SplitRule,
-    metadata: Sequence[str | os.PathLike], images: Any, dropped: Counter,
-) -> list[dict[str, Any]]:
-    """The items whose image file is in the image folder (all of them when there is no folder yet)."""
-    root, how = _image_root(card, rule, metadata, images)
-    if root is None:
-        return items
-    labelled = len(items)
-    items = _with_images(items, root, dropped)
-    if labelled and not items:
-        raise FileNotFoundError(
-            f"card {card.name!r}: the images are not under {root} ({how}). {_images_hint(card)}. (None of the "
-            f"{labelled} images the metadata names is there, e.g. {_example_path(rows, rule)}; the metadata itself was read.)"
-        )
-    if len(items) < labelled:
-        log.warning("%d of %d images the metadata names are not under %s (%s); they are left out. %s",
-                    labelled - len(items), labelled, root, how, _images_hint(card))
-    return items
-
-
-def _images_hint(card: Any) -> str:
-    env = f" or set {card.image_root_env}=DIR" if card.image_root_env else ""
-    return (f"Pass the folder that holds the images with --images DIR{env}; to write the manifest before the images "
-            "are there, add --no-image-check")
-
-
 # ---------------------------------------------------------------------------- checks and output
 def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], rng: np.random.Generator, dropped: Counter) -> list[dict[str, Any]]:
     """At most ``max_per_class`` images of each class, drawn with the seed."""
@@ -466,7 +396,7 @@ def make_splits(
     rows = _image_rows(source.rows, rule, dropped)
     items = _items(rows, rule, source, card, dropped)
     if check_images:
-        items = _checked_images(items, rows, card, rule, metadata, images, dropped)
+        items = checked_images(items, rows, card, rule, metadata, images, dropped)
     items.sort(key=lambda it: it["path"])
     items = _capped(items, rule, card.class_names, rng, dropped)
     items = assign_splits(items, rule, card.class_names, rng, dropped)
@@ -482,12 +412,3 @@ def make_splits(
         result.out = write_manifest(Path(out) if out else card.manifest_path, result.rows, result.columns)
     return result
 
-
-def _example_path(rows: list[dict[str, Any]], rule: SplitRule) -> str:
-    """One manifest path the metadata names, for a message."""
-    for row in rows:
-        try:
-            return rule.path.format_map(row)
-        except KeyError:
-            continue
-    return rule.path

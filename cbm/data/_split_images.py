@@ -1,0 +1,121 @@
+"""The image check of ``cbm make-splits``: which folder the manifest's paths are relative to, and
+which of the images the metadata names are in it.
+
+The folder is, in order: ``--images DIR``; for a card that reads its metadata from an image folder,
+that folder; else the card's image root (``$<image_root_env>`` when set, else its ``image_root``).
+Without any of them (the card's own folder not made yet) the paths are not checked. A manifest's
+paths are relative to the folder they were checked in, so a folder other than the card's image
+root is named in a warning with the setting that points the card at it; a root variable that names
+no folder is an error (a typo would otherwise write a manifest no image was checked for).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cbm.data._split_rule import SplitRule
+
+__all__ = ["checked_images"]
+
+log = logging.getLogger("cbm.data._splits")  # the messages of one command come from one logger
+
+
+def _image_index(root: Path) -> dict[str, list[str]]:
+    """basename -> relative paths of every file under ``root``."""
+    index: dict[str, list[str]] = defaultdict(list)
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            index[name].append(Path(dirpath, name).relative_to(root).as_posix())
+    return index
+
+
+def _warn_if_elsewhere(card: Any, root: Path) -> None:
+    """Manifest paths are relative to ``root``: say how to point the card there when it looks elsewhere."""
+    if card.image_root.resolve() != root.resolve():
+        hint = f"set {card.image_root_env}={root}" if card.image_root_env else f"point image_root at {root}"
+        log.warning("manifest paths are relative to %s, but card %s looks for its images in %s; %s so the card finds "
+                    "the images", root, card.name, card.image_root, hint)
+
+
+def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike], images: Any) -> tuple[Path | None, str]:
+    """The folder image paths are checked in, and how it was chosen (for messages)."""
+    folders = [Path(m) for m in metadata if Path(m).is_dir()]
+    if images:
+        _warn_if_elsewhere(card, Path(images))
+        return Path(images), "--images"
+    if rule.folder and folders:
+        _warn_if_elsewhere(card, folders[0])  # folder sources: manifest paths are relative to that folder
+        return folders[0], "--metadata"
+    env = card.image_root_env
+    if card.image_root.is_dir():
+        how = f"${env}" if env and os.environ.get(env) else "the card's image_root"
+        return card.image_root, how
+    if env and os.environ.get(env):
+        raise FileNotFoundError(
+            f"card {card.name!r}: ${env} is {os.environ[env]}, but {card.image_root} is not a folder. Set {env} to "
+            f"the folder that holds the images or pass it with --images DIR; to write the manifest before the "
+            f"images are there, add --no-image-check"
+        )
+    log.info("image folder %s does not exist yet; manifest paths are not checked", card.image_root)
+    return None, ""
+
+
+def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
+    """Items whose image is under ``root`` (a file found elsewhere under it by name is used at its real path)."""
+    index = _image_index(root)
+    found = []
+    for it in items:
+        if (root / it["path"]).is_file():
+            found.append(it)
+        elif len(index.get(Path(it["path"]).name, [])) == 1:
+            it["path"] = index[Path(it["path"]).name][0]
+            found.append(it)
+        else:
+            dropped["rows whose image is not under " + str(root)] += 1
+    return found
+
+
+def checked_images(
+    items: list[dict[str, Any]], rows: list[dict[str, Any]], card: Any, rule: SplitRule,
+    metadata: Sequence[str | os.PathLike], images: Any, dropped: Counter,
+) -> list[dict[str, Any]]:
+    """The items whose image file is in the image folder (all of them when there is no folder yet).
+
+    Raises:
+        FileNotFoundError: none of the images is in the folder, or the card's root variable names no folder.
+    """
+    root, how = _image_root(card, rule, metadata, images)
+    if root is None:
+        return items
+    labelled = len(items)
+    items = _with_images(items, root, dropped)
+    if labelled and not items:
+        raise FileNotFoundError(
+            f"card {card.name!r}: the images are not under {root} ({how}). {_images_hint(card)}. (None of the "
+            f"{labelled} images the metadata names is there, e.g. {_example_path(rows, rule)}; the metadata itself was read.)"
+        )
+    if len(items) < labelled:
+        log.warning("%d of %d images the metadata names are not under %s (%s); they are left out. %s",
+                    labelled - len(items), labelled, root, how, _images_hint(card))
+    return items
+
+
+def _images_hint(card: Any) -> str:
+    env = f" or set {card.image_root_env}=DIR" if card.image_root_env else ""
+    return (f"Pass the folder that holds the images with --images DIR{env}; to write the manifest before the images "
+            "are there, add --no-image-check")
+
+
+def _example_path(rows: list[dict[str, Any]], rule: SplitRule) -> str:
+    """One manifest path the metadata names, for a message."""
+    for row in rows:
+        try:
+            return rule.path.format_map(row)
+        except KeyError:
+            continue
+    return rule.path
