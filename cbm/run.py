@@ -63,6 +63,9 @@ def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None 
     if optimized_metric == AUTO_METRIC:
         return
     method, _, figure = optimized_metric.partition(".")
+    if not method or not figure:
+        raise ValueError(f"optimized_metric={optimized_metric!r}: write auto or METHOD.FIGURE, a method and one of its "
+                         f"validation figures ({', '.join(VALIDATION_FIGURES)}), e.g. cbm.val_accuracy")
     if methods is not None and method not in methods:
         raise ValueError(f"optimized_metric={optimized_metric!r}: this run measures no method {method!r}; it "
                          f"measures {', '.join(methods)}")

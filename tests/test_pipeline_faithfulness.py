@@ -301,3 +301,54 @@ def test_the_auroc_standard_error_is_hanley_and_mcneils():
     from sklearn.metrics import roc_auc_score
     draws = [roc_auc_score(np.r_[np.ones(10), np.zeros(100)], rng.random(110)) for _ in range(2000)]
     assert np.std(draws) == pytest.approx(auroc_standard_error(0.5, 10, 100), rel=0.1)
+
+
+def _toy_model_card_and_splits(tmp_path):
+    """A model scoring three concepts as its features (a -> class 1, b -> class 0), its card with a
+    truth column per concept, and train, val and test splits whose rows carry the truth."""
+    y, truth, z = _world(n=900, seed=3)
+    names = ["a", "b", "u"]
+    card = SimpleNamespace(name="toy", path=tmp_path / "card.yaml", manifest_path=tmp_path / "manifest.csv",
+                           concept_truth={c: f"t_{c}" for c in names}, confounder=None, group_column=None)
+    levels = tuple(np.array([z[truth[:, j] == v, j].mean() for j in range(3)], np.float32) for v in (0, 1))
+    model = SimpleNamespace(
+        bottleneck=SimpleNamespace(concept_names=names), classes=["n", "m"], concept_prior=None,
+        coef=np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32), intercept=np.zeros(2, np.float32),
+        concept_scores_from_features=lambda f: f, concept_values=lambda s: s,
+        presence_levels=lambda: levels, score_levels=lambda: levels)
+
+    def split(name, idx):
+        rows = [{"path": str(i), **{f"t_{c}": str(int(truth[i, j])) for j, c in enumerate(names)}} for i in idx]
+        return SplitData(name, z[idx], y[idx], None, [str(i) for i in idx], rows)
+
+    splits = {"train": split("train", np.arange(0, 500)), "val": split("val", np.arange(500, 700)),
+              "test": split("test", np.arange(700, 900))}
+    return model, card, splits
+
+
+def test_faithfulness_of_a_split_of_ones_own_making(tmp_path):
+    from cbm.heads import DenseConceptHead
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    model, card, splits = _toy_model_card_and_splits(tmp_path)
+    full = measure_faithfulness(model, card, splits, head=DenseConceptHead())
+    assert full["oracle"]["id_accuracy"] > 0.85 and full["measured"] and [p["k"] for p in full["intervention"]] == [0, 1, 2]
+    assert "splits_without_truth" not in full and set(full["concept_auroc"]) == {"a", "b", "u"}
+    # a split without the splits the figures need: one error naming them and where to get them
+    with pytest.raises(ValueError, match=r"needs the train, val and test splits.*missing: train, val.*extract_splits"):
+        measure_faithfulness(model, card, {"test": splits["test"]})
+    # a test split of one's own whose rows lack the truth columns, or carry no manifest columns at all:
+    # measured where truth exists, and the block says which split had none
+    test = splits["test"]
+    for rows in ([{"path": p} for p in test.paths], []):
+        own = SplitData("mine", test.features, test.labels, None, test.paths, rows)
+        out = measure_faithfulness(model, card, {**splits, "test": own}, head=DenseConceptHead())
+        assert out["oracle"] == {}  # no figure of a ceiling fitted on truth the split does not have
+        assert out["measured"] and out["splits_without_truth"] == ["test"]
+        assert out["concept_auroc"] == {} and out["mean_concept_auroc"] is None
+        assert [p["k"] for p in out["intervention"]] == [0]
+        assert out["intervention"][0]["id_accuracy"] == pytest.approx(full["intervention"][0]["id_accuracy"])
+        assert out["sign_agreement"] == pytest.approx(full["sign_agreement"])  # read on train, as before
+    short = SplitData("mine", test.features, test.labels, None, test.paths, test.extras[:3])
+    with pytest.raises(ValueError, match=r"split 'mine' has 200 images but 3 rows"):
+        measure_faithfulness(model, card, {**splits, "test": short})

@@ -209,6 +209,17 @@ def test_a_sweep_optimises_a_validation_figure_only():
         sweep_value(grouped, "cbm.val_acuracy")
 
 
+def test_a_sweep_metric_without_its_method_is_told_the_form():
+    """``val_accuracy`` (no method) is a validation figure misnamed, not a test figure nor a method."""
+    from cbm.run import check_optimized_metric
+
+    for name in ("val_accuracy", ".val_accuracy", "cbm."):
+        with pytest.raises(ValueError, match=r"write auto or METHOD\.FIGURE.*e\.g\. cbm\.val_accuracy"):
+            check_optimized_metric(name, ["cbm", "linear_probe"])
+        with pytest.raises(ValueError, match=r"write auto or METHOD\.FIGURE"):
+            check_optimized_metric(name)
+
+
 def test_a_test_figure_is_refused_before_the_run(tmp_path, capsys):
     """A sweep metric that is not a validation figure stops `cbm run` before any work is done."""
     from cbm.run import hydra_main

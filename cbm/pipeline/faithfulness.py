@@ -28,7 +28,8 @@ alone, and nothing here chooses anything.
 A card without truth gets ``{"measured": False, "reason": ...}``, never zeros; a card without a
 confounder gets ``ood: {"measured": False, "reason": ...}`` (its test split is in-domain). The
 oracle puts an unannotated case's value at the mean of the annotated training cases
-(:func:`fill_unknown`). ``concept_auroc`` covers every concept with test truth.
+(:func:`fill_unknown`). ``concept_auroc`` covers every concept with test truth; a split whose rows
+lack the truth columns (one built by hand) is listed under ``splits_without_truth``.
 """
 
 from __future__ import annotations
@@ -116,8 +117,12 @@ def truth_columns(truth: np.ndarray, labels: np.ndarray) -> list[int]:
 def truth_matrix(card, split: SplitData, concept_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """The concepts of ``concept_names`` the card has truth for, and their truth ``(n, m)``: 1, 0 or NaN."""
     mapping = getattr(card, "concept_truth", {}) or {}
-    if split.extras and not set(mapping.values()) & set(split.extras[0]):
-        mapping = {}  # a manifest built without the annotations: not annotated (the manifest check warned)
+    if split.extras and len(split.extras) != len(split):
+        raise ValueError(f"split {split.name!r} has {len(split)} images but {len(split.extras)} rows of manifest columns "
+                         "(extras): give one row per image, or none (then it is not annotated)")
+    if (len(split) and not split.extras) or (split.extras and not set(mapping.values()) & set(split.extras[0])):
+        mapping = {}  # rows without the annotation columns (a manifest built without them, the manifest check
+        # warned; a split built by hand without extras): not annotated
     names = [c for c in concept_names if c in mapping]
     out = np.full((len(split), len(names)), np.nan)
     for j, name in enumerate(names):
@@ -127,6 +132,16 @@ def truth_matrix(card, split: SplitData, concept_names: Sequence[str]) -> tuple[
                              f"{name!r}, but the manifest has no such column; add it or fix the card")
         out[:, j] = [_parse(row.get(column, ""), column, card.manifest_path) for row in split.extras]
     return names, out
+
+
+def _on_concepts(truth: tuple[list[str], np.ndarray], names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """A split's truth (:func:`truth_matrix`) on the concepts ``names``: NaN where it has none for one."""
+    index = {c: j for j, c in enumerate(truth[0])}
+    out = np.full((len(truth[1]), len(names)), np.nan)
+    for j, c in enumerate(names):
+        if c in index:
+            out[:, j] = truth[1][:, index[c]]
+    return list(names), out
 
 
 def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -405,8 +420,7 @@ def measure_faithfulness(
     intercept: np.ndarray | None = None,
     head: Any = None,
     store_names: Sequence[str] = (),
-    seed: int = 0,
-    on_scores: bool = False,
+    seed: int = 0, on_scores: bool = False,
 ) -> dict[str, Any]:
     """Faithfulness figures of a head on a card with concept truth (see the module docstring).
 
@@ -414,7 +428,8 @@ def measure_faithfulness(
         model: a fitted ``ConceptBottleneckModel`` (its bottleneck scores the splits; its head is
             measured unless ``coef``/``intercept`` give another head on the same concept values).
         card: the ``DataCard`` (its ``concept_truth``, confounder and group column).
-        splits: encoded splits with at least train, val and test (``cbm.pipeline.extract_splits``).
+        splits: encoded splits with at least train, val and test (``cbm.pipeline.extract_splits``;
+            a split of one's own may stand under any of these names).
         coef, intercept: another head's ``(K, C)`` weights and biases on the model's concept values
             (``on_scores``: on its standardised scores, as the dense concept head is fitted).
         head: an unfitted estimator of the measured head's type, for the ``oracle`` (omitted without one).
@@ -427,22 +442,28 @@ def measure_faithfulness(
     if not getattr(card, "concept_truth", None):
         return {"measured": False, "reason": f"card {card.name!r} names no concept truth columns (concept_truth)"}
     check_truth_names(card, names, store_names)
+    if missing := [s for s in ("train", "val", "test") if s not in splits]:
+        raise ValueError(f"measure_faithfulness needs the train, val and test splits (train: each concept's association with "
+                         f"the classes; val: the oracle's choice; test: the figures); missing: {', '.join(missing)}: encode "
+                         "them with cbm.pipeline.extract_splits(card, model.encoder), or put a split of your own under its name")
     coef = model.coef if coef is None else np.asarray(coef, np.float32)
     intercept = model.intercept if intercept is None else np.asarray(intercept, np.float32)
     scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
     inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
     if not truth["train"][0]:
-        return {"measured": False,
-                "reason": f"none of the model's concepts has a truth column in the manifest of card {card.name!r}"}
+        return {"measured": False, "reason": f"none of the model's concepts has a truth column in the manifest of card {card.name!r}"}
     test_names, test_truth = truth["test"]
     keep = truth_columns(truth["train"][1], splits["train"].labels)
     if not keep:
         return {"measured": False, "reason": (
             f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but none annotates "
             "training cases of two classes: fill them in the manifest (1/0; empty = not annotated)")}
-    truth = {s: ([t[0][j] for j in keep], t[1][:, keep]) for s, t in truth.items()}
-    with_truth = truth["train"][0]
+    with_truth = [truth["train"][0][j] for j in keep]
+    truth = {s: _on_concepts(t, with_truth) for s, t in truth.items()}  # by name: a split may lack the columns
+    unannotated = [s for s, (_, t) in truth.items() if len(t) and np.isnan(t).all()]
+    if unannotated:
+        log.warning("no concept truth in split(s) %s: no concept is set from the truth there", ", ".join(unannotated))
     levels = model.score_levels() if on_scores else model.presence_levels()
     id_split, ood_split, _ = eval_splits(card, splits)
     evaluate = {"id": id_split, **({"ood": ood_split} if ood_split else {})}
@@ -453,6 +474,7 @@ def measure_faithfulness(
             f"card {card.name!r} names no confounder: its test split is in-domain, so the curve and the oracle have "
             "no out-of-domain figure")}}),
         "concepts_with_truth": len(with_truth),
+        **({"splits_without_truth": unannotated} if unannotated else {}),
         "concept_auroc": {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)},
     }
     known = [v for v in out["concept_auroc"].values() if v is not None]
@@ -465,6 +487,7 @@ def measure_faithfulness(
         columns = [col[c] for c in with_truth]
         values = fill_unknown({s: truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns]
                                for s in ("train", "val", *evaluate.values())})
-        out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits, evaluate)
+        out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits,  # where there is truth
+                                          {n: s for n, s in evaluate.items() if s not in unannotated})
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out
