@@ -8,8 +8,9 @@ probabilities. So every prediction can be written as a sum of ``weight[class, co
 value[concept]`` terms, a value being the concept's probability or, uncalibrated, its score.
 
 Saved as a folder: ``model.json`` (classes, concepts, encoder name and cache key, head settings,
-metrics, provenance) and ``model.safetensors`` (head weights, concept embeddings, score
-statistics, the concept store's class-concept prior, the concepts' calibration), and
+metrics, provenance, the SHA-256 of the weights file) and ``model.safetensors`` (head weights,
+concept embeddings, score statistics, the concept store's class-concept prior, the concepts'
+calibration), and
 ``reference.safetensors`` when the model
 has a training reference (:mod:`cbm.reference`: out-of-distribution score, nearest training
 images). No pickle. :meth:`ConceptBottleneckModel.load`
@@ -44,7 +45,7 @@ from cbm.calibration import calibrate, calibrated as calibrated_columns
 from cbm.errors import ModelFormatError
 from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors
 from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
-from cbm.utils import atomic_write_bytes, atomic_write_json, softmax
+from cbm.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, softmax
 
 __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
@@ -267,7 +268,7 @@ class ConceptBottleneckModel:
     def image_features(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed images (paths, ``LoadedImage`` objects or arrays) with the model's encoder, ``(n, D)``."""
         from cbm.data import LoadedImage, read_image
-        from cbm.data.transforms import unit_pixels
+        from cbm.data.transforms import channels_last, unit_pixels
 
         items = [images] if isinstance(images, (str, os.PathLike, LoadedImage, np.ndarray)) else list(images)
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -280,7 +281,7 @@ class ConceptBottleneckModel:
                 if isinstance(item, (str, os.PathLike)):
                     item = read_image(item)
                 elif isinstance(item, np.ndarray):  # checked here: the transform's pipeline wraps its errors
-                    item = unit_pixels(item)
+                    item = unit_pixels(channels_last(item))
                 batch.append(enc.transform(item))
             out.append(enc.encode_image(torch.stack(batch)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.bottleneck.concept_embeddings.shape[1]), np.float32)
@@ -419,8 +420,8 @@ class ConceptBottleneckModel:
             on = self.calibrated()
             tensors["concept_calibration"] = torch.from_numpy(
                 np.vstack([np.nan_to_num(self.calibration), on[None]]).astype(np.float32))
-        atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(
-            tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)}))
+        weights = safetensors_bytes(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        atomic_write_bytes(folder / "model.safetensors", weights)
         atomic_write_json(
             folder / "model.json",
             {
@@ -428,6 +429,7 @@ class ConceptBottleneckModel:
                 "version": FORMAT_VERSION,
                 "encoder": self.encoder_name,
                 "encoder_key": self.encoder_key,
+                "weights_sha256": sha256_bytes(weights),  # load refuses weights that are not these
                 "classes": self.classes,
                 "concepts": self.bottleneck.concept_names,
                 "bottleneck": self.bottleneck.debiasing,

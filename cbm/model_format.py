@@ -1,6 +1,8 @@
 """Reading a saved model folder: ``model.json`` and ``model.safetensors``, every field and tensor
 checked before :meth:`cbm.model.ConceptBottleneckModel.load` uses them. A damaged or foreign file
-raises :class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix."""
+raises :class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix. ``model.json``
+records the SHA-256 of ``model.safetensors`` (``weights_sha256``), so weights edited after saving,
+or those of another save beside this ``model.json``, are refused (older models have no digest)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 from cbm.errors import ModelFormatError, quote
+from cbm.utils import sha256_bytes
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors"]
 
@@ -60,6 +63,10 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ModelFormatError(path, f"has the bad value {quote(bottleneck)}", REFIT, field="bottleneck.nuisance_prompts")
     meta["bottleneck"] = {**(bottleneck if isinstance(bottleneck, dict) else {}), "nuisance_prompts": prompts}
+    digest = meta.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        raise ModelFormatError(path, f"has the bad value {quote(digest)}: the SHA-256 of model.safetensors, in hex", REFIT,
+                               field="weights_sha256")
     info = meta.get("info", {})
     if not isinstance(info, dict):
         raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
@@ -68,12 +75,16 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """``model.safetensors``, every tensor checked against ``model.json`` (shape, dtype, finite values)."""
+    """``model.safetensors``, every tensor checked against ``model.json`` (shape, dtype, finite values,
+    then the file's digest where ``model.json`` records one); bfloat16 tensors are read as float32."""
     try:
-        tensors = load_file(str(path))
+        data = path.read_bytes()
+        tensors = load_safetensors(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
         raise ModelFormatError(path, f"cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:120]})",
                                REFIT) from None
+    # numpy has no bfloat16 (another tool's cast); float32 holds every bfloat16 value
+    tensors = {name: t.float() if t.dtype == torch.bfloat16 else t for name, t in tensors.items()}
     k, c = len(meta["classes"]), len(meta["concepts"])
     emb = tensors.get("concept_embeddings")
     d = int(emb.shape[1]) if emb is not None and emb.dim() == 2 else -1
@@ -112,4 +123,8 @@ def read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     if calibration is not None and not bool(((calibration[2] == 0) | (calibration[2] == 1)).all()):
         raise ModelFormatError(path, "has a third row (which concepts are calibrated) that is not all 0 or 1", REFIT,
                                field="tensor concept_calibration")
+    if meta.get("weights_sha256") is not None and sha256_bytes(data) != meta["weights_sha256"]:
+        raise ModelFormatError(path, "holds not the weights model.json was saved with (its SHA-256 differs from "
+                               "model.json's weights_sha256: edited, or written by another save)",
+                               f"{REFIT} (for an edit you made on purpose, delete weights_sha256 from model.json)")
     return tensors

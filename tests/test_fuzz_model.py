@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -58,3 +59,29 @@ def test_specific_damage_is_named(saved, tmp_path):
         (tmp_path / "model.json").write_text(json.dumps({**meta, field: value}))
         with pytest.raises(ModelFormatError, match=message):
             ConceptBottleneckModel.load(tmp_path)
+
+
+def _copy_with(saved: Path, folder: Path, tensors: dict, meta: dict | None = None) -> Path:
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps(meta) if meta is not None else (saved / "model.json").read_text())
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "cbm.ConceptBottleneckModel", "version": "4"})
+    return folder
+
+
+def test_a_tensor_changed_after_saving_is_refused(saved, tmp_path):
+    """Weights of the right shape but not the ones saved (edited, or the model.safetensors of another
+    save beside this model.json) would predict with the wrong concept names: refused, naming the file."""
+    tensors = load_file(str(saved / "model.safetensors"))
+    folder = _copy_with(saved, tmp_path / "m", {**tensors, "coef": tensors["coef"] * 2})
+    with pytest.raises(ModelFormatError, match=r"model\.safetensors.*not the weights model\.json was saved with"):
+        ConceptBottleneckModel.load(folder)
+
+
+def test_bfloat16_tensors_load_or_fail_clearly(saved, tmp_path):
+    """A bfloat16 tensor (cast by another tool) in a model without a weights digest is no TypeError."""
+    tensors = load_file(str(saved / "model.safetensors"))
+    meta = {k: v for k, v in json.loads((saved / "model.json").read_text()).items() if k != "weights_sha256"}
+    folder = _copy_with(saved, tmp_path / "m", {name: t.to(torch.bfloat16) for name, t in tensors.items()}, meta)
+    model = ConceptBottleneckModel.load(folder)
+    proba = model.predict_proba_from_features(torch.randn(3, tensors["concept_embeddings"].shape[1]))
+    assert proba.shape == (3, 2) and np.isfinite(proba).all()
