@@ -212,3 +212,15 @@ def test_saved_files_are_readable_as_the_umask_allows(fitted, tmp_path):
         os.umask(old)
     for name in ("model.json", "model.safetensors"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 40, 50), r"got \(3, 40, 50\): .*channels first.*arr\.transpose\(1, 2, 0\)"),
+    ((40, 50, 5), r"got \(40, 50, 5\)"),
+    ((0, 50, 3), r"got \(0, 50, 3\).*no pixels"),
+])
+def test_a_misshapen_image_array_is_named_with_its_shape(fitted, shape, message):
+    """The encoder's transform pipeline would wrap this as "applying transform <object at 0x...>"."""
+    _, model = fitted
+    with pytest.raises(ValueError, match=message):
+        model.predict(np.random.default_rng(0).random(shape))

@@ -32,8 +32,8 @@ from monai.transforms import Compose, Transform
 from cbm.data._image import LoadedImage, read_image
 
 __all__ = [
-    "encoder_transform", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "ResizeLongestSide", "ResizeSquash",
-    "CentreCropOrPad", "GreyToRGB", "Normalize", "INTERPOLATIONS", "RESIZE_MODES",
+    "encoder_transform", "channels_last", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "ResizeLongestSide",
+    "ResizeSquash", "CentreCropOrPad", "GreyToRGB", "Normalize", "INTERPOLATIONS", "RESIZE_MODES",
 ]  # fmt: skip
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
@@ -55,12 +55,7 @@ class ToChannelFirst(Transform):
         if isinstance(data, torch.Tensor):
             t = data.float()
             return t[None] if t.ndim == 2 else t
-        arr = np.asarray(data)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-            raise ValueError(f"expected an image array of shape (H, W) or (H, W, C) with C in 1..4, got {arr.shape}")
-        arr = unit_pixels(arr)
+        arr = unit_pixels(channels_last(data))
         if arr.shape[2] in (2, 4):  # grey+alpha, RGBA: drop alpha as PIL's convert does
             arr = arr[..., : arr.shape[2] - 1]
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).contiguous()
@@ -68,6 +63,20 @@ class ToChannelFirst(Transform):
 
 # float32 rounding of values computed in [0, 1]
 _UNIT_SLACK = 1e-3
+
+
+def channels_last(arr: Any) -> np.ndarray:
+    """An image array as ``(H, W, C)`` with C in 1..4 and at least one pixel (``(H, W)`` gets C = 1); a
+    ValueError naming the shape otherwise, and the fix where the array is channels first."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.size == 0:
+        flipped = arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] > 4
+        hint = (": it looks channels first (C, H, W); give arr.transpose(1, 2, 0)" if flipped
+                else ": it has no pixels" if arr.size == 0 else "")
+        raise ValueError(f"an image array must be (H, W) or (H, W, C) with C in 1..4 (channels last); got {arr.shape}{hint}")
+    return arr
 
 
 def unit_pixels(arr: np.ndarray) -> np.ndarray:
