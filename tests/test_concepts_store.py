@@ -154,6 +154,15 @@ def test_a_store_that_lacks_a_class_says_how_to_fill_it(card, caplog):
     assert "ignored: ['old_class']" in caplog.text
 
 
+def test_a_store_naming_a_class_the_card_lacks_says_to_rename_it(card):
+    """A class misspelt in concepts.json is a rename, not a list for an LLM to generate."""
+    save_curated(card.folder / "concepts.json", {"normal": ["clear lungs"], "pneumonia": ["consolidation"],
+                                                 "efusion": ["meniscus sign"]})
+    with pytest.raises(ConceptStoreError, match=r"no concept list for classes \['effusion'\].*"
+                                                r"'efusion' is not a class of the card: did you mean 'effusion'\?"):
+        load_concepts(card)
+
+
 def test_a_hand_edit_of_a_generated_list_reads_as_curated(card, caplog):
     doc = {
         "format": "cbm-concepts/1",

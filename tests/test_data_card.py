@@ -84,7 +84,7 @@ def test_unknown_card_name_suggests_the_closest(tmp_path, monkeypatch):
     monkeypatch.setenv("CBM_CARDS_PATH", str(tmp_path / "cards"))
     with pytest.raises(ValueError, match="Unknown data card 'tyo'.*Did you mean 'toy'"):
         load_card("tyo")
-    with pytest.raises(FileNotFoundError, match="data card not found"):
+    with pytest.raises(FileNotFoundError, match=r"data card not found: .*nowhere.*`cbm cards` lists them"):
         load_card(tmp_path / "nowhere" / "card.yaml")
 
 

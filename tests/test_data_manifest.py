@@ -72,8 +72,9 @@ def test_outside_paths_allowed_are_still_checked_for_leaks(tmp_path):
         load_card(folder).manifest()
 
 
-def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path):
-    card = load_card(with_row(tmp_path, "x" * 300 + ".png", split="train"))
+@pytest.mark.parametrize("name", ["x" * 300 + ".png", "é" * 300 + ".png", "sub\\" + "x" * 300 + ".png"])
+def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path, name):
+    card = load_card(with_row(tmp_path, name, split="train"))
     report = card.validate()
     bad = next(p for p in report.problems if p.kind == "bad_path")
     assert "File name too long" in bad.message and bad.lines == (10,) and len(bad.message) < 400
@@ -82,6 +83,9 @@ def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path):
 @pytest.mark.parametrize("content, field, fragment", [
     ("", None, "is empty"),
     ("path,label\na.png,nevus\n", "line 1", "lacks the column(s) split"),
+    ("path;label;split\na.png;nevus;train\n", "line 1", "its columns are separated by ';', not commas: save it"),
+    ("path\tlabel\tsplit\na.png\tnevus\ttrain\n", "line 1", "its columns are separated by tabs, not commas: save it"),
+    ("Path,Label,split\na.png,nevus,train\n", "line 1", "case-sensitive: rename 'Path' to 'path', 'Label' to 'label'"),
     ("path,label,split\na.png,nevus,train,extra\n", "line 2", "has 4 field(s) but the header has 3"),
     ("path,label,split\na.png,nevus,train\n\x00\n", "line 3", "contains NUL bytes"),
     (b"path,label,split\n\xff.png,nevus,train\n", None, "is not UTF-8 text (byte 17)"),
@@ -94,6 +98,40 @@ def test_malformed_csv_is_a_manifest_error_naming_the_line(tmp_path, content, fi
         read_manifest(path, class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
     assert isinstance(err.value, InputError) and err.value.report is None
     assert str(path) in str(err.value) and fragment in str(err.value) and err.value.field == field
+
+
+def test_a_windows_path_separator_is_named_with_its_fix(tmp_path):
+    """``sub\\a.png`` from a Windows tool names no file here; the report says to write ``sub/a.png``."""
+    folder = make_card(tmp_path / "toy", rows=ROWS)
+    (folder / "images" / "sub").mkdir()
+    (folder / "images" / "nevus_test_0.png").rename(folder / "images" / "sub" / "nevus_test_0.png")
+    text = (folder / "manifest.csv").read_text().replace("nevus_test_0.png", "sub\\nevus_test_0.png")
+    (folder / "manifest.csv").write_text(text)
+    report = load_card(folder).validate()
+    [problem] = report.problems
+    assert problem.kind == "windows_separator" and problem.lines == (8,)
+    assert "separates folders with '\\'" in problem.message and "sub/nevus_test_0.png" in problem.message
+
+
+@pytest.mark.parametrize("written, on_disk", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_a_path_in_another_unicode_form_finds_its_file(tmp_path, written, on_disk):
+    """A manifest written on macOS spells "lésion" decomposed, the file here is composed (or the reverse):
+    the same name to a reader, so the row finds its file, and that file listed again is still a leak."""
+    import unicodedata
+
+    folder = make_card(tmp_path / "toy", rows=ROWS)
+    name = "scans ünï/lésion 1.png"
+    (folder / "images" / unicodedata.normalize(on_disk, "scans ünï")).mkdir()
+    (folder / "images" / "nevus_train_0.png").rename(folder / "images" / unicodedata.normalize(on_disk, name))
+    text = (folder / "manifest.csv").read_text().replace("nevus_train_0.png", unicodedata.normalize(written, name))
+    (folder / "manifest.csv").write_text(text)
+    card = load_card(folder)
+    assert card.validate().ok
+    row = next(r for r in card.manifest() if r.line == 2)
+    assert card.manifest().file(row).is_file() and row.split == "train"
+    with open(folder / "manifest.csv", "a") as fh:
+        fh.write(f"{unicodedata.normalize(on_disk, name)},nevus,test\n")
+    assert [p.kind for p in card.validate().problems] == ["duplicate_across_splits"]
 
 
 def test_cbm_validate_reports_a_leak_and_strict_ends_in_one_line(tmp_path, capsys):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import difflib
 import json
 import logging
 import os
@@ -341,13 +342,17 @@ def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path 
     nfc = {unicodedata.normalize("NFC", c): c for c in classes}
     by_class = {nfc.get(unicodedata.normalize("NFC", k), k): v for k, v in doc["by_class"].items()}
     missing = [c for c in classes if c not in by_class]
+    extra = [c for c in by_class if c not in classes]
     if missing:
         ref = card_reference(card) if card is not None else doc.get("card") or "CARD"
+        renames = [(c, difflib.get_close_matches(c, missing, n=1, cutoff=0.6)) for c in extra]
+        rename = "".join(f"{quote(c, 60)} is not a class of the card: did you mean {quote(close[0], 60)}? "
+                         for c, close in renames if close)
+        run = f"run `cbm concepts {ref} --llm PRESET` to generate them, or add them by hand"
         raise ConceptStoreError(
             path, f"has no concept list for classes {quote(missing)} (it has {quote(list(by_class))})",
-            f"Run `cbm concepts {ref} --llm PRESET` to generate them, or add them by hand", field="$.by_class",
+            f"{rename}Rename it in the store, or {run}" if rename else run[0].upper() + run[1:], field="$.by_class",
         )
-    extra = [c for c in by_class if c not in classes]
     if extra:
         log.warning("concept store %s lists classes the card does not have, ignored: %s", path, extra)
     for name in classes:

@@ -291,7 +291,8 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
         raise CardError(path, f"cannot be opened ({type(exc).__name__}: {quote(str(exc))})",
                         "Check the card's path and its permissions") from None
     if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
-        raise FileNotFoundError(f"data card not found: {path}")
+        raise FileNotFoundError(f"data card not found: {path}. Check the path; a card is a card.yaml, its folder, "
+                                "or a card name (`cbm cards` lists them)")
     index = _index()
     if text not in index:
         raise ValueError(

@@ -8,8 +8,10 @@ one warning. Two problems always raise: one file in two splits (paths are normal
 ``./1.png``, ``a/../1.png`` and ``<root>/1.png`` are one file), which leaks test images into
 training, and a path outside the image root, unless the card says ``allow_outside_root: true``.
 Within one split a repeated file is dropped (it would count twice), like other bad rows; one with a
-second label is its own problem (the first label is kept). Labels match the card's classes in
-either Unicode form (composed or decomposed accents), and a quoted cell may hold a line break.
+second label is its own problem (the first label is kept). Labels match the card's classes, and
+paths their files, in either Unicode form (composed or decomposed accents), and a quoted cell may
+hold a line break. A path written with Windows separators (``sub\\a.png``) that names a file once
+written with '/' is its own problem, with that fix.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import stat
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +81,7 @@ class ManifestProblem:
     """One kind of problem with the rows it affects."""
 
     kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
-    #            | outside_root | bad_path | no_training_image | short_class | empty_field
+    #            | outside_root | bad_path | no_training_image | short_class | empty_field | windows_separator
     message: str
     lines: tuple[int, ...] = ()
 
@@ -333,6 +335,8 @@ class _Problems:
             "duplicate_path": "rows repeating a file already listed in the same split",
             "bad_truth": f"rows with a concept truth cell that is none of {ACCEPTED_TRUTH} (correct those cells)",
             "bad_path": "rows whose path the file system refuses",
+            "windows_separator": "rows whose path separates folders with '\\' (a Windows path), which names no file "
+                                 "here: write '/' between folders",
             "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
         }
         out = []
@@ -383,11 +387,16 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
     kept: list[ManifestRow] = []
     seen: dict[tuple[int, int], tuple[int, str, str]] = {}
     for r in rows:
+        r = _in_existing_form(r, image_root)
         f = Path(r.path) if Path(r.path).is_absolute() else image_root / r.path
         try:
             info = f.stat()
         except FileNotFoundError:
-            found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line})")
+            slashed = _slashed(r.path, image_root)
+            if slashed:  # written on Windows: the same path with '/' names the file
+                found.note("windows_separator", r.line, f"{quote(r.path, 80)} (line {r.line}: {quote(slashed, 80)[1:-1]} exists)")
+            else:
+                found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line})")
             continue
         except (OSError, ValueError) as exc:  # a name too long, a loop of links, no permission
             found.note("bad_path", r.line, f"{quote(r.path, 80)} (line {r.line}: {exc.strerror if isinstance(exc, OSError) else exc})")
@@ -401,6 +410,32 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
         if len(found.bad_lines) == before:
             kept.append(r)
     return kept
+
+
+def _in_existing_form(row: ManifestRow, image_root: Path) -> ManifestRow:
+    """``row`` with its path in the Unicode form (composed or decomposed) that names a file, where only
+    that one does: macOS tools write names decomposed, most others composed, and the file system compares bytes."""
+    if row.path.isascii():
+        return row
+    forms = [row.path] + [unicodedata.normalize(form, row.path) for form in ("NFC", "NFD")]
+    found = next((p for p in forms if _names_file(p, image_root)), row.path)
+    return row if found == row.path else replace(row, path=found)
+
+
+def _names_file(path: str, image_root: Path) -> bool:
+    """Whether ``path`` (relative to ``image_root``) names a file; a name the file system refuses names none."""
+    try:
+        return (Path(path) if Path(path).is_absolute() else image_root / path).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def _slashed(path: str, image_root: Path) -> str | None:
+    """``path`` with its backslashes made '/', where that names a file and the original does not."""
+    if "\\" not in path or os.sep != "/":
+        return None
+    slashed = path.replace("\\", "/")
+    return slashed if _names_file(slashed, image_root) else None
 
 
 def _whole_file_problems(report: ManifestReport, classes: list[str],

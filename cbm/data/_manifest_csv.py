@@ -43,7 +43,8 @@ def read_manifest_csv(
     missing = [c for c in needed if c not in header]
     if missing:
         raise ManifestError(
-            path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})",
+            path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})"
+            + _header_note(header, missing),
             f"A manifest needs the columns path,label,{quote(required[2], 60)[1:-1]}"
             + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
         )
@@ -67,3 +68,14 @@ def read_manifest_csv(
     except csv.Error as exc:
         raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
     return header, records
+
+
+def _header_note(header: list[str], missing: list[str]) -> str:
+    """Why a header lacks columns: a spreadsheet saved with ';' (a decimal-comma locale) or tabs, or
+    names in another case (``Path``)."""
+    for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
+        if len(header) == 1 and sep in header[0]:
+            return f"; its columns are separated by {name}, not commas: save it as comma-separated CSV"
+    cased = {h.casefold(): h for h in header}
+    renames = [f"{quote(cased[c.casefold()], 60)} to {quote(c, 60)}" for c in missing if c.casefold() in cased]
+    return f"; column names are case-sensitive: rename {', '.join(renames)}" if renames else ""
