@@ -39,6 +39,9 @@ def resolve_dataset(dataset: dict[str, Any]):
     (once, then cached) with the ``demo`` settings."""
     from cbm.data import load_card
 
+    if dataset.get("card") == "???":  # OmegaConf's mark of a value that must be given (conf/dataset/custom.yaml)
+        raise ValueError("no card given: set dataset.card to a card.yaml, its folder or a card name, e.g. "
+                         "cbm run dataset=custom dataset.card=my-derm/card.yaml")
     if dataset.get("card"):
         return load_card(dataset["card"])
     if dataset.get("demo"):

@@ -158,6 +158,18 @@ def test_a_missing_concept_store_is_reported_before_any_image_is_encoded(fitted,
     assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
 
 
+def test_an_empty_concept_list_names_the_card_as_a_command_line_finds_it(fitted, small_card, monkeypatch):
+    import cbm.pipeline.fitting
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("images were encoded before the concepts were checked")
+
+    monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
+    with pytest.raises(ValueError, match="give at least one") as err:
+        cbm.fit(small_card, encoder=fitted[1].encoder, concepts=[])
+    assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)  # not its name: that finds no card
+
+
 def test_a_missing_val_split_is_reported_before_any_image_is_encoded(fitted, small_card, monkeypatch):
     import cbm.pipeline.fitting
 

@@ -292,3 +292,25 @@ def test_run_experiment_takes_switches_as_true_or_false_only():
     assert check_baselines({"linear_probe": False})["linear_probe"] is False
     with pytest.raises(ValueError, match="baselines.linear_probe='off': write true or false"):
         check_baselines({"linear_probe": "off"})
+
+
+def test_a_card_of_ones_own_runs_and_a_failing_metric_hook_loses_nothing(tiny, tmp_path, capsys):
+    """`dataset=custom dataset.card=PATH` runs the method on any card; without the card the run stops at
+    once, naming the setting; a dataset's `extra_metrics` hook that fails (the demo's ABCD rule on a card
+    without its classes) is recorded as not measured, and the run's results and model are still written."""
+    from cbm.demo import cached_dataset
+
+    assert cbm_main(["run", "dataset=custom", f"hydra.run.dir={tmp_path / 'none'}"]) != 0
+    assert "dataset.card" in capsys.readouterr().err
+    card = cached_dataset(n=90, confounding=0.9, classes=2, seed=1, size=64)
+    run_dir = tmp_path / "own"
+    own = [o for o in tiny if not o.startswith(("dataset.card=", "++dataset.demo="))]
+    assert cbm_main(["run", "dataset=custom", f"dataset.card={card}", *own, "baselines.linear_probe=false",
+                     "baselines.zero_shot=false", "baselines.dense_concepts=false",
+                     "++dataset.extra_metrics.broken={_target_: builtins.divmod, _partial_: true}",
+                     f"hydra.run.dir={run_dir}"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["cbm"]["broken"]["measured"] is False and "TypeError" in metrics["cbm"]["broken"]["reason"]
+    assert "| cbm |" in (run_dir / "results.md").read_text()
+    assert ConceptBottleneckModel.load(run_dir / "model").classes == ["benign nevus", "melanoma"]

@@ -134,10 +134,21 @@ def run_experiment(
             on_scores=method == "dense_concepts")
     timings["faithfulness"] = time.perf_counter() - t
     for name, fn in (extra_metrics or {}).items():
-        metrics["cbm"][name] = fn(fit)
+        metrics["cbm"][name] = _extra_metric(name, fn, fit)
     _write_outputs(out, fit, metrics, save_model)
     _write_run_records(out, splits, timings)
     return metrics
+
+
+def _extra_metric(name: str, fn: Callable[[FitResult], dict], fit: FitResult) -> dict:
+    """One ``extra_metrics`` hook's figures; a hook that fails on this card (the demo's ABCD rule on a card
+    without its classes) is recorded as not measured, with why, and the run's results are still written."""
+    try:
+        return fn(fit)
+    except Exception as exc:  # noqa: BLE001 - a hook's failure must not lose the run's fitted results
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("extra metric %s was not measured (%s); the run's other results are written", name, reason)
+        return {"measured": False, "reason": reason}
 
 
 def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templates: Sequence[str] | None = None,
@@ -387,7 +398,9 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     if choice:
         notes.append(choice)
     rule = metrics["cbm"].get("abcd_rule")
-    if rule:
+    if rule and rule.get("measured") is False:
+        notes.append(f"ABCD rule not measured: {rule['reason']}.")
+    elif rule:
         letters = ", ".join(f"{k} {'–' if w is None else f'{w:+.2f}'}" for k, w in rule["weights"].items())
         rho = "n/a" if rule["spearman"] is None else f"{rule['spearman']:.2f}"
         notes.append(f"ABCD rule (TDS = 1.3 A + 0.1 B + 0.5 C + 0.5 D): the head's melanoma-vs-nevus weight per "

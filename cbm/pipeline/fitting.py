@@ -186,7 +186,10 @@ def _check_names(card, names: list[str]) -> None:
     from cbm.pipeline.faithfulness import check_truth_names
 
     if not names:
-        raise ValueError(f"no concepts for card {card.name!r}: write them with `cbm concepts {card.name}`")
+        from cbm.concepts.store import card_info, card_reference
+
+        raise ValueError(f"no concepts for card {card.name!r}: give at least one, or generate the card's store with "
+                         f"`cbm concepts {card_reference(card_info(card))} --llm PRESET`")
     check_truth_names(card, names, _store_beyond(card, names))
 
 
