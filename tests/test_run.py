@@ -314,3 +314,18 @@ def test_a_card_of_ones_own_runs_and_a_failing_metric_hook_loses_nothing(tiny, t
     assert metrics["cbm"]["broken"]["measured"] is False and "TypeError" in metrics["cbm"]["broken"]["reason"]
     assert "| cbm |" in (run_dir / "results.md").read_text()
     assert ConceptBottleneckModel.load(run_dir / "model").classes == ["benign nevus", "melanoma"]
+
+
+def test_the_demo_abcd_hook_on_a_card_without_its_classes_is_not_measured_and_says_why():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cbm.demo import abcd_rule_metric
+    from cbm.pipeline.experiment import _extra_metric, _notes
+
+    model = SimpleNamespace(bottleneck=SimpleNamespace(concept_names=["asymmetric shape"]), coef=np.zeros((2, 1)),
+                            classes=["nevus", "melanoma"])
+    out = _extra_metric("abcd_rule", abcd_rule_metric, SimpleNamespace(model=model))
+    assert out["measured"] is False and "'benign nevus'" in out["reason"]
+    assert _notes({"cbm": {"abcd_rule": out}}) == [f"ABCD rule not measured: {out['reason']}."]
