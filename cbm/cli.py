@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "cbm.demo.cli",
     "cbm.encoders.cli",
     "cbm.concepts.cli",
+    "cbm.pipeline.cli",
     "cbm.run",
     "cbm.explain.cli",
 )

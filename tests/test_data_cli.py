@@ -104,3 +104,34 @@ def get_card_yaml(name: str):
     from cbm.data import load_card
 
     return load_card(name).path
+
+
+def test_validate_checks_the_concept_store_and_the_truth_names_as_a_run_would(tmp_path, capsys):
+    """`cbm validate` also reads the card's concepts.json and its concept_truth names, which a run refuses
+    before encoding: a misspelt truth name and a store without a class's list are problems (exit 1; --strict
+    exit 2); a card without a store yet is told how to make one, and that alone is no problem."""
+    from cbm.demo import make_dataset
+
+    card = make_dataset(tmp_path / "demo", n=48, confounding=0.9, seed=3, size=64, progress=False)
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 0 and "no problems found" in out and "concept store: 22 concepts for 2 classes" in out
+
+    text = card.read_text()
+    card.write_text(text.replace("  regular border: truth_regular_border", "  regular boarder: truth_regular_border"))
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 1 and "no problems found" in out  # the manifest is fine; the names are not
+    assert "concept_truth names concepts" in out and "'regular boarder' (closest: 'regular border'" in out
+    code, _, err = run(capsys, "validate", str(card), "--strict")
+    assert code == 2 and "'regular boarder'" in err
+    card.write_text(text)
+
+    store = card.parent / "concepts.json"
+    doc = json.loads(store.read_text())
+    doc["by_class"].pop("melanoma")
+    store.write_text(json.dumps(doc))
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 1 and "has no concept list for classes ['melanoma']" in out and str(store) in out
+
+    store.unlink()
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 0 and f"concept store: none yet; a run needs one: `cbm concepts {card.parent} --llm PRESET`" in out

@@ -1,4 +1,4 @@
-"""Data commands of ``cbm``: ``cards``, ``validate``, ``make-splits``, ``index-dicom``.
+"""Data commands of ``cbm``: ``cards``, ``make-splits``, ``index-dicom``, and the manifest half of ``validate``.
 
     cbm cards                                          # built-in and $CBM_CARDS_PATH cards
     cbm validate ham10000 [--strict] [--no-files]      # every manifest problem, reported together
@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 
-__all__ = ["register"]
+__all__ = ["register", "validate_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cards", help="list the data cards (built-in and $CBM_CARDS_PATH)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cards)
-
-    p = subparsers.add_parser("validate", help="check a card's manifest and report every problem")
-    p.add_argument("card", help="card name, card folder or card.yaml path")
-    p.add_argument("--strict", action="store_true", help="fail (exit 2) on any problem")
-    p.add_argument("--no-files", action="store_true", help="do not check that image files exist")
-    p.set_defaults(func=_validate)
 
     p = subparsers.add_parser("make-splits", help="build a card's manifest from the source's metadata")
     p.add_argument("card", help="card name, card folder or card.yaml path")
@@ -93,9 +87,10 @@ def _cards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
-    """Print the card and every problem of its manifest: exit 0 with none, 1 with some; with
-    --strict, or for a card or a manifest file that cannot be read at all, one error line (exit 2)."""
+def validate_manifest(args: argparse.Namespace):
+    """The card of ``args.card`` and every problem of its manifest (``cbm validate``, which also checks the
+    concept store, is registered by :mod:`cbm.pipeline.cli`); with ``args.strict``, the first problem
+    raises, as does a card or a manifest file that cannot be read at all. Prints the card and the report."""
     from cbm.data import load_card
 
     card = load_card(args.card)
@@ -111,7 +106,7 @@ def _validate(args: argparse.Namespace) -> int:
         quiet.setLevel(level)
     print(f"card {card.name} ({card.path})")
     print(report.summary())
-    return 0 if report.ok else 1
+    return card, report
 
 
 def _make_splits(args: argparse.Namespace) -> int:

@@ -1,0 +1,59 @@
+"""``cbm validate CARD [--strict] [--no-files]``: every problem of a card that a run would stop on.
+
+The manifest's problems (:func:`cbm.data.cli.validate_manifest`: missing files, unknown labels,
+leaks between splits, bad concept truth cells ...), then the card's concept store as a run reads it
+(``concepts.json``: malformed, a class without a list, a class the card lacks) and the card's
+``concept_truth`` names against the store's concepts. Registered here, above both the data and the
+concept layers, since it reads both. Exit 0 with no problem, 1 with some; with ``--strict``, or
+for a card or a manifest that cannot be read at all, one error line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``validate`` to the ``cbm`` parser."""
+    p = subparsers.add_parser("validate", help="check a card, its manifest and its concept store; report every problem")
+    p.add_argument("card", help="card name, card folder or card.yaml path")
+    p.add_argument("--strict", action="store_true", help="fail (exit 2) on any problem")
+    p.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    p.set_defaults(func=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cbm.data.cli import validate_manifest
+
+    card, report = validate_manifest(args)
+    problem = _store_problem(card)
+    if problem and args.strict:
+        raise ValueError(problem)
+    if problem:
+        print(f"concept store: {problem}")
+    return 0 if report.ok and not problem else 1
+
+
+def _store_problem(card) -> str | None:
+    """What a run would refuse in the card's concept store or its concept truth names (None: nothing);
+    a card without a store yet is told how to make one, and is not a problem."""
+    from cbm.concepts import load_concepts
+    from cbm.concepts.store import card_info, card_reference
+    from cbm.pipeline.faithfulness import check_truth_names
+
+    try:
+        names = list(load_concepts(card).concepts)
+    except FileNotFoundError:
+        print(f"concept store: none yet; a run needs one: `cbm concepts {card_reference(card_info(card))} --llm PRESET`, "
+              "or a concepts.json written by hand (docs/concepts.md)")
+        return None
+    except ValueError as exc:  # ConceptStoreError: the file, the field and the fix
+        return " ".join(str(exc).split())
+    try:
+        check_truth_names(card, names)
+    except ValueError as exc:
+        return str(exc)
+    print(f"concept store: {len(names)} concepts for {len(card.class_names)} classes")
+    return None
