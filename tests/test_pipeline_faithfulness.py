@@ -334,6 +334,9 @@ def test_faithfulness_of_a_split_of_ones_own_making(tmp_path):
     full = measure_faithfulness(model, card, splits, head=DenseConceptHead())
     assert full["oracle"]["id_accuracy"] > 0.85 and full["measured"] and [p["k"] for p in full["intervention"]] == [0, 1, 2]
     assert "splits_without_truth" not in full and set(full["concept_auroc"]) == {"a", "b", "u"}
+    assert full["splits"] == {"id": "test"}  # no confounder: the in-domain figures are test's
+    confounded = SimpleNamespace(**{**vars(card), "confounder": "site"})
+    assert measure_faithfulness(model, confounded, splits)["splits"] == {"id": "val", "ood": "test"}  # no test_id
     # a split without the splits the figures need: one error naming them and where to get them
     with pytest.raises(ValueError, match=r"needs the train, val and test splits.*missing: train, val.*extract_splits"):
         measure_faithfulness(model, card, {"test": splits["test"]})

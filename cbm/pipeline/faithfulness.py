@@ -29,7 +29,9 @@ A card without truth gets ``{"measured": False, "reason": ...}``, never zeros; a
 confounder gets ``ood: {"measured": False, "reason": ...}`` (its test split is in-domain). The
 oracle puts an unannotated case's value at the mean of the annotated training cases
 (:func:`fill_unknown`). ``concept_auroc`` covers every concept with test truth; a split whose rows
-lack the truth columns (one built by hand) is listed under ``splits_without_truth``.
+lack the truth columns (one built by hand) is listed under ``splits_without_truth``. ``splits``
+names the split each ``id`` / ``ood`` figure is read on: a confounded card without a ``test_id``
+split has its in-domain figures on val, which also chose the head's path point.
 """
 
 from __future__ import annotations
@@ -469,7 +471,7 @@ def measure_faithfulness(
     evaluate = {"id": id_split, **({"ood": ood_split} if ood_split else {})}
     col = {c: i for i, c in enumerate(names)}
     out: dict[str, Any] = {
-        "measured": True,
+        "measured": True, "splits": evaluate,  # where the id / ood figures are read (id on val where there is no test_id)
         **({} if ood_split else {"ood": {"measured": False, "reason": (
             f"card {card.name!r} names no confounder: its test split is in-domain, so the curve and the oracle have "
             "no out-of-domain figure")}}),
