@@ -107,6 +107,24 @@ def test_the_state_follows_the_percentile_the_page_shows():
     assert by_where == {"35th percentile": "absent", "65th percentile": "present"}
 
 
+def test_a_finding_never_reads_against_the_value_the_head_weighs():
+    """A concept read as a probability that most training images show: at the 31st percentile it is
+    still 0.99 likely, above the training mean of 0.71, so it pushes towards melanoma. It reads
+    borderline, not "No tan pigment -> favours melanoma"; one below its mean at the 70th, likewise."""
+    names = ["tan pigment", "dots", "globules"]
+    coef = np.array([[0.0, 0.0, 0.0], [2.15, 1.5, 1.0]])  # benign nevus, melanoma
+    values = {"tan pigment": 0.99 - 0.71, "dots": 0.60 - 0.75, "globules": -0.5}
+    out = findings({"tan pigment": -0.2, "dots": 0.5, "globules": -1.0}, {"tan pigment": 31.0, "dots": 70.0,
+                   "globules": 10.0}, coef, ["benign nevus", "melanoma"], names, "melanoma", "benign nevus",
+                   concept_axes(names), values=values)
+    by_concept = {f.concepts[0]: f for f in out}
+    tan, dots, glob = by_concept["tan pigment"], by_concept["dots"], by_concept["globules"]
+    assert tan.favours == "melanoma" and tan.state == "borderline" and tan.text == "Borderline: tan pigment"
+    assert tan.seen == "tan pigment"  # a borderline finding keeps its map
+    assert dots.favours == "benign nevus" and dots.state == "borderline"
+    assert glob.state == "absent" and glob.text == "No globules" and glob.favours == "benign nevus"
+
+
 def test_an_axis_with_both_poles_weighted_is_one_finding():
     names = ["symmetric shape", "asymmetric shape"]
     coef = [[0.0, 1.5], [1.0, 0.0]]

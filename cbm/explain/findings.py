@@ -8,7 +8,10 @@ from where the image's score sits among the training images' scores (its percent
 * at or above :data:`PRESENT_FROM` (65th): the concept is **present** ("Irregular border");
 * at or below :data:`ABSENT_UP_TO` (35th): **absent** ("No globules"; "Not symmetric shape" for a
   concept with an opposite phrase, an attribute); no map is drawn for it;
-* in between: **borderline**.
+* in between: **borderline**; so too a concept whose percentile says absent (present) while the
+  head weighs it above (below) a training image of average score, which happens where the head
+  reads a probability that most training images show (a concept at the 30th percentile can still
+  be 0.99 likely): "No tan pigment -> favours melanoma" would contradict the weights.
 
 **Two-sided axes.** Opposite phrases of one attribute ("symmetric shape" / "asymmetric shape")
 are two concepts to the model but one finding to a reader. :func:`concept_axes` pairs a model's
@@ -251,10 +254,15 @@ def axis_text(first: str, second: str, how: str = "not") -> str:
     return f"{_cap(x)}, not {y}{tail}"
 
 
-def _single(name: str, p: float | None, z: float, attribute: bool) -> tuple[str, str, str | None]:
+def _single(name: str, p: float | None, z: float, attribute: bool, value: float) -> tuple[str, str, str | None]:
     """(state, text, concept whose map shows it) of one concept; ``attribute``: it has an
-    opposite phrase, so its absence reads "Not ..." rather than "No ..."."""
+    opposite phrase, so its absence reads "Not ..." rather than "No ..."; ``value``: what the head
+    weighs, less the training images' average. A percentile that says absent (present) while the
+    head weighs the concept above (below) the average reads as borderline: a concept read as a
+    probability that most training images show can be at the 30th percentile and still 0.99 likely."""
     state = _state(p, z)
+    if (state == "absent" and value > 0) or (state == "present" and value < 0):
+        state = "borderline"
     absent = f"Not {name}" if attribute else f"No {name}"
     text = {"present": _cap(name), "absent": absent, "borderline": f"Borderline: {name}"}[state]
     return state, text, None if state == "absent" else name
@@ -316,7 +324,8 @@ def findings(
         parts = {c: float(diff[col[c]] * values[c]) for c in group}
         effect = sum(parts.values())
         if len(group) == 1:
-            state, text, seen = _single(group[0], percentiles.get(group[0]), scores[group[0]], group[0] in attributes)
+            state, text, seen = _single(group[0], percentiles.get(group[0]), scores[group[0]], group[0] in attributes,
+                                          float(values[group[0]]))
         else:
             toward = max(group, key=lambda c: parts[c] * (1 if effect >= 0 else -1))
             state, text, seen = _on_axis(Axis(*group), percentiles, scores, toward)
