@@ -253,6 +253,18 @@ def test_no_local_path_in_an_encoder_name_reaches_a_page(tiny_model):
         assert "dr.jane.doe" not in pages and "(local file)" in pages
 
 
+def test_no_local_path_in_an_encoder_name_reaches_the_batch_index(tiny_model, tmp_path):
+    m = ConceptBottleneckModel("local-dir:/home/dr.jane.doe/models/biomedclip", CLASSES, tiny_model.bottleneck,
+                               tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores,
+                               info=tiny_model.info)
+    m.set_encoder(tiny_model.encoder)
+    save_png(tmp_path / "a.png", make_image(13))
+    explain_batch(m, [tmp_path / "a.png"], tmp_path / "out", maps=False, progress=False)
+    for page in ("index.html", "index.json", "classes.html", "cases/a.html"):
+        text = (tmp_path / "out" / page).read_text()
+        assert "dr.jane.doe" not in text and "biomedclip (local file)" in text, page
+
+
 def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
     dcm = tmp_path / "ct_slice.dcm"
     write_phi_dicom(dcm)

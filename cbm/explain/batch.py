@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import CaseReport, explain_image
-from cbm.explain.render import IndexRow, render_case_html, render_index_html
+from cbm.explain.render import IndexRow, render_case_html, render_index_html, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.utils import atomic_write_json, atomic_write_text
 
@@ -263,9 +263,7 @@ def explain_batch(
         while name in used_names:
             name, k = f"{stem}-{k}.html", k + 1
         used_names.add(name)
-        record: dict = {"case": label, "truth": item.truth}
-        if not hide_names:
-            record["input"] = os.fspath(item.path)
+        record: dict = {"case": label, "truth": item.truth, **({} if hide_names else {"input": os.fspath(item.path)})}
         try:
             with _names_hidden(item.path, label, hide_names):
                 case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
@@ -289,7 +287,8 @@ def explain_batch(
         records.append({**record, "report": f"cases/{name}", **_case_record(case, top_k)})
     atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
     atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
-    atomic_write_json(out / "index.json", {"model": model.encoder_name, "classes": model.classes, "cases": records})
+    atomic_write_json(out / "index.json", {"model": without_paths(model.encoder_name), "classes": model.classes,
+                                           "cases": records})
     written = {f"cases/{p.name}" for p in result.reports}
     for stale in sorted(earlier - written):
         (out / stale).unlink(missing_ok=True)

@@ -387,6 +387,6 @@ def render_index_html(rows: Sequence[IndexRow], model: ConceptBottleneckModel, *
     if with_truth:
         right = sum(r.truth == r.case.predicted for r in with_truth)
         summary += f"; agreement with the known labels {right}/{len(with_truth)} ({100 * right / len(with_truth):.1f} %) of those answered"
-    return render_template("index.html", title=title, subtitle=f"model: {model.encoder_name}, classes: "
+    return render_template("index.html", title=title, subtitle=f"model: {without_paths(model.encoder_name)}, classes: "
                            f"{', '.join(model.classes)}", nav=nav, summary=summary,
                            any_truth=any(r.truth is not None for r in rows), rows=[_index_row(r) for r in rows])
