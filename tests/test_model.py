@@ -92,6 +92,10 @@ def test_save_load_round_trip(fitted, tmp_path):
     assert model.bottleneck.debiasing == {"centred": True, "nuisance_prompts": []}
     assert again.bottleneck.debiasing == model.bottleneck.debiasing
     np.testing.assert_allclose(again.bottleneck.directions, model.bottleneck.directions, atol=1e-6)
+    # the run folder given for its model: the error says which folder to give
+    (tmp_path / "m").rename(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=f"looks like a run folder: give {tmp_path / 'model'}"):
+        ConceptBottleneckModel.load(tmp_path)
 
 
 def test_the_cards_nuisance_prompts_can_be_projected_out(fitted):
