@@ -188,6 +188,7 @@ def test_model_card_is_clinical(tiny_model):
     assert 'data-split="test"' in html and "sensitivity" in html and "specificity" in html
     assert re.search(r"\d+\.\d % \(\d+\.\d-\d+\.\d\)|n/a", html) and 'class="confusion"' in html
     assert html.count('<td class="num">') >= len(CLASSES) ** 2 and perf["n"] == 8
+    assert perf["answered"] is not None and "the rates count every image, answered or withheld" in html  # withheld too
     # the out-of-distribution threshold and its validation pass rate
     assert f"{tiny_model.reference.threshold:.1f}" in html and "of the validation images pass" in html
     # what each class relies on, in findings language; ignored concepts; no contradiction without a prior
