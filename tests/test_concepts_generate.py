@@ -282,8 +282,18 @@ def test_server_credentials_stay_out_of_the_store(card):
 
 def test_a_run_where_nothing_was_answered_says_nothing_was_saved(card):
     with ScriptedLLMServer(ANSWERS, lambda request, n: Reply(refusal="I cannot help with that.")) as server:
-        with pytest.raises(ConceptGenerationError, match="No list was saved"):
+        with pytest.raises(ConceptGenerationError, match="No list was saved") as err:
             generate_concepts(card, config_for(server), progress=False)
+    assert "kept, unchanged" not in str(err.value)
+
+
+def test_a_rerun_where_nothing_was_answered_says_the_earlier_lists_are_kept(card):
+    save_curated(card, {name: phrases[:2] for name, phrases in ANSWERS.items()})
+    with ScriptedLLMServer(ANSWERS, lambda request, n: Reply(refusal="I cannot help with that.")) as server:
+        with pytest.raises(ConceptGenerationError) as err:
+            generate_concepts(card, config_for(server), replace_curated=True, progress=False)
+    assert "are kept, unchanged, in" in str(err.value) and str(card.store_path) in str(err.value)
+    assert load_concepts(card).by_class["nevus"] == ANSWERS["nevus"][:2]
 
 
 def test_copies_of_the_prompt_are_filtered_with_their_reasons(card):
@@ -341,3 +351,37 @@ def test_the_answer_check_uses_the_runs_filter_settings(card):
         concepts = generate_concepts(card, config_for(server), filter_config={"keep_prompt_examples": True},
                                      progress=False)
     assert concepts.by_class["melanoma"] == examples and len(server.requests) == 3  # nobody asked again
+
+
+def test_ctrl_c_stops_asking_at_once_and_keeps_the_classes_answered(card, monkeypatch):
+    """Ctrl-C while classes are in flight or queued: no queued class is sent, the run ends without waiting
+    for the request in flight, and the store keeps every class answered before it."""
+    import threading
+
+    import cbm.concepts.generate as generate
+
+    release = threading.Event()  # the request in flight hangs until the test is done with it
+
+    def responder(request, n):
+        if class_asked(request) != "melanoma":
+            release.wait(timeout=20)  # a safety net so that a broken run cannot hang the suite for ever
+        return None
+
+    def interrupted_after_writing(path, doc):  # Ctrl-C arrives just after melanoma's list is saved
+        real_write(path, doc)
+        raise KeyboardInterrupt
+
+    real_write = generate.write_store
+    monkeypatch.setattr(generate, "write_store", interrupted_after_writing)
+    try:
+        with ScriptedLLMServer(ANSWERS, responder) as server:
+            with pytest.raises(KeyboardInterrupt):
+                generate_concepts(card, config_for(server, max_concurrency=1), progress=False)
+            asked = [class_asked(r) for r in server.requests]
+            release.set()
+    finally:
+        release.set()
+    # nevus may or may not have left the queue before Ctrl-C; seborrheic keratosis, behind it, never did
+    assert asked in (["melanoma"], ["melanoma", "nevus"])
+    entry = stored(card)["by_class"]["melanoma"]
+    assert list(stored(card)["by_class"]) == ["melanoma"] and entry["concepts"] == ANSWERS["melanoma"][:3]

@@ -370,3 +370,46 @@ def test_a_password_in_base_url_reaches_no_log(caplog, monkeypatch):
             ConceptLLM(config).ask(MESSAGES, "pneumonia")
     assert any("chat/completions" in r.getMessage() for r in caplog.records)  # the request was logged...
     assert not any("S3CRETPW" in r.getMessage() for r in caplog.records)  # ...without the password
+
+
+@pytest.mark.parametrize("body", [b'{"hello": 1}', b"\x00\xff not json"], ids=["other-json", "not-json"])
+@pytest.mark.parametrize("mode", ["json_schema", "json_mode"])
+def test_a_chat_answer_that_is_no_chat_completion_is_named_as_not_the_openai_api(body, mode):
+    """A 200 "application/json" answer that is no chat completion comes from something that is not the OpenAI
+    API (a proxy, another service at base_url): the same error in every structured-output mode, naming the
+    address to fix, and the class is not asked again as if its answer were merely unusable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts = []
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self._send(b'{"object": "list", "data": [{"id": "m", "object": "model"}]}')
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(self.path)
+            self._send(body)
+
+        def _send(self, data):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        llm = ConceptLLM(LLMConfig(base_url=url, model="m", max_retries=0, structured_output=mode))
+        with pytest.raises(LLMError, match=r"\(asking for concepts\) answered with something other than the OpenAI "
+                                           r"API's JSON: set `base_url`"):
+            llm.ask(MESSAGES, "pneumonia")
+        assert len(posts) == 1
+    finally:
+        server.shutdown()

@@ -18,6 +18,8 @@ import concurrent.futures as cf
 import copy
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,41 @@ def _needs_request(entry: dict | None, key: str, refresh: bool, replace_curated:
     return refresh or entry.get("llm", {}).get("request_key") != key
 
 
+class _DaemonPool:
+    """A thread pool whose workers never hold the process open: Ctrl-C ends a run at once.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its workers on the way out, so an interrupted
+    run would still send every queued request and wait for all of them (minutes with a slow
+    server) only to drop their answers. Here queued calls are cancelled and a call in flight is
+    left to the daemon thread, which the process does not wait for."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Let the workers end once the queue is done (cancel the futures first to drop it)."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 def _ask_all(
     llm: ConceptLLM,
     todo: dict[str, list[dict[str, str]]],
@@ -140,34 +177,40 @@ def _ask_all(
     class's answer check (:meth:`ConceptLLM.ask`)."""
     failures: dict[str, str] = {}
     fatal: LLMError | None = None
-    workers = min(llm.config.max_concurrency, len(todo))
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbm-llm") as pool, tqdm(
-        total=len(todo), desc="concepts", unit="class", disable=not progress
-    ) as bar:
-        futures = {pool.submit(llm.ask, messages, name, check(name) if check else None): name
-                   for name, messages in todo.items()}
-        for future in cf.as_completed(futures):
-            name = futures[future]
-            bar.update(1)
-            if future.cancelled():
-                continue
-            try:
-                on_answer(name, future.result())
-            except AnswerError as exc:
-                failures[name] = str(exc)
-                log.error("class %r: %s", name, exc)
-                if exc.raw:
-                    log.debug("class %r raw answer: %s", name, exc.raw)
-                if on_reject is not None:
-                    on_reject(name, exc)
-            except NotSent:
-                failures[name] = "not asked: the run stopped after a server error"
-            except LLMError as exc:
-                failures[name] = str(exc)
-                if fatal is None:
-                    fatal = exc
-                    for other in futures:
-                        other.cancel()  # those not started yet; running ones finish
+    pool = _DaemonPool(min(llm.config.max_concurrency, len(todo)), "cbm-llm")
+    futures = {pool.submit(llm.ask, messages, name, check(name) if check else None): name
+               for name, messages in todo.items()}
+    try:
+        with tqdm(total=len(todo), desc="concepts", unit="class", disable=not progress) as bar:
+            for future in cf.as_completed(futures):
+                name = futures[future]
+                bar.update(1)
+                if future.cancelled():
+                    continue
+                try:
+                    on_answer(name, future.result())
+                except AnswerError as exc:
+                    failures[name] = str(exc)
+                    log.error("class %r: %s", name, exc)
+                    if exc.raw:
+                        log.debug("class %r raw answer: %s", name, exc.raw)
+                    if on_reject is not None:
+                        on_reject(name, exc)
+                except NotSent:
+                    failures[name] = "not asked: the run stopped after a server error"
+                except LLMError as exc:
+                    failures[name] = str(exc)
+                    if fatal is None:
+                        fatal = exc
+                        for other in futures:
+                            other.cancel()  # those not started yet; running ones finish
+    except BaseException:  # Ctrl-C (or a callback's own failure): nothing more is sent, nothing waited for
+        llm.stop("the run was interrupted")
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        pool.close()
     for future, name in futures.items():
         if future.cancelled():
             failures[name] = "not asked: the run stopped after a server error"
@@ -333,6 +376,9 @@ def generate_concepts(
         cbm.concepts.LLMError: the server cannot be used (bad key, unknown model, down).
         ConceptGenerationError: some classes got no usable answer (the rest is saved).
     """
+    if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
+        raise ValueError(f"n_concepts (--n-concepts) is how many concepts to ask for per class: 1 or more, got "
+                         f"{n_concepts!r}")
     info: CardInfo = card_info(card)
     config = load_llm_config(llm_config)
     path = Path(store_path) if store_path is not None else info.store_path
@@ -407,6 +453,9 @@ def generate_concepts(
         saved = [c for c in classes if c not in failures and c in doc["by_class"]]
         where = (f"The other classes' lists ({len(saved)}) are in {path}; run again to ask only for the missing ones."
                  if saved and path.is_file() else "No list was saved; fix the cause and run again.")
+        kept = [c for c in failures if c in doc["by_class"]]
+        if kept and path.is_file():  # a --refresh or --replace-curated run: the earlier lists stand
+            where += f" The lists stored before for {shorten(kept, 120)} are kept, unchanged, in {path}."
         raise ConceptGenerationError(
             f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n{where}",
             failures,

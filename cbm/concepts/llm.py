@@ -183,6 +183,11 @@ class ConceptLLM:
         self._served = (served,)
         return served
 
+    def stop(self, why: str) -> None:
+        """Send nothing more from now on (a request in flight still ends), e.g. after Ctrl-C."""
+        with self._lock:
+            self._fatal = self._fatal or LLMError(why)
+
     def ask(
         self, messages: list[dict[str, str]], class_name: str, check: Callable[[list[str]], None] | None = None
     ) -> LLMAnswer:
@@ -317,8 +322,8 @@ class ConceptLLM:
                 response_format["schema"] = _ANSWER_SCHEMA  # llama.cpp's own form; others ignore or refuse it
             raw_response = completions.create(response_format=response_format, **kwargs)
         sent[0] += getattr(raw_response, "retries_taken", 0) + 1
-        if "json" not in raw_response.http_response.headers.get("content-type", "json"):
-            raise LLMError(self._not_openai_message("asking for concepts"))  # e.g. a proxy's login page
+        if not _is_chat_completion(raw_response.http_response):  # e.g. a proxy's login page, another service
+            raise LLMError(self._not_openai_message("asking for concepts"))
         try:
             completion = raw_response.parse()
         except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
@@ -413,6 +418,17 @@ def _server_message(exc: Any, limit: int | None = 200) -> str:
     if not isinstance(text, str):
         text = str(text)
     return " ".join(text.split()) if limit is None else shorten(text, limit)
+
+
+def _is_chat_completion(http_response: Any) -> bool:
+    """Whether a 200 answer is the OpenAI API's: JSON (by its content type and its body) with ``choices``."""
+    if "json" not in http_response.headers.get("content-type", "json"):
+        return False
+    try:
+        body = http_response.json()
+    except ValueError:  # not JSON, or not text at all
+        return False
+    return isinstance(body, dict) and isinstance(body.get("choices"), list)
 
 
 def _completion_from_body(raw_response: Any) -> Any:
