@@ -17,6 +17,7 @@ from cbm.concepts.prompts import (
     shorten,
     specialist_for,
 )
+from cbm.concepts.testing import class_asked
 
 CLASSES = [("melanoma", "malignant melanocytic tumour"), ("melanocytic_nevus", "benign mole"), ("other", None)]
 
@@ -123,3 +124,17 @@ def test_shorten_cuts_between_words():
     assert cut[:-2].split() == text.split()[: len(cut[:-2].split())]
     assert shorten("short\n  text") == "short text"
     assert shorten("x" * 300, 20) == "x" * 19 + "…"  # one word longer than the limit: no boundary to cut at
+
+
+def test_the_answer_template_is_valid_json_for_class_names_with_quotes_and_backslashes():
+    """The model copies the template: a class name with a quote or a backslash must be escaped in it, or
+    the copy is broken JSON (or names another class) and the class can never be answered."""
+    classes = [('melanoma "in situ"', None), ("Ménétrier's \\ disease", None), ("nævus 痣", None)]
+    for name, _ in classes:
+        user = render_messages("dermoscopy", classes, name)[1]["content"]
+        template = user[user.index('{"class_name": '):]
+        echoed = json.loads(template.split(', "concepts"')[0] + "}")["class_name"]
+        assert echoed == name
+        assert f'recognise the class "{name}"' in user  # the prose keeps the name as the card writes it
+        assert parse_answer(json.dumps({"class_name": echoed, "concepts": ["dark dots"]}), name) == ["dark dots"]
+        assert class_asked({"messages": render_messages("dermoscopy", classes, name)}) == name  # the test server's

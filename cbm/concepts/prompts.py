@@ -62,7 +62,8 @@ class PromptTemplate:
 
     version: str  # stored with every generated list; a new wording gets a new version
     system: str  # formatted with {specialist}, {modality}
-    user: str  # formatted with {specialist}, {modality}, {class_list}, {display}, {names}, {n}, {examples}
+    user: str  # formatted with {specialist}, {modality}, {class_list}, {display}, {display_json}, {names}, {n},
+    # {examples}; {display_json} is {display} escaped for a JSON string (the same text unless it has " or \)
     placeholders: tuple[str, ...] = ("feature",)  # the answer template's stand-in phrases: never a concept
 
 
@@ -84,7 +85,7 @@ _V1 = PromptTemplate(
         "3. Never use the name of a class ({names}) or an abbreviation of one inside a feature.\n"
         '4. Prefer features that tell "{display}" apart from the other classes.\n'
         "5. Give up to {n} distinct features, most important first.\n\n"
-        'Answer with one JSON object: {{"class_name": "{display}", "concepts": ["feature", ...]}}'
+        'Answer with one JSON object: {{"class_name": "{display_json}", "concepts": ["feature", ...]}}'
     ),
 )
 
@@ -169,6 +170,7 @@ def render_messages(
         "modality": modality,
         "class_list": class_list,
         "display": class_display_name(target),
+        "display_json": json.dumps(class_display_name(target), ensure_ascii=False)[1:-1],  # the answer template
         "names": ", ".join(f'"{class_display_name(n)}"' for n in names),
         "n": n_concepts,
         "examples": " or ".join(f'"{e}"' for e in examples),

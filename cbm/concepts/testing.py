@@ -53,9 +53,9 @@ class Reply:
 def class_asked(request: Mapping[str, Any]) -> str | None:
     """The class a concept request asks about (from the prompt's answer template), if any."""
     for message in reversed(request.get("messages", [])):
-        match = re.search(r'\{"class_name": "([^"]*)"', str(message.get("content", "")))
+        match = re.search(r'\{"class_name": ("(?:[^"\\]|\\.)*")', str(message.get("content", "")))
         if match:
-            return match.group(1)
+            return json.loads(match.group(1))
     return None
 
 
