@@ -107,3 +107,42 @@ def test_removed_phrases_are_shortened_for_the_terminal():
     from cbm.concepts.cli import _short
 
     assert _short("irregular border") == "irregular border" and _short("x" * 5000) == "x" * 79 + "…"
+
+
+def test_a_cap_set_with_max_per_class_can_be_lifted_again(card_dir, preset, capsys):
+    """The filter settings stick in the store, so the command line needs a way back: 0 = no cap."""
+    assert main(["concepts", str(card_dir), "--llm", str(preset), "--max-per-class", "1"]) == 0
+    store = json.loads((card_dir / "concepts.json").read_text())
+    assert store["by_class"]["pneumonia"]["concepts"] == ["lobar consolidation"]
+    assert main(["concepts", str(card_dir), "--llm", str(preset)]) == 0  # the cap sticks
+    assert json.loads((card_dir / "concepts.json").read_text())["by_class"]["pneumonia"]["concepts"] == [
+        "lobar consolidation"]
+    capsys.readouterr()
+    assert main(["concepts", str(card_dir), "--max-per-class", "0"]) == 0, capsys.readouterr().err
+    store = json.loads((card_dir / "concepts.json").read_text())
+    assert store["by_class"]["pneumonia"]["concepts"] == ["lobar consolidation", "dense opacification",
+                                                          "patchy opacities"]
+    assert store["filter"]["config"]["max_per_class"] is None
+    assert main(["concepts", str(card_dir), "--max-per-class", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-per-class" in err and "0 removes the cap" in err and "pydantic" not in err
+
+
+def test_keeping_the_prompt_examples_sticks_and_can_be_turned_off_again(card_dir, tmp_path, capsys):
+    answers = {"pneumonia": ["air bronchograms", "lobar consolidation"], "normal": ["clear lung fields"]}
+    with ScriptedLLMServer(answers) as server:
+        args = ["concepts", str(card_dir), "--llm", "llamacpp", "--base-url", server.base_url]
+        assert main([*args, "--keep-prompt-examples"]) == 0, capsys.readouterr().err
+    store = card_dir / "concepts.json"
+    assert "air bronchograms" in json.loads(store.read_text())["by_class"]["pneumonia"]["concepts"]
+    assert main(["concepts", str(card_dir), "--no-keep-prompt-examples"]) == 0, capsys.readouterr().err
+    entry = json.loads(store.read_text())["by_class"]["pneumonia"]
+    assert entry["concepts"] == ["lobar consolidation"] and entry["removed"][0]["rule"] == "example"
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_asking_for_no_concepts_is_refused_before_any_request(card_dir, preset, server, capsys, n):
+    assert main(["concepts", str(card_dir), "--llm", str(preset), "--n-concepts", n]) == 2
+    err = capsys.readouterr().err
+    assert "--n-concepts" in err and "1 or more" in err
+    assert server.requests == [] and not (card_dir / "concepts.json").exists()

@@ -37,9 +37,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--refresh", action="store_true", help="ask again even for classes the store has answers for")
     parser.add_argument("--replace-curated", action="store_true", help="ask for curated classes too, replacing them")
     parser.add_argument("--encoder", help="filter near-duplicates and leakage with this encoder's text tower")
-    parser.add_argument("--max-per-class", type=int, help="keep at most N concepts per class")
-    parser.add_argument("--keep-prompt-examples", action="store_true",
-                        help="keep proposals that repeat the prompt's own example phrases (removed by default)")
+    parser.add_argument("--max-per-class", type=int, metavar="N",
+                        help="keep at most N concepts per class (kept in the store for later runs; 0 removes the cap)")
+    parser.add_argument("--keep-prompt-examples", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep proposals that repeat the prompt's own example phrases (removed by default; kept "
+                        "in the store for later runs)")
     parser.add_argument("--n-concepts", type=int, default=20, help="concepts to ask for per class (default 20)")
     parser.add_argument("--store", metavar="PATH", help="use this concepts.json instead of the one beside the card")
     parser.add_argument("--removed", action="store_true", help="also list the removed concepts and why")
@@ -64,14 +66,18 @@ def run_concepts(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     if args.llm is None and (args.refresh or args.replace_curated or args.model or args.base_url):
         raise ValueError("--refresh, --replace-curated, --model and --base-url need --llm PRESET")
-    filtering = args.encoder is not None or args.max_per_class is not None or args.keep_prompt_examples
+    if args.max_per_class is not None and args.max_per_class < 0:
+        raise ValueError(f"--max-per-class must be 1 or more, got {args.max_per_class} (0 removes the cap)")
+    filtering = args.encoder is not None or args.max_per_class is not None or args.keep_prompt_examples is not None
     if args.llm is None and not filtering:
         concepts = load_concepts(args.card, store_path=args.store)
         print(f"no --llm given: using the concept store {concepts.path} (no request sent)")
     else:
         config = load_llm_config(args.llm).replace(model=args.model, base_url=args.base_url)
-        changes = {"max_per_class": args.max_per_class, "keep_prompt_examples": args.keep_prompt_examples or None}
+        changes = {"max_per_class": args.max_per_class, "keep_prompt_examples": args.keep_prompt_examples}
         filter_config = {k: v for k, v in changes.items() if v is not None} or None
+        if args.max_per_class == 0:  # the cap sticks in the store: 0 is the way back to none
+            filter_config["max_per_class"] = None
         concepts = generate_concepts(
             args.card,
             config,

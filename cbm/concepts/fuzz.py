@@ -151,7 +151,7 @@ def try_store(card: Any, path: Path) -> tuple[str, str]:
         check_concept_set(load_concepts(card, store_path=path))
         args = argparse.Namespace(card=card, store=str(path), removed=True, llm=None, refresh=False,
                                   replace_curated=False, model=None, base_url=None, encoder=None, max_per_class=None,
-                                  keep_prompt_examples=False)
+                                  keep_prompt_examples=None)
         with contextlib.redirect_stdout(io.StringIO()):
             run_concepts(args)
         check_concept_set(generate_concepts(card, None, store_path=path, progress=False))
