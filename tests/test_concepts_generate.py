@@ -385,3 +385,16 @@ def test_ctrl_c_stops_asking_at_once_and_keeps_the_classes_answered(card, monkey
     assert asked in (["melanoma"], ["melanoma", "nevus"])
     entry = stored(card)["by_class"]["melanoma"]
     assert list(stored(card)["by_class"]) == ["melanoma"] and entry["concepts"] == ANSWERS["melanoma"][:3]
+
+
+def test_a_filter_that_empties_a_class_says_so_and_keeps_the_answer(card, caplog):
+    """An embedder that puts every phrase on its class name (a text tower that does not know the words)
+    leaves the class no concept: a warning names it and the rules, and the answer stays under "proposed"."""
+    def same(texts):
+        return np.ones((len(texts), 4), np.float32) / 2.0
+
+    with ScriptedLLMServer(ANSWERS) as server:
+        generate_concepts(card, config_for(server), embed=same, embed_id="blind", progress=False)
+    assert "class 'nevus': the filter removed all 3 proposed concepts (" in caplog.text
+    entry = stored(card)["by_class"]["nevus"]
+    assert entry["concepts"] == [] and entry["proposed"] == ANSWERS["nevus"]

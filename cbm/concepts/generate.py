@@ -270,6 +270,10 @@ def _refilter(
     for name in proposals:
         by_class[name]["concepts"] = results[name].kept
         by_class[name]["removed"] = results[name].removed
+        if proposals[name] and not results[name].kept:  # the answer stays under "proposed": nothing is lost
+            log.warning("class %r: the filter removed all %d proposed concepts (%s), so a run gives the class no concept; "
+                        "`cbm concepts CARD --removed` shows why, and a run with other filter settings brings them back",
+                        name, len(proposals[name]), ", ".join(sorted({r["rule"] for r in results[name].removed})))
     doc["filter"] = {"config": config.to_dict(), "embedder": embed_id, "key": key, "inputs": inputs}
 
 
