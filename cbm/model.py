@@ -365,7 +365,8 @@ class ConceptBottleneckModel:
         under which the prediction is withheld (image checks against the card's modality, and the
         out-of-distribution score)."""
         pixels, meta, loaded = as_pixels(image)
-        checks = image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta)
+        checks = image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta,
+                             self.reference.facts.get("greyscale_share") if self.reference is not None else None)
         return self.explain_features(self.image_features(loaded)[0], image_flags=checks)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:

@@ -21,9 +21,11 @@ beside the model (``reference.safetensors``, no pickle) and holds:
   the split the out-of-distribution check answers. They describe the model on its card; nothing
   is chosen on them.
 
-The image checks (:func:`image_flags`: another DICOM modality, a greyscale image for a colour
-model, an image too small to show a finding) live here too: with the score they make the flags
-under which ``model.explain`` withholds a prediction.
+The image checks (:func:`cbm.image_checks.image_flags`: another DICOM modality, a greyscale image
+for a colour model, an image too small to show a finding; re-exported here) make, with the score,
+the flags under which ``model.explain`` withholds a prediction. Reading the training images for
+thumbnails also records the share of them that are greyscale (``facts["greyscale_share"]``): a
+model that learned from greyscale images too is not refused them.
 
     ref = build_reference(model, splits, image_root=card.image_root)
     ref.nearest(feature, k=4)             # the most similar training images
@@ -47,6 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from cbm.errors import ModelFormatError
+from cbm.image_checks import MIN_IMAGE_SIDE, Flag, as_pixels, display_pixels, greyscale, image_flags
 
 __all__ = [
     "Flag",
@@ -76,36 +79,6 @@ through about 95 % of them, less half the time (95.4 % of the demo's in-domain t
 MAX_REFERENCE_IMAGES = 10_000
 """At most this many training images are kept (features, thumbnails); searching them takes milliseconds."""
 THUMBNAIL_SIDE = 48
-MIN_IMAGE_SIDE = 32
-"""Images with a shorter side (in pixels) are flagged as too small to show a finding."""
-
-# What each modality word of a card expects: DICOM Modality codes such images carry, and whether
-# the model was trained on colour images. (OT "other" and SC "secondary capture" are what
-# converted and exported images often carry.)
-_MODALITY_EXPECTATIONS = (
-    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
-    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
-    (("photograph",), ("XC", "OT", "SC"), True),
-)
-# A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
-# image with a coloured annotation or ruler stays grey).
-_COLOUR_PIXEL_SHARE = 0.01
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A reason to withhold a prediction: a short ``code`` for programs and a sentence for people.
-
-    Codes: ``unlike-training`` (the out-of-distribution score), ``modality`` (a DICOM file of
-    another modality), ``greyscale`` (a grey image for a model of colour images), ``too-small``.
-    """
-
-    code: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -117,54 +90,6 @@ class Neighbour:
     thumbnail: bytes | None  # a small JPEG, or None when the reference has none
 
 
-# ---------------------------------------------------------------------------- image checks
-def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
-    """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
-    (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
-    in [0, 1], or uint8 / uint16 scaled by 255 / 65535)."""
-    from cbm.data import read_image
-    from cbm.data.transforms import unit_pixels
-
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
-    if hasattr(image, "pixels"):
-        return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
-        raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
-    arr = unit_pixels(arr)
-    return arr, {}, arr
-
-
-def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any]) -> list[Flag]:
-    """Why a model trained on ``modality`` images should not answer for this image; empty when nothing is amiss.
-
-    A DICOM file of another modality (a CT slice for a dermoscopy model), a greyscale image for a
-    model trained on colour photographs, and an image too small to show a finding.
-    """
-    found: list[Flag] = []
-    modality = str(modality or "")
-    words = "".join(modality.lower().replace("-", " ").split())  # "chest X-ray", "chest x ray" -> "chestxray"
-    for keys, codes, colour in _MODALITY_EXPECTATIONS:
-        if not any(k in words for k in keys):
-            continue
-        code = str(meta.get("modality") or "").upper()
-        if meta.get("format") == "dicom" and code and code not in codes:
-            found.append(Flag("modality", f"This DICOM file's modality is {code}; the model was trained on {modality} "
-                                          f"images (DICOM modality {' or '.join(codes)}), so it does not answer for it."))
-        if colour and (pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE):
-            found.append(Flag("greyscale", f"The image is greyscale; the model was trained on colour {modality} images, "
-                                           "so it does not answer for it."))
-        break
-    height, width = pixels.shape[:2]
-    if min(height, width) < MIN_IMAGE_SIDE:
-        found.append(Flag("too-small", f"The image is {width} x {height} pixels, too small to show a finding "
-                                       f"(at least {MIN_IMAGE_SIDE} pixels on each side expected)."))
-    return found
-
-
 def prediction_flags(reference: TrainingReference | None, feature: np.ndarray, checks: Sequence[Flag]) -> dict[str, Any]:
     """A prediction's ``flags`` (the image checks', then the out-of-distribution one), ``ood_score``
     and ``can_abstain``, given the model's reference (``None``: an older model, which cannot abstain)."""
@@ -173,27 +98,6 @@ def prediction_flags(reference: TrainingReference | None, feature: np.ndarray, c
     score = reference.ood_score(feature)
     ood = reference.flag(feature, score)
     return {"flags": [*checks, *([ood] if ood else [])], "ood_score": score, "can_abstain": reference.can_abstain}
-
-
-def display_pixels(pixels: np.ndarray, max_side: int, *, square: bool = False) -> np.ndarray:
-    """``(H, W, C)`` floats in [0, 1] -> ``(h, w, 3)`` uint8, longest side at most ``max_side``
-    (``square``: the centred square first, as encoders crop)."""
-    from PIL import Image
-
-    rgb = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
-    if rgb.ndim == 2:
-        rgb = rgb[:, :, None]
-    if rgb.shape[2] == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
-    if square:
-        h, w = rgb.shape[:2]
-        side = min(h, w)
-        rgb = rgb[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
-    img = Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))
-    scale = max_side / max(img.size)
-    if scale < 1:
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
-    return np.asarray(img)
 
 
 def _shrunk_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -406,24 +310,27 @@ def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))[:limit]
 
 
-def _thumbnails(paths: Sequence[str], image_root: Path | None, side: int) -> list[bytes | None]:
-    """A JPEG thumbnail of each training image (the centred square), ``None`` where it cannot be read."""
+def _thumbnails(paths: Sequence[str], image_root: Path | None, side: int) -> tuple[list[bytes | None], float | None]:
+    """A JPEG thumbnail of each training image (the centred square), ``None`` where it cannot be read,
+    and the share of the images read that are greyscale (``None``: none could be read)."""
     from tqdm.auto import tqdm
 
     from cbm.data import read_image
 
     out: list[bytes | None] = []
-    failed = 0
+    failed = grey = 0
     for p in tqdm(paths, desc="reference thumbnails", unit="image", leave=False):
         path = Path(p) if Path(p).is_absolute() or image_root is None else image_root / p
         try:
-            out.append(_jpeg(display_pixels(read_image(path).pixels, side, square=True), quality=70))
+            pixels = read_image(path).pixels
+            out.append(_jpeg(display_pixels(pixels, side, square=True), quality=70))
+            grey += greyscale(pixels)
         except Exception:  # noqa: BLE001 - an unreadable training image only loses its thumbnail
             failed += 1
             out.append(None)
     if failed:
         log.warning("reference: %d of %d training images could not be read for thumbnails", failed, len(paths))
-    return out
+    return out, (grey / (len(paths) - failed) if len(paths) > failed else None)
 
 
 def build_reference(
@@ -447,8 +354,8 @@ def build_reference(
         splits: split name -> encoded split; ``train`` is required, ``val`` sets the threshold,
             ``test_id`` and ``test`` give the operating point.
         image_root: where the splits' relative paths lie (thumbnails are read from there).
-        thumbnails: read the training images for thumbnails (``False``: neighbours are shown by
-            class and similarity only).
+        thumbnails: read the training images for thumbnails and their greyscale share (``False``:
+            neighbours are shown by class and similarity only, and the share is not known).
         thumbnail_side: thumbnail size in pixels.
         max_images: most training images kept (the out-of-distribution score is fitted on all).
         val_pass_rate: share of the validation images the threshold lets through.
@@ -462,16 +369,16 @@ def build_reference(
     every = every / np.maximum(np.linalg.norm(every, axis=1, keepdims=True), 1e-12)
     features = every[keep]
     classes = list(model.classes)
-    thumbs = None
+    thumbs, grey = None, None
     if thumbnails:
         root = None if image_root is None else Path(image_root)
-        thumbs = _thumbnails([train.paths[i] for i in keep], root, thumbnail_side)
+        thumbs, grey = _thumbnails([train.paths[i] for i in keep], root, thumbnail_side)
     mean, precision = _shrunk_gaussian(every)
     ref = TrainingReference(features, np.asarray(train.labels)[keep], classes, rows=keep, thumbnails=thumbs,
                             ood_mean=mean, ood_precision=precision)
     facts: dict[str, Any] = {"n_train": len(train.labels), "n_reference": len(keep),
                              "ood_score": "Mahalanobis (Ledoit-Wolf)", "val_pass_rate_target": val_pass_rate,
-                             "thumbnail_side": thumbnail_side if thumbnails else None}
+                             "thumbnail_side": thumbnail_side if thumbnails else None, "greyscale_share": grey}
     val = splits.get("val")
     if val is not None and len(val.labels):
         ref.val_scores = np.sort(ref.ood_scores(np.asarray(val.features, np.float32)))

@@ -135,3 +135,25 @@ def test_image_checks():
     annotated = np.repeat(make_image(3).mean(-1, keepdims=True), 3, axis=2)
     annotated[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one
     assert [f.code for f in image_flags("dermoscopy", annotated, {})] == ["greyscale"]
+
+
+def test_a_model_trained_on_greyscale_images_too_is_not_refused_them(tmp_path):
+    """Reading the training images for thumbnails records their greyscale share; a colour-modality model
+    whose training set was grey in at least 5 % answers for a grey image, one trained on colour alone
+    does not, and a model without the record (saved before it) keeps the modality's rule."""
+    from PIL import Image
+
+    grey_image = make_image(1).mean(-1, keepdims=True)
+    assert [f.code for f in image_flags("dermoscopy", grey_image, {}, greyscale_share=0.0)] == ["greyscale"]
+    assert [f.code for f in image_flags("dermoscopy", grey_image, {}, greyscale_share=None)] == ["greyscale"]
+    assert image_flags("dermoscopy", grey_image, {}, greyscale_share=0.05) == []
+    splits = _splits(n_train=40, n_val=20)
+    for i in range(40):  # one training image in four is grey
+        rgb = (make_image(i, (40, 48)) * 255).astype(np.uint8)
+        Image.fromarray(rgb if i % 4 else rgb.mean(-1).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    ref = build_reference(_model(), splits, image_root=tmp_path)
+    assert ref.facts["greyscale_share"] == pytest.approx(0.25)
+    assert build_reference(_model(), splits, thumbnails=False).facts["greyscale_share"] is None
+    ref.save(tmp_path / "saved")
+    again = TrainingReference.load(tmp_path / "saved", classes=["a", "b"], dim=16)
+    assert again.facts["greyscale_share"] == pytest.approx(0.25)

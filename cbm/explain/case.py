@@ -185,11 +185,11 @@ def explain_image(
             feature = encoder.encode_image(tensor.unsqueeze(0))[0].float().cpu().numpy()
     feature = np.asarray(feature, np.float32)
     t2 = time.perf_counter()
-    checks = image_flags(((model.info or {}).get("card") or {}).get("modality"), pixels, meta)
+    checks = image_flags(((model.info or {}).get("card") or {}).get("modality"), pixels, meta,
+                         getattr(model.reference, "facts", {}).get("greyscale_share"))  # trained on grey images too?
     expl = model.explain_features(feature, image_flags=checks)
     percentiles = _percentiles(model, feature)
-    names = model.bottleneck.concept_names
-    offsets = model.value_offsets()
+    names, offsets = model.bottleneck.concept_names, model.value_offsets()
     drivers = findings(expl.scores, percentiles, model.coef, model.classes, names, expl.predicted, expl.runner_up,
                        concept_axes(names), values={c: expl.values[c] - offsets[j] for j, c in enumerate(names)})
     concept_maps, grid = None, None

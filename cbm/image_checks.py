@@ -1,0 +1,132 @@
+"""Image checks: why a model should not answer for an image, whatever its features say.
+
+:func:`image_flags` finds a DICOM file of another modality than the card's (a CT slice for a
+dermoscopy model), a greyscale image for a model trained on colour images (unless greyscale images
+were a real share of its training set, :data:`GREYSCALE_TRAINING_SHARE`), and an image too small
+to show a finding. With the out-of-distribution score (:mod:`cbm.reference`) they make the
+:class:`Flag` s under which ``model.explain`` withholds a prediction. :func:`as_pixels` and
+:func:`display_pixels` turn an image into the pixels these checks and the reports read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "MIN_IMAGE_SIDE",
+           "GREYSCALE_TRAINING_SHARE"]
+
+MIN_IMAGE_SIDE = 32
+"""Images with a shorter side (in pixels) are flagged as too small to show a finding."""
+GREYSCALE_TRAINING_SHARE = 0.05
+"""A model whose training images were greyscale in at least this share learned from greyscale images
+too: a greyscale image is not withheld for its colour (the share is recorded when the reference is built)."""
+
+# What each modality word of a card expects: DICOM Modality codes such images carry, and whether
+# the model was trained on colour images. (OT "other" and SC "secondary capture" are what
+# converted and exported images often carry.)
+_MODALITY_EXPECTATIONS = (
+    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
+    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("photograph",), ("XC", "OT", "SC"), True),
+)
+# A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
+# image with a coloured annotation or ruler stays grey).
+_COLOUR_PIXEL_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A reason to withhold a prediction: a short ``code`` for programs and a sentence for people.
+
+    Codes: ``unlike-training`` (the out-of-distribution score), ``modality`` (a DICOM file of
+    another modality), ``greyscale`` (a grey image for a model of colour images), ``too-small``.
+    """
+
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def greyscale(pixels: np.ndarray) -> bool:
+    """Whether ``(H, W, C)`` pixels in [0, 1] are grey: one channel, or at most :data:`_COLOUR_PIXEL_SHARE`
+    of the pixels with channels more than 4/255 apart."""
+    return pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE
+
+
+def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
+    """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
+    (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
+    in [0, 1], or uint8 / uint16 scaled by 255 / 65535)."""
+    from cbm.data import read_image
+    from cbm.data.transforms import unit_pixels
+
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if hasattr(image, "pixels"):
+        return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
+        raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
+    arr = unit_pixels(arr)
+    return arr, {}, arr
+
+
+def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any],
+                greyscale_share: float | None = None) -> list[Flag]:
+    """Why a model trained on ``modality`` images should not answer for this image; empty when nothing is amiss.
+
+    A DICOM file of another modality (a CT slice for a dermoscopy model), a greyscale image for a
+    model trained on colour photographs (not where ``greyscale_share``, the share of its training
+    images that were grey, is at least :data:`GREYSCALE_TRAINING_SHARE`; ``None``: not known, as for
+    a model saved before it was recorded), and an image too small to show a finding.
+    """
+    trained_on_grey = greyscale_share is not None and greyscale_share >= GREYSCALE_TRAINING_SHARE
+    found: list[Flag] = []
+    modality = str(modality or "")
+    words = "".join(modality.lower().replace("-", " ").split())  # "chest X-ray", "chest x ray" -> "chestxray"
+    for keys, codes, colour in _MODALITY_EXPECTATIONS:
+        if not any(k in words for k in keys):
+            continue
+        code = str(meta.get("modality") or "").upper()
+        if meta.get("format") == "dicom" and code and code not in codes:
+            found.append(Flag("modality", f"This DICOM file's modality is {code}; the model was trained on {modality} "
+                                          f"images (DICOM modality {' or '.join(codes)}), so it does not answer for it."))
+        if colour and not trained_on_grey and greyscale(pixels):
+            found.append(Flag("greyscale", f"The image is greyscale; the model was trained on colour {modality} images, "
+                                           "so it does not answer for it."))
+        break
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        found.append(Flag("too-small", f"The image is {width} x {height} pixels, too small to show a finding "
+                                       f"(at least {MIN_IMAGE_SIDE} pixels on each side expected)."))
+    return found
+
+
+def display_pixels(pixels: np.ndarray, max_side: int, *, square: bool = False) -> np.ndarray:
+    """``(H, W, C)`` floats in [0, 1] -> ``(h, w, 3)`` uint8, longest side at most ``max_side``
+    (``square``: the centred square first, as encoders crop)."""
+    from PIL import Image
+
+    rgb = np.clip(np.asarray(pixels, np.float32), 0.0, 1.0)
+    if rgb.ndim == 2:
+        rgb = rgb[:, :, None]
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    if square:
+        h, w = rgb.shape[:2]
+        side = min(h, w)
+        rgb = rgb[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+    img = Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    return np.asarray(img)
