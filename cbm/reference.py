@@ -385,6 +385,11 @@ def build_reference(
         ref.threshold = float(np.quantile(ref.val_scores, val_pass_rate, method="higher"))
         facts["val_pass_rate"] = float(np.mean(ref.val_scores <= ref.threshold))
         facts["n_val"] = len(val.labels)
+        if (len(val.labels) - 1) * (1 - val_pass_rate) < 1:  # the quantile is the largest validation score
+            log.warning("reference: the out-of-distribution threshold rests on %d validation images, too few to set a "
+                        "%.1f %% pass rate (it is their largest score): new in-domain images may be withheld more "
+                        "often; a val split of %d or more sets it", len(val.labels), 100 * val_pass_rate,
+                        int(np.ceil(1 / (1 - val_pass_rate) - 1e-9)) + 1)
     from cbm.evaluate import operating_point
 
     predict = proba or model.predict_proba_from_features

@@ -157,3 +157,14 @@ def test_a_model_trained_on_greyscale_images_too_is_not_refused_them(tmp_path):
     ref.save(tmp_path / "saved")
     again = TrainingReference.load(tmp_path / "saved", classes=["a", "b"], dim=16)
     assert again.facts["greyscale_share"] == pytest.approx(0.25)
+
+
+def test_a_threshold_set_on_too_few_validation_images_is_warned_of(caplog):
+    splits = _splits(n_train=60, n_val=20)
+    build_reference(_model(), splits, thumbnails=False)
+    assert "rests on 20 validation images, too few to set a 97.5 % pass rate" in caplog.text
+    assert "a val split of 41 or more sets it" in caplog.text
+    caplog.clear()
+    ref = build_reference(_model(), _splits(n_train=60, n_val=41), thumbnails=False)
+    assert ref.threshold < ref.val_scores.max()  # 41 images: the threshold is no longer the largest score
+    assert "rests on" not in caplog.text
