@@ -400,15 +400,11 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
 
 
 def card_reference(info: CardInfo) -> str:
-    """How a command line names the card: by name when that finds this card, else by its folder."""
-    if info.folder is None:
-        return info.name
-    try:
-        if card_info(info.name).folder == info.folder:
-            return info.name
-    except (FileNotFoundError, ValueError, KeyError):
-        pass
-    return str(info.folder)
+    """How a command line names the card: by name when that finds this card, else by its folder
+    (:func:`cbm.data.card_command_name`)."""
+    from cbm.data import card_command_name
+
+    return info.name if info.folder is None else card_command_name(info.name, info.folder)
 
 
 def _folder_and_classes(card_or_folder: Any) -> tuple[Path, list[str] | None, CardInfo | None]:

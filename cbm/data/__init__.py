@@ -22,6 +22,7 @@ from cbm.data._card import (
     ClassInfo,
     Confounder,
     DataCard,
+    card_command_name,
     card_dirs,
     list_cards,
     load_card,
@@ -68,6 +69,7 @@ __all__ = [
     "CardError",
     "load_card",
     "list_cards",
+    "card_command_name",
     "card_dirs",
     "BUILTIN_CARDS_DIR",
     # manifests

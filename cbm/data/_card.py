@@ -141,8 +141,7 @@ class DataCard:
         there names them as the metadata does, not where they were unpacked."""
         hints = [self.unset_root_variable() or ""]
         if self.make_splits:
-            found = _index().get(self.name)
-            card = self.name if found is not None and found.resolve() == self.path else str(self.folder)
+            card = card_command_name(self.name, self.folder)
             hints.append(f"a manifest written by `cbm make-splits --no-image-check` names each image as the metadata "
                          f"does; once the images are there, run `cbm make-splits {card} --metadata ...` again: it "
                          f"finds each one by name in the subfolders of {self.image_root}")
@@ -258,6 +257,13 @@ def _index() -> dict[str, Path]:
             if (sub / CARD_FILENAME).is_file():
                 found.setdefault(sub.name, sub / CARD_FILENAME)
     return found
+
+
+def card_command_name(name: str, folder: str | os.PathLike) -> str:
+    """How a command line names the card called ``name`` in ``folder``: by its name where that finds this
+    card (``cbm cards`` lists it), else by its folder."""
+    found = _index().get(name)
+    return name if found is not None and found.parent.resolve() == Path(folder).resolve() else str(folder)
 
 
 def list_cards() -> list[str]:
