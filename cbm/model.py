@@ -365,9 +365,13 @@ class ConceptBottleneckModel:
         under which the prediction is withheld (image checks against the card's modality, and the
         out-of-distribution score)."""
         pixels, meta, loaded = as_pixels(image)
-        checks = image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta,
-                             self.reference.facts.get("greyscale_share") if self.reference is not None else None)
-        return self.explain_features(self.image_features(loaded)[0], image_flags=checks)
+        return self.explain_features(self.image_features(loaded)[0], image_flags=self.image_checks(pixels, meta))
+
+    def image_checks(self, pixels: np.ndarray, meta: dict[str, Any]) -> list[Flag]:
+        """:func:`cbm.image_checks.image_flags` of an image (``as_pixels``) for this model: its card's
+        modality, and the greyscale share of its training images where the reference recorded it."""
+        grey = self.reference.facts.get("greyscale_share") if self.reference is not None else None
+        return image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta, grey)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
         """Class probabilities after setting some concept values by hand.

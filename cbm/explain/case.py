@@ -34,7 +34,7 @@ from cbm.explain.findings import Finding, concept_axes, findings
 from cbm.explain.maps import ConceptMaps, encode_spatial
 from cbm.explain.overlay import MIN_MAP_GRID
 from cbm.model import ConceptBottleneckModel, Prediction
-from cbm.reference import Flag, Neighbour, as_pixels, display_pixels, image_flags
+from cbm.reference import Flag, Neighbour, as_pixels, display_pixels
 
 __all__ = ["CaseReport", "explain_image", "SAFE_META_KEYS", "NEIGHBOURS"]
 
@@ -185,11 +185,10 @@ def explain_image(
             feature = encoder.encode_image(tensor.unsqueeze(0))[0].float().cpu().numpy()
     feature = np.asarray(feature, np.float32)
     t2 = time.perf_counter()
-    checks = image_flags(((model.info or {}).get("card") or {}).get("modality"), pixels, meta,
-                         getattr(model.reference, "facts", {}).get("greyscale_share"))  # trained on grey images too?
-    expl = model.explain_features(feature, image_flags=checks)
+    expl = model.explain_features(feature, image_flags=model.image_checks(pixels, meta))
     percentiles = _percentiles(model, feature)
-    names, offsets = model.bottleneck.concept_names, model.value_offsets()
+    names = model.bottleneck.concept_names
+    offsets = model.value_offsets()
     drivers = findings(expl.scores, percentiles, model.coef, model.classes, names, expl.predicted, expl.runner_up,
                        concept_axes(names), values={c: expl.values[c] - offsets[j] for j, c in enumerate(names)})
     concept_maps, grid = None, None
