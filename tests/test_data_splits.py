@@ -233,6 +233,27 @@ def test_nih_confounded_variants(tmp_path, name, column, id_groups):
         assert ages <= {22, 66}  # 45 is in neither group, 414 is a data error outside [60, 120]
 
 
+def test_nih_age_reads_dicom_age_strings_and_names_ages_it_cannot_read(tmp_path, caplog):
+    """NIH's first Data_Entry_2017.csv spells ages as DICOM age strings ("058Y"): they bin as numbers do;
+    an age that is no number is named in a warning instead of vanishing with the ages between the bins."""
+    plain = confounded_nih(tmp_path)
+    make_splits("nih-age", [plain], salt="test", out=tmp_path / "plain.csv")
+    rows = [dict(r) for r in read_rows(plain)]
+    spelt = {22: "022Y", 45: "045Y", 66: "066Y", 414: "414Y"}
+    for i, r in enumerate(rows):
+        r["Patient Age"] = "unknown" if i == 0 else spelt[int(r["Patient Age"])]
+    (tmp_path / "spelt").mkdir()
+    meta = write_csv(tmp_path / "spelt" / "Data_Entry_2017.csv", list(rows[0]), [list(r.values()) for r in rows])
+    with caplog.at_level("WARNING", logger="cbm.data._assign"):
+        make_splits("nih-age", [meta], salt="test", out=tmp_path / "spelt.csv")
+    plain_rows, spelt_rows = read_rows(tmp_path / "plain.csv"), read_rows(tmp_path / "spelt.csv")
+    assert rows[0]["Image Index"] not in {r["path"] for r in spelt_rows}
+    assert len(plain_rows) - 4 <= len(spelt_rows) <= len(plain_rows)  # one row fewer, balanced by pairs
+    for r in spelt_rows:
+        assert r["age_group"] == ("young" if r["Patient Age"] == "022Y" else "old"), r
+    assert "1 rows have a Patient Age value that is not a number" in caplog.text and "'unknown' (1)" in caplog.text
+
+
 # ---------------------------------------------------------------------------- ISIC archive
 ISIC_HEADER = ["isic_id", "attribution", "copyright_license", "age_approx", "anatom_site_general",
                "diagnosis_1", "image_type", "lesion_id", "patient_id", "sex"]

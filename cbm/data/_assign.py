@@ -11,6 +11,7 @@ Items are plain dicts with ``label``, ``_patient`` (the grouping key) and, depen
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -18,9 +19,14 @@ import numpy as np
 
 from cbm.data._split_rule import ColumnSplit, ConfoundedSplit, GroupRule, ListsSplit, RandomSplit, SplitRule
 
-__all__ = ["grouped_split", "balance", "assign_splits", "group_of"]
+__all__ = ["grouped_split", "balance", "assign_splits", "group_of", "number_of"]
 
 log = logging.getLogger(__name__)
+
+# A DICOM age string (Age String, VR AS): three digits and a unit, "058Y", "006M", "010W", "030D";
+# NIH ChestX-ray14's first Data_Entry_2017.csv spells its ages so.
+_AGE_STRING = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY])\s*$", re.IGNORECASE)
+_YEARS_PER_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def grouped_split(
@@ -87,14 +93,26 @@ def group_of(value: str, group: GroupRule) -> str | None:
     if group.kind == "contains":
         hits = [name for name, needle in table.items() if str(needle).lower() in value.lower()]
         return hits[0] if len(hits) == 1 else None
-    try:
-        x = float(value)
-    except ValueError:
+    x = number_of(value)
+    if x is None:
         return None
     for name, (lo, hi) in table.items():
         if (lo is None or x >= lo) and (hi is None or x <= hi):
             return name
     return None
+
+
+def number_of(value: str) -> float | None:
+    """A metadata value as a number for ``bins``: a plain number, or a DICOM age string ("058Y" is 58,
+    "006M" half a year) in years; None for anything else (or a value that is not finite)."""
+    try:
+        x = float(value)
+    except ValueError:
+        match = _AGE_STRING.match(value)
+        if match is None:
+            return None
+        x = float(match.group(1)) * _YEARS_PER_UNIT[match.group(2).upper()]
+    return x if np.isfinite(x) else None
 
 
 def assign_splits(
@@ -140,6 +158,13 @@ def _one_split_per_patient(items: list[dict[str, Any]], dropped: Counter) -> lis
 
 
 def _warn_unmatched(unmatched: Counter, group: GroupRule) -> None:
+    if group.kind == "bins":
+        log.warning(
+            "%d rows have a %s value that is not a number (nor a DICOM age such as 058Y), e.g. %s; they are left "
+            "out. If these should count, convert the column to numbers before make-splits",
+            sum(unmatched.values()), "/".join(group.column), ", ".join(f"{v} ({n})" for v, n in unmatched.most_common(5)),
+        )
+        return
     known = {"map": "values", "contains": "substrings"}[group.kind]
     log.warning(
         "%d rows have a %s value that none of the rule's %s (%s) takes, e.g. %s; they are left out. If these "
@@ -164,8 +189,11 @@ def _confounded(
             side[id(it)] = "ood"
         else:
             dropped["rows outside the confounded groups"] += 1
-            if g is None and it.get("_group_value") and split.group.kind != "bins":
-                unmatched[repr(it["_group_value"])] += 1  # (an empty value, or an age between bins, is left out by design)
+            value = it.get("_group_value")
+            # an empty value, or a number between the bins, is left out by design; a value that no bin can
+            # read is named
+            if g is None and value and (split.group.kind != "bins" or number_of(value) is None):
+                unmatched[repr(value)] += 1
     if unmatched:
         _warn_unmatched(unmatched, split.group)
     items = [it for it in items if id(it) in side]

@@ -81,8 +81,8 @@ for a bad rule, which key is wrong and how. The rule, field by field (``[]`` = o
       [seed]: 0
 
 A group spec maps a source column to group names by exact value (``map: {M: male}``), by
-numeric range (``bins: {young: [null, 30], old: [70, 120]}``, inclusive, null = open) or by
-substring (``contains: {barcelona: Barcelona}``).
+numeric range (``bins: {young: [null, 30], old: [70, 120]}``, inclusive, null = open; a DICOM age
+string such as ``058Y`` or ``006M`` reads as its years) or by substring (``contains: {barcelona: Barcelona}``).
 """
 
 from __future__ import annotations
