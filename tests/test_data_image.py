@@ -83,6 +83,25 @@ def test_16bit_png_uses_full_range(tmp_path):
     np.testing.assert_allclose(out.pixels[..., 0], img / 65535.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("largest, bits", [(4095, 12), (3000, 12), (4096, 14), (1023, 10), (255, 8), (16383, 14), (16384, 16)])
+def test_16bit_png_of_fewer_bits_is_read_at_their_full_scale(tmp_path, largest, bits):
+    """A 16-bit PNG holding 12-bit data (PadChest's, or one written from 12-bit DICOM) is not read
+    as an almost black image: it is divided by 4095, and an array of the same values (as a user who
+    read the file with PIL passes it) by the same."""
+    from cbm.data import sixteen_bit_depth
+    from cbm.data.transforms import unit_pixels
+
+    img = np.round(asymmetric().astype(np.float64) / 255 * largest).astype(np.uint16)
+    assert int(img.max()) == largest
+    Image.fromarray(img).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.meta["bits"] == bits == sixteen_bit_depth(largest)
+    np.testing.assert_allclose(out.pixels[..., 0], img / (2.0**bits - 1), atol=1e-6)
+    np.testing.assert_allclose(unit_pixels(img), img / (2.0**bits - 1), atol=1e-6)
+    if largest == 4095:
+        assert out.pixels.max() == pytest.approx(1.0)  # white, not 6 % grey
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1"])
 def test_colour_modes(tmp_path, mode):
     rgb = np.stack([asymmetric(), asymmetric()[::-1], np.full((24, 36), 90, np.uint8)], -1)

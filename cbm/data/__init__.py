@@ -41,6 +41,7 @@ from cbm.data._image import (
     pixel_budget,
     read_image,
     read_pil,
+    sixteen_bit_depth,
 )
 from cbm.data._manifest import (
     KNOWN_SPLITS,
@@ -58,7 +59,7 @@ from cbm.data._truth import ACCEPTED_TRUTH, parse_truth
 # Bump whenever reading or preprocessing code changes the pixels a model sees (LUT order,
 # normalisation, resizing): feature caches include it in their key, so stale features are never
 # served after an upgrade.
-PIXEL_PIPELINE_VERSION = 2
+PIXEL_PIPELINE_VERSION = 3
 
 __all__ = [
     "PIXEL_PIPELINE_VERSION",
@@ -98,6 +99,7 @@ __all__ = [
     "check_image_header",
     "pixel_budget",
     "DEFAULT_MAX_PIXELS",
+    "sixteen_bit_depth",
     "MAX_PIXELS_ENV",
     "ImageReadError",
     "MissingCodecError",

@@ -50,6 +50,7 @@ from cbm.data._image_base import (
     check_pixel_budget,
     finish,
     pixel_budget,
+    sixteen_bit_depth,
 )
 from cbm.data._image_streams import check_stream
 from cbm.errors import quote
@@ -68,6 +69,7 @@ __all__ = [
     "BUDGET_BYTES_PER_PIXEL",
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
+    "sixteen_bit_depth",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,9 @@ def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
 def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read a PIL-readable image (PNG, JPEG, TIFF, BMP, GIF, WebP, ...) as float pixels in [0, 1].
 
-    8-bit data is divided by 255, 16-bit data by 65535; grey stays one channel, palette and other
+    8-bit data is divided by 255; 16-bit data by the full scale of the bit depth it uses (8, 10, 12,
+    14 or 16 bits, the smallest that holds its largest value: :func:`sixteen_bit_depth`, so 12-bit
+    data in a 16-bit PNG is divided by 4095, not 65535, and ``meta["bits"]`` says 12); grey stays one channel, palette and other
     colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
     displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
@@ -269,11 +273,14 @@ def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, int]:
     if mode in ("L", "LA"):
         return np.asarray(im.getchannel(0)), 255.0, 8
     if mode.startswith("I;16"):
-        return np.asarray(im), 65535.0, 16
+        arr = np.asarray(im)
+        bits = sixteen_bit_depth(float(arr.max(initial=0)))
+        return arr, float(2**bits - 1), bits
     if mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         if mode == "I" and fmt == "png":  # a 16-bit PNG opened as 32-bit int
-            return arr.astype(np.float32), 65535.0, 16
+            bits = sixteen_bit_depth(float(arr.max(initial=0)))
+            return arr.astype(np.float32), float(2**bits - 1), bits
         if arr.min() >= 0.0 and arr.max() <= 1.0 and mode == "F":
             return arr.astype(np.float32), 1.0, 32
         lo, hi = float(arr.min()), float(arr.max())

@@ -25,7 +25,13 @@ __all__ = [
     "BUDGET_BYTES_PER_PIXEL",
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
+    "sixteen_bit_depth",
 ]
+
+SIXTEEN_BIT_DEPTHS = (8, 10, 12, 14, 16)
+"""The depths a 16-bit container can hold: an 8-bit source, and the 10-, 12-, 14- and 16-bit
+detectors of radiography. A 16-bit PNG or TIFF (or a ``uint16`` array) is read at the full scale
+of the smallest of them that holds its largest value (:func:`sixteen_bit_depth`)."""
 
 FramePolicy = int | str  # "first" | "middle" | "last" | a 0-based index (negative counts from the end)
 
@@ -120,6 +126,19 @@ def pixel_budget(max_pixels: int | None = None) -> int:
             f"unset it (default {DEFAULT_MAX_PIXELS}) or give e.g. {MAX_PIXELS_ENV}={DEFAULT_MAX_PIXELS}"
         )
     return value
+
+
+def sixteen_bit_depth(largest: float) -> int:
+    """The bit depth a 16-bit image with this largest value is read at (its values are divided by
+    ``2**depth - 1``).
+
+    A 16-bit PNG does not say how many of its bits the detector used: PadChest's, and many written
+    from 12-bit DICOM, hold 0-4095, which divided by 65535 is an almost black image (the largest
+    value at 6 % grey) that an encoder trained on photographs and figures reads badly. The depth
+    is the smallest of :data:`SIXTEEN_BIT_DEPTHS` whose full scale holds ``largest``, so an image
+    that uses 16 bits is read as before and one of 12 bits at its own full scale.
+    """
+    return next(b for b in SIXTEEN_BIT_DEPTHS if largest <= 2**b - 1)
 
 
 def check_pixel_budget(path: Path | None, rows: int, cols: int, budget: int, field: str | None = None) -> None:

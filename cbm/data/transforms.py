@@ -30,6 +30,7 @@ import torch
 from monai.transforms import Compose, Transform
 
 from cbm.data._image import LoadedImage, read_image
+from cbm.data._image_base import sixteen_bit_depth
 
 __all__ = [
     "encoder_transform", "channels_last", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "ResizeLongestSide",
@@ -80,14 +81,18 @@ def channels_last(arr: Any) -> np.ndarray:
 
 
 def unit_pixels(arr: np.ndarray) -> np.ndarray:
-    """An image array as float32 in [0, 1]: uint8 is scaled by 255 and uint16 by 65535; a float array
+    """An image array as float32 in [0, 1]: uint8 is scaled by 255 and uint16 by the full scale of the
+    bit depth it uses (4095 for 12-bit data; :func:`cbm.data.sixteen_bit_depth`, as a 16-bit PNG file
+    is read); a float array
     must already be in [0, 1] and finite; any other integer type (int64 of 0-255, a signed CT array)
     is refused with the fix, since its range cannot be told from its type."""
     arr = np.asarray(arr)
     if arr.dtype == bool:
         return arr.astype(np.float32)
-    if arr.dtype in (np.uint8, np.uint16):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / float(2 ** sixteen_bit_depth(float(arr.max(initial=0))) - 1)
     if np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"an image array of {arr.dtype} has no known range: give uint8 (0-255), uint16 (0-65535) "
                          "or floats in [0, 1] (e.g. arr.astype(np.uint8) for 0-255 values)")
