@@ -132,8 +132,8 @@ def sixteen_bit_depth(largest: float) -> int:
     """The bit depth a 16-bit image with this largest value is read at (its values are divided by
     ``2**depth - 1``).
 
-    A 16-bit PNG does not say how many of its bits the detector used: PadChest's, and many written
-    from 12-bit DICOM, hold 0-4095, which divided by 65535 is an almost black image (the largest
+    A 16-bit PNG does not say how many of its bits the detector used: one written from 12-bit DICOM
+    holds 0-4095, which divided by 65535 is an almost black image (the largest
     value at 6 % grey) that an encoder trained on photographs and figures reads badly. The depth
     is the smallest of :data:`SIXTEEN_BIT_DEPTHS` whose full scale holds ``largest``, so an image
     that uses 16 bits is read as before and one of 12 bits at its own full scale.
