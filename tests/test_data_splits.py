@@ -234,7 +234,7 @@ def test_nih_confounded_variants(tmp_path, name, column, id_groups):
 
 
 def test_nih_age_reads_dicom_age_strings_and_names_ages_it_cannot_read(tmp_path, caplog):
-    """NIH's first Data_Entry_2017.csv spells ages as DICOM age strings ("058Y"): they bin as numbers do;
+    """Ages spelt as DICOM age strings ("058Y", as some copies of NIH's metadata have them) bin as numbers do;
     an age that is no number is named in a warning instead of vanishing with the ages between the bins."""
     plain = confounded_nih(tmp_path)
     make_splits("nih-age", [plain], salt="test", out=tmp_path / "plain.csv")

@@ -24,7 +24,7 @@ __all__ = ["grouped_split", "balance", "assign_splits", "group_of", "number_of"]
 log = logging.getLogger(__name__)
 
 # A DICOM age string (Age String, VR AS): three digits and a unit, "058Y", "006M", "010W", "030D";
-# NIH ChestX-ray14's first Data_Entry_2017.csv spells its ages so.
+# some copies of NIH ChestX-ray14's metadata spell the Patient Age column so.
 _AGE_STRING = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY])\s*$", re.IGNORECASE)
 _YEARS_PER_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
