@@ -366,8 +366,8 @@ _DICOM_FILES = sorted(
 )
 
 
-# pydicom test files whose pixel data is longer than their header declares
-_HEADER_DISAGREES = {"MR_small_padded.dcm": "holds 8,320 bytes, but Rows x Columns x samples x BitsAllocated x frames"}
+# pydicom test files whose pixel data is longer than their header declares, by more than zero padding
+_HEADER_DISAGREES: dict[str, str] = {}
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -375,7 +375,8 @@ _HEADER_DISAGREES = {"MR_small_padded.dcm": "holds 8,320 bytes, but Rows x Colum
 def test_every_decodable_pydicom_test_file_reads(path):
     """Every DICOM test file that pydicom itself decodes reads with its own rows/columns, in [0, 1];
     the others fail with ImageReadError (never another exception). pydicom drops data past the
-    declared frames with a warning; cbm refuses it (header and data disagree)."""
+    declared frames with a warning; cbm drops zero padding shorter than a frame (MR_small_padded.dcm)
+    and refuses anything else (header and data disagree)."""
     try:
         out = read_image(path)
     except ImageReadError as exc:
@@ -450,6 +451,7 @@ def _edited(tmp_path: Path, name: str, out: str, **values: object) -> Path:
     ("emri_small.dcm", {"NumberOfFrames": 0}, r"NumberOfFrames has the bad value '0', not a positive whole number"),
     ("emri_small.dcm", {"NumberOfFrames": ""}, r"NumberOfFrames is empty, not a positive whole number"),
     ("SC_rgb_rle_2frame.dcm", {"NumberOfFrames": 3}, r"declares 3 frame\(s\) but its compressed pixel data holds 2"),
+    ("CT_small.dcm", {"Columns": 127}, r"holds 32,768 bytes, .*\(128 x 127 x 1 x 16 bits x 1\) declare 32,512, so"),
     ("CT_small.dcm", {"SamplesPerPixel": 2}, r"SamplesPerPixel is 2, not one of 1, 3"),
     ("CT_small.dcm", {"BitsStored": 17}, r"BitsStored is 17, outside 1..BitsAllocated \(16\)"),
 ])
@@ -461,6 +463,24 @@ def test_dicom_header_that_its_data_contradicts_is_refused(tmp_path, name, value
     assert str(path) in str(err.value) and "export the file again" in str(err.value) or "Give the number" in str(err.value)
     with pytest.raises(ImageReadError, match=fragment):
         check_image_header(path.read_bytes())
+
+
+@pytest.mark.parametrize("rows", [64, 1024])  # 1024 x 1024 x 2 bytes: the pixel data is deferred, its tail read from the file
+def test_dicom_pixel_data_padded_with_zeros_reads_as_declared(tmp_path, rows):
+    """Some writers pad the pixel data to a block size with zeros (pydicom ships MR_small_padded.dcm):
+    the declared frame is read, the padding ignored; non-zero bytes past it are refused."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    stored = (np.arange(rows * rows, dtype=np.uint16).reshape(rows, rows) % 3000).astype(np.uint16)
+    ds.Rows = ds.Columns = rows
+    ds.PixelData = stored.tobytes() + bytes(512)
+    ds.save_as(tmp_path / "padded.dcm")
+    out = read_image(tmp_path / "padded.dcm")
+    assert out.pixels.shape == (rows, rows, 1) and float(out.pixels.std()) > 0
+    assert check_image_header((tmp_path / "padded.dcm").read_bytes()) == (rows, rows, 1)
+    ds.PixelData = stored.tobytes() + bytes(511) + b"\x01"
+    ds.save_as(tmp_path / "tail.dcm")
+    with pytest.raises(ImageReadError, match=f"holds {2 * rows * rows + 512:,} bytes"):
+        read_image(tmp_path / "tail.dcm")
 
 
 def test_multiframe_dicom_keeps_its_frames(tmp_path):

@@ -192,7 +192,10 @@ def _frames(ds: Any, path: Path | None) -> int:
 
 def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int, samples: int, bits: int,
                   frames: int) -> None:
-    """Native syntaxes: the pixel data holds exactly the declared frames (plus one padding byte)."""
+    """Native syntaxes: the pixel data holds the declared frames, plus at most padding: fewer bytes
+    than a frame, all zero (some writers pad to a block size; pydicom drops them). A byte less, a
+    whole frame more, or extra bytes that are not zero (image data a wrong Rows or Columns leaves
+    over) are refused."""
     elem = ds.get_item(keyword, keep_deferred=True)
     value = getattr(elem, "value", None)
     length = int(elem.length) if value is None else len(value)
@@ -205,6 +208,10 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
     expected = (frame_bits * frames + 7) // 8
     if length == expected or (length == expected + 1 and expected % 2):
         return
+    frame_bytes = (frame_bits + 7) // 8
+    if expected < length < expected + frame_bytes and _zero_tail(ds, elem, value, expected, length):
+        log.debug("%s: %d bytes of padding after the declared pixel data are ignored", keyword, length - expected)
+        return
     whole = ""
     if bits >= 8 and length % (frame_bits // 8) in (0, 1):
         whole = f"; it holds {length // (frame_bits // 8)} whole frame(s) of that size"
@@ -213,6 +220,22 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
         f"{per_pixel} x {bits} bits x {frames}) declare {expected:,}{whole}, so it could not be decoded",
         _REEXPORT, field=keyword,
     )
+
+
+def _zero_tail(ds: Any, elem: Any, value: bytes | None, start: int, length: int) -> bool:
+    """Whether the pixel data's bytes from ``start`` to ``length`` are all zero (read from the file
+    when the element was deferred)."""
+    n = length - start
+    if value is None:
+        tell = getattr(elem, "value_tell", None)
+        if tell is None or not getattr(ds, "filename", None):
+            return False
+        with open(ds.filename, "rb") as fh:
+            fh.seek(tell + start)
+            tail = fh.read(n)
+    else:
+        tail = bytes(memoryview(value)[start:length])
+    return len(tail) == n and not any(tail)
 
 
 def _check_fragments(ds: Any, path: Path | None, frames: int, keyword: str) -> None:
