@@ -326,6 +326,16 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
     assert {r["patient_key"] for r in out} >= {patient_key("patient00000"), patient_key("patient00911")}
     assert result.dropped == {"rows filtered out": 120, "rows with another finding": 120, "rows with no class": 120, "rows without exactly one class": 12}
     patients_are_disjoint(out)
+    # every image is named view1_frontal.jpg: with the root one folder too deep (CheXpert-v1.0-small itself)
+    # or too high (an unpack folder above it) none is found by name, but the whole folder's layout is
+    wanted = sorted(r["path"] for r in out)
+    for images, moved in ((tmp_path / "deep", lambda q: q.split("/", 1)[1]), (tmp_path / "high", lambda q: "unpacked/" + q)):
+        for q in wanted[:-3]:  # three images not downloaded
+            (images / moved(q)).parent.mkdir(parents=True, exist_ok=True)
+            (images / moved(q)).write_bytes(b"x")
+        found = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "found.csv", images=images)
+        assert sorted(r["path"] for r in found.rows) == sorted(moved(q) for q in wanted[:-3])
+        assert sum(n for why, n in found.dropped.items() if "not under" in why) == 3
 
 
 def test_pneumonia_from_its_folder_layout(tmp_path):

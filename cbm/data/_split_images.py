@@ -3,7 +3,9 @@ which of the images the metadata names are in it.
 
 The folder is, in order: ``--images DIR``; for a card that reads its metadata from an image folder,
 that folder; else the card's image root (``$<image_root_env>`` when set, else its ``image_root``).
-Without any of them (the card's own folder not made yet) the paths are not checked. A manifest's
+Without any of them (the card's own folder not made yet) the paths are not checked. An image not
+at the metadata's path is looked for where the folder's layout puts it (a root one level too deep
+or too high, told from a sample of the missing images), then by a name no other file has. A manifest's
 paths are relative to the folder they were checked in, so a folder other than the card's image
 root is named in a warning with the setting that points the card at it; a root variable that names
 no folder is an error (a typo would otherwise write a manifest no image was checked for).
@@ -65,12 +67,50 @@ def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike
     return None, ""
 
 
+_OFFSET_SAMPLE = 20  # missing images looked at to tell how the folder's layout differs from the metadata's
+
+
+def _moved(path: str, offset: tuple[int, str]) -> str:
+    """``path`` with its first ``offset[0]`` folders dropped and ``offset[1]`` put before it."""
+    strip, prefix = offset
+    return prefix + "/".join(Path(path).parts[strip:])
+
+
+def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, list[str]]) -> tuple[int, str] | None:
+    """How the folder's layout differs from the metadata's paths, where every one of a sample of the
+    missing images agrees: the root one level too deep (the metadata's ``CheXpert-v1.0-small/train/...``
+    under a root that is ``CheXpert-v1.0-small`` itself: drop leading folders) or too high (an unpack
+    folder above them: put it before). None when the sample's images found elsewhere disagree, when
+    fewer than half of it are found, or when nothing is missing."""
+    votes: Counter[tuple[int, str]] = Counter()
+    sample = [it["path"] for it in items if not (root / it["path"]).is_file()][:_OFFSET_SAMPLE]
+    for path in sample:
+        parts = Path(path).parts
+        found = {(k, "") for k in range(1, len(parts)) if (root / Path(*parts[k:])).is_file()}
+        found |= {(0, hit[: -len(path)]) for hit in index.get(parts[-1], []) if hit.endswith("/" + path)}
+        if len(found) == 1:
+            votes[found.pop()] += 1
+    if not votes:
+        return None
+    offset, n = votes.most_common(1)[0]  # one layout for all that were found, and for at least half the sample
+    return offset if n == sum(votes.values()) and 2 * n >= len(sample) else None
+
+
 def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
-    """Items whose image is under ``root`` (a file found elsewhere under it by name is used at its real path)."""
+    """Items whose image is under ``root``: at the metadata's path, at that path moved as the whole
+    folder's layout is (:func:`_layout_offset`), or found elsewhere under it by a name no other file
+    has; the manifest takes the real path."""
     index = _image_index(root)
+    offset = _layout_offset(items, root, index)
+    if offset is not None:
+        log.info("the images are under %s at the metadata's paths %s", root,
+                 f"without their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
     found = []
     for it in items:
         if (root / it["path"]).is_file():
+            found.append(it)
+        elif offset is not None and (root / _moved(it["path"], offset)).is_file():
+            it["path"] = _moved(it["path"], offset)
             found.append(it)
         elif len(index.get(Path(it["path"]).name, [])) == 1:
             it["path"] = index[Path(it["path"]).name][0]
