@@ -396,5 +396,6 @@ def test_a_filter_that_empties_a_class_says_so_and_keeps_the_answer(card, caplog
     with ScriptedLLMServer(ANSWERS) as server:
         generate_concepts(card, config_for(server), embed=same, embed_id="blind", progress=False)
     assert "class 'nevus': the filter removed all 3 proposed concepts (" in caplog.text
+    assert caplog.text.count("'nevus'") == 1  # said once, with what to do (the filter's own line is not repeated)
     entry = stored(card)["by_class"]["nevus"]
     assert entry["concepts"] == [] and entry["proposed"] == ANSWERS["nevus"]

@@ -235,6 +235,7 @@ def filter_concepts(
     embed: TextEmbedder | None = None,
     config: FilterConfig | None = None,
     prompt_phrases: Mapping[str, str] | None = None,
+    warn_emptied: bool = True,
 ) -> dict[str, FilterResult]:
     """Filter each class's proposed concepts; see the module docstring for the rules.
 
@@ -250,6 +251,8 @@ def filter_concepts(
         config: thresholds and limits (default :class:`FilterConfig`).
         prompt_phrases: phrase -> ``"placeholder"`` or ``"example"``: what the prompt itself
             offered (:func:`cbm.concepts.prompts.prompt_phrases`); a proposal that repeats one is removed.
+        warn_emptied: log a warning for each class left with no concept (off for a caller that says
+            so in its own words, or asks again).
 
     Returns:
         class -> :class:`FilterResult`, for every class in ``proposals`` and ``curated``.
@@ -357,7 +360,7 @@ def filter_concepts(
             for phrase in result.kept[config.max_per_class :]:
                 result.remove(phrase, "cap", f"beyond the first {config.max_per_class} concepts of the class")
             del result.kept[config.max_per_class :]
-    for name in cleaned:
+    for name in cleaned if warn_emptied else ():
         if not results[name].kept:
             log.warning("class %r has no concept left after filtering (%d removed)", name, len(results[name].removed))
     return results

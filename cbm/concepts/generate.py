@@ -244,8 +244,9 @@ def _refilter(
     embed_id: str | None,
     filter_config: FilterConfig | Mapping[str, Any] | None,
     modality: str,
-) -> None:
-    """Filter the LLM lists again if their inputs, the settings or the embedder changed."""
+) -> set[str]:
+    """Filter the LLM lists again if their inputs, the settings or the embedder changed; returns the
+    classes it warned were left with no concept."""
     by_class = doc["by_class"]
     proposals = {c: by_class[c]["proposed"] for c in classes if c in by_class and by_class[c]["source"] == "llm"}
     curated = {c: by_class[c]["concepts"] for c in classes if c in by_class and by_class[c]["source"] == "curated"}
@@ -265,8 +266,10 @@ def _refilter(
         embed_id = None
     key = stable_hash({"inputs": inputs, "config": config.to_dict(), "embedder": embed_id})
     if not proposals or (stored.get("key") == key and embed_id != "anonymous"):
-        return
-    results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config, prompt_phrases=offered)
+        return set()
+    results = filter_concepts(proposals, classes, curated=curated, embed=embed, config=config, prompt_phrases=offered,
+                              warn_emptied=False)  # warned of below, with what to do
+    warned = set()
     for name in proposals:
         by_class[name]["concepts"] = results[name].kept
         by_class[name]["removed"] = results[name].removed
@@ -274,7 +277,9 @@ def _refilter(
             log.warning("class %r: the filter removed all %d proposed concepts (%s), so a run gives the class no concept; "
                         "`cbm concepts CARD --removed` shows why, and a run with other filter settings brings them back",
                         name, len(proposals[name]), ", ".join(sorted({r["rule"] for r in results[name].removed})))
+            warned.add(name)
     doc["filter"] = {"config": config.to_dict(), "embedder": embed_id, "key": key, "inputs": inputs}
+    return warned
 
 
 def _plan(
@@ -414,7 +419,8 @@ def generate_concepts(
 
             def check(name: str) -> Callable[[list[str]], None]:
                 def check_answer(concepts: list[str]) -> None:  # nothing usable: asked again, saying why
-                    result = filter_concepts({name: concepts}, classes, prompt_phrases=offered, config=settings)[name]
+                    result = filter_concepts({name: concepts}, classes, prompt_phrases=offered, config=settings,
+                                             warn_emptied=False)[name]  # asked again, saying why
                     if not result.kept:
                         raise InvalidAnswer(_nothing_left(len(concepts), result.removed))
 
@@ -422,7 +428,8 @@ def generate_concepts(
 
             def on_answer(name: str, answer: Any) -> None:
                 # a first, string-only filtering so the file is usable even if the run stops here
-                kept = filter_concepts({name: answer.concepts}, classes, prompt_phrases=offered, config=settings)[name]
+                kept = filter_concepts({name: answer.concepts}, classes, prompt_phrases=offered, config=settings,
+                                       warn_emptied=False)[name]
                 by_class[name] = _generated_entry(answer, config, served, prompt_version, n_concepts, keys[name])
                 by_class[name]["concepts"], by_class[name]["removed"] = kept.kept, kept.removed
                 doc.get("rejected", {}).pop(name, None)
@@ -447,7 +454,7 @@ def generate_concepts(
         else:
             log.info("all %d classes of card %r come from the store %s; no request sent", len(classes), info.name, path)
 
-        _refilter(doc, classes, embed_fn, embed_id, filter_config, info.modality)
+        emptied = _refilter(doc, classes, embed_fn, embed_id, filter_config, info.modality)
         if doc != before:
             doc["updated"] = _now()
             write_store(path, doc)
@@ -464,4 +471,4 @@ def generate_concepts(
             f"{len(failures)} of {len(classes)} classes of card {info.name!r} got no usable answer:\n{lines}\n{where}",
             failures,
         )
-    return concept_set_from_store(doc, classes, path, card=info)
+    return concept_set_from_store(doc, classes, path, card=info, warned=emptied)

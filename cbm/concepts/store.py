@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,10 +332,11 @@ def new_store(info: CardInfo) -> dict:
 
 
 def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path | None, *,
-                           card: CardInfo | None = None) -> ConceptSet:
+                           card: CardInfo | None = None, warned: Collection[str] = ()) -> ConceptSet:
     """The :class:`ConceptSet` of ``classes`` (default: the store's own) in a store document.
 
-    ``card`` is the card the store belongs to, named in the fix of a missing class.
+    ``card`` is the card the store belongs to, named in the fix of a missing class; a class with no
+    concepts is warned of unless it is in ``warned`` (its caller said so already).
     """
     classes = list(classes) if classes is not None else list(doc["classes"])
     # a class written in another Unicode form (a macOS editor decomposes "nævus") is the same class
@@ -356,7 +357,7 @@ def concept_set_from_store(doc: dict, classes: Sequence[str] | None, path: Path 
     if extra:
         log.warning("concept store %s lists classes the card does not have, ignored: %s", path, extra)
     for name in classes:
-        if not by_class[name]["concepts"]:
+        if not by_class[name]["concepts"] and name not in warned:
             log.warning("concept store %s: class %r has no concepts", path, name)
     return ConceptSet(
         classes=classes,
