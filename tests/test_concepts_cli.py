@@ -146,3 +146,17 @@ def test_asking_for_no_concepts_is_refused_before_any_request(card_dir, preset, 
     err = capsys.readouterr().err
     assert "--n-concepts" in err and "1 or more" in err
     assert server.requests == [] and not (card_dir / "concepts.json").exists()
+
+
+def test_a_cap_on_curated_lists_says_it_leaves_them_as_written(card_dir, capsys, caplog):
+    """--max-per-class caps what an LLM wrote; curated lists are the user's own edit and stay whole,
+    which the command says rather than printing them longer than the cap without a word."""
+    from cbm.concepts import save_curated
+
+    save_curated(card_dir, {"normal": ["clear lungs", "sharp costophrenic angles"],
+                            "pneumonia": ["lobar consolidation", "air bronchograms", "patchy opacities"]})
+    with caplog.at_level("WARNING", logger="cbm.concepts.cli"):
+        assert main(["concepts", str(card_dir), "--max-per-class", "2"]) == 0
+    assert "pneumonia (3 concepts, curated)" in capsys.readouterr().out
+    assert "--max-per-class 2 caps the lists an LLM wrote" in caplog.text and "'pneumonia'" in caplog.text
+    assert "'normal'" not in caplog.text  # at the cap, not over it

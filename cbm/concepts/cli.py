@@ -93,6 +93,11 @@ def run_concepts(args: argparse.Namespace) -> int:
         else:  # each class's own line says which model wrote its list, and when
             again = "" if (args.refresh or args.replace_curated) else " (classes it already had were not asked again)"
             print(f"concept store {concepts.path}{again}")
+        over = [c for c in concepts.classes if concepts.sources.get(c) == "curated"
+                and args.max_per_class and len(concepts.by_class[c]) > args.max_per_class]
+        if over:
+            log.warning("--max-per-class %d caps the lists an LLM wrote; curated lists are kept as written, so %s "
+                        "keep more (edit the curated lists to shorten them)", args.max_per_class, ", ".join(map(repr, over)))
     for name in concepts.classes:
         listed = concepts.by_class[name]
         count = f"{len(listed)} concept" + ("" if len(listed) == 1 else "s")
