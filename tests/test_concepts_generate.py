@@ -42,9 +42,11 @@ def stored(card):
     return json.loads(card.store_path.read_text())
 
 
-def test_a_first_run_asks_once_per_class_and_a_second_run_sends_nothing(card):
-    with ScriptedLLMServer(ANSWERS) as server:
+def test_a_first_run_asks_once_per_class_and_a_second_run_sends_nothing(card, caplog):
+    with ScriptedLLMServer(ANSWERS) as server, caplog.at_level("INFO", logger="cbm.concepts.generate"):
         first = generate_concepts(card, config_for(server), progress=False)
+        # the log names the model asked for and the one that answers (a llama.cpp server serves its own)
+        assert "asking test-model (served as scripted-model) at " in caplog.text
         assert len(server.requests) == 3
         assert sorted(class_asked(r) for r in server.requests) == sorted(ANSWERS)
         again = generate_concepts(card, config_for(server), progress=False)

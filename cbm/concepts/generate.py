@@ -412,8 +412,8 @@ def generate_concepts(
             )
         failures: dict[str, str] = {}
         if todo:
-            log.info("asking %s at %s for the concepts of %d of %d classes", served or config.model,
-                     config.server_host, len(todo), len(classes))
+            asked = config.model if not served or served == config.model else f"{config.model} (served as {served})"
+            log.info("asking %s at %s for the concepts of %d of %d classes", asked, config.server_host, len(todo), len(classes))
             offered = prompt_phrases(info.modality, prompt_version)
             settings = _filter_settings(doc, filter_config)  # the check keeps what the final filtering keeps
 
