@@ -183,3 +183,18 @@ def test_summary_sentence():
                [[-1.0, 0.0], [0.0, 0.9]], names)
     assert summary_sentence("melanoma", "nevus", {"melanoma": 0.8, "nevus": 0.2}, low) == (
         "The model favours melanoma (80 %) over nevus (20 %), chiefly on irregular border scoring low (10th percentile).")
+
+
+@pytest.mark.parametrize("name, absent", [
+    ("asymmetric in two axes", "Not asymmetric in two axes"),  # a description: "No asymmetric in two axes" reads wrong
+    ("enlarged", "Not enlarged"),
+    ("pigmented at the centre", "Not pigmented at the centre"),
+    ("globules", "No globules"),  # things
+    ("irregular border", "No irregular border"),
+    ("blue-white veil", "No blue-white veil"),
+])
+def test_an_absent_description_reads_not_and_an_absent_thing_no(name, absent):
+    from cbm.explain.findings import _single
+
+    state, text, seen = _single(name, 10.0, -1.2, attribute=False, value=-1.0)
+    assert (state, text, seen) == ("absent", absent, None)

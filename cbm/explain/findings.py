@@ -7,7 +7,8 @@ from where the image's score sits among the training images' scores (its percent
 
 * at or above :data:`PRESENT_FROM` (65th): the concept is **present** ("Irregular border");
 * at or below :data:`ABSENT_UP_TO` (35th): **absent** ("No globules"; "Not symmetric shape" for a
-  concept with an opposite phrase, an attribute); no map is drawn for it;
+  concept with an opposite phrase, an attribute, and "Not asymmetric in two axes" for an adjective
+  alone or before a preposition); no map is drawn for it;
 * in between: **borderline**; so too a concept whose percentile says absent (present) while the
   head weighs it above (below) a training image of average score, which happens where the head
   reads a probability that most training images show (a concept at the 30th percentile can still
@@ -254,6 +255,18 @@ def axis_text(first: str, second: str, how: str = "not") -> str:
     return f"{_cap(x)}, not {y}{tail}"
 
 
+# A phrase that is an adjective on its own or before a preposition ("asymmetric in two axes",
+# "enlarged") describes rather than names a thing: its absence reads "Not ...", not "No ...".
+_ADJECTIVE_ENDINGS = ("ic", "al", "ar", "ous", "ed", "ive", "ent", "ant", "ible", "able", "ish", "less", "ful")
+_PREPOSITIONS = frozenset("in at on with along across to of from within around near over under by".split())
+
+
+def _descriptive(name: str) -> bool:
+    """Whether ``name`` reads as a description ("asymmetric in two axes") rather than a thing ("globules")."""
+    words = name.lower().split()
+    return bool(words) and words[0].endswith(_ADJECTIVE_ENDINGS) and (len(words) == 1 or words[1] in _PREPOSITIONS)
+
+
 def _single(name: str, p: float | None, z: float, attribute: bool, value: float) -> tuple[str, str, str | None]:
     """(state, text, concept whose map shows it) of one concept; ``attribute``: it has an
     opposite phrase, so its absence reads "Not ..." rather than "No ..."; ``value``: what the head
@@ -263,7 +276,7 @@ def _single(name: str, p: float | None, z: float, attribute: bool, value: float)
     state = _state(p, z)
     if (state == "absent" and value > 0) or (state == "present" and value < 0):
         state = "borderline"
-    absent = f"Not {name}" if attribute else f"No {name}"
+    absent = f"Not {name}" if attribute or _descriptive(name) else f"No {name}"
     text = {"present": _cap(name), "absent": absent, "borderline": f"Borderline: {name}"}[state]
     return state, text, None if state == "absent" else name
 
