@@ -43,7 +43,7 @@ from safetensors.torch import save as safetensors_bytes
 from cbm.bottleneck import ConceptBottleneck
 from cbm.calibration import calibrate, calibrated as calibrated_columns
 from cbm.errors import ModelFormatError
-from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors
+from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors, weights_metadata
 from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
 from cbm.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, softmax
 
@@ -425,7 +425,7 @@ class ConceptBottleneckModel:
             on = self.calibrated()
             tensors["concept_calibration"] = torch.from_numpy(
                 np.vstack([np.nan_to_num(self.calibration), on[None]]).astype(np.float32))
-        weights = safetensors_bytes(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+        weights = safetensors_bytes(tensors, metadata=weights_metadata(self.classes, self.bottleneck.concept_names))
         atomic_write_bytes(folder / "model.safetensors", weights)
         atomic_write_json(
             folder / "model.json",

@@ -2,11 +2,15 @@
 checked before :meth:`cbm.model.ConceptBottleneckModel.load` uses them. A damaged or foreign file
 raises :class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix. ``model.json``
 records the SHA-256 of ``model.safetensors`` (``weights_sha256``), so weights edited after saving,
-or those of another save beside this ``model.json``, are refused (older models have no digest)."""
+or those of another save beside this ``model.json``, are refused (older models have no digest);
+the weights' own metadata holds the class and concept names they were saved with, so a
+``model.json`` whose names were edited (a concept renamed: its weight would be explained under
+another name) is refused too."""
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from cbm.errors import ModelFormatError, quote
 from cbm.utils import sha256_bytes
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors", "weights_metadata"]
 
 FORMAT = "cbm.ConceptBottleneckModel"
 # 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
@@ -24,6 +28,13 @@ FORMAT = "cbm.ConceptBottleneckModel"
 # 4: the concepts' calibration to probabilities (older models weigh standardised scores)
 FORMAT_VERSION = 4
 REFIT = "Save the model again from its run (`cbm run` writes <run dir>/model), or fit it again with cbm.fit"
+
+
+def weights_metadata(classes: list[str], concepts: list[str]) -> dict[str, str]:
+    """The string metadata ``model.safetensors`` is saved with: its format, and the names its weights
+    belong to (under the weights' digest, so that ``model.json``'s names can be checked on load)."""
+    return {"format": FORMAT, "version": str(FORMAT_VERSION), "classes": json.dumps(classes),
+            "concepts": json.dumps(concepts)}
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -127,4 +138,29 @@ def read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise ModelFormatError(path, "holds not the weights model.json was saved with (its SHA-256 differs from "
                                "model.json's weights_sha256: edited, or written by another save)",
                                f"{REFIT} (for an edit you made on purpose, delete weights_sha256 from model.json)")
+    _check_names(path, data, meta)
     return tensors
+
+
+def _check_names(path: Path, data: bytes, meta: dict[str, Any]) -> None:
+    """The class and concept names of ``model.json`` are those the weights were saved with (where the
+    weights' metadata records them: models saved before it did are not checked)."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        saved = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    except (struct.error, ValueError, AttributeError):  # the tensors were read, so this is not expected
+        return
+    for key in ("classes", "concepts"):
+        if key not in saved:
+            continue
+        try:
+            names = json.loads(saved[key])
+        except (TypeError, ValueError):
+            raise ModelFormatError(path, f"has a damaged {key} list in its metadata", REFIT) from None
+        if names != meta[key]:
+            diff = next(((a, b) for a, b in zip(meta[key], names) if a != b), None)
+            example = (f"{quote(diff[0], 60)} where the weights were saved with {quote(diff[1], 60)}" if diff
+                       else f"{len(meta[key])} names where the weights were saved with {len(names)}")
+            raise ModelFormatError(path.with_name("model.json"), f"are not the {key} model.safetensors was saved with "
+                                   f"({example}): a weight would be explained under another name",
+                                   f"Put the names back, or {REFIT[0].lower()}{REFIT[1:]}", field=key)

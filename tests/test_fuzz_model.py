@@ -85,3 +85,22 @@ def test_bfloat16_tensors_load_or_fail_clearly(saved, tmp_path):
     model = ConceptBottleneckModel.load(folder)
     proba = model.predict_proba_from_features(torch.randn(3, tensors["concept_embeddings"].shape[1]))
     assert proba.shape == (3, 2) and np.isfinite(proba).all()
+
+
+def test_names_edited_in_model_json_are_refused(saved, tmp_path):
+    """A concept renamed in model.json (the weights unchanged) would explain its weight under another
+    name: the weights' metadata holds the names they were saved with, and the load compares them."""
+    meta = json.loads((saved / "model.json").read_text())
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    renamed = [meta["concepts"][1], meta["concepts"][0], *meta["concepts"][2:]]  # two names swapped
+    (folder / "model.json").write_text(json.dumps({**meta, "concepts": renamed}))
+    with pytest.raises(ModelFormatError, match=r"model\.json: concepts are not the concepts model\.safetensors "
+                                                r"was saved with \(.* where the weights were saved with"):
+        ConceptBottleneckModel.load(folder)
+    (folder / "model.json").write_text(json.dumps({**meta, "classes": meta["classes"][::-1]}))
+    with pytest.raises(ModelFormatError, match=r"classes are not the classes model"):
+        ConceptBottleneckModel.load(folder)
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert ConceptBottleneckModel.load(folder).bottleneck.concept_names == meta["concepts"]
