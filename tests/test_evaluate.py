@@ -104,3 +104,17 @@ def test_bad_inputs_are_refused(y, p, message):
 def test_worst_group_leaves_out_samples_without_a_group():
     y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
     assert worst_group_accuracy(y, pred, np.array(["a", None, "a", ""], dtype=object)) == (1.0, "class=0,group=a")
+
+
+def test_results_table_says_when_a_card_has_no_out_of_domain_split():
+    """A card without a confounder has one test split, in-domain: the table's note says so rather than
+    naming an OOD split '–'."""
+    from cbm.pipeline.outputs import results_table
+
+    row = {"id_accuracy": 0.9, "ood_accuracy": None, "gap": None, "average": 0.9, "macro_f1": 0.88, "macro_auroc": 0.95,
+           "val_accuracy": 0.91, "concepts_per_class": 4.0, "accuracy": 0.9,
+           "test": {"accuracy_ci": [0.85, 0.94], "n": 200}}
+    plain = results_table("own", {"cbm": {**row, "id_split": "test", "ood_split": None}})
+    assert "ID = `test` split; no out-of-domain split (the card has no confounder)." in plain and "`–`" not in plain
+    confounded = results_table("own", {"cbm": {**row, "id_split": "test_id", "ood_split": "test"}})
+    assert "ID = `test_id` split, OOD = `test` split; gap = ID − OOD." in confounded

@@ -160,6 +160,7 @@ def test_a_missing_concept_store_is_reported_before_any_image_is_encoded(fitted,
         cbm.fit(small_card, encoder=fitted[1].encoder)
     # the card is not among the built-in ones, so the fix names it by its folder
     assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
+    assert "`cbm run 'concepts.list={class: [phrases]}'`" in str(err.value)  # the command line's way too
 
 
 def test_an_empty_concept_list_names_the_card_as_a_command_line_finds_it(fitted, small_card, monkeypatch):

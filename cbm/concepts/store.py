@@ -394,7 +394,8 @@ def load_concepts(card: Any, *, store_path: str | os.PathLike | None = None) -> 
         raise FileNotFoundError(
             f"card {info.name!r} has no concept list yet ({str(path)!r} does not exist): run "
             f"`cbm concepts {card_reference(info)} --llm PRESET` to ask an LLM (presets in conf/llm), or write "
-            "one by hand (cbm.concepts.save_curated), or pass the concepts to fit (concepts={class: [phrases]})"
+            "one by hand (cbm.concepts.save_curated), or give the concepts to the run: `cbm run "
+            "'concepts.list={class: [phrases]}'`, or cbm.fit(..., concepts={class: [phrases]})"
         )
     doc.setdefault("card", info.name)
     return concept_set_from_store(doc, info.class_names, path, card=info)

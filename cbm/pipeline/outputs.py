@@ -33,8 +33,10 @@ def results_table(card_name: str, metrics: dict[str, dict[str, Any]], notes: lis
     any_r = next(iter(metrics.values()))
     lines += [
         "",
-        f"Accuracy in %. ID = `{any_r['id_split']}` split, OOD = `{any_r['ood_split'] or '–'}` split; gap = ID − OOD. "
-        "val acc: the validation split, which chose every setting.",
+        (f"Accuracy in %. ID = `{any_r['id_split']}` split, OOD = `{any_r['ood_split']}` split; gap = ID − OOD. "
+         if any_r["ood_split"] else
+         f"Accuracy in %. ID = `{any_r['id_split']}` split; no out-of-domain split (the card has no confounder). ")
+        + "val acc: the validation split, which chose every setting.",
         "Test accuracy with bootstrap 95% intervals:",
         "",
     ]
