@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cbm.errors import InputError
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `cbm cards | head`: the reader has what it wanted, no error to report
+        _quiet_stdout()
+        return 141  # as a command killed by SIGPIPE (128 + 13)
     except (InputError, ValueError, OSError, RuntimeError) as exc:
         # user-facing errors stated plainly, on one line: a bad input file (cbm.errors.InputError: the
         # file, the field or line, the fix), a folder in the way, a bad path
@@ -72,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         resume = _RESUME.get(args.command, "")
         print(f"cbm {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
+        pass
 
 
 # what an interrupted command keeps, where it keeps something a re-run builds on

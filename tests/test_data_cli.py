@@ -46,6 +46,22 @@ def test_cards_table_and_json(capsys):
     assert cards["ham10000"]["manifest"] is False
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_error(capsys, monkeypatch):
+    """`cbm cards | head -1`: the rest of the output has nowhere to go, which is no error to report."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["cards"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
     # a private copy of the ham10000 card, so the manifest is written next to it and not in the repo
     card = tmp_path / "ham10000"
