@@ -444,9 +444,20 @@ def _check_dicom(path: Path, shape: tuple[int, ...]) -> str | None:
         expected = (rows * cols * samples * bits * frames + 7) // 8
         raw = ds.get_item("PixelData", keep_deferred=True)
         length = len(raw.value) if raw.value is not None else raw.length
-        if length not in (expected, expected + expected % 2):
+        frame = (rows * cols * samples * bits + 7) // 8
+        if length not in (expected, expected + expected % 2) and not (
+                expected < length < expected + frame and _zero_padding(path, raw, expected, length)):
             return f"pixel data {length} bytes, header declares {expected}"
     return None
+
+
+def _zero_padding(path, raw, start: int, length: int) -> bool:
+    """Whether the pixel data's bytes past the declared frames are all zero (padding cbm ignores)."""
+    if raw.value is not None:
+        return not any(raw.value[start:length])
+    with open(path, "rb") as fh:
+        fh.seek(raw.value_tell + start)
+        return not any(fh.read(length - start))
 
 
 def _check_png(data: bytes, shape: tuple[int, ...]) -> str | None:
