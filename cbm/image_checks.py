@@ -63,7 +63,7 @@ def greyscale(pixels: np.ndarray) -> bool:
 def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
     (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
-    in [0, 1], or uint8 scaled by 255, uint16 by its bit depth's full scale)."""
+    in [0, 1], or uint8 scaled by 255, uint16 stretched from its smallest to its largest value)."""
     from cbm.data import read_image
     from cbm.data.transforms import unit_pixels
 

@@ -10,6 +10,7 @@ another name) is refused too."""
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_safetensors
 
+from cbm.data import PIXEL_PIPELINE_VERSION
 from cbm.errors import ModelFormatError, quote
 from cbm.utils import sha256_bytes
 
@@ -27,6 +29,7 @@ FORMAT = "cbm.ConceptBottleneckModel"
 # 3: the concept store's class-concept prior (older models have none: their weights cannot be checked against it)
 # 4: the concepts' calibration to probabilities (older models weigh standardised scores)
 FORMAT_VERSION = 4
+log = logging.getLogger(__name__)
 REFIT = "Save the model again from its run (`cbm run` writes <run dir>/model), or fit it again with cbm.fit"
 
 
@@ -82,6 +85,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
     meta["info"] = info
+    pipeline = info.get("pixel_pipeline")
+    if isinstance(pipeline, int) and pipeline != PIXEL_PIPELINE_VERSION:
+        log.warning("%s: the model was trained on images read by cbm's pixel pipeline %d; this cbm reads them with %d "
+                    "(see PIXEL_PIPELINE_VERSION in cbm.data), so its concept scores may shift; fit it again to match",
+                    path, pipeline, PIXEL_PIPELINE_VERSION)
     return meta
 
 

@@ -79,27 +79,40 @@ def test_16bit_png_uses_full_range(tmp_path):
     img = (asymmetric().astype(np.uint16) * 257)
     Image.fromarray(img).save(tmp_path / "a16.png")
     out = read_image(tmp_path / "a16.png")
-    assert out.meta["bits"] == 16
-    np.testing.assert_allclose(out.pixels[..., 0], img / 65535.0, atol=1e-6)
+    assert out.meta["bits"] == 16 and out.meta["voi"] == "min_max"
+    lo, hi = float(img.min()), float(img.max())
+    np.testing.assert_allclose(out.pixels[..., 0], (img - lo) / (hi - lo), atol=1e-6)
 
 
-@pytest.mark.parametrize("largest, bits", [(4095, 12), (3000, 12), (4096, 14), (1023, 10), (255, 8), (16383, 14), (16384, 16)])
-def test_16bit_png_of_fewer_bits_is_read_at_their_full_scale(tmp_path, largest, bits):
-    """A 16-bit PNG holding 12-bit data (PadChest's, or one written from 12-bit DICOM) is not read
-    as an almost black image: it is divided by 4095, and an array of the same values (as a user who
-    read the file with PIL passes it) by the same."""
-    from cbm.data import sixteen_bit_depth
+@pytest.mark.parametrize("lo, hi", [(0, 4095), (200, 3000), (0, 1023), (0, 1024), (1000, 60000)])
+def test_16bit_png_is_stretched_from_its_smallest_to_its_largest_value(tmp_path, lo, hi):
+    """A 16-bit PNG holding 12-bit data (one written from 12-bit DICOM) is not read as an almost black
+    image: like a DICOM image of more than 8 bits without a window, it is stretched min-max, and an
+    array of the same values (as a user who read the file with PIL passes it) the same way; an
+    image at 1023 and one at 1024 read alike (no jump at a bit depth's edge)."""
     from cbm.data.transforms import unit_pixels
 
-    img = np.round(asymmetric().astype(np.float64) / 255 * largest).astype(np.uint16)
-    assert int(img.max()) == largest
+    a = asymmetric().astype(np.float64)
+    img = np.round(lo + (a - a.min()) / np.ptp(a) * (hi - lo)).astype(np.uint16)
+    assert (int(img.min()), int(img.max())) == (lo, hi)
     Image.fromarray(img).save(tmp_path / "a.png")
     out = read_image(tmp_path / "a.png")
-    assert out.meta["bits"] == bits == sixteen_bit_depth(largest)
-    np.testing.assert_allclose(out.pixels[..., 0], img / (2.0**bits - 1), atol=1e-6)
-    np.testing.assert_allclose(unit_pixels(img), img / (2.0**bits - 1), atol=1e-6)
-    if largest == 4095:
-        assert out.pixels.max() == pytest.approx(1.0)  # white, not 6 % grey
+    expected = (img - float(lo)) / float(hi - lo)
+    assert out.meta["bits"] == 16 and out.meta["voi"] == "min_max"
+    np.testing.assert_allclose(out.pixels[..., 0], expected, atol=1e-6)
+    np.testing.assert_allclose(unit_pixels(img), expected, atol=1e-6)
+    assert out.pixels.min() == 0.0 and out.pixels.max() == pytest.approx(1.0)
+
+
+def test_an_alpha_channel_does_not_set_a_16bit_arrays_scale():
+    from cbm.data.transforms import unit_pixels
+
+    rgb = np.stack([asymmetric(), asymmetric()[::-1], np.full((24, 36), 90, np.uint8)], -1).astype(np.uint16) * 16
+    opaque = np.concatenate([rgb, np.full((24, 36, 1), 65535, np.uint16)], -1)
+    grey_alpha = np.concatenate([rgb[..., :1], np.full((24, 36, 1), 65535, np.uint16)], -1)
+    np.testing.assert_allclose(unit_pixels(opaque)[..., :3], unit_pixels(rgb), atol=1e-6)
+    np.testing.assert_allclose(unit_pixels(grey_alpha)[..., :1], unit_pixels(rgb[..., :1]), atol=1e-6)
+    assert unit_pixels(rgb).max() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1"])

@@ -104,3 +104,20 @@ def test_names_edited_in_model_json_are_refused(saved, tmp_path):
         ConceptBottleneckModel.load(folder)
     (folder / "model.json").write_text(json.dumps(meta))
     assert ConceptBottleneckModel.load(folder).bottleneck.concept_names == meta["concepts"]
+
+
+def test_a_model_from_another_pixel_pipeline_loads_with_a_warning(saved, tmp_path, caplog):
+    """A model records how its training images were read; where this cbm reads them otherwise (a
+    16-bit PNG stretched where it was divided by 65535) its concept scores may shift: said on load."""
+    from cbm.data import PIXEL_PIPELINE_VERSION
+
+    meta = json.loads((saved / "model.json").read_text())
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    for recorded, warned in ((PIXEL_PIPELINE_VERSION, False), (PIXEL_PIPELINE_VERSION - 1, True)):
+        (folder / "model.json").write_text(json.dumps({**meta, "info": {**meta["info"], "pixel_pipeline": recorded}}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="cbm.model_format"):
+            ConceptBottleneckModel.load(folder)
+        assert ("trained on images read by cbm's pixel pipeline" in caplog.text) is warned

@@ -88,6 +88,9 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
     assert again.bottleneck.concept_names == model.bottleneck.concept_names
     assert again.encoder.cache_key == model.encoder_key
+    from cbm.data import PIXEL_PIPELINE_VERSION
+
+    assert again.info["pixel_pipeline"] == PIXEL_PIPELINE_VERSION  # how its images were read, checked on load
     # the default concept directions are centred (the card's nuisance prompts only when asked for), after a reload too
     assert model.bottleneck.debiasing == {"centred": True, "nuisance_prompts": []}
     assert again.bottleneck.debiasing == model.bottleneck.debiasing

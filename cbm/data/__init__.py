@@ -41,7 +41,7 @@ from cbm.data._image import (
     pixel_budget,
     read_image,
     read_pil,
-    sixteen_bit_depth,
+    sixteen_bit_range,
 )
 from cbm.data._manifest import (
     KNOWN_SPLITS,
@@ -99,7 +99,7 @@ __all__ = [
     "check_image_header",
     "pixel_budget",
     "DEFAULT_MAX_PIXELS",
-    "sixteen_bit_depth",
+    "sixteen_bit_range",
     "MAX_PIXELS_ENV",
     "ImageReadError",
     "MissingCodecError",

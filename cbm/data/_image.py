@@ -50,7 +50,7 @@ from cbm.data._image_base import (
     check_pixel_budget,
     finish,
     pixel_budget,
-    sixteen_bit_depth,
+    sixteen_bit_range,
 )
 from cbm.data._image_streams import check_stream
 from cbm.errors import quote
@@ -69,7 +69,7 @@ __all__ = [
     "BUDGET_BYTES_PER_PIXEL",
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
-    "sixteen_bit_depth",
+    "sixteen_bit_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,9 +203,10 @@ def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
 def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read a PIL-readable image (PNG, JPEG, TIFF, BMP, GIF, WebP, ...) as float pixels in [0, 1].
 
-    8-bit data is divided by 255; 16-bit data by the full scale of the bit depth it uses (8, 10, 12,
-    14 or 16 bits, the smallest that holds its largest value: :func:`sixteen_bit_depth`, so 12-bit
-    data in a 16-bit PNG is divided by 4095, not 65535, and ``meta["bits"]`` says 12); grey stays one channel, palette and other
+    8-bit data is divided by 255; 16-bit greyscale is stretched from its smallest to its largest value
+    (:func:`sixteen_bit_range`, ``meta["voi"] = "min_max"``), as a DICOM image of more than 8 bits
+    without a window is, so 12-bit data in a 16-bit PNG is not read almost black (Pillow reads a
+    16-bit colour PNG at 8 bits, its high byte); grey stays one channel, palette and other
     colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
     displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
@@ -234,7 +235,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
                 oriented = ImageOps.exif_transpose(im) if rotated else im
                 declared = (int(oriented.height), int(oriented.width))
                 mode = oriented.mode
-                values, divisor, bits = _pil_values(oriented, fmt)
+                values, offset, divisor, bits = _pil_values(oriented, fmt)
                 del oriented  # the decoded image is freed before the float copy is made
     except ImageReadError:
         raise
@@ -247,6 +248,8 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         ) from None
     pixels = values.astype(np.float32)
     del values
+    if offset:
+        pixels -= np.float32(offset)
     if divisor != 1.0:
         pixels /= np.float32(divisor)
     if pixels.ndim == 2:
@@ -256,6 +259,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         "mode": mode,
         "photometric": "RGB" if pixels.ndim == 3 and pixels.shape[2] == 3 else "MONOCHROME2",
         "bits": bits,
+        **({"voi": "min_max"} if bits == 16 else {}),
         "frames": n_frames,
         "frame": index,
         "original_shape": declared,
@@ -264,27 +268,25 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     return finish(pixels, path, declared, meta)
 
 
-def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, int]:
-    """The values of a loaded PIL image as an array ``(H, W[, 3])``, what divides them into [0, 1],
-    and the source bit depth; the float copy is made by the caller once PIL's image is freed."""
+def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, float, int]:
+    """The values of a loaded PIL image as an array ``(H, W[, 3])``, what is subtracted from them and
+    what then divides them into [0, 1], and the source bit depth; the float copy is made by the
+    caller once PIL's image is freed."""
     mode = im.mode
     if mode == "1":
-        return np.asarray(im), 1.0, 1
+        return np.asarray(im), 0.0, 1.0, 1
     if mode in ("L", "LA"):
-        return np.asarray(im.getchannel(0)), 255.0, 8
-    if mode.startswith("I;16"):
+        return np.asarray(im.getchannel(0)), 0.0, 255.0, 8
+    if mode.startswith("I;16") or (mode == "I" and fmt == "png"):  # a 16-bit PNG may open as 32-bit int
         arr = np.asarray(im)
-        bits = sixteen_bit_depth(float(arr.max(initial=0)))
-        return arr, float(2**bits - 1), bits
+        lo, hi = sixteen_bit_range(arr)
+        return arr, lo, hi - lo, 16
     if mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        if mode == "I" and fmt == "png":  # a 16-bit PNG opened as 32-bit int
-            bits = sixteen_bit_depth(float(arr.max(initial=0)))
-            return arr.astype(np.float32), float(2**bits - 1), bits
         if arr.min() >= 0.0 and arr.max() <= 1.0 and mode == "F":
-            return arr.astype(np.float32), 1.0, 32
+            return arr.astype(np.float32), 0.0, 1.0, 32
         lo, hi = float(arr.min()), float(arr.max())
         span = hi - lo if hi > lo else 1.0
-        return ((arr - lo) / span).astype(np.float32), 1.0, 32
+        return ((arr - lo) / span).astype(np.float32), 0.0, 1.0, 32
     # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV -> RGB (alpha dropped)
-    return np.asarray(im if mode == "RGB" else im.convert("RGB")), 255.0, 8
+    return np.asarray(im if mode == "RGB" else im.convert("RGB")), 0.0, 255.0, 8

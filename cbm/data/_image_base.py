@@ -25,13 +25,8 @@ __all__ = [
     "BUDGET_BYTES_PER_PIXEL",
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
-    "sixteen_bit_depth",
+    "sixteen_bit_range",
 ]
-
-SIXTEEN_BIT_DEPTHS = (8, 10, 12, 14, 16)
-"""The depths a 16-bit container can hold: an 8-bit source, and the 10-, 12-, 14- and 16-bit
-detectors of radiography. A 16-bit PNG or TIFF (or a ``uint16`` array) is read at the full scale
-of the smallest of them that holds its largest value (:func:`sixteen_bit_depth`)."""
 
 FramePolicy = int | str  # "first" | "middle" | "last" | a 0-based index (negative counts from the end)
 
@@ -128,17 +123,20 @@ def pixel_budget(max_pixels: int | None = None) -> int:
     return value
 
 
-def sixteen_bit_depth(largest: float) -> int:
-    """The bit depth a 16-bit image with this largest value is read at (its values are divided by
-    ``2**depth - 1``).
+def sixteen_bit_range(values: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` that a 16-bit greyscale image (PNG, TIFF or ``uint16`` array) is stretched between
+    into [0, 1]: its smallest and largest value, as a DICOM image of more than 8 bits without a
+    window is read (``voi: min_max``).
 
     A 16-bit PNG does not say how many of its bits the detector used: one written from 12-bit DICOM
-    holds 0-4095, which divided by 65535 is an almost black image (the largest
-    value at 6 % grey) that an encoder trained on photographs and figures reads badly. The depth
-    is the smallest of :data:`SIXTEEN_BIT_DEPTHS` whose full scale holds ``largest``, so an image
-    that uses 16 bits is read as before and one of 12 bits at its own full scale.
+    holds 0-4095, which divided by 65535 is an almost black image (the largest value at 6 % grey)
+    that an encoder trained on photographs and figures reads badly. A constant image (refused later
+    as such) keeps the full 16-bit scale.
     """
-    return next(b for b in SIXTEEN_BIT_DEPTHS if largest <= 2**b - 1)
+    if values.size == 0:
+        return 0.0, 65535.0
+    lo, hi = float(values.min()), float(values.max())
+    return (lo, hi) if hi > lo else (0.0, 65535.0)
 
 
 def check_pixel_budget(path: Path | None, rows: int, cols: int, budget: int, field: str | None = None) -> None:

@@ -30,7 +30,7 @@ import torch
 from monai.transforms import Compose, Transform
 
 from cbm.data._image import LoadedImage, read_image
-from cbm.data._image_base import sixteen_bit_depth
+from cbm.data._image_base import sixteen_bit_range
 
 __all__ = [
     "encoder_transform", "channels_last", "unit_pixels", "ToChannelFirst", "ResizeShortestSide", "ResizeLongestSide",
@@ -81,9 +81,9 @@ def channels_last(arr: Any) -> np.ndarray:
 
 
 def unit_pixels(arr: np.ndarray) -> np.ndarray:
-    """An image array as float32 in [0, 1]: uint8 is scaled by 255 and uint16 by the full scale of the
-    bit depth it uses (4095 for 12-bit data; :func:`cbm.data.sixteen_bit_depth`, as a 16-bit PNG file
-    is read); a float array
+    """An image array as float32 in [0, 1]: uint8 is scaled by 255 and uint16 stretched from its
+    smallest to its largest value, alpha left out (:func:`cbm.data.sixteen_bit_range`, as a 16-bit
+    PNG file is read); a float array
     must already be in [0, 1] and finite; any other integer type (int64 of 0-255, a signed CT array)
     is refused with the fix, since its range cannot be told from its type."""
     arr = np.asarray(arr)
@@ -92,7 +92,9 @@ def unit_pixels(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / float(2 ** sixteen_bit_depth(float(arr.max(initial=0))) - 1)
+        colour = arr[..., : {2: 1, 4: 3}[arr.shape[-1]]] if arr.ndim == 3 and arr.shape[-1] in (2, 4) else arr
+        lo, hi = sixteen_bit_range(colour)
+        return np.clip((arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     if np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"an image array of {arr.dtype} has no known range: give uint8 (0-255), uint16 (0-65535) "
                          "or floats in [0, 1] (e.g. arr.astype(np.uint8) for 0-255 values)")

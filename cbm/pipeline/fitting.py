@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cbm.bottleneck import BottleneckConfig, ConceptBottleneck
+from cbm.data import PIXEL_PIPELINE_VERSION
 from cbm.model import ConceptBottleneckModel
 from cbm.pipeline.inputs import (
     SplitData,
@@ -425,6 +426,7 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "templates": list(templates) if templates else None,
         "bottleneck": {**bn.debiasing, "centred_on": centred_on},
         "store_check": store_check,
+        "pixel_pipeline": PIXEL_PIPELINE_VERSION,  # how its images were read: loading warns when this cbm reads them otherwise
     }
     if calibration_choice is not None:  # probabilities or scores, by the validation rule (calibrate: auto)
         info["calibration_choice"] = calibration_choice
