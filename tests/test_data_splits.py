@@ -156,6 +156,23 @@ def test_metadata_row_order_does_not_change_the_split(tmp_path):
     assert a.rows == b.rows
 
 
+def test_two_metadata_paths_moved_onto_one_file_keep_it_for_the_first_only(tmp_path):
+    """site_a/x.png and site_b/x.png under a root that is site_a itself: both would land on x.png, a
+    file used twice with two labels; the second row is dropped and counted."""
+    from cbm.data._split_images import _with_images
+
+    root = tmp_path / "site_a"
+    root.mkdir()
+    items = []
+    for i in range(30):
+        (root / f"{i:04d}.png").write_bytes(b"x")
+        items += [{"path": f"site_a/{i:04d}.png", "label": "a"}, {"path": f"site_b/{i:04d}.png", "label": "b"}]
+    dropped = Counter()
+    found = _with_images(items, root, dropped)
+    assert [it["path"] for it in found] == [f"{i:04d}.png" for i in range(30)] and {it["label"] for it in found} == {"a"}
+    assert dropped == {"rows whose image another row already names": 30}
+
+
 def test_images_are_found_by_name_and_missing_ones_dropped(tmp_path):
     meta = ham_metadata(tmp_path / "meta.csv", n_lesions=14)
     images = tmp_path / "imgs"
@@ -329,13 +346,16 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
     # every image is named view1_frontal.jpg: with the root one folder too deep (CheXpert-v1.0-small itself)
     # or too high (an unpack folder above it) none is found by name, but the whole folder's layout is
     wanted = sorted(r["path"] for r in out)
-    for images, moved in ((tmp_path / "deep", lambda q: q.split("/", 1)[1]), (tmp_path / "high", lambda q: "unpacked/" + q)):
-        for q in wanted[:-3]:  # three images not downloaded
+    deep, high = (lambda q: q.split("/", 1)[1]), (lambda q: "unpacked/" + q)
+    # three images not downloaded at the end, or a block of 40 at the start (the first part not unpacked)
+    for images, moved, there in ((tmp_path / "deep", deep, wanted[:-3]), (tmp_path / "high", high, wanted[:-3]),
+                                 (tmp_path / "deep_block", deep, wanted[40:])):
+        for q in there:
             (images / moved(q)).parent.mkdir(parents=True, exist_ok=True)
             (images / moved(q)).write_bytes(b"x")
         found = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "found.csv", images=images)
-        assert sorted(r["path"] for r in found.rows) == sorted(moved(q) for q in wanted[:-3])
-        assert sum(n for why, n in found.dropped.items() if "not under" in why) == 3
+        assert sorted(r["path"] for r in found.rows) == sorted(moved(q) for q in there)
+        assert sum(n for why, n in found.dropped.items() if "not under" in why) == len(wanted) - len(there)
 
 
 def test_pneumonia_from_its_folder_layout(tmp_path):

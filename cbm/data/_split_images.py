@@ -68,6 +68,7 @@ def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike
 
 
 _OFFSET_SAMPLE = 20  # missing images looked at to tell how the folder's layout differs from the metadata's
+_OFFSET_SPREAD = 60  # rows looked at, spread over the metadata, to find them (a block of truly missing ones is skipped)
 
 
 def _moved(path: str, offset: tuple[int, str]) -> str:
@@ -77,13 +78,15 @@ def _moved(path: str, offset: tuple[int, str]) -> str:
 
 
 def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, list[str]]) -> tuple[int, str] | None:
-    """How the folder's layout differs from the metadata's paths, where every one of a sample of the
-    missing images agrees: the root one level too deep (the metadata's ``CheXpert-v1.0-small/train/...``
-    under a root that is ``CheXpert-v1.0-small`` itself: drop leading folders) or too high (an unpack
-    folder above them: put it before). None when the sample's images found elsewhere disagree, when
-    fewer than half of it are found, or when nothing is missing."""
+    """How the folder's layout differs from the metadata's paths, told from missing images spread over
+    the metadata: the root one level too deep (the metadata's ``CheXpert-v1.0-small/train/...``
+    under a root that is ``CheXpert-v1.0-small`` itself: drop leading folders) or too high (an
+    unpack folder above them: put it before). None when the sampled images found elsewhere disagree,
+    when fewer than three of them (or all, if fewer are sampled) are found, or when none is missing."""
+    spread = items[:: max(1, len(items) // _OFFSET_SPREAD)]
+    missing = [it["path"] for it in spread if not (root / it["path"]).is_file()]
+    sample = missing[:: max(1, len(missing) // _OFFSET_SAMPLE)][:_OFFSET_SAMPLE]
     votes: Counter[tuple[int, str]] = Counter()
-    sample = [it["path"] for it in items if not (root / it["path"]).is_file()][:_OFFSET_SAMPLE]
     for path in sample:
         parts = Path(path).parts
         found = {(k, "") for k in range(1, len(parts)) if (root / Path(*parts[k:])).is_file()}
@@ -92,31 +95,37 @@ def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, lis
             votes[found.pop()] += 1
     if not votes:
         return None
-    offset, n = votes.most_common(1)[0]  # one layout for all that were found, and for at least half the sample
-    return offset if n == sum(votes.values()) and 2 * n >= len(sample) else None
+    offset, n = votes.most_common(1)[0]  # one layout for every sampled image found elsewhere
+    return offset if n == sum(votes.values()) and n >= min(3, len(sample)) else None
 
 
 def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
     """Items whose image is under ``root``: at the metadata's path, at that path moved as the whole
     folder's layout is (:func:`_layout_offset`), or found elsewhere under it by a name no other file
-    has; the manifest takes the real path."""
+    has; the manifest takes the real path. A file that two rows would name (two metadata paths moved
+    onto one) is kept for the first only."""
     index = _image_index(root)
     offset = _layout_offset(items, root, index)
     if offset is not None:
         log.info("the images are under %s at the metadata's paths %s", root,
-                 f"without their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
-    found = []
+                 f"less their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
+    found, taken = [], {it["path"] for it in items if (root / it["path"]).is_file()}
     for it in items:
         if (root / it["path"]).is_file():
             found.append(it)
-        elif offset is not None and (root / _moved(it["path"], offset)).is_file():
-            it["path"] = _moved(it["path"], offset)
-            found.append(it)
-        elif len(index.get(Path(it["path"]).name, [])) == 1:
-            it["path"] = index[Path(it["path"]).name][0]
-            found.append(it)
-        else:
+            continue
+        moved = _moved(it["path"], offset) if offset is not None else None
+        if moved is None or not (root / moved).is_file():
+            same_name = index.get(Path(it["path"]).name, [])
+            moved = same_name[0] if len(same_name) == 1 else None
+        if moved is None:
             dropped["rows whose image is not under " + str(root)] += 1
+        elif moved in taken:
+            dropped["rows whose image another row already names"] += 1
+        else:
+            it["path"] = moved
+            taken.add(moved)
+            found.append(it)
     return found
 
 
