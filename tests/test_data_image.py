@@ -479,7 +479,7 @@ def test_dicom_header_that_its_data_contradicts_is_refused(tmp_path, name, value
 
 
 @pytest.mark.parametrize("rows", [64, 1024])  # 1024 x 1024 x 2 bytes: the pixel data is deferred, its tail read from the file
-def test_dicom_pixel_data_padded_with_zeros_reads_as_declared(tmp_path, rows):
+def test_dicom_pixel_data_padded_with_zeros_reads_as_declared(tmp_path, rows, monkeypatch, caplog):
     """Some writers pad the pixel data to a block size with zeros (pydicom ships MR_small_padded.dcm):
     the declared frame is read, the padding ignored; non-zero bytes past it are refused."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
@@ -487,7 +487,14 @@ def test_dicom_pixel_data_padded_with_zeros_reads_as_declared(tmp_path, rows):
     ds.Rows = ds.Columns = rows
     ds.PixelData = stored.tobytes() + bytes(512)
     ds.save_as(tmp_path / "padded.dcm")
-    out = read_image(tmp_path / "padded.dcm")
+    import cbm.data._dicom as dicom_reader
+
+    monkeypatch.setattr(dicom_reader, "_PADDING_NOTED", [])
+    with caplog.at_level("WARNING", logger="cbm.data._dicom"):
+        out = read_image(tmp_path / "padded.dcm")
+        read_image(tmp_path / "padded.dcm")
+    assert caplog.text.count("zero bytes past the frames its header declares") == 1  # once, then debug
+    assert "If images look sheared, their Rows or Columns are wrong" in caplog.text
     assert out.pixels.shape == (rows, rows, 1) and float(out.pixels.std()) > 0
     assert check_image_header((tmp_path / "padded.dcm").read_bytes()) == (rows, rows, 1)
     ds.PixelData = stored.tobytes() + bytes(511) + b"\x01"

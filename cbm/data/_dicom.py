@@ -210,7 +210,7 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
         return
     frame_bytes = (frame_bits + 7) // 8
     if expected < length < expected + frame_bytes and _zero_tail(ds, elem, value, expected, length):
-        log.debug("%s: %d bytes of padding after the declared pixel data are ignored", keyword, length - expected)
+        _note_padding(path, keyword, length - expected, cols * per_pixel * bits // 8)
         return
     whole = ""
     if bits >= 8 and length % (frame_bits // 8) in (0, 1):
@@ -220,6 +220,23 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
         f"{per_pixel} x {bits} bits x {frames}) declare {expected:,}{whole}, so it could not be decoded",
         _REEXPORT, field=keyword,
     )
+
+
+_PADDING_NOTED: list[bool] = []  # the first padded file of a process is named in a warning, the rest in debug
+
+
+def _note_padding(path: Path | None, keyword: str, extra: int, row_bytes: int) -> None:
+    """Say that zero padding was ignored: once as a warning (a wrong Columns whose leftover bytes happen
+    to be zero reads sheared, and this is the only trace of it), then at debug level."""
+    rows = f" ({extra / row_bytes:g} rows of the image)" if row_bytes and extra % row_bytes == 0 else ""
+    path = path or "a DICOM file given as bytes"
+    if _PADDING_NOTED:
+        log.debug("%s: %s holds %d zero bytes past its frames%s, ignored", path, keyword, extra, rows)
+        return
+    _PADDING_NOTED.append(True)
+    log.warning("%s: %s holds %d zero bytes past the frames its header declares%s; they are ignored as padding, as "
+                "pydicom ignores them (other such files are logged at debug level). If images look sheared, their "
+                "Rows or Columns are wrong: export them again", path, keyword, extra, rows)
 
 
 def _zero_tail(ds: Any, elem: Any, value: bytes | None, start: int, length: int) -> bool:
@@ -235,7 +252,7 @@ def _zero_tail(ds: Any, elem: Any, value: bytes | None, start: int, length: int)
             tail = fh.read(n)
     else:
         tail = bytes(memoryview(value)[start:length])
-    return len(tail) == n and not any(tail)
+    return len(tail) == n and tail.count(0) == n
 
 
 def _check_fragments(ds: Any, path: Path | None, frames: int, keyword: str) -> None:
