@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
-    except BrokenPipeError:  # `cbm cards | head`: the reader has what it wanted, no error to report
-        _quiet_stdout()
-        return 141  # as a command killed by SIGPIPE (128 + 13)
+        try:
+            return int(args.func(args) or 0)
+        except BrokenPipeError:  # `cbm cards | head`: the reader has what it wanted, no error to report
+            if not _stdout_closed():
+                raise  # another pipe or socket of the command's own: an error like any other
+            return 141  # as a command killed by SIGPIPE (128 + 13)
     except (InputError, ValueError, OSError, RuntimeError) as exc:
         # user-facing errors stated plainly, on one line: a bad input file (cbm.errors.InputError: the
         # file, the field or line, the fix), a folder in the way, a bad path
@@ -78,13 +80,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _quiet_stdout() -> None:
-    """Point stdout at the null device, so that flushing it at exit cannot raise again."""
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (flushing it fails with a broken pipe); if so stdout is pointed
+    at the null device, so that flushing it again at exit cannot raise."""
+    try:
+        sys.stdout.flush()
+        return False
+    except BrokenPipeError:
+        pass
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
     except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
         pass
+    return True
 
 
 # what an interrupted command keeps, where it keeps something a re-run builds on

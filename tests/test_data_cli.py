@@ -55,11 +55,21 @@ def test_a_reader_that_closes_the_pipe_early_gets_no_error(capsys, monkeypatch):
             raise BrokenPipeError(32, "Broken pipe")
 
         def flush(self):
-            pass
+            raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["cards"]) == 141
     assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    # a broken pipe of the command's own (a socket, a subprocess) while stdout is fine is an error like any other
+    import cbm.data.cli
+
+    def own_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cbm.data.cli, "_cards", own_pipe)
+    assert main(["cards"]) == 2
+    assert "cbm cards: error: [Errno 32] Broken pipe" in capsys.readouterr().err
 
 
 def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
