@@ -192,9 +192,20 @@ def test_summary_sentence():
     ("globules", "No globules"),  # things
     ("irregular border", "No irregular border"),
     ("blue-white veil", "No blue-white veil"),
+    ("enlarged heart", "No enlarged heart"),
+    ("stent in the artery", "No stent in the artery"),  # nouns whose ending an adjective could have
+    ("implant at the site", "No implant at the site"),
+    ("pigment in the dermis", "No pigment in the dermis"),
+    ("scar on the skin", "No scar on the skin"),
+    ("metal in the field", "No metal in the field"),
+    ("nodular at the margin", "Not nodular at the margin"),
 ])
 def test_an_absent_description_reads_not_and_an_absent_thing_no(name, absent):
     from cbm.explain.findings import _single
 
     state, text, seen = _single(name, 10.0, -1.2, attribute=False, value=-1.0)
     assert (state, text, seen) == ("absent", absent, None)
+    # the class card words a concept that pushes away from a class the same way
+    from cbm.explain.findings import class_reliance
+
+    assert class_reliance(np.array([[-1.0], [1.0]]), ["a", "b"], [name])["a"] == [(absent, 1.0)]

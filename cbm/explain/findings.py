@@ -256,15 +256,26 @@ def axis_text(first: str, second: str, how: str = "not") -> str:
 
 
 # A phrase that is an adjective on its own or before a preposition ("asymmetric in two axes",
-# "enlarged") describes rather than names a thing: its absence reads "Not ...", not "No ...".
-_ADJECTIVE_ENDINGS = ("ic", "al", "ar", "ous", "ed", "ive", "ent", "ant", "ible", "able", "ish", "less", "ful")
+# "enlarged") describes rather than names a thing: its absence reads "Not ...", not "No ...". Only
+# endings that are rarely a noun's count ("-ent", "-al", "-ar" are: stent, metal, scar).
+_ADJECTIVE_ENDINGS = ("ic", "ous", "ive", "ible", "able", "less", "ful", "ular")
 _PREPOSITIONS = frozenset("in at on with along across to of from within around near over under by".split())
 
 
 def _descriptive(name: str) -> bool:
     """Whether ``name`` reads as a description ("asymmetric in two axes") rather than a thing ("globules")."""
     words = name.lower().split()
-    return bool(words) and words[0].endswith(_ADJECTIVE_ENDINGS) and (len(words) == 1 or words[1] in _PREPOSITIONS)
+    if not words:
+        return False
+    first = words[0]
+    adjective = first.endswith(_ADJECTIVE_ENDINGS) or (len(first) >= 6 and first.endswith("ed"))  # enlarged, pigmented
+    return adjective and (len(words) == 1 or words[1] in _PREPOSITIONS)
+
+
+def _absent(name: str, attribute: bool) -> str:
+    """How an absent concept reads: "Not ..." for an attribute (a concept with an opposite phrase) or a
+    description, "No ..." for a thing."""
+    return f"Not {name}" if attribute or _descriptive(name) else f"No {name}"
 
 
 def _single(name: str, p: float | None, z: float, attribute: bool, value: float) -> tuple[str, str, str | None]:
@@ -276,8 +287,7 @@ def _single(name: str, p: float | None, z: float, attribute: bool, value: float)
     state = _state(p, z)
     if (state == "absent" and value > 0) or (state == "present" and value < 0):
         state = "borderline"
-    absent = f"Not {name}" if attribute or _descriptive(name) else f"No {name}"
-    text = {"present": _cap(name), "absent": absent, "borderline": f"Borderline: {name}"}[state]
+    text = {"present": _cap(name), "absent": _absent(name, attribute), "borderline": f"Borderline: {name}"}[state]
     return state, text, None if state == "absent" else name
 
 
@@ -370,7 +380,7 @@ def class_reliance(coef: np.ndarray, classes: Sequence[str], concepts: Sequence[
         for c in concepts:
             w = float(coef[k, col[c]])
             if c not in grouped and w:
-                rows.append((_cap(c) if w > 0 else f"{'Not' if c in attributes else 'No'} {c}", abs(w)))
+                rows.append((_cap(c) if w > 0 else _absent(c, c in attributes), abs(w)))
         out[cls] = sorted(rows, key=lambda t: -t[1])
     return out
 
