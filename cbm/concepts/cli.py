@@ -97,7 +97,8 @@ def run_concepts(args: argparse.Namespace) -> int:
                 and args.max_per_class and len(concepts.by_class[c]) > args.max_per_class]
         if over:
             log.warning("--max-per-class %d caps the lists an LLM wrote; curated lists are kept as written, so %s "
-                        "keep more (edit the curated lists to shorten them)", args.max_per_class, ", ".join(map(repr, over)))
+                        "%s more (edit the curated lists to shorten them)", args.max_per_class, ", ".join(map(repr, over)),
+                        "keeps" if len(over) == 1 else "keep")
     for name in concepts.classes:
         listed = concepts.by_class[name]
         count = f"{len(listed)} concept" + ("" if len(listed) == 1 else "s")

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # some copies of NIH ChestX-ray14's metadata spell the Patient Age column so.
 _AGE_STRING = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY])\s*$", re.IGNORECASE)
 _YEARS_PER_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_MISSING = frozenset({"nan", "na", "n/a", "none", "null", "unknown", "-"})  # how metadata spells a missing value
 
 
 def grouped_split(
@@ -189,10 +190,11 @@ def _confounded(
             side[id(it)] = "ood"
         else:
             dropped["rows outside the confounded groups"] += 1
-            value = it.get("_group_value")
-            # an empty value, or a number between the bins, is left out by design; a value that no bin can
+            value = (it.get("_group_value") or "").strip()
+            # a missing value, or a number between the bins, is left out by design; a value that no bin can
             # read is named
-            if g is None and value and (split.group.kind != "bins" or number_of(value) is None):
+            if g is None and value and value.lower() not in _MISSING and (
+                    split.group.kind != "bins" or number_of(value) is None):
                 unmatched[repr(value)] += 1
     if unmatched:
         _warn_unmatched(unmatched, split.group)
