@@ -67,6 +67,7 @@ def _image_root(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike
     return None, ""
 
 
+_MAX_COPIES = 4  # files of one name compared as possible copies of one image (CheXpert has 200,000 view1_frontal.jpg)
 _OFFSET_SAMPLE = 20  # missing images looked at to tell how the folder's layout differs from the metadata's
 _OFFSET_SPREAD = 60  # rows looked at, spread over the metadata, to find them (a block of truly missing ones is skipped)
 
@@ -102,14 +103,14 @@ def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, lis
 def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
     """Items whose image is under ``root``: at the metadata's path, at that path moved as the whole
     folder's layout is (:func:`_layout_offset`), or found elsewhere under it by a name no other file
-    has; the manifest takes the real path. A file that two rows would name (two metadata paths moved
+    has (copies of one image, hard-linked or byte for byte, count as one); the manifest takes the real path. A file that two rows would name (two metadata paths moved
     onto one) is kept for the first only."""
     index = _image_index(root)
     offset = _layout_offset(items, root, index)
     if offset is not None:
         log.info("the images are under %s at the metadata's paths %s", root,
                  f"less their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
-    found, taken = [], {it["path"] for it in items if (root / it["path"]).is_file()}
+    found, taken, copies = [], {it["path"] for it in items if (root / it["path"]).is_file()}, 0
     for it in items:
         if (root / it["path"]).is_file():
             found.append(it)
@@ -117,6 +118,9 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
         moved = _moved(it["path"], offset) if offset is not None else None
         if moved is None or not (root / moved).is_file():
             same_name = index.get(Path(it["path"]).name, [])
+            if 1 < len(same_name) <= _MAX_COPIES and _one_file(same_name, root):  # Kaggle's HAM10000 has two of each
+                copies += 1
+                same_name = sorted(same_name)[:1]
             moved = same_name[0] if len(same_name) == 1 else None
         if moved is None:
             dropped["rows whose image is not under " + str(root)] += 1
@@ -126,7 +130,24 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
             it["path"] = moved
             taken.add(moved)
             found.append(it)
+    if copies:
+        log.info("%d images are under %s in several identical copies (hard links or the same bytes, e.g. an unpack "
+                 "folder repeated in another case); the first path of each is used", copies, root)
     return found
+
+
+def _one_file(paths: list[str], root: Path) -> bool:
+    """Whether every path names the same image: one file (hard links) or byte-identical copies."""
+    try:
+        stats = [(root / p).stat() for p in paths]
+        if len({(st.st_dev, st.st_ino) for st in stats}) == 1:
+            return True
+        if len({st.st_size for st in stats}) > 1:
+            return False
+        first = (root / paths[0]).read_bytes()
+        return all((root / p).read_bytes() == first for p in paths[1:])
+    except OSError:
+        return False
 
 
 def checked_images(
