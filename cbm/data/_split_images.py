@@ -103,8 +103,9 @@ def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, lis
 def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
     """Items whose image is under ``root``: at the metadata's path, at that path moved as the whole
     folder's layout is (:func:`_layout_offset`), or found elsewhere under it by a name no other file
-    has (copies of one image, hard-linked or byte for byte, count as one); the manifest takes the real path. A file that two rows would name (two metadata paths moved
-    onto one) is kept for the first only."""
+    has (copies of one image, hard-linked or byte for byte, count as one); the manifest takes the
+    real path. A file that two rows would name (two metadata paths moved onto one) is kept for the
+    first only."""
     index = _image_index(root)
     offset = _layout_offset(items, root, index)
     if offset is not None:
