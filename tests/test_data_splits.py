@@ -327,7 +327,7 @@ def test_bcn20000_joins_the_isic2019_files_and_keeps_bcn_only(tmp_path):
     patients_are_disjoint(out)
 
 
-def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
+def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path, caplog):
     obs = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
            "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *obs]
@@ -349,7 +349,13 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path):
         valid_rows.append(row("valid", p, 2, "Frontal", {keep[p % 6]: "1.0"}))
     train = write_csv(tmp_path / "train.csv", header, train_rows)
     valid = write_csv(tmp_path / "valid.csv", header, valid_rows)
+    with caplog.at_level("WARNING", logger="cbm.data._splits"):
+        alone = make_splits("chexpert", [train], salt="test", out=tmp_path / "train_only.csv")
+    assert "reads train.csv, valid.csv; 1 of them given, so the rows of the others are left out" in caplog.text
+    assert not any("valid" in r["path"] for r in alone.rows)
+    caplog.clear()
     result = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "m.csv")
+    assert "of them given" not in caplog.text
     out = assert_valid_manifest("chexpert", tmp_path / "m.csv")
     assert len(out) == 132
     assert all("study1" in r["path"] or "valid" in r["path"] for r in out)
