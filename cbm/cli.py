@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 
 from cbm.errors import InputError
@@ -81,22 +82,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout's reader has gone (flushing it fails with a broken pipe); if so stdout is pointed
-    at the null device, so that flushing it again at exit cannot raise."""
+    """Whether stdout's reader has gone; if so stdout is pointed at the null device, so that flushing
+    it again at exit cannot raise. A pipe with no reader polls as an error (a failed write drops its
+    buffer, so flushing again would not tell); where stdout has no descriptor, a flush is the test."""
     try:
-        sys.stdout.flush()
-        return False
-    except BrokenPipeError:
-        pass
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # stdout replaced (captured): ask it directly
+        try:
+            sys.stdout.flush()
+            return False
+        except BrokenPipeError:
+            return True
     try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows): assume the pipe that broke was stdout's
+        closed = True
+    if closed:
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, fd)
         finally:
             os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured, replaced)
-        pass
-    return True
+    return closed
 
 
 # what an interrupted command keeps, where it keeps something a re-run builds on

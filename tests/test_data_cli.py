@@ -72,6 +72,24 @@ def test_a_reader_that_closes_the_pipe_early_gets_no_error(capsys, monkeypatch):
     assert "cbm cards: error: [Errno 32] Broken pipe" in capsys.readouterr().err
 
 
+def test_a_real_pipe_closed_by_its_reader_ends_the_command_quietly():
+    """Through a real pipe: the command writes more than the pipe holds, the reader takes 20 bytes and
+    goes; the command exits 141 with nothing on stderr (a failed write drops Python's buffer, so the
+    check asks the descriptor, not a second flush)."""
+    import subprocess
+    import sys
+
+    producer = ("import cbm.data.cli as c, sys\n"
+                "c._cards = lambda args: [print('x' * 79) for _ in range(200_000)] and 0\n"
+                "from cbm.cli import main\nsys.exit(main(['cards']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", producer], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(20) == b"x" * 20
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
     # a private copy of the ham10000 card, so the manifest is written next to it and not in the repo
     card = tmp_path / "ham10000"
