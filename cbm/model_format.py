@@ -86,7 +86,7 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
     meta["info"] = info
     pipeline = info.get("pixel_pipeline")
-    if isinstance(pipeline, int) and pipeline != PIXEL_PIPELINE_VERSION:
+    if isinstance(pipeline, int) and not isinstance(pipeline, bool) and pipeline != PIXEL_PIPELINE_VERSION:
         log.warning("%s: the model was trained on images read by cbm's pixel pipeline %d; this cbm reads them with %d "
                     "(see PIXEL_PIPELINE_VERSION in cbm.data), so its concept scores may shift; fit it again to match",
                     path, pipeline, PIXEL_PIPELINE_VERSION)

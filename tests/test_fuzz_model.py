@@ -108,7 +108,7 @@ def test_names_edited_in_model_json_are_refused(saved, tmp_path):
 
 def test_a_model_from_another_pixel_pipeline_loads_with_a_warning(saved, tmp_path, caplog):
     """A model records how its training images were read; where this cbm reads them otherwise (a
-    16-bit PNG stretched where it was divided by 65535) its concept scores may shift: said on load."""
+    16-bit PNG stretched min-max where it was divided by 65535) its concept scores may shift: said on load."""
     from cbm.data import PIXEL_PIPELINE_VERSION
 
     meta = json.loads((saved / "model.json").read_text())
