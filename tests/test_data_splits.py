@@ -351,7 +351,7 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path, caplog):
     valid = write_csv(tmp_path / "valid.csv", header, valid_rows)
     with caplog.at_level("WARNING", logger="cbm.data._splits"):
         alone = make_splits("chexpert", [train], salt="test", out=tmp_path / "train_only.csv")
-    assert "reads train.csv, valid.csv; 1 of them given, so the rows of the others are left out" in caplog.text
+    assert "card chexpert reads train.csv, valid.csv; valid.csv was not given, so its rows are left out" in caplog.text
     assert not any("valid" in r["path"] for r in alone.rows)
     caplog.clear()
     result = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "m.csv")

@@ -20,7 +20,6 @@ import csv
 import gzip
 import io
 import itertools
-import logging
 import os
 import re
 import tarfile
@@ -38,7 +37,6 @@ from cbm.errors import InputError
 
 __all__ = ["MetadataError", "SourceRows", "load_metadata", "check_columns", "file_key", "shown_columns"]
 
-log = logging.getLogger("cbm.data._splits")  # the messages of one command come from one logger
 _COMPRESSED = (".gz", ".zip", ".bz2", ".xz", ".tgz")
 _MAX_SHOWN = 30
 
@@ -364,10 +362,6 @@ def load_metadata(paths: Sequence[str | os.PathLike], rule: SplitRule) -> Source
     tables = [_read_one(p, rule) for p in files]
     for t in tables:
         _derive(t, rule)
-    if len(tables) < len(rule.metadata) and not rule.join and not isinstance(rule.split, ListsSplit) and not rule.folder:
-        # concatenated files (CheXpert's train.csv and valid.csv): fewer means fewer rows, not an error
-        log.warning("the card's split rule reads %s; %d of them given, so the rows of the others are left out "
-                    "(pass each with --metadata to use them)", ", ".join(rule.metadata), len(tables))
     if len(tables) == 1:
         table = tables[0]
     elif rule.join:

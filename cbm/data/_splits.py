@@ -103,6 +103,7 @@ def _choose_layout(card: Any, metadata: Sequence[str | os.PathLike]) -> tuple[Sp
         try:
             source = load_metadata(metadata, rule)
             check_columns(rule, source, card.name)
+            _warn_fewer_files(card, rule, metadata)
             return rule, source
         except MetadataError as exc:
             failures.append((rule, exc))
@@ -111,6 +112,22 @@ def _choose_layout(card: Any, metadata: Sequence[str | os.PathLike]) -> tuple[Sp
         raise first
     others = "; ".join(f"layout {r.name} ({', '.join(r.metadata)}): {e.problem}" for r, e in failures[1:])
     raise MetadataError(first.path, first.problem, f"{first.fix}. The card's other layouts did not fit either: {others}", field=first.field)
+
+
+def _warn_fewer_files(card: Any, rule: SplitRule, metadata: Sequence[str | os.PathLike]) -> None:
+    """A rule that concatenates its files (CheXpert's train.csv and valid.csv) works on fewer of them,
+    with fewer rows: say which were not given."""
+    if rule.join or rule.folder or isinstance(rule.split, ListsSplit):
+        return
+    if len(metadata) >= len(rule.metadata):
+        return
+    given = {file_key(p) for p in metadata}
+    missing = [m for m in rule.metadata if file_key(m) not in given]
+    if len(missing) != len(rule.metadata) - len(metadata):  # files given under other names: which is missing is unknown
+        missing = [f"{len(rule.metadata) - len(metadata)} of them"]
+    log.warning("card %s reads %s; %s %s not given, so %s rows are left out (pass %s with --metadata to use them)",
+                card.name, ", ".join(rule.metadata), ", ".join(missing), "was" if len(missing) == 1 else "were",
+                "its" if len(missing) == 1 else "their", "it" if len(missing) == 1 else "them")
 
 
 def _list_keys(rule: SplitRule) -> set[str]:
