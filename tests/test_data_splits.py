@@ -156,6 +156,16 @@ def test_metadata_row_order_does_not_change_the_split(tmp_path):
     assert a.rows == b.rows
 
 
+@pytest.mark.parametrize("given, clean", [("a\\b.png", "a/b.png"), ("./a//b.png", "a/b.png"), ("a/./b.png", "a/b.png"),
+                                          ("/abs/x.png", "/abs/x.png"), ("x.png", "x.png")])
+def test_metadata_paths_are_written_in_the_manifests_form(given, clean):
+    """Metadata written on Windows ('\\'), or with './' and '//', names the same file as the clean path:
+    the manifest gets the clean one, so the image check and the layout check compare like with like."""
+    from cbm.data._splits import _clean_path
+
+    assert _clean_path(given) == clean
+
+
 def test_two_metadata_paths_moved_onto_one_file_keep_it_for_the_first_only(tmp_path):
     """site_a/x.png and site_b/x.png under a root that is site_a itself: both would land on x.png, a
     file used twice with two labels; the second row is dropped and counted."""

@@ -260,7 +260,7 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
             dropped[why] += 1
             continue
         try:
-            path = rule.path.format_map(row)
+            path = _clean_path(rule.path.format_map(row))
         except KeyError as exc:
             raise MetadataError(None, f"lacks the column {exc} that the path template {rule.path!r} of card {card.name!r} names",
                                 "Pass the source's own file(s)") from None
@@ -280,6 +280,13 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
             item[col] = value if truth.map is None else truth.map.get(value, "")
         items.append(item)
     return items
+
+
+def _clean_path(path: str) -> str:
+    """A metadata path in the manifest's form: '/' between folders (metadata written on Windows uses
+    '\\'), no empty or '.' folders ("./a//b.png" is "a/b.png"); a leading '/' stays."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return ("/" if path.startswith(("/", "\\")) else "") + "/".join(parts)
 
 
 # ---------------------------------------------------------------------------- checks and output
