@@ -104,6 +104,37 @@ def test_16bit_png_is_stretched_from_its_smallest_to_its_largest_value(tmp_path,
     assert out.pixels.min() == 0.0 and out.pixels.max() == pytest.approx(1.0)
 
 
+def _png16(values: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG of ``(H, W, C)`` values, written by hand (Pillow writes no 16-bit colour PNG)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w = values.shape[:2]
+    rows = b"".join(b"\x00" + values[r].astype(">u2").tobytes() for r in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_a_16bit_colour_png_is_read_at_8_bits_and_said_so_once(tmp_path, monkeypatch, caplog):
+    """Pillow keeps the high byte of a 16-bit RGB PNG: 12-bit data reads dark, which a warning names
+    (once a process) with the fix, rather than silently."""
+    import cbm.data._image as image_reader
+
+    monkeypatch.setattr(image_reader, "_SIXTEEN_BIT_COLOUR_NOTED", [])
+    rgb = (np.stack([asymmetric(), asymmetric()[::-1], np.full((24, 36), 90, np.uint8)], -1).astype(np.uint16) * 16)
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(_png16(rgb, 2))
+    with caplog.at_level("WARNING", logger="cbm.data._image"):
+        out = read_image(tmp_path / "a.png")
+        read_image(tmp_path / "b.png")
+    assert out.pixels.shape == (24, 36, 3) and out.pixels.max() < 0.07  # the high byte of 12-bit data
+    assert caplog.text.count("a 16-bit RGB PNG is read at 8 bits") == 1 and "a.png" in caplog.text
+    assert "Save it as 8-bit, or as 16-bit greyscale without alpha" in caplog.text
+
+
 def test_an_alpha_channel_does_not_set_a_16bit_arrays_scale():
     from cbm.data.transforms import unit_pixels
 

@@ -199,6 +199,8 @@ def test_summary_sentence():
     ("scar on the skin", "No scar on the skin"),
     ("metal in the field", "No metal in the field"),
     ("nodular at the margin", "Not nodular at the margin"),
+    ("cable in the chest", "No cable in the chest"),
+    ("adhesive on the skin", "No adhesive on the skin"),
 ])
 def test_an_absent_description_reads_not_and_an_absent_thing_no(name, absent):
     from cbm.explain.findings import _single

@@ -206,7 +206,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     8-bit data is divided by 255; 16-bit greyscale is stretched from its smallest to its largest value
     (:func:`sixteen_bit_range`, ``meta["voi"] = "min_max"``), as a DICOM image of more than 8 bits
     without a window is, so 12-bit data in a 16-bit PNG is not read almost black (Pillow reads a
-    16-bit colour PNG at 8 bits, its high byte); grey stays one channel, palette and other
+    16-bit colour or grey-and-alpha PNG at 8 bits, its high byte: warned once); grey stays one channel, palette and other
     colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
     displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
@@ -216,7 +216,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     from PIL import ImageOps
 
     path = Path(path)
-    _check_file(path)
+    head = _check_file(path)
     budget = pixel_budget(max_pixels)
     try:
         with warnings.catch_warnings():
@@ -254,6 +254,8 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         pixels /= np.float32(divisor)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
+    if fmt == "png" and len(head) > 25 and head[24] == 16 and head[25] in (2, 4, 6):
+        _note_sixteen_bit_colour(path, head[25])
     meta = {
         "format": fmt,
         "mode": mode,
@@ -266,6 +268,21 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         "exif_transposed": rotated,
     }
     return finish(pixels, path, declared, meta)
+
+
+_SIXTEEN_BIT_COLOUR_NOTED: list[bool] = []  # said once a process
+
+
+def _note_sixteen_bit_colour(path: Path, colour_type: int) -> None:
+    """A 16-bit colour or grey-and-alpha PNG: Pillow keeps the high byte of each value, so 12-bit data
+    reads almost black (a 16-bit greyscale PNG without alpha is stretched instead)."""
+    if _SIXTEEN_BIT_COLOUR_NOTED:
+        return
+    _SIXTEEN_BIT_COLOUR_NOTED.append(True)
+    kind = {2: "RGB", 4: "grey-and-alpha", 6: "RGBA"}[colour_type]
+    log.warning("%s: a 16-bit %s PNG is read at 8 bits (the high byte of each value; later such files are not "
+                "named), so data of fewer than 16 bits reads dark. Save it as 8-bit, or as 16-bit greyscale "
+                "without alpha, which is stretched from its smallest to its largest value", path, kind)
 
 
 def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, float, int]:

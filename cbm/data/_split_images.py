@@ -111,9 +111,10 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
     if offset is not None:
         log.info("the images are under %s at the metadata's paths %s", root,
                  f"less their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
-    found, taken, copies = [], {it["path"] for it in items if (root / it["path"]).is_file()}, 0
-    for it in items:
-        if (root / it["path"]).is_file():
+    present = [(root / it["path"]).is_file() for it in items]
+    found, taken, copies = [], {it["path"] for it, there in zip(items, present) if there}, 0
+    for it, there in zip(items, present):
+        if there:
             found.append(it)
             continue
         moved = _moved(it["path"], offset) if offset is not None else None
@@ -132,7 +133,7 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
             taken.add(moved)
             found.append(it)
     if copies:
-        log.info("%d images are under %s in several identical copies (hard links or the same bytes, e.g. an unpack "
+        log.info("%d image(s) are under %s in several identical copies (hard links or the same bytes, e.g. an unpack "
                  "folder repeated in another case); the first path of each is used", copies, root)
     return found
 

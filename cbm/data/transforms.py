@@ -94,7 +94,10 @@ def unit_pixels(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint16:
         colour = arr[..., : {2: 1, 4: 3}[arr.shape[-1]]] if arr.ndim == 3 and arr.shape[-1] in (2, 4) else arr
         lo, hi = sixteen_bit_range(colour)
-        return np.clip((arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+        out = arr.astype(np.float32)
+        out -= np.float32(lo)
+        out /= np.float32(hi - lo)
+        return np.clip(out, 0.0, 1.0, out=out)
     if np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"an image array of {arr.dtype} has no known range: give uint8 (0-255), uint16 (0-65535) "
                          "or floats in [0, 1] (e.g. arr.astype(np.uint8) for 0-255 values)")

@@ -260,6 +260,7 @@ def axis_text(first: str, second: str, how: str = "not") -> str:
 # endings that are rarely a noun's count ("-ent", "-al", "-ar" are: stent, metal, scar).
 _ADJECTIVE_ENDINGS = ("ic", "ous", "ive", "ible", "able", "less", "ful", "ular")
 _PREPOSITIONS = frozenset("in at on with along across to of from within around near over under by".split())
+_NOUNS_LIKE_ADJECTIVES = frozenset("cable table adhesive sedative contrast fluid".split())
 
 
 def _descriptive(name: str) -> bool:
@@ -268,7 +269,8 @@ def _descriptive(name: str) -> bool:
     if not words:
         return False
     first = words[0]
-    adjective = first.endswith(_ADJECTIVE_ENDINGS) or (len(first) >= 6 and first.endswith("ed"))  # enlarged, pigmented
+    adjective = (first.endswith(_ADJECTIVE_ENDINGS) or (len(first) >= 6 and first.endswith("ed"))) and (
+        first not in _NOUNS_LIKE_ADJECTIVES)  # enlarged, pigmented; not "cable in the chest"
     return adjective and (len(words) == 1 or words[1] in _PREPOSITIONS)
 
 
