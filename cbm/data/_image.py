@@ -206,8 +206,8 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     8-bit data is divided by 255; 16-bit greyscale is stretched from its smallest to its largest value
     (:func:`sixteen_bit_range`, ``meta["voi"] = "min_max"``), as a DICOM image of more than 8 bits
     without a window is, so 12-bit data in a 16-bit PNG is not read almost black (Pillow reads a
-    16-bit colour or grey-and-alpha PNG at 8 bits, its high byte: warned once); grey stays one channel, palette and other
-    colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
+    16-bit colour or grey-and-alpha PNG at 8 bits, its high byte: warned once); grey stays one
+    channel, palette and other colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
     displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
     checked against the pixel budget and, for PNG and JPEG, the data against the header, before

@@ -260,7 +260,7 @@ def axis_text(first: str, second: str, how: str = "not") -> str:
 # endings that are rarely a noun's count ("-ent", "-al", "-ar" are: stent, metal, scar).
 _ADJECTIVE_ENDINGS = ("ic", "ous", "ive", "ible", "able", "less", "ful", "ular")
 _PREPOSITIONS = frozenset("in at on with along across to of from within around near over under by".split())
-_NOUNS_LIKE_ADJECTIVES = frozenset("cable table adhesive sedative contrast fluid".split())
+_NOUNS_LIKE_ADJECTIVES = frozenset("cable table adhesive sedative".split())
 
 
 def _descriptive(name: str) -> bool:
