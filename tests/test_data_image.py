@@ -121,9 +121,9 @@ def _png16(values: np.ndarray, colour_type: int) -> bytes:
 def test_a_16bit_colour_png_is_read_at_8_bits_and_said_so_once(tmp_path, monkeypatch, caplog):
     """Pillow keeps the high byte of a 16-bit RGB PNG: 12-bit data reads dark, which a warning names
     (once a process) with the fix, rather than silently."""
-    import cbm.data._image as image_reader
+    import cbm.data._image_base as image_base
 
-    monkeypatch.setattr(image_reader, "_SIXTEEN_BIT_COLOUR_NOTED", [])
+    monkeypatch.setattr(image_base, "_SAID", set())
     rgb = (np.stack([asymmetric(), asymmetric()[::-1], np.full((24, 36), 90, np.uint8)], -1).astype(np.uint16) * 16)
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(_png16(rgb, 2))
@@ -518,9 +518,9 @@ def test_dicom_pixel_data_padded_with_zeros_reads_as_declared(tmp_path, rows, mo
     ds.Rows = ds.Columns = rows
     ds.PixelData = stored.tobytes() + bytes(512)
     ds.save_as(tmp_path / "padded.dcm")
-    import cbm.data._dicom as dicom_reader
+    import cbm.data._image_base as image_base
 
-    monkeypatch.setattr(dicom_reader, "_PADDING_NOTED", [])
+    monkeypatch.setattr(image_base, "_SAID", set())
     with caplog.at_level("WARNING", logger="cbm.data._dicom"):
         out = read_image(tmp_path / "padded.dcm")
         read_image(tmp_path / "padded.dcm")

@@ -35,6 +35,7 @@ from cbm.data._image_base import (
     _reject_constant,
     check_pixel_budget,
     finish,
+    first_in_process,
     pixel_budget,
 )
 from cbm.data._dicom_display import grey_to_unit, palette_to_unit
@@ -222,18 +223,14 @@ def _check_length(ds: Any, path: Path | None, keyword: str, rows: int, cols: int
     )
 
 
-_PADDING_NOTED: list[bool] = []  # the first padded file of a process is named in a warning, the rest in debug
-
-
 def _note_padding(path: Path | None, keyword: str, extra: int, row_bytes: int) -> None:
     """Say that zero padding was ignored: once as a warning (a wrong Columns whose leftover bytes happen
     to be zero reads sheared, and this is the only trace of it), then at debug level."""
     rows = f" ({extra / row_bytes:g} rows of the image)" if row_bytes and extra % row_bytes == 0 else ""
     path = path or "a DICOM file given as bytes"
-    if _PADDING_NOTED:
+    if not first_in_process("DICOM padding"):
         log.debug("%s: %s holds %d zero bytes past its frames%s, ignored", path, keyword, extra, rows)
         return
-    _PADDING_NOTED.append(True)
     log.warning("%s: %s holds %d zero bytes past the frames its header declares%s; they are ignored as padding, as "
                 "pydicom ignores them (other such files are logged at debug level). If images look sheared, their "
                 "Rows or Columns are wrong: export them again", path, keyword, extra, rows)

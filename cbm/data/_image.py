@@ -49,6 +49,7 @@ from cbm.data._image_base import (
     _frame_index,
     check_pixel_budget,
     finish,
+    first_in_process,
     pixel_budget,
     sixteen_bit_range,
 )
@@ -270,15 +271,11 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     return finish(pixels, path, declared, meta)
 
 
-_SIXTEEN_BIT_COLOUR_NOTED: list[bool] = []  # said once a process
-
-
 def _note_sixteen_bit_colour(path: Path, colour_type: int) -> None:
     """A 16-bit colour or grey-and-alpha PNG: Pillow keeps the high byte of each value, so 12-bit data
-    reads almost black (a 16-bit greyscale PNG without alpha is stretched instead)."""
-    if _SIXTEEN_BIT_COLOUR_NOTED:
+    reads almost black (a 16-bit greyscale PNG without alpha is stretched instead). Said once a process."""
+    if not first_in_process("16-bit colour PNG"):
         return
-    _SIXTEEN_BIT_COLOUR_NOTED.append(True)
     kind = {2: "RGB", 4: "grey-and-alpha", 6: "RGBA"}[colour_type]
     log.warning("%s: a 16-bit %s PNG is read at 8 bits (the high byte of each value; later such files are not "
                 "named), so data of fewer than 16 bits reads dark. Save it as 8-bit, or as 16-bit greyscale "

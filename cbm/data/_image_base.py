@@ -26,6 +26,7 @@ __all__ = [
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
     "sixteen_bit_range",
+    "first_in_process",
 ]
 
 FramePolicy = int | str  # "first" | "middle" | "last" | a 0-based index (negative counts from the end)
@@ -137,6 +138,18 @@ def sixteen_bit_range(values: np.ndarray) -> tuple[float, float]:
         return 0.0, 65535.0
     lo, hi = float(values.min()), float(values.max())
     return (lo, hi) if hi > lo else (0.0, 65535.0)
+
+
+_SAID: set[str] = set()  # what the readers have said once in this process (first_in_process)
+
+
+def first_in_process(what: str) -> bool:
+    """True the first time a reader asks about ``what`` in this process, then False: a warning that
+    names its first file and leaves the rest to debug level (a dataset can hold thousands of them)."""
+    if what in _SAID:
+        return False
+    _SAID.add(what)
+    return True
 
 
 def check_pixel_budget(path: Path | None, rows: int, cols: int, budget: int, field: str | None = None) -> None:
