@@ -59,6 +59,14 @@ ABSENT_PERCENTILE = 5.0
 _FALLBACK_LEVEL = 2.0  # +-2 standard deviations when the model folder has no training scores
 
 
+def _image_items(images: ImageLike | Sequence[ImageLike]) -> list:
+    from cbm.data import LoadedImage
+
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images] if isinstance(images, (str, os.PathLike, LoadedImage, np.ndarray)) else list(images)
+
+
 @dataclass(frozen=True)
 class ConceptContribution:
     """One concept's share of a class logit: ``weight * score``."""
@@ -267,13 +275,10 @@ class ConceptBottleneckModel:
 
     def image_features(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Embed images (paths, ``LoadedImage`` objects or arrays) with the model's encoder, ``(n, D)``."""
-        from cbm.data import LoadedImage, read_image
+        from cbm.data import read_image
         from cbm.data.transforms import channels_last, unit_pixels
 
-        items = [images] if isinstance(images, (str, os.PathLike, LoadedImage, np.ndarray)) else list(images)
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            items = list(images)
-        enc = self.encoder
+        items, enc = _image_items(images), self.encoder
         out = []
         for start in range(0, len(items), batch_size):
             batch = []
@@ -310,9 +315,13 @@ class ConceptBottleneckModel:
         """Class probabilities ``(n, n_classes)``, columns in :attr:`classes` order."""
         return self.predict_proba_from_features(self.image_features(images))
 
-    def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[str]:
-        """Predicted class names."""
-        return [self.classes[i] for i in self.predict_proba(images).argmax(1)]
+    def predict(self, images: ImageLike | Sequence[ImageLike], *, withhold: bool = False) -> list[str | None]:
+        """Predicted class names. They answer for any image, a CT slice for a dermoscopy model too;
+        with ``withhold``, ``None`` where :meth:`explain` withholds the answer (its image checks and
+        out-of-distribution score; one image at a time)."""
+        if not withhold:
+            return [self.classes[i] for i in self.predict_proba(images).argmax(1)]
+        return [None if (e := self.explain(item)).withheld else e.predicted for item in _image_items(images)]
 
     # ------------------------------------------------------------------ explanation
     def score_percentiles(self, raw_scores: np.ndarray) -> np.ndarray | None:
@@ -320,9 +329,7 @@ class ConceptBottleneckModel:
         if self.train_raw_scores is None:
             return None
         ref = self.train_raw_scores
-        n = len(ref)
-        below = np.array([np.searchsorted(ref[:, j], raw_scores[j], side="right") for j in range(ref.shape[1])])
-        return 100.0 * below / n
+        return 100.0 * np.array([np.searchsorted(ref[:, j], raw_scores[j], side="right") for j in range(ref.shape[1])]) / len(ref)
 
     def explain_features(self, feature: np.ndarray | torch.Tensor, *, image_flags: Sequence[Flag] = ()) -> Prediction:
         """Explain one image from its feature vector ``(D,)``.
@@ -410,17 +417,11 @@ class ConceptBottleneckModel:
         """Write ``model.json`` + ``model.safetensors`` into ``folder`` (created if missing)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "coef": torch.from_numpy(self.coef.copy()),
-            "intercept": torch.from_numpy(self.intercept.copy()),
-            **self.bottleneck.state_tensors(),
-        }
-        if self.train_raw_scores is not None:
-            tensors["train_raw_scores_sorted"] = torch.from_numpy(self.train_raw_scores.copy())
-        if self.concept_prior is not None:
-            tensors["concept_prior"] = torch.from_numpy(self.concept_prior.copy())
-        if self.concept_levels is not None:
-            tensors["concept_levels"] = torch.from_numpy(self.concept_levels.copy())
+        optional = {"train_raw_scores_sorted": self.train_raw_scores, "concept_prior": self.concept_prior,
+                    "concept_levels": self.concept_levels}
+        tensors = {"coef": torch.from_numpy(self.coef.copy()), "intercept": torch.from_numpy(self.intercept.copy()),
+                   **self.bottleneck.state_tensors(),
+                   **{k: torch.from_numpy(v.copy()) for k, v in optional.items() if v is not None}}
         if self.calibration is not None:  # NaN columns (not calibrated) are saved as 0, 0 with row 2 = 0
             on = self.calibrated()
             tensors["concept_calibration"] = torch.from_numpy(

@@ -266,8 +266,15 @@ def test_non_dicom_named_dcm(tmp_path):
 
 
 def test_dicom_without_pixel_data():
-    with pytest.raises(ImageReadError, match="without pixel data.*SR.*Remove it from the manifest"):
+    with pytest.raises(ImageReadError, match="without pixel data.*SR.*remove it from the manifest"):
         read_image(get_testdata_file("reportsi.dcm"))
+
+
+def test_dicom_cut_before_its_pixel_data_is_called_truncated(tmp_path):
+    whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(whole[:6288])  # the header whole, the pixels gone
+    with pytest.raises(ImageReadError, match=r"DICOM image .*128 x 128.* ends before its pixel data, so it is truncated"):
+        read_image(tmp_path / "cut.dcm")
 
 
 def test_compressed_dicom_without_codec_names_the_install_command(monkeypatch):

@@ -63,6 +63,7 @@ def test_index_writes_a_manifest_from_headers(dicom_tree, tmp_path):
     }
     skipped = dict(result.skipped)
     assert skipped["normal/report.dcm"].startswith("no image")
+    assert rows["normal/ct.dcm"]["body_part"] == ""  # CT_small.dcm has none
     assert skipped["normal/notes.txt"] == skipped["normal/thumb.png"] == "not DICOM"
     assert skipped["normal/fake.dcm"].startswith("header not readable") or skipped["normal/fake.dcm"].startswith("no image")
     assert not any(p.startswith(".hidden") for p in rows)
@@ -138,3 +139,18 @@ def test_bad_arguments(dicom_tree, kwargs, error, fragment):
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="DICOM folder not found"):
         index_dicom(tmp_path / "nope", None)
+
+
+def test_free_text_in_code_fields_is_not_copied(tmp_path):
+    """Body part, view and laterality are code strings a device or a person may fill with free text
+    ("SKIN Jane Doe"): the manifest keeps them only as one word of DICOM's code alphabet."""
+    dicom(tmp_path / "a" / "x.dcm", patient="P1", BodyPartExamined="SKIN Jane Doe", ViewPosition="pa")
+    dicom(tmp_path / "a" / "y.dcm", patient="P2", BodyPartExamined="CHEST ", ViewPosition="AP")
+    index_dicom(tmp_path / "a", tmp_path / "m.csv", label_from="folder", progress=False)
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "m.csv"))}
+    assert (rows["x.dcm"]["body_part"], rows["x.dcm"]["view_position"]) == ("", "")
+    assert (rows["y.dcm"]["body_part"], rows["y.dcm"]["view_position"]) == ("CHEST", "AP")
+    from cbm.data import read_image
+
+    assert "body_part" not in read_image(tmp_path / "a" / "x.dcm").meta
+    assert read_image(tmp_path / "a" / "y.dcm").meta["body_part"] == "CHEST"

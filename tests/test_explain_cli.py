@@ -47,7 +47,7 @@ def test_cbm_explain_writes_reports_from_the_saved_model(model_dir, tiny_model, 
     expected = explain_image(tiny_model, png).explanation
     assert summary["cases"][0]["predicted"] == expected.predicted
     assert summary["cases"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
-    assert len(summary["cases"][0]["top_concepts"]) == 2
+    assert len(summary["cases"][0]["logit_terms"]) == 2 and len(summary["cases"][0]["findings"]) == 2
     ct = summary["cases"][1]  # a CT slice for a dermoscopy model: withheld, and why
     assert ct["withheld"] is True and {"modality", "greyscale"} <= {f["code"] for f in ct["flags"]}
     assert (out / "classes.html").is_file() and (out / "cases" / "ct.html").is_file()

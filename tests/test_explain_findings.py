@@ -125,6 +125,31 @@ def test_a_finding_never_reads_against_the_value_the_head_weighs():
     assert glob.state == "absent" and glob.text == "No globules" and glob.favours == "benign nevus"
 
 
+def test_a_concept_read_as_a_probability_is_judged_by_it():
+    """A clinician's complaint on the demo: "symmetric shape" at P 0.01 sat at the 49th percentile
+    (most training lesions are asymmetric) and read "Borderline: symmetric shape -> favours
+    melanoma", hiding that the model saw no symmetry; "dark brown pigment" at P 0.99 at the 30th.
+    With their probabilities the findings say what the model read, the percentile beside it."""
+    names = ["symmetric shape", "dark brown pigment", "dots", "globules", "asymmetric shape"]
+    coef = np.array([[2.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.8, 1.2, 0.9, 0.0]])  # benign nevus, melanoma
+    probs = {"symmetric shape": 0.004, "dark brown pigment": 0.99, "dots": 0.5, "globules": 0.30, "asymmetric shape": 0.9}
+    means = {"symmetric shape": 0.30, "dark brown pigment": 0.73, "dots": 0.45, "globules": 0.20, "asymmetric shape": 0.7}
+    pct = {"symmetric shape": 49.0, "dark brown pigment": 30.0, "dots": 60.0, "globules": 50.0, "asymmetric shape": 55.0}
+    out = findings({c: 0.0 for c in names}, pct, coef, ["benign nevus", "melanoma"], names, "melanoma",
+                   "benign nevus", concept_axes(names), values={c: probs[c] - means[c] for c in names},
+                   probabilities=probs)
+    by = {f.concepts[0]: f for f in out}
+    assert by["symmetric shape"].text == "Not symmetric shape" and by["symmetric shape"].state == "absent"
+    assert by["symmetric shape"].favours == "melanoma" and by["symmetric shape"].seen is None
+    assert by["symmetric shape"].where == "P(present) <1 %, 49th percentile"
+    assert by["dark brown pigment"].text == "Dark brown pigment" and by["dark brown pigment"].state == "present"
+    assert by["dots"].state == "borderline"
+    # P 0.30 says absent, but above the training mean of 0.20 the head counts it towards melanoma
+    assert by["globules"].state == "borderline" and by["globules"].favours == "melanoma"
+    sentence = summary_sentence("melanoma", "benign nevus", {"melanoma": 0.7, "benign nevus": 0.3}, out)
+    assert "symmetric shape absent (P(present) <1 %, 49th percentile)" in sentence
+
+
 def test_an_axis_with_both_poles_weighted_is_one_finding():
     names = ["symmetric shape", "asymmetric shape"]
     coef = [[0.0, 1.5], [1.0, 0.0]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import shutil
 from html.parser import HTMLParser
@@ -120,6 +121,13 @@ def test_withheld_prediction_is_behind_a_shown_anyway_toggle(tiny_model, tmp_pat
     assert 'data-withheld="true"' in html
     fine = render_case_html(explain_image(tiny_model, make_image(101)))
     assert 'id="withheld"' not in fine and 'id="flags"' not in fine and 'data-withheld="false"' in fine
+    # predict answers for anything; asked to withhold, it gives None where explain withholds
+    lesion = tmp_path / "lesion.png"
+    save_png(lesion, make_image(101))
+    answered = tiny_model.predict([lesion, dcm])
+    assert answered[1] in tiny_model.classes and answered[0] == tiny_model.explain(lesion).predicted
+    assert tiny_model.predict([lesion, dcm], withhold=True) == [answered[0], None]
+    assert tiny_model.predict(dcm, withhold=True) == [None]
 
 
 def test_report_is_self_contained_and_small(tiny_model, case):
@@ -322,6 +330,34 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     assert dicom["withheld"] and {"modality", "greyscale"} <= {f["code"] for f in dicom["flags"]}
     report = (tmp_path / "out" / "cases" / "a.html").read_text()
     assert 'href="../index.html"' in report and 'href="../classes.html"' in report
+    # named by the path below the folder or in the manifest; no local path anywhere in the index
+    assert [c["case"] for c in summary["cases"]] == ["a.png", "broken.png", "sub/IM0001", "sub/b.jpg", "images/a.png",
+                                                    "images/sub/b.jpg"]
+    assert str(tmp_path) not in (tmp_path / "out" / "index.json").read_text() and str(tmp_path) not in index
+    assert summary["cases"][1]["error"].startswith("image broken.png: ")
+
+
+def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_path, caplog):
+    """IM000001 in every patient's folder: each case is named by as much of its path as tells
+    them apart, in the index, its page's title and index.json; one image given twice is numbered."""
+    for patient, seed in (("patient_a", 41), ("patient_b", 42)):
+        (tmp_path / "export" / patient).mkdir(parents=True)
+        save_png(tmp_path / "export" / patient / "img1.png", make_image(seed))
+    a, b = tmp_path / "export" / "patient_a" / "img1.png", tmp_path / "export" / "patient_b" / "img1.png"
+    assert [c.label for c in collect_inputs([tmp_path / "export"], class_names=CLASSES)] == ["patient_a/img1.png",
+                                                                                          "patient_b/img1.png"]
+    given = collect_inputs([a, b, a], class_names=CLASSES)  # files given alone: their names coincide
+    assert [c.label for c in given] == ["patient_a/img1.png", "patient_b/img1.png", "patient_a/img1.png (2)"]
+    out = tmp_path / "out"
+    explain_batch(tiny_model, given, out, maps=False, progress=False)
+    index = (out / "index.html").read_text()
+    assert all(label in index for label in ("patient_a/img1.png", "patient_b/img1.png"))
+    assert "Case report: patient_b/img1.png" in (out / "cases" / "img1-2.html").read_text()
+    # a later run with hidden names removes the named reports without naming them in the log
+    with caplog.at_level(logging.INFO, logger="cbm"):
+        explain_batch(tiny_model, given[:1], out, maps=False, hide_names=True, progress=False)
+    assert "img1" not in caplog.text and "removed 3 report(s)" in caplog.text
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["case-0001.html"]
 
 
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
@@ -532,8 +568,9 @@ def test_demo_report_in_chromium_speaks_in_findings(browser, demo_model, cls, tm
     drivers = page.locator("#drivers > li")
     assert drivers.count() >= 2
     texts = [drivers.nth(i).inner_text() for i in range(drivers.count())]
-    where = r"\d+(st|nd|rd|th) percentile|.*percentile.*|(higher|lower) than every training image"
-    assert all(re.search(rf"\(({where})\).*→ favours (melanoma|benign nevus)", t) for t in texts)
+    # a calibrated concept says its probability first: "(P(present) <1 %, 16th percentile)"
+    where = r"(P\(present\) [^,]+, )?(\d+(st|nd|rd|th) percentile|(higher|lower) than every training image)|.*percentile.*"
+    assert all(re.search(rf"\(({where})\).*→ favours (melanoma|benign nevus)", t) for t in texts), texts
     strongest = case.findings[0]
     assert strongest.text in texts[0] and f"favours {strongest.favours}" in texts[0]
     unused = unused_concepts(model.coef, model.bottleneck.concept_names)

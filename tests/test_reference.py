@@ -119,7 +119,7 @@ def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_ab
     case = explain_image(old, make_image(9))
     assert case.neighbours == []
     html = render_case_html(case)
-    assert 'id="cannot-abstain"' in html and "cannot abstain" in html and "cannot show similar training images" in html
+    assert 'id="cannot-abstain"' in html and "cannot tell when an image is unlike" in html and "still withholds" in html and "cannot show similar training images" in html
     assert f'data-predicted="{case.predicted}"' in html
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from cbm.data._image_base import (
 from cbm.data._dicom_display import grey_to_unit, palette_to_unit
 from cbm.errors import ImageError, quote
 
-__all__ = ["read_dicom", "dicom_header", "DicomHeader"]
+__all__ = ["read_dicom", "dicom_header", "DicomHeader", "code_word"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ _DICOM_META_WHITELIST = {
     "PixelRepresentation": "pixel_representation",
     "SamplesPerPixel": "samples_per_pixel",
 }
+# Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
+# found: kept only as one word of the standard's alphabet
+_FREE_CODES = frozenset({"BodyPartExamined", "ViewPosition", "ImageLaterality"})
+_CODE_WORD = re.compile(r"[A-Z0-9_]{1,16}")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DEFER_BYTES = 1 << 20  # elements larger than this (the pixel data) are read only when needed
 _REEXPORT = "The header and the pixel data disagree (a damaged or hand-edited file): export the file again"
@@ -77,6 +82,14 @@ class DicomHeader:
 
 
 # ---------------------------------------------------------------------------- reading
+def code_word(value: Any) -> str:
+    """A header value kept only if it is one word of DICOM's code-string alphabet (at most 16 of
+    A-Z, 0-9 and underscore: "CHEST", "PA", "L"), else "": what a device or a person typed
+    into body part, view or laterality ("SKIN Jane Doe") is never copied into a report or manifest."""
+    text = "" if value is None else str(value).strip()
+    return text if _CODE_WORD.fullmatch(text) else ""
+
+
 def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read a DICOM image as float pixels in [0, 1] through the standard display pipeline.
 
@@ -137,9 +150,14 @@ def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        if "Rows" in ds and "Columns" in ds:  # an image's header whose pixels never came
+            raise ImageReadError(
+                path, f"is a DICOM image ({sop}, {ds.get('Rows')} x {ds.get('Columns')}) whose file ends before its "
+                "pixel data, so it is truncated", "Copy or export the file again (an interrupted transfer is the usual cause)")
         raise ImageReadError(
             path, f"is a DICOM file without pixel data ({sop}, modality {quote(ds.get('Modality', '?'), 40)}), so it is not an image",
-            "Remove it from the manifest (reports, RT plans and presentation states carry no pixels)",
+            "Leave it out: remove it from the manifest or the files given (reports, RT plans and presentation states "
+            "carry no pixels)",
         )
     syntax = ds.file_meta.TransferSyntaxUID
     _check_decoder(path, syntax)
@@ -295,7 +313,7 @@ def _dcmread(source: Path | io.BytesIO, path: Path | None):
     not_dicom = ImageReadError(
         path, "is not a DICOM file (no 'DICM' marker at byte 128, and it does not parse as a DICOM dataset)",
         "Check what the file really is (`file` on the command line); re-export it as DICOM, "
-        "rename it to its real type, or remove it from the manifest",
+        "rename it to its real type, or leave it out (the manifest or the files given)",
     )
     with (_Bounded(source) if isinstance(source, Path) else source) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -400,8 +418,10 @@ def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, ind
     meta: dict[str, Any] = {"format": "dicom"}
     for keyword, key in _DICOM_META_WHITELIST.items():
         value = ds.get(keyword)
-        if value is not None and value != "":
-            meta[key] = int(value) if isinstance(value, int) else float(value) if isinstance(value, float) else str(value)[:64]
+        if isinstance(value, (int, float)):
+            meta[key] = value
+        elif value is not None and (text := code_word(value) if keyword in _FREE_CODES else str(value)[:64]):
+            meta[key] = text
     meta.update(transfer_syntax=header.syntax.name, frames=header.frames, frame=index, original_shape=shape[:2])
     if samples == 1 and photometric == "PALETTE COLOR":
         pixels = palette_to_unit(arr, ds)

@@ -178,7 +178,7 @@ def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
         raise ImageReadError(
             path, "is not an image file PIL can identify (not PNG, JPEG, TIFF, BMP, ... nor DICOM)",
             "Check that the file is an image (a download error page saved under an image name is common); "
-            "fetch it again or remove it from the manifest",
+            "fetch it again or leave it out (the manifest or the files given)",
         ) from None
     except Image.DecompressionBombError as exc:  # at twice the budget PIL refuses before cbm sees the size
         found = re.search(r"\((\d+) pixels\)", str(exc))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cbm.data._assign import grouped_split
+from cbm.data._dicom import _FREE_CODES, code_word
 from cbm.data._image import DICOM_SUFFIXES
 
 __all__ = ["IndexResult", "index_dicom", "INDEX_COLUMNS"]
@@ -147,7 +148,7 @@ def _header_row(path: Path, root: Path, mode: str, keyword: str | None, skipped:
     row: dict[str, Any] = {"path": rel, "label": "", "split": ""}
     for kw, col in _HEADER_COLUMNS.items():
         value = ds.get(kw)
-        row[col] = "" if value is None else str(value)
+        row[col] = code_word(value) if kw in _FREE_CODES else "" if value is None else str(value)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     row["transfer_syntax"] = syntax.name if syntax is not None else ""
     if mode == "folder":

@@ -46,7 +46,7 @@ class CaseInput:
 
     path: Path
     truth: str | None = None
-    label: str | None = None  # how the index names it (default: the file name)
+    label: str | None = None  # how the index names it (default: the file name; see collect_inputs)
 
 
 @dataclass
@@ -113,7 +113,7 @@ def collect_inputs(
             found = _folder_images(p)
             if not found:
                 log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
-            out += [CaseInput(f) for f in found]
+            out += [CaseInput(f, label=f.relative_to(p).as_posix()) for f in found]
         elif p.suffix.lower() == ".csv":
             manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False)
             out += _manifest_inputs(manifest, split, p)
@@ -123,7 +123,30 @@ def collect_inputs(
             out.append(CaseInput(p))
     if not out:
         raise ValueError(f"nothing to explain in {[os.fspath(i) for i in items]}: no PNG, JPEG or DICOM images found")
-    return out
+    return distinct_labels(out)
+
+
+def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
+    """``cases`` with labels that tell them apart: each keeps its own (a folder's image its path
+    below the folder, a manifest row its manifest path, a file given alone its name), and images
+    whose labels coincide (``IM000001`` in every patient's folder) are named by as many of their
+    path's last parts as tell them apart; one image given twice is numbered."""
+    labels = [c.label or c.path.name for c in cases]
+    for label in {v for v in labels if labels.count(v) > 1}:
+        group = [i for i, v in enumerate(labels) if v == label]
+        parts = [Path(os.path.abspath(cases[i].path)).parts for i in group]
+        depth = len(Path(label).parts)
+        while depth < max(map(len, parts)) and len({q[-depth:] for q in parts}) < len(set(parts)):
+            depth += 1
+        longer = {i: "/".join(q[-depth:]) if depth > len(Path(label).parts) else label for i, q in zip(group, parts)}
+        for i in group:
+            labels[i] = longer[i]
+    seen: dict[str, int] = {}
+    for i, v in enumerate(labels):
+        seen[v] = seen.get(v, 0) + 1
+        if seen[v] > 1:
+            labels[i] = f"{v} ({seen[v]})"
+    return [CaseInput(c.path, c.truth, v) for c, v in zip(cases, labels)]
 
 
 def _slug(text: str) -> str:
@@ -211,8 +234,10 @@ def _case_record(case: CaseReport, top_k: int) -> dict:
         "strongest_present_finding": None if support is None else support.text,
         "findings": [{"finding": f.text, "state": f.state, "favours": f.favours, "odds_factor": f.odds_factor,
                       "concepts": list(f.concepts), "percentiles": list(f.percentiles)} for f in case.findings[:top_k]],
-        "top_concepts": [{"concept": c.concept, "contribution": c.contribution, "percentile": c.percentile}
-                         for c in expl.top_concepts(k=top_k)],
+        # the predicted class's logit, term by term (weight x value): not a ranking of drivers,
+        # which "findings" gives against the runner-up and a training image of average value
+        "logit_terms": [{"concept": c.concept, "weight": c.weight, "value": c.value, "contribution": c.contribution}
+                        for c in expl.top_concepts(k=top_k)],
     }
 
 
@@ -250,28 +275,26 @@ def explain_batch(
         raise ValueError(f"cannot create the report folder {out}/cases ({e.strerror or e}); choose a writable "
                          "folder for the reports (--out)") from e
     earlier = _previous_reports(out)
-    cases = [i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs]
+    cases = distinct_labels([i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs])
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}
     result = BatchResult(out, out / "index.html", out / "classes.html")
     rows: list[IndexRow] = []
     records = []
     used_names: set[str] = set()
     for n, item in enumerate(tqdm(cases, desc="explaining", unit="image", disable=not progress), start=1):
-        label = f"case {n}" if hide_names else (item.label or item.path.name)
+        label = f"case {n}" if hide_names else item.label
         stem = f"case-{n:04d}" if hide_names else _slug(item.path.stem)
         name, k = f"{stem}.html", 2
         while name in used_names:
             name, k = f"{stem}-{k}.html", k + 1
         used_names.add(name)
-        record: dict = {"case": label, "truth": item.truth, **({} if hide_names else {"input": os.fspath(item.path)})}
+        record: dict = {"case": label, "truth": item.truth}
         try:
             with _names_hidden(item.path, label, hide_names):
                 case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
                                      max_side=max_side)
         except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
-            reason = str(exc) or type(exc).__name__
-            if hide_names:  # read errors start with the file's path
-                reason = _without_names(reason, item.path, label)
+            reason = _without_names(str(exc) or type(exc).__name__, item.path, label)  # read errors name the path
             log.warning("%s: not explained: %s", label, reason)
             log.debug("details", exc_info=not hide_names)
             result.failures.append((label, reason))
@@ -290,8 +313,10 @@ def explain_batch(
     atomic_write_json(out / "index.json", {"model": without_paths(model.encoder_name), "classes": model.classes,
                                            "cases": records})
     written = {f"cases/{p.name}" for p in result.reports}
-    for stale in sorted(earlier - written):
-        (out / stale).unlink(missing_ok=True)
-        log.info("removed %s, an earlier run's report this run did not write again", stale)
+    stale = sorted(earlier - written)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    if stale:  # by number only: an earlier report's file name is its image's (hide_names hides those)
+        log.info("removed %d report(s) an earlier run wrote into %s and this run did not write again", len(stale), out)
     log.info("wrote %d reports, index and class card to %s (%d inputs failed)", len(result.reports), out, len(result.failures))
     return result

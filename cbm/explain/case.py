@@ -143,6 +143,15 @@ def _percentiles(model: ConceptBottleneckModel, feature: np.ndarray) -> dict[str
     return {n: None for n in names} if pct is None else {n: float(p) for n, p in zip(names, pct)}
 
 
+def _drivers(model: ConceptBottleneckModel, expl: Prediction, percentiles: dict[str, float | None]) -> list[Finding]:
+    """The case's findings: what the head weighs less a training image of average value, and the
+    probabilities of the concepts it reads as probabilities."""
+    names, offsets, on = model.bottleneck.concept_names, model.value_offsets(), model.calibrated()
+    return findings(expl.scores, percentiles, model.coef, model.classes, names, expl.predicted, expl.runner_up,
+                    concept_axes(names), values={c: expl.values[c] - offsets[j] for j, c in enumerate(names)},
+                    probabilities={c: expl.values[c] for j, c in enumerate(names) if on[j]})
+
+
 def explain_image(
     model: ConceptBottleneckModel,
     image: Any,
@@ -188,9 +197,7 @@ def explain_image(
     expl = model.explain_features(feature, image_flags=model.image_checks(pixels, meta))
     percentiles = _percentiles(model, feature)
     names = model.bottleneck.concept_names
-    offsets = model.value_offsets()
-    drivers = findings(expl.scores, percentiles, model.coef, model.classes, names, expl.predicted, expl.runner_up,
-                       concept_axes(names), values={c: expl.values[c] - offsets[j] for j, c in enumerate(names)})
+    drivers = _drivers(model, expl, percentiles)
     concept_maps, grid = None, None
     if maps:
         grid = tuple(int(g) for g in spatial.grid)

@@ -10,9 +10,14 @@ from where the image's score sits among the training images' scores (its percent
   concept with an opposite phrase, an attribute, and "Not asymmetric in two axes" for an adjective
   alone or before a preposition); no map is drawn for it;
 * in between: **borderline**; so too a concept whose percentile says absent (present) while the
-  head weighs it above (below) a training image of average score, which happens where the head
-  reads a probability that most training images show (a concept at the 30th percentile can still
-  be 0.99 likely): "No tan pigment -> favours melanoma" would contradict the weights.
+  head weighs it above (below) a training image of average score: "No tan pigment -> favours
+  melanoma" would contradict the weights.
+
+For a concept the model reads as a probability (calibrated on annotated training images), the
+probability itself says it, on the same scale: present at 0.65 or above, absent at 0.35 or below,
+borderline between; the percentile is shown beside it. A percentile alone would misread such a
+concept: "symmetric shape" at P 0.01 sits at the 49th percentile where most training lesions are
+asymmetric, and "dark brown pigment" at P 0.99 at the 30th where most show it.
 
 **Two-sided axes.** Opposite phrases of one attribute ("symmetric shape" / "asymmetric shape")
 are two concepts to the model but one finding to a reader. :func:`concept_axes` pairs a model's
@@ -108,6 +113,8 @@ class Finding:
         concepts: the concept, or the two poles of an axis.
         percentiles: each concept's training percentile in this image (``None`` unknown).
         state: ``"present"``, ``"absent"`` or ``"borderline"``.
+        probabilities: each concept's probability of being present, for the concepts the model
+            reads as probabilities (``None`` for the others; empty when none is).
         effect: log-odds it adds for ``favours`` over ``other`` (>= 0).
         favours: the class it argues for; ``other``: the class it is weighed against.
         seen: the concept whose map shows the finding; ``None`` when it is absent.
@@ -121,6 +128,12 @@ class Finding:
     favours: str
     other: str | None
     seen: str | None
+    probabilities: tuple[float | None, ...] = ()
+
+    def _where(self, i: int) -> str:
+        p = self.probabilities[i] if i < len(self.probabilities) else None
+        pct = percentile_text(self.percentiles[i])
+        return pct if p is None else f"P(present) {format_probability(p)}, {pct}"
 
     @property
     def odds_factor(self) -> float:
@@ -131,14 +144,15 @@ class Finding:
     def where_seen(self) -> str:
         """The percentile of the concept that shows the finding (of the first concept if absent)."""
         c = self.seen if self.seen in self.concepts else self.concepts[0]
-        return percentile_text(self.percentiles[self.concepts.index(c)])
+        return self._where(self.concepts.index(c))
 
     @property
     def where(self) -> str:
-        """The percentiles in words: "79th percentile", or both poles of an axis."""
+        """The percentiles in words: "79th percentile", or both poles of an axis; with a
+        concept's probability first where the model reads one ("P(present) 97 %, 79th percentile")."""
         if len(self.concepts) == 1:
-            return percentile_text(self.percentiles[0])
-        return "; ".join(f"{c}: {percentile_text(p)}" for c, p in zip(self.concepts, self.percentiles))
+            return self._where(0)
+        return "; ".join(f"{c}: {self._where(i)}" for i, c in enumerate(self.concepts))
 
 
 # ---------------------------------------------------------------------------- words and numbers
@@ -317,6 +331,7 @@ def findings(
     other: str | None,
     axes: Sequence[Axis] = (),
     values: Mapping[str, float] | None = None,
+    probabilities: Mapping[str, float] | None = None,
 ) -> list[Finding]:
     """The findings that separate ``predicted`` from ``other``, strongest first.
 
@@ -334,8 +349,13 @@ def findings(
             score (default: ``scores``): for a concept the model calibrates, its probability of
             being present less the training images' mean probability
             (``ConceptBottleneckModel.value_offsets``).
+        probabilities: the probability of being present of each concept the model reads as a
+            probability; these are judged present or absent by it, not by their percentile.
     """
     values = scores if values is None else values
+    probabilities = probabilities or {}
+    # where each concept reads as present (>= PRESENT_FROM) or absent (<= ABSENT_UP_TO)
+    levels = {c: 100.0 * probabilities[c] if c in probabilities else percentiles.get(c) for c in concepts}
     col = {c: j for j, c in enumerate(concepts)}
     k, r = classes.index(predicted), (classes.index(other) if other is not None else None)
     diff = coef[k] - (coef[r] if r is not None else 0.0)
@@ -349,14 +369,15 @@ def findings(
         parts = {c: float(diff[col[c]] * values[c]) for c in group}
         effect = sum(parts.values())
         if len(group) == 1:
-            state, text, seen = _single(group[0], percentiles.get(group[0]), scores[group[0]], group[0] in attributes,
+            state, text, seen = _single(group[0], levels[group[0]], scores[group[0]], group[0] in attributes,
                                           float(values[group[0]]))
         else:
             toward = max(group, key=lambda c: parts[c] * (1 if effect >= 0 else -1))
-            state, text, seen = _on_axis(Axis(*group), percentiles, scores, toward)
+            state, text, seen = _on_axis(Axis(*group), levels, scores, toward)
         favours, against = (predicted, other) if effect >= 0 or other is None else (other, predicted)
+        probs = tuple(probabilities.get(c) for c in group) if any(c in probabilities for c in group) else ()
         out.append(Finding(text, group, tuple(percentiles.get(c) for c in group), state, abs(effect),
-                           favours, against, seen))
+                           favours, against, seen, probs))
     return sorted(out, key=lambda f: -f.effect)
 
 
@@ -396,7 +417,8 @@ def _prose(f: Finding) -> str:
     """A finding inside a sentence: "irregular border (82nd percentile)", "regular border scoring
     low (10th percentile)", "symmetric shape borderline (49th percentile)"."""
     if len(f.concepts) == 1 and f.state != "present":
-        return f"{f.concepts[0]} {'scoring low' if f.state == 'absent' else 'borderline'} ({f.where_seen})"
+        low = "absent" if f.probabilities and f.probabilities[0] is not None else "scoring low"
+        return f"{f.concepts[0]} {low if f.state == 'absent' else 'borderline'} ({f.where_seen})"
     text = f.text[:1].lower() + f.text[1:] if not f.text[:2].isupper() else f.text
     return f"{text} ({f.where_seen})"
 

@@ -95,5 +95,6 @@ def grid_statement(grid: tuple[int, int] | None) -> tuple[bool, str]:
     if min(h, w) < MIN_MAP_GRID:
         return False, (f"The model sees this image on a grid of {h} x {w} cells, too coarse to localise a finding, "
                        "so no maps are drawn.")
-    return True, (f"Each map has one value per cell of a {h} x {w} grid over the square the model sees (a cell is "
+    article = "an" if str(h).startswith("8") or h in (11, 18) else "a"
+    return True, (f"Each map has one value per cell of {article} {h} x {w} grid over the square the model sees (a cell is "
                   f"1/{w} of its width), smoothed for display.")

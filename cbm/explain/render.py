@@ -203,7 +203,8 @@ def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     cards = []
     for name, heat in zip(case.maps.concepts, case.maps.maps):
         f = by_concept.get(name)
-        caption = f"{percentile_text(case.percentiles.get(name))}" + (f"; {f.text} favours {f.favours}" if f else "")
+        where = f.where_seen if f else percentile_text(case.percentiles.get(name))
+        caption = where + (f"; {f.text} favours {f.favours}" if f else "")
         cards.append({"concept": name, "uri": jpeg_data_uri(heat_overlay(small, heat, crop), quality=80),
                       "caption": caption})
     return cards
@@ -329,7 +330,7 @@ def render_case_html(
         findings=case.findings[:_FINDINGS_SHOWN], more_findings=case.findings[_FINDINGS_SHOWN:],
         scale=max([f.effect for f in case.findings] + [1e-9]),
         n_train_text=f"{n_train} training images" if n_train else "training images",
-        present_from=f"{PRESENT_FROM:.0f}", absent_up_to=f"{ABSENT_UP_TO:.0f}",
+        present_from=f"{PRESENT_FROM:.0f}", absent_up_to=f"{ABSENT_UP_TO:.0f}", any_calibrated=bool(model.calibrated().any()),
         unused=unused_concepts(model.coef, model.bottleneck.concept_names),
         grid_text=grid_text, map_cards=map_cards, method_text=method, hue=", ".join(map(str, OVERLAY_RGB)),
         image_uri=jpeg_data_uri(case.image), image_width=width, image_height=height,

@@ -206,8 +206,7 @@ class ExplainApp:
         if not data:
             raise UploadError(HTTPStatus.BAD_REQUEST, "the upload is empty; choose an image file")
         if len(data) > self.max_upload_bytes:
-            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                              f"the upload has {len(data)} bytes, over the limit of {self.max_upload_bytes}")
+            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(len(data), self.max_upload_bytes))
         fmt = sniff_format(data)
         if fmt is None:
             raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -226,6 +225,7 @@ class ExplainApp:
     def _decode(self, data: bytes, fmt: str) -> Any:
         """The upload read by ``cbm.data.read_image``; a failure of any kind is a 422."""
         from cbm.data import read_image
+        from cbm.errors import ImageError
 
         with tempfile.TemporaryDirectory(prefix="cbm-upload-") as tmp:
             path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name, never the client's
@@ -233,7 +233,11 @@ class ExplainApp:
             try:
                 return read_image(path, max_pixels=self.max_pixels)
             except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
-                reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
+                if isinstance(exc, ImageError):  # "image <path>: <field> <problem>. <fix>" without our file
+                    where = f"its {exc._field_label(exc.field)}" if exc.field else "it"
+                    reason = f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
+                else:
+                    reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
                 raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
                                   f"the {fmt.upper()} file could not be decoded: {reason}") from exc
 
@@ -342,8 +346,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._error(HTTPStatus.BAD_REQUEST, f"Content-Length {length!r} is not a byte count")
         if size > self.app.max_upload_bytes:  # refuse before reading a byte of the body
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"the upload has {size} bytes, over the limit of {self.app.max_upload_bytes}")
+            message = _too_large(size, self.app.max_upload_bytes)
+            log.info("upload rejected (%d): %s", HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, message)
+            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
         try:
             body = self.rfile.read(size)
             if len(body) < size:
@@ -360,6 +365,11 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("explaining an upload failed")
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the image could not be explained (server error)")
         self._send(HTTPStatus.OK, page, csp=page_csp(script=True))
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"the upload has {size:,} bytes ({size / 2**20:.1f} MB), over the limit of {limit:,} bytes "
+            f"({limit / 2**20:.0f} MB); send a smaller export of the image")
 
 
 class _Server(ThreadingHTTPServer):
