@@ -201,6 +201,18 @@ def test_a_class_without_training_images_is_named(fitted, small_card):
         cbm.fit(card, encoder=fitted[1].encoder, num_workers=0)
 
 
+def test_a_class_without_validation_images_is_named(fitted, small_card):
+    """Val chooses the head: with one class alone there, every path point is 100 % right on val
+    and the sparsest, which predicts that class for every image, would win in silence."""
+    rows = (small_card.folder / "manifest.csv").read_text().splitlines()
+    kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,val" in r)]
+    (small_card.folder / "manifest.csv").write_text("\n".join(kept) + "\n")
+    card = load_card(small_card.path)
+    assert "class(es) with no validation image: melanoma" in card.validate().summary()
+    with pytest.raises(ValueError, match=r"no usable validation images of class\(es\) \['melanoma'\].*make-splits"):
+        cbm.fit(card, encoder=fitted[1].encoder, num_workers=0)
+
+
 def test_a_string_for_a_class_is_one_concept(fitted):
     card, model = fitted
     m = cbm.fit(card, encoder=model.encoder, concepts={"melanoma": "irregular border",

@@ -81,7 +81,8 @@ class ManifestProblem:
     """One kind of problem with the rows it affects."""
 
     kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
-    #            | outside_root | bad_path | no_training_image | short_class | empty_field | windows_separator
+    #            | outside_root | bad_path | no_training_image | no_validation_image | short_class | empty_field
+    #            | windows_separator
     message: str
     lines: tuple[int, ...] = ()
 
@@ -452,12 +453,18 @@ def _whole_file_problems(report: ManifestReport, classes: list[str],
     for split in REQUIRED_SPLITS:
         if not counts.get(split):
             report.problems.append(ManifestProblem("empty_split", f"split {split!r} has no usable images"))
-    train = counts.get("train", {})
+    train, val = counts.get("train", {}), counts.get("val", {})
     if train:
         empty = [c for c in classes if not train.get(c)]
         if empty:
             report.problems.append(ManifestProblem(
                 "no_training_image", f"class(es) with no training image: {quote(', '.join(empty))[1:-1]} (the head cannot learn them)"))
+    if val:
+        empty = [c for c in classes if not val.get(c)]
+        if empty:
+            report.problems.append(ManifestProblem(
+                "no_validation_image", f"class(es) with no validation image: {quote(', '.join(empty))[1:-1]} (the head is "
+                "chosen on val, which must hold every class; `cbm make-splits` splits each class)"))
 
 
 def salted_patient_key(patient: str, salt: str) -> str:

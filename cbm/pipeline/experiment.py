@@ -157,7 +157,7 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     """Refuse, before the encoder loads or an image is encoded, what a run would refuse later: a missing
     manifest, image folder or split, a bad head setting, an unknown baseline, a negative ``n_bootstrap``,
     a mistyped truth column name, a prompt template without ``{}``, concepts for classes the card lacks,
-    no concepts at all, a class without training images. Returns every baseline's switch."""
+    no concepts at all, a class without training or validation images. Returns every baseline's switch."""
     from cbm.encoders.text import check_templates
 
     card = resolve_card(card)
@@ -173,8 +173,8 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
         check_templates(templates)
     if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
         resolve_concepts(card, concepts)
-    train = card.manifest().counts().get("train", {})
-    check_every_class_trains(card, [c for c in card.class_names if train.get(c)])
+    counts = card.manifest().counts()
+    check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
     return which
 
 

@@ -123,13 +123,22 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
         )
 
 
-def check_every_class_trains(card, trained: Sequence[str]) -> None:
-    """Raise when a class of the card has no training images (the head could not learn it)."""
+def check_every_class_trains(card, trained: Sequence[str], validated: Sequence[str] | None = None) -> None:
+    """Raise when a class of the card has no training images (the head could not learn it), or, given
+    ``validated``, no validation images (the head is chosen on val: with a class missing there, the
+    sparsest head that predicts the classes val holds wins, down to one that predicts one class)."""
     absent = [c for c in card.class_names if c not in set(trained)]
     if absent:
         raise ValueError(
             f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
             "every class needs train rows: add them, or drop the class from the card's classes"
+        )
+    unseen = [] if validated is None else [c for c in card.class_names if c not in set(validated)]
+    if unseen:
+        raise ValueError(
+            f"card {card.name!r}: no usable validation images of class(es) {unseen} (manifest {card.manifest_path}); "
+            "the head is chosen on val, which must hold every class: move some of its rows to val (`cbm make-splits` "
+            "splits each class), or drop the class from the card's classes"
         )
 
 
