@@ -60,9 +60,10 @@ VALIDATION_FIGURES = ("val_accuracy", "val_worst_group_accuracy")
 """The figures a sweep may optimise (of any method: ``cbm.val_accuracy``, ``linear_probe.val_accuracy``)."""
 
 
-def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None = None) -> None:
+def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None = None, card: Any = None) -> None:
     """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or ``method.figure`` with a
-    validation figure and, given the ``methods`` the run will measure, one of them."""
+    validation figure and, given the ``methods`` the run will measure, one of them; given the
+    ``card``, a worst-group figure where it names no group column."""
     if optimized_metric == AUTO_METRIC:
         return
     method, _, figure = optimized_metric.partition(".")
@@ -80,6 +81,9 @@ def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None 
     if figure not in VALIDATION_FIGURES:
         raise ValueError(f"optimized_metric={optimized_metric!r}: no validation figure is called {figure!r}; "
                          f"use auto or METHOD.FIGURE with FIGURE one of {', '.join(VALIDATION_FIGURES)}")
+    if "worst_group" in figure and card is not None and not getattr(card, "group_column", None):
+        raise ValueError(f"optimized_metric={optimized_metric!r}: card {card.name!r} names no group column "
+                         f"(group_column), so no worst-group figure is measured; use {method}.val_accuracy or auto")
 
 
 def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
@@ -131,7 +135,7 @@ def _run(cfg, out_dir: Path) -> dict:
     # what can be checked without the encoder is checked before it loads (it can take minutes)
     check_splits_present(card)
     kwargs = experiment_arguments(cfg)
-    check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]))
+    check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]), card)
     check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap")})
     extra = {name: _instantiate(node) for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
     return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder)), extra_metrics=extra,

@@ -116,10 +116,20 @@ def test_truth_columns_are_parsed_and_bad_names_or_values_are_refused(tmp_path):
 def test_a_card_without_truth_is_not_measured_and_says_why():
     from cbm.pipeline.faithfulness import measure_faithfulness
 
-    model = SimpleNamespace(bottleneck=SimpleNamespace(concept_names=["a"]))
-    card = SimpleNamespace(name="plain", concept_truth={})
+    model = SimpleNamespace(bottleneck=SimpleNamespace(concept_names=["a"]), coef=np.array([[-1.0], [1.0]]),
+                            intercept=np.zeros(2), concept_scores_from_features=lambda f: f[:, :1],
+                            concept_values=lambda z: z)
+    card = SimpleNamespace(name="plain", concept_truth={}, group_column="ruler")
     out = measure_faithfulness(model, card, {})
     assert out == {"measured": False, "reason": "card 'plain' names no concept truth columns (concept_truth)"}
+    # the cue needs no concept truth: a card with a group gets its leakage all the same
+    rng = np.random.default_rng(0)
+    labels, cue = np.repeat([0, 1], 100), np.tile([0, 1], 100)
+    feature = (labels + 0.8 * cue + rng.normal(0, 0.5, 200))[:, None].astype(np.float32)  # the concept reads the cue
+    test = SplitData("test", feature, labels, np.where(cue == 1, "ruler", "none"), [str(i) for i in range(200)])
+    out = measure_faithfulness(model, card, {"test": test})
+    assert out["measured"] is False and out["reason"].startswith("card 'plain' names no concept truth")
+    assert out["cue_leakage"]["logit_auroc"] > 0.8 and out["cue_leakage"]["scores_auroc"] > 0.8
 
 
 def test_the_store_is_checked_against_the_truth_of_the_training_split(tmp_path):

@@ -122,6 +122,9 @@ def test_multirun_sweep(tiny, tmp_path):
 def test_bad_override_is_an_error_not_a_crash(capsys):
     assert cbm_main(["run", "dataset=no-such-card"]) != 0
     assert "no-such-card" in capsys.readouterr().err
+    # a misspelt experiment is refused like any group, not skipped for the default world
+    assert cbm_main(["run", "experiment=demo_abcdd", "--cfg", "job"]) != 0
+    assert "Could not find 'experiment/demo_abcdd'" in capsys.readouterr().err
 
 
 def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encoding(tiny, tmp_path, capsys, monkeypatch):
@@ -155,6 +158,9 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["baselines.linear_probe=off"], "baselines.linear_probe='off'"),
         (["+baselines.linear_prob=false"], "['linear_prob'] are not baselines"),
         (["evaluation.n_bootstrap=-5"], "n_bootstrap=-5"),
+        (["concepts.list=[]"], "hold no phrase"),
+        (["head.class_weight=foo"], "class_weight must be"),
+        (["head.max_concepts_per_class=0"], "max_concepts_per_class must be > 0"),
     ]:
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
@@ -207,6 +213,17 @@ def test_a_sweep_optimises_a_validation_figure_only():
     assert sweep_value(grouped, "auto") == 0.7
     with pytest.raises(ValueError, match="no validation figure is called 'val_acuracy'"):
         sweep_value(grouped, "cbm.val_acuracy")
+
+
+def test_a_worst_group_metric_on_a_card_without_groups_is_refused_before_the_run():
+    from types import SimpleNamespace
+
+    from cbm.run import check_optimized_metric
+
+    with pytest.raises(ValueError, match="card 'plain' names no group column.*cbm.val_accuracy or auto"):
+        check_optimized_metric("cbm.val_worst_group_accuracy", ["cbm"], SimpleNamespace(name="plain", group_column=None))
+    check_optimized_metric("cbm.val_worst_group_accuracy", ["cbm"], SimpleNamespace(name="demo", group_column="cue"))
+    check_optimized_metric("auto", ["cbm"], SimpleNamespace(name="plain", group_column=None))
 
 
 def test_a_sweep_metric_without_its_method_is_told_the_form():
@@ -275,8 +292,10 @@ def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_pa
     run = tmp_path / "again"
     assert cbm_main(["run", *tiny, f"hydra.run.dir={run}"]) == 0
     assert (run / "model" / "model.json").is_file()
+    (run / "skipped_files.json").write_text('[{"split": "train", "path": "broken.png", "reason": "an earlier run"}]')
     assert cbm_main(["run", *tiny, "save_model=false", "head.l1_ratio=0.5", f"hydra.run.dir={run}"]) == 0
     assert not (run / "model").exists()  # the earlier model would be explained as this run's
+    assert not (run / "skipped_files.json").exists()  # this run skipped nothing
     assert "head.l1_ratio=0.5" in (run / ".hydra" / "overrides.yaml").read_text()
     # a folder named model that is not a saved model is not this run's to remove
     (run / "model").mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -426,8 +426,11 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"lambdas must be a non-empty list of finite non-negative values; got {self.lambdas!r}")
         if self.selection not in _SELECTIONS:
             raise ValueError(f"selection must be one of {_SELECTIONS}; got {self.selection!r}")
-        if self.max_concepts_per_class is not None and float(self.max_concepts_per_class) < 0:
-            raise ValueError(f"max_concepts_per_class must be >= 0 or None; got {self.max_concepts_per_class!r}")
+        if self.max_concepts_per_class is not None and not float(self.max_concepts_per_class) > 0:
+            raise ValueError(f"max_concepts_per_class must be > 0 (a head with no concept predicts one class) or None; "
+                             f"got {self.max_concepts_per_class!r}")
+        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, Mapping)):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict {{class: weight}}; got {self.class_weight!r}")
         if self.selection == "concepts" and self.max_concepts_per_class is None:
             raise ValueError('selection="concepts" needs max_concepts_per_class (the target number of concepts per class)')
         tol = self.accuracy_tolerance

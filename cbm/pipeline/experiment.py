@@ -294,16 +294,17 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         f = r.get("faithfulness")
         if not f:
             continue
-        if not f.get("measured"):
-            rows.append(f"| {method} | not measured: {f.get('reason')} | | | | | |")
+        three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        cue = f.get("cue_leakage") or {}
+        if not f.get("measured"):  # the cue needs no concept truth: it is measured wherever the card has a group
+            cue_cells = f"{three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))}" if cue else " | "
+            rows.append(f"| {method} | not measured: {f.get('reason')} | | | | {cue_cells} |")
             continue
         curve = f["intervention"]
         first, last = curve[0], curve[-1]
         shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
         shift += " (ID only)" if "ood" in f else ""
         oracle = f.get("oracle") or {}
-        cue = f.get("cue_leakage") or {}
-        three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         oracle_text = " / ".join(pct(v) for v in oracle.values()) or "–"
         rows.append(
             f"| {method} | {three(f.get('sign_agreement'))} | {three(f.get('mean_concept_auroc'))} | "
@@ -412,5 +413,7 @@ def _write_run_records(out: Path, splits, timings: dict[str, float]) -> None:
     skipped = [(s, p, r) for s, d in splits.items() for p, r in d.skipped]
     if skipped:
         atomic_write_json(out / "skipped_files.json", [{"split": s, "path": p, "reason": r} for s, p, r in skipped])
+    else:  # an earlier run's list in this folder is not this run's
+        (out / "skipped_files.json").unlink(missing_ok=True)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     log.info("%d unreadable file(s) skipped%s", len(skipped), " (see skipped_files.json)" if skipped else "")

@@ -25,13 +25,13 @@ alone, and nothing here chooses anything.
   out-of-domain test splits together; ``logit_auroc_se``, its standard error (Hanley & McNeil per
   class, combined with the same weights).
 
-A card without truth gets ``{"measured": False, "reason": ...}``, never zeros; a card without a
-confounder gets ``ood: {"measured": False, "reason": ...}`` (its test split is in-domain). The
-oracle puts an unannotated case's value at the mean of the annotated training cases
-(:func:`fill_unknown`). ``concept_auroc`` covers every concept with test truth; a split whose rows
-lack the truth columns (one built by hand) is listed under ``splits_without_truth``. ``splits``
-names the split each ``id`` / ``ood`` figure is read on: a confounded card without a ``test_id``
-split has its in-domain figures on val, which also chose the head's path point.
+A card without truth gets ``{"measured": False, "reason": ...}``, never zeros (and ``cue_leakage``,
+which needs no truth, where it has the group); one without a confounder ``ood: {"measured": False,
+"reason": ...}`` (its test split is in-domain). The oracle puts an unannotated case's value at the
+mean of the annotated training cases (:func:`fill_unknown`). ``concept_auroc`` covers every concept
+with test truth; a split whose rows lack the truth columns (one built by hand) is listed under
+``splits_without_truth``. ``splits`` names the split each ``id`` / ``ood`` figure is read on: a
+confounded card without a ``test_id`` split has its in-domain figures on val, which chose the head.
 """
 
 from __future__ import annotations
@@ -50,10 +50,7 @@ from cbm.pipeline.inputs import SplitData
 from cbm.pipeline.scoring import eval_splits
 
 __all__ = [
-    "MIN_ANNOTATED",
-    "MIN_CHECKED",
-    "STEP_FALL",
-    "UNRELATED_PHI",
+    "MIN_ANNOTATED", "MIN_CHECKED", "STEP_FALL", "UNRELATED_PHI",
     "auroc_standard_error",
     "check_store",
     "check_truth_names",
@@ -413,15 +410,19 @@ def oracle_accuracies(head: Any, prior: np.ndarray | None, columns: list[int], v
             for name, split in evaluate.items()}
 
 
+def _without_truth(reason: str, card, splits, scores, coef, intercept, seed: int, inputs) -> dict[str, Any]:
+    """Not measured, and why; with the cue leakage where the card has the group (it needs no truth)."""
+    leak = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
+    return {"measured": False, "reason": reason, **({} if leak.get("measured") is False else {"cue_leakage": leak})}
+
+
 def measure_faithfulness(
     model: Any,
     card: Any,
     splits: dict[str, SplitData],
     *,
-    coef: np.ndarray | None = None,
-    intercept: np.ndarray | None = None,
-    head: Any = None,
-    store_names: Sequence[str] = (),
+    coef: np.ndarray | None = None, intercept: np.ndarray | None = None,
+    head: Any = None, store_names: Sequence[str] = (),
     seed: int = 0, on_scores: bool = False,
 ) -> dict[str, Any]:
     """Faithfulness figures of a head on a card with concept truth (see the module docstring).
@@ -441,26 +442,27 @@ def measure_faithfulness(
             values: interventions then set scores to ``model.score_levels()``.
     """
     names = model.bottleneck.concept_names
+    coef, intercept = (model.coef if coef is None else np.asarray(coef, np.float32),
+                       model.intercept if intercept is None else np.asarray(intercept, np.float32))
+    scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
+    inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
+    without_truth = lambda reason: _without_truth(reason, card, splits, scores, coef, intercept, seed, inputs)  # noqa: E731
     if not getattr(card, "concept_truth", None):
-        return {"measured": False, "reason": f"card {card.name!r} names no concept truth columns (concept_truth)"}
+        return without_truth(f"card {card.name!r} names no concept truth columns (concept_truth)")
     check_truth_names(card, names, store_names)
     if missing := [s for s in ("train", "val", "test") if s not in splits]:
         raise ValueError(f"measure_faithfulness needs the train, val and test splits (train: each concept's association with "
                          f"the classes; val: the oracle's choice; test: the figures); missing: {', '.join(missing)}: encode "
                          "them with cbm.pipeline.extract_splits(card, model.encoder), or put a split of your own under its name")
-    coef = model.coef if coef is None else np.asarray(coef, np.float32)
-    intercept = model.intercept if intercept is None else np.asarray(intercept, np.float32)
-    scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
-    inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     truth = {s: truth_matrix(card, d, names) for s, d in splits.items()}
     if not truth["train"][0]:
-        return {"measured": False, "reason": f"none of the model's concepts has a truth column in the manifest of card {card.name!r}"}
+        return without_truth(f"none of the model's concepts has a truth column in the manifest of card {card.name!r}")
     test_names, test_truth = truth["test"]
     keep = truth_columns(truth["train"][1], splits["train"].labels)
     if not keep:
-        return {"measured": False, "reason": (
+        return without_truth(
             f"card {card.name!r} maps concepts to truth columns ({', '.join(truth['train'][0])}), but none annotates "
-            "training cases of two classes: fill them in the manifest (1/0; empty = not annotated)")}
+            "training cases of two classes: fill them in the manifest (1/0; empty = not annotated)")
     with_truth = [truth["train"][0][j] for j in keep]
     truth = {s: _on_concepts(t, with_truth) for s, t in truth.items()}  # by name: a split may lack the columns
     unannotated = [s for s, (_, t) in truth.items() if len(t) and np.isnan(t).all()]

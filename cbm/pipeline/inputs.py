@@ -65,10 +65,19 @@ def resolve_concepts(card, concepts: Any = None, *, llm: dict | None = None, emb
     if isinstance(concepts, ConceptSet):
         return concepts
     if isinstance(concepts, dict):
-        return ConceptSet.from_mapping(card.class_names, concepts)
-    if isinstance(concepts, (list, tuple)):
-        return ConceptSet.from_mapping(card.class_names, {c: list(concepts) for c in card.class_names})
-    raise TypeError(f"concepts must be None, a ConceptSet, a {{class: [concepts]}} dict or a list; got {type(concepts).__name__}")
+        cset = ConceptSet.from_mapping(card.class_names, concepts)
+    elif isinstance(concepts, (list, tuple)):
+        cset = ConceptSet.from_mapping(card.class_names, {c: list(concepts) for c in card.class_names})
+    else:
+        raise TypeError(f"concepts must be None, a ConceptSet, a {{class: [concepts]}} dict or a list; got {type(concepts).__name__}")
+    if not len(cset):
+        raise ValueError(f"the concepts given ({concepts!r}) hold no phrase: give at least one, or none at all "
+                         "(concepts=None; in cbm run concepts.list=null) for the card's concept store")
+    bare = [c for c in card.class_names if not cset.by_class.get(c)]
+    if bare:
+        log.warning("the concepts given list none for class(es) %s: a faithful head gives them no weight of their own",
+                    ", ".join(bare))
+    return cset
 
 
 def extract_splits(
