@@ -516,6 +516,8 @@ def test_card_without_split_rule(tmp_path):
         ({"split": {"method": "random", "fractions": {"train": 0.9, "val": 0.2}}}, "sum to 1"),
         ({"split": {"method": "shuffle"}}, "split.method must be random, column, lists or confounded"),
         ({"paths": "{x}"}, "make_splits.paths"),
+        ({"patient": "patient_id", "keep": ["age", "patient_id"]}, "keep names 'patient_id', the rule's patient column"),
+        ({"keep": ["age", "PatientName"]}, "keep names 'PatientName', named as a patient identifier"),
     ],
 )
 def test_bad_split_rules(change, fragment):

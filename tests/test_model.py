@@ -173,9 +173,14 @@ def test_an_empty_concept_list_names_the_card_as_a_command_line_finds_it(fitted,
         raise AssertionError("images were encoded before the concepts were checked")
 
     monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
-    with pytest.raises(ValueError, match="give at least one") as err:
+    with pytest.raises(ValueError, match=r"the concepts given \(\[\]\) hold no phrase: give at least one, or none"):
         cbm.fit(small_card, encoder=fitted[1].encoder, concepts=[])
-    assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)  # not its name: that finds no card
+    # an empty store names the card as a command line finds it (its folder; its name finds no card)
+    monkeypatch.setattr(cbm.pipeline.fitting, "resolve_concepts",
+                        lambda card, *a, **k: cbm.concepts.ConceptSet.from_mapping(card.class_names, {c: [] for c in card.class_names}))
+    with pytest.raises(ValueError, match="give at least one") as err:
+        cbm.fit(small_card, encoder=fitted[1].encoder)
+    assert f"cbm concepts {small_card.folder} --llm PRESET" in str(err.value)
 
 
 def test_a_missing_val_split_is_reported_before_any_image_is_encoded(fitted, small_card, monkeypatch):
@@ -208,7 +213,7 @@ def test_a_class_without_validation_images_is_named(fitted, small_card):
     kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,val" in r)]
     (small_card.folder / "manifest.csv").write_text("\n".join(kept) + "\n")
     card = load_card(small_card.path)
-    assert "class(es) with no validation image: melanoma" in card.validate().summary()
+    assert "note: no validation image of melanoma" in card.validate().summary()
     with pytest.raises(ValueError, match=r"no usable validation images of class\(es\) \['melanoma'\].*make-splits"):
         cbm.fit(card, encoder=fitted[1].encoder, num_workers=0)
 

@@ -94,6 +94,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
+# column names that identify a person (keep may copy age, sex, site: never these)
+_IDENTIFIER = re.compile(r"patient.?(id|name|number|no\b)|(^|[^a-z])(name|dob|mrn|ssn|e.?mail|phone)([^a-z]|$)|birth|address",
+                         re.IGNORECASE)
+
 from cbm.errors import quote
 
 __all__ = [
@@ -415,6 +419,17 @@ class SplitRule(_Rule):
     layouts: dict[Text, Any] = {}
     seed: int = 0
     _layout_name: str = PrivateAttr("default")
+
+    @model_validator(mode="after")
+    def _keep_no_identifier(self) -> SplitRule:
+        """``keep`` copies columns into the manifest in clear: never the patient column (the manifest
+        holds its salted key) nor a column named as an identifier."""
+        for column in self.keep:
+            if column in self.patient or _IDENTIFIER.search(column):
+                why = "the rule's patient column" if column in self.patient else "named as a patient identifier"
+                raise ValueError(f"keep names {column!r}, {why}: the manifest would hold it in clear (a patient is "
+                                 "grouped by a salted key, patient_key, and never written); leave it out of keep")
+        return self
 
     @property
     def name(self) -> str:

@@ -37,7 +37,8 @@ def results_table(card_name: str, metrics: dict[str, dict[str, Any]], notes: lis
          if any_r["ood_split"] else
          f"Accuracy in %. ID = `{any_r['id_split']}` split; no out-of-domain split (the card has no confounder). ")
         + "val acc: the validation split, which chose every setting.",
-        "Test accuracy with bootstrap 95% intervals:",
+        "Test accuracy with bootstrap 95% intervals:" if any(
+            r["test"]["accuracy_ci"][0] is not None for r in metrics.values()) else "Test accuracy (no bootstrap intervals):",
         "",
     ]
     for method, r in metrics.items():
