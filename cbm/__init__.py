@@ -16,6 +16,8 @@ from typing import Any
 
 from cbm._version import __version__
 __all__ = ["__version__", "fit", "ConceptBottleneckModel", "Prediction"]
+_SUBPACKAGES = ("concepts", "data", "demo", "encoders", "explain", "heads", "pipeline", "calibration", "evaluate",
+                "image_checks", "reference")
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from cbm.pipeline import fit
 
         return fit
+    if name in _SUBPACKAGES:  # cbm.pipeline.run_experiment after a bare `import cbm`, as the README writes it
+        import importlib
+
+        return importlib.import_module(f"cbm.{name}")
     raise AttributeError(f"module 'cbm' has no attribute {name!r}")

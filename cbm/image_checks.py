@@ -64,18 +64,23 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
     (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
     in [0, 1], or uint8 scaled by 255, uint16 stretched from its smallest to its largest value)."""
-    from cbm.data import read_image
-    from cbm.data.transforms import unit_pixels
+    from PIL import Image
 
+    from cbm.data import read_image
+    from cbm.data.transforms import channels_last, unit_pixels
+
+    if isinstance(image, (list, tuple)):
+        raise TypeError(f"one image is explained at a time, not a {type(image).__name__} of {len(image)}; loop over "
+                        "them, or use `cbm explain MODEL FILES... --out DIR` for a batch with an index")
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     if hasattr(image, "pixels"):
         return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
-        raise ValueError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
+    if isinstance(image, Image.Image):  # as an image file of that mode is read
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB" if image.mode != "L" else "L")
+    arr = channels_last(image)
+    if arr.shape[2] in (2, 4):  # alpha left out, as the encoder's transform leaves it out
+        arr = arr[..., : arr.shape[2] - 1]
     arr = unit_pixels(arr)
     return arr, {}, arr
 

@@ -62,9 +62,9 @@ _FALLBACK_LEVEL = 2.0  # +-2 standard deviations when the model folder has no tr
 def _image_items(images: ImageLike | Sequence[ImageLike]) -> list:
     from cbm.data import LoadedImage
 
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
-    return [images] if isinstance(images, (str, os.PathLike, LoadedImage, np.ndarray)) else list(images)
+    single = (str, os.PathLike, LoadedImage, np.ndarray)  # and a PIL image; a 4-d array is a batch
+    one = (isinstance(images, single) and np.ndim(images) != 4) or hasattr(images, "getbands")
+    return [images] if one else list(images)
 
 
 @dataclass(frozen=True)
@@ -415,7 +415,8 @@ class ConceptBottleneckModel:
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``model.json`` + ``model.safetensors`` into ``folder`` (created if missing)."""
-        folder = Path(folder)
+        if (folder := Path(folder)).exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} is a file: a model is saved into a folder; give a new folder's path")
         folder.mkdir(parents=True, exist_ok=True)
         optional = {"train_raw_scores_sorted": self.train_raw_scores, "concept_prior": self.concept_prior,
                     "concept_levels": self.concept_levels}
@@ -451,14 +452,14 @@ class ConceptBottleneckModel:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ConceptBottleneckModel:
-        """Load a model folder written by :meth:`save`, checking every field and tensor first.
+        """Load a model folder written by :meth:`save` (or its model.json), checking every field and tensor first.
 
         Raises:
             FileNotFoundError: the folder lacks ``model.json`` or ``model.safetensors``.
             ModelFormatError: a file is damaged, from another program or a newer cbm, or holds
                 a field or tensor of the wrong type, shape or value (the message names which).
         """
-        folder = Path(folder)
+        folder = Path(folder).parent if Path(folder).name in ("model.json", "model.safetensors") else Path(folder)
         meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
         for p in (meta_path, weights_path):
             if not p.is_file():

@@ -55,3 +55,13 @@ def test_files_and_functions_stay_short(path):
                 long.append(f"{node.name} ({length} lines, line {node.lineno})")
     assert not long, (f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION_LINES} lines whose docstring does not "
                       f"say why (\"... on purpose: ...\"): {', '.join(long)}")
+
+
+def test_import_cbm_is_light_and_its_subpackages_are_attributes():
+    """`import cbm` loads no torch; `cbm.pipeline.run_experiment` works after it alone, as the README writes it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cbm; assert 'torch' not in sys.modules, 'torch loaded'; "
+            "assert callable(cbm.pipeline.run_experiment) and cbm.heads.SparseConceptHead")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

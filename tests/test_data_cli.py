@@ -46,6 +46,25 @@ def test_cards_table_and_json(capsys):
     assert cards["ham10000"]["manifest"] is False
 
 
+def test_cards_lists_the_name_that_finds_a_card(capsys, tmp_path, monkeypatch):
+    """A card whose name field differs from its folder is listed by its folder, which `cbm validate`
+    and `cbm run dataset=...` find it by."""
+    import shutil
+
+    from cbm.data._card import BUILTIN_CARDS_DIR
+
+    shutil.copytree(BUILTIN_CARDS_DIR / "ham10000", tmp_path / "my-folder")
+    monkeypatch.setenv("CBM_CARDS_PATH", str(tmp_path))
+    code, out, _ = run(capsys, "cards")
+    line = next(row for row in out.splitlines() if row.startswith("my-folder "))
+    assert code == 0 and line.endswith("(its name field: ham10000)")
+    code, out, _ = run(capsys, "cards", "--json")
+    mine = next(c for c in json.loads(out) if c["name"] == "my-folder")
+    assert mine["card_name"] == "ham10000"
+    _, out, err = run(capsys, "validate", "my-folder")  # found by the listed name (it has no manifest yet)
+    assert "Unknown data card" not in err and "has no manifest yet" in out + err
+
+
 def test_a_reader_that_closes_the_pipe_early_gets_no_error(capsys, monkeypatch):
     """`cbm cards | head -1`: the rest of the output has nowhere to go, which is no error to report."""
     import sys

@@ -337,6 +337,16 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     assert summary["cases"][1]["error"].startswith("image broken.png: ")
 
 
+def test_a_manifest_of_windows_paths_is_told_once(tmp_path, caplog):
+    (tmp_path / "images").mkdir()
+    save_png(tmp_path / "images" / "a.png", make_image(21))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\nimages\\a.png,melanoma,test\n")
+    with caplog.at_level(logging.WARNING, logger="cbm"):
+        collect_inputs([manifest], class_names=CLASSES)
+    assert "1 path(s) separate folders with '\\' (a Windows path)" in caplog.text and "write '/'" in caplog.text
+
+
 def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_path, caplog):
     """IM000001 in every patient's folder: each case is named by as much of its path as tells
     them apart, in the index, its page's title and index.json; one image given twice is numbered."""

@@ -88,6 +88,10 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(again.predict_proba(paths), model.predict_proba(paths), rtol=1e-5, atol=1e-6)
     assert again.bottleneck.concept_names == model.bottleneck.concept_names
     assert again.encoder.cache_key == model.encoder_key
+    assert ConceptBottleneckModel.load(folder / "model.json").classes == model.classes  # its file stands for the folder
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(FileExistsError, match="a-file is a file: a model is saved into a folder"):
+        model.save(tmp_path / "a-file")
     from cbm.data import PIXEL_PIPELINE_VERSION
 
     assert again.info["pixel_pipeline"] == PIXEL_PIPELINE_VERSION  # how its images were read, checked on load
@@ -193,8 +197,17 @@ def test_a_missing_val_split_is_reported_before_any_image_is_encoded(fitted, sma
         raise AssertionError("images were encoded before the splits were checked")
 
     monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
-    with pytest.raises(ValueError, match="has no val rows"):
+    with pytest.raises(ValueError, match=r"has no usable val rows .*unknown split name .*.validation."):
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder)
+
+
+def test_a_split_whose_rows_were_all_dropped_names_why(fitted, small_card):
+    """Every path written the Windows way: the error names that, not "add train rows"."""
+    lines = (small_card.folder / "manifest.csv").read_text().splitlines()
+    header, rows = lines[0], [r.replace("/", "\\", 1) if ",train," in r or ",val," in r else r for r in lines[1:]]
+    (small_card.folder / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"no usable train, val rows .*left out for .*a Windows path.*write '/'.*cbm validate"):
+        cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
 
 
 def test_a_class_without_training_images_is_named(fitted, small_card):
@@ -261,3 +274,21 @@ def test_a_misshapen_image_array_is_named_with_its_shape(fitted, shape, message)
     _, model = fitted
     with pytest.raises(ValueError, match=message):
         model.predict(np.random.default_rng(0).random(shape))
+    with pytest.raises(ValueError, match=message):  # explain reads an array as predict does
+        model.explain(np.random.default_rng(0).random(shape))
+
+
+def test_predict_and_explain_take_the_same_images(fitted):
+    """A PIL image alone, an RGBA array (alpha left out) and a list given to explain."""
+    from PIL import Image
+
+    card, model = fitted
+    path = _test_paths(card)[0]
+    rgb = Image.open(path).convert("RGB")
+    rgba = np.dstack([np.asarray(rgb), np.full(np.asarray(rgb).shape[:2], 255, np.uint8)])
+    assert model.predict(rgb) == model.predict([rgb]) == model.predict(path)
+    expected = model.explain(path).probabilities
+    for image in (rgb, rgba, rgb.convert("RGBA")):
+        assert model.explain(image).probabilities == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(TypeError, match="one image is explained at a time, not a list of 2"):
+        model.explain([path, path])

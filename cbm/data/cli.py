@@ -61,7 +61,8 @@ def _cards(args: argparse.Namespace) -> int:
             continue
         rows.append(
             {
-                "name": card.name,
+                "name": name,  # what finds the card (its folder's name), whatever its own name field says
+                **({"card_name": card.name} if card.name != name else {}),
                 "task": card.task,
                 "classes": len(card.classes),
                 "modality": card.modality,
@@ -83,6 +84,7 @@ def _cards(args: argparse.Namespace) -> int:
         print(
             f"{r['name']:<15} {r['task']:<10} {r['classes']:>3}  {r['modality'][:36]:<36} "
             f"{'yes' if r['manifest'] else 'no':<8} {'yes' if r['images'] else 'no':<6}  {r['title']}"
+            + (f" (its name field: {r['card_name']})" if "card_name" in r else "")
         )
     return 0
 

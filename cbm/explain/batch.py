@@ -82,6 +82,10 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
         if not len(manifest):
             raise ValueError(f"{source} has no rows in split {split!r}; its splits are {names} "
                              "(choose one of them)")
+    windows = [r.path for r in manifest if "\\" in r.path and not manifest.file(r).exists()]
+    if windows:  # each would fail alone as "not found"; the cause is said once
+        log.warning("%s: %d path(s) separate folders with '\\' (a Windows path), which names no file here, e.g. %s: "
+                    "write '/' between folders", source, len(windows), windows[0])
     return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
 
 

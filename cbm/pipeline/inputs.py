@@ -123,7 +123,14 @@ def extract_splits(
 
 def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test")) -> None:
     """Raise before any encoding when the manifest lacks a split a run needs."""
-    absent = [s for s in needed if s not in card.manifest().split_names()]
+    manifest = card.manifest()
+    absent = [s for s in needed if s not in manifest.split_names()]
+    report = getattr(manifest, "report", None)
+    if absent and report is not None and report.problems:  # rows there were dropped: the problems say why
+        shown = "; ".join(p.message for p in report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
+        raise ValueError(f"card {card.name!r} has no usable {', '.join(absent)} rows (manifest {card.manifest_path}): "
+                         f"the manifest's rows were left out for {len(report.problems)} problem(s): {shown}. Fix them "
+                         "(`cbm validate CARD` lists every problem and its rows)")
     if absent:
         raise ValueError(
             f"card {card.name!r} has no {', '.join(absent)} rows (manifest {card.manifest_path}); a run needs train "
