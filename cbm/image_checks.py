@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "MIN_IMAGE_SIDE",
+__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "image_items", "MIN_IMAGE_SIDE",
            "GREYSCALE_TRAINING_SHARE"]
 
 MIN_IMAGE_SIDE = 32
@@ -58,6 +58,32 @@ def greyscale(pixels: np.ndarray) -> bool:
     """Whether ``(H, W, C)`` pixels in [0, 1] are grey: one channel, or at most :data:`_COLOUR_PIXEL_SHARE`
     of the pixels with channels more than 4/255 apart."""
     return pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE
+
+
+def image_items(images: Any) -> list:
+    """The images of ``predict``'s argument, one by one: a path, a ``LoadedImage``, an array or a PIL
+    image alone is one image; a 4-d array or any other iterable of them is several."""
+    from cbm.data import LoadedImage
+
+    single = (str, os.PathLike, LoadedImage, np.ndarray)
+    is_image = lambda i: isinstance(i, single) or hasattr(i, "getbands")  # noqa: E731  (getbands: a PIL image)
+
+    def refuse(value: Any) -> TypeError:
+        hint = " (file contents: save them to a file, or open them with PIL)" if isinstance(value, (bytes, bytearray)) else ""
+        return TypeError("an image is a file path, a cbm.data.LoadedImage, an (H, W[, C]) array or a PIL image, and "
+                         f"several are a list of them; got {type(value).__name__}{hint}")
+
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if is_image(images):
+        return [images]
+    if isinstance(images, (bytes, bytearray, dict)) or not hasattr(images, "__iter__"):
+        raise refuse(images)
+    items = list(images)
+    for item in items:
+        if not is_image(item):
+            raise refuse(item)
+    return items
 
 
 def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:

@@ -43,6 +43,7 @@ from safetensors.torch import save as safetensors_bytes
 from cbm.bottleneck import ConceptBottleneck
 from cbm.calibration import calibrate, calibrated as calibrated_columns
 from cbm.errors import ModelFormatError
+from cbm.image_checks import image_items
 from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors, weights_metadata
 from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
 from cbm.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, softmax
@@ -57,14 +58,6 @@ ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[
 PRESENT_PERCENTILE = 95.0
 ABSENT_PERCENTILE = 5.0
 _FALLBACK_LEVEL = 2.0  # +-2 standard deviations when the model folder has no training scores
-
-
-def _image_items(images: ImageLike | Sequence[ImageLike]) -> list:
-    from cbm.data import LoadedImage
-
-    single = (str, os.PathLike, LoadedImage, np.ndarray)  # and a PIL image; a 4-d array is a batch
-    one = (isinstance(images, single) and np.ndim(images) != 4) or hasattr(images, "getbands")
-    return [images] if one else list(images)
 
 
 @dataclass(frozen=True)
@@ -278,7 +271,7 @@ class ConceptBottleneckModel:
         from cbm.data import read_image
         from cbm.data.transforms import channels_last, unit_pixels
 
-        items, enc = _image_items(images), self.encoder
+        items, enc = image_items(images), self.encoder
         out = []
         for start in range(0, len(items), batch_size):
             batch = []
@@ -321,7 +314,7 @@ class ConceptBottleneckModel:
         out-of-distribution score; one image at a time)."""
         if not withhold:
             return [self.classes[i] for i in self.predict_proba(images).argmax(1)]
-        return [None if (e := self.explain(item)).withheld else e.predicted for item in _image_items(images)]
+        return [None if (e := self.explain(item)).withheld else e.predicted for item in image_items(images)]
 
     # ------------------------------------------------------------------ explanation
     def score_percentiles(self, raw_scores: np.ndarray) -> np.ndarray | None:
@@ -381,7 +374,7 @@ class ConceptBottleneckModel:
         return image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta, grey)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
-        """Class probabilities after setting some concept values by hand.
+        """Class probabilities after setting some concept values by hand (a number, or "present" / "absent").
 
         The classic concept-bottleneck test-time intervention: a clinician marks a concept present
         or absent (:meth:`presence_levels`: 1 or 0 for a calibrated concept, a high or low
@@ -390,16 +383,19 @@ class ConceptBottleneckModel:
         z = self.concept_values_from_features(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}
         calibrated = self.calibrated()
+        levels = dict(zip(("absent", "present"), self.presence_levels()))
         for name, value in overrides.items():
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
-            v = float(value)
+            if isinstance(value, bool) or (isinstance(value, str) and value not in levels):
+                raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
+            v = float(levels[value][index[name]] if isinstance(value, str) else value)
             if not math.isfinite(v):
                 raise ValueError(f"intervention for {name!r} is {value!r}; give a finite number")
             if calibrated[index[name]] and not 0.0 <= v <= 1.0:
                 raise ValueError(
                     f"intervention for {name!r} is {v:g}, but the model weighs this concept as the probability that "
-                    "it is present: give a number from 0 to 1 (0.75 for 75 %), or 'present' / 'absent' in case.intervene")
+                    "it is present: give a number from 0 to 1 (0.75 for 75 %), or 'present' / 'absent'")
             z[index[name]] = v
         unused = [c for c in overrides if not np.any(self.coef[:, index[c]])]
         if unused:

@@ -199,10 +199,11 @@ class TrainingReference:
         if score <= self.threshold:
             return None
         share = self.val_share_below(score)
-        than = "every validation image" if share is None or share >= 1.0 else f"{100 * share:.0f} % of the validation images"
+        where = ("at least as far from them as the furthest validation image" if share is None or share >= 1.0
+                 else f"further from them than {100 * share:.0f} % of the validation images")
         target = 100 * self.facts.get("val_pass_rate_target", VAL_PASS_RATE)
         return Flag("unlike-training",
-                    f"The image is unlike the images the model was trained on: it lies further from them than {than} "
+                    f"The image is unlike the images the model was trained on: it lies {where} "
                     f"(the model answers only for images as close as the nearest {target:g} % of them), so it does "
                     "not answer for it.")
 

@@ -152,6 +152,11 @@ def test_intervention_bad_input_is_named(tiny_model):
         case.intervene({"irregular bordr": "present"})
     with pytest.raises(ValueError, match="present"):
         case.intervene({"irregular border": "yes"})
+    with pytest.raises(ValueError, match="is True; use 'present', 'absent' or a number"):  # not a score of 1.0
+        case.intervene({"irregular border": True})
+    # the model takes the words too, as the case does
+    assert list(tiny_model.intervene_features(case.feature, {"irregular border": "present"})) == pytest.approx(
+        list(case.intervene({"irregular border": "present"}).values()), abs=1e-6)
 
 
 def test_grey_and_non_square_images_are_displayed_with_the_crop(tiny_model):
@@ -162,8 +167,8 @@ def test_grey_and_non_square_images_are_displayed_with_the_crop(tiny_model):
     assert case.image.shape == (90, 45, 3) and case.image.dtype == np.uint8
     assert case.crop == (0, 22, 45)  # the centred square the encoder saw, in display pixels
     assert [f.code for f in case.flags][:1] == ["greyscale"] and case.withheld
-    with pytest.raises(ValueError, match="shape"):
-        explain_image(tiny_model, np.zeros((4, 4, 2)))
+    with pytest.raises(ValueError, match=r"got \(4, 4, 5\)"):
+        explain_image(tiny_model, np.zeros((4, 4, 5)))
     with pytest.raises(ValueError, match="top_k"):
         explain_image(tiny_model, grey, top_k=0)
 

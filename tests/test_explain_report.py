@@ -296,6 +296,10 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     (images / "broken.png").write_bytes((images / "a.png").read_bytes()[:80])
     found = collect_inputs([images], class_names=CLASSES)
     assert [p.path.name for p in found] == ["a.png", "broken.png", "IM0001", "b.jpg"]
+    (tmp_path / "other").mkdir()  # the formats a manifest may name are found in a folder too
+    for name in ("c.tiff", "d.webp", "e.bmp"):
+        Image.fromarray((make_image(23) * 255).astype(np.uint8)).save(tmp_path / "other" / name)
+    assert [p.label for p in collect_inputs([tmp_path / "other"], class_names=CLASSES)] == ["c.tiff", "d.webp", "e.bmp"]
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\nimages/a.png,melanoma,test\nimages/sub/b.jpg,benign nevus,test\n"

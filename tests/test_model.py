@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,3 +293,6 @@ def test_predict_and_explain_take_the_same_images(fitted):
         assert model.explain(image).probabilities == pytest.approx(expected, abs=1e-4)
     with pytest.raises(TypeError, match="one image is explained at a time, not a list of 2"):
         model.explain([path, path])
+    for bad, name in ((Path(path).read_bytes(), "bytes .file contents"), (None, "NoneType"), ({"a": 1}, "dict")):
+        with pytest.raises(TypeError, match=f"an image is a file path.*got {name}"):
+            model.predict(bad)

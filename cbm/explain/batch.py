@@ -1,9 +1,9 @@
 """Batch reports: explain many images into a folder with an index page and a class card.
 
-Inputs are image files (PNG, JPEG, DICOM), folders (searched recursively; DICOM files without an
-extension are recognised by their ``DICM`` marker), manifest CSVs (``path,label,split``, paths
-relative to the CSV's folder) or data cards (``card.yaml``); a manifest's label is shown as the
-known label beside the prediction. The output folder::
+Inputs are image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders (searched recursively; DICOM
+files without an extension are recognised by their ``DICM`` marker), manifest CSVs
+(``path,label,split``, paths relative to the CSV's folder) or data cards (``card.yaml``); a
+manifest's label is shown as the known label beside the prediction. The output folder::
 
     index.html       one row per input: prediction (or why it is withheld), strongest present finding,
                      known label, link
@@ -37,7 +37,8 @@ __all__ = ["CaseInput", "BatchResult", "collect_inputs", "explain_batch", "IMAGE
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+# what a folder is searched for: the formats a manifest row may name too (cbm.data.read_image)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ def collect_inputs(
         else:
             out.append(CaseInput(p))
     if not out:
-        raise ValueError(f"nothing to explain in {[os.fspath(i) for i in items]}: no PNG, JPEG or DICOM images found")
+        raise ValueError(f"nothing to explain in {[os.fspath(i) for i in items]}: no images ({', '.join(IMAGE_SUFFIXES)}, "
+                         "or DICOM) found")
     return distinct_labels(out)
 
 

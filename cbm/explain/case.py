@@ -115,20 +115,13 @@ class CaseReport:
         """
         if self.model is None:
             raise RuntimeError("this case was built without its model; explain it with explain_image(model, ...)")
-        absent, present = self.model.presence_levels()
-        index = {c: i for i, c in enumerate(self.model.bottleneck.concept_names)}
-        values: dict[str, float] = {}
-        for name, value in overrides.items():
-            if name not in index:
-                from cbm.utils import unknown_name_message
+        names = self.model.bottleneck.concept_names
+        unknown = next((name for name in overrides if name not in names), None)
+        if unknown is not None:
+            from cbm.utils import unknown_name_message
 
-                raise KeyError(unknown_name_message("concept", name, index))
-            if isinstance(value, str):
-                if value not in ("present", "absent"):
-                    raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
-                value = present[index[name]] if value == "present" else absent[index[name]]
-            values[name] = float(value)
-        proba = self.model.intervene_features(self.feature, values, _stacklevel=3)  # a warning names the caller
+            raise KeyError(unknown_name_message("concept", unknown, names))
+        proba = self.model.intervene_features(self.feature, dict(overrides), _stacklevel=3)  # a warning names the caller
         return {c: float(p) for c, p in zip(self.model.classes, proba)}
 
 

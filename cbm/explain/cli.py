@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder (model.json + model.safetensors)")
     p.add_argument("inputs", metavar="IMAGE_OR_DICOM", nargs="+",
-                   help="PNG/JPEG/DICOM files, folders (searched recursively), manifest CSVs (path,label,split) or card.yaml files")
+                   help="image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders (searched recursively), manifest CSVs "
+                        "(path,label,split) or card.yaml files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--split", default=None, help="with a manifest or card: explain only rows of this split (e.g. test)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="findings mapped (those not absent) (default 5)")
