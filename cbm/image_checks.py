@@ -29,10 +29,18 @@ too: a greyscale image is not withheld for its colour (the share is recorded whe
 # What each modality word of a card expects: DICOM Modality codes such images carry, and whether
 # the model was trained on colour images. (OT "other" and SC "secondary capture" are what
 # converted and exported images often carry.)
+# A key matches within the card's modality with spaces and hyphens removed ("chest X-ray" ->
+# "chestxray"), or, after "=", as a whole word ("chest CT"; "electron" holds no CT).
 _MODALITY_EXPECTATIONS = (
     (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
     (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("fundus", "retina", "ophthalm"), ("OP", "XC", "OT", "SC"), True),  # before the photographs it is one of
+    (("histopatholog", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
     (("photograph",), ("XC", "OT", "SC"), True),
+    (("=ct", "computedtomograph"), ("CT", "OT", "SC"), False),
+    (("=mri", "=mr", "magneticresonance"), ("MR", "OT", "SC"), False),
+    (("ultrasound", "sonograph", "echocardiograph"), ("US", "OT", "SC"), False),
+    (("mammogra",), ("MG", "OT", "SC"), False),
 )
 # A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
 # image with a coloured annotation or ruler stays grey).
@@ -123,9 +131,10 @@ def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any
     trained_on_grey = greyscale_share is not None and greyscale_share >= GREYSCALE_TRAINING_SHARE
     found: list[Flag] = []
     modality = str(modality or "")
-    words = "".join(modality.lower().replace("-", " ").split())  # "chest X-ray", "chest x ray" -> "chestxray"
+    tokens = modality.lower().replace("-", " ").split()
+    words = "".join(tokens)  # "chest X-ray", "chest x ray" -> "chestxray"
     for keys, codes, colour in _MODALITY_EXPECTATIONS:
-        if not any(k in words for k in keys):
+        if not any(k[1:] in tokens if k.startswith("=") else k in words for k in keys):
             continue
         code = str(meta.get("modality") or "").upper()
         if meta.get("format") == "dicom" and code and code not in codes:

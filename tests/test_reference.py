@@ -131,6 +131,13 @@ def test_image_checks():
     assert [f.code for f in image_flags("dermoscopy", grey, ct)] == ["modality", "greyscale"]
     assert [f.code for f in image_flags("chest X-ray", grey, ct)] == ["modality"]
     assert image_flags("Chest X ray", grey, {"format": "dicom", "modality": "DX"}) == []
+    # other modalities a card may name: an MR slice for a CT model, a CT slice for fundus photographs
+    mr = {"format": "dicom", "modality": "MR"}
+    assert [f.code for f in image_flags("chest CT", grey, mr)] == ["modality"]
+    assert image_flags("chest CT", grey, ct) == [] and image_flags("brain MRI", grey, mr) == []
+    assert [f.code for f in image_flags("retinal fundus photograph", grey, ct)] == ["modality", "greyscale"]
+    assert image_flags("retinal fundus photograph", colour, {"format": "dicom", "modality": "OP"}) == []
+    assert image_flags("electron microscopy", grey, mr) == []  # no modality it knows: no such check
     assert [f.code for f in image_flags(None, make_image(2, (12, 20)), {})] == ["too-small"]
     annotated = np.repeat(make_image(3).mean(-1, keepdims=True), 3, axis=2)
     annotated[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one
