@@ -143,6 +143,7 @@ _BAD_UPLOADS = [
     ("no length", None, {}, 411),
     ("bad length", None, {"Content-Length": "-5"}, 400),
     ("form without a file field", None, {"form-field": "comment"}, 400),
+    ("two images in one form", None, {}, 400),
 ]
 
 
@@ -154,6 +155,12 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, name, body, he
         body = full[: len(full) * 3 // 5]
     if "form-field" in headers:
         body, ctype = _multipart(_png_bytes(make_image(43)), field=headers.pop("form-field"))
+        headers["Content-Type"] = ctype
+    if name == "two images in one form":
+        one, ctype = _multipart(_png_bytes(make_image(43)))
+        closing = one[one.rindex(b"\r\n--"):]  # "\r\n--boundary--\r\n"
+        part = one[: -len(closing)]  # "--boundary\r\n<headers>\r\n\r\n<png>"
+        body = part + b"\r\n" + part + closing
         headers["Content-Type"] = ctype
     if "form-parts" in headers:  # many tiny parts (a body of 200,000 once cost 19 s to parse)
         n = int(headers.pop("form-parts"))
@@ -169,6 +176,8 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, name, body, he
         assert "could not be decoded: it ends inside its chunk" in text and "upload.png" not in text
     if name == "over the size limit":
         assert "MB), over the limit of" in text
+    if name == "two images in one form":
+        assert "holds 2 images; upload one image at a time" in text
     assert _healthy(server)
 
 

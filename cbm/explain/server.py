@@ -150,9 +150,11 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
     )
     if not msg.is_multipart():
         raise UploadError(HTTPStatus.BAD_REQUEST, "the form could not be read (malformed multipart body)")
-    for part in msg.iter_parts():
-        if part.get_param("name", header="content-disposition") == "file":
-            return part.get_payload(decode=True) or b""
+    files = [p for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "file"]
+    if len(files) > 1:  # one report per request: a second image would be dropped unseen
+        raise UploadError(HTTPStatus.BAD_REQUEST, f"the form holds {len(files)} images; upload one image at a time")
+    if files:
+        return files[0].get_payload(decode=True) or b""
     raise UploadError(HTTPStatus.BAD_REQUEST, "the form has no 'file' field; choose an image to upload")
 
 
