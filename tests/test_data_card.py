@@ -192,6 +192,7 @@ def test_every_manifest_problem_is_reported_together(tmp_path, caplog):
     ]
     folder = make_card(tmp_path / "toy", rows=rows)
     with open(folder / "manifest.csv", "a") as fh:
+        fh.write("a.png,Nevus,val\n")  # a label in another case
         fh.write("gone.png,nevus,train\n")  # missing file
         fh.write("a.png,nevus,train\n")  # duplicate path
         fh.write("b.png,cat,train\n")  # unknown label (and a duplicate)
@@ -202,7 +203,8 @@ def test_every_manifest_problem_is_reported_together(tmp_path, caplog):
     kinds = {p.kind for p in err.value.report.problems}
     assert kinds == {"missing_file", "duplicate_path", "unknown_label", "unknown_split", "empty_split", "no_training_image"}
     text = str(err.value)
-    assert "'cat'" in text and "'validation'" in text and "gone.png (line 5)" in text
+    assert "'cat'" in text and "'validation'" in text and "gone.png (line 6)" in text
+    assert "'Nevus' (line 5: the class is 'nevus', and labels are case-sensitive)" in text
     assert "split 'test' has no usable images" in text and "no training image: melanoma" in text
 
     with caplog.at_level(logging.WARNING):

@@ -68,6 +68,7 @@ def test_index_writes_a_manifest_from_headers(dicom_tree, tmp_path):
     assert skipped["normal/fake.dcm"].startswith("header not readable") or skipped["normal/fake.dcm"].startswith("no image")
     assert not any(p.startswith(".hidden") for p in rows)
     assert "14 DICOM images indexed from 18 files" in result.summary()
+    assert "    normal/report.dcm: no image" in result.summary()  # the files left out are named
 
 
 def test_index_carries_no_phi(dicom_tree, tmp_path):

@@ -72,6 +72,10 @@ class IndexResult:
         reasons = Counter(r for _, r in self.skipped)
         if reasons:
             lines.append("  left out: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
+            shown = self.skipped[:5]  # the first few by path, so a user can look at them
+            lines += [f"    {path}: {reason}" for path, reason in shown]
+            if len(self.skipped) > len(shown):
+                lines.append(f"    and {len(self.skipped) - len(shown)} more")
         splits = Counter(r["split"] for r in self.rows if r["split"])
         if splits:
             lines.append("  splits: " + ", ".join(f"{s} {n}" for s, n in splits.items()))

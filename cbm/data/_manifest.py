@@ -277,7 +277,9 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
             found.note("empty_field", line, f"line {line} ({', '.join(empty)})")
             continue
         if unicodedata.normalize("NFC", label) not in index_of:
-            found.note("unknown_label", line, f"{quote(label, 80)} (line {line})")
+            spelt = next((c for c in index_of if c.casefold() == unicodedata.normalize("NFC", label).casefold()), None)
+            hint = f": the class is {quote(spelt, 80)}, and labels are case-sensitive" if spelt else ""
+            found.note("unknown_label", line, f"{quote(label, 80)} (line {line}{hint})")
         if split not in KNOWN_SPLITS:
             found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
         for column in bad_truth_columns(rec, truth_columns):
