@@ -11,6 +11,7 @@ to show a finding. With the out-of-distribution score (:mod:`cbm.reference`) the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,18 +30,20 @@ too: a greyscale image is not withheld for its colour (the share is recorded whe
 # What each modality word of a card expects: DICOM Modality codes such images carry, and whether
 # the model was trained on colour images. (OT "other" and SC "secondary capture" are what
 # converted and exported images often carry.)
-# A key matches within the card's modality with spaces and hyphens removed ("chest X-ray" ->
-# "chestxray"), or, after "=", as a whole word ("chest CT"; "electron" holds no CT).
+# A key matches within the card's modality with everything but letters and digits removed ("chest
+# X-ray" -> "chestxray"), or, after "=", as a whole word ("head CT, non-contrast"; "electron" holds
+# no CT). The first entry that matches decides, so the specific ones come first ("X-ray mammography").
 _MODALITY_EXPECTATIONS = (
-    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
-    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
-    (("fundus", "retina", "ophthalm"), ("OP", "XC", "OT", "SC"), True),  # before the photographs it is one of
-    (("histopatholog", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
-    (("photograph",), ("XC", "OT", "SC"), True),
+    (("mammogra",), ("MG", "OT", "SC"), False),
     (("=ct", "computedtomograph"), ("CT", "OT", "SC"), False),
     (("=mri", "=mr", "magneticresonance"), ("MR", "OT", "SC"), False),
+    (("=oct", "opticalcoherence"), ("OPT", "OT", "SC"), False),
     (("ultrasound", "sonograph", "echocardiograph"), ("US", "OT", "SC"), False),
-    (("mammogra",), ("MG", "OT", "SC"), False),
+    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
+    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("fundus", "retina", "ophthalm"), ("OP", "XC", "OT", "SC"), True),
+    (("histopatholog", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
+    (("photograph",), ("XC", "OT", "SC"), True),
 )
 # A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
 # image with a coloured annotation or ruler stays grey).
@@ -66,6 +69,10 @@ def greyscale(pixels: np.ndarray) -> bool:
     """Whether ``(H, W, C)`` pixels in [0, 1] are grey: one channel, or at most :data:`_COLOUR_PIXEL_SHARE`
     of the pixels with channels more than 4/255 apart."""
     return pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE
+
+
+# PIL modes that are no array of pixel values as they stand (a palette, bits, other colour spaces)
+_CONVERTED_MODES = frozenset({"P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
 def image_items(images: Any) -> list:
@@ -110,9 +117,11 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
         image = read_image(image)
     if hasattr(image, "pixels"):
         return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    if isinstance(image, Image.Image):  # as an image file of that mode is read
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB" if image.mode != "L" else "L")
-    arr = channels_last(image)
+    if isinstance(image, Image.Image) and image.mode in _CONVERTED_MODES:  # as an image file of that mode is read
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L"
+                              if image.mode == "1" else "RGB")
+    image_items(image)  # one image of a kind it knows, or the error predict gives
+    arr = channels_last(image)  # grey, 16-bit grey (I;16) and float (F) images as arrays, as unit_pixels reads them
     if arr.shape[2] in (2, 4):  # alpha left out, as the encoder's transform leaves it out
         arr = arr[..., : arr.shape[2] - 1]
     arr = unit_pixels(arr)
@@ -131,7 +140,7 @@ def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any
     trained_on_grey = greyscale_share is not None and greyscale_share >= GREYSCALE_TRAINING_SHARE
     found: list[Flag] = []
     modality = str(modality or "")
-    tokens = modality.lower().replace("-", " ").split()
+    tokens = re.findall(r"[a-z0-9]+", modality.lower())
     words = "".join(tokens)  # "chest X-ray", "chest x ray" -> "chestxray"
     for keys, codes, colour in _MODALITY_EXPECTATIONS:
         if not any(k[1:] in tokens if k.startswith("=") else k in words for k in keys):

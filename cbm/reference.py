@@ -199,7 +199,8 @@ class TrainingReference:
         if score <= self.threshold:
             return None
         share = self.val_share_below(score)
-        where = ("at least as far from them as the furthest validation image" if share is None or share >= 1.0
+        where = ("further from them than the model's threshold" if share is None else
+                 "at least as far from them as the furthest validation image" if share >= 1.0
                  else f"further from them than {100 * share:.0f} % of the validation images")
         target = 100 * self.facts.get("val_pass_rate_target", VAL_PASS_RATE)
         return Flag("unlike-training",

@@ -145,12 +145,15 @@ def test_missing_folder(tmp_path):
 def test_free_text_in_code_fields_is_not_copied(tmp_path):
     """Body part, view and laterality are code strings a device or a person may fill with free text
     ("SKIN Jane Doe"): the manifest keeps them only as one word of DICOM's code alphabet."""
-    dicom(tmp_path / "a" / "x.dcm", patient="P1", BodyPartExamined="SKIN Jane Doe", ViewPosition="pa")
-    dicom(tmp_path / "a" / "y.dcm", patient="P2", BodyPartExamined="CHEST ", ViewPosition="AP")
+    dicom(tmp_path / "a" / "x.dcm", patient="P1", BodyPartExamined="SKIN Jane Doe", ViewPosition="p a")
+    dicom(tmp_path / "a" / "y.dcm", patient="P2", BodyPartExamined="Chest ", ViewPosition="AP")
     index_dicom(tmp_path / "a", tmp_path / "m.csv", label_from="folder", progress=False)
     rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "m.csv"))}
     assert (rows["x.dcm"]["body_part"], rows["x.dcm"]["view_position"]) == ("", "")
     assert (rows["y.dcm"]["body_part"], rows["y.dcm"]["view_position"]) == ("CHEST", "AP")
+    # nor as a label read from that tag
+    index_dicom(tmp_path / "a", tmp_path / "t.csv", label_from="tag:BodyPartExamined", progress=False)
+    assert [r["label"] for r in csv.DictReader(open(tmp_path / "t.csv"))] == ["", "CHEST"]
     from cbm.data import read_image
 
     assert "body_part" not in read_image(tmp_path / "a" / "x.dcm").meta

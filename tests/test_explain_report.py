@@ -17,6 +17,7 @@ from PIL import Image
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.explain import collect_inputs, explain_batch, explain_image, render_case_html, render_class_card_html
+from cbm.explain.batch import CaseInput, distinct_labels
 from cbm.explain.findings import unused_concepts
 from cbm.model import ConceptBottleneckModel
 
@@ -299,7 +300,7 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     (tmp_path / "other").mkdir()  # the formats a manifest may name are found in a folder too
     for name in ("c.tiff", "d.webp", "e.bmp"):
         Image.fromarray((make_image(23) * 255).astype(np.uint8)).save(tmp_path / "other" / name)
-    assert [p.label for p in collect_inputs([tmp_path / "other"], class_names=CLASSES)] == ["c.tiff", "d.webp", "e.bmp"]
+    assert [p.path.name for p in collect_inputs([tmp_path / "other"], class_names=CLASSES)] == ["c.tiff", "d.webp", "e.bmp"]
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label,split\nimages/a.png,melanoma,test\nimages/sub/b.jpg,benign nevus,test\n"
@@ -334,8 +335,8 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     assert dicom["withheld"] and {"modality", "greyscale"} <= {f["code"] for f in dicom["flags"]}
     report = (tmp_path / "out" / "cases" / "a.html").read_text()
     assert 'href="../index.html"' in report and 'href="../classes.html"' in report
-    # named by the path below the folder or in the manifest; no local path anywhere in the index
-    assert [c["case"] for c in summary["cases"]] == ["a.png", "broken.png", "sub/IM0001", "sub/b.jpg", "images/a.png",
+    # named by file name (a manifest row by its path); no local path anywhere in the index
+    assert [c["case"] for c in summary["cases"]] == ["a.png", "broken.png", "IM0001", "b.jpg", "images/a.png",
                                                     "images/sub/b.jpg"]
     assert str(tmp_path) not in (tmp_path / "out" / "index.json").read_text() and str(tmp_path) not in index
     assert summary["cases"][1]["error"].startswith("image broken.png: ")
@@ -345,10 +346,11 @@ def test_a_manifest_of_windows_paths_is_told_once(tmp_path, caplog):
     (tmp_path / "images").mkdir()
     save_png(tmp_path / "images" / "a.png", make_image(21))
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("path,label,split\nimages\\a.png,melanoma,test\n")
+    manifest.write_text("path,label,split\nimages\\a.png,melanoma,test\nimages\\b.png,melanoma,test\n")
     with caplog.at_level(logging.WARNING, logger="cbm"):
         collect_inputs([manifest], class_names=CLASSES)
-    assert "1 path(s) separate folders with '\\' (a Windows path)" in caplog.text and "write '/'" in caplog.text
+    assert caplog.text.count("separate folders") == 1 and "write '/'" in caplog.text
+    assert "2 path(s) separate folders with '\\' (a Windows path), which names no file here (line 2 and more)" in caplog.text
 
 
 def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_path, caplog):
@@ -358,12 +360,23 @@ def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_pat
         (tmp_path / "export" / patient).mkdir(parents=True)
         save_png(tmp_path / "export" / patient / "img1.png", make_image(seed))
     a, b = tmp_path / "export" / "patient_a" / "img1.png", tmp_path / "export" / "patient_b" / "img1.png"
-    assert [c.label for c in collect_inputs([tmp_path / "export"], class_names=CLASSES)] == ["patient_a/img1.png",
-                                                                                          "patient_b/img1.png"]
-    given = collect_inputs([a, b, a], class_names=CLASSES)  # files given alone: their names coincide
+    in_folder = distinct_labels(collect_inputs([tmp_path / "export"], class_names=CLASSES))
+    assert [c.label for c in in_folder] == ["patient_a/img1.png", "patient_b/img1.png"]
+    given = distinct_labels(collect_inputs([a, b, a], class_names=CLASSES))  # files given alone: names coincide
     assert [c.label for c in given] == ["patient_a/img1.png", "patient_b/img1.png", "patient_a/img1.png (2)"]
+    # a longer name that meets another's is made longer again; a number never stands for another file
+    odd = [CaseInput(tmp_path / "p" / "a" / "IM1"), CaseInput(tmp_path / "q" / "b" / "IM1"), CaseInput(tmp_path / "r" / "a" / "IM1", label="a/IM1")]
+    assert [c.label for c in distinct_labels(odd)] == ["p/a/IM1", "b/IM1", "r/a/IM1"]
+    same = [CaseInput(tmp_path / "x"), CaseInput(tmp_path / "x"), CaseInput(tmp_path / "y", label="x (2)")]
+    assert [c.label for c in distinct_labels(same)] == ["x", "x (3)", "x (2)"]
     out = tmp_path / "out"
+    (tmp_path / "export" / "patient_b" / "img2.png").write_bytes(b.read_bytes()[:80])  # cut short
+    (tmp_path / "export" / "patient_a" / "img2.png").write_bytes(b.read_bytes())
     explain_batch(tiny_model, given, out, maps=False, progress=False)
+    broken = explain_batch(tiny_model, collect_inputs([tmp_path / "export"], class_names=CLASSES), tmp_path / "out2",
+                           maps=False, progress=False)
+    assert [(label, reason.split(":")[0]) for label, reason in broken.failures] == [("patient_b/img2.png",
+                                                                                    "image patient_b/img2.png")]
     index = (out / "index.html").read_text()
     assert all(label in index for label in ("patient_a/img1.png", "patient_b/img1.png"))
     assert "Case report: patient_b/img1.png" in (out / "cases" / "img1-2.html").read_text()

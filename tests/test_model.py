@@ -211,6 +211,15 @@ def test_a_split_whose_rows_were_all_dropped_names_why(fitted, small_card):
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
 
 
+def test_a_split_that_was_never_written_is_not_blamed_on_other_rows(fitted, small_card):
+    lines = (small_card.folder / "manifest.csv").read_text().splitlines()
+    rows = [r for r in lines[1:] if ",val," not in r and not r.endswith(",val")]
+    bad = rows[0].replace("melanoma", "Melanoma").replace("benign nevus", "Benign nevus")
+    (small_card.folder / "manifest.csv").write_text("\n".join([lines[0], *rows, bad]) + "\n")
+    with pytest.raises(ValueError, match=r"has no val rows .*add them"):
+        cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
+
+
 def test_a_class_without_training_images_is_named(fitted, small_card):
     rows = (small_card.folder / "manifest.csv").read_text().splitlines()
     kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,train," in r)]
@@ -291,8 +300,15 @@ def test_predict_and_explain_take_the_same_images(fitted):
     expected = model.explain(path).probabilities
     for image in (rgb, rgba, rgb.convert("RGBA")):
         assert model.explain(image).probabilities == pytest.approx(expected, abs=1e-4)
+    # 16-bit and float grey images are read as arrays, not through an 8-bit conversion
+    grey = np.asarray(rgb.convert("L"), np.float32) / 255.0
+    for image in (Image.fromarray((grey * 4095).astype(np.uint16)), Image.fromarray(grey)):
+        expected = model.predict_proba(image)[0]
+        assert list(model.explain(image).probabilities.values()) == pytest.approx(list(expected), abs=1e-4), image.mode
     with pytest.raises(TypeError, match="one image is explained at a time, not a list of 2"):
         model.explain([path, path])
     for bad, name in ((Path(path).read_bytes(), "bytes .file contents"), (None, "NoneType"), ({"a": 1}, "dict")):
         with pytest.raises(TypeError, match=f"an image is a file path.*got {name}"):
             model.predict(bad)
+        with pytest.raises(TypeError, match=f"an image is a file path.*got {name}"):
+            model.explain(bad)

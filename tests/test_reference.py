@@ -138,6 +138,10 @@ def test_image_checks():
     assert [f.code for f in image_flags("retinal fundus photograph", grey, ct)] == ["modality", "greyscale"]
     assert image_flags("retinal fundus photograph", colour, {"format": "dicom", "modality": "OP"}) == []
     assert image_flags("electron microscopy", grey, mr) == []  # no modality it knows: no such check
+    mg, oct_scan = {"format": "dicom", "modality": "MG"}, {"format": "dicom", "modality": "OPT"}
+    assert image_flags("X-ray mammography", grey, mg) == [] and image_flags("X-ray computed tomography", grey, ct) == []
+    assert image_flags("retinal OCT", grey, oct_scan) == []
+    assert [f.code for f in image_flags("head CT, non-contrast", grey, mr)] == ["modality"]
     assert [f.code for f in image_flags(None, make_image(2, (12, 20)), {})] == ["too-small"]
     annotated = np.repeat(make_image(3).mean(-1, keepdims=True), 3, axis=2)
     annotated[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one

@@ -83,10 +83,11 @@ class DicomHeader:
 
 # ---------------------------------------------------------------------------- reading
 def code_word(value: Any) -> str:
-    """A header value kept only if it is one word of DICOM's code-string alphabet (at most 16 of
-    A-Z, 0-9 and underscore: "CHEST", "PA", "L"), else "": what a device or a person typed
-    into body part, view or laterality ("SKIN Jane Doe") is never copied into a report or manifest."""
-    text = "" if value is None else str(value).strip()
+    """A header value kept only as one word of DICOM's code-string alphabet, upper-cased as the
+    standard writes it (at most 16 of A-Z, 0-9 and underscore: "CHEST", "PA", "L"; a device's
+    "Chest" too), else "": what a device or a person typed into body part, view or laterality
+    ("SKIN Jane Doe") is never copied into a report or manifest."""
+    text = "" if value is None else str(value).strip().upper()
     return text if _CODE_WORD.fullmatch(text) else ""
 
 

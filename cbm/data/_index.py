@@ -158,7 +158,8 @@ def _header_row(path: Path, root: Path, mode: str, keyword: str | None, skipped:
     if mode == "folder":
         row["label"] = path.parent.name if path.parent != root else ""
     elif mode == "tag":
-        row["label"] = str(ds.get(keyword, "") or "")
+        value = ds.get(keyword, "") or ""
+        row["label"] = code_word(value) if keyword in _FREE_CODES else str(value)
     patient = next((str(ds.get(t)) for t in _PATIENT_TAGS if ds.get(t) not in (None, "")), "")
     row["_patient"] = patient or f"file:{rel}"
     return row

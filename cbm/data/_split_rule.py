@@ -94,9 +94,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-# column names that identify a person (keep may copy age, sex, site: never these)
-_IDENTIFIER = re.compile(r"patient.?(id|name|number|no\b)|(^|[^a-z])(name|dob|mrn|ssn|e.?mail|phone)([^a-z]|$)|birth|address",
-                         re.IGNORECASE)
 
 from cbm.errors import quote
 
@@ -396,6 +393,26 @@ def _path_template(value: str) -> str:
     return value
 
 
+# words of a column name that identify a person (keep may copy age, sex, site: never these)
+_PERSON_WORDS = frozenset({"mrn", "ssn", "dob", "birth", "birthdate", "accession", "uid", "address", "street", "zip",
+                           "zipcode", "postcode", "email", "mail", "surname", "firstname", "lastname", "fullname"})
+_NAME_OWNERS = frozenset({"patient", "first", "last", "given", "family", "full", "middle", "maiden", "person"})
+
+
+def names_a_person(column: str) -> bool:
+    """Whether a column's name says it holds a person's identity: a name ("PatientName", "last_name",
+    "name" alone), an identifier of the patient or subject ("Patient ID", "subject_id", an MRN,
+    accession number or UID), a birth date, an address, an e-mail, a telephone number. "Patient Age",
+    "site_name" and "phone_model" are not."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+    pairs = set(zip(words, words[1:]))
+    return (words == ["name"] or bool(_PERSON_WORDS & set(words))
+            or any(a in _NAME_OWNERS and b == "name" for a, b in pairs)
+            or any(a in ("patient", "subject", "person") and b in ("id", "number", "no", "key") for a, b in pairs)
+            or any(a in ("phone", "telephone") and b in ("number", "no") for a, b in pairs)
+            or "telephone" in words)
+
+
 class SplitRule(_Rule):
     """A parsed, checked ``make_splits`` rule (see the module docstring for each field)."""
 
@@ -425,7 +442,7 @@ class SplitRule(_Rule):
         """``keep`` copies columns into the manifest in clear: never the patient column (the manifest
         holds its salted key) nor a column named as an identifier."""
         for column in self.keep:
-            if column in self.patient or _IDENTIFIER.search(column):
+            if column in self.patient or names_a_person(column):
                 why = "the rule's patient column" if column in self.patient else "named as a patient identifier"
                 raise ValueError(f"keep names {column!r}, {why}: the manifest would hold it in clear (a patient is "
                                  "grouped by a salted key, patient_key, and never written); leave it out of keep")

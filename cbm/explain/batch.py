@@ -83,10 +83,10 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
         if not len(manifest):
             raise ValueError(f"{source} has no rows in split {split!r}; its splits are {names} "
                              "(choose one of them)")
-    windows = [r.path for r in manifest if "\\" in r.path and not manifest.file(r).exists()]
-    if windows:  # each would fail alone as "not found"; the cause is said once
-        log.warning("%s: %d path(s) separate folders with '\\' (a Windows path), which names no file here, e.g. %s: "
-                    "write '/' between folders", source, len(windows), windows[0])
+    windows = [r.line for r in manifest if "\\" in r.path and not manifest.file(r).exists()]
+    if windows:  # each would fail alone as "not found"; the cause is said once (by line: paths may name patients)
+        log.warning("%s: %d path(s) separate folders with '\\' (a Windows path), which names no file here (line %s%s): "
+                    "write '/' between folders", source, len(windows), windows[0], " and more" if len(windows) > 1 else "")
     return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
 
 
@@ -112,13 +112,14 @@ def collect_inputs(
         p = Path(item)
         if not p.exists():
             raise FileNotFoundError(
-                f"{p} does not exist: give image files (PNG, JPEG, DICOM), folders, manifest CSVs or card.yaml files"
+                f"{p} does not exist: give image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders, manifest CSVs or "
+                "card.yaml files"
             )
         if p.is_dir():
             found = _folder_images(p)
             if not found:
                 log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
-            out += [CaseInput(f, label=f.relative_to(p).as_posix()) for f in found]
+            out += [CaseInput(f) for f in found]  # by file name; by folders too only where two coincide
         elif p.suffix.lower() == ".csv":
             manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False)
             out += _manifest_inputs(manifest, split, p)
@@ -129,29 +130,38 @@ def collect_inputs(
     if not out:
         raise ValueError(f"nothing to explain in {[os.fspath(i) for i in items]}: no images ({', '.join(IMAGE_SUFFIXES)}, "
                          "or DICOM) found")
-    return distinct_labels(out)
+    return out
 
 
 def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
-    """``cases`` with labels that tell them apart: each keeps its own (a folder's image its path
-    below the folder, a manifest row its manifest path, a file given alone its name), and images
-    whose labels coincide (``IM000001`` in every patient's folder) are named by as many of their
-    path's last parts as tell them apart; one image given twice is numbered."""
+    """``cases`` with labels that tell them apart. Each keeps its own (a manifest row its manifest
+    path, an image its file name); images whose labels coincide (``IM000001`` in every patient's
+    folder) are named by as many of their path's last parts as tell them apart, and the same file
+    given again is numbered ("IM000001 (2)")."""
     labels = [c.label or c.path.name for c in cases]
-    for label in {v for v in labels if labels.count(v) > 1}:
-        group = [i for i, v in enumerate(labels) if v == label]
-        parts = [Path(os.path.abspath(cases[i].path)).parts for i in group]
-        depth = len(Path(label).parts)
-        while depth < max(map(len, parts)) and len({q[-depth:] for q in parts}) < len(set(parts)):
-            depth += 1
-        longer = {i: "/".join(q[-depth:]) if depth > len(Path(label).parts) else label for i, q in zip(group, parts)}
-        for i in group:
-            labels[i] = longer[i]
-    seen: dict[str, int] = {}
+    parts = [Path(os.path.abspath(c.path)).parts for c in cases]
+    changed = True
+    while changed:  # a longer name can meet another image's name: until no two different files share one
+        changed = False
+        for label in sorted({v for v in labels if labels.count(v) > 1}):
+            group = [i for i, v in enumerate(labels) if v == label]
+            files = {parts[i] for i in group}
+            depth = len(Path(label).parts)
+            while depth < max(map(len, files)) and len({q[-depth:] for q in files}) < len(files):
+                depth += 1
+            for i in group:
+                longer = "/".join(parts[i][-depth:]) if len(files) > 1 else label
+                changed |= longer != labels[i]
+                labels[i] = longer
+    taken, seen = set(labels), set()
     for i, v in enumerate(labels):
-        seen[v] = seen.get(v, 0) + 1
-        if seen[v] > 1:
-            labels[i] = f"{v} ({seen[v]})"
+        if v in seen:  # the same file again
+            n = 2
+            while f"{v} ({n})" in taken:
+                n += 1
+            labels[i] = f"{v} ({n})"
+            taken.add(labels[i])
+        seen.add(v)
     return [CaseInput(c.path, c.truth, v) for c, v in zip(cases, labels)]
 
 
@@ -159,10 +169,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "case"
 
 
-def _without_names(text: str, path: Path, label: str) -> str:
+def _without_names(text: str, path: Path, label: str, bare_name: bool = True) -> str:
     """``text`` with ``path`` replaced by ``label``: its spellings as given, absolute and resolved,
-    and its file name where it stands as a path's last part (after a separator or a quote, or at
-    the start), so a file named ``1`` does not turn "1024 bytes" into "case 3024 bytes"."""
+    and (``bare_name``) its file name where it stands as a path's last part (after a separator or
+    a quote, or at the start), so a file named ``1`` does not turn "1024 bytes" into "case 3024 bytes"."""
     spellings = {os.fspath(path), os.path.abspath(path)}
     try:
         spellings.add(os.fspath(path.resolve()))
@@ -170,6 +180,8 @@ def _without_names(text: str, path: Path, label: str) -> str:
         pass
     pattern = "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True) if s)
     text = re.sub(pattern, lambda _: label, text)
+    if not bare_name:
+        return text
     name = re.escape(path.name)
     return re.sub(rf"(?:(?<=^)|(?<=[/\\'\"])){name}(?=$|['\":,;)\s])", lambda _: label, text)
 
@@ -239,7 +251,10 @@ def _case_record(case: CaseReport, top_k: int) -> dict:
         "probabilities": expl.probabilities,
         "strongest_present_finding": None if support is None else support.text,
         "findings": [{"finding": f.text, "state": f.state, "favours": f.favours, "odds_factor": f.odds_factor,
-                      "concepts": list(f.concepts), "percentiles": list(f.percentiles)} for f in case.findings[:top_k]],
+                      "concepts": list(f.concepts), "percentiles": list(f.percentiles),
+                      # a concept the model reads as a probability is judged present or absent by it
+                      **({"probabilities": list(f.probabilities)} if f.probabilities else {})}
+                     for f in case.findings[:top_k]],
         # the predicted class's logit, term by term (weight x value): not a ranking of drivers,
         # which "findings" gives against the runner-up and a training image of average value
         "logit_terms": [{"concept": c.concept, "weight": c.weight, "value": c.value, "contribution": c.contribution}
@@ -268,9 +283,9 @@ def explain_batch(
             leaves no earlier report named after its file).
         top_k: findings mapped (those not absent) and heading the intervention controls.
         maps: compute concept maps.
-        hide_names: name cases ``case 1``, ``case 2``... instead of by file name (file names can
-            carry patient names); ``index.json`` then omits the input paths too, and similar
-            training images are named by their class only.
+        hide_names: name cases ``case 1``, ``case 2``... instead of by file name (and, where two
+            names coincide, folder names: either can carry patient names); similar training
+            images are then named by their class only. ``index.json`` never holds a local path.
         max_side: longest side of the displayed image.
         progress: show a progress bar.
     """
@@ -300,7 +315,8 @@ def explain_batch(
                 case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
                                      max_side=max_side)
         except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
-            reason = _without_names(str(exc) or type(exc).__name__, item.path, label)  # read errors name the path
+            # read errors name the path: named by the case instead (and by no file name where hidden)
+            reason = _without_names(str(exc) or type(exc).__name__, item.path, label, bare_name=hide_names)
             log.warning("%s: not explained: %s", label, reason)
             log.debug("details", exc_info=not hide_names)
             result.failures.append((label, reason))

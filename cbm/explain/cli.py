@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=_positive_int, default=5, help="findings mapped (those not absent) (default 5)")
     p.add_argument("--no-maps", action="store_true", help="skip concept maps (faster)")
     p.add_argument("--hide-names", action="store_true",
-                   help="name cases 'case 1', 'case 2'... instead of by file name (file names may identify patients)")
+                   help="name cases 'case 1', 'case 2'... instead of by file name, or folder and file name where two "
+                        "names coincide (either may identify patients)")
     p.add_argument("--max-side", type=_positive_int, default=512, help="longest side of the shown image in pixels")
     p.set_defaults(func=_explain)
 

@@ -371,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _too_large(size: int, limit: int) -> str:
     return (f"the upload has {size:,} bytes ({size / 2**20:.1f} MB), over the limit of {limit:,} bytes "
-            f"({limit / 2**20:.0f} MB); send a smaller export of the image")
+            f"({limit / 2**20:.1f} MB); send a smaller export of the image")
 
 
 class _Server(ThreadingHTTPServer):

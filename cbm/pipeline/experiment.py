@@ -34,7 +34,7 @@ import numpy as np
 from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.faithfulness import STEP_FALL, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, fit_head, fit_model, full_coef
-from cbm.pipeline.inputs import check_every_class_trains, check_splits_present, extract_splits, resolve_card, resolve_concepts
+from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.outputs import path_chart, results_table
 from cbm.pipeline.scoring import evaluate_methods
 from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
@@ -173,8 +173,7 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
         check_templates(templates)
     if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
         resolve_concepts(card, concepts)
-    counts = card.manifest().counts()
-    check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
+    check_manifest_classes(card)
     return which
 
 

@@ -24,6 +24,7 @@ from cbm.model import ConceptBottleneckModel
 from cbm.pipeline.inputs import (
     SplitData,
     check_every_class_trains,
+    check_manifest_classes,
     check_splits_present,
     extract_splits,
     require_split,
@@ -141,8 +142,7 @@ def fit_model(
     config = bottleneck or BottleneckConfig()
     if splits is None:  # the manifest's own problems first: before any LLM call or image encoding
         check_splits_present(card, ("train", "val"))
-        counts = card.manifest().counts()
-        check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
+        check_manifest_classes(card)
     enc = create_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
 
     def embed(phrases: Sequence[str]) -> torch.Tensor:  # every text here is embedded the same way
@@ -158,7 +158,8 @@ def fit_model(
     if splits is None:
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train, val = require_split(splits, "train", card), require_split(splits, "val", card)
-    check_every_class_trains(card, *([c for i, c in enumerate(card.class_names) if np.any(d.labels == i)] for d in (train, val)))
+    check_every_class_trains(card, *([c for i, c in enumerate(card.class_names) if np.any(d.labels == i)]
+                                    for d in (train, val)))
     bn, centred_on = _bottleneck(card, names, config, embed, explicit=concepts is not None)
     bn.fit(train.features)
     scores = {s: bn.transform(d.features) for s, d in splits.items()}

@@ -21,6 +21,7 @@ __all__ = [
     "extract_splits",
     "check_splits_present",
     "check_every_class_trains",
+    "check_manifest_classes",
     "require_split",
 ]
 
@@ -126,7 +127,7 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
     manifest = card.manifest()
     absent = [s for s in needed if s not in manifest.split_names()]
     report = getattr(manifest, "report", None)
-    if absent and report is not None and report.problems:  # rows there were dropped: the problems say why
+    if absent and report is not None and _rows_were_dropped(card, report, absent):  # the problems say why
         shown = "; ".join(p.message for p in report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
         raise ValueError(f"card {card.name!r} has no usable {', '.join(absent)} rows (manifest {card.manifest_path}): "
                          f"the manifest's rows were left out for {len(report.problems)} problem(s): {shown}. Fix them "
@@ -137,6 +138,22 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
             "and val to fit and choose, and test to measure: add them (split column "
             f"{getattr(card, 'split_column', 'split')!r}), or build the splits with `cbm make-splits`"
         )
+
+
+def _rows_were_dropped(card, report, absent: Sequence[str]) -> bool:
+    """Whether the manifest's CSV has rows of an ``absent`` split (dropped for their problems), or rows
+    of a split name it does not know (a misspelt "validation"): then the problems, not a missing
+    split, are the cause."""
+    import csv
+
+    if any(p.kind == "unknown_split" for p in report.problems):
+        return True
+    column = getattr(card, "split_column", "split")
+    try:
+        with open(card.manifest_path, newline="", encoding="utf-8-sig") as fh:
+            return any((row.get(column) or "").strip() in absent for row in csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def check_every_class_trains(card, trained: Sequence[str], validated: Sequence[str] | None = None) -> None:
@@ -156,6 +173,12 @@ def check_every_class_trains(card, trained: Sequence[str], validated: Sequence[s
             "the head is chosen on val, which must hold every class: move some of its rows to val (`cbm make-splits` "
             "splits each class), or drop the class from the card's classes"
         )
+
+
+def check_manifest_classes(card) -> None:
+    """:func:`check_every_class_trains` on the manifest's rows, before any image is encoded."""
+    counts = card.manifest().counts()
+    check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
 
 
 def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
