@@ -98,7 +98,10 @@ class Prediction:
 
     def top_concepts(self, cls: str | None = None, k: int = 5) -> list[ConceptContribution]:
         """The ``k`` largest contributions (by absolute value) to ``cls`` (default: the predicted class)."""
-        return self.contributions[cls or self.predicted][:k]
+        if (cls := cls or self.predicted) not in self.contributions or k < 0:
+            raise (KeyError(f"no class {cls!r}; the classes are {list(self.contributions)}") if k >= 0
+                   else ValueError(f"k={k}: give how many concepts to list (0 or more)"))
+        return self.contributions[cls][:k]
 
 
 class ConceptBottleneckModel:

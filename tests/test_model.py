@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,13 @@ def test_a_split_that_was_never_written_is_not_blamed_on_other_rows(fitted, smal
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
 
 
+def test_a_head_without_a_validation_split_is_refused_before_any_work(fitted, small_card):
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(TypeError, match=r"LogisticRegression.fit takes no X_val, y_val.*fit\(X, y, \*, X_val, y_val\)"):
+        cbm.fit(small_card, encoder=fitted[1].encoder, head=LogisticRegression())
+
+
 def test_a_class_without_training_images_is_named(fitted, small_card):
     rows = (small_card.folder / "manifest.csv").read_text().splitlines()
     kept = [rows[0]] + [r for r in rows[1:] if not (",melanoma,train," in r)]
@@ -307,6 +315,13 @@ def test_predict_and_explain_take_the_same_images(fitted):
         assert list(model.explain(image).probabilities.values()) == pytest.approx(list(expected), abs=1e-4), image.mode
     with pytest.raises(TypeError, match="one image is explained at a time, not a list of 2"):
         model.explain([path, path])
+    pred = model.explain(path)
+    with pytest.raises(KeyError, match=r"no class 'Melanoma'; the classes are"):
+        pred.top_concepts("Melanoma")
+    with pytest.raises(ValueError, match="k=-1"):
+        pred.top_concepts(k=-1)
+    from_home = "~/" + os.path.relpath(Path(path).resolve(), Path.home().resolve())  # "~" expanded as a shell would
+    assert model.explain(from_home).probabilities == pred.probabilities
     for bad, name in ((Path(path).read_bytes(), "bytes .file contents"), (None, "NoneType"), ({"a": 1}, "dict")):
         with pytest.raises(TypeError, match=f"an image is a file path.*got {name}"):
             model.predict(bad)

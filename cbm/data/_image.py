@@ -136,7 +136,7 @@ def read_image(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
             a header that its data contradicts, a frame over the pixel budget.
         MissingCodecError: compressed DICOM whose codec is not installed.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/scans/x.png" as a shell would read it
     head = _check_file(path)
     if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         # Named as DICOM but no preamble: a headerless (ACR-NEMA style) dataset, or not DICOM at all.

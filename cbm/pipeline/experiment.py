@@ -162,6 +162,9 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
 
     card = resolve_card(card)
     check_splits_present(card)
+    from cbm.pipeline.fitting import check_head_fit
+
+    check_head_fit(head)
     check = getattr(head, "check_params", None)
     if callable(check):
         check()

@@ -68,6 +68,23 @@ def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitDat
     return est.fit(scores["train"], splits["train"].labels, X_val=scores["val"], y_val=splits["val"].labels, **kwargs)
 
 
+def check_head_fit(head: Any) -> None:
+    """Refuse, before any work, a head whose ``fit`` cannot take the validation split it is chosen on."""
+    import inspect
+
+    if head is None:
+        return
+    try:
+        params = inspect.signature(head.fit).parameters
+    except (AttributeError, TypeError, ValueError):
+        raise TypeError(f"head {type(head).__name__} has no fit method; give an estimator with "
+                        "fit(X, y, *, X_val, y_val) (cbm.heads.SparseConceptHead)") from None
+    if not ({"X_val", "y_val"} <= set(params) or any(p.kind is p.VAR_KEYWORD for p in params.values())):
+        raise TypeError(f"head {type(head).__name__}.fit takes no X_val, y_val: a head is chosen on the validation "
+                        "split, so it needs fit(X, y, *, X_val, y_val) (cbm.heads.SparseConceptHead has it; wrap "
+                        "another classifier in a class whose fit takes and uses them)")
+
+
 def make_head(head: Any, prior: np.ndarray | None, ordered: bool = False):
     """An unfitted copy of ``head`` (default: the faithful sparse head) given the concept store's prior;
     ``ordinal="auto"`` becomes the ordinal form where ``ordered`` (the card's classes are grades of
@@ -140,6 +157,7 @@ def fit_model(
 
     card = resolve_card(card)
     config = bottleneck or BottleneckConfig()
+    check_head_fit(head)
     if splits is None:  # the manifest's own problems first: before any LLM call or image encoding
         check_splits_present(card, ("train", "val"))
         check_manifest_classes(card)
