@@ -350,6 +350,7 @@ def test_a_manifest_of_windows_paths_is_told_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cbm"):
         collect_inputs([manifest], class_names=CLASSES)
     assert caplog.text.count("separate folders") == 1 and "write '/'" in caplog.text
+    assert "has no usable images" not in caplog.text  # cases to explain need no train or val split
     assert "2 path(s) separate folders with '\\' (a Windows path), which names no file here (line 2 and more)" in caplog.text
 
 

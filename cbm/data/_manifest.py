@@ -211,8 +211,10 @@ def read_manifest(
     allow_outside_root: bool = False,
     min_per_class: int | Mapping[str, int] | None = None,
     truth_columns: Sequence[str] = (),
+    needed_splits: Sequence[str] = REQUIRED_SPLITS,
 ) -> Manifest:
-    """Read and check a manifest CSV.
+    """Read and check a manifest CSV (``needed_splits``: those whose absence is a problem; a manifest
+    of cases to explain needs none).
 
     ``min_per_class`` is the card's promise (its split rule's ``min_per_class``: one number, or one per
     split): a class with fewer usable images in a split is a problem (``short_class``).
@@ -251,7 +253,7 @@ def read_manifest(
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
     report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts())
-    _whole_file_problems(report, classes, min_per_class)
+    _whole_file_problems(report, classes, min_per_class, needed_splits)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -444,8 +446,8 @@ def _slashed(path: str, image_root: Path) -> str | None:
     return slashed if _names_file(slashed, image_root) else None
 
 
-def _whole_file_problems(report: ManifestReport, classes: list[str],
-                         min_per_class: int | Mapping[str, int] | None = None) -> None:
+def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_class: int | Mapping[str, int] | None = None,
+                         needed_splits: Sequence[str] = REQUIRED_SPLITS) -> None:
     """Splits without images, classes without a training image, classes short of the card's promise."""
     counts = report.counts
     for split, per_class in sorted(counts.items()):
@@ -455,11 +457,11 @@ def _whole_file_problems(report: ManifestReport, classes: list[str],
             report.problems.append(ManifestProblem(
                 "short_class", f"split {split!r} holds fewer than the card's promised {least} images of "
                 f"{quote(', '.join(short))[1:-1]} (make_splits.min_per_class)"))
-    for split in REQUIRED_SPLITS:
+    for split in needed_splits:
         if not counts.get(split):
             report.problems.append(ManifestProblem("empty_split", f"split {split!r} has no usable images"))
     train = counts.get("train", {})
-    if train:
+    if train and "train" in needed_splits:
         empty = [c for c in classes if not train.get(c)]
         if empty:
             report.problems.append(ManifestProblem(

@@ -121,7 +121,7 @@ def collect_inputs(
                 log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
             out += [CaseInput(f) for f in found]  # by file name; by folders too only where two coincide
         elif p.suffix.lower() == ".csv":
-            manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False)
+            manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False, needed_splits=())
             out += _manifest_inputs(manifest, split, p)
         elif p.suffix.lower() in (".yaml", ".yml"):
             out += _manifest_inputs(load_card(p).manifest(check_files=False), split, p)
