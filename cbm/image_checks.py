@@ -30,14 +30,15 @@ too: a greyscale image is not withheld for its colour (the share is recorded whe
 # What each modality word of a card expects: DICOM Modality codes such images carry, and whether
 # the model was trained on colour images. (OT "other" and SC "secondary capture" are what
 # converted and exported images often carry.)
-# A key matches within the card's modality with everything but letters and digits removed ("chest
-# X-ray" -> "chestxray"), or, after "=", as a whole word ("head CT, non-contrast"; "electron" holds
-# no CT). The first entry that matches decides, so the specific ones come first ("X-ray mammography").
+# A key matches at the start of a word of the card's modality, read with everything but letters and
+# digits removed from there on ("chest X-ray" -> "xray"), or, after "=", as a whole word ("head CT,
+# non-contrast"; "electron" holds no CT). Every entry that matches counts ("PET/CT" takes PT and CT).
 _MODALITY_EXPECTATIONS = (
     (("mammogra",), ("MG", "OT", "SC"), False),
     (("=ct", "computedtomograph"), ("CT", "OT", "SC"), False),
+    (("=pet", "positronemission"), ("PT", "OT", "SC"), False),
     (("=mri", "=mr", "magneticresonance"), ("MR", "OT", "SC"), False),
-    (("=oct", "opticalcoherence"), ("OPT", "OT", "SC"), False),
+    (("=oct", "opticalcoherence"), ("OPT", "IVOCT", "OT", "SC"), False),
     (("ultrasound", "sonograph", "echocardiograph"), ("US", "OT", "SC"), False),
     (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
     (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
@@ -71,8 +72,8 @@ def greyscale(pixels: np.ndarray) -> bool:
     return pixels.shape[2] == 1 or float(np.mean(np.ptp(pixels, axis=2) > 4.0 / 255.0)) <= _COLOUR_PIXEL_SHARE
 
 
-# PIL modes that are no array of pixel values as they stand (a palette, bits, other colour spaces)
-_CONVERTED_MODES = frozenset({"P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"})
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "ndim")
 
 
 def image_items(images: Any) -> list:
@@ -81,14 +82,14 @@ def image_items(images: Any) -> list:
     from cbm.data import LoadedImage
 
     single = (str, os.PathLike, LoadedImage, np.ndarray)
-    is_image = lambda i: isinstance(i, single) or hasattr(i, "getbands")  # noqa: E731  (getbands: a PIL image)
+    is_image = lambda i: isinstance(i, single) or hasattr(i, "getbands") or _is_tensor(i)  # noqa: E731  (getbands: PIL)
 
     def refuse(value: Any) -> TypeError:
         hint = " (file contents: save them to a file, or open them with PIL)" if isinstance(value, (bytes, bytearray)) else ""
         return TypeError("an image is a file path, a cbm.data.LoadedImage, an (H, W[, C]) array or a PIL image, and "
                          f"several are a list of them; got {type(value).__name__}{hint}")
 
-    if isinstance(images, np.ndarray):
+    if isinstance(images, np.ndarray) or _is_tensor(images):  # 4-d: a batch; a tensor is channels first
         return list(images) if images.ndim == 4 else [images]
     if is_image(images):
         return [images]
@@ -107,7 +108,7 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     in [0, 1], or uint8 scaled by 255, uint16 stretched from its smallest to its largest value)."""
     from PIL import Image
 
-    from cbm.data import read_image
+    from cbm.data import pil_pixels, read_image
     from cbm.data.transforms import channels_last, unit_pixels
 
     if isinstance(image, (list, tuple)):
@@ -117,11 +118,11 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
         image = read_image(image)
     if hasattr(image, "pixels"):
         return np.asarray(image.pixels, np.float32), dict(getattr(image, "meta", {}) or {}), image
-    if isinstance(image, Image.Image) and image.mode in _CONVERTED_MODES:  # as an image file of that mode is read
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L"
-                              if image.mode == "1" else "RGB")
+    if isinstance(image, Image.Image):  # as an image file of its mode is read, and as predict reads it
+        arr = pil_pixels(image)
+        return arr, {}, arr
     image_items(image)  # one image of a kind it knows, or the error predict gives
-    arr = channels_last(image)  # grey, 16-bit grey (I;16) and float (F) images as arrays, as unit_pixels reads them
+    arr = channels_last(image)
     if arr.shape[2] in (2, 4):  # alpha left out, as the encoder's transform leaves it out
         arr = arr[..., : arr.shape[2] - 1]
     arr = unit_pixels(arr)
@@ -141,18 +142,19 @@ def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any
     found: list[Flag] = []
     modality = str(modality or "")
     tokens = re.findall(r"[a-z0-9]+", modality.lower())
-    words = "".join(tokens)  # "chest X-ray", "chest x ray" -> "chestxray"
-    for keys, codes, colour in _MODALITY_EXPECTATIONS:
-        if not any(k[1:] in tokens if k.startswith("=") else k in words for k in keys):
-            continue
+    starts = ["".join(tokens[i:]) for i in range(len(tokens))]  # "chest X-ray" -> "chestxray", "xray", "ray"
+    matched = [(codes, colour) for keys, codes, colour in _MODALITY_EXPECTATIONS
+               if any(k[1:] in tokens if k.startswith("=") else any(w.startswith(k) for w in starts) for k in keys)]
+    if matched:
+        codes = sorted({c for cs, _ in matched for c in cs})
         code = str(meta.get("modality") or "").upper()
         if meta.get("format") == "dicom" and code and code not in codes:
             found.append(Flag("modality", f"This DICOM file's modality is {code}; the model was trained on {modality} "
                                           f"images (DICOM modality {' or '.join(codes)}), so it does not answer for it."))
+        colour = all(c for _, c in matched)  # colour images only where every modality named is in colour
         if colour and not trained_on_grey and greyscale(pixels):
             found.append(Flag("greyscale", f"The image is greyscale; the model was trained on colour {modality} images, "
                                            "so it does not answer for it."))
-        break
     height, width = pixels.shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
         found.append(Flag("too-small", f"The image is {width} x {height} pixels, too small to show a finding "

@@ -270,8 +270,8 @@ class ConceptBottleneckModel:
         self._encoder = encoder
 
     def image_features(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-        """Embed images (paths, ``LoadedImage`` objects or arrays) with the model's encoder, ``(n, D)``."""
-        from cbm.data import read_image
+        """Embed images (paths, ``LoadedImage`` objects, arrays, PIL images) with the model's encoder, ``(n, D)``."""
+        from cbm.data import pil_pixels, read_image
         from cbm.data.transforms import channels_last, unit_pixels
 
         items, enc = image_items(images), self.encoder
@@ -283,6 +283,7 @@ class ConceptBottleneckModel:
                     item = read_image(item)
                 elif isinstance(item, np.ndarray):  # checked here: the transform's pipeline wraps its errors
                     item = unit_pixels(channels_last(item))
+                item = pil_pixels(item) if hasattr(item, "getbands") else item  # PIL: as a file of its mode is read
                 batch.append(enc.transform(item))
             out.append(enc.encode_image(torch.stack(batch)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.bottleneck.concept_embeddings.shape[1]), np.float32)
@@ -390,7 +391,7 @@ class ConceptBottleneckModel:
         for name, value in overrides.items():
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
-            if isinstance(value, bool) or (isinstance(value, str) and value not in levels):
+            if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value not in levels):
                 raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
             v = float(levels[value][index[name]] if isinstance(value, str) else value)
             if not math.isfinite(v):

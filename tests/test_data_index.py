@@ -156,5 +156,8 @@ def test_free_text_in_code_fields_is_not_copied(tmp_path):
     assert [r["label"] for r in csv.DictReader(open(tmp_path / "t.csv"))] == ["", "CHEST"]
     from cbm.data import read_image
 
+    from cbm.data._dicom import code_word
+
+    assert [code_word(v) for v in ("Doe", "smith", "Chest", "pa", "LEFT_HAND")] == ["", "", "CHEST", "PA", "LEFT_HAND"]
     assert "body_part" not in read_image(tmp_path / "a" / "x.dcm").meta
     assert read_image(tmp_path / "a" / "y.dcm").meta["body_part"] == "CHEST"

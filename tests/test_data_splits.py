@@ -714,3 +714,19 @@ def test_a_source_split_that_puts_a_patient_in_two_splits_keeps_the_patient_in_t
     assert all(len(s) == 1 for s in by_patient.values())
     assert {r["path"]: r["split"] for r in out}["extra.png"] == "test" and "img4.png" not in {r["path"] for r in out}
     assert sum(n for k, n in result.dropped.items() if "later split" in k) == 2
+
+
+PERSON_COLUMNS = ["patient_id", "PatientName", "Patient ID", "name", "dob", "MRN", "first_name", "BirthDate",
+                  "AccessionNumber", "LastName", "surname", "subject_id", "StudyInstanceUID", "zip_code", "email",
+                  "phone_number", "Patient's Name", "Referring Physician's Name", "OtherPatientIDs", "patientid",
+                  "PATIENTID", "PatientsName", "pt_name", "name_last", "phone", "medical_record_number", "nhs_number"]
+THING_COLUMNS = ["Patient Age", "Patient Gender", "PatientSex", "PatientWeight", "Image Index", "lesion_id", "age_approx",
+                 "View Position", "file_name", "image_name", "site_name", "scanner_name", "institution_name", "study name",
+                 "phone_model", "anatom_site_general", "dx_type", "Finding Labels", "AP/PA", "seven_point_score"]
+
+
+@pytest.mark.parametrize("column, person", [(c, True) for c in PERSON_COLUMNS] + [(c, False) for c in THING_COLUMNS])
+def test_keep_tells_a_persons_identity_from_other_columns(column, person):
+    from cbm.data._identity import names_a_person
+
+    assert names_a_person(column) is person

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+from pathlib import Path
 from html.parser import HTMLParser
 
 import numpy as np
@@ -340,6 +341,19 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
                                                     "images/sub/b.jpg"]
     assert str(tmp_path) not in (tmp_path / "out" / "index.json").read_text() and str(tmp_path) not in index
     assert summary["cases"][1]["error"].startswith("image broken.png: ")
+
+
+def test_a_path_from_home_is_hidden_as_any_other(tiny_model, tmp_path):
+    import os
+
+    folder = tmp_path / "DOE_JANE"
+    folder.mkdir()
+    save_png(folder / "scan.png", make_image(21))
+    (folder / "scan.png").write_bytes((folder / "scan.png").read_bytes()[:80])  # cut short: the error names the file
+    given = "~/" + os.path.relpath(folder / "scan.png", Path.home().resolve())
+    result = explain_batch(tiny_model, [given], tmp_path / "out", maps=False, hide_names=True, progress=False)
+    assert result.failures and result.failures[0][1].startswith("image case 1: ")
+    assert "DOE_JANE" not in (tmp_path / "out" / "index.json").read_text()
 
 
 def test_a_manifest_of_windows_paths_is_told_once(tmp_path, caplog):

@@ -308,11 +308,19 @@ def test_predict_and_explain_take_the_same_images(fitted):
     expected = model.explain(path).probabilities
     for image in (rgb, rgba, rgb.convert("RGBA")):
         assert model.explain(image).probabilities == pytest.approx(expected, abs=1e-4)
-    # 16-bit and float grey images are read as arrays, not through an 8-bit conversion
+    # every PIL mode is read as a file of that mode is, by predict and explain alike: 16-bit and float
+    # grey not through an 8-bit conversion, a palette image by its colours, not its indices
     grey = np.asarray(rgb.convert("L"), np.float32) / 255.0
-    for image in (Image.fromarray((grey * 4095).astype(np.uint16)), Image.fromarray(grey)):
+    for image in (Image.fromarray((grey * 4095).astype(np.uint16)), Image.fromarray(grey), rgb.convert("P"),
+                  rgb.convert("CMYK"), Image.fromarray((grey * 70000).astype(np.int32))):
         expected = model.predict_proba(image)[0]
         assert list(model.explain(image).probabilities.values()) == pytest.approx(list(expected), abs=1e-4), image.mode
+    palette = model.predict_proba(rgb.convert("P"))[0]
+    assert palette == pytest.approx(model.predict_proba(rgb.convert("P").convert("RGB"))[0], abs=1e-4)
+    import torch
+
+    batch = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # channels first, as the transform takes
+    assert len(model.predict(batch)) == 2 and model.predict(batch) == model.predict(list(batch))
     with pytest.raises(TypeError, match="one image is explained at a time, not a list of 2"):
         model.explain([path, path])
     pred = model.explain(path)

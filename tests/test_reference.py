@@ -142,6 +142,12 @@ def test_image_checks():
     assert image_flags("X-ray mammography", grey, mg) == [] and image_flags("X-ray computed tomography", grey, ct) == []
     assert image_flags("retinal OCT", grey, oct_scan) == []
     assert [f.code for f in image_flags("head CT, non-contrast", grey, mr)] == ["modality"]
+    # every modality a card names counts, and a word counts from its start
+    pet = {"format": "dicom", "modality": "PT"}
+    assert image_flags("FDG PET-CT", grey, pet) == [] and image_flags("chest radiograph with CT correlation", grey,
+                                                                      {"format": "dicom", "modality": "DX"}) == []
+    assert image_flags("retinal OCT", grey, {"format": "dicom", "modality": "IVOCT"}) == []  # OCT is grey, fundus colour
+    assert image_flags("secret in a", grey, ct) == []  # no "retina" across words
     assert [f.code for f in image_flags(None, make_image(2, (12, 20)), {})] == ["too-small"]
     annotated = np.repeat(make_image(3).mean(-1, keepdims=True), 3, axis=2)
     annotated[:4, :4] = [1.0, 0.0, 0.0]  # a red annotation does not make a grey image a colour one

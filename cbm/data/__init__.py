@@ -41,6 +41,7 @@ from cbm.data._image import (
     pixel_budget,
     read_image,
     read_pil,
+    pil_pixels,
     sixteen_bit_range,
 )
 from cbm.data._manifest import (
@@ -96,6 +97,7 @@ __all__ = [
     "read_image",
     "read_dicom",
     "read_pil",
+    "pil_pixels",
     "is_dicom_file",
     "check_image_header",
     "pixel_budget",

@@ -63,6 +63,11 @@ _DICOM_META_WHITELIST = {
 # found: kept only as one word of the standard's alphabet
 _FREE_CODES = frozenset({"BodyPartExamined", "ViewPosition", "ImageLaterality"})
 _CODE_WORD = re.compile(r"[A-Z0-9_]{1,16}")
+# body parts, views and lateralities a device may write in another case (DICOM's defined terms)
+_USUAL_CODES = frozenset(
+    "SKIN CHEST ABDOMEN PELVIS HEAD NECK HEADNECK BRAIN SKULL SPINE CSPINE TSPINE LSPINE BREAST HEART EYE KNEE HIP "
+    "HAND FOOT ANKLE WRIST ELBOW SHOULDER ARM LEG EXTREMITY THORAX LUNG LIVER KIDNEY AP PA LL RL LAT LATERAL LLD RLD "
+    "RAO LAO OBLIQUE L R B U".split())
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DEFER_BYTES = 1 << 20  # elements larger than this (the pixel data) are read only when needed
 _REEXPORT = "The header and the pixel data disagree (a damaged or hand-edited file): export the file again"
@@ -83,11 +88,12 @@ class DicomHeader:
 
 # ---------------------------------------------------------------------------- reading
 def code_word(value: Any) -> str:
-    """A header value kept only as one word of DICOM's code-string alphabet, upper-cased as the
-    standard writes it (at most 16 of A-Z, 0-9 and underscore: "CHEST", "PA", "L"; a device's
-    "Chest" too), else "": what a device or a person typed into body part, view or laterality
-    ("SKIN Jane Doe") is never copied into a report or manifest."""
-    text = "" if value is None else str(value).strip().upper()
+    """A header value kept only as one word of DICOM's code-string alphabet (at most 16 of A-Z, 0-9
+    and underscore: "CHEST", "PA", "L"), or in another case one of the usual terms ("Chest"), else
+    "": what a device or a person typed into body part, view or laterality ("SKIN Jane Doe", "Doe")
+    is never copied into a report or manifest."""
+    text = "" if value is None else str(value).strip()
+    text = text.upper() if text.upper() in _USUAL_CODES else text
     return text if _CODE_WORD.fullmatch(text) else ""
 
 

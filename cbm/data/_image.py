@@ -71,6 +71,7 @@ __all__ = [
     "DICOM_SUFFIXES",
     "DICOM_INSTALL_HINT",
     "sixteen_bit_range",
+    "pil_pixels",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,15 @@ def _note_sixteen_bit_colour(path: Path, colour_type: int) -> None:
     log.warning("%s: a 16-bit %s PNG is read at 8 bits (the high byte of each value; later such files are not "
                 "named), so data of fewer than 16 bits reads dark. Save it as 8-bit, or as 16-bit greyscale "
                 "without alpha, which is stretched from its smallest to its largest value", path, kind)
+
+
+def pil_pixels(im: Any) -> np.ndarray:
+    """A PIL image already in memory as ``(H, W, C)`` float32 pixels in [0, 1], read as a file of its
+    mode is (:func:`read_pil`): palette and other colour modes as RGB, alpha dropped, 16-bit grey
+    stretched, 32-bit integer and float grey scaled from their range."""
+    values, offset, divisor, _ = _pil_values(im, "")
+    pixels = (values.astype(np.float32) - np.float32(offset)) / np.float32(divisor)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
 def _pil_values(im: Any, fmt: str) -> tuple[np.ndarray, float, float, int]:

@@ -94,7 +94,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-
+from cbm.data._identity import names_a_person
 from cbm.errors import quote
 
 __all__ = [
@@ -391,26 +391,6 @@ def _path_template(value: str) -> str:
     if "{" not in value:
         raise ValueError(f"must be a template naming columns, like '{{image_id}}.jpg', got {quote(value)}")
     return value
-
-
-# words of a column name that identify a person (keep may copy age, sex, site: never these)
-_PERSON_WORDS = frozenset({"mrn", "ssn", "dob", "birth", "birthdate", "accession", "uid", "address", "street", "zip",
-                           "zipcode", "postcode", "email", "mail", "surname", "firstname", "lastname", "fullname"})
-_NAME_OWNERS = frozenset({"patient", "first", "last", "given", "family", "full", "middle", "maiden", "person"})
-
-
-def names_a_person(column: str) -> bool:
-    """Whether a column's name says it holds a person's identity: a name ("PatientName", "last_name",
-    "name" alone), an identifier of the patient or subject ("Patient ID", "subject_id", an MRN,
-    accession number or UID), a birth date, an address, an e-mail, a telephone number. "Patient Age",
-    "site_name" and "phone_model" are not."""
-    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
-    pairs = set(zip(words, words[1:]))
-    return (words == ["name"] or bool(_PERSON_WORDS & set(words))
-            or any(a in _NAME_OWNERS and b == "name" for a, b in pairs)
-            or any(a in ("patient", "subject", "person") and b in ("id", "number", "no", "key") for a, b in pairs)
-            or any(a in ("phone", "telephone") and b in ("number", "no") for a, b in pairs)
-            or "telephone" in words)
 
 
 class SplitRule(_Rule):

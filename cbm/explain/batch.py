@@ -47,7 +47,7 @@ class CaseInput:
 
     path: Path
     truth: str | None = None
-    label: str | None = None  # how the index names it (default: the file name; see collect_inputs)
+    label: str | None = None  # how the index names it (default: the file name; explain_batch tells coinciding ones apart)
 
 
 @dataclass
@@ -109,7 +109,7 @@ def collect_inputs(
 
     out: list[CaseInput] = []
     for item in items:
-        p = Path(item)
+        p = Path(item).expanduser()
         if not p.exists():
             raise FileNotFoundError(
                 f"{p} does not exist: give image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders, manifest CSVs or "
@@ -139,12 +139,16 @@ def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
     folder) are named by as many of their path's last parts as tell them apart, and the same file
     given again is numbered ("IM000001 (2)")."""
     labels = [c.label or c.path.name for c in cases]
-    parts = [Path(os.path.abspath(c.path)).parts for c in cases]
+    parts = [Path(os.path.abspath(os.path.expanduser(c.path))).parts for c in cases]
     changed = True
     while changed:  # a longer name can meet another image's name: until no two different files share one
         changed = False
-        for label in sorted({v for v in labels if labels.count(v) > 1}):
-            group = [i for i, v in enumerate(labels) if v == label]
+        where: dict[str, list[int]] = {}
+        for i, v in enumerate(labels):
+            where.setdefault(v, []).append(i)
+        for label, group in sorted(where.items()):
+            if len(group) < 2:
+                continue
             files = {parts[i] for i in group}
             depth = len(Path(label).parts)
             while depth < max(map(len, files)) and len({q[-depth:] for q in files}) < len(files):
@@ -173,7 +177,7 @@ def _without_names(text: str, path: Path, label: str, bare_name: bool = True) ->
     """``text`` with ``path`` replaced by ``label``: its spellings as given, absolute and resolved,
     and (``bare_name``) its file name where it stands as a path's last part (after a separator or
     a quote, or at the start), so a file named ``1`` does not turn "1024 bytes" into "case 3024 bytes"."""
-    spellings = {os.fspath(path), os.path.abspath(path)}
+    spellings = {os.fspath(path), os.path.abspath(path), os.path.abspath(os.path.expanduser(path))}
     try:
         spellings.add(os.fspath(path.resolve()))
     except OSError:
@@ -296,7 +300,7 @@ def explain_batch(
         raise ValueError(f"cannot create the report folder {out}/cases ({e.strerror or e}); choose a writable "
                          "folder for the reports (--out)") from e
     earlier = _previous_reports(out)
-    cases = distinct_labels([i if isinstance(i, CaseInput) else CaseInput(Path(i)) for i in inputs])
+    cases = distinct_labels([i if isinstance(i, CaseInput) else CaseInput(Path(i).expanduser()) for i in inputs])
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}
     result = BatchResult(out, out / "index.html", out / "classes.html")
     rows: list[IndexRow] = []

@@ -1,0 +1,40 @@
+"""Column names that say they hold a person's identity: what a split rule's ``keep`` never copies
+into a manifest in clear (a patient is grouped by a salted key instead)."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["names_a_person"]
+
+# words of a column name that identify a person (keep may copy age, sex, site: never these)
+_PERSON_WORDS = frozenset({"mrn", "ssn", "dob", "birth", "birthdate", "accession", "uid", "uids", "address", "street",
+                           "zip", "zipcode", "postcode", "email", "mail", "surname", "firstname", "lastname",
+                           "fullname", "telephone", "mobile", "nhs", "physician", "operator", "initials"})
+# "... name" that names no person: a file, a site, a class
+_THING_NAMES = frozenset({"file", "image", "site", "study", "series", "institution", "protocol", "scanner", "device",
+                          "station", "class", "label", "disease", "diagnosis", "dataset", "center", "centre",
+                          "hospital", "clinic", "model", "body", "part", "concept", "finding", "sequence", "view",
+                          "lesion", "column", "folder", "manufacturer", "procedure", "drug", "location", "region"})
+
+
+def names_a_person(column: str) -> bool:
+    """Whether a column's name says it holds a person's identity: a name ("PatientName", "Patient's
+    Name", "name_last", "name" alone; not "file_name" or "site_name"), an identifier of the patient
+    or subject ("Patient ID", "OtherPatientIDs", "subject_id", an MRN, accession number, record
+    number or UID), a birth date, an address, an e-mail, a telephone number ("phone", not "phone_model").
+    "Patient Age" and "Patient Sex" are not."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+    compact = "".join(words)
+    if _PERSON_WORDS & set(words) or re.search(r"patients?(id|ids|name|names|number|no|key)$|^patients?(id|name)", compact):
+        return True
+    for i, word in enumerate(words):
+        before, after = (words[i - 1] if i else ""), (words[i + 1] if i + 1 < len(words) else "")
+        if word in ("name", "names") and before not in _THING_NAMES:
+            return True
+        if word in ("id", "ids", "number", "no", "key") and before in ("patient", "patients", "subject", "person", "record",
+                                                                      "hospital", "medical"):
+            return True
+        if word == "phone" and after not in ("model", "type", "make", "brand", "camera"):
+            return True
+    return False
