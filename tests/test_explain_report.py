@@ -343,6 +343,21 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     assert summary["cases"][1]["error"].startswith("image broken.png: ")
 
 
+def test_a_wide_images_maps_show_the_square_the_model_sees(tiny_model):
+    """A 720 x 240 image: the map tiles hold the model's centred square and a margin around it,
+    not the whole width squeezed into the tile (the square was a third of it)."""
+    from PIL import Image
+
+    from cbm.explain.render import _map_cards
+
+    case = explain_image(tiny_model, make_image(11, (240, 720)), top_k=5)
+    cards = _map_cards(case)
+    assert cards
+    for card in cards:
+        tile = Image.open(io.BytesIO(base64.b64decode(card["uri"].split(",", 1)[1])))
+        assert tile.width / tile.height <= 1.6, tile.size
+
+
 def test_a_path_from_home_is_hidden_as_any_other(tiny_model, tmp_path):
     import os
 

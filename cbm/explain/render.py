@@ -196,9 +196,15 @@ def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     """One overlay per concept map, captioned with its finding."""
     if case.maps is None or not len(case.maps.concepts):
         return []
-    small = thumbnail(case.image, _MAP_SIDE)
-    scale = small.shape[1] / case.image.shape[1]
-    crop = tuple(int(round(v * scale)) for v in case.crop)
+    # the square the model sees and a quarter of its side around it: a wide image's maps stay large
+    left, top, side = case.crop
+    height, width = case.image.shape[:2]
+    x0, y0 = max(0, left - side // 4), max(0, top - side // 4)
+    x1, y1 = min(width, left + side + side // 4), min(height, top + side + side // 4)
+    small = thumbnail(np.ascontiguousarray(case.image[y0:y1, x0:x1]), _MAP_SIDE)
+    scale = small.shape[1] / (x1 - x0)
+    cl, ct = int(round((left - x0) * scale)), int(round((top - y0) * scale))
+    crop = (cl, ct, min(int(round(side * scale)), small.shape[1] - cl, small.shape[0] - ct))  # rounding stays inside
     by_concept = {f.seen: f for f in case.findings if f.seen}
     cards = []
     for name, heat in zip(case.maps.concepts, case.maps.maps):
