@@ -226,6 +226,11 @@ def test_a_head_without_a_validation_split_is_refused_before_any_work(fitted, sm
 
     with pytest.raises(TypeError, match=r"LogisticRegression.fit takes no X_val, y_val.*fit\(X, y, \*, X_val, y_val\)"):
         cbm.fit(small_card, encoder=fitted[1].encoder, head=LogisticRegression())
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    with pytest.raises(TypeError, match=r"Pipeline.fit takes no X_val, y_val"):  # fit(**params) routes them to steps
+        cbm.fit(small_card, encoder=fitted[1].encoder, head=make_pipeline(StandardScaler(), LogisticRegression()))
 
 
 def test_a_class_without_training_images_is_named(fitted, small_card):

@@ -79,7 +79,8 @@ def check_head_fit(head: Any) -> None:
     except (AttributeError, TypeError, ValueError):
         raise TypeError(f"head {type(head).__name__} has no fit method; give an estimator with "
                         "fit(X, y, *, X_val, y_val) (cbm.heads.SparseConceptHead)") from None
-    if not ({"X_val", "y_val"} <= set(params) or any(p.kind is p.VAR_KEYWORD for p in params.values())):
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values()) and not hasattr(head, "steps")  # a Pipeline
+    if not ({"X_val", "y_val"} <= set(params) or takes_any):  # routes its keywords to steps, as X_val would not go
         raise TypeError(f"head {type(head).__name__}.fit takes no X_val, y_val: a head is chosen on the validation "
                         "split, so it needs fit(X, y, *, X_val, y_val) (cbm.heads.SparseConceptHead has it; wrap "
                         "another classifier in a class whose fit takes and uses them)")
