@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 
 from cbm.data import PIXEL_PIPELINE_VERSION
 from cbm.errors import ModelFormatError, quote
-from cbm.utils import sha256_bytes
+from cbm.utils import safetensors_metadata, sha256_bytes
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors", "weights_metadata"]
 
@@ -154,9 +154,8 @@ def _check_names(path: Path, data: bytes, meta: dict[str, Any]) -> None:
     """The class and concept names of ``model.json`` are those the weights were saved with (where the
     weights' metadata records them: models saved before it did are not checked)."""
     try:
-        (size,) = struct.unpack("<Q", data[:8])
-        saved = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-    except (struct.error, ValueError, AttributeError):  # the tensors were read, so this is not expected
+        saved = safetensors_metadata(data)
+    except (struct.error, ValueError):  # the tensors were read, so this is not expected
         return
     for key in ("classes", "concepts"):
         if key not in saved:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_write_json",
     "sha256_file",
     "sha256_bytes",
+    "safetensors_metadata",
     "stable_hash",
     "unknown_name_message",
     "jsonable",
@@ -146,6 +148,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` block of a safetensors file's header (``ValueError`` or ``struct.error``
+    where the header is damaged)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ValueError(f"header of {length} bytes in a {len(data)}-byte file")
+    header = json.loads(data[8 : 8 + length])
+    meta = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError("__metadata__ is not an object")
+    return meta
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cbm.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, stable_hash
+from cbm.utils import atomic_write_bytes, atomic_write_json, safetensors_metadata, sha256_bytes, stable_hash
 
 __all__ = ["FeatureCache", "ShardData", "CorruptShard", "FORMAT", "dataset_key"]
 
@@ -325,7 +324,7 @@ class FeatureCache:
         if expected_sha256 and digest != expected_sha256:
             raise CorruptShard(f"its SHA-256 {digest[:12]}... differs from the manifest's {expected_sha256[:12]}...")
         try:
-            meta = _safetensors_metadata(data)
+            meta = safetensors_metadata(data)
             from safetensors.numpy import load
 
             tensors = load(data)
@@ -356,15 +355,3 @@ class FeatureCache:
             if bad.any():
                 raise CorruptShard(f"{int(bad.sum())} feature row(s) are not finite unit vectors")
         return ShardData(shard, features, offsets, skipped, digest, path.name), data
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` block of a safetensors file's header."""
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ValueError(f"header of {length} bytes in a {len(data)}-byte file")
-    header = json.loads(data[8 : 8 + length])
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("__metadata__ is not an object")
-    return meta
