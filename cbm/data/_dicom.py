@@ -42,7 +42,7 @@ from cbm.data._image_base import (
 from cbm.data._dicom_display import grey_to_unit, palette_to_unit
 from cbm.errors import ImageError, quote
 
-__all__ = ["read_dicom", "dicom_header", "DicomHeader", "code_word"]
+__all__ = ["read_dicom", "dicom_header", "DicomHeader", "code_word", "header_text"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,14 @@ def code_word(value: Any) -> str:
     text = "" if value is None else str(value).strip()
     text = text.upper() if text.upper() in _USUAL_CODES else text
     return text if _CODE_WORD.fullmatch(text) else ""
+
+
+def header_text(keyword: str, value: Any) -> str:
+    """A header attribute's value as text for a manifest or a report: :func:`code_word` for the
+    code strings people type free text into (body part, view, laterality), else as it stands."""
+    if value is None:
+        return ""
+    return code_word(value) if keyword in _FREE_CODES else str(value)
 
 
 def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
@@ -427,7 +435,7 @@ def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, ind
         value = ds.get(keyword)
         if isinstance(value, (int, float)):
             meta[key] = value
-        elif value is not None and (text := code_word(value) if keyword in _FREE_CODES else str(value)[:64]):
+        elif text := header_text(keyword, value)[:64]:
             meta[key] = text
     meta.update(transfer_syntax=header.syntax.name, frames=header.frames, frame=index, original_shape=shape[:2])
     if samples == 1 and photometric == "PALETTE COLOR":

@@ -248,14 +248,8 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
             path, f"could not be decoded, it is truncated or corrupt ({type(exc).__name__}: {quote(str(exc))})",
             "Download or export the file again",
         ) from None
-    pixels = values.astype(np.float32)
+    pixels = _unit_values(values, offset, divisor)
     del values
-    if offset:
-        pixels -= np.float32(offset)
-    if divisor != 1.0:
-        pixels /= np.float32(divisor)
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
     if fmt == "png" and len(head) > 25 and head[24] == 16 and head[25] in (2, 4, 6):
         _note_sixteen_bit_colour(path, head[25])
     meta = {
@@ -288,7 +282,16 @@ def pil_pixels(im: Any) -> np.ndarray:
     mode is (:func:`read_pil`): palette and other colour modes as RGB, alpha dropped, 16-bit grey
     stretched, 32-bit integer and float grey scaled from their range."""
     values, offset, divisor, _ = _pil_values(im, "")
-    pixels = (values.astype(np.float32) - np.float32(offset)) / np.float32(divisor)
+    return _unit_values(values, offset, divisor)
+
+
+def _unit_values(values: np.ndarray, offset: float, divisor: float) -> np.ndarray:
+    """``(values - offset) / divisor`` as ``(H, W, C)`` float32, in place on the one float copy."""
+    pixels = values.astype(np.float32)
+    if offset:
+        pixels -= np.float32(offset)
+    if divisor != 1.0:
+        pixels /= np.float32(divisor)
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 

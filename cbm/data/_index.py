@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cbm.data._assign import grouped_split
-from cbm.data._dicom import _FREE_CODES, code_word
+from cbm.data._dicom import header_text
 from cbm.data._image import DICOM_SUFFIXES
 
 __all__ = ["IndexResult", "index_dicom", "INDEX_COLUMNS"]
@@ -152,14 +152,13 @@ def _header_row(path: Path, root: Path, mode: str, keyword: str | None, skipped:
     row: dict[str, Any] = {"path": rel, "label": "", "split": ""}
     for kw, col in _HEADER_COLUMNS.items():
         value = ds.get(kw)
-        row[col] = code_word(value) if kw in _FREE_CODES else "" if value is None else str(value)
+        row[col] = header_text(kw, value)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     row["transfer_syntax"] = syntax.name if syntax is not None else ""
     if mode == "folder":
         row["label"] = path.parent.name if path.parent != root else ""
     elif mode == "tag":
-        value = ds.get(keyword, "") or ""
-        row["label"] = code_word(value) if keyword in _FREE_CODES else str(value)
+        row["label"] = header_text(keyword, ds.get(keyword, "") or "")
     patient = next((str(ds.get(t)) for t in _PATIENT_TAGS if ds.get(t) not in (None, "")), "")
     row["_patient"] = patient or f"file:{rel}"
     return row

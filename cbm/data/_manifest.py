@@ -94,6 +94,7 @@ class ManifestReport:
     n_rows: int
     problems: list[ManifestProblem] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> images
+    written_splits: list[str] = field(default_factory=list)  # the split names the CSV's rows hold, usable or not
 
     @property
     def ok(self) -> bool:
@@ -252,7 +253,8 @@ def read_manifest(
     _note_patients_across_splits(found, rows)
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
-    report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts())
+    report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts(),
+                            sorted({rec[split_column].strip() for _, rec in records}))
     _whole_file_problems(report, classes, min_per_class, needed_splits)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
@@ -466,7 +468,6 @@ def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_cla
         if empty:
             report.problems.append(ManifestProblem(
                 "no_training_image", f"class(es) with no training image: {quote(', '.join(empty))[1:-1]} (the head cannot learn them)"))
-
 
 
 def salted_patient_key(patient: str, salt: str) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.faithfulness import STEP_FALL, check_truth_names, measure_faithfulness, step_test
-from cbm.pipeline.fitting import FitResult, fit_head, fit_model, full_coef
+from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.outputs import path_chart, results_table
 from cbm.pipeline.scoring import evaluate_methods
@@ -162,8 +162,6 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
 
     card = resolve_card(card)
     check_splits_present(card)
-    from cbm.pipeline.fitting import check_head_fit
-
     check_head_fit(head)
     check = getattr(head, "check_params", None)
     if callable(check):
@@ -292,11 +290,11 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
     """results.md's faithfulness table: one row per concept method that was measured."""
     rows = []
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for method, r in metrics.items():
         f = r.get("faithfulness")
         if not f:
             continue
-        three = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         cue = f.get("cue_leakage") or {}
         if not f.get("measured"):  # the cue needs no concept truth: it is measured wherever the card has a group
             cue_cells = f"{three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))}" if cue else " | "

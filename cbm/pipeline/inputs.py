@@ -10,7 +10,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,7 +127,7 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
     manifest = card.manifest()
     absent = [s for s in needed if s not in manifest.split_names()]
     report = getattr(manifest, "report", None)
-    if absent and report is not None and report.problems and _rows_were_dropped(card, absent):  # the problems say why
+    if absent and report is not None and report.problems and _rows_were_dropped(report, absent):  # the problems say why
         shown = "; ".join(p.message for p in report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
         raise ValueError(f"card {card.name!r} has no usable {', '.join(absent)} rows (manifest {card.manifest_path}): "
                          f"the manifest's rows were left out for {len(report.problems)} problem(s): {shown}. Fix them "
@@ -141,19 +140,13 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
         )
 
 
-def _rows_were_dropped(card, absent: Sequence[str]) -> bool:
+def _rows_were_dropped(report, absent: Sequence[str]) -> bool:
     """Whether the manifest's CSV has rows of an ``absent`` split (dropped for their problems), or of a
     split name that reads as one ("validation" for val): then the problems, not a split never
-    written, are the cause. The CSV is read as the manifest reader reads it."""
+    written, are the cause."""
     from cbm.data import KNOWN_SPLITS
-    from cbm.data._manifest_csv import read_manifest_csv
 
-    column = getattr(card, "split_column", "split")
-    try:
-        _, records = read_manifest_csv(Path(card.manifest_path), required=("path", "label", column), group_column=None)
-    except (OSError, ValueError):
-        return False
-    written = {rec.get(column, "").strip() for _, rec in records}
+    written = set(report.written_splits)
     unknown = {w.lower() for w in written if w not in KNOWN_SPLITS}
     return any(name in written or any(w[:3] == name[:3] for w in unknown) for name in absent)
 
