@@ -334,7 +334,7 @@ def test_predict_and_explain_take_the_same_images(fitted):
     with pytest.raises(ValueError, match="k=-1"):
         pred.top_concepts(k=-1)
     from_home = "~/" + os.path.relpath(Path(path).resolve(), Path.home().resolve())  # "~" expanded as a shell would
-    assert model.explain(from_home).probabilities == pred.probabilities
+    assert model.explain(from_home).probabilities == pytest.approx(pred.probabilities, abs=1e-6)
     for bad, name in ((Path(path).read_bytes(), "bytes .file contents"), (None, "NoneType"), ({"a": 1}, "dict")):
         with pytest.raises(TypeError, match=f"an image is a file path.*got {name}"):
             model.predict(bad)
