@@ -57,7 +57,7 @@ class InputError(ValueError):
         self.problem = problem
         self.fix = fix
         where = f" {self.path}:" if self.path is not None else ":"
-        what = f" {self._field_label(field)}" if field else ""
+        what = f" {self.field_label(field)}" if field else ""
         text = f"{self.kind}{where}{what} {problem}".rstrip(". ")
         super().__init__(f"{text}. {fix}" if fix else text)
 
@@ -65,7 +65,7 @@ class InputError(ValueError):
         return (_rebuild, (type(self), self.path, self.problem, self.fix, self.field))
 
     @staticmethod
-    def _field_label(field: str) -> str:
+    def field_label(field: str) -> str:
         """How the message names the field (a kind may spell it out)."""
         return field
 
@@ -86,7 +86,7 @@ class CardError(InputError):
     kind = "data card"
 
     @staticmethod
-    def _field_label(field: str) -> str:
+    def field_label(field: str) -> str:
         return field if field.startswith("line ") else f"field {field!r}"
 
 

@@ -236,7 +236,7 @@ class ExplainApp:
                 return read_image(path, max_pixels=self.max_pixels)
             except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
                 if isinstance(exc, ImageError):  # "image <path>: <field> <problem>. <fix>" without our file
-                    where = f"its {exc._field_label(exc.field)}" if exc.field else "it"
+                    where = f"its {exc.field_label(exc.field)}" if exc.field else "it"
                     reason = f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
                 else:
                     reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
