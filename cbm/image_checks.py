@@ -86,8 +86,8 @@ def image_items(images: Any) -> list:
 
     def refuse(value: Any) -> TypeError:
         hint = " (file contents: save them to a file, or open them with PIL)" if isinstance(value, (bytes, bytearray)) else ""
-        return TypeError("an image is a file path, a cbm.data.LoadedImage, an (H, W[, C]) array or a PIL image, and "
-                         f"several are a list of them; got {type(value).__name__}{hint}")
+        return TypeError("an image is a file path, a cbm.data.LoadedImage, an (H, W[, C]) array, a (C, H, W) torch "
+                         f"tensor or a PIL image, and several are a list of them; got {type(value).__name__}{hint}")
 
     if isinstance(images, np.ndarray) or _is_tensor(images):  # 4-d: a batch; a tensor is channels first
         return list(images) if images.ndim == 4 else [images]
@@ -104,8 +104,9 @@ def image_items(images: Any) -> list:
 
 def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     """``(pixels (H, W, C) float32 in [0, 1], non-PHI meta, what the encoder transform takes)`` of a path
-    (``cbm.data.read_image``), a ``LoadedImage`` or an ``(H, W[, C])`` array (``unit_pixels``: floats
-    in [0, 1], or uint8 scaled by 255, uint16 stretched from its smallest to its largest value)."""
+    (``cbm.data.read_image``), a ``LoadedImage``, a PIL image, an ``(H, W[, C])`` array or a ``(C, H, W)``
+    tensor (``unit_pixels``: floats in [0, 1], or uint8 scaled by 255, uint16 stretched from its
+    smallest to its largest value)."""
     from PIL import Image
 
     from cbm.data import pil_pixels, read_image

@@ -52,7 +52,7 @@ __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
 log = logging.getLogger(__name__)
 
-ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, or an (H, W[, C]) array in [0, 1]
+ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, a PIL image, an (H, W[, C]) array or a (C, H, W) tensor
 
 # "Present" / "absent" set a concept's score to where the training images at these percentiles sit.
 PRESENT_PERCENTILE = 95.0
@@ -270,7 +270,7 @@ class ConceptBottleneckModel:
         self._encoder = encoder
 
     def image_features(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> np.ndarray:
-        """Embed images (paths, ``LoadedImage`` objects, arrays, PIL images) with the model's encoder, ``(n, D)``."""
+        """Embed images (paths, ``LoadedImage`` objects, arrays, tensors, PIL images) with the model's encoder, ``(n, D)``."""
         from cbm.data import pil_pixels, read_image
         from cbm.data.transforms import channels_last, unit_pixels
 
@@ -281,7 +281,7 @@ class ConceptBottleneckModel:
             for item in items[start : start + batch_size]:
                 if isinstance(item, (str, os.PathLike)):
                     item = read_image(item)
-                elif isinstance(item, np.ndarray):  # checked here: the transform's pipeline wraps its errors
+                elif isinstance(item, (np.ndarray, torch.Tensor)):  # checked here: the transform's pipeline wraps errors
                     item = unit_pixels(channels_last(item))
                 item = pil_pixels(item) if hasattr(item, "getbands") else item  # PIL: as a file of its mode is read
                 batch.append(enc.transform(item))

@@ -198,3 +198,27 @@ def test_validate_checks_the_concept_store_and_the_truth_names_as_a_run_would(tm
     store.unlink()
     code, out, _ = run(capsys, "validate", str(card))
     assert code == 0 and f"concept store: none yet; a run needs one: `cbm concepts {card.parent} --llm PRESET`" in out
+
+
+def test_validate_reads_every_images_header_as_a_run_would(tmp_path, capsys):
+    """An empty file, a truncated PNG and a file that is no image are found by `cbm validate` (their
+    headers and PNG/JPEG data read, no pixel decoded), not by a run that skips them after encoding."""
+    from cbm.demo import make_dataset
+
+    card = make_dataset(tmp_path / "demo", n=48, confounding=0.9, seed=3, size=64, progress=False)
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 0 and "images: 48 of 48 readable" in out
+    rows = list(csv.DictReader(open(card.parent / "manifest.csv")))
+    images = card.parent / "images"
+    (images / rows[0]["path"]).write_bytes(b"")
+    whole = (images / rows[1]["path"]).read_bytes()
+    (images / rows[1]["path"]).write_bytes(whole[: len(whole) // 2])
+    (images / rows[2]["path"]).write_text("not an image")
+    code, out, _ = run(capsys, "validate", str(card))
+    assert code == 1 and "images: 45 of 48 readable" in out
+    assert "3 image(s) that cannot be read, which a run skips (line 2: " in out
+    assert "is empty (0 bytes)" in out and "so it is truncated" in out and "line 4: " in out
+    code, _, err = run(capsys, "validate", str(card), "--strict")
+    assert code == 2 and "3 image(s) that cannot be read" in err
+    code, out, _ = run(capsys, "validate", str(card), "--no-files")  # nothing read at all
+    assert code == 0 and "readable" not in out

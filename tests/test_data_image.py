@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-from cbm.data import ImageReadError, LoadedImage, MissingCodecError, check_image_header, read_image
+from cbm.data import ImageReadError, LoadedImage, MissingCodecError, check_image_header, pil_pixels, read_image
 
 PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName", "StudyInstanceUID")
 
@@ -187,6 +187,28 @@ def test_exif_orientation_is_applied(tmp_path):
     assert out.meta["exif_transposed"] is True
     assert out.pixels[-10:, -15:].mean() > 0.9  # the block is bottom-right as displayed
     assert out.pixels[:10, :15].mean() < 0.1
+    # the same photo opened with PIL reads as its file does (a model trained on the file's pixels)
+    with Image.open(tmp_path / "rot.jpg") as opened:
+        np.testing.assert_array_equal(pil_pixels(opened), out.pixels)
+
+
+def test_transparent_pixels_are_said_once_and_marked(tmp_path, monkeypatch, caplog):
+    """Alpha is dropped (as open_clip's convert("RGB") does), so the colours under transparent pixels,
+    which a viewer does not show, are what the model sees: said once a process, marked in meta."""
+    import cbm.data._image_base as image_base
+
+    monkeypatch.setattr(image_base, "_SAID", set())
+    rgba = np.dstack([np.stack([asymmetric()] * 3, -1), np.full((24, 36), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    rgba[:4, :4, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "corner.png")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "corner2.png")
+    assert "transparent" not in read_image(tmp_path / "opaque.png").meta
+    assert read_image(tmp_path / "corner.png").meta["transparent"] is True
+    assert read_image(tmp_path / "corner2.png").meta["transparent"] is True
+    assert caplog.text.count("has transparent pixels") == 1 and "corner.png" in caplog.text
+    pil_pixels(Image.fromarray(rgba, "RGBA"))  # in memory: the same check, and not said again
+    assert caplog.text.count("has transparent pixels") == 1
 
 
 def test_multiframe_tiff_frame_policy(tmp_path):
@@ -268,6 +290,43 @@ def test_non_dicom_named_dcm(tmp_path):
 def test_dicom_without_pixel_data():
     with pytest.raises(ImageReadError, match="without pixel data.*SR.*remove it from the manifest"):
         read_image(get_testdata_file("reportsi.dcm"))
+
+
+def test_dicom_whose_data_set_pydicom_cannot_read_is_called_truncated():
+    """pydicom ships a JPEG 2000 file cut inside its pixel data; pydicom keeps none of its elements."""
+    with pytest.raises(ImageReadError, match="data set could not be read after its file meta information, so it is "
+                                             "truncated or damaged"):
+        read_image(get_testdata_file("emri_small_jpeg_2k_lossless_too_short.dcm"))
+
+
+def test_dicom_header_text_is_never_repeated(tmp_path, monkeypatch):
+    """A name typed into a code field, or a value that breaks a check, does not reach the image's meta
+    or an error message: a modality is shown only as a defined term, a number or UID only as one."""
+    from pydicom.uid import UID
+
+    named = _edited(tmp_path, "CT_small.dcm", "named.dcm", Modality="DOE^JANE")
+    assert "modality" not in read_image(named).meta
+    assert read_image(_edited(tmp_path, "CT_small.dcm", "mr.dcm", Modality="mr")).meta["modality"] == "MR"
+    with pytest.raises(ImageReadError, match=r"without pixel data \(.*, modality \?\)") as err:
+        read_image(_edited(tmp_path, "reportsi.dcm", "report.dcm", Modality="JANEDOE"))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PhotometricInterpretation = "DOE^JANE MRN1"
+    ds.save_as(tmp_path / "photo.dcm")
+    with pytest.raises(ImageReadError, match="<header text>") as photo:
+        read_image(tmp_path / "photo.dcm")
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.3.DOE.JANE")
+    ds.save_as(tmp_path / "syntax.dcm")
+    with pytest.raises(ImageReadError, match="a transfer syntax of 14 characters .not shown") as syntax:
+        read_image(tmp_path / "syntax.dcm")
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    ds["NumberOfFrames"]._value = "DOE^JANE"  # as a device that let a name into the field wrote it
+    ds.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(ImageReadError, match="NumberOfFrames has a bad value of 8 characters .not shown") as frames:
+        read_image(tmp_path / "frames.dcm")
+    for e in (err, photo, syntax, frames):
+        assert "DOE" not in str(e.value) and "JANE" not in str(e.value), str(e.value)
 
 
 def test_dicom_cut_before_its_pixel_data_is_called_truncated(tmp_path):

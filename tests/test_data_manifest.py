@@ -129,6 +129,8 @@ def test_a_path_in_another_unicode_form_finds_its_file(tmp_path, written, on_dis
     assert card.validate().ok
     row = next(r for r in card.manifest() if r.line == 2)
     assert card.manifest().file(row).is_file() and row.split == "train"
+    unchecked = card.manifest(check_files=False)  # as `cbm explain CARD` reads it: the row as written
+    assert unchecked.file(next(r for r in unchecked if r.line == 2)).is_file()
     with open(folder / "manifest.csv", "a") as fh:
         fh.write(f"{unicodedata.normalize(on_disk, name)},nevus,test\n")
     assert [p.kind for p in card.validate().problems] == ["duplicate_across_splits"]
@@ -232,3 +234,20 @@ def test_a_patient_in_two_splits_is_a_leak(tmp_path):
                                             r"\(train on line 2, test on line 8\)"):
         card.manifest()
     assert [p.kind for p in card.validate().problems] == ["patient_across_splits"]
+
+
+def test_paths_written_from_the_manifests_folder_are_told_so(tmp_path):
+    """A manifest kept in a subfolder, its paths written from there: not "does not exist" alone, but
+    that paths are relative to the image folder; a path that leaves that folder says so too."""
+    folder = make_card(tmp_path / "toy", rows=ROWS, manifest="lists/m.csv")
+    (folder / "lists").mkdir()
+    (folder / "images" / "nevus_train_0.png").rename(folder / "lists" / "nevus_train_0.png")
+    (folder / "manifest.csv").rename(folder / "lists" / "m.csv")
+    [problem] = load_card(folder).validate().problems
+    assert problem.kind == "relative_to_manifest" and problem.lines == (2,)
+    assert "names a file from the manifest's folder" in problem.message and "set the card's image_root" in problem.message
+    text = (folder / "lists" / "m.csv").read_text().replace("melanoma_train_0.png", "../../elsewhere.png")
+    (folder / "lists" / "m.csv").write_text(text)
+    leaving = next(p for p in load_card(folder).validate().problems if p.kind == "outside_root")
+    assert "(paths are relative to it, not to the manifest;" in leaving.message
+

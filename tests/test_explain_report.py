@@ -383,6 +383,66 @@ def test_a_manifest_of_windows_paths_is_told_once(tmp_path, caplog):
     assert "2 path(s) separate folders with '\\' (a Windows path), which names no file here (line 2 and more)" in caplog.text
 
 
+def test_a_manifest_whose_paths_name_no_file_says_where_they_were_looked_for(tmp_path, caplog):
+    """A bare manifest's paths are read from its own folder: when none names a file there, one error
+    says so (and how a card points elsewhere) instead of a "not found" per row; some missing: a warning."""
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "manifest.csv"
+    manifest.write_text("path,label,split\nsub/a.png,melanoma,test\nsub/b.png,melanoma,test\n")
+    with pytest.raises(FileNotFoundError, match=r"none of its 2 image paths names a file in the manifest's own folder "
+                                                r".*lists, which they are read from .*give the data card"):
+        collect_inputs([manifest], class_names=CLASSES)
+    (tmp_path / "lists" / "sub").mkdir()
+    save_png(tmp_path / "lists" / "sub" / "a.png", make_image(21))
+    with caplog.at_level(logging.WARNING, logger="cbm"):
+        assert len(collect_inputs([manifest], class_names=CLASSES)) == 2
+    assert "1 of 2 image paths name no file in the manifest's own folder" in caplog.text and "(line 3)" in caplog.text
+
+
+def test_hidden_names_stay_out_of_a_manifests_report_and_labels_are_printable(tmp_path, caplog):
+    """With hide_names, a manifest's problems are logged by kind and count, not by the paths its rows
+    give (a folder can name a patient); a file name's line break or direction override never reaches
+    a label (a forged log line, a name that reads backwards)."""
+    (tmp_path / "DOE_JANE").mkdir()
+    save_png(tmp_path / "DOE_JANE" / "img.png", make_image(21))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\nDOE_JANE/img.png,melanoma,test\nDOE_JANE/img.png,melanoma,test\n")
+    with caplog.at_level(logging.INFO, logger="cbm"):
+        assert len(collect_inputs([manifest], class_names=CLASSES, hide_names=True)) == 1
+    assert "1 duplicate path" in caplog.text and "DOE_JANE" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cbm"):
+        collect_inputs([manifest], class_names=CLASSES)
+    assert "DOE_JANE/img.png" in caplog.text  # named where names are not hidden
+    odd = [CaseInput(tmp_path / "a\nINFO forged.png"), CaseInput(tmp_path / "b\u202egnp.exe.png")]
+    assert [c.label for c in distinct_labels(odd)] == ["a\ufffdINFO forged.png", "b\ufffdgnp.exe.png"]
+
+
+def test_a_folder_gives_every_image_the_readers_take(tmp_path):
+    """GIF and ``.dic`` files are read by ``read_image``, so a folder given to explain finds them too."""
+    from pydicom.data import get_testdata_file
+
+    save_png(tmp_path / "a.png", make_image(21))
+    Image.fromarray((make_image(22) * 255).astype(np.uint8)).save(tmp_path / "b.gif")
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "c.dic")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [c.path.name for c in collect_inputs([tmp_path], class_names=CLASSES)] == ["a.png", "b.gif", "c.dic"]
+
+
+def test_reports_are_not_written_through_a_link(tiny_model, tmp_path):
+    """A ``cases`` link planted in a shared report folder would have reports written, and an earlier
+    run's removed, where it points."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.html").write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cases").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "out" / "index.json").write_text('{"cases": [{"report": "cases/notes.html"}]}')
+    save_png(tmp_path / "a.png", make_image(21))
+    with pytest.raises(ValueError, match="out/cases is a link to .*elsewhere, not a folder"):
+        explain_batch(tiny_model, [tmp_path / "a.png"], tmp_path / "out", maps=False, progress=False)
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["notes.html"]
+
+
 def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_path, caplog):
     """IM000001 in every patient's folder: each case is named by as much of its path as tells
     them apart, in the index, its page's title and index.json; one image given twice is numbered."""

@@ -416,3 +416,45 @@ def test_upload_in_chromium(browser, server, tmp_path):
     page.screenshot(path=str(tmp_path / "served-report.png"), full_page=True)
     assert not log.errors, log.errors
     assert all(u.startswith(base + "/") or u.startswith(("data:", "about:")) for u in log.requests), log.requests
+
+
+def test_an_upload_from_another_sites_page_is_refused(server):
+    """Cross-site request forgery: a page elsewhere can make the browser post an image here. Its
+    ``Sec-Fetch-Site`` or ``Origin`` says where it came from; this server's own page, and clients that
+    are not browsers (no such headers), are served."""
+    body, ctype = _multipart(_png_bytes(make_image(3)))
+    host = f"127.0.0.1:{server.server_address[1]}"
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "https://evil.example"},
+                    {"Origin": "null"}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "cross-site"}):
+        status, _, text = _request(server, "POST", "/explain", body, {"Content-Type": ctype, "Host": host, **headers})
+        assert status == 403 and "uploads are taken only from this server" in text, headers
+    for headers in ({}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}):
+        status, _, _ = _request(server, "POST", "/explain", body, {"Content-Type": ctype, "Host": host, **headers})
+        assert status == 200, headers
+    _, headers, _ = _request(server, "GET", "/")
+    assert headers["Referrer-Policy"] == "same-origin"  # so the page's own form posts carry its Origin
+
+
+def test_uploads_held_in_memory_at_once_are_bounded():
+    """Bodies are set aside against a budget before they are read: one alone always fits, a further
+    one that would pass the budget is refused (503) until the others are done."""
+    srv = server_module._Server(("127.0.0.1", 0), server_module._Handler)
+    try:
+        assert srv.reserve(90, 100) and not srv.reserve(20, 100) and srv.reserve(10, 100)
+        srv.release(90)
+        assert srv.reserve(80, 100)
+        srv.release(80)
+        srv.release(10)
+        assert srv.reserve(500, 100)  # larger than the budget, but alone
+    finally:
+        srv.server_close()
+
+
+def test_the_standard_librarys_refusals_carry_the_servers_headers(server):
+    """A method the server does not serve (501) and an over-long URL (414) are answered by
+    http.server itself: with this server's error page and headers, not its bare page."""
+    for method, path, code in (("PUT", "/explain", 501), ("GET", "/" + "a" * 70000, 414)):
+        status, headers, text = _request(server, method, path)
+        assert status == code and headers["X-Content-Type-Options"] == "nosniff", (method, status)
+        assert "default-src 'none'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
+        assert "<!DOCTYPE html>" in text

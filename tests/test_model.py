@@ -301,6 +301,29 @@ def test_a_misshapen_image_array_is_named_with_its_shape(fitted, shape, message)
         model.explain(np.random.default_rng(0).random(shape))
 
 
+def test_a_torch_tensor_is_read_channels_first_and_scaled_as_an_array(fitted):
+    """torchvision gives images as (C, H, W): uint8 0-255 or floats in [0, 1]. Both read as the
+    array does (a uint8 tensor used to be taken as 0-255 floats, silently), and explain takes what
+    predict takes; an (H, W, C) tensor, or 0-255 floats, gets the fix."""
+    import torch
+    from PIL import Image
+
+    card, model = fitted
+    path = _test_paths(card)[0]
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    expected = model.predict_proba(arr)[0]
+    chw = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    for image in (chw, chw.float() / 255.0, chw[None]):
+        assert model.predict_proba(image)[0] == pytest.approx(expected, abs=1e-5)
+    assert list(model.explain(chw).probabilities.values()) == pytest.approx(list(expected), abs=1e-4)
+    with pytest.raises(ValueError, match=r"got \(\d+, \d+, 3\), which looks \(H, W, C\): give t.permute\(2, 0, 1\)"):
+        model.predict(torch.from_numpy(arr.copy()))
+    with pytest.raises(ValueError, match=r"t.permute\(2, 0, 1\)"):
+        model.explain(torch.from_numpy(arr.copy()))
+    with pytest.raises(ValueError, match="must hold values in \\[0, 1\\].*divide by 255"):
+        model.predict(chw.float())
+
+
 def test_predict_and_explain_take_the_same_images(fitted):
     """A PIL image alone, an RGBA array (alpha left out) and a list given to explain."""
     from PIL import Image

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from cbm.data._dicom_display import grey_to_unit, palette_to_unit
+from cbm.data._dicom_text import NUMBERISH, UID, code_word, header_text, redacted, shown
 from cbm.data._image_base import (
     DICOM_INSTALL_HINT,
     FramePolicy,
@@ -39,7 +40,6 @@ from cbm.data._image_base import (
     first_in_process,
     pixel_budget,
 )
-from cbm.data._dicom_display import grey_to_unit, palette_to_unit
 from cbm.errors import ImageError, quote
 
 __all__ = ["read_dicom", "dicom_header", "DicomHeader", "code_word", "header_text"]
@@ -59,15 +59,6 @@ _DICOM_META_WHITELIST = {
     "PixelRepresentation": "pixel_representation",
     "SamplesPerPixel": "samples_per_pixel",
 }
-# Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
-# found: kept only as one word of the standard's alphabet
-_FREE_CODES = frozenset({"BodyPartExamined", "ViewPosition", "ImageLaterality"})
-_CODE_WORD = re.compile(r"[A-Z0-9_]{1,16}")
-# body parts, views and lateralities a device may write in another case (DICOM's defined terms)
-_USUAL_CODES = frozenset(
-    "SKIN CHEST ABDOMEN PELVIS HEAD NECK HEADNECK BRAIN SKULL SPINE CSPINE TSPINE LSPINE BREAST HEART EYE KNEE HIP "
-    "HAND FOOT ANKLE WRIST ELBOW SHOULDER ARM LEG EXTREMITY THORAX LUNG LIVER KIDNEY AP PA LL RL LAT LATERAL LLD RLD "
-    "RAO LAO OBLIQUE L R B U".split())
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _DEFER_BYTES = 1 << 20  # elements larger than this (the pixel data) are read only when needed
 _REEXPORT = "The header and the pixel data disagree (a damaged or hand-edited file): export the file again"
@@ -87,24 +78,6 @@ class DicomHeader:
 
 
 # ---------------------------------------------------------------------------- reading
-def code_word(value: Any) -> str:
-    """A header value kept only as one word of DICOM's code-string alphabet (at most 16 of A-Z, 0-9
-    and underscore: "CHEST", "PA", "L"), or in another case one of the usual terms ("Chest"), else
-    "": what a device or a person typed into body part, view or laterality ("SKIN Jane Doe", "Doe")
-    is never copied into a report or manifest."""
-    text = "" if value is None else str(value).strip()
-    text = text.upper() if text.upper() in _USUAL_CODES else text
-    return text if _CODE_WORD.fullmatch(text) else ""
-
-
-def header_text(keyword: str, value: Any) -> str:
-    """A header attribute's value as text for a manifest or a report: :func:`code_word` for the
-    code strings people type free text into (body part, view, laterality), else as it stands."""
-    if value is None:
-        return ""
-    return code_word(value) if keyword in _FREE_CODES else str(value)
-
-
 def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read a DICOM image as float pixels in [0, 1] through the standard display pipeline.
 
@@ -127,19 +100,18 @@ def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
     try:
         syntax = header.syntax  # native multi-frame Part 10 files: read that frame's bytes alone
         by_file = head[128:132] == b"DICM" and header.frames > 1 and not (syntax.is_encapsulated or syntax.is_deflated)
-        arr = _decode(path if by_file else ds, path, syntax, index)
+        arr = _decode(path if by_file else ds, path, syntax, index, ds)
         pixels, meta = _dicom_pixels(arr, ds, path, header, index)
     except (ImageError, MemoryError):
         raise
     except Exception as exc:  # pydicom's NotImplementedError (a LUT of 0 bits), KeyError, ...
-        raise _invalid(path, exc) from None
+        raise _invalid(path, exc, ds) from None
     return finish(pixels, path, (header.rows, header.cols), meta)
 
 
-def _invalid(path: Path, exc: BaseException) -> ImageReadError:
-    log.debug("%s: invalid image module", path, exc_info=exc)
+def _invalid(path: Path, exc: BaseException, ds: Any = None) -> ImageReadError:
     return ImageReadError(
-        path, f"has an invalid image header ({type(exc).__name__}: {quote(str(exc))})",
+        path, f"has an invalid image header ({type(exc).__name__}: {quote(redacted(str(exc), ds))})",
         "Check the image pixel module (rows, columns, bits, photometric interpretation, LUTs); re-export the file",
     )
 
@@ -158,7 +130,7 @@ def dicom_header(source: Path | io.BytesIO, path: Path | None, budget: int) -> D
     except (ImageError, MemoryError):
         raise
     except Exception as exc:  # a value pydicom cannot convert (a bad VR, an unknown VR, ...)
-        raise _invalid(path, exc) from None
+        raise _invalid(path, exc, ds) from None
 
 
 def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
@@ -169,8 +141,13 @@ def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
             raise ImageReadError(
                 path, f"is a DICOM image ({sop}, {ds.get('Rows')} x {ds.get('Columns')}) whose file ends before its "
                 "pixel data, so it is truncated", "Copy or export the file again (an interrupted transfer is the usual cause)")
+        if not len(ds) and getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
+            raise ImageReadError(  # pydicom gives up on a data set cut short inside an element and keeps nothing
+                path, "is a DICOM file whose data set could not be read after its file meta information, so it is "
+                "truncated or damaged", "Copy or export the file again (an interrupted transfer is the usual cause)")
         raise ImageReadError(
-            path, f"is a DICOM file without pixel data ({sop}, modality {quote(ds.get('Modality', '?'), 40)}), so it is not an image",
+            path, f"is a DICOM file without pixel data ({sop}, modality {header_text('Modality', ds.get('Modality')) or '?'}), "
+            "so it is not an image",
             "Leave it out: remove it from the manifest or the files given (reports, RT plans and presentation states "
             "carry no pixels)",
         )
@@ -199,7 +176,7 @@ def _whole(ds: Any, keyword: str, path: Path | None, allowed: tuple[int, ...] | 
     if value is None or value == "":
         raise ImageReadError(path, "is missing", "Every DICOM image declares it; export the file again", field=keyword)
     if isinstance(value, (bytes, str, float)) or not isinstance(value, (int, np.integer)):
-        raise ImageReadError(path, f"has the bad value {quote(value, 60)}, not a whole number", _REEXPORT, field=keyword)
+        raise ImageReadError(path, f"has {shown(value, NUMBERISH)}, not a whole number", _REEXPORT, field=keyword)
     value = int(value)
     if (allowed is not None and value not in allowed) or (allowed is None and value < 1):
         want = f"one of {', '.join(map(str, allowed))}" if allowed else "a positive whole number"
@@ -217,7 +194,7 @@ def _frames(ds: Any, path: Path | None) -> int:
     except ValueError:
         frames = 0
     if frames < 1:
-        bad = "is empty" if raw in (None, "") else f"has the bad value {quote(raw, 60)}"
+        bad = "is empty" if raw in (None, "") else f"has {shown(raw, NUMBERISH)}"
         raise ImageReadError(path, f"{bad}, not a positive whole number",
                              "Give the number of frames the pixel data holds, or export the file again",
                              field="NumberOfFrames")
@@ -393,9 +370,10 @@ def _check_decoder(path: Path | None, syntax: Any) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
+        named = "" if syntax.name == str(syntax) else f" ({syntax.name})"  # a name from pydicom's own dictionary
         raise ImageReadError(
-            path, f"uses the transfer syntax {quote(syntax.name, 80)} ({quote(str(syntax), 80)}), which has no pixel "
-            "decoder (video, private or mistyped syntax)",
+            path, f"uses {shown(syntax, UID, 'transfer syntax')}{named}, which has no pixel decoder (video, private "
+            "or mistyped syntax)",
             "Convert it to an uncompressed or JPEG/JPEG 2000/RLE syntax (e.g. with dcmtk's dcmdjpeg or gdcmconv)",
             field="TransferSyntaxUID",
         ) from None
@@ -403,8 +381,9 @@ def _check_decoder(path: Path | None, syntax: Any) -> None:
         raise MissingCodecError(path, f"{syntax.name} ({syntax})", decoder.missing_dependencies, _codec_packages(syntax.name))
 
 
-def _decode(source: Any, path: Path, syntax: Any, index: int) -> np.ndarray:
-    """One frame as stored values; from a Part 10 file only that frame's bytes are read."""
+def _decode(source: Any, path: Path, syntax: Any, index: int, ds: Any) -> np.ndarray:
+    """One frame as stored values; from a Part 10 file only that frame's bytes are read (``ds``: its
+    header, whose values the decoder's message must not repeat)."""
     from pydicom.pixels import pixel_array
 
     try:
@@ -419,7 +398,7 @@ def _decode(source: Any, path: Path, syntax: Any, index: int) -> np.ndarray:
             if syntax.is_compressed else "The pixel data is probably truncated or inconsistent with its header: export the file again"
         )
         raise ImageReadError(path, f"pixel data ({syntax.name}) could not be decoded ({type(exc).__name__}: "
-                                   f"{quote(str(exc))})", hint) from None
+                                   f"{quote(redacted(str(exc), ds))})", hint) from None
 
 
 def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, index: int) -> tuple[np.ndarray, dict[str, Any]]:

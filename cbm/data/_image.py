@@ -237,6 +237,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
                 oriented = ImageOps.exif_transpose(im) if rotated else im
                 declared = (int(oriented.height), int(oriented.width))
                 mode = oriented.mode
+                transparent = _note_transparency(oriented, path)
                 values, offset, divisor, bits = _pil_values(oriented, fmt)
                 del oriented  # the decoded image is freed before the float copy is made
     except ImageReadError:
@@ -262,8 +263,24 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         "frame": index,
         "original_shape": declared,
         "exif_transposed": rotated,
+        **({"transparent": True} if transparent else {}),
     }
     return finish(pixels, path, declared, meta)
+
+
+def _note_transparency(im: Any, path: Path | None) -> bool:
+    """Whether an image has transparent pixels; said once a process, since its alpha is dropped and the
+    colours under the transparent pixels (often black, sometimes white) are what the model sees."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        transparent = im.getchannel("A").getextrema()[0] < 255
+    else:  # a palette or colour key (tRNS) that marks some colour transparent, if any pixel has it
+        transparent = "transparency" in im.info and im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    if transparent and first_in_process("transparent image"):
+        log.warning("%s has transparent pixels: its alpha channel is dropped (as open_clip's convert('RGB') does), so "
+                    "they are read by the colours stored under them, which a viewer does not show; flatten such images "
+                    "onto the background you mean before training and prediction (later ones are not named)",
+                    "an image in memory" if path is None else path)
+    return transparent
 
 
 def _note_sixteen_bit_colour(path: Path, colour_type: int) -> None:
@@ -280,7 +297,14 @@ def _note_sixteen_bit_colour(path: Path, colour_type: int) -> None:
 def pil_pixels(im: Any) -> np.ndarray:
     """A PIL image already in memory as ``(H, W, C)`` float32 pixels in [0, 1], read as a file of its
     mode is (:func:`read_pil`): palette and other colour modes as RGB, alpha dropped, 16-bit grey
-    stretched, 32-bit integer and float grey scaled from their range."""
+    stretched, 32-bit integer and float grey scaled from their range, EXIF orientation applied (a
+    photo opened with ``Image.open`` reads as its file does). A multi-frame image is read at the
+    frame it is on."""
+    from PIL import ImageOps
+
+    if im.getexif().get(0x0112, 1) in range(2, 9):
+        im = ImageOps.exif_transpose(im)
+    _note_transparency(im, None)
     values, offset, divisor, _ = _pil_values(im, "")
     return _unit_values(values, offset, divisor)
 

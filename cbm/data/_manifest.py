@@ -16,9 +16,6 @@ written with '/' is its own problem, with that fix.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import logging
 import os
 import stat
@@ -29,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cbm.data._manifest_csv import read_manifest_csv
+from cbm.data._manifest_csv import read_manifest_csv, salted_patient_key, write_manifest
 from cbm.data._truth import ACCEPTED_TRUTH, bad_truth_columns, check_truth_header
 from cbm.errors import ManifestError, quote
 
@@ -82,6 +79,7 @@ class ManifestProblem:
 
     kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
     #            | outside_root | bad_path | no_training_image | short_class | empty_field | windows_separator
+    #            | relative_to_manifest | unreadable_image (cbm validate)
     message: str
     lines: tuple[int, ...] = ()
 
@@ -173,8 +171,11 @@ class Manifest:
         return [s for s in KNOWN_SPLITS if s in present] + sorted(present.difference(KNOWN_SPLITS))
 
     def file(self, row: ManifestRow | int) -> Path:
-        """Absolute path of a row's image."""
+        """Absolute path of a row's image (in the Unicode form, composed or decomposed, that names a
+        file where only that one does, as a checked manifest's rows already are)."""
         row = self.rows[row] if isinstance(row, int) else row
+        if not row.path.isascii():
+            row = _in_existing_form(row, self.image_root)
         p = Path(row.path)
         return p if p.is_absolute() else self.image_root / p
 
@@ -334,8 +335,8 @@ class _Problems:
             "empty_field": "rows with an empty path, label or split",
             "unknown_label": f"rows with a label that is not a class of the card (classes: {quote(', '.join(classes))[1:-1]})",
             "unknown_split": f"rows with an unknown split name (allowed: {', '.join(KNOWN_SPLITS)})",
-            "outside_root": f"rows whose path leaves the image folder {image_root} (a card that means it says "
-                            "allow_outside_root: true)",
+            "outside_root": f"rows whose path leaves the image folder {image_root} (paths are relative to it, not "
+                            "to the manifest; a card that means it says allow_outside_root: true)",
             "duplicate_across_splits": "rows listing a file already listed in another split, a leak between "
                                        "splits (keep each image in one split)",
             "conflicting_label": "rows giving a file already listed in the same split another label (the first "
@@ -347,6 +348,8 @@ class _Problems:
             "bad_path": "rows whose path the file system refuses",
             "windows_separator": "rows whose path separates folders with '\\' (a Windows path), which names no file "
                                  "here: write '/' between folders",
+            "relative_to_manifest": f"rows whose path names a file from the manifest's folder, not from the image folder "
+                                    f"{image_root} that paths are relative to: write them from there, or set the card's image_root",
             "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
         }
         out = []
@@ -405,6 +408,8 @@ def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Pro
             slashed = _slashed(r.path, image_root)
             if slashed:  # written on Windows: the same path with '/' names the file
                 found.note("windows_separator", r.line, f"{quote(r.path, 80)} (line {r.line}: {quote(slashed, 80)[1:-1]} exists)")
+            elif not Path(r.path).is_absolute() and _names_file(r.path, path.parent):  # written from the CSV's folder
+                found.note("relative_to_manifest", r.line, f"{quote(r.path, 80)} (line {r.line})")
             else:
                 found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line})")
             continue
@@ -468,29 +473,3 @@ def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_cla
         if empty:
             report.problems.append(ManifestProblem(
                 "no_training_image", f"class(es) with no training image: {quote(', '.join(empty))[1:-1]} (the head cannot learn them)"))
-
-
-def salted_patient_key(patient: str, salt: str) -> str:
-    """A manifest's ``patient_key`` of a patient ID: a salted SHA-256 (16 hex digits), ``""`` for no ID.
-
-    The same patient gets the same key within one salt; the ID itself is never written.
-    """
-    return hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
-
-
-def write_manifest(path: str | os.PathLike, rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> Path:
-    """Atomically write manifest rows (dicts) as CSV; ``path,label,split`` come first."""
-    from cbm.utils import atomic_write_text
-
-    cols = list(columns) if columns else []
-    if not cols:
-        for row in rows:
-            cols.extend(k for k in row if k not in cols)
-    head = [c for c in ("path", "label", "split") if c in cols]
-    cols = head + [c for c in cols if c not in head]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in cols})
-    return atomic_write_text(path, buf.getvalue())

@@ -1,16 +1,19 @@
-"""A manifest CSV's header and records, with a clear error for every way the file can be malformed."""
+"""A manifest CSV's header and records, with a clear error for every way the file can be malformed;
+writing one (:func:`write_manifest`) and the salted patient keys its rows carry."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from cbm.errors import ManifestError, quote
 
-__all__ = ["read_manifest_csv"]
+__all__ = ["read_manifest_csv", "salted_patient_key", "write_manifest"]
 
 
 def read_manifest_csv(
@@ -79,3 +82,29 @@ def _header_note(header: list[str], missing: list[str]) -> str:
     cased = {h.casefold(): h for h in header}
     renames = [f"{quote(cased[c.casefold()], 60)} to {quote(c, 60)}" for c in missing if c.casefold() in cased]
     return f"; column names are case-sensitive: rename {', '.join(renames)}" if renames else ""
+
+
+def salted_patient_key(patient: str, salt: str) -> str:
+    """A manifest's ``patient_key`` of a patient ID: a salted SHA-256 (16 hex digits), ``""`` for no ID.
+
+    The same patient gets the same key within one salt; the ID itself is never written.
+    """
+    return hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
+
+
+def write_manifest(path: str | os.PathLike, rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> Path:
+    """Atomically write manifest rows (dicts) as CSV; ``path,label,split`` come first."""
+    from cbm.utils import atomic_write_text
+
+    cols = list(columns) if columns else []
+    if not cols:
+        for row in rows:
+            cols.extend(k for k in row if k not in cols)
+    head = [c for c in ("path", "label", "split") if c in cols]
+    cols = head + [c for c in cols if c not in head]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in cols})
+    return atomic_write_text(path, buf.getvalue())

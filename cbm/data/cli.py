@@ -1,7 +1,7 @@
 """Data commands of ``cbm``: ``cards``, ``make-splits``, ``index-dicom``, and the manifest half of ``validate``.
 
     cbm cards                                          # built-in and $CBM_CARDS_PATH cards
-    cbm validate ham10000 [--strict] [--no-files]      # every manifest problem, reported together
+    cbm validate ham10000 [--strict] [--no-files]      # every manifest problem and unreadable image, together
     cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR | --no-image-check] [--out CSV] [--seed N]
     cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1]
 """
@@ -104,11 +104,38 @@ def validate_manifest(args: argparse.Namespace):
             report = card.manifest(strict=True, check_files=not args.no_files).report
         else:  # a leak between splits or a path outside the image folder is reported with the rest
             report = card.validate(check_files=not args.no_files)
+        read = _check_images(card, report) if not args.no_files else None
     finally:
         quiet.setLevel(level)
     print(f"card {card.name} ({card.path})")
     print(report.summary())
+    if read:
+        print(f"  {read}")
+    if args.strict:
+        report.raise_if_problems()
     return card, report
+
+
+def _check_images(card, report) -> str:
+    """Every usable row's image read as far as its header and data structure (no pixel decoded); the
+    ones that cannot be read become a problem of ``report``, since a run would skip them. Returns
+    what was read, in words."""
+    from cbm.data._image_scan import unreadable_images
+    from cbm.data._manifest import ManifestProblem
+    from cbm.errors import ManifestError, quote
+
+    try:
+        manifest = card.manifest(strict=False, check_files=True)
+    except ManifestError:  # a leak between splits or a path outside the folder: fixed first, then read
+        return "images not read: fix the problems above first"
+    bad = unreadable_images(manifest)
+    if bad:
+        shown = "; ".join(f"line {line}: {quote(path, 80)[1:-1]} {reason}" for line, path, reason in bad[:5])
+        report.problems.append(ManifestProblem(
+            "unreadable_image", f"{len(bad)} image(s) that cannot be read, which a run skips ({shown}"
+            f"{'; ...' if len(bad) > 5 else ''}): export them again or remove their rows", tuple(line for line, _, _ in bad)))
+    return (f"images: {len(manifest) - len(bad)} of {len(manifest)} readable (headers and PNG/JPEG data checked, "
+            "pixels not decoded)")
 
 
 def _make_splits(args: argparse.Namespace) -> int:

@@ -42,10 +42,11 @@ RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's PreprocessCfg.re
 
 
 class ToChannelFirst(Transform):
-    """LoadedImage / path / ``(H, W)`` or ``(H, W, C)`` array -> float32 ``(C, H, W)`` tensor in [0, 1].
+    """LoadedImage / path / ``(H, W)`` or ``(H, W, C)`` array / ``(C, H, W)`` torch tensor -> float32
+    ``(C, H, W)`` tensor in [0, 1].
 
-    uint8 / uint16 arrays are scaled to [0, 1] (:func:`unit_pixels`); an alpha channel is dropped. A torch tensor
-    is taken as already channel-first.
+    Arrays and tensors are scaled to [0, 1] alike (:func:`unit_pixels`: uint8 by 255, floats must
+    be in [0, 1]); an alpha channel is dropped.
     """
 
     def __call__(self, data: Any) -> torch.Tensor:
@@ -53,9 +54,6 @@ class ToChannelFirst(Transform):
             data = read_image(data)
         if isinstance(data, LoadedImage):
             data = data.pixels
-        if isinstance(data, torch.Tensor):
-            t = data.float()
-            return t[None] if t.ndim == 2 else t
         arr = unit_pixels(channels_last(data))
         if arr.shape[2] in (2, 4):  # grey+alpha, RGBA: drop alpha as PIL's convert does
             arr = arr[..., : arr.shape[2] - 1]
@@ -68,7 +66,15 @@ _UNIT_SLACK = 1e-3
 
 def channels_last(arr: Any) -> np.ndarray:
     """An image array as ``(H, W, C)`` with C in 1..4 and at least one pixel (``(H, W)`` gets C = 1); a
-    ValueError naming the shape otherwise, and the fix where the array is channels first."""
+    ValueError naming the shape otherwise, and the fix where the array is channels first. A torch
+    tensor is ``(C, H, W)`` or ``(H, W)``, as torchvision gives images, and is moved channels last."""
+    if isinstance(arr, torch.Tensor):
+        t = arr.detach().cpu()
+        if t.ndim == 3 and t.shape[0] not in (1, 2, 3, 4) and t.shape[2] in (1, 2, 3, 4):
+            raise ValueError(f"an image tensor must be (C, H, W) or (H, W) (channels first, as torchvision gives "
+                             f"images); got {tuple(t.shape)}, which looks (H, W, C): give t.permute(2, 0, 1)")
+        arr = t.permute(1, 2, 0) if t.ndim == 3 else t
+        arr = arr.numpy() if arr.dtype != torch.bfloat16 else arr.float().numpy()
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[..., None]

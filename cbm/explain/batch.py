@@ -1,6 +1,6 @@
 """Batch reports: explain many images into a folder with an index page and a class card.
 
-Inputs are image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders (searched recursively; DICOM
+Inputs are image files (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF), folders (searched recursively; DICOM
 files without an extension are recognised by their ``DICM`` marker), manifest CSVs
 (``path,label,split``, paths relative to the CSV's folder) or data cards (``card.yaml``); a
 manifest's label is shown as the known label beside the prediction. The output folder::
@@ -38,7 +38,7 @@ __all__ = ["CaseInput", "BatchResult", "collect_inputs", "explain_batch", "IMAGE
 log = logging.getLogger(__name__)
 
 # what a folder is searched for: the formats a manifest row may name too (cbm.data.read_image)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,28 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
         if not len(manifest):
             raise ValueError(f"{source} has no rows in split {split!r}; its splits are {names} "
                              "(choose one of them)")
-    windows = [r.line for r in manifest if "\\" in r.path and not manifest.file(r).exists()]
+    missing = [r for r in manifest if not manifest.file(r).exists()]
+    windows = [r.line for r in missing if "\\" in r.path]
     if windows:  # each would fail alone as "not found"; the cause is said once (by line: paths may name patients)
         log.warning("%s: %d path(s) separate folders with '\\' (a Windows path), which names no file here (line %s%s): "
                     "write '/' between folders", source, len(windows), windows[0], " and more" if len(windows) > 1 else "")
+    missing = [r for r in missing if "\\" not in r.path]
+    if missing:
+        whose = "the card's image folder" if source.suffix.lower() in (".yaml", ".yml") else "the manifest's own folder"
+        if len(missing) == len(manifest):
+            raise FileNotFoundError(f"{source}: none of its {len(manifest)} image paths names a file in {whose} "
+                                    f"{manifest.image_root}, which they are read from (line {missing[0].line} and the "
+                                    "rest); for paths relative to another folder, give the data card (card.yaml) "
+                                    "whose image_root is that folder")
+        log.warning("%s: %d of %d image paths name no file in %s %s (line %s%s); they are listed as not found",
+                    source, len(missing), len(manifest), whose, manifest.image_root, missing[0].line,
+                    " and more" if len(missing) > 1 else "")
     return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
 
 
 def collect_inputs(
-    items: Iterable[str | os.PathLike], *, class_names: Sequence[str], split: str | None = None
+    items: Iterable[str | os.PathLike], *, class_names: Sequence[str], split: str | None = None,
+    hide_names: bool = False,
 ) -> list[CaseInput]:
     """Expand files, folders, manifest CSVs and data cards into the images to explain, in order.
 
@@ -100,6 +113,7 @@ def collect_inputs(
             paths relative to the CSV's folder); data cards (``card.yaml``: its manifest and image root).
         class_names: the model's classes; manifest rows with another label are left out (with a warning).
         split: keep only this split of manifests and cards (e.g. ``"test"``).
+        hide_names: a manifest's problems are logged by kind and count, without the paths its rows give.
 
     Raises:
         FileNotFoundError: an item does not exist.
@@ -112,7 +126,7 @@ def collect_inputs(
         p = Path(item).expanduser()
         if not p.exists():
             raise FileNotFoundError(
-                f"{p} does not exist: give image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders, manifest CSVs or "
+                f"{p} does not exist: give image files (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF), folders, manifest CSVs or "
                 "card.yaml files"
             )
         if p.is_dir():
@@ -120,11 +134,15 @@ def collect_inputs(
             if not found:
                 log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
             out += [CaseInput(f) for f in found]  # by file name; by folders too only where two coincide
-        elif p.suffix.lower() == ".csv":
-            manifest = read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False, needed_splits=())
+        elif p.suffix.lower() in (".csv", ".yaml", ".yml"):
+            with _report_quiet(hide_names):
+                manifest = (read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False,
+                                          needed_splits=()) if p.suffix.lower() == ".csv"
+                            else load_card(p).manifest(check_files=False))
+            if hide_names and manifest.report is not None and manifest.report.problems:
+                log.warning("%s: rows left out for %s (`cbm validate` lists them; not named here, as --hide-names asks)",
+                            p, ", ".join(f"{len(q.lines) or 1} {q.kind.replace('_', ' ')}" for q in manifest.report.problems))
             out += _manifest_inputs(manifest, split, p)
-        elif p.suffix.lower() in (".yaml", ".yml"):
-            out += _manifest_inputs(load_card(p).manifest(check_files=False), split, p)
         else:
             out.append(CaseInput(p))
     if not out:
@@ -133,11 +151,29 @@ def collect_inputs(
     return out
 
 
+@contextlib.contextmanager
+def _report_quiet(quiet: bool):
+    """The manifest reader's own report (it names rows by their paths) held back where names are hidden."""
+    logger = logging.getLogger("cbm.data._manifest")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# control characters (a line break in a file name would forge a log line) and Unicode's direction
+# overrides (which make "gnp.exe" read backwards): shown as U+FFFD in labels
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
     """``cases`` with labels that tell them apart. Each keeps its own (a manifest row its manifest
     path, an image its file name); images whose labels coincide (``IM000001`` in every patient's
     folder) are named by as many of their path's last parts as tell them apart, and the same file
-    given again is numbered ("IM000001 (2)")."""
+    given again is numbered ("IM000001 (2)"). Control and text-direction characters become U+FFFD."""
     labels = [c.label or c.path.name for c in cases]
     parts = [Path(os.path.abspath(os.path.expanduser(c.path))).parts for c in cases]
     changed = True
@@ -166,7 +202,7 @@ def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
             labels[i] = f"{v} ({n})"
             taken.add(labels[i])
         seen.add(v)
-    return [CaseInput(c.path, c.truth, v) for c, v in zip(cases, labels)]
+    return [CaseInput(c.path, c.truth, _UNPRINTABLE.sub("\ufffd", v)) for c, v in zip(cases, labels)]
 
 
 def _slug(text: str) -> str:
@@ -227,6 +263,20 @@ def _names_hidden(path: Path, label: str, hide: bool) -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(scrub)
+
+
+def _report_folder(out: Path) -> Path:
+    """``out``, with its ``cases`` folder made; a ``cases`` that is a link is refused, since reports
+    would be written, and an earlier run's removed, where it points."""
+    try:
+        (out / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the report folder {out}/cases ({e.strerror or e}); choose a writable "
+                         "folder for the reports (--out)") from e
+    if (out / "cases").is_symlink():
+        raise ValueError(f"{out}/cases is a link to {os.readlink(out / 'cases')}, not a folder; reports are written "
+                         "only into a real folder: remove the link, or choose another folder (--out)")
+    return out
 
 
 def _previous_reports(out: Path) -> set[str]:
@@ -293,12 +343,7 @@ def explain_batch(
         max_side: longest side of the displayed image.
         progress: show a progress bar.
     """
-    out = Path(out_dir)
-    try:
-        (out / "cases").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the report folder {out}/cases ({e.strerror or e}); choose a writable "
-                         "folder for the reports (--out)") from e
+    out = _report_folder(Path(out_dir))
     earlier = _previous_reports(out)
     cases = distinct_labels([i if isinstance(i, CaseInput) else CaseInput(Path(i).expanduser()) for i in inputs])
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}

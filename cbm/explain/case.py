@@ -161,7 +161,8 @@ def explain_image(
 
     Args:
         model: a trained model (its encoder is created on first use).
-        image: a path (PNG, JPEG, DICOM), a ``cbm.data.LoadedImage``, or an ``(H, W[, C])`` array in [0, 1].
+        image: a path (PNG, JPEG, DICOM), a ``cbm.data.LoadedImage``, a PIL image, an ``(H, W[, C])``
+            array or a ``(C, H, W)`` torch tensor (uint8, or floats in [0, 1]).
         label: the name the report shows (default: the file name, or ``"image"``).
         truth: the known label, shown beside the prediction.
         top_k: findings mapped (those of them that are not absent).

@@ -27,7 +27,7 @@ def _explain(args: argparse.Namespace) -> int:
     from cbm.explain.batch import collect_inputs, explain_batch
 
     model = _load_model(args.model_dir)  # cheap: the encoder is created on first use
-    inputs = collect_inputs(args.inputs, class_names=model.classes, split=args.split)
+    inputs = collect_inputs(args.inputs, class_names=model.classes, split=args.split, hide_names=args.hide_names)
     result = explain_batch(model, inputs, args.out, top_k=args.top_k, maps=not args.no_maps,
                            hide_names=args.hide_names, max_side=args.max_side)
     print(f"{len(result.reports)} report(s) in {result.out_dir}; open {result.index}")
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder (model.json + model.safetensors)")
     p.add_argument("inputs", metavar="IMAGE_OR_DICOM", nargs="+",
-                   help="image files (PNG, JPEG, DICOM, TIFF, BMP, WebP), folders (searched recursively), manifest CSVs "
+                   help="image files (PNG, JPEG, DICOM, TIFF, BMP, WebP, GIF), folders (searched recursively), manifest CSVs "
                         "(path,label,split) or card.yaml files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--split", default=None, help="with a manifest or card: explain only rows of this split (e.g. test)")

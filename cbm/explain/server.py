@@ -11,10 +11,14 @@ Uploads are checked before the model sees them, cheapest first: a size limit (41
 is read), at most :data:`MAX_FORM_PARTS` parts in a form, none of them itself a multipart or a
 message nor with over :data:`MAX_PART_HEADER_BYTES` of headers (413, 415, 400: all checked before
 the form is parsed, for a body of 200,000 parts cost 19 s of parsing, and the parser opens nested
-parts too), the format by its magic bytes (415), the header against the pixel budget and its own
+parts too; :mod:`cbm.explain.forms`), the format by its magic bytes (415), the header against the pixel budget and its own
 data (``cbm.data.check_image_header``: 413 over the budget, 422 otherwise), and an actual decode
 through ``cbm.data.read_image`` (422). At most :data:`MAX_CONNECTIONS` connections are served at
-once; one more is answered 503 at once. A request (headers and body) must arrive within
+once; one more is answered 503 at once, as is an upload while others of
+:data:`UPLOADS_IN_MEMORY` times the size limit in all are being read and explained, so a burst of
+large uploads cannot take the machine's memory. An upload that a browser sends from another site's
+page (cross-site request forgery: its ``Origin`` or ``Sec-Fetch-Site`` header says so) is answered
+403. A request (headers and body) must arrive within
 :data:`REQUEST_DEADLINE_S`, and no read may stall for longer than the handler's ``timeout``;
 otherwise it is answered 408 and its connection closed, so a client trickling a byte at a time
 cannot hold a connection for long.
@@ -34,13 +38,9 @@ its values).
 from __future__ import annotations
 
 import contextlib
-import email.message
-import email.parser
-import email.policy
 import io
 import json
 import logging
-import re
 import socket
 import tempfile
 import threading
@@ -53,39 +53,30 @@ from typing import Any
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import explain_image
 from cbm.explain.deadline import DeadlineReader, RequestTimedOut
+from cbm.explain.forms import MAX_FORM_PARTS, MAX_PART_HEADER_BYTES, UploadError, multipart_file
 from cbm.explain.render import page_csp, render_case_html, render_template
 from cbm.model import ConceptBottleneckModel
 
 __all__ = ["ExplainApp", "UploadError", "make_server", "serve", "sniff_format", "DEFAULT_MAX_UPLOAD_BYTES",
            "MAX_FORM_PARTS", "MAX_PART_HEADER_BYTES", "MAX_CONNECTIONS", "LARGE_IMAGE_PIXELS", "LARGE_DECODES",
-           "REQUEST_DEADLINE_S"]
+           "REQUEST_DEADLINE_S", "UPLOADS_IN_MEMORY"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-MAX_FORM_PARTS = 8
-"""Most parts a multipart upload may have (the form has one file field)."""
-MAX_PART_HEADER_BYTES = 16 * 1024
-"""Most bytes of headers one part of a multipart upload may have."""
 MAX_CONNECTIONS = 16
 """Most connections served at once; each holds a thread while it is read and answered."""
 LARGE_IMAGE_PIXELS = 4_000_000
 """An upload with more pixels than this is decoded and explained in one of :data:`LARGE_DECODES` slots."""
 LARGE_DECODES = 2
 """Large uploads decoded, or decoded and waiting for the model, at once (their full-size images are in memory)."""
+UPLOADS_IN_MEMORY = 4
+"""Request bodies of the largest size held at once (read, parsed and explained); a further upload
+that would pass ``UPLOADS_IN_MEMORY * max_upload_bytes`` in all is answered 503 before it is read."""
 REQUEST_DEADLINE_S = 120.0
 """Seconds a request (its headers and body) may take to arrive, however steadily it trickles in."""
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-class UploadError(Exception):
-    """A rejected upload: the HTTP status and a message for the person who sent it."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -100,62 +91,6 @@ def sniff_format(data: bytes) -> str | None:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     return None
-
-
-# the email parser's rules (email.feedparser): the rest of a delimiter line ("--" closes the form), then
-# the lines it takes for a part's headers (its headerRE; a line unlike a header, an empty one too, ends them)
-_DELIMITER_END = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
-_HEADER_LINES = re.compile(rb"(?:(?:From |[\041-\071\073-\176]*:|[\t ])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
-
-
-def _refuse_nested_parts(body: bytes, delimiter: bytes) -> None:
-    """Refuse a form with a part that is itself a multipart or a message, from each part's headers
-    and before the form is parsed: the parser would open such a part and parse every part in it,
-    which the part count (of the outer boundary only) does not see. Each occurrence of the
-    delimiter is taken for a part's start (a part's data may hold it too), so none is missed."""
-    parser = email.parser.BytesParser(policy=email.policy.HTTP)
-    at = body.find(delimiter)
-    while at >= 0:
-        at += len(delimiter)
-        line = _DELIMITER_END.match(body, at)
-        if line and not line.group(1):
-            limit = line.end() + MAX_PART_HEADER_BYTES
-            head = _HEADER_LINES.match(body, line.end(), limit)
-            if head.end() == limit < len(body):
-                raise UploadError(HTTPStatus.BAD_REQUEST, f"a part of the form has over {MAX_PART_HEADER_BYTES} "
-                                  "bytes of headers; send the image alone")
-            kind = parser.parsebytes(head.group(), headersonly=True).get_content_maintype()
-            if kind in ("multipart", "message"):
-                raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                                  f"a part of the form is itself a {kind}/* (a nested form); "
-                                  "send one image per part, with no nested multipart")
-        at = body.find(delimiter, at)
-
-
-def _multipart_file(content_type: str, body: bytes) -> bytes:
-    """The ``file`` field of a ``multipart/form-data`` body, after counting its parts."""
-    header = email.message.Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise UploadError(HTTPStatus.BAD_REQUEST, "the form could not be read (no multipart boundary)")
-    delimiter = b"--" + boundary.encode("latin-1", "replace")
-    parts = body.count(delimiter) - 1  # the closing delimiter counts once too
-    if parts > MAX_FORM_PARTS:
-        raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                          f"the form has {parts} parts, over the limit of {MAX_FORM_PARTS}; send the image alone")
-    _refuse_nested_parts(body, delimiter)
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not msg.is_multipart():
-        raise UploadError(HTTPStatus.BAD_REQUEST, "the form could not be read (malformed multipart body)")
-    files = [p for p in msg.iter_parts() if p.get_param("name", header="content-disposition") == "file"]
-    if len(files) > 1:  # one report per request: a second image would be dropped unseen
-        raise UploadError(HTTPStatus.BAD_REQUEST, f"the form holds {len(files)} images; upload one image at a time")
-    if files:
-        return files[0].get_payload(decode=True) or b""
-    raise UploadError(HTTPStatus.BAD_REQUEST, "the form has no 'file' field; choose an image to upload")
 
 
 class ExplainApp:
@@ -288,6 +223,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.settimeout(1.0)  # a client that does not read cannot hold the thread
                     self._error(HTTPStatus.REQUEST_TIMEOUT, str(exc))
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a bad request line, 414, 431, 501) as this server's
+        error page, with its headers (nosniff, CSP, no-store)."""
+        status = HTTPStatus(code)
+        self._error(status, message or status.phrase)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -300,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
-        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Referrer-Policy", "same-origin")  # so a form post carries its Origin
         if csp:
             self.send_header("Content-Security-Policy", csp)
         self.end_headers()
@@ -317,6 +258,16 @@ class _Handler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").strip().lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return name in self.allowed_hosts
+
+    def _cross_site(self) -> bool:
+        """A browser's upload sent from another site's page (cross-site request forgery): its
+        ``Sec-Fetch-Site`` says so, or its ``Origin`` is not this server's. Clients that send
+        neither (curl, scripts) are not browsers acting for someone else."""
+        site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+        if site and site not in ("same-origin", "none"):
+            return True
+        origin = (self.headers.get("Origin") or "").strip().lower()  # "null": a sandboxed frame or a data: page
+        return bool(origin) and origin != f"http://{(self.headers.get('Host') or '').strip().lower()}"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if not self._host_ok():
@@ -338,6 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only on its loopback address")
         if self.path.split("?", 1)[0] != "/explain":
             return self._error(HTTPStatus.NOT_FOUND, "uploads go to /explain")
+        if self._cross_site():
+            log.info("upload refused (403): sent from another site's page")
+            return self._error(HTTPStatus.FORBIDDEN, "uploads are taken only from this server's own page; open it at /")
         length = self.headers.get("Content-Length")
         if length is None:
             return self._error(HTTPStatus.LENGTH_REQUIRED, "the upload needs a Content-Length header")
@@ -351,12 +305,22 @@ class _Handler(BaseHTTPRequestHandler):
             message = _too_large(size, self.app.max_upload_bytes)
             log.info("upload rejected (%d): %s", HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, message)
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
+        if not self.server.reserve(size, UPLOADS_IN_MEMORY * self.app.max_upload_bytes):
+            log.info("upload refused (503): other uploads hold the memory set aside for them")
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy reading other uploads; try again in a moment")
+        try:
+            self._explain_body(size)
+        finally:
+            self.server.release(size)
+
+    def _explain_body(self, size: int) -> None:
+        """Read the body of ``size`` bytes, explain its image and answer."""
         try:
             body = self.rfile.read(size)
             if len(body) < size:
                 return self._error(HTTPStatus.BAD_REQUEST, "the upload ended before its declared length")
             content_type = self.headers.get("Content-Type", "")
-            data = _multipart_file(content_type, body) if content_type.startswith("multipart/form-data") else body
+            data = multipart_file(content_type, body) if content_type.startswith("multipart/form-data") else body
             page = self.app.explain_upload(data)
         except UploadError as exc:
             log.info("upload rejected (%d): %s", exc.status.value, exc.message)
@@ -390,7 +354,21 @@ class _Server(ThreadingHTTPServer):
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._body_bytes, self._body_lock = 0, threading.Lock()
         super().__init__(address, handler)
+
+    def reserve(self, size: int, budget: int) -> bool:
+        """Set ``size`` bytes of request bodies aside, unless that would pass ``budget`` in all (one
+        body alone always fits)."""
+        with self._body_lock:
+            if self._body_bytes and self._body_bytes + size > budget:
+                return False
+            self._body_bytes += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._body_lock:
+            self._body_bytes -= size
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):

@@ -1,0 +1,92 @@
+"""Which DICOM header text may reach a report, a manifest, a log or an error message.
+
+Devices and people type free text into code fields (a patient's name into body part or modality,
+"DOE^JANE" into NumberOfFrames), and decoders' messages repeat the value they stumbled on. So a
+value is copied only in the form its attribute allows (one code word, a defined term, a number, a
+UID), and any other message has every text value of the header taken out of it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from cbm.errors import quote
+
+__all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown"]
+
+# Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
+# found: kept only as one word of the standard's alphabet
+_FREE_CODES = frozenset({"BodyPartExamined", "ViewPosition", "ImageLaterality"})
+_CODE_WORD = re.compile(r"[A-Z0-9_]{1,16}")
+# body parts, views and lateralities a device may write in another case (DICOM's defined terms)
+_USUAL_CODES = frozenset(
+    "SKIN CHEST ABDOMEN PELVIS HEAD NECK HEADNECK BRAIN SKULL SPINE CSPINE TSPINE LSPINE BREAST HEART EYE KNEE HIP "
+    "HAND FOOT ANKLE WRIST ELBOW SHOULDER ARM LEG EXTREMITY THORAX LUNG LIVER KIDNEY AP PA LL RL LAT LATERAL LLD RLD "
+    "RAO LAO OBLIQUE L R B U".split())
+# DICOM's defined terms for Modality (PS3.3 C.7.3.1.1.1, retired ones too): a modality shown or kept
+# is one of these, so a name typed into the field ("DOE^JANE", "JANEDOE") is never copied
+_MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DMS DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS "
+    "KER KO LEN LS M3D MG MR NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE "
+    "RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA "
+    "XAPROTOCOL XC AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF".split())
+# the forms a number and a UID take: a value of either shown in an error message only in that form
+NUMBERISH = re.compile(r"[0-9eE.+\- ]{1,24}")
+UID = re.compile(r"[0-9.]{1,64}")
+
+
+def code_word(value: Any) -> str:
+    """A header value kept only as one word of DICOM's code-string alphabet (at most 16 of A-Z, 0-9
+    and underscore: "CHEST", "PA", "L"), or in another case one of the usual terms ("Chest"), else
+    "": what a device or a person typed into body part, view or laterality ("SKIN Jane Doe", "Doe")
+    is never copied into a report or manifest."""
+    text = "" if value is None else str(value).strip()
+    text = text.upper() if text.upper() in _USUAL_CODES else text
+    return text if _CODE_WORD.fullmatch(text) else ""
+
+
+def header_text(keyword: str, value: Any) -> str:
+    """A header attribute's value as text for a manifest or a report: :func:`code_word` for the
+    code strings people type free text into (body part, view, laterality), a defined term for the
+    modality, else as it stands."""
+    if value is None:
+        return ""
+    if keyword == "Modality":
+        return str(value).strip().upper() if str(value).strip().upper() in _MODALITIES else ""
+    return code_word(value) if keyword in _FREE_CODES else str(value)
+
+
+def shown(value: Any, pattern: re.Pattern, what: str = "bad value") -> str:
+    """A header value for an error message, "the <what> '12a'" where it has the form its attribute
+    allows (a number, a UID), else not shown, since a mistyped field can hold a patient's name."""
+    text = str(value).strip()
+    if pattern.fullmatch(text):
+        return f"the {what} {quote(text, 60)}"
+    return f"a {what} of {len(text)} characters (not shown, as header text can name a patient)"
+
+
+def redacted(text: str, ds: Any) -> str:
+    """``text`` (a decoder's or pydicom's message) with every string value of ``ds`` in it replaced,
+    since such messages can repeat the header value they stumbled on."""
+    for v in _text_values(ds) if ds is not None else ():
+        if len(v) >= 3 and v in text:
+            text = text.replace(v, "<header text>")
+    return text
+
+
+def _text_values(ds: Any) -> Iterator[str]:
+    """Every text value of a data set, sequences' items included; an element pydicom cannot convert
+    (the cause of the message being redacted, often) is skipped."""
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            values = element.value if isinstance(element.value, (list, tuple)) or element.VR == "SQ" else [element.value]
+        except Exception:  # noqa: BLE001 - an unknown VR, a value that does not convert
+            continue
+        for v in values:
+            if element.VR == "SQ":
+                yield from _text_values(v)
+            elif isinstance(v, str) or type(v).__module__.startswith("pydicom.valuerep"):
+                yield str(v).strip()
