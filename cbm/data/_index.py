@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from cbm.data._assign import grouped_split
 from cbm.data._dicom import header_text
@@ -222,7 +221,7 @@ def index_dicom(
         labels = sorted({it["label"] for it in items})
         for it in items:
             it["label"] = it["label"] or ""
-        grouped_split(items, fractions, np.random.default_rng(seed), labels)
+        grouped_split(items, fractions, seed, labels)
     columns = [*INDEX_COLUMNS, *(["patient_key"] if patient_key else [])]
     result.rows = [{c: it.get(c, "") for c in columns} for it in items]
     if out is not None:

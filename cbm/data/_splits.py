@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from cbm.data._assign import assign_splits, group_of
+from cbm.data._assign import assign_splits, group_of, keyed_order
 from cbm.data._metadata import MetadataError, SourceRows, check_columns, file_key, load_metadata
 from cbm.data._split_images import checked_images
 from cbm.data._split_rule import (
@@ -290,8 +289,9 @@ def _clean_path(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------- checks and output
-def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], rng: np.random.Generator, dropped: Counter) -> list[dict[str, Any]]:
-    """At most ``max_per_class`` images of each class, drawn with the seed."""
+def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], dropped: Counter) -> list[dict[str, Any]]:
+    """At most ``max_per_class`` images of each class, drawn with the seed by path (:func:`keyed_order`:
+    an image that goes missing lets one other in, and changes no other image's place)."""
     cap = rule.max_per_class
     if not cap:
         return items
@@ -303,7 +303,7 @@ def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], rn
         members = by_class.get(cls, [])
         if len(members) > cap:
             dropped[f"rows over max_per_class {cap}"] += len(members) - cap
-            members = [members[i] for i in sorted(rng.permutation(len(members))[:cap])]
+            members = keyed_order(members, rule.seed, "cap", key=lambda it: it["path"])[:cap]
         capped.extend(members)
     return sorted(capped, key=lambda it: it["path"])
 
@@ -414,7 +414,6 @@ def make_splits(
     rule, source = _choose_layout(card, metadata)
     if seed is not None:
         rule.seed = int(seed)
-    rng = np.random.default_rng(rule.seed)
     result = SplitResult(rows=[], columns=[], n_source_rows=len(source.rows), layout=rule.name)
     dropped = result.dropped
     rows = _image_rows(source.rows, rule, dropped)
@@ -422,8 +421,8 @@ def make_splits(
     if check_images:
         items = checked_images(items, rows, card, rule, metadata, images, dropped)
     items.sort(key=lambda it: it["path"])
-    items = _capped(items, rule, card.class_names, rng, dropped)
-    items = assign_splits(items, rule, card.class_names, rng, dropped)
+    items = _capped(items, rule, card.class_names, dropped)
+    items = assign_splits(items, rule, card.class_names, dropped)
     result.columns, result.rows = _manifest_rows(items, rule, card, salt)
     if not result.rows:
         raise MetadataError(
