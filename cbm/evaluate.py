@@ -10,6 +10,7 @@ the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,13 +163,15 @@ def classification_metrics(
     return out
 
 
-def worst_group_accuracy(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> tuple[float, str]:
+def worst_group_accuracy(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
+                         class_names: Sequence[str] | None = None) -> tuple[float, str]:
     """The lowest accuracy over the (class, group) cells that hold at least one sample.
 
     Samples without a group value (``None`` or an empty string) belong to no cell.
 
     Returns:
-        ``(accuracy, "class=<k>,group=<g>")`` of the worst cell.
+        ``(accuracy, "class=<k>,group=<g>")`` of the worst cell, the class by its name where
+        ``class_names`` (in label order) are given.
     """
     y = np.asarray(y)
     pred = np.asarray(pred)
@@ -180,7 +183,7 @@ def worst_group_accuracy(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) ->
             if cell.any():
                 acc = float((pred[cell] == k).mean())
                 if acc < worst[0]:
-                    worst = (acc, f"class={k},group={g}")
+                    worst = (acc, f"class={class_names[int(k)] if class_names is not None else k},group={g}")
     if not worst[1]:
         raise ValueError("worst_group_accuracy needs at least one sample with a group value")
     return worst

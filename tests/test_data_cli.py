@@ -222,3 +222,5 @@ def test_validate_reads_every_images_header_as_a_run_would(tmp_path, capsys):
     assert code == 2 and "3 image(s) that cannot be read" in err
     code, out, _ = run(capsys, "validate", str(card), "--no-files")  # nothing read at all
     assert code == 0 and "readable" not in out
+    code, out, _ = run(capsys, "validate", str(card), "--no-read")  # the files are there; none is read
+    assert code == 0 and "readable" not in out and "48 images" not in out

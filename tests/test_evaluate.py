@@ -104,6 +104,9 @@ def test_bad_inputs_are_refused(y, p, message):
 def test_worst_group_leaves_out_samples_without_a_group():
     y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
     assert worst_group_accuracy(y, pred, np.array(["a", None, "a", ""], dtype=object)) == (1.0, "class=0,group=a")
+    # a run names the class, as metrics.json and results.md show it
+    assert worst_group_accuracy(y, pred, np.array(["a", None, "a", ""], dtype=object), ["nevus", "melanoma"]) == (
+        1.0, "class=nevus,group=a")
 
 
 def test_results_table_says_when_a_card_has_no_out_of_domain_split():

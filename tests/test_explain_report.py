@@ -20,6 +20,7 @@ from cbm.bottleneck import ConceptBottleneck
 from cbm.explain import collect_inputs, explain_batch, explain_image, render_case_html, render_class_card_html
 from cbm.explain.batch import CaseInput, distinct_labels
 from cbm.explain.findings import unused_concepts
+from cbm.errors import ManifestError
 from cbm.model import ConceptBottleneckModel
 
 
@@ -414,8 +415,15 @@ def test_hidden_names_stay_out_of_a_manifests_report_and_labels_are_printable(tm
     with caplog.at_level(logging.INFO, logger="cbm"):
         collect_inputs([manifest], class_names=CLASSES)
     assert "DOE_JANE/img.png" in caplog.text  # named where names are not hidden
-    odd = [CaseInput(tmp_path / "a\nINFO forged.png"), CaseInput(tmp_path / "b\u202egnp.exe.png")]
-    assert [c.label for c in distinct_labels(odd)] == ["a\ufffdINFO forged.png", "b\ufffdgnp.exe.png"]
+    manifest.write_text("path,label,split\nDOE_JANE/img.png,melanoma,train\nDOE_JANE/img.png,melanoma,test\n")
+    with pytest.raises(ManifestError, match=r"has rows a run refuses: 1 duplicate across splits \(line 3\)") as leak:
+        collect_inputs([manifest], class_names=CLASSES, hide_names=True)  # a leak between splits stops it
+    assert "DOE_JANE" not in str(leak.value)
+    odd = [CaseInput(tmp_path / "a\nINFO forged.png"), CaseInput(tmp_path / "b\u202egnp.exe.png"),
+           CaseInput(tmp_path / "a\rINFO forged.png"), CaseInput(tmp_path / "c\u2028d.png")]
+    labels = [c.label for c in distinct_labels(odd)]
+    assert labels[:2] == ["a\ufffdINFO forged.png", "b\ufffdgnp.exe.png"] and labels[3] == "c\ufffdd.png"
+    assert len(set(labels)) == 4  # two files that print alike still get labels of their own
 
 
 def test_a_folder_gives_every_image_the_readers_take(tmp_path):

@@ -428,26 +428,46 @@ def test_an_upload_from_another_sites_page_is_refused(server):
                     {"Origin": "null"}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "cross-site"}):
         status, _, text = _request(server, "POST", "/explain", body, {"Content-Type": ctype, "Host": host, **headers})
         assert status == 403 and "uploads are taken only from this server" in text, headers
-    for headers in ({}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}):
+    behind_tls = {"Origin": "https://cbm.example.org", "X-Forwarded-Host": "cbm.example.org"}  # a proxy in front
+    for headers in ({}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                    behind_tls, {**behind_tls, "Sec-Fetch-Site": "same-origin"}, {"Origin": f"https://{host}"}):
         status, _, _ = _request(server, "POST", "/explain", body, {"Content-Type": ctype, "Host": host, **headers})
         assert status == 200, headers
     _, headers, _ = _request(server, "GET", "/")
     assert headers["Referrer-Policy"] == "same-origin"  # so the page's own form posts carry its Origin
 
 
-def test_uploads_held_in_memory_at_once_are_bounded():
-    """Bodies are set aside against a budget before they are read: one alone always fits, a further
-    one that would pass the budget is refused (503) until the others are done."""
-    srv = server_module._Server(("127.0.0.1", 0), server_module._Handler)
+def test_uploads_held_in_memory_at_once_are_bounded(server):
+    """Bodies are counted against UPLOADS_IN_MEMORY x the upload limit as they arrive: connections that
+    declare a large body and send nothing hold nothing; ones that have sent nearly all of theirs make
+    the next upload a 503, until they end and give their bytes back."""
+    body, ctype = _multipart(_png_bytes(make_image(3)))
+    upload = lambda: _request(server, "POST", "/explain", body, {"Content-Type": ctype})[0]  # noqa: E731
+    address = server.server_address
+
+    def holding(sent: int) -> socket.socket:
+        sock = socket.create_connection(address, timeout=30)
+        sock.sendall(f"POST /explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {LIMIT}\r\n"
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + b"x" * sent)
+        return sock
+
+    idle = [holding(0) for _ in range(server_module.UPLOADS_IN_MEMORY)]
     try:
-        assert srv.reserve(90, 100) and not srv.reserve(20, 100) and srv.reserve(10, 100)
-        srv.release(90)
-        assert srv.reserve(80, 100)
-        srv.release(80)
-        srv.release(10)
-        assert srv.reserve(500, 100)  # larger than the budget, but alone
+        assert upload() == 200
+        full = [holding(LIMIT - 1) for _ in range(server_module.UPLOADS_IN_MEMORY)]
+        deadline = time.monotonic() + 20
+        while server._body_bytes < len(full) * (LIMIT - 1) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the server has read what they sent (an upload meanwhile could take their room)
+        assert upload() == 503
+        for sock in full:
+            sock.close()
+        deadline = time.monotonic() + 20
+        while (status := upload()) != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200  # their bytes given back when they ended
     finally:
-        srv.server_close()
+        for sock in idle:
+            sock.close()
 
 
 def test_the_standard_librarys_refusals_carry_the_servers_headers(server):
@@ -458,3 +478,11 @@ def test_the_standard_librarys_refusals_carry_the_servers_headers(server):
         assert status == code and headers["X-Content-Type-Options"] == "nosniff", (method, status)
         assert "default-src 'none'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
         assert "<!DOCTYPE html>" in text
+    for line, code in ((b"GARBAGE\r\n\r\n", 400), (b"GET / HTTP/9.9\r\n\r\n", 505)):  # no version it could read
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            sock.sendall(line)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        assert head.startswith(f"HTTP/1.0 {code}") and "X-Content-Type-Options: nosniff" in head, head

@@ -322,6 +322,10 @@ def test_a_torch_tensor_is_read_channels_first_and_scaled_as_an_array(fitted):
         model.explain(torch.from_numpy(arr.copy()))
     with pytest.raises(ValueError, match="must hold values in \\[0, 1\\].*divide by 255"):
         model.predict(chw.float())
+    with pytest.raises(ValueError, match=r"tensor of torch.int64 has no known range.*t.to\(torch.uint8\)"):
+        model.predict(chw.long())
+    with pytest.raises(ValueError, match=r"image tensor must be \(C, H, W\) with C in 1..4.*got \(5, 8, 9\)$"):
+        model.explain(torch.zeros(5, 8, 9))
 
 
 def test_predict_and_explain_take_the_same_images(fitted):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cbm.data._dicom_display import grey_to_unit, palette_to_unit
-from cbm.data._dicom_text import NUMBERISH, UID, code_word, header_text, redacted, shown
+from cbm.data._dicom_text import NUMBERISH, UID, code_word, header_text, quiet_pydicom_values, redacted, shown
 from cbm.data._image_base import (
     DICOM_INSTALL_HINT,
     FramePolicy,
@@ -45,6 +45,7 @@ from cbm.errors import ImageError, quote
 __all__ = ["read_dicom", "dicom_header", "DicomHeader", "code_word", "header_text"]
 
 log = logging.getLogger(__name__)
+quiet_pydicom_values()
 
 # The only DICOM attributes copied into LoadedImage.meta (keyword -> meta key). Nothing that
 # identifies a patient, a study or an institution: no names, IDs, dates, UIDs, accession numbers.
@@ -101,7 +102,9 @@ def read_dicom(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
         syntax = header.syntax  # native multi-frame Part 10 files: read that frame's bytes alone
         by_file = head[128:132] == b"DICM" and header.frames > 1 and not (syntax.is_encapsulated or syntax.is_deflated)
         arr = _decode(path if by_file else ds, path, syntax, index, ds)
-        pixels, meta = _dicom_pixels(arr, ds, path, header, index)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels, meta = _dicom_pixels(arr, ds, path, header, index)
     except (ImageError, MemoryError):
         raise
     except Exception as exc:  # pydicom's NotImplementedError (a LUT of 0 bits), KeyError, ...
@@ -125,8 +128,10 @@ def dicom_header(source: Path | io.BytesIO, path: Path | None, budget: int) -> D
     """
     ds = _dcmread(source, path)
     try:
-        _ensure_transfer_syntax(ds)
-        return _check_header(ds, path, budget)
+        with warnings.catch_warnings():  # pydicom warns of a bad value with the value in its message
+            warnings.simplefilter("ignore")
+            _ensure_transfer_syntax(ds)
+            return _check_header(ds, path, budget)
     except (ImageError, MemoryError):
         raise
     except Exception as exc:  # a value pydicom cannot convert (a bad VR, an unknown VR, ...)

@@ -8,13 +8,14 @@ UID), and any other message has every text value of the header taken out of it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from cbm.errors import quote
 
-__all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown"]
+__all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown", "quiet_pydicom_values"]
 
 # Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
 # found: kept only as one word of the standard's alphabet
@@ -68,25 +69,62 @@ def shown(value: Any, pattern: re.Pattern, what: str = "bad value") -> str:
 
 
 def redacted(text: str, ds: Any) -> str:
-    """``text`` (a decoder's or pydicom's message) with every string value of ``ds`` in it replaced,
-    since such messages can repeat the header value they stumbled on."""
-    for v in _text_values(ds) if ds is not None else ():
-        if len(v) >= 3 and v in text:
-            text = text.replace(v, "<header text>")
+    """``text`` (a decoder's or pydicom's message) with the header's text values taken out, longest
+    first and as whole words ("got 120" keeps its number where that is no header text): such
+    messages can repeat the value they stumbled on."""
+    values = sorted({v for v in _text_values(ds) if len(v) >= 3} if ds is not None else (), key=len, reverse=True)
+    for v in values:
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", "<header text>", text)
     return text
 
 
+# value representations that hold text a person or a device typed, and those that are codes, numbers
+# or UIDs, whose values are taken out only where they do not have that form
+_FREE_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "DA", "DT", "TM", "AS", "UR"})
+_FORMED_VRS = {"CS": _CODE_WORD, "IS": NUMBERISH, "DS": NUMBERISH, "UI": UID}
+
+
 def _text_values(ds: Any) -> Iterator[str]:
-    """Every text value of a data set, sequences' items included; an element pydicom cannot convert
-    (the cause of the message being redacted, often) is skipped."""
+    """The text values of a data set that a message must not repeat, sequences' items included. The
+    pixel data and other binary elements are never read (``keep_deferred``); an element pydicom
+    cannot convert (often the cause of the message) is read from its raw bytes."""
+    from pydicom.datadict import dictionary_VR
+
     for tag in list(ds.keys()):
         try:
-            element = ds[tag]
-            values = element.value if isinstance(element.value, (list, tuple)) or element.VR == "SQ" else [element.value]
-        except Exception:  # noqa: BLE001 - an unknown VR, a value that does not convert
+            element = ds.get_item(tag, keep_deferred=True)
+            vr = element.VR or (dictionary_VR(tag) if not tag.is_private else "UT")  # implicit VR: as defined
+            if vr == "SQ":
+                for item in ds[tag].value:
+                    yield from _text_values(item)
+                continue
+            if vr not in _FREE_VRS and vr not in _FORMED_VRS:
+                continue
+            value = element.value
+            if isinstance(value, bytes):
+                value = value.decode("latin-1").split("\\")
+        except Exception:  # noqa: BLE001 - an unknown VR, a sequence that does not parse
             continue
-        for v in values:
-            if element.VR == "SQ":
-                yield from _text_values(v)
-            elif isinstance(v, str) or type(v).__module__.startswith("pydicom.valuerep"):
-                yield str(v).strip()
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            text = str(v).strip(" \0")
+            if vr in _FREE_VRS or not _FORMED_VRS[vr].fullmatch(text):
+                yield text
+
+
+class _NoQuotedValues(logging.Filter):
+    """pydicom logs the value it found wrong ("Invalid value for VR PN: 'DOE^JANE'"), as well as
+    warning it: its quoted values are taken out of the record (the warnings, cbm's readers hold back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "'" in message:
+            record.msg, record.args = re.sub(r"'[^']*'", "'<header text>'", message), ()
+        return True
+
+
+def quiet_pydicom_values() -> None:
+    """Keep header values out of pydicom's log records (once a process; the filter changes nothing else)."""
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, _NoQuotedValues) for f in logger.filters):
+        logger.addFilter(_NoQuotedValues())
+

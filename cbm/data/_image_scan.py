@@ -13,8 +13,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cbm.data._image import _JPEG_MAGIC, _PNG_MAGIC, check_image_header
-from cbm.data._image_base import ImageReadError
+from cbm.data._image_base import MissingCodecError
 from cbm.data._image_streams import check_stream
+from cbm.errors import ImageError
 
 __all__ = ["image_problem", "unreadable_images"]
 
@@ -28,8 +29,9 @@ def image_problem(path: str | Path) -> str | None:
             head = f.read(8)
         fmt = "png" if head.startswith(_PNG_MAGIC) else "jpeg" if head.startswith(_JPEG_MAGIC) else ""
         check_stream(path, fmt)
-    except ImageReadError as exc:
-        return f"{exc.field_label(exc.field)} {exc.problem}" if exc.field else exc.problem
+    except ImageError as exc:  # unreadable, and a compressed DICOM whose codec is not installed (its fix said)
+        problem = f"{exc.field_label(exc.field)} {exc.problem}" if exc.field else exc.problem
+        return f"{problem} ({exc.fix.rstrip('.')})" if isinstance(exc, MissingCodecError) else problem
     except OSError as exc:  # gone since the manifest was read, unreadable (permissions)
         return f"cannot be opened ({exc.strerror or type(exc).__name__})"
     return None

@@ -174,9 +174,12 @@ class Manifest:
         """Absolute path of a row's image (in the Unicode form, composed or decomposed, that names a
         file where only that one does, as a checked manifest's rows already are)."""
         row = self.rows[row] if isinstance(row, int) else row
-        if not row.path.isascii():
-            row = _in_existing_form(row, self.image_root)
         p = Path(row.path)
+        if not row.path.isascii():  # settled once per path: a dataset asks for every image every epoch
+            forms = self.__dict__.setdefault("_forms", {})
+            if row.path not in forms:
+                forms[row.path] = _in_existing_form(row, self.image_root).path
+            p = Path(forms[row.path])
         return p if p.is_absolute() else self.image_root / p
 
     @property

@@ -1,7 +1,7 @@
 """Data commands of ``cbm``: ``cards``, ``make-splits``, ``index-dicom``, and the manifest half of ``validate``.
 
     cbm cards                                          # built-in and $CBM_CARDS_PATH cards
-    cbm validate ham10000 [--strict] [--no-files]      # every manifest problem and unreadable image, together
+    cbm validate ham10000 [--strict] [--no-files | --no-read]   # every manifest problem and unreadable image
     cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR | --no-image-check] [--out CSV] [--seed N]
     cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1]
 """
@@ -104,7 +104,7 @@ def validate_manifest(args: argparse.Namespace):
             report = card.manifest(strict=True, check_files=not args.no_files).report
         else:  # a leak between splits or a path outside the image folder is reported with the rest
             report = card.validate(check_files=not args.no_files)
-        read = _check_images(card, report) if not args.no_files else None
+        read = _check_images(card, report) if not (args.no_files or getattr(args, "no_read", False)) else None
     finally:
         quiet.setLevel(level)
     print(f"card {card.name} ({card.path})")

@@ -70,9 +70,14 @@ def channels_last(arr: Any) -> np.ndarray:
     tensor is ``(C, H, W)`` or ``(H, W)``, as torchvision gives images, and is moved channels last."""
     if isinstance(arr, torch.Tensor):
         t = arr.detach().cpu()
-        if t.ndim == 3 and t.shape[0] not in (1, 2, 3, 4) and t.shape[2] in (1, 2, 3, 4):
-            raise ValueError(f"an image tensor must be (C, H, W) or (H, W) (channels first, as torchvision gives "
-                             f"images); got {tuple(t.shape)}, which looks (H, W, C): give t.permute(2, 0, 1)")
+        if t.ndim not in (2, 3) or (t.ndim == 3 and t.shape[0] not in (1, 2, 3, 4)) or t.numel() == 0:
+            looks = t.ndim == 3 and t.shape[2] in (1, 2, 3, 4) and t.numel()
+            raise ValueError(f"an image tensor must be (C, H, W) with C in 1..4, or (H, W) (channels first, as "
+                             f"torchvision gives images); got {tuple(t.shape)}"
+                             + (", which looks (H, W, C): give t.permute(2, 0, 1)" if looks else ""))
+        if t.dtype not in (torch.uint8, torch.uint16, torch.bool) and not t.is_floating_point():
+            raise ValueError(f"an image tensor of {t.dtype} has no known range: give torch.uint8 (0-255), torch.uint16 "
+                             "or floats in [0, 1] (e.g. t.to(torch.uint8) for 0-255 values)")
         arr = t.permute(1, 2, 0) if t.ndim == 3 else t
         arr = arr.numpy() if arr.dtype != torch.bfloat16 else arr.float().numpy()
     arr = np.asarray(arr)

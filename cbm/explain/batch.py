@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +93,12 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
     if missing:
         whose = "the card's image folder" if source.suffix.lower() in (".yaml", ".yml") else "the manifest's own folder"
         if len(missing) == len(manifest):
+            fix = ("set the card's image_root, or its image_root_env variable, to the folder that holds them"
+                   if source.suffix.lower() in (".yaml", ".yml") else
+                   "for paths relative to another folder, give the data card (card.yaml) whose image_root is that folder")
             raise FileNotFoundError(f"{source}: none of its {len(manifest)} image paths names a file in {whose} "
                                     f"{manifest.image_root}, which they are read from (line {missing[0].line} and the "
-                                    "rest); for paths relative to another folder, give the data card (card.yaml) "
-                                    "whose image_root is that folder")
+                                    f"rest); {fix}")
         log.warning("%s: %d of %d image paths name no file in %s %s (line %s%s); they are listed as not found",
                     source, len(missing), len(manifest), whose, manifest.image_root, missing[0].line,
                     " and more" if len(missing) > 1 else "")
@@ -120,6 +123,7 @@ def collect_inputs(
         ValueError: a manifest is malformed, or nothing to explain was found.
     """
     from cbm.data import load_card, read_manifest
+    from cbm.errors import ManifestError
 
     out: list[CaseInput] = []
     for item in items:
@@ -135,13 +139,19 @@ def collect_inputs(
                 log.warning("no images (%s, or DICOM) found in %s", ", ".join(IMAGE_SUFFIXES), p)
             out += [CaseInput(f) for f in found]  # by file name; by folders too only where two coincide
         elif p.suffix.lower() in (".csv", ".yaml", ".yml"):
-            with _report_quiet(hide_names):
-                manifest = (read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False,
-                                          needed_splits=()) if p.suffix.lower() == ".csv"
-                            else load_card(p).manifest(check_files=False))
+            try:
+                with _report_quiet(hide_names):
+                    manifest = (read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False,
+                                              needed_splits=()) if p.suffix.lower() == ".csv"
+                                else load_card(p).manifest(check_files=False))
+            except ManifestError as exc:
+                if not hide_names or exc.report is None:
+                    raise
+                raise ManifestError(p, f"has rows a run refuses: {_kinds(exc.report)}", "`cbm validate` names them "
+                                    "(not named here, as --hide-names asks)") from None
             if hide_names and manifest.report is not None and manifest.report.problems:
                 log.warning("%s: rows left out for %s (`cbm validate` lists them; not named here, as --hide-names asks)",
-                            p, ", ".join(f"{len(q.lines) or 1} {q.kind.replace('_', ' ')}" for q in manifest.report.problems))
+                            p, _kinds(manifest.report))
             out += _manifest_inputs(manifest, split, p)
         else:
             out.append(CaseInput(p))
@@ -151,22 +161,41 @@ def collect_inputs(
     return out
 
 
+def _kinds(report) -> str:
+    """A manifest report's problems by kind, count and lines, without the paths its messages quote."""
+    return "; ".join(f"{len(q.lines) or 1} {q.kind.replace('_', ' ')}"
+                     + (f" (line {', '.join(map(str, q.lines[:5]))}{' ...' if len(q.lines) > 5 else ''})" if q.lines else "")
+                     for q in report.problems)
+
+
 @contextlib.contextmanager
 def _report_quiet(quiet: bool):
-    """The manifest reader's own report (it names rows by their paths) held back where names are hidden."""
-    logger = logging.getLogger("cbm.data._manifest")
-    level = logger.level
+    """The manifest reader's own report (it names rows by their paths) held back where names are
+    hidden: by a filter on this thread's records alone, so another thread's reports still show."""
+    logger, thread = logging.getLogger("cbm.data._manifest"), threading.get_ident()
+    hold = _ThreadRecords(thread)
     if quiet:
-        logger.setLevel(logging.ERROR)
+        logger.addFilter(hold)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(hold)
+
+
+class _ThreadRecords(logging.Filter):
+    """Drops the records of one thread."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
 
 
 # control characters (a line break in a file name would forge a log line) and Unicode's direction
 # overrides (which make "gnp.exe" read backwards): shown as U+FFFD in labels
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
@@ -174,8 +203,9 @@ def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
     path, an image its file name); images whose labels coincide (``IM000001`` in every patient's
     folder) are named by as many of their path's last parts as tell them apart, and the same file
     given again is numbered ("IM000001 (2)"). Control and text-direction characters become U+FFFD."""
-    labels = [c.label or c.path.name for c in cases]
-    parts = [Path(os.path.abspath(os.path.expanduser(c.path))).parts for c in cases]
+    printable = lambda text: _UNPRINTABLE.sub("\ufffd", text)  # noqa: E731  (before names are told apart)
+    labels = [printable(c.label or c.path.name) for c in cases]
+    parts = [tuple(map(printable, Path(os.path.abspath(os.path.expanduser(c.path))).parts)) for c in cases]
     changed = True
     while changed:  # a longer name can meet another image's name: until no two different files share one
         changed = False
@@ -202,7 +232,7 @@ def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
             labels[i] = f"{v} ({n})"
             taken.add(labels[i])
         seen.add(v)
-    return [CaseInput(c.path, c.truth, _UNPRINTABLE.sub("\ufffd", v)) for c, v in zip(cases, labels)]
+    return [CaseInput(c.path, c.truth, v) for c, v in zip(cases, labels)]
 
 
 def _slug(text: str) -> str:

@@ -14,9 +14,9 @@ the form is parsed, for a body of 200,000 parts cost 19 s of parsing, and the pa
 parts too; :mod:`cbm.explain.forms`), the format by its magic bytes (415), the header against the pixel budget and its own
 data (``cbm.data.check_image_header``: 413 over the budget, 422 otherwise), and an actual decode
 through ``cbm.data.read_image`` (422). At most :data:`MAX_CONNECTIONS` connections are served at
-once; one more is answered 503 at once, as is an upload while others of
-:data:`UPLOADS_IN_MEMORY` times the size limit in all are being read and explained, so a burst of
-large uploads cannot take the machine's memory. An upload that a browser sends from another site's
+once; one more is answered 503 at once, as is an upload whose body, counted a block at a time as it
+arrives, would pass :data:`UPLOADS_IN_MEMORY` times the size limit with those being read and
+explained, so a burst of large uploads cannot take the machine's memory. An upload that a browser sends from another site's
 page (cross-site request forgery: its ``Origin`` or ``Sec-Fetch-Site`` header says so) is answered
 403. A request (headers and body) must arrive within
 :data:`REQUEST_DEADLINE_S`, and no read may stall for longer than the handler's ``timeout``;
@@ -74,6 +74,7 @@ UPLOADS_IN_MEMORY = 4
 """Request bodies of the largest size held at once (read, parsed and explained); a further upload
 that would pass ``UPLOADS_IN_MEMORY * max_upload_bytes`` in all is answered 503 before it is read."""
 REQUEST_DEADLINE_S = 120.0
+_BODY_BLOCK = 1 << 20  # bytes of a body read (and set aside) at a time
 """Seconds a request (its headers and body) may take to arrive, however steadily it trickles in."""
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -224,8 +225,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(HTTPStatus.REQUEST_TIMEOUT, str(exc))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The standard library's own refusals (a bad request line, 414, 431, 501) as this server's
-        error page, with its headers (nosniff, CSP, no-store)."""
+        """The standard library's own refusals (a bad request line, 414, 431, 501, 505) as this
+        server's error page, with its headers (nosniff, CSP, no-store); a request line it could not
+        read leaves the version at HTTP/0.9, which has no headers, so the answer is HTTP/1.0."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
         status = HTTPStatus(code)
         self._error(status, message or status.phrase)
 
@@ -260,14 +264,20 @@ class _Handler(BaseHTTPRequestHandler):
         return name in self.allowed_hosts
 
     def _cross_site(self) -> bool:
-        """A browser's upload sent from another site's page (cross-site request forgery): its
-        ``Sec-Fetch-Site`` says so, or its ``Origin`` is not this server's. Clients that send
-        neither (curl, scripts) are not browsers acting for someone else."""
+        """A browser's upload sent from another site's page (cross-site request forgery). Browsers
+        that send ``Sec-Fetch-Site`` (Chromium 76+, Firefox 90+, Safari 16.4+) are judged by it
+        alone; older ones by their ``Origin``, whose host and port must be this server's (its
+        ``Host``, or the ``X-Forwarded-Host`` a TLS proxy in front of it passes on; the scheme is
+        not compared, since a proxy serves https). Clients that send neither (curl, scripts) are
+        not browsers acting for someone else."""
         site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
-        if site and site not in ("same-origin", "none"):
-            return True
+        if site:
+            return site not in ("same-origin", "none")
         origin = (self.headers.get("Origin") or "").strip().lower()  # "null": a sandboxed frame or a data: page
-        return bool(origin) and origin != f"http://{(self.headers.get('Host') or '').strip().lower()}"
+        if not origin:
+            return False
+        hosts = {(self.headers.get(h) or "").split(",")[0].strip().lower() for h in ("Host", "X-Forwarded-Host")}
+        return origin.split("://", 1)[-1] not in hosts - {""}
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if not self._host_ok():
@@ -305,20 +315,36 @@ class _Handler(BaseHTTPRequestHandler):
             message = _too_large(size, self.app.max_upload_bytes)
             log.info("upload rejected (%d): %s", HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, message)
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
-        if not self.server.reserve(size, UPLOADS_IN_MEMORY * self.app.max_upload_bytes):
-            log.info("upload refused (503): other uploads hold the memory set aside for them")
-            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy reading other uploads; try again in a moment")
+        held = [0]  # bytes of this body set aside so far, given back however the request ends
         try:
-            self._explain_body(size)
+            self._explain_body(size, held)
         finally:
-            self.server.release(size)
+            self.server.release(held[0])
 
-    def _explain_body(self, size: int) -> None:
+    def _read_body(self, size: int, held: list[int]) -> bytes | None:
+        """The body, read a block at a time, each block counted against the server's budget once it
+        has arrived (a connection that declares a large body and sends nothing holds nothing); None
+        after a 400 or 503 was answered."""
+        body = bytearray()
+        while len(body) < size:
+            data = self.rfile.read1(min(_BODY_BLOCK, size - len(body)))  # what has arrived, counted at once
+            if not self.server.reserve(len(data), UPLOADS_IN_MEMORY * self.app.max_upload_bytes, held[0]):
+                log.info("upload refused (503): other uploads hold the memory set aside for them")
+                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy reading other uploads; try again in a moment")
+                return None
+            held[0] += len(data)
+            body += data
+            if not data:
+                self._error(HTTPStatus.BAD_REQUEST, "the upload ended before its declared length")
+                return None
+        return bytes(body)
+
+    def _explain_body(self, size: int, held: list[int]) -> None:
         """Read the body of ``size`` bytes, explain its image and answer."""
         try:
-            body = self.rfile.read(size)
-            if len(body) < size:
-                return self._error(HTTPStatus.BAD_REQUEST, "the upload ended before its declared length")
+            body = self._read_body(size, held)
+            if body is None:
+                return None
             content_type = self.headers.get("Content-Type", "")
             data = multipart_file(content_type, body) if content_type.startswith("multipart/form-data") else body
             page = self.app.explain_upload(data)
@@ -327,6 +353,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(exc.status, exc.message)
         except RequestTimedOut:
             raise  # answered by handle_one_request
+        except (BrokenPipeError, ConnectionResetError):  # the client left before its answer was written
+            self.close_connection = True
+            log.debug("client gone before its answer")
+            return None
         except Exception:  # a bug must not take the server down; the client gets a 500
             log.exception("explaining an upload failed")
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the image could not be explained (server error)")
@@ -357,11 +387,11 @@ class _Server(ThreadingHTTPServer):
         self._body_bytes, self._body_lock = 0, threading.Lock()
         super().__init__(address, handler)
 
-    def reserve(self, size: int, budget: int) -> bool:
-        """Set ``size`` bytes of request bodies aside, unless that would pass ``budget`` in all (one
-        body alone always fits)."""
+    def reserve(self, size: int, budget: int, own: int = 0) -> bool:
+        """Set ``size`` more bytes of a request body aside, unless that would pass ``budget`` in all
+        (``own``: the bytes that request already holds; one body alone always fits)."""
         with self._body_lock:
-            if self._body_bytes and self._body_bytes + size > budget:
+            if self._body_bytes > own and self._body_bytes + size > budget:
                 return False
             self._body_bytes += size
             return True

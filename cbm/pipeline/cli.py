@@ -1,4 +1,4 @@
-"""``cbm validate CARD [--strict] [--no-files]``: every problem of a card that a run would stop on.
+"""``cbm validate CARD [--strict] [--no-files] [--no-read]``: every problem of a card that a run would stop on.
 
 The manifest's problems (:func:`cbm.data.cli.validate_manifest`: missing files, unknown labels,
 leaks between splits, bad concept truth cells ...), then the card's concept store as a run reads it
@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("card", help="card name, card folder or card.yaml path")
     p.add_argument("--strict", action="store_true", help="fail (exit 2) on any problem")
     p.add_argument("--no-files", action="store_true", help="do not check that image files exist")
+    p.add_argument("--no-read", action="store_true",
+                   help="check that image files exist without reading them (by default each one's header, and a "
+                        "PNG's or JPEG's data, is read: no pixel decoded, but every byte of those read once)")
     p.set_defaults(func=_validate)
 
 

@@ -38,10 +38,10 @@ def _score(y: np.ndarray, proba: np.ndarray, n_bootstrap: int, seed: int) -> dic
     return out
 
 
-def _worst_group(split: SplitData, proba: np.ndarray) -> tuple[float | None, str | None]:
+def _worst_group(split: SplitData, proba: np.ndarray, class_names) -> tuple[float | None, str | None]:
     if split.groups is None or not (split.groups != "").any():
         return None, None
-    return worst_group_accuracy(split.labels, proba.argmax(1), split.groups)
+    return worst_group_accuracy(split.labels, proba.argmax(1), split.groups, class_names)
 
 
 def evaluate_methods(
@@ -66,10 +66,10 @@ def evaluate_methods(
             r["note"] = note
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc"):
             r[k] = r["test"][k]
-        r["worst_group_accuracy"], r["worst_group"] = _worst_group(test, by_split["test"])
+        r["worst_group_accuracy"], r["worst_group"] = _worst_group(test, by_split["test"], card.class_names)
         if "val" in by_split:
             val = splits["val"]
             r["val_accuracy"] = float((by_split["val"].argmax(1) == val.labels).mean())
-            r["val_worst_group_accuracy"], _ = _worst_group(val, by_split["val"])
+            r["val_worst_group_accuracy"], _ = _worst_group(val, by_split["val"], card.class_names)
         results[method] = r
     return results
