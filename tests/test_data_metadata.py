@@ -129,7 +129,7 @@ def test_vindr_cxr_reaches_knobo_sizes_by_the_readers_majority():
     assert "1400/175/175" in card.split_rule
     # 15,000 images: 14,636 with a majority class (12,886 of them over the cap), 303 whose classes
     # only one reader named, 61 with none of the seven classes
-    assert result.dropped == {"rows over max_per_class 250": 12886, "rows whose classes fewer than 2 readers named": 303,
+    assert result.dropped == {"images over max_per_class 250": 12886, "rows whose classes fewer than 2 readers named": 303,
                               "rows with no class": 61}
 
 

@@ -302,7 +302,7 @@ def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], dr
     for cls in classes:
         members = by_class.get(cls, [])
         if len(members) > cap:
-            dropped[f"rows over max_per_class {cap}"] += len(members) - cap
+            dropped[f"images over max_per_class {cap}"] += len(members) - cap
             members = keyed_order(members, rule.seed, "cap", key=lambda it: it["path"])[:cap]
         capped.extend(members)
     return sorted(capped, key=lambda it: it["path"])
