@@ -347,6 +347,28 @@ def test_a_decoders_message_loses_the_headers_text_and_keeps_the_rest():
     out = redacted("got 'DOE^JANE', DOE, KVP 120, MONOCHROME2, DOEX", ds)
     assert out == "got '<header text>', <header text>, KVP 120, MONOCHROME2, DOEX", out
     assert ds.get_item(0x7FE00010, keep_deferred=True).value is None  # still deferred
+    # several values; a name's parts; a private tag and a public one stored as UN, as bytes
+    ds.ImageType, ds.OtherPatientNames = ["SMITH^ANNA", "PRIMARY"], ["ROE^RICHARD", "X^Y"]
+    ds.add_new(0x00091010, "UN", b"PRIVATE NOTE")
+    ds.add_new(0x00102154, "UN", b"555-0100 HOME")  # PatientTelephoneNumbers
+    out = redacted("SMITH^ANNA, RICHARD, PRIVATE NOTE, 555-0100 HOME, PRIMARY", ds)
+    assert out == "<header text>, <header text>, <header text>, <header text>, PRIMARY", out
+
+
+def test_pydicoms_own_log_records_lose_quoted_values(caplog):
+    """pydicom quotes a bad value with !r (double quotes around a name with an apostrophe), and its
+    pixel decoders log through loggers of their own, which the root pydicom logger's filter does not
+    see; an apostrophe in ordinary words is no quote."""
+    import pydicom.pixels.decoders.base  # noqa: F401  (a child logger imported after cbm's readers)
+
+    from cbm.data._dicom_text import quiet_pydicom_values
+
+    quiet_pydicom_values()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("pydicom").warning('Invalid value for VR PN: "O\'BRIEN^JANE".')
+        logging.getLogger("pydicom.pixels.decoders.base").warning("decoding 'DOE^JANE' failed")
+        logging.getLogger("pydicom").warning("the dataset's element 'X'")
+    assert "BRIEN" not in caplog.text and "DOE" not in caplog.text and "the dataset's element" in caplog.text
 
 
 def test_validate_names_a_compressed_dicom_whose_codec_is_missing(monkeypatch):

@@ -8,7 +8,6 @@ import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cbm.data import (

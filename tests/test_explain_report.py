@@ -426,6 +426,30 @@ def test_hidden_names_stay_out_of_a_manifests_report_and_labels_are_printable(tm
     assert len(set(labels)) == 4  # two files that print alike still get labels of their own
 
 
+def test_hidden_names_hold_back_only_this_threads_manifest_report(caplog):
+    """The reader's report is held back by a filter on the calling thread's records: another thread
+    reading a manifest at the same time still has its problems logged."""
+    import threading
+
+    from cbm.explain.batch import _report_quiet
+
+    logger, inside, done = logging.getLogger("cbm.data._manifest"), threading.Event(), threading.Event()
+
+    def other():
+        inside.wait(5)
+        logger.warning("the other thread's report")
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="cbm.data._manifest"), _report_quiet(True):
+        logger.warning("this thread's report")
+        inside.set()
+        done.wait(5)
+    thread.join(5)
+    assert "the other thread's report" in caplog.text and "this thread's report" not in caplog.text
+
+
 def test_a_folder_gives_every_image_the_readers_take(tmp_path):
     """GIF and ``.dic`` files are read by ``read_image``, so a folder given to explain finds them too."""
     from pydicom.data import get_testdata_file

@@ -438,9 +438,9 @@ def test_an_upload_from_another_sites_page_is_refused(server):
 
 
 def test_uploads_held_in_memory_at_once_are_bounded(server):
-    """Bodies are counted against UPLOADS_IN_MEMORY x the upload limit as they arrive: connections that
-    declare a large body and send nothing hold nothing; ones that have sent nearly all of theirs make
-    the next upload a 503, until they end and give their bytes back."""
+    """A body's declared size is set aside against UPLOADS_IN_MEMORY x the upload limit once its first
+    bytes arrive: connections that declare a large body and send nothing hold nothing; ones that have
+    started sending make the next upload a 503, until they end and give their room back."""
     body, ctype = _multipart(_png_bytes(make_image(3)))
     upload = lambda: _request(server, "POST", "/explain", body, {"Content-Type": ctype})[0]  # noqa: E731
     address = server.server_address
@@ -454,9 +454,9 @@ def test_uploads_held_in_memory_at_once_are_bounded(server):
     idle = [holding(0) for _ in range(server_module.UPLOADS_IN_MEMORY)]
     try:
         assert upload() == 200
-        full = [holding(LIMIT - 1) for _ in range(server_module.UPLOADS_IN_MEMORY)]
+        full = [holding(1000) for _ in range(server_module.UPLOADS_IN_MEMORY)]
         deadline = time.monotonic() + 20
-        while server._body_bytes < len(full) * (LIMIT - 1) and time.monotonic() < deadline:
+        while server._body_bytes < len(full) * LIMIT and time.monotonic() < deadline:
             time.sleep(0.05)  # until the server has read what they sent (an upload meanwhile could take their room)
         assert upload() == 503
         for sock in full:

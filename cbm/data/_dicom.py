@@ -126,6 +126,7 @@ def dicom_header(source: Path | io.BytesIO, path: Path | None, budget: int) -> D
     ``source`` is the file (its pixel data is then read only as far as a compressed frame count
     needs) or its bytes; ``path`` names it in errors.
     """
+    quiet_pydicom_values()  # pydicom's loggers imported since the last read get the filter too
     ds = _dcmread(source, path)
     try:
         with warnings.catch_warnings():  # pydicom warns of a bad value with the value in its message
@@ -391,6 +392,7 @@ def _decode(source: Any, path: Path, syntax: Any, index: int, ds: Any) -> np.nda
     header, whose values the decoder's message must not repeat)."""
     from pydicom.pixels import pixel_array
 
+    quiet_pydicom_values()  # the decoders' own loggers, imported with pydicom.pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -72,8 +72,8 @@ def redacted(text: str, ds: Any) -> str:
     """``text`` (a decoder's or pydicom's message) with the header's text values taken out, longest
     first and as whole words ("got 120" keeps its number where that is no header text): such
     messages can repeat the value they stumbled on."""
-    values = sorted({v for v in _text_values(ds) if len(v) >= 3} if ds is not None else (), key=len, reverse=True)
-    for v in values:
+    values = {v for v in _text_values(ds) if len(v) >= 3 and v in text} if ds is not None else set()
+    for v in sorted(values, key=len, reverse=True):  # only those in the message: a header has thousands
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])", "<header text>", text)
     return text
 
@@ -85,15 +85,18 @@ _FORMED_VRS = {"CS": _CODE_WORD, "IS": NUMBERISH, "DS": NUMBERISH, "UI": UID}
 
 
 def _text_values(ds: Any) -> Iterator[str]:
-    """The text values of a data set that a message must not repeat, sequences' items included. The
-    pixel data and other binary elements are never read (``keep_deferred``); an element pydicom
-    cannot convert (often the cause of the message) is read from its raw bytes."""
+    """The text values of a data set that a message must not repeat, sequences' items included, and
+    a person name's parts. The pixel data and other binary elements are never read
+    (``keep_deferred``); an element pydicom cannot convert (often the cause of the message) is read
+    from its raw bytes, as UTF-8 and as Latin-1; an element whose VR the file does not give (implicit
+    VR, or UN) is taken as its dictionary VR, or as text where the dictionary lacks it (private tags)."""
     from pydicom.datadict import dictionary_VR
+    from pydicom.multival import MultiValue
 
     for tag in list(ds.keys()):
         try:
             element = ds.get_item(tag, keep_deferred=True)
-            vr = element.VR or (dictionary_VR(tag) if not tag.is_private else "UT")  # implicit VR: as defined
+            vr = element.VR if element.VR not in (None, "UN") else _defined_vr(tag, dictionary_VR)
             if vr == "SQ":
                 for item in ds[tag].value:
                     yield from _text_values(item)
@@ -102,29 +105,50 @@ def _text_values(ds: Any) -> Iterator[str]:
                 continue
             value = element.value
             if isinstance(value, bytes):
-                value = value.decode("latin-1").split("\\")
+                value = [part for form in dict.fromkeys((value.decode("utf-8", "replace"), value.decode("latin-1")))
+                         for part in form.split("\\")]
         except Exception:  # noqa: BLE001 - an unknown VR, a sequence that does not parse
             continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            text = str(v).strip(" \0")
-            if vr in _FREE_VRS or not _FORMED_VRS[vr].fullmatch(text):
-                yield text
+        for v in value if isinstance(value, (list, tuple, MultiValue)) else [value]:
+            raw = getattr(v, "original_string", None)  # a person name's bytes, decoded by another character set
+            for text in dict.fromkeys([str(v).strip(" \0")] + ([raw.decode("utf-8", "replace").strip(" \0")]
+                                                                 if isinstance(raw, bytes) else [])):
+                if vr in _FREE_VRS or not _FORMED_VRS[vr].fullmatch(text):
+                    yield text
+                    if vr == "PN":  # "DOE^JANE": a message may quote one part of the name
+                        yield from (part for part in re.split(r"[\^=]", text) if part)
+
+
+def _defined_vr(tag: Any, dictionary_vr: Any) -> str:
+    try:
+        return "UT" if tag.is_private else dictionary_vr(tag).split(" or ")[0]
+    except KeyError:  # a public tag this pydicom does not know
+        return "UT"
 
 
 class _NoQuotedValues(logging.Filter):
-    """pydicom logs the value it found wrong ("Invalid value for VR PN: 'DOE^JANE'"), as well as
-    warning it: its quoted values are taken out of the record (the warnings, cbm's readers hold back)."""
+    """pydicom logs the value it found wrong ("Invalid value for VR PN: 'DOE^JANE'", with ``!r``, so a
+    name with an apostrophe comes in double quotes), as well as warning it: quoted values are taken out
+    of its records (the warnings, cbm's readers hold back). A quote after a letter is an apostrophe."""
+
+    _QUOTED = re.compile(r"""(?<![A-Za-z0-9])(?:b?'[^']*'|b?"[^"]*")""")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "'" in message:
-            record.msg, record.args = re.sub(r"'[^']*'", "'<header text>'", message), ()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot format itself is left to logging
+            return True
+        if "'" in message or '"' in message:
+            record.msg, record.args = self._QUOTED.sub("'<header text>'", message), ()
         return True
 
 
 def quiet_pydicom_values() -> None:
-    """Keep header values out of pydicom's log records (once a process; the filter changes nothing else)."""
-    logger = logging.getLogger("pydicom")
-    if not any(isinstance(f, _NoQuotedValues) for f in logger.filters):
-        logger.addFilter(_NoQuotedValues())
-
+    """Keep header values out of pydicom's log records: the filter on the ``pydicom`` logger and on
+    each of its children that exists (a logger's filters do not see its children's records, and
+    pydicom's pixel decoders log through their own); called again before each read, for children
+    imported since. The filter changes nothing else."""
+    names = ["pydicom", *(n for n in logging.root.manager.loggerDict if n.startswith("pydicom."))]
+    for logger in (logging.getLogger(n) for n in names):
+        if not any(isinstance(f, _NoQuotedValues) for f in logger.filters):
+            logger.addFilter(_NoQuotedValues())

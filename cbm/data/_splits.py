@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from cbm.data._assign import assign_splits, group_of, keyed_order
 from cbm.data._metadata import MetadataError, SourceRows, check_columns, file_key, load_metadata
 from cbm.data._split_images import checked_images

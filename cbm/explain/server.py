@@ -14,8 +14,8 @@ the form is parsed, for a body of 200,000 parts cost 19 s of parsing, and the pa
 parts too; :mod:`cbm.explain.forms`), the format by its magic bytes (415), the header against the pixel budget and its own
 data (``cbm.data.check_image_header``: 413 over the budget, 422 otherwise), and an actual decode
 through ``cbm.data.read_image`` (422). At most :data:`MAX_CONNECTIONS` connections are served at
-once; one more is answered 503 at once, as is an upload whose body, counted a block at a time as it
-arrives, would pass :data:`UPLOADS_IN_MEMORY` times the size limit with those being read and
+once; one more is answered 503 at once, as is an upload whose body, set aside whole once its first
+bytes arrive, would pass :data:`UPLOADS_IN_MEMORY` times the size limit with those being read and
 explained, so a burst of large uploads cannot take the machine's memory. An upload that a browser sends from another site's
 page (cross-site request forgery: its ``Origin`` or ``Sec-Fetch-Site`` header says so) is answered
 403. A request (headers and body) must arrive within
@@ -74,7 +74,7 @@ UPLOADS_IN_MEMORY = 4
 """Request bodies of the largest size held at once (read, parsed and explained); a further upload
 that would pass ``UPLOADS_IN_MEMORY * max_upload_bytes`` in all is answered 503 before it is read."""
 REQUEST_DEADLINE_S = 120.0
-_BODY_BLOCK = 1 << 20  # bytes of a body read (and set aside) at a time
+_BODY_BLOCK = 1 << 20  # most bytes of a body's first read, before its whole size is set aside
 """Seconds a request (its headers and body) may take to arrive, however steadily it trickles in."""
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -321,23 +321,29 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.release(held[0])
 
-    def _read_body(self, size: int, held: list[int]) -> bytes | None:
-        """The body, read a block at a time, each block counted against the server's budget once it
-        has arrived (a connection that declares a large body and sends nothing holds nothing); None
-        after a 400 or 503 was answered."""
-        body = bytearray()
-        while len(body) < size:
-            data = self.rfile.read1(min(_BODY_BLOCK, size - len(body)))  # what has arrived, counted at once
-            if not self.server.reserve(len(data), UPLOADS_IN_MEMORY * self.app.max_upload_bytes, held[0]):
-                log.info("upload refused (503): other uploads hold the memory set aside for them")
-                self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy reading other uploads; try again in a moment")
-                return None
-            held[0] += len(data)
-            body += data
-            if not data:
+    def _read_body(self, size: int, held: list[int]) -> bytearray | None:
+        """The body: once its first bytes have arrived (a connection that declares a large body and
+        sends nothing holds nothing), its whole declared size is set aside against the server's
+        budget, or a 503 answered, and the rest read into that one buffer; None after a 400 or 503."""
+        first = self.rfile.read1(min(_BODY_BLOCK, size)) if size else b""
+        if size and not first:
+            self._error(HTTPStatus.BAD_REQUEST, "the upload ended before its declared length")
+            return None
+        if not self.server.reserve(size, UPLOADS_IN_MEMORY * self.app.max_upload_bytes):
+            log.info("upload refused (503): other uploads hold the memory set aside for them")
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "busy reading other uploads; try again in a moment")
+            return None
+        held[0] = size
+        body = bytearray(size)
+        body[: len(first)] = first
+        view, done = memoryview(body), len(first)
+        while done < size:
+            n = self.rfile.readinto(view[done:])
+            if not n:
                 self._error(HTTPStatus.BAD_REQUEST, "the upload ended before its declared length")
                 return None
-        return bytes(body)
+            done += n
+        return body
 
     def _explain_body(self, size: int, held: list[int]) -> None:
         """Read the body of ``size`` bytes, explain its image and answer."""
@@ -387,11 +393,11 @@ class _Server(ThreadingHTTPServer):
         self._body_bytes, self._body_lock = 0, threading.Lock()
         super().__init__(address, handler)
 
-    def reserve(self, size: int, budget: int, own: int = 0) -> bool:
-        """Set ``size`` more bytes of a request body aside, unless that would pass ``budget`` in all
-        (``own``: the bytes that request already holds; one body alone always fits)."""
+    def reserve(self, size: int, budget: int) -> bool:
+        """Set ``size`` bytes of request bodies aside, unless that would pass ``budget`` in all (one
+        body alone always fits)."""
         with self._body_lock:
-            if self._body_bytes > own and self._body_bytes + size > budget:
+            if self._body_bytes and self._body_bytes + size > budget:
                 return False
             self._body_bytes += size
             return True
