@@ -11,13 +11,14 @@ Uploads are checked before the model sees them, cheapest first: a size limit (41
 is read), at most :data:`MAX_FORM_PARTS` parts in a form, none of them itself a multipart or a
 message nor with over :data:`MAX_PART_HEADER_BYTES` of headers (413, 415, 400: all checked before
 the form is parsed, for a body of 200,000 parts cost 19 s of parsing, and the parser opens nested
-parts too; :mod:`cbm.explain.forms`), the format by its magic bytes (415), the header against the pixel budget and its own
-data (``cbm.data.check_image_header``: 413 over the budget, 422 otherwise), and an actual decode
-through ``cbm.data.read_image`` (422). At most :data:`MAX_CONNECTIONS` connections are served at
-once; one more is answered 503 at once, as is an upload whose body, set aside whole once its first
-bytes arrive, would pass :data:`UPLOADS_IN_MEMORY` times the size limit with those being read and
-explained, so a burst of large uploads cannot take the machine's memory. An upload that a browser sends from another site's
-page (cross-site request forgery: its ``Origin`` or ``Sec-Fetch-Site`` header says so) is answered
+parts too; :mod:`cbm.explain.forms`), the format by its magic bytes (415), the header against the
+pixel budget and its own data (``cbm.data.check_image_header``: 413 over the budget, 422
+otherwise), and an actual decode through ``cbm.data.read_image`` (422). At most
+:data:`MAX_CONNECTIONS` connections are served at once; one more is answered 503 at once, as is an
+upload whose body, set aside whole once its first bytes arrive, would pass
+:data:`UPLOADS_IN_MEMORY` times the size limit with those being read and explained, so a burst of
+large uploads cannot take the machine's memory. An upload that a browser sends from another site's
+page (cross-site request forgery: its ``Sec-Fetch-Site`` or ``Origin`` header says so) is answered
 403. A request (headers and body) must arrive within
 :data:`REQUEST_DEADLINE_S`, and no read may stall for longer than the handler's ``timeout``;
 otherwise it is answered 408 and its connection closed, so a client trickling a byte at a time
@@ -72,10 +73,11 @@ LARGE_DECODES = 2
 """Large uploads decoded, or decoded and waiting for the model, at once (their full-size images are in memory)."""
 UPLOADS_IN_MEMORY = 4
 """Request bodies of the largest size held at once (read, parsed and explained); a further upload
-that would pass ``UPLOADS_IN_MEMORY * max_upload_bytes`` in all is answered 503 before it is read."""
+that would pass ``UPLOADS_IN_MEMORY * max_upload_bytes`` in all is answered 503 once its first
+bytes arrive, before the rest is read."""
 REQUEST_DEADLINE_S = 120.0
-_BODY_BLOCK = 1 << 20  # most bytes of a body's first read, before its whole size is set aside
 """Seconds a request (its headers and body) may take to arrive, however steadily it trickles in."""
+_BODY_BLOCK = 1 << 20  # most bytes of a body's first read, before its whole size is set aside
 _SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
