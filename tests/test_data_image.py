@@ -300,7 +300,18 @@ def test_dicom_whose_data_set_pydicom_cannot_read_is_called_truncated():
         read_image(get_testdata_file("emri_small_jpeg_2k_lossless_too_short.dcm"))
 
 
-def test_dicom_header_text_is_never_repeated(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def pydicom_logging(monkeypatch):
+    """pydicom's loggers enabled: another test's logging.config (import-linter's) may have disabled
+    the loggers that existed then, and a disabled logger drops what these tests look for."""
+    import pydicom.pixels.decoders.base  # noqa: F401  (a child logger imported after cbm's readers)
+
+    for name in ["pydicom", *(n for n in logging.root.manager.loggerDict if n.startswith("pydicom."))]:
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "disabled", False)
+
+
+def test_dicom_header_text_is_never_repeated(tmp_path, monkeypatch, caplog, pydicom_logging):
     """A name typed into a code field, or a value that breaks a check, does not reach the image's meta
     or an error message: a modality is shown only as a defined term, a number or UID only as one."""
     from pydicom.uid import UID
@@ -355,12 +366,10 @@ def test_a_decoders_message_loses_the_headers_text_and_keeps_the_rest():
     assert out == "<header text>, <header text>, <header text>, <header text>, PRIMARY", out
 
 
-def test_pydicoms_own_log_records_lose_quoted_values(caplog):
+def test_pydicoms_own_log_records_lose_quoted_values(caplog, pydicom_logging):
     """pydicom quotes a bad value with !r (double quotes around a name with an apostrophe), and its
     pixel decoders log through loggers of their own, which the root pydicom logger's filter does not
     see; an apostrophe in ordinary words is no quote."""
-    import pydicom.pixels.decoders.base  # noqa: F401  (a child logger imported after cbm's readers)
-
     from cbm.data._dicom_text import quiet_pydicom_values
 
     quiet_pydicom_values()
