@@ -450,6 +450,17 @@ def test_hidden_names_hold_back_only_this_threads_manifest_report(caplog):
     assert "the other thread's report" in caplog.text and "this thread's report" not in caplog.text
 
 
+def test_a_card_of_test_images_alone_is_explained_without_a_warning(tmp_path, caplog):
+    """A card holding only the cases to explain (no train or val split) is what a clinic's export is:
+    explain reads it without the "split has no usable images" a run would need to say."""
+    from test_data_card import make_card
+
+    folder = make_card(tmp_path / "clinic", rows=[("a.png", "melanoma", "test"), ("b.png", "nevus", "test")])
+    with caplog.at_level(logging.WARNING, logger="cbm"):
+        cases = collect_inputs([folder / "card.yaml"], class_names=["nevus", "melanoma"], split="test")
+    assert [c.path.name for c in cases] == ["a.png", "b.png"] and "no usable images" not in caplog.text
+
+
 def test_a_folder_gives_every_image_the_readers_take(tmp_path):
     """GIF and ``.dic`` files are read by ``read_image``, so a folder given to explain finds them too."""
     from pydicom.data import get_testdata_file

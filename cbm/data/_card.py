@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cbm.data._card_schema import TEXT_POSITIONS, CardFields, check_card_fields
-from cbm.data._manifest import Manifest, ManifestReport, read_manifest
+from cbm.data._manifest import REQUIRED_SPLITS, Manifest, ManifestReport, read_manifest
 from cbm.data._yaml import load_yaml
 from cbm.errors import CardError, ManifestError, quote
 from cbm.resources import resource_dir
@@ -147,8 +147,11 @@ class DataCard:
                          f"finds each one by name in the subfolders of {self.image_root}")
         return "; ".join(h for h in hints if h) or None
 
-    def manifest(self, strict: bool = False, check_files: bool = True) -> Manifest:
-        """Read and check the card's manifest (see :func:`cbm.data.read_manifest`).
+    def manifest(self, strict: bool = False, check_files: bool = True,
+                 needed_splits: Sequence[str] | None = None) -> Manifest:
+        """Read and check the card's manifest (see :func:`cbm.data.read_manifest`; ``needed_splits``:
+        those whose absence is a problem, by default the ones a run needs; ``()`` to explain a card
+        of test images alone).
 
         Raises:
             FileNotFoundError: no manifest yet (the message says how to build it) or no image folder.
@@ -156,7 +159,8 @@ class DataCard:
         """
         if not self.manifest_path.is_file():
             raise FileNotFoundError(self._no_manifest_message())
-        key = (strict, check_files, str(self.image_root), self.manifest_path.stat().st_mtime_ns)
+        needed = REQUIRED_SPLITS if needed_splits is None else tuple(needed_splits)
+        key = (strict, check_files, needed, str(self.image_root), self.manifest_path.stat().st_mtime_ns)
         if key not in self._cache:
             try:
                 manifest = read_manifest(
@@ -171,6 +175,7 @@ class DataCard:
                     allow_outside_root=self.allow_outside_root,
                     min_per_class=(self.make_splits or {}).get("min_per_class"),
                     truth_columns=list(dict.fromkeys(self.concept_truth.values())),
+                    needed_splits=needed,
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None

@@ -143,7 +143,7 @@ def collect_inputs(
                 with _report_quiet(hide_names):
                     manifest = (read_manifest(p, class_names=class_names, image_root=p.parent, check_files=False,
                                               needed_splits=()) if p.suffix.lower() == ".csv"
-                                else load_card(p).manifest(check_files=False))
+                                else load_card(p).manifest(check_files=False, needed_splits=()))
             except ManifestError as exc:
                 if not hide_names or exc.report is None:
                     raise
