@@ -115,6 +115,23 @@ def test_the_cards_nuisance_prompts_can_be_projected_out(fitted):
     assert not np.allclose(cleaned.bottleneck.directions, model.bottleneck.directions, atol=1e-4)
 
 
+def test_the_model_records_manifest_rows_no_split_holds(fitted, tmp_path):
+    """A row whose file is missing is left out of its split with a warning; the model keeps the count
+    by kind (model.json info, shown on the model card), beside the unreadable images."""
+    import shutil
+
+    from cbm.explain import render_class_card_html
+
+    card, model = fitted
+    assert "manifest_rows_left_out" not in model.info
+    copy = shutil.copytree(card.folder, tmp_path / "demo")
+    first = next(r for r in load_card(copy).manifest() if r.split == "train")
+    (load_card(copy).image_root / first.path).unlink()
+    again = cbm.fit(load_card(copy), encoder=model.encoder, head=SparseConceptHead(n_lambdas=4), num_workers=0)
+    assert again.info["manifest_rows_left_out"] == {"missing_file": 1}
+    assert "manifest_rows_left_out" in render_class_card_html(again)
+
+
 def test_plain_cosines_can_be_chosen(fitted):
     card, model = fitted
     plain = cbm.fit(card, encoder=model.encoder_name, head=SparseConceptHead(n_lambdas=4), num_workers=0,

@@ -447,6 +447,12 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "store_check": store_check,
         "pixel_pipeline": PIXEL_PIPELINE_VERSION,  # how its images were read: loading warns when this cbm reads them otherwise
     }
+    try:  # manifest rows no split holds (a missing file, an unknown label...), beside the unreadable ones
+        left_out = {p.kind: len(p.lines) or 1 for p in card.manifest().report.problems}
+    except Exception:  # noqa: BLE001 - a card built in memory has no manifest to say it
+        left_out = {}
+    if left_out:
+        info["manifest_rows_left_out"] = left_out
     if calibration_choice is not None:  # probabilities or scores, by the validation rule (calibrate: auto)
         info["calibration_choice"] = calibration_choice
     fitted = getattr(est, "interventions_", None)
