@@ -55,7 +55,8 @@ def header_text(keyword: str, value: Any) -> str:
     if value is None:
         return ""
     if keyword == "Modality":
-        return str(value).strip().upper() if str(value).strip().upper() in _MODALITIES else ""
+        term = str(value).strip().upper()
+        return term if term in _MODALITIES else ""
     return code_word(value) if keyword in _FREE_CODES else str(value)
 
 
@@ -143,12 +144,19 @@ class _NoQuotedValues(logging.Filter):
         return True
 
 
+_INSTALLED = [-1]  # how many loggers the process had when the filters were last put in place
+
+
 def quiet_pydicom_values() -> None:
     """Keep header values out of pydicom's log records: the filter on the ``pydicom`` logger and on
     each of its children that exists (a logger's filters do not see its children's records, and
     pydicom's pixel decoders log through their own); called again before each read, for children
     imported since. The filter changes nothing else."""
-    names = ["pydicom", *(n for n in logging.root.manager.loggerDict if n.startswith("pydicom."))]
+    loggers = logging.root.manager.loggerDict
+    if len(loggers) == _INSTALLED[0]:  # no logger made since the last call: nothing new to filter (a read's hot path)
+        return
+    _INSTALLED[0] = len(loggers)
+    names = ["pydicom", *(n for n in list(loggers) if n.startswith("pydicom."))]
     for logger in (logging.getLogger(n) for n in names):
         if not any(isinstance(f, _NoQuotedValues) for f in logger.filters):
             logger.addFilter(_NoQuotedValues())

@@ -100,11 +100,13 @@ def validate_manifest(args: argparse.Namespace):
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
+        manifest = None
         if args.strict:
-            report = card.manifest(strict=True, check_files=not args.no_files).report
+            manifest = card.manifest(strict=True, check_files=not args.no_files)
+            report = manifest.report
         else:  # a leak between splits or a path outside the image folder is reported with the rest
             report = card.validate(check_files=not args.no_files)
-        read = _check_images(card, report) if not (args.no_files or getattr(args, "no_read", False)) else None
+        read = _check_images(card, report, manifest) if not (args.no_files or getattr(args, "no_read", False)) else None
     finally:
         quiet.setLevel(level)
     print(f"card {card.name} ({card.path})")
@@ -116,16 +118,16 @@ def validate_manifest(args: argparse.Namespace):
     return card, report
 
 
-def _check_images(card, report) -> str:
-    """Every usable row's image read as far as its header and data structure (no pixel decoded); the
-    ones that cannot be read become a problem of ``report``, since a run would skip them. Returns
-    what was read, in words."""
+def _check_images(card, report, manifest=None) -> str:
+    """Every usable row's image (of ``manifest``, the one already read, or the card's) read as far as
+    its header and data structure (no pixel decoded); the ones that cannot be read become a problem
+    of ``report``, since a run would skip them. Returns what was read, in words."""
     from cbm.data._image_scan import unreadable_images
     from cbm.data._manifest import ManifestProblem
     from cbm.errors import ManifestError, quote
 
     try:
-        manifest = card.manifest(strict=False, check_files=True)
+        manifest = manifest if manifest is not None else card.manifest(strict=False, check_files=True)
     except ManifestError:  # a leak between splits or a path outside the folder: fixed first, then read
         return "images not read: fix the problems above first"
     bad = unreadable_images(manifest)

@@ -91,10 +91,10 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
                     "write '/' between folders", source, len(windows), windows[0], " and more" if len(windows) > 1 else "")
     missing = [r for r in missing if "\\" not in r.path]
     if missing:
-        whose = "the card's image folder" if source.suffix.lower() in (".yaml", ".yml") else "the manifest's own folder"
+        card = source.suffix.lower() in (".yaml", ".yml")
+        whose = "the card's image folder" if card else "the manifest's own folder"
         if len(missing) == len(manifest):
-            fix = ("set the card's image_root, or its image_root_env variable, to the folder that holds them"
-                   if source.suffix.lower() in (".yaml", ".yml") else
+            fix = ("set the card's image_root, or its image_root_env variable, to the folder that holds them" if card else
                    "for paths relative to another folder, give the data card (card.yaml) whose image_root is that folder")
             raise FileNotFoundError(f"{source}: none of its {len(manifest)} image paths names a file in {whose} "
                                     f"{manifest.image_root}, which they are read from (line {missing[0].line} and the "
