@@ -92,8 +92,10 @@ class BottleneckConfig:
     calibrate: bool | str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.centre, (bool, np.bool_)):  # "off" from a config would read as on
+            raise ValueError(f"centre must be true or false; got {self.centre!r}")
         if not (self.calibrate is True or self.calibrate is False or self.calibrate == "auto"):
-            raise ValueError(f'bottleneck calibrate must be true, false or "auto"; got {self.calibrate!r}')
+            raise ValueError(f'calibrate must be true, false or "auto"; got {self.calibrate!r}')
 
 
 @dataclass

@@ -19,6 +19,7 @@ never test.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -47,6 +48,13 @@ def resolve_dataset(dataset: dict[str, Any]):
     if dataset.get("demo"):
         from cbm.demo import cached_dataset
 
+        settings = ("n", "confounding", "classes", "seed", "size", "workers")
+        unknown = [k for k in dataset["demo"] if k not in settings]
+        if unknown:
+            close = {k: difflib.get_close_matches(k, settings, n=1) for k in unknown}
+            raise ValueError("dataset.demo has no setting " + ", ".join(
+                f"{k!r}" + (f" (did you mean {close[k][0]!r}?)" if close[k] else "") for k in unknown)
+                + f"; its settings are {', '.join(settings)}")
         return load_card(cached_dataset(**dataset["demo"]))
     raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
 
@@ -108,8 +116,11 @@ def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from cbm.pipeline.experiment import set_aside_earlier_results
+
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    set_aside_earlier_results(out_dir)  # before any check: Hydra has written this run's config there
     try:
         metrics = _run(cfg, out_dir)
         value = sweep_value(metrics, str(cfg.optimized_metric))
@@ -137,8 +148,9 @@ def _run(cfg, out_dir: Path) -> dict:
     kwargs = experiment_arguments(cfg)
     check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]), card)
     check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap")})
-    extra = {name: _instantiate(node) for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
-    return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder)), extra_metrics=extra,
+    extra = {name: _instantiate(node, f"dataset.extra_metrics.{name}")
+             for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
+    return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder), "encoder"), extra_metrics=extra,
                           **kwargs)
 
 
@@ -148,10 +160,18 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def _instantiate(node) -> Any:
+def _instantiate(node, key: str) -> Any:
+    """The object a config node describes; a bad value (a ValueError or TypeError the object's own
+    checks raise, which Hydra wraps) is a ValueError naming the node, so it is reported as bad input."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(node)
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, (ValueError, TypeError)):
+            raise ValueError(f"{key}: {exc.__cause__}") from exc
+        raise
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -166,8 +186,11 @@ def experiment_arguments(cfg) -> dict[str, Any]:
     but the card, the encoder, the run folder and ``extra_metrics``); the head's settings checked too."""
     from cbm.pipeline.experiment import check_baselines
 
-    head = _instantiate(_plain(cfg.head))
-    getattr(head, "check_params", lambda: None)()
+    head = _instantiate(_plain(cfg.head), "head")
+    try:
+        getattr(head, "check_params", lambda: None)()
+    except ValueError as exc:
+        raise ValueError(f"head: {exc}") from exc
     baselines = {k: _flag(v, f"baselines.{k}") for k, v in (_plain(cfg.baselines) or {}).items()}
     check_baselines(baselines)
     n_bootstrap = int(cfg.evaluation.n_bootstrap)
@@ -175,7 +198,7 @@ def experiment_arguments(cfg) -> dict[str, Any]:
         raise ValueError(f"evaluation.n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")
     return dict(
         head=head,
-        bottleneck=_instantiate(_plain(cfg.bottleneck)),
+        bottleneck=_instantiate(_plain(cfg.bottleneck), "bottleneck"),
         llm=_plain(cfg.llm),
         templates=cfg.concepts.templates,
         concepts=_plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,

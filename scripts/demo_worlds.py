@@ -75,7 +75,7 @@ def check_world(metrics: dict, model, classes: int) -> dict:
 
     cbm = metrics["cbm"]
     f = cbm.get("faithfulness", {})
-    curve = f.get("intervention", [])
+    curve = f.get("intervention") if isinstance(f.get("intervention"), list) else []
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
     falls = all(b[k] >= a[k] - STEP_FALL for a, b in zip(curve, curve[1:]) for k in keys)
     oracle = f.get("oracle") or {}

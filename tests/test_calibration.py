@@ -379,3 +379,51 @@ def test_a_card_without_a_confounder_says_the_curve_has_no_out_of_domain_figure(
     table = _faithfulness_table({"cbm": {"faithfulness": out}})
     assert "(ID only)" in table
     assert f"Not measured: {out['ood']['reason']}." in table and f"Not measured: {out['cue_leakage']['reason']}." in table
+
+
+def test_a_part_no_evaluated_split_annotates_says_so(world):
+    """Truth on the training split alone: the sign agreement is measured (it reads train), the concept
+    AUROC, the curve and the oracle say they were not measured and why (never a curve of k = 0 alone,
+    which reads as interventions that change nothing); truth missing out of domain only gives the
+    curve in domain."""
+    from dataclasses import replace
+
+    from cbm.pipeline.experiment import _faithfulness_table
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    card, fit = world
+    columns = set(card.concept_truth.values())
+    blank = lambda d: replace(d, extras=[{k: ("" if k in columns else v) for k, v in r.items()} for r in d.extras])  # noqa: E731
+    head = SparseConceptHead(constraint="prior", max_concepts_per_class=8)
+    train_only = {s: (d if s == "train" else blank(d)) for s, d in fit.splits.items()}
+    out = measure_faithfulness(fit.model, card, train_only, head=head)
+    assert out["measured"] is True and out["sign_agreement"] is not None
+    for part in ("concept_auroc", "intervention", "oracle"):
+        assert out[part]["measured"] is False and "annotates no concept truth" in out[part]["reason"], part
+    assert out["mean_concept_auroc"] is None
+    row = next(line for line in _faithfulness_table({"cbm": {"faithfulness": out}}).splitlines() if line.startswith("| cbm"))
+    assert "not measured: the test_id and test split" in row and "→" not in row
+    no_ood = {s: (blank(d) if s == "test" else d) for s, d in fit.splits.items()}
+    out = measure_faithfulness(fit.model, card, no_ood)
+    assert out["concept_auroc"]["measured"] is False
+    assert len(out["intervention"]) > 1 and all("ood_accuracy" not in p and "id_accuracy" in p for p in out["intervention"])
+    assert "(ID only)" in _faithfulness_table({"cbm": {"faithfulness": out}})
+
+
+def test_faithfulness_of_a_model_on_some_of_the_stores_concepts(world):
+    """A model fitted on a few of the store's concepts is measured against a card whose truth names
+    the others too (they are the store's); the card may be given as its path; an intervention order
+    naming an unknown concept says which and what is close."""
+    from cbm.pipeline.faithfulness import intervention_curve, measure_faithfulness
+
+    card, fit = world
+    annotated = [c for c in fit.model.bottleneck.concept_names if c in card.concept_truth]
+    few = {card.class_names[0]: annotated[:2], card.class_names[1]: annotated[2:4]}
+    model = fit_model(card, encoder=fit.encoder, concepts=few, splits=fit.splits, num_workers=0,
+                      head=SparseConceptHead(constraint="prior", n_lambdas=8)).model
+    assert len(model.bottleneck.concept_names) == 4 and len(card.concept_truth) > 4
+    out = measure_faithfulness(model, card.path, fit.splits)
+    assert out["measured"] is True and set(out["concept_auroc"]) <= {c for v in few.values() for c in v}
+    with pytest.raises(ValueError, match=r"no such concept in the model: 'symetric shape' \(closest: 'symmetric shape'"):
+        intervention_curve(fit.model.coef, fit.model.intercept, fit.model.bottleneck.concept_names,
+                           fit.model.presence_levels(), {}, concepts=["symetric shape"])

@@ -160,7 +160,14 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["evaluation.n_bootstrap=-5"], "n_bootstrap=-5"),
         (["concepts.list=[]"], "hold no phrase"),
         (["head.class_weight=foo"], "class_weight must be"),
-        (["head.max_concepts_per_class=0"], "max_concepts_per_class must be > 0"),
+        (["head.max_concepts_per_class=0"], "head: max_concepts_per_class must be > 0"),
+        # switches written as off, which would read as on; values the objects' own checks refuse
+        (["head.intervention_training=off"], "head: intervention_training must be true or false; got 'off'"),
+        (["head.use_prior=no"], "head: use_prior must be true or false"),
+        (["bottleneck.centre=off"], "bottleneck: centre must be true or false; got 'off'"),
+        (["bottleneck.calibrate=maybe"], 'bottleneck: calibrate must be true, false or "auto"'),
+        (["+head.l1_ration=0.5"], "head: SparseConceptHead.__init__() got an unexpected keyword argument 'l1_ration'"),
+        (["+dataset.demo.confunding=0.5"], "dataset.demo has no setting 'confunding' (did you mean 'confounding'?)"),
     ]:
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
@@ -257,14 +264,11 @@ def test_no_issue_numbers_in_code_configs_or_docs():
     assert not found, found
 
 
-def test_the_store_check_can_be_turned_off_and_passes_over_heads_without_a_prior(tiny, tmp_path):
-    for extra, expected in ((["concepts.check_with_truth=false"], None), (["head=sparse"], "takes no class-concept prior")):
-        run_dir = tmp_path / extra[0].split("=")[0]
-        assert cbm_main(["run", *tiny, *extra, "baselines.linear_probe=false", "baselines.zero_shot=false",
-                         "baselines.dense_concepts=false", f"hydra.run.dir={run_dir}"]) == 0
-        check = json.loads((run_dir / "metrics.json").read_text())["cbm"]["store_check"]
-        assert check is None if expected is None else expected in check["reason"]
-
+def test_the_store_check_can_be_turned_off(tiny, tmp_path):
+    run_dir = tmp_path / "off"
+    assert cbm_main(["run", *tiny, "concepts.check_with_truth=false", "baselines.linear_probe=false",
+                     "baselines.zero_shot=false", "baselines.dense_concepts=false", f"hydra.run.dir={run_dir}"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["cbm"]["store_check"] is None
 
 
 def test_a_checked_store_entry_gets_no_weight(tiny, tmp_path):
@@ -286,6 +290,31 @@ def test_a_checked_store_entry_gets_no_weight(tiny, tmp_path):
         k, c = model.classes.index(d["class"]), names.index(d["concept"])
         assert d["association"] is None or d["association"] < 0.1
         assert model.concept_prior[k, c] == 0 and model.coef[k, c] == 0
+    assert check["constrains_head"] is True
+
+
+def test_a_head_without_a_prior_is_judged_against_the_checked_store(tiny, tmp_path):
+    """The unconstrained head (head=sparse) takes no prior, but the class card and the report judge
+    its weights against the store: the store checked against the truth, as for the faithful head, and
+    the card says the head was not fitted under it."""
+    from cbm.explain.card import render_class_card_html
+
+    run_dir = tmp_path / "sparse"
+    overrides = [o if not o.startswith("++dataset.demo=") else "++dataset.demo={n: 300, confounding: 0.9, classes: 2, seed: 2, size: 64}"
+                 for o in tiny]
+    assert cbm_main(["run", *overrides, "head=sparse", "baselines.linear_probe=false", "baselines.zero_shot=false",
+                     "baselines.dense_concepts=false", "baselines.cbm_unconstrained=false", f"hydra.run.dir={run_dir}"]) == 0
+    check = json.loads((run_dir / "metrics.json").read_text())["cbm"]["store_check"]
+    assert check["checked"] and check["constrains_head"] is False and check["dropped"]
+    assert "left the store its weights are judged against" in (run_dir / "results.md").read_text()
+    model = ConceptBottleneckModel.load(run_dir / "model")
+    d = check["dropped"][0]
+    k, c = model.classes.index(d["class"]), model.bottleneck.concept_names.index(d["concept"])
+    assert model.concept_prior[k, c] == 0
+    model.coef[k, c], model.coef[1 - k, c] = 0.5, -0.5  # towards the class the truth did not bear out (net 1.0)
+    assert (d["class"], d["concept"], 1.0) in [(cls, con, round(w, 3)) for cls, con, w in model.contradicting_weights()]
+    html = render_class_card_html(model)
+    assert "its weights are judged against (this head is not constrained by them)" in html
 
 
 def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_path, capsys):
@@ -302,6 +331,18 @@ def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_pa
     (run / "model" / "notes.txt").write_text("mine")
     assert cbm_main(["run", *tiny, "save_model=false", f"hydra.run.dir={run}"]) == 0
     assert (run / "model" / "notes.txt").read_text() == "mine"
+    assert not (run / "earlier_run").exists()  # set aside while this run worked, gone once it finished
+    # a run that fails on its input (or is interrupted) after Hydra wrote its config leaves no earlier
+    # result beside that config, and loses none: they wait in earlier_run/, through another failure too
+    before = (run / "metrics.json").read_text()
+    for _ in range(2):
+        assert cbm_main(["run", *tiny, "head.l1_ratio=7", f"hydra.run.dir={run}"]) == 2
+        assert "head.l1_ratio=7" in (run / ".hydra" / "overrides.yaml").read_text()
+        assert not any((run / f).exists() for f in ("metrics.json", "results.md", "path.svg", "timings.json"))
+        assert (run / "earlier_run" / "metrics.json").read_text() == before
+    assert cbm_main(["run", *tiny, f"hydra.run.dir={run}"]) == 0
+    assert (run / "metrics.json").is_file() and (run / "model" / "model.json").is_file()
+    assert not (run / "earlier_run").exists()
     capsys.readouterr()
 
 

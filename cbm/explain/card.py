@@ -120,6 +120,7 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
         top=top, unused=unused_concepts(model.coef, names),
         contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
         has_prior=model.concept_prior is not None, store_dropped=_store_dropped(info.get("store_check")),
+        store_constrains=not (isinstance(info.get("store_check"), Mapping) and info["store_check"].get("constrains_head") is False),
         technical=without_paths(technical), path_charts=_path_charts(info.get("path")),
     )
 

@@ -413,6 +413,9 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
 
     def check_params(self) -> None:
         """Raise ``ValueError`` for a bad setting (done by ``fit``; callable before any data exists)."""
+        for name in ("use_prior", "intervention_training"):  # "off" from a config would read as on
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if not 0.0 <= float(self.l1_ratio) <= 1.0:
             raise ValueError(f"l1_ratio must be in [0, 1]; got {self.l1_ratio!r}")
         if self.lambdas is None:

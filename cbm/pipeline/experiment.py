@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
-from cbm.pipeline.faithfulness import STEP_FALL, check_truth_names, measure_faithfulness, step_test
+from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.outputs import path_chart, results_table
@@ -96,7 +96,7 @@ def run_experiment(
     from cbm.encoders import create_encoder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    set_aside_earlier_results(out)  # creating the folder where it is new
     features = dict(features or {})
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -107,7 +107,7 @@ def run_experiment(
     which = check_run_inputs(card, head=head, concepts=concepts, templates=templates, llm=llm, baselines=baselines,
                              n_bootstrap=n_bootstrap)
     timings["dataset"] = time.perf_counter() - t
-    store = _store_names(card)
+    store = card_store_names(card)
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -140,6 +140,32 @@ def run_experiment(
     return metrics
 
 
+EARLIER_RUN = "earlier_run"
+"""Where a run folder used again keeps the earlier run's results until this run has written its own."""
+
+RESULT_FILES = ("metrics.json", "results.md", "path.svg", "timings.json", "skipped_files.json")
+
+
+def set_aside_earlier_results(out: Path) -> None:
+    """A run folder used again (``hydra.run.dir``): move the earlier run's results into
+    :data:`EARLIER_RUN`, so the folder never shows them beside this run's config (Hydra has already
+    written it), and a run that fails or is interrupted loses nothing; removed once this run has
+    written its results. A folder named ``model`` that is not a saved model is not a result."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = [out / f for f in RESULT_FILES if (out / f).is_file()]
+    if (out / "model" / "model.json").is_file():
+        found.append(out / "model")
+    if not found:
+        return  # a set-aside run stays set aside through failed runs
+    aside = out / EARLIER_RUN
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    for path in found:
+        path.rename(aside / path.name)
+    log.warning("%s held an earlier run's results: they are in %s until this run has written its own",
+                out, aside)
+
+
 def _extra_metric(name: str, fn: Callable[[FitResult], dict], fit: FitResult) -> dict:
     """One ``extra_metrics`` hook's figures; a hook that fails on this card (the demo's ABCD rule on a card
     without its classes) is recorded as not measured, with why, and the run's results are still written."""
@@ -169,7 +195,7 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     which = check_baselines(baselines)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")
-    check_truth_names(card, _given_names(concepts), _store_names(card))
+    check_truth_names(card, _given_names(concepts), card_store_names(card))
     if templates is not None:
         check_templates(templates)
     if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
@@ -192,21 +218,6 @@ def _write_outputs(out: Path, fit: FitResult, metrics: dict[str, dict[str, Any]]
     }
     if save_model:
         fit.model.save(out / "model")
-    # a run folder used again shows only this run: what an earlier run wrote and this one did not goes
-    if not save_model and (out / "model" / "model.json").is_file():  # a model folder, not anyone's "model"
-        shutil.rmtree(out / "model")
-    if not path and (out / "path.svg").is_file():
-        (out / "path.svg").unlink()
-
-
-def _store_names(card) -> list[str]:
-    """The concepts of the card's store (empty without one)."""
-    from cbm.concepts import load_concepts
-
-    try:
-        return list(load_concepts(card).concepts)
-    except (FileNotFoundError, ValueError):
-        return []
 
 
 def _given_names(concepts: Any) -> list[str]:
@@ -300,15 +311,18 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
             cue_cells = f"{three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))}" if cue else " | "
             rows.append(f"| {method} | not measured: {f.get('reason')} | | | | {cue_cells} |")
             continue
-        curve = f["intervention"]
-        first, last = curve[0], curve[-1]
-        shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
-        shift += " (ID only)" if "ood" in f else ""
+        curve = _curve(f)
+        if curve:
+            first, last = curve[0], curve[-1]
+            shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
+            shift += f"{' (ID only)' if 'ood_accuracy' not in first else ''} (k = {last['k']})"
+        else:
+            shift = f"not measured: {f['intervention']['reason']}"
         oracle = f.get("oracle") or {}
-        oracle_text = " / ".join(pct(v) for v in oracle.values()) or "–"
+        oracle_text = "–" if oracle.get("measured") is False else " / ".join(pct(v) for v in oracle.values()) or "–"
         rows.append(
             f"| {method} | {three(f.get('sign_agreement'))} | {three(f.get('mean_concept_auroc'))} | "
-            f"{shift} (k = {last['k']}) | {oracle_text} | {three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))} |"
+            f"{shift} | {oracle_text} | {three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))} |"
         )
     if not rows:
         return None
@@ -327,10 +341,17 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
     ])
 
 
+def _curve(faithfulness: dict[str, Any]) -> list[dict[str, Any]]:
+    """The intervention curve's points (none where it was not measured)."""
+    curve = faithfulness.get("intervention")
+    return curve if isinstance(curve, list) else []
+
+
 def _intervention_falls(faithfulness: dict[str, Any]) -> list[str]:
     """The steps of the intervention curve that fall by more than half a point, with their case counts."""
     out = []
-    for point, before in zip((faithfulness.get("intervention") or [])[1:], faithfulness.get("intervention") or []):
+    curve = _curve(faithfulness)
+    for point, before in zip(curve[1:], curve):
         for name, label in (("id", "ID"), ("ood", "OOD")):
             changed = point.get(f"{name}_changed")
             if changed and point[f"{name}_accuracy"] < before[f"{name}_accuracy"] - STEP_FALL:
@@ -366,7 +387,7 @@ def _calibration_note(choice: dict[str, Any] | None) -> str | None:
 
 def _intervention_steps_text(faithfulness: dict[str, Any]) -> str | None:
     """Every step of the intervention curve (the table shows its ends), ID / OOD accuracy per k."""
-    curve = faithfulness.get("intervention") or []
+    curve = _curve(faithfulness)
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
     if not keys:
         return None
@@ -391,7 +412,9 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
         emptied = check.get("classes_left_without_concepts") or []
         notes.append(f"Concept store checked against the card's concept truth (training split, {check['concepts_checked']} "
                      f"concepts): {len(dropped)} class-concept entries not borne out (phi below {check['threshold']}) "
-                     f"left the head's prior" + (f": {listed}." if dropped else ".")
+                     + ("left the head's prior" if check.get("constrains_head", True) else
+                        "left the store its weights are judged against (this head is not constrained by it)")
+                     + (f": {listed}." if dropped else ".")
                      + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}." if emptied else ""))
     elif check.get("reason"):
         notes.append(f"Concept store not checked against concept truth: {check['reason']}.")
@@ -410,10 +433,11 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _write_run_records(out: Path, splits, timings: dict[str, float]) -> None:
+    """skipped_files.json and timings.json, the last of a run's results; then the earlier run's
+    results set aside (:func:`set_aside_earlier_results`) go."""
     skipped = [(s, p, r) for s, d in splits.items() for p, r in d.skipped]
     if skipped:
         atomic_write_json(out / "skipped_files.json", [{"split": s, "path": p, "reason": r} for s, p, r in skipped])
-    else:  # an earlier run's list in this folder is not this run's
-        (out / "skipped_files.json").unlink(missing_ok=True)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
+    shutil.rmtree(out / EARLIER_RUN, ignore_errors=True)  # this run's results stand in their place
     log.info("%d unreadable file(s) skipped%s", len(skipped), " (see skipped_files.json)" if skipped else "")

@@ -29,8 +29,11 @@ A card without truth gets ``{"measured": False, "reason": ...}``, never zeros (a
 which needs no truth, where it has the group); one without a confounder ``ood: {"measured": False,
 "reason": ...}`` (its test split is in-domain). The oracle puts an unannotated case's value at the
 mean of the annotated training cases (:func:`fill_unknown`). ``concept_auroc`` covers every concept
-with test truth; a split whose rows lack the truth columns (one built by hand) is listed under
-``splits_without_truth``. ``splits`` names the split each ``id`` / ``ood`` figure is read on: a
+with test truth; a split with no truth (its rows lack the truth columns, as in one built by hand,
+or leave them empty) is listed under ``splits_without_truth``, and a part it would be read on says
+so, ``{"measured": False, "reason": ...}``: ``concept_auroc`` without test truth, ``intervention``
+where no evaluated split has truth (else the curve has the figures of those that have), ``oracle``
+also without val truth (it chooses there). ``splits`` names the split each ``id`` / ``ood`` figure is read on: a
 confounded card without a ``test_id`` split has its in-domain figures on val, which chose the head.
 """
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,12 +50,14 @@ import numpy as np
 
 from cbm.data import parse_truth
 from cbm.heads import intervention_steps, set_from_truth
-from cbm.pipeline.inputs import SplitData
+from cbm.pipeline.cue import auroc_standard_error, cue_leakage
+from cbm.pipeline.inputs import SplitData, resolve_card
 from cbm.pipeline.scoring import eval_splits
 
 __all__ = [
     "MIN_ANNOTATED", "MIN_CHECKED", "STEP_FALL", "UNRELATED_PHI",
     "auroc_standard_error",
+    "card_store_names",
     "check_store",
     "check_truth_names",
     "cue_leakage",
@@ -89,6 +95,19 @@ def _parse(value: str, column: str, manifest: Any) -> float:
         return parse_truth(value)
     except ValueError as exc:  # (the manifest check refuses such a cell first; a split built by hand may not)
         raise ValueError(f"manifest {manifest}: concept truth column {column!r}: {exc}") from None
+
+
+def card_store_names(card) -> list[str]:
+    """The concepts of the card's concept store (empty without one, or for a card that is not a ``DataCard``)."""
+    from cbm.concepts import load_concepts
+    from cbm.data import DataCard
+
+    if not isinstance(card, DataCard):
+        return []
+    try:
+        return list(load_concepts(card).concepts)
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def check_truth_names(card, concept_names: Sequence[str], store_names: Sequence[str] = ()) -> None:
@@ -254,7 +273,8 @@ def intervention_curve(
         intervention order.
 
     Raises:
-        ValueError: a given concept has no weight in the head (setting it would change nothing).
+        ValueError: a given concept is not the model's, or has no weight in the head (setting it would
+            change nothing).
     """
     index = {c: i for i, c in enumerate(concept_names)}
     weight = np.abs(coef).sum(0)
@@ -265,7 +285,12 @@ def intervention_curve(
         # ties by column, as the head's intervention-aware fitting orders them (cbm.heads.intervention_order)
         order = [c for c in sorted(with_truth, key=lambda c: (-weight[index[c]], index[c])) if weight[index[c]] > 0]
     else:
-        unused = [c for c in concepts if c not in index or weight[index[c]] == 0]
+        unknown = [c for c in concepts if c not in index]
+        if unknown:
+            hints = "; ".join(f"{c!r} (closest: {', '.join(map(repr, difflib.get_close_matches(c, list(index), n=3, cutoff=0.4))) or 'none'})"
+                              for c in unknown)
+            raise ValueError(f"no such concept in the model: {hints}")
+        unused = [c for c in concepts if weight[index[c]] == 0]
         if unused:
             raise ValueError(f"the head gives no weight to {unused}: an intervention on them changes no prediction; "
                              f"the head uses {[c for c in concept_names if weight[index[c]] > 0]}")
@@ -323,69 +348,6 @@ def _sign_agreement(coef: np.ndarray, concept_names: list[str], names: list[str]
     }
 
 
-def auroc_standard_error(auroc: float, n_positive: int, n_negative: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUROC measured on ``n_positive`` and
-    ``n_negative`` cases (the positives are the cases the AUROC ranks higher): how far a figure
-    read on few cases of one value can be from its truth."""
-    if n_positive < 1 or n_negative < 1:
-        raise ValueError(f"an AUROC needs cases of both values; got {n_positive} positive and {n_negative} negative")
-    a = min(max(auroc, 1e-6), 1 - 1e-6)
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (n_positive * n_negative)
-    return float(np.sqrt(max(var, 0.0)))
-
-
-def cue_leakage(card, splits: dict[str, SplitData], scores: dict[str, np.ndarray], coef: np.ndarray,
-                intercept: np.ndarray, seed: int = 0, split_names: Sequence[str] = ("test_id", "test"),
-                inputs: dict[str, np.ndarray] | None = None, from_scores: bool = True) -> dict[str, Any]:
-    """Within-class AUROC of the card's two-valued group (the cue) from the concept scores
-    (cross-validated; skipped without ``from_scores``, as it does not depend on the head) and from
-    the head's class-vs-rest logit (the head on ``inputs``, default the scores), on ``split_names``
-    together (see the module docstring); ``{"measured": False, "reason": ...}`` where it cannot be
-    measured."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    names = [s for s in split_names if s in splits and splits[s].groups is not None]
-    if not names:
-        return {"measured": False, "reason": f"card {card.name!r} names no group (cue) column, or its splits {list(split_names)} lack it"}
-    groups = np.concatenate([splits[s].groups for s in names])
-    values = sorted(set(groups) - {""})
-    if len(values) != 2:
-        return {"measured": False, "reason": f"the group column has {len(values)} values ({values[:5]}); the cue "
-                                             "leakage needs a two-valued cue"}
-    z = np.concatenate([scores[s] for s in names])
-    labels = np.concatenate([splits[s].labels for s in names])
-    logits = np.concatenate([(inputs or scores)[s] for s in names]) @ coef.T + intercept
-    cue = (groups == values[1]).astype(int)
-    by_scores, by_logit, logit_se, sizes = [], [], [], []
-    for k in np.unique(labels):
-        sel = (labels == k) & (groups != "")
-        counts = np.bincount(cue[sel], minlength=2)
-        if counts.min() < 5:
-            continue
-        if from_scores:
-            folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=seed)
-            prob = cross_val_predict(LogisticRegression(max_iter=2000), z[sel], cue[sel], cv=folds,
-                                     method="predict_proba")[:, 1]
-            by_scores.append(float(roc_auc_score(cue[sel], prob)))
-        margin = logits[sel, k] - np.delete(logits[sel], k, axis=1).mean(1)
-        a = float(roc_auc_score(cue[sel], margin))
-        by_logit.append(max(a, 1 - a))
-        higher, lower = (counts[1], counts[0]) if a >= 0.5 else (counts[0], counts[1])  # the value ranked higher
-        logit_se.append(auroc_standard_error(by_logit[-1], int(higher), int(lower)))
-        sizes.append(int(sel.sum()))
-    if not sizes:
-        return {"measured": False, "reason": f"no class has at least 5 images of each cue value in {', '.join(names)}"}
-    return {
-        **({"scores_auroc": float(np.average(by_scores, weights=sizes))} if from_scores else {}),
-        "logit_auroc": float(np.average(by_logit, weights=sizes)),
-        "logit_auroc_se": float(np.sqrt(np.sum((np.asarray(sizes) / sum(sizes)) ** 2 * np.square(logit_se)))),
-        "cue": card.group_column, "values": values, "splits": names, "n": int(sum(sizes)),
-    }
-
-
 def fill_unknown(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``values`` (split -> ``(n, m)`` truth-derived concept values, NaN where a case is not annotated)
     with every unknown value at its column's mean over the annotated training cases (0 where none
@@ -416,13 +378,37 @@ def _without_truth(reason: str, card, splits, scores, coef, intercept, seed: int
     return {"measured": False, "reason": reason, **({} if leak.get("measured") is False else {"cue_leakage": leak})}
 
 
+def _curve_and_oracle(model: Any, coef: np.ndarray, intercept: np.ndarray, inputs: dict[str, np.ndarray],
+                      splits: dict[str, SplitData], truth: dict[str, tuple[list[str], np.ndarray]], with_truth: list[str],
+                      levels: tuple[np.ndarray, np.ndarray], annotated: dict[str, str], head: Any,
+                      not_measured: dict[str, Any] | None) -> dict[str, Any]:
+    """``intervention`` and ``intervention_order`` on the evaluated splits with truth (``annotated``:
+    name -> split), and with ``head`` the ``oracle``; ``not_measured`` (why) stands for the curve and
+    the oracle where no evaluated split has truth, for the oracle alone where val has none."""
+    if not annotated:
+        return {"intervention": not_measured, "intervention_order": [], **({"oracle": not_measured} if head is not None else {})}
+    names = model.bottleneck.concept_names
+    evaluations = {name: (inputs[s], splits[s].labels, truth[s][1], truth[s][0]) for name, s in annotated.items()}
+    out: dict[str, Any] = dict(zip(("intervention", "intervention_order"),
+                                   intervention_curve(coef, intercept, names, levels, evaluations)))
+    if head is not None and not_measured is not None:
+        out["oracle"] = not_measured  # val, where the oracle chooses its path point, has no truth
+    elif head is not None:
+        col = {c: i for i, c in enumerate(names)}
+        columns = [col[c] for c in with_truth]
+        values = fill_unknown({s: truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns]
+                               for s in ("train", "val", *annotated.values())})
+        out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits, annotated)
+    return out
+
+
 def measure_faithfulness(
     model: Any,
     card: Any,
     splits: dict[str, SplitData],
     *,
     coef: np.ndarray | None = None, intercept: np.ndarray | None = None,
-    head: Any = None, store_names: Sequence[str] = (),
+    head: Any = None, store_names: Sequence[str] | None = None,
     seed: int = 0, on_scores: bool = False,
 ) -> dict[str, Any]:
     """Faithfulness figures of a head on a card with concept truth (see the module docstring).
@@ -430,17 +416,18 @@ def measure_faithfulness(
     Args:
         model: a fitted ``ConceptBottleneckModel`` (its bottleneck scores the splits; its head is
             measured unless ``coef``/``intercept`` give another head on the same concept values).
-        card: the ``DataCard`` (its ``concept_truth``, confounder and group column).
+        card: the ``DataCard`` (its ``concept_truth``, confounder and group column), a card name or a path.
         splits: encoded splits with at least train, val and test (``cbm.pipeline.extract_splits``;
             a split of one's own may stand under any of these names).
         coef, intercept: another head's ``(K, C)`` weights and biases on the model's concept values
             (``on_scores``: on its standardised scores, as the dense concept head is fitted).
         head: an unfitted estimator of the measured head's type, for the ``oracle`` (omitted without one).
-        store_names: the card's concept store (truth may name any of its concepts).
+        store_names: the concepts truth may name besides the model's (default: the card's concept store).
         seed: seed of the cross-validation folds of ``cue_leakage``.
         on_scores: the head weighs the standardised scores, not the model's (calibrated) concept
             values: interventions then set scores to ``model.score_levels()``.
     """
+    card = resolve_card(card) if isinstance(card, (str, os.PathLike)) else card
     names = model.bottleneck.concept_names
     coef, intercept = (model.coef if coef is None else np.asarray(coef, np.float32),
                        model.intercept if intercept is None else np.asarray(intercept, np.float32))
@@ -449,7 +436,7 @@ def measure_faithfulness(
     without_truth = lambda reason: _without_truth(reason, card, splits, scores, coef, intercept, seed, inputs)  # noqa: E731
     if not getattr(card, "concept_truth", None):
         return without_truth(f"card {card.name!r} names no concept truth columns (concept_truth)")
-    check_truth_names(card, names, store_names)
+    check_truth_names(card, names, card_store_names(card) if store_names is None else store_names)
     if missing := [s for s in ("train", "val", "test") if s not in splits]:
         raise ValueError(f"measure_faithfulness needs the train, val and test splits (train: each concept's association with "
                          f"the classes; val: the oracle's choice; test: the figures); missing: {', '.join(missing)}: encode "
@@ -479,19 +466,19 @@ def measure_faithfulness(
             "no out-of-domain figure")}}),
         "concepts_with_truth": len(with_truth),
         **({"splits_without_truth": unannotated} if unannotated else {}),
-        "concept_auroc": {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)},
     }
-    known = [v for v in out["concept_auroc"].values() if v is not None]
+    # read where there is truth; a part no evaluated split annotates says so (never a curve of k = 0 alone)
+    annotated = {name: s for name, s in evaluate.items() if s not in unannotated}
+    none_there = lambda where: {"measured": False, "reason": (  # noqa: E731
+        f"the {where} split of card {card.name!r} annotates no concept truth; fill its truth columns in the manifest")}
+    aurocs = {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)}
+    known = [v for v in aurocs.values() if v is not None]
+    out["concept_auroc"] = none_there("test") if "test" in unannotated else aurocs
     out["mean_concept_auroc"] = float(np.mean(known)) if known else None
     phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
     out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
-    evaluations = {name: (inputs[s], splits[s].labels, truth[s][1], truth[s][0]) for name, s in evaluate.items()}
-    out["intervention"], out["intervention_order"] = intervention_curve(coef, intercept, names, levels, evaluations)
-    if head is not None:
-        columns = [col[c] for c in with_truth]
-        values = fill_unknown({s: truth_to_values(truth[s][1], truth[s][0], names, levels)[:, columns]
-                               for s in ("train", "val", *evaluate.values())})
-        out["oracle"] = oracle_accuracies(head, model.concept_prior, columns, values, splits,  # where there is truth
-                                          {n: s for n, s in evaluate.items() if s not in unannotated})
+    where = none_there(" and ".join(dict.fromkeys(evaluate.values()))) if not annotated else none_there("val")
+    out.update(_curve_and_oracle(model, coef, intercept, inputs, splits, truth, with_truth, levels, annotated,
+                                 head, where if not annotated or "val" in unannotated else None))
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out

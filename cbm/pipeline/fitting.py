@@ -217,7 +217,8 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
                       check_store: bool, calibrate: bool | str):
     """The head fitted on the train concept values (val chooses) under the store's prior, that prior
     checked against the card's concept truth when ``check_store`` (where the card annotates it, the
-    store's entries must be borne out by it), with the truth where the head takes it; on concept
+    store's entries must be borne out by it; for a head that takes no prior too, as the store its
+    weights are judged against), with the truth where the head takes it; on concept
     probabilities or on scores as ``calibrate`` says (``"auto"``: :func:`_choose_values`).
 
     Returns ``(head, prior, store_check record or None, (score levels or None, calibration or None,
@@ -227,12 +228,13 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
     names = list(cset.concepts)
     ordered = bool(getattr(card, "ordered_classes", False)) and len(card.class_names) >= 3
     est, prior, store_check = make_head(head, None, ordered), cset.prior(), None
-    if getattr(est, "needs_prior", lambda: False)():
-        if check_store:
-            prior, store_check = checked_prior(card, splits["train"], names, prior)
+    constrained = bool(getattr(est, "needs_prior", lambda: False)())
+    if check_store:  # for any head: the store the model's weights are judged against (class card, report)
+        prior, store_check = checked_prior(card, splits["train"], names, prior)
+        if store_check.get("checked"):
+            store_check["constrains_head"] = constrained
+    if constrained:
         est.set_params(prior=prior)
-    elif check_store:
-        store_check = {"checked": False, "reason": f"the head ({type(est).__name__}) takes no class-concept prior"}
     t0 = time.perf_counter()
     if calibrate == "auto":
         est, inputs, choice = _choose_values(card, splits, names, scores, est)
