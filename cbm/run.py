@@ -112,6 +112,37 @@ def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> fl
     return float(value)
 
 
+class SweepSummary:
+    """A Hydra callback (``hydra.callbacks.summary`` in ``conf/config.yaml``): after each job of a
+    sweep, ``summary.md`` and ``summary.json`` in the sweep's folder list every job so far side by
+    side (:mod:`cbm.pipeline.compare`; ``cbm compare multirun/<time>`` prints the same), the run
+    each dataset's sweep would choose by ``optimized_metric`` marked. Written after a failed job
+    too, which Hydra's launcher reports only once the sweep ends; a single run writes none. Hydra's
+    other events are no-ops here (this module does not import Hydra to subclass its ``Callback``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from cbm.pipeline.compare import compare_runs, comparison_table
+        from cbm.utils import atomic_write_json, atomic_write_text
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        sweep = Path(str(config.hydra.sweep.dir))
+        try:
+            rows = compare_runs([sweep], str(config.optimized_metric))
+            atomic_write_json(sweep / "summary.json", rows)
+            atomic_write_text(sweep / "summary.md", f"# Sweep: {sweep.name}\n\n" + comparison_table(rows, root=sweep))
+        except (OSError, ValueError) as exc:  # the summary must not fail the sweep
+            log.warning("sweep summary not written: %s", exc)
+
+
 def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -4,6 +4,7 @@ and a run folder holds what the README promises (config, metrics.json, results.m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -117,6 +118,18 @@ def test_multirun_sweep(tiny, tmp_path):
     assert len(runs) == 2
     ratios = {json.loads((r / "model" / "model.json").read_text())["info"]["head"]["l1_ratio"] for r in runs}
     assert ratios == {0.9, 0.99}
+    # the sweep's summary: both jobs side by side, the one with the higher validation figure chosen
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["overrides"][0] for r in rows] == ["head.l1_ratio=0.9", "head.l1_ratio=0.99"]
+    values = [r["selection"]["value"] for r in rows]
+    assert all(r["selection"]["figure"] == "cbm.val_worst_group_accuracy" for r in rows)  # auto, on a card with groups
+    for r in rows:
+        metrics = json.loads((Path(r["run"]) / "metrics.json").read_text())
+        assert r["selection"]["value"] == metrics["cbm"]["val_worst_group_accuracy"]
+        assert r["cbm"]["ood_accuracy"] == metrics["cbm"]["ood_accuracy"]
+    assert [r["chosen"] for r in rows] == [values[0] >= values[1], values[0] < values[1]]
+    table = (sweep / "summary.md").read_text()
+    assert "| 0" in table and "`head.l1_ratio=0.99`" in table and table.count(" **(chosen)** |") == 1
 
 
 def test_bad_override_is_an_error_not_a_crash(capsys):
@@ -180,6 +193,19 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
                      f"hydra.sweep.dir={sweep}"])
     assert code != 0  # the sweep reports the failure...
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()  # ...after job 1 ran
+    # the summary lists the failed job as such, and cbm compare reads the sweep's folder the same way
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert rows[0]["status"].startswith("no results") and rows[1]["status"] == "ok" and rows[1]["chosen"]
+    capsys.readouterr()
+    assert cbm_main(["compare", str(sweep)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[2].startswith("| 0 | `head.selection=concepts`") and "no results" in table.splitlines()[2]
+    assert table.splitlines()[3].startswith("| 1 **(chosen)** | `head.selection=accuracy`")
+    assert cbm_main(["compare", str(sweep / "1"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["chosen"] is True
+    assert cbm_main(["compare", str(sweep), "--metric", "cbm.id_accuracy"]) == 2
+    assert "test figures never choose" in capsys.readouterr().err
+    assert cbm_main(["compare", str(tmp_path / "nowhere")]) == 2
     assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()
 
 

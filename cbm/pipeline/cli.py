@@ -1,4 +1,5 @@
-"""``cbm validate CARD [--strict] [--no-files] [--no-read]``: every problem of a card that a run would stop on.
+"""``cbm validate CARD [--strict] [--no-files] [--no-read]``: every problem of a card that a run would stop on;
+``cbm compare RUN_OR_SWEEP...``: runs side by side (:mod:`cbm.pipeline.compare`).
 
 The manifest's problems (:func:`cbm.data.cli.validate_manifest`: missing files, unknown labels,
 leaks between splits, bad concept truth cells ...), then the card's concept store as a run reads it
@@ -25,6 +26,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="check that image files exist without reading them (by default each one's header, and a "
                         "PNG's or JPEG's data, is read: no pixel decoded, but every byte of those read once)")
     p.set_defaults(func=_validate)
+    p = subparsers.add_parser("compare", help="runs side by side: a sweep's folder or run folders, as one table")
+    p.add_argument("runs", nargs="+", help="run folders (outputs/<card>/<time>) or a sweep's folder (multirun/<time>)")
+    p.add_argument("--metric", default="auto", help="the validation figure that marks the chosen run, METHOD.FIGURE "
+                                                   "(default auto: cbm.val_worst_group_accuracy where measured, else cbm.val_accuracy)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a markdown table")
+    p.set_defaults(func=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from cbm.pipeline.compare import compare_runs, comparison_table
+
+    method, _, figure = args.metric.partition(".")
+    if args.metric != "auto" and not (method and figure.startswith("val_")):
+        raise ValueError(f"--metric {args.metric!r}: write auto or METHOD.FIGURE with a validation figure, e.g. "
+                         "cbm.val_accuracy (test figures never choose)")
+    rows = compare_runs(args.runs, args.metric)
+    text = json.dumps(rows, indent=1) + "\n" if args.json else comparison_table(
+        rows, root=os.path.commonpath([os.path.abspath(r) for r in args.runs]))
+    print(text, end="")
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -1,0 +1,142 @@
+"""Runs side by side: the summary of a sweep, and ``cbm compare``.
+
+Each run folder's ``metrics.json`` (with its Hydra overrides, where ``cbm run`` wrote them) becomes
+a row: the figure a sweep optimises (a validation figure), the faithful head's validation and test
+accuracy, its sparsity and faithfulness, and the linear probe for reference. Among the runs of one
+dataset, the one the sweep would choose (the highest optimised figure) is marked; the choice reads
+that validation figure only, and the test columns are there to be read, not to choose by. A folder
+without ``metrics.json`` (a job that failed or was interrupted) is listed as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["compare_runs", "comparison_table", "run_folders", "selection_figure"]
+
+AUTO = "auto"
+
+
+def selection_figure(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> tuple[str, float | None]:
+    """``(method.figure, value)`` of the figure a sweep optimises (``auto``: the faithful head's
+    validation worst-group accuracy where the run measured it, else its validation accuracy)."""
+    if optimized_metric == AUTO:
+        grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
+        optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
+    method, _, figure = optimized_metric.partition(".")
+    value = (metrics.get(method) or {}).get(figure)
+    return optimized_metric, None if value is None else float(value)
+
+
+def run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Run folders: each path that is one (it holds ``metrics.json`` or a ``.hydra`` folder), else
+    the sweep's numbered folders under it, in number order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such folder; give run folders (outputs/<card>/<time>) or a sweep's "
+                                    "folder (multirun/<time>)")
+        if (p / "metrics.json").is_file() or (p / ".hydra").is_dir():
+            out.append(p)
+            continue
+        jobs = [c for c in p.iterdir() if c.is_dir() and ((c / "metrics.json").is_file() or (c / ".hydra").is_dir())]
+        if not jobs:
+            raise FileNotFoundError(f"{p}: neither a run folder (metrics.json) nor a sweep's folder (numbered run folders)")
+        out += sorted(jobs, key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
+    return out
+
+
+def _overrides(folder: Path) -> list[str]:
+    import yaml
+
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _dataset(folder: Path) -> str | None:
+    """The run's card name, from the first line of its ``results.md`` (``# Results: <card>``)."""
+    try:
+        first = (folder / "results.md").read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return first.removeprefix("# Results:").strip() or None
+
+
+def _row(folder: Path, optimized_metric: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"run": str(folder), "overrides": _overrides(folder), "dataset": _dataset(folder)}
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {**row, "status": "no results: the job failed or was interrupted (see its run.log)"}
+    except (OSError, ValueError) as exc:
+        return {**row, "status": f"metrics.json unreadable ({exc})"}
+    cbm = metrics.get("cbm") or {}
+    f = cbm.get("faithfulness") or {}
+    curve = f.get("intervention") if isinstance(f.get("intervention"), list) else []
+    name, value = selection_figure(metrics, optimized_metric)
+    probe = metrics.get("linear_probe") or {}
+    return {**row, "status": "ok", "selection": {"figure": name, "value": value}, "cbm": {
+        **{k: cbm.get(k) for k in ("val_accuracy", "val_worst_group_accuracy", "id_accuracy", "ood_accuracy", "gap",
+                                   "concepts_per_class")},
+        "sign_agreement": f.get("sign_agreement"),
+        "intervention_end": {k: curve[-1].get(k) for k in ("id_accuracy", "ood_accuracy") if k in curve[-1]} if curve else None,
+        "cue_logit_auroc": (f.get("cue_leakage") or {}).get("logit_auroc"),
+    }, "linear_probe": {k: probe.get(k) for k in ("id_accuracy", "ood_accuracy")} if probe else None}
+
+
+def compare_runs(paths: Sequence[str | os.PathLike], optimized_metric: str = AUTO) -> list[dict[str, Any]]:
+    """One row per run folder (:func:`run_folders`); ``chosen`` marks, per dataset, the run with the
+    highest ``optimized_metric`` (a validation figure; ties: the first)."""
+    rows = [_row(f, optimized_metric) for f in run_folders(paths)]
+    best: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        value = (r.get("selection") or {}).get("value")
+        if value is not None and (r["dataset"] not in best or value > best[r["dataset"]]["selection"]["value"]):
+            best[r["dataset"]] = r
+    for r in rows:
+        r["chosen"] = any(r is b for b in best.values())
+    return rows
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None = None) -> str:
+    """The rows as markdown (run folders relative to ``root`` where they lie below it)."""
+    figures = sorted({r["selection"]["figure"] for r in rows if r.get("selection")})
+    lines = [
+        "| run | overrides | dataset | selection (val) | cbm val acc | cbm ID | cbm OOD | gap | concepts/class | "
+        "sign agreement | interventions end ID / OOD | cue from logit | probe ID / OOD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name, full = r["run"], Path(os.path.abspath(r["run"]))
+        if root is not None and full != Path(os.path.abspath(root)) and full.is_relative_to(os.path.abspath(root)):
+            name = str(full.relative_to(os.path.abspath(root)))
+        overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "–"
+        if r["status"] != "ok":
+            lines.append(f"| {name} | {overrides} | {r['dataset'] or '–'} | {r['status']} |" + " |" * 9)
+            continue
+        c, end, probe = r["cbm"], r["cbm"]["intervention_end"] or {}, r["linear_probe"] or {}
+        cpc = c.get("concepts_per_class")
+        lines.append(
+            f"| {name}{' **(chosen)**' if r['chosen'] else ''} | {overrides} | {r['dataset'] or '–'} | "
+            f"{_pct(r['selection']['value'])} | {_pct(c['val_accuracy'])} | {_pct(c['id_accuracy'])} | "
+            f"{_pct(c['ood_accuracy'])} | {_pct(c['gap'])} | {'–' if cpc is None else f'{cpc:.1f}'} | "
+            f"{'–' if c['sign_agreement'] is None else format(c['sign_agreement'], '.3f')} | "
+            f"{' / '.join(_pct(end[k]) for k in ('id_accuracy', 'ood_accuracy') if k in end) or '–'} | "
+            f"{'–' if c['cue_logit_auroc'] is None else format(c['cue_logit_auroc'], '.3f')} | "
+            f"{' / '.join(_pct(probe.get(k)) for k in ('id_accuracy', 'ood_accuracy')) if probe else '–'} |")
+    note = (f"Accuracy in %. selection: {', '.join(figures) or 'the optimised figure'}, on the validation split; "
+            "**(chosen)** marks the run of each dataset with the highest, as a sweep would choose. The test columns "
+            "(ID, OOD, interventions, probe) are there to read, not to choose by.")
+    return "\n".join([*lines, "", note]) + "\n"
