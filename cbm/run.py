@@ -23,10 +23,10 @@ import difflib
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metric, selection_figure  # noqa: F401 - cbm.run's API
 from cbm.resources import resource_dir
 
 __all__ = ["hydra_main", "register", "AUTO_METRIC", "CONFIG_DIR", "check_optimized_metric", "resolve_dataset", "sweep_value"]
@@ -59,57 +59,20 @@ def resolve_dataset(dataset: dict[str, Any]):
     raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
 
 
-AUTO_METRIC = "auto"
-"""``optimized_metric: auto``: ``cbm.val_worst_group_accuracy`` where the run measured it (the card
-has groups, e.g. a confounder, in val), else ``cbm.val_accuracy``."""
-
-
-VALIDATION_FIGURES = ("val_accuracy", "val_worst_group_accuracy")
-"""The figures a sweep may optimise (of any method: ``cbm.val_accuracy``, ``linear_probe.val_accuracy``)."""
-
-
-def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None = None, card: Any = None) -> None:
-    """Refuse, before any work, an ``optimized_metric`` that is not ``auto`` or ``method.figure`` with a
-    validation figure and, given the ``methods`` the run will measure, one of them; given the
-    ``card``, a worst-group figure where it names no group column."""
-    if optimized_metric == AUTO_METRIC:
-        return
-    method, _, figure = optimized_metric.partition(".")
-    if not method or not figure:
-        raise ValueError(f"optimized_metric={optimized_metric!r}: write auto or METHOD.FIGURE, a method and one of its "
-                         f"validation figures ({', '.join(VALIDATION_FIGURES)}), e.g. cbm.val_accuracy")
-    if methods is not None and method not in methods:
-        raise ValueError(f"optimized_metric={optimized_metric!r}: this run measures no method {method!r}; it "
-                         f"measures {', '.join(methods)}")
-    if not figure.startswith("val_"):
-        raise ValueError(
-            f"optimized_metric={optimized_metric!r} is not a validation figure: a sweep may only optimise what the "
-            "val split says (auto, cbm.val_accuracy, cbm.val_worst_group_accuracy), never a test figure"
-        )
-    if figure not in VALIDATION_FIGURES:
-        raise ValueError(f"optimized_metric={optimized_metric!r}: no validation figure is called {figure!r}; "
-                         f"use auto or METHOD.FIGURE with FIGURE one of {', '.join(VALIDATION_FIGURES)}")
-    if "worst_group" in figure and card is not None and not getattr(card, "group_column", None):
-        raise ValueError(f"optimized_metric={optimized_metric!r}: card {card.name!r} names no group column "
-                         f"(group_column), so no worst-group figure is measured; use {method}.val_accuracy or auto")
-
-
 def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
     """The figure ``method.figure`` of ``metrics`` that a sweep optimises; it must be a validation
-    figure (``auto``: :data:`AUTO_METRIC`)."""
+    figure (``auto``: :data:`~cbm.pipeline.compare.AUTO_METRIC`)."""
     check_optimized_metric(optimized_metric)
+    name, value = selection_figure(metrics, optimized_metric)
     if optimized_metric == AUTO_METRIC:
-        grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
-        optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
-        log.info("optimized_metric auto: %s", optimized_metric)  # a sweep over cards may mix the two
-    method, _, figure = optimized_metric.partition(".")
+        log.info("optimized_metric auto: %s", name)  # a sweep over cards may mix the two
+    method, _, figure = name.partition(".")
     if method not in metrics or figure not in metrics[method]:
         known = sorted(f"{m}.{k}" for m, r in metrics.items() for k in r if k.startswith("val_"))
-        raise ValueError(f"optimized_metric={optimized_metric!r} is not in this run's figures; these are: {', '.join(known)}")
-    value = metrics[method][figure]
+        raise ValueError(f"optimized_metric={name!r} is not in this run's figures; these are: {', '.join(known)}")
     if value is None:  # e.g. worst-group accuracy on a card without groups
-        raise ValueError(f"optimized_metric={optimized_metric!r} was not measured in this run (no groups in val?)")
-    return float(value)
+        raise ValueError(f"optimized_metric={name!r} was not measured in this run (no groups in val?)")
+    return value
 
 
 class SweepSummary:
@@ -135,6 +98,8 @@ class SweepSummary:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             return
         sweep = Path(str(config.hydra.sweep.dir))
+        if not sweep.is_absolute():  # with hydra.job.chdir=true the job's folder is the working directory now
+            sweep = Path(str(config.hydra.runtime.cwd)) / sweep
         try:
             rows = compare_runs([sweep], str(config.optimized_metric))
             atomic_write_json(sweep / "summary.json", rows)
@@ -147,15 +112,15 @@ def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from cbm.pipeline.experiment import set_aside_earlier_results
+    from cbm.pipeline.run_folder import set_aside_earlier_results
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    set_aside_earlier_results(out_dir)  # before any check: Hydra has written this run's config there
     try:
+        set_aside_earlier_results(out_dir)  # before any check: Hydra has written this run's config there
         metrics = _run(cfg, out_dir)
         value = sweep_value(metrics, str(cfg.optimized_metric))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         # a single run states a user-facing error plainly (HYDRA_FULL_ERROR=1 keeps the traceback);
         # in a sweep the error stays an exception, so the launcher goes on with the other jobs
         log.error("%s", exc)
@@ -192,16 +157,21 @@ def _plain(node) -> Any:
 
 
 def _instantiate(node, key: str) -> Any:
-    """The object a config node describes; a bad value (a ValueError or TypeError the object's own
-    checks raise, which Hydra wraps) is a ValueError naming the node, so it is reported as bad input."""
+    """The object a config node describes; a bad value (a ValueError the object's own checks raise,
+    or a setting it does not take: Hydra wraps both) is a ValueError naming the node, so it is
+    reported as bad input."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
         return instantiate(node)
     except InstantiationException as exc:
-        if isinstance(exc.__cause__, (ValueError, TypeError)):
-            raise ValueError(f"{key}: {exc.__cause__}") from exc
+        cause = exc.__cause__
+        binding = isinstance(cause, TypeError) and any(  # a setting the object does not take, or lacks
+            words in str(cause) for words in ("unexpected keyword argument", "required positional argument",
+                                              "required keyword-only argument"))
+        if isinstance(cause, ValueError) or binding:  # a programming error's TypeError keeps its traceback
+            raise ValueError(f"{key}: {cause}") from exc
         raise
 
 

@@ -408,6 +408,10 @@ def test_a_part_no_evaluated_split_annotates_says_so(world):
     assert out["concept_auroc"]["measured"] is False
     assert len(out["intervention"]) > 1 and all("ood_accuracy" not in p and "id_accuracy" in p for p in out["intervention"])
     assert "(ID only)" in _faithfulness_table({"cbm": {"faithfulness": out}})
+    no_id = {s: (blank(d) if s == "test_id" else d) for s, d in fit.splits.items()}
+    out = measure_faithfulness(fit.model, card, no_id)
+    assert all("id_accuracy" not in p and "ood_accuracy" in p for p in out["intervention"])
+    assert "(OOD only)" in _faithfulness_table({"cbm": {"faithfulness": out}})
 
 
 def test_faithfulness_of_a_model_on_some_of_the_stores_concepts(world):

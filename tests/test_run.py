@@ -204,7 +204,11 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
     assert cbm_main(["compare", str(sweep / "1"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["chosen"] is True
     assert cbm_main(["compare", str(sweep), "--metric", "cbm.id_accuracy"]) == 2
-    assert "test figures never choose" in capsys.readouterr().err
+    assert "never a test figure" in capsys.readouterr().err
+    assert cbm_main(["compare", str(sweep), "--metric", "cbm.val_acuracy"]) == 2
+    assert "no validation figure is called 'val_acuracy'" in capsys.readouterr().err
+    assert cbm_main(["compare", str(sweep), str(sweep / "1")]) == 0  # a run given twice is one row
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1")]) == 1
     assert cbm_main(["compare", str(tmp_path / "nowhere")]) == 2
     assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()
 

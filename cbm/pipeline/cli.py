@@ -40,11 +40,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     from cbm.pipeline.compare import compare_runs, comparison_table
 
-    method, _, figure = args.metric.partition(".")
-    if args.metric != "auto" and not (method and figure.startswith("val_")):
-        raise ValueError(f"--metric {args.metric!r}: write auto or METHOD.FIGURE with a validation figure, e.g. "
-                         "cbm.val_accuracy (test figures never choose)")
-    rows = compare_runs(args.runs, args.metric)
+    rows = compare_runs(args.runs, args.metric)  # --metric: a validation figure (cbm.selection)
     text = json.dumps(rows, indent=1) + "\n" if args.json else comparison_table(
         rows, root=os.path.commonpath([os.path.abspath(r) for r in args.runs]))
     print(text, end="")

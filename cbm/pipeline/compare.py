@@ -16,38 +16,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_runs", "comparison_table", "run_folders", "selection_figure"]
+from cbm.selection import AUTO_METRIC, check_optimized_metric, selection_figure
 
-AUTO = "auto"
+__all__ = ["compare_runs", "comparison_table", "run_folders"]
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "metrics.json").is_file() or (folder / ".hydra").is_dir()
 
 
-def selection_figure(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> tuple[str, float | None]:
-    """``(method.figure, value)`` of the figure a sweep optimises (``auto``: the faithful head's
-    validation worst-group accuracy where the run measured it, else its validation accuracy)."""
-    if optimized_metric == AUTO:
-        grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
-        optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
-    method, _, figure = optimized_metric.partition(".")
-    value = (metrics.get(method) or {}).get(figure)
-    return optimized_metric, None if value is None else float(value)
+def _this_sweeps(sweep: Path, jobs: list[Path]) -> list[Path]:
+    """The jobs of the sweep that last ran in ``sweep``: those whose config was written after its
+    ``multirun.yaml`` (a folder used for an earlier sweep keeps that sweep's other jobs)."""
+    started = sweep / "multirun.yaml"
+    if not started.is_file():
+        return jobs
+    since = started.stat().st_mtime
+
+    def written(job: Path) -> float:  # the job's config files (rewritten in place when a job runs again)
+        return max((f.stat().st_mtime for f in (job / ".hydra").glob("*.yaml")), default=since)
+
+    return [j for j in jobs if not (j / ".hydra").is_dir() or written(j) >= since]
 
 
 def run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Run folders: each path that is one (it holds ``metrics.json`` or a ``.hydra`` folder), else
-    the sweep's numbered folders under it, in number order."""
+    """Run folders, each once: each path that is one (it holds ``metrics.json`` or a ``.hydra``
+    folder), else the numbered folders of the sweep that last ran under it, in number order."""
     out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: no such folder; give run folders (outputs/<card>/<time>) or a sweep's "
                                     "folder (multirun/<time>)")
-        if (p / "metrics.json").is_file() or (p / ".hydra").is_dir():
+        if _is_run(p):
             out.append(p)
             continue
-        jobs = [c for c in p.iterdir() if c.is_dir() and ((c / "metrics.json").is_file() or (c / ".hydra").is_dir())]
+        jobs = [c for c in p.iterdir() if c.is_dir() and _is_run(c)]
         if not jobs:
             raise FileNotFoundError(f"{p}: neither a run folder (metrics.json) nor a sweep's folder (numbered run folders)")
-        out += sorted(jobs, key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
-    return out
+        out += sorted(_this_sweeps(p, jobs), key=lambda c: (not c.name.isdigit(), int(c.name) if c.name.isdigit() else 0, c.name))
+    seen: set[Path] = set()
+    return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
 def _overrides(folder: Path) -> list[str]:
@@ -61,23 +68,36 @@ def _overrides(folder: Path) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _dataset(folder: Path) -> str | None:
-    """The run's card name, from the first line of its ``results.md`` (``# Results: <card>``)."""
+def _dataset(folder: Path) -> tuple[str | None, str | None]:
+    """The run's card name (the first line of its ``results.md``, ``# Results: <card>``) and what
+    tells its dataset from others of that name: its ``dataset`` config (every demo world is
+    ``demo-derm``; its seed and confounding make it another dataset), where ``cbm run`` wrote it."""
+    import yaml
+
     try:
-        first = (folder / "results.md").read_text(encoding="utf-8").splitlines()[0]
+        name = (folder / "results.md").read_text(encoding="utf-8").splitlines()[0].removeprefix("# Results:").strip()
     except (OSError, IndexError):
-        return None
-    return first.removeprefix("# Results:").strip() or None
+        name = None
+    try:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text(encoding="utf-8"))
+        node = {k: v for k, v in (config.get("dataset") or {}).items() if k != "extra_metrics"}
+        key = json.dumps(node, sort_keys=True, default=str)
+    except (OSError, AttributeError, yaml.YAMLError):
+        key = None
+    return name or None, key or name or None
 
 
 def _row(folder: Path, optimized_metric: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"run": str(folder), "overrides": _overrides(folder), "dataset": _dataset(folder)}
+    name, key = _dataset(folder)
+    row: dict[str, Any] = {"run": str(folder), "overrides": _overrides(folder), "dataset": name, "dataset_key": key}
     try:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {**row, "status": "no results: the job failed or was interrupted (see its run.log)"}
     except (OSError, ValueError) as exc:
         return {**row, "status": f"metrics.json unreadable ({exc})"}
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        return {**row, "status": "metrics.json unreadable (not a run's figures: an object of methods)"}
     cbm = metrics.get("cbm") or {}
     f = cbm.get("faithfulness") or {}
     curve = f.get("intervention") if isinstance(f.get("intervention"), list) else []
@@ -92,15 +112,17 @@ def _row(folder: Path, optimized_metric: str) -> dict[str, Any]:
     }, "linear_probe": {k: probe.get(k) for k in ("id_accuracy", "ood_accuracy")} if probe else None}
 
 
-def compare_runs(paths: Sequence[str | os.PathLike], optimized_metric: str = AUTO) -> list[dict[str, Any]]:
-    """One row per run folder (:func:`run_folders`); ``chosen`` marks, per dataset, the run with the
-    highest ``optimized_metric`` (a validation figure; ties: the first)."""
+def compare_runs(paths: Sequence[str | os.PathLike], optimized_metric: str = AUTO_METRIC) -> list[dict[str, Any]]:
+    """One row per run folder (:func:`run_folders`); ``chosen`` marks, per dataset (its config, where
+    ``cbm run`` wrote it, else its card's name), the run with the highest ``optimized_metric`` (a
+    validation figure, :func:`cbm.selection.check_optimized_metric`; ties: the first)."""
+    check_optimized_metric(optimized_metric)
     rows = [_row(f, optimized_metric) for f in run_folders(paths)]
     best: dict[Any, dict[str, Any]] = {}
     for r in rows:
-        value = (r.get("selection") or {}).get("value")
-        if value is not None and (r["dataset"] not in best or value > best[r["dataset"]]["selection"]["value"]):
-            best[r["dataset"]] = r
+        value, key = (r.get("selection") or {}).get("value"), r["dataset_key"]
+        if value is not None and (key not in best or value > best[key]["selection"]["value"]):
+            best[key] = r
     for r in rows:
         r["chosen"] = any(r is b for b in best.values())
     return rows
@@ -108,6 +130,13 @@ def compare_runs(paths: Sequence[str | os.PathLike], optimized_metric: str = AUT
 
 def _pct(v: Any) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _end_text(end: dict[str, Any]) -> str:
+    """The curve's last point, ID / OOD, or the one of them a card's truth allowed, named."""
+    if len(end) == 2:
+        return f"{_pct(end['id_accuracy'])} / {_pct(end['ood_accuracy'])}"
+    return " ".join(f"{_pct(v)} ({k.split('_')[0].upper()} only)" for k, v in end.items()) or "–"
 
 
 def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None = None) -> str:
@@ -122,7 +151,7 @@ def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None 
         name, full = r["run"], Path(os.path.abspath(r["run"]))
         if root is not None and full != Path(os.path.abspath(root)) and full.is_relative_to(os.path.abspath(root)):
             name = str(full.relative_to(os.path.abspath(root)))
-        overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "–"
+        overrides = " ".join(f"`{o}`".replace("|", "\\|") for o in r["overrides"]) or "–"
         if r["status"] != "ok":
             lines.append(f"| {name} | {overrides} | {r['dataset'] or '–'} | {r['status']} |" + " |" * 9)
             continue
@@ -133,7 +162,7 @@ def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None 
             f"{_pct(r['selection']['value'])} | {_pct(c['val_accuracy'])} | {_pct(c['id_accuracy'])} | "
             f"{_pct(c['ood_accuracy'])} | {_pct(c['gap'])} | {'–' if cpc is None else f'{cpc:.1f}'} | "
             f"{'–' if c['sign_agreement'] is None else format(c['sign_agreement'], '.3f')} | "
-            f"{' / '.join(_pct(end[k]) for k in ('id_accuracy', 'ood_accuracy') if k in end) or '–'} | "
+            f"{_end_text(end)} | "
             f"{'–' if c['cue_logit_auroc'] is None else format(c['cue_logit_auroc'], '.3f')} | "
             f"{' / '.join(_pct(probe.get(k)) for k in ('id_accuracy', 'ood_accuracy')) if probe else '–'} |")
     note = (f"Accuracy in %. selection: {', '.join(figures) or 'the optimised figure'}, on the validation split; "

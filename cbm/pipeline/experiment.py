@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_n
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
 from cbm.pipeline.outputs import path_chart, results_table
+from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
 from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
 
@@ -138,32 +138,6 @@ def run_experiment(
     _write_outputs(out, fit, metrics, save_model)
     _write_run_records(out, splits, timings)
     return metrics
-
-
-EARLIER_RUN = "earlier_run"
-"""Where a run folder used again keeps the earlier run's results until this run has written its own."""
-
-RESULT_FILES = ("metrics.json", "results.md", "path.svg", "timings.json", "skipped_files.json")
-
-
-def set_aside_earlier_results(out: Path) -> None:
-    """A run folder used again (``hydra.run.dir``): move the earlier run's results into
-    :data:`EARLIER_RUN`, so the folder never shows them beside this run's config (Hydra has already
-    written it), and a run that fails or is interrupted loses nothing; removed once this run has
-    written its results. A folder named ``model`` that is not a saved model is not a result."""
-    out.mkdir(parents=True, exist_ok=True)
-    found = [out / f for f in RESULT_FILES if (out / f).is_file()]
-    if (out / "model" / "model.json").is_file():
-        found.append(out / "model")
-    if not found:
-        return  # a set-aside run stays set aside through failed runs
-    aside = out / EARLIER_RUN
-    shutil.rmtree(aside, ignore_errors=True)
-    aside.mkdir()
-    for path in found:
-        path.rename(aside / path.name)
-    log.warning("%s held an earlier run's results: they are in %s until this run has written its own",
-                out, aside)
 
 
 def _extra_metric(name: str, fn: Callable[[FitResult], dict], fit: FitResult) -> dict:
@@ -315,7 +289,8 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         if curve:
             first, last = curve[0], curve[-1]
             shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
-            shift += f"{' (ID only)' if 'ood_accuracy' not in first else ''} (k = {last['k']})"
+            only = " (ID only)" if "ood_accuracy" not in first else " (OOD only)" if "id_accuracy" not in first else ""
+            shift += f"{only} (k = {last['k']})"
         else:
             shift = f"not measured: {f['intervention']['reason']}"
         oracle = f.get("oracle") or {}
@@ -415,7 +390,8 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
                      + ("left the head's prior" if check.get("constrains_head", True) else
                         "left the store its weights are judged against (this head is not constrained by it)")
                      + (f": {listed}." if dropped else ".")
-                     + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}." if emptied else ""))
+                     + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}."
+                        if emptied and check.get("constrains_head", True) else ""))
     elif check.get("reason"):
         notes.append(f"Concept store not checked against concept truth: {check['reason']}.")
     choice = _calibration_note(metrics["cbm"].get("calibration_choice"))
@@ -434,10 +410,10 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
 
 def _write_run_records(out: Path, splits, timings: dict[str, float]) -> None:
     """skipped_files.json and timings.json, the last of a run's results; then the earlier run's
-    results set aside (:func:`set_aside_earlier_results`) go."""
+    results set aside (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
     skipped = [(s, p, r) for s, d in splits.items() for p, r in d.skipped]
     if skipped:
         atomic_write_json(out / "skipped_files.json", [{"split": s, "path": p, "reason": r} for s, p, r in skipped])
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
-    shutil.rmtree(out / EARLIER_RUN, ignore_errors=True)  # this run's results stand in their place
+    drop_set_aside(out)  # this run's results stand in their place
     log.info("%d unreadable file(s) skipped%s", len(skipped), " (see skipped_files.json)" if skipped else "")

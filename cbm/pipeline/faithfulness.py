@@ -177,7 +177,8 @@ def _phi(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.ndarray,
+                constrains_head: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """The class-concept prior (the concept store's, or an explicit list's) less the entries the
     card's concept truth does not bear out.
 
@@ -188,7 +189,9 @@ def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.
     split, phi >= ``UNRELATED_PHI``; an entry whose truth is unrelated to the class or argues
     against it, or whose association cannot be computed (c annotated on one class only), is
     dropped, so a faithful head gives it no weight. Other concepts keep their entries. The training
-    split only: nothing here sees validation or test data.
+    split only: nothing here sees validation or test data. ``constrains_head``: the checked prior
+    constrains the head (else it is only what the head's weights are judged against, and a class
+    left with no entry is not warned of).
 
     Returns:
         The checked prior ``(K, C)`` (a copy) and a record: ``{"checked": True, "concepts_checked",
@@ -219,7 +222,7 @@ def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.
     if dropped:
         log.info("concept store checked against the truth: %d entries not borne out, dropped: %s", len(dropped),
                  ", ".join(f"{d['concept']} ({d['class']}, phi {d['association']})" for d in dropped))
-    if emptied:
+    if emptied and constrains_head:  # a head without a prior is only judged against the checked store
         log.warning("after the store check, %s keep no concept: their logit is their bias alone", ", ".join(emptied))
     return checked, {"checked": True, "concepts_checked": len(judged), "threshold": UNRELATED_PHI, "dropped": dropped,
                      "classes_left_without_concepts": emptied}
@@ -474,7 +477,7 @@ def measure_faithfulness(
     aurocs = {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)}
     known = [v for v in aurocs.values() if v is not None]
     out["concept_auroc"] = none_there("test") if "test" in unannotated else aurocs
-    out["mean_concept_auroc"] = float(np.mean(known)) if known else None
+    out["mean_concept_auroc"] = float(np.mean(known)) if known and "test" not in unannotated else None
     phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
     out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
     where = none_there(" and ".join(dict.fromkeys(evaluate.values()))) if not annotated else none_there("val")

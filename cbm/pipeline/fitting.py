@@ -230,7 +230,7 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
     est, prior, store_check = make_head(head, None, ordered), cset.prior(), None
     constrained = bool(getattr(est, "needs_prior", lambda: False)())
     if check_store:  # for any head: the store the model's weights are judged against (class card, report)
-        prior, store_check = checked_prior(card, splits["train"], names, prior)
+        prior, store_check = checked_prior(card, splits["train"], names, prior, constrains_head=constrained)
         if store_check.get("checked"):
             store_check["constrains_head"] = constrained
     if constrained:
