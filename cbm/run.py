@@ -55,7 +55,10 @@ def resolve_dataset(dataset: dict[str, Any]):
             raise ValueError("dataset.demo has no setting " + ", ".join(
                 f"{k!r}" + (f" (did you mean {close[k][0]!r}?)" if close[k] else "") for k in unknown)
                 + f"; its settings are {', '.join(settings)}")
-        return load_card(cached_dataset(**dataset["demo"]))
+        try:
+            return load_card(cached_dataset(**dataset["demo"]))
+        except ValueError as exc:  # a setting out of range: named by its config path
+            raise ValueError(f"dataset.demo: {exc}") from exc
     raise ValueError("no dataset given: set dataset.card to a card name/path, or dataset.demo to demo settings")
 
 

@@ -181,6 +181,7 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["bottleneck.calibrate=maybe"], 'bottleneck: calibrate must be true, false or "auto"'),
         (["+head.l1_ration=0.5"], "head: SparseConceptHead.__init__() got an unexpected keyword argument 'l1_ration'"),
         (["+dataset.demo.confunding=0.5"], "dataset.demo has no setting 'confunding' (did you mean 'confounding'?)"),
+        (["dataset.demo.confounding=1.5"], "dataset.demo: confounding=1.5 must lie in [0, 1]"),
     ]:
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
