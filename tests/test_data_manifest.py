@@ -251,3 +251,39 @@ def test_paths_written_from_the_manifests_folder_are_told_so(tmp_path):
     leaving = next(p for p in load_card(folder).validate().problems if p.kind == "outside_root")
     assert "(paths are relative to it, not to the manifest;" in leaving.message
 
+
+
+def test_an_absolute_path_through_the_image_folders_link_target_is_inside(tmp_path):
+    """An image folder that is a link (``images -> /data/derm/images``): a manifest row written with the
+    target's absolute path names a file inside the image folder, as the docs say a link does."""
+    real = make_card(tmp_path / "real", rows=ROWS)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "card.yaml").write_text((real / "card.yaml").read_text())
+    os.symlink(real / "images", linked / "images")
+    rows = [(str(real / "images" / p) if i == 0 else p, label, split) for i, (p, label, split) in enumerate(ROWS)]
+    (linked / "manifest.csv").write_text("path,label,split\n" + "".join(f"{p},{lab},{s}\n" for p, lab, s in rows))
+    manifest = load_card(linked).manifest(strict=True)
+    assert len(manifest) == len(ROWS)
+    (linked / "manifest.csv").write_text("path,label,split\n" + "".join(f"{p},{lab},{s}\n" for p, lab, s in ROWS)
+                                         + f"{tmp_path / 'real' / 'card.yaml'},nevus,test\n")
+    with pytest.raises(ManifestError, match="leaves the image folder"):  # beside the target is still outside
+        load_card(linked).manifest(check_files=False)
+
+
+def test_a_class_with_few_images_is_noted_by_validate_and_warned_of_by_fitting(tmp_path, capsys, caplog):
+    from cbm.pipeline.inputs import check_every_class_trains, check_manifest_classes
+
+    folder = make_card(tmp_path / "toy", rows=ROWS)  # 2 training images and 1 validation image per class
+    assert main(["validate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "note: few images of nevus (train 2, val 1, test 1)" in out and "no problems found" in out
+    card = load_card(folder)
+    with caplog.at_level("WARNING"):
+        check_manifest_classes(card)
+    assert "few images of class 'melanoma' (train 2, val 1, test 1)" in caplog.text
+    with pytest.raises(ManifestError, match=r"manifest .*manifest.csv: card 'toy': no usable training images of class"):
+        check_every_class_trains(card, ["nevus"])  # an InputError, as the docs' error family says
+    plenty = make_card(tmp_path / "plenty", rows=[(f"{lab}_{s}_{i}.png", lab, s) for s, n in (("train", 10), ("val", 5), ("test", 1))
+                                                   for lab in ("nevus", "melanoma") for i in range(n)])
+    assert main(["validate", str(plenty)]) == 0 and "few images" not in capsys.readouterr().out

@@ -216,7 +216,7 @@ def test_a_missing_val_split_is_reported_before_any_image_is_encoded(fitted, sma
         raise AssertionError("images were encoded before the splits were checked")
 
     monkeypatch.setattr(cbm.pipeline.fitting, "extract_splits", no_encoding)
-    with pytest.raises(ValueError, match=r"has no usable val rows .*unknown split name .*.validation."):
+    with pytest.raises(ValueError, match=r"has no usable val rows.*unknown split name .*.validation."):
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder)
 
 
@@ -225,7 +225,7 @@ def test_a_split_whose_rows_were_all_dropped_names_why(fitted, small_card):
     lines = (small_card.folder / "manifest.csv").read_text().splitlines()
     header, rows = lines[0], [r.replace("/", "\\", 1) if ",train," in r or ",val," in r else r for r in lines[1:]]
     (small_card.folder / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
-    with pytest.raises(ValueError, match=r"no usable train, val rows .*left out for .*a Windows path.*write '/'.*cbm validate"):
+    with pytest.raises(ValueError, match=r"no usable train, val rows.*left out for .*a Windows path.*write '/'.*cbm validate"):
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
 
 
@@ -234,7 +234,7 @@ def test_a_split_that_was_never_written_is_not_blamed_on_other_rows(fitted, smal
     rows = [r for r in lines[1:] if ",val," not in r and not r.endswith(",val")]
     bad = rows[0].replace("melanoma", "Melanoma").replace("benign nevus", "Benign nevus")
     (small_card.folder / "manifest.csv").write_text("\n".join([lines[0], *rows, bad]) + "\n")
-    with pytest.raises(ValueError, match=r"has no val rows .*add them"):
+    with pytest.raises(ValueError, match=r"has no val rows.*Add them"):
         cbm.fit(load_card(small_card.path), encoder=fitted[1].encoder, num_workers=0)
 
 

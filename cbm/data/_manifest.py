@@ -84,6 +84,13 @@ class ManifestProblem:
     lines: tuple[int, ...] = ()
 
 
+FEW_TRAIN = 10
+"""Fewer training images of a class than this get a note (``cbm validate``) and a warning (fitting)."""
+
+FEW_VAL = 5
+"""Fewer validation images of a class than this get a note and a warning too."""
+
+
 @dataclass
 class ManifestReport:
     """Every problem found in a manifest, reported together."""
@@ -98,6 +105,14 @@ class ManifestReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def few_images(self) -> dict[str, dict[str, int]]:
+        """Classes with fewer than :data:`FEW_TRAIN` training or :data:`FEW_VAL` validation images (but
+        some): class -> images per split. Not a problem of the manifest, a warning: the head can hardly
+        learn such a class, and validation can hardly tell whether it did."""
+        train, val = self.counts.get("train", {}), self.counts.get("val", {})
+        few = [c for c in train if 0 < train[c] < FEW_TRAIN or 0 < val.get(c, 0) < FEW_VAL]
+        return {c: {s: by.get(c, 0) for s, by in self.counts.items()} for c in few}
+
     def summary(self) -> str:
         """Human-readable report: counts per split and class, then each problem."""
         lines = [f"manifest {self.path}: {self.n_rows} rows"]
@@ -109,6 +124,10 @@ class ManifestReport:
         if unseen:  # not a problem of the manifest, but cbm run and cbm.fit refuse it
             lines.append(f"  note: no validation image of {', '.join(unseen)}: the head is chosen on val, so a run "
                          "refuses this card until val holds every class (`cbm make-splits` splits each class)")
+        for c, n in self.few_images().items():
+            lines.append(f"  note: few images of {c} ({', '.join(f'{s} {k}' for s, k in n.items())}): the head can "
+                         f"hardly learn a class from under {FEW_TRAIN} training images, nor validation judge it on "
+                         f"under {FEW_VAL}; add images of it, or merge it into another class")
         if self.ok:
             lines.append("  no problems found")
         else:
@@ -293,7 +312,8 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
         for column in bad_truth_columns(rec, truth_columns):
             found.note("bad_truth", line, f"{quote(rec.get(column, ''), 40)} in {quote(column, 60)} (line {line})")
         key = _normal(os.path.join(root, p))
-        if not allow_outside_root and not _inside(key, root):
+        # an absolute path through the image folder's link target names a file inside it too
+        if not allow_outside_root and not _inside(key, root) and not _inside(os.path.realpath(key), os.path.realpath(root)):
             found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
         _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
                         usable=line not in found.bad_lines)

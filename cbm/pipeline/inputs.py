@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cbm.errors import ManifestError
+
 __all__ = [
     "SplitData",
     "resolve_card",
@@ -129,15 +131,15 @@ def check_splits_present(card, needed: Sequence[str] = ("train", "val", "test"))
     report = getattr(manifest, "report", None)
     if absent and report is not None and report.problems and _rows_were_dropped(report, absent):  # the problems say why
         shown = "; ".join(p.message for p in report.problems[:3]) + ("; ..." if len(report.problems) > 3 else "")
-        raise ValueError(f"card {card.name!r} has no usable {', '.join(absent)} rows (manifest {card.manifest_path}): "
-                         f"the manifest's rows were left out for {len(report.problems)} problem(s): {shown}. Fix them "
-                         "(`cbm validate CARD` lists every problem and its rows)")
+        raise ManifestError(card.manifest_path, f"card {card.name!r} has no usable {', '.join(absent)} rows: the "
+                            f"manifest's rows were left out for {len(report.problems)} problem(s): {shown}",
+                            "Fix them (`cbm validate CARD` lists every problem and its rows)", report=report)
     if absent:
-        raise ValueError(
-            f"card {card.name!r} has no {', '.join(absent)} rows (manifest {card.manifest_path}); a run needs train "
-            "and val to fit and choose, and test to measure: add them (split column "
-            f"{getattr(card, 'split_column', 'split')!r}), or build the splits with `cbm make-splits`"
-        )
+        raise ManifestError(
+            card.manifest_path, f"card {card.name!r} has no {', '.join(absent)} rows; a run needs train and val to "
+            "fit and choose, and test to measure",
+            f"Add them (split column {getattr(card, 'split_column', 'split')!r}), or build the splits with "
+            "`cbm make-splits`")
 
 
 def _rows_were_dropped(report, absent: Sequence[str]) -> bool:
@@ -157,23 +159,25 @@ def check_every_class_trains(card, trained: Sequence[str], validated: Sequence[s
     sparsest head that predicts the classes val holds wins, down to one that predicts one class)."""
     absent = [c for c in card.class_names if c not in set(trained)]
     if absent:
-        raise ValueError(
-            f"card {card.name!r}: no usable training images of class(es) {absent} (manifest {card.manifest_path}); "
-            "every class needs train rows: add them, or drop the class from the card's classes"
-        )
+        raise ManifestError(card.manifest_path, f"card {card.name!r}: no usable training images of class(es) {absent}; "
+                            "every class needs train rows", "Add them, or drop the class from the card's classes")
     unseen = [] if validated is None else [c for c in card.class_names if c not in set(validated)]
     if unseen:
-        raise ValueError(
-            f"card {card.name!r}: no usable validation images of class(es) {unseen} (manifest {card.manifest_path}); "
-            "the head is chosen on val, which must hold every class: move some of its rows to val (`cbm make-splits` "
-            "splits each class), or drop the class from the card's classes"
-        )
+        raise ManifestError(
+            card.manifest_path, f"card {card.name!r}: no usable validation images of class(es) {unseen}; the head is "
+            "chosen on val, which must hold every class",
+            "Move some of its rows to val (`cbm make-splits` splits each class), or drop the class from the card's classes")
 
 
 def check_manifest_classes(card) -> None:
     """:func:`check_every_class_trains` on the manifest's rows, before any image is encoded."""
-    counts = card.manifest().counts()
+    manifest = card.manifest()
+    counts = manifest.counts()
     check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
+    report = getattr(manifest, "report", None)
+    for c, n in (report.few_images() if report is not None else {}).items():
+        log.warning("card %r: few images of class %r (%s): the head can hardly learn it, nor validation judge it; "
+                    "add images of it, or merge it into another class", card.name, c, ", ".join(f"{s} {k}" for s, k in n.items()))
 
 
 def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
