@@ -38,8 +38,10 @@ def test_concept_set_orders_concepts_and_builds_a_multi_hot_prior():
     np.testing.assert_array_equal(prior, expected)  # the shared concept is in both rows, not only the first
     other = ConceptSet(classes=concepts.classes, by_class={**concepts.by_class, "effusion": ["meniscus sign"]})
     assert other.key != concepts.key
-    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\]"):
+    with pytest.raises(ValueError, match=r"no concept list for classes \['effusion'\]: give one for every class"):
         ConceptSet(classes=["normal", "effusion"], by_class={"normal": ["x"]})
+    with pytest.raises(ValueError, match=r"\['efusion'\] are not its classes \(a typo\?\)"):
+        ConceptSet(classes=["normal", "effusion"], by_class={"normal": ["x"], "efusion": ["y"]})
 
 
 def test_save_curated_then_load_in_card_order(card):

@@ -148,7 +148,9 @@ class ConceptSet:
     def __post_init__(self) -> None:
         missing = [c for c in self.classes if c not in self.by_class]
         if missing:
-            raise ValueError(f"ConceptSet: no concept list for classes {missing}")
+            extra = [c for c in self.by_class if c not in self.classes]
+            raise ValueError(f"ConceptSet: no concept list for classes {missing}: give one for every class of the card "
+                             f"({self.classes})" + (f"; {extra} are not its classes (a typo?)" if extra else ""))
         self.by_class = {c: list(self.by_class[c]) for c in self.classes}
         self.concepts = list(dict.fromkeys(c for name in self.classes for c in self.by_class[name]))
 
