@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metric, selection_figure  # noqa: F401 - cbm.run's API
 from cbm.resources import resource_dir
+from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metric, selection_figure  # noqa: F401 - cbm.run's API
 
 __all__ = ["hydra_main", "register", "AUTO_METRIC", "CONFIG_DIR", "check_optimized_metric", "resolve_dataset", "sweep_value"]
 
@@ -64,7 +64,7 @@ def resolve_dataset(dataset: dict[str, Any]):
 
 def sweep_value(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> float:
     """The figure ``method.figure`` of ``metrics`` that a sweep optimises; it must be a validation
-    figure (``auto``: :data:`~cbm.pipeline.compare.AUTO_METRIC`)."""
+    figure (``auto``: :data:`cbm.selection.AUTO_METRIC`)."""
     check_optimized_metric(optimized_metric)
     name, value = selection_figure(metrics, optimized_metric)
     if optimized_metric == AUTO_METRIC:

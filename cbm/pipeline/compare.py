@@ -20,6 +20,7 @@ from cbm.selection import AUTO_METRIC, check_optimized_metric, selection_figure
 
 __all__ = ["compare_runs", "comparison_table", "run_folders"]
 
+
 def _is_run(folder: Path) -> bool:
     return (folder / "metrics.json").is_file() or (folder / ".hydra").is_dir()
 
