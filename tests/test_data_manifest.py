@@ -287,3 +287,17 @@ def test_a_class_with_few_images_is_noted_by_validate_and_warned_of_by_fitting(t
     plenty = make_card(tmp_path / "plenty", rows=[(f"{lab}_{s}_{i}.png", lab, s) for s, n in (("train", 10), ("val", 5), ("test", 1))
                                                    for lab in ("nevus", "melanoma") for i in range(n)])
     assert main(["validate", str(plenty)]) == 0 and "few images" not in capsys.readouterr().out
+
+
+def test_a_missing_file_and_an_unknown_split_name_say_what_was_probably_meant(tmp_path, monkeypatch):
+    folder = make_card(tmp_path / "toy", rows=ROWS)
+    (folder / "images" / "nevus_train_0.png").rename(folder / "images" / "nevus_train_0.PNG")
+    monkeypatch.chdir(tmp_path)  # "toy/images/nevus_train_1.png" names a file from here, not from the image folder
+    text = (folder / "manifest.csv").read_text().replace("nevus_train_1.png", "toy/images/nevus_train_1.png")
+    (folder / "manifest.csv").write_text(text.replace("melanoma_val_0.png,melanoma,val", "melanoma_val_0.png,melanoma,validation")
+                                         .replace("nevus_test_0.png,nevus,test", "nevus_test_0.png,nevus,Test"))
+    problems = {p.kind: p.message for p in load_card(folder).validate().problems}
+    assert "nevus_train_0.PNG exists there; file names are case-sensitive" in problems["missing_file"]
+    assert f"it names a file from the current folder {tmp_path}" in problems["missing_file"]
+    assert "'validation' (line 7: did you mean 'val'?)" in problems["unknown_split"]
+    assert "'Test' (line 8: did you mean 'test'?)" in problems["unknown_split"]

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cbm.data._manifest_csv import read_manifest_csv, salted_patient_key, write_manifest
+from cbm.data._manifest_files import existing_rows, in_existing_form, note_duplicate
 from cbm.data._truth import ACCEPTED_TRUTH, bad_truth_columns, check_truth_header
 from cbm.errors import ManifestError, quote
 
@@ -197,7 +196,7 @@ class Manifest:
         if not row.path.isascii():  # settled once per path: a dataset asks for every image every epoch
             forms = self.__dict__.setdefault("_forms", {})
             if row.path not in forms:
-                forms[row.path] = _in_existing_form(row, self.image_root).path
+                forms[row.path] = in_existing_form(row, self.image_root).path
             p = Path(forms[row.path])
         return p if p.is_absolute() else self.image_root / p
 
@@ -272,7 +271,7 @@ def read_manifest(
                         allow_outside_root)
 
     if check_files and rows:
-        rows = _existing(rows, image_root, path, found)
+        rows = existing_rows(rows, image_root, path, found)
     _note_patients_across_splits(found, rows)
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
@@ -308,14 +307,15 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
             hint = f": the class is {quote(spelt, 80)}, and labels are case-sensitive" if spelt else ""
             found.note("unknown_label", line, f"{quote(label, 80)} (line {line}{hint})")
         if split not in KNOWN_SPLITS:
-            found.note("unknown_split", line, f"{quote(split, 80)} (line {line})")
+            meant = _meant_split(split)
+            found.note("unknown_split", line, f"{quote(split, 80)} (line {line}{f': did you mean {meant!r}?' if meant else ''})")
         for column in bad_truth_columns(rec, truth_columns):
             found.note("bad_truth", line, f"{quote(rec.get(column, ''), 40)} in {quote(column, 60)} (line {line})")
         key = _normal(os.path.join(root, p))
         # an absolute path through the image folder's link target names a file inside it too
         if not allow_outside_root and not _inside(key, root) and not _inside(os.path.realpath(key), os.path.realpath(root)):
             found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
-        _note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
+        note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
                         usable=line not in found.bad_lines)
         if line in found.bad_lines:
             continue
@@ -327,6 +327,15 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
 
 FATAL_PROBLEMS = ("duplicate_across_splits", "patient_across_splits", "outside_root", "bad_truth")
 """Row problems that raise even without ``strict``: they make every figure of a run wrong."""
+
+
+def _meant_split(split: str) -> str | None:
+    """The split name an unknown one most likely means: ``Train`` train, ``validation`` or ``dev`` val."""
+    low = split.lower()
+    if low in KNOWN_SPLITS:
+        return low
+    return next((s for s, starts in (("val", ("val", "dev")), ("train", ("train",)), ("test", ("test",)))
+                 if low.startswith(starts)), None)
 
 
 def _normal(p: str) -> str:
@@ -393,87 +402,6 @@ def _note_patients_across_splits(found: _Problems, rows: list[ManifestRow]) -> N
             f = first[key]
             found.note("patient_across_splits", r.line, f"patient_key {quote(key, 40)} ({f.split} on line {f.line}, "
                                                         f"{r.split} on line {r.line})")
-
-
-def _note_duplicate(found: _Problems, seen: dict[Any, tuple[int, str, str]], key: Any, shown: str, line: int, split: str,
-                    label: str, usable: bool) -> None:
-    """Note a row naming a file an earlier row named: a leak across splits (between usable rows), a
-    second label for it, else a repeat."""
-    if key not in seen:
-        if usable:
-            seen[key] = (line, split, label)
-        return
-    first, first_split, first_label = seen[key]
-    if usable and split != first_split:
-        found.note("duplicate_across_splits", line, f"{shown} ({first_split} on line {first}, {split} on line {line})")
-    elif usable and label != first_label:
-        found.note("conflicting_label", line, f"{shown} ({quote(first_label, 60)} on line {first}, "
-                                              f"{quote(label, 60)} on line {line})")
-    else:
-        found.note("duplicate_path", line, f"{shown} (lines {first} and {line})")
-
-
-def _existing(rows: list[ManifestRow], image_root: Path, path: Path, found: _Problems) -> list[ManifestRow]:
-    """The rows whose image file exists; two names of one file (a link) count as a duplicate."""
-    if not image_root.is_dir() and not all(Path(r.path).is_absolute() for r in rows):
-        raise FileNotFoundError(
-            f"image folder {image_root} (for manifest {path}) does not exist: get the images and put them "
-            f"there, or point the card's image_root / image_root_env variable at them"
-        )
-    kept: list[ManifestRow] = []
-    seen: dict[tuple[int, int], tuple[int, str, str]] = {}
-    for r in rows:
-        r = _in_existing_form(r, image_root)
-        f = Path(r.path) if Path(r.path).is_absolute() else image_root / r.path
-        try:
-            info = f.stat()
-        except FileNotFoundError:
-            slashed = _slashed(r.path, image_root)
-            if slashed:  # written on Windows: the same path with '/' names the file
-                found.note("windows_separator", r.line, f"{quote(r.path, 80)} (line {r.line}: {quote(slashed, 80)[1:-1]} exists)")
-            elif not Path(r.path).is_absolute() and _names_file(r.path, path.parent):  # written from the CSV's folder
-                found.note("relative_to_manifest", r.line, f"{quote(r.path, 80)} (line {r.line})")
-            else:
-                found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line})")
-            continue
-        except (OSError, ValueError) as exc:  # a name too long, a loop of links, no permission
-            found.note("bad_path", r.line, f"{quote(r.path, 80)} (line {r.line}: {exc.strerror if isinstance(exc, OSError) else exc})")
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line}, not a file)")
-            continue
-        before = len(found.bad_lines)
-        _note_duplicate(found, seen, (info.st_dev, info.st_ino), quote(r.path, 80)[1:-1], r.line, r.split, r.label,
-                        usable=True)
-        if len(found.bad_lines) == before:
-            kept.append(r)
-    return kept
-
-
-def _in_existing_form(row: ManifestRow, image_root: Path) -> ManifestRow:
-    """``row`` with its path in the Unicode form (composed or decomposed) that names a file, where only
-    that one does: macOS tools write names decomposed, most others composed, and the file system compares bytes."""
-    if row.path.isascii():
-        return row
-    forms = [row.path] + [unicodedata.normalize(form, row.path) for form in ("NFC", "NFD")]
-    found = next((p for p in forms if _names_file(p, image_root)), row.path)
-    return row if found == row.path else replace(row, path=found)
-
-
-def _names_file(path: str, image_root: Path) -> bool:
-    """Whether ``path`` (relative to ``image_root``) names a file; a name the file system refuses names none."""
-    try:
-        return (Path(path) if Path(path).is_absolute() else image_root / path).is_file()
-    except (OSError, ValueError):  # a name too long, a NUL byte
-        return False
-
-
-def _slashed(path: str, image_root: Path) -> str | None:
-    """``path`` with its backslashes made '/', where that names a file and the original does not."""
-    if "\\" not in path or os.sep != "/":
-        return None
-    slashed = path.replace("\\", "/")
-    return slashed if _names_file(slashed, image_root) else None
 
 
 def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_class: int | Mapping[str, int] | None = None,
