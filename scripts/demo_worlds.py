@@ -71,11 +71,12 @@ def _abcd_directions(model) -> dict[str, bool]:
 
 
 def check_world(metrics: dict, model, classes: int) -> dict:
+    from cbm.pipeline.compare import intervention_points
     from cbm.pipeline.faithfulness import STEP_FALL
 
     cbm = metrics["cbm"]
     f = cbm.get("faithfulness", {})
-    curve = f.get("intervention") if isinstance(f.get("intervention"), list) else []
+    curve = intervention_points(f)
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
     falls = all(b[k] >= a[k] - STEP_FALL for a, b in zip(curve, curve[1:]) for k in keys)
     oracle = f.get("oracle") or {}

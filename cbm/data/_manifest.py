@@ -283,7 +283,11 @@ def read_manifest(
     if strict or fatal:
         report.raise_if_problems()
     elif report.problems:
-        log.warning("%s", report.summary())
+        log.warning("%s", report.summary())  # with its notes (few images of a class)
+    elif "train" in needed_splits:  # read to fit a head: say what the summary would note
+        for c, n in report.few_images().items():
+            log.warning("manifest %s: few images of class %r (%s): the head can hardly learn it, nor validation judge "
+                        "it; add images of it, or merge it into another class", path, c, ", ".join(f"{s} {k}" for s, k in n.items()))
     return manifest
 
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from cbm.selection import AUTO_METRIC, check_optimized_metric, selection_figure
 
-__all__ = ["compare_runs", "comparison_table", "run_folders"]
+__all__ = ["compare_runs", "comparison_table", "intervention_points", "run_folders"]
+
+
+def intervention_points(faithfulness: dict[str, Any]) -> list[dict[str, Any]]:
+    """A faithfulness block's intervention curve, its points (none where it was not measured: then
+    ``intervention`` is ``{"measured": False, "reason": ...}``)."""
+    curve = faithfulness.get("intervention")
+    return curve if isinstance(curve, list) else []
 
 
 def _is_run(folder: Path) -> bool:
@@ -101,7 +108,7 @@ def _row(folder: Path, optimized_metric: str) -> dict[str, Any]:
         return {**row, "status": "metrics.json unreadable (not a run's figures: an object of methods)"}
     cbm = metrics.get("cbm") or {}
     f = cbm.get("faithfulness") or {}
-    curve = f.get("intervention") if isinstance(f.get("intervention"), list) else []
+    curve = intervention_points(f)
     name, value = selection_figure(metrics, optimized_metric)
     probe = metrics.get("linear_probe") or {}
     return {**row, "status": "ok", "selection": {"figure": name, "value": value}, "cbm": {

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
+from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
@@ -285,7 +286,7 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
             cue_cells = f"{three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))}" if cue else " | "
             rows.append(f"| {method} | not measured: {f.get('reason')} | | | | {cue_cells} |")
             continue
-        curve = _curve(f)
+        curve = intervention_points(f)
         if curve:
             first, last = curve[0], curve[-1]
             shift = " / ".join(f"{pct(first.get(k))} → {pct(last.get(k))}" for k in ("id_accuracy", "ood_accuracy") if k in first)
@@ -316,16 +317,10 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
     ])
 
 
-def _curve(faithfulness: dict[str, Any]) -> list[dict[str, Any]]:
-    """The intervention curve's points (none where it was not measured)."""
-    curve = faithfulness.get("intervention")
-    return curve if isinstance(curve, list) else []
-
-
 def _intervention_falls(faithfulness: dict[str, Any]) -> list[str]:
     """The steps of the intervention curve that fall by more than half a point, with their case counts."""
     out = []
-    curve = _curve(faithfulness)
+    curve = intervention_points(faithfulness)
     for point, before in zip(curve[1:], curve):
         for name, label in (("id", "ID"), ("ood", "OOD")):
             changed = point.get(f"{name}_changed")
@@ -362,7 +357,7 @@ def _calibration_note(choice: dict[str, Any] | None) -> str | None:
 
 def _intervention_steps_text(faithfulness: dict[str, Any]) -> str | None:
     """Every step of the intervention curve (the table shows its ends), ID / OOD accuracy per k."""
-    curve = _curve(faithfulness)
+    curve = intervention_points(faithfulness)
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
     if not keys:
         return None

@@ -480,8 +480,8 @@ def measure_faithfulness(
     out["mean_concept_auroc"] = float(np.mean(known)) if known and "test" not in unannotated else None
     phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
     out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
-    where = none_there(" and ".join(dict.fromkeys(evaluate.values()))) if not annotated else none_there("val")
-    out.update(_curve_and_oracle(model, coef, intercept, inputs, splits, truth, with_truth, levels, annotated,
-                                 head, where if not annotated or "val" in unannotated else None))
+    not_measured = none_there(" and ".join(dict.fromkeys(evaluate.values()))) if not annotated else (
+        none_there("val") if "val" in unannotated else None)
+    out.update(_curve_and_oracle(model, coef, intercept, inputs, splits, truth, with_truth, levels, annotated, head, not_measured))
     out["cue_leakage"] = cue_leakage(card, splits, scores, coef, intercept, seed, inputs=inputs)
     return out

@@ -171,13 +171,8 @@ def check_every_class_trains(card, trained: Sequence[str], validated: Sequence[s
 
 def check_manifest_classes(card) -> None:
     """:func:`check_every_class_trains` on the manifest's rows, before any image is encoded."""
-    manifest = card.manifest()
-    counts = manifest.counts()
+    counts = card.manifest().counts()  # its reading warns of a class with few images (cbm.data.read_manifest)
     check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
-    report = getattr(manifest, "report", None)
-    for c, n in (report.few_images() if report is not None else {}).items():
-        log.warning("card %r: few images of class %r (%s): the head can hardly learn it, nor validation judge it; "
-                    "add images of it, or merge it into another class", card.name, c, ", ".join(f"{s} {k}" for s, k in n.items()))
 
 
 def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
