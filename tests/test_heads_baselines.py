@@ -65,6 +65,24 @@ def test_dense_head_uses_every_concept(planted):
     assert abs(dense.score(p.X_val, p.y_val) - sparse.score(p.X_val, p.y_val)) < 0.05
 
 
+def test_every_c_is_solved_not_left_at_the_warm_start():
+    """Warm-started along the grid on nearly separable data, each C must still get its own optimum:
+    with lbfgs's usual tolerance the larger Cs kept the previous C's solution, tied with it on
+    validation, and the choice between them followed rounding (the machine)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(12)
+    X, X_val = rng.standard_normal((600, 12)), rng.standard_normal((300, 12))
+    y, y_val = (X @ w + 0.3 * rng.standard_normal(600) > 0).astype(int), (X_val @ w > 0).astype(int)
+    grid = [1.0, 10.0, 100.0, 1e3, 1e4]
+    dense = DenseConceptHead(Cs=grid).fit(X, y, X_val=X_val, y_val=y_val)
+    for entry in dense.scores_:
+        ref = LogisticRegression(C=entry["C"], tol=1e-10, max_iter=100_000).fit(X, y)
+        ref_loss = -np.mean(ref.predict_log_proba(X_val)[np.arange(len(y_val)), y_val])
+        assert entry["val_log_loss"] == pytest.approx(ref_loss, rel=1e-3), entry["C"]
+        assert entry["converged"]
+    assert len({round(e["val_log_loss"], 6) for e in dense.scores_}) == len(grid)  # no two Cs share a stale solution
+
+
 def test_bad_c_grid_is_a_clear_error(planted):
     p = planted
     with pytest.raises(ValueError, match="Cs must hold finite positive values"):
