@@ -88,6 +88,14 @@ def test_unknown_card_name_suggests_the_closest(tmp_path, monkeypatch):
         load_card(tmp_path / "nowhere" / "card.yaml")
 
 
+def test_a_card_asked_for_by_its_name_field_points_at_its_folder(tmp_path, monkeypatch):
+    make_card(tmp_path / "cards" / "derm_v2", name="my-derm")
+    monkeypatch.setenv("CBM_CARDS_PATH", str(tmp_path / "cards"))
+    with pytest.raises(ValueError, match=r"The card in .*derm_v2 has 'my-derm' in its name: field.*use 'derm_v2'"):
+        load_card("my-derm")
+    assert load_card("derm_v2").name == "my-derm"
+
+
 def test_image_root_env_overrides(tmp_path, monkeypatch):
     card = load_card(make_card(tmp_path / "toy"))
     monkeypatch.setenv("CBM_TOY_ROOT", str(tmp_path / "elsewhere"))

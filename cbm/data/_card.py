@@ -306,11 +306,27 @@ def load_card(name_or_path: str | os.PathLike | DataCard) -> DataCard:
                                 "or a card name (`cbm cards` lists them)")
     index = _index()
     if text not in index:
+        named = _folders_named(text, index)
+        hint = (f" The card in {named[0].parent} has {quote(text, 80)} in its name: field, but a card is found by its "
+                f"folder's name: use {quote(named[0].parent.name, 80)}, or rename the folder." if named else "")
         raise ValueError(
-            unknown_name_message("data card", quote(text, 80)[1:-1], index)
+            unknown_name_message("data card", quote(text, 80)[1:-1], index) + hint
             + " Cards are searched in $CBM_CARDS_PATH and the built-in data_cards folder; a path to a card.yaml works too."
         )
     return _parse_card(index[text])
+
+
+def _folders_named(name: str, index: dict[str, Path]) -> list[Path]:
+    """The cards of ``index`` whose ``name:`` field is ``name`` (a card that cannot be read is passed over)."""
+    named = []
+    for path in index.values():
+        try:
+            raw = load_yaml(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(raw, dict) and raw.get("name") == name:
+            named.append(path)
+    return named
 
 
 # ---------------------------------------------------------------------------- validation
