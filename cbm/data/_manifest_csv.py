@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,13 @@ def read_manifest_csv(
             if not fields or all(not f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
+                stray = _lone_carriage_return(path)
+                if stray is not None:
+                    raise ManifestError(
+                        path, "holds a carriage return (\\r) inside it, which ends its row there "
+                        f"(a row of {len(fields)} field(s) where the header has {len(header)})",
+                        "Remove the stray \\r (left by a copy from another program), or quote the cell that holds it",
+                        field=f"line {stray}")
                 raise ManifestError(
                     path, f"has {len(fields)} field(s) but the header has {len(header)}",
                     "Quote values that contain commas (\"a, b\") and check for stray separators", field=f"line {line}",
@@ -71,6 +79,20 @@ def read_manifest_csv(
     except csv.Error as exc:
         raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
     return header, records
+
+
+def _lone_carriage_return(path: Path) -> int | None:
+    """The line (as an editor counts them, by \\n) of the first \\r not followed by \\n in a file whose
+    lines end in \\n: reading the text turned it into a line end, which splits its row in two. None if
+    none (or the file's lines end in \\r alone, an old Mac export, which reads as it is)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError:
+        return None
+    if "\n" not in text:
+        return None
+    at = re.search(r"\r(?!\n)", text)
+    return None if at is None else text.count("\n", 0, at.start()) + 1
 
 
 def _header_note(header: list[str], missing: list[str]) -> str:
