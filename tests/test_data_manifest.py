@@ -90,6 +90,8 @@ def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path, name):
     ("path,label,split\na.png,nevus,train\n\x00\n", "line 3", "contains NUL bytes"),
     ("path,label,split\r\na.png,nevus,train\r\nb.png,nev\rus,train\r\n", "line 3",
      "line 3 holds a carriage return (\\r) inside it, which ends its row there"),
+    # a stray \r that splits no row (here it only adds an empty line) is not blamed for another row's fields
+    ("path,label,split\na.png,nevus,train,extra\nb.png,nevus,train\r\r\n", "line 2", "has 4 field(s) but the header has 3"),
     (b"path,label,split\n\xff.png,nevus,train\n", None, "is not UTF-8 text (byte 17)"),
     ("path,label,split\n" + "y" * 200_000 + ",nevus,train\n", "line 2", "is not a valid CSV (field larger than field limit"),
 ])

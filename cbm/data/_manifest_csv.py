@@ -64,7 +64,7 @@ def read_manifest_csv(
             if not fields or all(not f.strip() for f in fields):
                 continue
             if len(fields) != len(header):
-                stray = _lone_carriage_return(path)
+                stray = _carriage_return_splitting(path, line)
                 if stray is not None:
                     raise ManifestError(
                         path, "holds a carriage return (\\r) inside it, which ends its row there "
@@ -81,18 +81,23 @@ def read_manifest_csv(
     return header, records
 
 
-def _lone_carriage_return(path: Path) -> int | None:
-    """The line (as an editor counts them, by \\n) of the first \\r not followed by \\n in a file whose
-    lines end in \\n: reading the text turned it into a line end, which splits its row in two. None if
-    none (or the file's lines end in \\r alone, an old Mac export, which reads as it is)."""
+def _carriage_return_splitting(path: Path, line: int) -> int | None:
+    """The line (as an editor counts them, by \\n) of a \\r not followed by \\n that split the row read
+    at ``line`` in a file whose lines end in \\n: reading the text turned it into a line end, so the
+    row's two pieces are read at lines ``e + i`` and ``e + i + 1`` (``e``: its editor line; ``i``: the
+    lone \\r's before it). None if no such \\r split that row (or the file's lines end in \\r alone, an
+    old Mac export, which reads as it is)."""
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError:
         return None
     if "\n" not in text:
         return None
-    at = re.search(r"\r(?!\n)", text)
-    return None if at is None else text.count("\n", 0, at.start()) + 1
+    for i, at in enumerate(re.finditer(r"\r(?!\n)", text)):
+        editor_line = text.count("\n", 0, at.start()) + 1
+        if line in (editor_line + i, editor_line + i + 1):
+            return editor_line
+    return None
 
 
 def _header_note(header: list[str], missing: list[str]) -> str:
