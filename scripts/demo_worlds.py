@@ -28,13 +28,15 @@ association (``confounding`` 0.5, ``cue_free``; ``--no-cue-free`` skips it): the
 on the whole image embedding cannot profit from the cue, so its accuracy is what a linear model
 reads from the encoder about the lesion alone. Each world's ``cue_free_probe_id`` and
 ``id_vs_cue_free_probe`` (points) put the head's in-domain accuracy beside it: a figure for the
-reader, not a target.
+reader, not a target. ``code`` names what measured them: cbm's version and, in a git checkout, the
+commit and whether tracked files differed from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +70,23 @@ def _abcd_directions(model) -> dict[str, bool]:
             ok &= (w[k] > 0) == (towards_higher == (direction > 0))
         out[phrase] = bool(ok)
     return out
+
+
+def code_version() -> dict:
+    """What code measured the worlds: cbm's version and, from a git checkout, its commit and whether
+    files differ from it (None where git or the checkout is not there)."""
+    import cbm
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], check=False, cwd=Path(__file__).resolve().parents[1],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    return {"cbm": cbm.__version__, "commit": commit, "uncommitted_changes": None if status is None else bool(status)}
 
 
 def check_world(metrics: dict, model, classes: int) -> dict:
@@ -184,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted({t for w in worlds for t in w["targets"]})
     summary = {t: f"{sum(w['targets'][t] for w in worlds if t in w['targets'])}/{sum(t in w['targets'] for w in worlds)}"
                for t in names}
-    result = {"targets_met": summary, "overrides": args.overrides, "worlds": worlds, "cue_free": cue_free, "wall_s": round(time.perf_counter() - t0, 1)}
+    result = {"targets_met": summary, "code": code_version(), "overrides": args.overrides, "worlds": worlds, "cue_free": cue_free, "wall_s": round(time.perf_counter() - t0, 1)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from script_support import load_script
+
+import cbm
 
 
 def _script():
@@ -28,6 +32,11 @@ def test_demo_worlds_reports_each_world_beside_its_cue_free_twin(tmp_path, capsy
         "gap", "ood_vs_zero_shot", "ood_vs_dense", "id_vs_probe", "concepts_per_class", "cue_logit_auroc",
         "sign_agreement", "intervention_never_falls", "intervention_end", "no_weight_on_large_diameter"}
     assert result["targets_met"]["gap"] == f"{int(world['targets']['gap'])}/1"
+    # the code that measured them, so a table can name its commit
+    head = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True)
+    assert result["code"]["cbm"] == cbm.__version__
+    assert result["code"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     curve = figures["intervention"]
     assert curve[0]["k"] == 0 and all("ood_changed" in p for p in curve[1:])
     # the figures the targets read are the ones reported
