@@ -27,8 +27,9 @@ each point from the previous one, all for elastic net with ``l1_ratio = 0.99``:
   standardisation, its default threshold 1e-7), the whole grid in one call (with ``--classes 2`` glmnet
   fits its binomial form, another penalty scaling at the same lambda: its objective is not compared);
 - ``ours_faithful``: our faithful head (``constraint="prior"``) on the same grid, with a concept store
-  listing each class's planted concepts and random others (50 per class): its time against the
-  unconstrained path (another problem, so its objective is not compared);
+  listing each class's planted concepts and random others (``--store-per-class``, 50 by default, as
+  LaBo selects): its time against the unconstrained path (another problem, so its objective is not
+  compared);
 - ``ours_signs``: the same faithful head with every concept listed under every class, so that only the
   sign constraint (every weight >= 0) acts: the constraint's own cost, without the store's smaller
   problem (the worst case for the faithful head's time).
@@ -275,7 +276,7 @@ def run_ours_faithful(p, grid: list[float], args, cap: float, signs_only: bool =
     """Our faithful head: the same path with weights only where the store lists a concept, non-negative
     (``signs_only``: every concept listed under every class, so only the signs are constrained)."""
     del cap
-    prior = np.ones_like(p.coef, dtype=np.float32) if signs_only else _store_prior(p, args.seed)
+    prior = np.ones_like(p.coef, dtype=np.float32) if signs_only else _store_prior(p, args.seed, args.store_per_class)
     t0, c0 = _clock()
     head = SparseConceptHead(lambdas=grid, l1_ratio=L1_RATIO, tol=1e-4, device=args.device, random_state=args.seed,
                              constraint="prior", prior=prior, dtype=args.dtype)
@@ -289,7 +290,8 @@ def run_ours_faithful(p, grid: list[float], args, cap: float, signs_only: bool =
                     t1 - t0, c1 - c0, False, head.coef_.shape[0],
                     {"device": args.device, "dtype": args.dtype, "iterations": head.n_iter_,
                      "store": "every concept under every class (signs only)" if signs_only else
-                     "planted concepts + random others, 50 per class",
+                     f"planted concepts + random others, {args.store_per_class} per class",
+                     "store_per_class": p.coef.shape[1] if signs_only else args.store_per_class,
                      "note": "another (constrained) problem: its objective is not comparable with the others'"},
                     seconds=[q["seconds"] for q in head.path_], objectives=objectives)
 
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--concepts", type=int, default=512)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--concepts-per-class", type=int, default=8, help="planted non-zero weights per class")
+    ap.add_argument("--store-per-class", type=int, default=50,
+                    help="concepts the faithful head's store lists per class (ours_faithful; at most --concepts)")
     ap.add_argument("--n-lambdas", type=int, default=50)
     ap.add_argument("--lambda-min-ratio", type=float, default=1e-3)
     ap.add_argument("--quick", action="store_true",
@@ -327,6 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_val, args.concepts, args.classes, args.n_lambdas = 5000, 1000, 128, 5, 20
+    if not args.concepts_per_class <= args.store_per_class <= args.concepts:
+        ap.error(f"--store-per-class {args.store_per_class} must lie between --concepts-per-class "
+                 f"({args.concepts_per_class}: the store lists every planted concept) and --concepts ({args.concepts})")
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
     unknown = sorted(set(solvers) - set(SOLVERS))
     if unknown:
