@@ -225,7 +225,9 @@ def test_model_card_flags_contradicting_weights_and_draws_the_path_on_two_axes(t
     m = ConceptBottleneckModel(tiny_model.encoder_name, CLASSES, tiny_model.bottleneck, tiny_model.coef,
                                tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores, concept_prior=prior,
                                info=info, reference=tiny_model.reference)
-    assert m.contradicting_weights() == [("melanoma", "irregular border", pytest.approx(1.4))]
+    # listed under no class now: the nevus's weight against it is flagged too
+    assert m.contradicting_weights() == [("melanoma", "irregular border", pytest.approx(1.4)),
+                                         ("benign nevus", "irregular border", pytest.approx(-0.7))]
     html = render_class_card_html(m)
     assert 'id="contradicting"' in html and "irregular border is weighed +1.40 towards melanoma" in html
     assert 'id="store-dropped"' not in html  # no store check recorded
@@ -773,3 +775,24 @@ def test_demo_withholds_what_it_was_not_trained_on(browser, demo_model, tmp_path
     feats = model.image_features([card.image_root / r.path for r in card.manifest().split("test_id").rows])
     answered = np.mean(model.reference.ood_scores(feats) <= model.reference.threshold)
     assert answered >= 0.9
+
+
+def test_three_classes_flag_a_weight_on_a_concept_no_class_lists_whatever_its_sign(tiny_model):
+    """With three classes a negative weight on a class the store does not list a concept under speaks
+    against that class, which is no contradiction where another class lists it; but a concept listed
+    under no class should have no weight at all, so any weight on it is flagged."""
+    classes = ["benign nevus", "suspicious lesion", "melanoma"]
+    j, g, d = (CONCEPTS.index(c) for c in ("irregular border", "dark dots", "milia-like cysts"))
+    coef = np.zeros((3, len(CONCEPTS)), np.float32)
+    coef[2, j], coef[0, j] = 0.8, -0.4  # listed under melanoma: towards it, and against the nevus
+    coef[2, g] = -0.3  # against the class that lists it
+    coef[0, d] = -0.5  # listed under no class
+    prior = np.zeros((3, len(CONCEPTS)), np.float32)
+    prior[2, [j, g]] = 1.0
+    m = ConceptBottleneckModel(tiny_model.encoder_name, classes, tiny_model.bottleneck, coef,
+                               np.zeros(3, np.float32), concept_prior=prior, info=tiny_model.info)
+    assert sorted(m.contradicting_weights()) == sorted([("melanoma", "dark dots", pytest.approx(-0.3)),
+                                                        ("benign nevus", "milia-like cysts", pytest.approx(-0.5))])
+    coef[2, g] = coef[0, d] = 0.0
+    assert m.contradicting_weights() == []
+    assert 'id="contradicting-none"' in render_class_card_html(m)

@@ -366,3 +366,25 @@ def test_faithfulness_of_a_split_of_ones_own_making(tmp_path):
     short = SplitData("mine", test.features, test.labels, None, test.paths, test.extras[:3])
     with pytest.raises(ValueError, match=r"split 'mine' has 200 images but 3 rows"):
         measure_faithfulness(model, card, {**splits, "test": short})
+
+
+def test_a_split_with_non_finite_scores_is_refused_by_name_and_partial_truth_shows_its_coverage(tmp_path):
+    from cbm.pipeline.experiment import _faithfulness_table
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    model, card, splits = _toy_model_card_and_splits(tmp_path)
+    test = splits["test"]
+    features = test.features.copy()
+    features[[3, 7]] = np.nan
+    broken = SplitData("test", features, test.labels, None, test.paths, test.extras)
+    with pytest.raises(ValueError, match=rf"split 'test': 2 case\(s\) have non-finite .*{test.paths[3]}, {test.paths[7]}: re-encode"):
+        measure_faithfulness(model, card, {**splits, "test": broken})
+    # truth for one concept only: sign agreement judges the weight on it, and the table says how much that is
+    card.concept_truth = {"a": card.concept_truth["a"]}
+    model.coef = np.array([[0.0, 9.0, 0.0], [1.0, 0.0, 0.0]], np.float32)  # 90 % of the weight on b, without truth
+    f = measure_faithfulness(model, card, splits, store_names=["a", "b", "u"])
+    assert f["weight_without_truth"] == pytest.approx(0.9)
+    row = _faithfulness_table({"cbm": {"faithfulness": f}}).splitlines()[4]
+    assert row.startswith(f"| cbm | {f['sign_agreement']:.3f} (judged on 10.0 % of the weight; the rest is on concepts without truth) |")
+    f["weight_without_truth"] = 0.0
+    assert "judged on" not in _faithfulness_table({"cbm": {"faithfulness": f}})

@@ -324,6 +324,17 @@ def test_a_checked_store_entry_gets_no_weight(tiny, tmp_path):
     assert check["constrains_head"] is True
 
 
+def test_a_faithful_head_with_the_prior_penalty_runs_beside_its_twin_with_the_penalty_alone(tiny, tmp_path):
+    """The unconstrained twin drops the sign constraint and keeps every other setting, the prior
+    penalty and the store it reads included (it used to lose the store and stop the run)."""
+    run_dir = tmp_path / "penalty"
+    assert cbm_main(["run", *tiny, "head.use_prior=true", "head.prior_strength=0.01", "baselines.linear_probe=false",
+                     "baselines.zero_shot=false", "baselines.dense_concepts=false", f"hydra.run.dir={run_dir}"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"cbm", "cbm_unconstrained"}
+    assert metrics["cbm_unconstrained"]["faithfulness"]["measured"]
+
+
 def test_a_head_without_a_prior_is_judged_against_the_checked_store(tiny, tmp_path):
     """The unconstrained head (head=sparse) takes no prior, but the class card and the report judge
     its weights against the store: the store checked against the truth, as for the faithful head, and

@@ -126,17 +126,23 @@ def symmetric_binary(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarra
 
 def contradicting_entries(coef: np.ndarray, prior: np.ndarray) -> list[tuple[int, int, float]]:
     """``(class, concept, weight)`` indices of the weights ``(K, C)`` that push a concept towards a class
-    the store ``prior`` (``> 0``: listed) does not list it under, or away from one it does.
+    the store ``prior`` (``> 0``: listed) does not list it under, or away from one it does, and of any
+    weight on a concept the store lists under no class (unrelated to every class, it should have none).
 
     With two classes only the difference of the two rows acts (a head may split one effect as +w and
     -w), so each concept is judged once: by the class its net weight ``|w1 - w0|`` pushes towards,
-    which contradicts the store where the store does not list it there.
+    which contradicts the store where the store does not list it there. With more, a negative weight
+    on a class the concept is not listed under (it speaks against that class) is no contradiction
+    where the store lists the concept under some other class.
     """
     if coef.shape[0] == 2:
         net = coef[1] - coef[0]
         pushed = [(int(net[j] > 0), int(j)) for j in np.flatnonzero(net)]
         return [(k, j, float(abs(net[j]))) for k, j in pushed if not prior[k, j] > 0]
-    return [(int(k), int(j), float(coef[k, j])) for k, j in zip(*np.nonzero(coef)) if (coef[k, j] > 0) != (prior[k, j] > 0)]
+    listed = prior > 0
+    unlisted = ~listed.any(0)
+    return [(int(k), int(j), float(coef[k, j])) for k, j in zip(*np.nonzero(coef))
+            if (coef[k, j] > 0) != listed[k, j] or unlisted[j]]
 
 
 class LinearHeadMixin:

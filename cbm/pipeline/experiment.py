@@ -204,6 +204,14 @@ def _given_names(concepts: Any) -> list[str]:
     return list(getattr(concepts, "concepts", []) or [])
 
 
+def _unconstrained_twin(head: Any) -> Any:
+    """An unfitted copy of the faithful ``head`` without its sign constraint, every other setting kept
+    (a prior penalty too, with the same store: only the constraint differs)."""
+    from sklearn.base import clone
+
+    return clone(head).set_params(constraint=None)
+
+
 def _concept_heads(fit: FitResult, extra: dict, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
     """Every head on the concept scores, as (coef, intercept, an unfitted estimator of its type for the oracle)."""
     from sklearn.base import clone
@@ -212,7 +220,7 @@ def _concept_heads(fit: FitResult, extra: dict, seed: int) -> dict[str, tuple[np
 
     heads = {"cbm": (fit.model.coef, fit.model.intercept, clone(fit.head))}
     if "cbm_unconstrained" in extra:
-        free = clone(fit.head).set_params(constraint=None, prior=None)
+        free = _unconstrained_twin(fit.head)
         heads["cbm_unconstrained"] = (np.array(extra["cbm_unconstrained"]["coef"], np.float32),
                                       np.array(extra["cbm_unconstrained"]["intercept"], np.float32), free)
     if "dense_concepts" in extra:
@@ -235,8 +243,6 @@ def _head_facts(fit: FitResult) -> dict[str, Any]:
 def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[str], templates, seed: int,
                    probas: dict, extra: dict, timings: dict) -> None:
     """Fit every baseline asked for on the same features; fill ``probas``, ``extra`` and ``timings``."""
-    from sklearn.base import clone
-
     from cbm.encoders import encode_texts
     from cbm.heads import DenseConceptHead, LinearProbe, zero_shot_logits
 
@@ -245,7 +251,7 @@ def _run_baselines(fit: FitResult, which: Mapping[str, bool], eval_names: list[s
     n_classes = len(card.class_names)
     if which.get("cbm_unconstrained") and getattr(fit.head, "constraint", None):
         t = time.perf_counter()
-        free = clone(fit.head).set_params(constraint=None, prior=None)
+        free = _unconstrained_twin(fit.head)
         fit_head(free, fit.values, fit.splits, fit.truth)  # the same inputs as cbm: only the constraint differs
         coef, intercept = full_coef(free, n_classes)
         probas["cbm_unconstrained"] = {s: softmax(fit.values[s] @ coef.T + intercept) for s in eval_names}
@@ -296,8 +302,11 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
             shift = f"not measured: {f['intervention']['reason']}"
         oracle = f.get("oracle") or {}
         oracle_text = "–" if oracle.get("measured") is False else " / ".join(pct(v) for v in oracle.values()) or "–"
+        agreement = three(f.get("sign_agreement"))
+        if (f.get("weight_without_truth") or 0) >= 0.0005:  # judged on part of the weight only: say on how much
+            agreement += f" (judged on {pct(1 - f['weight_without_truth'])} % of the weight; the rest is on concepts without truth)"
         rows.append(
-            f"| {method} | {three(f.get('sign_agreement'))} | {three(f.get('mean_concept_auroc'))} | "
+            f"| {method} | {agreement} | {three(f.get('mean_concept_auroc'))} | "
             f"{shift} | {oracle_text} | {three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))} |"
         )
     if not rows:

@@ -405,6 +405,18 @@ def _curve_and_oracle(model: Any, coef: np.ndarray, intercept: np.ndarray, input
     return out
 
 
+def _finite_scores(model: Any, splits: dict[str, SplitData]) -> dict[str, np.ndarray]:
+    """Each split's concept scores; one with NaN or inf scores (from its features) is refused by name."""
+    scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
+    for s, z in scores.items():
+        bad = np.flatnonzero(~np.isfinite(z).all(1))
+        if len(bad):  # name a few of its images (rows, where the split has fewer paths)
+            where = ", ".join(str(splits[s].paths[i]) if i < len(splits[s].paths) else f"row {i}" for i in bad[:3])
+            raise ValueError(f"split {s!r}: {len(bad)} case(s) have non-finite concept scores (NaN or inf features), e.g. "
+                             f"{where}: re-encode those images (cbm.pipeline.extract_splits) or leave them out of the split")
+    return scores
+
+
 def measure_faithfulness(
     model: Any,
     card: Any,
@@ -434,7 +446,7 @@ def measure_faithfulness(
     names = model.bottleneck.concept_names
     coef, intercept = (model.coef if coef is None else np.asarray(coef, np.float32),
                        model.intercept if intercept is None else np.asarray(intercept, np.float32))
-    scores = {s: model.concept_scores_from_features(d.features) for s, d in splits.items()}
+    scores = _finite_scores(model, splits)
     inputs = scores if on_scores else {s: model.concept_values(z) for s, z in scores.items()}
     without_truth = lambda reason: _without_truth(reason, card, splits, scores, coef, intercept, seed, inputs)  # noqa: E731
     if not getattr(card, "concept_truth", None):
