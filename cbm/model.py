@@ -380,9 +380,8 @@ class ConceptBottleneckModel:
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
         """Class probabilities after setting some concept values by hand (a number, or "present" / "absent").
 
-        The classic concept-bottleneck test-time intervention: a clinician marks a concept present
-        or absent (:meth:`presence_levels`: 1 or 0 for a calibrated concept, a high or low
-        standardised score for the others) and sees how the prediction changes.
+        The classic concept-bottleneck test-time intervention: a clinician marks a concept present or
+        absent (:meth:`presence_levels`: 1 or 0 if calibrated, else a high or low score) and sees the change.
         """
         z = self.concept_values_from_features(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}
@@ -391,7 +390,8 @@ class ConceptBottleneckModel:
         for name, value in overrides.items():
             if name not in index:
                 raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
-            if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value not in levels):
+            number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+            if not (number or isinstance(value, str) and value in levels):
                 raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
             v = float(levels[value][index[name]] if isinstance(value, str) else value)
             if not math.isfinite(v):

@@ -5,6 +5,8 @@ The models and helpers are in ``tests/explain_support.py`` (fixtures registered 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from explain_support import CLASSES, CONCEPTS, WEIGHTS, make_image, write_phi_dicom
@@ -154,6 +156,11 @@ def test_intervention_bad_input_is_named(tiny_model):
         case.intervene({"irregular border": "yes"})
     with pytest.raises(ValueError, match="is True; use 'present', 'absent' or a number"):  # not a score of 1.0
         case.intervene({"irregular border": True})
+    for value in (None, [1.0]):  # "reset" from JSON, or a list: named, not a bare TypeError from float()
+        with pytest.raises(ValueError, match=rf"'irregular border' is {re.escape(repr(value))}; use 'present'"):
+            case.intervene({"irregular border": value})
+    assert list(case.intervene({"irregular border": np.float32(1.0)}).values()) == pytest.approx(
+        list(case.intervene({"irregular border": 1}).values()), abs=1e-6)
     # the model takes the words too, as the case does
     assert list(tiny_model.intervene_features(case.feature, {"irregular border": "present"})) == pytest.approx(
         list(case.intervene({"irregular border": "present"}).values()), abs=1e-6)

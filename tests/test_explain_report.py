@@ -796,3 +796,32 @@ def test_three_classes_flag_a_weight_on_a_concept_no_class_lists_whatever_its_si
     coef[2, g] = coef[0, d] = 0.0
     assert m.contradicting_weights() == []
     assert 'id="contradicting-none"' in render_class_card_html(m)
+
+
+def test_the_controls_say_what_present_and_absent_set_for_each_kind_of_concept(tiny_model):
+    """A calibrated concept goes to 1 / 0, one annotated often enough to the annotated images' mean
+    score, any other to the training scores' percentiles; the page says which applies where."""
+    from cbm.explain.render import _levels_text
+
+    c = len(CONCEPTS)
+    levels = np.stack([np.full(c, -1.0), np.full(c, 1.0)]).astype(np.float32)
+    calibration = np.full((2, c), np.nan, np.float32)
+    calibration[:, CONCEPTS.index("irregular border")] = [2.0, 0.1]
+
+    def model(**kw):
+        return ConceptBottleneckModel(tiny_model.encoder_name, CLASSES, tiny_model.bottleneck, tiny_model.coef,
+                                      tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores, **kw)
+
+    plain = _levels_text(model())
+    assert plain == "For every concept the model uses, present sets the score to the training images' 95th percentile, absent to their 5th."
+    annotated = _levels_text(model(concept_levels=levels, info={"levels_from_truth": list(CONCEPTS)}))
+    assert annotated.startswith("For every concept the model uses, present sets the score to the mean of the training "
+                                "images annotated present") and "percentile" not in annotated
+    mixed = _levels_text(model(concept_levels=levels, calibration=calibration,
+                               info={"levels_from_truth": ["irregular border", "blue-white veil"]}))
+    assert mixed.startswith("For a concept the model reads as a probability")
+    assert "For a concept the training images annotate, present sets the score to the mean" in mixed
+    assert mixed.endswith("For a concept the training images do not annotate, or annotate too rarely to average, present "
+                          "sets the score to the training images' 95th percentile, absent to their 5th.")
+    # a model saved before the record cannot tell which levels were percentiles: the page says what it said then
+    assert "percentile" not in _levels_text(model(concept_levels=levels, info={}))

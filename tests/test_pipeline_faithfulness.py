@@ -388,3 +388,21 @@ def test_a_split_with_non_finite_scores_is_refused_by_name_and_partial_truth_sho
     assert row.startswith(f"| cbm | {f['sign_agreement']:.3f} (judged on 10.0 % of the weight; the rest is on concepts without truth) |")
     f["weight_without_truth"] = 0.0
     assert "judged on" not in _faithfulness_table({"cbm": {"faithfulness": f}})
+
+
+def test_present_and_absent_are_annotated_means_only_where_enough_images_are_annotated(tmp_path):
+    from cbm.pipeline.levels import levels_from_truth, truth_levels
+
+    _, card, splits = _toy_model_card_and_splits(tmp_path)
+    train = splits["train"]
+    rows = [dict(r) for r in train.extras]
+    present = [r for r in rows if r["t_b"] == "1"]
+    for r in present[3:]:  # "b" annotated present on 3 images only, absent on many: too few to average
+        r["t_b"] = ""
+    train = SplitData("train", train.features, train.labels, None, train.paths, rows)
+    names = ["a", "b", "u"]
+    assert levels_from_truth(card, train, names) == ["a", "u"]
+    levels = truth_levels(card, train, names, train.features)
+    a_truth = np.array([float(r["t_a"]) for r in rows])
+    assert levels[1, 0] == pytest.approx(train.features[a_truth == 1, 0].mean(), abs=1e-5)
+    assert levels[:, 1] == pytest.approx(np.percentile(train.features[:, 1], [5, 95]), abs=1e-5)

@@ -322,6 +322,8 @@ def test_a_checked_store_entry_gets_no_weight(tiny, tmp_path):
         assert d["association"] is None or d["association"] < 0.1
         assert model.concept_prior[k, c] == 0 and model.coef[k, c] == 0
     assert check["constrains_head"] is True
+    # the concepts whose present / absent are annotated images' means are recorded for the reports
+    assert model.info["levels_from_truth"] and set(model.info["levels_from_truth"]) <= set(names)
 
 
 def test_a_faithful_head_with_the_prior_penalty_runs_beside_its_twin_with_the_penalty_alone(tiny, tmp_path):

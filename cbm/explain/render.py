@@ -179,17 +179,28 @@ def _intervention_rows(case: CaseReport, data: Mapping[str, Any], top_k: int) ->
 
 
 def _levels_text(model: ConceptBottleneckModel) -> str:
-    if model.calibrated().any():
-        return ("For a concept the model reads as a probability (the training images' annotations calibrate its "
-                "score), present sets that probability to 1 and absent to 0; "
-                + ("for the others, present sets the score to the mean of the training images annotated present, "
-                   "absent to that of those annotated absent." if not model.calibrated().all() else
-                   "every concept with a weight is read so."))
-    if model.concept_levels is not None:
-        return ("Present sets the score to the mean of the training images annotated present, absent to that of "
-                "those annotated absent.")
-    return (f"Present sets the score to the training images' {PRESENT_PERCENTILE:.0f}th percentile, absent to their "
-            f"{ABSENT_PERCENTILE:.0f}th.")
+    """What the controls' present and absent set, for each kind of concept the head uses: a probability
+    (calibrated), the mean score of annotated training images, or a percentile of the training scores."""
+    names = model.bottleneck.concept_names
+    used = np.any(model.coef != 0, axis=0) if np.any(model.coef) else np.ones(len(names), bool)
+    from_truth = set(names if model.info.get("levels_from_truth") is None else model.info["levels_from_truth"])
+    kinds = dict.fromkeys(("probability", "means", "percentiles"), 0)
+    for name, on, use in zip(names, model.calibrated(), used):
+        if use:
+            kinds["probability" if on else "means" if model.concept_levels is not None and name in from_truth
+                  else "percentiles"] += 1
+    texts = {  # (where kinds differ, where one kind covers every concept, what present and absent do)
+        "probability": ("For a concept the model reads as a probability", "The model reads every concept it uses as a "
+                        "probability", " (the training images' annotations calibrate its score): present sets it to 1 "
+                        "and absent to 0."),
+        "means": ("For a concept the training images annotate", "For every concept the model uses", ", present sets "
+                  "the score to the mean of the training images annotated present, absent to that of those annotated absent."),
+        "percentiles": ("For a concept the training images do not annotate, or annotate too rarely to average",
+                        "For every concept the model uses", f", present sets the score to the training images' "
+                        f"{PRESENT_PERCENTILE:.0f}th percentile, absent to their {ABSENT_PERCENTILE:.0f}th."),
+    }
+    several = sum(n > 0 for n in kinds.values()) > 1
+    return " ".join(texts[k][0 if several else 1] + texts[k][2] for k, n in kinds.items() if n)
 
 
 def _map_cards(case: CaseReport) -> list[dict[str, str]]:

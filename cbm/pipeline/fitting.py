@@ -31,12 +31,13 @@ from cbm.pipeline.inputs import (
     resolve_card,
     resolve_concepts,
 )
+from cbm.pipeline.levels import levels_from_truth, truth_levels
 from cbm.reference import build_reference
 from cbm.utils import jsonable
 
 __all__ = [
     "FitResult", "common_oracle_misses", "fit", "fit_head", "fit_model", "full_coef", "make_head", "target_misses",
-    "truth_levels", "validation_figures", "values_rule_passes",
+    "validation_figures", "values_rule_passes",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,10 +190,9 @@ def fit_model(
         enc.name, card.class_names, bn, *full_coef(est, len(card.class_names)),
         encoder_key=getattr(enc, "cache_key", None),
         train_raw_scores=bn.raw_scores(train.features),
-        concept_prior=prior,
-        concept_levels=levels,
-        calibration=calibration,
-        info=_record(card, splits, est, cset, templates, bn, centred_on, store_check, choice),
+        concept_prior=prior, concept_levels=levels, calibration=calibration,
+        info=_record(card, splits, est, cset, templates, bn, centred_on, store_check, choice,
+                     None if levels is None else levels_from_truth(card, train, names)),
     )
     # out-of-distribution threshold (val), nearest training images, the operating point for the card
     model.reference = build_reference(model, splits, image_root=card.image_root)
@@ -371,30 +371,10 @@ def _choose_values(card, splits: dict[str, SplitData], names: list[str], scores:
                                                              "val_common_oracle": bar, **figures}
 
 
-def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -> np.ndarray | None:
-    """``(2, C)``: the mean standardised training score of the images annotated absent (row 0) and
-    present (row 1), per concept, where the card annotates concept truth; the 5th and 95th
-    percentiles of the training scores for a concept with fewer than
-    :data:`~cbm.pipeline.faithfulness.MIN_ANNOTATED` of either. ``None`` when the card annotates none
-    of the concepts."""
-    from cbm.pipeline.faithfulness import MIN_ANNOTATED, truth_matrix
-
-    annotated, truth = truth_matrix(card, train, names)
-    if not annotated:
-        return None
-    levels = np.percentile(scores, [5.0, 95.0], axis=0).astype(np.float32)
-    for j, name in enumerate(annotated):
-        c = names.index(name)
-        present, absent = truth[:, j] == 1, truth[:, j] == 0
-        if present.sum() >= MIN_ANNOTATED and absent.sum() >= MIN_ANNOTATED:
-            levels[:, c] = scores[absent, c].mean(), scores[present, c].mean()
-    return levels
-
-
 def _head_inputs(card, splits: dict[str, SplitData], names: list[str], scores: dict[str, np.ndarray], calibrate: bool):
     """What the head is fitted on: ``(score levels or None, calibration or None, values, truth)``.
 
-    Where the card annotates concept truth: the score levels (:func:`truth_levels`), with
+    Where the card annotates concept truth: the score levels (:func:`cbm.pipeline.levels.truth_levels`), with
     ``calibrate`` each annotated concept's calibration to P(present) on the training split
     (:func:`cbm.calibration.fit_calibration`), the values (split -> the scores, calibrated
     concepts as probabilities) and the train and val truth as intervention values (0 / 1 for a
@@ -436,7 +416,7 @@ def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, expl
 
 
 def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_on: int, store_check: dict | None,
-            calibration_choice: dict | None = None) -> dict:
+            calibration_choice: dict | None = None, from_truth: list[str] | None = None) -> dict:
     """The facts a saved model keeps about how it was made (model.json ``info``)."""
     info: dict[str, Any] = {
         "card": {"name": card.name, "title": getattr(card, "title", None), "modality": card.modality},
@@ -457,6 +437,8 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         info["manifest_rows_left_out"] = left_out
     if calibration_choice is not None:  # probabilities or scores, by the validation rule (calibrate: auto)
         info["calibration_choice"] = calibration_choice
+    if from_truth is not None:  # the concepts whose present / absent are annotated images' means (others: percentiles)
+        info["levels_from_truth"] = from_truth
     fitted = getattr(est, "interventions_", None)
     if fitted:  # intervention-aware fitting: how, and the order its selected head was fitted for
         names = list(cset.concepts)
