@@ -237,10 +237,44 @@ def hydra_main(argv: list[str]) -> int:
     try:
         app()
     except SystemExit as exc:  # Hydra exits on --help / bad overrides
+        if exc.code:
+            for hint in _unknown_key_hints(argv):
+                print(f"cbm run: {hint}", file=sys.stderr)
         return int(exc.code or 0)
     finally:
         sys.argv = saved
     return 0
+
+
+def _unknown_key_hints(argv: list[str]) -> list[str]:
+    """After Hydra refused a command line: each override of a setting the composed config lacks (a
+    misspelt ``head.l1_ratoi=0.9``), with the closest setting beside it. Nothing when the config
+    itself cannot be composed (Hydra's own message says why)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    pairs = [a.split("=", 1) for a in argv if "=" in a and not a.startswith(("+", "~", "-", "hydra"))]
+    # a group swept over (dataset=demo,demo3) is composed with its first choice
+    groups, keys = [f"{k}={v.split(',')[0]}" for k, v in pairs if "." not in k], [k for k, _ in pairs if "." in k]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=groups)
+    except Exception:  # noqa: BLE001 - a hint only: Hydra has already said what is wrong
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    missing, hints = object(), []
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        if not OmegaConf.is_dict(node) or OmegaConf.select(cfg, key, default=missing) is not missing:
+            continue
+        close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+        hints.append(f"{key} is not a setting" + (f": did you mean {parent}.{close[0]}?" if close else
+                                                  f"; {parent} has {', '.join(str(k) for k in node if not str(k).startswith('_'))}"))
+    return hints
 
 
 def register(subparsers) -> None:

@@ -138,6 +138,12 @@ def test_bad_override_is_an_error_not_a_crash(capsys):
     # a misspelt experiment is refused like any group, not skipped for the default world
     assert cbm_main(["run", "experiment=demo_abcdd", "--cfg", "job"]) != 0
     assert "Could not find 'experiment/demo_abcdd'" in capsys.readouterr().err
+    # a misspelt setting: Hydra refuses it, and cbm names the closest one, in the group chosen
+    assert cbm_main(["run", "-m", "dataset=demo3,demo", "head=sparse", "dataset.demo.confunding=0.5", "head.l1_ratoi=0.9"]) != 0
+    err = capsys.readouterr().err
+    assert "did you mean dataset.demo.confounding?" in err and "did you mean head.l1_ratio?" in err
+    assert cbm_main(["run", "head.zzz=1"]) != 0
+    assert "head.zzz is not a setting; head has l1_ratio, " in capsys.readouterr().err
 
 
 def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encoding(tiny, tmp_path, capsys, monkeypatch):
