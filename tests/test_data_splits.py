@@ -4,6 +4,7 @@ built-in cards themselves."""
 from __future__ import annotations
 
 import csv
+import logging
 import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -599,6 +600,34 @@ def test_derm7pt_official_split_lists_and_checklist_truth(tmp_path):
     assert truth["irregular pigmentation"]["A000/D000.JPG"] == "1" and truth["regression structures"]["A001/D001.JPG"] == "0"
     with pytest.raises(ValueError, match="split lists valid_indexes.csv, test_indexes.csv were not given"):
         make_splits("derm7pt", [meta, lists[0]], write=False)
+
+
+def test_truth_values_a_card_cannot_use_are_named_when_the_manifest_is_made(tmp_path, caplog):
+    """A source value the truth map lacks (a release that writes "Atypical") is written as not
+    annotated, and said; so is a copied cell that is no truth value, which validate would refuse."""
+    header = ["case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
+              "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures", "elevation",
+              "location", "sex", "derm"]
+    rows = [[i + 1, ("clark nevus", "melanoma")[i % 2], 0, ("Atypical" if i < 3 else "typical"), "absent", "absent", "absent",
+             "absent", "absent", ("absent", "NA")[i % 2], "palpable", "back", "female", f"A{i:03d}/D{i:03d}.JPG"]
+            for i in range(100)]
+    meta = write_csv(tmp_path / "meta.csv", header, rows)
+    lists = [write_csv(tmp_path / f"{name}_indexes.csv", ["indexes"], [[i] for i in range(100) if i % 10 in ks])
+             for name, ks in (("train", range(0, 6)), ("valid", (6, 7)), ("test", (8, 9)))]
+    with caplog.at_level(logging.WARNING, logger="cbm.data"):
+        result = make_splits("derm7pt", [meta, *lists], salt="test", write=False)
+    assert "3 source cells of pigment_network have a value its map lacks ('Atypical' (3))" in caplog.text
+    assert "vascular" not in caplog.text  # "NA" is a gap, not an odd value
+    assert sum(r[load_card("derm7pt").concept_truth["atypical pigment network"]] == "" for r in result.rows) == 3
+    caplog.clear()
+    fitz = write_csv(tmp_path / "fitzpatrick17k.csv", FITZ_HEADER, fitz_rows(280))
+    annotations = [[k, f"{i:032x}.jpg", *[int((i + j) % 9 == 0) for j in range(48)], 0] for k, i in enumerate(range(0, 280, 2))]
+    annotations[3][2 + 5], annotations[4][2 + 6] = "0.5", "?"
+    skincon = write_csv(tmp_path / "annotations_fitzpatrick17k.csv", ["", "ImageID", *SKINCON, "Do not consider this image"], annotations)
+    with caplog.at_level(logging.WARNING, logger="cbm.data"):
+        make_splits("skincon", [skincon, fitz], salt="test", write=False)
+    assert "1 source cells of Pustule are no truth value ('0.5' (1))" in caplog.text
+    assert "1 source cells of Bulla are no truth value ('?' (1))" in caplog.text and "cbm validate and any run" in caplog.text
 
 
 def fitz_rows(n: int) -> list[list[object]]:

@@ -252,6 +252,7 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
     items: list[dict[str, Any]] = []
     seen: set[str] = set()
     group = rule.group_rule()
+    odd: dict[str, Counter] = defaultdict(Counter)  # truth column -> source values it cannot use
     for row in rows:
         cls, why = _label(row, rule)
         if cls is None:
@@ -276,8 +277,44 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
         for col, truth in rule.truth.items():
             value = row.get(truth.source, "")
             item[col] = value if truth.map is None else truth.map.get(value, "")
+            if not _is_gap(value) and (value not in truth.map if truth.map is not None else not _is_truth(value)):
+                odd[col][value] += 1
         items.append(item)
+    _warn_odd_truth(odd, rule, card)
     return items
+
+
+def _is_gap(value: str) -> bool:
+    """An empty or NA cell: not annotated, in the source as in the manifest."""
+    from cbm.data._truth import _NOT_ANNOTATED
+
+    return value.strip().lower() in _NOT_ANNOTATED
+
+
+def _is_truth(value: str) -> bool:
+    from cbm.data._truth import parse_truth
+
+    try:
+        parse_truth(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _warn_odd_truth(odd: dict[str, Counter], rule: SplitRule, card: Any) -> None:
+    """Say which source values a truth column could not use: a value its map lacks is written as not
+    annotated; a copied value that is no truth value is written as it is, for validate and runs to refuse."""
+    for col, values in odd.items():
+        truth, shown = rule.truth[col], ", ".join(f"{v!r} ({n})" for v, n in values.most_common(5))
+        if truth.map is not None:
+            log.warning("card %s: concept truth %s: %d source cells of %s have a value its map lacks (%s); they are "
+                        "written as not annotated: add the values to the map in the card's make_splits truth rule",
+                        card.name, col, sum(values.values()), truth.source, shown)
+        else:
+            log.warning("card %s: concept truth %s: %d source cells of %s are no truth value (%s) and are copied as "
+                        "they are, so cbm validate and any run will refuse the manifest: correct them in the source "
+                        "(use 1/0, or leave a cell empty for not annotated)", card.name, col, sum(values.values()),
+                        truth.source, shown)
 
 
 def _clean_path(path: str) -> str:
