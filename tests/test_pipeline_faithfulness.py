@@ -388,6 +388,15 @@ def test_a_split_with_non_finite_scores_is_refused_by_name_and_partial_truth_sho
     assert row.startswith(f"| cbm | {f['sign_agreement']:.3f} (judged on 10.0 % of the weight; the rest is on concepts without truth) |")
     f["weight_without_truth"] = 0.0
     assert "judged on" not in _faithfulness_table({"cbm": {"faithfulness": f}})
+    # a concept the test split annotates one way only has no AUROC, and the mean says over how many it is
+    model.coef = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    card.concept_truth = {c: f"t_{c}" for c in ("a", "b", "u")}
+    rows = [{**r, "t_u": "1"} for r in test.extras]
+    one_way = SplitData("test", test.features, test.labels, None, test.paths, rows)
+    f = measure_faithfulness(model, card, {**splits, "test": one_way})
+    assert f["concept_auroc"]["u"] is None and f["mean_concept_auroc_of"] == 2 and f["concepts_with_truth"] == 3
+    assert f["mean_concept_auroc"] == pytest.approx(np.mean([f["concept_auroc"]["a"], f["concept_auroc"]["b"]]))
+    assert "(of 2 of 3 concepts: the others lack both values in test)" in _faithfulness_table({"cbm": {"faithfulness": f}})
 
 
 def test_present_and_absent_are_annotated_means_only_where_enough_images_are_annotated(tmp_path):

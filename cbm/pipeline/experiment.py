@@ -305,8 +305,11 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         agreement = three(f.get("sign_agreement"))
         if (f.get("weight_without_truth") or 0) >= 0.0005:  # judged on part of the weight only: say on how much
             agreement += f" (judged on {pct(1 - f['weight_without_truth'])} % of the weight; the rest is on concepts without truth)"
+        auroc = three(f.get("mean_concept_auroc"))
+        if f.get("mean_concept_auroc") is not None and f.get("mean_concept_auroc_of", 0) < f.get("concepts_with_truth", 0):
+            auroc += f" (of {f['mean_concept_auroc_of']} of {f['concepts_with_truth']} concepts: the others lack both values in test)"
         rows.append(
-            f"| {method} | {agreement} | {three(f.get('mean_concept_auroc'))} | "
+            f"| {method} | {agreement} | {auroc} | "
             f"{shift} | {oracle_text} | {three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))} |"
         )
     if not rows:

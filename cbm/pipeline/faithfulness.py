@@ -487,9 +487,9 @@ def measure_faithfulness(
     none_there = lambda where: {"measured": False, "reason": (  # noqa: E731
         f"the {where} split of card {card.name!r} annotates no concept truth; fill its truth columns in the manifest")}
     aurocs = {c: _auroc(test_truth[:, j], scores["test"][:, col[c]]) for j, c in enumerate(test_names)}
-    known = [v for v in aurocs.values() if v is not None]
+    known = [v for v in aurocs.values() if v is not None] if "test" not in unannotated else []
     out["concept_auroc"] = none_there("test") if "test" in unannotated else aurocs
-    out["mean_concept_auroc"] = float(np.mean(known)) if known and "test" not in unannotated else None
+    out["mean_concept_auroc"], out["mean_concept_auroc_of"] = (float(np.mean(known)) if known else None), len(known)
     phi = _phi(truth["train"][1], splits["train"].labels, len(model.classes))
     out.update(_sign_agreement(coef, names, with_truth, phi, model.classes))
     not_measured = none_there(" and ".join(dict.fromkeys(evaluate.values()))) if not annotated else (
