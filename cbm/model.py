@@ -240,13 +240,13 @@ class ConceptBottleneckModel:
     def contradicting_weights(self) -> list[tuple[str, str, float]]:
         """``(class, concept, weight)`` for every non-zero weight that pushes a concept towards a class
         the concept store does not list it under (or away from one it does); empty without a prior.
-        With two classes each concept is judged once, by its net weight (:func:`cbm.heads.contradicting_entries`)."""
+        With two classes, or an ordinal head, each concept is judged once (:func:`cbm.heads.contradicting_entries`)."""
         from cbm.heads import contradicting_entries
 
         if self.concept_prior is None:
             return []
-        names = self.bottleneck.concept_names
-        return [(self.classes[k], names[j], w) for k, j, w in contradicting_entries(self.coef, self.concept_prior)]
+        names, ordinal = self.bottleneck.concept_names, (self.info.get("head") or {}).get("ordinal") is True
+        return [(self.classes[k], names[j], w) for k, j, w in contradicting_entries(self.coef, self.concept_prior, ordinal)]
 
     # ------------------------------------------------------------------ the encoder
     @property

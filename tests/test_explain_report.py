@@ -825,3 +825,20 @@ def test_the_controls_say_what_present_and_absent_set_for_each_kind_of_concept(t
                           "sets the score to the training images' 95th percentile, absent to their 5th.")
     # a model saved before the record cannot tell which levels were percentiles: the page says what it said then
     assert "percentile" not in _levels_text(model(concept_levels=levels, info={}))
+
+
+def test_an_ordinal_models_weights_are_judged_by_the_grade_direction_they_move(tiny_model):
+    """An ordinal model (model.json's head has ordinal: true) moves each concept along one scale: a
+    concept listed under both ends has no direction, so any weight on it is named once, towards the
+    end it raises."""
+    classes = ["benign nevus", "suspicious lesion", "melanoma"]
+    j = CONCEPTS.index("irregular border")
+    coef = np.zeros((3, len(CONCEPTS)), np.float32)
+    coef[:, j] = [-0.5, 0.0, 0.5]
+    prior = np.zeros((3, len(CONCEPTS)), np.float32)
+    prior[[0, 2], j] = 1.0
+    m = ConceptBottleneckModel(tiny_model.encoder_name, classes, tiny_model.bottleneck, coef, np.zeros(3, np.float32),
+                               concept_prior=prior, info={**tiny_model.info, "head": {"ordinal": True}})
+    assert m.contradicting_weights() == [("melanoma", "irregular border", pytest.approx(1.0))]
+    m.info["head"] = {"ordinal": False}  # read per entry: against the nevus, which lists it
+    assert m.contradicting_weights() == [("benign nevus", "irregular border", pytest.approx(-0.5))]

@@ -54,6 +54,27 @@ def test_positions_and_directions_from_the_store():
     np.testing.assert_array_equal(ordinal_directions(prior), [-1, 0, 1, 0, 0])
 
 
+def test_a_faithful_ordinal_head_on_four_grades_contradicts_nothing_and_a_wrong_direction_is_named_once():
+    """Every row of a four-grade ordinal head is a multiple of the shared vector, so a finding of grade 1
+    also weighs on grade 0; judged per entry, the faithful head would contradict its own store. It is
+    judged by the grade direction each concept moves instead."""
+    from cbm.heads import contradicting_entries
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 4))
+    t = -1.0 * X[:, 0] - 0.8 * X[:, 1] + 0.8 * X[:, 2] + 1.0 * X[:, 3] + rng.normal(scale=0.5, size=1200)
+    y = np.digitize(t, np.quantile(t, [0.25, 0.5, 0.75]))  # grades 0 < 1 < 2 < 3
+    prior = np.eye(4)  # concept j listed under grade j only: down, down, up, up
+    head = SparseConceptHead(ordinal=True, constraint="prior", prior=prior, n_lambdas=15, intervention_training=False,
+                             random_state=0).fit(X, y)
+    assert np.count_nonzero(head.coef_[0]) == 4  # grade 0 shows grade 1's finding too
+    assert contradicting_entries(head.coef_, prior, ordinal=True) == []
+    assert contradicting_entries(head.coef_, prior) != []  # what a per-entry reading said
+    wrong = head.coef_.copy()
+    wrong[:, 1] *= -1  # grade 1's finding now raises the grade
+    assert contradicting_entries(wrong, prior, ordinal=True) == [(3, 1, pytest.approx(abs(wrong[3, 1] - wrong[0, 1])))]
+
+
 def test_the_ordinal_form_is_optimal_and_shares_one_vector(graded):
     """Signs fixed by the store: the problem is smooth on its feasible set, so L-BFGS-B solves it too."""
     X, y = graded

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 from cbm.heads._baselines import DenseConceptHead, LinearProbe, zero_shot_logits
-from cbm.heads._common import contradicting_entries
+from cbm.heads._common import contradicting_entries, ordinal_directions, ordinal_positions
 from cbm.heads._interventions import intervention_accuracies, intervention_order, intervention_steps, set_from_truth
 from cbm.heads._solver import elastic_net_objective
 from cbm.heads._selection import select_path_point, standard_error
-from cbm.heads._sparse import SparseConceptHead, ordinal_directions, ordinal_positions
+from cbm.heads._sparse import SparseConceptHead
 from cbm.heads._synthetic import PlantedProblem, make_planted_problem
 
 __all__ = [

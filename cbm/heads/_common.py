@@ -124,7 +124,24 @@ def symmetric_binary(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarra
     return np.stack([-w / 2, w / 2]), np.array([-b / 2, b / 2])
 
 
-def contradicting_entries(coef: np.ndarray, prior: np.ndarray) -> list[tuple[int, int, float]]:
+def ordinal_positions(n_classes: int) -> np.ndarray:
+    """The ordinal form's class positions ``k - (K - 1) / 2``: class k's weights are this times ``w``
+    (centred, so the nevus of benign < suspicious < melanoma shows ``-w``, melanoma ``+w`` and the
+    middle class none)."""
+    return np.arange(n_classes, dtype=np.float64) - (n_classes - 1) / 2.0
+
+
+def ordinal_directions(prior: np.ndarray) -> np.ndarray:
+    """The faithful ordinal head's sign per concept, ``(C,)`` in {-1, 0, +1}, from a ``(K, C)`` prior
+    whose rows are ordered classes: +1 (the concept may only raise the grade) where the classes
+    listing it lie above the middle of the scale on average, -1 where they lie below, 0 (no weight)
+    where no class lists it or its classes balance at the middle (a concept of the middle class
+    alone, which no single grade direction represents)."""
+    listed = (np.asarray(prior) > 0).astype(np.float64)
+    return np.sign(np.round(ordinal_positions(listed.shape[0]) @ listed, 9)).astype(np.int64)
+
+
+def contradicting_entries(coef: np.ndarray, prior: np.ndarray, ordinal: bool = False) -> list[tuple[int, int, float]]:
     """``(class, concept, weight)`` indices of the weights ``(K, C)`` that push a concept towards a class
     the store ``prior`` (``> 0``: listed) does not list it under, or away from one it does, and of any
     weight on a concept the store lists under no class (unrelated to every class, it should have none).
@@ -133,8 +150,14 @@ def contradicting_entries(coef: np.ndarray, prior: np.ndarray) -> list[tuple[int
     -w), so each concept is judged once: by the class its net weight ``|w1 - w0|`` pushes towards,
     which contradicts the store where the store does not list it there. With more, a negative weight
     on a class the concept is not listed under (it speaks against that class) is no contradiction
-    where the store lists the concept under some other class.
+    where the store lists the concept under some other class. An ``ordinal`` head (rows ``s_k w``,
+    one shared vector) is judged once per concept too: by the grade direction its weight moves, against
+    :func:`ordinal_directions` of the store, and named by the highest or lowest class it moves towards.
     """
+    if ordinal:
+        net, direction = coef[-1] - coef[0], ordinal_directions(prior)
+        return [(coef.shape[0] - 1 if net[j] > 0 else 0, int(j), float(abs(net[j])))
+                for j in np.flatnonzero(net) if np.sign(net[j]) != direction[j]]
     if coef.shape[0] == 2:
         net = coef[1] - coef[0]
         pushed = [(int(net[j] > 0), int(j)) for j in np.flatnonzero(net)]

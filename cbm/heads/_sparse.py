@@ -15,7 +15,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from cbm.heads._common import LinearHeadMixin, check_train_data, sample_weights, validation_data
+from cbm.heads._common import (
+    LinearHeadMixin,
+    check_train_data,
+    ordinal_directions,
+    ordinal_positions,
+    sample_weights,
+    validation_data,
+)
 from cbm.heads._interventions import intervened_copies, intervention_accuracies, intervention_order
 from cbm.heads._selection import select_path_point
 from cbm.heads._solver import PathPoint, solve_path
@@ -34,23 +41,6 @@ _SMALL_PROBLEM = 10_000_000
 # order of the first path's selected head (more paths, each in its predecessor's order, did not
 # settle the order on the default world in 4, and its validation curves were as good after 2)
 _INTERVENTION_ROUNDS = 2
-
-
-def ordinal_positions(n_classes: int) -> np.ndarray:
-    """The ordinal form's class positions ``k - (K - 1) / 2``: class k's weights are this times ``w``
-    (centred, so the nevus of benign < suspicious < melanoma shows ``-w``, melanoma ``+w`` and the
-    middle class none)."""
-    return np.arange(n_classes, dtype=np.float64) - (n_classes - 1) / 2.0
-
-
-def ordinal_directions(prior: np.ndarray) -> np.ndarray:
-    """The faithful ordinal head's sign per concept, ``(C,)`` in {-1, 0, +1}, from a ``(K, C)`` prior
-    whose rows are ordered classes: +1 (the concept may only raise the grade) where the classes
-    listing it lie above the middle of the scale on average, -1 where they lie below, 0 (no weight)
-    where no class lists it or its classes balance at the middle (a concept of the middle class
-    alone, which no single grade direction represents)."""
-    listed = (np.asarray(prior) > 0).astype(np.float64)
-    return np.sign(np.round(ordinal_positions(listed.shape[0]) @ listed, 9)).astype(np.int64)
 
 
 def _collect_path(points, n_points: int, n_classes: int, val_acc: list[float]) -> tuple[list[dict], list, list]:

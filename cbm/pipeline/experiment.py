@@ -397,7 +397,8 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
                      + ("left the head's prior" if check.get("constrains_head", True) else
                         "left the store its weights are judged against (this head is not constrained by it)")
                      + (f": {listed}." if dropped else ".")
-                     + (f" Left without any concept (their logit is their bias): {', '.join(emptied)}."
+                     + (f" Left without any concept of their own (a per-class head gives them their bias alone): "
+                        f"{', '.join(emptied)}."
                         if emptied and check.get("constrains_head", True) else ""))
     elif check.get("reason"):
         notes.append(f"Concept store not checked against concept truth: {check['reason']}.")

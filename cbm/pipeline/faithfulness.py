@@ -223,7 +223,7 @@ def check_store(card, train: SplitData, concept_names: Sequence[str], prior: np.
         log.info("concept store checked against the truth: %d entries not borne out, dropped: %s", len(dropped),
                  ", ".join(f"{d['concept']} ({d['class']}, phi {d['association']})" for d in dropped))
     if emptied and constrains_head:  # a head without a prior is only judged against the checked store
-        log.warning("after the store check, %s keep no concept: their logit is their bias alone", ", ".join(emptied))
+        log.warning("after the store check, %s keep no concept of their own (per class: their bias alone)", ", ".join(emptied))
     return checked, {"checked": True, "concepts_checked": len(judged), "threshold": UNRELATED_PHI, "dropped": dropped,
                      "classes_left_without_concepts": emptied}
 
