@@ -89,6 +89,10 @@ def code_version() -> dict:
     return {"cbm": cbm.__version__, "commit": commit, "uncommitted_changes": None if status is None else bool(status)}
 
 
+# float rounding allowed at every target's bound (a figure exactly on it meets it)
+_ROUNDING = 1e-9
+
+
 def check_world(metrics: dict, model, classes: int) -> dict:
     from cbm.pipeline.compare import intervention_points
     from cbm.pipeline.faithfulness import STEP_FALL
@@ -97,9 +101,11 @@ def check_world(metrics: dict, model, classes: int) -> dict:
     f = cbm.get("faithfulness", {})
     curve = intervention_points(f)
     keys = [k for k in ("id_accuracy", "ood_accuracy") if curve and k in curve[0]]
-    falls = all(b[k] >= a[k] - STEP_FALL for a, b in zip(curve, curve[1:]) for k in keys)
+    # no curve is no pass; each bound holds at its edge (accuracies are counts over n: 824/1200 - 800/1200
+    # computes as 0.020000000000000018, a gap of exactly 2 points)
+    falls = bool(curve) and all(b[k] >= a[k] - STEP_FALL - _ROUNDING for a, b in zip(curve, curve[1:]) for k in keys)
     oracle = f.get("oracle") or {}
-    end = {k: curve[-1][k] >= max(curve[0][k], oracle.get(k, 0) - 0.02) for k in keys} if curve else {}
+    end = {k: curve[-1][k] >= max(curve[0][k], oracle.get(k, 0) - 0.02) - _ROUNDING for k in keys} if curve else {}
     out = {
         "figures": {
             "cbm_id": cbm["id_accuracy"], "cbm_ood": cbm["ood_accuracy"], "gap": cbm["gap"],
@@ -115,13 +121,13 @@ def check_world(metrics: dict, model, classes: int) -> dict:
             "concept_values_choice": model.info.get("calibration_choice"),  # the validation figures that chose
         },
         "targets": {
-            "gap": cbm["gap"] <= 0.02,
-            "ood_vs_zero_shot": cbm["ood_accuracy"] >= metrics["zero_shot"]["ood_accuracy"],
-            "ood_vs_dense": cbm["ood_accuracy"] >= metrics["dense_concepts"]["ood_accuracy"],
-            "id_vs_probe": cbm["id_accuracy"] >= metrics["linear_probe"]["id_accuracy"] - 0.04,
-            "concepts_per_class": cbm["concepts_per_class"] <= 8,
-            "cue_logit_auroc": ((f.get("cue_leakage") or {}).get("logit_auroc") or 1.0) <= 0.60,
-            "sign_agreement": (f.get("sign_agreement") or 0.0) >= 0.98,
+            "gap": cbm["gap"] <= 0.02 + _ROUNDING,
+            "ood_vs_zero_shot": cbm["ood_accuracy"] >= metrics["zero_shot"]["ood_accuracy"] - _ROUNDING,
+            "ood_vs_dense": cbm["ood_accuracy"] >= metrics["dense_concepts"]["ood_accuracy"] - _ROUNDING,
+            "id_vs_probe": cbm["id_accuracy"] >= metrics["linear_probe"]["id_accuracy"] - 0.04 - _ROUNDING,
+            "concepts_per_class": cbm["concepts_per_class"] <= 8 + _ROUNDING,
+            "cue_logit_auroc": ((f.get("cue_leakage") or {}).get("logit_auroc") or 1.0) <= 0.60 + _ROUNDING,
+            "sign_agreement": (f.get("sign_agreement") or 0.0) >= 0.98 - _ROUNDING,
             "intervention_never_falls": falls,
             "intervention_end": all(end.values()) if end else False,
         },

@@ -40,8 +40,34 @@ def test_demo_worlds_reports_each_world_beside_its_cue_free_twin(tmp_path, capsy
     curve = figures["intervention"]
     assert curve[0]["k"] == 0 and all("ood_changed" in p for p in curve[1:])
     # the figures the targets read are the ones reported
-    assert world["targets"]["gap"] == (figures["gap"] <= 0.02)
-    assert world["targets"]["id_vs_probe"] == (figures["cbm_id"] >= figures["probe_id"] - 0.04)
+    assert world["targets"]["gap"] == (figures["gap"] <= 0.02 + 1e-9)
+    assert world["targets"]["id_vs_probe"] == (figures["cbm_id"] >= figures["probe_id"] - 0.04 - 1e-9)
+
+
+def test_a_figure_exactly_on_a_targets_bound_meets_it_and_no_curve_meets_none():
+    """Accuracies are counts over n: a gap of exactly 24 of 1,200 images computes as 0.020000000000000018."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    def metrics(id_acc, ood_acc, curve):
+        acc = {"id_accuracy": id_acc, "ood_accuracy": ood_acc}
+        return {"cbm": {**acc, "gap": id_acc - ood_acc, "concepts_per_class": 8.0,
+                        "faithfulness": {"intervention": curve, "oracle": {"id_accuracy": 0.72, "ood_accuracy": 0.72},
+                                         "sign_agreement": 0.98, "cue_leakage": {"logit_auroc": 0.6}}},
+                "linear_probe": {"id_accuracy": id_acc + 0.04, "ood_accuracy": 0.5},
+                "zero_shot": {"ood_accuracy": ood_acc}, "dense_concepts": {"ood_accuracy": ood_acc}}
+
+    model = SimpleNamespace(bottleneck=SimpleNamespace(concept_names=["a"]), coef=np.zeros((2, 1)), info={})
+    id_acc, ood_acc = 824 / 1200, 800 / 1200
+    assert id_acc - ood_acc > 0.02
+    curve = [{"k": 0, "id_accuracy": id_acc, "ood_accuracy": ood_acc},
+             {"k": 1, "id_accuracy": id_acc - 0.005, "ood_accuracy": ood_acc - 0.005},
+             {"k": 2, "id_accuracy": 0.70, "ood_accuracy": 0.70}]  # falls by exactly 0.5, ends at oracle - 2
+    targets = _script().check_world(metrics(id_acc, ood_acc, curve), model, 2)["targets"]
+    assert all(targets.values()), targets
+    targets = _script().check_world(metrics(id_acc, ood_acc, []), model, 2)["targets"]
+    assert not targets["intervention_never_falls"] and not targets["intervention_end"]
 
 
 def test_set_refuses_what_the_script_sets_itself(capsys):
