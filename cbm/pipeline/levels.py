@@ -19,9 +19,15 @@ __all__ = ["levels_from_truth", "truth_levels"]
 def levels_from_truth(card, train: SplitData, names: list[str]) -> list[str]:
     """The concepts of ``names`` whose levels are annotated training images' means (the others'
     are percentiles); the model keeps the list (``info["levels_from_truth"]``) for its reports."""
-    from cbm.pipeline.faithfulness import MIN_ANNOTATED, truth_matrix
+    from cbm.pipeline.faithfulness import truth_matrix
 
-    annotated, truth = truth_matrix(card, train, names)
+    return _averaged(*truth_matrix(card, train, names))
+
+
+def _averaged(annotated: list[str], truth: np.ndarray) -> list[str]:
+    """The ``annotated`` concepts (columns of ``truth``) annotated present and absent often enough to average."""
+    from cbm.pipeline.faithfulness import MIN_ANNOTATED
+
     return [name for j, name in enumerate(annotated)
             if min(int((truth[:, j] == 1).sum()), int((truth[:, j] == 0).sum())) >= MIN_ANNOTATED]
 
@@ -35,7 +41,7 @@ def truth_levels(card, train: SplitData, names: list[str], scores: np.ndarray) -
     if not annotated:
         return None
     levels = np.percentile(scores, [ABSENT_PERCENTILE, PRESENT_PERCENTILE], axis=0).astype(np.float32)
-    for name in levels_from_truth(card, train, names):
+    for name in _averaged(annotated, truth):
         c, j = names.index(name), annotated.index(name)
         levels[:, c] = scores[truth[:, j] == 0, c].mean(), scores[truth[:, j] == 1, c].mean()
     return levels
