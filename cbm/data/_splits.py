@@ -37,6 +37,7 @@ from cbm.data._split_rule import (
     SplitSpec,
 )
 from cbm.data._split_spec import parse_split_spec, rule_layouts
+from cbm.data._truth import _NOT_ANNOTATED, parse_truth
 
 __all__ = [
     "SplitSpec",
@@ -286,14 +287,10 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
 
 def _is_gap(value: str) -> bool:
     """An empty or NA cell: not annotated, in the source as in the manifest."""
-    from cbm.data._truth import _NOT_ANNOTATED
-
     return value.strip().lower() in _NOT_ANNOTATED
 
 
 def _is_truth(value: str) -> bool:
-    from cbm.data._truth import parse_truth
-
     try:
         parse_truth(value)
     except ValueError:
