@@ -82,31 +82,83 @@ class SweepSummary:
     """A Hydra callback (``hydra.callbacks.summary`` in ``conf/config.yaml``): after each job of a
     sweep, ``summary.md`` and ``summary.json`` in the sweep's folder list every job so far side by
     side (:mod:`cbm.pipeline.compare`; ``cbm compare multirun/<time>`` prints the same), the run
-    each dataset's sweep would choose by ``optimized_metric`` marked. Written after a failed job
-    too, which Hydra's launcher reports only once the sweep ends; a single run writes none. Hydra's
-    other events are no-ops here (this module does not import Hydra to subclass its ``Callback``)."""
+    each dataset's sweep would choose by ``optimized_metric`` marked; once more when the sweep
+    ends. Written after a failed job too, which Hydra's launcher reports only once the sweep ends;
+    a single run writes none. It also keeps the sweep's records (:mod:`cbm.pipeline.sweep_record`:
+    which jobs are this sweep's, which still run). Hydra's other events are no-ops here (this
+    module does not import Hydra to subclass its ``Callback``)."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("on_"):
             return lambda *args, **kwargs: None
         raise AttributeError(name)
 
-    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+    @staticmethod
+    def _sweep(config: Any) -> Path:
+        sweep = Path(str(config.hydra.sweep.dir))
+        if not sweep.is_absolute():  # with hydra.job.chdir=true the job's folder is the working directory now
+            sweep = Path(str(config.hydra.runtime.cwd or os.getcwd())) / sweep
+        return sweep
+
+    @staticmethod
+    def _multirun() -> bool:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from cbm.pipeline.compare import compare_runs, comparison_table
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from cbm.pipeline.sweep_record import planned_jobs, start_sweep
+
+        try:
+            start_sweep(self._sweep(config), planned_jobs(config))
+        except OSError as exc:  # the records must not stop the sweep
+            log.warning("sweep record not written: %s", exc)
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        from cbm.pipeline.sweep_record import start_job
+
+        if self._multirun():
+            try:
+                start_job(Path(str(config.hydra.runtime.output_dir)), self._sweep(config))
+            except OSError as exc:
+                log.warning("job record not written: %s", exc)
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        from cbm.pipeline.sweep_record import end_job, end_sweep_if_complete
+
+        if not self._multirun():
+            return
+        failed = job_return is not None and job_return.status == JobStatus.FAILED
+        try:
+            end_job(Path(str(config.hydra.runtime.output_dir)), job_return._return_value if failed else None)
+            end_sweep_if_complete(self._sweep(config))
+        except OSError as exc:
+            log.warning("job record not written: %s", exc)
+        self._summarise(self._sweep(config))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from cbm.pipeline.sweep_record import end_sweep
+
+        sweep = self._sweep(config)
+        try:
+            end_sweep(sweep)
+        except OSError as exc:
+            log.warning("sweep record not written: %s", exc)
+        self._summarise(sweep)  # again: with parallel jobs, the last to write may not have seen them all
+
+    @staticmethod
+    def _summarise(sweep: Path) -> None:
+        from cbm.pipeline.compare import compare_runs, comparison_table, sweep_notes
         from cbm.utils import atomic_write_json, atomic_write_text
 
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            return
-        sweep = Path(str(config.hydra.sweep.dir))
-        if not sweep.is_absolute():  # with hydra.job.chdir=true the job's folder is the working directory now
-            sweep = Path(str(config.hydra.runtime.cwd)) / sweep
         try:
-            rows = compare_runs([sweep], str(config.optimized_metric))
+            rows = compare_runs([sweep])  # each job by the optimized_metric it was run with
             atomic_write_json(sweep / "summary.json", rows)
-            atomic_write_text(sweep / "summary.md", f"# Sweep: {sweep.name}\n\n" + comparison_table(rows, root=sweep))
+            atomic_write_text(sweep / "summary.md", f"# Sweep: {sweep.name}\n\n"
+                              + comparison_table(rows, root=sweep, notes=sweep_notes([sweep])))
         except (OSError, ValueError) as exc:  # the summary must not fail the sweep
             log.warning("sweep summary not written: %s", exc)
 

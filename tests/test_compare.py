@@ -8,7 +8,12 @@ import os
 
 import pytest
 
-from cbm.pipeline.compare import compare_runs, comparison_table, run_folders
+from cbm.pipeline.compare import (
+    compare_runs,
+    comparison_table,
+    run_folders,
+    sweep_notes,
+)
 
 
 def _run(folder, val: float, *, seed: int = 0, overrides=("head.l1_ratio=0.9",), ood: float = 0.9) -> None:
@@ -56,3 +61,63 @@ def test_unreadable_figures_and_odd_overrides_make_rows_not_errors(tmp_path):
     table = comparison_table(rows, root=tmp_path)
     body = [line for line in table.splitlines() if line.startswith("| 0")]
     assert "a\\|b" in body[0] and len(body[0].replace("\\|", "").split("|")) == len(table.splitlines()[0].split("|"))
+
+
+def _records(sweep, jobs: dict[str, str], *, finished: bool, sweep_id: str = "s2", planned=None) -> None:
+    (sweep / "cbm_sweep.json").write_text(json.dumps({"sweep_id": "s2", "planned_jobs": planned, "finished": finished}))
+    for job, status in jobs.items():
+        (sweep / job / "cbm_job.json").write_text(json.dumps({"sweep_id": sweep_id, "status": status,
+                                                              **({"error": "head.l1_ratio=2 is not in [0, 1]"}
+                                                                 if status == "failed" else {})}))
+
+
+def test_sweep_records_tell_this_sweeps_jobs_and_what_became_of_them(tmp_path):
+    _run(tmp_path / "0", 0.9)
+    for job in ("1", "2", "3"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+    _run(tmp_path / "4", 0.95)  # an earlier sweep's job: another id, whatever its file times
+    _records(tmp_path, {"0": "done", "1": "failed", "2": "running", "3": "running"}, finished=False, planned=6)
+    (tmp_path / "4" / "cbm_job.json").write_text(json.dumps({"sweep_id": "s1", "status": "done"}))
+    rows = compare_runs([tmp_path])
+    assert [r["run"][-1] for r in rows] == ["0", "1", "2", "3"] and rows[0]["chosen"]
+    assert rows[1]["status"] == "failed: head.l1_ratio=2 is not in [0, 1]"
+    assert rows[2]["status"].startswith("no results yet: still running, or stopped")
+    notes = sweep_notes([tmp_path])
+    assert notes == ["Sweep " + tmp_path.name + ": **not finished** (still running, or stopped): 4 of 6 job(s) have "
+                     "started; 1 job folder(s) of an earlier sweep in this folder are left out."]
+    assert comparison_table(rows, root=tmp_path, notes=notes).startswith(notes[0] + "\n\n| run |")
+    _records(tmp_path, {}, finished=True)  # the sweep ended: a job still 'running' was interrupted
+    assert compare_runs([tmp_path])[2]["status"] == "no results: interrupted (see its run.log)"
+    assert sweep_notes([tmp_path])[0].startswith(f"Sweep {tmp_path.name}: finished; 4 job(s); 1 job folder")
+
+
+def test_each_run_is_chosen_by_its_own_figure_ties_are_named_and_id_on_val_is_marked(tmp_path):
+    for n, val in enumerate((0.9, 0.9, 0.8)):
+        _run(tmp_path / str(n), val)
+    rows = compare_runs([tmp_path])
+    assert [r["chosen"] for r in rows] == [True, False, False] and rows[0]["tied_with"] == [str(tmp_path / "1")]
+    assert "| 0 **(chosen; tied with 1 other)** |" in comparison_table(rows, root=tmp_path)
+    # a run made to be chosen by another figure than its dataset's other runs: none is chosen, and the table says so
+    with open(tmp_path / "2" / ".hydra" / "config.yaml", "a") as f:
+        f.write("optimized_metric: linear_probe.val_accuracy\n")
+    rows = compare_runs([tmp_path])
+    assert not any(r["chosen"] for r in rows) and "give --metric to choose among them" in comparison_table(rows)
+    assert sum(r["chosen"] for r in compare_runs([tmp_path], "cbm.val_accuracy")) == 1
+    with pytest.raises(ValueError, match="no run measured it; they measured cbm.val_accuracy"):
+        compare_runs([tmp_path], "cbm_unconstrianed.val_accuracy")  # a misspelt method chooses nothing silently no more
+    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    metrics["cbm"]["id_split"] = "val"
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(metrics))
+    table = comparison_table(compare_runs([tmp_path], "cbm.val_accuracy"))
+    assert "| 80.0 (val) |" in table and "ID (val): the card has no `test_id` split" in table
+
+
+def test_runs_without_a_hydra_config_are_told_apart_by_their_model_card(tmp_path):
+    for n, title in enumerate(("cue 0.95", "cue 0.8")):
+        _run(tmp_path / str(n), 0.9)
+        (tmp_path / str(n) / ".hydra" / "config.yaml").unlink()
+        (tmp_path / str(n) / "model").mkdir()
+        (tmp_path / str(n) / "model" / "model.json").write_text(json.dumps({"info": {
+            "card": {"name": "demo-derm", "title": title}, "data": {"train": {"n": 30}, "val": {"n": 10}}}}))
+    rows = compare_runs([tmp_path / "0", tmp_path / "1"])
+    assert [r["chosen"] for r in rows] == [True, True] and "told apart by their card's name" in comparison_table(rows)

@@ -4,6 +4,7 @@ and a run folder holds what the README promises (config, metrics.json, results.m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from cbm.cli import main as cbm_main
 from cbm.encoders.testing import write_tiny_config
 from cbm.model import ConceptBottleneckModel
+from cbm.pipeline.compare import compare_runs
 from cbm.run import CONFIG_DIR
 
 GROUPS = ("dataset", "encoder", "llm", "head", "experiment")
@@ -129,7 +131,15 @@ def test_multirun_sweep(tiny, tmp_path):
         assert r["cbm"]["ood_accuracy"] == metrics["cbm"]["ood_accuracy"]
     assert [r["chosen"] for r in rows] == [values[0] >= values[1], values[0] < values[1]]
     table = (sweep / "summary.md").read_text()
-    assert "| 0" in table and "`head.l1_ratio=0.99`" in table and table.count(" **(chosen)** |") == 1
+    assert "| 0" in table and "`head.l1_ratio=0.99`" in table and sum(line.startswith(("| 0 **(chosen", "| 1 **(chosen")) for line in table.splitlines()) == 1
+    # the sweep's records: its jobs are known by their content, so a copy that loses file times (git, scp -r)
+    # lists the same jobs, and the summary says the sweep finished
+    assert json.loads((sweep / "cbm_sweep.json").read_text())["planned_jobs"] == 2
+    assert "Sweep sweep: finished; 2 job(s)." in table
+    assert {json.loads((r / "cbm_job.json").read_text())["status"] for r in runs} == {"done"}
+    copy = shutil.copytree(sweep, tmp_path / "copy", copy_function=shutil.copy)  # file times not kept
+    (copy / "multirun.yaml").touch()  # newer than every job's config, as a copy may leave it
+    assert [r["overrides"] for r in compare_runs([copy])] == [r["overrides"] for r in rows]
 
 
 def test_bad_override_is_an_error_not_a_crash(capsys):

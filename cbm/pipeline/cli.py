@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_validate)
     p = subparsers.add_parser("compare", help="runs side by side: a sweep's folder or run folders, as one table")
     p.add_argument("runs", nargs="+", help="run folders (outputs/<card>/<time>) or a sweep's folder (multirun/<time>)")
-    p.add_argument("--metric", default="auto", help="the validation figure that marks the chosen run, METHOD.FIGURE "
-                                                   "(default auto: cbm.val_worst_group_accuracy where measured, else cbm.val_accuracy)")
+    p.add_argument("--metric", default=None,
+                   help="the validation figure that marks the chosen run, METHOD.FIGURE or auto (cbm.val_worst_group_"
+                        "accuracy where measured, else cbm.val_accuracy); default: the optimized_metric each run was "
+                        "made with (auto for a run without a Hydra config)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a markdown table")
     p.set_defaults(func=_compare)
 
@@ -38,11 +40,11 @@ def _compare(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from cbm.pipeline.compare import compare_runs, comparison_table
+    from cbm.pipeline.compare import compare_runs, comparison_table, sweep_notes
 
     rows = compare_runs(args.runs, args.metric)  # --metric: a validation figure (cbm.selection)
     text = json.dumps(rows, indent=1) + "\n" if args.json else comparison_table(
-        rows, root=os.path.commonpath([os.path.abspath(r) for r in args.runs]))
+        rows, root=os.path.commonpath([os.path.abspath(r) for r in args.runs]), notes=sweep_notes(args.runs))
     print(text, end="")
     return 0
 
