@@ -99,6 +99,8 @@ def test_a_cap_refilters_the_store_without_asking(card_dir, preset, server, caps
 def test_options_that_need_a_server_say_so(card_dir, capsys):
     assert main(["concepts", str(card_dir), "--refresh"]) == 2
     assert "--refresh, --replace-curated, --model and --base-url need --llm PRESET" in capsys.readouterr().err
+    assert main(["concepts", str(card_dir), "--llm", "none", "--refresh"]) == 2  # no longer ignored without a word
+    assert "ask a server again, and LLM preset 'none'" in capsys.readouterr().err
     assert main(["concepts", str(card_dir), "--llm", "vlm"]) == 2
     assert "Unknown LLM preset 'vlm'. Did you mean 'vllm'?" in capsys.readouterr().err
 

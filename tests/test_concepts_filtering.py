@@ -23,6 +23,7 @@ def rules(result):
         ("- \u201cdotted vessels\u201d;", "dotted vessels"),
         ("ETT tip above the carina", "ETT tip above the carina"),
         ("2) Kerley B lines", "kerley b lines"),
+        (".-type of skin lesion", "type of skin lesion"),  # a small model's stray punctuation
     ],
 )
 def test_clean_phrase(raw, clean):
@@ -36,6 +37,24 @@ def test_phrase_key_folds_case_plurals_hyphens_and_articles():
     assert phrase_key("keratoses") == phrase_key("keratosis") and phrase_key("metastases") == "metastasis"
     assert phrase_key("atelectasis") == "atelectasis" and phrase_key("diffuse") == "diffuse"
     assert phrase_key("irregular border") != phrase_key("regular border")
+    # -es plurals of s/x/ch/sh words, and -se words that are no Greek -sis plurals
+    assert phrase_key("multiple masses") == "multiple mass" and phrase_key("white patches") == phrase_key("white patch")
+    assert phrase_key("headaches") == phrase_key("headache") and phrase_key("diseases") == phrase_key("disease")
+    assert phrase_key("psoriases") == "psoriasis" and phrase_key("rashes") == "rash"
+
+
+def test_one_stem_with_another_degree_prefix_is_never_merged():
+    """hyperechoic / hypoechoic are opposite findings however close a text tower puts them."""
+    def close(texts):  # an embedder that sees these findings as one, and far from the class names
+        return np.array([[1.0, 0, 0] if "echoic" in t else [0, 1.0, 0] if "calcification" in t else [0, 0, 1.0]
+                         for t in texts], np.float32)
+
+    proposals = {"melanoma": ["hyperechoic nodule", "macrocalcifications"],
+                 "melanocytic_nevus": ["hypoechoic nodule", "microcalcifications", "isoechoic nodule"]}
+    config = FilterConfig(duplicate_threshold=0.92)
+    results = filter_concepts(proposals, CLASSES, embed=close, config=config)
+    assert results["melanocytic_nevus"].kept == proposals["melanocytic_nevus"]
+    assert results["melanoma"].kept == proposals["melanoma"]
 
 
 def test_string_rules_clean_limit_and_catch_class_names():

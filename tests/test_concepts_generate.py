@@ -401,3 +401,6 @@ def test_a_filter_that_empties_a_class_says_so_and_keeps_the_answer(card, caplog
     assert caplog.text.count("'nevus'") == 1  # said once, with what to do (the filter's own line is not repeated)
     entry = stored(card)["by_class"]["nevus"]
     assert entry["concepts"] == [] and entry["proposed"] == ANSWERS["nevus"]
+    # the docs' plain command afterwards (no encoder: the embedding filtering stands) reads the store, not a crash
+    again = generate_concepts(card, {"base_url": None, "model": None}, progress=False)
+    assert again.by_class == {c: e["concepts"] for c, e in stored(card)["by_class"].items()}

@@ -289,7 +289,12 @@ def test_401_and_404_stop_at_once_and_name_the_key_to_fix(monkeypatch):
     with ScriptedLLMServer(responder=lambda r, n: Reply(status=404, error="model 'test-model' does not exist")) as server:
         with pytest.raises(LLMError, match=r"404 for model 'test-model'.*fix `model`.*/v1/models.*`base_url`"):
             make_llm(server).ask(MESSAGES, "pneumonia")
-    assert len(server.requests) == 1
+        assert len(server.requests) == 1
+        # a base_url without /v1 (where its /models also answers 404): the address is named first
+        config = LLMConfig(base_url=server.base_url.removesuffix("/v1"), model="test-model", max_retries=0)
+        with pytest.raises(LLMError, match=r"404 for model 'test-model'.*`base_url` http://127.0.0.1:\d+ does not end "
+                                           r"in /v1.*e\.g\. http://127.0.0.1:\d+/v1\), or else `model`"):
+            ConceptLLM(config).ask(MESSAGES, "pneumonia")
 
 
 def test_a_server_that_is_not_there_is_named():
@@ -413,3 +418,31 @@ def test_a_chat_answer_that_is_no_chat_completion_is_named_as_not_the_openai_api
         assert len(posts) == 1
     finally:
         server.shutdown()
+
+
+def test_an_address_that_drops_connections_fails_within_the_connect_limit_not_timeout_s(monkeypatch):
+    """A firewall that drops packets: the connection is never opened. The client waits the connect
+    limit per attempt, not the long ``timeout_s`` a CPU model's answer needs, and says which it was.
+    A listening socket whose backlog is full drops new connections the same way."""
+    import socket
+    import time
+
+    from cbm.concepts import llm
+
+    monkeypatch.setattr(llm, "_CONNECT_TIMEOUT_S", 0.5)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        waiting = [socket.socket() for _ in range(4)]  # never accepted: they fill the backlog
+        for s in waiting:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        time.sleep(0.2)
+        config = LLMConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, timeout_s=60)
+        start = time.monotonic()
+        with pytest.raises(LLMError, match=r"cannot connect to http://127.0.0.1:\d+/v1 within 0.5 s while listing"):
+            ConceptLLM(config).served_model()
+        assert time.monotonic() - start < 20
+        for s in waiting:
+            s.close()

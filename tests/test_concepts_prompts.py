@@ -77,6 +77,8 @@ def test_the_schema_is_strict_and_requires_both_fields():
         '```json\n{"class_name": "Melanocytic_Nevus", "concepts": ["regular network", "globules"]}\n```',
         'Here you go: {"concepts": ["regular network", "globules"]} Hope it helps.',
         '{"melanocytic nevus": ["regular network", "globules"]}',
+        '{"concepts": ["regular network", "globules"]}\nNote: {braces} in the prose after it.',
+        '{"concepts": ["regular network", "globules"]} {"concepts": ["a second object"]}',
     ],
 )
 def test_answers_in_the_usual_shapes_parse(text):
@@ -107,6 +109,8 @@ def test_the_json_error_quotes_the_start_of_the_answer():
         parse_answer("Sure! The features are: irregular border, blue-white veil", "melanoma")
     assert "Sure! The features are" in str(info.value)
     json.dumps(str(info.value))  # one line, printable
+    with pytest.raises(InvalidAnswer, match=r"\(Invalid control character at char \d+\)"):  # "at" once
+        parse_answer('{"concepts": ["regular\x01 network"', "melanoma")
 
 
 def test_the_phrases_the_prompt_offers_are_its_placeholder_and_the_modality_examples():

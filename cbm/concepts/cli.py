@@ -74,6 +74,9 @@ def run_concepts(args: argparse.Namespace) -> int:
         print(f"no --llm given: using the concept store {concepts.path} (no request sent)")
     else:
         config = load_llm_config(args.llm).replace(model=args.model, base_url=args.base_url)
+        if not config.has_server and (args.refresh or args.replace_curated):
+            raise ValueError(f"--refresh and --replace-curated ask a server again, and {config.label} names none: "
+                             "give a preset with one (--llm vllm, llamacpp, ollama, openai)")
         changes = {"max_per_class": args.max_per_class, "keep_prompt_examples": args.keep_prompt_examples}
         filter_config = {k: v for k, v in changes.items() if v is not None} or None
         if args.max_per_class == 0:  # the cap sticks in the store: 0 is the way back to none

@@ -53,6 +53,8 @@ TextEmbedder = Callable[[list[str]], np.ndarray]
 
 _NEGATIONS = frozenset({"no", "not", "without", "absent", "absence", "non", "lack", "loss", "never"})
 _PREFIX_OPPOSITES = ("ir", "un", "a", "in", "im", "il", "non", "dis", "ab")
+# prefixes that name opposite (or other) degrees of one stem: hyperechoic / hypoechoic / isoechoic
+_DEGREE_PREFIXES = (("hyper", "hypo", "iso", "normo"), ("macro", "micro"), ("over", "under"))
 _WORD_OPPOSITES = {
     frozenset(pair)
     for pair in (
@@ -126,16 +128,21 @@ def clean_phrase(text: str) -> str:
     text = " ".join(str(text).split())
     text = re.sub(r"^(?:[-*\u2022]|\d+[.)])\s*", "", text)  # "- x", "* x", "1. x", "2) x"
     previous = None
-    while text != previous:  # quotes and end punctuation in any order: '"x";', 'x."'
+    while text != previous:  # quotes and punctuation at either end in any order: '"x";', 'x."', '.-x'
         previous = text
-        text = text.strip(" \"'`\u201c\u201d\u2018\u2019").rstrip(".,;:!")
+        text = text.strip(" \"'`\u201c\u201d\u2018\u2019").rstrip(".,;:!").lstrip(".,;:!-\u2013\u2014")
     words = [w if (len(w) > 1 and w.isupper()) else w.lower() for w in text.split(" ")]
     return " ".join(words)
 
 
 def _singular(word: str) -> str:
-    if len(word) > 5 and word.endswith(("oses", "ases", "eses")):  # keratoses, metastases: Greek -sis plurals
+    # keratoses, metastases, psoriases: Greek -sis plurals (not diseases, phases: -se words)
+    if len(word) > 5 and word.endswith(("oses", "eses", "tases", "iases")):
         return word[:-2] + "is"
+    if len(word) > 4 and word.endswith(("sses", "shes", "xes")):  # masses, rashes, boxes
+        return word[:-2]
+    if len(word) > 4 and word.endswith(("ches", "che")):  # patches and patch, headaches and headache: one form
+        return word[:-2 if word.endswith("s") else -1]
     if len(word) > 3 and word.isascii() and word.isalpha() and word.endswith("i"):  # nevi, emboli: Latin -us plurals
         return word[:-1] + "us"
     if len(word) > 4 and word.isascii() and word.endswith("ae"):  # bullae, vertebrae: Latin -a plurals
@@ -200,8 +207,18 @@ def _opposite(a: str, b: str) -> bool:
             if frozenset((x, y)) in _WORD_OPPOSITES:
                 return True
             long, short = (x, y) if len(x) > len(y) else (y, x)
-            if any(long == p + short for p in _PREFIX_OPPOSITES):
+            if any(long == p + short for p in _PREFIX_OPPOSITES) or _other_degree(x, y):
                 return True
+    return False
+
+
+def _other_degree(x: str, y: str) -> bool:
+    """Whether two words are one stem with different degree prefixes (hyperdense / hypodense)."""
+    for group in _DEGREE_PREFIXES:
+        px = next((p for p in group if x.startswith(p) and len(x) > len(p) + 2), None)
+        py = next((p for p in group if y.startswith(p) and len(y) > len(p) + 2), None)
+        if px and py and px != py and x[len(px):] == y[len(py):]:
+            return True
     return False
 
 

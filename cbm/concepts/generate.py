@@ -257,7 +257,7 @@ def _refilter(
     inputs = stable_hash({"classes": classes, "proposals": proposals, "curated": curated, "offered": offered})
     if embed is None and stored.get("embedder"):
         if stored.get("inputs") == inputs and config == stored_config:
-            return  # an embedding-based filtering that still applies: keep it
+            return set()  # an embedding-based filtering that still applies: keep it
         log.warning(
             "refiltering without a text embedder (string rules only); the earlier filtering by %s is not "
             "redone: pass the encoder (--encoder) to filter with it again",

@@ -53,6 +53,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# seconds to open a connection (a server that is up accepts at once; the answer may take minutes)
+_CONNECT_TIMEOUT_S = 10.0
+
 _CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")  # the user:password@ of an address
 
 
@@ -138,7 +141,7 @@ class ConceptLLM:
             import openai
 
             client = openai.OpenAI(
-                base_url=config.base_url, api_key=config.api_key(), timeout=config.timeout_s,
+                base_url=config.base_url, api_key=config.api_key(), timeout=_timeout(config.timeout_s),
                 max_retries=config.max_retries,
                 http_client=openai.DefaultHttpxClient(event_hooks={"response": [_refusal_is_final]}),
             )
@@ -246,7 +249,9 @@ class ConceptLLM:
                     if refused and self._step_down(mode, exc):
                         continue
                     raise LLMError(self._status_message(exc, class_name, refused)) from None
-                except openai.APITimeoutError:
+                except openai.APITimeoutError as exc:
+                    if _connect_timed_out(exc):
+                        raise LLMError(f"class {class_name!r}: {self._unreachable_message(exc, 'asking')}") from None
                     cfg = self.config
                     raise LLMError(
                         f"class {class_name!r}: no answer within timeout_s={cfg.timeout_s:g} s, after "
@@ -284,6 +289,12 @@ class ConceptLLM:
             return (f"the server at {cfg.server_host} refused the answer schema (HTTP {exc.status_code}: "
                     f"{_server_message(exc)}); set `structured_output: auto` in the {cfg.label} to fall back to "
                     "JSON mode")
+        if exc.status_code == 404 and not cfg.shown_url.rstrip("/").endswith("/v1"):
+            return (
+                f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
+                f"`base_url` {cfg.shown_url} does not end in /v1, as an OpenAI-compatible server's address usually "
+                f"does: fix `base_url` in the {cfg.label} (e.g. {cfg.shown_url.rstrip('/')}/v1), or else `model`"
+            )
         if exc.status_code == 404:
             return (
                 f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
@@ -389,12 +400,29 @@ class ConceptLLM:
         cfg = self.config
         import openai
 
-        what = (f"no answer within timeout_s={cfg.timeout_s:g} s" if isinstance(exc, openai.APITimeoutError)
-                else f"cannot connect to {cfg.shown_url} ({shorten(exc.__cause__ or exc, 120)})")
+        if _connect_timed_out(exc):  # an address where nothing answers, or a firewall that drops the packets
+            what = f"cannot connect to {cfg.shown_url} within {min(_CONNECT_TIMEOUT_S, cfg.timeout_s):g} s"
+        elif isinstance(exc, openai.APITimeoutError):
+            what = f"no answer within timeout_s={cfg.timeout_s:g} s"
+        else:
+            what = f"cannot connect to {cfg.shown_url} ({shorten(exc.__cause__ or exc, 120)})"
         return (
             f"{what} while {doing}, after {cfg.max_retries + 1} attempts; is the server at {cfg.shown_url} up and "
             f"serving {cfg.model!r}? Start it, or fix `base_url` in the {cfg.label}"
         )
+
+
+def _timeout(timeout_s: float) -> Any:
+    """``timeout_s`` for an answer, but at most :data:`_CONNECT_TIMEOUT_S` to connect: a wrong address
+    that drops packets must not wait a CPU model's answer time, once per attempt."""
+    import openai
+
+    return openai.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s))
+
+
+def _connect_timed_out(exc: BaseException) -> bool:
+    # the HTTP library's ConnectTimeout (openai 1.x uses httpx, later releases their own copy of it)
+    return type(exc.__cause__).__name__ == "ConnectTimeout"
 
 
 def _ask_again(messages: list[dict[str, str]], exc: InvalidAnswer) -> list[dict[str, str]]:

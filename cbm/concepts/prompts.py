@@ -212,8 +212,12 @@ def _json_object(text: str) -> object:
                 return json.loads(stripped[start : end + 1])
             except json.JSONDecodeError:
                 pass
-        raise InvalidAnswer(f"the answer is not valid JSON ({first.msg} at char {first.pos}): {shorten(stripped, 120)!r}"
-                            ) from None
+            try:  # one object, then prose with a brace of its own, or a second object
+                return json.JSONDecoder().raw_decode(stripped, start)[0]
+            except json.JSONDecodeError:
+                pass
+        raise InvalidAnswer(f"the answer is not valid JSON ({first.msg.removesuffix(' at')} at char {first.pos}): "
+                            f"{shorten(stripped, 120)!r}") from None
 
 
 def parse_answer(text: str | None, class_name: str) -> list[str]:
