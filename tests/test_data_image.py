@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -378,6 +379,33 @@ def test_pydicoms_own_log_records_lose_quoted_values(caplog, pydicom_logging):
         logging.getLogger("pydicom.pixels.decoders.base").warning("decoding 'DOE^JANE' failed")
         logging.getLogger("pydicom").warning("the dataset's element 'X'")
     assert "BRIEN" not in caplog.text and "DOE" not in caplog.text and "the dataset's element" in caplog.text
+
+
+def test_a_corrupt_length_neither_logs_the_header_nor_floods_the_log(tmp_path, caplog, pydicom_logging):
+    """A file-meta value length made 40,000: pydicom reads the whole header as one UID, logs it
+    with escaped quotes (the patient's name inside), and thousands of records more."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "ZEBULON^QUIMBY", "MRN99887766", "19470312"
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = "XC", 128, 128, 3, "RGB"
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 0, 8, 8, 7, 0
+    ds.PixelData = np.random.default_rng(0).integers(0, 256, 128 * 128 * 3, dtype=np.uint8).tobytes()
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    data = bytearray((tmp_path / "x.dcm").read_bytes())
+    at = data.find(b"\x02\x00\x10\x00UI")
+    data[at + 6 : at + 8] = (40000).to_bytes(2, "little")
+    (tmp_path / "x.dcm").write_bytes(bytes(data))
+    with caplog.at_level(logging.DEBUG):
+        with contextlib.suppress(ImageReadError):
+            check_image_header(tmp_path / "x.dcm")
+    assert not any(s in caplog.text for s in ("ZEBULON", "QUIMBY", "MRN99887766", "19470312")), caplog.text[:2000]
+    pydicom_records = [r for r in caplog.records if r.name.startswith("pydicom")]
+    assert 0 < len(pydicom_records) <= 20 and "are not logged" in pydicom_records[-1].getMessage()
 
 
 def test_validate_names_a_compressed_dicom_whose_codec_is_missing(monkeypatch):

@@ -159,5 +159,9 @@ def test_free_text_in_code_fields_is_not_copied(tmp_path):
     from cbm.data._dicom import code_word
 
     assert [code_word(v) for v in ("Doe", "smith", "Chest", "pa", "LEFT_HAND")] == ["", "", "CHEST", "PA", "LEFT_HAND"]
+    # body part, view and laterality: a defined term of the attribute only ("DOE", "ZEBULONQ" are code words too)
+    assert [code_word(v, "ViewPosition") for v in ("PA", "mlo", "DOE", "ZEBULONQ")] == ["PA", "MLO", "", ""]
+    assert [code_word(v, "BodyPartExamined") for v in ("Chest", "SKIN", "SMITH")] == ["CHEST", "SKIN", ""]
+    assert [code_word(v, "ImageLaterality") for v in ("L", "r", "X")] == ["L", "R", ""]
     assert "body_part" not in read_image(tmp_path / "a" / "x.dcm").meta
     assert read_image(tmp_path / "a" / "y.dcm").meta["body_part"] == "CHEST"

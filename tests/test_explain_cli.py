@@ -107,3 +107,18 @@ def test_cbm_serve_answers_uploads_and_stops_on_ctrl_c(model_dir, tiny_model, in
             proc.stderr.close()
         else:
             drain.join(timeout=10)
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--port", "70000", "must be a port number from 0 to 65535"),
+    ("--port", "-1", "must be a port number from 0 to 65535"),
+    ("--max-upload-mb", "inf", "must be a size in MB, above 0 and finite"),
+    ("--max-upload-mb", "nan", "must be a size in MB, above 0 and finite"),
+    ("--max-upload-mb", "0", "must be a size in MB, above 0 and finite"),
+])
+def test_cbm_serve_refuses_bad_numbers_before_loading_the_model(tmp_path, capsys, flag, value, says):
+    with pytest.raises(SystemExit) as info:  # argparse's own usage error (exit 2), naming the flag
+        main(["serve", str(tmp_path / "no-model"), flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and says in err and "model.json" not in err

@@ -5,6 +5,7 @@ a large one keeps its decoding slot until explained), PHI, and the upload flow i
 from __future__ import annotations
 
 import contextlib
+import html
 import http.client
 import io
 import json
@@ -15,11 +16,13 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from explain_support import CLASSES, PageLog, assert_no_phi, make_image, write_phi_dicom
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 import cbm.explain.server as server_module
 from cbm.explain import ExplainApp, explain_image, make_server
@@ -128,6 +131,10 @@ def test_upload_raw_and_multipart_give_the_report(server, tiny_model):
     status, _, page2 = _request(server, "POST", "/explain", body, {"Content-Type": ctype})
     assert status == 200 and f'data-predicted="{expected.predicted}"' in page2
     assert "DOE_JOHN" not in page2  # the client's file name is never used
+    # media types are case-insensitive: a script's "Multipart/Form-Data" is a form too
+    status, _, page3 = _request(server, "POST", "/explain", body, {"Content-Type": ctype.replace("multipart/form-data",
+                                                                                                 "Multipart/Form-Data")})
+    assert status == 200 and f'data-predicted="{expected.predicted}"' in page3
 
 
 _BAD_UPLOADS = [
@@ -144,6 +151,7 @@ _BAD_UPLOADS = [
     ("bad length", None, {"Content-Length": "-5"}, 400),
     ("form without a file field", None, {"form-field": "comment"}, 400),
     ("two images in one form", None, {}, 400),
+    ("dicom without rows", Path(get_testdata_file("meta_missing_tsyntax.dcm")).read_bytes(), {}, 422),
 ]
 
 
@@ -178,6 +186,10 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(server, name, body, he
         assert "MB), over the limit of" in text
     if name == "two images in one form":
         assert "holds 2 images; upload one image at a time" in text
+    if name == "dicom without rows":  # the field and the fix, not "the DICOM file is missing"
+        assert "DICOM file's Rows is missing. Every DICOM image declares it; export the file again" in html.unescape(text)
+    if name.startswith("declares"):
+        assert "start the server with a larger --max-pixels" in text
     assert _healthy(server)
 
 
@@ -390,6 +402,12 @@ def test_settings_and_a_busy_port_are_reported(tiny_model, server):
         ExplainApp(tiny_model, max_upload_bytes=0)
     with pytest.raises(RuntimeError, match="choose another --port"):
         make_server(tiny_model, "127.0.0.1", server.server_address[1])
+    with pytest.raises(RuntimeError, match="a port number is 0 to 65535"):
+        make_server(tiny_model, "127.0.0.1", 70000)
+    with pytest.raises(RuntimeError, match="--host must be an address of this computer"):
+        make_server(tiny_model, "nosuchhost.invalid", 0)
+    # the upload page never states more than the real limit
+    assert "up to 1.5 MB" in ExplainApp(tiny_model, max_upload_bytes=int(1.5 * 2**20), maps=False).upload_page
     with pytest.raises(ValueError, match="max_connections"):
         make_server(tiny_model, "127.0.0.1", 0, max_connections=0)
 

@@ -404,7 +404,7 @@ def _decode(source: Any, path: Path, syntax: Any, index: int, ds: Any) -> np.nda
             f"If a codec is missing, `{DICOM_INSTALL_HINT}` installs the pylibjpeg codecs; otherwise the file is damaged: export it again"
             if syntax.is_compressed else "The pixel data is probably truncated or inconsistent with its header: export the file again"
         )
-        raise ImageReadError(path, f"pixel data ({syntax.name}) could not be decoded ({type(exc).__name__}: "
+        raise ImageReadError(path, f"has pixel data ({syntax.name}) that could not be decoded ({type(exc).__name__}: "
                                    f"{quote(redacted(str(exc), ds))})", hint) from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,14 +19,28 @@ from cbm.errors import quote
 __all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown", "quiet_pydicom_values"]
 
 # Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
-# found: kept only as one word of the standard's alphabet
+# found ("DOE" is one code word too): kept only as one of DICOM's defined terms for the attribute
 _FREE_CODES = frozenset({"BodyPartExamined", "ViewPosition", "ImageLaterality"})
 _CODE_WORD = re.compile(r"[A-Z0-9_]{1,16}")
-# body parts, views and lateralities a device may write in another case (DICOM's defined terms)
-_USUAL_CODES = frozenset(
-    "SKIN CHEST ABDOMEN PELVIS HEAD NECK HEADNECK BRAIN SKULL SPINE CSPINE TSPINE LSPINE BREAST HEART EYE KNEE HIP "
-    "HAND FOOT ANKLE WRIST ELBOW SHOULDER ARM LEG EXTREMITY THORAX LUNG LIVER KIDNEY AP PA LL RL LAT LATERAL LLD RLD "
-    "RAO LAO OBLIQUE L R B U".split())
+# BodyPartExamined (PS3.16 CID 4031, its code strings), ViewPosition (PS3.3 C.8.11.5.1.1 and the
+# mammography views), ImageLaterality (C.7.6.16.2.6.1); a device may write any of them in another case
+_DEFINED_CODES = {
+    "BodyPartExamined": frozenset(
+        "ABDOMEN ABDOMENPELVIS ADRENAL AMNIOTICFLUID ANKLE ANUS AORTA APPENDIX ARM AXILLA BACK BILEDUCT BLADDER "
+        "BRAIN BREAST BRONCHUS BUTTOCK CALCANEUS CALF CAROTID CEREBELLUM CERVIX CHEEK CHEST CHESTABDOMEN "
+        "CHESTABDPELVIS CIRCLEOFWILLIS CLAVICLE COCCYX COLON CORNEA CORONARYARTERY CSPINE CTSPINE DUODENUM EAR "
+        "ELBOW ESOPHAGUS EXTREMITY EYE EYELID FACE FEMUR FINGER FOOT FOREARM GALLBLADDER HAND HEAD HEADNECK "
+        "HEART HIP HUMERUS IAC ILEUM ILIUM JAW JEJUNUM KIDNEY KNEE LARYNX LEG LIVER LOWERLIMB LSPINE LSSPINE "
+        "LUNG MAXILLA MEDIASTINUM MOUTH NECK NECKCHEST NECKCHESTABDOMEN NECKCHESTABDPELV NOSE ORBIT OVARY "
+        "PANCREAS PAROTID PATELLA PELVIS PENIS PHARYNX PROSTATE RADIUS RECTUM RIB SACRUM SCAPULA SCLERA SCROTUM "
+        "SHOULDER SKULL SPINE SPLEEN STERNUM STOMACH SUBMANDIBULAR TESTIS THIGH THORAX THUMB THYMUS THYROID "
+        "TIBIA TLSPINE TMJ TOE TONGUE TRACHEA TSPINE ULNA UPPERLIMB URETER URETHRA UTERUS VAGINA VULVA "
+        "WHOLEBODY WRIST ZYGOMA SKIN HEADNECK CHESTABDPELVIS".split()),
+    "ViewPosition": frozenset(
+        "AP PA LL RL RLD LLD RLO LLO LAT LATERAL OBLIQUE RAO LAO CC FB LM LMO ML MLO SIO XCC XCCL XCCM".split()),
+    "ImageLaterality": frozenset("R L U B".split()),
+}
+_USUAL_CODES = frozenset().union(*_DEFINED_CODES.values())
 # DICOM's defined terms for Modality (PS3.3 C.7.3.1.1.1, retired ones too): a modality shown or kept
 # is one of these, so a name typed into the field ("DOE^JANE", "JANEDOE") is never copied
 _MODALITIES = frozenset(
@@ -38,13 +53,16 @@ NUMBERISH = re.compile(r"[0-9eE.+\- ]{1,24}")
 UID = re.compile(r"[0-9.]{1,64}")
 
 
-def code_word(value: Any) -> str:
+def code_word(value: Any, keyword: str | None = None) -> str:
     """A header value kept only as one word of DICOM's code-string alphabet (at most 16 of A-Z, 0-9
-    and underscore: "CHEST", "PA", "L"), or in another case one of the usual terms ("Chest"), else
-    "": what a device or a person typed into body part, view or laterality ("SKIN Jane Doe", "Doe")
-    is never copied into a report or manifest."""
+    and underscore: "CHEST", "PA", "L"), in capitals where a device wrote a usual term in another
+    case ("Chest"), else ""; given the attribute's ``keyword`` (body part, view, laterality), only as
+    one of its defined terms: what a device or a person typed there ("SKIN Jane Doe", "DOE") is
+    never copied into a report or manifest."""
     text = "" if value is None else str(value).strip()
     text = text.upper() if text.upper() in _USUAL_CODES else text
+    if keyword in _DEFINED_CODES:
+        return text if text in _DEFINED_CODES[keyword] else ""
     return text if _CODE_WORD.fullmatch(text) else ""
 
 
@@ -57,7 +75,7 @@ def header_text(keyword: str, value: Any) -> str:
     if keyword == "Modality":
         term = str(value).strip().upper()
         return term if term in _MODALITIES else ""
-    return code_word(value) if keyword in _FREE_CODES else str(value)
+    return code_word(value, keyword) if keyword in _FREE_CODES else str(value)
 
 
 def shown(value: Any, pattern: re.Pattern, what: str = "bad value") -> str:
@@ -129,21 +147,34 @@ def _defined_vr(tag: Any, dictionary_vr: Any) -> str:
 
 class _NoQuotedValues(logging.Filter):
     """pydicom logs the value it found wrong ("Invalid value for VR PN: 'DOE^JANE'", with ``!r``, so a
-    name with an apostrophe comes in double quotes), as well as warning it: quoted values are taken out
-    of its records (the warnings, cbm's readers hold back). A quote after a letter is an apostrophe."""
+    name with an apostrophe comes in double quotes, and a value holding both quotes with escaped
+    ones), as well as warning it: each record is cut at its first quote, everything after it taken
+    out (the warnings, cbm's readers hold back). A quote after a letter is an apostrophe. A broken
+    file can make pydicom log thousands of records; after :data:`_RECORDS_PER_READ` in one read
+    (per thread) one record says the rest are not logged, and they are dropped."""
 
-    _QUOTED = re.compile(r"""(?<![A-Za-z0-9])(?:b?'[^']*'|b?"[^"]*")""")
+    _OPENING = re.compile(r"""(?<![A-Za-z0-9])b?['"]""")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        left = getattr(_BUDGET, "left", _RECORDS_PER_READ)
+        _BUDGET.left = left - 1
+        if left <= 0:
+            return False
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a record that cannot format itself is left to logging
             return True
-        if "'" in message or '"' in message:
-            record.msg, record.args = self._QUOTED.sub("'<header text>'", message), ()
+        quote_at = self._OPENING.search(message)
+        if quote_at is not None:
+            message = message[: quote_at.start()] + "'<header text>'"
+        if left == 1:
+            message += f" (more pydicom records about this file are not logged: {_RECORDS_PER_READ} per file)"
+        record.msg, record.args = message, ()
         return True
 
 
+_RECORDS_PER_READ = 20
+_BUDGET = threading.local()  # pydicom records still to log in this thread's current read
 _INSTALLED = [-1]  # how many loggers the process had when the filters were last put in place
 
 
@@ -151,7 +182,8 @@ def quiet_pydicom_values() -> None:
     """Keep header values out of pydicom's log records: the filter on the ``pydicom`` logger and on
     each of its children that exists (a logger's filters do not see its children's records, and
     pydicom's pixel decoders log through their own); called again before each read, for children
-    imported since. The filter changes nothing else."""
+    imported since, and to give the read its own share of log records."""
+    _BUDGET.left = _RECORDS_PER_READ  # a new read: its own share of log records
     loggers = logging.root.manager.loggerDict
     if len(loggers) == _INSTALLED[0]:  # no logger made since the last call: nothing new to filter (a read's hot path)
         return

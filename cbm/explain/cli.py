@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 __all__ = ["register"]
 
@@ -14,6 +15,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0 picks a free one), got {text}")
+    return value
+
+
+def _upload_mb(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value * 2**20 >= 1):
+        raise argparse.ArgumentTypeError(f"must be a size in MB, above 0 and finite (e.g. 64), got {text}")
     return value
 
 
@@ -75,8 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this computer only)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    s.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload in MB (default 64)")
+    s.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--max-upload-mb", type=_upload_mb, default=64.0, help="largest upload in MB (default 64)")
     s.add_argument("--max-pixels", type=_positive_int, default=None,
                    help="largest image (pixels per frame) decoded, checked from the header first "
                         "(default: $CBM_MAX_PIXELS or 33,554,432)")

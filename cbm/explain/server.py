@@ -42,6 +42,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import socket
 import tempfile
 import threading
@@ -128,7 +129,9 @@ class ExplainApp:
 
     def _upload_page(self) -> str:
         m = self.model
-        limit = f"{self.max_upload_bytes / 2**20:.0f} MB" if self.max_upload_bytes >= 2**20 else f"{self.max_upload_bytes} bytes"
+        # never more than the real limit: 1.5 MB is "1.5 MB", not "2 MB"
+        mb = math.floor(self.max_upload_bytes / 2**20 * 10) / 10
+        limit = f"{mb:g} MB" if self.max_upload_bytes >= 2**20 else f"{self.max_upload_bytes:,} bytes"
         return render_template("upload.html", title="cbm: explain an image", subtitle="concept-bottleneck explanations",
                                nav={"Model card": "/classes"}, form_action="'self'", limit=limit, classes=m.classes,
                                n_concepts=m.bottleneck.n_concepts, per_class=m.concepts_per_class(),
@@ -154,12 +157,16 @@ class ExplainApp:
         try:
             rows, cols, _ = check_image_header(data, max_pixels=self.max_pixels)
         except ImageError as exc:
-            over = "pixel budget" in exc.problem
-            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if over else HTTPStatus.UNPROCESSABLE_ENTITY,
-                              f"the {fmt.upper()} file {exc.problem}") from exc
+            if "pixel budget" in exc.problem:
+                raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  f"the {fmt.upper()} file {exc.problem.rstrip('. ')}; send a smaller export of the "
+                                  "image, or start the server with a larger --max-pixels") from exc
+            raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                              _reason(exc, f"the {fmt.upper()} file's", f"the {fmt.upper()} file")) from exc
         except Exception as exc:  # any header that does not parse is a bad upload, whatever the library raises
             raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                              f"the {fmt.upper()} header could not be read ({type(exc).__name__})") from exc
+                              f"the {fmt.upper()} header could not be read ({type(exc).__name__}); the file is "
+                              "damaged or not what its first bytes say: export the image again") from exc
         return fmt, rows * cols
 
     def _decode(self, data: bytes, fmt: str) -> Any:
@@ -174,12 +181,11 @@ class ExplainApp:
                 return read_image(path, max_pixels=self.max_pixels)
             except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
                 if isinstance(exc, ImageError):  # "image <path>: <field> <problem>. <fix>" without our file
-                    where = f"its {exc.field_label(exc.field)}" if exc.field else "it"
-                    reason = f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
+                    reason = f"the {fmt.upper()} file could not be decoded: {_reason(exc, 'its', 'it')}"
                 else:
-                    reason = str(exc).replace(str(path), "the upload").replace(tmp, "")
-                raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                                  f"the {fmt.upper()} file could not be decoded: {reason}") from exc
+                    reason = (f"the {fmt.upper()} file could not be decoded: "
+                              + str(exc).replace(str(path), "the upload").replace(tmp, ""))
+                raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY, reason) from exc
 
     def explain_upload(self, data: bytes) -> str:
         """The report page for an uploaded image. Raises :class:`UploadError` for a bad upload.
@@ -354,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
             if body is None:
                 return None
             content_type = self.headers.get("Content-Type", "")
-            data = multipart_file(content_type, body) if content_type.startswith("multipart/form-data") else body
+            data = multipart_file(content_type, body) if content_type.lower().startswith("multipart/form-data") else body
             page = self.app.explain_upload(data)
         except UploadError as exc:
             log.info("upload rejected (%d): %s", exc.status.value, exc.message)
@@ -369,6 +375,14 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("explaining an upload failed")
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the image could not be explained (server error)")
         self._send(HTTPStatus.OK, page, csp=page_csp(script=True))
+
+
+def _reason(exc: Any, owner: str, subject: str) -> str:
+    """An image error's field, problem and fix without our file's path, the upload named as ``owner``
+    of the field or ``subject`` of the problem: "the DICOM file's Rows is missing. Every DICOM image
+    declares it; export the file again"."""
+    where = f"{owner} {exc.field_label(exc.field)}" if exc.field else subject
+    return f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -462,9 +476,14 @@ def make_server(model: ConceptBottleneckModel, host: str = "127.0.0.1", port: in
     try:
         return (_Server6 if ":" in host else _Server)((host, port), handler, max_connections)
     except OSError as exc:
+        if isinstance(exc, socket.gaierror):  # a name that does not resolve: no port would help
+            raise RuntimeError(f"cannot listen on {host} ({exc.strerror or exc}): --host must be an address of this "
+                               "computer, e.g. 127.0.0.1 (the default) or 0.0.0.0 for every network") from exc
         raise RuntimeError(
             f"cannot listen on {host} port {port} ({exc}); choose another --port, or stop the program using it"
         ) from exc
+    except OverflowError as exc:  # a port outside 0-65535, from the Python API
+        raise RuntimeError(f"cannot listen on port {port}: a port number is 0 to 65535 (0 picks a free one)") from exc
 
 
 def serve(model: ConceptBottleneckModel, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
