@@ -172,12 +172,35 @@ def test_grey_and_non_square_images_are_displayed_with_the_crop(tiny_model):
     grey = make_image(5, (120, 60)).mean(-1, keepdims=True)
     case = explain_image(tiny_model, grey, max_side=90)
     assert case.image.shape == (90, 45, 3) and case.image.dtype == np.uint8
-    assert case.crop == (0, 22, 45)  # the centred square the encoder saw, in display pixels
+    assert case.crop == (0, 22, 45, 45)  # the centred square the encoder saw, in display pixels
     assert [f.code for f in case.flags][:1] == ["greyscale"] and case.withheld
     with pytest.raises(ValueError, match=r"got \(4, 4, 5\)"):
         explain_image(tiny_model, np.zeros((4, 4, 5)))
     with pytest.raises(ValueError, match="top_k"):
         explain_image(tiny_model, grey, top_k=0)
+
+
+@pytest.mark.parametrize(("mode", "crop", "note"), [
+    ("squash", (0, 0, 45, 90), "squeezed into a square; its maps are stretched back over the image"),
+    ("longest", (-22, 0, 90, 90), "padded to a square; its maps cover the image whole"),
+])
+def test_maps_lie_where_an_encoder_that_squashes_or_pads_looks(tiny_model, monkeypatch, mode, crop, note):
+    """An encoder that squashes (SigLIP's tags) or pads the image sees all of it: the maps cover the
+    whole image, and no margin is dimmed as unseen, which the centre crop's box would do."""
+    from cbm.encoders.encoder import EncoderTransform
+    from cbm.explain import explain_image, render_case_html
+
+    c = tiny_model.encoder.transform.config
+    monkeypatch.setattr(tiny_model.encoder, "transform",
+                        EncoderTransform(c["size"], c["mean"], c["std"], c["interpolation"], resize_mode=mode))
+    case = explain_image(tiny_model, make_image(5, (120, 60)), max_side=90, top_k=2)
+    assert case.crop == crop
+    assert note in render_case_html(case)
+    if case.maps is not None and len(case.maps.concepts):
+        from cbm.explain.overlay import heat_overlay
+
+        out = heat_overlay(case.image, np.zeros_like(case.maps.maps[0]), case.crop)
+        assert np.array_equal(out, case.image)  # a cold map over a fully seen image: nothing dimmed
 
 
 def test_the_python_api_carries_the_same_flags(tiny_model, tmp_path):

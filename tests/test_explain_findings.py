@@ -122,6 +122,7 @@ def test_a_finding_never_reads_against_the_value_the_head_weighs():
     assert tan.favours == "melanoma" and tan.state == "borderline" and tan.text == "Borderline: tan pigment"
     assert tan.seen == "tan pigment"  # a borderline finding keeps its map
     assert dots.favours == "benign nevus" and dots.state == "borderline"
+    assert dots.seen is None  # it rests on dots being below their average: where they are strongest is no evidence
     assert glob.state == "absent" and glob.text == "No globules" and glob.favours == "benign nevus"
 
 

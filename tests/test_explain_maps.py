@@ -107,6 +107,11 @@ def test_overlay_is_one_hue_with_a_contour_where_the_map_says():
     assert np.any(np.all(region == OVERLAY_RGB, axis=-1))
     assert np.all(out[:, :20] == 64) and np.all(out[:, 80:] == 64)  # outside the crop: dimmed to half
     assert np.all(out[50:, 20:35] == 128)  # cold cells leave the image as it was
+    # a box past the image's edges (an input padded to a square): the part inside is drawn, where it lies
+    padded = heat_overlay(image, heat, (0, -20, 100, 100))
+    change = np.abs(padded.astype(int) - image).sum(-1)
+    y, x = np.unravel_index(change.argmax(), change.shape)
+    assert (int((y + 20) // 25), int(x // 25)) == (1, 3) and np.all(padded[55:, :20] == 128)
 
 
 def test_grid_statement():
@@ -117,6 +122,8 @@ def test_grid_statement():
     drawn, text = grid_statement((8, 8))
     assert drawn and "8 x 8 grid" in text and "1/8 of its width" in text
     assert grid_statement(None)[0] is False
+    # Grad-CAM's layer is the tower's last spatial one, not always the finest grid the model sees
+    assert grid_statement((2, 2), "grad-cam")[1].startswith("Grad-CAM reads the model's last spatial layer, a grid of 2 x 2")
 
 
 def _tiny_clip(tower: str):

@@ -59,8 +59,8 @@ class CaseReport:
         explanation: prediction, probabilities, contributions and flags (``cbm.model``).
         feature: the image embedding ``(D,)`` the explanation was computed from.
         image: ``(H, W, 3)`` uint8, the image as displayed (longest side at most ``max_side``).
-        crop: ``(left, top, side)`` of the square the encoder saw, in ``image`` pixels
-            (encoders resize the shortest side and centre-crop).
+        crop: ``(left, top, width, height)`` in ``image`` pixels of what the encoder's input square
+            covers (:func:`seen_box`: a centred square, the whole image, or past its edges).
         maps: concept maps of the top findings that are not absent (empty when the encoder's grid
             is too coarse), or ``None`` when not computed.
         grid: the encoder's map grid ``(h, w)``, or ``None`` when maps were not computed.
@@ -76,7 +76,7 @@ class CaseReport:
     explanation: Prediction
     feature: np.ndarray
     image: np.ndarray
-    crop: tuple[int, int, int]
+    crop: tuple[int, int, int, int]
     maps: ConceptMaps | None
     grid: tuple[int, int] | None = None
     percentiles: dict[str, float | None] = field(default_factory=dict)
@@ -125,9 +125,18 @@ class CaseReport:
         return {c: float(p) for c, p in zip(self.model.classes, proba)}
 
 
-def _centre_crop_box(height: int, width: int) -> tuple[int, int, int]:
+def seen_box(height: int, width: int, resize_mode: str = "shortest") -> tuple[int, int, int, int]:
+    """``(left, top, width, height)`` in a ``height`` x ``width`` image of what the encoder's input
+    square covers, so where its maps lie: the centred square of the shortest side (``shortest``:
+    resize, centre-crop), the whole image (``squash``: stretched into the square), or the square
+    of the longest side, past the image's edges (``longest``: the image padded to a square)."""
+    if resize_mode == "squash":
+        return 0, 0, width, height
+    if resize_mode == "longest":  # the padding before the image: (side - n) // 2, as the transform pads
+        side = max(height, width)
+        return -((side - width) // 2), -((side - height) // 2), side, side
     side = min(height, width)
-    return (width - side) // 2, (height - side) // 2, side
+    return (width - side) // 2, (height - side) // 2, side, side
 
 
 def _percentiles(model: ConceptBottleneckModel, feature: np.ndarray) -> dict[str, float | None]:
@@ -212,7 +221,7 @@ def explain_image(
         explanation=expl,
         feature=feature,
         image=shown,
-        crop=_centre_crop_box(*shown.shape[:2]),
+        crop=seen_box(*shown.shape[:2], getattr(encoder.transform, "config", {}).get("resize_mode", "shortest")),
         maps=concept_maps,
         grid=grid,
         percentiles=percentiles,

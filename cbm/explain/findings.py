@@ -299,12 +299,14 @@ def _single(name: str, p: float | None, z: float, attribute: bool, value: float)
     opposite phrase, so its absence reads "Not ..." rather than "No ..."; ``value``: what the head
     weighs, less the training images' average. A percentile that says absent (present) while the
     head weighs the concept above (below) the average reads as borderline: a concept read as a
-    probability that most training images show can be at the 30th percentile and still 0.99 likely."""
+    probability that most training images show can be at the 30th percentile and still 0.99 likely.
+    A finding that rests on the concept being below the average has no map: where the concept is
+    strongest in the image is not what it says."""
     state = _state(p, z)
     if (state == "absent" and value > 0) or (state == "present" and value < 0):
         state = "borderline"
     text = {"present": _cap(name), "absent": _absent(name, attribute), "borderline": f"Borderline: {name}"}[state]
-    return state, text, None if state == "absent" else name
+    return state, text, None if state == "absent" or value < 0 else name
 
 
 def _on_axis(axis: Axis, p: Mapping[str, float | None], z: Mapping[str, float], toward: str) -> tuple[str, str, str | None]:

@@ -63,38 +63,50 @@ def _edge(mask: np.ndarray) -> np.ndarray:
     return thick
 
 
-def heat_overlay(image: np.ndarray, heat: np.ndarray, crop: tuple[int, int, int], *, opacity: float = 0.45) -> np.ndarray:
+def heat_overlay(image: np.ndarray, heat: np.ndarray, crop: tuple[int, ...], *, opacity: float = 0.45) -> np.ndarray:
     """Lay a concept map over the image in one hue, with a contour at half the map's range.
 
     Args:
         image: ``(H, W, 3)`` uint8.
-        heat: ``(h, w)`` map in [0, 1] over the encoder's crop (row 0 at the top), upsampled bilinearly.
-        crop: ``(left, top, side)`` of that crop in ``image`` pixels; outside it the image is dimmed.
+        heat: ``(h, w)`` map in [0, 1] over the encoder's input square (row 0 at the top), upsampled
+            bilinearly.
+        crop: ``(left, top, width, height)`` in ``image`` pixels of what that square covers (``(left,
+            top, side)`` for a square); it may reach past the image's edges (a padded input), and
+            the image outside it is dimmed.
         opacity: the hue's opacity at the map's highest cell (none at its lowest).
     """
     from PIL import Image
 
-    left, top, side = crop
-    up = np.asarray(Image.fromarray(np.asarray(heat, np.float32), mode="F").resize((side, side), Image.Resampling.BILINEAR))
+    left, top, box_w, box_h = crop if len(crop) == 4 else (*crop, crop[2])
+    up = np.asarray(Image.fromarray(np.asarray(heat, np.float32), mode="F").resize((box_w, box_h), Image.Resampling.BILINEAR))
     up = np.clip(up, 0.0, 1.0)
+    contour = _edge(up >= _CONTOUR_LEVEL)
     out = image.astype(np.float32) * 0.5  # dim what the encoder did not see
-    region = image[top : top + side, left : left + side].astype(np.float32)
-    alpha = opacity * up[..., None]
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + box_w, image.shape[1]), min(top + box_h, image.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    inside = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+    region = image[y0:y1, x0:x1].astype(np.float32)
+    alpha = opacity * up[inside][..., None]
     hue = np.array(OVERLAY_RGB, np.float32)
     tinted = region * (1.0 - alpha) + hue * alpha
-    tinted[_edge(up >= _CONTOUR_LEVEL)] = hue
-    out[top : top + side, left : left + side] = tinted
+    tinted[contour[inside]] = hue
+    out[y0:y1, x0:x1] = tinted
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def grid_statement(grid: tuple[int, int] | None) -> tuple[bool, str]:
-    """(whether maps are drawn, the sentence that says the grid) for an encoder's map grid."""
+def grid_statement(grid: tuple[int, int] | None, method: str | None = None) -> tuple[bool, str]:
+    """(whether maps are drawn, the sentence that says the grid) for an encoder's map grid;
+    Grad-CAM's grid is that of the tower's last spatial layer, which need not be the finest grid
+    the model sees the image on (demo-clip's 2 x 2 global branch follows its 8 x 8 cells)."""
     if grid is None:
         return False, "Concept maps were not computed for this report."
     h, w = int(grid[0]), int(grid[1])
     if min(h, w) < MIN_MAP_GRID:
-        return False, (f"The model sees this image on a grid of {h} x {w} cells, too coarse to localise a finding, "
-                       "so no maps are drawn.")
+        whose = ("Grad-CAM reads the model's last spatial layer, a grid" if method == "grad-cam"
+                 else "The model sees this image on a grid")
+        return False, f"{whose} of {h} x {w} cells, too coarse to localise a finding, so no maps are drawn."
     article = "an" if str(h).startswith("8") or h in (11, 18) else "a"
     return True, (f"Each map has one value per cell of {article} {h} x {w} grid over the square the model sees (a cell is "
                   f"1/{w} of its width), smoothed for display.")

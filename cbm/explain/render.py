@@ -203,19 +203,31 @@ def _levels_text(model: ConceptBottleneckModel) -> str:
     return " ".join(texts[k][0 if several else 1] + texts[k][2] for k, n in kinds.items() if n)
 
 
+def _crop_note(crop: tuple[int, ...], height: int, width: int) -> str:
+    """What part of a non-square image the maps cover (:func:`cbm.explain.case.seen_box`)."""
+    left, top, box_w, box_h = crop if len(crop) == 4 else (*crop, crop[2])
+    if height == width:
+        return ""
+    if (box_w, box_h) == (width, height):
+        return " The model sees the whole image squeezed into a square; its maps are stretched back over the image."
+    if box_w > width or box_h > height:
+        return " The model sees the whole image padded to a square; its maps cover the image whole."
+    return " The model sees the centred square; the dimmed margins are outside it."
+
+
 def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     """One overlay per concept map, captioned with its finding."""
     if case.maps is None or not len(case.maps.concepts):
         return []
-    # the square the model sees and a quarter of its side around it: a wide image's maps stay large
-    left, top, side = case.crop
+    # what the model sees and a quarter of its side around it: a wide image's maps stay large
+    left, top, box_w, box_h = case.crop if len(case.crop) == 4 else (*case.crop, case.crop[2])
     height, width = case.image.shape[:2]
-    x0, y0 = max(0, left - side // 4), max(0, top - side // 4)
-    x1, y1 = min(width, left + side + side // 4), min(height, top + side + side // 4)
+    x0, y0 = max(0, left - box_w // 4), max(0, top - box_h // 4)
+    x1, y1 = min(width, left + box_w + box_w // 4), min(height, top + box_h + box_h // 4)
     small = thumbnail(np.ascontiguousarray(case.image[y0:y1, x0:x1]), _MAP_SIDE)
     scale = small.shape[1] / (x1 - x0)
-    cl, ct = int(round((left - x0) * scale)), int(round((top - y0) * scale))
-    crop = (cl, ct, min(int(round(side * scale)), small.shape[1] - cl, small.shape[0] - ct))  # rounding stays inside
+    crop = (int(round((left - x0) * scale)), int(round((top - y0) * scale)), max(1, int(round(box_w * scale))),
+            max(1, int(round(box_h * scale))))
     by_concept = {f.seen: f for f in case.findings if f.seen}
     cards = []
     for name, heat in zip(case.maps.concepts, case.maps.maps):
@@ -329,7 +341,7 @@ def render_case_html(
     data, _ = _intervention_data(case, model)
     shown_rows, rest_rows = _intervention_rows(case, data, top_k)
     order = sorted(range(len(model.classes)), key=lambda k: -expl.probabilities[model.classes[k]])
-    drawn, grid_text = grid_statement(case.grid)
+    drawn, grid_text = grid_statement(case.grid, case.maps.method if case.maps is not None else None)
     map_cards = _map_cards(case) if drawn else []
     method = {"patch-tokens": "similarity of each image patch to the concept", "cam": "class activation map of the concept",
               "grad-cam": "Grad-CAM of the concept score"}.get(case.maps.method if case.maps else "", "")
@@ -351,8 +363,7 @@ def render_case_html(
         unused=unused_concepts(model.coef, model.bottleneck.concept_names),
         grid_text=grid_text, map_cards=map_cards, method_text=method, hue=", ".join(map(str, OVERLAY_RGB)),
         image_uri=jpeg_data_uri(case.image), image_width=width, image_height=height,
-        crop_note="" if case.crop[2] == min(height, width) == max(height, width) else (
-            " The model sees the centred square; the dimmed margins are outside it."),
+        crop_note=_crop_note(case.crop, height, width),
         neighbours=_neighbour_cards(case, hide_names),
         similar_note="" if model.reference is None or model.reference.thumbnails is not None else (
             " (no pictures: the model was saved without thumbnails)"),
