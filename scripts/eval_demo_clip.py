@@ -20,8 +20,11 @@ without anti-aliasing instead, as a MONAI or torch pipeline may). Per seed:
   the others, one-vs-rest, macro-averaged), with the prompts in ``class_prompts``;
 - ``map_grid``, ``pointing``, ``pointing_mean`` and ``pointing_cue``: the pointing game of the concept
   maps a report shows (``cbm.explain.maps``, with the concept directions ``cbm run`` scores the
-  demo with: centred on the demo store, the cue's words projected out) against the drawn masks of
-  each colour and structure (``cbm.demo.evaluation.pointing_game``).
+  demo with by default: centred on the demo store, nothing projected out) against the drawn masks
+  of each colour and structure (``cbm.demo.evaluation.pointing_game``), beside a map fixed on the
+  middle cell, per concept (``pointing_centre``, ``pointing_centre_mean``) and pooled
+  (``pointing_centre_baseline``), and the concepts whose maps beat it by 5 points or more
+  (``pointing_beats_centre``).
 
 The printed JSON holds the first seed's figures at the top, every seed's summary under ``seeds``
 and the worst of them under ``worst``.
@@ -100,11 +103,10 @@ def concept_maps(model, batch: torch.Tensor, phrases: list[str], tokenizer) -> n
     from cbm.explain.maps import encode_spatial
 
     store = list(dict.fromkeys(c for cs in demo_concepts(2).values() for c in cs))
-    cues = list(CUE_PROMPTS.values())
-    names = list(dict.fromkeys([*phrases, *store]))
-    bottleneck = ConceptBottleneck.debiased(names, embed_texts(model, tokenizer, names), nuisance_prompts=cues,
-                                            nuisance_embeddings=embed_texts(model, tokenizer, cues))
-    directions = bottleneck.directions[[names.index(p) for p in phrases]]
+    # cbm run's default bottleneck: centred on the card's store, no nuisance projection
+    bottleneck = ConceptBottleneck.debiased(phrases, embed_texts(model, tokenizer, phrases),
+                                            reference_embeddings=embed_texts(model, tokenizer, store))
+    directions = bottleneck.directions
     encoder = SimpleNamespace(model=model, name=MODEL_NAME)
     return np.stack([encode_spatial(encoder, image).concept_maps(phrases, directions).raw for image in batch])
 
@@ -123,7 +125,7 @@ def evaluate_seed(model, tokenizer, size: int, n: int, seed: int, resize: str) -
 
 
 _SUMMARY = ("mean_auroc", "min_auroc", "min_concept", "cue_auroc", "zero_shot_class_auroc", "map_grid",
-            "pointing_mean", "pointing_centre_baseline", "pointing_cue")
+            "pointing_mean", "pointing_centre_mean", "pointing_centre_baseline", "pointing_beats_centre", "pointing_cue")
 
 
 def _worst(by_seed: list[dict]) -> dict:
@@ -136,6 +138,9 @@ def _worst(by_seed: list[dict]) -> dict:
                                       max(r["zero_shot_class_auroc"][k] for r in by_seed)]
                                   for k in by_seed[0]["zero_shot_class_auroc"]},
         "pointing_mean": low("pointing_mean"), "pointing_cue": max(r["pointing_cue"] for r in by_seed),
+        "pointing_centre_mean": max(r["pointing_centre_mean"] for r in by_seed),
+        "pointing_beats_centre": [c for c in by_seed[0]["pointing_beats_centre"]
+                                  if all(c in r["pointing_beats_centre"] for r in by_seed)],
     }
 
 

@@ -42,6 +42,10 @@ def test_pointing_game_counts_peaks_inside_the_mask_and_on_the_cue():
     assert out["pointing_cue"] == 0.25 and out["pointing_cue_n"] == 4  # 1 of the 4 present concepts in ruler images
     assert out["map_grid"] == [8, 8]
     assert out["pointing_centre_baseline"] == 0.6  # the middle cell holds tan, never the dots
+    # per concept, averaged as the maps' mean is: tan is easy from the middle (1.0), the dots never (0.0);
+    # the dots' maps beat the middle cell by 50 points, tan's fall 33 short of it
+    assert out["pointing_centre"] == {"dots": 0.0, "tan pigment": 1.0} and out["pointing_centre_mean"] == 0.5
+    assert out["pointing_beats_centre"] == ["dots"]
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
