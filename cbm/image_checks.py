@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "image_items", "MIN_IMAGE_SIDE",
-           "GREYSCALE_TRAINING_SHARE"]
+__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "image_items", "feature_rows",
+           "MIN_IMAGE_SIDE", "GREYSCALE_TRAINING_SHARE"]
 
 MIN_IMAGE_SIDE = 32
 """Images with a shorter side (in pixels) are flagged as too small to show a finding."""
@@ -182,3 +182,19 @@ def display_pixels(pixels: np.ndarray, max_side: int, *, square: bool = False) -
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
     return np.asarray(img)
+
+
+def feature_rows(features: Any, *, one: bool = False) -> np.ndarray:
+    """Image features (an array or a tensor) as float32 rows, refused with the rows' numbers where
+    not finite (a damaged encoder output would otherwise read as a confident first class); ``one``:
+    one image's ``(D,)`` vector, and a batch of several is named, not flattened into one row."""
+    x = np.asarray(features.detach().cpu() if hasattr(features, "detach") else features, np.float32)
+    if one and not (x.ndim == 1 or x.ndim == 2 and x.shape[0] == 1):
+        raise ValueError(f"one image's feature vector (D,) was expected; got shape {x.shape}: for a batch, call "
+                         "this once per row, or predict_proba_from_features for all rows at once")
+    x = x.reshape(1, -1) if one or x.ndim == 1 else x
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))
+    if bad.size:
+        raise ValueError(f"image features hold NaN or infinite values (row {', '.join(map(str, bad[:5]))}"
+                         f"{', ...' if bad.size > 5 else ''}): the encoder's output was damaged; encode the images again")
+    return x

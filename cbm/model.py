@@ -38,15 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 
 from cbm.bottleneck import ConceptBottleneck
 from cbm.calibration import calibrate, calibrated as calibrated_columns
 from cbm.errors import ModelFormatError
-from cbm.image_checks import image_items
-from cbm.model_format import FORMAT, FORMAT_VERSION, REFIT, read_meta, read_tensors, weights_metadata
-from cbm.reference import REFERENCE_FILE, Flag, TrainingReference, as_pixels, image_flags, prediction_flags
-from cbm.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, softmax
+from cbm.image_checks import feature_rows, image_items
+from cbm.model_format import REFIT, check_reference_digest, read_meta, read_tensors, write_model
+from cbm.reference import Flag, TrainingReference, as_pixels, image_flags, prediction_flags
+from cbm.utils import softmax
 
 __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
@@ -98,9 +97,10 @@ class Prediction:
 
     def top_concepts(self, cls: str | None = None, k: int = 5) -> list[ConceptContribution]:
         """The ``k`` largest contributions (by absolute value) to ``cls`` (default: the predicted class)."""
-        if (cls := cls or self.predicted) not in self.contributions or k < 0:
-            raise (KeyError(f"no class {cls!r}; the classes are {list(self.contributions)}") if k >= 0
-                   else ValueError(f"k={k}: give how many concepts to list (0 or more)"))
+        whole = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0
+        if (cls := cls or self.predicted) not in self.contributions or not whole:
+            raise (KeyError(f"no class {cls!r}; the classes are {list(self.contributions)}") if whole
+                   else ValueError(f"k={k!r}: give how many concepts to list (a whole number, 0 or more)"))
         return self.contributions[cls][:k]
 
 
@@ -291,7 +291,7 @@ class ConceptBottleneckModel:
     # ------------------------------------------------------------------ prediction
     def concept_scores_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Standardised concept scores ``(n, n_concepts)`` of precomputed image features."""
-        return self.bottleneck.transform(features)
+        return self.bottleneck.transform(feature_rows(features))
 
     def concept_values_from_features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """The head's inputs ``(n, n_concepts)`` of precomputed image features (:meth:`concept_values`)."""
@@ -334,7 +334,7 @@ class ConceptBottleneckModel:
         ``image_flags`` are the image checks' flags (:func:`cbm.reference.image_flags`); the training
         reference adds its out-of-distribution flag. A flagged prediction is ``withheld``.
         """
-        feat = np.asarray(feature, np.float32).reshape(1, -1)
+        feat = feature_rows(feature, one=True)
         raw = self.bottleneck.raw_scores(feat)[0]
         z = self.bottleneck.transform(feat)[0]
         v, on = self.concept_values(z[None])[0], self.calibrated()
@@ -383,13 +383,20 @@ class ConceptBottleneckModel:
         The classic concept-bottleneck test-time intervention: a clinician marks a concept present or
         absent (:meth:`presence_levels`: 1 or 0 if calibrated, else a high or low score) and sees the change.
         """
-        z = self.concept_values_from_features(np.asarray(feature, np.float32).reshape(1, -1))[0].copy()
+        if not isinstance(overrides, dict):  # a list of pairs, a name alone
+            raise TypeError(f"overrides must be a dict of concept name -> 'present', 'absent' or a number; got "
+                            f"{type(overrides).__name__}")
+        z = self.concept_values_from_features(feature_rows(feature, one=True))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}
         calibrated = self.calibrated()
         levels = dict(zip(("absent", "present"), self.presence_levels()))
         for name, value in overrides.items():
             if name not in index:
-                raise KeyError(f"unknown concept {name!r}; the model's concepts are {self.bottleneck.concept_names}")
+                import difflib
+
+                close = difflib.get_close_matches(str(name), list(index), n=3, cutoff=0.5)
+                raise KeyError(f"unknown concept {name!r}; " + (f"did you mean {', '.join(map(repr, close))}? " if close
+                               else "") + f"the model has {len(index)} concepts (model.bottleneck.concept_names)")
             number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
             if not (number or isinstance(value, str) and value in levels):
                 raise ValueError(f"intervention for {name!r} is {value!r}; use 'present', 'absent' or a number")
@@ -413,42 +420,30 @@ class ConceptBottleneckModel:
         return float((self.coef != 0).sum(1).mean())
 
     # ------------------------------------------------------------------ persistence
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``model.json`` + ``model.safetensors`` into ``folder`` (created if missing)."""
-        if (folder := Path(folder)).exists() and not folder.is_dir():
-            raise FileExistsError(f"{folder} is a file: a model is saved into a folder; give a new folder's path")
-        folder.mkdir(parents=True, exist_ok=True)
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What ``model.safetensors`` holds: the head, the bottleneck's state, the training scores,
+        prior, levels and calibration (NaN columns, not calibrated, saved as 0, 0 with row 2 = 0)."""
         optional = {"train_raw_scores_sorted": self.train_raw_scores, "concept_prior": self.concept_prior,
                     "concept_levels": self.concept_levels}
         tensors = {"coef": torch.from_numpy(self.coef.copy()), "intercept": torch.from_numpy(self.intercept.copy()),
                    **self.bottleneck.state_tensors(),
                    **{k: torch.from_numpy(v.copy()) for k, v in optional.items() if v is not None}}
-        if self.calibration is not None:  # NaN columns (not calibrated) are saved as 0, 0 with row 2 = 0
-            on = self.calibrated()
+        if self.calibration is not None:
             tensors["concept_calibration"] = torch.from_numpy(
-                np.vstack([np.nan_to_num(self.calibration), on[None]]).astype(np.float32))
-        weights = safetensors_bytes(tensors, metadata=weights_metadata(self.classes, self.bottleneck.concept_names))
-        atomic_write_bytes(folder / "model.safetensors", weights)
-        atomic_write_json(
-            folder / "model.json",
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "encoder": self.encoder_name,
-                "encoder_key": self.encoder_key,
-                "weights_sha256": sha256_bytes(weights),  # load refuses weights that are not these
-                "classes": self.classes,
-                "concepts": self.bottleneck.concept_names,
-                "bottleneck": self.bottleneck.debiasing,
-                "concepts_per_class": self.concepts_per_class(),
-                "info": self.info,
-            },
-        )
-        if self.reference is not None:
-            self.reference.save(folder)
-        else:  # an earlier model's reference in this folder would not describe this one
-            (folder / REFERENCE_FILE).unlink(missing_ok=True)
-        return folder
+                np.vstack([np.nan_to_num(self.calibration), self.calibrated()[None]]).astype(np.float32))
+        return tensors
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``model.json`` + ``model.safetensors`` (+ ``reference.safetensors``) into ``folder``
+        (created if missing); everything is checked before the first file is written.
+
+        Raises:
+            ValueError: names a model folder cannot hold (one class, repeated or empty names), or
+                ``info`` that is not plain JSON (a numpy number, NaN).
+        """
+        if (folder := Path(folder)).exists() and not folder.is_dir():
+            raise FileExistsError(f"{folder} is a file: a model is saved into a folder; give a new folder's path")
+        return write_model(self, folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ConceptBottleneckModel:
@@ -480,6 +475,7 @@ class ConceptBottleneckModel:
         calibration = tensors.get("concept_calibration")
         if calibration is not None:
             calibration = np.where(calibration[2:].numpy() == 1, calibration[:2].numpy(), np.nan)
+        check_reference_digest(folder, meta)
         reference = TrainingReference.load(folder, classes=meta["classes"], dim=int(tensors["concept_embeddings"].shape[1]))
         return cls(
             meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),

@@ -1,8 +1,12 @@
-"""Reading a saved model folder: ``model.json`` and ``model.safetensors``, every field and tensor
-checked before :meth:`cbm.model.ConceptBottleneckModel.load` uses them. A damaged or foreign file
-raises :class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix. ``model.json``
-records the SHA-256 of ``model.safetensors`` (``weights_sha256``), so weights edited after saving,
-or those of another save beside this ``model.json``, are refused (older models have no digest);
+"""Writing and reading a saved model folder: ``model.json`` and ``model.safetensors`` (and
+``reference.safetensors``), every field and tensor checked before
+:meth:`cbm.model.ConceptBottleneckModel.load` uses them, and ``model.json`` built and checked
+before :func:`write_model` writes any file. A damaged or foreign file raises
+:class:`~cbm.errors.ModelFormatError` naming the file, the field and the fix. ``model.json``
+records the SHA-256 of ``model.safetensors`` (``weights_sha256``) and of the training reference
+(``reference_sha256``, null for a model without one), so weights or a reference edited after
+saving, or those of another save beside this ``model.json``, are refused (older models have no
+digest);
 the weights' own metadata holds the class and concept names they were saved with, so a
 ``model.json`` whose names were edited (a concept renamed: its weight would be explained under
 another name) is refused too."""
@@ -22,9 +26,11 @@ from cbm.data import PIXEL_PIPELINE_VERSION
 from cbm.errors import ModelFormatError, quote
 from cbm.utils import safetensors_metadata, sha256_bytes
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "REFIT", "read_meta", "read_tensors", "weights_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "REFERENCE_FILE", "REFIT", "check_names", "check_reference_digest", "read_meta",
+           "read_tensors", "weights_metadata", "write_model"]
 
 FORMAT = "cbm.ConceptBottleneckModel"
+REFERENCE_FILE = "reference.safetensors"  # the training reference beside the model (cbm.reference)
 # 2: the bottleneck's concept offset and nuisance basis (version 1 loads as plain cosines)
 # 3: the concept store's class-concept prior (older models have none: their weights cannot be checked against it)
 # 4: the concepts' calibration to probabilities (older models weigh standardised scores)
@@ -38,6 +44,72 @@ def weights_metadata(classes: list[str], concepts: list[str]) -> dict[str, str]:
     belong to (under the weights' digest, so that ``model.json``'s names can be checked on load)."""
     return {"format": FORMAT, "version": str(FORMAT_VERSION), "classes": json.dumps(classes),
             "concepts": json.dumps(concepts)}
+
+
+# what the readers of a model expect of model.json's info, where present (a hand edit gets a named error)
+_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "card": (dict,), "data": (dict,), "head": (dict,), "concept_source": (dict,), "bottleneck": (dict,),
+    "store_check": (dict,), "calibration_choice": (dict,), "interventions": (dict,), "path": (dict,),
+    "metrics": (dict,), "levels_from_truth": (list,), "templates": (list, type(None)),
+}
+
+
+def check_names(classes: Any, concepts: Any) -> str | None:
+    """What is wrong with a model's class and concept names (at least 2 and 1 distinct non-empty
+    strings), or None; the reader and :func:`write_model` both ask."""
+    for key, names, least in (("classes", classes, 2), ("concepts", concepts, 1)):
+        if not isinstance(names, list) or len(names) < least or not all(isinstance(n, str) and n.strip() for n in names):
+            return f"{key} has the bad value {quote(names)}: a list of at least {least} non-empty names"
+        if len(set(names)) != len(names):
+            return f"{key} repeats {quote(sorted({n for n in names if names.count(n) > 1}))}"
+    return None
+
+
+def write_model(model: Any, folder: Path) -> Path:
+    """Write a model's folder: ``model.json`` built and checked (names, JSON-ready ``info``) before any
+    file is written, so a save that fails leaves a model already there loadable; then the weights,
+    the training reference, and ``model.json`` last, with the digests of both."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from cbm.utils import atomic_write_bytes, atomic_write_text
+
+    if problem := check_names(model.classes, model.bottleneck.concept_names):
+        raise ValueError(f"cannot save this model: its {problem}")
+    weights = safetensors_bytes(model.state_tensors(), metadata=weights_metadata(model.classes, model.bottleneck.concept_names))
+    reference = model.reference.to_bytes() if model.reference is not None else None
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "encoder": model.encoder_name, "encoder_key": model.encoder_key,
+            "weights_sha256": sha256_bytes(weights),  # load refuses weights that are not these
+            "reference_sha256": None if reference is None else sha256_bytes(reference),  # ... and another reference
+            "classes": model.classes, "concepts": model.bottleneck.concept_names, "bottleneck": model.bottleneck.debiasing,
+            "concepts_per_class": model.concepts_per_class(), "info": model.info}
+    try:
+        text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # a numpy number, a NaN or an object in info
+        raise ValueError(f"cannot save this model: model.json would not be standard JSON ({exc}); make every value "
+                         "of model.info a str, int, float (finite), bool, None, list or dict") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "model.safetensors", weights)
+    if reference is not None:
+        atomic_write_bytes(folder / REFERENCE_FILE, reference)
+    else:  # an earlier model's reference in this folder would not describe this one
+        (folder / REFERENCE_FILE).unlink(missing_ok=True)
+    atomic_write_text(folder / "model.json", text + "\n")
+    return folder
+
+
+def check_reference_digest(folder: Path, meta: dict[str, Any]) -> None:
+    """A reference file that is the one ``model.json`` was saved with (models saved before the
+    digest was recorded are not checked)."""
+    if "reference_sha256" not in meta:
+        return
+    path, digest = folder / REFERENCE_FILE, meta["reference_sha256"]
+    if digest is None and path.is_file():
+        raise ModelFormatError(path, "is beside a model.json saved without a training reference (another model's?)",
+                               "Delete it, or save the model again from its run")
+    if digest is not None and path.is_file() and sha256_bytes(path.read_bytes()) != digest:
+        raise ModelFormatError(path, "is not the training reference model.json was saved with (its SHA-256 differs "
+                               "from model.json's reference_sha256: edited, or another model's)",
+                               f"{REFIT} (or delete the file: the model then cannot abstain)")
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -64,26 +136,30 @@ def read_meta(path: Path) -> dict[str, Any]:
                                field="encoder")
     if meta.get("encoder_key") is not None and not isinstance(meta["encoder_key"], str):
         raise ModelFormatError(path, f"has the bad value {quote(meta['encoder_key'])}", REFIT, field="encoder_key")
-    for key, least in (("classes", 2), ("concepts", 1)):
-        names = meta.get(key)
-        if not isinstance(names, list) or len(names) < least or not all(isinstance(n, str) and n.strip() for n in names):
-            raise ModelFormatError(path, f"has the bad value {quote(names)}: a list of at least {least} non-empty names",
-                                   REFIT, field=key)
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            raise ModelFormatError(path, f"repeats {quote(dupes)}", REFIT, field=key)
+    if problem := check_names(meta.get("classes"), meta.get("concepts")):
+        key, _, what = problem.partition(" ")
+        raise ModelFormatError(path, what, REFIT, field=key)
     bottleneck = meta.get("bottleneck") or {}
     prompts = bottleneck.get("nuisance_prompts", []) if isinstance(bottleneck, dict) else None
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ModelFormatError(path, f"has the bad value {quote(bottleneck)}", REFIT, field="bottleneck.nuisance_prompts")
     meta["bottleneck"] = {**(bottleneck if isinstance(bottleneck, dict) else {}), "nuisance_prompts": prompts}
-    digest = meta.get("weights_sha256")
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
-        raise ModelFormatError(path, f"has the bad value {quote(digest)}: the SHA-256 of model.safetensors, in hex", REFIT,
-                               field="weights_sha256")
+    for key, file in (("weights_sha256", "model.safetensors"), ("reference_sha256", "reference.safetensors")):
+        digest = meta.get(key)
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+            raise ModelFormatError(path, f"has the bad value {quote(digest)}: the SHA-256 of {file}, in hex", REFIT,
+                                   field=key)
     info = meta.get("info", {})
     if not isinstance(info, dict):
         raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
+    for key, types in _INFO_TYPES.items():
+        if key in info and not isinstance(info[key], types):
+            kind = " or ".join("null" if t is type(None) else {"dict": "an object", "list": "a list"}[t.__name__]
+                               for t in types)
+            raise ModelFormatError(path, f"has the bad value {quote(info[key], 80)}: {kind} expected", REFIT,
+                                   field=f"info.{key}")
+    if not all(isinstance(c, str) for c in info.get("levels_from_truth", [])):
+        raise ModelFormatError(path, "lists something that is not a concept name", REFIT, field="info.levels_from_truth")
     meta["info"] = info
     pipeline = info.get("pixel_pipeline")
     if isinstance(pipeline, int) and not isinstance(pipeline, bool) and pipeline != PIXEL_PIPELINE_VERSION:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from cbm.errors import ModelFormatError
 from cbm.image_checks import MIN_IMAGE_SIDE, Flag, as_pixels, display_pixels, greyscale, image_flags
+from cbm.model_format import REFERENCE_FILE
 
 __all__ = [
     "Flag",
@@ -69,7 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "reference.safetensors"
 FORMAT = "cbm.TrainingReference"
 FORMAT_VERSION = 1
 VAL_PASS_RATE = 0.975
@@ -222,6 +223,10 @@ class TrainingReference:
         """Write :data:`REFERENCE_FILE` into ``folder``."""
         from cbm.utils import atomic_write_bytes
 
+        return atomic_write_bytes(Path(folder) / REFERENCE_FILE, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The contents of :data:`REFERENCE_FILE` (safetensors; facts as JSON in its metadata)."""
         thumbs = self.thumbnails or []
         tensors = {
             "features": torch.from_numpy(self.features.astype(np.float16)),
@@ -239,7 +244,7 @@ class TrainingReference:
             tensors["val_scores"] = torch.from_numpy(self.val_scores.copy())
         meta = {"format": FORMAT, "version": str(FORMAT_VERSION),
                 "facts": json.dumps({**self.facts, "classes": self.classes, "threshold": self.threshold})}
-        return atomic_write_bytes(Path(folder) / REFERENCE_FILE, safetensors_bytes(tensors, metadata=meta))
+        return safetensors_bytes(tensors, metadata=meta)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, classes: Sequence[str], dim: int) -> TrainingReference | None:
@@ -260,8 +265,11 @@ class TrainingReference:
             raise ModelFormatError(path, f"cannot be read ({type(exc).__name__}: {str(exc)[:120]})", fix) from None
         if meta.get("format") != FORMAT or not isinstance(facts, dict):
             raise ModelFormatError(path, f"is not a cbm training reference (format {meta.get('format')!r})", fix)
+        if not str(meta.get("version", "0") or 0).isdigit():
+            raise ModelFormatError(path, f"has the bad version {meta.get('version')!r} in its metadata", fix)
         if int(meta.get("version", "0") or 0) > FORMAT_VERSION:
             raise ModelFormatError(path, f"has version {meta.get('version')}, newer than this cbm reads", "Upgrade cbm")
+        _check_extras(path, tensors, facts, fix)
         feats, labels, rows = tensors.get("features"), tensors.get("labels"), tensors.get("rows")
         if feats is None or labels is None or rows is None or feats.dim() != 2 or feats.shape[1] != dim:
             raise ModelFormatError(path, f"holds no (n, {dim}) features, labels and rows for this model", fix,
@@ -285,6 +293,22 @@ class TrainingReference:
                    ood_mean=mean.numpy(), ood_precision=precision.numpy(),
                    val_scores=None if "val_scores" not in tensors else tensors["val_scores"].float().numpy(),
                    threshold=threshold, facts=facts)
+
+
+def _check_extras(path: Path, tensors: Mapping[str, torch.Tensor], facts: dict, fix: str) -> None:
+    """The reference's labels are whole numbers, its validation scores a finite vector, and the
+    facts a report reads are numbers where present."""
+    labels, val = tensors.get("labels"), tensors.get("val_scores")
+    if labels is not None and labels.is_floating_point():
+        raise ModelFormatError(path, f"holds labels of dtype {labels.dtype}, not whole numbers", fix, field="tensor labels")
+    if val is not None and (val.dim() != 1 or not bool(torch.isfinite(val.float()).all())):
+        raise ModelFormatError(path, f"holds validation scores of shape {tuple(val.shape)} or with non-finite values; "
+                               "a finite vector was expected", fix, field="tensor val_scores")
+    for key in ("greyscale_share", "val_pass_rate"):
+        value = facts.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and math.isfinite(value)):
+            raise ModelFormatError(path, f"has the bad value {value!r}: a number was expected", fix, field=key)
 
 
 def _split_thumbnails(tensors: Mapping[str, torch.Tensor], n: int, path: Path, fix: str) -> list[bytes | None] | None:

@@ -55,7 +55,11 @@ def test_specific_damage_is_named(saved, tmp_path):
     meta = json.loads((saved / "model.json").read_text())
     for field, value, message in (("version", None, "version has the bad value None"),
                                   ("classes", ["a", "a"], "classes repeats"),
-                                  ("encoder", 3, "encoder has the bad value 3")):
+                                  ("encoder", 3, "encoder has the bad value 3"),
+                                  # info's parts a report reads: an edit gets their name, not an AttributeError later
+                                  ("info", {**meta["info"], "head": "x"}, r"info\.head has the bad value 'x': an object"),
+                                  ("info", {**meta["info"], "card": "demo"}, r"info\.card has the bad value"),
+                                  ("info", {**meta["info"], "levels_from_truth": [1]}, r"info\.levels_from_truth lists")):
         (tmp_path / "model.json").write_text(json.dumps({**meta, field: value}))
         with pytest.raises(ModelFormatError, match=message):
             ConceptBottleneckModel.load(tmp_path)

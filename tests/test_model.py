@@ -78,6 +78,47 @@ def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
     assert high - low == pytest.approx(expected, rel=1e-3)
     with pytest.raises(KeyError, match="unknown concept"):
         model.intervene_features(feat, {"no such concept": 1.0})
+    with pytest.raises(TypeError, match="overrides must be a dict"):
+        model.intervene_features(feat, [(concept, 1.0)])
+
+
+def test_features_that_are_not_finite_or_a_batch_for_one_image_are_named(fitted):
+    """NaN features gave the first class with every percentile at 100, as if confident; a batch given
+    for one image was flattened into one row and blamed on the encoder."""
+    card, model = fitted
+    feats = model.image_features(_test_paths(card)[:3])
+    broken = feats.copy()
+    broken[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(row 1\)"):
+        model.predict_proba_from_features(broken)
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(row 0\)"):
+        model.explain_features(broken[1])
+    with pytest.raises(ValueError, match=r"one image's feature vector \(D,\) was expected; got shape \(3, "):
+        model.explain_features(feats)
+    with pytest.raises(ValueError, match="one image's feature vector"):
+        model.intervene_features(feats, {model.bottleneck.concept_names[0]: 1.0})
+    assert model.explain_features(feats[:1]).predicted == model.explain_features(feats[0]).predicted
+    with pytest.raises(ValueError, match="k=2.5: give how many concepts to list"):
+        model.explain_features(feats[0]).top_concepts(k=2.5)
+
+
+def test_a_save_that_fails_leaves_the_model_already_there(fitted, tmp_path):
+    """info with a numpy number (not JSON) failed after the weights were written: the old model.json
+    beside new weights, and the folder no longer loaded."""
+    _, model = fitted
+    folder = model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model.info["auc"] = np.float32(0.9)
+    try:
+        with pytest.raises(ValueError, match="model.json would not be standard JSON"):
+            model.save(folder)
+        model.info["auc"] = float("nan")
+        with pytest.raises(ValueError, match="model.json would not be standard JSON"):
+            model.save(folder)
+    finally:
+        del model.info["auc"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert ConceptBottleneckModel.load(folder).classes == model.classes
 
 
 def test_save_load_round_trip(fitted, tmp_path):

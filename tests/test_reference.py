@@ -3,10 +3,12 @@ images, the operating point, saving and loading with the model, and models saved
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from explain_support import CLASSES, make_image
 
 from cbm.errors import ModelFormatError
@@ -94,7 +96,15 @@ def test_saved_with_the_model_and_loaded_back(tiny_model, tmp_path):
 
 def test_a_damaged_reference_is_named_with_the_fix(tiny_model, tmp_path):
     folder = tiny_model.save(tmp_path / "m")
+    good = (folder / REFERENCE_FILE).read_bytes()
     (folder / REFERENCE_FILE).write_bytes(b"not a safetensors file")
+    # model.json records the reference's digest: an edited file, or another model's, is refused by it
+    with pytest.raises(ModelFormatError, match=r"reference\.safetensors.*not the training reference model\.json was "
+                                               r"saved with.*delete the file"):
+        ConceptBottleneckModel.load(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["reference_sha256"]  # as a model saved before the digest: the file's own checks remain
+    (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match=r"reference\.safetensors.*cannot be read.*delete the file"):
         ConceptBottleneckModel.load(folder)
     other = TrainingReference(np.eye(3, 32, dtype=np.float32), np.zeros(3), ["x", "y"], thumbnails=None)
@@ -104,6 +114,15 @@ def test_a_damaged_reference_is_named_with_the_fix(tiny_model, tmp_path):
     TrainingReference(np.eye(3, 8, dtype=np.float32), np.zeros(3), CLASSES).save(folder)
     with pytest.raises(ModelFormatError, match=r"\(n, 32\) features"):
         ConceptBottleneckModel.load(folder)
+    (folder / REFERENCE_FILE).write_bytes(good)
+    assert ConceptBottleneckModel.load(folder).reference is not None
+    # a model saved without a reference, and a reference file beside it
+    bare = tiny_model.save(tmp_path / "bare")
+    meta = json.loads((bare / "model.json").read_text())
+    meta["reference_sha256"] = None
+    (bare / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="saved without a training reference"):
+        ConceptBottleneckModel.load(bare)
 
 
 def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_abstain(tiny_model, tmp_path):
@@ -185,3 +204,27 @@ def test_a_threshold_set_on_too_few_validation_images_is_warned_of(caplog):
     ref = build_reference(_model(), _splits(n_train=60, n_val=41), thumbnails=False)
     assert ref.threshold < ref.val_scores.max()  # 41 images: the threshold is no longer the largest score
     assert "rests on" not in caplog.text
+
+
+def test_damaged_reference_fields_are_named(tiny_model, tmp_path):
+    """A version that is no number, validation scores of another shape or with NaN, labels that are
+    not whole numbers, a fact that is no number: each named, not a crash at explain time."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = tiny_model.save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["reference_sha256"]  # the file's own checks, as for a model saved before the digest
+    (folder / "model.json").write_text(json.dumps(meta))
+    with safe_open(str(folder / REFERENCE_FILE), "pt") as f:
+        saved_meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    facts = json.loads(saved_meta["facts"])
+    cases = [({"version": "x"}, {}, "bad version 'x'"),
+             ({}, {"val_scores": torch.zeros(1, 4)}, r"tensor val_scores.*a finite vector was expected"),
+             ({}, {"val_scores": torch.full((4,), float("nan"))}, r"tensor val_scores.*non-finite"),
+             ({}, {"labels": tensors["labels"].double() + 0.5}, r"tensor labels.*not whole numbers"),
+             ({"facts": json.dumps({**facts, "greyscale_share": "x"})}, {}, r"greyscale_share has the bad value 'x'")]
+    for meta_change, tensor_change, message in cases:
+        save_file({**tensors, **tensor_change}, str(folder / REFERENCE_FILE), metadata={**saved_meta, **meta_change})
+        with pytest.raises(ModelFormatError, match=message):
+            ConceptBottleneckModel.load(folder)

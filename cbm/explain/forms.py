@@ -1,6 +1,6 @@
 """The upload form of ``cbm serve``: the one image of a ``multipart/form-data`` body, after checks that
 keep a hostile form from costing more than its size (parts counted, nested forms refused), and the
-error an upload is refused with."""
+error an upload is refused with (its words for an image error and an upload over the limit)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import email.parser
 import email.policy
 import re
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-__all__ = ["MAX_FORM_PARTS", "MAX_PART_HEADER_BYTES", "UploadError", "multipart_file"]
+if TYPE_CHECKING:
+    from cbm.errors import ImageError
+
+__all__ = ["MAX_FORM_PARTS", "MAX_PART_HEADER_BYTES", "UploadError", "multipart_file", "too_large", "upload_reason"]
 
 MAX_FORM_PARTS = 8
 """Most parts a multipart upload may have (the form has one file field)."""
@@ -82,3 +86,17 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
     if files:
         return files[0].get_payload(decode=True) or b""
     raise UploadError(HTTPStatus.BAD_REQUEST, "the form has no 'file' field; choose an image to upload")
+
+
+def upload_reason(exc: ImageError, owner: str, subject: str) -> str:
+    """An image error's field, problem and fix without our file's path, the upload named as ``owner``
+    of the field or ``subject`` of the problem: "the DICOM file's Rows is missing. Every DICOM image
+    declares it; export the file again"."""
+    where = f"{owner} {exc.field_label(exc.field)}" if exc.field else subject
+    return f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
+
+
+def too_large(size: int, limit: int) -> str:
+    """Why an upload of ``size`` bytes is refused over ``limit``, and what to do."""
+    return (f"the upload has {size:,} bytes ({size / 2**20:.1f} MB), over the limit of {limit:,} bytes "
+            f"({limit / 2**20:.1f} MB); send a smaller export of the image")

@@ -55,7 +55,7 @@ from typing import Any
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import explain_image
 from cbm.explain.deadline import DeadlineReader, RequestTimedOut
-from cbm.explain.forms import MAX_FORM_PARTS, MAX_PART_HEADER_BYTES, UploadError, multipart_file
+from cbm.explain.forms import MAX_FORM_PARTS, MAX_PART_HEADER_BYTES, UploadError, multipart_file, too_large, upload_reason
 from cbm.explain.render import page_csp, render_case_html, render_template
 from cbm.model import ConceptBottleneckModel
 
@@ -149,7 +149,7 @@ class ExplainApp:
         if not data:
             raise UploadError(HTTPStatus.BAD_REQUEST, "the upload is empty; choose an image file")
         if len(data) > self.max_upload_bytes:
-            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(len(data), self.max_upload_bytes))
+            raise UploadError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large(len(data), self.max_upload_bytes))
         fmt = sniff_format(data)
         if fmt is None:
             raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
@@ -162,7 +162,7 @@ class ExplainApp:
                                   f"the {fmt.upper()} file {exc.problem.rstrip('. ')}; send a smaller export of the "
                                   "image, or start the server with a larger --max-pixels") from exc
             raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
-                              _reason(exc, f"the {fmt.upper()} file's", f"the {fmt.upper()} file")) from exc
+                              upload_reason(exc, f"the {fmt.upper()} file's", f"the {fmt.upper()} file")) from exc
         except Exception as exc:  # any header that does not parse is a bad upload, whatever the library raises
             raise UploadError(HTTPStatus.UNPROCESSABLE_ENTITY,
                               f"the {fmt.upper()} header could not be read ({type(exc).__name__}); the file is "
@@ -181,7 +181,7 @@ class ExplainApp:
                 return read_image(path, max_pixels=self.max_pixels)
             except Exception as exc:  # a decode failure of any kind is the upload's fault, reported as 422
                 if isinstance(exc, ImageError):  # "image <path>: <field> <problem>. <fix>" without our file
-                    reason = f"the {fmt.upper()} file could not be decoded: {_reason(exc, 'its', 'it')}"
+                    reason = f"the {fmt.upper()} file could not be decoded: {upload_reason(exc, 'its', 'it')}"
                 else:
                     reason = (f"the {fmt.upper()} file could not be decoded: "
                               + str(exc).replace(str(path), "the upload").replace(tmp, ""))
@@ -320,7 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._error(HTTPStatus.BAD_REQUEST, f"Content-Length {length!r} is not a byte count")
         if size > self.app.max_upload_bytes:  # refuse before reading a byte of the body
-            message = _too_large(size, self.app.max_upload_bytes)
+            message = too_large(size, self.app.max_upload_bytes)
             log.info("upload rejected (%d): %s", HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value, message)
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message)
         held = [0]  # bytes of this body set aside so far, given back however the request ends
@@ -375,19 +375,6 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("explaining an upload failed")
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the image could not be explained (server error)")
         self._send(HTTPStatus.OK, page, csp=page_csp(script=True))
-
-
-def _reason(exc: Any, owner: str, subject: str) -> str:
-    """An image error's field, problem and fix without our file's path, the upload named as ``owner``
-    of the field or ``subject`` of the problem: "the DICOM file's Rows is missing. Every DICOM image
-    declares it; export the file again"."""
-    where = f"{owner} {exc.field_label(exc.field)}" if exc.field else subject
-    return f"{where} {exc.problem}".rstrip(". ") + (f". {exc.fix}" if exc.fix else "")
-
-
-def _too_large(size: int, limit: int) -> str:
-    return (f"the upload has {size:,} bytes ({size / 2**20:.1f} MB), over the limit of {limit:,} bytes "
-            f"({limit / 2**20:.1f} MB); send a smaller export of the image")
 
 
 class _Server(ThreadingHTTPServer):
