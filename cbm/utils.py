@@ -35,11 +35,15 @@ __all__ = [
 def cache_dir(*parts: str) -> Path:
     """Root of cbm's caches (``$CBM_CACHE_DIR``, default ``~/.cache/cbm``), joined with ``parts``.
 
-    The folder is created if missing.
+    The folder is created if missing, where it can be: in a cache shared read-only the path is
+    returned all the same (what only reads it works; a write there fails with its own message).
     """
     root = Path(os.environ.get("CBM_CACHE_DIR") or Path.home() / ".cache" / "cbm")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        pass
     return path
 
 

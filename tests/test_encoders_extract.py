@@ -137,7 +137,7 @@ def test_a_cache_written_by_another_encoder_is_never_reused(world, tmp_path, mon
     with caplog.at_level(logging.WARNING, logger="cbm.encoders.cache"):
         fs_b = run(b, dataset(world, b), tmp_path)
     assert fs_b.cache_path == foreign
-    assert any("is not reused" in r.getMessage() for r in caplog.records)
+    assert any("it is not used" in r.getMessage() for r in caplog.records)
     assert sum(calls) == N - 1
     fresh = encode_images(b, dataset(world, b), batch_size=8, num_workers=0, cache=False, progress=False)
     np.testing.assert_allclose(fs_b.features, fresh.features, rtol=1e-4, atol=1e-6)  # both computed, batched apart
@@ -156,6 +156,86 @@ def test_a_shard_renamed_into_place_is_rejected_by_its_metadata(world, enc, tmp_
     assert any("encoder_key" in r.getMessage() for r in caplog.records)
     assert sum(calls) == SHARD - 1  # shard 0 holds the unreadable image 7
     np.testing.assert_allclose(again.features, mine.features, rtol=1e-4, atol=1e-6)  # computed again
+
+
+def _swap_two_floats(shard) -> None:
+    """A damage the structural checks cannot see: two feature values swapped (norms unchanged)."""
+    from safetensors.numpy import load, save
+
+    from cbm.utils import safetensors_metadata
+
+    data = shard.read_bytes()
+    tensors, meta = load(data), safetensors_metadata(data)
+    f = tensors["features"].copy()
+    f[0, 0], f[0, 1] = f[0, 1], f[0, 0]
+    shard.write_bytes(save({**tensors, "features": f}, metadata=meta))
+
+
+def test_a_shard_damaged_past_the_structural_checks_is_caught_without_the_manifest_and_never_copied(
+        world, enc, tmp_path, monkeypatch, caplog):
+    """Two swapped floats: the manifest's hash caught it, but a damaged manifest turned that check
+    off, and a sibling folder copied the damaged shard (and its hash) and gave it back."""
+    card_dir = tmp_path / "card"
+    shutil.copytree(world["card_dir"], card_dir)
+    first = run(enc, dataset(world, enc, card_dir), tmp_path / "cache")
+    shard0 = sorted(first.cache_path.glob("shard-00000-*.safetensors"))[0]
+    _swap_two_floats(shard0)
+    (first.cache_path / "manifest.json").write_text("{broken")  # no manifest hash to catch it
+    ds = dataset(world, enc, card_dir)
+    ds.file(45).write_bytes(ds.file(44).read_bytes())  # another dataset folder, sharing shards 0 and 1
+    calls = counting(monkeypatch, enc)
+    with caplog.at_level(logging.WARNING, logger="cbm.encoders.cache"):
+        sibling = run(enc, dataset(world, enc, card_dir), tmp_path / "cache")
+    assert sibling.cache_path != first.cache_path
+    assert sum(calls) == SHARD - 1 + 10  # shard 0 (less its unreadable image) not adopted; shard 2 changed
+    fresh = encode_images(enc, dataset(world, enc, card_dir), batch_size=8, num_workers=0, cache=False, progress=False)
+    np.testing.assert_allclose(sibling.features, fresh.features, rtol=1e-4, atol=1e-6)
+    # a manifest with fields of the wrong type is set aside, not a crash
+    from cbm.encoders.cache import FORMAT
+
+    (sibling.cache_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "encoder": "x", "dataset": [1],
+                                                                  "shards": 5}))
+    again = run(enc, dataset(world, enc, card_dir), tmp_path / "cache")
+    np.testing.assert_allclose(again.features, sibling.features, rtol=1e-4, atol=1e-6)
+
+
+def test_an_unreadable_images_reason_is_cached_without_its_path(world, enc, tmp_path):
+    from cbm.utils import safetensors_metadata
+
+    fs = run(enc, dataset(world, enc), tmp_path)
+    shard0 = sorted(fs.cache_path.glob("shard-00000-*.safetensors"))[0]
+    skipped = json.loads(safetensors_metadata(shard0.read_bytes())["skipped"])
+    assert len(skipped) == 1 and "<image>" in skipped[0][1] and str(world["card_dir"]) not in skipped[0][1]
+    assert fs.skipped[0].path.endswith(".png")  # the run still names the file
+
+
+def test_a_cache_it_may_not_write_to_still_serves_its_verified_shards(world, enc, tmp_path, monkeypatch, caplog):
+    """A cache shared read-only: a missing folder is not created, a manifest that cannot be written
+    is said, and the verified shards are read all the same."""
+    from pathlib import Path
+
+    from cbm.encoders.cache import FeatureCache
+    from cbm.utils import cache_dir
+
+    first = run(enc, dataset(world, enc), tmp_path)
+    (first.cache_path / "manifest.json").unlink()
+
+    def refuse(self, shards):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FeatureCache, "write_manifest", refuse)
+    calls = counting(monkeypatch, enc)
+    with caplog.at_level(logging.WARNING, logger="cbm.encoders.extract"):
+        again = run(enc, dataset(world, enc), tmp_path)
+    assert sum(calls) == 0 and np.array_equal(again.features, first.features)
+    assert any("its manifest could not be written" in r.getMessage() for r in caplog.records)
+
+    def no_mkdir(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "ro"))
+    monkeypatch.setattr(Path, "mkdir", no_mkdir)
+    assert cache_dir("models") == tmp_path / "ro" / "models"  # returned, not raised: reading needs no folder made
 
 
 def test_a_changed_image_recomputes_only_its_shard(world, enc, tmp_path, monkeypatch):

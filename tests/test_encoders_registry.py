@@ -62,6 +62,14 @@ def test_architecture_without_weights_is_answered_with_the_forms_that_work():
         create_encoder("ViT-B-16@no-such-tag")
     with pytest.raises(ValueError, match="Did you mean 'ViT-B-16'"):
         create_encoder("ViT-B-61@random")
+    # a preset with weights, and a folder without its prefix, get what to write instead
+    with pytest.raises(ValueError, match="the preset 'demo-clip' brings its weights and takes no @WEIGHTS"):
+        create_encoder("demo-clip@random")
+
+
+def test_a_folder_given_without_its_prefix_is_told_the_prefix(tmp_path):
+    with pytest.raises(ValueError, match=f"is a folder: give it as local-dir:{tmp_path}"):
+        create_encoder(str(tmp_path))
 
 
 def test_random_init_is_reproducible_so_processes_agree(tiny):

@@ -55,6 +55,26 @@ def _may_read_now(reason: str) -> bool:
     return reason.startswith(_MACHINE_SKIPS) or "CBM_MAX_PIXELS" in reason
 
 
+def _content_digest(features: np.ndarray, offsets: np.ndarray, skipped: list[tuple[int, str]]) -> str:
+    """SHA-256 of a shard's contents, kept in its own metadata: a shard verifies without a manifest."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(features, np.float32).tobytes())
+    h.update(np.ascontiguousarray(offsets, np.int64).tobytes())
+    h.update(json.dumps(skipped).encode())
+    return h.hexdigest()
+
+
+def _sibling_hash(shard_path: Path) -> str | None:
+    """The SHA-256 another dataset folder's manifest lists for ``shard_path`` (None where it lists none)."""
+    try:
+        manifest = json.loads((shard_path.parent / "manifest.json").read_text(encoding="utf-8"))
+        return next((r.get("sha256") for r in manifest.get("shards", []) if isinstance(r, dict)
+                     and r.get("file") == shard_path.name), None)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 class CorruptShard(Exception):
     """A shard file that exists but cannot be trusted (the message says why)."""
 
@@ -161,17 +181,19 @@ class FeatureCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning("feature cache manifest %s is unreadable (%s); its shards will be verified one by one", self.manifest_path, exc)
+            log.warning("feature cache manifest %s is unreadable (%s); a shard is kept only where its own checksum "
+                        "verifies, and the others are recomputed", self.manifest_path, exc)
             return None
         problems = []
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             problems.append(f"format {data.get('format') if isinstance(data, dict) else None!r} (expected {FORMAT!r})")
         else:
-            enc = data.get("encoder") or {}
-            if enc.get("cache_key") != self.encoder_key:
+            enc, ds = data.get("encoder"), data.get("dataset")
+            if not isinstance(enc, dict) or not isinstance(ds, dict) or not isinstance(data.get("shards"), list):
+                problems.append("fields of the wrong type (encoder, dataset, shards)")
+            elif enc.get("cache_key") != self.encoder_key:
                 problems.append(f"encoder {enc.get('name')!r} with key {enc.get('cache_key')!r} (this one is {self.encoder_key!r})")
-            ds = data.get("dataset") or {}
-            if (
+            elif (
                 ds.get("item_sha256") != self.item_hashes
                 or ds.get("shard_size") != self.shard_size
                 or ds.get("reading", {}) != self.reading
@@ -179,8 +201,8 @@ class FeatureCache:
                 problems.append("other images, shard size or reading")
         if problems:
             log.warning(
-                "feature cache folder %s was written for %s; it is not reused, and its shards will be recomputed",
-                self.folder, "; ".join(problems),
+                "feature cache manifest %s describes %s; it is not used: a shard is kept only where its own checksum "
+                "verifies, and the others are recomputed", self.manifest_path, "; ".join(problems),
             )
             return None
         return data
@@ -274,6 +296,7 @@ class FeatureCache:
             "n_items": str(n),
             "embed_dim": str(self.embed_dim),
             "skipped": json.dumps(skipped),
+            "content_sha256": _content_digest(features, offsets, skipped),
         }
         data = save({"features": features, "offsets": offsets}, metadata=metadata)
         file = self.shard_file(shard)
@@ -291,6 +314,8 @@ class FeatureCache:
                     removed += 1
             except FileNotFoundError:
                 pass
+            except PermissionError:  # a cache shared read-only: leave what its owner left
+                log.debug("cannot remove the stale temp file %s (read-only cache)", tmp)
         return removed
 
     def _load_or_report(self, shard: int, expected_sha256: str | None) -> ShardData | None:
@@ -308,8 +333,8 @@ class FeatureCache:
         for other in sorted(self.folder.parent.glob(f"*/{pattern}")):
             if other.parent == self.folder:
                 continue
-            try:
-                found, data = self._read(other, shard, None)
+            try:  # verified by its own checksum, or by the hash its folder's manifest lists for it
+                found, data = self._read(other, shard, _sibling_hash(other))
             except (FileNotFoundError, CorruptShard):
                 continue
             found.file = self.shard_file(shard)
@@ -346,6 +371,10 @@ class FeatureCache:
             skipped = [(int(o), str(r)) for o, r in json.loads(meta.get("skipped", "[]"))]
         except (ValueError, TypeError) as exc:
             raise CorruptShard(f"unreadable skipped list ({exc})") from None
+        if "content_sha256" in meta and meta["content_sha256"] != _content_digest(features, offsets, skipped):
+            raise CorruptShard("its features differ from the checksum it was written with")
+        if "content_sha256" not in meta and not expected_sha256:  # written before shards carried one
+            raise CorruptShard("nothing vouches for it (no checksum of its own, and no manifest lists it)")
         positions = np.concatenate([offsets, np.array([o for o, _ in skipped], dtype=np.int64)])
         if len(positions) != n or not np.array_equal(np.sort(positions), np.arange(n)):
             raise CorruptShard(f"{len(offsets)} features + {len(skipped)} skipped do not cover its {n} images exactly once")

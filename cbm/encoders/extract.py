@@ -15,6 +15,7 @@ filesystem across nodes).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -173,7 +174,12 @@ def _gather_shards(store: FeatureCache, todo: list[int], written: dict[int, Shar
     if world == 1:
         valid.update(written)
         if not current:  # a complete, up-to-date cache is only read (it may live on read-only storage)
-            store.write_manifest(valid)
+            try:
+                store.write_manifest(valid)
+            except PermissionError as exc:  # every shard verified by its own checksum: the features stand
+                log.warning("feature cache %s: its manifest could not be written (%s); the features are read from "
+                            "verified shards all the same, and a later run with write access completes it",
+                            store.folder, exc.strerror or exc)
         return valid
     outcomes = distributed.all_gather({"error": failure, "shards": {str(s): d.sha256 for s, d in written.items()}})
     errors = [o["error"] for o in outcomes if o["error"]]
@@ -244,6 +250,16 @@ def _loader(dataset: Any, order: list[int], batch_size: int, workers: int, devic
     )
 
 
+def _pathless(item: Any, dataset: Any) -> str:
+    """A skipped image's reason without its path, as the cache keeps it (a path can carry a patient's
+    name; the features come back under each item's path of the run that reads them)."""
+    reason = item.reason
+    for path in ([str(dataset.file(item.index))] if hasattr(dataset, "file") else []) + [str(item.path)]:
+        if path:
+            reason = reason.replace(path, "<image>")
+    return reason
+
+
 class _Pending:
     """A shard being filled batch by batch."""
 
@@ -285,7 +301,7 @@ def _run(
                     touched.add(s)
             for item in skipped:
                 s = item.index // shard_size
-                pending[s].skipped.append((item.index - s * shard_size, item.reason))
+                pending[s].skipped.append((item.index - s * shard_size, _pathless(item, dataset)))
                 touched.add(s)
             for s in sorted(touched):
                 if pending[s].full:
@@ -319,11 +335,13 @@ def _extract(
         try:
             written[s] = store.write(s, feats, np.array(p.offsets, dtype=np.int64), p.skipped)
         except OSError as exc:
+            fix = ("give cbm a cache it may write to (CBM_CACHE_DIR / --cache-dir), or run with the cache off"
+                   if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else
+                   "free disk space (or set CBM_CACHE_DIR / --cache-dir elsewhere)")
             raise OSError(
                 exc.errno,
                 f"could not write feature cache shard {s} in {store.folder} ({exc.strerror or exc}); the shards "
-                "already written stay valid: free disk space (or set CBM_CACHE_DIR / --cache-dir elsewhere) and "
-                "re-run to resume",
+                f"already written stay valid: {fix} and re-run to resume",
             ) from exc
 
     _run(encoder, dataset, order, store.shard_size, {s: store.shard_size_of(s) for s in shards}, batch_size, workers, show, desc, write)

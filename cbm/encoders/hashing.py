@@ -3,8 +3,9 @@
 A feature cache is keyed by what the files *contain*, so renaming or copying an image keeps its
 features and editing one in place invalidates them. Reading every file on every run would cost
 more than the cache saves on a large dataset, so each hash is remembered in a small JSON memo
-under ``cbm.utils.cache_dir("file-hashes")``, keyed by (path, size, modification time): an
-unchanged file is only ``stat``-ed, a changed one (new size or mtime) is read and hashed again.
+under ``cbm.utils.cache_dir("file-hashes")``, keyed by path and stamped with the file's size,
+modification and change times and inode: an unchanged file is only ``stat``-ed, a changed one
+(any of the four) is read and hashed again.
 The memo only decides *when* to re-read; the hash itself is always SHA-256 of the content.
 """
 

@@ -205,6 +205,12 @@ def resolve_encoder(name: str) -> ModelSpec:
         spec.name = name
         return spec
     source, sep, weights = _split_weights(name)
+    if sep and source in PRESETS:  # "demo-clip@random": a preset brings its own weights
+        raise ValueError(f"encoder {name!r}: the preset {source!r} brings its weights and takes no @WEIGHTS; give "
+                         f"{source!r} alone. Other forms: {_NAME_FORMS}.")
+    if not sep and Path(name).expanduser().is_dir():  # a folder given without its prefix
+        raise ValueError(f"encoder {name!r} is a folder: give it as {LOCAL_DIR_PREFIX}{name} (a folder holding "
+                         f"{CONFIG_FILE} and its weights, as `cbm fetch-models --to` writes)")
     if source.startswith(HUB_PREFIX):
         spec = _from_hub(source[len(HUB_PREFIX) :], name, load_weights=not weights)
     elif source.startswith(LOCAL_DIR_PREFIX):
@@ -367,7 +373,8 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
 
 _OFFLINE_HINT = (
     "Without internet, fetch the model on a connected machine with `cbm fetch-models NAME --to DIR`, "
-    "copy DIR over, and use the encoder name local-dir:DIR"
+    "copy DIR over, and use the encoder name local-dir:DIR (export HF_HUB_OFFLINE=1 on a machine without "
+    "internet: the hub is then not asked, so this error comes at once, not after its retries)"
 )
 
 
