@@ -50,7 +50,7 @@ def weights_metadata(classes: list[str], concepts: list[str]) -> dict[str, str]:
 _INFO_TYPES: dict[str, tuple[type, ...]] = {
     "card": (dict,), "data": (dict,), "head": (dict,), "concept_source": (dict,), "bottleneck": (dict,),
     "store_check": (dict,), "calibration_choice": (dict,), "interventions": (dict,), "path": (dict,),
-    "metrics": (dict,), "levels_from_truth": (list,), "templates": (list, type(None)),
+    "metrics": (dict,), "levels_from_truth": (list,), "templates": (list,),
 }
 
 
@@ -71,7 +71,7 @@ def write_model(model: Any, folder: Path) -> Path:
     the training reference, and ``model.json`` last, with the digests of both."""
     from safetensors.torch import save as safetensors_bytes
 
-    from cbm.utils import atomic_write_bytes, atomic_write_text
+    from cbm.utils import atomic_write_files
 
     if problem := check_names(model.classes, model.bottleneck.concept_names):
         raise ValueError(f"cannot save this model: its {problem}")
@@ -82,19 +82,31 @@ def write_model(model: Any, folder: Path) -> Path:
             "reference_sha256": None if reference is None else sha256_bytes(reference),  # ... and another reference
             "classes": model.classes, "concepts": model.bottleneck.concept_names, "bottleneck": model.bottleneck.debiasing,
             "concepts_per_class": model.concepts_per_class(), "info": model.info}
-    try:
-        text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:  # a numpy number, a NaN or an object in info
+    try:  # numpy numbers as Python's, NaN and infinity as null ("not measured"), anything else refused
+        text = json.dumps(_plain(meta), indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot save this model: model.json would not be standard JSON ({exc}); make every value "
-                         "of model.info a str, int, float (finite), bool, None, list or dict") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "model.safetensors", weights)
-    if reference is not None:
-        atomic_write_bytes(folder / REFERENCE_FILE, reference)
-    else:  # an earlier model's reference in this folder would not describe this one
-        (folder / REFERENCE_FILE).unlink(missing_ok=True)
-    atomic_write_text(folder / "model.json", text + "\n")
+                         "of model.info a str, int, float, bool, None, list or dict") from None
+    # every file written aside first, then all moved into place: a failed write (a full disk) leaves
+    # the model already in the folder as it was
+    atomic_write_files({folder / "model.safetensors": weights, folder / REFERENCE_FILE: reference,
+                        folder / "model.json": (text + "\n").encode("utf-8")})
     return folder
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and non-finite floats as None (JSON's null)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def check_reference_digest(folder: Path, meta: dict[str, Any]) -> None:
@@ -152,13 +164,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     info = meta.get("info", {})
     if not isinstance(info, dict):
         raise ModelFormatError(path, f"has the bad value {quote(info)}", "It holds a JSON object", field="info")
-    for key, types in _INFO_TYPES.items():
-        if key in info and not isinstance(info[key], types):
-            kind = " or ".join("null" if t is type(None) else {"dict": "an object", "list": "a list"}[t.__name__]
-                               for t in types)
-            raise ModelFormatError(path, f"has the bad value {quote(info[key], 80)}: {kind} expected", REFIT,
+    for key, types in _INFO_TYPES.items():  # null stands for "not recorded" (store_check with the check off)
+        if info.get(key) is not None and not isinstance(info[key], types):
+            kind = " or ".join({"dict": "an object", "list": "a list"}[t.__name__] for t in types if t is not type(None))
+            raise ModelFormatError(path, f"has the bad value {quote(info[key], 80)}: {kind} (or null) expected", REFIT,
                                    field=f"info.{key}")
-    if not all(isinstance(c, str) for c in info.get("levels_from_truth", [])):
+    if not all(isinstance(c, str) for c in info.get("levels_from_truth") or []):
         raise ModelFormatError(path, "lists something that is not a concept name", REFIT, field="info.levels_from_truth")
     meta["info"] = info
     pipeline = info.get("pixel_pipeline")

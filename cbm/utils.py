@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "cache_dir",
     "atomic_write_bytes",
+    "atomic_write_files",
     "atomic_write_text",
     "atomic_write_json",
     "sha256_file",
@@ -137,6 +138,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def atomic_write_files(files: dict[Path, bytes | None]) -> None:
+    """Write several files of one folder together: each to a temp file (fsync), and only when all
+    are written, each moved into place (``None``: that file is removed). A failed write (a full
+    disk) leaves every file as it was."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            if data is None:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            set_file_mode(fd)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except BaseException:
+        for tmp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for path, data in files.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            os.replace(temps[path], path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

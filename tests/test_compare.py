@@ -63,10 +63,11 @@ def test_unreadable_figures_and_odd_overrides_make_rows_not_errors(tmp_path):
     assert "a\\|b" in body[0] and len(body[0].replace("\\|", "").split("|")) == len(table.splitlines()[0].split("|"))
 
 
-def _records(sweep, jobs: dict[str, str], *, finished: bool, sweep_id: str = "s2", planned=None) -> None:
+def _records(sweep, jobs: dict[str, str], *, finished: bool, planned=None) -> None:
+    """The records of sweep "s2" in ``sweep``: its own, and each job's of ``jobs`` (folder -> status)."""
     (sweep / "cbm_sweep.json").write_text(json.dumps({"sweep_id": "s2", "planned_jobs": planned, "finished": finished}))
     for job, status in jobs.items():
-        (sweep / job / "cbm_job.json").write_text(json.dumps({"sweep_id": sweep_id, "status": status,
+        (sweep / job / "cbm_job.json").write_text(json.dumps({"sweep_id": "s2", "status": status,
                                                               **({"error": "head.l1_ratio=2 is not in [0, 1]"}
                                                                  if status == "failed" else {})}))
 

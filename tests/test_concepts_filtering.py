@@ -40,6 +40,7 @@ def test_phrase_key_folds_case_plurals_hyphens_and_articles():
     # -es plurals of s/x/ch/sh words, and -se words that are no Greek -sis plurals
     assert phrase_key("multiple masses") == "multiple mass" and phrase_key("white patches") == phrase_key("white patch")
     assert phrase_key("headaches") == phrase_key("headache") and phrase_key("diseases") == phrase_key("disease")
+    assert phrase_key("aches") == phrase_key("ache")
     assert phrase_key("psoriases") == "psoriasis" and phrase_key("rashes") == "rash"
 
 

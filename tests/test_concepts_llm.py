@@ -290,11 +290,17 @@ def test_401_and_404_stop_at_once_and_name_the_key_to_fix(monkeypatch):
         with pytest.raises(LLMError, match=r"404 for model 'test-model'.*fix `model`.*/v1/models.*`base_url`"):
             make_llm(server).ask(MESSAGES, "pneumonia")
         assert len(server.requests) == 1
-        # a base_url without /v1 (where its /models also answers 404): the address is named first
+        # a base_url without /v1: an address without it can be right (Gemini's), so the model comes first ...
         config = LLMConfig(base_url=server.base_url.removesuffix("/v1"), model="test-model", max_retries=0)
+        with pytest.raises(LLMError, match=r"fix `model`"):
+            ConceptLLM(config).ask(MESSAGES, "pneumonia")
+    # ... but where GET /models answered 404 too, the address is the likelier fault, and named first
+    with ScriptedLLMServer(responder=lambda r, n: Reply(status=404, error="not found"), list_models=False) as server:
+        llm = ConceptLLM(LLMConfig(base_url=server.base_url.removesuffix("/v1"), model="test-model", max_retries=0))
+        assert llm.served_model() is None
         with pytest.raises(LLMError, match=r"404 for model 'test-model'.*`base_url` http://127.0.0.1:\d+ does not end "
                                            r"in /v1.*e\.g\. http://127.0.0.1:\d+/v1\), or else `model`"):
-            ConceptLLM(config).ask(MESSAGES, "pneumonia")
+            llm.ask(MESSAGES, "pneumonia")
 
 
 def test_a_server_that_is_not_there_is_named():

@@ -378,7 +378,9 @@ def test_pydicoms_own_log_records_lose_quoted_values(caplog, pydicom_logging):
         logging.getLogger("pydicom").warning('Invalid value for VR PN: "O\'BRIEN^JANE".')
         logging.getLogger("pydicom.pixels.decoders.base").warning("decoding 'DOE^JANE' failed")
         logging.getLogger("pydicom").warning("the dataset's element 'X'")
+        logging.getLogger("pydicom").warning("bad value 1'ROE^JOHN'")  # a quote after a digit is a quote
     assert "BRIEN" not in caplog.text and "DOE" not in caplog.text and "the dataset's element" in caplog.text
+    assert "ROE" not in caplog.text
 
 
 def test_a_corrupt_length_neither_logs_the_header_nor_floods_the_log(tmp_path, caplog, pydicom_logging):

@@ -395,3 +395,27 @@ def test_selection_prefers_the_best_intervention_curve_among_accurate_points():
     assert select_path_point(path, max_concepts_per_class=8, n_val=1000) == 2
     plain = [{k: v for k, v in p.items() if k != "val_intervention_accuracy"} for p in path]
     assert select_path_point(plain, max_concepts_per_class=8, n_val=1000) == 1
+
+
+def test_a_large_holdout_keeps_every_class_in_the_fitting_part():
+    """At validation_fraction 0.75 a stratified split put both samples of a 2-sample class into
+    validation: the sparse head fitted a class it never saw, the dense one crashed (IndexError)."""
+    from cbm.heads import DenseConceptHead
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 4))
+    y = np.r_[np.zeros(2, int), rng.integers(1, 3, 198)]
+    head = SparseConceptHead(n_lambdas=5, validation_fraction=0.75, random_state=0).fit(X, y)
+    assert head.intercept_[0] > -20  # class 0 was fitted on (it sat near -60 when never seen)
+    assert DenseConceptHead(Cs=3, validation_fraction=0.75, random_state=0).fit(X, y).predict_proba(X).shape == (200, 3)
+
+
+def test_a_fit_that_fails_leaves_the_head_unfitted_not_half_updated():
+    from sklearn.exceptions import NotFittedError
+
+    p = make_planted_problem(n_train=600, n_val=200, n_concepts=16, n_classes=3, concepts_per_class=3, random_state=5)
+    head = SparseConceptHead(n_lambdas=5).fit(p.X_train, p.y_train)
+    with pytest.raises(ValueError, match="y_val has labels the training data lacks"):
+        head.fit(p.X_train, np.array([5, 6, 7])[p.y_train], X_val=p.X_val, y_val=p.y_val)
+    with pytest.raises(NotFittedError):  # before: the old weights answered with the new labels
+        head.predict(p.X_val[:8])

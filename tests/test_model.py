@@ -102,22 +102,41 @@ def test_features_that_are_not_finite_or_a_batch_for_one_image_are_named(fitted)
         model.explain_features(feats[0]).top_concepts(k=2.5)
 
 
-def test_a_save_that_fails_leaves_the_model_already_there(fitted, tmp_path):
-    """info with a numpy number (not JSON) failed after the weights were written: the old model.json
-    beside new weights, and the folder no longer loaded."""
+def test_a_save_that_fails_leaves_the_model_already_there(fitted, tmp_path, monkeypatch):
+    """info with a numpy number failed after the weights were written: the old model.json beside new
+    weights, and the folder no longer loaded. Numpy numbers and NaN are now written (NaN as null);
+    what is no JSON is refused before any file is written, and a full disk leaves every file."""
+    import errno
+
+    import cbm.utils
+
     _, model = fitted
     folder = model.save(tmp_path / "m")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    model.info["auc"] = np.float32(0.9)
+    saved_info = dict(model.info)
     try:
+        model.info["auc"] = {1, 2}  # a set: no JSON
         with pytest.raises(ValueError, match="model.json would not be standard JSON"):
             model.save(folder)
-        model.info["auc"] = float("nan")
-        with pytest.raises(ValueError, match="model.json would not be standard JSON"):
-            model.save(folder)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        calls = []
+
+        def full_disk(fd):
+            calls.append(fd)
+            if len(calls) == 3:  # the third file of the save
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        model.info.update(auc=np.float32(0.9), spread=float("nan"), store_check=None)  # the check turned off
+        with monkeypatch.context() as m:
+            m.setattr(cbm.utils.os, "fsync", full_disk)
+            with pytest.raises(OSError, match="No space left"):
+                model.save(folder)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temp file left either
+        again = ConceptBottleneckModel.load(model.save(folder))
+        assert again.info["auc"] == pytest.approx(0.9) and again.info["spread"] is None and again.info["store_check"] is None
     finally:
-        del model.info["auc"]
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+        model.info.clear()
+        model.info.update(saved_info)
     assert ConceptBottleneckModel.load(folder).classes == model.classes
 
 

@@ -141,7 +141,7 @@ def _singular(word: str) -> str:
         return word[:-2] + "is"
     if len(word) > 4 and word.endswith(("sses", "shes", "xes")):  # masses, rashes, boxes
         return word[:-2]
-    if len(word) > 4 and word.endswith(("ches", "che")):  # patches and patch, headaches and headache: one form
+    if len(word) > 3 and word.endswith(("ches", "che")):  # patches and patch, aches and ache: one form each
         return word[:-2 if word.endswith("s") else -1]
     if len(word) > 3 and word.isascii() and word.isalpha() and word.endswith("i"):  # nevi, emboli: Latin -us plurals
         return word[:-1] + "us"

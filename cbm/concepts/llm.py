@@ -135,6 +135,7 @@ class ConceptLLM:
         self._mode = "json_mode+schema" if config.structured_output == "json_mode" else "json_schema"
         self._fatal: LLMError | None = None  # once the server is unusable, nothing more is sent
         self._served: tuple[str | None] | None = None
+        self._listing_404 = False  # GET /models answered 404: base_url may lack its /v1
         self._probe = threading.Lock()  # held by the one request in flight until a request's form is taken
         self._settled = config.structured_output == "json_schema"  # no ladder to walk: nothing to probe
         if client is None:
@@ -176,6 +177,7 @@ class ConceptLLM:
                 raise LLMError(self._status_message(exc, "", refused=False)) from None
             log.warning("the server at %s does not list its models (HTTP %d: %s); cached answers are matched by "
                         "the preset's `model` alone", cfg.server_host, exc.status_code, _server_message(exc))
+            self._listing_404 = exc.status_code == 404
             ids = []
         except openai.APIConnectionError as exc:
             raise LLMError(self._unreachable_message(exc, "listing its models")) from None
@@ -289,7 +291,8 @@ class ConceptLLM:
             return (f"the server at {cfg.server_host} refused the answer schema (HTTP {exc.status_code}: "
                     f"{_server_message(exc)}); set `structured_output: auto` in the {cfg.label} to fall back to "
                     "JSON mode")
-        if exc.status_code == 404 and not cfg.shown_url.rstrip("/").endswith("/v1"):
+        # base_url first where /models answered 404 too and it lacks /v1 (Gemini's and DeepSeek's do without)
+        if exc.status_code == 404 and self._listing_404 and not cfg.shown_url.rstrip("/").endswith("/v1"):
             return (
                 f"the server at {cfg.server_host} answered 404 for model {cfg.model!r} ({_server_message(exc)}): "
                 f"`base_url` {cfg.shown_url} does not end in /v1, as an OpenAI-compatible server's address usually "

@@ -149,11 +149,12 @@ class _NoQuotedValues(logging.Filter):
     """pydicom logs the value it found wrong ("Invalid value for VR PN: 'DOE^JANE'", with ``!r``, so a
     name with an apostrophe comes in double quotes, and a value holding both quotes with escaped
     ones), as well as warning it: each record is cut at its first quote, everything after it taken
-    out (the warnings, cbm's readers hold back). A quote after a letter is an apostrophe. A broken
-    file can make pydicom log thousands of records; after :data:`_RECORDS_PER_READ` in one read
-    (per thread) one record says the rest are not logged, and they are dropped."""
+    out (the warnings, cbm's readers hold back). A quote after a letter is an apostrophe (after a
+    digit it is a quote: "1'DOE^JANE'"). A broken file can make pydicom log thousands of
+    records; after :data:`_RECORDS_PER_READ` in one read (per thread) one record says the rest
+    are not logged, and they are dropped."""
 
-    _OPENING = re.compile(r"""(?<![A-Za-z0-9])b?['"]""")
+    _OPENING = re.compile(r"""(?<![A-Za-z])b?['"]""")
 
     def filter(self, record: logging.LogRecord) -> bool:
         left = getattr(_BUDGET, "left", _RECORDS_PER_READ)

@@ -23,6 +23,7 @@ from typing import Any
 
 from cbm.data._assign import grouped_split
 from cbm.data._dicom import header_text
+from cbm.data._dicom_text import quiet_pydicom_values
 from cbm.data._image import DICOM_SUFFIXES
 
 __all__ = ["IndexResult", "index_dicom", "INDEX_COLUMNS"]
@@ -140,6 +141,7 @@ def _header_row(path: Path, root: Path, mode: str, keyword: str | None, skipped:
         skipped.append((rel, "not DICOM"))
         return None
     wanted = [*_HEADER_COLUMNS, *_PATIENT_TAGS, "SOPClassUID", *([keyword] if keyword else [])]
+    quiet_pydicom_values()  # this file's own share of pydicom's log records, its header text cut out
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=wanted, force=head[128:132] != b"DICM")
     except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any parse failure is a skipped file

@@ -79,6 +79,11 @@ class CorruptShard(Exception):
     """A shard file that exists but cannot be trusted (the message says why)."""
 
 
+class UnvouchedShard(CorruptShard):
+    """A shard written before shards carried their own checksum, with no manifest listing it (a run
+    of an older cbm stopped before its end): not damaged as far as anyone knows, just unverifiable."""
+
+
 @dataclass
 class ShardData:
     """One verified shard in memory."""
@@ -323,6 +328,9 @@ class FeatureCache:
             return self.load(shard, expected_sha256)
         except FileNotFoundError:
             return None
+        except UnvouchedShard as exc:
+            log.info("feature cache shard %s cannot be verified (%s); recomputing it", self.folder / self.shard_file(shard), exc)
+            return None
         except CorruptShard as exc:
             log.warning("feature cache shard %s is corrupt (%s); recomputing it", self.folder / self.shard_file(shard), exc)
             return None
@@ -338,7 +346,11 @@ class FeatureCache:
             except (FileNotFoundError, CorruptShard):
                 continue
             found.file = self.shard_file(shard)
-            atomic_write_bytes(self.folder / found.file, data)
+            try:
+                atomic_write_bytes(self.folder / found.file, data)
+            except PermissionError:  # a cache shared read-only: serve the sibling's verified copy as it is
+                log.debug("shard %d read from %s (this folder is read-only)", shard, other)
+                return found
             log.debug("shard %d reused from %s", shard, other)
             return found
         return None
@@ -374,7 +386,8 @@ class FeatureCache:
         if "content_sha256" in meta and meta["content_sha256"] != _content_digest(features, offsets, skipped):
             raise CorruptShard("its features differ from the checksum it was written with")
         if "content_sha256" not in meta and not expected_sha256:  # written before shards carried one
-            raise CorruptShard("nothing vouches for it (no checksum of its own, and no manifest lists it)")
+            raise UnvouchedShard("written by an older cbm before its run ended: no checksum of its own, and no "
+                                 "manifest lists it")
         positions = np.concatenate([offsets, np.array([o for o, _ in skipped], dtype=np.int64)])
         if len(positions) != n or not np.array_equal(np.sort(positions), np.arange(n)):
             raise CorruptShard(f"{len(offsets)} features + {len(skipped)} skipped do not cover its {n} images exactly once")

@@ -225,9 +225,9 @@ def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     x0, y0 = max(0, left - box_w // 4), max(0, top - box_h // 4)
     x1, y1 = min(width, left + box_w + box_w // 4), min(height, top + box_h + box_h // 4)
     small = thumbnail(np.ascontiguousarray(case.image[y0:y1, x0:x1]), _MAP_SIDE)
-    scale = small.shape[1] / (x1 - x0)
-    crop = (int(round((left - x0) * scale)), int(round((top - y0) * scale)), max(1, int(round(box_w * scale))),
-            max(1, int(round(box_h * scale))))
+    sx, sy = small.shape[1] / (x1 - x0), small.shape[0] / (y1 - y0)  # each axis its own: the thumbnail rounds
+    crop = (int(round((left - x0) * sx)), int(round((top - y0) * sy)), max(1, int(round(box_w * sx))),
+            max(1, int(round(box_h * sy))))
     by_concept = {f.seen: f for f in case.findings if f.seen}
     cards = []
     for name, heat in zip(case.maps.concepts, case.maps.maps):

@@ -20,7 +20,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from cbm.bottleneck import cosine_scores
-from cbm.heads._common import LinearHeadMixin, check_train_data, sample_weights, symmetric_binary, validation_data
+from cbm.heads._common import (
+    LinearHeadMixin,
+    check_train_data,
+    forget_fit,
+    sample_weights,
+    symmetric_binary,
+    validation_data,
+)
 
 __all__ = ["DenseConceptHead", "LinearProbe", "zero_shot_logits"]
 
@@ -59,6 +66,7 @@ class _ValidatedLogisticRegression(LinearHeadMixin, ClassifierMixin, BaseEstimat
         validation, and which of them won (and the test figures, by up to 5 points on the demo
         world) followed the last bits of the features, i.e. the machine.
         """
+        forget_fit(self)
         X, y_enc, classes = check_train_data(self, X, y)
         self.classes_ = classes
         X_fit, y_fit, X_v, y_v, source = validation_data(

@@ -64,14 +64,18 @@ def validation_data(
     n_classes = len(classes)
     n_val = int(np.ceil(fraction * len(y_enc)))
     counts = np.bincount(y_enc, minlength=n_classes)
-    if counts.min() >= 2 and n_classes <= n_val <= len(y_enc) - n_classes:
+    stratified = counts.min() >= 2 and n_classes <= n_val <= len(y_enc) - n_classes
+    if stratified:
         idx_fit, idx_val = train_test_split(
             np.arange(len(y_enc)), test_size=n_val, stratify=y_enc, random_state=random_state
         )
-    else:
+        # a large fraction can take a small class whole into validation: the head would fit without it
+        stratified = bool(np.bincount(y_enc[idx_fit], minlength=n_classes).min() >= 1)
+    if not stratified:
         # too small to stratify: keep one random sample of every class for fitting, draw the
         # validation samples from the rest
-        log.warning("too few samples per class (%s) for a stratified validation holdout; using a random one", counts.tolist())
+        log.warning("too few samples per class (%s) for a stratified validation holdout of %g that leaves every class "
+                    "in the fitting part; using a random one", counts.tolist(), fraction)
         rng = check_random_state(random_state)
         order = rng.permutation(len(y_enc))
         first = np.zeros(len(y_enc), dtype=bool)
@@ -86,6 +90,13 @@ def validation_data(
         idx_val = rest[:n_val]
         idx_fit = np.setdiff1d(np.arange(len(y_enc)), idx_val)
     return X[idx_fit], y_enc[idx_fit], X[idx_val], y_enc[idx_val], "holdout"
+
+
+def forget_fit(est: Any) -> None:
+    """Drop an estimator's fitted attributes (``name_``) before it fits again: a fit that fails
+    leaves it unfitted, not holding new labels beside old weights."""
+    for name in [k for k in vars(est) if k.endswith("_") and not k.startswith("_")]:
+        delattr(est, name)
 
 
 def sample_weights(class_weight: Any, y_enc: np.ndarray, classes: np.ndarray) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from cbm.heads._common import (
     LinearHeadMixin,
     check_train_data,
+    forget_fit,
     ordinal_directions,
     ordinal_positions,
     sample_weights,
@@ -82,7 +83,9 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
 
     Selection (``selection="accuracy"``, the default): the highest validation accuracy, and among
     points within ``accuracy_tolerance`` of it the sparsest (fewest non-zero weights per class,
-    then the larger lambda). ``accuracy_tolerance="se"`` is a one-standard-error rule: the
+    then the higher validation accuracy, then the larger lambda). Give it standardised scores (as
+    cbm's bottleneck makes them): ``tol`` is relative to the largest loss gradient at zero, so
+    columns of very different scales can stop a point early. ``accuracy_tolerance="se"`` is a one-standard-error rule: the
     tolerance is the binomial standard error ``sqrt(a * (1 - a) / n_val)`` of the best accuracy
     ``a``, so a denser model must beat a sparser one by more than noise. With
     ``max_concepts_per_class`` set, only points with at most that many non-zero weights per class
@@ -252,6 +255,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 the class docstring).
         """
         self.check_params()
+        forget_fit(self)
         X, y_enc, classes = check_train_data(self, X, y)
         self.classes_ = classes
         n_classes, n_features = len(classes), X.shape[1]
@@ -319,7 +323,9 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             allowed = ordinal_directions(prior)[None, :]
         weights = sample_weights(self.class_weight, y_fit, classes)
         device, dtype = self._torch_device(), _DTYPES[self.dtype]
-        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        # a read-only array (a memmap, a pandas 3 frame) is copied: torch warns on one it cannot write
+        as_t = lambda a: torch.as_tensor(np.array(a) if not np.asarray(a).flags.writeable else np.asarray(a),  # noqa: E731
+                                         dtype=dtype, device=device)
         Xt, yt = as_t(X_fit), torch.as_tensor(y_fit, dtype=torch.long, device=device)
         Xv, yv = as_t(X_v), torch.as_tensor(y_v, dtype=torch.long, device=device)
         grid = None if self.lambdas is None else sorted((float(v) for v in self.lambdas), reverse=True)
