@@ -272,6 +272,40 @@ def test_nih_confounded_variants(tmp_path, name, column, id_groups):
         assert ages <= {22, 66}  # 45 is in neither group, 414 is a data error outside [60, 120]
 
 
+def test_a_rebuild_once_the_images_are_found_in_subfolders_makes_the_same_choices(tmp_path):
+    """The class cap and the test balancing hashed the path as found (images_001/images/x.png), not the
+    metadata's own (x.png): unpacking the images into subfolders moved most images to other splits."""
+    meta = confounded_nih(tmp_path)
+    names = [r["Image Index"] for r in csv.DictReader(open(meta, newline=""))]
+    for folder in (tmp_path / "flat", tmp_path / "kaggle" / "images_001" / "images"):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"x")
+    flat = make_splits("nih-sex", [meta], salt="t", images=tmp_path / "flat", write=False)
+    nested = make_splits("nih-sex", [meta], salt="t", images=tmp_path / "kaggle", write=False)
+    assert {r["path"].split("/")[-1] for r in nested.rows} == {r["path"] for r in flat.rows}
+    assert all(r["path"].startswith("images_001/images/") for r in nested.rows)
+    assert sorted((r["path"].split("/")[-1], r["split"], r["label"]) for r in nested.rows) == sorted(
+        (r["path"], r["split"], r["label"]) for r in flat.rows)
+
+
+def test_an_image_the_metadata_labels_twice_otherwise_is_left_out_and_counted(tmp_path):
+    rows = [nih_row(0, "No Finding", 7, 50, "F", "PA"), nih_row(0, "Effusion", 7, 50, "F", "PA")]  # one image, two labels
+    rows += [nih_row(i, ("No Finding", "Effusion")[i % 2], 100 + i, 25 if i % 2 == 0 else 70, ("F", "M")[i % 2], "PA")
+             for i in range(1, 120)]
+    meta = write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
+    result = make_splits("nih-sex", [meta], salt="t", write=False, allow_short=True)
+    assert "00000007_000.png" not in {r["path"] for r in result.rows}
+    assert result.dropped["images the metadata gives two different labels"] == 1
+
+
+def test_a_derived_column_missing_with_its_source_is_named(tmp_path):
+    header = [("Sex" if c == "Patient Gender" else c) for c in NIH_HEADER]
+    meta = write_csv(tmp_path / "Data_Entry_2017.csv", header, [nih_row(i, "Effusion", i, 50, "M", "PA") for i in range(9)])
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) .*Patient Gender \(or Patient Sex, which it is read from\)"):
+        make_splits("nih-cxr14", [meta], salt="t", write=False)
+
+
 def test_nih_age_reads_dicom_age_strings_and_names_ages_it_cannot_read(tmp_path, caplog):
     """Ages spelt as DICOM age strings ("058Y", as some copies of NIH's metadata have them) bin as numbers do;
     an age that is no number is named in a warning instead of vanishing with the ages between the bins."""

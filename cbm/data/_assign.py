@@ -83,8 +83,9 @@ def grouped_split(
 
 
 def balance(items: list[dict[str, Any]], split: str, seed: int) -> list[dict[str, Any]]:
-    """Drop random images (by ``path``, :func:`keyed_order`) of the larger classes of ``split`` until
-    every class has the same count."""
+    """Drop random images (by the metadata's own path, ``_source_path`` where the images were found
+    elsewhere, :func:`keyed_order`) of the larger classes of ``split`` until every class has the
+    same count."""
     by_class: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for it in items:
         if it.get("split") == split:
@@ -94,7 +95,7 @@ def balance(items: list[dict[str, Any]], split: str, seed: int) -> list[dict[str
     n = min(len(v) for v in by_class.values())
     drop = set()
     for cls in sorted(by_class):
-        for it in keyed_order(by_class[cls], seed, f"balance {split}", key=lambda it: it["path"])[n:]:
+        for it in keyed_order(by_class[cls], seed, f"balance {split}", key=lambda it: it.get("_source_path", it["path"]))[n:]:
             drop.add(id(it))
     return [it for it in items if id(it) not in drop]
 

@@ -374,7 +374,7 @@ def load_metadata(paths: Sequence[str | os.PathLike], rule: SplitRule) -> Source
 
 def check_columns(rule: SplitRule, source: SourceRows, card_name: str) -> None:
     """Every column the rule reads is in the metadata; the error lists the missing and the found ones."""
-    available = set(source.columns) | set(rule.derive)
+    available = set(source.columns)  # a derived column is there only where its source column was
     lab = rule.label
     needed = rule.path_columns() | set(rule.filters) | set(rule.keep) | {t.source for t in rule.truth.values()}
     if rule.rows_by:
@@ -393,6 +393,8 @@ def check_columns(rule: SplitRule, source: SourceRows, card_name: str) -> None:
     if getattr(lab, "readers", None):
         alternatives.append([lab.readers.column])
     missing += [" or ".join(cols) for cols in alternatives if cols and not set(cols) & available]
+    missing = list(dict.fromkeys(  # each once, a derived one with the column it is made from
+        f"{m} (or {rule.derive[m].source}, which it is read from)" if m in rule.derive else m for m in missing))
     if missing:
         names = ", ".join(str(p) for p in source.files)
         raise MetadataError(

@@ -251,7 +251,7 @@ def _source_split(row: dict[str, Any], rule: SplitRule, source: SourceRows) -> s
 def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card: Any, dropped: Counter) -> list[dict[str, Any]]:
     """One item per labelled row with a new path: path, label, grouping, split and copied columns."""
     items: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: dict[str, dict[str, Any]] = {}
     group = rule.group_rule()
     odd: dict[str, Counter] = defaultdict(Counter)  # truth column -> source values it cannot use
     for row in rows:
@@ -264,11 +264,16 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
         except KeyError as exc:
             raise MetadataError(None, f"lacks the column {exc} that the path template {rule.path!r} of card {card.name!r} names",
                                 "Pass the source's own file(s)") from None
-        if path in seen:
+        if path in seen:  # the same image again: with another label it is no one's (both rows left out)
+            if seen[path]["label"] != cls:
+                seen[path]["_conflict"] = True
             dropped["repeated paths"] += 1
             continue
-        seen.add(path)
-        item = {"path": path, "label": cls, "_patient": _first_present(row, rule.patient) or f"image:{path}"}
+        # _source_path: the metadata's own path, which keyed choices (the class cap, balancing) hash, so a
+        # manifest built again once the images are found in subfolders makes the same choices
+        item = {"path": path, "_source_path": path, "label": cls,
+                "_patient": _first_present(row, rule.patient) or f"image:{path}"}
+        seen[path] = item
         item["_source_split"] = _source_split(row, rule, source)
         if group is not None:
             item["_group_value"] = _first_present(row, group.column)
@@ -282,7 +287,10 @@ def _items(rows: list[dict[str, Any]], rule: SplitRule, source: SourceRows, card
                 odd[col][value] += 1
         items.append(item)
     _warn_odd_truth(odd, rule, card)
-    return items
+    conflicts = sum(1 for it in items if it.get("_conflict"))
+    if conflicts:
+        dropped["images the metadata gives two different labels"] += conflicts
+    return [it for it in items if not it.get("_conflict")]
 
 
 def _is_gap(value: str) -> bool:
@@ -336,7 +344,7 @@ def _capped(items: list[dict[str, Any]], rule: SplitRule, classes: list[str], dr
         members = by_class.get(cls, [])
         if len(members) > cap:
             dropped[f"images over max_per_class {cap}"] += len(members) - cap
-            members = keyed_order(members, rule.seed, "cap", key=lambda it: it["path"])[:cap]
+            members = keyed_order(members, rule.seed, "cap", key=lambda it: it.get("_source_path", it["path"]))[:cap]
         capped.extend(members)
     return sorted(capped, key=lambda it: it["path"])
 
