@@ -85,9 +85,10 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     points within ``accuracy_tolerance`` of it the sparsest (fewest non-zero weights per class,
     then the higher validation accuracy, then the larger lambda). Give it standardised scores (as
     cbm's bottleneck makes them): ``tol`` is relative to the largest loss gradient at zero, so
-    columns of very different scales can stop a point early. ``accuracy_tolerance="se"`` is a one-standard-error rule: the
-    tolerance is the binomial standard error ``sqrt(a * (1 - a) / n_val)`` of the best accuracy
-    ``a``, so a denser model must beat a sparser one by more than noise. With
+    columns of very different scales can stop a point early. ``accuracy_tolerance="se"`` is a
+    one-standard-error rule: the tolerance is the binomial standard error ``sqrt(a * (1 - a) /
+    n_val)`` of the best accuracy ``a``, so a denser model must beat a sparser one by more than
+    noise. With
     ``max_concepts_per_class`` set, only points with at most that many non-zero weights per class
     (on average) compete. ``selection="concepts"`` instead takes the densest point within
     ``max_concepts_per_class`` (the papers' "k concepts per class" setting).
