@@ -439,7 +439,7 @@ class ConceptBottleneckModel:
 
         Raises:
             ValueError: names a model folder cannot hold (one class, repeated or empty names), or
-                ``info`` that is not plain JSON (a numpy number, NaN).
+                ``info`` that is not JSON data (numpy numbers are written as numbers, NaN as null).
         """
         if (folder := Path(folder)).exists() and not folder.is_dir():
             raise FileExistsError(f"{folder} is a file: a model is saved into a folder; give a new folder's path")

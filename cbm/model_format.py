@@ -66,9 +66,10 @@ def check_names(classes: Any, concepts: Any) -> str | None:
 
 
 def write_model(model: Any, folder: Path) -> Path:
-    """Write a model's folder: ``model.json`` built and checked (names, JSON-ready ``info``) before any
-    file is written, so a save that fails leaves a model already there loadable; then the weights,
-    the training reference, and ``model.json`` last, with the digests of both."""
+    """Write a model's folder: ``model.json`` built and checked (names, JSON-ready ``info``) with the
+    digests of the weights and the training reference before any file is written; then all three
+    written aside and moved into place together, so a save that fails leaves a model already there
+    loadable."""
     from safetensors.torch import save as safetensors_bytes
 
     from cbm.utils import atomic_write_files

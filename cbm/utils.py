@@ -122,21 +122,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     write fails (disk full, kill), the old file stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        set_file_mode(fd)  # mkstemp makes it owner-only
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_files({path: data})
     return path
 
 
@@ -151,21 +137,21 @@ def atomic_write_files(files: dict[Path, bytes | None]) -> None:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temps[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            set_file_mode(fd)
+            set_file_mode(fd)  # mkstemp makes it owner-only
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        for path, data in files.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(temps[path], path)
     except BaseException:
-        for tmp in temps.values():
+        for tmp in temps.values():  # those already moved into place are gone from here
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
-    for path, data in files.items():
-        if data is None:
-            path.unlink(missing_ok=True)
-        else:
-            os.replace(temps[path], path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -25,6 +25,7 @@ recomputed. Image paths are not stored (they can carry patient names); only cont
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -67,12 +68,24 @@ def _content_digest(features: np.ndarray, offsets: np.ndarray, skipped: list[tup
 
 def _sibling_hash(shard_path: Path) -> str | None:
     """The SHA-256 another dataset folder's manifest lists for ``shard_path`` (None where it lists none)."""
+    manifest = shard_path.parent / "manifest.json"
     try:
-        manifest = json.loads((shard_path.parent / "manifest.json").read_text(encoding="utf-8"))
-        return next((r.get("sha256") for r in manifest.get("shards", []) if isinstance(r, dict)
-                     and r.get("file") == shard_path.name), None)
-    except (OSError, ValueError, AttributeError, TypeError):
+        stamp = manifest.stat().st_mtime_ns
+    except OSError:
         return None
+    return _manifest_hashes(str(manifest), stamp).get(shard_path.name)
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest_hashes(manifest: str, stamp: int) -> dict[str, str]:
+    """``shard file -> SHA-256`` of a manifest (read once per version, ``stamp``: not once per shard:
+    a manifest lists every image's hash, megabytes for a large dataset)."""
+    del stamp  # part of the cache key only
+    try:
+        data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+        return {r["file"]: r.get("sha256") for r in data.get("shards", []) if isinstance(r, dict) and "file" in r}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 class CorruptShard(Exception):

@@ -203,9 +203,9 @@ def _levels_text(model: ConceptBottleneckModel) -> str:
     return " ".join(texts[k][0 if several else 1] + texts[k][2] for k, n in kinds.items() if n)
 
 
-def _crop_note(crop: tuple[int, ...], height: int, width: int) -> str:
+def _crop_note(crop: tuple[int, int, int, int], height: int, width: int) -> str:
     """What part of a non-square image the maps cover (:func:`cbm.explain.case.seen_box`)."""
-    left, top, box_w, box_h = crop if len(crop) == 4 else (*crop, crop[2])
+    _, _, box_w, box_h = crop
     if height == width:
         return ""
     if (box_w, box_h) == (width, height):
@@ -220,7 +220,7 @@ def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     if case.maps is None or not len(case.maps.concepts):
         return []
     # what the model sees and a quarter of its side around it: a wide image's maps stay large
-    left, top, box_w, box_h = case.crop if len(case.crop) == 4 else (*case.crop, case.crop[2])
+    left, top, box_w, box_h = case.crop
     height, width = case.image.shape[:2]
     x0, y0 = max(0, left - box_w // 4), max(0, top - box_h // 4)
     x1, y1 = min(width, left + box_w + box_w // 4), min(height, top + box_h + box_h // 4)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cbm.pipeline.sweep_record import JOB_FILE, SWEEP_FILE, read_record
+from cbm.pipeline.sweep_record import JOB_FILE, SWEEP_FILE, read_record, sweep_jobs
 from cbm.selection import (
     AUTO_METRIC,
     VALIDATION_FIGURES,
@@ -46,7 +46,7 @@ def _this_sweeps(sweep: Path, jobs: list[Path]) -> list[Path]:
     before cbm kept records, those whose config was written after its ``multirun.yaml``."""
     record = read_record(sweep / SWEEP_FILE)
     if record is not None:
-        return [j for j in jobs if (read_record(j / JOB_FILE) or {}).get("sweep_id") == record["sweep_id"]]
+        return list(sweep_jobs(record, jobs))
     started = sweep / "multirun.yaml"
     if not started.is_file():
         return jobs

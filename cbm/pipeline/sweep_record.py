@@ -3,11 +3,12 @@
 ``cbm_sweep.json`` in a sweep's folder is written when the sweep starts: a new id, the number of
 jobs Hydra's basic sweeper will launch (``null`` for a sweeper whose count cbm cannot tell), and
 ``finished: false``; it is rewritten with ``finished: true`` when the sweep ends, or when as many
-jobs as it planned have ended (not after an interrupt). ``cbm_job.json`` in each job's folder holds that id and the job's state: ``running``
-from its start, then ``done`` or ``failed`` (with the error's first line). A job interrupted stays
-``running``. A copy that loses file times (``git clone``, ``scp -r``, ``rsync`` without ``-t``)
-keeps all of it, so :mod:`cbm.pipeline.compare` tells this sweep's jobs from an earlier sweep's
-in the same folder, and a job still running from one that failed.
+jobs as it planned have ended (not after an interrupt). ``cbm_job.json`` in each job's folder
+holds that id and the job's state: ``running`` from its start, then ``done`` or ``failed`` (with
+the error's first line). A job interrupted stays ``running``. A copy that loses file times
+(``git clone``, ``scp -r``, ``rsync`` without ``-t``) keeps all of it, so
+:mod:`cbm.pipeline.compare` tells this sweep's jobs from an earlier sweep's in the same folder,
+and a job still running from one that failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JOB_FILE", "SWEEP_FILE", "end_job", "end_sweep", "end_sweep_if_complete", "planned_jobs", "read_record", "start_job", "start_sweep"]
+__all__ = ["JOB_FILE", "SWEEP_FILE", "end_job", "end_sweep", "end_sweep_if_complete", "planned_jobs", "read_record",
+           "start_job", "start_sweep", "sweep_jobs"]
 
 SWEEP_FILE = "cbm_sweep.json"
 JOB_FILE = "cbm_job.json"
@@ -54,16 +56,20 @@ def end_sweep(sweep: Path) -> None:
         _write(sweep / SWEEP_FILE, {**record, "finished": True})
 
 
+def sweep_jobs(record: dict[str, Any], folders: list[Path]) -> dict[Path, dict[str, Any]]:
+    """The job records, by folder, of those of ``folders`` that belong to the sweep of ``record``."""
+    jobs = {folder: read_record(folder / JOB_FILE) for folder in folders}
+    return {folder: job for folder, job in jobs.items() if job is not None and job["sweep_id"] == record["sweep_id"]}
+
+
 def end_sweep_if_complete(sweep: Path) -> None:
     """Mark the sweep finished once as many of its jobs have ended as it planned: a failed job makes
     Hydra's sweeper raise after the last job, so the sweep's own end is never reached then."""
     record = read_record(sweep / SWEEP_FILE)
     if record is None or not isinstance(record.get("planned_jobs"), int):
         return
-    ended = [job for job in sweep.iterdir() if job.is_dir()
-             and (read_record(job / JOB_FILE) or {}).get("sweep_id") == record["sweep_id"]
-             and read_record(job / JOB_FILE).get("status") in ("done", "failed")]
-    if len(ended) >= record["planned_jobs"]:
+    jobs = sweep_jobs(record, [folder for folder in sweep.iterdir() if folder.is_dir()])
+    if sum(job.get("status") in ("done", "failed") for job in jobs.values()) >= record["planned_jobs"]:
         end_sweep(sweep)
 
 
