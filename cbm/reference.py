@@ -400,7 +400,11 @@ def build_reference(
         root = None if image_root is None else Path(image_root)
         thumbs, grey = _thumbnails([train.paths[i] for i in keep], root, thumbnail_side)
     mean, precision = _shrunk_gaussian(every)
-    ref = TrainingReference(features, np.asarray(train.labels)[keep], classes, rows=keep, thumbnails=thumbs,
+    # a neighbour is named by its row among the manifest's train rows, not among the images read
+    # (an unreadable image skipped before it would shift every later row onto another image)
+    indices = getattr(train, "indices", None)
+    rows = keep if indices is None else np.asarray(indices, np.int64)[keep]
+    ref = TrainingReference(features, np.asarray(train.labels)[keep], classes, rows=rows, thumbnails=thumbs,
                             ood_mean=mean, ood_precision=precision)
     facts: dict[str, Any] = {"n_train": len(train.labels), "n_reference": len(keep),
                              "ood_score": "Mahalanobis (Ledoit-Wolf)", "val_pass_rate_target": val_pass_rate,

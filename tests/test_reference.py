@@ -67,6 +67,15 @@ def test_nearest_and_subsample():
     assert first.row == ref.rows[7] and first.similarity == pytest.approx(1.0, abs=1e-3) and first.thumbnail is None
 
 
+
+def test_a_neighbour_is_named_by_its_manifest_row_when_an_earlier_training_image_was_skipped():
+    # the manifest's train rows 0..300, row 5 unreadable: the images read are rows 0-4 and 6-300
+    splits = _splits(n_train=300)
+    splits["train"].indices = np.r_[0:5, 6:301]
+    ref = build_reference(_model(), splits, thumbnails=False)
+    query = splits["train"].features[9]  # the image of manifest row 10
+    assert ref.nearest(query, k=1)[0].row == 10
+
 def test_operating_point_figures():
     y = np.array([0] * 40 + [1] * 60)
     pred = np.array([0] * 30 + [1] * 10 + [1] * 54 + [0] * 6)

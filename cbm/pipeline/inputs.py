@@ -41,6 +41,9 @@ class SplitData:
     paths: list[str]
     extras: list[dict[str, str]] = field(default_factory=list)  # each row's other manifest columns
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # (n,) each image's row among the manifest's rows of this split (they differ from 0..n-1 once an
+    # unreadable image is skipped); None: no image was skipped
+    indices: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -116,6 +119,7 @@ def extract_splits(
             paths=[str(r.path) for r in rows],
             extras=[dict(r.extra) for r in rows],
             skipped=[(str(s.path), str(s.reason)) for s in fs.skipped],
+            indices=np.asarray(fs.indices, dtype=np.int64),
         )
         if fs.skipped:
             shown = "; ".join(f"{path} ({reason})" for path, reason in out[name].skipped[:5])
