@@ -121,3 +121,20 @@ def test_results_table_says_when_a_card_has_no_out_of_domain_split():
     assert "ID = `test` split; no out-of-domain split (the card has no confounder)." in plain and "`–`" not in plain
     confounded = results_table("own", {"cbm": {**row, "id_split": "test_id", "ood_split": "test"}})
     assert "ID = `test_id` split, OOD = `test` split; gap = ID − OOD." in confounded
+
+
+def test_the_operating_point_bootstrap_of_a_large_split_is_drawn_in_chunks():
+    import tracemalloc
+
+    from cbm.evaluate import operating_point
+
+    y, p = _problem(40_000, 2)
+    tracemalloc.start()
+    try:
+        out = operating_point(y, p, ["a", "b"], n_bootstrap=200)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6  # all 200 resamples' index arrays at once: over 200 MB
+    value, low, high = out["sensitivity"]["b"]
+    assert low <= value <= high and high - low < 0.03
