@@ -9,7 +9,7 @@ beside the model (``reference.safetensors``, no pickle) and holds:
   the training features (their mean and Ledoit-Wolf shrunk covariance, as Lee et al. 2018 use it
   on a network's features), with a threshold set on the validation split (:data:`VAL_PASS_RATE`).
   An image above it is flagged and its prediction withheld. On the demo this put noise, a
-  constant-colour image, a CT slice and a chest radiograph at 2 to 7 times the threshold; the
+  constant-colour image, a CT slice and a chest radiograph at 6 to 9 times the threshold; the
   distance to the 5th nearest training image (Sun et al. 2022) left the constant-colour image
   below its threshold;
 * small **thumbnails** of those training images (JPEG, :data:`THUMBNAIL_SIDE` pixels, the centred
