@@ -7,6 +7,7 @@ figure here. Test figures never choose. Kept free of heavy imports: ``cbm --help
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,10 +50,12 @@ def check_optimized_metric(optimized_metric: str, methods: Sequence[str] | None 
 
 def selection_figure(metrics: dict[str, dict[str, Any]], optimized_metric: str) -> tuple[str, float | None]:
     """``(method.figure, value)`` of the figure a sweep optimises (``auto``: the faithful head's
-    validation worst-group accuracy where the run measured it, else its validation accuracy)."""
+    validation worst-group accuracy where the run measured it, else its validation accuracy). A
+    figure that is NaN or infinite (a ``metrics.json`` may hold NaN) counts as not measured: None."""
     if optimized_metric == AUTO_METRIC:
         grouped = (metrics.get("cbm") or {}).get("val_worst_group_accuracy") is not None
         optimized_metric = "cbm.val_worst_group_accuracy" if grouped else "cbm.val_accuracy"
     method, _, figure = optimized_metric.partition(".")
     value = (metrics.get(method) or {}).get(figure)
-    return optimized_metric, None if value is None else float(value)
+    value = None if value is None else float(value)
+    return optimized_metric, value if value is not None and math.isfinite(value) else None

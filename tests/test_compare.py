@@ -38,6 +38,17 @@ def test_one_run_per_dataset_is_chosen_by_its_validation_figure(tmp_path):
         compare_runs([tmp_path], "cbm.ood_accuracy")
 
 
+
+def test_a_nan_validation_figure_is_not_measured_not_a_crash(tmp_path):
+    from cbm.run import sweep_value
+
+    _run(tmp_path / "0", float("nan"))  # json writes NaN, and reads it back
+    _run(tmp_path / "1", 0.9)
+    rows = compare_runs([tmp_path])
+    assert rows[0]["selection"]["value"] is None and [r["chosen"] for r in rows] == [False, True]
+    with pytest.raises(ValueError, match="was not measured"):
+        sweep_value({"cbm": {"val_accuracy": float("nan")}}, "cbm.val_accuracy")
+
 def test_a_sweep_folder_used_again_lists_only_its_last_sweeps_jobs(tmp_path):
     for n in range(3):
         _run(tmp_path / str(n), 0.9)
