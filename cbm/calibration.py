@@ -12,8 +12,9 @@ learnt from graded scores weighs that level as it weighs a typical image, not as
 setting concepts from the truth can lower accuracy. On probabilities, present is 1 and absent is
 0, the ends of the range the head was fitted on, and the head's weights say what certainty of the
 concept is worth. The map is monotone in the concept's own score alone, so it keeps every
-ranking (concept AUROC is unchanged) and adds nothing another concept's score or the image could
-carry (the cue included).
+ranking (concept AUROC is unchanged; reversed, 1 - AUROC, for a concept whose score falls as its
+truth rises: a negative slope) and adds nothing another concept's score or the image could carry
+(the cue included).
 
 A concept with fewer than :data:`MIN_EACH` training images annotated present or absent is not
 calibrated: its slope and intercept are NaN and the head weighs its standardised score. So is one
