@@ -324,15 +324,18 @@ def _split_thumbnails(tensors: Mapping[str, torch.Tensor], n: int, path: Path, f
 
 # ---------------------------------------------------------------------------- building one
 def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """All row indices, or ``limit`` of them drawn per class in proportion (sorted)."""
+    """All row indices, or ``limit`` of them drawn per class in proportion (sorted); every class
+    keeps at least one row (while there are no more classes than ``limit``), the rounding's surplus
+    taken from the largest classes' shares."""
     n = len(labels)
     if n <= limit:
         return np.arange(n)
+    classes, sizes = np.unique(labels, return_counts=True)
+    take = np.array([max(1, round(limit * size / n)) for size in sizes])
+    while take.sum() > limit and take.max() > 1:  # cutting the sorted rows instead dropped the last classes
+        take[np.argmax(take)] -= 1
     rng = np.random.default_rng(seed)
-    keep = []
-    for k in np.unique(labels):
-        members = np.flatnonzero(labels == k)
-        keep.append(rng.choice(members, max(1, round(limit * len(members) / n)), replace=False))
+    keep = [rng.choice(np.flatnonzero(labels == k), t, replace=False) for k, t in zip(classes, take)]
     return np.sort(np.concatenate(keep))[:limit]
 
 

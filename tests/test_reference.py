@@ -76,6 +76,14 @@ def test_a_neighbour_is_named_by_its_manifest_row_when_an_earlier_training_image
     query = splits["train"].features[9]  # the image of manifest row 10
     assert ref.nearest(query, k=1)[0].row == 10
 
+
+def test_a_subsample_keeps_every_class_when_the_rounding_overshoots():
+    from cbm.reference import _sample_rows
+
+    labels = np.r_[np.zeros(20_000, int), np.arange(1, 31)]  # 30 rare classes listed last
+    keep = _sample_rows(labels, 10_000, seed=0)
+    assert len(keep) == 10_000 and len(np.unique(labels[keep])) == 31
+
 def test_operating_point_figures():
     y = np.array([0] * 40 + [1] * 60)
     pred = np.array([0] * 30 + [1] * 10 + [1] * 54 + [0] * 6)
