@@ -49,6 +49,18 @@ def test_a_nan_validation_figure_is_not_measured_not_a_crash(tmp_path):
     with pytest.raises(ValueError, match="was not measured"):
         sweep_value({"cbm": {"val_accuracy": float("nan")}}, "cbm.val_accuracy")
 
+
+def test_a_run_made_to_be_chosen_by_a_test_figure_is_not_chosen_by_it(tmp_path):
+    for n, val in ((0, 0.95), (1, 0.90)):  # a run configured so before cbm refused it; ood is the test figure
+        _run(tmp_path / str(n), val, ood=0.5 + n * 0.4)
+        config = tmp_path / str(n) / ".hydra" / "config.yaml"
+        config.write_text(config.read_text() + "optimized_metric: cbm.ood_accuracy\n")
+    rows = compare_runs([tmp_path])
+    assert not any(r["chosen"] for r in rows) and all(r["selection"]["value"] is None for r in rows)
+    table = comparison_table(rows)
+    assert "never a test figure" in table and "selection: cbm.ood_accuracy" not in table
+    assert [r["chosen"] for r in compare_runs([tmp_path], "cbm.val_accuracy")] == [True, False]
+
 def test_a_sweep_folder_used_again_lists_only_its_last_sweeps_jobs(tmp_path):
     for n in range(3):
         _run(tmp_path / str(n), 0.9)

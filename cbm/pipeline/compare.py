@@ -174,14 +174,20 @@ def _row(folder: Path, optimized_metric: str | None) -> dict[str, Any]:
         return {**row, "status": f"metrics.json unreadable ({exc})"}
     if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
         return {**row, "status": "metrics.json unreadable (not a run's figures: an object of methods)"}
+    refused = None
     if optimized_metric is None:  # the figure the run was made to be chosen by
         optimized_metric = str((config or {}).get("optimized_metric") or AUTO_METRIC)
+        try:  # a config a run would refuse now (a test figure) chooses nothing
+            check_optimized_metric(optimized_metric)
+        except ValueError as exc:
+            refused = f"{folder} is not chosen: its config's {exc}; give --metric to choose among these runs"
     cbm = metrics.get("cbm") or {}
     f = cbm.get("faithfulness") or {}
     curve = intervention_points(f)
     name, value = selection_figure(metrics, optimized_metric)
     probe = metrics.get("linear_probe") or {}
-    return {**row, "status": "ok", "selection": {"figure": name, "value": value}, "cbm": {
+    selection = {"figure": name, "value": value} if refused is None else {"figure": name, "value": None, "refused": True}
+    return {**row, "status": "ok", "selection": selection, **({"not_chosen": refused} if refused else {}), "cbm": {
         **{k: cbm.get(k) for k in ("val_accuracy", "val_worst_group_accuracy", "id_accuracy", "id_split",
                                    "ood_accuracy", "gap", "concepts_per_class")},
         "sign_agreement": f.get("sign_agreement"),
@@ -220,7 +226,8 @@ def compare_runs(paths: Sequence[str | os.PathLike], optimized_metric: str | Non
     """One row per run folder (:func:`run_folders`); ``chosen`` marks, per dataset (its config, where
     ``cbm run`` wrote it, else its card and split sizes), the run with the highest validation
     figure: ``optimized_metric`` (:func:`cbm.selection.check_optimized_metric`), or by default the
-    one each run was made with (its config's ``optimized_metric``; ``auto`` where it has none)."""
+    one each run was made with (its config's ``optimized_metric``; ``auto`` where it has none; one that
+    is not a validation figure, which ``cbm run`` refuses, chooses nothing and is named in ``not_chosen``)."""
     if optimized_metric is not None:
         check_optimized_metric(optimized_metric)
     rows = [_row(f, optimized_metric) for f in run_folders(paths)]
@@ -270,7 +277,7 @@ def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None 
                      notes: Sequence[str] = ()) -> str:
     """The rows as markdown (run folders relative to ``root`` where they lie below it), after the
     ``notes`` (e.g. :func:`sweep_notes`)."""
-    figures = sorted({r["selection"]["figure"] for r in rows if r.get("selection")})
+    figures = sorted({r["selection"]["figure"] for r in rows if r.get("selection") and not r["selection"].get("refused")})
     lines = [
         *notes, *([""] if notes else []),
         ("| run | overrides | dataset | selection (val) | cbm val acc | cbm ID | cbm OOD | gap | concepts/class | "
