@@ -194,6 +194,27 @@ def test_exif_orientation_is_applied(tmp_path):
         np.testing.assert_array_equal(pil_pixels(opened), out.pixels)
 
 
+def test_a_phone_jpeg_with_extra_images_is_read_as_its_photo_upright(tmp_path):
+    """A JPEG that PIL opens as MPO (a phone's photo with a gain map or depth map after it) is one
+    photograph: its EXIF orientation is applied as for any JPEG, and the "middle" frame policy does not
+    pick one of the extra images."""
+    img = np.full((40, 60, 3), 90, np.uint8)
+    img[:10, :15] = 250  # top-left bright as stored
+    exif = Image.Exif()
+    exif[0x0112] = 3  # "rotate 180" when displayed
+    extras = [Image.fromarray(np.full((20, 30, 3), v, np.uint8)) for v in (30, 60)]
+    Image.fromarray(img).save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=extras,
+                              exif=exif.tobytes(), quality=95)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        assert opened.format == "MPO" and opened.n_frames == 3
+    out = read_image(tmp_path / "phone.jpg")
+    assert out.pixels.shape == (40, 60, 3) and out.meta["exif_transposed"] is True
+    assert out.pixels[-10:, -15:].mean() > 0.9 and out.pixels[:10, :15].mean() < 0.5
+    assert out.meta["frames"] == 1 and check_image_header(tmp_path / "phone.jpg") == (40, 60, 1)
+    with Image.open(tmp_path / "phone.jpg") as opened:  # opened with PIL, it reads as its file does
+        np.testing.assert_array_equal(pil_pixels(opened), out.pixels)
+
+
 def test_transparent_pixels_are_said_once_and_marked(tmp_path, monkeypatch, caplog):
     """Alpha is dropped (as open_clip's convert("RGB") does), so the colours under transparent pixels,
     which a viewer does not show, are what the model sees: said once a process, marked in meta."""

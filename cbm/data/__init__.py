@@ -60,8 +60,9 @@ from cbm.data._truth import ACCEPTED_TRUTH, parse_truth
 # Bump whenever reading or preprocessing code changes the pixels a model sees (LUT order,
 # normalisation, resizing): feature caches include it in their key, so stale features are never
 # served after an upgrade. 2: the centre crop where torchvision's starts, open_clip's resize modes;
-# 3: 16-bit data at its bit depth's full scale (briefly); 4: 16-bit greyscale stretched min-max.
-PIXEL_PIPELINE_VERSION = 4
+# 3: 16-bit data at its bit depth's full scale (briefly); 4: 16-bit greyscale stretched min-max;
+# 5: a JPEG that PIL opens as MPO (a phone photo with a gain or depth map) read as its photo, upright.
+PIXEL_PIPELINE_VERSION = 5
 
 __all__ = [
     "PIXEL_PIPELINE_VERSION",

@@ -111,7 +111,7 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open_pil(opener(), path, budget) as im:
-            return int(im.height), int(im.width), int(getattr(im, "n_frames", 1) or 1)
+            return int(im.height), int(im.width), _stack_frames(im)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -202,6 +202,13 @@ def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
     return im
 
 
+def _stack_frames(im: Any) -> int:
+    """The frames of a PIL image that are frames of one stack (TIFF pages, GIF frames): a JPEG that
+    PIL opens as MPO (a phone's photo with an HDR gain map or depth map, a camera's preview) is one
+    photograph, its other images not frames of it, so 1."""
+    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
+
+
 def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
     """Read a PIL-readable image (PNG, JPEG, TIFF, BMP, GIF, WebP, ...) as float pixels in [0, 1].
 
@@ -211,7 +218,9 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     16-bit colour or grey-and-alpha PNG at 8 bits, its high byte: warned once); grey stays one
     channel, palette and other colour modes become RGB, and an alpha channel is dropped (as ``Image.convert("RGB")`` does, which
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
-    displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy. The header is
+    displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy; a JPEG with more
+    images after its photograph (MPO: a phone's gain or depth map, a camera's preview) is read as
+    its photograph, one frame. The header is
     checked against the pixel budget and, for PNG and JPEG, the data against the header, before
     the pixels are decoded.
     """
@@ -224,7 +233,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency chatter; problems raise below
             with _open_pil(path, path, budget) as im:
-                n_frames = int(getattr(im, "n_frames", 1) or 1)
+                n_frames = _stack_frames(im)
                 index = _frame_index(frame, n_frames, path)
                 if index:
                     im.seek(index)
@@ -232,7 +241,7 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
                 fmt = (im.format or path.suffix.lstrip(".")).lower()
                 check_stream(path, fmt)
                 im.load()
-                orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "png", "webp") else 1
+                orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "mpo", "tiff", "png", "webp") else 1
                 rotated = orientation in range(2, 9)
                 oriented = ImageOps.exif_transpose(im) if rotated else im
                 declared = (int(oriented.height), int(oriented.width))
