@@ -209,6 +209,22 @@ def test_an_unreadable_images_reason_is_cached_without_its_path(world, enc, tmp_
     assert fs.skipped[0].path.endswith(".png")  # the run still names the file
 
 
+def test_a_path_with_runs_of_spaces_is_not_cached_either(enc, tmp_path):
+    """The reason is made one line (a run of spaces or a tab one space), and so is the path inside it:
+    a folder named with two spaces (a patient's name as exported) stays out of the cache."""
+    from cbm.utils import safetensors_metadata
+
+    card_dir = write_image_card(tmp_path / "Doe,  Jane\tMRN 123", 3, unreadable=[1])
+    fs = encode_images(enc, load_card(card_dir).dataset("train", transform=enc.transform), batch_size=2,
+                       num_workers=0, cache_dir=tmp_path / "cache", progress=False)
+    assert [s.index for s in fs.skipped] == [1]
+    for shard in fs.cache_path.glob("shard-*.safetensors"):
+        cached = safetensors_metadata(shard.read_bytes()).get("skipped", "")
+        assert "Doe" not in cached and "MRN" not in cached
+    assert "<image>" in json.dumps([safetensors_metadata(s.read_bytes()).get("skipped")
+                                    for s in fs.cache_path.glob("shard-*.safetensors")])
+
+
 def test_a_cache_it_may_not_write_to_still_serves_its_verified_shards(world, enc, tmp_path, monkeypatch, caplog):
     """A cache shared read-only: a missing folder is not created, a manifest that cannot be written
     is said, and the verified shards are read all the same."""

@@ -255,8 +255,10 @@ def _pathless(item: Any, dataset: Any) -> str:
     name; the features come back under each item's path of the run that reads them)."""
     reason = item.reason
     for path in ([str(dataset.file(item.index))] if hasattr(dataset, "file") else []) + [str(item.path)]:
-        if path:
-            reason = reason.replace(path, "<image>")
+        # the reason is one line, its runs of spaces, tabs and newlines made one space: so the path in it too
+        for written in dict.fromkeys((path, " ".join(path.split()))):
+            if written.strip():
+                reason = reason.replace(written, "<image>")
     return reason
 
 
