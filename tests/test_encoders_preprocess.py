@@ -84,6 +84,19 @@ def test_longest_pads_with_the_fill_colour_where_open_clip_does(h, w):
     assert (ours - reference).abs().mean() < 0.01
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_very_tall_image_resized_to_one_column_keeps_its_rows(interpolation):
+    """"longest" on a 3000 x 20 image: one column of 224 rows. torch's antialiased resize to one column
+    gives every row the first row's value; the column must follow open_clip's (a gradient top to bottom)."""
+    arr = np.repeat(np.linspace(0, 255, 3000).astype(np.uint8)[:, None, None], 20, axis=1).repeat(3, axis=2)
+    reference = open_clip.image_transform(224, is_train=False, mean=CLIP_MEAN, std=CLIP_STD, resize_mode="longest",
+                                          interpolation=interpolation)(Image.fromarray(arr))
+    ours = encoder_transform(224, CLIP_MEAN, CLIP_STD, interpolation=interpolation, resize_mode="longest")(arr)
+    column = ours[0, :, 111]
+    assert column[-1] - column[0] > 3  # black at the top, white at the bottom
+    assert (ours - reference).abs().max() < 0.05
+
+
 def test_squash_keeps_the_whole_image_and_shortest_crops_it():
     """A bright band at the left edge of a wide image: cut by the centre crop, kept by squash."""
     arr = np.full((40, 80), 30, np.uint8)

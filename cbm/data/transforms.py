@@ -147,7 +147,14 @@ class _Resize(Transform):
         kwargs: dict[str, Any] = {}
         if self.interpolation in ("bicubic", "bilinear"):
             kwargs = {"align_corners": False, "antialias": True}
-        out = torch.nn.functional.interpolate(img[None].float(), size=(new_h, new_w), mode=self.interpolation, **kwargs)[0]
+        resize = lambda x, hw: torch.nn.functional.interpolate(x, size=hw, mode=self.interpolation, **kwargs)  # noqa: E731
+        if new_w == 1 and new_h != h and kwargs:
+            # torch's antialiased resize to one column gives every row the first row's value (a very
+            # tall image in "longest" mode): the width first, then the height along a row (the same
+            # separable filter, in two passes)
+            out = resize(resize(img[None].float(), (h, 1)).transpose(-1, -2), (1, new_h)).transpose(-1, -2)[0]
+        else:
+            out = resize(img[None].float(), (new_h, new_w))[0]
         return out.clamp_(0.0, 1.0)
 
 
