@@ -273,6 +273,32 @@ def test_text_file_named_png(tmp_path):
         read_image(tmp_path / "page.png")
 
 
+def test_a_file_no_reader_knows_does_not_make_pydicom_warn(tmp_path, caplog, pydicom_logging, monkeypatch):
+    """Such a file is also tried as headerless DICOM; what pydicom logs of garbage parsed as a dataset
+    ("VR lookup failed") is not said, since the file is not DICOM either; of a real headerless DICOM
+    file it is."""
+    import cbm.data._image as image_module
+
+    (tmp_path / "page.png").write_text("<html><body>404 Not Found</body></html>")
+    with caplog.at_level(logging.DEBUG), pytest.raises(ImageReadError, match="page.png: is not an image file"):
+        read_image(tmp_path / "page.png")
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+
+    def dicom_that_warns(path, frame, max_pixels):
+        logging.getLogger("pydicom.misc").warning("a headerless file's own warning")
+        return LoadedImage(np.zeros((2, 2, 1), np.float32))
+
+    monkeypatch.setattr(image_module, "read_dicom", dicom_that_warns)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        read_image(tmp_path / "page.png")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == ["a headerless file's own warning"]
+    (tmp_path / "scan").write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100")  # a dataset, no pixels
+    monkeypatch.undo()
+    with pytest.raises(ImageReadError, match="scan"):
+        read_image(tmp_path / "scan")
+
+
 def test_constant_image_rejected(tmp_path):
     Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "flat.png")
     with pytest.raises(ImageReadError, match="constant image"):

@@ -24,11 +24,13 @@ a missing file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +150,32 @@ def read_image(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
         return read_pil(path, frame=frame, max_pixels=max_pixels)
     except ImageReadError as pil_error:
         # Extension-less files from PACS exports are often headerless DICOM.
-        try:
-            return read_dicom(path, frame=frame, max_pixels=max_pixels)
-        except ImageReadError:
-            raise pil_error from None
+        with _pydicom_records_held() as held:
+            try:
+                image = read_dicom(path, frame=frame, max_pixels=max_pixels)
+            except ImageReadError:
+                raise pil_error from None
+        for record in held:  # it was DICOM: what pydicom said of it is said
+            logging.getLogger("pydicom").callHandlers(record)
+        return image
+
+
+@contextlib.contextmanager
+def _pydicom_records_held() -> Iterator[list[logging.LogRecord]]:
+    """pydicom's log records kept back while a file that is no image PIL knows is tried as DICOM: a
+    download error page parsed as a dataset makes pydicom warn of "VR lookup failed", which says
+    nothing about an image that is not DICOM either (its error does)."""
+    logger, held = logging.getLogger("pydicom"), []
+    holder = logging.Handler()
+    holder.emit = held.append  # type: ignore[method-assign]
+    propagate = logger.propagate
+    logger.addHandler(holder)
+    logger.propagate = False
+    try:
+        yield held
+    finally:
+        logger.removeHandler(holder)
+        logger.propagate = propagate
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
