@@ -9,9 +9,12 @@ transform does for the model's ``resize_mode``:
 - ``squash``: resize both sides to ``size`` (the aspect ratio is not kept), no crop;
 
 then grey to three channels and normalise with the encoder's mean and std. Resizing is torch's
-antialiased bicubic, the same filter torchvision applies, so the result follows open_clip's PIL
-pipeline to within about 0.004 in normalised units; the crop and pad place the image exactly
-where torchvision's ``center_crop`` and open_clip's ``CenterCropOrPad`` do.
+antialiased bicubic, the same filter torchvision applies, so on 8-bit RGB or grey images the result
+follows open_clip's PIL pipeline to about 0.004 in normalised units on average (PIL rounds to 8 bits
+between its two passes, so enlarged noise differs more); the crop and pad place the image exactly
+where torchvision's ``center_crop`` and open_clip's ``CenterCropOrPad`` do. Palette, 1-bit, alpha,
+CMYK and YCbCr images reach it as RGB (:func:`cbm.data.read_image`), where open_clip resizes them
+in their own mode (see docs/encoders.md).
 
 Orientation: our readers return ``(H, W, C)`` with row 0 at the top; the first transform moves
 channels first, ``(C, H, W)``, and nothing transposes the spatial axes. (MONAI's own ``LoadImage``
