@@ -97,6 +97,36 @@ def test_a_very_tall_image_resized_to_one_column_keeps_its_rows(interpolation):
     assert (ours - reference).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "area"])
+@pytest.mark.parametrize("h, w, size", [(2, 999, 17), (999, 2, 17), (40, 5000, 32), (500, 7, 24)])
+def test_a_thin_strip_is_resized_only_where_the_crop_keeps_it(interpolation, h, w, size, monkeypatch):
+    """"shortest" would make a 2 x 999 strip 17 x 8,491 and crop 17 x 17 of it: only that window is
+    computed (here at any size), with the values the whole resize gives there."""
+    import cbm.data.transforms as transforms
+    from cbm.data.transforms import ResizeShortestSide
+
+    monkeypatch.setattr(transforms, "_WHOLE_PIXELS", 0)
+
+    x = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    whole = CentreCropOrPad(size)(ResizeShortestSide(size, interpolation)(x))
+    window = CentreCropOrPad(size)(ResizeShortestSide(size, interpolation, centre_only=True)(x))
+    torch.testing.assert_close(window, whole, rtol=0, atol=2e-4)
+
+
+def test_a_strip_within_the_pixel_budget_does_not_need_gigabytes(monkeypatch):
+    """A 1 x 200,000 strip (200,000 pixels) resized whole to 224 high would be 224 x 44,800,000 x 3
+    floats (120 GB) before the crop; no resize that large is asked of torch."""
+    interpolate = torch.nn.functional.interpolate
+
+    def bounded(x, size=None, **kwargs):
+        assert size is None or size[0] * size[1] <= 10_000_000, f"a resize to {size} asked for"
+        return interpolate(x, size=size, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", bounded)
+    strip = np.random.default_rng(0).integers(0, 256, (1, 200_000, 3), dtype=np.uint8)
+    assert encoder_transform(224, CLIP_MEAN, CLIP_STD)(strip).shape == (3, 224, 224)
+
+
 def test_squash_keeps_the_whole_image_and_shortest_crops_it():
     """A bright band at the left edge of a wide image: cut by the centre crop, kept by squash."""
     arr = np.full((40, 80), 30, np.uint8)

@@ -143,8 +143,11 @@ class _Resize(Transform):
         raise NotImplementedError
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return self.resize_to(img, *self.output_size(int(img.shape[-2]), int(img.shape[-1])))
+
+    def resize_to(self, img: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+        """``img`` resized to ``new_h`` x ``new_w`` with this transform's filter."""
         h, w = int(img.shape[-2]), int(img.shape[-1])
-        new_h, new_w = self.output_size(h, w)
         if (new_h, new_w) == (h, w):
             return img
         kwargs: dict[str, Any] = {}
@@ -163,12 +166,68 @@ class _Resize(Transform):
 
 class ResizeShortestSide(_Resize):
     """Resize so the shorter side is ``size``, keeping the aspect ratio (torchvision's rule for an
-    int size: the longer side becomes ``int(size * long / short)``)."""
+    int size: the longer side becomes ``int(size * long / short)``).
+
+    ``centre_only``: where the resized image would have over :data:`_WHOLE_PIXELS` pixels (a
+    2 x 30,000 strip becomes 224 x 3,360,000), only the central ``size`` pixels of its longer side
+    are computed, the ones the centre crop that follows keeps, with the same values: a thin strip
+    within the pixel budget would otherwise need gigabytes.
+    """
+
+    def __init__(self, size: int, interpolation: str = "bicubic", centre_only: bool = False) -> None:
+        super().__init__(size, interpolation)
+        self.centre_only = centre_only
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         short, long = (h, w) if h <= w else (w, h)
         new_short, new_long = self.size, int(self.size * long / short)
         return (new_short, new_long) if h <= w else (new_long, new_short)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        new_h, new_w = self.output_size(h, w)
+        if not self.centre_only or new_h * new_w <= _WHOLE_PIXELS:
+            return super().__call__(img)
+        axis = -1 if new_w >= new_h else -2  # the longer side: its centre window first, then the shorter side
+        start = int(round((max(new_h, new_w) - self.size) / 2.0))  # where CentreCropOrPad starts
+        index, weight = _window_weights(int(img.shape[axis]), max(new_h, new_w), start, self.size, self.interpolation)
+        x = img.float().movedim(axis, -1)
+        x = (x[..., index] * weight).sum(-1).movedim(-1, axis)  # clamped once, after both sides, as in one pass
+        return _Resize(1, self.interpolation).resize_to(x, self.size, self.size)
+
+
+_WHOLE_PIXELS = 1 << 22  # 4.2 million: 50 MB of float RGB
+
+
+def _window_weights(n_in: int, n_out: int, start: int, count: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input indices ``(count, K)`` and weights of outputs ``start`` .. ``start + count`` of a resize
+    of ``n_in`` samples to ``n_out`` along one axis, as torch's ``interpolate`` computes them (antialiased
+    bicubic with a = -0.5 or bilinear, PIL's filters; nearest; area, an average over each output's span)."""
+    scale = n_in / n_out
+    j = torch.arange(start, start + count, dtype=torch.float64)
+    if mode == "nearest":
+        return torch.clamp((j * scale).floor().long(), max=n_in - 1)[:, None], torch.ones(count, 1)
+    if mode == "area":
+        lo, hi = (j * scale).floor().long(), ((j + 1) * scale).ceil().long()
+    else:
+        support = (2.0 if mode == "bicubic" else 1.0) * max(scale, 1.0)
+        centre = scale * (j + 0.5)
+        lo = torch.clamp((centre - support + 0.5).floor(), min=0).long()
+        hi = torch.clamp((centre + support + 0.5).floor(), max=n_in).long()
+    k = torch.arange(int((hi - lo).max()))
+    index = lo[:, None] + k[None, :]
+    if mode == "area":
+        weight = torch.ones(index.shape, dtype=torch.float64)
+    else:
+        x = ((index - centre[:, None] + 0.5) / max(scale, 1.0)).abs()
+        if mode == "bicubic":
+            a = -0.5
+            weight = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                                 torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
+        else:
+            weight = torch.clamp(1 - x, min=0)
+    weight = torch.where(index < hi[:, None], weight, torch.zeros_like(weight))
+    return torch.clamp(index, max=n_in - 1), (weight / weight.sum(1, keepdim=True)).float()
 
 
 class ResizeLongestSide(_Resize):
@@ -274,7 +333,7 @@ def encoder_transform(
         raise ValueError(f"fill_color must be one grey level from 0 to 255, got {fill_color!r}")
     size = int(size)
     if resize_mode == "shortest":
-        geometry = [ResizeShortestSide(size, interpolation), CentreCropOrPad(size)]
+        geometry = [ResizeShortestSide(size, interpolation, centre_only=True), CentreCropOrPad(size)]
     elif resize_mode == "longest":
         geometry = [ResizeLongestSide(size, interpolation), CentreCropOrPad(size, fill=fill_color / 255.0)]
     else:
