@@ -215,6 +215,30 @@ def test_a_phone_jpeg_with_extra_images_is_read_as_its_photo_upright(tmp_path):
         np.testing.assert_array_equal(pil_pixels(opened), out.pixels)
 
 
+def test_a_tiffs_reduced_resolution_pages_are_not_frames(tmp_path):
+    """A TIFF whose later pages are reduced-resolution copies (NewSubfileType 1: a pyramid's levels, a
+    thumbnail) is one image: "middle" reads its full-resolution page, not a smaller level."""
+    import struct
+
+    full = Image.fromarray(asymmetric(64, 96))
+    full.save(tmp_path / "pyramid.tif", save_all=True, append_images=[full.resize((48, 32)), full.resize((24, 16))],
+              tiffinfo={254: 1})  # Pillow writes the tag on every page: the first page's is set to 0 below
+    data = bytearray((tmp_path / "pyramid.tif").read_bytes())
+    endian = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(endian + "I", data[4:8])[0]
+    for entry in range(struct.unpack(endian + "H", data[ifd : ifd + 2])[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack(endian + "H", data[at : at + 2])[0] == 254:
+            data[at + 8 : at + 12] = struct.pack(endian + "I", 0)
+    (tmp_path / "pyramid.tif").write_bytes(bytes(data))
+    with Image.open(tmp_path / "pyramid.tif") as opened:
+        assert opened.n_frames == 3 and opened.tag_v2.get(254) == 0
+    out = read_image(tmp_path / "pyramid.tif")
+    assert out.pixels.shape == (64, 96, 1) and out.meta["frames"] == 1
+    np.testing.assert_array_equal(out.pixels[..., 0], asymmetric(64, 96) / np.float32(255))
+    assert check_image_header(tmp_path / "pyramid.tif") == (64, 96, 1)
+
+
 def test_transparent_pixels_are_said_once_and_marked(tmp_path, monkeypatch, caplog):
     """Alpha is dropped (as open_clip's convert("RGB") does), so the colours under transparent pixels,
     which a viewer does not show, are what the model sees: said once a process, marked in meta."""

@@ -61,7 +61,8 @@ from cbm.data._truth import ACCEPTED_TRUTH, parse_truth
 # normalisation, resizing): feature caches include it in their key, so stale features are never
 # served after an upgrade. 2: the centre crop where torchvision's starts, open_clip's resize modes;
 # 3: 16-bit data at its bit depth's full scale (briefly); 4: 16-bit greyscale stretched min-max;
-# 5: a JPEG that PIL opens as MPO (a phone photo with a gain or depth map) read as its photo, upright;
+# 5: a JPEG that PIL opens as MPO (a phone photo with a gain or depth map) read as its photo, upright,
+# a TIFF's reduced-resolution pages not counted as frames;
 # an image over 149 times taller than wide, in "longest" mode, resized to its one column row by row.
 PIXEL_PIPELINE_VERSION = 5
 

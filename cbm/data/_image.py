@@ -113,7 +113,7 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open_pil(opener(), path, budget) as im:
-            return int(im.height), int(im.width), _stack_frames(im)
+            return int(im.height), int(im.width), len(_stack_frames(im))
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -226,11 +226,23 @@ def _open_pil(source: Path | io.BytesIO, path: Path | None, budget: int) -> Any:
     return im
 
 
-def _stack_frames(im: Any) -> int:
-    """The frames of a PIL image that are frames of one stack (TIFF pages, GIF frames): a JPEG that
-    PIL opens as MPO (a phone's photo with an HDR gain map or depth map, a camera's preview) is one
-    photograph, its other images not frames of it, so 1."""
-    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
+def _stack_frames(im: Any) -> list[int]:
+    """The frames of a PIL image that are frames of one stack (TIFF pages, GIF frames), by index: a
+    JPEG that PIL opens as MPO (a phone's photo with an HDR gain map or depth map, a camera's preview)
+    is one photograph, its other images not frames of it; a TIFF's reduced-resolution pages
+    (NewSubfileType bit 0: a thumbnail, a pyramid's levels) are left out where it has others."""
+    n_frames = int(getattr(im, "n_frames", 1) or 1)
+    if im.format == "MPO" or n_frames == 1:
+        return [0]
+    if im.format != "TIFF":
+        return list(range(n_frames))
+    full = []
+    for page in range(n_frames):
+        im.seek(page)
+        if not int(im.tag_v2.get(254, 0) or 0) & 1:
+            full.append(page)
+    im.seek(0)
+    return full or list(range(n_frames))
 
 
 def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixels: int | None = None) -> LoadedImage:
@@ -244,7 +256,8 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
     is what CLIP-style preprocessing sees). EXIF orientation is applied, so row 0 is the top as
     displayed. Multi-frame files (TIFF stacks, GIF) follow the ``frame`` policy; a JPEG with more
     images after its photograph (MPO: a phone's gain or depth map, a camera's preview) is read as
-    its photograph, one frame. The header is
+    its photograph, one frame, and a TIFF's reduced-resolution pages (a thumbnail, a pyramid's
+    levels) are not frames. The header is
     checked against the pixel budget and, for PNG and JPEG, the data against the header, before
     the pixels are decoded.
     """
@@ -257,10 +270,11 @@ def read_pil(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pixe
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency chatter; problems raise below
             with _open_pil(path, path, budget) as im:
-                n_frames = _stack_frames(im)
+                pages = _stack_frames(im)
+                n_frames = len(pages)
                 index = _frame_index(frame, n_frames, path)
-                if index:
-                    im.seek(index)
+                if pages[index]:
+                    im.seek(pages[index])
                     check_pixel_budget(path, int(im.height), int(im.width), budget, field=f"frame {index}")
                 fmt = (im.format or path.suffix.lstrip(".")).lower()
                 check_stream(path, fmt)
