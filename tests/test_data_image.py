@@ -323,6 +323,16 @@ def test_a_file_no_reader_knows_does_not_make_pydicom_warn(tmp_path, caplog, pyd
         read_image(tmp_path / "scan")
 
 
+def test_a_float_tiff_with_nan_is_refused_with_a_fix_for_its_format(tmp_path):
+    values = np.random.default_rng(0).random((16, 24)).astype(np.float32)
+    values[3, 4] = np.nan  # a float image's usual mark of a pixel without data
+    Image.fromarray(values, "F").save(tmp_path / "map.tif")
+    with pytest.raises(ImageReadError, match=r"map.tif: decodes to NaN or infinite values\. Re-export it with a finite "
+                                             r"value in every pixel") as caught:
+        read_image(tmp_path / "map.tif")
+    assert "LUT" not in str(caught.value)  # DICOM's fix, not this file's
+
+
 def test_constant_image_rejected(tmp_path):
     Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "flat.png")
     with pytest.raises(ImageReadError, match="constant image"):

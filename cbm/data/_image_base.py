@@ -229,7 +229,9 @@ def finish(pixels: np.ndarray, path: Path, shape: tuple[int, int], meta: dict[st
         )
     lo, hi = float(pixels.min()), float(pixels.max())  # NaN and infinities show in the extremes: no mask needed
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ImageReadError(path, "decodes to non-finite values", "Check the file's rescale/LUT attributes; re-export it")
+        fix = ("Check the file's rescale/LUT attributes; re-export it" if meta.get("format") == "dicom" else
+               "Re-export it with a finite value in every pixel (a float image often marks pixels without data NaN)")
+        raise ImageReadError(path, "decodes to NaN or infinite values", fix)
     np.clip(pixels, 0.0, 1.0, out=pixels)
     _reject_constant(pixels, path, "decodes")
     return LoadedImage(pixels, meta)
