@@ -239,6 +239,27 @@ def test_a_tiffs_reduced_resolution_pages_are_not_frames(tmp_path):
     assert check_image_header(tmp_path / "pyramid.tif") == (64, 96, 1)
 
 
+def test_a_tiff_whose_chain_of_pages_is_broken_is_named_not_a_crash(tmp_path):
+    """The next-page pointer of a stack's first page points past the end of the file: PIL raises a
+    TypeError while counting pages; the header check (and so `cbm validate`) names the file instead."""
+    import struct
+
+    from cbm.data._image_scan import image_problem
+
+    pages = [Image.fromarray(asymmetric() + i) for i in range(3)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    data = bytearray((tmp_path / "stack.tif").read_bytes())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    after = ifd + 2 + 12 * struct.unpack("<H", data[ifd : ifd + 2])[0]
+    data[after : after + 4] = struct.pack("<I", len(data) + 1000)
+    (tmp_path / "stack.tif").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="stack.tif: has a damaged header"):
+        check_image_header(tmp_path / "stack.tif")
+    assert image_problem(tmp_path / "stack.tif").startswith("has a damaged header")
+    with pytest.raises(ImageReadError, match="stack.tif: could not be decoded"):
+        read_image(tmp_path / "stack.tif")
+
+
 def test_transparent_pixels_are_said_once_and_marked(tmp_path, monkeypatch, caplog):
     """Alpha is dropped (as open_clip's convert("RGB") does), so the colours under transparent pixels,
     which a viewer does not show, are what the model sees: said once a process, marked in meta."""

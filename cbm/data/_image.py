@@ -113,7 +113,14 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open_pil(opener(), path, budget) as im:
-            return int(im.height), int(im.width), len(_stack_frames(im))
+            try:  # a TIFF's pages are found by following its chain of headers, which may be broken
+                frames = len(_stack_frames(im))
+            except MemoryError:
+                raise
+            except Exception as exc:
+                raise ImageReadError(path, f"has a damaged header ({type(exc).__name__}: {quote(str(exc))})",
+                                     "Download or export the file again") from None
+            return int(im.height), int(im.width), frames
 
 
 # ---------------------------------------------------------------------------- entry point
