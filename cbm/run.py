@@ -227,6 +227,8 @@ def _instantiate(node, key: str) -> Any:
                                               "required keyword-only argument"))
         if isinstance(cause, ValueError) or binding:  # a programming error's TypeError keeps its traceback
             raise ValueError(f"{key}: {cause}") from exc
+        if isinstance(cause, (OSError, RuntimeError)):  # what this machine lacks (device=cuda without CUDA, weights)
+            raise RuntimeError(f"{key}: {cause}") from exc
         raise
 
 
@@ -235,6 +237,26 @@ def _flag(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError(f"{name}={value!r}: write true or false")
+
+
+def _whole(value: Any, name: str, least: int) -> int:
+    """A whole-number setting of the config, at least ``least`` (``2.5`` or ``abc`` is refused, not cut to 2)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r}: write a whole number (at least {least})")
+    if value < least:
+        raise ValueError(f"{name}={value}: must be at least {least}")
+    return value
+
+
+def _features(node: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``features`` node, checked before the encoder loads (a batch size of 0 or a negative worker
+    count was refused only once the encoder had loaded, or by PyTorch with no setting named)."""
+    features = dict(node or {})
+    if "batch_size" in features:
+        features["batch_size"] = _whole(features["batch_size"], "features.batch_size", 1)
+    if features.get("num_workers") is not None:  # null: the machine's default
+        features["num_workers"] = _whole(features["num_workers"], "features.num_workers", 0)
+    return features
 
 
 def experiment_arguments(cfg) -> dict[str, Any]:
@@ -249,9 +271,10 @@ def experiment_arguments(cfg) -> dict[str, Any]:
         raise ValueError(f"head: {exc}") from exc
     baselines = {k: _flag(v, f"baselines.{k}") for k, v in (_plain(cfg.baselines) or {}).items()}
     check_baselines(baselines)
-    n_bootstrap = int(cfg.evaluation.n_bootstrap)
-    if n_bootstrap < 0:
+    n_bootstrap = cfg.evaluation.n_bootstrap
+    if isinstance(n_bootstrap, int) and not isinstance(n_bootstrap, bool) and n_bootstrap < 0:
         raise ValueError(f"evaluation.n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")
+    n_bootstrap = _whole(n_bootstrap, "evaluation.n_bootstrap", 0)
     return dict(
         head=head,
         bottleneck=_instantiate(_plain(cfg.bottleneck), "bottleneck"),
@@ -260,9 +283,9 @@ def experiment_arguments(cfg) -> dict[str, Any]:
         concepts=_plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
         check_store=_flag(cfg.concepts.get("check_with_truth", True), "concepts.check_with_truth"),
         baselines=baselines,
-        features=_plain(cfg.features),
+        features=_features(_plain(cfg.features)),
         n_bootstrap=n_bootstrap,
-        seed=int(cfg.seed),
+        seed=_whole(cfg.seed, "seed", 0),
         save_model=_flag(cfg.save_model, "save_model"),
     )
 

@@ -198,6 +198,12 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["+head.l1_ration=0.5"], "head: SparseConceptHead.__init__() got an unexpected keyword argument 'l1_ration'"),
         (["+dataset.demo.confunding=0.5"], "dataset.demo has no setting 'confunding' (did you mean 'confounding'?)"),
         (["dataset.demo.confounding=1.5"], "dataset.demo: confounding=1.5 must lie in [0, 1]"),
+        # numbers of the run's own nodes: named, and refused before the encoder loads, not cut or crashed on
+        (["seed=abc"], "seed='abc': write a whole number"),
+        (["evaluation.n_bootstrap=abc"], "evaluation.n_bootstrap='abc': write a whole number"),
+        (["evaluation.n_bootstrap=20.5"], "evaluation.n_bootstrap=20.5: write a whole number"),
+        (["features.batch_size=0"], "features.batch_size=0: must be at least 1"),
+        (["features.num_workers=-1"], "features.num_workers=-1: must be at least 0"),
     ]:
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
@@ -378,6 +384,14 @@ def test_a_head_without_a_prior_is_judged_against_the_checked_store(tiny, tmp_pa
     assert (d["class"], d["concept"], 1.0) in [(cls, con, round(w, 3)) for cls, con, w in model.contradicting_weights()]
     html = render_class_card_html(model)
     assert "its weights are judged against (this head is not constrained by them)" in html
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_line_naming_the_encoder(tiny, tmp_path, capsys):
+    code = cbm_main(["run", *tiny, "device=cuda", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cbm run: error: encoder: device 'cuda' was asked for but CUDA is not available" in err, err
+    assert "Error executing job" not in err
 
 
 def test_a_run_folder_used_again_keeps_no_output_of_the_earlier_run(tiny, tmp_path, capsys):

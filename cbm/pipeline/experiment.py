@@ -86,7 +86,7 @@ def run_experiment(
         bottleneck: how concept directions are made.
         concepts: overrides the card's concept store (``{class: [phrases]}`` or one list for every class).
         baselines: which baselines run (``METHODS`` without ``cbm``; all by default).
-        features: ``batch_size``, ``num_workers`` and ``cache_dir`` of the image encoding.
+        features: ``batch_size``, ``num_workers`` (None: the machine's default) and ``cache_dir`` of the image encoding.
         extra_metrics: name -> ``fn(fit) -> dict``, stored under ``metrics["cbm"][name]``.
         check_store: drop the store entries the card's concept truth does not bear out (see
             :func:`cbm.pipeline.fit_model`).
@@ -112,8 +112,8 @@ def run_experiment(
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
-    splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)),
-                            num_workers=int(features.get("num_workers", 2)), cache_dir=features.get("cache_dir"))
+    splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)), cache_dir=features.get("cache_dir"),
+                            num_workers=None if features.get("num_workers", 2) is None else int(features.get("num_workers", 2)))
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()

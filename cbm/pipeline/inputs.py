@@ -92,7 +92,7 @@ def extract_splits(
     splits: Sequence[str] | None = None,
     *,
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int | None = 2,
     cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, SplitData]:
     """Encode every image of the given splits (default: all in the manifest), through the feature cache."""
