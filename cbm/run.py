@@ -218,8 +218,8 @@ def _instantiate(node, key: str) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    try:
-        return instantiate(node)
+    try:  # plain dicts and lists, as the object would get from Python (a head checks class_weight is a dict)
+        return instantiate(node, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__
         binding = isinstance(cause, TypeError) and any(  # a setting the object does not take, or lacks

@@ -204,6 +204,8 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["evaluation.n_bootstrap=20.5"], "evaluation.n_bootstrap=20.5: write a whole number"),
         (["features.batch_size=0"], "features.batch_size=0: must be at least 1"),
         (["features.num_workers=-1"], "features.num_workers=-1: must be at least 0"),
+        (["head.class_weight={melanom: 2}"], "class_weight names 'melanom', which is no class of this card"),
+        (["head.class_weight={melanoma: -1}"], "class_weight of 'melanoma' is -1: give a finite number"),
     ]:
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
@@ -384,6 +386,14 @@ def test_a_head_without_a_prior_is_judged_against_the_checked_store(tiny, tmp_pa
     assert (d["class"], d["concept"], 1.0) in [(cls, con, round(w, 3)) for cls, con, w in model.contradicting_weights()]
     html = render_class_card_html(model)
     assert "its weights are judged against (this head is not constrained by them)" in html
+
+
+def test_a_class_weight_by_class_name_runs(tiny, tmp_path, capsys):
+    # a config names classes; the head is fitted on their indices (and Hydra's DictConfig was no dict to it)
+    run = tmp_path / "weighted"
+    assert cbm_main(["run", *tiny, "head.class_weight={melanoma: 3, benign nevus: 1}", f"hydra.run.dir={run}"]) == 0, \
+        capsys.readouterr().err
+    assert ConceptBottleneckModel.load(run / "model").info["head"]["class_weight"] == {"1": 3.0, "0": 1.0}
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -34,7 +34,8 @@ from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_names, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
-from cbm.pipeline.inputs import check_manifest_classes, check_splits_present, extract_splits, resolve_card, resolve_concepts
+from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
+                                 resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
@@ -157,8 +158,9 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
                      n_bootstrap: int = 1000) -> dict[str, bool]:
     """Refuse, before the encoder loads or an image is encoded, what a run would refuse later: a missing
     manifest, image folder or split, a bad head setting, an unknown baseline, a negative ``n_bootstrap``,
-    a mistyped truth column name, a prompt template without ``{}``, concepts for classes the card lacks,
-    no concepts at all, a class without training or validation images. Returns every baseline's switch."""
+    a mistyped truth column name, a prompt template without ``{}``, concepts (or a head's class weight)
+    for classes the card lacks, no concepts at all, a class without training or validation images.
+    Returns every baseline's switch."""
     from cbm.encoders.text import check_templates
 
     card = resolve_card(card)
@@ -167,6 +169,7 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     check = getattr(head, "check_params", None)
     if callable(check):
         check()
+    class_weight_by_index(getattr(head, "class_weight", None), card.class_names)  # a class the card lacks
     which = check_baselines(baselines)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap}: give 0 (no intervals) or more resamples")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from cbm.model import ConceptBottleneckModel
 from cbm.pipeline.inputs import (
     SplitData,
     check_every_class_trains,
+    class_weight_by_index,
     check_manifest_classes,
     check_splits_present,
     extract_splits,
@@ -87,15 +88,18 @@ def check_head_fit(head: Any) -> None:
                         "another classifier in a class whose fit takes and uses them)")
 
 
-def make_head(head: Any, prior: np.ndarray | None, ordered: bool = False):
+def make_head(head: Any, prior: np.ndarray | None, ordered: bool = False, class_names: Sequence[str] | None = None):
     """An unfitted copy of ``head`` (default: the faithful sparse head) given the concept store's prior;
     ``ordinal="auto"`` becomes the ordinal form where ``ordered`` (the card's classes are grades of
-    one scale, three or more of them) and the per-class head elsewhere."""
+    one scale, three or more of them) and the per-class head elsewhere; a ``class_weight`` by class
+    name is put on the class indices the head is fitted with (``class_names``: the card's)."""
     from sklearn.base import clone
 
     from cbm.heads import SparseConceptHead
 
     head = SparseConceptHead(constraint="prior", max_concepts_per_class=8) if head is None else clone(head)
+    if class_names is not None and isinstance(getattr(head, "class_weight", None), Mapping):
+        head.set_params(class_weight=class_weight_by_index(head.class_weight, class_names))
     if prior is not None and getattr(head, "needs_prior", lambda: False)():
         head.set_params(prior=prior)
     if getattr(head, "ordinal", None) == "auto":
@@ -227,7 +231,7 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
 
     names = list(cset.concepts)
     ordered = bool(getattr(card, "ordered_classes", False)) and len(card.class_names) >= 3
-    est, prior, store_check = make_head(head, None, ordered), cset.prior(), None
+    est, prior, store_check = make_head(head, None, ordered, card.class_names), cset.prior(), None
     constrained = bool(getattr(est, "needs_prior", lambda: False)())
     if check_store:  # for any head: the store the model's weights are judged against (class card, report)
         prior, store_check = checked_prior(card, splits["train"], names, prior, constrains_head=constrained)

@@ -25,6 +25,7 @@ __all__ = [
     "check_every_class_trains",
     "check_manifest_classes",
     "require_split",
+    "class_weight_by_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,3 +189,28 @@ def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
             f"every run needs train and val splits, and test for evaluation" + (f"; {hint}" if hint else "")
         )
     return splits[name]
+
+
+def class_weight_by_index(class_weight: Any, class_names: Sequence[str]) -> Any:
+    """A head's ``class_weight`` as it is fitted, on class indices: a ``{class: weight}`` mapping may name
+    a class (``{melanoma: 2}``, as a config does) or give its index; one that is neither, or a weight
+    that is not a finite number of 0 or more, is refused before anything is encoded. Anything else is
+    returned as it is."""
+    from collections.abc import Mapping
+
+    if not isinstance(class_weight, Mapping):
+        return class_weight
+    names = list(class_names)
+    by_index: dict[int, float] = {}
+    for key, weight in class_weight.items():
+        index = names.index(key) if key in names else key
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(names):
+            raise ValueError(f"class_weight names {key!r}, which is no class of this card; its classes are "
+                             f"{', '.join(names)} (or their indices 0-{len(names) - 1})")
+        try:
+            by_index[index] = float(weight)
+        except (TypeError, ValueError):
+            by_index[index] = float("nan")
+        if not 0 <= by_index[index] < float("inf"):
+            raise ValueError(f"class_weight of {key!r} is {weight!r}: give a finite number, 0 or more")
+    return by_index
