@@ -96,6 +96,13 @@ class BottleneckConfig:
             raise ValueError(f"centre must be true or false; got {self.centre!r}")
         if not (self.calibrate is True or self.calibrate is False or self.calibrate == "auto"):
             raise ValueError(f'calibrate must be true, false or "auto"; got {self.calibrate!r}')
+        if isinstance(self.nuisance_prompts, str):  # one prompt (bottleneck.nuisance_prompts=ruler), not its letters
+            object.__setattr__(self, "nuisance_prompts", (self.nuisance_prompts,))  # a frozen dataclass
+        if self.nuisance_prompts is not None:
+            prompts = self.nuisance_prompts
+            if not isinstance(prompts, Sequence) or any(not isinstance(p, str) or not p.strip() for p in prompts):
+                raise ValueError(f"nuisance_prompts must be a list of prompts, e.g. [ruler, ink marking], [] or null; "
+                                 f"got {self.nuisance_prompts!r}")
 
 
 @dataclass

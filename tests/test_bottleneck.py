@@ -95,3 +95,15 @@ def test_a_concept_that_is_a_nuisance_prompt_is_refused():
     with pytest.raises(ValueError, match="1 nuisance prompts but 2"):
         ConceptBottleneck.debiased(["a", "b", "c", "d"], concepts, nuisance_embeddings=np.vstack([cue_text, -cue_text]),
                                    nuisance_prompts=["ruler"])
+
+
+def test_one_nuisance_prompt_is_one_prompt_not_its_letters():
+    from cbm.bottleneck import BottleneckConfig
+
+    # `cbm run bottleneck.nuisance_prompts=ruler` gives a string: it was projected out letter by letter
+    assert list(BottleneckConfig(nuisance_prompts="ruler").nuisance_prompts) == ["ruler"]
+    assert BottleneckConfig(nuisance_prompts=None).nuisance_prompts is None
+    assert list(BottleneckConfig(nuisance_prompts=["ruler", "ink marking"]).nuisance_prompts) == ["ruler", "ink marking"]
+    for bad in (5, ["ruler", 5], [""]):
+        with pytest.raises(ValueError, match="nuisance_prompts must be a list of prompts"):
+            BottleneckConfig(nuisance_prompts=bad)
