@@ -259,6 +259,18 @@ def _features(node: dict[str, Any] | None) -> dict[str, Any]:
     return features
 
 
+def _concept_list(node: Any) -> Any:
+    """``concepts.list``: null, one list of phrases for every class, or ``{class: [phrases]}``."""
+    from omegaconf import OmegaConf
+
+    if node is None:
+        return None
+    if not OmegaConf.is_config(node):  # a bare word or number (concepts.list=ruler) was OmegaConf's "not a config object"
+        raise ValueError(f"concepts.list={node!r}: give a list of phrases for every class, "
+                         "'concepts.list=[irregular border,regular border]', or {class: [phrases]}")
+    return _plain(node)
+
+
 def experiment_arguments(cfg) -> dict[str, Any]:
     """The arguments of :func:`cbm.pipeline.run_experiment` that a composed config gives, checked (all
     but the card, the encoder, the run folder and ``extra_metrics``); the head's settings checked too."""
@@ -280,7 +292,7 @@ def experiment_arguments(cfg) -> dict[str, Any]:
         bottleneck=_instantiate(_plain(cfg.bottleneck), "bottleneck"),
         llm=_plain(cfg.llm),
         templates=cfg.concepts.templates,
-        concepts=_plain(cfg.concepts.list) if cfg.concepts.get("list") is not None else None,
+        concepts=_concept_list(cfg.concepts.get("list")),
         check_store=_flag(cfg.concepts.get("check_with_truth", True), "concepts.check_with_truth"),
         baselines=baselines,
         features=_features(_plain(cfg.features)),

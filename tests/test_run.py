@@ -204,6 +204,7 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["evaluation.n_bootstrap=20.5"], "evaluation.n_bootstrap=20.5: write a whole number"),
         (["features.batch_size=0"], "features.batch_size=0: must be at least 1"),
         (["features.num_workers=-1"], "features.num_workers=-1: must be at least 0"),
+        (["concepts.list=irregular border"], "concepts.list='irregular border': give a list of phrases"),
         (["head.class_weight={melanom: 2}"], "class_weight names 'melanom', which is no class of this card"),
         (["head.class_weight={melanoma: -1}"], "class_weight of 'melanoma' is -1: give a finite number"),
     ]:
