@@ -419,3 +419,10 @@ def test_a_fit_that_fails_leaves_the_head_unfitted_not_half_updated():
         head.fit(p.X_train, np.array([5, 6, 7])[p.y_train], X_val=p.X_val, y_val=p.y_val)
     with pytest.raises(NotFittedError):  # before: the old weights answered with the new labels
         head.predict(p.X_val[:8])
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), -0.1])
+def test_a_prior_strength_that_is_no_finite_non_negative_number_is_refused(strength):
+    # a NaN strength fitted all-zero weights (a head that predicts one class) without a word
+    with pytest.raises(ValueError, match="prior_strength must be a finite number >= 0"):
+        SparseConceptHead(use_prior=True, prior_strength=strength).check_params()

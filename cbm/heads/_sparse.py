@@ -436,9 +436,9 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         tol = self.accuracy_tolerance
         if not (tol == "se" or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < 1)):
             raise ValueError(f'accuracy_tolerance must be "se" or a number in [0, 1); got {tol!r}')
-        if float(self.prior_strength) < 0:
-            raise ValueError(f"prior_strength must be >= 0; got {self.prior_strength!r}")
-        if float(self.tol) <= 0 or int(self.max_iter) < 1:
+        if not 0 <= float(self.prior_strength) < float("inf"):  # NaN fitted all-zero weights without a word
+            raise ValueError(f"prior_strength must be a finite number >= 0; got {self.prior_strength!r}")
+        if not float(self.tol) > 0 or int(self.max_iter) < 1:
             raise ValueError(f"tol must be > 0 and max_iter >= 1; got tol={self.tol!r}, max_iter={self.max_iter!r}")
         if self.n_threads is not None and int(self.n_threads) < 1:
             raise ValueError(f"n_threads must be >= 1 or None; got {self.n_threads!r}")
