@@ -31,6 +31,7 @@ from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metri
 
 __all__ = ["hydra_main", "register", "AUTO_METRIC", "CONFIG_DIR", "check_optimized_metric", "resolve_dataset", "sweep_value"]
 
+_STATED: list[str] = []  # the error a run has stated itself (hydra_main then adds no hint about the command line)
 CONFIG_DIR = resource_dir("conf")  # the checkout's conf/, or the wheel's copy (cbm.resources)
 log = logging.getLogger("cbm.run")
 
@@ -182,6 +183,7 @@ def _task(cfg) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"cbm run: error: {exc}", file=sys.stderr)
+        _STATED.append(str(exc))  # the command line was fine: no hints about its settings
         raise SystemExit(2) from None
     print((out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"run folder: {out_dir}")
@@ -319,12 +321,13 @@ def hydra_main(argv: list[str]) -> int:
               "run from a source checkout or an editable install (`make setup`).", file=sys.stderr)
         return 2
     app = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)
+    _STATED.clear()
     saved = sys.argv
     sys.argv = ["cbm run", *argv]
     try:
         app()
-    except SystemExit as exc:  # Hydra exits on --help / bad overrides
-        if exc.code:
+    except SystemExit as exc:  # Hydra exits on --help / bad overrides; _task on a bad input it has stated
+        if exc.code and not _STATED:
             for hint in _unknown_key_hints(argv):
                 print(f"cbm run: {hint}", file=sys.stderr)
         return int(exc.code or 0)
@@ -352,11 +355,12 @@ def _unknown_key_hints(argv: list[str]) -> list[str]:
         return []
     finally:
         GlobalHydra.instance().clear()
-    missing, hints = object(), []
+    hints = []
     for key in keys:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None)
-        if not OmegaConf.is_dict(node) or OmegaConf.select(cfg, key, default=missing) is not missing:
+        # a setting with no value yet (dataset.card: ??? in dataset=custom) is a setting: select() gives the default for it
+        if not OmegaConf.is_dict(node) or leaf in [str(k) for k in node.keys()]:
             continue
         close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
         hints.append(f"{key} is not a setting" + (f": did you mean {parent}.{close[0]}?" if close else

@@ -156,6 +156,16 @@ def test_bad_override_is_an_error_not_a_crash(capsys):
     assert "head.zzz is not a setting; head has l1_ratio, " in capsys.readouterr().err
 
 
+def test_a_stated_error_gets_no_hint_that_a_real_setting_is_not_one(tmp_path, capsys):
+    from cbm.run import _unknown_key_hints
+
+    # dataset.card is ??? in dataset=custom: a setting without a value yet, not a misspelt one
+    assert _unknown_key_hints(["dataset=custom", "dataset.card=my-derm/card.yaml"]) == []
+    code = cbm_main(["run", "dataset=custom", f"dataset.card={tmp_path / 'nope.yaml'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data card not found" in err and "is not a setting" not in err, err
+
+
 def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encoding(tiny, tmp_path, capsys, monkeypatch):
     import cbm.encoders
 
