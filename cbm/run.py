@@ -195,16 +195,33 @@ def _run(cfg, out_dir: Path) -> dict:
     from cbm.pipeline.experiment import check_run_inputs
     from cbm.pipeline.inputs import check_splits_present
 
-    card = resolve_dataset(_plain(cfg.dataset))
+    dataset = _plain(cfg.dataset)
+    if isinstance(dataset.get("card"), str) and dataset["card"] != "???":
+        dataset["card"] = _from_launch_dir(dataset["card"], must_exist=True)  # else a card name
+    card = resolve_dataset(dataset)
     # what can be checked without the encoder is checked before it loads (it can take minutes)
     check_splits_present(card)
     kwargs = experiment_arguments(cfg)
+    if kwargs["features"].get("cache_dir"):
+        kwargs["features"]["cache_dir"] = _from_launch_dir(str(kwargs["features"]["cache_dir"]))
     check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]), card)
     check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap")})
     extra = {name: _instantiate(node, f"dataset.extra_metrics.{name}")
              for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
     return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder), "encoder"), extra_metrics=extra,
                           **kwargs)
+
+
+def _from_launch_dir(path: str, must_exist: bool = False) -> str:
+    """A relative path of the config as the folder ``cbm run`` was started in reads it: with
+    ``hydra.job.chdir=true`` the working directory is the run folder, where a card given as
+    ``my-derm/card.yaml`` was "not found" and a relative cache was made anew in each run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    launched = Path(str(HydraConfig.get().runtime.cwd))
+    if os.path.isabs(path) or Path.cwd().resolve() == launched.resolve():
+        return path
+    return str(launched / path) if not must_exist or (launched / path).exists() else path
 
 
 def _plain(node) -> Any:

@@ -156,6 +156,18 @@ def test_bad_override_is_an_error_not_a_crash(capsys):
     assert "head.zzz is not a setting; head has l1_ratio, " in capsys.readouterr().err
 
 
+def test_a_relative_card_is_read_from_the_launch_folder_when_hydra_changes_folder(tmp_path, capsys, monkeypatch):
+    card = tmp_path / "my-derm" / "card.yaml"
+    card.parent.mkdir()
+    card.write_text("name: my-derm\nmodality: dermoscopy\ntask: binary\n"
+                    "classes: [{name: melanoma}, {name: nevus}]\nmanifest: manifest.csv\n")
+    monkeypatch.chdir(tmp_path)
+    code = cbm_main(["run", "hydra.job.chdir=true", "dataset=custom", "dataset.card=my-derm/card.yaml",
+                     f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "card 'my-derm' has no manifest yet" in err, err  # found (it was "not found")
+
+
 def test_a_stated_error_gets_no_hint_that_a_real_setting_is_not_one(tmp_path, capsys):
     from cbm.run import _unknown_key_hints
 
