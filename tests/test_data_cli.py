@@ -224,3 +224,19 @@ def test_validate_reads_every_images_header_as_a_run_would(tmp_path, capsys):
     assert code == 0 and "readable" not in out
     code, out, _ = run(capsys, "validate", str(card), "--no-read")  # the files are there; none is read
     assert code == 0 and "readable" not in out and "48 images" not in out
+
+
+def test_validate_fails_a_manifest_a_run_refuses_for_a_class_without_validation_images(tmp_path, capsys):
+    """A run and `cbm.fit` refuse a card whose val holds no image of a class, before encoding: `cbm validate`
+    said "no problems found" and exited 0 on it."""
+    from cbm.demo import make_dataset
+
+    card = make_dataset(tmp_path / "demo", n=48, confounding=0.9, seed=3, size=64, progress=False)
+    manifest = card.parent / "manifest.csv"
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(r for r in rows if not (",melanoma,val," in r)) + "\n")
+    code, out, _ = run(capsys, "validate", str(card), "--no-read")
+    assert code == 1 and "note: no validation image of melanoma" in out
+    assert "no problems found\n" not in out and "a run refuses this manifest" in out
+    code, _, err = run(capsys, "validate", str(card), "--no-read", "--strict")
+    assert code == 2 and "no validation image of class(es) melanoma" in err and str(manifest) in err

@@ -112,6 +112,11 @@ class ManifestReport:
         few = [c for c in train if 0 < train[c] < FEW_TRAIN or 0 < val.get(c, 0) < FEW_VAL]
         return {c: {s: by.get(c, 0) for s, by in self.counts.items()} for c in few}
 
+    def classes_without_val(self) -> list[str]:
+        """Classes with no validation image where val holds some: not a problem of the rows, but a run
+        and ``cbm.fit`` refuse the manifest (the head is chosen on val), so ``cbm validate`` fails it."""
+        return [c for c, n in self.counts.get("val", {}).items() if not n]
+
     def summary(self) -> str:
         """Human-readable report: counts per split and class, then each problem."""
         lines = [f"manifest {self.path}: {self.n_rows} rows"]
@@ -119,15 +124,17 @@ class ManifestReport:
             total = sum(by_label.values())
             parts = ", ".join(f"{label} {n}" for label, n in by_label.items())
             lines.append(f"  {split}: {total} images ({parts})")
-        unseen = [c for c, n in self.counts.get("val", {}).items() if not n]
-        if unseen:  # not a problem of the manifest, but cbm run and cbm.fit refuse it
+        unseen = self.classes_without_val()
+        if unseen:  # not a problem of the rows, but cbm run and cbm.fit refuse it
             lines.append(f"  note: no validation image of {', '.join(unseen)}: the head is chosen on val, so a run "
                          "refuses this card until val holds every class (`cbm make-splits` splits each class)")
         for c, n in self.few_images().items():
             lines.append(f"  note: few images of {c} ({', '.join(f'{s} {k}' for s, k in n.items())}): the head can "
                          f"hardly learn a class from under {FEW_TRAIN} training images, nor validation judge it on "
                          f"under {FEW_VAL}; add images of it, or merge it into another class")
-        if self.ok:
+        if self.ok and unseen:
+            lines.append("  no problems found in the rows, but a run refuses this manifest (the note above)")
+        elif self.ok:
             lines.append("  no problems found")
         else:
             lines.append(f"  {len(self.problems)} problem(s):")

@@ -58,7 +58,14 @@ def _validate(args: argparse.Namespace) -> int:
         raise ValueError(problem)
     if problem:
         print(f"concept store: {problem}")
-    return 0 if report.ok and not problem else 1
+    unseen = report.classes_without_val()  # a run refuses it before encoding: so does validate
+    if unseen and args.strict:
+        from cbm.errors import ManifestError
+
+        raise ManifestError(card.manifest_path, f"has no validation image of class(es) {', '.join(unseen)}: the head is "
+                            "chosen on val, so a run refuses it", "Move some of each class's rows to val "
+                            "(`cbm make-splits` splits each class), or drop the class from the card's classes")
+    return 0 if report.ok and not problem and not unseen else 1
 
 
 def _store_problem(card) -> str | None:
