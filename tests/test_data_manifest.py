@@ -223,12 +223,22 @@ def test_concept_truth_cells_are_checked_with_the_manifest_before_any_run(tmp_pa
         card.manifest()  # always: a run would stop on it only after encoding every image
     assert main(["validate", str(card.path)]) == 1 and "'maybe' in 't_border'" in capsys.readouterr().out
     two = {"concept_truth": {"irregular border": "t_border", "dots": "t_dots"}}
-    misspelt = load_card(_with_columns(tmp_path / "c", "t_borders", ok, **two))
+    unannotated = load_card(_with_columns(tmp_path / "c", "age", ok, **two))
     with pytest.raises(ManifestError, match=r"has no column\(s\) t_border, which the card's concept_truth") as err:
         load_card(_with_columns(tmp_path / "d", "t_dots", ok, **two)).manifest()  # one of two: a misspelt name
     assert err.value.field == "line 1"
     # none of them: a manifest built without the annotations (a card may offer that) is read as not annotated
-    assert len(misspelt.manifest()) == len(ROWS)
+    assert len(unannotated.manifest()) == len(ROWS)
+
+
+@pytest.mark.parametrize("written", ["t_borders", "T_Border"])
+def test_every_truth_column_misspelt_is_named_not_read_as_unannotated(tmp_path, written):
+    """A card whose truth column the manifest spells otherwise (a letter, the case) was read as not
+    annotated, with one warning: its runs measured no faithfulness, and `cbm validate` found no problem."""
+    card = load_card(_with_columns(tmp_path, written, ["1", "0"] * 4, concept_truth={"irregular border": "t_border"}))
+    with pytest.raises(ManifestError, match=rf"has no column\(s\) t_border, .*'t_border' may be '{written}'") as err:
+        card.manifest()
+    assert err.value.field == "line 1" and "correct the names in the card's concept_truth" in str(err.value)
 
 
 def test_a_patient_in_two_splits_is_a_leak(tmp_path):

@@ -3,6 +3,7 @@ or not annotated, read the same way when the manifest is checked and when a run 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -45,15 +46,24 @@ def check_truth_header(path: Path, header: Sequence[str], truth_columns: Sequenc
     without the annotations, as a card may offer: its runs measure no faithfulness, and say why).
     Raises ManifestError when it has some but not all (a misspelt name)."""
     missing = [c for c in truth_columns if c not in header]
-    if missing and len(missing) == len(truth_columns):
+    near = {c: _near(c, header) for c in missing}
+    if missing and len(missing) == len(truth_columns) and not any(near.values()):
         log.warning("manifest %s has none of the concept truth columns its card names (%s, ...): it is read as not "
-                    "annotated", path, missing[0])
+                    "annotated (if it holds them under other names, correct the card's concept_truth)", path, missing[0])
         return []
-    if missing:
+    if missing:  # some there, or all misspelt (a column of that name in another case or spelling)
+        meant = "; ".join(f"{quote(c, 60)} may be {quote(n, 60)}" for c, n in near.items() if n)
         raise ManifestError(path, f"has no column(s) {quote(', '.join(missing))[1:-1]}, which the card's concept_truth "
-                                  f"names (header: {quote(','.join(header))[1:-1]})",
+                                  f"names (header: {quote(','.join(header))[1:-1]}{'; ' + meant if meant else ''})",
                             "Add the column(s), or correct the names in the card's concept_truth", field="line 1")
     return list(truth_columns)
+
+
+def _near(column: str, header: Sequence[str]) -> str | None:
+    """The header's column that ``column`` most likely misspells (another case, a letter or two), if any."""
+    cased = [h for h in header if h.casefold() == column.casefold()]
+    close = cased or difflib.get_close_matches(column, list(header), n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 def bad_truth_columns(record: Mapping[str, str], truth_columns: Sequence[str]) -> list[str]:
