@@ -315,3 +315,13 @@ def test_a_missing_file_and_an_unknown_split_name_say_what_was_probably_meant(tm
     assert f"it names a file from the current folder {tmp_path}" in problems["missing_file"]
     assert "'validation' (line 7: did you mean 'val'?)" in problems["unknown_split"]
     assert "'Test' (line 8: did you mean 'test'?)" in problems["unknown_split"]
+
+
+def test_a_class_without_test_images_is_noted(tmp_path):
+    """A test split without a class: a run reported its class averages over the others (macro-F1 100 %
+    with one class left) and no AUROC, and `cbm validate` said nothing of it."""
+    folder = make_card(tmp_path / "toy", rows=ROWS)
+    lines = (folder / "manifest.csv").read_text().splitlines()
+    (folder / "manifest.csv").write_text("\n".join(r for r in lines if ",nevus,test" not in r) + "\n")
+    summary = load_card(folder).validate().summary()
+    assert "note: no test image of nevus: a run measures nothing of it on test" in summary

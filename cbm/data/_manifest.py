@@ -128,6 +128,10 @@ class ManifestReport:
         if unseen:  # not a problem of the rows, but cbm run and cbm.fit refuse it
             lines.append(f"  note: no validation image of {', '.join(unseen)}: the head is chosen on val, so a run "
                          "refuses this card until val holds every class (`cbm make-splits` splits each class)")
+        untested = [c for c, n in self.counts.get("test", {}).items() if not n]
+        if untested:  # a run goes on, and its test figures average over the classes test holds
+            lines.append(f"  note: no test image of {', '.join(untested)}: a run measures nothing of it on test (the "
+                         "class averages leave it out; with one class left, test AUROC is not measured)")
         for c, n in self.few_images().items():
             lines.append(f"  note: few images of {c} ({', '.join(f'{s} {k}' for s, k in n.items())}): the head can "
                          f"hardly learn a class from under {FEW_TRAIN} training images, nor validation judge it on "
