@@ -325,3 +325,13 @@ def test_a_class_without_test_images_is_noted(tmp_path):
     (folder / "manifest.csv").write_text("\n".join(r for r in lines if ",nevus,test" not in r) + "\n")
     summary = load_card(folder).validate().summary()
     assert "note: no test image of nevus: a run measures nothing of it on test" in summary
+
+
+def test_unnamed_columns_of_a_spreadsheet_export_are_named_as_such(tmp_path):
+    """Two empty columns at the end of the header (a spreadsheet's export) were reported as "repeats the
+    column(s)  in its header", naming nothing."""
+    (tmp_path / "m.csv").write_text("path,label,split,,\na.png,nevus,train,,\n")
+    with pytest.raises(ManifestError, match=r"has 2 columns without a name in its header \(columns 4, 5\).*Delete the "
+                                            r"unnamed columns") as err:
+        read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
+    assert str(tmp_path / "m.csv") in str(err.value) and err.value.field == "line 1"

@@ -53,7 +53,13 @@ def read_manifest_csv(
             + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
         )
     if len(set(header)) != len(header):
-        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
+        dupes = sorted(c for c, n in Counter(header).items() if n > 1 and c)
+        if header.count("") > 1:  # a spreadsheet exports the empty columns it once formatted
+            unnamed = ", ".join(str(i + 1) for i, c in enumerate(header) if not c)
+            raise ManifestError(path, f"has {header.count('')} columns without a name in its header (columns {unnamed})"
+                                + (f" and repeats the column(s) {quote(', '.join(dupes))[1:-1]}" if dupes else ""),
+                                "Delete the unnamed columns (a spreadsheet may export empty ones), or name each",
+                                field="line 1")
         raise ManifestError(path, f"repeats the column(s) {quote(', '.join(dupes))[1:-1]} in its header", "Keep one of each",
                             field="line 1")
     records: list[tuple[int, dict[str, str]]] = []
