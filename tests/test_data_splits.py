@@ -548,6 +548,8 @@ def test_card_without_split_rule(tmp_path):
         ({"label": {"column": "dx", "map": {"mel": "melanoma"}}}, "never produces"),
         ({"label": {"column": "dx", "map": {"mel": "cat", "nv": "dog"}}}, "not classes of the card"),
         ({"split": {"method": "random", "fractions": {"train": 0.9, "val": 0.2}}}, "sum to 1"),
+        ({"split": {"method": "random", "fractions": {"train": 0.6, "val": 0.4}}}, "split writes no test split"),
+        ({"split": {"method": "column", "column": "s", "map": {"a": "train", "b": "test"}}}, "writes no val split"),
         ({"split": {"method": "shuffle"}}, "split.method must be random, column, lists or confounded"),
         ({"paths": "{x}"}, "make_splits.paths"),
         ({"patient": "patient_id", "keep": ["age", "patient_id"]}, "keep names 'patient_id', the rule's patient column"),

@@ -418,6 +418,16 @@ class SplitRule(_Rule):
     _layout_name: str = PrivateAttr("default")
 
     @model_validator(mode="after")
+    def _writes_every_split_a_run_needs(self) -> SplitRule:
+        """A rule that writes no val or test split makes a manifest every run refuses."""
+        absent = [n for n in ("train", "val", "test") if n not in self.split_names()]
+        if absent:
+            raise ValueError(f"split writes no {', '.join(absent)} split, which every run needs (train and val to fit "
+                             "and choose, test to measure); give it a share (split.fractions, split.map, or "
+                             "val_from_train for val)")
+        return self
+
+    @model_validator(mode="after")
     def _keep_no_identifier(self) -> SplitRule:
         """``keep`` copies columns into the manifest in clear: never the patient column (the manifest
         holds its salted key) nor a column named as an identifier."""
