@@ -335,3 +335,13 @@ def test_unnamed_columns_of_a_spreadsheet_export_are_named_as_such(tmp_path):
                                             r"unnamed columns") as err:
         read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
     assert str(tmp_path / "m.csv") in str(err.value) and err.value.field == "line 1"
+
+
+def test_excels_separator_hint_above_the_header_is_named(tmp_path):
+    """Excel may write a first line "sep=," above the header: the error quoted it as the header and said
+    only which columns a manifest needs."""
+    (tmp_path / "m.csv").write_text("sep=,\r\npath,label,split\r\na.png,nevus,train\r\n")
+    with pytest.raises(ManifestError, match=r"its first line is Excel's separator hint 'sep=,', not the header: delete "
+                                            r"that line") as err:
+        read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
+    assert str(tmp_path / "m.csv") in str(err.value)

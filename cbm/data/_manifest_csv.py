@@ -109,6 +109,8 @@ def _carriage_return_splitting(path: Path, line: int) -> int | None:
 def _header_note(header: list[str], missing: list[str]) -> str:
     """Why a header lacks columns: a spreadsheet saved with ';' (a decimal-comma locale) or tabs, or
     names in another case (``Path``)."""
+    if header and header[0].lower().startswith("sep="):  # Excel's separator hint, written above the header
+        return f"; its first line is Excel's separator hint {quote(','.join(header), 20)}, not the header: delete that line"
     for sep, name in ((";", "';'"), ("\t", "tabs"), ("|", "'|'")):
         if len(header) == 1 and sep in header[0]:
             return f"; its columns are separated by {name}, not commas: save it as comma-separated CSV"
