@@ -92,7 +92,7 @@ def test_a_path_the_file_system_refuses_is_a_row_problem(tmp_path, name):
      "line 3 holds a carriage return (\\r) inside it, which ends its row there"),
     # a stray \r that splits no row (here it only adds an empty line) is not blamed for another row's fields
     ("path,label,split\na.png,nevus,train,extra\nb.png,nevus,train\r\r\n", "line 2", "has 4 field(s) but the header has 3"),
-    (b"path,label,split\n\xff.png,nevus,train\n", None, "is not UTF-8 text (byte 17)"),
+    (b"path,label,split\n\xff.png,nevus,train\n", "line 2", "is not UTF-8 text (byte 0xff at offset 17"),
     ("path,label,split\n" + "y" * 200_000 + ",nevus,train\n", "line 2", "is not a valid CSV (field larger than field limit"),
 ])
 def test_malformed_csv_is_a_manifest_error_naming_the_line(tmp_path, content, field, fragment):
@@ -345,3 +345,15 @@ def test_excels_separator_hint_above_the_header_is_named(tmp_path):
                                             r"that line") as err:
         read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
     assert str(tmp_path / "m.csv") in str(err.value)
+
+
+def test_a_manifest_not_in_utf8_names_its_encoding_or_line(tmp_path):
+    """A Latin-1 or Windows export was "not UTF-8 text (byte 51)": the offset, read as a byte, and no line;
+    a UTF-16 export ("Unicode text") was "byte 0"."""
+    (tmp_path / "m.csv").write_bytes("path,label,split\na.png,nevus,train\né.png,nevus,train\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"is not UTF-8 text \(byte 0xe9 at offset 35.*CSV UTF-8") as err:
+        read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)
+    assert err.value.field == "line 3"
+    (tmp_path / "m.csv").write_bytes("path,label,split\na.png,nevus,train\n".encode("utf-16"))
+    with pytest.raises(ManifestError, match=r"is UTF-16 text .*not UTF-8"):
+        read_manifest(tmp_path / "m.csv", class_names=["nevus", "melanoma"], image_root=tmp_path, check_files=False)

@@ -16,6 +16,8 @@ from cbm.errors import ManifestError, quote
 
 __all__ = ["read_manifest_csv", "salted_patient_key", "write_manifest"]
 
+_NEWLINE = b"\n"
+
 
 def read_manifest_csv(
     path: Path, *, required: Sequence[str], group_column: str | None
@@ -26,7 +28,7 @@ def read_manifest_csv(
             raise FileNotFoundError(f"manifest not found: {path}")
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError(path, f"is not UTF-8 text (byte {exc.start})", "Save it as a UTF-8 CSV") from None
+        raise _not_utf8(path, exc) from None
     except (OSError, ValueError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -85,6 +87,18 @@ def read_manifest_csv(
     except csv.Error as exc:
         raise ManifestError(path, f"is not a valid CSV ({exc})", "Fix the quoting there", field=f"line {reader.line_num}") from None
     return header, records
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> ManifestError:
+    """The error for a manifest that is not UTF-8: UTF-16 (a spreadsheet's "Unicode text"), or the line
+    and byte of the first character that is not, as a Windows or Latin-1 export writes an accent."""
+    data = exc.object if isinstance(exc.object, bytes) else b""
+    fix = "Save it as a UTF-8 CSV (a spreadsheet's \"CSV UTF-8\")"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return ManifestError(path, "is UTF-16 text (a spreadsheet's \"Unicode text\" export), not UTF-8", fix)
+    return ManifestError(path, f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}, as a Windows or "
+                               "Latin-1 export writes an accented letter)", fix,
+                         field=f"line {data.count(_NEWLINE, 0, exc.start) + 1}")
 
 
 def _carriage_return_splitting(path: Path, line: int) -> int | None:
