@@ -240,3 +240,13 @@ def test_validate_fails_a_manifest_a_run_refuses_for_a_class_without_validation_
     assert "no problems found\n" not in out and "a run refuses this manifest" in out
     code, _, err = run(capsys, "validate", str(card), "--no-read", "--strict")
     assert code == 2 and "no validation image of class(es) melanoma" in err and str(manifest) in err
+
+
+def test_python_dash_m_cbm_is_the_cbm_command():
+    # for an environment whose scripts folder is not on PATH (a venv not activated, a notebook)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cbm", "cards"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ham10000" in proc.stdout
