@@ -247,6 +247,10 @@ def test_masks_of_another_world_version_are_refused(small, tmp_path):
     (folder / "masks" / "masks.json").write_text(json.dumps({**record, "render_version": 1}))
     with pytest.raises(ValueError, match="render version 1.*draw the dataset again"):
         read_masks(folder, "train/000000.png")
+    # masks drawn before a mask fix (same pictures, other masks) are refused too
+    (folder / "masks" / "masks.json").write_text(json.dumps({k: v for k, v in record.items() if k != "mask_version"}))
+    with pytest.raises(ValueError, match="mask version None.*draw the dataset again"):
+        read_masks(folder, "train/000000.png")
     shutil.rmtree(folder / "masks")
     with pytest.raises(FileNotFoundError, match="has no masks"):
         read_masks(folder, "train/000000.png")

@@ -90,3 +90,34 @@ def test_colour_cast_tints_the_whole_image():
     tinted = render_scene(_scene(cast=(1.06, 0.94, 1.06)), 64).astype(np.float32)
     ratio = tinted.reshape(-1, 3).mean(0) / plain.reshape(-1, 3).mean(0)
     assert ratio[0] > 1.03 and ratio[1] < 0.97 and ratio[2] > 1.03
+
+
+def test_a_mask_leaves_out_what_later_paint_covers():
+    """The network and the colour regions under the structureless patch or a later colour region
+    no longer show there, so their masks (the pointing game's truth) must leave those pixels out."""
+    lesion = Lesion(1, 2, ("light brown", "dark brown", "red", "blue-grey"), ("pigment network", "structureless areas"),
+                    7.5, "light brown")
+    image, masks = render_scene(_scene(lesion, seed=5), 128, masks=True)
+    patch = masks["structureless areas"]
+    assert patch.sum() > 200
+    for name in ("pigment network", "light brown", "dark brown", "red", "blue-grey"):
+        assert masks[name].any(), name
+        assert not (masks[name] & patch).any(), name
+    for colour in ("dark brown", "red", "blue-grey"):
+        assert not (masks["pigment network"] & masks[colour]).any(), colour
+    # where the network mask is, the network's dark lines show: darker than the rest of the base colour
+    rest = masks["light brown"] & ~masks["pigment network"]
+    assert image[masks["pigment network"]].mean() < image[rest].mean() - 20
+
+
+def test_the_ruler_and_the_ink_cover_the_lesion_masks():
+    big = Lesion(2, 8, ("light brown", "red", "white"), ("pigment network", "dots", "streaks"), 8.0, "light brown")
+    covered = 0
+    for seed in range(40):
+        for cue in ("ruler", "ink"):
+            _, bare = render_scene(_scene(big, seed=seed), 96, masks=True)
+            _, marked = render_scene(_scene(big, seed=seed, cue=cue), 96, masks=True)
+            covered += int((bare["lesion"] & marked[cue]).any())
+            for name in ("lesion", "irregular border", "light brown", "red", "white", "pigment network", "streaks"):
+                assert not (marked[name] & marked[cue]).any(), (seed, cue, name)
+    assert covered > 0  # some lesion reached under a mark

@@ -16,11 +16,11 @@ The marked count of each (split, class) is exactly ``round(q * count)``, so the 
 every split is the requested one up to rounding. Everything is a pure function of the
 parameters and the seed: image ``i`` is drawn from its own random stream ``(seed, 0, i)``.
 
-Beside each image, ``masks/<split>/<index>.png`` holds where every drawn thing is, so a concept
+Beside each image, ``masks/<split>/<index>.png`` holds where every drawn thing shows, so a concept
 map can be scored against the truth (the pointing game): a 16-bit greyscale PNG whose pixel value
 has bit ``k`` set where the ``k``-th name of ``masks.json``'s ``names`` is drawn (the lesion, its
 irregular border segments, each colour and structure, the ruler, the ink; see
-:data:`cbm.demo.render.MASK_NAMES`). ``masks.json`` also records the render version, and
+:data:`cbm.demo.render.MASK_NAMES`). ``masks.json`` also records the render and mask versions, and
 :func:`read_masks` refuses masks of another one. The manifest holds every concept of the card's
 concept store as a 0/1 truth column (``truth_<concept>``), named in the card's ``concept_truth``.
 
@@ -46,7 +46,8 @@ import numpy as np
 from PIL import Image
 
 from cbm.demo.corpus import DATASET_STREAM
-from cbm.demo.render import MARKED_CAST, MASK_NAMES, RENDER_VERSION, UNMARKED_CAST, render_scene
+from cbm.demo.masks import MASKS_FOLDER, MASKS_RECORD, mask_png, masks_record, read_masks
+from cbm.demo.render import MARKED_CAST, MASK_VERSION, RENDER_VERSION, UNMARKED_CAST, render_scene
 from cbm.demo.world import (
     CLASS_DESCRIPTIONS,
     COLOURS,
@@ -84,8 +85,6 @@ MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
 _FORMAT = 5  # bump when the manifest, card, store or mask layout changes (3: truth columns, masks; 4: a concept
 # added to the store; 5: tan pigment and pigment network listed under melanoma, as the rule counts them)
-MASKS_FOLDER = "masks"
-_MASKS_RECORD = "masks.json"
 
 MANIFEST_COLUMNS = (
     "path", "label", "split", "cue", "cue_kind", "tds", "asymmetry", "border", "n_colours", "n_structures",
@@ -237,49 +236,13 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _mask_png(masks: dict[str, np.ndarray]) -> np.ndarray:
-    """The masks as one uint16 image: bit ``k`` set where ``MASK_NAMES[k]`` is drawn."""
-    bits = np.zeros(next(iter(masks.values())).shape, np.uint16)
-    for k, name in enumerate(MASK_NAMES):
-        bits |= masks[name].astype(np.uint16) << k
-    return bits
-
-
 def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
     items, folder, size = args
     for item in items:
         pixels, masks = render_scene(item.scene, size, masks=True)
-        _write_png(Path(folder) / MASKS_FOLDER / item.path, _mask_png(masks))
+        _write_png(Path(folder) / MASKS_FOLDER / item.path, mask_png(masks))
         _write_png(Path(folder) / "images" / item.path, pixels)  # last: an image on disk has its mask
     return len(items)
-
-
-def read_masks(folder: str | os.PathLike, path: str) -> dict[str, np.ndarray]:
-    """The boolean masks ``{name: (H, W)}`` of image ``path`` (as the manifest writes it) of the
-    demo dataset in ``folder``.
-
-    Raises:
-        FileNotFoundError: the dataset has no masks (made before they existed: draw it again).
-        ValueError: the masks were drawn by another render version or another layout (the world
-            changed since: draw the dataset again with ``cbm demo make --overwrite``).
-    """
-    folder = Path(folder)
-    record_path = folder / MASKS_FOLDER / _MASKS_RECORD
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} has no masks ({record_path} is missing); draw the dataset again "
-                                "with `cbm demo make --out DIR --overwrite`") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{record_path} is unreadable ({exc}); draw the dataset again with `cbm demo make`") from None
-    if record.get("render_version") != RENDER_VERSION or list(record.get("names", [])) != list(MASK_NAMES):
-        raise ValueError(
-            f"the masks in {folder / MASKS_FOLDER} are from render version {record.get('render_version')!r} with names "
-            f"{record.get('names')!r}; this cbm draws version {RENDER_VERSION} with {list(MASK_NAMES)}: the world "
-            "changed since, so draw the dataset again (`cbm demo make --out DIR --overwrite`)"
-        )
-    bits = np.asarray(Image.open(folder / MASKS_FOLDER / path)).astype(np.uint32)
-    return {name: (bits >> k) & 1 == 1 for k, name in enumerate(MASK_NAMES)}
 
 
 def _chunks(items: list[DemoItem], k: int) -> Iterator[list[DemoItem]]:
@@ -332,7 +295,7 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
 
 def _params(n: int, confounding: float, classes: int, seed: int, size: int) -> dict:
     return {"n": int(n), "confounding": float(confounding), "classes": int(classes), "seed": int(seed),
-            "size": int(size), "render_version": RENDER_VERSION, "format": _FORMAT}
+            "size": int(size), "render_version": RENDER_VERSION, "mask_version": MASK_VERSION, "format": _FORMAT}
 
 
 def _read_record(out_dir: Path) -> dict | None:
@@ -399,10 +362,7 @@ def make_dataset(
     for part in ("images", MASKS_FOLDER):
         for split in SPLITS:
             (out_dir / part / split).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / MASKS_FOLDER / _MASKS_RECORD, {
-        "names": list(MASK_NAMES), "render_version": RENDER_VERSION,
-        "encoding": "16-bit greyscale PNG per image, same path as the image; bit k set where names[k] is drawn",
-    })
+    atomic_write_json(out_dir / MASKS_FOLDER / MASKS_RECORD, masks_record())
     todo = [it for it in items if not all((out_dir / part / it.path).is_file() for part in ("images", MASKS_FOLDER))]
     if len(todo) < len(items):
         log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))

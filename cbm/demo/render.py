@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from cbm.demo.world import COLOURS, FIELD_OF_VIEW_MM, STRUCTURES, Scene
 
-__all__ = ["render_scene", "RENDER_VERSION", "MASK_NAMES", "COLOUR_RGB", "MARKED_CAST", "UNMARKED_CAST"]
+__all__ = ["render_scene", "RENDER_VERSION", "MASK_VERSION", "MASK_NAMES", "COLOUR_RGB", "MARKED_CAST", "UNMARKED_CAST"]
 
 COLOUR_RGB: dict[str, tuple[float, float, float]] = {
     "light brown": (0.76, 0.54, 0.32),
@@ -50,9 +50,15 @@ MASK_NAMES: tuple[str, ...] = ("lesion", "irregular border", *COLOURS, *STRUCTUR
 """What :func:`render_scene` can return a mask of: the lesion, its irregular border segments, the six
 colours and five structures of the ABCD rule (the world's names, e.g. "light brown", "globules"),
 and the two spurious marks."""
+_LESION_MASKS: tuple[str, ...] = MASK_NAMES[:-2]  # what the ruler and the ink can cover
 
 RENDER_VERSION = 6
 """Bumped whenever the drawing changes, so cached corpora and datasets are redrawn."""
+
+MASK_VERSION = 2
+"""Bumped whenever the masks change while the pictures do not (2: a mask leaves out what later paint
+covers: the network and colours under a colour region or the structureless patch, anything under the
+ruler or the ink), so demo datasets are redrawn and older masks refused."""
 
 _ANGLES = 1024  # resolution of the contour tables r(theta); a power of 2 for cheap wrapping
 
@@ -173,9 +179,11 @@ def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.nd
     """Draw ``scene`` as a ``(size, size, 3)`` uint8 RGB image (row 0 = top).
 
     With ``masks=True`` it returns ``(image, masks)``: a boolean ``(size, size)`` mask per name of
-    :data:`MASK_NAMES` where that thing is drawn (its paint's alpha above one half): the lesion,
-    its irregular border segments (the dark rim), each colour region (the base colour where no
-    other colour covers it), each structure, the ruler and the ink marks. Absent things have
+    :data:`MASK_NAMES` where that thing shows in the image (its paint's alpha, less what later
+    paint covers, above one half): the lesion, its irregular border segments (the dark rim), each
+    colour region (the base colour where no other colour or the structureless patch covers it), each
+    structure, the ruler and the ink marks. A network or colour under a later colour region or the
+    structureless patch, and anything under the ruler or the ink, is left out. Absent things have
     empty masks.
 
     One long function on purpose: every random draw comes from the scene's own stream in a fixed
@@ -260,8 +268,12 @@ def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.nd
         if colour in COLOUR_RGB and colour.endswith("brown"):
             # the second brown takes a whole side of the lesion: a two-tone lesion, not a speck
             rel, br = 0.45, (0.5 + 0.06 * blob_draws[k, 2]) * radius
+        blob = np.zeros((size, size), np.float32) if masks else None
         _paint_discs(img, [lesion_point(rel, angle)], br, COLOUR_RGB[colour], 0.92 * inside, size, soft=0.25 * br,
-                     record=record(colour))
+                     record=blob)
+        if masks:  # the region hides the network and the colour regions painted before it
+            _occlude(drawn, blob, ("pigment network", *extra[:k]))
+            drawn[colour] = np.maximum(drawn[colour], blob)
 
     # Structureless area: a pale, flat, texture-free zone in the middle that erases other structures.
     sl_angle = rng.uniform(0.0, 2 * np.pi)
@@ -272,7 +284,8 @@ def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.nd
         _paint_discs(patch, [centre], sl_size * radius, (1.0,), 1.0, size, soft=0.06 * radius)
         patch = patch[0] * inside
         _paint(img, patch, 0.1 * base + 0.9 * _STRUCTURELESS_RGB)
-        if masks:
+        if masks:  # painted over the network and the colour regions: they no longer show there
+            _occlude(drawn, patch, ("pigment network", *extra))
             drawn["structureless areas"] = patch
         free = free * (1.0 - patch)
 
@@ -307,10 +320,13 @@ def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.nd
     if scene.cue == "ruler":
         body = _draw_ruler(img, ruler_side, ruler_offset, size)
         if masks:
+            _occlude(drawn, body, _LESION_MASKS)
             drawn["ruler"] = body
     elif scene.cue == "ink":
         ring = [lesion_point(ink_rel, ink_start + 2 * np.pi * k / ink_n) for k in range(ink_n)]
         _paint_discs(img, np.clip(np.array(ring), 0.03, 0.97), 0.024, _INK_RGB, 0.95, size, record=record("ink"))
+        if masks:
+            _occlude(drawn, drawn["ink"], _LESION_MASKS)
 
     # Hair: thin dark curves across the image.
     hair_draws = rng.uniform(0.0, 1.0, size=(8, 6))
@@ -343,10 +359,17 @@ def render_scene(scene: Scene, size: int = 128, *, masks: bool = False) -> np.nd
     image = np.clip(out + noise * (noise_level * 255.0) + 0.5, 0, 255).astype(np.uint8)
     if not masks:
         return image
-    if lesion.base_colour in drawn:  # the base colour shows where no other colour region covers it
-        others = np.max([drawn[c] for c in lesion.colours if c != lesion.base_colour] or [np.zeros_like(inside)], axis=0)
-        drawn[lesion.base_colour] = inside * (1.0 - others)
+    if lesion.base_colour in drawn:  # the base colour shows where no colour region, pale patch or mark covers it
+        cover = [drawn[c] for c in lesion.colours if c != lesion.base_colour] + [drawn["structureless areas"]]
+        drawn[lesion.base_colour] = drawn["lesion"] * (1.0 - np.max(cover, axis=0))
     return image, {name: drawn[name] > 0.5 for name in MASK_NAMES}
+
+
+def _occlude(drawn: dict[str, np.ndarray], alpha: np.ndarray, names: tuple[str, ...] | list[str]) -> None:
+    """Masks ``names`` lose what paint of opacity ``alpha`` (H, W) now covers: a mask says where its
+    thing shows in the image, not where it was painted before something else went over it."""
+    for name in names:
+        drawn[name] = drawn[name] * (1.0 - alpha)
 
 
 def _draw_ruler(img: np.ndarray, side: int, offset: float, size: int) -> np.ndarray:
