@@ -147,6 +147,32 @@ def test_a_complete_dataset_that_lost_an_image_draws_it_again(tmp_path):
     assert lost.read_bytes() == pixels
 
 
+def test_a_reused_dataset_that_lost_its_masks_record_or_store_gets_them_back(tmp_path):
+    """read_masks' advice (run `cbm demo make` again) must work: the reused folder writes them again."""
+    from cbm.demo.dataset import read_masks
+
+    out = tmp_path / "ds"
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    store = (out / "concepts.json").read_text()
+    (out / "masks" / "masks.json").unlink()
+    (out / "concepts.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no masks"):
+        read_masks(out, "train/000000.png")
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False, overwrite=True)
+    assert read_masks(out, "train/000000.png")["lesion"].any()
+    assert json.loads((out / "concepts.json").read_text())["by_class"] == json.loads(store)["by_class"]
+    assert stamp == {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}  # nothing redrawn
+    # a damaged record is written again too; a store the user edited is left as it is
+    (out / "masks" / "masks.json").write_text("{")
+    edited = json.loads(store)
+    edited["by_class"]["melanoma"]["concepts"].append("my own concept")
+    (out / "concepts.json").write_text(json.dumps(edited))
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    assert read_masks(out, "train/000000.png")["lesion"].any()
+    assert json.loads((out / "concepts.json").read_text()) == edited
+
+
 def test_small_splits_keep_the_cue_rate_where_a_closer_count_exists():
     items = plan_dataset(n=200, confounding=0.97, classes=2, seed=0)  # val and test_id: 30 images each
     for split in ("val", "test_id"):

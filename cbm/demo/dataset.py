@@ -322,7 +322,8 @@ def make_dataset(
     Args:
         out_dir: the dataset folder; created if missing. It must be empty or a folder this
             function wrote before (one with other parameters only with ``overwrite``); a complete
-            one is reused, after checking that every image is still there.
+            one is reused, after checking that every image is still there (a lost ``masks.json`` or
+            ``concepts.json`` is written again).
         n: number of images (50/15/15/20 train/val/test_id/test).
         confounding: probability that the cue goes with the malignant class in train, val and
             test_id (reversed in test); 0.5 means no association.
@@ -352,6 +353,7 @@ def make_dataset(
             if card_path.read_text(encoding="utf-8") != card_text:  # a card field added since it was drawn
                 log.info("demo dataset %s: card.yaml rewritten from its parameters", out_dir)
                 atomic_write_text(card_path, card_text)
+            _restore_records(out_dir, classes)
             return card_path
         log.warning("demo dataset %s lacks %d of its images (e.g. %s); drawing them again", out_dir, len(missing), missing[0])
     _clear_for(out_dir, record, key, overwrite)
@@ -380,6 +382,24 @@ def make_dataset(
     atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": True})
     log.info("demo dataset: %d images in %s", n, out_dir)
     return card_path
+
+
+def _restore_records(out_dir: Path, classes: int) -> None:
+    """In a complete dataset being reused: write ``masks/masks.json`` again if it was lost or damaged
+    (:func:`read_masks` needs it; the folder's key already says its masks are of this render and mask
+    version), and ``concepts.json`` if it was lost (an existing store is left as it is: it may hold
+    the user's own lists)."""
+    record_path = out_dir / MASKS_FOLDER / MASKS_RECORD
+    try:
+        current = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
+    if current != masks_record():
+        log.info("demo dataset %s: %s written again", out_dir, record_path)
+        atomic_write_json(record_path, masks_record())
+    if not (out_dir / "concepts.json").exists():
+        log.info("demo dataset %s: concepts.json written again", out_dir)
+        _write_concepts(out_dir, classes)
 
 
 def _clear_for(out_dir: Path, record: dict | None, key: str, overwrite: bool) -> None:

@@ -52,10 +52,11 @@ def read_masks(folder: str | os.PathLike, path: str) -> dict[str, np.ndarray]:
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} has no masks ({record_path} is missing); draw the dataset again "
-                                "with `cbm demo make --out DIR --overwrite`") from None
+        raise FileNotFoundError(f"{folder} has no masks ({record_path} is missing); run `cbm demo make` on it again "
+                                "with its parameters (the `obtain` line of its card.yaml): it writes what is missing") from None
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{record_path} is unreadable ({exc}); draw the dataset again with `cbm demo make`") from None
+        raise ValueError(f"{record_path} is unreadable ({exc}); run `cbm demo make` on the folder again with its "
+                         "parameters (the `obtain` line of its card.yaml)") from None
     if (record.get("render_version") != RENDER_VERSION or record.get("mask_version") != MASK_VERSION
             or list(record.get("names", [])) != list(MASK_NAMES)):
         raise ValueError(
