@@ -173,6 +173,14 @@ def test_a_reused_dataset_that_lost_its_masks_record_or_store_gets_them_back(tmp
     assert json.loads((out / "concepts.json").read_text()) == edited
 
 
+def test_an_out_folder_that_is_a_file_or_cannot_be_written_is_named_with_the_fix(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder; give --out"):
+        make_dataset(tmp_path / "afile", n=36, size=24, workers=1, progress=False)
+    with pytest.raises(OSError, match=r"cannot write the demo dataset into .*afile.sub .*choose a folder you can write"):
+        make_dataset(tmp_path / "afile" / "sub", n=36, size=24, workers=1, progress=False)
+
+
 def test_small_splits_keep_the_cue_rate_where_a_closer_count_exists():
     items = plan_dataset(n=200, confounding=0.97, classes=2, seed=0)  # val and test_id: 30 images each
     for split in ("val", "test_id"):

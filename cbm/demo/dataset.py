@@ -356,9 +356,7 @@ def make_dataset(
             _restore_records(out_dir, classes)
             return card_path
         log.warning("demo dataset %s lacks %d of its images (e.g. %s); drawing them again", out_dir, len(missing), missing[0])
-    _clear_for(out_dir, record, key, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / _RECORD, {"key": key, "params": params, "complete": False})
+    _start(out_dir, record, {"key": key, "params": params, "complete": False}, overwrite)
 
     items = plan_dataset(n, confounding, classes, seed)
     for part in ("images", MASKS_FOLDER):
@@ -400,6 +398,21 @@ def _restore_records(out_dir: Path, classes: int) -> None:
     if not (out_dir / "concepts.json").exists():
         log.info("demo dataset %s: concepts.json written again", out_dir)
         _write_concepts(out_dir, classes)
+
+
+def _start(out_dir: Path, record: dict | None, new_record: dict, overwrite: bool) -> None:
+    """Make ``out_dir`` ready for drawing (see :func:`_clear_for`) and mark it incomplete; a file in
+    the way or a folder that cannot be written is named with the fix."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder; give --out (out_dir) a new or empty folder, "
+                                 "or one holding an earlier demo dataset")
+    _clear_for(out_dir, record, new_record["key"], overwrite)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / _RECORD, new_record)
+    except OSError as exc:
+        raise OSError(f"cannot write the demo dataset into {out_dir} ({exc.strerror or exc}); choose a folder "
+                      "you can write (--out)") from exc
 
 
 def _clear_for(out_dir: Path, record: dict | None, key: str, overwrite: bool) -> None:
