@@ -181,6 +181,22 @@ def test_an_out_folder_that_is_a_file_or_cannot_be_written_is_named_with_the_fix
         make_dataset(tmp_path / "afile" / "sub", n=36, size=24, workers=1, progress=False)
 
 
+def test_a_folder_an_earlier_cbm_drew_with_the_same_parameters_is_not_said_to_have_other_ones(tmp_path):
+    out = tmp_path / "ds"
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    record = json.loads((out / "demo.json").read_text())
+    params = {k: v for k, v in record["params"].items() if k != "mask_version"}  # as cbm wrote it before masks v2
+    (out / "demo.json").write_text(json.dumps({**record, "key": "0" * 16, "params": {**params, "format": 4}}))
+    with pytest.raises(FileExistsError, match=r"as an earlier cbm drew it .*'mask_version': None.*--overwrite") as err:
+        make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False)
+    assert "other parameters" not in str(err.value)
+    make_dataset(out, n=36, confounding=0.9, seed=2, size=24, workers=1, progress=False, overwrite=True)
+    assert json.loads((out / "demo.json").read_text())["params"] == record["params"]
+    # a parameter the user gave differs as well: that is what the message names
+    with pytest.raises(FileExistsError, match="other parameters"):
+        make_dataset(out, n=36, confounding=0.9, seed=5, size=24, workers=1, progress=False)
+
+
 def test_small_splits_keep_the_cue_rate_where_a_closer_count_exists():
     items = plan_dataset(n=200, confounding=0.97, classes=2, seed=0)  # val and test_id: 30 images each
     for split in ("val", "test_id"):

@@ -83,6 +83,7 @@ SPLITS = ("train", "val", "test_id", "test")
 SPLIT_FRACTIONS = (0.5, 0.15, 0.15, 0.2)
 MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
+_VERSIONS = {"render_version", "mask_version", "format"}  # in a dataset's parameters: what cbm, not the user, sets
 _FORMAT = 5  # bump when the manifest, card, store or mask layout changes (3: truth columns, masks; 4: a concept
 # added to the store; 5: tan pigment and pigment network listed under melanoma, as the rule counts them)
 
@@ -406,7 +407,7 @@ def _start(out_dir: Path, record: dict | None, new_record: dict, overwrite: bool
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is a file, not a folder; give --out (out_dir) a new or empty folder, "
                                  "or one holding an earlier demo dataset")
-    _clear_for(out_dir, record, new_record["key"], overwrite)
+    _clear_for(out_dir, record, new_record, overwrite)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / _RECORD, new_record)
@@ -415,9 +416,11 @@ def _start(out_dir: Path, record: dict | None, new_record: dict, overwrite: bool
                       "you can write (--out)") from exc
 
 
-def _clear_for(out_dir: Path, record: dict | None, key: str, overwrite: bool) -> None:
+def _clear_for(out_dir: Path, record: dict | None, new_record: dict, overwrite: bool) -> None:
     """Refuse a folder ``cbm demo make`` did not write, or one of other parameters unless ``overwrite``
-    (then empty it of what it wrote); a folder of the same parameters is resumed as it is."""
+    (then empty it of what it wrote); a folder of the same parameters is resumed as it is. One that
+    differs only in the versions of the drawing or the layout is said to be from another cbm."""
+    key = new_record["key"]
     if not (out_dir.exists() and any(out_dir.iterdir())):
         return
     if record is None:
@@ -426,9 +429,16 @@ def _clear_for(out_dir: Path, record: dict | None, key: str, overwrite: bool) ->
         )
     if record.get("key") == key:
         return
+    old, new = record.get("params") or {}, new_record["params"]
+    differ = {k: old.get(k) for k in new if old.get(k) != new[k]}
+    if not overwrite and differ and set(differ) <= _VERSIONS:
+        raise FileExistsError(
+            f"{out_dir} holds this demo dataset as an earlier cbm drew it ({differ}; this cbm draws "
+            f"{ {k: new[k] for k in differ} }); pass --overwrite (overwrite=True) to delete its images and draw it again"
+        )
     if not overwrite:
         raise FileExistsError(
-            f"{out_dir} holds a demo dataset with other parameters ({record.get('params')}); choose another "
+            f"{out_dir} holds a demo dataset with other parameters ({old}); choose another "
             "folder, or pass --overwrite (overwrite=True) to delete its images and draw the new one there"
         )
     log.info("demo dataset %s has other parameters (%s); redrawing it", out_dir, record.get("params"))
