@@ -49,10 +49,21 @@ def test_plan_is_deterministic_per_seed():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"confounding": 1.5}, r"\[0, 1\]"), ({"classes": 4}, "2 or 3"),
-                                           ({"n": 5}, "too small")])
+                                           ({"n": 5}, "too small"), ({"n": "100"}, "n='100' must be a whole number"),
+                                           ({"seed": 1.5}, "seed=1.5 must be a whole number"),
+                                           ({"seed": -1}, "seed=-1 must be 0 or more"),
+                                           ({"confounding": "0.9"}, r"confounding='0.9' must be a number in \[0, 1\]")])
 def test_bad_parameters_are_explained(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         make_dataset(tmp_path / "d", **{"n": 60, **kwargs})
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_whole_numbers_given_as_floats_make_the_same_dataset(tmp_path):
+    """A config may give n or size as 1e3 or 64.0; they crashed deep in numpy (a TypeError, not a message)."""
+    assert [it.scene for it in plan_dataset(60.0, 0.9, 2.0, seed=1.0)] == [it.scene for it in plan_dataset(60, 0.9, 2, 1)]
+    card = make_dataset(tmp_path / "d", n=36.0, confounding=0.9, seed=2.0, size=24.0, workers=1, progress=False)
+    assert "--n 36 --confounding 0.9 --classes 2 --seed 2 --size 24" in yaml.safe_load(card.read_text())["obtain"]
 
 
 @pytest.fixture(scope="module")

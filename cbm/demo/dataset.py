@@ -47,6 +47,7 @@ from PIL import Image
 
 from cbm.demo.corpus import DATASET_STREAM
 from cbm.demo.masks import MASKS_FOLDER, MASKS_RECORD, mask_png, masks_record, read_masks
+from cbm.demo.params import SPLIT_FRACTIONS, SPLITS, checked_parameters
 from cbm.demo.render import MARKED_CAST, MASK_VERSION, RENDER_VERSION, UNMARKED_CAST, render_scene
 from cbm.demo.world import (
     CLASS_DESCRIPTIONS,
@@ -79,8 +80,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test_id", "test")
-SPLIT_FRACTIONS = (0.5, 0.15, 0.15, 0.2)
 MARKED, UNMARKED = "marked", "unmarked"
 _RECORD = "demo.json"
 _VERSIONS = {"render_version", "mask_version", "format"}  # in a dataset's parameters: what cbm, not the user, sets
@@ -143,18 +142,6 @@ def card_name(classes: int) -> str:
     return "demo-derm" if classes == 2 else "demo-derm3"
 
 
-def _check(n: int, confounding: float, classes: int, size: int) -> None:
-    class_names(classes)
-    if not 0.0 <= confounding <= 1.0:
-        raise ValueError(f"confounding={confounding!r} must lie in [0, 1] (0.5 = no association, 0.95 = strong)")
-    if n < 3 * classes * len(SPLITS):
-        raise ValueError(
-            f"n={n} is too small for {classes} classes in {len(SPLITS)} splits; use n >= {3 * classes * len(SPLITS)}"
-        )
-    if not 16 <= size <= 1024:
-        raise ValueError(f"size={size} px is outside 16-1024")
-
-
 def _split_sizes(n: int) -> list[int]:
     sizes = [int(round(n * f)) for f in SPLIT_FRACTIONS[:-1]]
     return [*sizes, n - sum(sizes)]
@@ -200,7 +187,7 @@ def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, see
     Classes are balanced within each split. Malignant classes are marked with probability
     ``confounding`` in train, val and test_id and ``1 - confounding`` in test; benign nevi the other way.
     """
-    _check(n, confounding, classes, 128)
+    n, confounding, classes, seed, _ = checked_parameters(n, confounding, classes, seed, 128)
     names = class_names(classes)
     plan: list[tuple[str, str, str]] = []  # (split, label, cue) in index order
     for s, (split, count) in enumerate(zip(SPLITS, _split_sizes(n))):
@@ -338,7 +325,7 @@ def make_dataset(
     """
     import yaml
 
-    _check(n, confounding, classes, size)
+    n, confounding, classes, seed, size = checked_parameters(n, confounding, classes, seed, size)
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers={workers!r} must be at least 1 (or None for all cores)")
     out_dir = Path(out_dir)
@@ -493,5 +480,6 @@ def cached_dataset(
 ) -> Path:
     """The demo dataset with these parameters in cbm's cache (``$CBM_CACHE_DIR/demo/<key>``),
     drawn on first use; returns its ``card.yaml``."""
+    n, confounding, classes, seed, size = checked_parameters(n, confounding, classes, seed, size)
     key = stable_hash(_params(n, confounding, classes, seed, size))
     return make_dataset(cache_dir("demo", f"{card_name(classes)}-{key}"), n, confounding, classes, seed, size, **kwargs)
