@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from cbm.demo.dataset import SPLITS, make_dataset, plan_dataset
 from cbm.demo.world import abcd_label, class_names
@@ -206,6 +207,32 @@ def test_a_folder_an_earlier_cbm_drew_with_the_same_parameters_is_not_said_to_ha
     # a parameter the user gave differs as well: that is what the message names
     with pytest.raises(FileExistsError, match="other parameters"):
         make_dataset(out, n=36, confounding=0.9, seed=5, size=24, workers=1, progress=False)
+
+
+def test_two_writers_of_one_image_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    """Two processes drawing the same folder at once (a sweep's jobs on the cached demo dataset):
+    one finishing an image while the other is between writing and renaming it must not take the
+    other's temporary file away (the second rename failed: FileNotFoundError)."""
+    import os
+
+    import cbm.demo.dataset as dataset
+
+    target = tmp_path / "000000.png"
+    pixels = np.full((8, 8, 3), 7, np.uint8)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 1:  # the other writer does the whole image now, in between
+            dataset._write_png(target, pixels)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dataset.os, "replace", replace)
+    dataset._write_png(target, pixels)
+    assert len(set(map(str, calls))) == 2
+    monkeypatch.undo()
+    assert np.array_equal(np.asarray(Image.open(target)), pixels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.png"]  # no temporary file left
 
 
 def test_small_splits_keep_the_cue_rate_where_a_closer_count_exists():

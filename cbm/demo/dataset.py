@@ -31,12 +31,14 @@ when it holds files that ``cbm demo`` did not write.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, stable_hash
+from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, set_file_mode, stable_hash
 
 __all__ = [
     "SPLITS",
@@ -215,13 +217,22 @@ def plan_dataset(n: int = 6000, confounding: float = 0.95, classes: int = 2, see
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
-    """Write a PNG under a temporary name, then rename: a reader never sees half a file. (No fsync
-    per image: after a crash a missing image is simply drawn again on resume.)"""
+    """Write a PNG under a temporary name of its own, then rename: a reader never sees half a file,
+    and two processes drawing one folder at once (a sweep's jobs on the cached demo) do not write
+    into each other's temporary file. (No fsync per image: after a crash a missing image is simply
+    drawn again on resume.)"""
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        set_file_mode(fd)  # mkstemp makes it owner-only
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
