@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -41,3 +42,39 @@ def test_two_ranks_split_the_shards_and_rank_zero_merges(tmp_path):
     assert np.array_equal(merged.indices, single.indices)
     assert np.allclose(merged.features, single.features, atol=1e-6)
     assert [s.index for s in merged.skipped] == [12]
+
+
+_FAIL_ON_RANK_ONE = """
+import os, sys
+import cbm.encoders.registry
+if os.environ.get("RANK") == "1":  # this node cannot read the weights, say
+    def create_encoder(*args, **kwargs):
+        raise FileNotFoundError("weights missing on rank 1's node")
+    cbm.encoders.registry.create_encoder = create_encoder
+from cbm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_failing_before_the_extraction_stops_the_job_instead_of_hanging(tmp_path):
+    # rank 1 fails while rank 0 waits in the first collective; a barrier on rank 1's way out did not
+    # match rank 0's broadcast, and both waited for the process group's two-hour timeout
+    card_dir = write_image_card(tmp_path / "card", 6)
+    script = tmp_path / "fail_on_rank_one.py"
+    script.write_text(_FAIL_ON_RANK_ONE, encoding="utf-8")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+        "features", str(card_dir), "--encoder", f"{write_tiny_config(tmp_path)}@random",
+        "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress",
+    ]  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, so no rank is left waiting
+        proc.communicate()
+        raise AssertionError("the ranks were still waiting for each other after 150 s") from None
+    assert proc.returncode != 0
+    assert "cbm features: error: weights missing on rank 1's node" in err

@@ -68,6 +68,7 @@ def run_features(args: argparse.Namespace) -> int:
 
     card = load_card(args.card)
     created = distributed.init_from_env()
+    failed = True
     try:
         rank, world = distributed.rank_and_world()
         encoder = create_encoder(args.encoder, device=args.device, precision=args.precision)
@@ -103,9 +104,10 @@ def run_features(args: argparse.Namespace) -> int:
             print(f"encoder {encoder.name} ({encoder.precision} on {encoder.device}), cache key {encoder.cache_key}")
             if report:
                 print(report.summary())
+        failed = False
     finally:
-        if created:
-            distributed.shutdown()
+        if created:  # a rank that failed leaves without a barrier the others, elsewhere, would never match
+            distributed.shutdown(failed=failed)
     return 0
 
 

@@ -59,10 +59,16 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group (after a last barrier, so no rank exits while others still talk)."""
+def shutdown(*, failed: bool = False) -> None:
+    """Leave the process group: after a last barrier, so no rank exits while others still talk.
+
+    With ``failed`` (this rank is leaving on an exception) there is no barrier: the other ranks may
+    be waiting in another collective, which a barrier would not match, and the job would hang until
+    the group's timeout. This rank leaves at once, and torchrun stops the others when it exits.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
