@@ -72,8 +72,8 @@ def test_pickle_of_arbitrary_objects_is_refused_without_running_it(tiny):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b"", "could not be read|refused"),
-        (b"\x00" * 64, "could not be read|refused"),
+        (b"", "neither a PyTorch checkpoint nor a safetensors file"),
+        (b"\x00" * 64, "neither a PyTorch checkpoint nor a safetensors file"),
     ],
 )
 def test_garbage_pt_files_are_reported(tmp_path, content, match):
@@ -96,3 +96,22 @@ def test_truncated_safetensors_and_missing_files_are_reported(tiny, tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         read_state_dict(tmp_path / "list.pt")
+
+
+def test_a_checkpoint_is_read_by_what_it_holds_not_by_its_name(tiny, tmp_path):
+    # a safetensors file saved as .bin was refused as "a pickle holding more than tensors", and so were an
+    # error page and a Git LFS pointer, with advice to unpickle them with weights_only=False
+    folder, config, state = tiny
+    renamed = tmp_path / "open_clip_pytorch_model.bin"
+    save_file(state, str(renamed))
+    loaded = read_state_dict(renamed)
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    page = tmp_path / "page.bin"
+    page.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    with pytest.raises(ValueError, match=r"page.bin is neither a PyTorch checkpoint nor a safetensors file \(it begins b'<!DOCTYPE") as err:
+        read_state_dict(page)
+    assert "weights_only=False" not in str(err.value) and "re-download" in str(err.value)
+    pointer = tmp_path / "open_clip_model.safetensors"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 598\n")
+    with pytest.raises(ValueError, match=r"is a Git LFS pointer, not the weights.*git lfs pull"):
+        read_state_dict(pointer)

@@ -5,9 +5,9 @@ open_clip model config, preprocessing overrides, and a weights file (or none, fo
 random initialisation). This module turns a spec into a model with its tokenizer and
 preprocessing, and nothing else: no downloads happen here.
 
-Loading is safe by default. A ``.safetensors`` file is read with safetensors; anything else with
-``torch.load(..., weights_only=True)``, so a pickle that holds more than tensors is refused
-rather than executed. A checkpoint that does not fit its architecture is reported with the
+Loading is safe by default. A safetensors file (known by its first bytes, whatever its name) is
+read with safetensors; a PyTorch checkpoint with ``torch.load(..., weights_only=True)``, so a
+pickle that holds more than tensors is refused rather than executed. A checkpoint that does not fit its architecture is reported with the
 missing, unexpected and mis-shaped keys instead of loading half a model.
 """
 
@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,9 +191,11 @@ def build_tokenizer(spec: ModelSpec) -> Any:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, safely.
 
-    ``.safetensors`` files are read with safetensors; ``.pt``/``.pth``/``.bin`` with
-    ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` wrapper and a DataParallel
-    ``module.`` prefix are removed.
+    The file's first bytes say what it is, whatever its name: a safetensors file (also one saved
+    as ``.bin``) is read with safetensors; a PyTorch checkpoint (zip or pickle) with
+    ``torch.load(weights_only=True)``. A Git LFS pointer or any other file (an HTML error page
+    saved under the weights' name) is named as such, not taken for a pickle. A
+    ``{"state_dict": ...}`` wrapper and a DataParallel ``module.`` prefix are removed.
 
     Raises:
         FileNotFoundError: no such file.
@@ -201,28 +204,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-download or re-export it") from None
+    kind, head = _checkpoint_kind(path)
+    if kind == "lfs-pointer":
+        raise ValueError(
+            f"checkpoint {path} is a Git LFS pointer, not the weights: the repository was cloned without its large "
+            "files. Fetch them (git lfs pull in the clone), or download the model with `cbm fetch-models NAME --to DIR`"
+        )
+    if kind == "safetensors" or path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    elif kind == "pytorch":
+        state = _read_torch(path)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
-                f"checkpoint {path} was refused: it is a pickle holding more than tensors, and unpickling it "
-                f"could run arbitrary code (torch.load(weights_only=True) said: {first}). If you trust its "
-                "source, convert it once to safetensors: load it in a separate session with "
-                "torch.load(path, weights_only=False) and save its state_dict with "
-                "safetensors.torch.save_file(state_dict, 'weights.safetensors')"
-            ) from None
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise ValueError(f"checkpoint {path} could not be read ({exc}); is it a PyTorch or safetensors file?") from None
+        raise ValueError(
+            f"checkpoint {path} is neither a PyTorch checkpoint nor a safetensors file (it begins {head[:24]!r}); "
+            "a failed download often leaves an error page under the weights' name: re-download or re-export it"
+        )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -230,6 +226,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def _checkpoint_kind(path: Path) -> tuple[str, bytes]:
+    """``(kind, first bytes)``: ``safetensors``, ``pytorch`` (torch.save's zip, or a pickle), ``lfs-pointer`` or ``other``."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return "lfs-pointer", head
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip; a pickle of protocol 2 or later
+        return "pytorch", head
+    header = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if head[8:9] == b"{" and 8 + header <= path.stat().st_size:  # safetensors: header length, then its JSON
+        return "safetensors", head
+    return "other", head
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-download or re-export it") from None
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        said = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch's message carries terminal colour codes
+        first = said.splitlines()[0] if said else type(exc).__name__
+        raise ValueError(
+            f"checkpoint {path} was refused: it is a pickle holding more than tensors, and unpickling it "
+            f"could run arbitrary code (torch.load(weights_only=True) said: {first}). If you trust its "
+            "source, convert it once to safetensors: load it in a separate session with "
+            "torch.load(path, weights_only=False) and save its state_dict with "
+            "safetensors.torch.save_file(state_dict, 'weights.safetensors')"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"checkpoint {path} could not be read ({exc}); is it a PyTorch or safetensors file?") from None
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
