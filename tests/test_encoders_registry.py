@@ -176,7 +176,7 @@ def test_local_dir_loads_config_and_weights(tmp_path, tiny):
     (folder / "open_clip_config.json").write_text(json.dumps(recorded))
     create_encoder(f"local-dir:{folder}")
     (folder / "open_clip_model.safetensors").write_bytes((folder / "open_clip_model.safetensors").read_bytes() + b" ")
-    with pytest.raises(ValueError, match=r"is not the file .*open_clip_config.json records .*fetch-models"):
+    with pytest.raises(ValueError, match=r"is not the file .*open_clip_config.json records .*fetch-models clip-vit-b-16 --to"):
         create_encoder(f"local-dir:{folder}")
     assert create_encoder(f"{config}@{at / 'open_clip_model.safetensors'}").info == direct.info
     from cbm.encoders.registry import _split_weights
@@ -200,3 +200,20 @@ def test_a_fetched_preset_in_the_cache_is_used_offline(monkeypatch, tmp_path, ti
     spec = resolve_encoder("biomedclip")
     assert spec.name == "biomedclip" and spec.weights == folder / "open_clip_model.safetensors"
 
+
+
+def test_a_folder_with_weights_under_another_name_is_told_the_name_to_use(tmp_path, tiny):
+    # the message said only to fetch the model again, though the weights were there as model.safetensors
+    config, name, weights = tiny
+    folder = tmp_path / "trained"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}}))
+    shutil.copy(weights, folder / "epoch_32.pt")
+    with pytest.raises(FileNotFoundError) as err:
+        create_encoder(f"local-dir:{folder}")
+    msg = str(err.value)
+    assert "it holds epoch_32.pt: rename the weights to open_clip_pytorch_model.bin" in msg
+    suggested = msg.rsplit("encoder name: ", 1)[1]
+    assert suggested == f"local-dir:{folder}@{folder / 'epoch_32.pt'}"
+    direct = create_encoder(f"{config}@{weights}")  # the name suggested loads them (a safetensors file named .pt)
+    assert torch.equal(create_encoder(suggested).encode_image(_images()), direct.encode_image(_images()))

@@ -210,10 +210,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is a Git LFS pointer, not the weights: the repository was cloned without its large "
             "files. Fetch them (git lfs pull in the clone), or download the model with `cbm fetch-models NAME --to DIR`"
         )
-    if kind == "safetensors" or path.suffix == ".safetensors":
-        state = _read_safetensors(path)
-    elif kind == "pytorch":
+    if kind == "pytorch":
         state = _read_torch(path)
+    elif kind == "safetensors" or path.suffix == ".safetensors":
+        state = _read_safetensors(path)
     else:
         raise ValueError(
             f"checkpoint {path} is neither a PyTorch checkpoint nor a safetensors file (it begins {head[:24]!r}); "

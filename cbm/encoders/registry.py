@@ -352,10 +352,7 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
     if load_weights:
         found = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
         if not found:
-            raise FileNotFoundError(
-                f"encoder {name!r}: no weights in {folder} (expected one of {', '.join(WEIGHT_FILES)}); "
-                f"fetch them with `cbm fetch-models NAME --to {folder}`"
-            )
+            raise FileNotFoundError(_no_weights(folder, name))
         spec.weights = found[0]
         recorded = (extra.get("cbm") or {}).get("weights_sha256")
         if recorded:  # `cbm fetch-models` wrote the weights' hash: other weights must not pass as the preset
@@ -365,10 +362,23 @@ def _from_local_dir(folder: Path, name: str, *, load_weights: bool = True) -> Mo
             if actual != recorded:
                 raise ValueError(
                     f"encoder {name!r}: {spec.weights} is not the file {folder / CONFIG_FILE} records (SHA-256 "
-                    f"{actual[:12]}..., recorded {recorded[:12]}...); fetch it again with `cbm fetch-models NAME --to "
+                    f"{actual[:12]}..., recorded {recorded[:12]}...); fetch it again with `cbm fetch-models "
+                    f"{(extra.get('cbm') or {}).get('name') or 'NAME'} --to "
                     f"{folder} --overwrite`, or for other weights remove the \"cbm\" block from {CONFIG_FILE}"
                 )
     return spec
+
+
+def _no_weights(folder: Path, name: str) -> str:
+    """What to do about a ``local-dir:`` folder without a weights file of a known name."""
+    others = sorted(p.name for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+    if others:
+        target = WEIGHT_FILES[0] if others[0].endswith(".safetensors") else WEIGHT_FILES[2]
+        fix = (f"it holds {', '.join(others[:5])}: rename the weights to {target}, or name the file in the "
+               f"encoder name: {LOCAL_DIR_PREFIX}{folder}@{folder / others[0]}")
+    else:
+        fix = f"fetch them with `cbm fetch-models NAME --to {folder}`"
+    return f"encoder {name!r}: no weights in {folder} (expected one of {', '.join(WEIGHT_FILES)}); {fix}"
 
 
 _OFFLINE_HINT = (
