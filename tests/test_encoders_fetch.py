@@ -163,3 +163,32 @@ def test_a_fetched_preset_files_its_features_with_the_preset(tmp_path):
     dest = fetch_model("demo-clip", tmp_path / "derm-model")
     local, preset = create_encoder(f"local-dir:{dest}"), create_encoder("demo-clip")
     assert local.name != preset.name and local.cache_key == preset.cache_key
+
+
+def test_a_fetch_that_fails_half_way_leaves_nothing_a_rerun_must_overwrite(hub, online, tmp_path, monkeypatch):
+    # the text tower's download failed after the folder was made: the next fetch was refused, "not empty"
+    def dropped(repo_id, local_dir, allow_patterns):
+        local_dir.mkdir(parents=True, exist_ok=True)
+        (local_dir / "config.json").write_text("{")  # a part of the files, then the connection drops
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(fetch_module, "hub_snapshot", dropped)
+    for dest in (tmp_path / "new", tmp_path / "made-by-the-user"):
+        (tmp_path / "made-by-the-user").mkdir(exist_ok=True)
+        with pytest.raises(RuntimeError, match="could not download the text tower files.*connection reset"):
+            fetch_model("biomedclip", dest)
+        assert not dest.exists() or not any(dest.iterdir())
+    assert (tmp_path / "made-by-the-user").is_dir()  # the user's own folder stays, empty as it was
+
+
+def test_a_preset_whose_fetched_weights_fail_their_check_can_be_fetched_again(tmp_path, monkeypatch):
+    # the refusal says to fetch again with --overwrite; that fetch read the preset from the same refused folder
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
+    dest = fetch_model("demo-clip")
+    assert dest == registry.fetched_dir("demo-clip")
+    weights = dest / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(ValueError, match=r"is not the file .* records .*`cbm fetch-models demo-clip --to .* --overwrite`"):
+        create_encoder("demo-clip")
+    assert fetch_model("demo-clip", dest, overwrite=True) == dest
+    assert create_encoder("demo-clip").cache_key == create_encoder(f"local-dir:{dest}").cache_key

@@ -24,7 +24,16 @@ import tempfile
 from pathlib import Path
 
 from cbm.encoders.hashing import file_sha256
-from cbm.encoders.registry import CONFIG_FILE, LOCAL_DIR_PREFIX, WEIGHT_FILES, fetched_dir, list_encoders, resolve_encoder
+from cbm.encoders.loading import ModelSpec
+from cbm.encoders.registry import (
+    CONFIG_FILE,
+    LOCAL_DIR_PREFIX,
+    PRESETS,
+    WEIGHT_FILES,
+    fetched_dir,
+    list_encoders,
+    resolve_encoder,
+)
 from cbm.utils import atomic_write_json, set_file_mode
 
 __all__ = ["fetch_model", "TEXT_TOWER_DIR", "TOKENIZER_DIR", "TEXT_TOWER_FILES", "hub_snapshot"]
@@ -81,10 +90,41 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
             f"{dest} is not empty; pass overwrite=True (cbm fetch-models --overwrite) to replace what is there, "
             "or choose an empty folder"
         )
-    source = resolve_encoder(name)  # downloads the config and the weights (or finds them in the HF cache)
+    source = _source(name, dest)  # downloads the config and the weights (or finds them in the HF cache)
     if source.weights is None:
         raise ValueError(f"encoder {name!r} has no weights to fetch (random initialisation)")
+    existed = dest.exists()
+    empty = not existed or not any(dest.iterdir())
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_folder(name, source, dest)
+    except BaseException:
+        if empty:  # a fetch that failed half-way leaves nothing behind that a re-run must be told to overwrite
+            for child in list(dest.iterdir()) if existed else [dest]:
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    log.info("fetched %s into %s; use the encoder name %s%s", name, dest, LOCAL_DIR_PREFIX, dest)
+    return dest
+
+
+def _source(name: str, dest: Path) -> ModelSpec:
+    """What ``name`` stands for; a preset being fetched again into the folder it is read from comes from its
+    origin, not from that folder (whose weights may be the very ones that failed their check)."""
+    if name in PRESETS and fetched_dir(name).resolve() == dest.resolve():
+        try:
+            spec = resolve_encoder(PRESETS[name].target())
+        except RuntimeError as exc:
+            raise RuntimeError(f"preset {name!r}: {exc}".replace("fetch-models NAME", f"fetch-models {name}")) from None
+        spec.name = name
+        return spec
+    return resolve_encoder(name)
+
+
+def _write_folder(name: str, source: ModelSpec, dest: Path) -> None:
+    """Copy ``source``'s text tower files and weights into ``dest``, then write its config (last: it marks a complete fetch)."""
     # the config is written last and its presence marks a complete fetch: remove an old one first
     (dest / CONFIG_FILE).unlink(missing_ok=True)
 
@@ -123,8 +163,6 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
     if source.tokenizer_name:
         config["cbm"]["open_clip_architecture"] = source.tokenizer_name
     atomic_write_json(dest / CONFIG_FILE, config)
-    log.info("fetched %s into %s; use the encoder name %s%s", name, dest, LOCAL_DIR_PREFIX, dest)
-    return dest
 
 
 def _copy_text_files(ref: str, folder: Path) -> str:
