@@ -60,3 +60,29 @@ def test_a_text_cut_at_the_text_towers_length_is_named(enc, caplog):
     caplog.clear()
     enc.encode_text(["dots", "regular border"])
     assert "fill the text tower" not in caplog.text
+
+
+def test_a_tokenizer_that_pads_with_another_id_is_not_said_to_cut_every_text(tmp_path, caplog):
+    # RoBERTa-style tokenizers pad with 1: every short text was reported as cut at the tower's length
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from cbm.encoders.testing import TINY_CONFIG
+
+    words = "<s> <pad> </s> <unk> irregular border blue white veil".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(str(tmp_path / "tokenizer"))  # fmt: skip
+    text_cfg = {**TINY_CONFIG["text_cfg"], "hf_tokenizer_name": str(tmp_path / "tokenizer"), "vocab_size": 16,
+                "context_length": 12, "pad_id": 1}  # fmt: skip
+    roberta_like = create_encoder(f"{write_tiny_config(tmp_path, config={**TINY_CONFIG, 'text_cfg': text_cfg})}@random")
+    assert roberta_like.tokenizer(["blue white veil"])[0, -1] == 1
+    with caplog.at_level("WARNING", logger="cbm.encoders.encoder"):
+        roberta_like.encode_text(["irregular border", "blue white veil"])
+    assert "fill the text tower" not in caplog.text
+    with caplog.at_level("WARNING", logger="cbm.encoders.encoder"):
+        roberta_like.encode_text(["irregular border " * 8])
+    assert "1 text(s) fill the text tower's 12 tokens" in caplog.text

@@ -179,12 +179,13 @@ class Encoder:
         if not texts:
             return torch.zeros((0, self.embed_dim), dtype=torch.float32)
         out, full = [], []
+        pad = _pad_id(self.tokenizer)
         with torch.inference_mode(), self.autocast():
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(texts[start : start + batch_size])
                 # the tokenizer cuts a text at the tower's length without a word: a last token that is not
                 # padding means the text filled it (and was cut, unless it fits exactly)
-                full += [t for t, last in zip(texts[start : start + batch_size], tokens[:, -1].tolist()) if last != 0]
+                full += [t for t, last in zip(texts[start : start + batch_size], tokens[:, -1].tolist()) if last != pad]
                 feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
                 out.append(F.normalize(feats.float(), dim=-1).cpu())
         if full:
@@ -192,6 +193,12 @@ class Encoder:
                         "embed alike); shorten them: %s", len(full), int(tokens.shape[1]),
                         "; ".join(repr(t[:80]) for t in full[:3]))
         return torch.cat(out)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The token a tokenizer pads with: a Hugging Face tokenizer's own (RoBERTa's is 1), open_clip's 0."""
+    pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) else 0
 
 
 def _encoder_transform(name: str, preprocess: dict[str, Any]) -> EncoderTransform:
