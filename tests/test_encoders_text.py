@@ -86,3 +86,14 @@ def test_a_tokenizer_that_pads_with_another_id_is_not_said_to_cut_every_text(tmp
     with caplog.at_level("WARNING", logger="cbm.encoders.encoder"):
         roberta_like.encode_text(["irregular border " * 8])
     assert "1 text(s) fill the text tower's 12 tokens" in caplog.text
+
+
+def test_a_tokenizer_that_is_not_the_text_towers_is_named_not_an_index_error(tmp_path):
+    # a config whose text tower has BERT's 30522 tokens but no tokenizer of its own gets CLIP's (49408 ids):
+    # encoding failed with torch's "IndexError: index out of range in self"
+    from cbm.encoders.testing import TINY_CONFIG
+
+    config = {**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"], "vocab_size": 30522}}
+    enc = create_encoder(f"{write_tiny_config(tmp_path, config=config)}@random")
+    with pytest.raises(ValueError, match=r"tokenizer gives token id 49407, but the text tower has 30522 tokens.*vocab_size"):
+        encode_texts(enc, ["irregular border"])

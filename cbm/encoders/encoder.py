@@ -186,6 +186,7 @@ class Encoder:
                 # the tokenizer cuts a text at the tower's length without a word: a last token that is not
                 # padding means the text filled it (and was cut, unless it fits exactly)
                 full += [t for t, last in zip(texts[start : start + batch_size], tokens[:, -1].tolist()) if last != pad]
+                self._check_tokens(tokens)
                 feats = self.model.encode_text(tokens.to(self.device, non_blocking=True))
                 out.append(F.normalize(feats.float(), dim=-1).cpu())
         if full:
@@ -193,6 +194,17 @@ class Encoder:
                         "embed alike); shorten them: %s", len(full), int(tokens.shape[1]),
                         "; ".join(repr(t[:80]) for t in full[:3]))
         return torch.cat(out)
+
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        """A token id beyond the text tower's vocabulary means the tokenizer is not the tower's (an index error otherwise)."""
+        vocab = getattr(self.model, "vocab_size", None)
+        if isinstance(vocab, int) and vocab > 0 and tokens.numel() and int(tokens.max()) >= vocab:
+            raise ValueError(
+                f"encoder {self.name!r}: its tokenizer gives token id {int(tokens.max())}, but the text tower has "
+                f"{vocab} tokens: the tokenizer is not the text tower's. Check text_cfg's vocab_size and "
+                "hf_tokenizer_name in the model config against the text tower the weights belong to"
+            )
 
 
 def _pad_id(tokenizer: Any) -> int:
