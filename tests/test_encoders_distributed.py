@@ -44,6 +44,24 @@ def test_two_ranks_split_the_shards_and_rank_zero_merges(tmp_path):
     assert [s.index for s in merged.skipped] == [12]
 
 
+def _torchrun(tmp_path, script: str, args: list[str], timeout: int = 150) -> tuple[int, str]:
+    """Run ``script`` (which ends by calling cbm's CLI) as 2 CPU ranks; (exit status, stderr). Every
+    process is killed if they are still running after ``timeout`` seconds."""
+    path = tmp_path / "rank_script.py"
+    path.write_text(script, encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(path), *args]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, so no rank is left waiting
+        proc.communicate()
+        raise AssertionError(f"the ranks were still waiting for each other after {timeout} s") from None
+    return proc.returncode, err
+
+
 _FAIL_ON_RANK_ONE = """
 import os, sys
 import cbm.encoders.registry
@@ -60,21 +78,30 @@ def test_a_rank_failing_before_the_extraction_stops_the_job_instead_of_hanging(t
     # rank 1 fails while rank 0 waits in the first collective; a barrier on rank 1's way out did not
     # match rank 0's broadcast, and both waited for the process group's two-hour timeout
     card_dir = write_image_card(tmp_path / "card", 6)
-    script = tmp_path / "fail_on_rank_one.py"
-    script.write_text(_FAIL_ON_RANK_ONE, encoding="utf-8")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-        "features", str(card_dir), "--encoder", f"{write_tiny_config(tmp_path)}@random",
-        "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress",
-    ]  # fmt: skip
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, so no rank is left waiting
-        proc.communicate()
-        raise AssertionError("the ranks were still waiting for each other after 150 s") from None
-    assert proc.returncode != 0
+    args = ["features", str(card_dir), "--encoder", f"{write_tiny_config(tmp_path)}@random",
+            "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--no-progress"]  # fmt: skip
+    status, err = _torchrun(tmp_path, _FAIL_ON_RANK_ONE, args)
+    assert status != 0
     assert "cbm features: error: weights missing on rank 1's node" in err
+
+
+_A_CACHE_PER_RANK = """
+import os, sys
+os.environ["CBM_CACHE_DIR"] = os.path.join(os.environ["CACHES"], "node" + os.environ["RANK"])  # each node's own disk
+from cbm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_cache_the_ranks_do_not_share_is_named_before_any_work(tmp_path, monkeypatch):
+    # each rank wrote its shards to its own disk, and rank 0's merge failed at the end with a bare
+    # "No such file or directory" for the first shard of another rank
+    card_dir = write_image_card(tmp_path / "card", 8)
+    monkeypatch.setenv("CACHES", str(tmp_path))
+    args = ["features", str(card_dir), "--encoder", f"{write_tiny_config(tmp_path)}@random", "--shard-size", "2",
+            "--workers", "0", "--no-progress"]  # fmt: skip
+    status, err = _torchrun(tmp_path, _A_CACHE_PER_RANK, args)
+    assert status != 0
+    assert "the feature cache is not shared by the ranks: rank 1 (" in err and "CBM_CACHE_DIR or --cache-dir" in err
+    assert str(tmp_path / "node0" / "features") in err
+    assert not list((tmp_path / "node1").rglob("shard-*")) and not list((tmp_path / "node0").rglob("shard-*"))

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ def encode_images(
         return _encode_uncached(encoder, dataset, paths, batch_size, workers, shard_size, show, desc)
 
     store = _open_store(encoder, dataset, paths, cache_dir, shard_size, show)
+    _check_shared_folder(store, rank, world)
     with contextlib.ExitStack() as stack:
         if world == 1:  # ranks of one torchrun share a folder by design; separate processes take turns
             stack.enter_context(folder_lock(store.folder, f"the feature cache {store.folder}"))
@@ -165,6 +167,36 @@ def _open_store(encoder: Encoder, dataset: Any, paths: list, cache_dir, shard_si
         embed_dim=encoder.embed_dim,
         reading=_reading(dataset),
     )
+
+
+def _check_shared_folder(store: FeatureCache, rank: int, world: int) -> None:
+    """Before any rank computes: every rank must see the cache folder rank 0 writes, or rank 0's merge
+    would find none of their shards (a cache on each node's own disk, another CBM_CACHE_DIR per node)."""
+    if world == 1:
+        return
+
+    def mark() -> str | None:
+        try:
+            store.folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=".ranks-", suffix=".tmp", dir=store.folder)  # a stale one is swept as a temp file
+        except OSError:  # a read-only cache: nothing is written, so nothing to check
+            return None
+        os.close(fd)
+        return os.path.basename(path)
+
+    marker = distributed.on_rank_zero(mark)
+    if marker is None:
+        return
+    seen = distributed.all_gather([(store.folder / marker).is_file(), str(store.folder)])
+    if rank == 0:
+        (store.folder / marker).unlink(missing_ok=True)
+    blind = [f"rank {r} ({folder})" for r, (ok, folder) in enumerate(seen) if not ok]
+    if blind:
+        raise RuntimeError(
+            f"the feature cache is not shared by the ranks: {', '.join(blind[:4])} cannot see the folder rank 0 writes, "
+            f"{seen[0][1]}. Every rank writes shards that rank 0 merges, so the cache must be on storage every rank "
+            "reads and writes (a shared file system): set CBM_CACHE_DIR or --cache-dir to the same shared folder on every node"
+        )
 
 
 def _gather_shards(store: FeatureCache, todo: list[int], written: dict[int, ShardData], failure: str | None,
