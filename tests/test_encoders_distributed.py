@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 
 from cbm.data import load_card
-from cbm.encoders import create_encoder, encode_images
+from cbm.encoders import create_encoder, distributed, encode_images
 from cbm.encoders.testing import write_image_card, write_tiny_config
 
 
@@ -105,3 +107,14 @@ def test_a_cache_the_ranks_do_not_share_is_named_before_any_work(tmp_path, monke
     assert "the feature cache is not shared by the ranks: rank 1 (" in err and "CBM_CACHE_DIR or --cache-dir" in err
     assert str(tmp_path / "node0" / "features") in err
     assert not list((tmp_path / "node1").rglob("shard-*")) and not list((tmp_path / "node0").rglob("shard-*"))
+
+
+def test_more_ranks_on_a_node_than_it_has_gpus_is_said_so(monkeypatch):
+    # torch.cuda.set_device(LOCAL_RANK) answered only "CUDA error: invalid device ordinal"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: (_ for _ in ()).throw(RuntimeError("CUDA error: invalid device ordinal")))
+    with pytest.raises(RuntimeError, match=r"local rank 1, but this machine has 1 GPU.*--nproc-per-node 1.*CUDA_VISIBLE_DEVICES="):
+        distributed.init_from_env()

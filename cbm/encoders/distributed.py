@@ -52,7 +52,14 @@ def init_from_env(backend: str | None = None) -> bool:
     if world <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:  # torch says only "invalid device ordinal"
+            raise RuntimeError(
+                f"this process is local rank {local}, but this machine has {gpus} GPU(s), one per rank: start at most "
+                f"{gpus} process(es) per node (torchrun --nproc-per-node {gpus}), or hide the GPUs "
+                "(CUDA_VISIBLE_DEVICES=) to run the ranks on the CPU"
+            )
+        torch.cuda.set_device(local)
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend=backend, timeout=_TIMEOUT)
     log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
