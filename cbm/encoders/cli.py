@@ -36,7 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--encoder", required=True, metavar="NAME", help=f"{_PRESETS}, hf-hub:ORG/REPO, local-dir:DIR, or ARCH@WEIGHTS")
     p.add_argument("--split", action="append", metavar="SPLIT", help="a split to embed (repeatable; default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="data loader processes (default: half the cores)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="data loader processes per rank (default: half the cores, shared among the ranks of a node, at most 8)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: this rank's GPU if any, else cpu)")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache root (default $CBM_CACHE_DIR/features)")
