@@ -192,3 +192,10 @@ def test_a_preset_whose_fetched_weights_fail_their_check_can_be_fetched_again(tm
         create_encoder("demo-clip")
     assert fetch_model("demo-clip", dest, overwrite=True) == dest
     assert create_encoder("demo-clip").cache_key == create_encoder(f"local-dir:{dest}").cache_key
+
+
+def test_a_fetch_of_a_fetched_folder_still_files_its_features_with_the_preset(tmp_path):
+    # the copy's features were filed under the first folder's name, no longer shared with the preset
+    first = fetch_model("demo-clip", tmp_path / "first")
+    second = fetch_model(f"local-dir:{first}", tmp_path / "second")
+    assert create_encoder(f"local-dir:{second}").cache_key == create_encoder("demo-clip").cache_key

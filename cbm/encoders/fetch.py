@@ -153,7 +153,7 @@ def _write_folder(name: str, source: ModelSpec, dest: Path) -> None:
         "model_cfg": model_cfg,
         "preprocess_cfg": source.preprocess_cfg,
         "cbm": {
-            "name": name,
+            "name": source.cache_name or name,  # a copy of a fetched preset stays filed under the preset
             "fetched_from": source.origin,
             "fetched": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "weights_sha256": file_sha256(dest / weights_name),
