@@ -199,3 +199,26 @@ def test_a_fetch_of_a_fetched_folder_still_files_its_features_with_the_preset(tm
     first = fetch_model("demo-clip", tmp_path / "first")
     second = fetch_model(f"local-dir:{first}", tmp_path / "second")
     assert create_encoder(f"local-dir:{second}").cache_key == create_encoder("demo-clip").cache_key
+
+
+def test_an_overwrite_that_fails_half_way_leaves_the_model_there_loadable(hub, online, tmp_path, monkeypatch):
+    # --overwrite removed the old config before the download: a dropped connection left no model at all
+    dest = fetch_model("biomedclip", tmp_path / "biomedclip")
+    (dest / "notes.txt").write_text("ours")
+    before = create_encoder(f"local-dir:{dest}").cache_key
+
+    def dropped(repo_id, local_dir, allow_patterns):
+        local_dir.mkdir(parents=True, exist_ok=True)
+        (local_dir / "config.json").write_text("{")
+        raise ConnectionError("connection reset")
+
+    working = fetch_module.hub_snapshot
+    monkeypatch.setattr(fetch_module, "hub_snapshot", dropped)
+    with pytest.raises(RuntimeError, match="connection reset"):
+        fetch_model("biomedclip", dest, overwrite=True)
+    assert create_encoder(f"local-dir:{dest}").cache_key == before
+    assert (dest / "notes.txt").read_text() == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["biomedclip"]  # no staging folder left beside it
+    monkeypatch.setattr(fetch_module, "hub_snapshot", working)  # the connection is back
+    assert fetch_model("biomedclip", dest, overwrite=True) == dest
+    assert create_encoder(f"local-dir:{dest}").cache_key == before and (dest / "notes.txt").is_file()

@@ -93,19 +93,15 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
     source = _source(name, dest)  # downloads the config and the weights (or finds them in the HF cache)
     if source.weights is None:
         raise ValueError(f"encoder {name!r} has no weights to fetch (random initialisation)")
-    existed = dest.exists()
-    empty = not existed or not any(dest.iterdir())
-    dest.mkdir(parents=True, exist_ok=True)
+    # everything is written into a folder beside ``dest`` first and moved in once complete, so a fetch
+    # that fails (a dropped download, a full disk) leaves ``dest`` as it was: empty, or the model it held
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=dest.parent))
     try:
-        _write_folder(name, source, dest)
-    except BaseException:
-        if empty:  # a fetch that failed half-way leaves nothing behind that a re-run must be told to overwrite
-            for child in list(dest.iterdir()) if existed else [dest]:
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-        raise
+        _write_folder(name, source, stage)
+        _move_in(stage, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     log.info("fetched %s into %s; use the encoder name %s%s", name, dest, LOCAL_DIR_PREFIX, dest)
     return dest
 
@@ -123,11 +119,24 @@ def _source(name: str, dest: Path) -> ModelSpec:
     return resolve_encoder(name)
 
 
-def _write_folder(name: str, source: ModelSpec, dest: Path) -> None:
-    """Copy ``source``'s text tower files and weights into ``dest``, then write its config (last: it marks a complete fetch)."""
-    # the config is written last and its presence marks a complete fetch: remove an old one first
+def _move_in(stage: Path, dest: Path) -> None:
+    """Move a complete fetch from ``stage`` into ``dest``; the config last, as its presence marks a
+    complete fetch. Other files of ``dest`` stay, bar an old weights file under another name (the
+    loader's preference could pick it) and the text tower folders the fetch brings anew."""
+    dest.mkdir(parents=True, exist_ok=True)
     (dest / CONFIG_FILE).unlink(missing_ok=True)
+    for old in WEIGHT_FILES:  # one weights file per folder
+        if not (stage / old).exists():
+            (dest / old).unlink(missing_ok=True)
+    for child in sorted(stage.iterdir(), key=lambda p: p.name == CONFIG_FILE):
+        target = dest / child.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(child, target)
 
+
+def _write_folder(name: str, source: ModelSpec, dest: Path) -> None:
+    """Copy ``source``'s text tower files and weights into ``dest`` (a new, empty folder), then write its config."""
     model_cfg = copy.deepcopy(source.model_cfg)
     text = model_cfg["text_cfg"]
     text_ids = dict(source.text_tower_ids or {})
@@ -145,9 +154,6 @@ def _write_folder(name: str, source: ModelSpec, dest: Path) -> None:
     weights_name = source.weights.name if source.weights.name in WEIGHT_FILES else (
         WEIGHT_FILES[0] if source.weights.suffix == ".safetensors" else "open_clip_pytorch_model.bin"
     )
-    for old in WEIGHT_FILES:  # one weights file per folder, or the loader's preference could pick a stale one
-        if old != weights_name:
-            (dest / old).unlink(missing_ok=True)
     _copy_file(source.weights, dest / weights_name)
     config = {
         "model_cfg": model_cfg,
