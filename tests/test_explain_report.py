@@ -259,12 +259,24 @@ def test_two_classes_flag_each_contradicting_concept_once_by_its_net_push(tiny_m
 
 def test_no_local_path_in_an_encoder_name_reaches_a_page(tiny_model):
     for name in ("local-dir:/home/dr.jane.doe/models/biomedclip", "ViT-B-32@/home/dr.jane.doe/ckpt.pt",
-                 "hf-hub:org/repo@/home/dr.jane.doe/ckpts/finetuned.pt"):
+                 "hf-hub:org/repo@/home/dr.jane.doe/ckpts/finetuned.pt", "/home/dr.jane.doe/cfg/vit.json@random",
+                 "cfg.dr.jane.doe/vit.json@/home/dr.jane.doe/w.pt"):
         m = ConceptBottleneckModel(name, CLASSES, tiny_model.bottleneck, tiny_model.coef, tiny_model.intercept,
                                    train_raw_scores=tiny_model.train_raw_scores, info=tiny_model.info)
         m.set_encoder(tiny_model.encoder)
         pages = render_class_card_html(m) + render_case_html(explain_image(m, make_image(12), maps=False))
         assert "dr.jane.doe" not in pages and "(local file)" in pages
+
+
+def test_an_encoder_named_by_its_config_file_is_named_by_the_file_alone():
+    """``CONFIG.json@WEIGHTS`` (docs/encoders.md) carries a path before the ``@`` as well as after it."""
+    from cbm.explain.render import without_paths
+
+    assert without_paths("/home/dr.jane.doe/cfg/vit.json@random") == "vit.json@random (local file)"
+    assert without_paths("C:\\Users\\dr.jane.doe\\vit.json@C:\\w.pt") == "vit.json@w.pt (local file)"
+    assert without_paths("ViT-B-32@/home/dr.jane.doe/ckpt.pt") == "ViT-B-32@ckpt.pt (local file)"
+    for name in ("hf-hub:org/repo@laion2b", "ViT-B-16@openai", "demo-clip", "hf-hub:org/repo"):
+        assert without_paths(name) == name
 
 
 def test_no_local_path_in_an_encoder_name_reaches_the_batch_index(tiny_model, tmp_path):

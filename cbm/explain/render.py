@@ -280,23 +280,33 @@ def _summary(case: CaseReport) -> str:
 _PATH_LIKE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
 
 
+def _last_part(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+
+
 def without_paths(value: Any) -> Any:
     """``value`` with every local path replaced by its last part (a JSON tree): a string that is a
-    path, or an encoder name that carries one (``local-dir:/home/...``, ``ARCH@/home/.../w.pt``)."""
+    path, or an encoder name that carries one (``local-dir:/home/...``, ``ARCH@/home/.../w.pt``,
+    ``/home/.../config.json@WEIGHTS``: a model-config file as the architecture)."""
     if isinstance(value, Mapping):
         return {k: without_paths(v) for k, v in value.items()}
     if isinstance(value, list):
         return [without_paths(v) for v in value]
     if isinstance(value, str):
-        # an encoder name that carries a path: local-dir:DIR, or [hf-hub:ORG/REPO or ARCH]@WEIGHTS
-        lead, path = ("local-dir:", value[len("local-dir:"):]) if value.startswith("local-dir:") else ("", value)
-        if not lead and "@" in value:
-            head, _, path = value.rpartition("@")
-            lead = head + "@"
-        carried = bool(lead) and bool(re.search(r"[\\/]", path))
-        if carried or _PATH_LIKE.match(path):
-            last = re.split(r"[\\/]", path.rstrip("/\\"))[-1]
-            return f"{lead}{last} (local file)"
+        # an encoder name that carries a path: local-dir:DIR, or [hf-hub:ORG/REPO, ARCH or CONFIG.json]@WEIGHTS
+        if value.startswith("local-dir:"):
+            path = value[len("local-dir:"):]
+            return f"local-dir:{_last_part(path)} (local file)" if re.search(r"[\\/]", path) else value
+        if "@" in value:
+            head, _, weights = value.rpartition("@")
+            # an open_clip architecture has no separator; hf-hub:ORG/REPO is no local path
+            head_local = bool(_PATH_LIKE.match(head) or (re.search(r"[\\/]", head) and not head.startswith("hf-hub:")))
+            weights_local = bool(re.search(r"[\\/]", weights))
+            if head_local or weights_local:
+                head = _last_part(head) if head_local else head
+                return f"{head}@{_last_part(weights) if weights_local else weights} (local file)"
+        elif _PATH_LIKE.match(value):
+            return f"{_last_part(value)} (local file)"
     return value
 
 
