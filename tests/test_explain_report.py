@@ -534,6 +534,29 @@ def test_batch_tells_apart_images_of_one_name_in_two_folders(tiny_model, tmp_pat
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["case-0001.html"]
 
 
+def test_batch_report_names_differ_in_more_than_case(tiny_model, tmp_path):
+    """Lesion.png and lesion.png get reports whose names differ in more than case: on a file system
+    that does not tell case apart (macOS, Windows) Lesion.html and lesion.html are one file, and one
+    case's index entry would open the other's report. An earlier run's report that is this run's
+    under another case is not removed as stale."""
+    for folder, seed in (("a", 61), ("b", 62)):
+        (tmp_path / folder).mkdir()
+    save_png(tmp_path / "a" / "Lesion.png", make_image(61))
+    save_png(tmp_path / "b" / "lesion.png", make_image(62))
+    out = tmp_path / "out"
+    result = explain_batch(tiny_model, [tmp_path / "a" / "Lesion.png", tmp_path / "b" / "lesion.png"], out,
+                           maps=False, progress=False)
+    names = [p.name for p in result.reports]
+    assert len({n.casefold() for n in names}) == 2, names
+    # an earlier run listed LESION.html; where case is not told apart it is this run's lesion report
+    index = json.loads((out / "index.json").read_text())
+    index["cases"].append({"case": "LESION.png", "report": "cases/LESION.html"})
+    (out / "index.json").write_text(json.dumps(index))
+    (out / "cases" / "LESION.html").symlink_to("Lesion.html")  # as such a file system sees it: the same file
+    explain_batch(tiny_model, [tmp_path / "a" / "Lesion.png"], out, maps=False, progress=False)
+    assert (out / "cases" / "Lesion.html").is_file() and (out / "cases" / "LESION.html").exists()
+
+
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
     secret = tmp_path / "DOE_JANE_1961"
     secret.mkdir()

@@ -324,6 +324,13 @@ def _previous_reports(out: Path) -> set[str]:
     return found
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def _case_record(case: CaseReport, top_k: int) -> dict:
     """``index.json``'s facts of one explained case."""
     expl = case.explanation
@@ -385,9 +392,9 @@ def explain_batch(
         label = f"case {n}" if hide_names else item.label
         stem = f"case-{n:04d}" if hide_names else _slug(item.path.stem)
         name, k = f"{stem}.html", 2
-        while name in used_names:
+        while name.casefold() in used_names:  # Lesion.png, lesion.png: one file where case is not told apart
             name, k = f"{stem}-{k}.html", k + 1
-        used_names.add(name)
+        used_names.add(name.casefold())
         record: dict = {"case": label, "truth": item.truth}
         try:
             with _names_hidden(item.path, label, hide_names):
@@ -415,8 +422,9 @@ def explain_batch(
                                            "cases": records})
     written = {f"cases/{p.name}" for p in result.reports}
     stale = sorted(earlier - written)
-    for name in stale:
-        (out / name).unlink(missing_ok=True)
+    for name in stale:  # where case is not told apart (macOS, Windows) Case.html may be this run's case.html
+        if not any(_same_file(out / name, p) for p in result.reports if p.name.casefold() == name[6:].casefold()):
+            (out / name).unlink(missing_ok=True)
     if stale:  # by number only: an earlier report's file name is its image's (hide_names hides those)
         log.info("removed %d report(s) an earlier run wrote into %s and this run did not write again", len(stale), out)
     log.info("wrote %d reports, index and class card to %s (%d inputs failed)", len(result.reports), out, len(result.failures))
