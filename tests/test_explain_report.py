@@ -557,6 +557,24 @@ def test_batch_report_names_differ_in_more_than_case(tiny_model, tmp_path):
     assert (out / "cases" / "Lesion.html").is_file() and (out / "cases" / "LESION.html").exists()
 
 
+def test_a_manifest_row_given_by_its_absolute_path_is_named_without_it(tiny_model, tmp_path):
+    """A manifest may give a row's image by its absolute path; that local path (which may name a
+    patient's folder) is not the case's name in the index, index.json or its report."""
+    folder = tmp_path / "DOE_JANE_1961"
+    folder.mkdir()
+    save_png(folder / "lesion.png", make_image(71))
+    save_png(tmp_path / "b.png", make_image(72))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,label,split\n{folder / 'lesion.png'},melanoma,test\nb.png,benign nevus,test\n")
+    inputs = collect_inputs([manifest], class_names=CLASSES)
+    assert [c.label for c in distinct_labels(inputs)] == ["lesion.png", "b.png"]
+    out = tmp_path / "out"
+    explain_batch(tiny_model, inputs, out, maps=False, progress=False)
+    assert [c["case"] for c in json.loads((out / "index.json").read_text())["cases"]] == ["lesion.png", "b.png"]
+    for path in out.rglob("*.*"):
+        assert "DOE_JANE" not in path.read_text() and str(tmp_path) not in path.read_text(), path
+
+
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
     secret = tmp_path / "DOE_JANE_1961"
     secret.mkdir()

@@ -102,7 +102,13 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
         log.warning("%s: %d of %d image paths name no file in %s %s (line %s%s); they are listed as not found",
                     source, len(missing), len(manifest), whose, manifest.image_root, missing[0].line,
                     " and more" if len(missing) > 1 else "")
-    return [CaseInput(manifest.file(r), r.label, r.path) for r in manifest]
+    # a row is named by its path as the manifest gives it, unless that is a local path from the root
+    # (/data/DOE_JANE/img.png): then, as an image given alone, by as much of it as tells it apart
+    return [CaseInput(manifest.file(r), r.label, None if _absolute(r.path) else r.path) for r in manifest]
+
+
+def _absolute(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith("~") or bool(re.match(r"[A-Za-z]:[\\/]|\\\\", path))
 
 
 def collect_inputs(
