@@ -86,6 +86,22 @@ def test_unreadable_figures_and_odd_overrides_make_rows_not_errors(tmp_path):
     assert "a\\|b" in body[0] and len(body[0].replace("\\|", "").split("|")) == len(table.splitlines()[0].split("|"))
 
 
+def test_a_run_folder_with_a_pipe_in_its_name_keeps_the_rows_columns(tmp_path):
+    _run(tmp_path / "try|2", 0.9)
+    table = comparison_table(compare_runs([tmp_path / "try|2"]), root=tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("| try"))
+    assert row.startswith("| try\\|2") and len(row.replace("\\|", "").split("|")) == len(table.splitlines()[0].split("|"))
+
+
+def test_a_concept_with_a_pipe_in_a_not_measured_reason_keeps_results_mds_faithfulness_row():
+    from cbm.pipeline.experiment import _faithfulness_table
+
+    reason = "card 'x' maps concepts to truth columns (pigment | network), but none annotates training cases"
+    table = _faithfulness_table({"cbm": {"faithfulness": {"measured": False, "reason": reason}}}).splitlines()
+    header, row = table[2], table[4]
+    assert "pigment \\| network" in row and len(row.replace("\\|", "").split("|")) == len(header.split("|"))
+
+
 def _records(sweep, jobs: dict[str, str], *, finished: bool, planned=None) -> None:
     """The records of sweep "s2" in ``sweep``: its own, and each job's of ``jobs`` (folder -> status)."""
     (sweep / "cbm_sweep.json").write_text(json.dumps({"sweep_id": "s2", "planned_jobs": planned, "finished": finished}))

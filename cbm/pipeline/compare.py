@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cbm.pipeline.outputs import markdown_cell
 from cbm.pipeline.sweep_record import JOB_FILE, SWEEP_FILE, read_record, sweep_jobs
 from cbm.selection import (
     AUTO_METRIC,
@@ -288,6 +289,7 @@ def comparison_table(rows: list[dict[str, Any]], root: str | os.PathLike | None 
         name, full = r["run"], Path(os.path.abspath(r["run"]))
         if root is not None and full != Path(os.path.abspath(root)) and full.is_relative_to(os.path.abspath(root)):
             name = str(full.relative_to(os.path.abspath(root)))
+        name = markdown_cell(name)  # a folder named "try|2" keeps the row's columns
         overrides = " ".join(f"`{o}`".replace("|", "\\|") for o in r["overrides"]) or "–"
         if r["status"] != "ok":
             lines.append(f"| {name} | {overrides} | {r['dataset'] or '–'} | {r['status'].replace('|', '/')} |" + " |" * 9)

@@ -36,7 +36,7 @@ from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_n
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
                                  resolve_card, resolve_concepts)
-from cbm.pipeline.outputs import path_chart, results_table
+from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
 from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
@@ -293,7 +293,7 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
         cue = f.get("cue_leakage") or {}
         if not f.get("measured"):  # the cue needs no concept truth: it is measured wherever the card has a group
             cue_cells = f"{three(cue.get('logit_auroc'))} | {three(cue.get('scores_auroc'))}" if cue else " | "
-            rows.append(f"| {method} | not measured: {f.get('reason')} | | | | {cue_cells} |")
+            rows.append(f"| {method} | not measured: {markdown_cell(f.get('reason'))} | | | | {cue_cells} |")
             continue
         curve = intervention_points(f)
         if curve:
@@ -302,7 +302,7 @@ def _faithfulness_table(metrics: dict[str, dict[str, Any]]) -> str | None:
             only = " (ID only)" if "ood_accuracy" not in first else " (OOD only)" if "id_accuracy" not in first else ""
             shift += f"{only} (k = {last['k']})"
         else:
-            shift = f"not measured: {f['intervention']['reason']}"
+            shift = f"not measured: {markdown_cell(f['intervention']['reason'])}"
         oracle = f.get("oracle") or {}
         oracle_text = "–" if oracle.get("measured") is False else " / ".join(pct(v) for v in oracle.values()) or "–"
         agreement = three(f.get("sign_agreement"))

@@ -6,7 +6,13 @@ from typing import Any
 
 from cbm.plots import line_chart
 
-__all__ = ["results_table", "path_chart"]
+__all__ = ["markdown_cell", "results_table", "path_chart"]
+
+
+def markdown_cell(text: object) -> str:
+    """``text`` as one cell of a markdown table: a ``|`` in it (a concept phrase, a folder name) escaped
+    and a line break made a space, so the row keeps its columns."""
+    return " ".join(str(text).replace("|", "\\|").split())
 
 
 def _pct(v: float | None) -> str:
