@@ -190,6 +190,30 @@ def test_names_from_the_model_are_escaped(tiny_model, vit_encoder):
     assert "<script>alert" not in card and "&lt;/script&gt;" in card and "<i>card</i>" not in card
 
 
+def test_direction_overrides_in_names_do_not_turn_a_line_around(tiny_model, vit_encoder, tmp_path):
+    """A right-to-left override (U+202E) in a concept phrase (an LLM's text) or a class name would show
+    the rest of its line backwards ("... → favours melanoma"); pages show it as U+FFFD, right-to-left
+    script itself is kept."""
+    bn = tiny_model.bottleneck
+    names = ["irregular \u202eborder" if c == "irregular border" else c for c in bn.concept_names]
+    classes = ["mel\u2067anoma", "وحمة حميدة", CLASSES[2]]
+    model = ConceptBottleneckModel(
+        "cbmtest-vit", classes, ConceptBottleneck(names, bn.concept_embeddings, bn.mean_, bn.std_),
+        tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores,
+        info={"card": {"title": "card \u202dtitle", "modality": "dermoscopy"}})
+    model.set_encoder(vit_encoder)
+    save_png(tmp_path / "a.png", make_image(14))
+    explain_batch(model, [tmp_path / "a.png"], tmp_path / "out", progress=False)
+    for page in ("index.html", "classes.html", "cases/a.html"):
+        html = (tmp_path / "out" / page).read_text()
+        shown = re.sub(r'<script type="application/json" id="cbm-data">.*?</script>', "", html, flags=re.S)
+        assert not re.search("[\u202a-\u202e\u2066-\u2069]", shown), page
+        assert "وحمة حميدة" in html and "mel\ufffdanoma" in html, page
+    data = json.loads(re.search(r'id="cbm-data">(.*?)</script>', (tmp_path / "out" / "cases" / "a.html").read_text(),
+                                re.S).group(1))
+    assert data["classes"][0] == "mel\ufffdanoma"  # the script writes the class it favours after a change
+
+
 def test_model_card_is_clinical(tiny_model):
     html = render_class_card_html(tiny_model)
     for cls in CLASSES:

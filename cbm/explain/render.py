@@ -110,12 +110,27 @@ def _rate(value: Sequence[float | None]) -> str:
     return f"{100 * v:.1f} %" + (f" ({100 * lo:.1f}-{100 * hi:.1f})" if lo is not None and hi is not None else "")
 
 
+# Unicode's direction overrides, embeddings and isolates: one in a class name or an LLM's concept
+# phrase would turn the rest of its line around ("... → favours melanoma" read backwards)
+_DIRECTION_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_text(value: Any) -> Any:
+    """``value`` as a page shows it: a string's direction controls as U+FFFD (markup is left as it is)."""
+    from markupsafe import Markup
+
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _DIRECTION_CONTROLS.sub("\ufffd", value)
+    return value
+
+
 @cache
 def _env():
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("cbm.explain", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             finalize=shown_text)
     env.filters.update(probability=format_probability, percentile_number=_percentile_number, facts=_facts,
                        odds=lambda x: f"{x:.1f}" if x < 100 else ">100", rate=_rate)
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":"), "ensure_ascii": False}
@@ -154,7 +169,7 @@ def _intervention_data(case: CaseReport, model: ConceptBottleneckModel) -> tuple
         return [float(f"{v:.7g}") for v in np.asarray(x, np.float64).ravel()]
 
     data = {
-        "classes": model.classes,
+        "classes": [shown_text(c) for c in model.classes],  # the script shows them: as the page does
         "intercept": r(model.intercept),
         "concepts": [names[j] for j in used],
         "weights": [r(model.coef[k, used]) for k in range(len(model.classes))],
