@@ -599,6 +599,23 @@ def test_a_manifest_row_given_by_its_absolute_path_is_named_without_it(tiny_mode
         assert "DOE_JANE" not in path.read_text() and str(tmp_path) not in path.read_text(), path
 
 
+def test_a_model_whose_encoder_cannot_be_made_fails_once_and_keeps_earlier_reports(tiny_model, tmp_path):
+    """Missing encoder weights are the model's problem, not each image's: the batch stops before it
+    writes anything, rather than listing every image as not explained and removing the reports an
+    earlier run wrote into the folder."""
+    for name in ("a.png", "b.png"):
+        save_png(tmp_path / name, make_image(81))
+    out = tmp_path / "out"
+    explain_batch(tiny_model, [tmp_path / "a.png", tmp_path / "b.png"], out, maps=False, progress=False)
+    before = {p.name: p.read_text() for p in out.rglob("*.*")}
+    broken = ConceptBottleneckModel(f"ViT-B-32@{tmp_path / 'gone' / 'weights.pt'}", CLASSES, tiny_model.bottleneck,
+                                    tiny_model.coef, tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores,
+                                    info=tiny_model.info)
+    with pytest.raises(Exception, match="weights.pt"):
+        explain_batch(broken, [tmp_path / "a.png", tmp_path / "b.png"], out, maps=False, progress=False)
+    assert {p.name: p.read_text() for p in out.rglob("*.*")} == before
+
+
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):
     secret = tmp_path / "DOE_JANE_1961"
     secret.mkdir()
