@@ -386,10 +386,10 @@ def explain_batch(
         max_side: longest side of the displayed image.
         progress: show a progress bar.
     """
+    out = _report_folder(Path(out_dir))
     # a model whose encoder cannot be made (weights missing) fails here, once: not once per image,
     # each listed as not explained, with an earlier run's reports in ``out_dir`` removed as stale
     _ = model.encoder
-    out = _report_folder(Path(out_dir))
     earlier = _previous_reports(out)
     cases = distinct_labels([i if isinstance(i, CaseInput) else CaseInput(Path(i).expanduser()) for i in inputs])
     nav = {"All cases": "../index.html", "Model card": "../classes.html"}
