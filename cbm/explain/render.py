@@ -314,8 +314,9 @@ def without_paths(value: Any) -> Any:
             return f"local-dir:{_last_part(path)} (local file)" if re.search(r"[\\/]", path) else value
         if "@" in value:
             head, _, weights = value.rpartition("@")
-            # an open_clip architecture has no separator; hf-hub:ORG/REPO is no local path
-            head_local = bool(_PATH_LIKE.match(head) or (re.search(r"[\\/]", head) and not head.startswith("hf-hub:")))
+            # an open_clip architecture has no separator, and hf-hub:ORG/REPO is no local path: a
+            # model-config file (configs/vit.json) is
+            head_local = bool(_PATH_LIKE.match(head) or (re.search(r"[\\/]", head) and head.lower().endswith(".json")))
             weights_local = bool(re.search(r"[\\/]", weights))
             if head_local or weights_local:
                 head = _last_part(head) if head_local else head
