@@ -753,6 +753,28 @@ def test_report_reads_on_a_phone_and_prints(browser, case, tmp_path):
     assert page.pdf(format="A4")[:5] == b"%PDF-"
 
 
+def test_a_long_unbroken_concept_phrase_wraps_on_a_phone(browser, tiny_model, vit_encoder, tmp_path):
+    """A finding whose phrase has no break (an LLM's 200-letter token) wraps within the page: it was
+    cut off at the edge of the case report (its finding; the summary sentence widened the page) and widened
+    the model card past a phone's screen."""
+    bn = tiny_model.bottleneck
+    long = "pigmentnetwork" * 15
+    names = [long if c == "irregular border" else c for c in bn.concept_names]
+    model = ConceptBottleneckModel(
+        "cbmtest-vit", CLASSES, ConceptBottleneck(names, bn.concept_embeddings, bn.mean_, bn.std_), tiny_model.coef,
+        tiny_model.intercept, train_raw_scores=tiny_model.train_raw_scores, info=tiny_model.info)
+    model.set_encoder(vit_encoder)
+    save_png(tmp_path / "a.png", make_image(15))
+    result = explain_batch(model, [tmp_path / "a.png"], tmp_path / "out", top_k=8, maps=False, progress=False)
+    log = PageLog(browser, width=400, height=800)
+    for page in (result.reports[0], result.class_card):
+        log.page.goto(page.as_uri())
+        assert long[:40] in log.page.inner_text("body")
+        beyond = log.page.evaluate("""() => [...document.querySelectorAll('.finding-text')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).length""")
+        assert beyond == 0 and log.page.evaluate("document.documentElement.scrollWidth") <= 400, page.name
+
+
 def test_batch_pages_in_chromium(browser, tiny_model, tmp_path):
     """The index shows every case with its thumbnail, its links lead to the reports and the model card and back."""
     for i in range(3):
