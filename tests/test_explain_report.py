@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -614,6 +615,22 @@ def test_a_model_whose_encoder_cannot_be_made_fails_once_and_keeps_earlier_repor
     with pytest.raises(Exception, match="weights.pt"):
         explain_batch(broken, [tmp_path / "a.png", tmp_path / "b.png"], out, maps=False, progress=False)
     assert {p.name: p.read_text() for p in out.rglob("*.*")} == before
+
+
+def test_a_file_name_that_is_not_utf8_is_explained_with_the_others(tiny_model, tmp_path):
+    """A Latin-1 file name (bytes Python holds as lone surrogates) stopped the whole batch with a bare
+    "'utf-8' codec can't encode character": its label is written with U+FFFD for those bytes."""
+    save_png(tmp_path / "ok.png", make_image(91))
+    try:
+        os.link(os.fsencode(tmp_path / "ok.png"), os.fsencode(tmp_path) + b"/caf\xe9.png")
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 file names")
+    out = tmp_path / "out"
+    result = explain_batch(tiny_model, collect_inputs([tmp_path], class_names=CLASSES), out, maps=False, progress=False)
+    assert len(result.reports) == 2 and not result.failures
+    cases = json.loads((out / "index.json").read_text(encoding="utf-8"))["cases"]
+    assert sorted(c["case"] for c in cases) == ["caf\ufffd.png", "ok.png"]
+    assert "caf\ufffd.png" in (out / "index.html").read_text(encoding="utf-8")
 
 
 def test_batch_hide_names_and_input_errors(tiny_model, tmp_path):

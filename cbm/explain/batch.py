@@ -199,9 +199,11 @@ class _ThreadRecords(logging.Filter):
         return record.thread != self.thread
 
 
-# control characters (a line break in a file name would forge a log line) and Unicode's direction
-# overrides (which make "gnp.exe" read backwards): shown as U+FFFD in labels
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# control characters (a line break in a file name would forge a log line), Unicode's direction
+# overrides (which make "gnp.exe" read backwards) and the bytes of a name that is not UTF-8 (a
+# Latin-1 "café.png" from an old archive, which no page or index.json can be written with): shown as
+# U+FFFD in labels
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def distinct_labels(cases: Sequence[CaseInput]) -> list[CaseInput]:
