@@ -7,10 +7,21 @@ sharply, and can be inlined into HTML or written as a ``.svg`` file.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
-from html import escape
+from html import escape as _escape
 
 __all__ = ["line_chart", "bar_chart"]
+
+# characters XML 1.0 does not allow (control characters but tab and line breaks, lone surrogates,
+# U+FFFE and U+FFFF): one in a label made the whole SVG unreadable
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """``text`` as SVG text or attribute: markup escaped, characters XML cannot hold as U+FFFD."""
+    return _escape(_NOT_XML.sub("\ufffd", str(text)))
+
 
 PALETTE = ("#1f6fb2", "#d9531e", "#2e8b57", "#8e44ad", "#b8860b", "#555555")
 _FONT = 'font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif"'

@@ -23,3 +23,10 @@ def test_bar_chart_signs():
     ET.fromstring(svg)
     assert "+1.50" in svg and "-0.50" in svg
     assert svg.count("<rect") == 3  # background + 2 bars
+
+
+def test_a_label_with_a_control_character_still_makes_valid_svg():
+    """XML 1.0 holds no control character (but tab and line breaks): one in a concept name or a
+    series made the whole chart unreadable as SVG."""
+    ET.fromstring(bar_chart(["irregular\x01border", "veil\x0b"], [1.0, -0.5], title="t\x02"))
+    ET.fromstring(line_chart({"val\x1b": ([1, 2], [0.5, 0.6])}, title="a\x00b"))
