@@ -49,10 +49,14 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
+def _l2_normalise(x: np.ndarray, what: str = "feature vectors") -> np.ndarray:
+    bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1)) if x.ndim else np.array([0])
+    if bad.size:  # a NaN row would make every concept's mean and std NaN, and every score with them
+        raise ValueError(f"{what} hold NaN or infinite values (row {', '.join(map(str, bad[:5]))}"
+                         f"{', ...' if bad.size > 5 else ''}): the encoder's output was damaged; encode them again")
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norm == 0):
-        raise ValueError("a feature vector is all zeros: it has no direction, so no cosine can be taken")
+        raise ValueError(f"one of the {what} is all zeros: it has no direction, so no cosine can be taken")
     return x / norm
 
 
@@ -67,7 +71,7 @@ def cosine_scores(image_features: np.ndarray | torch.Tensor, concept_embeddings:
             f"image features {img.shape} and concept embeddings {txt.shape} must be 2-D with the same "
             "embedding width; were they made by the same encoder?"
         )
-    return _l2_normalise(img) @ _l2_normalise(txt).T
+    return _l2_normalise(img, "image features") @ _l2_normalise(txt, "concept directions").T
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ class ConceptBottleneck:
 
     def __post_init__(self) -> None:
         self.concept_names = list(self.concept_names)
-        self.concept_embeddings = _l2_normalise(_as_numpy(self.concept_embeddings))
+        self.concept_embeddings = _l2_normalise(_as_numpy(self.concept_embeddings), "concept embeddings")
         if len(self.concept_names) != len(self.concept_embeddings):
             raise ValueError(
                 f"{len(self.concept_names)} concept names but {len(self.concept_embeddings)} embeddings"
@@ -189,8 +193,8 @@ class ConceptBottleneck:
                 centred with the same mean, their span is projected out of every concept direction.
             nuisance_prompts: the ``m`` prompts, kept for the record.
         """
-        emb = _l2_normalise(_as_numpy(concept_embeddings))
-        ref = emb if reference_embeddings is None else _l2_normalise(_as_numpy(reference_embeddings))
+        emb = _l2_normalise(_as_numpy(concept_embeddings), "concept embeddings")
+        ref = emb if reference_embeddings is None else _l2_normalise(_as_numpy(reference_embeddings), "reference embeddings")
         if centre and len(ref) < 2:
             raise ValueError("centring needs at least 2 concepts (or reference embeddings); pass centre=False")
         if ref.shape[1] != emb.shape[1]:
@@ -198,7 +202,7 @@ class ConceptBottleneck:
         offset = ref.mean(0) if centre else None
         basis = None
         if nuisance_embeddings is not None and len(nuisance_embeddings):
-            nui = _l2_normalise(_as_numpy(nuisance_embeddings))
+            nui = _l2_normalise(_as_numpy(nuisance_embeddings), "nuisance embeddings")
             if len(nuisance_prompts) not in (0, len(nui)):
                 raise ValueError(f"{len(nuisance_prompts)} nuisance prompts but {len(nui)} nuisance embeddings")
             if offset is not None:

@@ -43,6 +43,30 @@ def test_errors():
         ConceptBottleneck.debiased(["a"], np.ones((1, 2)))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_and_embeddings_are_refused(bad):
+    """A NaN or infinite feature row made every concept's training mean and std NaN, so every score of
+    every image was NaN, without a word; the row is named instead."""
+    rng = np.random.default_rng(0)
+    emb, feats = rng.normal(size=(3, 8)), rng.normal(size=(20, 8))
+    b = ConceptBottleneck.debiased(["a", "b", "c"], emb)
+    damaged = feats.copy()
+    damaged[7, 2] = bad
+    with pytest.raises(ValueError, match=r"image features hold NaN or infinite values \(row 7\)"):
+        b.fit(damaged)
+    b.fit(feats)
+    with pytest.raises(ValueError, match=r"row 7\)"):
+        b.transform(damaged)
+    with pytest.raises(ValueError, match="image features hold NaN"):
+        cosine_scores(damaged, emb)
+    emb_bad = emb.copy()
+    emb_bad[1, 0] = bad
+    with pytest.raises(ValueError, match=r"concept embeddings hold NaN or infinite values \(row 1\)"):
+        ConceptBottleneck(["a", "b", "c"], emb_bad)
+    with pytest.raises(ValueError, match="nuisance embeddings hold NaN"):
+        ConceptBottleneck.debiased(["a", "b", "c"], emb, nuisance_embeddings=emb_bad)
+
+
 def _confounded_world(seed=0, n=400, dim=32):
     """Text embeddings sharing a common prompt part (plus a little of the cue's own direction), and
     images whose features carry the cue along its text embedding, as an encoder that sees a ruler does."""
