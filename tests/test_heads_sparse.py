@@ -145,6 +145,18 @@ def test_class_weight_dict_names_unknown_class(small):
         SparseConceptHead(class_weight={7: 2.0}).fit(X, y)
 
 
+def test_class_weights_that_zero_every_sample_are_refused(small):
+    """All-zero class weights left no loss: the head kept all-zero weights and predicted one class
+    for everything, without a word."""
+    X, y = small
+    with pytest.raises(ValueError, match="every training sample weight 0"):
+        SparseConceptHead(class_weight={0: 0.0, 1: 0.0, 2: 0.0}).fit(X, y)
+    with pytest.raises(ValueError, match="every training sample weight 0"):
+        SparseConceptHead(class_weight={0: 0.0, 2: 0.0}).fit(X[y != 1], y[y != 1])
+    head = SparseConceptHead(class_weight={0: 0.0}, random_state=0).fit(X, y)  # one class left out: allowed
+    assert set(head.predict(X)) <= {1, 2}
+
+
 def test_path_runs_from_all_zero_down(small):
     X, y = small
     head = SparseConceptHead(**EXACT).fit(X, y, X_val=X, y_val=y)
@@ -251,6 +263,9 @@ def test_prior_errors(small):
         SparseConceptHead(use_prior=True).fit(X, y)
     with pytest.raises(ValueError, match=r"prior has shape \(2, 20\)"):
         SparseConceptHead(prior=np.zeros((2, 20)), prior_strength=0.1).fit(X, y)
+    # a class absent from the training labels: the message says which classes the labels hold
+    with pytest.raises(ValueError, match=r"the training labels hold \[0, 2\]: a class they lack has no row"):
+        SparseConceptHead(prior=np.ones((3, 20)), constraint="prior").fit(X[y != 1], y[y != 1])
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         SparseConceptHead(prior=2 * np.ones((3, 20)), prior_strength=0.1).fit(X, y)
 

@@ -122,6 +122,9 @@ def sample_weights(class_weight: Any, y_enc: np.ndarray, classes: np.ndarray) ->
         raise ValueError(f"class_weight must be None, 'balanced' or a dict {{class: weight}}; got {class_weight!r}")
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(f"class weights must be finite and non-negative; got {weights.tolist()}")
+    if not np.any(weights[y_enc] > 0):  # no loss left: the head would keep all-zero weights, one class for all
+        raise ValueError(f"class_weight {class_weight!r} gives every training sample weight 0, so there is nothing "
+                         f"to fit; give at least one class of the training labels {classes.tolist()} a positive weight")
     return weights[y_enc]
 
 

@@ -467,7 +467,9 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         if prior.shape != (n_classes, n_features):
             raise ValueError(
                 f"prior has shape {prior.shape} but the data has {n_classes} classes and {n_features} concepts; "
-                "it must be (n_classes, n_concepts) with rows in the order of the sorted class labels"
+                "it must be (n_classes, n_concepts) with rows in the order of the sorted class labels "
+                f"(the training labels hold {self.classes_.tolist()[:20]}: a class they lack has no row to fit, "
+                "so give it training samples or leave its row out)"
             )
         if not np.all(np.isfinite(prior)) or np.abs(prior).max(initial=0) > 1:
             raise ValueError("prior entries must be finite and in [-1, 1] (a multi-hot class-concept matrix is 0/1)")
