@@ -130,3 +130,19 @@ def test_the_pipeline_resolves_auto_from_the_card():
     assert make_head(SparseConceptHead(ordinal=False), None, ordered=True).ordinal is False
     # the default head keeps one row per class (scripts/check_defaults.py --ordinal chose it)
     assert make_head(None, None, ordered=True).ordinal is False
+
+
+def test_with_two_classes_the_ordinal_form_is_the_per_class_head_with_its_ridge_doubled():
+    """Two grades sit at -1/2 and +1/2, so the ordinal rows are the per-class head's pair -w/2, +w/2: under
+    pure L1 the two heads are one, and with a ridge share the ordinal ridge, on w, is twice the pair's."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 6))
+    y = (X[:, 0] - X[:, 1] + 0.7 * rng.standard_normal(200) > 0).astype(int)
+    lam, r = 0.01, 0.9
+    for plain_lam, plain_r, ord_r in ((lam, 1.0, 1.0), (lam * (2 - r), r / (2 - r), r)):
+        plain = SparseConceptHead(lambdas=[plain_lam], l1_ratio=plain_r, **EXACT).fit(X, y, X_val=X, y_val=y)
+        ordinal = SparseConceptHead(lambdas=[lam], l1_ratio=ord_r, ordinal=True, **EXACT).fit(X, y, X_val=X, y_val=y)
+        net = ordinal.coef_[1] - ordinal.coef_[0]
+        assert np.count_nonzero(net) >= 2
+        np.testing.assert_allclose(net, plain.coef_[1] - plain.coef_[0], atol=1e-6)
+        np.testing.assert_allclose(ordinal.predict_proba(X), plain.predict_proba(X), atol=1e-6)

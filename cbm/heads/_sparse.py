@@ -131,7 +131,8 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     pipeline decide from the data card (``ordered_classes``, three or more classes); fitted
     directly, "auto" is the per-class head. The grades are in the order of ``classes_`` (the
     sorted labels: give integer grades, or label indices as the pipeline does, not names that
-    sort otherwise).
+    sort otherwise). With two classes (positions -1/2, +1/2) it is the per-class head under pure L1;
+    with a ridge share its ridge, on ``w``, is twice the per-class pair's (on ``-w/2, +w/2``).
 
     Intervention-aware fitting (``intervention_training=True``, used only when ``fit`` is given
     concept truth): a concept's score carries more than its truth (a "symmetric shape" score also
