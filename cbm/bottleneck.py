@@ -50,7 +50,7 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _l2_normalise(x: np.ndarray, what: str = "feature vectors") -> np.ndarray:
-    bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1)) if x.ndim else np.array([0])
+    bad = np.flatnonzero(~np.isfinite(x).all(1)) if x.ndim == 2 else np.array([], int)
     if bad.size:  # a NaN row would make every concept's mean and std NaN, and every score with them
         raise ValueError(f"{what} hold NaN or infinite values (row {', '.join(map(str, bad[:5]))}"
                          f"{', ...' if bad.size > 5 else ''}): the encoder's output was damaged; encode them again")

@@ -193,7 +193,7 @@ def feature_rows(features: Any, *, one: bool = False) -> np.ndarray:
         raise ValueError(f"one image's feature vector (D,) was expected; got shape {x.shape}: for a batch, call "
                          "this once per row, or predict_proba_from_features for all rows at once")
     x = x.reshape(1, -1) if one or x.ndim == 1 else x
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=tuple(range(1, x.ndim))))  # no reshape: an empty batch has no -1
     if bad.size:
         raise ValueError(f"image features hold NaN or infinite values (row {', '.join(map(str, bad[:5]))}"
                          f"{', ...' if bad.size > 5 else ''}): the encoder's output was damaged; encode the images again")

@@ -232,6 +232,8 @@ def softmax(z: Any) -> Any:
     import numpy as np
 
     z = np.asarray(z, dtype=np.float64)
+    if z.size == 0:  # no rows (an empty batch): max has nothing to reduce
+        return z
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)

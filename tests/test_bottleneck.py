@@ -65,6 +65,7 @@ def test_non_finite_features_and_embeddings_are_refused(bad):
         ConceptBottleneck(["a", "b", "c"], emb_bad)
     with pytest.raises(ValueError, match="nuisance embeddings hold NaN"):
         ConceptBottleneck.debiased(["a", "b", "c"], emb, nuisance_embeddings=emb_bad)
+    assert b.transform(feats[:0]).shape == (0, 3)  # an empty batch is no damaged one
 
 
 def _confounded_world(seed=0, n=400, dim=32):

@@ -82,6 +82,18 @@ def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
         model.intervene_features(feat, [(concept, 1.0)])
 
 
+def test_an_empty_batch_gives_empty_answers(fitted):
+    """predict([]) and predict_proba([]) failed with numpy's 'cannot reshape array of size 0 into shape
+    (0,newaxis)', though image_features returns a (0, D) array for them."""
+    card, model = fitted
+    n_classes, n_concepts = len(card.class_names), model.bottleneck.n_concepts
+    assert model.predict([]) == []
+    assert model.predict([], withhold=True) == []
+    assert model.predict_proba([]).shape == (0, n_classes)
+    assert model.concept_scores([]).shape == (0, n_concepts)
+    assert model.predict_proba_from_features(model.image_features([])).shape == (0, n_classes)
+
+
 def test_features_that_are_not_finite_or_a_batch_for_one_image_are_named(fitted):
     """NaN features gave the first class with every percentile at 100, as if confident; a batch given
     for one image was flattened into one row and blamed on the encoder."""
