@@ -82,6 +82,21 @@ def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
         model.intervene_features(feat, [(concept, 1.0)])
 
 
+def test_a_head_whose_fit_returns_none_is_used_as_fitted(fitted):
+    """A hand-written head whose fit returns None (not self) failed on a card with concept truth with
+    'NoneType' object has no attribute 'coef_': the probabilities-or-scores choice kept fit's return value."""
+    from cbm.heads import DenseConceptHead
+
+    class NoneHead(DenseConceptHead):
+        def fit(self, X, y, *, X_val=None, y_val=None):
+            super().fit(X, y, X_val=X_val, y_val=y_val)
+
+    card, model = fitted
+    result = cbm.pipeline.fit_model(card, encoder=model.encoder, head=NoneHead(Cs=3), num_workers=0)
+    assert result.model.coef.shape == (len(card.class_names), model.bottleneck.n_concepts)
+    assert isinstance(result.head, NoneHead) and hasattr(result.head, "coef_")
+
+
 def test_an_empty_batch_gives_empty_answers(fitted):
     """predict([]) and predict_proba([]) failed with numpy's 'cannot reshape array of size 0 into shape
     (0,newaxis)', though image_features returns a (0, D) array for them."""

@@ -63,11 +63,13 @@ class FitResult:
 
 
 def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitData], truth: dict[str, np.ndarray]) -> Any:
-    """Fit ``est`` on the train scores (val chooses), with the concept truth where it takes it."""
+    """Fit ``est`` on the train scores (val chooses), with the concept truth where it takes it; returns ``est``
+    (not what its ``fit`` returns: a hand-written ``fit`` may return None)."""
     kwargs = {}
     if truth and getattr(est, "uses_truth", lambda: False)():
         kwargs = {"truth": truth["train"], "truth_val": truth["val"]}
-    return est.fit(scores["train"], splits["train"].labels, X_val=scores["val"], y_val=splits["val"].labels, **kwargs)
+    est.fit(scores["train"], splits["train"].labels, X_val=scores["val"], y_val=splits["val"].labels, **kwargs)
+    return est
 
 
 def check_head_fit(head: Any) -> None:
