@@ -97,6 +97,40 @@ def test_a_head_whose_fit_returns_none_is_used_as_fitted(fitted):
     assert isinstance(result.head, NoneHead) and hasattr(result.head, "coef_")
 
 
+def test_a_one_row_binary_head_explains_both_classes_and_a_head_without_weights_is_named(fitted):
+    """A scikit-learn-style binary head's (1, C) row was put as [0, w]: the first class's logit held no
+    concept, so its explanation listed none; it is the pair [-w/2, w/2] now, with the same probabilities.
+    A head without coef_ failed with a bare AttributeError after the whole fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from cbm.pipeline import full_coef
+
+    class OneRow(LogisticRegression):
+        def fit(self, X, y, *, X_val=None, y_val=None):
+            return super().fit(X, y)
+
+    class Neighbours(KNeighborsClassifier):
+        def fit(self, X, y, *, X_val=None, y_val=None):
+            return super().fit(X, y)
+
+    card, model = fitted
+    result = cbm.pipeline.fit_model(card, encoder=model.encoder, head=OneRow(C=0.1), num_workers=0)
+    head, new = result.head, result.model
+    np.testing.assert_allclose(new.coef, np.stack([-head.coef_[0] / 2, head.coef_[0] / 2]), rtol=1e-6)
+    values = result.values["test"]
+    np.testing.assert_allclose(new.predict_proba_from_features(result.splits["test"].features),
+                               head.predict_proba(values), atol=1e-5)
+    predicted = set()
+    for path in _test_paths(card, k=len(result.splits["test"])):
+        e = new.explain(path)
+        predicted.add(e.predicted)
+        assert e.top_concepts(k=3), f"no concept explains {e.predicted}"
+    assert predicted == set(card.class_names), "both classes' explanations were looked at"
+    with pytest.raises(TypeError, match="has no coef_ and intercept_ after fit: cbm's model is a linear head"):
+        full_coef(Neighbours().fit(values, result.splits["test"].labels), 2)
+
+
 def test_an_empty_batch_gives_empty_answers(fitted):
     """predict([]) and predict_proba([]) failed with numpy's 'cannot reshape array of size 0 into shape
     (0,newaxis)', though image_features returns a (0, D) array for them."""

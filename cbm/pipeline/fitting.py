@@ -474,14 +474,23 @@ def _store_beyond(card, names: list[str]) -> list[str]:
 
 def full_coef(est: Any, n_classes: int, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(K, C) weights and (K,) biases of a fitted linear head (binary heads included), at the
-    selected point or at path point ``index``."""
+    selected point or at path point ``index``.
+
+    scikit-learn's binary ``(1, C)`` row ``w`` becomes the pair ``[-w/2, w/2]`` (as cbm's own heads
+    give it): the same probabilities, and each class's logit holds its half of every concept's
+    term, so an explanation of the first class is not empty."""
+    from cbm.heads._common import symmetric_binary
+
+    if index is None and not (hasattr(est, "coef_") and hasattr(est, "intercept_")):
+        raise TypeError(f"head {type(est).__name__} has no coef_ and intercept_ after fit: cbm's model is a linear head "
+                        "on the concept values; give a linear classifier whose fit sets coef_ (n_classes, n_concepts) "
+                        "and intercept_ (cbm.heads.SparseConceptHead, DenseConceptHead)")
     if index is None:
         coef, intercept = est.coef_, est.intercept_
     else:
         coef, intercept = est.path_coefs_[index], est.path_intercepts_[index]
-    coef = np.asarray(coef, dtype=np.float32)
-    intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float32))
+    coef = np.asarray(coef, dtype=np.float64)
+    intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
     if coef.shape[0] == 1 and n_classes == 2:  # sklearn's binary convention: one row for class 1
-        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
-        intercept = np.array([0.0, intercept[0]], dtype=np.float32)
-    return coef, intercept
+        coef, intercept = symmetric_binary(coef, intercept)
+    return coef.astype(np.float32), intercept.astype(np.float32)
