@@ -157,6 +157,20 @@ def test_class_weights_that_zero_every_sample_are_refused(small):
     assert set(head.predict(X)) <= {1, 2}
 
 
+def test_a_selected_head_without_concepts_is_warned_of():
+    """With 3.5 % of cases in one class (class weights or not), validation accuracy chose the all-zero
+    first point: a head that answers the majority class for everything, without a word."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 10))
+    y = (1.5 * X[:, 0] + rng.normal(size=2000) > 3.2).astype(int)
+    with pytest.warns(UserWarning, match="uses no concept: the head answers one class for every case"):
+        head = SparseConceptHead(class_weight="balanced", random_state=0).fit(X, y)
+    assert not np.any(head.coef_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparseConceptHead(random_state=0, n_lambdas=10).fit(X, (X[:, 0] > 0).astype(int))
+
+
 def test_path_runs_from_all_zero_down(small):
     X, y = small
     head = SparseConceptHead(**EXACT).fit(X, y, X_val=X, y_val=y)

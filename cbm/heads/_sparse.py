@@ -306,6 +306,12 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             "training_copies": len(copies), "seconds": time.perf_counter() - t0, "order": [int(c) for c in order],
         }
         self.select_point(index)
+        if not np.any(self.coef_) and np.any(self.path_coefs_):  # selection took the intercept-only point
+            warnings.warn(
+                f"the selected path point (#{index}, validation accuracy {path[index]['val_accuracy']:.4f}) uses no "
+                "concept: the head answers one class for every case. Validation accuracy chose it (with imbalanced "
+                "classes, predicting the majority scores well); look at path_ and pick a point with select_point(i), "
+                "or give a validation split where the concepts matter", UserWarning, stacklevel=2)
         log.info(
             "sparse head: %d lambdas, selected #%d (lambda %.3g): val accuracy %.4f, %.1f concepts per class",
             len(path), index, self.lambda_, path[index]["val_accuracy"], path[index]["concepts_per_class"],
