@@ -171,6 +171,19 @@ def test_a_selected_head_without_concepts_is_warned_of():
         SparseConceptHead(random_state=0, n_lambdas=10).fit(X, (X[:, 0] > 0).astype(int))
 
 
+@pytest.mark.parametrize("scale", [1e18, 1e39])
+def test_inputs_too_large_for_the_solver_precision_are_refused(small, scale):
+    """At 1e18 the float32 path stayed at zero with a warning to raise max_iter; at 1e39 (finite in
+    float64, infinite in float32) it stayed at zero without a word."""
+    X, y = small
+    with pytest.raises(ValueError, match=r"the inputs reach .*standardise them .* or use dtype='float64'"):
+        SparseConceptHead(n_lambdas=5).fit(X * scale, y)
+    if scale < 1e20:  # float64 holds it: the path leaves zero and predicts as on the unscaled inputs
+        big = SparseConceptHead(n_lambdas=5, dtype="float64", random_state=0).fit(X * scale, y)
+        plain = SparseConceptHead(n_lambdas=5, dtype="float64", random_state=0).fit(X, y)
+        assert np.count_nonzero(big.coef_) and np.mean(big.predict(X * scale) == plain.predict(X)) > 0.95
+
+
 def test_path_runs_from_all_zero_down(small):
     X, y = small
     head = SparseConceptHead(**EXACT).fit(X, y, X_val=X, y_val=y)

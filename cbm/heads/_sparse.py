@@ -331,6 +331,11 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             allowed = ordinal_directions(prior)[None, :]
         weights = sample_weights(self.class_weight, y_fit, classes)
         device, dtype = self._torch_device(), _DTYPES[self.dtype]
+        big = float(np.abs(X_fit).max(initial=0.0))
+        if big * big * len(X_fit) >= torch.finfo(dtype).max:  # the step 1/L (L ~ n |x|^2) would underflow
+            raise ValueError(f"the inputs reach {big:.3g}: at that scale {self.dtype} cannot hold the solver's steps "
+                             f"(their squares times the {len(X_fit)} samples overflow it), and the path would stay at "
+                             "zero; standardise them (cbm's bottleneck gives standardised scores) or use dtype='float64'")
         # a read-only array (a memmap, a pandas 3 frame) is copied: torch warns on one it cannot write
         as_t = lambda a: torch.as_tensor(np.array(a) if not np.asarray(a).flags.writeable else np.asarray(a),  # noqa: E731
                                          dtype=dtype, device=device)
