@@ -13,7 +13,7 @@ import os
 import select
 import sys
 
-from cbm.errors import InputError
+from cbm.errors import InputError, error_text
 
 __all__ = ["main", "build_parser"]
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         # user-facing errors stated plainly, on one line: a bad input file (cbm.errors.InputError: the
         # file, the field or line, the fix), a folder in the way, a bad path
         logging.getLogger("cbm").debug("details", exc_info=True)
-        print(f"cbm {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"cbm {args.command}: error: {' '.join(error_text(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
         resume = _RESUME.get(args.command, "")

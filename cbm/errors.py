@@ -15,6 +15,7 @@ They subclass ``ValueError``, so code that caught ``ValueError`` before still do
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,24 @@ __all__ = [
     "ManifestError",
     "ConceptStoreError",
     "ModelFormatError",
+    "error_text",
 ]
 
 QUOTE_LIMIT = 200
 """The most characters of a bad value an error message quotes."""
+
+
+def error_text(exc: BaseException) -> str:
+    """The line the ``cbm`` command prints for a user-facing error: its message, and for a disk that
+    is full (or over quota) while writing a named file, what to do about it."""
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in _FULL and exc.filename is not None:
+        text += (f"; free space on the disk holding {Path(exc.filename).parent} (or write to another disk) and run "
+                 "again: files are written whole or not at all, and what was finished is reused")
+    return text
+
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cbm.errors import error_text
 from cbm.resources import resource_dir
 from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metric, selection_figure  # noqa: F401 - cbm.run's API
 
@@ -179,10 +180,10 @@ def _task(cfg) -> float:
     except (ValueError, OSError, RuntimeError) as exc:
         # a single run states a user-facing error plainly (HYDRA_FULL_ERROR=1 keeps the traceback);
         # in a sweep the error stays an exception, so the launcher goes on with the other jobs
-        log.error("%s", exc)
+        log.error("%s", error_text(exc))
         if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"cbm run: error: {exc}", file=sys.stderr)
+        print(f"cbm run: error: {error_text(exc)}", file=sys.stderr)
         _STATED.append(str(exc))  # the command line was fine: no hints about its settings
         raise SystemExit(2) from None
     print((out_dir / "results.md").read_text(encoding="utf-8"))

@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_files",
     "atomic_write_text",
     "atomic_write_json",
+    "naming_file",
     "sha256_file",
     "sha256_bytes",
     "safetensors_metadata",
@@ -131,6 +132,7 @@ def atomic_write_files(files: dict[Path, bytes | None]) -> None:
     are written, each moved into place (``None``: that file is removed). A failed write (a full
     disk) leaves every file as it was."""
     temps: dict[Path, str] = {}
+    path = None
     try:
         for path, data in files.items():
             if data is None:
@@ -147,11 +149,22 @@ def atomic_write_files(files: dict[Path, bytes | None]) -> None:
                 path.unlink(missing_ok=True)
             else:
                 os.replace(temps[path], path)
-    except BaseException:
+    except BaseException as exc:
         for tmp in temps.values():  # those already moved into place are gone from here
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        if isinstance(exc, OSError) and path is not None:
+            raise naming_file(exc, path) from exc
         raise
+
+
+def naming_file(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` with the file it was writing: a write or an fsync that fails (a full disk) raises
+    an OSError that names no file, which would reach the user as a bare "[Errno 28] No space left on
+    device". One that names a file already is returned as it is."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

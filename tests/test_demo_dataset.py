@@ -342,3 +342,48 @@ def test_masks_of_another_world_version_are_refused(small, tmp_path):
     shutil.rmtree(folder / "masks")
     with pytest.raises(FileNotFoundError, match="has no masks"):
         read_masks(folder, "train/000000.png")
+
+
+def test_a_full_disk_names_the_file_and_the_fix_and_a_run_after_resumes(tmp_path, capsys, monkeypatch):
+    """A disk that fills while images are drawn: `cbm demo make` said only "[Errno 28] No space left
+    on device", naming neither the file nor the folder, nor what to do."""
+    import errno
+    import os
+
+    from cbm.cli import main
+
+    real_fdopen, opened = os.fdopen, []
+
+    class FullFile:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, *args, **kwargs):
+        opened.append(fd)
+        fh = real_fdopen(fd, *args, **kwargs)
+        return fh if len(opened) <= 20 else FullFile(fh)  # the disk fills after 20 files
+
+    out = tmp_path / "demo"
+    args = ["demo", "make", "--out", str(out), "--n", "36", "--size", "24", "--workers", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdopen", fdopen)
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cbm demo: error:" in err and "No space left on device" in err and "Traceback" not in err
+    assert str(out / "masks" / "train") in err or str(out / "images" / "train") in err, err
+    assert "free space on the disk holding" in err and "run again" in err
+    assert not list(out.rglob("*.tmp"))  # no half-written file left
+    assert main(args) == 0  # space again: it resumes and completes
+    again = tmp_path / "again"
+    make_dataset(again, n=36, size=24, workers=1, progress=False)
+    for png in sorted((again / "images").rglob("*.png")):
+        assert (out / png.relative_to(again)).read_bytes() == png.read_bytes()

@@ -499,3 +499,34 @@ def test_the_demo_abcd_hook_on_a_card_without_its_classes_is_not_measured_and_sa
     out = _extra_metric("abcd_rule", abcd_rule_metric, SimpleNamespace(model=model))
     assert out["measured"] is False and "'benign nevus'" in out["reason"]
     assert _notes({"cbm": {"abcd_rule": out}}) == [f"ABCD rule not measured: {out['reason']}."]
+
+
+def test_a_full_disk_while_writing_the_results_names_the_file_and_the_fix(tiny, tmp_path, capsys, monkeypatch):
+    """The disk fills as the run writes metrics.json: the error said only "[Errno 28] No space left on
+    device", naming neither the file nor what to do."""
+    import errno
+
+    import cbm.utils
+
+    real_mkstemp, real_fsync, names = cbm.utils.tempfile.mkstemp, cbm.utils.os.fsync, {}
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        names[fd] = name
+        return fd, name
+
+    def fsync(fd):
+        if ".metrics.json." in Path(names.get(fd, "")).name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(cbm.utils.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(cbm.utils.os, "fsync", fsync)
+    run_dir = tmp_path / "run"
+    code = cbm_main(["run", *tiny, "baselines.linear_probe=false", "baselines.dense_concepts=false",
+                     "baselines.cbm_unconstrained=false", f"hydra.run.dir={run_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"No space left on device: '{run_dir / 'metrics.json'}'" in err, err
+    assert f"free space on the disk holding {run_dir}" in err
+    assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob(".*.tmp"))

@@ -65,7 +65,7 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, set_file_mode, stable_hash
+from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, naming_file, set_file_mode, stable_hash
 
 __all__ = [
     "SPLITS",
@@ -229,9 +229,11 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.getvalue())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise naming_file(exc, path) from exc
         raise
 
 
