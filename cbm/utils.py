@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "naming_file",
+    "exit_with_parent",
     "sha256_file",
     "sha256_bytes",
     "safetensors_metadata",
@@ -266,3 +267,19 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Pool initializer (``ProcessPoolExecutor(initializer=exit_with_parent, initargs=(os.getpid(),))``):
+    the worker ends once the process that started it is gone. A worker forked from it holds the write
+    end of the pipe it reads its next job from, so a parent killed outright (SIGKILL, the OOM killer)
+    would otherwise leave every worker waiting for a job forever."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

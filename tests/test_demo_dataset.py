@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,3 +388,54 @@ def test_a_full_disk_names_the_file_and_the_fix_and_a_run_after_resumes(tmp_path
     make_dataset(again, n=36, size=24, workers=1, progress=False)
     for png in sorted((again / "images").rglob("*.png")):
         assert (out / png.relative_to(again)).read_bytes() == png.read_bytes()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_drawing_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """`cbm demo make` (or `cbm run` drawing the demo) killed outright (SIGKILL, the OOM killer): its
+    drawing processes waited for their next job forever, one per core, until killed by hand."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = "import sys; from cbm.demo.dataset import make_dataset; make_dataset(sys.argv[1], n=40000, size=16, workers=2, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "demo")])
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2, "the drawing processes did not start"
+        time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} drawing process(es) outlived the process that started them"

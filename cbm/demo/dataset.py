@@ -65,7 +65,8 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, naming_file, set_file_mode, stable_hash
+from cbm.utils import (atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, naming_file, set_file_mode,
+                       stable_hash)
 
 __all__ = [
     "SPLITS",
@@ -472,7 +473,7 @@ def _draw_all(items: list[DemoItem], folder: Path, size: int, workers: int | Non
             for job in jobs:
                 bar.update(_draw_items(job))
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 for done in pool.map(_draw_items, jobs):
                     bar.update(done)
 
