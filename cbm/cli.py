@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return hydra_main(argv[1:])
         except KeyboardInterrupt:
-            print(f"cbm run: interrupted{_RESUME['features']}", file=sys.stderr)
+            print(f"cbm run: interrupted{_RESUME['run']}", file=sys.stderr)
             return 130
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cbm {args.command}: error: {' '.join(error_text(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
-        resume = _RESUME.get(args.command, "")
+        resume = _RESUME.get(" ".join(filter(None, (args.command, getattr(args, "demo_command", None)))), "")
         print(f"cbm {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
@@ -112,6 +112,8 @@ def _stdout_closed() -> bool:
 _RESUME = {
     "features": "; finished cache shards are kept, and a re-run computes only the rest",
     "concepts": "; the classes already answered are kept in the store",
+    "demo make": "; the images already drawn are kept, and a re-run draws only the rest",
+    "run": "; the demo images drawn and the feature shards finished are kept, and a re-run computes only the rest",
 }
 
 

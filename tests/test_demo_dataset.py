@@ -439,3 +439,17 @@ def test_drawing_workers_end_when_the_process_that_started_them_is_killed(tmp_pa
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} drawing process(es) outlived the process that started them"
+
+
+def test_ctrl_c_while_drawing_says_the_drawn_images_are_kept(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in `cbm demo make` said only "interrupted", though a re-run resumes from the images drawn."""
+    import cbm.demo.dataset as dataset
+    from cbm.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dataset, "_draw_all", interrupted)
+    assert main(["demo", "make", "--out", str(tmp_path / "d"), "--n", "36", "--size", "24", "--workers", "1"]) == 130
+    assert capsys.readouterr().err.strip() == ("cbm demo: interrupted; the images already drawn are kept, and a re-run "
+                                               "draws only the rest")
