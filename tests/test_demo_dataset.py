@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -453,3 +454,33 @@ def test_ctrl_c_while_drawing_says_the_drawn_images_are_kept(tmp_path, capsys, m
     assert main(["demo", "make", "--out", str(tmp_path / "d"), "--n", "36", "--size", "24", "--workers", "1"]) == 130
     assert capsys.readouterr().err.strip() == ("cbm demo: interrupted; the images already drawn are kept, and a re-run "
                                                "draws only the rest")
+
+
+def test_two_processes_drawing_one_folder_take_turns(tmp_path, monkeypatch, caplog):
+    """Two runs on the cached demo at once (a sweep's jobs) each drew every image not yet on disk,
+    twice the work; the second now waits for the first, says so, and then finds the images drawn."""
+    import logging
+    import threading
+
+    import cbm.demo.dataset as dataset
+
+    real_draw, drawn, started = dataset._draw_all, [], threading.Event()
+
+    def draw(items, *args, **kwargs):
+        drawn.append(len(items))
+        started.set()
+        if len(drawn) == 1:
+            time.sleep(1.5)  # the second writer arrives while the first draws
+        real_draw(items, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "_draw_all", draw)
+    out = tmp_path / "demo"
+    first = threading.Thread(target=make_dataset, args=(out,), kwargs=dict(n=36, size=24, workers=1, progress=False))
+    with caplog.at_level(logging.INFO, logger="cbm"):
+        first.start()
+        assert started.wait(30)
+        make_dataset(out, n=36, size=24, workers=1, progress=False)
+        first.join()
+    assert drawn == [36, 0]
+    assert "another cbm process is writing the demo dataset" in caplog.text
+    assert json.loads((out / "demo.json").read_text())["complete"] is True

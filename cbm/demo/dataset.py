@@ -26,7 +26,7 @@ concept store as a 0/1 truth column (``truth_<concept>``), named in the card's `
 
 The folder is reused when it already holds a complete dataset with the same parameters (its
 ``demo.json`` records them and a content key), resumed when it holds a partial one, and refused
-when it holds files that ``cbm demo`` did not write.
+when it holds files that ``cbm demo`` did not write; a second process waits while one draws.
 """
 
 from __future__ import annotations
@@ -65,8 +65,7 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import (atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, naming_file, set_file_mode,
-                       stable_hash)
+from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, folder_lock, naming_file, set_file_mode, stable_hash
 
 __all__ = [
     "SPLITS",
@@ -365,10 +364,11 @@ def make_dataset(
         for split in SPLITS:
             (out_dir / part / split).mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / MASKS_FOLDER / MASKS_RECORD, masks_record())
-    todo = [it for it in items if not all((out_dir / part / it.path).is_file() for part in ("images", MASKS_FOLDER))]
-    if len(todo) < len(items):
-        log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))
-    _draw_all(todo, out_dir, size, workers, progress)
+    with folder_lock(out_dir / "images", f"the demo dataset {out_dir}"):  # another process drawing it: wait, then reuse
+        todo = [it for it in items if not all((out_dir / part / it.path).is_file() for part in ("images", MASKS_FOLDER))]
+        if len(todo) < len(items):
+            log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))
+        _draw_all(todo, out_dir, size, workers, progress)
 
     phrases = _store_phrases(classes)
     buf = io.StringIO()
