@@ -269,16 +269,19 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def exit_with_parent(parent: int, interval: float = 0.5) -> None:
-    """Pool initializer (``ProcessPoolExecutor(initializer=exit_with_parent, initargs=(os.getpid(),))``):
-    the worker ends once the process that started it is gone. A worker forked from it holds the write
-    end of the pipe it reads its next job from, so a parent killed outright (SIGKILL, the OOM killer)
-    would otherwise leave every worker waiting for a job forever."""
+def exit_with_parent(interval: float = 0.5) -> None:
+    """Pool initializer (``ProcessPoolExecutor(initializer=exit_with_parent)``): the worker ends once
+    the process that started it is gone. A worker forked from it holds the write end of the pipe it
+    reads its next job from, so a parent killed outright (SIGKILL, the OOM killer) would otherwise
+    leave every worker waiting for a job forever. The parent is whichever process started the worker
+    (the pool's process, or a fork server, which ends with it)."""
     import threading
     import time
 
+    parent = os.getppid()
+
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent != 1:
             time.sleep(interval)
         os._exit(1)
 
