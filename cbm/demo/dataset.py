@@ -65,7 +65,8 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, folder_lock, naming_file, set_file_mode, stable_hash
+from cbm.utils import (atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, folder_lock, naming_file,
+                       set_file_mode, stable_hash)
 
 __all__ = [
     "SPLITS",
@@ -232,9 +233,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise naming_file(exc, path) from exc
-        raise
+        raise naming_file(exc, path) if isinstance(exc, OSError) else exc
 
 
 def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
@@ -364,7 +363,7 @@ def make_dataset(
         for split in SPLITS:
             (out_dir / part / split).mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / MASKS_FOLDER / MASKS_RECORD, masks_record())
-    with folder_lock(out_dir / "images", f"the demo dataset {out_dir}"):  # another process drawing it: wait, then reuse
+    with folder_lock(out_dir / "images", f"the demo dataset {out_dir}"):  # one process draws; another waits
         todo = [it for it in items if not all((out_dir / part / it.path).is_file() for part in ("images", MASKS_FOLDER))]
         if len(todo) < len(items):
             log.info("resuming: %d of %d images already drawn", len(items) - len(todo), len(items))
