@@ -279,9 +279,11 @@ def exit_with_parent(interval: float = 0.5) -> None:
     import time
 
     parent = os.getppid()
+    if parent == 1:  # started by init itself (cbm as a container's first process): it outlives us anyway
+        return
 
     def watch() -> None:
-        while os.getppid() == parent != 1:
+        while os.getppid() == parent:  # once the parent is gone, the worker is adopted by another process
             time.sleep(interval)
         os._exit(1)
 

@@ -484,3 +484,17 @@ def test_two_processes_drawing_one_folder_take_turns(tmp_path, monkeypatch, capl
     assert drawn == [36, 0]
     assert "another cbm process is writing the demo dataset" in caplog.text
     assert json.loads((out / "demo.json").read_text())["complete"] is True
+
+
+def test_a_worker_started_by_init_is_not_ended_at_once(monkeypatch):
+    """cbm as a container's first process (pid 1) starts workers whose parent is 1 from the start: the
+    watch must not take that for a parent already gone (every worker ended at once)."""
+    import os
+    import threading
+
+    from cbm.utils import exit_with_parent
+
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(AssertionError("the worker was ended")))
+    exit_with_parent(interval=0.01)
+    assert not [t for t in threading.enumerate() if t.name == "exit-with-parent"]
