@@ -940,3 +940,43 @@ def test_image_errors_are_one_family():
     assert str(err) == "image a.png: IHDR is broken. Fix it" and err.field == "IHDR"
     codec = pickle.loads(pickle.dumps(MissingCodecError("b.dcm", "RLE", ["x"], ["pylibjpeg-rle"])))
     assert codec.packages == ["pylibjpeg-rle"] and "b.dcm" in str(codec)
+
+
+def test_two_threads_trying_files_as_dicom_leave_pydicom_logging_as_it_was(tmp_path, monkeypatch):
+    """cbm serve decodes uploads in threads at once: two files tried as headerless DICOM together each
+    turned pydicom's propagation off and back to what it found, so the second, finding it off, left it
+    off: every later pydicom warning reached no handler of the application."""
+    import threading
+
+    import cbm.data._image as image_module
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_text("<html>404 Not Found</html>")
+    a_in, b_in, release_a, a_done = (threading.Event() for _ in range(4))
+
+    def slow_dicom(path, frame, max_pixels):
+        if path.name == "a.png":
+            a_in.set()
+            release_a.wait(10)
+        else:
+            b_in.set()
+            a_done.wait(10)
+        raise ImageReadError(path, "is not DICOM either")
+
+    def read(name):
+        with contextlib.suppress(ImageReadError):
+            read_image(tmp_path / name)
+
+    monkeypatch.setattr(image_module, "read_dicom", slow_dicom)
+    logger = logging.getLogger("pydicom")
+    before = logger.propagate
+    first, second = threading.Thread(target=read, args=("a.png",)), threading.Thread(target=read, args=("b.png",))
+    first.start()
+    assert a_in.wait(10)
+    second.start()
+    b_in.wait(1)  # the second is trying its file too (or, holding back, waits for the first)
+    release_a.set()
+    first.join(10)
+    a_done.set()
+    second.join(10)
+    assert logger.propagate is before

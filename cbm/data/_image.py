@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,22 +168,34 @@ def read_image(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
         return image
 
 
+_PYDICOM_HOLD = threading.Lock()  # cbm serve decodes uploads in threads: one hold at a time
+
+
 @contextlib.contextmanager
 def _pydicom_records_held() -> Iterator[list[logging.LogRecord]]:
     """pydicom's log records kept back while a file that is no image PIL knows is tried as DICOM: a
     download error page parsed as a dataset makes pydicom warn of "VR lookup failed", which says
-    nothing about an image that is not DICOM either (its error does)."""
-    logger, held = logging.getLogger("pydicom"), []
-    holder = logging.Handler()
-    holder.emit = held.append  # type: ignore[method-assign]
-    propagate = logger.propagate
-    logger.addHandler(holder)
-    logger.propagate = False
-    try:
-        yield held
-    finally:
-        logger.removeHandler(holder)
-        logger.propagate = propagate
+    nothing about an image that is not DICOM either (its error does). One thread holds at a time (two
+    would each restore the propagation the other had turned off); other threads' records pass on."""
+    logger, held, me = logging.getLogger("pydicom"), [], threading.get_ident()
+    with _PYDICOM_HOLD:
+        propagate = logger.propagate
+
+        def emit(record: logging.LogRecord) -> None:
+            if record.thread == me:
+                held.append(record)
+            elif propagate and logger.parent is not None:  # another thread's: as propagation would
+                logger.parent.callHandlers(record)
+
+        holder = logging.Handler()
+        holder.emit = emit  # type: ignore[method-assign]
+        logger.addHandler(holder)
+        logger.propagate = False
+        try:
+            yield held
+        finally:
+            logger.removeHandler(holder)
+            logger.propagate = propagate
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
