@@ -464,23 +464,33 @@ def test_two_processes_drawing_one_folder_take_turns(tmp_path, monkeypatch, capl
 
     import cbm.demo.dataset as dataset
 
-    real_draw, drawn, started = dataset._draw_all, [], threading.Event()
+    real_draw, drawn, started, waiting = dataset._draw_all, [], threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "another cbm process is writing" in record.getMessage():
+                waiting.set()
 
     def draw(items, *args, **kwargs):
         drawn.append(len(items))
         started.set()
         if len(drawn) == 1:
-            time.sleep(1.5)  # the second writer arrives while the first draws
+            waiting.wait(30)  # the first draws until the second writer has arrived and waits (no timing guess)
         real_draw(items, *args, **kwargs)
 
     monkeypatch.setattr(dataset, "_draw_all", draw)
     out = tmp_path / "demo"
     first = threading.Thread(target=make_dataset, args=(out,), kwargs=dict(n=36, size=24, workers=1, progress=False))
-    with caplog.at_level(logging.INFO, logger="cbm"):
-        first.start()
-        assert started.wait(30)
-        make_dataset(out, n=36, size=24, workers=1, progress=False)
-        first.join()
+    watcher = Waiting()
+    logging.getLogger("cbm").addHandler(watcher)
+    try:
+        with caplog.at_level(logging.INFO, logger="cbm"):
+            first.start()
+            assert started.wait(30)
+            make_dataset(out, n=36, size=24, workers=1, progress=False)
+            first.join()
+    finally:
+        logging.getLogger("cbm").removeHandler(watcher)
     assert drawn == [36, 0]
     assert "another cbm process is writing the demo dataset" in caplog.text
     assert json.loads((out / "demo.json").read_text())["complete"] is True
