@@ -269,17 +269,21 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def exit_with_parent(interval: float = 0.5) -> None:
-    """Pool initializer (``ProcessPoolExecutor(initializer=exit_with_parent)``): the worker ends once
-    the process that started it is gone. A worker forked from it holds the write end of the pipe it
-    reads its next job from, so a parent killed outright (SIGKILL, the OOM killer) would otherwise
-    leave every worker waiting for a job forever. The parent is whichever process started the worker
-    (the pool's process, or a fork server, which ends with it)."""
+def exit_with_parent(creator: int | None = None, interval: float = 0.5) -> None:
+    """Pool initializer (``ProcessPoolExecutor(initializer=exit_with_parent, initargs=(os.getpid(),))``):
+    the worker ends once the process that started it is gone. A worker forked from it holds the write
+    end of the pipe it reads its next job from, so a parent killed outright (SIGKILL, the OOM killer)
+    would otherwise leave every worker waiting for a job forever. The parent is whichever process
+    started the worker (the pool's process, or a fork server, which ends with it); ``creator``, the
+    pool's process, tells a parent gone before the worker got here (the worker already adopted) from
+    init as the parent from the start (cbm as a container's first process)."""
     import threading
     import time
 
     parent = os.getppid()
-    if parent == 1:  # started by init itself (cbm as a container's first process): it outlives us anyway
+    if creator is not None and parent != creator and _gone(creator):  # killed before the watch began
+        os._exit(1)
+    if parent == 1:  # started by init itself: it outlives us anyway
         return
 
     def watch() -> None:
@@ -288,3 +292,17 @@ def exit_with_parent(interval: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (no such process, or one that is dead but not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it exists
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -410,17 +410,26 @@ def _running(pid: int) -> bool:
         return False
 
 
+_DRAW = "import sys; from cbm.demo.dataset import make_dataset; make_dataset(sys.argv[1], n=40000, size=16, workers=2, progress=False)"
+# the workers start their watch only after their parent is gone (killed as the pool started)
+_LATE_WATCH = ("import time, cbm.demo.dataset as d; watch = d.exit_with_parent\n"
+               "def late(*args):\n    time.sleep(3)\n    watch(*args)\n"
+               "d.exit_with_parent = late\n") + _DRAW
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
-def test_drawing_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
+@pytest.mark.parametrize("script", [_DRAW, _LATE_WATCH], ids=["drawing", "starting"])
+def test_drawing_workers_end_when_the_process_that_started_them_is_killed(tmp_path, script):
     """`cbm demo make` (or `cbm run` drawing the demo) killed outright (SIGKILL, the OOM killer): its
-    drawing processes waited for their next job forever, one per core, until killed by hand."""
+    drawing processes waited for their next job forever, one per core, until killed by hand. Killed
+    before a worker had begun to watch it, the worker, adopted by init, took init for the process
+    that started it and waited forever too."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    script = "import sys; from cbm.demo.dataset import make_dataset; make_dataset(sys.argv[1], n=40000, size=16, workers=2, progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "demo")])
     workers: list[int] = []
     try:
@@ -507,4 +516,5 @@ def test_a_worker_started_by_init_is_not_ended_at_once(monkeypatch):
     monkeypatch.setattr(os, "getppid", lambda: 1)
     monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(AssertionError("the worker was ended")))
     exit_with_parent(interval=0.01)
+    exit_with_parent(1, interval=0.01)  # the pool's own process is init
     assert not [t for t in threading.enumerate() if t.name == "exit-with-parent"]

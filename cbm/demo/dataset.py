@@ -472,7 +472,7 @@ def _draw_all(items: list[DemoItem], folder: Path, size: int, workers: int | Non
             for job in jobs:
                 bar.update(_draw_items(job))
         else:
-            with ProcessPoolExecutor(workers, initializer=exit_with_parent) as pool:
+            with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 for done in pool.map(_draw_items, jobs):
                     bar.update(done)
 
