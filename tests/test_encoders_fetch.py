@@ -222,3 +222,21 @@ def test_an_overwrite_that_fails_half_way_leaves_the_model_there_loadable(hub, o
     monkeypatch.setattr(fetch_module, "hub_snapshot", working)  # the connection is back
     assert fetch_model("biomedclip", dest, overwrite=True) == dest
     assert create_encoder(f"local-dir:{dest}").cache_key == before and (dest / "notes.txt").is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second file system (/dev/shm)")
+def test_a_fetch_into_a_link_to_another_disk_is_moved_in(tmp_path):
+    """A model folder that is a link to a bigger disk (models -> /mnt/big/models): the fetch was staged
+    beside the link and its move into the folder failed with "Invalid cross-device link" after every
+    download, leaving nothing."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        if Path(other).stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("/dev/shm is on the same file system here")
+        (tmp_path / "model").symlink_to(other, target_is_directory=True)
+        dest = fetch_model("demo-clip", tmp_path / "model")
+        assert (Path(other) / "open_clip_config.json").is_file()
+        assert create_encoder(f"local-dir:{dest}").cache_key == create_encoder("demo-clip").cache_key
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and not [
+            p for p in Path(other).iterdir() if ".fetching-" in p.name]

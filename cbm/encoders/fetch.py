@@ -95,8 +95,7 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
         raise ValueError(f"encoder {name!r} has no weights to fetch (random initialisation)")
     # everything is written into a folder beside ``dest`` first and moved in once complete, so a fetch
     # that fails (a dropped download, a full disk) leaves ``dest`` as it was: empty, or the model it held
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=dest.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=_stage_parent(dest)))
     try:
         _write_folder(name, source, stage)
         _move_in(stage, dest)
@@ -104,6 +103,17 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
         shutil.rmtree(stage, ignore_errors=True)
     log.info("fetched %s into %s; use the encoder name %s%s", name, dest, LOCAL_DIR_PREFIX, dest)
     return dest
+
+
+def _stage_parent(dest: Path) -> Path:
+    """Where a fetch is staged: beside ``dest`` (where it really is, when it is a link to a folder on
+    another disk), or in it where it is the root of a file system of its own (a mounted volume), so
+    that moving the fetch in is a rename, not a copy across file systems that ``os.replace`` refuses."""
+    real = dest.resolve()
+    if real.is_dir() and real.stat().st_dev != real.parent.stat().st_dev:
+        return real
+    real.parent.mkdir(parents=True, exist_ok=True)
+    return real.parent
 
 
 def _source(name: str, dest: Path) -> ModelSpec:
