@@ -98,7 +98,8 @@ def test_a_very_tall_image_resized_to_one_column_keeps_its_rows(interpolation):
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "area"])
-@pytest.mark.parametrize("h, w, size", [(2, 999, 17), (999, 2, 17), (40, 5000, 32), (500, 7, 24)])
+@pytest.mark.parametrize("h, w, size", [(2, 999, 17), (999, 2, 17), (40, 5000, 32), (500, 7, 24),
+                                     (1911, 56, 40), (1, 1879, 61), (3, 1253, 64)])
 def test_a_thin_strip_is_resized_only_where_the_crop_keeps_it(interpolation, h, w, size, monkeypatch):
     """"shortest" would make a 2 x 999 strip 17 x 8,491 and crop 17 x 17 of it: only that window is
     computed (here at any size), with the values the whole resize gives there."""

@@ -205,10 +205,12 @@ def _window_weights(n_in: int, n_out: int, start: int, count: int, mode: str) ->
     bicubic with a = -0.5 or bilinear, PIL's filters; nearest; area, an average over each output's span)."""
     scale = n_in / n_out
     j = torch.arange(start, start + count, dtype=torch.float64)
-    if mode == "nearest":
-        return torch.clamp((j * scale).floor().long(), max=n_in - 1)[:, None], torch.ones(count, 1)
-    if mode == "area":
-        lo, hi = (j * scale).floor().long(), ((j + 1) * scale).ceil().long()
+    if mode == "nearest":  # in float32, as torch computes it (float64 puts some outputs one input over)
+        scale32 = torch.tensor(n_in, dtype=torch.float32) / n_out
+        return torch.clamp((j.float() * scale32).floor().long(), max=n_in - 1)[:, None], torch.ones(count, 1)
+    if mode == "area":  # torch's adaptive average pool, in whole numbers (floats put some spans one input off)
+        out = torch.arange(start, start + count, dtype=torch.int64)
+        lo, hi = (out * n_in) // n_out, -((-(out + 1) * n_in) // n_out)
     else:
         support = (2.0 if mode == "bicubic" else 1.0) * max(scale, 1.0)
         centre = scale * (j + 0.5)
