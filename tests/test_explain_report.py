@@ -302,6 +302,9 @@ def test_an_encoder_named_by_its_config_file_is_named_by_the_file_alone():
     assert without_paths("ViT-B-32@/home/dr.jane.doe/ckpt.pt") == "ViT-B-32@ckpt.pt (local file)"
     for name in ("hf-hub:org/repo@laion2b", "ViT-B-16@openai", "demo-clip", "hf-hub:org/repo"):
         assert without_paths(name) == name
+    # a path with an @ in a folder's name is a path, not an encoder name: it kept that folder's start
+    assert without_paths("/data/john.doe@example.com/scan.png") == "scan.png (local file)"
+    assert without_paths("~/jane@clinic/x.png") == "x.png (local file)"
 
 
 def test_no_local_path_in_an_encoder_name_reaches_the_batch_index(tiny_model, tmp_path):

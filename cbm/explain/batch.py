@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import CaseReport, explain_image
-from cbm.explain.render import IndexRow, render_case_html, render_index_html, without_paths
+from cbm.explain.render import IndexRow, looks_like_path, render_case_html, render_index_html, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.utils import atomic_write_json, atomic_write_text
 
@@ -104,11 +104,7 @@ def _manifest_inputs(manifest, split: str | None, source: Path) -> list[CaseInpu
                     " and more" if len(missing) > 1 else "")
     # a row is named by its path as the manifest gives it, unless that is a local path from the root
     # (/data/DOE_JANE/img.png): then, as an image given alone, by as much of it as tells it apart
-    return [CaseInput(manifest.file(r), r.label, None if _absolute(r.path) else r.path) for r in manifest]
-
-
-def _absolute(path: str) -> bool:
-    return os.path.isabs(path) or path.startswith("~") or bool(re.match(r"[A-Za-z]:[\\/]|\\\\", path))
+    return [CaseInput(manifest.file(r), r.label, None if looks_like_path(r.path) else r.path) for r in manifest]
 
 
 def collect_inputs(

@@ -111,7 +111,9 @@ def _rate(value: Sequence[float | None]) -> str:
 
 
 # Unicode's direction overrides, embeddings and isolates: one in a class name or an LLM's concept
-# phrase would turn the rest of its line around ("... → favours melanoma" read backwards)
+# phrase would turn the rest of its line around ("... → favours melanoma" read backwards). The
+# marks (U+200E, U+200F, U+061C) are kept: they only set the direction of neutral characters
+# next to them, and genuine right-to-left names carry them
 _DIRECTION_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
@@ -312,18 +314,24 @@ def without_paths(value: Any) -> Any:
         if value.startswith("local-dir:"):
             path = value[len("local-dir:"):]
             return f"local-dir:{_last_part(path)} (local file)" if re.search(r"[\\/]", path) else value
-        if "@" in value:
-            head, _, weights = value.rpartition("@")
-            # an open_clip architecture has no separator, and hf-hub:ORG/REPO is no local path: a
-            # model-config file (configs/vit.json) is
-            head_local = bool(_PATH_LIKE.match(head) or (re.search(r"[\\/]", head) and head.lower().endswith(".json")))
+        head, at, weights = value.rpartition("@")
+        # an open_clip architecture has no separator, and hf-hub:ORG/REPO is no local path: a
+        # model-config file (configs/vit.json) is; a path with an @ in a folder's name
+        # (/data/john@example.com/scan.png) is a path, not an encoder name
+        head_local = bool(at and re.search(r"[\\/]", head) and head.lower().endswith(".json"))
+        if at and (head_local or not looks_like_path(value)):
             weights_local = bool(re.search(r"[\\/]", weights))
             if head_local or weights_local:
                 head = _last_part(head) if head_local else head
                 return f"{head}@{_last_part(weights) if weights_local else weights} (local file)"
-        elif _PATH_LIKE.match(value):
+        elif looks_like_path(value):
             return f"{_last_part(value)} (local file)"
     return value
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is an absolute or home-relative local path (POSIX, Windows or UNC)."""
+    return bool(_PATH_LIKE.match(text))
 
 
 def _details(case: CaseReport, model: ConceptBottleneckModel) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class SplitData:
     extras: list[dict[str, str]] = field(default_factory=list)  # each row's other manifest columns
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     # (n,) each image's row among the manifest's rows of this split (they differ from 0..n-1 once an
-    # unreadable image is skipped); None: no image was skipped
+    # unreadable image is skipped); None where the split was built by hand (then they are 0..n-1)
     indices: np.ndarray | None = None
 
     def __len__(self) -> int:
