@@ -240,3 +240,14 @@ def test_a_fetch_into_a_link_to_another_disk_is_moved_in(tmp_path):
         assert create_encoder(f"local-dir:{dest}").cache_key == create_encoder("demo-clip").cache_key
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and not [
             p for p in Path(other).iterdir() if ".fetching-" in p.name]
+
+
+def test_a_fetch_killed_outright_leaves_a_folder_the_next_fetch_names(tmp_path, caplog):
+    # a SIGKILL skips the clean-up: its hidden staging folder (the weights, gigabytes for a real model) stayed unsaid
+    left = tmp_path / ".derm-model.fetching-abc123"
+    left.mkdir()
+    (left / "open_clip_model.safetensors").write_bytes(b"partial")
+    with caplog.at_level("WARNING", logger="cbm.encoders.fetch"):
+        fetch_model("demo-clip", tmp_path / "derm-model")
+    assert ".derm-model.fetching-abc123" in caplog.text and "delete them" in caplog.text
+    assert left.is_dir()  # another fetch may be running: named, not removed

@@ -95,7 +95,12 @@ def fetch_model(name: str, to: str | os.PathLike | None = None, *, overwrite: bo
         raise ValueError(f"encoder {name!r} has no weights to fetch (random initialisation)")
     # everything is written into a folder beside ``dest`` first and moved in once complete, so a fetch
     # that fails (a dropped download, a full disk) leaves ``dest`` as it was: empty, or the model it held
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=_stage_parent(dest)))
+    parent = _stage_parent(dest)
+    stale = sorted(parent.glob(f".{dest.name}.fetching-*"))
+    if stale:  # left by a fetch killed outright (its clean-up never ran): they can hold gigabytes
+        log.warning("%s holds %d unfinished fetch folder(s) of %s (%s): delete them unless another fetch is "
+                    "running now", parent, len(stale), dest.name, ", ".join(p.name for p in stale[:3]))
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetching-", dir=parent))
     try:
         _write_folder(name, source, stage)
         _move_in(stage, dest)
