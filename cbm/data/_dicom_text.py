@@ -8,6 +8,7 @@ UID), and any other message has every text value of the header taken out of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 from cbm.errors import quote
 
-__all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown", "quiet_pydicom_values"]
+__all__ = ["NUMBERISH", "UID", "code_word", "header_text", "redacted", "shown", "quiet_pydicom_values", "pydicom_records_held"]
 
 # Code strings (VR CS) that devices and people fill in as free text, where a patient's name has been
 # found ("DOE" is one code word too): kept only as one of DICOM's defined terms for the attribute
@@ -171,11 +172,15 @@ class _NoQuotedValues(logging.Filter):
         if left == 1:
             message += f" (more pydicom records about this file are not logged: {_RECORDS_PER_READ} per file)"
         record.msg, record.args = message, ()
+        held = getattr(_BUDGET, "held", None)
+        if held is not None:  # this thread's records are kept back (:func:`pydicom_records_held`)
+            held.append(record)
+            return False
         return True
 
 
 _RECORDS_PER_READ = 20
-_BUDGET = threading.local()  # pydicom records still to log in this thread's current read
+_BUDGET = threading.local()  # pydicom records still to log in this thread's current read; those held back
 _INSTALLED = [-1]  # how many loggers the process had when the filters were last put in place
 
 
@@ -193,3 +198,17 @@ def quiet_pydicom_values() -> None:
     for logger in (logging.getLogger(n) for n in names):
         if not any(isinstance(f, _NoQuotedValues) for f in logger.filters):
             logger.addFilter(_NoQuotedValues())
+
+
+@contextlib.contextmanager
+def pydicom_records_held() -> Iterator[list[logging.LogRecord]]:
+    """pydicom's records of this thread kept back (cut as :class:`_NoQuotedValues` cuts them) and
+    yielded, for the caller to log (``logging.getLogger(r.name).callHandlers(r)``) or drop: a file
+    that is no image PIL knows, tried as DICOM, makes pydicom warn of "VR lookup failed", which says
+    nothing true of it if it is not DICOM either. Other threads' records go on as ever."""
+    quiet_pydicom_values()  # every pydicom logger there is has the filter that holds
+    _BUDGET.held = held = []
+    try:
+        yield held
+    finally:
+        _BUDGET.held = None

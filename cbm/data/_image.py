@@ -24,20 +24,18 @@ a missing file.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
 import re
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cbm.data._dicom import dicom_header, read_dicom
+from cbm.data._dicom_text import pydicom_records_held
 from cbm.data._image_base import (
     BUDGET_BYTES_PER_PIXEL,
     DEFAULT_MAX_PIXELS,
@@ -158,44 +156,14 @@ def read_image(path: str | os.PathLike, frame: FramePolicy = "middle", *, max_pi
         return read_pil(path, frame=frame, max_pixels=max_pixels)
     except ImageReadError as pil_error:
         # Extension-less files from PACS exports are often headerless DICOM.
-        with _pydicom_records_held() as held:
+        with pydicom_records_held() as held:
             try:
                 image = read_dicom(path, frame=frame, max_pixels=max_pixels)
             except ImageReadError:
                 raise pil_error from None
         for record in held:  # it was DICOM: what pydicom said of it is said
-            logging.getLogger("pydicom").callHandlers(record)
+            logging.getLogger(record.name).callHandlers(record)
         return image
-
-
-_PYDICOM_HOLD = threading.Lock()  # cbm serve decodes uploads in threads: one hold at a time
-
-
-@contextlib.contextmanager
-def _pydicom_records_held() -> Iterator[list[logging.LogRecord]]:
-    """pydicom's log records kept back while a file that is no image PIL knows is tried as DICOM: a
-    download error page parsed as a dataset makes pydicom warn of "VR lookup failed", which says
-    nothing about an image that is not DICOM either (its error does). One thread holds at a time (two
-    would each restore the propagation the other had turned off); other threads' records pass on."""
-    logger, held, me = logging.getLogger("pydicom"), [], threading.get_ident()
-    with _PYDICOM_HOLD:
-        propagate = logger.propagate
-
-        def emit(record: logging.LogRecord) -> None:
-            if record.thread == me:
-                held.append(record)
-            elif propagate and logger.parent is not None:  # another thread's: as propagation would
-                logger.parent.callHandlers(record)
-
-        holder = logging.Handler()
-        holder.emit = emit  # type: ignore[method-assign]
-        logger.addHandler(holder)
-        logger.propagate = False
-        try:
-            yield held
-        finally:
-            logger.removeHandler(holder)
-            logger.propagate = propagate
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
