@@ -128,10 +128,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_files(files: dict[Path, bytes | None]) -> None:
-    """Write several files of one folder together: each to a temp file (fsync), and only when all
-    are written, each moved into place (``None``: that file is removed). A failed write (a full
-    disk) leaves every file as it was."""
+def atomic_write_files(files: dict[Path, bytes | None], *, fsync: bool = True) -> None:
+    """Write several files of one folder together: each to a temp file of its own (fsync, unless
+    ``fsync`` is false: a file that is simply made again if a crash loses it), and only when all are
+    written, each moved into place (``None``: that file is removed). A failed write (a full disk)
+    leaves every file as it was, and its OSError names the file."""
     temps: dict[Path, str] = {}
     path = None
     try:
@@ -143,8 +144,9 @@ def atomic_write_files(files: dict[Path, bytes | None]) -> None:
             set_file_mode(fd)  # mkstemp makes it owner-only
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
         for path, data in files.items():
             if data is None:
                 path.unlink(missing_ok=True)

@@ -31,14 +31,12 @@ when it holds files that ``cbm demo`` did not write; a second process waits whil
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -65,8 +63,8 @@ from cbm.demo.world import (
     sample_lesion,
     sample_scene,
 )
-from cbm.utils import (atomic_write_json, atomic_write_text, cache_dir, exit_with_parent, folder_lock, naming_file,
-                       set_file_mode, stable_hash)
+from cbm.utils import (atomic_write_files, atomic_write_json, atomic_write_text, cache_dir, exit_with_parent,
+                       folder_lock, stable_hash)
 
 __all__ = [
     "SPLITS",
@@ -224,16 +222,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     drawn again on resume.)"""
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        set_file_mode(fd)  # mkstemp makes it owner-only
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise naming_file(exc, path) if isinstance(exc, OSError) else exc
+    atomic_write_files({path: buf.getvalue()}, fsync=False)
 
 
 def _draw_items(args: tuple[list[DemoItem], str, int]) -> int:
