@@ -29,7 +29,7 @@ each point from the previous one, all for elastic net with ``l1_ratio = 0.99``:
 - ``ours_faithful``: our faithful head (``constraint="prior"``) on the same grid, with a concept store
   listing each class's planted concepts and random others (``--store-per-class``, 50 by default, as
   LaBo selects): its time against the unconstrained path (another problem, so its objective is not
-  compared);
+  compared); its working sets are solved by L-BFGS-B (every weight has one allowed sign at most);
 - ``ours_signs``: the same faithful head with every concept listed under every class, so that only the
   sign constraint (every weight >= 0) acts: the constraint's own cost, without the store's smaller
   problem (the worst case for the faithful head's time).

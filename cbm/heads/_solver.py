@@ -44,10 +44,16 @@ adds violators and the subproblem is re-solved until there are none. Inputs are 
 (exact, since intercepts are not penalised). The model is linear, so the logits at the
 extrapolated point are a linear combination of stored logits: each iteration costs one product
 with the working columns of ``X`` (plus one per backtracking step) and one with their transpose.
+
+Where every weight may take at most one sign (``allowed`` without a ``2``: the faithful head), the
+restricted problem is smooth with bounds, and each working set is solved by L-BFGS-B instead
+(:mod:`cbm.heads._box`); FISTA finishes any search that stops short of the tolerance. The working
+sets, the KKT check and the warm starts are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +61,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from cbm.heads._box import is_one_sided, solve_one_sided
 
 __all__ = ["PathPoint", "elastic_net_objective", "solve_path"]
 
@@ -76,7 +84,7 @@ class PathPoint:
     intercept: np.ndarray  # (K,) biases (softmax is invariant to a common shift of them)
     loss: float  # weighted mean cross-entropy on the fitting data
     objective: float  # loss + penalty (the minimised quantity)
-    n_iter: int  # FISTA iterations spent at this lambda (all working-set rounds)
+    n_iter: int  # FISTA iterations (L-BFGS-B: evaluations) spent at this lambda, all working-set rounds
     converged: bool  # the optimality residual fell below the tolerance
 
 
@@ -117,6 +125,12 @@ class _Problem:
         # ordinal form: the weights are one row, class k's logits are s_k times its products
         self.scale = None if row_scale is None else row_scale.to(X.dtype)[:, None]  # (K, 1)
         self.rows = n_classes if row_scale is None else 1
+
+    @functools.cached_property
+    def labels_and_weights64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class of each sample ``(1, n)`` and the per-sample weights over n in float64, for the
+        loss that L-BFGS-B's line search reads (:mod:`cbm.heads._box`)."""
+        return self.YT.argmax(0, keepdim=True), self.w_over_n.double()
 
     def logits(self, W: torch.Tensor, b: torch.Tensor, XT: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, n)`` of weights ``W`` (``rows`` x a) on the gathered inputs ``XT`` (a, n)."""
@@ -338,19 +352,26 @@ def _fista(
 
 def _solve_at(problem: _Problem, n_classes: int, W: torch.Tensor, b: torch.Tensor, G: torch.Tensor, pos, neg,
               l2: float, L: float, tol_abs: float, max_iter: int):
-    """One lambda: FISTA on a working set (the concepts in use plus the worst violators of the zero
-    condition, at most doubling it per round, Celer/skglm-style), then a full-gradient KKT check
+    """One lambda: FISTA, or L-BFGS-B where every weight is one-sided, on a working set (the concepts
+    in use plus the worst violators of the zero condition, at most doubling it per round,
+    Celer/skglm-style), then a full-gradient KKT check
     that adds violators until there are none. Returns ``(W, b, L, loss, G, n_iter, converged)``."""
+    one_sided = is_one_sided(pos, neg)
     in_use = (W != 0).any(0)
     active = in_use | _worst_violators(G, W, pos, neg, l2, tol_abs, in_use, int(in_use.sum()))
     n_iter = 0
     while True:
         cols = torch.nonzero(active).flatten()
         if cols.numel() > 0:
-            W_a, b, Z, L, it, ok = _fista(problem, cols, W, b, pos, neg, l2, L, tol_abs, max(max_iter - n_iter, 1))
-            n_iter += it
-            W = torch.zeros_like(W)
-            W[:, cols] = W_a
+            ok = False
+            if one_sided:
+                W_a, b, Z, it, ok = solve_one_sided(problem, cols, W, b, pos, neg, l2, tol_abs, max(max_iter - n_iter, 1))
+                n_iter += it
+                W = torch.zeros_like(W).index_copy_(1, cols, W_a)
+            if not ok and (not one_sided or n_iter < max_iter):  # FISTA, or FISTA finishes a stalled search
+                W_a, b, Z, L, it, ok = _fista(problem, cols, W, b, pos, neg, l2, L, tol_abs, max(max_iter - n_iter, 1))
+                n_iter += it
+                W = torch.zeros_like(W).index_copy_(1, cols, W_a)
         else:
             # no concept may enter: only the intercepts move, to their closed form
             b = _gradient_at_zero(problem, n_classes)[0]
@@ -409,7 +430,7 @@ def solve_path(
             ``coef`` is still the ``(K, C)`` matrix ``s w^T``.
         tol: stop a lambda when the largest optimality residual (gradient-mapping and KKT
             violations) is below ``tol`` times the largest loss gradient at ``W = 0``.
-        max_iter: FISTA iteration cap per lambda (over its working-set rounds).
+        max_iter: cap per lambda on FISTA iterations and L-BFGS-B evaluations (over its working-set rounds).
         on_point: called with ``(index, point, W, b)`` (device tensors) before each point is
             yielded, e.g. to score a validation split without a copy to the host.
     """

@@ -79,7 +79,8 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
 
     which is scikit-learn's ``LogisticRegression(l1_ratio=l1_ratio, solver="saga", C=1/(lam*n))``
     objective up to the constant factor ``C * n`` (``s_i`` are class weights; intercepts are not
-    penalised). The solver is FISTA in torch on ``device`` (see ``cbm.heads._solver``).
+    penalised). The solver is FISTA in torch on ``device``, or L-BFGS-B on each working set where
+    every weight has at most one allowed sign (``constraint="prior"``; see ``cbm.heads._solver``).
 
     Selection (``selection="accuracy"``, the default): the highest validation accuracy, and among
     points within ``accuracy_tolerance`` of it the sparsest (fewest non-zero weights per class,
