@@ -23,23 +23,27 @@ def problem():
     return p.X_train, p.y_train, allowed
 
 
-def kkt_violation(W, b, X, y, lam, r, allowed):
-    """Largest breach of the optimality conditions of the one-sided problem, in float64 numpy."""
+def kkt_violation(W, b, X, y, lam, r, allowed, sample_weight=None, shift=None):
+    """Largest breach of the optimality conditions of the one-sided problem, in float64 numpy
+    (``shift``: the prior's ``mu * P``, which lowers the L1 price of a positive weight and raises a
+    negative one's, floored at zero)."""
     Z = X @ W.T + b
     P = np.exp(Z - Z.max(1, keepdims=True))
     P /= P.sum(1, keepdims=True)
-    R = (P - np.eye(W.shape[0])[y]) / len(y)
+    s = np.ones(len(y)) if sample_weight is None else sample_weight
+    R = (P - np.eye(W.shape[0])[y]) * s[:, None] / len(y)
     G = R.T @ X + lam * (1 - r) * W  # smooth part's gradient
-    price = lam * r
+    shift = np.zeros_like(W) if shift is None else shift
     out = np.abs(R.sum(0)).max()  # free intercepts
     for (k, c), a in np.ndenumerate(allowed):
         if a == 0:
             continue
-        s = float(a)
+        price = max(lam * r - shift[k, c], 0.0) if a == 1 else max(lam * r + shift[k, c], 0.0)
+        sign = float(a)
         if W[k, c] != 0:
-            out = max(out, abs(G[k, c] + s * price))
+            out = max(out, abs(G[k, c] + sign * price))
         else:  # moving in the allowed direction must not lower the objective
-            out = max(out, max(-(s * G[k, c] + price), 0.0))
+            out = max(out, max(-(sign * G[k, c] + price), 0.0))
     return out
 
 
@@ -53,10 +57,14 @@ def test_one_sided_is_told_from_free_signs():
 def test_one_sided_path_is_optimal_and_respects_the_signs(problem, monkeypatch):
     X, y, allowed = problem
 
-    def no_fista(*a, **k):
-        raise AssertionError("L-BFGS-B should reach the tolerance by itself here")
+    finished = []
+    fista = solver._fista
 
-    monkeypatch.setattr(solver, "_fista", no_fista)
+    def counted_fista(*a, **k):
+        finished.append(1)
+        return fista(*a, **k)
+
+    monkeypatch.setattr(solver, "_fista", counted_fista)
     points = list(solve_path(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y), 3, None, l1_ratio=0.9,
                              n_lambdas=12, allowed=torch.as_tensor(allowed, dtype=torch.int8), tol=1e-6,
                              max_iter=100_000))
@@ -67,6 +75,7 @@ def test_one_sided_path_is_optimal_and_respects_the_signs(problem, monkeypatch):
         assert np.all(pt.coef[allowed == 1] >= 0) and np.all(pt.coef[allowed == -1] <= 0)
         # tol is relative to the largest gradient at zero, 0.23 here
         assert kkt_violation(pt.coef, pt.intercept, X, y, pt.lam, 0.9, allowed) < 1e-6
+    assert len(finished) <= 2  # L-BFGS-B reaches the tolerance by itself (a wrong gradient: every time not)
 
 
 def test_one_sided_path_matches_fista_on_the_same_problem(problem, monkeypatch):
@@ -100,3 +109,28 @@ def test_a_search_cut_short_is_finished_by_fista(problem, monkeypatch):
     for pt in points:
         assert pt.converged
         assert kkt_violation(pt.coef, pt.intercept, X, y, pt.lam, 0.9, allowed) < 1e-6
+
+
+def test_one_sided_path_with_sample_weights_and_a_prior_is_optimal(problem):
+    X, y, allowed = problem
+    rng = np.random.default_rng(1)
+    weights = rng.uniform(0.2, 3.0, len(y))
+    prior = np.where(allowed == 1, 1.0, np.where(allowed == -1, -1.0, 0.0)) * rng.uniform(0.3, 1.0, allowed.shape)
+    mu = 0.02
+    points = list(solve_path(torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y), 3, None, l1_ratio=0.9,
+                             n_lambdas=8, sample_weight=torch.as_tensor(weights), prior=torch.as_tensor(prior),
+                             prior_strength=mu, allowed=torch.as_tensor(allowed, dtype=torch.int8), tol=1e-6,
+                             max_iter=100_000))
+    assert sum(int((pt.coef != 0).sum()) for pt in points) > 0
+    for pt in points:
+        assert pt.converged
+        assert kkt_violation(pt.coef, pt.intercept, X, y, pt.lam, 0.9, allowed, weights, mu * prior) < 2e-6
+
+
+def test_the_evaluation_budget_is_kept(problem):
+    X, y, allowed = problem
+    for cap in (1, 3, 7, 25):
+        points = list(solve_path(torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y), 3, None,
+                                 l1_ratio=0.9, n_lambdas=6, allowed=torch.as_tensor(allowed, dtype=torch.int8),
+                                 tol=1e-9, max_iter=cap))
+        assert all(pt.n_iter <= cap for pt in points), (cap, [pt.n_iter for pt in points])

@@ -84,7 +84,7 @@ class PathPoint:
     intercept: np.ndarray  # (K,) biases (softmax is invariant to a common shift of them)
     loss: float  # weighted mean cross-entropy on the fitting data
     objective: float  # loss + penalty (the minimised quantity)
-    n_iter: int  # FISTA iterations (L-BFGS-B: evaluations) spent at this lambda, all working-set rounds
+    n_iter: int  # FISTA iterations plus L-BFGS-B evaluations at this lambda, all working-set rounds
     converged: bool  # the optimality residual fell below the tolerance
 
 

@@ -167,7 +167,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         prior_strength: mu, in the units of the loss gradient (0 disables the prior penalty).
         validation_fraction: holdout share of the training data when no ``X_val`` is given.
         tol: per-lambda stopping tolerance, relative to the largest loss gradient at ``W = 0``.
-        max_iter: iteration cap per lambda.
+        max_iter: cap per lambda on FISTA iterations and L-BFGS-B evaluations together.
         device: torch device of the solver ("cpu", "cuda", "cuda:1", ...).
         n_threads: torch CPU threads during ``fit`` (restored afterwards). ``None``: one thread
             for small problems (below ``1e7`` multiply-adds per pass over the data), where
@@ -187,7 +187,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             concept truth also val_intervention_accuracy (the mean of its validation intervention curve).
         path_coefs_: ``(n_lambdas, n_classes, n_features)``; path_intercepts_: ``(n_lambdas, n_classes)``.
         validation_: where the selection split came from ("given" or "holdout") and its size.
-        n_iter_: solver iterations over the whole path.
+        n_iter_: FISTA iterations plus L-BFGS-B evaluations over the whole path.
         interventions_: with concept truth, the intervention-aware fit (rounds, whether the order
             repeated, training copies, seconds, the selected head's intervention order as column
             indices); else None.
