@@ -75,7 +75,6 @@ def solve_one_sided(problem, cols: torch.Tensor, W: torch.Tensor, b: torch.Tenso
     hi = np.where(up_ok.cpu().numpy().ravel(), np.inf, 0.0)
     rows, a = W.shape[0], cols.numel()
     m, K = rows * a, b.numel()
-    labels, w_over_n = problem.labels_and_weights64
     seen = {"evaluations": 0, "value": np.inf, "x": None, "grad": None}
 
     def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -84,10 +83,9 @@ def solve_one_sided(problem, cols: torch.Tensor, W: torch.Tensor, b: torch.Tenso
         seen["evaluations"] += 1
         Wt = torch.from_numpy(x[:m]).to(device=device, dtype=dtype).view(rows, a)
         bt = torch.from_numpy(x[m:]).to(device=device, dtype=dtype)
-        Z = problem.logits(Wt, bt, XA_T).double()
-        lse = torch.logsumexp(Z, 0, keepdim=True)
-        loss = float((w_over_n * (lse - Z.gather(0, labels)).squeeze(0)).sum())
-        RT = (torch.exp(Z - lse) - problem.YT) * w_over_n  # float64: softmax minus one-hot
+        # float64 logits promote the loss and its residual to float64 (targets and weights are exact in it)
+        loss, RT = problem.loss_and_residual(problem.logits(Wt, bt, XA_T).double())
+        loss = float(loss)
         gW = problem.gradient(RT.to(dtype), XA_T).double().cpu().numpy().ravel()
         w = x[:m]
         grad = np.concatenate([gW + price + l2 * w, RT.sum(1).cpu().numpy()])

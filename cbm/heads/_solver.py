@@ -53,7 +53,6 @@ sets, the KKT check and the warm starts are the same.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -125,12 +124,6 @@ class _Problem:
         # ordinal form: the weights are one row, class k's logits are s_k times its products
         self.scale = None if row_scale is None else row_scale.to(X.dtype)[:, None]  # (K, 1)
         self.rows = n_classes if row_scale is None else 1
-
-    @functools.cached_property
-    def labels_and_weights64(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The class of each sample ``(1, n)`` and the per-sample weights over n in float64, for the
-        loss that L-BFGS-B's line search reads (:mod:`cbm.heads._box`)."""
-        return self.YT.argmax(0, keepdim=True), self.w_over_n.double()
 
     def logits(self, W: torch.Tensor, b: torch.Tensor, XT: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, n)`` of weights ``W`` (``rows`` x a) on the gathered inputs ``XT`` (a, n)."""
