@@ -126,6 +126,16 @@ def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
     rows = list(csv.DictReader(open(card / "manifest.csv")))
     assert len(rows) == 70 and {r["split"] for r in rows} == {"train", "val", "test"}
 
+    # a second draw keeps the manifest that is there (a model may have been fitted on its splits)
+    before = (card / "manifest.csv").read_bytes()
+    code, out, err = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--seed", "7")
+    assert code == 2 and str(card / "manifest.csv") in err and "--force" in err and "--out" in err
+    assert (card / "manifest.csv").read_bytes() == before
+    code, out, _ = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--dry-run")  # writes nothing
+    assert code == 0 and (card / "manifest.csv").read_bytes() == before
+    code, out, _ = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--seed", "7", "--force")
+    assert code == 0 and (card / "manifest.csv").read_bytes() != before
+
     # no images yet: validate says where to put them (exit 2, a clear error)
     code, _, err = run(capsys, "validate", str(card))
     assert code == 2 and "does not exist" in err and "CBM_HAM10000_ROOT" in err
@@ -158,6 +168,11 @@ def test_index_dicom_command(tmp_path, capsys):
     code, out, _ = run(capsys, "index-dicom", str(tmp_path / "dcm"), "--out", str(tmp_path / "m.csv"), "--label-from", "folder")
     assert code == 0 and "2 DICOM images indexed" in out
     assert [r["label"] for r in csv.DictReader(open(tmp_path / "m.csv"))] == ["ct", "ct"]
+    code, _, err = run(capsys, "index-dicom", str(tmp_path / "dcm"), "--out", str(tmp_path / "m.csv"))
+    assert code == 2 and "m.csv" in err and "--force" in err
+    assert [r["label"] for r in csv.DictReader(open(tmp_path / "m.csv"))] == ["ct", "ct"]  # kept
+    code, _, _ = run(capsys, "index-dicom", str(tmp_path / "dcm"), "--out", str(tmp_path / "m.csv"), "--force")
+    assert code == 0 and [r["label"] for r in csv.DictReader(open(tmp_path / "m.csv"))] == ["", ""]
     (tmp_path / "empty").mkdir()
     code, _, _ = run(capsys, "index-dicom", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv"))
     assert code == 1

@@ -20,6 +20,7 @@ import pytest
 
 from cbm.cli import main
 from cbm.data import load_card, make_splits
+from cbm.errors import ManifestError
 
 _SPEC = importlib.util.find_spec("torchxrayvision")  # found without importing it (it needs imageio)
 DATA = Path(_SPEC.submodule_search_locations[0]) / "data" if _SPEC else None
@@ -308,6 +309,8 @@ def test_a_manifest_written_before_the_images_says_to_build_it_again(tmp_path, m
     monkeypatch.setenv("CBM_NIH_CXR14_ROOT", str(nih_images(tmp_path / "download", names)))
     problems = load_card(tmp_path / "card").validate().problems
     missing = next(p.message for p in problems if p.kind == "missing_file")
-    assert f"run `cbm make-splits {tmp_path / 'card'} --metadata ...` again" in missing and "--no-image-check" in missing
-    make_splits(tmp_path / "card", [meta], salt="test")  # now each image is found by name
+    assert f"run `cbm make-splits {tmp_path / 'card'} --metadata ... --force` again" in missing and "--no-image-check" in missing
+    with pytest.raises(ManifestError, match="already exists.*--force"):  # the first manifest is not replaced unasked
+        make_splits(tmp_path / "card", [meta], salt="test")
+    make_splits(tmp_path / "card", [meta], salt="test", overwrite=True)  # now each image is found by name
     assert "missing_file" not in {p.kind for p in load_card(tmp_path / "card").validate().problems}

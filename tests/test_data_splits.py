@@ -416,7 +416,7 @@ def test_chexpert_one_hot_frontal_and_patient_from_path(tmp_path, caplog):
         for q in there:
             (images / moved(q)).parent.mkdir(parents=True, exist_ok=True)
             (images / moved(q)).write_bytes(b"x")
-        found = make_splits("chexpert", [train, valid], salt="test", out=tmp_path / "found.csv", images=images)
+        found = make_splits("chexpert", [train, valid], salt="test", out=images.with_suffix(".csv"), images=images)
         assert sorted(r["path"] for r in found.rows) == sorted(moved(q) for q in there)
         assert sum(n for why, n in found.dropped.items() if "not under" in why) == len(wanted) - len(there)
 

@@ -143,8 +143,9 @@ class DataCard:
         if self.make_splits:
             card = card_command_name(self.name, self.folder)
             hints.append(f"a manifest written by `cbm make-splits --no-image-check` names each image as the metadata "
-                         f"does; once the images are there, run `cbm make-splits {card} --metadata ...` again: it "
-                         f"finds each one by name in the subfolders of {self.image_root}")
+                         f"does; once the images are there, run `cbm make-splits {card} --metadata ... --force` again: "
+                         f"it finds each one by name in the subfolders of {self.image_root} and keeps every image "
+                         f"in the split it had")
         return "; ".join(h for h in hints if h) or None
 
     def manifest(self, strict: bool = False, check_files: bool = True,

@@ -175,6 +175,7 @@ def index_dicom(
     patient_key: bool = False,
     salt: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> IndexResult:
     """Index the DICOM images under ``root`` into a manifest, reading headers only.
 
@@ -191,6 +192,8 @@ def index_dicom(
             rows of one patient can be grouped without revealing the ID.
         salt: the salt of ``patient_key`` (default: random per run, and not stored).
         progress: show a progress bar.
+        overwrite: replace a manifest already at ``out`` (by default it is kept, and this raises
+            before any file is read).
 
     Returns:
         An :class:`IndexResult`; non-DICOM files, unreadable headers and objects without an image
@@ -198,11 +201,13 @@ def index_dicom(
     """
     from tqdm.auto import tqdm
 
-    from cbm.data._manifest import salted_patient_key, write_manifest
+    from cbm.data._manifest_csv import check_new_manifest, salted_patient_key, write_manifest
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"DICOM folder not found: {root}")
+    if out is not None:
+        check_new_manifest(out, overwrite)
     mode, keyword = _parse_label_from(label_from)
     fractions = _parse_fractions(split)
     if patient_key and salt is None:

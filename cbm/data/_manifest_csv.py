@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cbm.errors import ManifestError, quote
 
-__all__ = ["read_manifest_csv", "salted_patient_key", "write_manifest"]
+__all__ = ["check_new_manifest", "read_manifest_csv", "salted_patient_key", "write_manifest"]
 
 _NEWLINE = b"\n"
 
@@ -139,6 +139,18 @@ def salted_patient_key(patient: str, salt: str) -> str:
     The same patient gets the same key within one salt; the ID itself is never written.
     """
     return hashlib.sha256(f"{salt}:{patient}".encode()).hexdigest()[:16] if patient else ""
+
+
+def check_new_manifest(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path``, refused where a manifest is already there and ``overwrite`` was not asked for: its
+    splits may be those a model was fitted and tested on, and a new draw would change them."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ManifestError(
+            path, "already exists, and it is kept as it is (its splits may be those of models already fitted)",
+            "Write the new manifest to another file (--out NEW.csv), or replace this one with --force "
+            "(overwrite=True in Python)")
+    return path
 
 
 def write_manifest(path: str | os.PathLike, rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> Path:

@@ -414,6 +414,7 @@ def make_splits(
     salt: str | None = None,
     check_images: bool = True,
     allow_short: bool = False,
+    overwrite: bool = False,
 ) -> SplitResult:
     """Build (and by default write) a card's manifest from the source's metadata.
 
@@ -435,6 +436,8 @@ def make_splits(
         check_images: ``False`` writes every row without looking for its image file.
         allow_short: write the manifest (with a warning) when a class has fewer images in a split
             than the card's ``min_per_class`` promises, instead of raising.
+        overwrite: replace a manifest already at the target path (by default it is kept, and this
+            raises before any work is done).
 
     Returns:
         A :class:`SplitResult` (rows, counts per split and class, what was dropped and why).
@@ -442,9 +445,10 @@ def make_splits(
     Raises:
         MetadataError: a file the rule cannot read, or one that yields no row or fewer images than
             the card promises (the message names the files, the image folder and the fix).
+        ManifestError: a manifest is already at the target path and ``overwrite`` is false.
     """
     from cbm.data._card import load_card
-    from cbm.data._manifest import write_manifest
+    from cbm.data._manifest_csv import check_new_manifest, write_manifest
 
     card = load_card(card)
     if not card.make_splits:
@@ -452,6 +456,7 @@ def make_splits(
             f"card {card.name!r} ({card.path}) has no make_splits rule; write its manifest yourself "
             f"(columns path,label,split) or add a make_splits field (see cbm/data/_split_rule.py)"
         )
+    target = check_new_manifest(out if out else card.manifest_path, overwrite) if write else None
     rule, source = _choose_layout(card, metadata)
     if seed is not None:
         rule.seed = int(seed)
@@ -473,6 +478,6 @@ def make_splits(
         )
     _check_counts(result, rule, card, allow_short)
     if write:
-        result.out = write_manifest(Path(out) if out else card.manifest_path, result.rows, result.columns)
+        result.out = write_manifest(target, result.rows, result.columns)
     return result
 

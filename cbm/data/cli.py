@@ -2,8 +2,8 @@
 
     cbm cards                                          # built-in and $CBM_CARDS_PATH cards
     cbm validate ham10000 [--strict] [--no-files | --no-read]   # every manifest problem and unreadable image
-    cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR | --no-image-check] [--out CSV] [--seed N]
-    cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1]
+    cbm make-splits ham10000 --metadata HAM10000_metadata.csv [--images DIR | --no-image-check] [--out CSV] [--seed N] [--force]
+    cbm index-dicom DIR --out manifest.csv [--label-from folder|tag:Keyword] [--split 0.8,0.1,0.1] [--force]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write every row without looking for its image file (e.g. before the images are downloaded)")
     p.add_argument("--allow-short", action="store_true",
                    help="write the manifest (with a warning) when a class has fewer images than the card promises")
+    p.add_argument("--force", action="store_true", help="replace a manifest already there (by default it is kept)")
     p.set_defaults(func=_make_splits)
 
     p = subparsers.add_parser("index-dicom", help="write a manifest from DICOM headers (no pixel decoding)")
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of --split (default 0)")
     p.add_argument("--patient-key", action="store_true", help="add a salted-hash patient_key column (never the ID itself)")
     p.add_argument("--salt", help="salt for --patient-key (default: random, not stored)")
+    p.add_argument("--force", action="store_true", help="replace a manifest already at --out (by default it is kept)")
     p.set_defaults(func=_index_dicom)
 
 
@@ -145,7 +147,7 @@ def _make_splits(args: argparse.Namespace) -> int:
 
     result = make_splits(args.card, args.metadata, out=args.out, seed=args.seed, images=args.images,
                          write=not args.dry_run, salt=args.salt, check_images=not args.no_image_check,
-                         allow_short=args.allow_short)
+                         allow_short=args.allow_short, overwrite=args.force)
     print(result.summary())
     return 0
 
@@ -155,7 +157,7 @@ def _index_dicom(args: argparse.Namespace) -> int:
 
     result = index_dicom(
         args.folder, args.out, label_from=args.label_from, split=args.split, seed=args.seed,
-        patient_key=args.patient_key, salt=args.salt,
+        patient_key=args.patient_key, salt=args.salt, overwrite=args.force,
     )
     print(result.summary())
     if not result.rows:
