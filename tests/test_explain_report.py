@@ -366,7 +366,7 @@ def test_batch_over_folder_and_manifest(tiny_model, tmp_path):
     result = explain_batch(tiny_model, found + rows, tmp_path / "out", progress=False)
     assert len(result.reports) == 5 and [label for label, _ in result.failures] == ["broken.png"]
     index = (tmp_path / "out" / "index.html").read_text()
-    assert "5 of 6 inputs explained; 1 could not be read" in index and "withheld" in index
+    assert "5 of 6 inputs explained; 1 could not be read or reported" in index and "withheld" in index
     assert 'href="cases/a.html"' in index and 'href="cases/a-2.html"' in index  # same file name twice, two reports
     summary = json.loads((tmp_path / "out" / "index.json").read_text())
     assert "error" in summary["cases"][1] and summary["cases"][4]["truth"] == "melanoma"
@@ -618,6 +618,30 @@ def test_a_model_whose_encoder_cannot_be_made_fails_once_and_keeps_earlier_repor
     with pytest.raises(Exception, match="weights.pt"):
         explain_batch(broken, [tmp_path / "a.png", tmp_path / "b.png"], out, maps=False, progress=False)
     assert {p.name: p.read_text() for p in out.rglob("*.*")} == before
+
+
+def test_a_case_whose_report_cannot_be_made_is_listed_and_the_batch_goes_on(tiny_model, tmp_path, monkeypatch):
+    """A failure while rendering one case's report stopped the batch with no index written (the reports
+    before it left without one): it is now listed like an unreadable image, with its reason."""
+    import cbm.explain.batch as batch
+
+    for seed, name in enumerate(("a.png", "b.png", "c.png")):
+        save_png(tmp_path / name, make_image(71 + seed))
+    real = batch.render_case_html
+
+    def render(case, *args, **kwargs):
+        if case.label == "b.png":
+            raise ValueError("cannot lay out this page")
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "render_case_html", render)
+    out = tmp_path / "out"
+    result = explain_batch(tiny_model, [tmp_path / n for n in ("a.png", "b.png", "c.png")], out, maps=False, progress=False)
+    assert [p.name for p in result.reports] == ["a.html", "c.html"] and not (out / "cases" / "b.html").exists()
+    assert result.failures == [("b.png", "its report could not be made (ValueError): cannot lay out this page")]
+    cases = json.loads((out / "index.json").read_text())["cases"]
+    assert [("report" in c, "error" in c) for c in cases] == [(True, False), (False, True), (True, False)]
+    assert "2 of 3 inputs explained; 1 could not be read or reported" in (out / "index.html").read_text()
 
 
 def test_a_file_name_that_is_not_utf8_is_explained_with_the_others(tiny_model, tmp_path):

@@ -11,7 +11,8 @@ manifest's label is shown as the known label beside the prediction. The output f
     index.json       the same facts for programs (per case ``withheld`` and ``flags``)
     cases/*.html     one self-contained report per image
 
-An input that cannot be read is listed in the index with the reason; the others go on.
+An input that cannot be read, or whose report cannot be made, is listed in the index with the
+reason; the others go on.
 """
 
 from __future__ import annotations
@@ -357,6 +358,39 @@ def _case_record(case: CaseReport, top_k: int) -> dict:
     }
 
 
+def _explain_case(model: ConceptBottleneckModel, item: CaseInput, label: str, target: Path, result: BatchResult, *,
+                  hide_names: bool, top_k: int, maps: bool, max_side: int, nav: dict[str, str]) -> tuple[IndexRow, dict]:
+    """One case of a batch: its report written to ``target``, and its index row and record. A case
+    that cannot be read, explained or rendered is listed with its reason, and the batch goes on; a
+    report that cannot be written (a full disk) stops it, as it would every report after it."""
+    record: dict = {"case": label, "truth": item.truth}
+
+    def failed(exc: Exception, what: str) -> tuple[IndexRow, dict]:
+        # read errors name the path: named by the case instead (and by no file name where hidden)
+        reason = what + _without_names(str(exc) or type(exc).__name__, item.path, label, bare_name=hide_names)
+        log.warning("%s: not explained: %s", label, reason)
+        log.debug("details", exc_info=not hide_names)
+        result.failures.append((label, reason))
+        return IndexRow(label, error=reason, truth=item.truth), {**record, "error": reason}
+
+    with _names_hidden(item.path, label, hide_names):
+        try:
+            case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
+                                 max_side=max_side)
+        except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
+            return failed(exc, "")
+        try:
+            page = render_case_html(case, model, top_k=top_k, nav=nav, hide_names=hide_names)
+            facts = _case_record(case, top_k)
+        except Exception as exc:  # nor one case whose report cannot be made
+            return failed(exc, f"its report could not be made ({type(exc).__name__}): ")
+    for flag in case.flags:
+        log.warning("%s: prediction withheld: %s", label, flag.message)
+    result.reports.append(atomic_write_text(target, page))
+    href = f"cases/{target.name}"
+    return IndexRow(label, href=href, case=case, truth=item.truth), {**record, "report": href, **facts}
+
+
 def explain_batch(
     model: ConceptBottleneckModel,
     inputs: Sequence[CaseInput | str | os.PathLike],
@@ -402,27 +436,10 @@ def explain_batch(
         while name.casefold() in used_names:  # Lesion.png, lesion.png: one file where case is not told apart
             name, k = f"{stem}-{k}.html", k + 1
         used_names.add(name.casefold())
-        record: dict = {"case": label, "truth": item.truth}
-        try:
-            with _names_hidden(item.path, label, hide_names):
-                case = explain_image(model, item.path, label=label, truth=item.truth, top_k=top_k, maps=maps,
-                                     max_side=max_side)
-        except Exception as exc:  # one unreadable file must not stop a batch; it is listed with its reason
-            # read errors name the path: named by the case instead (and by no file name where hidden)
-            reason = _without_names(str(exc) or type(exc).__name__, item.path, label, bare_name=hide_names)
-            log.warning("%s: not explained: %s", label, reason)
-            log.debug("details", exc_info=not hide_names)
-            result.failures.append((label, reason))
-            rows.append(IndexRow(label, error=reason, truth=item.truth))
-            records.append({**record, "error": reason})
-            continue
-        for flag in case.flags:
-            log.warning("%s: prediction withheld: %s", label, flag.message)
-        path = atomic_write_text(out / "cases" / name, render_case_html(case, model, top_k=top_k, nav=nav,
-                                                                        hide_names=hide_names))
-        result.reports.append(path)
-        rows.append(IndexRow(label, href=f"cases/{name}", case=case, truth=item.truth))
-        records.append({**record, "report": f"cases/{name}", **_case_record(case, top_k)})
+        row, record = _explain_case(model, item, label, out / "cases" / name, result, hide_names=hide_names,
+                                    top_k=top_k, maps=maps, max_side=max_side, nav=nav)
+        rows.append(row)
+        records.append(record)
     atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
     atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
     atomic_write_json(out / "index.json", {"model": without_paths(model.encoder_name), "classes": model.classes,

@@ -444,7 +444,7 @@ def render_index_html(rows: Sequence[IndexRow], model: ConceptBottleneckModel, *
     withheld = sum(r.case.withheld for r in cases)
     summary = f"{len(cases)} of {len(rows)} inputs explained"
     if len(rows) - len(cases):
-        summary += f"; {len(rows) - len(cases)} could not be read"
+        summary += f"; {len(rows) - len(cases)} could not be read or reported (each row says why)"
     if withheld:
         summary += f"; {withheld} withheld (the model does not answer for them)"
     if with_truth:
