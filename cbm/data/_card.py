@@ -177,6 +177,7 @@ class DataCard:
                     min_per_class=(self.make_splits or {}).get("min_per_class"),
                     truth_columns=list(dict.fromkeys(self.concept_truth.values())),
                     needed_splits=needed,
+                    confounder=(c.column, c.id_groups, c.ood_groups) if (c := self.confounder) else None,
                 )
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{exc}. {self.where_to_get_images()}") from None

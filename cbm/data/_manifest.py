@@ -78,7 +78,7 @@ class ManifestProblem:
 
     kind: str  # missing_file | unknown_label | unknown_split | empty_split | duplicate_path | duplicate_across_splits
     #            | outside_root | bad_path | no_training_image | short_class | empty_field | windows_separator
-    #            | relative_to_manifest | unreadable_image (cbm validate)
+    #            | relative_to_manifest | confounder_group | confounder_association | unreadable_image (cbm validate)
     message: str
     lines: tuple[int, ...] = ()
 
@@ -246,6 +246,7 @@ def read_manifest(
     min_per_class: int | Mapping[str, int] | None = None,
     truth_columns: Sequence[str] = (),
     needed_splits: Sequence[str] = REQUIRED_SPLITS,
+    confounder: tuple[str, Mapping[str, str], Mapping[str, str]] | None = None,
 ) -> Manifest:
     """Read and check a manifest CSV (``needed_splits``: those whose absence is a problem; a manifest
     of cases to explain needs none).
@@ -256,6 +257,8 @@ def read_manifest(
     ``truth_columns``: the columns the card's ``concept_truth`` names, each in the header and holding
     truth values (``parse_truth``) in every row. ``root_hint`` is added to the message about missing
     image files (the card says there that the variable naming its image folder is not set).
+    ``confounder``: a confounded card's ``(column, id_groups, ood_groups)``, checked against the
+    rows (:mod:`cbm.data._confounder`).
 
     Paths are compared after normalisation (the module docstring; with ``check_files`` two names of
     one file, a link, are one file too). A ``patient_key`` column (``cbm make-splits``) keeps each
@@ -289,6 +292,8 @@ def read_manifest(
     report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts(),
                             sorted({rec[split_column].strip() for _, rec in records}))
     _whole_file_problems(report, classes, min_per_class, needed_splits)
+    if confounder is not None:
+        _confounder_problems(report, rows, header, group_column, confounder)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -417,6 +422,20 @@ def _note_patients_across_splits(found: _Problems, rows: list[ManifestRow]) -> N
             f = first[key]
             found.note("patient_across_splits", r.line, f"patient_key {quote(key, 40)} ({f.split} on line {f.line}, "
                                                         f"{r.split} on line {r.line})")
+
+
+def _confounder_problems(report: ManifestReport, rows: list[ManifestRow], header: list[str], group_column: str | None,
+                         confounder: tuple[str, Mapping[str, str], Mapping[str, str]]) -> None:
+    from cbm.data._confounder import confounder_problems
+
+    column, id_groups, ood_groups = confounder
+    if column != group_column and column not in header:
+        report.problems.append(ManifestProblem("confounder_group", f"no column {quote(column, 60)}, the card's "
+                                               "confounder.column: add it, or name the column that holds the groups"))
+        return
+    groups = [r.group if column == group_column else (r.extra.get(column) or "").strip() or None for r in rows]
+    for kind, message in confounder_problems(rows, groups, column, id_groups, ood_groups):
+        report.problems.append(ManifestProblem(kind, message))
 
 
 def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_class: int | Mapping[str, int] | None = None,
