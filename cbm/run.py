@@ -19,6 +19,7 @@ never test.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -33,6 +34,7 @@ from cbm.selection import AUTO_METRIC, VALIDATION_FIGURES, check_optimized_metri
 __all__ = ["hydra_main", "register", "AUTO_METRIC", "CONFIG_DIR", "check_optimized_metric", "resolve_dataset", "sweep_value"]
 
 _STATED: list[str] = []  # the error a run has stated itself (hydra_main then adds no hint about the command line)
+_OPEN_SWEEPS: list[Path] = []  # sweeps begun and not yet ended: hydra_main marks those left as stopped
 CONFIG_DIR = resource_dir("conf")  # the checkout's conf/, or the wheel's copy (cbm.resources)
 log = logging.getLogger("cbm.run")
 
@@ -114,6 +116,7 @@ class SweepSummary:
 
         try:
             start_sweep(self._sweep(config), planned_jobs(config))
+            _OPEN_SWEEPS.append(self._sweep(config))
         except OSError as exc:  # the records must not stop the sweep
             log.warning("sweep record not written: %s", exc)
 
@@ -145,6 +148,8 @@ class SweepSummary:
         from cbm.pipeline.sweep_record import end_sweep
 
         sweep = self._sweep(config)
+        with contextlib.suppress(ValueError):
+            _OPEN_SWEEPS.remove(sweep)
         try:
             end_sweep(sweep)
         except OSError as exc:
@@ -342,16 +347,37 @@ def hydra_main(argv: list[str]) -> int:
     _STATED.clear()
     saved = sys.argv
     sys.argv = ["cbm run", *argv]
+    _OPEN_SWEEPS.clear()
+    stopped = "it ended early"
     try:
         app()
     except SystemExit as exc:  # Hydra exits on --help / bad overrides; _task on a bad input it has stated
+        stopped = "an error ended it: the message above, and the run.log of the failed job"
         if exc.code and not _STATED:
             for hint in _unknown_key_hints(argv):
                 print(f"cbm run: {hint}", file=sys.stderr)
         return int(exc.code or 0)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
     finally:
         sys.argv = saved
+        _stop_open_sweeps(stopped)
     return 0
+
+
+def _stop_open_sweeps(reason: str) -> None:
+    """Mark each sweep Hydra began and did not end as stopped: a sweeper that raises (Optuna's at a
+    failed job) or an interrupt leaves its record unfinished, which would read "still running"."""
+    from cbm.pipeline.sweep_record import stop_sweep
+
+    while _OPEN_SWEEPS:
+        sweep = _OPEN_SWEEPS.pop()
+        try:
+            stop_sweep(sweep, reason)
+        except OSError as exc:
+            log.warning("sweep record not written: %s", exc)
+        SweepSummary._summarise(sweep)
 
 
 def _unknown_key_hints(argv: list[str]) -> list[str]:

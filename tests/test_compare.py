@@ -14,6 +14,7 @@ from cbm.pipeline.compare import (
     run_folders,
     sweep_notes,
 )
+from cbm.pipeline.sweep_record import end_sweep, stop_sweep
 
 
 def _run(folder, val: float, *, seed: int = 0, overrides=("head.l1_ratio=0.9",), ood: float = 0.9) -> None:
@@ -129,6 +130,14 @@ def test_sweep_records_tell_this_sweeps_jobs_and_what_became_of_them(tmp_path):
     _records(tmp_path, {}, finished=True)  # the sweep ended: a job still 'running' was interrupted
     assert compare_runs([tmp_path])[2]["status"] == "no results: interrupted (see its run.log)"
     assert sweep_notes([tmp_path])[0].startswith(f"Sweep {tmp_path.name}: finished; 4 job(s); 1 job folder")
+    # a sweep that ended early (its sweeper raised, or an interrupt): said so, and its running job was interrupted
+    _records(tmp_path, {}, finished=False)
+    stop_sweep(tmp_path, "interrupted")
+    assert compare_runs([tmp_path])[2]["status"] == "no results: interrupted (see its run.log)"
+    assert sweep_notes([tmp_path])[0].startswith(f"Sweep {tmp_path.name}: **stopped** (interrupted): 4 job(s) have started")
+    end_sweep(tmp_path)
+    stop_sweep(tmp_path, "too late")  # a finished sweep stays finished
+    assert sweep_notes([tmp_path])[0].startswith(f"Sweep {tmp_path.name}: finished; 4 job(s)")
 
 
 def test_each_run_is_chosen_by_its_own_figure_ties_are_named_and_id_on_val_is_marked(tmp_path):

@@ -258,6 +258,26 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
     assert "never a test figure" in capsys.readouterr().err
     assert cbm_main(["compare", str(sweep), "--metric", "cbm.val_acuracy"]) == 2
     assert "no validation figure is called 'val_acuracy'" in capsys.readouterr().err
+
+
+def test_a_sweep_of_unknown_size_that_a_failed_job_ends_is_marked_stopped(tiny, tmp_path, capsys, monkeypatch):
+    """A sweeper whose job count cbm cannot tell (Optuna's) and that raises at a failed job never
+    reaches the sweep's end: its record read "still running, or stopped" for ever. It is now marked
+    stopped, with why, and the summary says so."""
+    import cbm.pipeline.sweep_record as records
+
+    monkeypatch.setattr(records, "planned_jobs", lambda config: None)  # what an Optuna sweep records
+    sweep = tmp_path / "sweep"
+    code = cbm_main(["run", "-m", "head.selection=concepts,accuracy", "head.max_concepts_per_class=null", *tiny,
+                     f"hydra.sweep.dir={sweep}"])
+    assert code != 0
+    record = json.loads((sweep / "cbm_sweep.json").read_text())
+    assert record["planned_jobs"] is None and record["finished"] is False
+    assert record["stopped"].startswith("an error ended it")
+    assert (sweep / "summary.md").read_text().splitlines()[2].startswith("Sweep sweep: **stopped** (an error ended it")
+    capsys.readouterr()
+    assert cbm_main(["compare", str(sweep)]) == 0
+    assert capsys.readouterr().out.startswith("Sweep sweep: **stopped** (an error ended it: the message above")
     assert cbm_main(["compare", str(sweep), str(sweep / "1")]) == 0  # a run given twice is one row
     assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1")]) == 1
     assert cbm_main(["compare", str(tmp_path / "nowhere")]) == 2

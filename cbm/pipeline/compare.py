@@ -101,8 +101,9 @@ def sweep_notes(paths: Sequence[str | os.PathLike]) -> list[str]:
         else:
             planned = record.get("planned_jobs")
             of = f" of {planned}" if isinstance(planned, int) else ""
-            notes.append(f"Sweep {p.name}: **not finished** (still running, or stopped): {kept}{of} job(s) have "
-                         f"started{earlier}.")
+            state = (f"**stopped** ({record['stopped']})" if isinstance(record.get("stopped"), str)
+                     else "**not finished** (still running, or stopped)")
+            notes.append(f"Sweep {p.name}: {state}: {kept}{of} job(s) have started{earlier}.")
     return notes
 
 
@@ -155,7 +156,8 @@ def _missing_results(folder: Path) -> str:
     if job.get("status") == "failed":
         return f"failed: {job.get('error') or 'see its run.log'}"
     sweep = read_record(folder.parent / SWEEP_FILE) or {}
-    if job.get("status") == "running" and sweep.get("sweep_id") == job["sweep_id"] and not sweep.get("finished"):
+    if (job.get("status") == "running" and sweep.get("sweep_id") == job["sweep_id"] and not sweep.get("finished")
+            and not sweep.get("stopped")):
         return "no results yet: still running, or stopped (see its run.log)"
     if job.get("status") == "running":
         return "no results: interrupted (see its run.log)"

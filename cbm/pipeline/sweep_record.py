@@ -3,7 +3,9 @@
 ``cbm_sweep.json`` in a sweep's folder is written when the sweep starts: a new id, the number of
 jobs Hydra's basic sweeper will launch (``null`` for a sweeper whose count cbm cannot tell), and
 ``finished: false``; it is rewritten with ``finished: true`` when the sweep ends, or when as many
-jobs as it planned have ended (not after an interrupt). ``cbm_job.json`` in each job's folder
+jobs as it planned have ended. A sweep that ends early (an error its sweeper raises, as Optuna's
+does at a failed job, or an interrupt) is marked ``stopped`` with why, and stays unfinished.
+``cbm_job.json`` in each job's folder
 holds that id and the job's state: ``running`` from its start, then ``done`` or ``failed`` (with
 the error's first line). A job interrupted stays ``running``. A copy that loses file times
 (``git clone``, ``scp -r``, ``rsync`` without ``-t``) keeps all of it, so
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["JOB_FILE", "SWEEP_FILE", "end_job", "end_sweep", "end_sweep_if_complete", "planned_jobs", "read_record",
-           "start_job", "start_sweep", "sweep_jobs"]
+           "start_job", "start_sweep", "stop_sweep", "sweep_jobs"]
 
 SWEEP_FILE = "cbm_sweep.json"
 JOB_FILE = "cbm_job.json"
@@ -54,6 +56,14 @@ def end_sweep(sweep: Path) -> None:
     record = read_record(sweep / SWEEP_FILE)
     if record is not None:
         _write(sweep / SWEEP_FILE, {**record, "finished": True})
+
+
+def stop_sweep(sweep: Path, reason: str) -> None:
+    """Mark the sweep recorded in ``sweep`` as stopped before its end, with ``reason``; a sweep
+    already marked finished (every planned job ended) stays finished."""
+    record = read_record(sweep / SWEEP_FILE)
+    if record is not None and not record.get("finished"):
+        _write(sweep / SWEEP_FILE, {**record, "stopped": reason})
 
 
 def sweep_jobs(record: dict[str, Any], folders: list[Path]) -> dict[Path, dict[str, Any]]:
