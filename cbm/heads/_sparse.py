@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from cbm.heads._checks import DTYPES, check_head_params, check_prior, check_truth
 from cbm.heads._common import (
     LinearHeadMixin,
     check_train_data,
@@ -33,9 +34,6 @@ __all__ = ["SparseConceptHead", "ordinal_directions", "ordinal_positions"]
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_SELECTIONS = ("accuracy", "concepts")
-_CONSTRAINTS = (None, "prior")
 # multiply-adds per pass over the data below which the solver runs on one CPU thread
 _SMALL_PROBLEM = 10_000_000
 # intervention-aware fitting: a path on the all-truth copy, then one on copies intervened in the
@@ -262,12 +260,12 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         X, y_enc, classes = check_train_data(self, X, y)
         self.classes_ = classes
         n_classes, n_features = len(classes), X.shape[1]
-        truth = self._check_truth(truth, X.shape, "truth") if self.intervention_training else None
+        truth = check_truth(truth, X.shape, "truth") if self.intervention_training else None
         if truth is not None and X_val is not None:
             if truth_val is None:
                 raise ValueError("truth was given without truth_val: pass the validation split's concept truth too "
                                  "(NaN where not annotated), or set intervention_training=False")
-            truth_val = self._check_truth(truth_val, np.shape(X_val), "truth_val")
+            truth_val = check_truth(truth_val, np.shape(X_val), "truth_val")
             if truth_val is None:  # nothing annotated on val: no curve to select by
                 warnings.warn("truth_val annotates no case: fitting without intervention-aware selection "
                               "(annotate some validation cases to use it)", UserWarning, stacklevel=2)
@@ -281,7 +279,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             X_v, truth_val = X_v[:, :n_features], X_v[:, n_features:]
         else:
             truth_fit = truth
-        prior = self._check_prior(n_classes, n_features)
+        prior = check_prior(self, n_classes, n_features)
         rounds = 1 if truth_fit is None else _INTERVENTION_ROUNDS
         order = fitted_for = None  # the selected head's intervention order; the one its copies were made in
         t0 = time.perf_counter()
@@ -331,7 +329,7 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         else:  # one sign per concept for the shared weight vector
             allowed = ordinal_directions(prior)[None, :]
         weights = sample_weights(self.class_weight, y_fit, classes)
-        device, dtype = self._torch_device(), _DTYPES[self.dtype]
+        device, dtype = self._torch_device(), DTYPES[self.dtype]
         big = float(np.abs(X_fit).max(initial=0.0))
         if big * big * len(X_fit) >= torch.finfo(dtype).max:  # the step 1/L (L ~ n |x|^2) would underflow
             raise ValueError(f"the inputs reach {big:.3g}: at that scale {self.dtype} cannot hold the solver's steps "
@@ -403,90 +401,13 @@ class SparseConceptHead(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         """Whether ``fit`` takes concept truth (``truth``, ``truth_val``) for intervention-aware fitting."""
         return bool(self.intervention_training)
 
-    def _check_truth(self, truth: Any, shape: tuple, name: str) -> np.ndarray | None:
-        if truth is None:
-            return None
-        truth = np.asarray(truth, dtype=np.float64)
-        if truth.shape != tuple(shape):
-            raise ValueError(f"{name} has shape {truth.shape} but its scores have {tuple(shape)}; give one truth-derived "
-                             "value (or NaN: not annotated) per case and concept")
-        if np.isinf(truth).any():
-            raise ValueError(f"{name} holds infinite values; use the concept's present/absent score, or NaN where "
-                             "the case is not annotated")
-        if np.isnan(truth).all():
-            return None
-        return truth
-
     def needs_prior(self) -> bool:
         """Whether fitting needs the concept store's class-concept ``prior`` (the pipeline fills it)."""
         return bool(self.use_prior) or self.constraint == "prior"
 
     def check_params(self) -> None:
         """Raise ``ValueError`` for a bad setting (done by ``fit``; callable before any data exists)."""
-        for name in ("use_prior", "intervention_training"):  # "off" from a config would read as on
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
-        if not 0.0 <= float(self.l1_ratio) <= 1.0:
-            raise ValueError(f"l1_ratio must be in [0, 1]; got {self.l1_ratio!r}")
-        if self.lambdas is None:
-            if int(self.n_lambdas) < 1:
-                raise ValueError(f"n_lambdas must be at least 1; got {self.n_lambdas!r}")
-            if not 0.0 < float(self.lambda_min_ratio) <= 1.0:
-                raise ValueError(f"lambda_min_ratio must be in (0, 1]; got {self.lambda_min_ratio!r}")
-        else:
-            grid = np.asarray(self.lambdas, dtype=np.float64).ravel()
-            if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-                raise ValueError(f"lambdas must be a non-empty list of finite non-negative values; got {self.lambdas!r}")
-        if self.selection not in _SELECTIONS:
-            raise ValueError(f"selection must be one of {_SELECTIONS}; got {self.selection!r}")
-        if self.max_concepts_per_class is not None and not float(self.max_concepts_per_class) > 0:
-            raise ValueError(f"max_concepts_per_class must be > 0 (a head with no concept predicts one class) or None; "
-                             f"got {self.max_concepts_per_class!r}")
-        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, Mapping)):
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict {{class: weight}}; got {self.class_weight!r}")
-        if self.selection == "concepts" and self.max_concepts_per_class is None:
-            raise ValueError('selection="concepts" needs max_concepts_per_class (the target number of concepts per class)')
-        tol = self.accuracy_tolerance
-        if not (tol == "se" or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < 1)):
-            raise ValueError(f'accuracy_tolerance must be "se" or a number in [0, 1); got {tol!r}')
-        if not 0 <= float(self.prior_strength) < float("inf"):  # NaN fitted all-zero weights without a word
-            raise ValueError(f"prior_strength must be a finite number >= 0; got {self.prior_strength!r}")
-        if not float(self.tol) > 0 or int(self.max_iter) < 1:
-            raise ValueError(f"tol must be > 0 and max_iter >= 1; got tol={self.tol!r}, max_iter={self.max_iter!r}")
-        if self.n_threads is not None and int(self.n_threads) < 1:
-            raise ValueError(f"n_threads must be >= 1 or None; got {self.n_threads!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {self.dtype!r}")
-        if self.constraint not in _CONSTRAINTS:
-            raise ValueError(f"constraint must be one of {_CONSTRAINTS}; got {self.constraint!r}")
-        if not (self.ordinal is True or self.ordinal is False or self.ordinal == "auto"):
-            raise ValueError(f'ordinal must be true, false or "auto"; got {self.ordinal!r}')
-        if self.ordinal is not False and float(self.prior_strength) > 0:
-            raise ValueError(f"the prior penalty (prior_strength > 0) is for the per-class head, and ordinal={self.ordinal!r} "
-                             'may give the ordinal form; use constraint="prior" for a faithful ordinal head, or set '
-                             "prior_strength=0, or ordinal=False")
-
-    def _check_prior(self, n_classes: int, n_features: int) -> np.ndarray | None:
-        if self.prior is None:
-            if self.needs_prior():
-                setting = 'constraint="prior"' if self.constraint == "prior" else "use_prior=True"
-                undo = "constraint=None" if self.constraint == "prior" else "use_prior=False"
-                raise ValueError(
-                    f"{setting} but no prior was given: pass prior=ConceptSet.prior() (n_classes x n_concepts), "
-                    f"or set {undo}"
-                )
-            return None
-        prior = np.asarray(self.prior, dtype=np.float64)
-        if prior.shape != (n_classes, n_features):
-            raise ValueError(
-                f"prior has shape {prior.shape} but the data has {n_classes} classes and {n_features} concepts; "
-                "it must be (n_classes, n_concepts) with rows in the order of the sorted class labels "
-                f"(the training labels hold {self.classes_.tolist()[:20]}: a class they lack has no row to fit, "
-                "so give it training samples or leave its row out)"
-            )
-        if not np.all(np.isfinite(prior)) or np.abs(prior).max(initial=0) > 1:
-            raise ValueError("prior entries must be finite and in [-1, 1] (a multi-hot class-concept matrix is 0/1)")
-        return prior
+        check_head_params(self)
 
     def _torch_device(self) -> torch.device:
         try:
