@@ -118,7 +118,7 @@ class ConceptBottleneckModel:
         train_raw_scores: ``(n_train, n_concepts)`` raw training scores (percentiles, intervention levels).
         concept_prior: ``(n_classes, n_concepts)`` 0/1: the classes the concept store lists each
             concept under, less the entries the training card's concept truth did not bear out
-            (``cbm.pipeline.faithfulness.check_store``): what a faithful weight must agree with;
+            (``cbm.pipeline.truth.check_store``): what a faithful weight must agree with;
             ``None`` for older models.
         concept_levels: ``(2, n_concepts)``: the standardised score that means "absent" (row 0)
             and "present" (row 1) for each concept, when the training card annotated concept truth

@@ -29,7 +29,7 @@ def learned_bottleneck(train, card, ridge: float):
     learned within class on ``train`` (:class:`~cbm.pipeline.inputs.SplitData`)."""
     import cbm.pipeline.fitting as fitting
     from cbm.bottleneck import ConceptBottleneck
-    from cbm.pipeline.faithfulness import truth_matrix
+    from cbm.pipeline.truth import truth_matrix
 
     text_bottleneck = fitting._bottleneck
 

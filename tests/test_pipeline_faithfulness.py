@@ -9,7 +9,6 @@ import pytest
 
 from cbm.pipeline.faithfulness import (
     UNRELATED_PHI,
-    _phi,
     _sign_agreement,
     check_store,
     check_truth_names,
@@ -17,6 +16,7 @@ from cbm.pipeline.faithfulness import (
     truth_matrix,
 )
 from cbm.pipeline.inputs import SplitData
+from cbm.pipeline.truth import phi_matrix
 
 
 def _world(n: int = 2000, seed: int = 0):
@@ -32,7 +32,7 @@ def _world(n: int = 2000, seed: int = 0):
 
 def test_phi_and_sign_agreement_count_unrelated_concepts_as_disagreeing():
     y, truth, _ = _world()
-    phi = _phi(truth, y, 2)
+    phi = phi_matrix(truth, y, 2)
     assert phi[1, 0] > 0.6 and phi[1, 1] < -0.5 and abs(phi[1, 2]) < UNRELATED_PHI
     names = ["a", "b", "u"]
     faithful = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]])  # a -> class 1, b -> class 0

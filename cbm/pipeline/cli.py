@@ -73,7 +73,7 @@ def _store_problem(card) -> str | None:
     a card without a store yet is told how to make one, and is not a problem."""
     from cbm.concepts import load_concepts
     from cbm.concepts.store import card_info, card_reference
-    from cbm.pipeline.faithfulness import check_truth_names
+    from cbm.pipeline.truth import check_truth_names
 
     try:
         names = list(load_concepts(card).concepts)

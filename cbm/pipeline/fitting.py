@@ -157,7 +157,7 @@ def fit_model(
         llm: an LLM preset (``conf/llm``) to generate the concepts the store lacks.
         splits: already encoded splits (an experiment encodes once for every method).
         check_store: drop the store entries the card's concept truth does not bear out (see
-            :func:`cbm.pipeline.faithfulness.check_store`; listed in ``info["store_check"]``).
+            :func:`cbm.pipeline.truth.check_store`; listed in ``info["store_check"]``).
     """
     import torch
 
@@ -209,7 +209,7 @@ def fit_model(
 def _check_names(card, names: list[str]) -> None:
     """Before any image is encoded: the run has concepts, and the card's concept truth names only
     concepts of the run or of the card's store (a misspelt truth name is an error, not skipped)."""
-    from cbm.pipeline.faithfulness import check_truth_names
+    from cbm.pipeline.truth import check_truth_names
 
     if not names:
         from cbm.concepts.store import card_info, card_reference
@@ -229,7 +229,7 @@ def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], score
 
     Returns ``(head, prior, store_check record or None, (score levels or None, calibration or None,
     values, truth), the calibration choice's record or None)``."""
-    from cbm.pipeline.faithfulness import check_store as checked_prior
+    from cbm.pipeline.truth import check_store as checked_prior
 
     names = list(cset.concepts)
     ordered = bool(getattr(card, "ordered_classes", False)) and len(card.class_names) >= 3
@@ -279,7 +279,8 @@ def validation_figures(card, splits: dict[str, SplitData], scores: dict[str, np.
     (the same head type fitted on the train truth-derived values, as ``faithfulness.oracle``), how
     often the curve misses the targets (:func:`target_misses`) and the cue from its logit."""
     from cbm.heads import intervention_accuracies
-    from cbm.pipeline.faithfulness import cue_leakage, fill_unknown, oracle_accuracies, truth_columns
+    from cbm.pipeline.faithfulness import cue_leakage, fill_unknown, oracle_accuracies
+    from cbm.pipeline.truth import truth_columns
 
     y, truth = splits["val"].labels, inputs[3]
     coef, intercept = full_coef(est, len(card.class_names))
