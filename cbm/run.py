@@ -352,13 +352,17 @@ def hydra_main(argv: list[str]) -> int:
     try:
         app()
     except SystemExit as exc:  # Hydra exits on --help / bad overrides; _task on a bad input it has stated
-        stopped = "an error ended it: the message above, and the run.log of the failed job"
+        # Hydra has printed the error: the failed job's row (its run.log) says which
+        stopped = "an error ended it: see the failed job, and cbm run's output"
         if exc.code and not _STATED:
             for hint in _unknown_key_hints(argv):
                 print(f"cbm run: {hint}", file=sys.stderr)
         return int(exc.code or 0)
     except KeyboardInterrupt:
         stopped = "interrupted"
+        raise
+    except Exception as exc:  # with HYDRA_FULL_ERROR=1 the error comes through as it is
+        stopped = "an error ended it: " + ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
         raise
     finally:
         sys.argv = saved

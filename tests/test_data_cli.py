@@ -135,6 +135,8 @@ def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
     assert code == 0 and (card / "manifest.csv").read_bytes() == before
     code, out, _ = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--seed", "7", "--force")
     assert code == 0 and (card / "manifest.csv").read_bytes() != before
+    code, _, err = run(capsys, "make-splits", str(card), "--metadata", str(meta), "--out", str(tmp_path), "--force")
+    assert code == 2 and "is a folder" in err and "--out manifest.csv" in err
 
     # no images yet: validate says where to put them (exit 2, a clear error)
     code, _, err = run(capsys, "validate", str(card))

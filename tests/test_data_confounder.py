@@ -54,9 +54,11 @@ def test_a_manifest_that_follows_its_card_has_no_problem(tmp_path):
 
 def test_a_world_without_an_association_is_not_reported(tmp_path):
     """Half and half (the demo's cue-free twin): the card's maps describe no association, but the rule
-    asks the other group to outnumber the card's by more than MARGIN of the class's images."""
-    card = card_with(tmp_path, {s: 0.5 for s in SHARES}, n=21)  # 11 of 21 one way: not a clear majority
-    assert kinds(card) == []
+    asks the other group to outnumber the card's by more than MARGIN of the class's images and by
+    more than 2 sqrt(n), so one image more either way is never reported, in a large split or a small one."""
+    for n in (21, 9, 3):  # 11 of 21, 5 of 9, 2 of 3 from the other group
+        card = card_with(tmp_path / str(n), {s: 0.5 for s in SHARES}, n=n)
+        assert kinds(card) == [], n
     assert MARGIN == 0.10
 
 
@@ -84,9 +86,10 @@ def test_swapped_maps_are_reported_per_class_and_split(tmp_path):
 
 
 def test_one_split_drawn_against_the_card_is_reported_alone(tmp_path):
-    card = card_with(tmp_path, {**SHARES, "test": 0.3})  # out of domain, most images keep the in-domain group
+    card = card_with(tmp_path, {**SHARES, "test": 0.2})  # out of domain, most images keep the in-domain group
     problems = card.validate(check_files=False).problems
     assert [p.message.split(":")[0] for p in problems] == ["class 'melanoma' in split 'test'", "class 'nevus' in split 'test'"]
+    assert kinds(card_with(tmp_path / "b", {**SHARES, "test": 0.3})) == []  # 14 against 6 of 20: within 2 sqrt(20)
 
 
 def test_a_confounder_column_apart_from_the_group_column(tmp_path):
@@ -100,10 +103,13 @@ def test_a_confounder_column_apart_from_the_group_column(tmp_path):
     assert [p.kind for p in problems] == ["confounder_group"] and "no column 'clinic'" in problems[0].message
 
 
-def test_the_demo_world_and_its_cue_free_twin_follow_their_card(tmp_path):
+def test_demo_worlds_follow_their_card_at_every_strength(tmp_path):
+    """Small worlds (a few images of a class in val and test_id) at and around half and half, and a
+    world whose mark goes with the nevi (p < 0.5: its card says so)."""
     from cbm.demo import make_dataset
 
-    for p in (0.8, 0.5):
-        card = load_card(make_dataset(tmp_path / str(p), n=120, confounding=p, classes=3, seed=3, size=32, workers=1,
-                                      progress=False))
-        assert [q.kind for q in card.validate(check_files=False).problems if q.kind.startswith("confounder")] == []
+    for p, classes, n in ((0.8, 3, 120), (0.5, 3, 90), (0.5, 2, 90), (0.55, 3, 60), (0.2, 2, 60)):
+        card = load_card(make_dataset(tmp_path / f"{p}-{classes}-{n}", n=n, confounding=p, classes=classes, seed=3,
+                                      size=32, workers=1, progress=False))
+        assert [q.message for q in card.validate(check_files=False).problems if q.kind.startswith("confounder")] == [], p
+    assert card.confounder.id_groups == {"benign nevus": "marked", "melanoma": "unmarked"}

@@ -638,7 +638,7 @@ def test_a_case_whose_report_cannot_be_made_is_listed_and_the_batch_goes_on(tiny
     out = tmp_path / "out"
     result = explain_batch(tiny_model, [tmp_path / n for n in ("a.png", "b.png", "c.png")], out, maps=False, progress=False)
     assert [p.name for p in result.reports] == ["a.html", "c.html"] and not (out / "cases" / "b.html").exists()
-    assert result.failures == [("b.png", "its report could not be made (ValueError): cannot lay out this page")]
+    assert result.failures == [("b.png", "its report could not be made: ValueError: cannot lay out this page")]
     cases = json.loads((out / "index.json").read_text())["cases"]
     assert [("report" in c, "error" in c) for c in cases] == [(True, False), (False, True), (True, False)]
     assert "2 of 3 inputs explained; 1 could not be read or reported" in (out / "index.html").read_text()

@@ -258,6 +258,10 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
     assert "never a test figure" in capsys.readouterr().err
     assert cbm_main(["compare", str(sweep), "--metric", "cbm.val_acuracy"]) == 2
     assert "no validation figure is called 'val_acuracy'" in capsys.readouterr().err
+    assert cbm_main(["compare", str(sweep), str(sweep / "1")]) == 0  # a run given twice is one row
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1")]) == 1
+    assert cbm_main(["compare", str(tmp_path / "nowhere")]) == 2
+    assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()
 
 
 def test_a_sweep_of_unknown_size_that_a_failed_job_ends_is_marked_stopped(tiny, tmp_path, capsys, monkeypatch):
@@ -277,11 +281,14 @@ def test_a_sweep_of_unknown_size_that_a_failed_job_ends_is_marked_stopped(tiny, 
     assert (sweep / "summary.md").read_text().splitlines()[2].startswith("Sweep sweep: **stopped** (an error ended it")
     capsys.readouterr()
     assert cbm_main(["compare", str(sweep)]) == 0
-    assert capsys.readouterr().out.startswith("Sweep sweep: **stopped** (an error ended it: the message above")
-    assert cbm_main(["compare", str(sweep), str(sweep / "1")]) == 0  # a run given twice is one row
-    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1")]) == 1
-    assert cbm_main(["compare", str(tmp_path / "nowhere")]) == 2
-    assert "max_concepts_per_class" in (sweep / "0" / "run.log").read_text()
+    assert capsys.readouterr().out.startswith("Sweep sweep: **stopped** (an error ended it")
+    # with HYDRA_FULL_ERROR=1 the error comes through as it is: its first line is the reason
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(Exception, match="max_concepts_per_class"):
+        cbm_main(["run", "-m", "head.selection=concepts,accuracy", "head.max_concepts_per_class=null", *tiny,
+                  f"hydra.sweep.dir={tmp_path / 'full'}"])
+    stopped = json.loads((tmp_path / "full" / "cbm_sweep.json").read_text())["stopped"]
+    assert stopped.startswith("an error ended it: ") and "max_concepts_per_class" in stopped
 
 
 @pytest.mark.parametrize("group", ["head", "encoder", "experiment"])

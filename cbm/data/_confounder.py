@@ -5,15 +5,19 @@ A card's ``confounder.id_groups`` (class -> the group its training, validation a
 images come from) and ``ood_groups`` (the group of its out-of-domain test images) describe the
 manifest to every reader of a run: the class card, ``results.md``. A group spelt otherwise than in
 the manifest ("Vienna" against "vienna"), or the two maps swapped, would describe another dataset;
-the rows tell, so they are checked. The association is judged by a rule fixed here: a class is
+the rows tell, so they are checked (every usable row, its image found or not: a partial download
+is the missing files' problem). The association is judged by a rule fixed here: a class is
 reported in a split where the images of the group the card does *not* give it there outnumber
-those of the group it does by more than :data:`MARGIN` of the class's images in that split. So a
-world drawn without an association (half and half) is not reported, and one whose maps are
-swapped is.
+those of the group it does by more than :data:`MARGIN` of the class's images in that split *and*
+by more than twice the spread a fair coin would give (``2 sqrt(n)``). So a world drawn without an
+association (half and half, even in a split of a few images) is not reported, and one whose maps
+are swapped is, once a class has a dozen images in the split. A class that a map leaves out is not
+checked.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +27,8 @@ from cbm.errors import quote
 __all__ = ["MARGIN", "confounder_problems"]
 
 MARGIN = 0.10
-"""How much more often (as a share of a class's images in a split) the other group must occur."""
+"""How much more often (as a share of a class's images in a split) the other group must occur; and
+by more than ``2 sqrt(n)`` images, twice the spread of the difference under a fair coin."""
 
 
 def confounder_problems(rows: Sequence[Any], groups: Sequence[str | None], column: str, id_groups: Mapping[str, str],
@@ -51,7 +56,7 @@ def confounder_problems(rows: Sequence[Any], groups: Sequence[str | None], colum
         if expected is None or other is None or expected == other or expected in absent:
             continue
         n = sum(seen.values())
-        if seen[other] - seen[expected] > MARGIN * n:
+        if seen[other] - seen[expected] > max(MARGIN * n, 2 * math.sqrt(n)):
             side = "confounder.ood_groups (out of domain)" if split == "test" else "confounder.id_groups (in domain)"
             out.append(("confounder_association", (
                         f"class {quote(label, 60)} in split {quote(split, 60)}: {seen[other]} of its {n} images come "

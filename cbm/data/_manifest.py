@@ -284,6 +284,7 @@ def read_manifest(
     rows = _usable_rows(records, found, classes, header, split_column, group_column, truth_columns, root,
                         allow_outside_root)
 
+    listed = rows  # every usable row, its image found or not: what the confounder check reads
     if check_files and rows:
         rows = existing_rows(rows, image_root, path, found)
     _note_patients_across_splits(found, rows)
@@ -293,7 +294,7 @@ def read_manifest(
                             sorted({rec[split_column].strip() for _, rec in records}))
     _whole_file_problems(report, classes, min_per_class, needed_splits)
     if confounder is not None:
-        _confounder_problems(report, rows, header, group_column, confounder)
+        _confounder_problems(report, listed, header, group_column, confounder)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:

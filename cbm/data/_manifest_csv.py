@@ -145,6 +145,8 @@ def check_new_manifest(path: str | os.PathLike, overwrite: bool) -> Path:
     """``path``, refused where a manifest is already there and ``overwrite`` was not asked for: its
     splits may be those a model was fitted and tested on, and a new draw would change them."""
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(path, "is a folder", "Name the manifest's file, e.g. --out manifest.csv")
     if path.exists() and not overwrite:
         raise ManifestError(
             path, "already exists, and it is kept as it is (its splits may be those of models already fitted)",

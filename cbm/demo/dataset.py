@@ -243,7 +243,9 @@ def _card(n: int, confounding: float, classes: int, seed: int, size: int) -> dic
     names = class_names(classes)
     benign, malignant = names[0], names[1:]
     flip = {MARKED: UNMARKED, UNMARKED: MARKED}
-    id_groups = {benign: UNMARKED, **{m: MARKED for m in malignant}}
+    # in domain, the malignant classes go with the mark (below 0.5, the mark goes with the nevi)
+    usual, other = (MARKED, UNMARKED) if confounding >= 0.5 else (UNMARKED, MARKED)
+    id_groups = {benign: other, **{m: usual for m in malignant}}
     return {
         "name": card_name(classes),
         "title": f"Synthetic dermoscopy, {classes} classes by the ABCD rule, cue confounding {confounding:g}",

@@ -367,7 +367,8 @@ def _explain_case(model: ConceptBottleneckModel, item: CaseInput, label: str, ta
 
     def failed(exc: Exception, what: str) -> tuple[IndexRow, dict]:
         # read errors name the path: named by the case instead (and by no file name where hidden)
-        reason = what + _without_names(str(exc) or type(exc).__name__, item.path, label, bare_name=hide_names)
+        text = str(exc) if not what else f"{type(exc).__name__}: {exc}".rstrip(": ")
+        reason = what + _without_names(text or type(exc).__name__, item.path, label, bare_name=hide_names)
         log.warning("%s: not explained: %s", label, reason)
         log.debug("details", exc_info=not hide_names)
         result.failures.append((label, reason))
@@ -383,7 +384,7 @@ def _explain_case(model: ConceptBottleneckModel, item: CaseInput, label: str, ta
             page = render_case_html(case, model, top_k=top_k, nav=nav, hide_names=hide_names)
             facts = _case_record(case, top_k)
         except Exception as exc:  # nor one case whose report cannot be made
-            return failed(exc, f"its report could not be made ({type(exc).__name__}): ")
+            return failed(exc, "its report could not be made: ")
     for flag in case.flags:
         log.warning("%s: prediction withheld: %s", label, flag.message)
     result.reports.append(atomic_write_text(target, page))
