@@ -299,7 +299,8 @@ def test_concepts_whose_truth_is_empty_are_set_aside_not_counted_against_the_hea
 
 
 def test_the_oracle_fills_unknown_truth_with_the_training_mean_not_absent():
-    from cbm.pipeline.faithfulness import fill_unknown, truth_columns
+    from cbm.pipeline.faithfulness import fill_unknown
+    from cbm.pipeline.truth import truth_columns
 
     # the oracle's columns: truth whose annotated cases span two classes
     labels = np.array([0, 0, 1, 1])

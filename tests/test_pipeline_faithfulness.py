@@ -7,16 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cbm.pipeline.faithfulness import (
-    UNRELATED_PHI,
-    _sign_agreement,
-    check_store,
-    check_truth_names,
-    intervention_curve,
-    truth_matrix,
-)
+from cbm.pipeline.faithfulness import _sign_agreement, intervention_curve
 from cbm.pipeline.inputs import SplitData
-from cbm.pipeline.truth import phi_matrix
+from cbm.pipeline.truth import UNRELATED_PHI, check_store, check_truth_names, phi_matrix, truth_matrix
 
 
 def _world(n: int = 2000, seed: int = 0):

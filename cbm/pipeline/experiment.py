@@ -32,13 +32,14 @@ import numpy as np
 
 from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.compare import intervention_points
-from cbm.pipeline.faithfulness import STEP_FALL, card_store_names, check_truth_names, measure_faithfulness, step_test
+from cbm.pipeline.faithfulness import STEP_FALL, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
                                  resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
+from cbm.pipeline.truth import card_store_names, check_truth_names
 from cbm.utils import atomic_write_json, atomic_write_text, jsonable, softmax
 
 __all__ = ["run_experiment", "check_baselines", "check_run_inputs", "METHODS"]

@@ -53,11 +53,8 @@ from cbm.pipeline.cue import auroc_standard_error, cue_leakage
 from cbm.pipeline.inputs import SplitData, resolve_card
 from cbm.pipeline.scoring import eval_splits
 from cbm.pipeline.truth import (
-    MIN_ANNOTATED,
-    MIN_CHECKED,
     UNRELATED_PHI,
     card_store_names,
-    check_store,
     check_truth_names,
     on_concepts,
     phi_matrix,
@@ -66,19 +63,14 @@ from cbm.pipeline.truth import (
 )
 
 __all__ = [
-    "MIN_ANNOTATED", "MIN_CHECKED", "STEP_FALL", "UNRELATED_PHI",
+    "STEP_FALL",
     "auroc_standard_error",
-    "card_store_names",
-    "check_store",
-    "check_truth_names",
     "cue_leakage",
     "fill_unknown",
     "step_test",
     "intervention_curve",
     "measure_faithfulness",
     "oracle_accuracies",
-    "truth_columns",
-    "truth_matrix",
     "truth_to_values",
     "truth_values",
 ]
