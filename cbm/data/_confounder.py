@@ -31,12 +31,17 @@ MARGIN = 0.10
 by more than ``2 sqrt(n)`` images, twice the spread of the difference under a fair coin."""
 
 
-def confounder_problems(rows: Sequence[Any], groups: Sequence[str | None], column: str, id_groups: Mapping[str, str],
-                        ood_groups: Mapping[str, str]) -> list[tuple[str, str]]:
-    """``(kind, message)`` of each disagreement between the card's groups and ``rows`` (manifest
-    rows with ``label`` and ``split``; ``groups``: each row's value of the confounder's ``column``):
-    ``confounder_group`` for a group no row holds, ``confounder_association`` for a class whose
-    images in a split mostly come from the other group."""
+def confounder_problems(rows: Sequence[Any], header: Sequence[str], group_column: str | None, column: str,
+                        id_groups: Mapping[str, str], ood_groups: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(kind, message)`` of each disagreement between the card's confounder (its ``column`` and
+    maps) and ``rows`` (manifest rows; ``header``, the manifest's columns; the confounder's column is
+    the rows' ``group`` where it is the card's ``group_column``, else one of their ``extra``):
+    ``confounder_group`` for a column the manifest lacks or a group no row holds,
+    ``confounder_association`` for a class whose images in a split mostly come from the other group."""
+    if column != group_column and column not in header:
+        return [("confounder_group", f"no column {quote(column, 60)}, the card's confounder.column: add it, or name "
+                                     "the column that holds the groups")]
+    groups = [r.group if column == group_column else (r.extra.get(column) or "").strip() or None for r in rows]
     held = Counter(g for g in groups if g)
     named = sorted(set(id_groups.values()) | set(ood_groups.values()))
     absent = [g for g in named if g not in held]

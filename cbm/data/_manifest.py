@@ -294,7 +294,10 @@ def read_manifest(
                             sorted({rec[split_column].strip() for _, rec in records}))
     _whole_file_problems(report, classes, min_per_class, needed_splits)
     if confounder is not None:
-        _confounder_problems(report, listed, header, group_column, confounder)
+        from cbm.data._confounder import confounder_problems
+
+        report.problems += [ManifestProblem(kind, message)
+                            for kind, message in confounder_problems(listed, header, group_column, *confounder)]
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -423,20 +426,6 @@ def _note_patients_across_splits(found: _Problems, rows: list[ManifestRow]) -> N
             f = first[key]
             found.note("patient_across_splits", r.line, f"patient_key {quote(key, 40)} ({f.split} on line {f.line}, "
                                                         f"{r.split} on line {r.line})")
-
-
-def _confounder_problems(report: ManifestReport, rows: list[ManifestRow], header: list[str], group_column: str | None,
-                         confounder: tuple[str, Mapping[str, str], Mapping[str, str]]) -> None:
-    from cbm.data._confounder import confounder_problems
-
-    column, id_groups, ood_groups = confounder
-    if column != group_column and column not in header:
-        report.problems.append(ManifestProblem("confounder_group", f"no column {quote(column, 60)}, the card's "
-                                               "confounder.column: add it, or name the column that holds the groups"))
-        return
-    groups = [r.group if column == group_column else (r.extra.get(column) or "").strip() or None for r in rows]
-    for kind, message in confounder_problems(rows, groups, column, id_groups, ood_groups):
-        report.problems.append(ManifestProblem(kind, message))
 
 
 def _whole_file_problems(report: ManifestReport, classes: list[str], min_per_class: int | Mapping[str, int] | None = None,
