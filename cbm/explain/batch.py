@@ -367,8 +367,10 @@ def _explain_case(model: ConceptBottleneckModel, item: CaseInput, label: str, ta
 
     def failed(exc: Exception, what: str) -> tuple[IndexRow, dict]:
         # read errors name the path: named by the case instead (and by no file name where hidden)
-        text = str(exc) if not what else f"{type(exc).__name__}: {exc}".rstrip(": ")
-        reason = what + _without_names(text or type(exc).__name__, item.path, label, bare_name=hide_names)
+        text = str(exc) or type(exc).__name__
+        if what and str(exc):  # a report error is named by its type too (a read error says what it is)
+            text = f"{type(exc).__name__}: {text}"
+        reason = what + _without_names(text, item.path, label, bare_name=hide_names)
         log.warning("%s: not explained: %s", label, reason)
         log.debug("details", exc_info=not hide_names)
         result.failures.append((label, reason))
