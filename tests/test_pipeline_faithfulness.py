@@ -361,6 +361,25 @@ def test_faithfulness_of_a_split_of_ones_own_making(tmp_path):
         measure_faithfulness(model, card, {**splits, "test": short})
 
 
+def test_the_oracle_of_a_head_carrying_the_whole_store_sees_only_the_annotated_concepts(tmp_path):
+    # a card annotating some of its concepts: the faithful head's unconstrained twin is cloned with the
+    # store's whole prior, which it does not need, and its oracle (fitted on the annotated columns)
+    # was refused for the prior's shape after every head had been fitted
+    from cbm.heads import SparseConceptHead
+    from cbm.pipeline.experiment import _unconstrained_twin
+    from cbm.pipeline.faithfulness import measure_faithfulness
+
+    model, card, splits = _toy_model_card_and_splits(tmp_path)
+    card.concept_truth = {c: card.concept_truth[c] for c in ("a", "b")}  # "u" is not annotated
+    prior = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    model.concept_prior = prior
+    faithful = SparseConceptHead(constraint="prior", prior=prior)
+    for head in (faithful, _unconstrained_twin(faithful)):
+        out = measure_faithfulness(model, card, splits, head=head)
+        assert out["concepts_with_truth"] == 2 and out["oracle"]["id_accuracy"] > 0.85
+    assert np.array_equal(_unconstrained_twin(faithful).prior, prior)  # the twin itself keeps the store's prior
+
+
 def test_a_split_with_non_finite_scores_is_refused_by_name_and_partial_truth_shows_its_coverage(tmp_path):
     from cbm.pipeline.experiment import _faithfulness_table
     from cbm.pipeline.faithfulness import measure_faithfulness

@@ -221,7 +221,12 @@ def oracle_accuracies(head: Any, prior: np.ndarray | None, columns: list[int], v
     from sklearn.base import clone
 
     est = clone(head)
-    if prior is not None and getattr(est, "needs_prior", lambda: False)():
+    # the oracle sees only the annotated columns, so a prior the head carries is cut to them, whether
+    # the head needs it (the faithful head) or keeps it unused (its unconstrained twin, cloned from it)
+    own = getattr(est, "prior", None)
+    if own is not None:
+        est.set_params(prior=np.asarray(own)[:, columns])
+    elif prior is not None and getattr(est, "needs_prior", lambda: False)():
         est.set_params(prior=prior[:, columns])
     est.fit(values["train"], splits["train"].labels, X_val=values["val"], y_val=splits["val"].labels)
     return {f"{name}_accuracy": float((est.predict(values[split]) == splits[split].labels).mean())
