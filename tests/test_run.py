@@ -513,6 +513,35 @@ def test_a_card_of_ones_own_runs_and_a_failing_metric_hook_loses_nothing(tiny, t
     assert ConceptBottleneckModel.load(run_dir / "model").classes == ["benign nevus", "melanoma"]
 
 
+def test_a_split_whose_every_image_is_unreadable_is_named_with_its_files_before_any_fitting(tiny, tmp_path, capsys):
+    # every test image unreadable: the cbm head was fitted, then the linear probe failed on an empty
+    # array ("Found array with 0 sample(s)") and the run left no model and no figures
+    import csv
+
+    from cbm.demo import cached_dataset
+    from cbm.errors import ManifestError
+    from cbm.pipeline import fit_model
+
+    card = tmp_path / "card"
+    shutil.copytree(cached_dataset(n=90, confounding=0.9, classes=2, seed=1, size=64).parent, card)
+    with open(card / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    root = card / "images"
+    for split in ("test", "val"):
+        broken = [r["path"] for r in rows if r["split"] == split]
+        for path in broken:
+            (root / path).write_bytes(b"not an image")
+        own = [o for o in tiny if not o.startswith(("dataset.card=", "++dataset.demo="))]
+        code = cbm_main(["run", "dataset=custom", f"dataset.card={card / 'card.yaml'}", *own,
+                         f"hydra.run.dir={tmp_path / split}"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "Found array" not in err, err
+        assert f"none of the {len(broken)} '{split}' image(s) could be read: " in err and broken[0].split("/")[-1] in err
+        assert "cbm validate CARD" in err
+    with pytest.raises(ManifestError, match=r"none of the \d+ 'val' image\(s\) could be read"):  # the Python API too
+        fit_model(card / "card.yaml", encoder=next(o for o in tiny if o.startswith("encoder.name="))[len("encoder.name="):])
+
+
 def test_the_demo_abcd_hook_on_a_card_without_its_classes_is_not_measured_and_says_why():
     from types import SimpleNamespace
 

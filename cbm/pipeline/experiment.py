@@ -35,7 +35,7 @@ from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
-                                 resolve_card, resolve_concepts)
+                                 require_split, resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
@@ -117,6 +117,8 @@ def run_experiment(
     splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)), cache_dir=features.get("cache_dir"),
                             num_workers=None if features.get("num_workers", 2) is None else int(features.get("num_workers", 2)))
     timings["features"] = time.perf_counter() - t
+    for name in ("train", "val", "test", *splits):  # a split whose every image was unreadable, before any fitting
+        require_split(splits, name, card)
 
     t = time.perf_counter()
     fit = fit_model(card, encoder=enc, concepts=concepts, head=head, bottleneck=bottleneck, templates=templates,

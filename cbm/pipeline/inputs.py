@@ -181,14 +181,24 @@ def check_manifest_classes(card) -> None:
 
 
 def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
-    """The split ``name``, or an error naming the manifest (and an unset image-root variable)."""
-    if name not in splits or len(splits[name]) == 0:
+    """The split ``name``, or an error naming the manifest (and an unset image-root variable); where the
+    split's rows are there but none of their images could be read, the error names those files."""
+    split = splits.get(name)
+    if split is not None and len(split) == 0 and split.skipped:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in split.skipped[:3])
+        more = f"; and {len(split.skipped) - 3} more" if len(split.skipped) > 3 else ""
+        raise ManifestError(
+            card.manifest_path, f"card {card.name!r}: none of the {len(split.skipped)} {name!r} image(s) could be read: "
+            f"{shown}{more}; every run needs train and val images, and test ones for evaluation",
+            "Replace those files with readable copies (`cbm validate CARD` checks every image), or give the split "
+            "readable images")
+    if split is None or len(split) == 0:
         hint = card.unset_root_variable() if hasattr(card, "unset_root_variable") else None
         raise ValueError(
             f"card {card.name!r} has no usable {name!r} images (manifest {card.manifest_path}); "
             f"every run needs train and val splits, and test for evaluation" + (f"; {hint}" if hint else "")
         )
-    return splits[name]
+    return split
 
 
 def class_weight_by_index(class_weight: Any, class_names: Sequence[str]) -> Any:
