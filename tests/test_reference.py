@@ -142,12 +142,23 @@ def test_a_damaged_reference_is_named_with_the_fix(tiny_model, tmp_path):
         ConceptBottleneckModel.load(bare)
 
 
-def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_abstain(tiny_model, tmp_path):
+def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_abstain(tiny_model, tmp_path, caplog):
     from cbm.explain import explain_image, render_case_html
 
     folder = tiny_model.save(tmp_path / "old")
-    (folder / REFERENCE_FILE).unlink()  # as a model folder written before the reference existed
-    old = ConceptBottleneckModel.load(folder)
+    (folder / REFERENCE_FILE).unlink()
+    # a copy that left the reference behind (its model.json records one): loaded, and said so once
+    with caplog.at_level("WARNING", logger="cbm"):
+        assert ConceptBottleneckModel.load(folder).reference is None
+    assert caplog.text.count("model.json was saved with a training reference, but reference.safetensors is missing: "
+                             "this copy of the model cannot withhold") == 1
+    caplog.clear()
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["reference_sha256"]  # as a model folder written before the reference existed: nothing to say
+    (folder / "model.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="cbm"):
+        old = ConceptBottleneckModel.load(folder)
+    assert "reference" not in caplog.text
     old.set_encoder(tiny_model.encoder)
     assert old.reference is None
     expl = old.explain(make_image(9))
