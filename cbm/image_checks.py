@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Flag", "image_flags", "greyscale", "as_pixels", "display_pixels", "image_items", "feature_rows",
+__all__ = ["Flag", "image_flags", "dicom_modalities", "greyscale", "as_pixels", "display_pixels", "image_items", "feature_rows",
            "MIN_IMAGE_SIDE", "GREYSCALE_TRAINING_SHARE"]
 
 MIN_IMAGE_SIDE = 32
@@ -33,17 +33,18 @@ too: a greyscale image is not withheld for its colour (the share is recorded whe
 # A key matches at the start of a word of the card's modality, read with everything but letters and
 # digits removed from there on ("chest X-ray" -> "xray"), or, after "=", as a whole word ("head CT,
 # non-contrast"; "electron" holds no CT). Every entry that matches counts ("PET/CT" takes PT and CT).
+# Every name the prompt templates know a modality by (cbm.encoders.text) is matched here too.
 _MODALITY_EXPECTATIONS = (
     (("mammogra",), ("MG", "OT", "SC"), False),
     (("=ct", "computedtomograph"), ("CT", "OT", "SC"), False),
     (("=pet", "positronemission"), ("PT", "OT", "SC"), False),
     (("=mri", "=mr", "magneticresonance"), ("MR", "OT", "SC"), False),
     (("=oct", "opticalcoherence"), ("OPT", "IVOCT", "OT", "SC"), False),
-    (("ultrasound", "sonograph", "echocardiograph"), ("US", "OT", "SC"), False),
-    (("xray", "radiograph"), ("CR", "DX", "RG", "OT", "SC"), False),
-    (("dermoscop",), ("DMS", "XC", "OT", "SC"), True),
+    (("ultrasound", "sonograph", "echocardiograph", "=us"), ("US", "OT", "SC"), False),
+    (("xray", "radiograph", "=cxr"), ("CR", "DX", "RG", "OT", "SC"), False),
+    (("dermoscop", "dermatoscop", "=skin"), ("DMS", "XC", "OT", "SC"), True),
     (("fundus", "retina", "ophthalm"), ("OP", "XC", "OT", "SC"), True),
-    (("histopatholog", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
+    (("histopatholog", "histolog", "=pathology", "haematoxylin", "hematoxylin", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
     (("photograph",), ("XC", "OT", "SC"), True),
 )
 # A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey
@@ -130,6 +131,19 @@ def as_pixels(image: Any) -> tuple[np.ndarray, dict[str, Any], Any]:
     return arr, {}, arr
 
 
+def dicom_modalities(modality: str | None) -> tuple[list[str], bool] | None:
+    """The DICOM Modality codes a model of a card's ``modality`` answers for, and whether its images
+    are in colour (every modality the card names is); None where the card names no modality cbm knows,
+    for which no image is withheld for its modality or its lack of colour."""
+    tokens = re.findall(r"[a-z0-9]+", str(modality or "").lower().replace("h&e", " haematoxylin eosin "))
+    starts = ["".join(tokens[i:]) for i in range(len(tokens))]  # "chest X-ray" -> "chestxray", "xray", "ray"
+    matched = [(codes, colour) for keys, codes, colour in _MODALITY_EXPECTATIONS
+               if any(k[1:] in tokens if k.startswith("=") else any(w.startswith(k) for w in starts) for k in keys)]
+    if not matched:
+        return None
+    return sorted({c for cs, _ in matched for c in cs}), all(c for _, c in matched)
+
+
 def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any],
                 greyscale_share: float | None = None) -> list[Flag]:
     """Why a model trained on ``modality`` images should not answer for this image; empty when nothing is amiss.
@@ -142,17 +156,13 @@ def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any
     trained_on_grey = greyscale_share is not None and greyscale_share >= GREYSCALE_TRAINING_SHARE
     found: list[Flag] = []
     modality = str(modality or "")
-    tokens = re.findall(r"[a-z0-9]+", modality.lower())
-    starts = ["".join(tokens[i:]) for i in range(len(tokens))]  # "chest X-ray" -> "chestxray", "xray", "ray"
-    matched = [(codes, colour) for keys, codes, colour in _MODALITY_EXPECTATIONS
-               if any(k[1:] in tokens if k.startswith("=") else any(w.startswith(k) for w in starts) for k in keys)]
-    if matched:
-        codes = sorted({c for cs, _ in matched for c in cs})
+    expected = dicom_modalities(modality)
+    if expected:
+        codes, colour = expected
         code = str(meta.get("modality") or "").upper()
         if meta.get("format") == "dicom" and code and code not in codes:
             found.append(Flag("modality", f"This DICOM file's modality is {code}; the model was trained on {modality} "
                                           f"images (DICOM modality {' or '.join(codes)}), so it does not answer for it."))
-        colour = all(c for _, c in matched)  # colour images only where every modality named is in colour
         if colour and not trained_on_grey and greyscale(pixels):
             found.append(Flag("greyscale", f"The image is greyscale; the model was trained on colour {modality} images, "
                                            "so it does not answer for it."))

@@ -267,3 +267,46 @@ def test_python_dash_m_cbm_is_the_cbm_command():
     proc = subprocess.run([sys.executable, "-m", "cbm", "cards"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ham10000" in proc.stdout
+
+
+def test_validate_names_dicom_files_of_another_modality_than_the_cards(tmp_path, capsys):
+    """A card saying "chest x-ray" over CT and MR slices passed validate, and its model then withheld every
+    prediction, its own test images included, for their DICOM modality; a card naming its modality by an
+    alias the prompt templates know ("cxr", "dermatoscopy") is held to the same modality."""
+    folder = tmp_path / "card"
+    (folder / "images").mkdir(parents=True)
+    rows = ["path,label,split"]
+    for split in ("train", "val", "test"):
+        for label, source in (("a", "CT_small.dcm"), ("b", "MR_small.dcm")):
+            shutil.copy(get_testdata_file(source), folder / "images" / f"{split}_{label}.dcm")
+            rows.append(f"{split}_{label}.dcm,{label},{split}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+    def card(modality: str) -> str:
+        (folder / "card.yaml").write_text(f"name: scans\nmodality: {modality}\ntask: binary\nclasses: [{{name: a}}, "
+                                          "{name: b}]\nimage_root: images\nmanifest: manifest.csv\n")
+        return str(folder / "card.yaml")
+
+    code, out, _ = run(capsys, "validate", card("cxr"))
+    assert code == 1 and "no problems found" in out  # the manifest itself is fine
+    assert ("images: 6 of the 6 DICOM files are of modality CT (3: line 2: train_a.dcm, ...); MR (3: line 3: "
+            "train_b.dcm, ...), but card 'scans' says 'cxr', whose images are DICOM CR or DX or OT or RG or SC") in out
+    code, _, err = run(capsys, "validate", card("chest x-ray"), "--strict")
+    assert code == 2 and "6 of the 6 DICOM files are of modality CT" in err and "Set the card's modality" in err
+    code, out, _ = run(capsys, "validate", card("CT"))
+    assert code == 1 and "3 of the 6 DICOM files are of modality MR (3: line 3: train_b.dcm, ...)" in out
+    for agreeing in ("CT and MRI", "cross-sectional imaging"):  # every file agrees / a modality cbm does not know
+        code, out, _ = run(capsys, "validate", card(agreeing))
+        assert code == 0 and "DICOM files are of modality" not in out
+    code, out, _ = run(capsys, "validate", card("cxr"), "--no-read")  # nothing read: nothing said
+    assert code == 0 and "DICOM files" not in out
+
+
+def test_every_modality_name_the_prompt_templates_know_is_one_the_image_checks_know():
+    from cbm.encoders.text import _MODALITY_ALIASES, MODALITY_TEMPLATES
+    from cbm.image_checks import dicom_modalities
+
+    for name in (*_MODALITY_ALIASES, *MODALITY_TEMPLATES):
+        assert dicom_modalities(name) is not None, name
+    assert dicom_modalities("dermatoscopy") == dicom_modalities("dermoscopy") and dicom_modalities("cxr")[1] is False
+    assert dicom_modalities("skin lesion photographs")[1] and dicom_modalities("cross-sectional imaging") is None

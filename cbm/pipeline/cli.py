@@ -58,6 +58,14 @@ def _validate(args: argparse.Namespace) -> int:
         raise ValueError(problem)
     if problem:
         print(f"concept store: {problem}")
+    modality = None if args.no_files or getattr(args, "no_read", False) else _modality_problem(card)
+    if modality and args.strict:
+        from cbm.errors import ManifestError
+
+        raise ManifestError(card.manifest_path, modality, "Set the card's modality to what the images are, or leave "
+                            "those rows out")
+    if modality:
+        print(f"images: {modality}; set the card's modality to what the images are, or leave those rows out")
     unseen = report.classes_without_val()  # a run refuses it before encoding: so does validate
     if unseen and args.strict:
         from cbm.errors import ManifestError
@@ -65,7 +73,33 @@ def _validate(args: argparse.Namespace) -> int:
         raise ManifestError(card.manifest_path, f"has no validation image of class(es) {', '.join(unseen)}: the head is "
                             "chosen on val, so a run refuses it", "Move some of each class's rows to val "
                             "(`cbm make-splits` splits each class), or drop the class from the card's classes")
-    return 0 if report.ok and not problem and not unseen else 1
+    return 0 if report.ok and not problem and not unseen and not modality else 1
+
+
+def _modality_problem(card) -> str | None:
+    """The manifest's DICOM files whose Modality is not one a model of the card's ``modality`` answers
+    for (:func:`cbm.image_checks.dicom_modalities`): such a model withholds every prediction on them,
+    its own test images included. None where all agree, or the card names no modality cbm knows."""
+    from cbm.data._image_scan import dicom_modalities_of
+    from cbm.errors import ManifestError
+    from cbm.image_checks import dicom_modalities
+
+    expected = dicom_modalities(card.modality)
+    if expected is None:
+        return None
+    try:
+        found = dicom_modalities_of(card.manifest(strict=False, check_files=True))
+    except ManifestError:  # a leak between splits, a path outside the folder: reported above, fixed first
+        return None
+    other = {code: rows for code, rows in sorted(found.items()) if code not in expected[0]}
+    if not other:
+        return None
+    n = sum(len(rows) for rows in found.values())
+    listed = "; ".join(f"{code} ({len(rows)}: line {rows[0][0]}: {rows[0][1]}{', ...' if len(rows) > 1 else ''})"
+                       for code, rows in other.items())
+    return (f"{sum(len(r) for r in other.values())} of the {n} DICOM files are of modality {listed}, but card "
+            f"{card.name!r} says {card.modality!r}, whose images are DICOM {' or '.join(expected[0])}: a model of it "
+            "withholds every prediction on a file of another modality, its own test images included")
 
 
 def _store_problem(card) -> str | None:
