@@ -212,6 +212,14 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["concepts.list=[]"], "hold no phrase"),
         (["head.class_weight=foo"], "class_weight must be"),
         (["head.max_concepts_per_class=0"], "head: max_concepts_per_class must be > 0"),
+        # numbers written as a switch, a text or a fraction: read as 1.0, "could not convert string to float",
+        # or cut to a whole number without a word
+        (["head.n_lambdas=true"], "head: n_lambdas must be a number; got True"),
+        (["head.l1_ratio=true"], "head: l1_ratio must be a number; got True"),
+        (["head.n_lambdas=2.5"], "head: n_lambdas must be a whole number; got 2.5"),
+        (["head.l1_ratio=abc"], "head: l1_ratio must be a number; got 'abc'"),
+        (["head.max_concepts_per_class=eight"], "head: max_concepts_per_class must be a number; got 'eight'"),
+        (["head.prior_strength=abc"], "head: prior_strength must be a number; got 'abc'"),
         # switches written as off, which would read as on; values the objects' own checks refuse
         (["head.intervention_training=off"], "head: intervention_training must be true or false; got 'off'"),
         (["head.use_prior=no"], "head: use_prior must be true or false"),

@@ -21,12 +21,12 @@ def check_head_params(head: Any) -> None:
     for name in ("use_prior", "intervention_training"):  # "off" from a config would read as on
         if not isinstance(getattr(head, name), (bool, np.bool_)):
             raise ValueError(f"{name} must be true or false; got {getattr(head, name)!r}")
-    if not 0.0 <= float(head.l1_ratio) <= 1.0:
+    if not 0.0 <= _number(head, "l1_ratio") <= 1.0:
         raise ValueError(f"l1_ratio must be in [0, 1]; got {head.l1_ratio!r}")
     if head.lambdas is None:
-        if int(head.n_lambdas) < 1:
+        if _whole(head, "n_lambdas") < 1:
             raise ValueError(f"n_lambdas must be at least 1; got {head.n_lambdas!r}")
-        if not 0.0 < float(head.lambda_min_ratio) <= 1.0:
+        if not 0.0 < _number(head, "lambda_min_ratio") <= 1.0:
             raise ValueError(f"lambda_min_ratio must be in (0, 1]; got {head.lambda_min_ratio!r}")
     else:
         grid = np.asarray(head.lambdas, dtype=np.float64).ravel()
@@ -34,7 +34,7 @@ def check_head_params(head: Any) -> None:
             raise ValueError(f"lambdas must be a non-empty list of finite non-negative values; got {head.lambdas!r}")
     if head.selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}; got {head.selection!r}")
-    if head.max_concepts_per_class is not None and not float(head.max_concepts_per_class) > 0:
+    if head.max_concepts_per_class is not None and not _number(head, "max_concepts_per_class") > 0:
         raise ValueError(f"max_concepts_per_class must be > 0 (a head with no concept predicts one class) or None; "
                          f"got {head.max_concepts_per_class!r}")
     if not (head.class_weight is None or head.class_weight == "balanced" or isinstance(head.class_weight, Mapping)):
@@ -44,11 +44,11 @@ def check_head_params(head: Any) -> None:
     tol = head.accuracy_tolerance
     if not (tol == "se" or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < 1)):
         raise ValueError(f'accuracy_tolerance must be "se" or a number in [0, 1); got {tol!r}')
-    if not 0 <= float(head.prior_strength) < float("inf"):  # NaN fitted all-zero weights without a word
+    if not 0 <= _number(head, "prior_strength") < float("inf"):  # NaN fitted all-zero weights without a word
         raise ValueError(f"prior_strength must be a finite number >= 0; got {head.prior_strength!r}")
-    if not float(head.tol) > 0 or int(head.max_iter) < 1:
+    if not _number(head, "tol") > 0 or _whole(head, "max_iter") < 1:
         raise ValueError(f"tol must be > 0 and max_iter >= 1; got tol={head.tol!r}, max_iter={head.max_iter!r}")
-    if head.n_threads is not None and int(head.n_threads) < 1:
+    if head.n_threads is not None and _whole(head, "n_threads") < 1:
         raise ValueError(f"n_threads must be >= 1 or None; got {head.n_threads!r}")
     if head.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {head.dtype!r}")
@@ -60,6 +60,23 @@ def check_head_params(head: Any) -> None:
         raise ValueError(f"the prior penalty (prior_strength > 0) is for the per-class head, and ordinal={head.ordinal!r} "
                          'may give the ordinal form; use constraint="prior" for a faithful ordinal head, or set '
                          "prior_strength=0, or ordinal=False")
+
+
+def _number(head: Any, name: str) -> float:
+    """The setting ``name`` as a float; a switch (true/false) or a text is refused by name (``float``
+    read true as 1.0, and a text gave only "could not convert string to float")."""
+    value = getattr(head, name)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number; got {value!r}")
+    return float(value)
+
+
+def _whole(head: Any, name: str) -> int:
+    """The setting ``name`` as an int; a fraction is refused by name (``int`` cut 2.5 to 2)."""
+    value = _number(head, name)
+    if not value.is_integer():
+        raise ValueError(f"{name} must be a whole number; got {getattr(head, name)!r}")
+    return int(value)
 
 
 def check_prior(head: Any, n_classes: int, n_features: int) -> np.ndarray | None:
