@@ -291,7 +291,7 @@ def _pathless(item: Any, dataset: Any) -> str:
         for written in dict.fromkeys((path, " ".join(path.split()))):
             if written.strip():
                 reason = reason.replace(written, "<image>")
-    return reason
+    return reason.replace("image <image>: ", "")  # "ImageReadError: is not an image file ...", the file named beside it
 
 
 class _Pending:
