@@ -44,7 +44,8 @@ _MODALITY_EXPECTATIONS = (
     (("xray", "radiograph", "=cxr"), ("CR", "DX", "RG", "OT", "SC"), False),
     (("dermoscop", "dermatoscop", "=skin"), ("DMS", "XC", "OT", "SC"), True),
     (("fundus", "retina", "ophthalm"), ("OP", "XC", "OT", "SC"), True),
-    (("histopatholog", "histolog", "=pathology", "haematoxylin", "hematoxylin", "wholeslide", "pathologyslide"), ("SM", "XC", "OT", "SC"), True),
+    (("histopatholog", "histolog", "=pathology", "haematoxylin", "hematoxylin", "wholeslide", "pathologyslide"),
+     ("SM", "XC", "OT", "SC"), True),
     (("photograph",), ("XC", "OT", "SC"), True),
 )
 # A colour image has more than this share of pixels whose channels differ by over 4/255 (a grey

@@ -211,7 +211,8 @@ def _run(cfg, out_dir: Path) -> dict:
     if kwargs["features"].get("cache_dir"):
         kwargs["features"]["cache_dir"] = _from_launch_dir(str(kwargs["features"]["cache_dir"]))
     check_optimized_metric(str(cfg.optimized_metric), run_methods(kwargs["head"], kwargs["baselines"]), card)
-    check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap")})
+    check_run_inputs(card, **{k: kwargs[k] for k in ("head", "concepts", "templates", "llm", "baselines", "n_bootstrap",
+                                                     "bottleneck")})
     extra = {name: _instantiate(node, f"dataset.extra_metrics.{name}")
              for name, node in (_plain(cfg.dataset).get("extra_metrics") or {}).items()}
     return run_experiment(out_dir=out_dir, card=card, encoder=_instantiate(_plain(cfg.encoder), "encoder"), extra_metrics=extra,

@@ -543,11 +543,46 @@ def test_a_split_whose_every_image_is_unreadable_is_named_with_its_files_before_
         code = cbm_main(["run", "dataset=custom", f"dataset.card={card / 'card.yaml'}", *own,
                          f"hydra.run.dir={tmp_path / split}"])
         err = capsys.readouterr().err
-        assert code == 2 and "Traceback" not in err and "Found array" not in err, err
-        assert f"none of the {len(broken)} '{split}' image(s) could be read: " in err and broken[0].split("/")[-1] in err
-        assert "cbm validate CARD" in err
+        # (one line: the skipped images' warnings may meet a log stream an earlier test's capture closed)
+        line = next(t for t in err.splitlines() if t.startswith("cbm run: error: "))
+        assert code == 2 and "Found array" not in err, err
+        assert f"none of the {len(broken)} '{split}' image(s) could be read: " in line and broken[0].split("/")[-1] in line
+        assert "cbm validate CARD" in line
     with pytest.raises(ManifestError, match=r"none of the \d+ 'val' image\(s\) could be read"):  # the Python API too
         fit_model(card / "card.yaml", encoder=next(o for o in tiny if o.startswith("encoder.name="))[len("encoder.name="):])
+
+
+def test_a_store_of_one_concept_is_refused_before_encoding_unless_centring_is_off(tiny, tmp_path, capsys, monkeypatch):
+    # one concept passed validate, then fitting stopped after every image was encoded, with
+    # "centring needs at least 2 concepts ... pass centre=False", which neither a run nor cbm.fit takes
+    import cbm.encoders
+    from cbm.demo import cached_dataset
+    from cbm.pipeline import fit_model
+
+    card = tmp_path / "card"
+    shutil.copytree(cached_dataset(n=90, confounding=0.9, classes=2, seed=1, size=64).parent, card)
+    text = (card / "card.yaml").read_text()
+    (card / "card.yaml").write_text(text[: text.index("concept_truth:")] if "concept_truth:" in text else text)
+    (card / "concepts.json").write_text(json.dumps({"format": "cbm-concepts/1", "by_class": {
+        "melanoma": {"concepts": ["irregular border"]}, "benign nevus": {"concepts": []}}}))
+    own = [o for o in tiny if not o.startswith(("dataset.card=", "++dataset.demo="))]
+    args = ["run", "dataset=custom", f"dataset.card={card / 'card.yaml'}", *own, "baselines.linear_probe=false",
+            "baselines.zero_shot=false", "baselines.dense_concepts=false"]
+    real = cbm.encoders.create_encoder
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the encoder was loaded before the concepts were checked")
+
+    monkeypatch.setattr(cbm.encoders, "create_encoder", no_encoding)
+    code = cbm_main([*args, f"hydra.run.dir={tmp_path / 'one'}"])
+    line = next(t for t in capsys.readouterr().err.splitlines() if t.startswith("cbm run: error: "))
+    assert code == 2 and "gives 1 concept ('irregular border'), but the bottleneck is centred on the mean" in line
+    assert "`bottleneck.centre=false` in a run" in line
+    monkeypatch.setattr(cbm.encoders, "create_encoder", real)
+    encoder = next(o for o in tiny if o.startswith("encoder.name="))[len("encoder.name="):]
+    with pytest.raises(ValueError, match="BottleneckConfig"):  # cbm.fit: before any image is encoded too
+        fit_model(card / "card.yaml", encoder=real(encoder), splits=None)
+    assert cbm_main([*args, "bottleneck.centre=false", f"hydra.run.dir={tmp_path / 'off'}"]) == 0
 
 
 def test_the_demo_abcd_hook_on_a_card_without_its_classes_is_not_measured_and_says_why():

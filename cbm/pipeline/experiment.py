@@ -35,7 +35,7 @@ from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
 from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
-                                 require_split, resolve_card, resolve_concepts)
+                                 check_centring, require_split, resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods
@@ -108,7 +108,7 @@ def run_experiment(
         if not isinstance(value, bool):
             raise ValueError(f"{name}={value!r}: write true or false")
     which = check_run_inputs(card, head=head, concepts=concepts, templates=templates, llm=llm, baselines=baselines,
-                             n_bootstrap=n_bootstrap)
+                             n_bootstrap=n_bootstrap, bottleneck=bottleneck)
     timings["dataset"] = time.perf_counter() - t
     store = card_store_names(card)
 
@@ -158,7 +158,7 @@ def _extra_metric(name: str, fn: Callable[[FitResult], dict], fit: FitResult) ->
 
 def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templates: Sequence[str] | None = None,
                      llm: dict | None = None, baselines: Mapping[str, bool] | None = None,
-                     n_bootstrap: int = 1000) -> dict[str, bool]:
+                     n_bootstrap: int = 1000, bottleneck: BottleneckConfig | None = None) -> dict[str, bool]:
     """Refuse, before the encoder loads or an image is encoded, what a run would refuse later: a missing
     manifest, image folder or split, a bad head setting, an unknown baseline, a negative ``n_bootstrap``,
     a mistyped truth column name, a prompt template without ``{}``, concepts (or a head's class weight)
@@ -180,7 +180,8 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     if templates is not None:
         check_templates(templates)
     if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
-        resolve_concepts(card, concepts)
+        names = list(resolve_concepts(card, concepts).concepts)
+        check_centring(card, names, (bottleneck or BottleneckConfig()).centre)
     check_manifest_classes(card)
     return which
 

@@ -23,6 +23,7 @@ from cbm.data import PIXEL_PIPELINE_VERSION
 from cbm.model import ConceptBottleneckModel
 from cbm.pipeline.inputs import (
     SplitData,
+    check_centring,
     check_every_class_trains,
     class_weight_by_index,
     check_manifest_classes,
@@ -31,6 +32,7 @@ from cbm.pipeline.inputs import (
     require_split,
     resolve_card,
     resolve_concepts,
+    store_beyond,
 )
 from cbm.pipeline.levels import levels_from_truth, truth_levels
 from cbm.reference import build_reference
@@ -180,7 +182,7 @@ def fit_model(
         embed_id=f"{getattr(enc, 'cache_key', enc.name)}:{list(templates) if templates else card.modality}",
     )
     names = list(cset.concepts)
-    _check_names(card, names)
+    _check_names(card, names, config.centre)
     if splits is None:
         splits = extract_splits(card, enc, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir)
     train, val = require_split(splits, "train", card), require_split(splits, "val", card)
@@ -206,9 +208,9 @@ def fit_model(
     return FitResult(model, est, splits, cset, enc, card, scores=scores, truth=truth, values=values)
 
 
-def _check_names(card, names: list[str]) -> None:
-    """Before any image is encoded: the run has concepts, and the card's concept truth names only
-    concepts of the run or of the card's store (a misspelt truth name is an error, not skipped)."""
+def _check_names(card, names: list[str], centre: bool) -> None:
+    """Before any image is encoded: the run has concepts (two or more to centre on), and the card's concept
+    truth names only concepts of the run or of the card's store (a misspelt truth name is an error, not skipped)."""
     from cbm.pipeline.truth import check_truth_names
 
     if not names:
@@ -216,7 +218,8 @@ def _check_names(card, names: list[str]) -> None:
 
         raise ValueError(f"no concepts for card {card.name!r}: give at least one, or generate the card's store with "
                          f"`cbm concepts {card_reference(card_info(card))} --llm PRESET`")
-    check_truth_names(card, names, _store_beyond(card, names))
+    check_centring(card, names, centre)
+    check_truth_names(card, names, store_beyond(card, names))
 
 
 def _fit_concept_head(card, cset, head: Any, splits: dict[str, SplitData], scores: dict[str, np.ndarray],
@@ -413,7 +416,7 @@ def _bottleneck(card, names: list[str], config: BottleneckConfig, embed, *, expl
 
     text = embed(names)
     nuisance = list(card.nuisance_prompts if config.nuisance_prompts is None else config.nuisance_prompts)
-    extra = _store_beyond(card, names) if config.centre and explicit else []
+    extra = store_beyond(card, names) if config.centre and explicit else []
     bn = ConceptBottleneck.debiased(
         names, text, centre=config.centre,
         nuisance_embeddings=embed(nuisance) if nuisance else None, nuisance_prompts=nuisance,
@@ -458,19 +461,6 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         }
         info["path"]["selected_index"] = jsonable(getattr(est, "selected_index_", None))
     return info
-
-
-def _store_beyond(card, names: list[str]) -> list[str]:
-    """The card's stored concepts that ``names`` (given explicitly) lack: centring uses them too
-    (a short list's own mean is a poor estimate of what every prompt shares: see cbm.bottleneck)."""
-    from cbm.concepts import load_concepts
-
-    try:
-        store = load_concepts(card).concepts
-    except (FileNotFoundError, ValueError):
-        return []
-    given = set(names)
-    return [c for c in dict.fromkeys(store) if c not in given]
 
 
 def full_coef(est: Any, n_classes: int, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,8 @@ __all__ = [
     "check_every_class_trains",
     "check_manifest_classes",
     "require_split",
+    "store_beyond",
+    "check_centring",
     "class_weight_by_index",
 ]
 
@@ -224,3 +226,27 @@ def class_weight_by_index(class_weight: Any, class_names: Sequence[str]) -> Any:
         if not 0 <= by_index[index] < float("inf"):
             raise ValueError(f"class_weight of {key!r} is {weight!r}: give a finite number, 0 or more")
     return by_index
+
+
+def store_beyond(card, names: list[str]) -> list[str]:
+    """The card's stored concepts that ``names`` (given explicitly) lack: centring uses them too
+    (a short list's own mean is a poor estimate of what every prompt shares: see cbm.bottleneck)."""
+    from cbm.concepts import load_concepts
+
+    try:
+        store = load_concepts(card).concepts
+    except (FileNotFoundError, ValueError):
+        return []
+    given = set(names)
+    return [c for c in dict.fromkeys(store) if c not in given]
+
+
+def check_centring(card, names: list[str], centre: bool) -> None:
+    """Refuse, before any image is encoded, centring on fewer than two concepts (the run's and the
+    card's store's together): the bottleneck subtracts their mean, which one concept would make zero."""
+    if centre and len(names) + len(store_beyond(card, names)) < 2:
+        raise ValueError(
+            f"card {card.name!r} gives {len(names)} concept ({', '.join(map(repr, names))}), but the bottleneck is "
+            "centred on the mean of the concepts, which needs at least 2: add concepts to the card's store (one "
+            "concept can say little about the classes), or turn centring off (`bottleneck.centre=false` in a run; "
+            "cbm.fit(..., bottleneck=cbm.bottleneck.BottleneckConfig(centre=False)) in Python)")
