@@ -34,7 +34,7 @@ from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
-from cbm.pipeline.inputs import (check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
+from cbm.pipeline.inputs import (SplitData, check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
                                  check_centring, require_split, resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
@@ -114,11 +114,8 @@ def run_experiment(
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
-    splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)), cache_dir=features.get("cache_dir"),
-                            num_workers=None if features.get("num_workers", 2) is None else int(features.get("num_workers", 2)))
+    splits = _encoded_splits(card, enc, features)
     timings["features"] = time.perf_counter() - t
-    for name in ("train", "val", "test", *splits):  # a split whose every image was unreadable, before any fitting
-        require_split(splits, name, card)
 
     t = time.perf_counter()
     fit = fit_model(card, encoder=enc, concepts=concepts, head=head, bottleneck=bottleneck, templates=templates,
@@ -143,6 +140,17 @@ def run_experiment(
     _write_outputs(out, fit, metrics, save_model)
     _write_run_records(out, splits, timings)
     return metrics
+
+
+def _encoded_splits(card: Any, enc: Any, features: Mapping[str, Any]) -> dict[str, SplitData]:
+    """Every split encoded (``features``: the run's batch size, workers and cache folder); a split whose
+    every image was unreadable is refused here, before any fitting."""
+    workers = features.get("num_workers", 2)
+    splits = extract_splits(card, enc, batch_size=int(features.get("batch_size", 64)), cache_dir=features.get("cache_dir"),
+                            num_workers=None if workers is None else int(workers))
+    for name in ("train", "val", "test", *splits):
+        require_split(splits, name, card)
+    return splits
 
 
 def _extra_metric(name: str, fn: Callable[[FitResult], dict], fit: FitResult) -> dict:
