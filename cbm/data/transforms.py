@@ -119,7 +119,9 @@ def unit_pixels(arr: np.ndarray) -> np.ndarray:
     if arr.size and not np.isfinite(arr).all():
         raise ValueError("an image array holds NaN or infinite values; give pixel values in [0, 1]")
     if arr.size and (arr.min() < -_UNIT_SLACK or arr.max() > 1 + _UNIT_SLACK):
-        hint = " (it looks like 0-255: divide by 255, or pass the uint8 array itself)" if arr.max() <= 255 else ""
+        hint = (" (it looks normalised, with negative values: pass the pixels before any mean/std normalisation, "
+                "which the encoder's own transform does)" if arr.min() < -_UNIT_SLACK else
+                " (it looks like 0-255: divide by 255, or pass the uint8 array itself)" if arr.max() <= 255 else "")
         raise ValueError(f"a float image array must hold values in [0, 1]; this one ranges from {arr.min():g} "
                          f"to {arr.max():g}{hint}")
     return np.clip(arr, 0.0, 1.0)
