@@ -440,7 +440,7 @@ def _record(card, splits, est, cset, templates, bn: ConceptBottleneck, centred_o
         "pixel_pipeline": PIXEL_PIPELINE_VERSION,  # how its images were read: loading warns when this cbm reads them otherwise
     }
     try:  # manifest rows no split holds (a missing file, an unknown label...), beside the unreadable ones
-        left_out = {p.kind: len(p.lines) or 1 for p in card.manifest().report.problems}
+        left_out = {p.kind: len(p.lines) for p in card.manifest().report.problems if p.lines}  # not a split's or a class's
     except Exception:  # noqa: BLE001 - a card built in memory has no manifest to say it
         left_out = {}
     if left_out:
