@@ -170,6 +170,11 @@ class SweepSummary:
             log.warning("sweep summary not written: %s", exc)
 
 
+class JobFailed(RuntimeError):
+    """A sweep's job that stopped on a user-facing error (its message is the error's): raised for the
+    launcher to count the job as failed, without the frames that led to the error."""
+
+
 def _task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -186,8 +191,10 @@ def _task(cfg) -> float:
         # a single run states a user-facing error plainly (HYDRA_FULL_ERROR=1 keeps the traceback);
         # in a sweep the error stays an exception, so the launcher goes on with the other jobs
         log.error("%s", error_text(exc))
-        if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the error alone, not the chain of frames that reached it
+            raise JobFailed(error_text(exc)) from None
         print(f"cbm run: error: {error_text(exc)}", file=sys.stderr)
         _STATED.append(str(exc))  # the command line was fine: no hints about its settings
         raise SystemExit(2) from None

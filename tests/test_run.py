@@ -249,6 +249,11 @@ def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):
                      f"hydra.sweep.dir={sweep}"])
     assert code != 0  # the sweep reports the failure...
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()  # ...after job 1 ran
+    # as the error alone: not the chain of frames that reached it (one frame, of the job that raised it)
+    err = capsys.readouterr().err
+    err = err[err.index("Error executing job"):]
+    assert 'cbm.run.JobFailed: head: selection="concepts" needs max_concepts_per_class' in err
+    assert err.count('File "') == 1 and "During handling" not in err and "direct cause" not in err
     # the summary lists the failed job as such, and cbm compare reads the sweep's folder the same way
     rows = json.loads((sweep / "summary.json").read_text())
     # the job's own error, from the sweep's records
