@@ -220,6 +220,8 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["head.l1_ratio=abc"], "head: l1_ratio must be a number; got 'abc'"),
         (["head.max_concepts_per_class=eight"], "head: max_concepts_per_class must be a number; got 'eight'"),
         (["head.prior_strength=abc"], "head: prior_strength must be a number; got 'abc'"),
+        (["dataset.extra_metrics.abcd_rule._target_=cbm.demo.nope"],
+         "dataset.extra_metrics.abcd_rule._target_='cbm.demo.nope' names nothing Python can import"),
         # switches written as off, which would read as on; values the objects' own checks refuse
         (["head.intervention_training=off"], "head: intervention_training must be true or false; got 'off'"),
         (["head.use_prior=no"], "head: use_prior must be true or false"),
