@@ -262,9 +262,10 @@ def _instantiate(node, key: str) -> Any:
             raise ValueError(f"{key}: {cause}") from exc
         if isinstance(cause, (OSError, RuntimeError)):  # what this machine lacks (device=cuda without CUDA, weights)
             raise RuntimeError(f"{key}: {cause}") from exc
-        if isinstance(cause, ImportError) and isinstance(node, dict):  # a _target_ that names nothing importable
-            raise ValueError(f"{key}._target_={node.get('_target_')!r} names nothing Python can import; give the "
-                             "dotted path of a function or class (cbm.demo.abcd_rule_metric, say)") from exc
+        if str(exc).startswith("Error locating target") and isinstance(node, dict):  # not an ImportError inside it
+            why = "; ".join(str(cause).strip().splitlines()[1:]) if cause is not None else ""  # after "Error loading ..."
+            raise ValueError(f"{key}._target_={node.get('_target_')!r} cannot be imported" + (f" ({why})" if why else "")
+                             + ": give the dotted path of a function or class, and install what its module imports") from exc
         raise
 
 

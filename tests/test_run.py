@@ -221,7 +221,7 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         (["head.max_concepts_per_class=eight"], "head: max_concepts_per_class must be a number; got 'eight'"),
         (["head.prior_strength=abc"], "head: prior_strength must be a number; got 'abc'"),
         (["dataset.extra_metrics.abcd_rule._target_=cbm.demo.nope"],
-         "dataset.extra_metrics.abcd_rule._target_='cbm.demo.nope' names nothing Python can import"),
+         "dataset.extra_metrics.abcd_rule._target_='cbm.demo.nope' cannot be imported (ModuleNotFoundError"),
         # switches written as off, which would read as on; values the objects' own checks refuse
         (["head.intervention_training=off"], "head: intervention_training must be true or false; got 'off'"),
         (["head.use_prior=no"], "head: use_prior must be true or false"),
@@ -636,3 +636,20 @@ def test_a_full_disk_while_writing_the_results_names_the_file_and_the_fix(tiny, 
     assert f"No space left on device: '{run_dir / 'metrics.json'}'" in err, err
     assert f"free space on the disk holding {run_dir}" in err
     assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_target_that_cannot_be_imported_is_named_with_why(tmp_path, monkeypatch):
+    """A _target_ naming nothing, or a module whose own import fails, is bad input naming the node and the
+    missing module; an ImportError raised inside a target that was found keeps Hydra's error as it is."""
+    from hydra.errors import InstantiationException
+
+    from cbm.run import _instantiate
+
+    (tmp_path / "plugin_needs_more.py").write_text("import a_package_not_installed\ndef make():\n    pass\n")
+    (tmp_path / "plugin_imports_late.py").write_text("def make():\n    import a_package_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^encoder._target_='plugin_needs_more.make' cannot be imported \(ModuleNotFound"
+                                         r"Error\(\"No module named 'a_package_not_installed'\"\)"):
+        _instantiate({"_target_": "plugin_needs_more.make"}, "encoder")
+    with pytest.raises(InstantiationException, match="Error in call to target 'plugin_imports_late.make'"):
+        _instantiate({"_target_": "plugin_imports_late.make"}, "encoder")
