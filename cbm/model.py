@@ -461,7 +461,8 @@ class ConceptBottleneckModel:
                 inside = (folder / "model" / "model.json").is_file()  # a run folder given for its model
                 raise FileNotFoundError(
                     f"{p} not found: a model folder holds model.json and model.safetensors, and reference.safetensors "
-                    "where the model can withhold (written by ConceptBottleneckModel.save or `cbm run`, in <run dir>/model)"
+                    "where the model flags images unlike its training images (written by ConceptBottleneckModel.save "
+                    "or `cbm run`, in <run dir>/model)"
                     + (f"; this looks like a run folder: give {folder / 'model'}" if inside else "")
                 )
         meta = read_meta(meta_path)

@@ -116,11 +116,11 @@ def check_reference_digest(folder: Path, meta: dict[str, Any]) -> None:
     if "reference_sha256" not in meta:
         return
     path, digest = folder / REFERENCE_FILE, meta["reference_sha256"]
-    if digest is not None and not path.is_file():  # copied without it: loads, but would answer where it abstained
+    if digest is not None and not path.is_file():  # copied without it: loads, but answers where it would have abstained
         log.warning("%s: model.json was saved with a training reference, but %s is missing: this copy of the model "
-                    "cannot withhold a prediction for an image unlike its training images (no out-of-distribution "
-                    "score, no greyscale check); copy %s from the model's own folder to restore it",
-                    folder, REFERENCE_FILE, REFERENCE_FILE)
+                    "cannot flag an image unlike its training images (no out-of-distribution score, no similar "
+                    "cases, and its greyscale check no longer knows how many training images were grey); copy %s "
+                    "from the model's own folder to restore it", folder, REFERENCE_FILE, REFERENCE_FILE)
     if digest is None and path.is_file():
         raise ModelFormatError(path, "is beside a model.json saved without a training reference (another model's?)",
                                "Delete it, or save the model again from its run")

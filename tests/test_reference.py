@@ -151,7 +151,7 @@ def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_ab
     with caplog.at_level("WARNING", logger="cbm"):
         assert ConceptBottleneckModel.load(folder).reference is None
     assert caplog.text.count("model.json was saved with a training reference, but reference.safetensors is missing: "
-                             "this copy of the model cannot withhold") == 1
+                             "this copy of the model cannot flag an image unlike its training images") == 1
     caplog.clear()
     meta = json.loads((folder / "model.json").read_text())
     del meta["reference_sha256"]  # as a model folder written before the reference existed: nothing to say
