@@ -465,9 +465,11 @@ def test_a_torch_tensor_is_read_channels_first_and_scaled_as_an_array(fitted):
         model.predict(chw.float())
     # normalised with ImageNet's mean and std (as torchvision pipelines do): dividing by 255 cannot mend it
     mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    with pytest.raises(ValueError, match="looks normalised, with negative values: pass the pixels before") as caught:
+    with pytest.raises(ValueError, match="looks normalised with a mean and std: pass the pixels before") as caught:
         model.predict((chw.float() / 255.0 - mean) / std)
     assert "255" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"from -1024 to 3000 \(rescale or window it to \[0, 1\]"):  # CT numbers
+        model.predict(torch.linspace(-1024, 3000, 3 * 64 * 64).reshape(3, 64, 64))
     with pytest.raises(ValueError, match=r"tensor of torch.int64 has no known range.*t.to\(torch.uint8\)"):
         model.predict(chw.long())
     with pytest.raises(ValueError, match=r"image tensor must be \(C, H, W\) with C in 1..4.*got \(5, 8, 9\)$"):
