@@ -554,6 +554,7 @@ def test_a_split_whose_every_image_is_unreadable_is_named_with_its_files_before_
         line = next(t for t in err.splitlines() if t.startswith("cbm run: error: "))
         assert code == 2 and "Found array" not in err, err
         assert f"none of the {len(broken)} '{split}' image(s) could be read: " in line and broken[0].split("/")[-1] in line
+        assert {"test": "test is where a run measures the method", "val": "the head is chosen on val"}[split] in line
         assert "cbm validate CARD" in line
     with pytest.raises(ManifestError, match=r"none of the \d+ 'val' image\(s\) could be read"):  # the Python API too
         fit_model(card / "card.yaml", encoder=next(o for o in tiny if o.startswith("encoder.name="))[len("encoder.name="):])
@@ -583,7 +584,8 @@ def test_a_store_of_one_concept_is_refused_before_encoding_unless_centring_is_of
     monkeypatch.setattr(cbm.encoders, "create_encoder", no_encoding)
     code = cbm_main([*args, f"hydra.run.dir={tmp_path / 'one'}"])
     line = next(t for t in capsys.readouterr().err.splitlines() if t.startswith("cbm run: error: "))
-    assert code == 2 and "gives 1 concept ('irregular border'), but the bottleneck is centred on the mean" in line
+    assert code == 2 and "has 1 concept ('irregular border') in its store and the run's list together, but the " \
+                         "bottleneck is centred on the mean" in line
     assert "`bottleneck.centre=false` in a run" in line
     monkeypatch.setattr(cbm.encoders, "create_encoder", real)
     encoder = next(o for o in tiny if o.startswith("encoder.name="))[len("encoder.name="):]

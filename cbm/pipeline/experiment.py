@@ -34,8 +34,8 @@ from cbm.bottleneck import BottleneckConfig
 from cbm.pipeline.compare import intervention_points
 from cbm.pipeline.faithfulness import STEP_FALL, measure_faithfulness, step_test
 from cbm.pipeline.fitting import FitResult, check_head_fit, fit_head, fit_model, full_coef
-from cbm.pipeline.inputs import (SplitData, check_manifest_classes, check_splits_present, class_weight_by_index, extract_splits,
-                                 check_centring, require_split, resolve_card, resolve_concepts)
+from cbm.pipeline.inputs import (SplitData, check_centring, check_manifest_classes, check_splits_present,
+                                 class_weight_by_index, extract_splits, require_split, resolve_card, resolve_concepts)
 from cbm.pipeline.outputs import markdown_cell, path_chart, results_table
 from cbm.pipeline.run_folder import drop_set_aside, set_aside_earlier_results
 from cbm.pipeline.scoring import evaluate_methods

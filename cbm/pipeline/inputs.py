@@ -182,6 +182,10 @@ def check_manifest_classes(card) -> None:
     check_every_class_trains(card, *([c for c in card.class_names if counts.get(s, {}).get(c)] for s in ("train", "val")))
 
 
+_ROLES = {"train": "the head is fitted on train", "val": "the head is chosen on val",
+          "test": "test is where a run measures the method", "test_id": "test_id is where a run measures in-domain accuracy"}
+
+
 def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
     """The split ``name``, or an error naming the manifest (and an unset image-root variable); where the
     split's rows are there but none of their images could be read, the error names those files."""
@@ -191,7 +195,7 @@ def require_split(splits: dict[str, SplitData], name: str, card) -> SplitData:
         more = f"; and {len(split.skipped) - 3} more" if len(split.skipped) > 3 else ""
         raise ManifestError(
             card.manifest_path, f"card {card.name!r}: none of the {len(split.skipped)} {name!r} image(s) could be read: "
-            f"{shown}{more}; every run needs train and val images, and test ones for evaluation",
+            f"{shown}{more}; {_ROLES.get(name, 'a split the manifest names is evaluated, so it needs images')}",
             "Replace those files with readable copies (`cbm validate CARD` checks every image), or give the split "
             "readable images")
     if split is None or len(split) == 0:
@@ -246,7 +250,8 @@ def check_centring(card, names: list[str], centre: bool) -> None:
     card's store's together): the bottleneck subtracts their mean, which one concept would make zero."""
     if centre and len(names) + len(store_beyond(card, names)) < 2:
         raise ValueError(
-            f"card {card.name!r} gives {len(names)} concept ({', '.join(map(repr, names))}), but the bottleneck is "
-            "centred on the mean of the concepts, which needs at least 2: add concepts to the card's store (one "
+            f"card {card.name!r} has {len(names)} concept ({', '.join(map(repr, names))}) in its store and the run's "
+            "list together, but the bottleneck is centred on the mean of the concepts, which needs at least 2: add "
+            "concepts to the card's store or the run's list (one "
             "concept can say little about the classes), or turn centring off (`bottleneck.centre=false` in a run; "
             "cbm.fit(..., bottleneck=cbm.bottleneck.BottleneckConfig(centre=False)) in Python)")
