@@ -80,8 +80,14 @@ def test_unreadable_figures_and_odd_overrides_make_rows_not_errors(tmp_path):
     _run(tmp_path / "1", 0.9)
     (tmp_path / "1" / "metrics.json").write_text("[1, 2]")
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed before writing results
-    rows = compare_runs([tmp_path])
+    _run(tmp_path / "3", 0.9)
+    metrics = json.loads((tmp_path / "3" / "metrics.json").read_text())
+    metrics["cbm"]["val_accuracy"] = "x"  # hand-edited: compare stopped with "could not convert string to float"
+    (tmp_path / "3" / "metrics.json").write_text(json.dumps(metrics))
+    rows = compare_runs([tmp_path], "cbm.val_accuracy")
     assert rows[1]["status"].startswith("metrics.json unreadable") and rows[2]["status"].startswith("no results")
+    assert rows[3]["status"] == ("metrics.json unreadable (its cbm.val_accuracy is not a number: could not convert "
+                                 "string to float: 'x')")
     table = comparison_table(rows, root=tmp_path)
     body = [line for line in table.splitlines() if line.startswith("| 0")]
     assert "a\\|b" in body[0] and len(body[0].replace("\\|", "").split("|")) == len(table.splitlines()[0].split("|"))

@@ -187,7 +187,10 @@ def _row(folder: Path, optimized_metric: str | None) -> dict[str, Any]:
     cbm = metrics.get("cbm") or {}
     f = cbm.get("faithfulness") or {}
     curve = intervention_points(f)
-    name, value = selection_figure(metrics, optimized_metric)
+    try:
+        name, value = selection_figure(metrics, optimized_metric)
+    except (TypeError, ValueError) as exc:  # a hand-edited figure that is no number: this run's row says so
+        return {**row, "status": f"metrics.json unreadable (its {optimized_metric} is not a number: {exc})"}
     probe = metrics.get("linear_probe") or {}
     selection = {"figure": name, "value": value} if refused is None else {"figure": name, "value": None, "refused": True}
     return {**row, "status": "ok", "selection": selection, **({"not_chosen": refused} if refused else {}), "cbm": {
