@@ -300,6 +300,14 @@ def test_validate_names_dicom_files_of_another_modality_than_the_cards(tmp_path,
         assert code == 0 and "DICOM files are of modality" not in out
     code, out, _ = run(capsys, "validate", card("cxr"), "--no-read")  # nothing read: nothing said
     assert code == 0 and "DICOM files" not in out
+    # a name typed into the Modality field is never repeated: only DICOM's defined terms are shown
+    import pydicom
+
+    ds = pydicom.dcmread(folder / "images" / "train_a.dcm")
+    ds.Modality = "DOE^JANE"
+    ds.save_as(folder / "images" / "train_a.dcm")
+    code, out, _ = run(capsys, "validate", card("cxr"))
+    assert code == 1 and "DOE" not in out and "5 of the 5 DICOM files are of modality CT (2: line 4: val_a.dcm" in out
 
 
 def test_every_modality_name_the_prompt_templates_know_is_one_the_image_checks_know():

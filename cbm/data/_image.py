@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cbm.data._dicom import dicom_header, read_dicom
-from cbm.data._dicom_text import pydicom_records_held
+from cbm.data._dicom_text import header_text, pydicom_records_held
 from cbm.data._image_base import (
     BUDGET_BYTES_PER_PIXEL,
     DEFAULT_MAX_PIXELS,
@@ -97,6 +97,13 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
         ImageReadError: not an image, a damaged header, header and data disagree, over the budget.
         FileNotFoundError: a path that does not exist.
     """
+    return image_header(source, max_pixels=max_pixels)[:3]
+
+
+def image_header(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> tuple[int, int, int, str | None]:
+    """:func:`check_image_header`'s ``(rows, columns, frames)`` and, for DICOM, the Modality when it is
+    one of DICOM's defined terms (``""`` otherwise: a name typed there is never returned); None for
+    other formats. ``cbm validate`` reads both in its one pass over the files."""
     budget = pixel_budget(max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, path = bytes(source), None
@@ -108,7 +115,7 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
         head, opener = _check_file(path), (lambda: path)
     if head[128:132] == b"DICM" or (path is not None and path.suffix.lower() in DICOM_SUFFIXES):
         found = dicom_header(opener(), path, budget)
-        return found.rows, found.cols, found.frames
+        return found.rows, found.cols, found.frames, header_text("Modality", found.ds.get("Modality"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _open_pil(opener(), path, budget) as im:
@@ -119,7 +126,7 @@ def check_image_header(source: str | os.PathLike | bytes, *, max_pixels: int | N
             except Exception as exc:
                 raise ImageReadError(path, f"has a damaged header ({type(exc).__name__}: {quote(str(exc))})",
                                      "Download or export the file again") from None
-            return int(im.height), int(im.width), frames
+            return int(im.height), int(im.width), frames, None
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -99,6 +99,8 @@ class ManifestReport:
     problems: list[ManifestProblem] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> images
     written_splits: list[str] = field(default_factory=list)  # the split names the CSV's rows hold, usable or not
+    # DICOM Modality -> (line, path as written) of its files, where `cbm validate` read the images' headers
+    dicom_modalities: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -123,8 +123,9 @@ def validate_manifest(args: argparse.Namespace):
 def _check_images(card, report, manifest=None) -> str:
     """Every usable row's image (of ``manifest``, the one already read, or the card's) read as far as
     its header and data structure (no pixel decoded); the ones that cannot be read become a problem
-    of ``report``, since a run would skip them. Returns what was read, in words."""
-    from cbm.data._image_scan import unreadable_images
+    of ``report``, since a run would skip them, and the DICOM files' modalities go into it (for the card's
+    modality to be checked against them). Returns what was read, in words."""
+    from cbm.data._image_scan import scan_images
     from cbm.data._manifest import ManifestProblem
     from cbm.errors import ManifestError, quote
 
@@ -132,7 +133,7 @@ def _check_images(card, report, manifest=None) -> str:
         manifest = manifest if manifest is not None else card.manifest(strict=False, check_files=True)
     except ManifestError:  # a leak between splits or a path outside the folder: fixed first, then read
         return "images not read: fix the problems above first"
-    bad = unreadable_images(manifest)
+    bad, report.dicom_modalities = scan_images(manifest)
     if bad:
         shown = "; ".join(f"line {line}: {quote(path, 80)[1:-1]} {reason}" for line, path, reason in bad[:5])
         report.problems.append(ManifestProblem(

@@ -58,7 +58,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise ValueError(problem)
     if problem:
         print(f"concept store: {problem}")
-    modality = None if args.no_files or getattr(args, "no_read", False) else _modality_problem(card)
+    modality = _modality_problem(card, report.dicom_modalities)  # what validate_manifest read of the files
     if modality and args.strict:
         from cbm.errors import ManifestError
 
@@ -76,26 +76,20 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok and not problem and not unseen and not modality else 1
 
 
-def _modality_problem(card) -> str | None:
-    """The manifest's DICOM files whose Modality is not one a model of the card's ``modality`` answers
-    for (:func:`cbm.image_checks.dicom_modalities`): such a model withholds every prediction on them,
-    its own test images included. None where all agree, or the card names no modality cbm knows."""
-    from cbm.data._image_scan import dicom_modalities_of
-    from cbm.errors import ManifestError
+def _modality_problem(card, found: dict[str, list[tuple[int, str]]]) -> str | None:
+    """The manifest's DICOM files (``found``: Modality -> rows, as validate read them) whose Modality is
+    not one a model of the card's ``modality`` answers for (:func:`cbm.image_checks.dicom_modalities`):
+    such a model withholds every prediction on them, its own test images included. None where all
+    agree, or the card names no modality cbm knows."""
+    from cbm.errors import quote
     from cbm.image_checks import dicom_modalities
 
     expected = dicom_modalities(card.modality)
-    if expected is None:
-        return None
-    try:
-        found = dicom_modalities_of(card.manifest(strict=False, check_files=True))
-    except ManifestError:  # a leak between splits, a path outside the folder: reported above, fixed first
-        return None
-    other = {code: rows for code, rows in sorted(found.items()) if code not in expected[0]}
+    other = {code: rows for code, rows in sorted(found.items()) if expected is not None and code not in expected[0]}
     if not other:
         return None
     n = sum(len(rows) for rows in found.values())
-    listed = "; ".join(f"{code} ({len(rows)}: line {rows[0][0]}: {rows[0][1]}{', ...' if len(rows) > 1 else ''})"
+    listed = "; ".join(f"{code} ({len(rows)}: line {rows[0][0]}: {quote(rows[0][1], 80)[1:-1]}{', ...' if len(rows) > 1 else ''})"
                        for code, rows in other.items())
     return (f"{sum(len(r) for r in other.values())} of the {n} DICOM files are of modality {listed}, but card "
             f"{card.name!r} says {card.modality!r}, whose images are DICOM {' or '.join(expected[0])}: a model of it "
