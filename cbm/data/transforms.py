@@ -120,13 +120,16 @@ def unit_pixels(arr: np.ndarray) -> np.ndarray:
         raise ValueError("an image array holds NaN or infinite values; give pixel values in [0, 1]")
     if arr.size and (arr.min() < -_UNIT_SLACK or arr.max() > 1 + _UNIT_SLACK):
         lo, hi = float(arr.min()), float(arr.max())
-        hint = (" (it looks normalised with a mean and std: pass the pixels before that normalisation, which the "
-                "encoder's own transform does)" if lo < -_UNIT_SLACK and -5 <= lo and hi <= 5 else
-                " (rescale or window it to [0, 1]; a DICOM file given as a path is read through its own window)"
-                if lo < -_UNIT_SLACK else
-                " (it looks like 0-255: divide by 255, or pass the uint8 array itself)" if hi <= 255 else "")
-        raise ValueError(f"a float image array must hold values in [0, 1]; this one ranges from {arr.min():g} "
-                         f"to {arr.max():g}{hint}")
+        if lo < -_UNIT_SLACK and -5 <= lo and hi <= 5:  # what a mean/std normalisation gives
+            hint = (" (it looks normalised with a mean and std: pass the pixels before that normalisation, which "
+                    "the encoder's own transform does)")
+        elif lo < -_UNIT_SLACK:  # CT numbers and other signed ranges
+            hint = " (rescale or window it to [0, 1]; a DICOM file given as a path is read through its own window)"
+        elif hi <= 255:
+            hint = " (it looks like 0-255: divide by 255, or pass the uint8 array itself)"
+        else:
+            hint = ""
+        raise ValueError(f"a float image array must hold values in [0, 1]; this one ranges from {lo:g} to {hi:g}{hint}")
     return np.clip(arr, 0.0, 1.0)
 
 
