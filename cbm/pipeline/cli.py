@@ -51,6 +51,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from cbm.data.cli import validate_manifest
+    from cbm.errors import ManifestError
 
     card, report = validate_manifest(args)
     problem = _store_problem(card)
@@ -59,17 +60,13 @@ def _validate(args: argparse.Namespace) -> int:
     if problem:
         print(f"concept store: {problem}")
     modality = _modality_problem(card, report.dicom_modalities)  # what validate_manifest read of the files
+    fix = "Set the card's modality to what the images are, or leave those rows out"
     if modality and args.strict:
-        from cbm.errors import ManifestError
-
-        raise ManifestError(card.manifest_path, modality, "Set the card's modality to what the images are, or leave "
-                            "those rows out")
+        raise ManifestError(card.manifest_path, modality, fix)
     if modality:
-        print(f"images: {modality}; set the card's modality to what the images are, or leave those rows out")
+        print(f"images: {modality}; {fix[0].lower()}{fix[1:]}")
     unseen = report.classes_without_val()  # a run refuses it before encoding: so does validate
     if unseen and args.strict:
-        from cbm.errors import ManifestError
-
         raise ManifestError(card.manifest_path, f"has no validation image of class(es) {', '.join(unseen)}: the head is "
                             "chosen on val, so a run refuses it", "Move some of each class's rows to val "
                             "(`cbm make-splits` splits each class), or drop the class from the card's classes")
