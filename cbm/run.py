@@ -374,7 +374,9 @@ def hydra_main(argv: list[str]) -> int:
         stopped = "interrupted"
         raise
     except Exception as exc:  # with HYDRA_FULL_ERROR=1 the error comes through as it is
-        stopped = "an error ended it: " + ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+        from cbm.pipeline.sweep_record import first_line
+
+        stopped = "an error ended it: " + first_line(exc)[:200]
         raise
     finally:
         sys.argv = saved

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JOB_FILE", "SWEEP_FILE", "end_job", "end_sweep", "end_sweep_if_complete", "planned_jobs", "read_record",
+__all__ = ["JOB_FILE", "SWEEP_FILE", "end_job", "end_sweep", "end_sweep_if_complete", "first_line", "planned_jobs", "read_record",
            "start_job", "start_sweep", "stop_sweep", "sweep_jobs"]
 
 SWEEP_FILE = "cbm_sweep.json"
@@ -98,8 +98,12 @@ def end_job(job: Path, error: BaseException | None) -> None:
     if error is None:
         _write(job / JOB_FILE, {**record, "status": "done"})
         return
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    _write(job / JOB_FILE, {**record, "status": "failed", "error": first[:300]})
+    _write(job / JOB_FILE, {**record, "status": "failed", "error": first_line(error)[:300]})
+
+
+def first_line(error: BaseException) -> str:
+    """What a record keeps of an error: its message's first line, or its type where it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def planned_jobs(config: Any) -> int | None:
