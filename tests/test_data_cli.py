@@ -195,11 +195,13 @@ def test_validate_checks_the_concept_store_and_the_truth_names_as_a_run_would(tm
     card = make_dataset(tmp_path / "demo", n=48, confounding=0.9, seed=3, size=64, progress=False)
     code, out, _ = run(capsys, "validate", str(card))
     assert code == 0 and "no problems found" in out and "concept store: 22 concepts for 2 classes" in out
+    assert "no problems found in the rows" in out and out.splitlines()[-1].endswith(": no problems found")
 
     text = card.read_text()
     card.write_text(text.replace("  regular border: truth_regular_border", "  regular boarder: truth_regular_border"))
     code, out, _ = run(capsys, "validate", str(card))
-    assert code == 1 and "no problems found" in out  # the manifest is fine; the names are not
+    assert code == 1 and "no problems found in the rows" in out  # the manifest is fine; the names are not
+    assert out.splitlines()[-1].endswith(": problems in the concept store (above)")
     assert "concept_truth names concepts" in out and "'regular boarder' (closest: 'regular border'" in out
     code, _, err = run(capsys, "validate", str(card), "--strict")
     assert code == 2 and "'regular boarder'" in err
@@ -255,6 +257,7 @@ def test_validate_fails_a_manifest_a_run_refuses_for_a_class_without_validation_
     code, out, _ = run(capsys, "validate", str(card), "--no-read")
     assert code == 1 and "note: no validation image of melanoma" in out
     assert "no problems found\n" not in out and "a run refuses this manifest" in out
+    assert out.splitlines()[-1].endswith(": problems in validation classes (above)")
     code, _, err = run(capsys, "validate", str(card), "--no-read", "--strict")
     assert code == 2 and "no validation image of class(es) melanoma" in err and str(manifest) in err
 
@@ -288,7 +291,8 @@ def test_validate_names_dicom_files_of_another_modality_than_the_cards(tmp_path,
         return str(folder / "card.yaml")
 
     code, out, _ = run(capsys, "validate", card("cxr"))
-    assert code == 1 and "no problems found" in out  # the manifest itself is fine
+    assert code == 1 and "no problems found in the rows" in out  # the manifest itself is fine
+    assert out.splitlines()[-1] == "card scans: problems in the images' modality (above)"
     assert ("images: 6 of the 6 DICOM files are of modality CT (3: line 2: train_a.dcm, ...); MR (3: line 3: "
             "train_b.dcm, ...), but card 'scans' says 'cxr', whose images are DICOM CR or DX or OT or RG or SC") in out
     code, _, err = run(capsys, "validate", card("chest x-ray"), "--strict")

@@ -141,7 +141,7 @@ class ManifestReport:
         if self.ok and unseen:
             lines.append("  no problems found in the rows, but a run refuses this manifest (the note above)")
         elif self.ok:
-            lines.append("  no problems found")
+            lines.append("  no problems found in the rows")
         else:
             lines.append(f"  {len(self.problems)} problem(s):")
             lines.extend(f"  - {p.message}" for p in self.problems)

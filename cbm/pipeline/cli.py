@@ -70,7 +70,11 @@ def _validate(args: argparse.Namespace) -> int:
         raise ManifestError(card.manifest_path, f"has no validation image of class(es) {', '.join(unseen)}: the head is "
                             "chosen on val, so a run refuses it", "Move some of each class's rows to val "
                             "(`cbm make-splits` splits each class), or drop the class from the card's classes")
-    return 0 if report.ok and not problem and not unseen and not modality else 1
+    failed = [what for what, bad in (("the manifest's rows", not report.ok), ("validation classes", unseen),
+                                     ("the concept store", problem), ("the images' modality", modality)) if bad]
+    # the rows' report says "no problems found" of the rows alone: the verdict is the whole card's
+    print(f"card {card.name}: {'problems in ' + ', '.join(failed) + ' (above)' if failed else 'no problems found'}")
+    return 1 if failed else 0
 
 
 def _modality_problem(card, found: dict[str, list[tuple[int, str]]]) -> str | None:
