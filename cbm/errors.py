@@ -58,6 +58,13 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def quote_path(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """A path in quotes as its user wrote it, cut as :func:`quote` cuts: a backslash (a Windows path)
+    stays one backslash, where ``repr`` doubles it; a character that cannot be printed is escaped."""
+    text = "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)) + "'"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class InputError(ValueError):
     """A bad input file: ``path``, optional ``field`` (or offset), ``problem`` and ``fix``.
 

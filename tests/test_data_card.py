@@ -377,6 +377,15 @@ def test_bad_values_are_quoted_briefly(tmp_path):
     assert err.value.field == "modality" and "..." in str(err.value) and len(str(err.value)) < 600
 
 
+def test_a_path_is_quoted_as_written():
+    """A Windows path keeps its one backslash (``repr`` doubles it, so the message named no path the user
+    wrote); a line break in a name is still shown escaped, and a long path is cut."""
+    from cbm.errors import quote_path
+
+    assert quote_path("sub\\a.png") == "'sub\\a.png'" and quote_path("a\nb.png") == "'a\\nb.png'"
+    assert len(quote_path("x" * 500, 80)) == 80 and quote_path("x" * 500, 80).endswith("...")
+
+
 def test_allow_outside_root_is_a_boolean_field(tmp_path):
     assert load_card(make_card(tmp_path / "a", allow_outside_root=True)).allow_outside_root is True
     assert load_card(make_card(tmp_path / "b")).allow_outside_root is False

@@ -115,6 +115,7 @@ def test_a_windows_path_separator_is_named_with_its_fix(tmp_path):
     [problem] = report.problems
     assert problem.kind == "windows_separator" and problem.lines == (8,)
     assert "separates folders with '\\'" in problem.message and "sub/nevus_test_0.png" in problem.message
+    assert "'sub\\nevus_test_0.png' (line 8" in problem.message  # as written: one backslash, where repr doubles it
 
 
 @pytest.mark.parametrize("written, on_disk", [("NFD", "NFC"), ("NFC", "NFD")])

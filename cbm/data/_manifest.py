@@ -27,7 +27,7 @@ from pathlib import Path
 from cbm.data._manifest_csv import read_manifest_csv, salted_patient_key, write_manifest
 from cbm.data._manifest_files import existing_rows, in_existing_form, note_duplicate
 from cbm.data._truth import ACCEPTED_TRUTH, bad_truth_columns, check_truth_header
-from cbm.errors import ManifestError, quote
+from cbm.errors import ManifestError, quote, quote_path
 
 __all__ = [
     "ManifestRow",
@@ -340,8 +340,8 @@ def _usable_rows(records: list[tuple[int, dict[str, str]]], found: _Problems, cl
         key = _normal(os.path.join(root, p))
         # an absolute path through the image folder's link target names a file inside it too
         if not allow_outside_root and not _inside(key, root) and not _inside(os.path.realpath(key), os.path.realpath(root)):
-            found.note("outside_root", line, f"{quote(p, 80)} (line {line})")
-        note_duplicate(found, seen, key, quote(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
+            found.note("outside_root", line, f"{quote_path(p, 80)} (line {line})")
+        note_duplicate(found, seen, key, quote_path(p, 80)[1:-1], line, split, unicodedata.normalize("NFC", label),
                         usable=line not in found.bad_lines)
         if line in found.bad_lines:
             continue

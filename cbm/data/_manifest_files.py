@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cbm.errors import quote
+from cbm.errors import quote, quote_path
 
 __all__ = ["existing_rows", "in_existing_form", "note_duplicate"]
 
@@ -55,21 +55,21 @@ def existing_rows(rows: list[Any], image_root: Path, path: Path, found: Any) -> 
         except FileNotFoundError:
             slashed = _slashed(r.path, image_root)
             if slashed:  # written on Windows: the same path with '/' names the file
-                found.note("windows_separator", r.line, f"{quote(r.path, 80)} (line {r.line}: {quote(slashed, 80)[1:-1]} exists)")
+                found.note("windows_separator", r.line, f"{quote_path(r.path, 80)} (line {r.line}: {quote_path(slashed, 80)[1:-1]} exists)")
             elif not Path(r.path).is_absolute() and _names_file(r.path, path.parent):  # written from the CSV's folder
-                found.note("relative_to_manifest", r.line, f"{quote(r.path, 80)} (line {r.line})")
+                found.note("relative_to_manifest", r.line, f"{quote_path(r.path, 80)} (line {r.line})")
             else:
                 hint = _missing_hint(r.path, f)
-                found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line}{': ' + hint if hint else ''})")
+                found.note("missing_file", r.line, f"{quote_path(f, 120)[1:-1]} (line {r.line}{': ' + hint if hint else ''})")
             continue
         except (OSError, ValueError) as exc:  # a name too long, a loop of links, no permission
-            found.note("bad_path", r.line, f"{quote(r.path, 80)} (line {r.line}: {exc.strerror if isinstance(exc, OSError) else exc})")
+            found.note("bad_path", r.line, f"{quote_path(r.path, 80)} (line {r.line}: {exc.strerror if isinstance(exc, OSError) else exc})")
             continue
         if not stat.S_ISREG(info.st_mode):
-            found.note("missing_file", r.line, f"{quote(str(f), 120)[1:-1]} (line {r.line}, not a file)")
+            found.note("missing_file", r.line, f"{quote_path(f, 120)[1:-1]} (line {r.line}, not a file)")
             continue
         before = len(found.bad_lines)
-        note_duplicate(found, seen, (info.st_dev, info.st_ino), quote(r.path, 80)[1:-1], r.line, r.split, r.label,
+        note_duplicate(found, seen, (info.st_dev, info.st_ino), quote_path(r.path, 80)[1:-1], r.line, r.split, r.label,
                         usable=True)
         if len(found.bad_lines) == before:
             kept.append(r)
@@ -107,9 +107,9 @@ def _missing_hint(path: str, f: Path) -> str | None:
     letter case (``.JPG`` for ``.jpg``), or the path read from the current folder."""
     other = _other_case(str(f.parent)).get(f.name.casefold())
     if other and other != f.name:
-        return f"{quote(other, 80)[1:-1]} exists there; file names are case-sensitive"
+        return f"{quote_path(other, 80)[1:-1]} exists there; file names are case-sensitive"
     if not Path(path).is_absolute() and _names_file(path, Path.cwd()):
-        return (f"it names a file from the current folder {quote(str(Path.cwd()), 80)[1:-1]}; paths are relative to "
+        return (f"it names a file from the current folder {quote_path(Path.cwd(), 80)[1:-1]}; paths are relative to "
                 "the image folder")
     return None
 

@@ -127,7 +127,7 @@ def _check_images(card, report, manifest=None) -> str:
     modality to be checked against them). Returns what was read, in words."""
     from cbm.data._image_scan import scan_images
     from cbm.data._manifest import ManifestProblem
-    from cbm.errors import ManifestError, quote
+    from cbm.errors import ManifestError, quote_path
 
     try:
         manifest = manifest if manifest is not None else card.manifest(strict=False, check_files=True)
@@ -135,7 +135,7 @@ def _check_images(card, report, manifest=None) -> str:
         return "images not read: fix the problems above first"
     bad, report.dicom_modalities = scan_images(manifest)
     if bad:
-        shown = "; ".join(f"line {line}: {quote(path, 80)[1:-1]} {reason}" for line, path, reason in bad[:5])
+        shown = "; ".join(f"line {line}: {quote_path(path, 80)[1:-1]} {reason}" for line, path, reason in bad[:5])
         report.problems.append(ManifestProblem(
             "unreadable_image", f"{len(bad)} image(s) that cannot be read, which a run skips ({shown}"
             f"{'; ...' if len(bad) > 5 else ''}): export them again or remove their rows", tuple(line for line, _, _ in bad)))
