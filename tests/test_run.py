@@ -528,6 +528,41 @@ def test_a_card_of_ones_own_runs_and_a_failing_metric_hook_loses_nothing(tiny, t
     assert ConceptBottleneckModel.load(run_dir / "model").classes == ["benign nevus", "melanoma"]
 
 
+def test_skipped_files_lists_every_unreadable_image_and_every_manifest_row_left_out(tiny, tmp_path, capsys):
+    """A row whose file is missing (or whose label is no class) was counted in model.json and shown by its
+    first few examples in the log, but listed nowhere in full: skipped_files.json now names each one with
+    its line, beside the unreadable images."""
+    import csv
+
+    from cbm.demo import cached_dataset
+
+    card = tmp_path / "card"
+    shutil.copytree(cached_dataset(n=90, confounding=0.9, classes=2, seed=1, size=64).parent, card)
+    with open(card / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    train = [r["path"] for r in rows if r["split"] == "train"]
+    (card / "images" / train[0]).unlink()
+    (card / "images" / train[1]).write_bytes(b"not an image")
+    with open(card / "manifest.csv", "a", newline="", encoding="utf-8") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow({**rows[0], "path": f"{train[2]}x", "label": "melanomma",
+                                                              "split": "val"})
+    run_dir = tmp_path / "run"
+    own = [o for o in tiny if not o.startswith(("dataset.card=", "++dataset.demo="))]
+    assert cbm_main(["run", "dataset=custom", f"dataset.card={card / 'card.yaml'}", *own, "baselines.linear_probe=false",
+                     "baselines.zero_shot=false", "baselines.dense_concepts=false", f"hydra.run.dir={run_dir}"]) == 0
+    capsys.readouterr()
+    skipped = json.loads((run_dir / "skipped_files.json").read_text())
+    by_path = {s["path"]: s for s in skipped}
+    assert len(skipped) == 3 and by_path[train[1]]["split"] == "train" and "line" not in by_path[train[1]]
+    missing = by_path[train[0]]
+    assert missing["split"] == "train" and missing["line"] == 2 + rows.index(next(r for r in rows if r["path"] == train[0]))
+    assert missing["reason"].startswith("the row whose image file does not exist under ")
+    assert by_path[f"{train[2]}x"] == {"line": len(rows) + 2, "split": "val", "path": f"{train[2]}x", "reason": (
+        "the row with a label that is not a class of the card (classes: benign nevus, melanoma)")}
+    info = ConceptBottleneckModel.load(run_dir / "model").info
+    assert info["manifest_rows_left_out"] == {"unknown_label": 1, "missing_file": 1} and info["data"]["train"]["skipped"] == 1
+
+
 def test_a_split_whose_every_image_is_unreadable_is_named_with_its_files_before_any_fitting(tiny, tmp_path, capsys):
     # every test image unreadable: the cbm head was fitted, then the linear probe failed on an empty
     # array ("Found array with 0 sample(s)") and the run left no model and no figures

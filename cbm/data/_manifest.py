@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cbm.data._manifest_csv import read_manifest_csv, salted_patient_key, write_manifest
 from cbm.data._manifest_files import existing_rows, in_existing_form, note_duplicate
@@ -101,6 +102,8 @@ class ManifestReport:
     written_splits: list[str] = field(default_factory=list)  # the split names the CSV's rows hold, usable or not
     # DICOM Modality -> (line, path as written) of its files, where `cbm validate` read the images' headers
     dicom_modalities: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # each row no split holds for a problem of its own: {line, split, path, reason} (a run's skipped_files.json)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -300,6 +303,8 @@ def read_manifest(
 
         report.problems += [ManifestProblem(kind, message)
                             for kind, message in confounder_problems(listed, header, group_column, *confounder)]
+    report.left_out = found.left_out(records, {r.line for r in rows}, split_column,
+                                     found.described(classes, image_root, root_hint))
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -389,7 +394,28 @@ class _Problems:
         self.bad_lines.add(line)
 
     def messages(self, classes: list[str], image_root: Path, root_hint: str | None) -> list[ManifestProblem]:
-        described = {
+        out = []
+        for kind, text in self.described(classes, image_root, root_hint).items():
+            if self.lines[kind]:
+                n, shown = len(self.lines[kind]), self.examples[kind]
+                more = f", and {n - len(shown)} more" if n > len(shown) else ""
+                out.append(ManifestProblem(kind, f"{n} {text}: {'; '.join(shown)}{more}", tuple(self.lines[kind])))
+        return out
+
+    def left_out(self, records: list[tuple[int, dict[str, str]]], kept: set[int], split_column: str,
+                 described: dict[str, str]) -> list[dict[str, Any]]:
+        """Each row with a problem that no split holds: its line, split and path as written, and why."""
+        why: dict[int, list[str]] = defaultdict(list)
+        for kind, text in described.items():
+            for line in self.lines[kind]:
+                why[line].append("the row " + text.removeprefix("rows "))
+        return [{"line": line, "split": rec.get(split_column, "").strip(), "path": rec.get("path", "").strip(),
+                 "reason": "; ".join(why[line])} for line, rec in records if line in why and line not in kept]
+
+    @staticmethod
+    def described(classes: list[str], image_root: Path, root_hint: str | None) -> dict[str, str]:
+        """Each row problem's kind, in words."""
+        return {
             "empty_field": "rows with an empty path, label or split",
             "unknown_label": f"rows with a label that is not a class of the card (classes: {quote(', '.join(classes))[1:-1]})",
             "unknown_split": f"rows with an unknown split name (allowed: {', '.join(KNOWN_SPLITS)})",
@@ -410,13 +436,6 @@ class _Problems:
                                     f"{image_root} that paths are relative to: write them from there, or set the card's image_root",
             "missing_file": f"rows whose image file does not exist under {image_root}" + (f" ({root_hint})" if root_hint else ""),
         }
-        out = []
-        for kind, text in described.items():
-            if self.lines[kind]:
-                n, shown = len(self.lines[kind]), self.examples[kind]
-                more = f", and {n - len(shown)} more" if n > len(shown) else ""
-                out.append(ManifestProblem(kind, f"{n} {text}: {'; '.join(shown)}{more}", tuple(self.lines[kind])))
-        return out
 
 
 def _note_patients_across_splits(found: _Problems, rows: list[ManifestRow]) -> None:

@@ -138,7 +138,7 @@ def run_experiment(
     for name, fn in (extra_metrics or {}).items():
         metrics["cbm"][name] = _extra_metric(name, fn, fit)
     _write_outputs(out, fit, metrics, save_model)
-    _write_run_records(out, splits, timings)
+    _write_run_records(out, splits, timings, card)
     return metrics
 
 
@@ -431,12 +431,15 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _write_run_records(out: Path, splits, timings: dict[str, float]) -> None:
-    """skipped_files.json and timings.json, the last of a run's results; then the earlier run's
-    results set aside (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
-    skipped = [(s, p, r) for s, d in splits.items() for p, r in d.skipped]
-    if skipped:
-        atomic_write_json(out / "skipped_files.json", [{"split": s, "path": p, "reason": r} for s, p, r in skipped])
+def _write_run_records(out: Path, splits, timings: dict[str, float], card: Any) -> None:
+    """skipped_files.json (each unreadable image, then each manifest row no split holds, with its line)
+    and timings.json, the last of a run's results; then the earlier run's results set aside
+    (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
+    skipped = [{"split": s, "path": p, "reason": r} for s, d in splits.items() for p, r in d.skipped]
+    left_out = list(card.manifest().report.left_out)  # the manifest as the run read it (the card caches it)
+    if skipped or left_out:
+        atomic_write_json(out / "skipped_files.json", skipped + left_out)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
     drop_set_aside(out)  # this run's results stand in their place
-    log.info("%d unreadable file(s) skipped%s", len(skipped), " (see skipped_files.json)" if skipped else "")
+    log.info("%d unreadable file(s) skipped, %d manifest row(s) left out%s", len(skipped), len(left_out),
+             " (see skipped_files.json)" if skipped or left_out else "")
