@@ -436,7 +436,11 @@ def _write_run_records(out: Path, splits, timings: dict[str, float], card: Any) 
     and timings.json, the last of a run's results; then the earlier run's results set aside
     (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
     skipped = [{"split": s, "path": p, "reason": r} for s, d in splits.items() for p, r in d.skipped]
-    left_out = list(card.manifest().report.left_out)  # the manifest as the run read it (the card caches it)
+    try:  # the manifest as the run read it (the card caches it)
+        left_out = list(card.manifest().report.left_out)
+    except (OSError, ValueError) as exc:  # changed or gone since: the results written stand
+        log.warning("manifest rows left out not listed: %s", exc)
+        left_out = []
     if skipped or left_out:
         atomic_write_json(out / "skipped_files.json", skipped + left_out)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
