@@ -4,7 +4,9 @@
 dermoscopy model), a greyscale image for a model trained on colour images (unless greyscale images
 were a real share of its training set, :data:`GREYSCALE_TRAINING_SHARE`), and an image too small
 to show a finding. With the out-of-distribution score (:mod:`cbm.reference`) they make the
-:class:`Flag` s under which ``model.explain`` withholds a prediction. :func:`as_pixels` and
+:class:`Flag` s under which ``model.explain`` withholds a prediction; :func:`image_notes` says what a
+reader should know of an answered one (one frame of several read, text burned into the pixels, a
+modality that could not be checked). :func:`as_pixels` and
 :func:`display_pixels` turn an image into the pixels these checks and the reports read.
 """
 
@@ -18,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Flag", "image_flags", "dicom_modalities", "greyscale", "as_pixels", "display_pixels", "image_items", "feature_rows",
-           "MIN_IMAGE_SIDE", "GREYSCALE_TRAINING_SHARE"]
+__all__ = ["Flag", "image_flags", "image_notes", "dicom_modalities", "greyscale", "as_pixels", "display_pixels", "image_items",
+           "feature_rows", "MIN_IMAGE_SIDE", "GREYSCALE_TRAINING_SHARE"]
 
 MIN_IMAGE_SIDE = 32
 """Images with a shorter side (in pixels) are flagged as too small to show a finding."""
@@ -55,10 +57,12 @@ _COLOUR_PIXEL_SHARE = 0.01
 
 @dataclass(frozen=True)
 class Flag:
-    """A reason to withhold a prediction: a short ``code`` for programs and a sentence for people.
+    """A reason to withhold a prediction, or a note on it: a short ``code`` for programs and a sentence for people.
 
-    Codes: ``unlike-training`` (the out-of-distribution score), ``modality`` (a DICOM file of
+    Flags: ``unlike-training`` (the out-of-distribution score), ``modality`` (a DICOM file of
     another modality), ``greyscale`` (a grey image for a model of colour images), ``too-small``.
+    Notes (:func:`image_notes`, which withhold nothing): ``one-frame``, ``burned-in-text``,
+    ``modality-unread``.
     """
 
     code: str
@@ -172,6 +176,27 @@ def image_flags(modality: str | None, pixels: np.ndarray, meta: Mapping[str, Any
         found.append(Flag("too-small", f"The image is {width} x {height} pixels, too small to show a finding "
                                        f"(at least {MIN_IMAGE_SIDE} pixels on each side expected)."))
     return found
+
+
+def image_notes(modality: str | None, meta: Mapping[str, Any]) -> list[Flag]:
+    """What a reader of a prediction on this image should know, though nothing withholds it: only one
+    frame of several was read; the DICOM header says text is burned into the pixels (a report then
+    does not show the image, since such text can name the patient); a DICOM file gives no modality
+    cbm can read, so a model that knows its card's modality could not check it."""
+    notes: list[Flag] = []
+    frames, frame = meta.get("frames"), meta.get("frame")
+    if isinstance(frames, int) and frames > 1 and isinstance(frame, int):
+        notes.append(Flag("one-frame", f"The file holds {frames} frames; the model read frame {frame + 1} alone, so its "
+                                       "answer is about that frame, not the others."))
+    if meta.get("burned_in_annotation"):
+        notes.append(Flag("burned-in-text", "The file's DICOM header says text is burned into its pixels (Burned In "
+                                            "Annotation: YES), which can name the patient, so the image is not shown."))
+    expected = dicom_modalities(str(modality or ""))
+    if meta.get("format") == "dicom" and expected and not meta.get("modality"):
+        notes.append(Flag("modality-unread", f"The file's DICOM header gives no modality cbm can read (absent, or not one "
+                                             f"of DICOM's defined terms), so the model could not check that it is a "
+                                             f"{modality} image (DICOM {' or '.join(expected[0])})."))
+    return notes
 
 
 def display_pixels(pixels: np.ndarray, max_side: int, *, square: bool = False) -> np.ndarray:

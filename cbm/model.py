@@ -42,8 +42,8 @@ import torch
 from cbm.bottleneck import ConceptBottleneck
 from cbm.calibration import calibrate, calibrated as calibrated_columns
 from cbm.errors import ModelFormatError
-from cbm.image_checks import feature_rows, image_items
-from cbm.model_format import REFIT, check_reference_digest, read_meta, read_tensors, write_model
+from cbm.image_checks import feature_rows, image_items, image_notes
+from cbm.model_format import REFIT, check_reference_digest, check_shapes, read_meta, read_tensors, write_model
 from cbm.reference import Flag, TrainingReference, as_pixels, image_flags, prediction_flags
 from cbm.utils import softmax
 
@@ -89,6 +89,8 @@ class Prediction:
     flags: list[Flag] = field(default_factory=list)
     ood_score: float | None = None  # the out-of-distribution score (None without a reference)
     can_abstain: bool = False  # whether the model has an out-of-distribution threshold
+    # what a reader should know though nothing withholds it (cbm.image_checks.image_notes: one frame of several...)
+    notes: list[Flag] = field(default_factory=list)
 
     @property
     def withheld(self) -> bool:
@@ -160,25 +162,11 @@ class ConceptBottleneckModel:
         self.info = dict(info or {})
         self.reference = reference
         self._encoder = None
-        k, c = len(self.classes), bottleneck.n_concepts
-        if self.coef.shape != (k, c) or self.intercept.shape != (k,):
-            raise ValueError(
-                f"head shapes coef {self.coef.shape}, intercept {self.intercept.shape} do not fit "
-                f"{k} classes x {c} concepts"
-            )
-        if self.concept_prior is not None and self.concept_prior.shape != (k, c):
-            raise ValueError(f"concept_prior has shape {self.concept_prior.shape}; expected {k} classes x {c} concepts")
         self.concept_levels = None if concept_levels is None else np.asarray(concept_levels, np.float32)
-        if self.concept_levels is not None and self.concept_levels.shape != (2, c):
-            raise ValueError(f"concept_levels has shape {self.concept_levels.shape}; expected (2, {c})")
         self.calibration = None if calibration is None else np.asarray(calibration, np.float32)
-        if self.calibration is not None and self.calibration.shape != (2, c):
-            raise ValueError(f"calibration has shape {self.calibration.shape}; expected (2, {c})")
-        if self.calibration is not None:
-            off = np.isnan(self.calibration)
-            if (off[0] != off[1]).any() or not np.isfinite(self.calibration[:, ~off[0]]).all():
-                raise ValueError("calibration: each concept's slope and intercept are both finite (calibrated) "
-                                 "or both NaN (weighed as its score)")
+        check_shapes(len(self.classes), bottleneck.n_concepts, self.coef, self.intercept, self.concept_prior,
+                     self.concept_levels, self.calibration)
+        self.reference_lost = False  # model.json names a reference its folder lacks (set by load)
 
     def calibrated(self) -> np.ndarray:
         """``(C,)`` bool: the concepts the head weighs as probabilities."""
@@ -328,11 +316,13 @@ class ConceptBottleneckModel:
         ref = self.train_raw_scores
         return 100.0 * np.array([np.searchsorted(ref[:, j], raw_scores[j], side="right") for j in range(ref.shape[1])]) / len(ref)
 
-    def explain_features(self, feature: np.ndarray | torch.Tensor, *, image_flags: Sequence[Flag] = ()) -> Prediction:
+    def explain_features(self, feature: np.ndarray | torch.Tensor, *, image_flags: Sequence[Flag] = (),
+                         image_notes: Sequence[Flag] = ()) -> Prediction:
         """Explain one image from its feature vector ``(D,)``.
 
         ``image_flags`` are the image checks' flags (:func:`cbm.reference.image_flags`); the training
         reference adds its out-of-distribution flag. A flagged prediction is ``withheld``.
+        ``image_notes`` (:meth:`image_notes`) are kept as the prediction's ``notes``.
         """
         feat = feature_rows(feature, one=True)
         raw = self.bottleneck.raw_scores(feat)[0]
@@ -362,6 +352,7 @@ class ConceptBottleneckModel:
             scores={n: float(s) for n, s in zip(names, z)},
             values={n: float(s) for n, s in zip(names, v)},
             **prediction_flags(self.reference, feat[0], image_flags),
+            notes=list(image_notes),
         )
 
     def explain(self, image: ImageLike) -> Prediction:
@@ -369,13 +360,18 @@ class ConceptBottleneckModel:
         under which the prediction is withheld (image checks against the card's modality, and the
         out-of-distribution score)."""
         pixels, meta, loaded = as_pixels(image)
-        return self.explain_features(self.image_features(loaded)[0], image_flags=self.image_checks(pixels, meta))
+        return self.explain_features(self.image_features(loaded)[0], image_flags=self.image_checks(pixels, meta),
+                                     image_notes=self.image_notes(meta))
 
     def image_checks(self, pixels: np.ndarray, meta: dict[str, Any]) -> list[Flag]:
         """:func:`cbm.image_checks.image_flags` of an image (``as_pixels``) for this model: its card's
         modality, and the greyscale share of its training images where the reference recorded it."""
         grey = self.reference.facts.get("greyscale_share") if self.reference is not None else None
         return image_flags(((self.info or {}).get("card") or {}).get("modality"), pixels, meta, grey)
+
+    def image_notes(self, meta: dict[str, Any]) -> list[Flag]:
+        """:func:`cbm.image_checks.image_notes` of an image's meta for this model (its card's modality)."""
+        return image_notes(((self.info or {}).get("card") or {}).get("modality"), meta)
 
     def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
         """Class probabilities after setting some concept values by hand (a number, or "present" / "absent").
@@ -476,9 +472,9 @@ class ConceptBottleneckModel:
         calibration = tensors.get("concept_calibration")
         if calibration is not None:
             calibration = np.where(calibration[2:].numpy() == 1, calibration[:2].numpy(), np.nan)
-        check_reference_digest(folder, meta)
+        lost = check_reference_digest(folder, meta)
         reference = TrainingReference.load(folder, classes=meta["classes"], dim=int(tensors["concept_embeddings"].shape[1]))
-        return cls(
+        model = cls(
             meta["encoder"], meta["classes"], bottleneck, tensors["coef"].numpy(), tensors["intercept"].numpy(),
             encoder_key=meta.get("encoder_key"),
             train_raw_scores=None if raw is None else raw.numpy(),
@@ -488,6 +484,8 @@ class ConceptBottleneckModel:
             info=meta["info"],
             reference=reference,
         )
+        model.reference_lost = lost
+        return model
 
     def __repr__(self) -> str:
         return (

@@ -19,6 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
@@ -110,11 +111,29 @@ def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def check_reference_digest(folder: Path, meta: dict[str, Any]) -> None:
+def check_shapes(k: int, c: int, coef: np.ndarray, intercept: np.ndarray, prior: np.ndarray | None,
+                 levels: np.ndarray | None, calibration: np.ndarray | None) -> None:
+    """A model's arrays fit its ``k`` classes and ``c`` concepts (ValueError naming the array)."""
+    if coef.shape != (k, c) or intercept.shape != (k,):
+        raise ValueError(f"head shapes coef {coef.shape}, intercept {intercept.shape} do not fit {k} classes x {c} concepts")
+    if prior is not None and prior.shape != (k, c):
+        raise ValueError(f"concept_prior has shape {prior.shape}; expected {k} classes x {c} concepts")
+    if levels is not None and levels.shape != (2, c):
+        raise ValueError(f"concept_levels has shape {levels.shape}; expected (2, {c})")
+    if calibration is not None and calibration.shape != (2, c):
+        raise ValueError(f"calibration has shape {calibration.shape}; expected (2, {c})")
+    if calibration is not None:
+        off = np.isnan(calibration)
+        if (off[0] != off[1]).any() or not np.isfinite(calibration[:, ~off[0]]).all():
+            raise ValueError("calibration: each concept's slope and intercept are both finite (calibrated) "
+                             "or both NaN (weighed as its score)")
+
+
+def check_reference_digest(folder: Path, meta: dict[str, Any]) -> bool:
     """A reference file that is the one ``model.json`` was saved with (models saved before the
-    digest was recorded are not checked)."""
+    digest was recorded are not checked); True where ``model.json`` names one the folder lacks."""
     if "reference_sha256" not in meta:
-        return
+        return False
     path, digest = folder / REFERENCE_FILE, meta["reference_sha256"]
     if digest is not None and not path.is_file():  # copied without it: loads, but answers where it would have abstained
         log.warning("%s: model.json was saved with a training reference, but %s is missing: this copy of the model "
@@ -128,6 +147,7 @@ def check_reference_digest(folder: Path, meta: dict[str, Any]) -> None:
         raise ModelFormatError(path, "is not the training reference model.json was saved with (its SHA-256 differs "
                                "from model.json's reference_sha256: edited, or another model's)",
                                f"{REFIT} (or delete the file: the model then cannot abstain)")
+    return digest is not None and not path.is_file()
 
 
 def read_meta(path: Path) -> dict[str, Any]:

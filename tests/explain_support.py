@@ -146,8 +146,9 @@ PHI = {  # sentinel values for the PHI tags; none may appear in any output
 }
 
 
-def write_phi_dicom(path, seed: int = 0) -> None:
-    """A 12-bit CT-like DICOM (Part 10) whose patient name, ID, birth date and accession number are sentinels."""
+def write_phi_dicom(path, seed: int = 0, *, modality: str | None = "CT", frames: int = 1, burned_in: bool = False) -> None:
+    """A 12-bit CT-like DICOM (Part 10) whose patient name, ID, birth date and accession number are sentinels
+    (``modality`` None: no Modality; ``frames`` of the same picture; ``burned_in``: BurnedInAnnotation YES)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -160,14 +161,19 @@ def write_phi_dicom(path, seed: int = 0) -> None:
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     for tag, value in PHI.items():
         setattr(ds, tag, value)
-    ds.Modality = "CT"
+    if modality is not None:
+        ds.Modality = modality
+    if burned_in:
+        ds.BurnedInAnnotation = "YES"
+    if frames > 1:
+        ds.NumberOfFrames = frames
     ds.Rows, ds.Columns = 72, 96
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.WindowCenter, ds.WindowWidth = 1024, 4096
     pixels = (make_image(seed, (72, 96)).mean(-1) * 4000).astype(np.uint16)
-    ds.PixelData = pixels.tobytes()
+    ds.PixelData = pixels.tobytes() * frames
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -181,10 +181,18 @@ def test_two_classes_have_one_panel_not_a_mirror():
 def test_class_reliance_and_unused_concepts():
     names = ["symmetric shape", "asymmetric shape", "globules", "streaks"]
     coef = np.array([[-0.5, 2.0, 0.0, 0.0], [1.0, 0.0, 0.3, 0.0]], np.float32)
-    out = class_reliance(coef, ["melanoma", "nevus"], names, concept_axes(names))
-    assert out["melanoma"] == [("Asymmetric, not symmetric shape", 2.5)]
+    three = np.vstack([coef, np.zeros((1, 4), np.float32)])
+    out = class_reliance(three, ["melanoma", "nevus", "other"], names, concept_axes(names))
+    assert out["melanoma"] == [("Asymmetric, not symmetric shape", 2.5)] and out["other"] == []
     assert out["nevus"] == [("Symmetric shape", 1.0), ("Globules", pytest.approx(0.3))]
     assert unused_concepts(coef, names) == ["streaks"]
+    # two classes: each class's weight less the other's (the log-odds the report's odds are in), a
+    # concept once under the class its presence favours; a head's split +w/2, -w/2 reads as w
+    out = class_reliance(coef, ["melanoma", "nevus"], names, concept_axes(names))
+    assert out["melanoma"] == [("Asymmetric, not symmetric shape", 3.5)]
+    assert out["nevus"] == [("Symmetric, not asymmetric shape", 3.5), ("Globules", pytest.approx(0.3))]
+    split = class_reliance(np.array([[0.5, 0.0], [-0.5, 0.0]]), ["melanoma", "nevus"], ["globules", "streaks"])
+    assert split == {"melanoma": [("Globules", 1.0)], "nevus": []}
 
 
 def test_numbers_for_people():
@@ -236,4 +244,4 @@ def test_an_absent_description_reads_not_and_an_absent_thing_no(name, absent):
     # the class card words a concept that pushes away from a class the same way
     from cbm.explain.findings import class_reliance
 
-    assert class_reliance(np.array([[-1.0], [1.0]]), ["a", "b"], [name])["a"] == [(absent, 1.0)]
+    assert class_reliance(np.array([[-1.0], [1.0], [0.0]]), ["a", "b", "c"], [name])["a"] == [(absent, 1.0)]

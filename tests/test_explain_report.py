@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ from cbm.bottleneck import ConceptBottleneck
 from cbm.explain import collect_inputs, explain_batch, explain_image, render_case_html, render_class_card_html
 from cbm.explain.batch import CaseInput, distinct_labels
 from cbm.explain.findings import unused_concepts
+from cbm.explain.maps import ConceptMaps
 from cbm.errors import ManifestError
 from cbm.model import ConceptBottleneckModel
 
@@ -282,6 +284,34 @@ def test_two_classes_flag_each_contradicting_concept_once_by_its_net_push(tiny_m
     assert m.contradicting_weights() == [("benign nevus", "irregular border", pytest.approx(1.14))]
 
 
+def test_a_finding_that_uses_a_contradicting_weight_says_so_where_it_is_read(tiny_model):
+    """An unconstrained head's weight against the concept store was listed at the top of the report, but
+    the finding (and map) built on it read as plain evidence for the class the concept is named after:
+    each now carries the check beside it."""
+    j, g = CONCEPTS.index("irregular border"), CONCEPTS.index("dark dots")
+    coef = np.zeros((2, len(CONCEPTS)), np.float32)
+    coef[0, j], coef[1, j] = 0.9, -0.9  # towards benign nevus, though the store lists it under melanoma
+    coef[1, g] = 0.3
+    prior = np.zeros((2, len(CONCEPTS)), np.float32)
+    prior[1, [j, g]] = 1.0
+    m = ConceptBottleneckModel(tiny_model.encoder_name, ["benign nevus", "melanoma"], tiny_model.bottleneck, coef,
+                               np.zeros(2, np.float32), concept_prior=prior, info=tiny_model.info,
+                               train_raw_scores=tiny_model.train_raw_scores)
+    m.set_encoder(tiny_model.encoder)
+    case = explain_image(m, make_image(12))
+    assert "irregular border" in [c for f in case.findings for c in f.concepts]
+    html = render_case_html(case)
+    check = "Check: irregular border&#39;s own weight favours benign nevus, against the concept store"
+    assert html.count(check) == 1 and "dark dots&#39;s own weight" not in html
+    from cbm.explain.render import _map_cards
+
+    case.findings = [dataclasses.replace(f, seen="irregular border") if "irregular border" in f.concepts else f
+                     for f in case.findings]
+    case.maps = ConceptMaps(["irregular border"], np.ones((1, 4, 4), np.float32), "patch-tokens")
+    [card] = _map_cards(case, {"irregular border": "irregular border's own weight favours benign nevus"})
+    assert card["caption"].endswith("; but irregular border's own weight favours benign nevus")
+
+
 def test_no_local_path_in_an_encoder_name_reaches_a_page(tiny_model):
     for name in ("local-dir:/home/dr.jane.doe/models/biomedclip", "ViT-B-32@/home/dr.jane.doe/ckpt.pt",
                  "hf-hub:org/repo@/home/dr.jane.doe/ckpts/finetuned.pt", "/home/dr.jane.doe/cfg/vit.json@random",
@@ -329,6 +359,35 @@ def test_dicom_report_carries_no_phi(tiny_model, tmp_path):
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert_no_phi(path.read_text())
+
+
+def test_a_case_says_what_its_reader_should_know_and_hides_burned_in_text(tiny_model, tmp_path):
+    """A DICOM whose header says text is burned into its pixels (a name, perhaps) was shown whole, in the
+    report, its maps and the index's thumbnail; a file of several frames was answered from one without a
+    word; a file with no readable Modality passed the modality check silently. Each is now a note (no
+    prediction is withheld for it), in the report, the index and index.json."""
+    burned, frames, unread = tmp_path / "burned.dcm", tmp_path / "frames.dcm", tmp_path / "unread.dcm"
+    write_phi_dicom(burned, burned_in=True)
+    write_phi_dicom(frames, frames=3)
+    write_phi_dicom(unread, modality=None)
+    notes = {p.name: [n.code for n in tiny_model.explain(p).notes] for p in (burned, frames, unread)}
+    assert notes == {"burned.dcm": ["burned-in-text"], "frames.dcm": ["one-frame"], "unread.dcm": ["modality-unread"]}
+    assert "frame 2 alone" in tiny_model.explain(frames).notes[0].message  # the middle one of 3
+    assert tiny_model.explain(make_image(3)).notes == []
+
+    case = explain_image(tiny_model, burned)
+    html = render_case_html(case)
+    assert not case.image_shown and 'id="case-image"' not in html and 'id="image-not-shown"' in html
+    assert 'class="concept-map"' not in html and 'data-note="burned-in-text"' in html
+    shown = render_case_html(explain_image(tiny_model, unread))
+    assert 'id="case-image"' in shown and 'data-note="modality-unread"' in shown and "dermoscopy image" in shown
+
+    result = explain_batch(tiny_model, [burned, frames], tmp_path / "out", progress=False)
+    index = result.index.read_text()
+    assert index.count('class="thumb"') == 1 and "not shown" in index and "frame 2 alone" in index
+    records = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [[n["code"] for n in c["notes"]] for c in records["cases"]] == [["burned-in-text"], ["one-frame"]]
+    assert records["flags_unlike_training"] is True
 
 
 def test_batch_over_folder_and_manifest(tiny_model, tmp_path):

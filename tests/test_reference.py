@@ -152,6 +152,18 @@ def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_ab
         assert ConceptBottleneckModel.load(folder).reference is None
     assert caplog.text.count("model.json was saved with a training reference, but reference.safetensors is missing: "
                              "this copy of the model cannot flag an image unlike its training images") == 1
+    # and every page says so with the fix the log gives, not "saved without a training reference"
+    copy = ConceptBottleneckModel.load(folder)
+    copy.set_encoder(tiny_model.encoder)
+    assert copy.reference_lost and not tiny_model.reference_lost
+    from cbm.explain import render_class_card_html
+    from cbm.explain.render import IndexRow, render_index_html
+
+    case = explain_image(copy, make_image(9))
+    pages = [render_case_html(case), render_class_card_html(copy), render_index_html([IndexRow("case 1", case=case)], copy)]
+    for page in pages:
+        assert "lacks reference.safetensors" in page and "Copy reference.safetensors from the model" in page, page[:300]
+        assert "saved without a training reference" not in page
     caplog.clear()
     meta = json.loads((folder / "model.json").read_text())
     del meta["reference_sha256"]  # as a model folder written before the reference existed: nothing to say

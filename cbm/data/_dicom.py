@@ -424,6 +424,8 @@ def _dicom_pixels(arr: np.ndarray, ds: Any, path: Path, header: DicomHeader, ind
         elif text := header_text(keyword, value)[:64]:
             meta[key] = text
     meta.update(transfer_syntax=header.syntax.name, frames=header.frames, frame=index, original_shape=shape[:2])
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":  # text in the pixels, a name perhaps
+        meta["burned_in_annotation"] = True
     if samples == 1 and photometric == "PALETTE COLOR":
         pixels = palette_to_unit(arr, ds)
         meta["voi"] = "palette"

@@ -8,7 +8,8 @@ manifest's label is shown as the known label beside the prediction. The output f
     index.html       one row per input: prediction (or why it is withheld), strongest present finding,
                      known label, link
     classes.html     the model card (operating point, abstention, what each class relies on)
-    index.json       the same facts for programs (per case ``withheld`` and ``flags``)
+    index.json       the same facts for programs (per case ``withheld``, ``flags`` and ``notes``; whether
+                     the model flags images unlike its training images, ``flags_unlike_training``)
     cases/*.html     one self-contained report per image
 
 An input that cannot be read, or whose report cannot be made, is listed in the index with the
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cbm.explain.card import render_class_card_html
 from cbm.explain.case import CaseReport, explain_image
-from cbm.explain.render import IndexRow, looks_like_path, render_case_html, render_index_html, without_paths
+from cbm.explain.render import IndexRow, cannot_flag, looks_like_path, render_case_html, render_index_html, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.utils import atomic_write_json, atomic_write_text
 
@@ -343,6 +344,7 @@ def _case_record(case: CaseReport, top_k: int) -> dict:
     return {
         "withheld": case.withheld,
         "flags": [f.as_dict() for f in case.flags],
+        "notes": [n.as_dict() for n in case.explanation.notes],  # one frame of several read, burned-in text...
         "predicted": expl.predicted,
         "probabilities": expl.probabilities,
         "strongest_present_finding": None if support is None else support.text,
@@ -445,8 +447,8 @@ def explain_batch(
         records.append(record)
     atomic_write_text(result.class_card, render_class_card_html(model, nav={"All cases": "index.html"}))
     atomic_write_text(result.index, render_index_html(rows, model, nav={"Model card": "classes.html"}))
-    atomic_write_json(out / "index.json", {"model": without_paths(model.encoder_name), "classes": model.classes,
-                                           "cases": records})
+    atomic_write_json(out / "index.json", {"encoder": without_paths(model.encoder_name), "classes": model.classes,
+                                           "flags_unlike_training": cannot_flag(model) is None, "cases": records})
     written = {f"cases/{p.name}" for p in result.reports}
     stale = sorted(earlier - written)
     for name in stale:  # where case is not told apart (macOS, Windows) Case.html may be this run's case.html

@@ -19,7 +19,7 @@ from typing import Any
 from markupsafe import Markup
 
 from cbm.explain.findings import class_reliance, concept_axes, unused_concepts
-from cbm.explain.render import render_template, score_kind, without_paths
+from cbm.explain.render import cannot_flag, render_template, score_kind, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.plots import line_chart
 from cbm.reference import MIN_IMAGE_SIDE
@@ -114,7 +114,8 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
         data_text=f"{card.get('title') or card.get('name') or 'its card'} ({counts or 'image counts not recorded'})",
         overview={"classes": ", ".join(model.classes), "modality": card.get("modality"), "dataset": card.get("name"),
                   "images per split": counts},
-        performance=_performance(model), metrics=metrics, abstention=_abstention(model), min_side=MIN_IMAGE_SIDE,
+        performance=_performance(model), metrics=metrics, abstention=_abstention(model), cannot_flag=cannot_flag(model),
+        min_side=MIN_IMAGE_SIDE,
         reliance=[{"cls": cls, "rows": rows, "scale": max([w for _, w in rows] + [1e-9]),
                    "bias": float(model.intercept[k])} for k, (cls, rows) in enumerate(reliance.items())],
         top=top, unused=unused_concepts(model.coef, names),

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # still shows only these keys, so a new field is never published by accident.
 SAFE_META_KEYS = (
     "format", "modality", "body_part", "view_position", "laterality", "photometric", "bits", "bits_allocated",
-    "bits_stored", "transfer_syntax", "frames", "frame", "original_shape", "voi",
+    "bits_stored", "transfer_syntax", "frames", "frame", "original_shape", "voi", "burned_in_annotation",
 )
 NEIGHBOURS = 4
 """Nearest training images a report shows."""
@@ -90,6 +90,11 @@ class CaseReport:
     @property
     def predicted(self) -> str:
         return self.explanation.predicted
+
+    @property
+    def image_shown(self) -> bool:
+        """False where the image may not be shown: its DICOM header says text is burned into its pixels."""
+        return not self.meta.get("burned_in_annotation")
 
     @property
     def flags(self) -> list[Flag]:
@@ -197,7 +202,7 @@ def explain_image(
             feature = encoder.encode_image(tensor.unsqueeze(0))[0].float().cpu().numpy()
     feature = np.asarray(feature, np.float32)
     t2 = time.perf_counter()
-    expl = model.explain_features(feature, image_flags=model.image_checks(pixels, meta))
+    expl = model.explain_features(feature, image_flags=model.image_checks(pixels, meta), image_notes=model.image_notes(meta))
     percentiles = _percentiles(model, feature)
     names = model.bottleneck.concept_names
     drivers = _drivers(model, expl, percentiles)

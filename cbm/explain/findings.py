@@ -389,10 +389,16 @@ def class_reliance(coef: np.ndarray, classes: Sequence[str], concepts: Sequence[
 
     A positive weight reads as the concept present ("irregular border"), a negative one as it
     absent ("no globules"); an axis whose poles both carry a weight as the pole its weights lean
-    to ("asymmetric, not symmetric shape"). Largest weights first.
+    to ("asymmetric, not symmetric shape"). Largest weights first. With two classes the weights are
+    each class's less the other's (the log-odds it adds for one over the other, the unit of the
+    report's odds and of the flagged weights; a head may split one effect as +w/2 and -w/2), and a
+    concept is listed once, under the class its presence favours.
     """
     col = {c: j for j, c in enumerate(concepts)}
     attributes = {c for a in axes for c in (a.low, a.high)}
+    two = len(classes) == 2
+    if two:
+        coef = np.asarray(coef, np.float64) - np.asarray(coef, np.float64)[::-1]
     out: dict[str, list[tuple[str, float]]] = {}
     for k, cls in enumerate(classes):
         rows, grouped = [], set()
@@ -404,7 +410,7 @@ def class_reliance(coef: np.ndarray, classes: Sequence[str], concepts: Sequence[
                 rows.append((axis_text(a.high, a.low) if lean > 0 else axis_text(a.low, a.high), abs(lean)))
         for c in concepts:
             w = float(coef[k, col[c]])
-            if c not in grouped and w:
+            if c not in grouped and (w > 0 or (w < 0 and not two)):
                 rows.append((_cap(c) if w > 0 else _absent(c, c in attributes), abs(w)))
         out[cls] = sorted(rows, key=lambda t: -t[1])
     return out

@@ -232,8 +232,19 @@ def _crop_note(crop: tuple[int, int, int, int], height: int, width: int) -> str:
     return " The model sees the centred square; the dimmed margins are outside it."
 
 
-def _map_cards(case: CaseReport) -> list[dict[str, str]]:
-    """One overlay per concept map, captioned with its finding."""
+def _checked_concepts(model: ConceptBottleneckModel) -> dict[str, str]:
+    """Concept -> what its own weight does against the concept store's lists, for a finding or map that
+    shows it: a two-sided finding sums both poles, so it can favour a class one pole's weight argues against."""
+    out: dict[str, list[str]] = {}
+    for cls, concept, w in model.contradicting_weights():
+        out.setdefault(concept, []).append(f"{'favours' if w > 0 else 'argues against'} {cls}")
+    return {c: f"{c}'s own weight {' and '.join(v)}, against the concept store (see Check these weights)" for c, v in out.items()}
+
+
+def _map_cards(case: CaseReport, checked: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """One overlay per concept map, captioned with its finding (and what its own weight does, where
+    that goes against the concept store: ``checked``)."""
+    checked = checked or {}
     if case.maps is None or not len(case.maps.concepts):
         return []
     # what the model sees and a quarter of its side around it: a wide image's maps stay large
@@ -250,7 +261,7 @@ def _map_cards(case: CaseReport) -> list[dict[str, str]]:
     for name, heat in zip(case.maps.concepts, case.maps.maps):
         f = by_concept.get(name)
         where = f.where_seen if f else percentile_text(case.percentiles.get(name))
-        caption = where + (f"; {f.text} favours {f.favours}" if f else "")
+        caption = where + (f"; {f.text} favours {f.favours}" if f else "") + (f"; but {checked[name]}" if name in checked else "")
         cards.append({"concept": name, "uri": jpeg_data_uri(heat_overlay(small, heat, crop), quality=80),
                       "caption": caption})
     return cards
@@ -349,6 +360,21 @@ def _details(case: CaseReport, model: ConceptBottleneckModel) -> dict[str, Any]:
     }
 
 
+def cannot_flag(model: ConceptBottleneckModel) -> str | None:
+    """Why ``model`` cannot tell an image unlike its training images, with the fix (None: it can)."""
+    if model.reference_lost:  # copied without it: the fix is the file, not a new run
+        return ("This copy of the model lacks reference.safetensors, the training reference its model.json was saved "
+                "with, so it cannot tell when an image is unlike its training images and shows no similar training "
+                "images. Copy reference.safetensors from the model's own folder beside its model.json to restore both.")
+    if model.reference is None:
+        return ("This model was saved without a training reference, so it cannot tell when an image is unlike the images "
+                "it was trained on, and shows no similar training images. Save it again from a current cbm run to get both.")
+    if not model.reference.can_abstain:
+        return ("This model has a training reference, but no validation split set its threshold, so it cannot tell when "
+                "an image is unlike its training images.")
+    return None
+
+
 def render_case_html(
     case: CaseReport,
     model: ConceptBottleneckModel | None = None,
@@ -376,7 +402,8 @@ def render_case_html(
     shown_rows, rest_rows = _intervention_rows(case, data, top_k)
     order = sorted(range(len(model.classes)), key=lambda k: -expl.probabilities[model.classes[k]])
     drawn, grid_text = grid_statement(case.grid, case.maps.method if case.maps is not None else None)
-    map_cards = _map_cards(case) if drawn else []
+    checked = _checked_concepts(model)
+    map_cards = _map_cards(case, checked) if drawn and case.image_shown else []  # a map is drawn over the image
     method = {"patch-tokens": "similarity of each image patch to the concept", "cam": "class activation map of the concept",
               "grad-cam": "Grad-CAM of the concept score"}.get(case.maps.method if case.maps else "", "")
     height, width = case.image.shape[:2]
@@ -385,9 +412,10 @@ def render_case_html(
     when = generated or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return render_template(
         "case.html", title=f"Case report: {case.label}", subtitle=f"cbm explanation, generated {when}", nav=nav, data=data,
-        summary=_summary(case), flags=case.flags, withheld=case.withheld, can_abstain=expl.can_abstain,
+        summary=_summary(case), flags=case.flags, withheld=case.withheld, cannot_flag=cannot_flag(model), notes=expl.notes,
         # every such weight: it acts on every case, whether or not its finding heads this one's list
         contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
+        checked=checked,
         predicted=expl.predicted, runner_up=expl.runner_up, truth=case.truth,
         probabilities=[{"cls": model.classes[k], "p": expl.probabilities[model.classes[k]], "k": k} for k in order],
         findings=case.findings[:_FINDINGS_SHOWN], more_findings=case.findings[_FINDINGS_SHOWN:],
@@ -396,13 +424,15 @@ def render_case_html(
         present_from=f"{PRESENT_FROM:.0f}", absent_up_to=f"{ABSENT_UP_TO:.0f}", any_calibrated=bool(model.calibrated().any()),
         unused=unused_concepts(model.coef, model.bottleneck.concept_names),
         grid_text=grid_text, map_cards=map_cards, method_text=method, hue=", ".join(map(str, OVERLAY_RGB)),
-        image_uri=jpeg_data_uri(case.image), image_width=width, image_height=height,
+        image_uri=jpeg_data_uri(case.image) if case.image_shown else None, image_width=width, image_height=height,
         crop_note=_crop_note(case.crop, height, width),
         neighbours=_neighbour_cards(case, hide_names),
         similar_note="" if model.reference is None or model.reference.thumbnails is not None else (
             " (no pictures: the model was saved without thumbnails)"),
-        no_neighbours="This model was saved without a training reference, so it cannot show similar training images."
-        if model.reference is None else "Similar training images were not asked for.",
+        no_neighbours="Similar training images were not asked for." if model.reference is not None else (
+            "This copy of the model lacks its training reference (reference.safetensors), so it cannot show similar "
+            "training images." if model.reference_lost else "This model was saved without a training reference, so it "
+            "cannot show similar training images."),
         shown_rows=shown_rows, rest_rows=rest_rows, levels_text=_levels_text(model),
         technical=_technical(case, model), details=_details(case, model),
     )
@@ -431,7 +461,8 @@ def _index_row(r: IndexRow) -> dict[str, Any]:
         "p": case.explanation.probabilities[case.predicted], "withheld": case.withheld,
         "reason": _FLAG_REASONS.get(first.code, first.message) if first else "",
         "support": f"{support.text} ({support.where_seen})" if support else None,
-        "thumb": jpeg_data_uri(thumbnail(case.image, 96), quality=75),
+        "thumb": jpeg_data_uri(thumbnail(case.image, 96), quality=75) if case.image_shown else None,
+        "notes": [n.message for n in case.explanation.notes],
     }
 
 
@@ -450,6 +481,9 @@ def render_index_html(rows: Sequence[IndexRow], model: ConceptBottleneckModel, *
     if with_truth:
         right = sum(r.truth == r.case.predicted for r in with_truth)
         summary += f"; agreement with the known labels {right}/{len(with_truth)} ({100 * right / len(with_truth):.1f} %) of those answered"
-    return render_template("index.html", title=title, subtitle=f"model: {without_paths(model.encoder_name)}, classes: "
+    blind = cannot_flag(model)
+    if blind:  # every answer above was given without that check
+        summary += f". {blind.rstrip('.')}"
+    return render_template("index.html", title=title, subtitle=f"encoder: {without_paths(model.encoder_name)}, classes: "
                            f"{', '.join(model.classes)}", nav=nav, summary=summary,
                            any_truth=any(r.truth is not None for r in rows), rows=[_index_row(r) for r in rows])

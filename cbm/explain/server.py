@@ -56,7 +56,7 @@ from cbm.explain.card import render_class_card_html
 from cbm.explain.case import explain_image
 from cbm.explain.deadline import DeadlineReader, RequestTimedOut
 from cbm.explain.forms import MAX_FORM_PARTS, MAX_PART_HEADER_BYTES, UploadError, multipart_file, too_large, upload_reason
-from cbm.explain.render import page_csp, render_case_html, render_template
+from cbm.explain.render import cannot_flag, page_csp, render_case_html, render_template
 from cbm.model import ConceptBottleneckModel
 
 __all__ = ["ExplainApp", "UploadError", "make_server", "serve", "sniff_format", "DEFAULT_MAX_UPLOAD_BYTES",
@@ -135,7 +135,7 @@ class ExplainApp:
         return render_template("upload.html", title="cbm: explain an image", subtitle="concept-bottleneck explanations",
                                nav={"Model card": "/classes"}, form_action="'self'", limit=limit, classes=m.classes,
                                n_concepts=m.bottleneck.n_concepts, per_class=m.concepts_per_class(),
-                               can_abstain=m.reference is not None and m.reference.can_abstain)
+                               cannot_flag=cannot_flag(m))
 
     def error_page(self, status: HTTPStatus, message: str) -> str:
         return render_template("error.html", title=f"{status.value} {status.phrase}", nav={"Upload": "/"}, message=message)
