@@ -95,10 +95,11 @@ def check_png(path: Path) -> None:
             if expected is None and kind != b"IHDR":
                 raise _error(path, f"has the chunk {quote(name)} at byte {offset} before IHDR", field="IHDR")
             crc, remaining, ihdr = zlib.crc32(kind), length, b""
+            cut = f"ends inside its chunk {name!r} (which starts at byte {offset} and holds {length:,} bytes), so it is truncated"
             while remaining:
                 block = fh.read(min(remaining, _BLOCK))
                 if not block:
-                    raise _error(path, f"ends inside its chunk {name!r} at byte {offset}, so it is truncated")
+                    raise _error(path, cut)
                 remaining -= len(block)
                 if critical:
                     crc = zlib.crc32(block, crc)
@@ -108,7 +109,7 @@ def check_png(path: Path) -> None:
                     produced += _inflate(path, inflater, block, expected)
             stored = fh.read(4)
             if len(stored) < 4:
-                raise _error(path, f"ends inside its chunk {name!r} at byte {offset}, so it is truncated")
+                raise _error(path, cut)
             if critical and struct.unpack(">I", stored)[0] != crc:
                 raise _error(path, f"has a bad CRC in its chunk {name!r} at byte {offset}, so it is corrupt")
             if kind == b"IHDR":
