@@ -104,7 +104,7 @@ def register_encoder(name: str, target: Callable[[], str] | str, description: st
         name: the preset's name (``demo-clip``).
         target: the full encoder name it stands for (``hf-hub:...``, ``ARCH@WEIGHTS``, ...), or a
             function returning it when asked (it may check that files exist and raise).
-        description: one line for people (``cbm encoders``).
+        description: one line for people (named when another registration of ``name`` is refused).
         replace: allow replacing an existing preset of that name (else a ``ValueError``).
     """
     if name in PRESETS and not replace and PRESETS[name].target is not target:
