@@ -340,8 +340,9 @@ def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 def _thumbnails(paths: Sequence[str], image_root: Path | None, side: int) -> tuple[list[bytes | None], float | None]:
-    """A JPEG thumbnail of each training image (the centred square), ``None`` where it cannot be read,
-    and the share of the images read that are greyscale (``None``: none could be read)."""
+    """A JPEG thumbnail of each training image (the centred square), ``None`` where it cannot be read
+    or its DICOM header says text is burned into its pixels (a name, perhaps: a report shows none of
+    it), and the share of the images read that are greyscale (``None``: none could be read)."""
     from tqdm.auto import tqdm
 
     from cbm.data import read_image
@@ -351,9 +352,10 @@ def _thumbnails(paths: Sequence[str], image_root: Path | None, side: int) -> tup
     for p in tqdm(paths, desc="reference thumbnails", unit="image", leave=False):
         path = Path(p) if Path(p).is_absolute() or image_root is None else image_root / p
         try:
-            pixels = read_image(path).pixels
-            out.append(_jpeg(display_pixels(pixels, side, square=True), quality=70))
-            grey += greyscale(pixels)
+            image = read_image(path)
+            burned = bool(image.meta.get("burned_in_annotation"))
+            out.append(None if burned else _jpeg(display_pixels(image.pixels, side, square=True), quality=70))
+            grey += greyscale(image.pixels)
         except Exception:  # noqa: BLE001 - an unreadable training image only loses its thumbnail
             failed += 1
             out.append(None)

@@ -213,6 +213,19 @@ def test_image_checks():
     assert [f.code for f in image_flags("dermoscopy", annotated, {})] == ["greyscale"]
 
 
+def test_a_training_image_with_text_burned_in_keeps_no_thumbnail(tmp_path):
+    """A report shows no image whose DICOM header says text is burned into its pixels: nor, then, a
+    training image's thumbnail among a case's similar training images."""
+    from explain_support import write_phi_dicom
+
+    from cbm.reference import _thumbnails
+
+    write_phi_dicom(tmp_path / "burned.dcm", burned_in=True)
+    write_phi_dicom(tmp_path / "plain.dcm")
+    thumbs, grey = _thumbnails(["burned.dcm", "plain.dcm"], tmp_path, 48)
+    assert thumbs[0] is None and thumbs[1] and grey == 1.0  # both read, for the greyscale share
+
+
 def test_a_model_trained_on_greyscale_images_too_is_not_refused_them(tmp_path):
     """Reading the training images for thumbnails records their greyscale share; a colour-modality model
     whose training set was grey in at least 5 % answers for a grey image, one trained on colour alone
