@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "QUOTE_LIMIT",
     "quote",
+    "quote_path",
     "InputError",
     "ImageError",
     "CardError",

@@ -135,7 +135,8 @@ def check_reference_digest(folder: Path, meta: dict[str, Any]) -> bool:
     if "reference_sha256" not in meta:
         return False
     path, digest = folder / REFERENCE_FILE, meta["reference_sha256"]
-    if digest is not None and not path.is_file():  # copied without it: loads, but answers where it would have abstained
+    lost = digest is not None and not path.is_file()
+    if lost:  # copied without it: loads, but answers where it would have abstained
         log.warning("%s: model.json was saved with a training reference, but %s is missing: this copy of the model "
                     "cannot flag an image unlike its training images (no out-of-distribution score, no similar "
                     "cases, and its greyscale check no longer knows how many training images were grey); copy %s "
@@ -147,7 +148,7 @@ def check_reference_digest(folder: Path, meta: dict[str, Any]) -> bool:
         raise ModelFormatError(path, "is not the training reference model.json was saved with (its SHA-256 differs "
                                "from model.json's reference_sha256: edited, or another model's)",
                                f"{REFIT} (or delete the file: the model then cannot abstain)")
-    return digest is not None and not path.is_file()
+    return lost
 
 
 def read_meta(path: Path) -> dict[str, Any]:

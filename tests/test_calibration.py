@@ -256,7 +256,7 @@ def test_the_case_report_shows_probabilities_and_sets_them_to_one_or_zero(world)
     assert all(data["present"][i] == 1 and data["absent"][i] == 0 for i in shown)
     assert all(0 < data["scores"][i] < 1 for i in shown)  # the page's logits start from the probabilities
     assert "as a probability (the training images&#39; annotations calibrate its score): present sets it to 1 and absent to 0" in html
-    assert re.search(r'<td class="num">P 0\.\d\d</td>', html)
+    assert re.search(r'<td class="num">P 0\.\d\d\d</td>', html)
     # the case's own intervention agrees with the model's
     name = data["concepts"][shown[0]]
     feature = model.image_features(card.image_root / row.path)[0]

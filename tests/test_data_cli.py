@@ -150,6 +150,7 @@ def test_make_splits_then_validate(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CBM_HAM10000_ROOT", str(images))
     code, out, _ = run(capsys, "validate", str(card))
     assert code == 1 and "2 rows whose image file does not exist" in out and "train:" in out
+    assert out.splitlines()[-1].endswith(": problems in the manifest's rows (above)")
     code, _, err = run(capsys, "validate", str(card), "--strict")
     assert code == 2 and "2 rows whose image file does not exist" in err
     code, out, _ = run(capsys, "validate", str(card), "--no-files")

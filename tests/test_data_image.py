@@ -538,6 +538,20 @@ def test_dicom_cut_before_its_pixel_data_is_called_truncated(tmp_path):
     (tmp_path / "early.dcm").write_bytes(whole[:700])
     with pytest.raises(ImageReadError, match=r"DICOM image \(CT Image Storage\) whose file ends before its pixel data"):
         read_image(tmp_path / "early.dcm")
+    # a radiograph's class is named "... Image Storage - For Presentation"; cut before SOPClassUID too,
+    # its file meta still names the class
+    from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DX
+    ds.Modality = "DX"
+    ds.save_as(tmp_path / "dx.dcm")
+    data = (tmp_path / "dx.dcm").read_bytes()
+    for cut in (data.index(b"\x08\x00\x16\x00") - 1, 700):  # before SOPClassUID (0008,0016), and later
+        (tmp_path / "dx_cut.dcm").write_bytes(data[:cut])
+        with pytest.raises(ImageReadError, match=r"DICOM image \(Digital X-Ray Image Storage - For Presentation\) whose "
+                                                 "file ends before its pixel data"):
+            read_image(tmp_path / "dx_cut.dcm")
 
 
 def test_compressed_dicom_without_codec_names_the_install_command(monkeypatch):

@@ -301,8 +301,8 @@ def test_a_finding_that_uses_a_contradicting_weight_says_so_where_it_is_read(tin
     case = explain_image(m, make_image(12))
     assert "irregular border" in [c for f in case.findings for c in f.concepts]
     html = render_case_html(case)
-    check = "Check: irregular border&#39;s own weight favours benign nevus, against the concept store"
-    assert html.count(check) == 1 and "dark dots&#39;s own weight" not in html
+    check = "Check: the weight of irregular border itself favours benign nevus, against the concept store"
+    assert html.count(check) == 1 and "the weight of dark dots" not in html
     from cbm.explain.render import _map_cards
 
     case.findings = [dataclasses.replace(f, seen="irregular border") if "irregular border" in f.concepts else f
@@ -387,7 +387,11 @@ def test_a_case_says_what_its_reader_should_know_and_hides_burned_in_text(tiny_m
     assert index.count('class="thumb"') == 1 and "not shown" in index and "frame 2 alone" in index
     records = json.loads((tmp_path / "out" / "index.json").read_text())
     assert [[n["code"] for n in c["notes"]] for c in records["cases"]] == [["burned-in-text"], ["one-frame"]]
-    assert records["flags_unlike_training"] is True
+    from cbm.explain.render import without_paths
+
+    name = without_paths(tiny_model.encoder_name)
+    assert records["flags_unlike_training"] is True and records["encoder"] == name and "model" not in records
+    assert f"encoder: {name}, classes: " in index
 
 
 def test_batch_over_folder_and_manifest(tiny_model, tmp_path):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from explain_support import CLASSES, make_image
+from explain_support import CLASSES, make_image, save_png
 
 from cbm.errors import ModelFormatError
 from cbm.evaluate import operating_point
@@ -142,6 +142,11 @@ def test_a_damaged_reference_is_named_with_the_fix(tiny_model, tmp_path):
         ConceptBottleneckModel.load(bare)
 
 
+def make_image_file(path):
+    save_png(path, make_image(9))
+    return path
+
+
 def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_abstain(tiny_model, tmp_path, caplog):
     from cbm.explain import explain_image, render_case_html
 
@@ -164,6 +169,10 @@ def test_a_model_saved_before_the_reference_still_explains_and_says_it_cannot_ab
     for page in pages:
         assert "lacks reference.safetensors" in page and "Copy reference.safetensors from the model" in page, page[:300]
         assert "saved without a training reference" not in page
+    from cbm.explain import explain_batch
+
+    explain_batch(copy, [make_image_file(tmp_path / "x.png")], tmp_path / "reports", progress=False)
+    assert json.loads((tmp_path / "reports" / "index.json").read_text())["flags_unlike_training"] is False
     caplog.clear()
     meta = json.loads((folder / "model.json").read_text())
     del meta["reference_sha256"]  # as a model folder written before the reference existed: nothing to say

@@ -61,9 +61,9 @@ _DICOM_META_WHITELIST = {
     "SamplesPerPixel": "samples_per_pixel",
 }
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# PhotometricInterpretation's defined terms (PS3.3 C.7.6.3.1.2, retired ones too)
+# PhotometricInterpretation's defined terms that pydicom knows (PS3.3 C.7.6.3.1.2, retired ones too)
 _PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
-                          "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"})
+                          "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
 _DEFER_BYTES = 1 << 20  # elements larger than this (the pixel data) are read only when needed
 _REEXPORT = "The header and the pixel data disagree (a damaged or hand-edited file): export the file again"
 
@@ -145,16 +145,17 @@ def dicom_header(source: Path | io.BytesIO, path: Path | None, budget: int) -> D
 def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
-        sop = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
-        if ("Rows" in ds and "Columns" in ds) or sop.endswith("Image Storage"):  # an image whose pixels never came
-            size = f", {ds.get('Rows')} x {ds.get('Columns')}" if "Rows" in ds and "Columns" in ds else ""
-            raise ImageReadError(
-                path, f"is a DICOM image ({sop}{size}) whose file ends before its pixel data, so it is truncated",
-                "Copy or export the file again (an interrupted transfer is the usual cause)")
+        meta_sop = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)  # where the cut took SOPClassUID
+        sop = getattr(ds.get("SOPClassUID", meta_sop), "name", None) or "unknown SOP class"
         if not len(ds) and getattr(ds, "file_meta", None) is not None and "TransferSyntaxUID" in ds.file_meta:
             raise ImageReadError(  # pydicom gives up on a data set cut short inside an element and keeps nothing
                 path, "is a DICOM file whose data set could not be read after its file meta information, so it is "
                 "truncated or damaged", "Copy or export the file again (an interrupted transfer is the usual cause)")
+        if ("Rows" in ds and "Columns" in ds) or "Image Storage" in sop:  # an image whose pixels never came
+            size = f", {ds.get('Rows')} x {ds.get('Columns')}" if "Rows" in ds and "Columns" in ds else ""
+            raise ImageReadError(
+                path, f"is a DICOM image ({sop}{size}) whose file ends before its pixel data, so it is truncated",
+                "Copy or export the file again (an interrupted transfer is the usual cause)")
         raise ImageReadError(
             path, f"is a DICOM file without pixel data ({sop}, modality {header_text('Modality', ds.get('Modality')) or '?'}), "
             "so it is not an image",
@@ -172,10 +173,10 @@ def _check_header(ds: Any, path: Path | None, budget: int) -> DicomHeader:
         if not 1 <= stored <= bits:
             raise ImageReadError(path, f"is {stored}, outside 1..BitsAllocated ({bits})", _REEXPORT, field="BitsStored")
         _whole(ds, "PixelRepresentation", path, allowed=(0, 1))
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip()
     if photometric not in _PHOTOMETRIC:  # not shown: a name can be typed into it
-        raise ImageReadError(path, f"is none of DICOM's defined terms ({', '.join(sorted(_PHOTOMETRIC))}), so its pixels "
-                             "cannot be read", _REEXPORT, field="PhotometricInterpretation")
+        raise ImageReadError(path, f"is none of DICOM's defined terms ({', '.join(sorted(_PHOTOMETRIC))}, in capitals), so "
+                             "its pixels cannot be read", _REEXPORT, field="PhotometricInterpretation")
     frames = _frames(ds, path)
     if syntax.is_encapsulated:
         _check_fragments(ds, path, frames, keyword)

@@ -407,8 +407,9 @@ class _Problems:
         """Each row with a problem that no split holds: its line, split and path as written, and why."""
         why: dict[int, list[str]] = defaultdict(list)
         for kind, text in described.items():
+            reason = "the row " + text.removeprefix("rows ")  # one string per kind, shared by its rows
             for line in self.lines[kind]:
-                why[line].append("the row " + text.removeprefix("rows "))
+                why[line].append(reason)
         return [{"line": line, "split": rec.get(split_column, "").strip(), "path": rec.get("path", "").strip(),
                  "reason": "; ".join(why[line])} for line, rec in records if line in why and line not in kept]
 

@@ -19,16 +19,18 @@ __all__ = ["existing_rows", "in_existing_form", "note_duplicate"]
 
 def note_duplicate(found: Any, seen: dict[Any, tuple[int, str, str]], key: Any, shown: str, line: int, split: str,
                     label: str, usable: bool) -> None:
-    """Note a row naming a file an earlier row named: a leak across splits (between usable rows), a
-    second label for it, else a repeat."""
+    """Note a usable row naming a file an earlier usable row named: a leak across splits, a second label
+    for it, else a repeat (a row already left out for a problem of its own is not noted again, as a
+    repeat it may not be)."""
+    if not usable:
+        return
     if key not in seen:
-        if usable:
-            seen[key] = (line, split, label)
+        seen[key] = (line, split, label)
         return
     first, first_split, first_label = seen[key]
-    if usable and split != first_split:
+    if split != first_split:
         found.note("duplicate_across_splits", line, f"{shown} ({first_split} on line {first}, {split} on line {line})")
-    elif usable and label != first_label:
+    elif label != first_label:
         found.note("conflicting_label", line, f"{shown} ({quote(first_label, 60)} on line {first}, "
                                               f"{quote(label, 60)} on line {line})")
     else:

@@ -392,7 +392,8 @@ def class_reliance(coef: np.ndarray, classes: Sequence[str], concepts: Sequence[
     to ("asymmetric, not symmetric shape"). Largest weights first. With two classes the weights are
     each class's less the other's (the log-odds it adds for one over the other, the unit of the
     report's odds and of the flagged weights; a head may split one effect as +w/2 and -w/2), and a
-    concept is listed once, under the class its presence favours.
+    concept is listed once, under the class its presence favours (a two-sided finding under each
+    class, by the pole that favours it).
     """
     col = {c: j for j, c in enumerate(concepts)}
     attributes = {c for a in axes for c in (a.low, a.high)}

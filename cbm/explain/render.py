@@ -238,7 +238,8 @@ def _checked_concepts(model: ConceptBottleneckModel) -> dict[str, str]:
     out: dict[str, list[str]] = {}
     for cls, concept, w in model.contradicting_weights():
         out.setdefault(concept, []).append(f"{'favours' if w > 0 else 'argues against'} {cls}")
-    return {c: f"{c}'s own weight {' and '.join(v)}, against the concept store (see Check these weights)" for c, v in out.items()}
+    return {c: f"the weight of {c} itself {' and '.join(v)}, against the concept store (see Check these weights)"
+            for c, v in out.items()}
 
 
 def _map_cards(case: CaseReport, checked: Mapping[str, str] | None = None) -> list[dict[str, str]]:

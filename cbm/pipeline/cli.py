@@ -82,7 +82,7 @@ def _modality_problem(card, found: dict[str, list[tuple[int, str]]]) -> str | No
     not one a model of the card's ``modality`` answers for (:func:`cbm.image_checks.dicom_modalities`):
     such a model withholds every prediction on them, its own test images included. None where all
     agree, or the card names no modality cbm knows."""
-    from cbm.errors import quote
+    from cbm.errors import quote_path
     from cbm.image_checks import dicom_modalities
 
     expected = dicom_modalities(card.modality)
@@ -90,7 +90,7 @@ def _modality_problem(card, found: dict[str, list[tuple[int, str]]]) -> str | No
     if not other:
         return None
     n = sum(len(rows) for rows in found.values())
-    listed = "; ".join(f"{code} ({len(rows)}: line {rows[0][0]}: {quote(rows[0][1], 80)[1:-1]}{', ...' if len(rows) > 1 else ''})"
+    listed = "; ".join(f"{code} ({len(rows)}: line {rows[0][0]}: {quote_path(rows[0][1], 80)[1:-1]}{', ...' if len(rows) > 1 else ''})"
                        for code, rows in other.items())
     return (f"{sum(len(r) for r in other.values())} of the {n} DICOM files are of modality {listed}, but card "
             f"{card.name!r} says {card.modality!r}, whose images are DICOM {' or '.join(expected[0])}: a model of it "

@@ -111,6 +111,7 @@ def run_experiment(
                              n_bootstrap=n_bootstrap, bottleneck=bottleneck)
     timings["dataset"] = time.perf_counter() - t
     store = card_store_names(card)
+    left_out = list(card.manifest().report.left_out)  # the rows no split holds, as this run reads the manifest
 
     t = time.perf_counter()
     enc = create_encoder(encoder) if isinstance(encoder, str) else encoder
@@ -138,7 +139,7 @@ def run_experiment(
     for name, fn in (extra_metrics or {}).items():
         metrics["cbm"][name] = _extra_metric(name, fn, fit)
     _write_outputs(out, fit, metrics, save_model)
-    _write_run_records(out, splits, timings, card)
+    _write_run_records(out, splits, timings, left_out)
     return metrics
 
 
@@ -431,16 +432,11 @@ def _notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _write_run_records(out: Path, splits, timings: dict[str, float], card: Any) -> None:
-    """skipped_files.json (each unreadable image, then each manifest row no split holds, with its line)
-    and timings.json, the last of a run's results; then the earlier run's results set aside
-    (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
+def _write_run_records(out: Path, splits, timings: dict[str, float], left_out: list[dict[str, Any]]) -> None:
+    """skipped_files.json (each unreadable image, then each manifest row no split holds, ``left_out``,
+    with its line) and timings.json, the last of a run's results; then the earlier run's results set
+    aside (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
     skipped = [{"split": s, "path": p, "reason": r} for s, d in splits.items() for p, r in d.skipped]
-    try:  # the manifest as the run read it (the card caches it)
-        left_out = list(card.manifest().report.left_out)
-    except (OSError, ValueError) as exc:  # changed or gone since: the results written stand
-        log.warning("manifest rows left out not listed: %s", exc)
-        left_out = []
     if skipped or left_out:
         atomic_write_json(out / "skipped_files.json", skipped + left_out)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})
