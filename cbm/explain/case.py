@@ -36,7 +36,7 @@ from cbm.explain.overlay import MIN_MAP_GRID
 from cbm.model import ConceptBottleneckModel, Prediction
 from cbm.reference import Flag, Neighbour, as_pixels, display_pixels
 
-__all__ = ["CaseReport", "explain_image", "SAFE_META_KEYS", "NEIGHBOURS"]
+__all__ = ["CaseReport", "explain_image", "shown_meta", "SAFE_META_KEYS", "NEIGHBOURS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,26 @@ SAFE_META_KEYS = (
 )
 NEIGHBOURS = 4
 """Nearest training images a report shows."""
+
+
+_META_LABELS = {"voi": "levels shown", "original_shape": "size in pixels (rows, columns)", "frame": "frame read"}
+# how grey levels were brought to the screen (cbm.data's "voi"), in words
+_VOI = {"nominal": "as stored, scaled by the bit depth", "min_max": "stretched from the image's lowest to its highest value",
+        "palette": "through the file's colour palette", "window": "through the file's window (centre and width)",
+        "voi_lut": "through the file's VOI lookup table"}
+
+
+def shown_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A report's image facts as a reader takes them ("image frame read": "2 of 3"; grey levels in words)."""
+    return {f"image {_META_LABELS.get(k, k.replace('_', ' '))}": _meta_text(k, v, meta) for k, v in meta.items()}
+
+
+def _meta_text(key: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if key == "frame" and isinstance(value, int):
+        return f"{value + 1} of {meta.get('frames', '?')} (counted from 1)"
+    if key == "voi":
+        return f"{_VOI.get(str(value), str(value))} ({value})"
+    return value
 
 
 @dataclass

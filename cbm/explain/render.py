@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cbm.explain.case import CaseReport
+from cbm.explain.case import CaseReport, shown_meta
 from cbm.explain.findings import (
     ABSENT_UP_TO,
     PRESENT_FROM,
@@ -353,12 +353,17 @@ def _details(case: CaseReport, model: ConceptBottleneckModel) -> dict[str, Any]:
         "model encoder": without_paths(model.encoder_name),
         "concepts": f"{model.bottleneck.n_concepts} ({model.concepts_per_class():.1f} with a weight per class on average)",
         "concept scores": score_kind(model),
-        "concept maps": case.maps.method if case.maps else "not computed",
-        "out-of-distribution score": None if expl.ood_score is None else (
-            f"{expl.ood_score:.1f} (threshold {ref.threshold:.1f})" if ref is not None and ref.threshold is not None
-            else f"{expl.ood_score:.1f} (no threshold)"),
-        **{f"image {k.replace('_', ' ')}": v for k, v in case.meta.items()},
+        "concept maps": f"{_MAP_METHODS.get(case.maps.method, case.maps.method)} ({case.maps.method})" if case.maps
+        else "not computed",
+        "distance from the training images": None if expl.ood_score is None else (
+            f"{expl.ood_score:.1f} (the model withholds its answer above {ref.threshold:.1f})"
+            if ref is not None and ref.threshold is not None else f"{expl.ood_score:.1f} (no threshold)"),
+        **shown_meta(case.meta),
     }
+
+
+_MAP_METHODS = {"patch-tokens": "similarity of each image patch to the concept", "cam": "class activation map of the concept",
+                "grad-cam": "Grad-CAM of the concept score"}
 
 
 def cannot_flag(model: ConceptBottleneckModel) -> str | None:
@@ -405,8 +410,7 @@ def render_case_html(
     drawn, grid_text = grid_statement(case.grid, case.maps.method if case.maps is not None else None)
     checked = _checked_concepts(model)
     map_cards = _map_cards(case, checked) if drawn and case.image_shown else []  # a map is drawn over the image
-    method = {"patch-tokens": "similarity of each image patch to the concept", "cam": "class activation map of the concept",
-              "grad-cam": "Grad-CAM of the concept score"}.get(case.maps.method if case.maps else "", "")
+    method = _MAP_METHODS.get(case.maps.method if case.maps else "", "")
     height, width = case.image.shape[:2]
     n_train = (model.reference.facts.get("n_train") if model.reference is not None else None) or (
         len(model.train_raw_scores) if model.train_raw_scores is not None else None)
