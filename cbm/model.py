@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from cbm.utils import softmax
 __all__ = ["ConceptBottleneckModel", "Prediction", "ConceptContribution"]
 
 log = logging.getLogger(__name__)
+_ENCODER_LOCK = threading.Lock()  # a model's encoder is made once, though two threads predict first
 
 ImageLike = Any  # a path (str | PathLike), a cbm.data.LoadedImage, a PIL image, an (H, W[, C]) array or a (C, H, W) tensor
 
@@ -61,7 +63,8 @@ _FALLBACK_LEVEL = 2.0  # +-2 standard deviations when the model folder has no tr
 
 @dataclass(frozen=True)
 class ConceptContribution:
-    """One concept's share of a class logit: ``weight * score``."""
+    """One concept's share of a class logit: ``weight * value`` (the value is P(present) for a concept
+    the model calibrates, else the standardised score)."""
 
     concept: str
     weight: float
@@ -239,18 +242,18 @@ class ConceptBottleneckModel:
     # ------------------------------------------------------------------ the encoder
     @property
     def encoder(self):
-        """The encoder, created on first use (so loading a model for inspection stays cheap)."""
-        if self._encoder is None:
-            from cbm.encoders import create_encoder
+        """The encoder, created on first use (so loading a model for inspection stays cheap), once however
+        many threads ask for it first."""
+        with _ENCODER_LOCK:
+            if self._encoder is None:
+                from cbm.encoders import create_encoder
 
-            self._encoder = create_encoder(self.encoder_name)
-            key = getattr(self._encoder, "cache_key", None)
-            if self.encoder_key and key and key != self.encoder_key:
-                log.warning(
-                    "encoder %s now has cache key %s but the model was trained with %s: weights, "
-                    "preprocessing or precision changed, so concept scores may shift",
-                    self.encoder_name, key, self.encoder_key,
-                )
+                encoder = create_encoder(self.encoder_name)
+                key = getattr(encoder, "cache_key", None)
+                if self.encoder_key and key and key != self.encoder_key:
+                    log.warning("encoder %s now has cache key %s but the model was trained with %s: weights, preprocessing "
+                                "or precision changed, so concept scores may shift", self.encoder_name, key, self.encoder_key)
+                self._encoder = encoder
         return self._encoder
 
     def set_encoder(self, encoder: Any) -> None:
@@ -262,6 +265,8 @@ class ConceptBottleneckModel:
         from cbm.data import pil_pixels, read_image
         from cbm.data.transforms import channels_last, unit_pixels
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give a whole number of images per batch, at least 1")
         items, enc = image_items(images), self.encoder
         out = []
         for start in range(0, len(items), batch_size):
@@ -373,14 +378,14 @@ class ConceptBottleneckModel:
         """:func:`cbm.image_checks.image_notes` of an image's meta for this model (its card's modality)."""
         return image_notes(((self.info or {}).get("card") or {}).get("modality"), meta)
 
-    def intervene_features(self, feature: np.ndarray, overrides: dict[str, float], *, _stacklevel: int = 2) -> np.ndarray:
+    def intervene_features(self, feature: np.ndarray, overrides: Mapping[str, float | str], *, _stacklevel: int = 2) -> np.ndarray:
         """Class probabilities after setting some concept values by hand (a number, or "present" / "absent").
 
         The classic concept-bottleneck test-time intervention: a clinician marks a concept present or
         absent (:meth:`presence_levels`: 1 or 0 if calibrated, else a high or low score) and sees the change.
         """
-        if not isinstance(overrides, dict):  # a list of pairs, a name alone
-            raise TypeError(f"overrides must be a dict of concept name -> 'present', 'absent' or a number; got "
+        if not isinstance(overrides, Mapping):  # a list of pairs, a name alone
+            raise TypeError(f"overrides must be a mapping of concept name -> 'present', 'absent' or a number; got "
                             f"{type(overrides).__name__}")
         z = self.concept_values_from_features(feature_rows(feature, one=True))[0].copy()
         index = {c: i for i, c in enumerate(self.bottleneck.concept_names)}

@@ -77,6 +77,11 @@ def write_model(model: Any, folder: Path) -> Path:
 
     if problem := check_names(model.classes, model.bottleneck.concept_names):
         raise ValueError(f"cannot save this model: its {problem}")
+    try:  # its arrays as they are now (they may have been changed since it was made)
+        check_shapes(len(model.classes), model.bottleneck.n_concepts, np.asarray(model.coef), np.asarray(model.intercept),
+                     model.concept_prior, model.concept_levels, model.calibration)
+    except ValueError as exc:
+        raise ValueError(f"cannot save this model: {exc}") from None
     weights = safetensors_bytes(model.state_tensors(), metadata=weights_metadata(model.classes, model.bottleneck.concept_names))
     reference = model.reference.to_bytes() if model.reference is not None else None
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "encoder": model.encoder_name, "encoder_key": model.encoder_key,
@@ -113,9 +118,12 @@ def _plain(value: Any) -> Any:
 
 def check_shapes(k: int, c: int, coef: np.ndarray, intercept: np.ndarray, prior: np.ndarray | None,
                  levels: np.ndarray | None, calibration: np.ndarray | None) -> None:
-    """A model's arrays fit its ``k`` classes and ``c`` concepts (ValueError naming the array)."""
+    """A model's arrays fit its ``k`` classes and ``c`` concepts, and its weights are finite (ValueError
+    naming the array: a model that predicts NaN, or that its own loader would refuse, is not made)."""
     if coef.shape != (k, c) or intercept.shape != (k,):
         raise ValueError(f"head shapes coef {coef.shape}, intercept {intercept.shape} do not fit {k} classes x {c} concepts")
+    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        raise ValueError("the head's coef or intercept holds NaN or infinite values (a head whose fit diverged): fit it again")
     if prior is not None and prior.shape != (k, c):
         raise ValueError(f"concept_prior has shape {prior.shape}; expected {k} classes x {c} concepts")
     if levels is not None and levels.shape != (2, c):
@@ -154,7 +162,7 @@ def check_reference_digest(folder: Path, meta: dict[str, Any]) -> bool:
 def read_meta(path: Path) -> dict[str, Any]:
     """``model.json``, every field checked; raises :class:`ModelFormatError` naming the field."""
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark (an editor's) is no damage
     except UnicodeDecodeError:
         raise ModelFormatError(path, "is not UTF-8 text", REFIT) from None
     except (json.JSONDecodeError, RecursionError) as exc:

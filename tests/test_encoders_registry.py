@@ -47,6 +47,39 @@ def test_list_encoders_names_the_presets():
     assert {"biomedclip", "clip-vit-b-16", "demo-clip"} <= set(list_encoders())
 
 
+def test_plugins_register_once_before_any_thread_reads_the_presets(monkeypatch):
+    """The first two threads to ask (two predictions at once on a freshly loaded model) both see every
+    plugin's preset: the second saw a registry without them ("Unknown encoder 'demo-clip'. Did you
+    mean 'demo-clip'?"), since the first marked the plugins loaded before they had registered."""
+    import importlib.metadata
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from cbm.encoders import registry
+
+    calls = []
+
+    def slow_plugin():
+        calls.append(1)
+        time.sleep(0.3)
+        registry.register_encoder("slow-plugin-enc", "ViT-B-32@openai", "a plugin that takes its time", replace=True)
+        assert "slow-plugin-enc" in registry.list_encoders()  # a plugin that asks while registering is answered
+
+    ep = SimpleNamespace(name="slow", value="tests:slow_plugin", load=lambda: slow_plugin)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [ep])
+    monkeypatch.setattr(registry, "_plugins_state", "unloaded")
+    monkeypatch.delitem(PRESETS, "slow-plugin-enc", raising=False)
+    seen: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: seen.append(list_encoders())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 3 and all("slow-plugin-enc" in names for names in seen) and calls == [1]
+    PRESETS.pop("slow-plugin-enc", None)
+
+
 def test_unknown_name_lists_presets_and_suggests_the_closest():
     with pytest.raises(ValueError) as err:
         create_encoder("biomedclp")

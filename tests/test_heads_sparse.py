@@ -145,6 +145,19 @@ def test_class_weight_dict_names_unknown_class(small):
         SparseConceptHead(class_weight={7: 2.0}).fit(X, y)
 
 
+def test_a_class_weight_mapping_that_is_no_dict_is_taken_as_a_dict(small):
+    """check_params accepted any mapping (a config's, a read-only view) and fit then refused it as 'not
+    a dict'."""
+    from types import MappingProxyType
+
+    X, y = small
+    weights = {0: 1.0, 1: 3.0, 2: 1.0}
+    as_dict = SparseConceptHead(lambdas=[0.02], class_weight=weights, **EXACT).fit(X, y, X_val=X, y_val=y)
+    view = SparseConceptHead(lambdas=[0.02], class_weight=MappingProxyType(weights), **EXACT)
+    view.check_params()
+    np.testing.assert_allclose(view.fit(X, y, X_val=X, y_val=y).coef_, as_dict.coef_, atol=1e-8)
+
+
 def test_class_weights_that_zero_every_sample_are_refused(small):
     """All-zero class weights left no loss: the head kept all-zero weights and predicted one class
     for everything, without a word."""

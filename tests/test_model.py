@@ -78,7 +78,7 @@ def test_intervention_moves_the_prediction_the_way_the_weight_says(fitted):
     assert high - low == pytest.approx(expected, rel=1e-3)
     with pytest.raises(KeyError, match="unknown concept"):
         model.intervene_features(feat, {"no such concept": 1.0})
-    with pytest.raises(TypeError, match="overrides must be a dict"):
+    with pytest.raises(TypeError, match="overrides must be a mapping"):
         model.intervene_features(feat, [(concept, 1.0)])
 
 
@@ -161,6 +161,28 @@ def test_features_that_are_not_finite_or_a_batch_for_one_image_are_named(fitted)
     assert model.explain_features(feats[:1]).predicted == model.explain_features(feats[0]).predicted
     with pytest.raises(ValueError, match="k=2.5: give how many concepts to list"):
         model.explain_features(feats[0]).top_concepts(k=2.5)
+
+
+def test_weights_that_are_not_finite_and_a_batch_size_below_one_are_refused(fitted, tmp_path):
+    """A NaN weight gave NaN probabilities, still labelled with the first class, and saved into a folder
+    its own loader refused; batch_size=-1 returned no row for three images."""
+    card, model = fitted
+    coef = model.coef.copy()
+    coef[0, 0] = np.nan
+    with pytest.raises(ValueError, match="coef or intercept holds NaN or infinite values"):
+        ConceptBottleneckModel(model.encoder_name, model.classes, model.bottleneck, coef, model.intercept)
+    changed = ConceptBottleneckModel.load(model.save(tmp_path / "m"))
+    changed.coef = coef  # changed after it was made
+    with pytest.raises(ValueError, match="cannot save this model: the head's coef or intercept holds NaN"):
+        changed.save(tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.json").exists()
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size={size!r}: give a whole number of images per batch"):
+            model.image_features(_test_paths(card)[:3], batch_size=size)
+    # a model.json an editor saved with a byte-order mark loads
+    text = (tmp_path / "m" / "model.json").read_text(encoding="utf-8")
+    (tmp_path / "m" / "model.json").write_text("\ufeff" + text, encoding="utf-8")
+    assert ConceptBottleneckModel.load(tmp_path / "m").classes == model.classes
 
 
 def test_a_save_that_fails_leaves_the_model_already_there(fitted, tmp_path, monkeypatch):
@@ -372,6 +394,13 @@ def test_a_head_without_a_validation_split_is_refused_before_any_work(fitted, sm
 
     with pytest.raises(TypeError, match=r"Pipeline.fit takes no X_val, y_val"):  # fit(**params) routes them to steps
         cbm.fit(small_card, encoder=fitted[1].encoder, head=make_pipeline(StandardScaler(), LogisticRegression()))
+
+    class Plain:  # fit takes the split, but nothing clones it or predicts with it: refused before encoding
+        def fit(self, X, y, *, X_val, y_val):
+            return self
+
+    with pytest.raises(TypeError, match=r"head Plain has no get_params or predict: a head is a scikit-learn estimator"):
+        cbm.fit(small_card, encoder=fitted[1].encoder, head=Plain())
 
 
 def test_a_class_without_training_images_is_named(fitted, small_card):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ ENTRY_POINT_GROUP = "cbm.encoders"
 """Entry points of this group are called (no arguments) to register encoders, once per process."""
 
 PRESETS: dict[str, EncoderPreset] = {}
-_plugins_loaded = False
+_plugins_state = "unloaded"  # "loading" while this process calls them, then "loaded"
+_plugins_lock = threading.RLock()
 
 
 def register_encoder(name: str, target: Callable[[], str] | str, description: str, *, replace: bool = False) -> None:
@@ -114,18 +116,26 @@ def register_encoder(name: str, target: Callable[[], str] | str, description: st
 
 
 def _load_plugins() -> None:
-    """Call every ``cbm.encoders`` entry point once (a broken plugin is logged, not fatal)."""
-    global _plugins_loaded
-    if _plugins_loaded:
+    """Call every ``cbm.encoders`` entry point once (a broken plugin is logged, not fatal). Another
+    thread asking meanwhile waits until all have registered (it saw a registry without them); a plugin
+    that asks while registering is answered at once."""
+    global _plugins_state
+    if _plugins_state == "loaded":
         return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
+    with _plugins_lock:
+        if _plugins_state != "unloaded":  # loaded while this thread waited, or this thread is loading them
+            return
+        _plugins_state = "loading"
+        from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            ep.load()()
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
-            log.warning("encoder plugin %s (%s) failed to register: %s", ep.name, ep.value, exc)
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    ep.load()()
+                except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
+                    log.warning("encoder plugin %s (%s) failed to register: %s", ep.name, ep.value, exc)
+        finally:
+            _plugins_state = "loaded"
 
 
 register_encoder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -107,7 +108,7 @@ def sample_weights(class_weight: Any, y_enc: np.ndarray, classes: np.ndarray) ->
     """
     if class_weight is None:
         return None
-    if isinstance(class_weight, dict):
+    if isinstance(class_weight, Mapping):  # a dict, or a config's mapping (as check_head_params accepts)
         known = set(classes.tolist())
         unknown = [k for k in class_weight if k not in known]
         if unknown:

@@ -75,11 +75,17 @@ def fit_head(est: Any, scores: dict[str, np.ndarray], splits: dict[str, SplitDat
 
 
 def check_head_fit(head: Any) -> None:
-    """Refuse, before any work, a head whose ``fit`` cannot take the validation split it is chosen on."""
+    """Refuse, before any work, a head whose ``fit`` cannot take the validation split it is chosen on, or
+    that is no scikit-learn estimator with ``predict`` (it is cloned for each fit, and its oracle predicts)."""
     import inspect
 
     if head is None:
         return
+    lacks = [m for m in ("get_params", "predict") if not callable(getattr(head, m, None))]
+    if lacks and callable(getattr(head, "fit", None)):
+        raise TypeError(f"head {type(head).__name__} has no {' or '.join(lacks)}: a head is a scikit-learn estimator "
+                        "(subclass sklearn.base.BaseEstimator and ClassifierMixin) whose fit(X, y, *, X_val, y_val) "
+                        "sets coef_ and intercept_, and whose predict the run's faithfulness checks call")
     try:
         params = inspect.signature(head.fit).parameters
     except (AttributeError, TypeError, ValueError):
