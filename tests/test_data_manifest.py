@@ -302,6 +302,13 @@ def test_a_class_with_few_images_is_noted_by_validate_and_warned_of_by_fitting(t
     plenty = make_card(tmp_path / "plenty", rows=[(f"{lab}_{s}_{i}.png", lab, s) for s, n in (("train", 10), ("val", 5), ("test", 1))
                                                    for lab in ("nevus", "melanoma") for i in range(n)])
     assert main(["validate", str(plenty)]) == 0 and "few images" not in capsys.readouterr().out
+    # only the split that is short is named: 32 training images are not "under 10"
+    val_short = make_card(tmp_path / "val-short", rows=[(f"{lab}_{s}_{i}.png", lab, s) for s, n in (("train", 12), ("val", 3),
+                                                        ("test", 1)) for lab in ("nevus", "melanoma") for i in range(n)])
+    assert main(["validate", str(val_short)]) == 0
+    out = capsys.readouterr().out
+    assert "few images of nevus (train 12, val 3, test 1): validation can hardly judge it on under 5 images;" in out
+    assert "training images" not in out
 
 
 def test_a_missing_file_and_an_unknown_split_name_say_what_was_probably_meant(tmp_path, monkeypatch):

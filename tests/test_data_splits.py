@@ -147,6 +147,28 @@ def test_ham10000_split_by_lesion_stratified_and_deterministic(tmp_path):
     assert [r["split"] for r in other.rows] != [r["split"] for r in again.rows]
 
 
+def test_a_class_of_few_patients_gets_one_in_every_split():
+    """A class of 9 patients with many images each could go 6 / 0 / 3 (CheXpert's first 1,500 rows:
+    consolidation), a manifest a run refuses for its val; now each split with a share gets a patient,
+    and a class whose every split got one is split as before."""
+    import random
+
+    from cbm.data._assign import grouped_split
+
+    moved = 0
+    for seed in range(40):
+        sizes = random.Random(seed).choices(range(1, 30), k=9)
+        items = [{"label": "rare", "_patient": f"p{seed}-{i}"} for i, n in enumerate(sizes) for _ in range(n)]
+        items += [{"label": "common", "_patient": f"q{seed}-{i}"} for i in range(200)]
+        grouped_split(items, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=seed, class_order=["common", "rare"])
+        rare = {it["_patient"]: it["split"] for it in items if it["label"] == "rare"}
+        assert set(rare.values()) == {"train", "val", "test"}, (seed, sizes)
+        common = Counter(it["split"] for it in items if it["label"] == "common")
+        assert common == {"train": 160, "val": 20, "test": 20}  # one image a patient: as before, exactly
+        moved += Counter(rare.values())["val"] == 1 and Counter(rare.values())["train"] >= 5
+    assert moved  # some of these classes had an empty split to fill
+
+
 def test_metadata_row_order_does_not_change_the_split(tmp_path):
     meta = ham_metadata(tmp_path / "a.csv")
     lines = meta.read_text().splitlines()
@@ -178,7 +200,7 @@ def test_two_metadata_paths_moved_onto_one_file_keep_it_for_the_first_only(tmp_p
         (root / f"{i:04d}.png").write_bytes(b"x")
         items += [{"path": f"site_a/{i:04d}.png", "label": "a"}, {"path": f"site_b/{i:04d}.png", "label": "b"}]
     dropped = Counter()
-    found = _with_images(items, root, dropped)
+    found, _ = _with_images(items, root, dropped)
     assert [it["path"] for it in found] == [f"{i:04d}.png" for i in range(30)] and {it["label"] for it in found} == {"a"}
     assert dropped == {"rows whose image another row already names": 30}
 
@@ -208,6 +230,31 @@ def test_images_are_found_by_name_and_missing_ones_dropped(tmp_path):
     assert len(result.rows) == 26 and not any(p.startswith("ham10000") for p in paths)
     assert sum(n for why, n in result.dropped.items() if "not under" in why) == result.n_source_rows - 26
     assert "26 images" in result.summary()
+
+
+def test_an_image_left_out_is_named_with_why(tmp_path, caplog):
+    """make-splits said only how many images it left out, and told the user to pass another folder though
+    all but one were found: now it names a few, and why (another letter case, a name that is not one image)."""
+    from cbm.data._split_images import _why_missing
+
+    index = {"ISIC_0000005.JPG": ["part_1/ISIC_0000005.JPG"], "ISIC_0000026.jpg": ["a/ISIC_0000026.jpg", "b/ISIC_0000026.jpg"]}
+    assert _why_missing("part_1/ISIC_0000005.jpg", index, tmp_path) == (
+        "part_1/ISIC_0000005.jpg (part_1/ISIC_0000005.JPG exists; file names are case-sensitive)")
+    assert _why_missing("x/ISIC_0000026.jpg", index, tmp_path).startswith(
+        "x/ISIC_0000026.jpg (2 files of that name, not all one image: a/ISIC_0000026.jpg, b/ISIC_0000026.jpg")
+    assert _why_missing("ISIC_0000009.jpg", index, tmp_path) == "ISIC_0000009.jpg (no file of that name)"
+    meta = ham_metadata(tmp_path / "meta.csv", n_lesions=14)
+    rows = list(csv.DictReader(open(meta)))
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for r in rows[1:]:
+        (images / f"{r['image_id']}.jpg").write_bytes(r["image_id"].encode())
+    (images / f"{rows[0]['image_id']}.JPG").write_bytes(b"upper")
+    with caplog.at_level(logging.WARNING):
+        make_splits("ham10000", [meta], salt="test", out=tmp_path / "m.csv", images=images)
+    assert f"1 of {len(rows)} images the metadata names are not under" in caplog.text
+    assert f"{rows[0]['image_id']}.JPG exists; file names are case-sensitive" in caplog.text
+    assert "--images DIR" not in caplog.text  # all but one were found: the folder is right
 
 
 # ---------------------------------------------------------------------------- NIH

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -243,6 +244,24 @@ def test_missing_data_and_bad_head_settings_are_stated_plainly_before_any_encodi
         code = cbm_main(["run", *tiny, *overrides, f"hydra.run.dir={tmp_path / 'early'}"])
         err = capsys.readouterr().err
         assert code == 2 and fragment in err and "Traceback" not in err, (overrides, err)
+    # a card without a concept store, whose LLM has no key or no server: said before any image is
+    # encoded (the concepts are asked for after the encoder loads, and every image was encoded first)
+    from cbm.demo import cached_dataset
+
+    bare = tmp_path / "bare"
+    shutil.copytree(cached_dataset(n=90, confounding=0.9, classes=2, seed=1, size=64).parent, bare)
+    (bare / "concepts.json").unlink()
+    card_doc = yaml.safe_load((bare / "card.yaml").read_text())
+    card_doc.pop("concept_truth")  # its names are the store's, which is gone
+    (bare / "card.yaml").write_text(yaml.safe_dump(card_doc))
+    own = [o for o in tiny if not o.startswith(("dataset.card=", "++dataset.demo="))]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for llm, fragment in ((["llm=openai"], "$OPENAI_API_KEY, which is not set"),
+                          (["llm=llamacpp", "llm.base_url=http://127.0.0.1:9/v1"], "cannot connect to http://127.0.0.1:9/v1")):
+        code = cbm_main(["run", "dataset=custom", f"dataset.card={bare / 'card.yaml'}", *own, *llm,
+                         f"hydra.run.dir={tmp_path / 'llm'}"])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and "Traceback" not in err, (llm, err)
 
 
 def test_a_failing_job_does_not_stop_a_sweep(tiny, tmp_path, capsys):

@@ -59,7 +59,7 @@ from cbm.concepts.store import (
 )
 from cbm.utils import stable_hash
 
-__all__ = ["generate_concepts", "ConceptGenerationError", "request_key", "embedder_from"]
+__all__ = ["generate_concepts", "check_llm_server", "ConceptGenerationError", "request_key", "embedder_from"]
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,16 @@ def _generated_entry(
             "raw_response": answer.raw,
         },
     }
+
+
+def check_llm_server(card: Any, llm_config: Any) -> None:
+    """Refuse what :func:`generate_concepts` would refuse of its LLM before it asks anything: an API key
+    that is not set, a server that cannot be reached or refuses the key (asked which model it serves,
+    as generation asks first). Nothing is asked where every class's list is curated (no LLM is)."""
+    info, config = card_info(card), load_llm_config(llm_config)
+    by_class = (read_store(info.store_path) or {}).get("by_class", {})
+    if config.has_server and not all(by_class.get(c, {}).get("source") == "curated" for c in info.class_names):
+        ConceptLLM(config).served_model()
 
 
 def generate_concepts(

@@ -411,7 +411,8 @@ class ConceptLLM:
             what = f"cannot connect to {cfg.shown_url} ({shorten(exc.__cause__ or exc, 120)})"
         return (
             f"{what} while {doing}, after {cfg.max_retries + 1} attempts; is the server at {cfg.shown_url} up and "
-            f"serving {cfg.model!r}? Start it, or fix `base_url` in the {cfg.label}"
+            f"serving {cfg.model!r}? Start it, or fix `base_url` in the {cfg.label} or where it was given over the "
+            "preset (`cbm concepts --base-url`, `cbm run llm.base_url=...`)"
         )
 
 

@@ -72,14 +72,35 @@ def grouped_split(
         keys = strata.get(cls, [])
         order = keyed_order(keys, seed, "split")
         total = sum(len(patients[k]) for k in order)
-        done = 0
+        done, placed = 0, {}
         for key in order:
             n = len(patients[key])
             position = (done + n / 2) / total
-            split = names[min(int(np.searchsorted(bounds, position, side="right")), len(names) - 1)]
+            placed[key] = (position, names[min(int(np.searchsorted(bounds, position, side="right")), len(names) - 1)])
+            done += n
+        _fill_empty_splits(placed, names, bounds, fractions)
+        for key, (_, split) in placed.items():
             for it in patients[key]:
                 it["split"] = split
-            done += n
+
+
+def _fill_empty_splits(placed: dict[str, tuple[float, str]], names: list[str], bounds: np.ndarray,
+                       fractions: dict[str, float]) -> None:
+    """A split with a share that one class's patients left empty (a few patients with many images each:
+    a class of 9 patients went 6 / 0 / 3, and a run refuses a val split without the class) gets the
+    patient placed nearest its share's middle, from a split that keeps another, where the class has a
+    patient for each split. Nothing moves in a class whose every split got a patient."""
+    wanted = [n for n in names if fractions[n] > 0]
+    if len(placed) < len(wanted):
+        return
+    for i, name in enumerate(names):
+        if name not in wanted or any(split == name for _, split in placed.values()):
+            continue
+        middle = (bounds[i] - fractions[name] / 2)
+        count = Counter(split for _, split in placed.values())
+        movable = [k for k, (_, split) in placed.items() if count[split] > 1]
+        key = min(movable, key=lambda k: (abs(placed[k][0] - middle), k))
+        placed[key] = (placed[key][0], name)
 
 
 def balance(items: list[dict[str, Any]], split: str, seed: int) -> list[dict[str, Any]]:

@@ -91,6 +91,17 @@ FEW_VAL = 5
 """Fewer validation images of a class than this get a note and a warning too."""
 
 
+def few_reason(counts: Mapping[str, int]) -> str:
+    """Why a class's images per split (:meth:`ManifestReport.few_images`) are few, naming only the
+    splits that are short."""
+    why = []
+    if 0 < counts.get("train", 0) < FEW_TRAIN:
+        why.append(f"the head can hardly learn a class from under {FEW_TRAIN} training images")
+    if 0 < counts.get("val", 0) < FEW_VAL:
+        why.append(f"validation can hardly judge it on under {FEW_VAL} images")
+    return ", and ".join(why)
+
+
 @dataclass
 class ManifestReport:
     """Every problem found in a manifest, reported together."""
@@ -138,9 +149,8 @@ class ManifestReport:
             lines.append(f"  note: no test image of {', '.join(untested)}: a run measures nothing of it on test (the "
                          "class averages leave it out; with one class left, test AUROC is not measured)")
         for c, n in self.few_images().items():
-            lines.append(f"  note: few images of {c} ({', '.join(f'{s} {k}' for s, k in n.items())}): the head can "
-                         f"hardly learn a class from under {FEW_TRAIN} training images, nor validation judge it on "
-                         f"under {FEW_VAL}; add images of it, or merge it into another class")
+            lines.append(f"  note: few images of {c} ({', '.join(f'{s} {k}' for s, k in n.items())}): {few_reason(n)}; "
+                         "add images of it, or merge it into another class")
         if self.ok and unseen:
             lines.append("  no problems found in the rows, but a run refuses this manifest (the note above)")
         elif self.ok:
@@ -313,8 +323,8 @@ def read_manifest(
         log.warning("%s", report.summary())  # with its notes (few images of a class)
     elif "train" in needed_splits:  # read to fit a head: say what the summary would note
         for c, n in report.few_images().items():
-            log.warning("manifest %s: few images of class %r (%s): the head can hardly learn it, nor validation judge "
-                        "it; add images of it, or merge it into another class", path, c, ", ".join(f"{s} {k}" for s, k in n.items()))
+            log.warning("manifest %s: few images of class %r (%s): %s; add images of it, or merge it into another class",
+                        path, c, ", ".join(f"{s} {k}" for s, k in n.items()), few_reason(n))
     return manifest
 
 

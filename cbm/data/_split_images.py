@@ -100,7 +100,7 @@ def _layout_offset(items: list[dict[str, Any]], root: Path, index: dict[str, lis
     return offset if n == sum(votes.values()) and n >= min(3, len(sample)) else None
 
 
-def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> list[dict[str, Any]]:
+def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> tuple[list[dict[str, Any]], list[str]]:
     """Items whose image is under ``root``: at the metadata's path, at that path moved as the whole
     folder's layout is (:func:`_layout_offset`), or found elsewhere under it by a name no other file
     has (copies of one image, hard-linked or byte for byte, count as one); the manifest takes the
@@ -112,7 +112,7 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
         log.info("the images are under %s at the metadata's paths %s", root,
                  f"less their first {offset[0]} folder(s)" if offset[0] else f"inside {offset[1].rstrip('/')}")
     present = [(root / it["path"]).is_file() for it in items]
-    found, taken, copies = [], {it["path"] for it, there in zip(items, present) if there}, 0
+    found, taken, copies, missing = [], {it["path"] for it, there in zip(items, present) if there}, 0, []
     for it, there in zip(items, present):
         if there:
             found.append(it)
@@ -126,6 +126,8 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
             moved = same_name[0] if len(same_name) == 1 else None
         if moved is None:
             dropped["rows whose image is not under " + str(root)] += 1
+            if len(missing) < 3:
+                missing.append(_why_missing(it["path"], index, root))
         elif moved in taken:
             dropped["rows whose image another row already names"] += 1
         else:
@@ -135,7 +137,18 @@ def _with_images(items: list[dict[str, Any]], root: Path, dropped: Counter) -> l
     if copies:
         log.info("%d image(s) are under %s in several identical copies (hard links or the same bytes, e.g. an unpack "
                  "folder repeated in another case); the first path of each is used", copies, root)
-    return found
+    return found, missing
+
+
+def _why_missing(path: str, index: dict[str, list[str]], root: Path) -> str:
+    """A metadata path no image under ``root`` was taken for, and why: no file of its name, one in another
+    letter case, or several different files of its name (which one is meant cannot be told)."""
+    name = Path(path).name
+    same = index.get(name, [])
+    if len(same) > 1:
+        return f"{path} ({len(same)} files of that name, not all one image: {', '.join(sorted(same)[:2])}, ...)"
+    other = next((k for k in index if k.casefold() == name.casefold()), None)
+    return f"{path} ({index[other][0]} exists; file names are case-sensitive)" if other else f"{path} (no file of that name)"
 
 
 def _one_file(paths: list[str], root: Path) -> bool:
@@ -165,15 +178,16 @@ def checked_images(
     if root is None:
         return items
     labelled = len(items)
-    items = _with_images(items, root, dropped)
+    items, missing = _with_images(items, root, dropped)
     if labelled and not items:
         raise FileNotFoundError(
             f"card {card.name!r}: the images are not under {root} ({how}). {_images_hint(card)}. (None of the "
             f"{labelled} images the metadata names is there, e.g. {_example_path(rows, rule)}; the metadata itself was read.)"
         )
-    if len(items) < labelled:
-        log.warning("%d of %d images the metadata names are not under %s (%s); they are left out. %s",
-                    labelled - len(items), labelled, root, how, _images_hint(card))
+    if len(items) < labelled:  # the folder hint where most are missing; where a few are, why those are
+        log.warning("%d of %d images the metadata names are not under %s (%s); they are left out (e.g. %s).%s",
+                    labelled - len(items), labelled, root, how, "; ".join(missing) or "a path another row took",
+                    f" {_images_hint(card)}" if len(items) < labelled / 2 else "")
     return items
 
 

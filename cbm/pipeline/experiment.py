@@ -171,7 +171,8 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     """Refuse, before the encoder loads or an image is encoded, what a run would refuse later: a missing
     manifest, image folder or split, a bad head setting, an unknown baseline, a negative ``n_bootstrap``,
     a mistyped truth column name, a prompt template without ``{}``, concepts (or a head's class weight)
-    for classes the card lacks, no concepts at all, a class without training or validation images.
+    for classes the card lacks, no concepts at all, an LLM whose key is not set or whose server does not
+    answer, a class without training or validation images.
     Returns every baseline's switch."""
     from cbm.encoders.text import check_templates
 
@@ -191,6 +192,10 @@ def check_run_inputs(card: Any, *, head: Any = None, concepts: Any = None, templ
     if concepts is not None or not (llm and llm.get("base_url") and llm.get("model")):
         names = list(resolve_concepts(card, concepts).concepts)
         check_centring(card, names, (bottleneck or BottleneckConfig()).centre)
+    else:  # the LLM is asked after the encoder loads: its key and server are checked now
+        from cbm.concepts.generate import check_llm_server
+
+        check_llm_server(card, llm)
     check_manifest_classes(card)
     return which
 
