@@ -566,6 +566,10 @@ def test_metadata_missing_columns_names_them(tmp_path):
     meta = write_csv(tmp_path / "HAM10000_metadata.csv", ["image_id", "diagnosis"], [["ISIC_1", "mel"]])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) .*dx.*lesion_id.*columns found: diagnosis, image_id.*HAM10000_metadata.csv"):
         make_splits("ham10000", [meta], salt="test", write=False)
+    # the source's own file saved again by a spreadsheet of a decimal-comma locale: the separator is named
+    (tmp_path / "semi.csv").write_text("lesion_id;image_id;dx\nHAM_1;ISIC_1;mel\n")
+    with pytest.raises(ValueError, match="its columns are separated by ';', not commas: save it as comma-separated CSV"):
+        make_splits("ham10000", [tmp_path / "semi.csv"], salt="test", write=False)
 
 
 def test_metadata_not_found_and_malformed(tmp_path):
@@ -838,6 +842,17 @@ THING_COLUMNS = ["Patient Age", "Patient Gender", "PatientSex", "PatientWeight",
 
 @pytest.mark.parametrize("column, person", [(c, True) for c in PERSON_COLUMNS] + [(c, False) for c in THING_COLUMNS])
 def test_keep_tells_a_persons_identity_from_other_columns(column, person):
-    from cbm.data._identity import names_a_person
+    from cbm.data._identity import names_a_date_or_free_text, names_a_person
 
     assert names_a_person(column) is person
+    assert not (person is False and names_a_date_or_free_text(column))  # none of the plain columns is a date or text
+
+
+@pytest.mark.parametrize("column", ["StudyDate_DICOM", "study_date", "AcquisitionDateTime", "Report", "ImageComments",
+                                    "clinical notes", "Impression"])
+def test_keep_refuses_a_date_or_free_text(column):
+    """PadChest's StudyDate and Report were copied into a manifest in clear, where PatientBirth was refused."""
+    raw = {"metadata": "m.csv", "path": "{id}.png", "label": {"column": "dx", "map": {"mel": "melanoma", "nv": "nevus"}},
+           "split": {"method": "random"}, "keep": ["age", column]}
+    with pytest.raises(ValueError, match=f"keep names '{column}', named as a date or free text"):
+        parse_split_spec(raw, ["melanoma", "nevus"])

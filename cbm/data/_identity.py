@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["names_a_person"]
+__all__ = ["names_a_person", "names_a_date_or_free_text"]
 
 # words of a column name that identify a person (keep may copy age, sex, site: never these)
 _PERSON_WORDS = frozenset({"mrn", "ssn", "dob", "birth", "birthdate", "accession", "uid", "uids", "address", "street",
@@ -38,3 +38,16 @@ def names_a_person(column: str) -> bool:
         if word == "phone" and after not in ("model", "type", "make", "brand", "camera"):
             return True
     return False
+
+
+# words of a column name that say it holds a date (a full date is an identifier under HIPAA's Safe
+# Harbor; the year alone, or an age, is not) or free text, where a name or an ID is often typed
+_DATE_OR_TEXT_WORDS = frozenset({"date", "dates", "datetime", "timestamp", "report", "reports", "comment", "comments",
+                                 "note", "notes", "narrative", "impression", "transcript"})
+
+
+def names_a_date_or_free_text(column: str) -> bool:
+    """Whether a column's name says it holds a date ("StudyDate", "study_date", "AcquisitionDateTime")
+    or free text ("Report", "ImageComments", "notes"): ``keep`` copies neither into a manifest."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+    return bool(_DATE_OR_TEXT_WORDS & set(words))

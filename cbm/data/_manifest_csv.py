@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cbm.errors import ManifestError, quote
 
-__all__ = ["check_new_manifest", "read_manifest_csv", "salted_patient_key", "write_manifest"]
+__all__ = ["check_new_manifest", "header_note", "read_manifest_csv", "salted_patient_key", "write_manifest"]
 
 _NEWLINE = b"\n"
 
@@ -50,7 +50,7 @@ def read_manifest_csv(
     if missing:
         raise ManifestError(
             path, f"lacks the column(s) {quote(', '.join(missing))[1:-1]} (header: {quote(','.join(header) or '(empty)')[1:-1]})"
-            + _header_note(header, missing),
+            + header_note(header, missing),
             f"A manifest needs the columns path,label,{quote(required[2], 60)[1:-1]}"
             + (f" and the card's group column {quote(group_column, 60)}" if group_column else ""), field="line 1",
         )
@@ -120,7 +120,7 @@ def _carriage_return_splitting(path: Path, line: int) -> int | None:
     return None
 
 
-def _header_note(header: list[str], missing: list[str]) -> str:
+def header_note(header: list[str], missing: list[str]) -> str:
     """Why a header lacks columns: a spreadsheet saved with ';' (a decimal-comma locale) or tabs, or
     names in another case (``Path``)."""
     if header and header[0].lower().startswith("sep="):  # Excel's separator hint, written above the header

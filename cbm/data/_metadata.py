@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO
 from xml.etree import ElementTree
 
+from cbm.data._manifest_csv import header_note
 from cbm.data._split_rule import ROW_NUMBER, ListsSplit, SplitRule, XmlRule
 from cbm.errors import InputError
 
@@ -399,7 +400,8 @@ def check_columns(rule: SplitRule, source: SourceRows, card_name: str) -> None:
         names = ", ".join(str(p) for p in source.files)
         raise MetadataError(
             source.files[0] if len(source.files) == 1 else None,
-            f"lacks the column(s) {_bounded(missing)} that card {card_name!r} needs (columns found: {shown_columns(source.columns)})",
+            f"lacks the column(s) {_bounded(missing)} that card {card_name!r} needs (columns found: {shown_columns(source.columns)})"
+            + header_note([str(c) for c in source.columns], missing),
             f"Pass the source's own file(s): {', '.join(rule.metadata)}" + (f" ({rule.metadata_help})" if rule.metadata_help else "")
             + ("" if len(source.files) == 1 else f"; given: {names}"),
         )

@@ -68,7 +68,7 @@ for a bad rule, which key is wrong and how. The rule, field by field (``[]`` = o
       [min_per_class]: 25 | {train: 200, val: 25, test: 25}
                                           # the card's promise: fewer images of a class in a
                                           # split is an error (make-splits --allow-short: a warning)
-      [keep]: [age, sex]                  # non-PHI columns copied into the manifest
+      [keep]: [age, sex]                  # non-PHI columns copied into the manifest (no name, ID, date or free text)
       [truth]: {column: {from: source column, [map]: {source value: 1 | 0}}}
                                           # concept truth written into the manifest: mapped
                                           # values, unmapped ones left empty (not annotated);
@@ -94,7 +94,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
-from cbm.data._identity import names_a_person
+from cbm.data._identity import names_a_date_or_free_text, names_a_person
 from cbm.errors import quote
 
 __all__ = [
@@ -430,12 +430,16 @@ class SplitRule(_Rule):
     @model_validator(mode="after")
     def _keep_no_identifier(self) -> SplitRule:
         """``keep`` copies columns into the manifest in clear: never the patient column (the manifest
-        holds its salted key) nor a column named as an identifier."""
+        holds its salted key), nor a column named as an identifier, a date or free text."""
         for column in self.keep:
             if column in self.patient or names_a_person(column):
                 why = "the rule's patient column" if column in self.patient else "named as a patient identifier"
                 raise ValueError(f"keep names {column!r}, {why}: the manifest would hold it in clear (a patient is "
                                  "grouped by a salted key, patient_key, and never written); leave it out of keep")
+            if names_a_date_or_free_text(column):
+                raise ValueError(f"keep names {column!r}, named as a date or free text: a full date identifies a patient, "
+                                 "and free text (a report, a comment) often holds a name or an ID, so the manifest would "
+                                 "hold them in clear; leave it out of keep (derive a year or an age from it instead)")
         return self
 
     @property
