@@ -150,8 +150,10 @@ def test_intervention_bad_input_is_named(tiny_model):
     from cbm.explain import explain_image
 
     case = explain_image(tiny_model, make_image(4), maps=False)
-    with pytest.raises(KeyError, match="irregular border"):
-        case.intervene({"irregular bordr": "present"})
+    with pytest.raises(KeyError, match="unknown concept 'irregular bordr'; did you mean 'irregular border'"):
+        case.intervene({"irregular bordr": "present"})  # worded as the model words it
+    with pytest.raises(TypeError, match="overrides must be a mapping of concept name"):
+        case.intervene([("irregular border", "present")])
     with pytest.raises(ValueError, match="present"):
         case.intervene({"irregular border": "yes"})
     with pytest.raises(ValueError, match="is True; use 'present', 'absent' or a number"):  # not a score of 1.0

@@ -140,13 +140,8 @@ class CaseReport:
         """
         if self.model is None:
             raise RuntimeError("this case was built without its model; explain it with explain_image(model, ...)")
-        names = self.model.bottleneck.concept_names
-        unknown = next((name for name in overrides if name not in names), None)
-        if unknown is not None:
-            from cbm.utils import unknown_name_message
-
-            raise KeyError(unknown_name_message("concept", unknown, names))
-        proba = self.model.intervene_features(self.feature, dict(overrides), _stacklevel=3)  # a warning names the caller
+        # the model's own checks (an unknown concept with the closest names, a value it cannot take)
+        proba = self.model.intervene_features(self.feature, overrides, _stacklevel=3)  # a warning names the caller
         return {c: float(p) for c, p in zip(self.model.classes, proba)}
 
 
