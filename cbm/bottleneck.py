@@ -150,7 +150,10 @@ class ConceptBottleneck:
             if self.offset.shape != (dim,):
                 raise ValueError(f"offset has {self.offset.size} values; the concept embeddings have width {dim}")
         if self.nuisance_basis is not None:
-            self.nuisance_basis = _as_numpy(self.nuisance_basis).reshape(-1, dim)
+            basis = _as_numpy(self.nuisance_basis)
+            if basis.shape[-1] != dim or basis.size % dim:
+                raise ValueError(f"nuisance_basis has shape {basis.shape}; its rows must have the concept embeddings' width {dim}")
+            self.nuisance_basis = basis.reshape(-1, dim)
         self.nuisance_prompts = list(self.nuisance_prompts)
         self.directions = self._directions()
 

@@ -41,6 +41,10 @@ def test_errors():
         ConceptBottleneck(["a"], np.ones((1, 2))).transform(np.ones((1, 2)))
     with pytest.raises(ValueError, match="at least 2 concepts"):
         ConceptBottleneck.debiased(["a"], np.ones((1, 2)))
+    # a basis of another width: named, not numpy's "cannot reshape array of size 5"
+    with pytest.raises(ValueError, match=r"nuisance_basis has shape \(1, 5\); its rows must have the concept embeddings' width 8"):
+        ConceptBottleneck(["a", "b"], np.ones((2, 8)), nuisance_basis=np.ones((1, 5)))
+    assert ConceptBottleneck(["a", "b"], np.eye(2, 8), nuisance_basis=np.eye(8)[2]).nuisance_basis.shape == (1, 8)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
