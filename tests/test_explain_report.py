@@ -378,6 +378,7 @@ def test_a_case_says_what_its_reader_should_know_and_hides_burned_in_text(tiny_m
     case = explain_image(tiny_model, burned)
     html = render_case_html(case)
     assert not case.image_shown and 'id="case-image"' not in html and 'id="image-not-shown"' in html
+    assert "distance from the training images" in html and "the model withholds its answer above" in html
     assert 'class="concept-map"' not in html and 'data-note="burned-in-text"' in html
     shown = render_case_html(explain_image(tiny_model, unread))
     assert 'id="case-image"' in shown and 'data-note="modality-unread"' in shown and "dermoscopy image" in shown
@@ -392,6 +393,17 @@ def test_a_case_says_what_its_reader_should_know_and_hides_burned_in_text(tiny_m
     name = without_paths(tiny_model.encoder_name)
     assert records["flags_unlike_training"] is True and records["encoder"] == name and "model" not in records
     assert f"encoder: {name}, classes: " in index
+
+
+def test_about_this_report_says_its_facts_in_words():
+    """The technical facts read "image frame 0", "image voi min_max", "concept maps cam" and an
+    out-of-distribution score without its meaning."""
+    from cbm.explain.case import shown_meta
+
+    facts = shown_meta({"format": "dicom", "frames": 3, "frame": 1, "voi": "min_max", "original_shape": (72, 96)})
+    assert facts == {"image format": "dicom", "image frames": 3, "image frame read": "2 of 3 (counted from 1)",
+                     "image levels shown": "stretched from the image's lowest to its highest value (min_max)",
+                     "image size in pixels (rows, columns)": (72, 96)}
 
 
 def test_batch_over_folder_and_manifest(tiny_model, tmp_path):

@@ -572,7 +572,8 @@ def test_skipped_files_lists_every_unreadable_image_and_every_manifest_row_left_
     capsys.readouterr()
     skipped = json.loads((run_dir / "skipped_files.json").read_text())
     by_path = {s["path"]: s for s in skipped}
-    assert len(skipped) == 3 and by_path[train[1]]["split"] == "train" and "line" not in by_path[train[1]]
+    line = {r["path"]: 2 + i for i, r in enumerate(rows)}  # the header is line 1
+    assert len(skipped) == 3 and by_path[train[1]]["split"] == "train" and by_path[train[1]]["line"] == line[train[1]]
     missing = by_path[train[0]]
     assert missing["split"] == "train" and missing["line"] == 2 + rows.index(next(r for r in rows if r["path"] == train[0]))
     assert missing["reason"].startswith("the row whose image file does not exist under ")

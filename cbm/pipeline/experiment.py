@@ -441,7 +441,8 @@ def _write_run_records(out: Path, splits, timings: dict[str, float], left_out: l
     """skipped_files.json (each unreadable image, then each manifest row no split holds, ``left_out``,
     with its line) and timings.json, the last of a run's results; then the earlier run's results set
     aside (:func:`~cbm.pipeline.run_folder.set_aside_earlier_results`) go."""
-    skipped = [{"split": s, "path": p, "reason": r} for s, d in splits.items() for p, r in d.skipped]
+    skipped = [{**({"line": d.skipped_lines[i]} if len(d.skipped_lines) == len(d.skipped) else {}), "split": s, "path": p,
+                "reason": r} for s, d in splits.items() for i, (p, r) in enumerate(d.skipped)]
     if skipped or left_out:
         atomic_write_json(out / "skipped_files.json", skipped + left_out)
     atomic_write_json(out / "timings.json", {k: round(v, 3) for k, v in timings.items()})

@@ -47,6 +47,7 @@ class SplitData:
     # (n,) each image's row among the manifest's rows of this split (they differ from 0..n-1 once an
     # unreadable image is skipped); None where the split was built by hand (then they are 0..n-1)
     indices: np.ndarray | None = None
+    skipped_lines: list[int] = field(default_factory=list)  # each skipped image's manifest line, where known
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -123,6 +124,7 @@ def extract_splits(
             extras=[dict(r.extra) for r in rows],
             skipped=[(str(s.path), str(s.reason)) for s in fs.skipped],
             indices=np.asarray(fs.indices, dtype=np.int64),
+            skipped_lines=[part.rows[s.index].line for s in fs.skipped],
         )
         if fs.skipped:
             shown = "; ".join(f"{path} ({reason})" for path, reason in out[name].skipped[:5])
