@@ -151,7 +151,7 @@ class ConceptBottleneck:
                 raise ValueError(f"offset has {self.offset.size} values; the concept embeddings have width {dim}")
         if self.nuisance_basis is not None:
             basis = _as_numpy(self.nuisance_basis)
-            if basis.shape[-1] != dim or basis.size % dim:
+            if basis.ndim == 0 or basis.shape[-1] != dim:
                 raise ValueError(f"nuisance_basis has shape {basis.shape}; its rows must have the concept embeddings' width {dim}")
             self.nuisance_basis = basis.reshape(-1, dim)
         self.nuisance_prompts = list(self.nuisance_prompts)

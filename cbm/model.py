@@ -92,8 +92,7 @@ class Prediction:
     flags: list[Flag] = field(default_factory=list)
     ood_score: float | None = None  # the out-of-distribution score (None without a reference)
     can_abstain: bool = False  # whether the model has an out-of-distribution threshold
-    # what a reader should know though nothing withholds it (cbm.image_checks.image_notes: one frame of several...)
-    notes: list[Flag] = field(default_factory=list)
+    notes: list[Flag] = field(default_factory=list)  # what a reader should know, withholding nothing (image_notes)
 
     @property
     def withheld(self) -> bool:
@@ -242,12 +241,13 @@ class ConceptBottleneckModel:
     # ------------------------------------------------------------------ the encoder
     @property
     def encoder(self):
-        """The encoder, created on first use (so loading a model for inspection stays cheap), once however
-        many threads ask for it first."""
+        """The encoder, made on first use (loading stays cheap), once however many threads ask for it first."""
+        if self._encoder is not None:
+            return self._encoder
+        from cbm.encoders import create_encoder
+
         with _ENCODER_LOCK:
             if self._encoder is None:
-                from cbm.encoders import create_encoder
-
                 encoder = create_encoder(self.encoder_name)
                 key = getattr(encoder, "cache_key", None)
                 if self.encoder_key and key and key != self.encoder_key:

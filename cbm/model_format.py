@@ -123,7 +123,8 @@ def check_shapes(k: int, c: int, coef: np.ndarray, intercept: np.ndarray, prior:
     if coef.shape != (k, c) or intercept.shape != (k,):
         raise ValueError(f"head shapes coef {coef.shape}, intercept {intercept.shape} do not fit {k} classes x {c} concepts")
     if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-        raise ValueError("the head's coef or intercept holds NaN or infinite values (a head whose fit diverged): fit it again")
+        raise ValueError("the head's coef or intercept holds NaN or infinite values (a head whose fit diverged): fit it "
+                         "again on standardised concept values, with a stronger penalty or in float64")
     if prior is not None and prior.shape != (k, c):
         raise ValueError(f"concept_prior has shape {prior.shape}; expected {k} classes x {c} concepts")
     if levels is not None and levels.shape != (2, c):

@@ -167,6 +167,12 @@ def test_a_class_of_few_patients_gets_one_in_every_split():
         assert common == {"train": 160, "val": 20, "test": 20}  # one image a patient: as before, exactly
         moved += Counter(rare.values())["val"] == 1 and Counter(rare.values())["train"] >= 5
     assert moved  # some of these classes had an empty split to fill
+    # one patient of many images: a small one fills val, and the large one stays in train
+    for seed in range(20):
+        items = [{"label": "rare", "_patient": f"p{i}"} for i, n in enumerate([200, 1, 3, 1]) for _ in range(n)]
+        grouped_split(items, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=seed, class_order=["rare"])
+        assert {it["split"] for it in items if it["_patient"] == "p0"} == {"train"}, seed
+        assert set(it["split"] for it in items) == {"train", "val", "test"}
 
 
 def test_metadata_row_order_does_not_change_the_split(tmp_path):
@@ -234,14 +240,14 @@ def test_images_are_found_by_name_and_missing_ones_dropped(tmp_path):
 
 def test_an_image_left_out_is_named_with_why(tmp_path, caplog):
     """make-splits said only how many images it left out, and told the user to pass another folder though
-    all but one were found: now it names a few, and why (another letter case, a name that is not one image)."""
+    all but one were found: now it names a few, and why (another letter case, a name several files share)."""
     from cbm.data._split_images import _why_missing
 
     index = {"ISIC_0000005.JPG": ["part_1/ISIC_0000005.JPG"], "ISIC_0000026.jpg": ["a/ISIC_0000026.jpg", "b/ISIC_0000026.jpg"]}
     assert _why_missing("part_1/ISIC_0000005.jpg", index, tmp_path) == (
         "part_1/ISIC_0000005.jpg (part_1/ISIC_0000005.JPG exists; file names are case-sensitive)")
     assert _why_missing("x/ISIC_0000026.jpg", index, tmp_path).startswith(
-        "x/ISIC_0000026.jpg (2 files of that name, not all one image: a/ISIC_0000026.jpg, b/ISIC_0000026.jpg")
+        "x/ISIC_0000026.jpg (2 files of that name, which one is meant cannot be told: a/ISIC_0000026.jpg, b/ISIC_0000026.jpg")
     assert _why_missing("ISIC_0000009.jpg", index, tmp_path) == "ISIC_0000009.jpg (no file of that name)"
     meta = ham_metadata(tmp_path / "meta.csv", n_lesions=14)
     rows = list(csv.DictReader(open(meta)))
@@ -848,8 +854,15 @@ def test_keep_tells_a_persons_identity_from_other_columns(column, person):
     assert not (person is False and names_a_date_or_free_text(column))  # none of the plain columns is a date or text
 
 
+def test_a_year_count_or_flag_about_a_date_or_a_report_is_no_date_or_text():
+    from cbm.data._identity import names_a_date_or_free_text
+
+    for column in ("StudyDate_year", "AcquisitionDate_year", "has_report", "report_available", "NotesCount", "note_id"):
+        assert not names_a_date_or_free_text(column), column
+
+
 @pytest.mark.parametrize("column", ["StudyDate_DICOM", "study_date", "AcquisitionDateTime", "Report", "ImageComments",
-                                    "clinical notes", "Impression"])
+                                    "clinical notes", "Impression", "ISODate", "Findings"])
 def test_keep_refuses_a_date_or_free_text(column):
     """PadChest's StudyDate and Report were copied into a manifest in clear, where PatientBirth was refused."""
     raw = {"metadata": "m.csv", "path": "{id}.png", "label": {"column": "dx", "map": {"mel": "melanoma", "nv": "nevus"}},

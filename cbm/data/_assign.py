@@ -78,18 +78,19 @@ def grouped_split(
             position = (done + n / 2) / total
             placed[key] = (position, names[min(int(np.searchsorted(bounds, position, side="right")), len(names) - 1)])
             done += n
-        _fill_empty_splits(placed, names, bounds, fractions)
+        _fill_empty_splits(placed, {k: len(patients[k]) for k in placed}, names, bounds, fractions)
         for key, (_, split) in placed.items():
             for it in patients[key]:
                 it["split"] = split
 
 
-def _fill_empty_splits(placed: dict[str, tuple[float, str]], names: list[str], bounds: np.ndarray,
+def _fill_empty_splits(placed: dict[str, tuple[float, str]], sizes: dict[str, int], names: list[str], bounds: np.ndarray,
                        fractions: dict[str, float]) -> None:
     """A split with a share that one class's patients left empty (a few patients with many images each:
     a class of 9 patients went 6 / 0 / 3, and a run refuses a val split without the class) gets the
-    patient placed nearest its share's middle, from a split that keeps another, where the class has a
-    patient for each split. Nothing moves in a class whose every split got a patient."""
+    patient with the fewest images (``sizes``), of those nearest its share's middle, from a split that
+    keeps another, where the class has a patient for each split; so a patient of 200 images never
+    leaves train with 4. Nothing moves in a class whose every split got a patient."""
     wanted = [n for n in names if fractions[n] > 0]
     if len(placed) < len(wanted):
         return
@@ -99,7 +100,7 @@ def _fill_empty_splits(placed: dict[str, tuple[float, str]], names: list[str], b
         middle = (bounds[i] - fractions[name] / 2)
         count = Counter(split for _, split in placed.values())
         movable = [k for k, (_, split) in placed.items() if count[split] > 1]
-        key = min(movable, key=lambda k: (abs(placed[k][0] - middle), k))
+        key = min(movable, key=lambda k: (sizes[k], abs(placed[k][0] - middle), k))
         placed[key] = (placed[key][0], name)
 
 

@@ -43,11 +43,17 @@ def names_a_person(column: str) -> bool:
 # words of a column name that say it holds a date (a full date is an identifier under HIPAA's Safe
 # Harbor; the year alone, or an age, is not) or free text, where a name or an ID is often typed
 _DATE_OR_TEXT_WORDS = frozenset({"date", "dates", "datetime", "timestamp", "report", "reports", "comment", "comments",
-                                 "note", "notes", "narrative", "impression", "transcript"})
+                                 "note", "notes", "narrative", "impression", "findings", "transcript"})
+# a last word that makes such a name a number or a flag about it ("StudyDate_year", "has_report", "note_id")
+_DERIVED_WORDS = frozenset({"year", "years", "count", "counts", "n", "id", "ids", "available", "flag", "missing", "length"})
 
 
 def names_a_date_or_free_text(column: str) -> bool:
-    """Whether a column's name says it holds a date ("StudyDate", "study_date", "AcquisitionDateTime")
-    or free text ("Report", "ImageComments", "notes"): ``keep`` copies neither into a manifest."""
-    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+    """Whether a column's name says it holds a date ("StudyDate", "study_date", "AcquisitionDateTime",
+    "ISODate") or free text ("Report", "ImageComments", "notes", "Findings"): ``keep`` copies neither
+    into a manifest. A year, a count, an ID or a flag about one is not ("StudyDate_year", "has_report")."""
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column))
+    words = re.findall(r"[a-z0-9]+", spaced.lower())
+    if not words or words[-1] in _DERIVED_WORDS or words[0] in ("has", "is", "n", "num", "number"):
+        return False
     return bool(_DATE_OR_TEXT_WORDS & set(words))

@@ -146,7 +146,7 @@ def _why_missing(path: str, index: dict[str, list[str]], root: Path) -> str:
     name = Path(path).name
     same = index.get(name, [])
     if len(same) > 1:
-        return f"{path} ({len(same)} files of that name, not all one image: {', '.join(sorted(same)[:2])}, ...)"
+        return f"{path} ({len(same)} files of that name, which one is meant cannot be told: {', '.join(sorted(same)[:2])}, ...)"
     other = next((k for k in index if k.casefold() == name.casefold()), None)
     return f"{path} ({index[other][0]} exists; file names are case-sensitive)" if other else f"{path} (no file of that name)"
 

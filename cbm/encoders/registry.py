@@ -112,7 +112,8 @@ def register_encoder(name: str, target: Callable[[], str] | str, description: st
     if name in PRESETS and not replace and PRESETS[name].target is not target:
         raise ValueError(f"encoder preset {name!r} is already registered ({PRESETS[name].description}); "
                          "pass replace=True to replace it")
-    PRESETS[name] = EncoderPreset(name, target if callable(target) else (lambda: target), description)
+    with _plugins_lock:  # not while another thread lists them
+        PRESETS[name] = EncoderPreset(name, target if callable(target) else (lambda: target), description)
 
 
 def _load_plugins() -> None:
@@ -149,7 +150,8 @@ register_encoder("clip-vit-b-16", "ViT-B-16@openai", "OpenAI CLIP ViT-B/16 at 22
 def list_encoders() -> list[str]:
     """Names of the encoder presets (any ``hf-hub:``, ``local-dir:`` or ``ARCH@WEIGHTS`` name works too)."""
     _load_plugins()
-    return sorted(PRESETS)
+    with _plugins_lock:
+        return sorted(PRESETS)
 
 
 def fetched_dir(preset: str) -> Path:

@@ -143,7 +143,7 @@ def _dataset(folder: Path, config: dict[str, Any] | None) -> tuple[str | None, s
         return name or None, json.dumps({k: v for k, v in node.items() if k != "extra_metrics"}, sort_keys=True,
                                          default=str), True
     try:
-        info = json.loads((folder / "model" / "model.json").read_text(encoding="utf-8"))["info"]
+        info = json.loads((folder / "model" / "model.json").read_text(encoding="utf-8-sig"))["info"]  # as the loader reads it
         key = json.dumps({"card": info["card"], "sizes": {k: v.get("n") for k, v in info["data"].items()}}, sort_keys=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         key = None
