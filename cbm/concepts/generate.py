@@ -347,8 +347,13 @@ def check_llm_server(card: Any, llm_config: Any) -> None:
     as generation asks first). Nothing is asked where every class's list is curated (no LLM is)."""
     info, config = card_info(card), load_llm_config(llm_config)
     by_class = (read_store(info.store_path) or {}).get("by_class", {})
-    if config.has_server and not all(by_class.get(c, {}).get("source") == "curated" for c in info.class_names):
+    if config.has_server and not _curated_only(by_class, info.class_names):
         ConceptLLM(config).served_model()
+
+
+def _curated_only(by_class: Mapping[str, Any], classes: list[str], replace_curated: bool = False) -> bool:
+    """Whether every class's list in the store is curated (and kept): then no LLM is asked."""
+    return all(by_class.get(c, {}).get("source") == "curated" for c in classes) and not replace_curated
 
 
 def generate_concepts(
@@ -409,7 +414,7 @@ def generate_concepts(
         before = copy.deepcopy(doc)
         doc.update(card=info.name, modality=info.modality, classes=classes)
         by_class = doc["by_class"]
-        curated_only = all(by_class.get(c, {}).get("source") == "curated" for c in classes) and not replace_curated
+        curated_only = _curated_only(by_class, classes, replace_curated)
         llm = ConceptLLM(config, client=client) if config.has_server and not curated_only else None
         served = llm.served_model() if llm is not None else None
         todo, keys = _plan(info, by_class, config, served, n_concepts, prompt_version, refresh, replace_curated)

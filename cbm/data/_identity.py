@@ -18,13 +18,18 @@ _THING_NAMES = frozenset({"file", "image", "site", "study", "series", "instituti
                           "lesion", "column", "folder", "manufacturer", "procedure", "drug", "location", "region"})
 
 
+def _words(column: str) -> list[str]:
+    """A column name's words, lower case: "PatientName" and "patient_name" give ["patient", "name"]."""
+    return re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+
+
 def names_a_person(column: str) -> bool:
     """Whether a column's name says it holds a person's identity: a name ("PatientName", "Patient's
     Name", "name_last", "name" alone; not "file_name" or "site_name"), an identifier of the patient
     or subject ("Patient ID", "OtherPatientIDs", "subject_id", an MRN, accession number, record
     number or UID), a birth date, an address, an e-mail, a telephone number ("phone", not "phone_model").
     "Patient Age" and "Patient Sex" are not."""
-    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower())
+    words = _words(column)
     compact = "".join(words)
     if _PERSON_WORDS & set(words) or re.search(r"patients?(id|ids|name|names|number|no|key)$|^patients?(id|name)", compact):
         return True
@@ -52,8 +57,7 @@ def names_a_date_or_free_text(column: str) -> bool:
     """Whether a column's name says it holds a date ("StudyDate", "study_date", "AcquisitionDateTime",
     "ISODate") or free text ("Report", "ImageComments", "notes", "Findings"): ``keep`` copies neither
     into a manifest. A year, a count, an ID or a flag about one is not ("StudyDate_year", "has_report")."""
-    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column))
-    words = re.findall(r"[a-z0-9]+", spaced.lower())
+    words = _words(re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", column))  # an acronym before a word: "ISODate"
     if not words or words[-1] in _DERIVED_WORDS or words[0] in ("has", "is", "n", "num", "number"):
         return False
     return bool(_DATE_OR_TEXT_WORDS & set(words))

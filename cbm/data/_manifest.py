@@ -305,7 +305,8 @@ def read_manifest(
     _note_patients_across_splits(found, rows)
 
     manifest = Manifest(rows, class_names=classes, image_root=image_root, path=path)
-    report = ManifestReport(path, len(records), found.messages(classes, image_root, root_hint), manifest.counts(),
+    described = found.described(classes, image_root, root_hint)
+    report = ManifestReport(path, len(records), found.messages(described), manifest.counts(),
                             sorted({rec[split_column].strip() for _, rec in records}))
     _whole_file_problems(report, classes, min_per_class, needed_splits)
     if confounder is not None:
@@ -313,8 +314,7 @@ def read_manifest(
 
         report.problems += [ManifestProblem(kind, message)
                             for kind, message in confounder_problems(listed, header, group_column, *confounder)]
-    report.left_out = found.left_out(records, {r.line for r in rows}, split_column,
-                                     found.described(classes, image_root, root_hint))
+    report.left_out = found.left_out(records, {r.line for r in rows}, split_column, described)
     manifest.report = report
     fatal = [p for p in report.problems if p.kind in FATAL_PROBLEMS]
     if strict or fatal:
@@ -403,9 +403,10 @@ class _Problems:
             self.examples[kind].append(example)
         self.bad_lines.add(line)
 
-    def messages(self, classes: list[str], image_root: Path, root_hint: str | None) -> list[ManifestProblem]:
+    def messages(self, described: dict[str, str]) -> list[ManifestProblem]:
+        """One problem per kind noted (``described``: :meth:`described`), with its count and first examples."""
         out = []
-        for kind, text in self.described(classes, image_root, root_hint).items():
+        for kind, text in described.items():
             if self.lines[kind]:
                 n, shown = len(self.lines[kind]), self.examples[kind]
                 more = f", and {n - len(shown)} more" if n > len(shown) else ""

@@ -232,11 +232,12 @@ def _crop_note(crop: tuple[int, int, int, int], height: int, width: int) -> str:
     return " The model sees the centred square; the dimmed margins are outside it."
 
 
-def _checked_concepts(model: ConceptBottleneckModel) -> dict[str, str]:
-    """Concept -> what its own weight does against the concept store's lists, for a finding or map that
+def _checked_concepts(contradicting: Sequence[tuple[str, str, float]]) -> dict[str, str]:
+    """Concept -> what its own weight does against the concept store's lists (``contradicting``: the
+    model's :meth:`~cbm.model.ConceptBottleneckModel.contradicting_weights`), for a finding or map that
     shows it: a two-sided finding sums both poles, so it can favour a class one pole's weight argues against."""
     out: dict[str, list[str]] = {}
-    for cls, concept, w in model.contradicting_weights():
+    for cls, concept, w in contradicting:
         out.setdefault(concept, []).append(f"{'favours' if w > 0 else 'argues against'} {cls}")
     return {c: f"the weight of {c} itself {' and '.join(v)}, against the concept store (see Check these weights)"
             for c, v in out.items()}
@@ -408,7 +409,8 @@ def render_case_html(
     shown_rows, rest_rows = _intervention_rows(case, data, top_k)
     order = sorted(range(len(model.classes)), key=lambda k: -expl.probabilities[model.classes[k]])
     drawn, grid_text = grid_statement(case.grid, case.maps.method if case.maps is not None else None)
-    checked = _checked_concepts(model)
+    contradicting = model.contradicting_weights()
+    checked = _checked_concepts(contradicting)
     map_cards = _map_cards(case, checked) if drawn and case.image_shown else []  # a map is drawn over the image
     method = _MAP_METHODS.get(case.maps.method if case.maps else "", "")
     height, width = case.image.shape[:2]
@@ -419,7 +421,7 @@ def render_case_html(
         "case.html", title=f"Case report: {case.label}", subtitle=f"cbm explanation, generated {when}", nav=nav, data=data,
         summary=_summary(case), flags=case.flags, withheld=case.withheld, cannot_flag=cannot_flag(model), notes=expl.notes,
         # every such weight: it acts on every case, whether or not its finding heads this one's list
-        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
+        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in contradicting],
         checked=checked,
         predicted=expl.predicted, runner_up=expl.runner_up, truth=case.truth,
         probabilities=[{"cls": model.classes[k], "p": expl.probabilities[model.classes[k]], "k": k} for k in order],
@@ -435,9 +437,8 @@ def render_case_html(
         similar_note="" if model.reference is None or model.reference.thumbnails is not None else (
             " (no pictures: the model was saved without thumbnails)"),
         no_neighbours="Similar training images were not asked for." if model.reference is not None else (
-            "This copy of the model lacks its training reference (reference.safetensors), so it cannot show similar "
-            "training images." if model.reference_lost else "This model was saved without a training reference, so it "
-            "cannot show similar training images."),
+            "This model has no training reference here, so it cannot show similar training images (why, and the fix: "
+            "the notice at the top)."),
         shown_rows=shown_rows, rest_rows=rest_rows, levels_text=_levels_text(model),
         technical=_technical(case, model), details=_details(case, model),
     )
