@@ -19,7 +19,7 @@ from typing import Any
 from markupsafe import Markup
 
 from cbm.explain.findings import class_reliance, concept_axes, unused_concepts
-from cbm.explain.render import cannot_flag, render_template, score_kind, without_paths
+from cbm.explain.render import cannot_flag, contradicting_lines, render_template, score_kind, without_paths
 from cbm.model import ConceptBottleneckModel
 from cbm.plots import line_chart
 from cbm.reference import MIN_IMAGE_SIDE
@@ -119,7 +119,7 @@ def render_class_card_html(model: ConceptBottleneckModel, *, nav: Mapping[str, s
         reliance=[{"cls": cls, "rows": rows, "scale": max([w for _, w in rows] + [1e-9]),
                    "bias": float(model.intercept[k])} for k, (cls, rows) in enumerate(reliance.items())],
         top=top, unused=unused_concepts(model.coef, names),
-        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in model.contradicting_weights()],
+        contradicting=contradicting_lines(model.contradicting_weights()),
         has_prior=model.concept_prior is not None, store_dropped=_store_dropped(info.get("store_check")),
         store_constrains=not (isinstance(info.get("store_check"), Mapping) and info["store_check"].get("constrains_head") is False),
         technical=without_paths(technical), path_charts=_path_charts(info.get("path")),

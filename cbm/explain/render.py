@@ -232,6 +232,11 @@ def _crop_note(crop: tuple[int, int, int, int], height: int, width: int) -> str:
     return " The model sees the centred square; the dimmed margins are outside it."
 
 
+def contradicting_lines(contradicting: Sequence[tuple[str, str, float]]) -> list[str]:
+    """The model's contradicting weights as a report and the model card list them."""
+    return [f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in contradicting]
+
+
 def _checked_concepts(contradicting: Sequence[tuple[str, str, float]]) -> dict[str, str]:
     """Concept -> what its own weight does against the concept store's lists (``contradicting``: the
     model's :meth:`~cbm.model.ConceptBottleneckModel.contradicting_weights`), for a finding or map that
@@ -421,7 +426,7 @@ def render_case_html(
         "case.html", title=f"Case report: {case.label}", subtitle=f"cbm explanation, generated {when}", nav=nav, data=data,
         summary=_summary(case), flags=case.flags, withheld=case.withheld, cannot_flag=cannot_flag(model), notes=expl.notes,
         # every such weight: it acts on every case, whether or not its finding heads this one's list
-        contradicting=[f"{concept} is weighed {w:+.2f} towards {cls}" for cls, concept, w in contradicting],
+        contradicting=contradicting_lines(contradicting),
         checked=checked,
         predicted=expl.predicted, runner_up=expl.runner_up, truth=case.truth,
         probabilities=[{"cls": model.classes[k], "p": expl.probabilities[model.classes[k]], "k": k} for k in order],
