@@ -469,7 +469,7 @@ def test_a_wide_images_maps_show_the_square_the_model_sees(tiny_model):
     from cbm.explain.render import _map_cards
 
     case = explain_image(tiny_model, make_image(11, (240, 720)), top_k=5)
-    cards = _map_cards(case)
+    cards = _map_cards(case, {})
     assert cards
     for card in cards:
         tile = Image.open(io.BytesIO(base64.b64decode(card["uri"].split(",", 1)[1])))

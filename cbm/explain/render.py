@@ -238,9 +238,8 @@ def contradicting_lines(contradicting: Sequence[tuple[str, str, float]]) -> list
 
 
 def _checked_concepts(contradicting: Sequence[tuple[str, str, float]]) -> dict[str, str]:
-    """Concept -> what its own weight does against the concept store's lists (``contradicting``: the
-    model's :meth:`~cbm.model.ConceptBottleneckModel.contradicting_weights`), for a finding or map that
-    shows it: a two-sided finding sums both poles, so it can favour a class one pole's weight argues against."""
+    """Concept -> what its own weight does against the concept store's lists (``contradicting``), for a finding
+    or map that shows it: a two-sided finding sums both poles, so it can favour a class one pole's weight argues against."""
     out: dict[str, list[str]] = {}
     for cls, concept, w in contradicting:
         out.setdefault(concept, []).append(f"{'favours' if w > 0 else 'argues against'} {cls}")
@@ -248,10 +247,9 @@ def _checked_concepts(contradicting: Sequence[tuple[str, str, float]]) -> dict[s
             for c, v in out.items()}
 
 
-def _map_cards(case: CaseReport, checked: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+def _map_cards(case: CaseReport, checked: Mapping[str, str]) -> list[dict[str, str]]:
     """One overlay per concept map, captioned with its finding (and what its own weight does, where
     that goes against the concept store: ``checked``)."""
-    checked = checked or {}
     if case.maps is None or not len(case.maps.concepts):
         return []
     # what the model sees and a quarter of its side around it: a wide image's maps stay large
